@@ -1,0 +1,103 @@
+"""Settings, read once from an explicit environment mapping (never at import time).
+
+Only `MLXPIN_*` variables and the Hub's own `HF_*` variables are read; nothing else
+in the environment can change what is locked, fetched or launched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def is_true(value: str | None) -> bool:
+    return value is not None and value.strip().upper() in _TRUE
+
+
+@dataclass(frozen=True)
+class Settings:
+    manifest_path: Path
+    lock_dir: Path
+    default_model: str | None
+    hf_home: Path
+    hub_cache: Path
+    state_dir: Path
+    endpoint: str
+    offline: bool
+    token_present: bool
+    debug: bool
+
+
+def _expand(value: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(value)))
+
+
+def hf_home(environ: Mapping[str, str]) -> Path:
+    """Where huggingface_hub keeps its token and cache, by its own rules."""
+    if environ.get("HF_HOME"):
+        return _expand(environ["HF_HOME"])
+    xdg = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME", "~")) / ".cache")
+    return _expand(xdg) / "huggingface"
+
+
+def hub_cache(environ: Mapping[str, str]) -> Path:
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if environ.get(name):
+            return _expand(environ[name])
+    return hf_home(environ) / "hub"
+
+
+def token_present(environ: Mapping[str, str]) -> bool:
+    """Whether huggingface_hub will send a token (the token itself is never read here)."""
+    if (environ.get("HF_TOKEN") or environ.get("HUGGING_FACE_HUB_TOKEN") or "").strip():
+        return True
+    token_path = (
+        _expand(environ["HF_TOKEN_PATH"])
+        if environ.get("HF_TOKEN_PATH")
+        else hf_home(environ) / "token"
+    )
+    try:
+        return bool(token_path.read_text().strip())
+    except OSError:
+        return False
+
+
+def load_settings(
+    environ: Mapping[str, str],
+    *,
+    cwd: Path,
+    manifest: Path | None = None,
+    lock_dir: Path | None = None,
+    cache_dir: Path | None = None,
+) -> Settings:
+    """Resolve every path the commands use: flags first, then MLXPIN_*, then defaults."""
+    if manifest is None:
+        manifest = _expand(environ["MLXPIN_MANIFEST"]) if environ.get("MLXPIN_MANIFEST") else None
+    manifest_path = (cwd / (manifest or Path("manifest.toml"))).absolute()
+    if lock_dir is None and environ.get("MLXPIN_LOCK_DIR"):
+        lock_dir = _expand(environ["MLXPIN_LOCK_DIR"])
+    resolved_lock_dir = (cwd / lock_dir).absolute() if lock_dir else manifest_path.parent / "lock"
+    home = hf_home(environ)
+    cache = (cwd / cache_dir).absolute() if cache_dir else hub_cache(environ).absolute()
+    state = (
+        _expand(environ["MLXPIN_HOME"]).absolute()
+        if environ.get("MLXPIN_HOME")
+        else home.absolute() / "mlxpin"
+    )
+    return Settings(
+        manifest_path=manifest_path,
+        lock_dir=resolved_lock_dir,
+        default_model=environ.get("MLXPIN_MODEL") or None,
+        hf_home=home.absolute(),
+        hub_cache=cache,
+        state_dir=state,
+        endpoint=(environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+        offline=is_true(environ.get("HF_HUB_OFFLINE") or environ.get("TRANSFORMERS_OFFLINE")),
+        token_present=token_present(environ),
+        debug=is_true(environ.get("MLXPIN_DEBUG")),
+    )
