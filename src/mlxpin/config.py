@@ -34,7 +34,7 @@ class Settings:
 
 
 def _expand(value: str) -> Path:
-    return Path(os.path.expandvars(os.path.expanduser(value)))
+    return Path(os.path.expandvars(value)).expanduser()
 
 
 def hf_home(environ: Mapping[str, str]) -> Path:

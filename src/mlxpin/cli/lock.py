@@ -1,0 +1,145 @@
+"""`mlxpin lock`: command line and rendering."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from mlxpin.cli import (
+    JsonOpt,
+    LockDirOpt,
+    ManifestOpt,
+    NamesArg,
+    Output,
+    QuietOpt,
+    VerboseOpt,
+    app,
+    guarded,
+    report_error,
+    settings_for,
+)
+from mlxpin.commands import lock as lock_cmd
+from mlxpin.errors import LockStaleError
+from mlxpin.render import human_size, short_commit, short_date
+
+
+def describe_change(change: lock_cmd.LockChange) -> str | None:
+    rev = change.revision or "path"
+    new = f"{short_commit(change.new_commit)} ({short_date(change.new_date)})"
+    if change.action == "kept":
+        if change.new_commit is None:
+            return f"{change.name}: kept {change.source} ({human_size(change.total_size)})"
+        return f"{change.name}: kept {rev} {new}"
+    if change.action == "locked":
+        target = new if change.new_commit else "content hashes"
+        why = f" [{change.reason}]" if change.reason else ""
+        gated = "; gated: fetching needs a token with access" if change.gated else ""
+        return (
+            f"{change.name}: locked {change.source} → {target}, "
+            f"{human_size(change.total_size)}{why}{gated}"
+        )
+    if change.action == "updated":
+        old = f"{short_commit(change.old_commit)} ({short_date(change.old_date)})"
+        if change.new_commit is None:
+            old, new = "old content", "new content"
+        return (
+            f"{change.name}: {rev} {old} → {new}, {change.files_changed} files changed, "
+            f"{human_size(change.size_delta, signed=True)}"
+        )
+    if change.action == "unchanged":
+        return f"{change.name}: {rev} {new} is already the newest"
+    if change.action == "removed":
+        return f"{change.name}: removed orphaned {change.source}"
+    return None
+
+
+def change_json(change: lock_cmd.LockChange) -> dict[str, Any]:
+    return {
+        "name": change.name,
+        "action": change.action,
+        "source": change.source,
+        "reason": change.reason,
+        "revision": change.revision,
+        "old_commit": change.old_commit,
+        "old_date": change.old_date,
+        "new_commit": change.new_commit,
+        "new_date": change.new_date,
+        "files_changed": change.files_changed,
+        "size_delta": change.size_delta,
+        "total_size": change.total_size,
+        "gated": change.gated,
+        "error": change.error.to_json() if change.error else None,
+    }
+
+
+@app.command("lock")
+@guarded
+def lock_command(
+    names: NamesArg = None,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="Re-resolve the named models (default: all) to the newest commit of their "
+            "revision, and print what changed.",
+        ),
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="No network, no writes: exit 78 listing what is missing, stale or orphaned.",
+        ),
+    ] = False,
+    manifest: ManifestOpt = None,
+    lock_dir: LockDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Pin every model's revision to a commit and its files' sizes and hashes in lock/.
+
+    Keeps valid pins untouched (no network for them), locks what is missing or stale,
+    and deletes lock files of models no longer in the manifest.
+    """
+    out = Output(as_json, quiet)
+    settings = settings_for(manifest, lock_dir)
+    selected = list(names or ())
+    if check:
+        if update:
+            raise typer.BadParameter("--check and --update cannot be combined")
+        checked = lock_cmd.check(settings, selected)
+        bad = [s for s in checked.states if s.state != "ok"]
+        for state in checked.states:
+            if state.state == "ok":
+                out.line(f"{state.name}: ok")
+            else:
+                out.line(f"{state.name}: {state.state} ({state.reason})")
+        out.result(
+            {
+                "ok": checked.ok,
+                "models": [
+                    {"name": s.name, "state": s.state, "reason": s.reason} for s in checked.states
+                ],
+            }
+        )
+        if bad:
+            error = LockStaleError(
+                [f"{s.name} is {s.state}" for s in bad],
+                [s.name for s in bad if s.state != "orphan"],
+            )
+            if not as_json:
+                report_error(error, False)
+            raise typer.Exit(int(error.exit_code))
+        return
+    result = lock_cmd.lock(settings, selected, update=update)
+    for change in result.changes:
+        text = describe_change(change)
+        if text and not (quiet and change.action == "kept"):
+            out.line(text)
+    out.result({"ok": not result.errors, "models": [change_json(c) for c in result.changes]})
+    if result.errors:
+        for failure in result.errors:
+            report_error(failure, False)
+        raise typer.Exit(int(result.errors[0].exit_code))

@@ -1,0 +1,71 @@
+"""Helpers shared by the verbs: loading the manifest and locks, picking models by name."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlxpin.config import Settings
+from mlxpin.errors import LockCorruptError, UsageError
+from mlxpin.lockfile import LockedModel, read_lock
+from mlxpin.manifest import Manifest, ModelSpec, load_manifest
+
+
+def manifest_of(settings: Settings) -> Manifest:
+    return load_manifest(settings.manifest_path)
+
+
+def pick(manifest: Manifest, names: Sequence[str]) -> tuple[ModelSpec, ...]:
+    """The named models (all when none are named); unknown names are a usage error."""
+    if not names:
+        return manifest.models
+    picked: list[ModelSpec] = []
+    for name in names:
+        spec = manifest.get(name)
+        if spec is None:
+            close = difflib.get_close_matches(name, manifest.names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else None
+            raise UsageError(
+                f"no model named {name!r} in {manifest.path} (models: {', '.join(manifest.names)})",
+                hint,
+            )
+        if spec not in picked:
+            picked.append(spec)
+    return tuple(picked)
+
+
+def with_dependencies(manifest: Manifest, specs: Sequence[ModelSpec]) -> tuple[ModelSpec, ...]:
+    """Add the draft and adapter models the given models launch with."""
+    result: list[ModelSpec] = []
+    pending = list(specs)
+    while pending:
+        spec = pending.pop(0)
+        if spec in result:
+            continue
+        result.append(spec)
+        for dependency in (spec.launch.draft, spec.launch.adapter):
+            if dependency is not None:
+                target = manifest.get(dependency)
+                if target is not None:
+                    pending.append(target)
+    return tuple(result)
+
+
+def read_locks(
+    lock_dir: Path, names: Sequence[str]
+) -> dict[str, LockedModel | LockCorruptError | None]:
+    locks: dict[str, LockedModel | LockCorruptError | None] = {}
+    for name in names:
+        try:
+            locks[name] = read_lock(lock_dir, name)
+        except LockCorruptError as exc:
+            locks[name] = exc
+    return locks
+
+
+def lock_dir_mutex(settings: Settings) -> Path:
+    """The cross-process lock guarding one lock directory (kept out of the project tree)."""
+    digest = hashlib.sha256(str(settings.lock_dir).encode()).hexdigest()[:16]
+    return settings.state_dir / "locks" / f"lockdir-{digest}.lock"

@@ -1,0 +1,203 @@
+"""`mlxpin lock`: pin what is missing or stale, move pins on --update, drop orphans."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mlxpin.atomic import hold_lock
+from mlxpin.commands.common import lock_dir_mutex, manifest_of, pick, read_locks, with_dependencies
+from mlxpin.config import Settings
+from mlxpin.errors import MlxpinError
+from mlxpin.lockfile import (
+    LockedModel,
+    PinState,
+    diff,
+    lock_names_on_disk,
+    lock_path,
+    pin_state,
+    write_lock,
+)
+from mlxpin.manifest import HubSource, ModelSpec
+from mlxpin.resolve import Resolution, resolve
+
+if TYPE_CHECKING:
+    from mlxpin.hub import HubClient
+
+MAX_PARALLEL = 16
+
+
+@dataclass(frozen=True)
+class LockChange:
+    name: str
+    action: str  # "kept" | "locked" | "updated" | "unchanged" | "removed" | "failed"
+    source: str
+    reason: str | None = None
+    revision: str | None = None
+    old_commit: str | None = None
+    old_date: str | None = None
+    new_commit: str | None = None
+    new_date: str | None = None
+    files_changed: int = 0
+    size_delta: int = 0
+    total_size: int = 0
+    gated: bool = False
+    error: MlxpinError | None = None
+
+
+@dataclass(frozen=True)
+class LockResult:
+    changes: tuple[LockChange, ...]
+
+    @property
+    def errors(self) -> tuple[MlxpinError, ...]:
+        return tuple(c.error for c in self.changes if c.error is not None)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    states: tuple[PinState, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.state == "ok" for s in self.states)
+
+
+def files_changed(old: LockedModel | None, new: LockedModel) -> int:
+    before = {} if old is None else {f.path: f for f in old.files}
+    after = {f.path: f for f in new.files}
+    return sum(1 for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+
+
+def check(settings: Settings, names: Sequence[str] = ()) -> CheckResult:
+    """No network, no writes: what `mlxpin lock` would have to do."""
+    manifest = manifest_of(settings)
+    specs = with_dependencies(manifest, pick(manifest, names))
+    locks = read_locks(settings.lock_dir, [s.name for s in specs])
+    states = diff(manifest, locks, lock_names_on_disk(settings.lock_dir))
+    wanted = {s.name for s in specs}
+    return CheckResult(tuple(s for s in states if s.name in wanted or s.state == "orphan"))
+
+
+def default_hub_client(settings: Settings) -> HubClient:
+    from mlxpin.hub import HubClient, HubConfig
+
+    return HubClient(
+        HubConfig(
+            endpoint=settings.endpoint,
+            token_present=settings.token_present,
+            offline=settings.offline,
+        )
+    )
+
+
+def lock(
+    settings: Settings,
+    names: Sequence[str] = (),
+    *,
+    update: bool = False,
+    hub_factory: Callable[[Settings], HubClient] = default_hub_client,
+) -> LockResult:
+    """Lock what is missing or stale (everything named, with update=True); drop orphans."""
+    manifest = manifest_of(settings)
+    specs = with_dependencies(manifest, pick(manifest, names))
+    moving = {s.name for s in pick(manifest, names)} if update else set()
+    with hold_lock(lock_dir_mutex(settings)):
+        locks = read_locks(settings.lock_dir, [s.name for s in specs])
+        changes: list[LockChange] = []
+        todo: list[tuple[ModelSpec, LockedModel | None, str | None]] = []
+        for spec in specs:
+            current = locks.get(spec.name)
+            old = current if isinstance(current, LockedModel) else None
+            if isinstance(current, MlxpinError):
+                state = PinState(spec.name, "corrupt", current.message)
+            else:
+                state = pin_state(spec, old)
+            if state.state == "ok" and spec.name not in moving:
+                assert old is not None
+                changes.append(_kept(spec, old))
+            else:
+                todo.append((spec, old, state.reason))
+        needs_hub = any(isinstance(spec.launch.source, HubSource) for spec, _, _ in todo)
+        client = hub_factory(settings) if needs_hub else None
+
+        def work(item: tuple[ModelSpec, LockedModel | None, str | None]) -> LockChange:
+            spec, old, reason = item
+            try:
+                resolution = resolve(spec, client)
+            except MlxpinError as exc:
+                return LockChange(spec.name, "failed", _describe(spec), reason, error=exc)
+            try:
+                write_lock(settings.lock_dir, resolution.lock)
+            except MlxpinError as exc:
+                return LockChange(spec.name, "failed", _describe(spec), reason, error=exc)
+            return _changed(spec, old, resolution, reason)
+
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(todo))) as pool:
+                changes.extend(pool.map(work, todo))
+        changes.extend(_remove_orphans(settings, set(manifest.names)))
+    order = {s.name: i for i, s in enumerate(manifest.models)}
+    changes.sort(key=lambda c: (order.get(c.name, len(order)), c.name))
+    return LockResult(tuple(changes))
+
+
+def _describe(spec: ModelSpec) -> str:
+    return spec.launch.source.describe()
+
+
+def _kept(spec: ModelSpec, old: LockedModel) -> LockChange:
+    return LockChange(
+        spec.name,
+        "kept",
+        _describe(spec),
+        revision=old.original.revision,
+        old_commit=old.commit,
+        old_date=old.last_modified,
+        new_commit=old.commit,
+        new_date=old.last_modified,
+        total_size=old.total_size,
+    )
+
+
+def _changed(
+    spec: ModelSpec, old: LockedModel | None, resolution: Resolution, reason: str | None
+) -> LockChange:
+    new = resolution.lock
+    if old is None or reason is not None:
+        action = "locked"
+    elif old.tree_hash == new.tree_hash and old.commit == new.commit:
+        action = "unchanged"
+    else:
+        action = "updated"
+    return LockChange(
+        spec.name,
+        action,
+        _describe(spec),
+        reason,
+        revision=new.original.revision,
+        old_commit=old.commit if old else None,
+        old_date=old.last_modified if old else None,
+        new_commit=new.commit,
+        new_date=new.last_modified,
+        files_changed=files_changed(old, new),
+        size_delta=new.total_size - (old.total_size if old else 0),
+        total_size=new.total_size,
+        gated=resolution.gated,
+    )
+
+
+def _remove_orphans(settings: Settings, names: set[str]) -> list[LockChange]:
+    removed: list[LockChange] = []
+    for name in lock_names_on_disk(settings.lock_dir):
+        if name in names:
+            continue
+        path = lock_path(settings.lock_dir, name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(LockChange(name, "removed", str(path), "not in the manifest"))
+    return removed

@@ -1,0 +1,231 @@
+"""The only module that imports huggingface_hub: metadata look-ups and error mapping.
+
+Every answer from the Hub is validated before it is used (commit shape, file names,
+oids), and every client exception becomes one of mlxpin's typed errors naming the repo,
+the revision and the likely cause. Requests have bounded timeouts and a small, bounded
+number of retries, so an unreachable Hub fails in seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx2
+from huggingface_hub import HfApi
+from huggingface_hub.errors import (
+    DisabledRepoError,
+    GatedRepoError,
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from mlxpin import errors, validate
+
+T = TypeVar("T")
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    oid: str
+
+
+@dataclass(frozen=True)
+class RemoteRevision:
+    repo: str
+    revision: str
+    commit: str
+    last_modified: str | None
+    gated: bool
+    files: tuple[RemoteFile, ...]
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    endpoint: str
+    token_present: bool
+    offline: bool = False
+    timeout_s: float = 10.0
+    attempts: int = 3
+    backoff_s: float = 0.5
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class HubClient:
+    def __init__(self, config: HubConfig, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self._api = HfApi(endpoint=config.endpoint)
+        self._sleep = sleep
+
+    # -- public -----------------------------------------------------------------------
+
+    def resolve(self, repo: str, revision: str) -> RemoteRevision:
+        """Resolve a branch, tag or commit to a commit and the list of its files."""
+        self._refuse_offline(repo, revision)
+        info = self._call(
+            repo,
+            revision,
+            lambda: self._api.model_info(
+                repo, revision=revision, files_metadata=True, timeout=self.config.timeout_s
+            ),
+        )
+        return _validated(repo, revision, info)
+
+    def revision_suggestions(self, repo: str, revision: str) -> list[str]:
+        """Branch and tag names close to a revision that was not found (best effort)."""
+        try:
+            refs = self._api.list_repo_refs(repo)
+        except (HfHubHTTPError, httpx2.HTTPError, OSError):
+            return []
+        names = [ref.name for ref in (*refs.branches, *refs.tags)]
+        return difflib.get_close_matches(revision, names, n=3, cutoff=0.5) or sorted(names)[:5]
+
+    # -- internals --------------------------------------------------------------------
+
+    def _refuse_offline(self, repo: str, revision: str) -> None:
+        if self.config.offline:
+            raise errors.HubUnreachableError(
+                self.config.endpoint, repo, revision, "HF_HUB_OFFLINE is set; unset it to lock"
+            )
+
+    def _call(self, repo: str, revision: str, request: Callable[[], T]) -> T:
+        delay = self.config.backoff_s
+        for attempt in range(1, self.config.attempts + 1):
+            try:
+                return request()
+            except (HfHubHTTPError, httpx2.HTTPError, OfflineModeIsEnabled, OSError) as exc:
+                retryable = _is_retryable(exc)
+                if not retryable or attempt == self.config.attempts:
+                    raise self.translate(exc, repo, revision) from None
+            self._sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def translate(self, exc: BaseException, repo: str, revision: str) -> errors.MlxpinError:
+        """Map a client exception to mlxpin's error, most specific first."""
+        endpoint = self.config.endpoint
+        token = "a token was sent" if self.config.token_present else "no token was sent"
+        page = f"{endpoint}/{repo}"
+        if isinstance(exc, GatedRepoError):
+            why = (
+                "the token has no access to this gated repo"
+                if self.config.token_present
+                else "the repo is gated and no token was sent"
+            )
+            return errors.AccessDeniedError(
+                f"{repo}@{revision}: access refused: {why}",
+                f"accept the licence at {page} with your account, then set HF_TOKEN "
+                "(or run `hf auth login`) with a token of that account",
+            )
+        if isinstance(exc, RepositoryNotFoundError):
+            return errors.RepoNotFoundError(
+                f"{repo}@{revision}: repository not found at {endpoint} ({token})",
+                f"check the owner and name at {page}; a private repo needs HF_TOKEN set to a "
+                "token with read access",
+            )
+        if isinstance(exc, RevisionNotFoundError):
+            close = self.revision_suggestions(repo, revision)
+            hint = "write an existing branch, tag or full commit in launch.revision"
+            if close:
+                hint += "; the repo has: " + ", ".join(close)
+            return errors.RevisionNotFoundError(f"{repo}: revision {revision!r} not found", hint)
+        if isinstance(exc, DisabledRepoError):
+            return errors.AccessDeniedError(
+                f"{repo}@{revision}: the Hub has disabled this repository",
+                "choose another repo in launch.repo",
+            )
+        if isinstance(exc, OfflineModeIsEnabled):
+            return errors.HubUnreachableError(endpoint, repo, revision, "HF_HUB_OFFLINE is set")
+        if isinstance(exc, HfHubHTTPError):
+            status = exc.response.status_code if exc.response is not None else None
+            if status == 401:
+                return errors.AccessDeniedError(
+                    f"{repo}@{revision}: the Hub refused the token (401: invalid or expired)",
+                    "set HF_TOKEN to a valid token, or unset it for public repos",
+                )
+            if status == 403:
+                return errors.AccessDeniedError(
+                    f"{repo}@{revision}: access refused (403, {token})",
+                    f"check your access to {page}",
+                )
+            return errors.HubUnreachableError(
+                endpoint, repo, revision, f"HTTP {status} after {self.config.attempts} attempts"
+            )
+        return errors.HubUnreachableError(endpoint, repo, revision, _network_cause(exc))
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, OfflineModeIsEnabled):
+        return False
+    if isinstance(exc, HfHubHTTPError):
+        response = exc.response
+        return response is not None and response.status_code in RETRY_STATUS
+    return isinstance(exc, httpx2.TransportError | OSError)
+
+
+def _network_cause(exc: BaseException) -> str:
+    if isinstance(exc, httpx2.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx2.ConnectError):
+        return "connection refused or host unknown"
+    name = type(exc).__name__
+    return f"{name}: {exc}" if str(exc) else name
+
+
+def _validated(repo: str, revision: str, info: Any) -> RemoteRevision:
+    def bad(problem: str) -> errors.HubProtocolError:
+        return errors.HubProtocolError(repo, revision, problem)
+
+    commit = getattr(info, "sha", None)
+    if not isinstance(commit, str) or not validate.is_commit(commit):
+        raise bad(f"commit {commit!r} is not 40 lowercase hex")
+    if validate.is_commit(revision) and commit != revision:
+        raise bad(f"asked for commit {revision} but got {commit}")
+    files: list[RemoteFile] = []
+    seen: set[str] = set()
+    for sibling in info.siblings or ():
+        path = sibling.rfilename
+        problem = validate.relpath_problem(path) if isinstance(path, str) else "is not a string"
+        if problem:
+            raise bad(f"file name {path!r} {problem}")
+        if path in seen:
+            raise bad(f"file {path!r} listed twice")
+        seen.add(path)
+        size = sibling.size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise bad(f"{path}: size {size!r} is not a byte count")
+        lfs = sibling.lfs
+        if lfs is not None:
+            oid = f"sha256:{lfs.sha256}"
+            if lfs.size != size:
+                raise bad(f"{path}: LFS size {lfs.size} differs from size {size}")
+        else:
+            oid = f"gitsha1:{sibling.blob_id}"
+        if validate.oid_problem(oid):
+            raise bad(f"{path}: content hash {oid!r} is malformed")
+        files.append(RemoteFile(path=path, size=size, oid=oid))
+    gated = getattr(info, "gated", False)
+    return RemoteRevision(
+        repo=repo,
+        revision=revision,
+        commit=commit,
+        last_modified=iso_utc(getattr(info, "last_modified", None)),
+        gated=bool(gated),
+        files=tuple(sorted(files, key=lambda f: f.path)),
+    )

@@ -1,0 +1,166 @@
+"""The explicit table of `[models.x.server]` keys and the `mlx_lm.server` flags they become.
+
+Only these keys are accepted, so a manifest can never inject arbitrary argv. Flags that
+mlxpin controls itself (--model, --host, --port, --adapter-path, --draft-model) are not
+here on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+ServerValue = bool | int | float | str | tuple[str, ...] | dict[str, object]
+
+
+@dataclass(frozen=True)
+class ServerOption:
+    flag: str
+    kind: str  # "int", "float", "bool", "str", "json_object", "str_list", "choice"
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+SERVER_OPTIONS: dict[str, ServerOption] = {
+    "max_tokens": ServerOption("--max-tokens", "int", "default maximum tokens per answer", 1),
+    "temp": ServerOption("--temp", "float", "default sampling temperature", 0.0, 10.0),
+    "top_p": ServerOption("--top-p", "float", "default nucleus top-p", 0.0, 1.0),
+    "top_k": ServerOption("--top-k", "int", "default top-k (0 disables)", 0),
+    "min_p": ServerOption("--min-p", "float", "default min-p (0 disables)", 0.0, 1.0),
+    "chat_template": ServerOption("--chat-template", "str", "a chat template to use"),
+    "use_default_chat_template": ServerOption(
+        "--use-default-chat-template", "bool", "use the tokenizer's default template"
+    ),
+    "chat_template_args": ServerOption(
+        "--chat-template-args", "json_object", "arguments for apply_chat_template"
+    ),
+    "trust_remote_code": ServerOption(
+        "--trust-remote-code", "bool", "run code shipped with the tokenizer (off by default)"
+    ),
+    "log_level": ServerOption(
+        "--log-level",
+        "choice",
+        "server log level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    ),
+    "num_draft_tokens": ServerOption(
+        "--num-draft-tokens", "int", "tokens drafted per step with a draft model", 1
+    ),
+    "decode_concurrency": ServerOption("--decode-concurrency", "int", "parallel decodes", 1),
+    "prompt_concurrency": ServerOption("--prompt-concurrency", "int", "parallel prompts", 1),
+    "prefill_step_size": ServerOption("--prefill-step-size", "int", "prefill step size", 1),
+    "prompt_cache_size": ServerOption("--prompt-cache-size", "int", "distinct KV caches", 1),
+    "prompt_cache_bytes": ServerOption("--prompt-cache-bytes", "int", "KV cache bytes", 1),
+    "kv_bits": ServerOption("--kv-bits", "int", "KV cache quantization bits", 1, 8),
+    "kv_group_size": ServerOption("--kv-group-size", "int", "KV quantization group size", 1),
+    "quantized_kv_start": ServerOption(
+        "--quantized-kv-start", "int", "token position where KV quantization starts", 0
+    ),
+    "allowed_origins": ServerOption("--allowed-origins", "str_list", "CORS allowed origins"),
+}
+
+
+def _check_number(option: ServerOption, value: float) -> str | None:
+    if option.minimum is not None and value < option.minimum:
+        return f"must be ≥ {option.minimum:g}"
+    if option.maximum is not None and value > option.maximum:
+        return f"must be ≤ {option.maximum:g}"
+    return None
+
+
+def _json_safe(value: object) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _check_int(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None, "must be an integer"
+    return int(value), _check_number(option, value)
+
+
+def _check_float(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None, "must be a number"
+    if not math.isfinite(value):
+        return None, "must be a finite number"
+    return float(value), _check_number(option, float(value))
+
+
+def _check_bool(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
+    if not isinstance(value, bool):
+        return None, "must be true or false"
+    return value, None
+
+
+def _check_str(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
+    if not isinstance(value, str) or not value or "\0" in value:
+        return None, "must be a non-empty string"
+    return value, None
+
+
+def _check_choice(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
+    if not isinstance(value, str) or value.upper() not in option.choices:
+        return None, "must be one of " + ", ".join(option.choices)
+    return value.upper(), None
+
+
+def _check_json_object(
+    option: ServerOption, value: object
+) -> tuple[ServerValue | None, str | None]:
+    if not isinstance(value, dict) or not _json_safe(value):
+        return None, "must be a table of plain values, e.g. { enable_thinking = false }"
+    return dict(value), None
+
+
+def _check_str_list(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, str) and v and "," not in v for v in value)
+    ):
+        return None, 'must be a non-empty list of strings without commas, e.g. ["*"]'
+    return tuple(value), None
+
+
+_CHECKERS: dict[str, Callable[[ServerOption, object], tuple[ServerValue | None, str | None]]] = {
+    "int": _check_int,
+    "float": _check_float,
+    "bool": _check_bool,
+    "str": _check_str,
+    "choice": _check_choice,
+    "json_object": _check_json_object,
+    "str_list": _check_str_list,
+}
+
+
+def check_server_value(key: str, value: object) -> tuple[ServerValue | None, str | None]:
+    """Validate one option; returns (normalised value, None) or (None, problem)."""
+    option = SERVER_OPTIONS[key]
+    normalised, problem = _CHECKERS[option.kind](option, value)
+    return (None, problem) if problem else (normalised, None)
+
+
+def server_argv(options: tuple[tuple[str, ServerValue], ...]) -> list[str]:
+    """Turn validated options into mlx_lm.server flags, in a stable order."""
+    argv: list[str] = []
+    for key, value in sorted(options):
+        option = SERVER_OPTIONS[key]
+        if option.kind == "bool":
+            if value:
+                argv.append(option.flag)
+        elif option.kind == "json_object":
+            argv += [option.flag, json.dumps(value, sort_keys=True, separators=(",", ":"))]
+        elif option.kind == "str_list":
+            assert isinstance(value, tuple)
+            argv += [option.flag, ",".join(value)]
+        else:
+            argv += [option.flag, str(value)]
+    return argv

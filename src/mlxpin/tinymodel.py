@@ -1,0 +1,415 @@
+"""Generate a tiny random-weight model directory that `mlx_lm` can load, offline.
+
+Why: tests, demos and benchmarks need a *real* model directory for `mlx_lm.load` and
+`mlx_lm.server` (a real server on the Linux CPU), but nothing may come from the Hub.
+`generate(out_dir)` writes, in well under a second, a ~300 KB llama or qwen2 checkpoint:
+
+    config.json              hidden 64, 2 layers, 4 heads, vocab = the tokenizer's (512), bf16
+    generation_config.json   eos = <|im_end|> and <|endoftext|>
+    model.safetensors        bf16 weights drawn from numpy's ``default_rng(seed)``
+    special_tokens_map.json
+    tokenizer.json           a byte-level BPE trained in-process on a fixed built-in corpus,
+                             with the ChatML special tokens <|endoftext|> <|im_start|> <|im_end|>
+    tokenizer_config.json    ChatML ``chat_template``, ``tokenizer_class`` PreTrainedTokenizerFast
+
+Reproducible: the same arguments give byte-identical files, in any process. The safetensors
+file is serialised here (sorted keys, padded JSON header, bf16 by round-to-nearest-even), not
+by a library, and every JSON file is written with sorted keys, indent 2 and a final newline.
+The BPE trainer of `tokenizers` is deterministic on its own (checked across processes, hash
+seeds and thread counts); only its vocabulary and merges are kept, and `tokenizer.json` is
+rebuilt from them in a fixed layout, so its bytes do not follow the library's field order.
+
+Readable output: the weights are random, except that ``lm_head`` maps each whole-word token
+of the corpus to the next one of a seeded cycle through those words. Greedy decoding thus
+produces a deterministic stream of words (" the model server ...") that never hits an
+end-of-sequence token, instead of one token repeated. It is plumbing, not prose.
+
+Usage: ``python -m mlxpin.tinymodel OUT_DIR [--arch llama|qwen2] [--seed N]``.
+numpy and tokenizers are imported lazily: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+Arch = Literal["llama", "qwen2"]
+ARCHS: Final[tuple[str, ...]] = get_args(Arch)
+
+HIDDEN_SIZE: Final = 64
+NUM_LAYERS: Final = 2
+NUM_HEADS: Final = 4
+NUM_KV_HEADS: Final = 4  # plain multi-head: shards over 1, 2 or 4 ranks
+INTERMEDIATE_SIZE: Final = 128
+MAX_POSITIONS: Final = 2048
+VOCAB_SIZE: Final = 512
+
+ENDOFTEXT: Final = "<|endoftext|>"
+IM_START: Final = "<|im_start|>"
+IM_END: Final = "<|im_end|>"
+SPECIAL_TOKENS: Final = (ENDOFTEXT, IM_START, IM_END)  # ids 0, 1, 2
+
+CHAT_TEMPLATE: Final = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+_INIT_STD: Final = 0.02  # attention, MLP, biases and the unused lm_head rows
+_LM_HEAD_SCALE: Final = 0.25  # the chosen next token gets a logit of about 16
+
+# The tokenizer's training text. Changing one character changes tokenizer.json (and the
+# vocabulary the weights index), so treat it as frozen.
+_CORPUS: Final = """\
+The server loads one model and answers chat completion requests over HTTP.
+A client sends a list of messages; each message has a role and some content.
+The system message sets the rules, the user asks a question, and the assistant answers.
+We pin every model to an exact revision, write a lock file, and verify each file by its hash.
+When the network is down the launcher still starts, because all weights are already on disk.
+A small model with random weights is enough to test the plumbing: the tokens are nonsense,
+but the server starts, streams tokens, stops at the token limit, and shuts down cleanly.
+Please write a short poem about the sea, the wind, the rain and the mountains.
+What is the capital of France? Paris is the capital and the largest city of France.
+How many tokens per second does the machine produce with a batch of four prompts?
+The quick brown fox jumps over the lazy dog while the cat sleeps near the window.
+Numbers and dates: 0 1 2 3 4 5 6 7 8 9 10 42 100 2024-05-17 12:30 3.14159 1e-5 0x1f.
+Code looks like this: def main(argv): return 0 if argv else 1; print("hello, world")
+{"model": "default_model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+Errors happen: the port is in use, the disk is full, the lock is stale, the hash differs.
+Retry later, or read the hint that explains the next step and the exact command to run.
+Accents and scripts: café, naïve, über, façade, jalapeño, Ærø, smørrebrød, Ελληνικά,
+Русский текст, 日本語のテキスト, 中文文本, 한국어, हिन्दी, العربية, emoji 🙂 🚀 ✓ — “quotes”.
+Good morning! Good evening. Thank you very much; you are welcome. Yes, no, maybe, perhaps.
+Tensor parallel inference splits every layer across ranks; pipeline parallel splits layers.
+Memory, latency, throughput, quantization, attention, embedding, vocabulary, temperature.
+"""
+
+# Qwen2's pre-tokenizer split (a GPT-4 style regex), which transformers' Qwen2Tokenizer
+# imposes on any qwen2 checkpoint: using it for both archs keeps `tokenizers`, the llama load
+# and the qwen2 load of tokenizer.json in agreement.
+PRETOKENIZE_REGEX: Final = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def generate(out_dir: Path, *, arch: Arch = "llama", seed: int = 0) -> tuple[Path, ...]:
+    """Write the tiny model into ``out_dir`` (created if needed); return the paths, sorted.
+
+    Only the files listed in the module docstring are (over)written, each atomically.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, not {seed}")
+    tokenizer = _tokenizer_json()
+    vocab: dict[str, int] = tokenizer["model"]["vocab"]
+    config = _config(arch, len(vocab))
+    files: dict[str, bytes] = {
+        "config.json": _json_bytes(config),
+        "generation_config.json": _json_bytes(_generation_config()),
+        "model.safetensors": _safetensors_bytes(_weights(arch, vocab, seed)),
+        "special_tokens_map.json": _json_bytes(_special_tokens_map()),
+        "tokenizer.json": _json_bytes(tokenizer),
+        "tokenizer_config.json": _json_bytes(_tokenizer_config()),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, data in files.items():
+        path = out_dir / name
+        tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(path)
+    return tuple(sorted(written))
+
+
+# --- tokenizer ---------------------------------------------------------------------------
+
+
+def _tokenizer_json() -> dict[str, Any]:
+    """Train the byte-level BPE on the corpus; return tokenizer.json in a fixed layout."""
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer.from_str(json.dumps(_tokenizer_document({}, [])))
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=1,
+        show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(_CORPUS.splitlines(keepends=True), trainer=trainer)
+    trained = json.loads(tokenizer.to_str())["model"]
+    vocab = {str(token): int(i) for token, i in trained["vocab"].items()}
+    if sorted(vocab.values()) != list(range(VOCAB_SIZE)):
+        raise RuntimeError(f"BPE training gave {len(vocab)} tokens, expected {VOCAB_SIZE}")
+    # Older `tokenizers` write a merge as "a b", newer ones as ["a", "b"]; byte-level
+    # tokens never contain a space, so both read back the same.
+    merges = [
+        m.split(" ") if isinstance(m, str) else [str(x) for x in m] for m in trained["merges"]
+    ]
+    return _tokenizer_document(vocab, merges)
+
+
+def _tokenizer_document(vocab: dict[str, int], merges: list[list[str]]) -> dict[str, Any]:
+    """tokenizer.json: NFC, Qwen2 split + byte-level BPE, the special tokens if in ``vocab``."""
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": vocab[token],
+                "content": token,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for token in SPECIAL_TOKENS
+            if token in vocab
+        ],
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": PRETOKENIZE_REGEX},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {**byte_level, "use_regex": False},
+            ],
+        },
+        "post_processor": {**byte_level, "trim_offsets": False, "use_regex": False},
+        "decoder": {**byte_level, "use_regex": False},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": merges,
+        },
+    }
+
+
+def _special_tokens_map() -> dict[str, Any]:
+    return {
+        "additional_special_tokens": [IM_START, IM_END],
+        "bos_token": ENDOFTEXT,
+        "eos_token": IM_END,
+        "pad_token": ENDOFTEXT,
+    }
+
+
+def _tokenizer_config() -> dict[str, Any]:
+    return {
+        **_special_tokens_map(),
+        "added_tokens_decoder": {
+            str(i): {
+                "content": token,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for i, token in enumerate(SPECIAL_TOKENS)
+        },
+        "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": MAX_POSITIONS,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+
+
+# --- config ------------------------------------------------------------------------------
+
+
+def _config(arch: Arch, vocab_size: int) -> dict[str, Any]:
+    common: dict[str, Any] = {
+        "attention_dropout": 0.0,
+        "bos_token_id": SPECIAL_TOKENS.index(ENDOFTEXT),
+        "dtype": "bfloat16",
+        "eos_token_id": SPECIAL_TOKENS.index(IM_END),
+        "hidden_act": "silu",
+        "hidden_size": HIDDEN_SIZE,
+        "initializer_range": _INIT_STD,
+        "intermediate_size": INTERMEDIATE_SIZE,
+        "max_position_embeddings": MAX_POSITIONS,
+        "model_type": arch,
+        "num_attention_heads": NUM_HEADS,
+        "num_hidden_layers": NUM_LAYERS,
+        "num_key_value_heads": NUM_KV_HEADS,
+        # Untied on purpose: lm_head carries the next-word map (see the module docstring).
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": vocab_size,
+    }
+    if arch == "llama":
+        return {
+            **common,
+            "architectures": ["LlamaForCausalLM"],
+            "attention_bias": False,
+            "head_dim": HIDDEN_SIZE // NUM_HEADS,
+            "mlp_bias": False,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+        }
+    return {
+        **common,
+        "architectures": ["Qwen2ForCausalLM"],
+        "max_window_layers": NUM_LAYERS,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "sliding_window": MAX_POSITIONS,
+        "use_sliding_window": False,
+    }
+
+
+def _generation_config() -> dict[str, Any]:
+    return {
+        "bos_token_id": SPECIAL_TOKENS.index(ENDOFTEXT),
+        "eos_token_id": [SPECIAL_TOKENS.index(IM_END), SPECIAL_TOKENS.index(ENDOFTEXT)],
+        "pad_token_id": SPECIAL_TOKENS.index(ENDOFTEXT),
+    }
+
+
+# --- weights -----------------------------------------------------------------------------
+
+
+def _weights(arch: Arch, vocab: Mapping[str, int], seed: int) -> dict[str, npt.NDArray[Any]]:
+    """float32 tensors by name, drawn in sorted-name order from ``default_rng(seed)``."""
+    import numpy as np
+
+    h, inter, vocab_size = HIDDEN_SIZE, INTERMEDIATE_SIZE, len(vocab)
+    kv = NUM_KV_HEADS * (HIDDEN_SIZE // NUM_HEADS)
+    shapes: dict[str, tuple[int, ...]] = {
+        "lm_head.weight": (vocab_size, h),
+        "model.embed_tokens.weight": (vocab_size, h),
+        "model.norm.weight": (h,),
+    }
+    for i in range(NUM_LAYERS):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (h, h),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.o_proj.weight": (h, h),
+            p + "mlp.gate_proj.weight": (inter, h),
+            p + "mlp.up_proj.weight": (inter, h),
+            p + "mlp.down_proj.weight": (h, inter),
+        }
+        if arch == "qwen2":
+            shapes |= {
+                p + "self_attn.q_proj.bias": (h,),
+                p + "self_attn.k_proj.bias": (kv,),
+                p + "self_attn.v_proj.bias": (kv,),
+            }
+
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, npt.NDArray[Any]] = {}
+    for name in sorted(shapes):
+        shape = shapes[name]
+        if name.endswith("norm.weight"):
+            tensors[name] = np.ones(shape, dtype=np.float32)
+        else:
+            std = 1.0 if name == "model.embed_tokens.weight" else _INIT_STD
+            tensors[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+    # With small layer weights the final hidden state is close to the last token's embedding,
+    # so lm_head row `nxt` = that of its predecessor makes greedy decoding walk the cycle.
+    embed, lm_head = tensors["model.embed_tokens.weight"], tensors["lm_head.weight"]
+    cycle = _word_cycle(vocab, rng)
+    for prev, nxt in zip(cycle, cycle[1:] + cycle[:1], strict=True):
+        lm_head[nxt] = embed[prev] * np.float32(_LM_HEAD_SCALE)
+    return tensors
+
+
+def _word_cycle(vocab: Mapping[str, int], rng: np.random.Generator) -> list[int]:
+    """Ids of the tokens that are a whole corpus word with its leading space, in seeded order."""
+    words = set(re.findall(r"\b[a-z]{2,}\b", _CORPUS))
+    ids = sorted(i for token, i in vocab.items() if token[:1] == "Ġ" and token[1:] in words)
+    return [ids[k] for k in rng.permutation(len(ids))]
+
+
+def _bf16(array: npt.NDArray[Any]) -> bytes:
+    """float32 → bfloat16 little-endian bytes: the upper 16 bits, rounded to nearest even."""
+    import numpy as np
+
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype("<u2").tobytes()
+
+
+def _safetensors_bytes(tensors: Mapping[str, npt.NDArray[Any]]) -> bytes:
+    """The safetensors format: u64-le header length, JSON header (8-byte padded), raw data."""
+    header: dict[str, Any] = {"__metadata__": {"format": "mlx"}}
+    chunks: list[bytes] = []
+    offset = 0
+    for name in sorted(tensors):
+        data = _bf16(tensors[name])
+        header[name] = {
+            "dtype": "BF16",
+            "shape": list(tensors[name].shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlxpin.tinymodel",
+        description="Write a tiny random-weight model for mlx_lm, offline and reproducibly.",
+    )
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    parser.add_argument("--arch", choices=ARCHS, default="llama")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error("--seed must be >= 0")
+    for path in generate(args.out_dir, arch=args.arch, seed=args.seed):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Pure checks for the strings mlxpin trusts: repo ids, revisions, labels, file paths, oids.
+
+Each `*_problem` function returns None when the value is acceptable, else a short
+sentence saying what is wrong. Callers turn that into the right typed error.
+"""
+
+from __future__ import annotations
+
+import re
+
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+_REPO_PART_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+_GITSHA1_RE = re.compile(r"gitsha1:[0-9a-f]{40}")
+_SHA256_RE = re.compile(r"sha256:[0-9a-f]{64}")
+NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
+MAX_REPO_ID = 96
+MAX_LABEL = 96
+
+
+def is_commit(revision: str) -> bool:
+    return COMMIT_RE.fullmatch(revision) is not None
+
+
+def repo_id_problem(repo: str) -> str | None:
+    """Hub rules for `owner/name` (letters, digits, `-_.`; no `..`/`--`; no leading `-`)."""
+    if not repo:
+        return "is empty"
+    if "/" not in repo:
+        return "has no owner"
+    if len(repo) > MAX_REPO_ID:
+        return f"is longer than {MAX_REPO_ID} characters"
+    parts = repo.split("/")
+    if len(parts) != 2:
+        return "must be exactly `owner/name` (one slash)"
+    for part in parts:
+        if not _REPO_PART_RE.fullmatch(part):
+            return (
+                f"part {part!r} must use only letters, digits, '-', '_' or '.', "
+                "and start and end with a letter or digit"
+            )
+        if ".." in part or "--" in part:
+            return f"part {part!r} must not contain '..' or '--'"
+    return None
+
+
+def looks_like_local_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or value in {".", ".."} or "\\" in value
+
+
+def revision_problem(revision: str) -> str | None:
+    if not revision:
+        return "is empty"
+    if len(revision) > 255:
+        return "is longer than 255 characters"
+    if not revision.isprintable() or any(c.isspace() for c in revision):
+        return "must not contain spaces or control characters"
+    if revision.startswith(("-", "/")) or revision.endswith("/") or ".." in revision:
+        return "must not start with '-' or '/', end with '/', or contain '..'"
+    if re.fullmatch(r"[0-9a-fA-F]{40}", revision) and not is_commit(revision):
+        return "looks like a commit hash but is not lowercase"
+    return None
+
+
+def label_problem(label: str) -> str | None:
+    if not label:
+        return "is empty"
+    if len(label) > MAX_LABEL:
+        return f"is longer than {MAX_LABEL} characters"
+    if not label.isprintable():
+        return "must contain only printable characters"
+    if label != label.strip():
+        return "must not start or end with whitespace"
+    if label.startswith("/"):
+        return "must not start with '/'"
+    if ".." in label.split("/"):
+        return "must not contain a '..' path segment"
+    return None
+
+
+def relpath_problem(path: str) -> str | None:
+    """A repo file name that is safe to join under a directory on any OS."""
+    if not path:
+        return "is empty"
+    if len(path) > 1024:
+        return "is too long"
+    if "\\" in path or "\0" in path or not path.isprintable():
+        return "contains a backslash or a control character"
+    if path.startswith("/") or re.match(r"[A-Za-z]:", path):
+        return "is absolute"
+    parts = path.split("/")
+    if any(part in {"", ".", ".."} for part in parts):
+        return "has an empty, '.' or '..' segment"
+    return None
+
+
+def oid_problem(oid: str) -> str | None:
+    if _GITSHA1_RE.fullmatch(oid) or _SHA256_RE.fullmatch(oid):
+        return None
+    return "must be 'gitsha1:<40 hex>' or 'sha256:<64 hex>'"
+
+
+def pattern_problem(pattern: str) -> str | None:
+    if not pattern or not pattern.isprintable():
+        return "must be a non-empty printable glob"
+    if pattern.startswith("/") or ".." in pattern.split("/") or "\\" in pattern:
+        return "must be relative to the repo root (no leading '/', no '..', no backslash)"
+    return None
