@@ -290,12 +290,20 @@ class _Rewriter:
 class _SseRelay:
     """Per-stream state: holds at most one incomplete line between upstream reads."""
 
-    __slots__ = ("done", "pending", "rewriter")
+    __slots__ = ("done", "on_done", "pending", "rewriter")
 
-    def __init__(self, rewriter: _Rewriter) -> None:
+    def __init__(self, rewriter: _Rewriter, on_done: Callable[[], object] | None = None) -> None:
         self.rewriter = rewriter
+        self.on_done = on_done
+        """Called once, before the block holding ``data: [DONE]`` is returned."""
         self.pending = b""
         self.done = False
+
+    def _check_done(self, block: bytes) -> None:
+        if not self.done and b"[DONE]" in block and _has_done_line(block):
+            self.done = True
+            if self.on_done is not None:
+                self.on_done()
 
     def feed(self, chunk: bytes) -> bytes:
         """The rewritten complete lines of ``pending + chunk``; keeps the incomplete rest."""
@@ -310,8 +318,7 @@ class _SseRelay:
         if self.pending:
             head = self.pending + head
         self.pending = chunk[cut + 1 :]
-        if not self.done and b"[DONE]" in head:
-            self.done = _has_done_line(head)
+        self._check_done(head)
         return self.rewriter.sse_block(head)
 
     def finish(self) -> bytes:
@@ -319,8 +326,7 @@ class _SseRelay:
         rest, self.pending = self.pending, b""
         if not rest:
             return b""
-        if not self.done and b"[DONE]" in rest:
-            self.done = _has_done_line(rest)
+        self._check_done(rest)
         return self.rewriter.sse_block(rest + b"\n")[:-1]
 
 
@@ -470,7 +476,12 @@ def build_app(config: GatewayConfig, state: GatewayState) -> web.Application:
                 "X-Accel-Buffering": "no",
             },
         )
-        relay = _SseRelay(rewriter)
+        # The server finished the completion once it sends [DONE]: that marks it healthy
+        # before the client can see it (and perhaps hang up right away).
+        relay = _SseRelay(
+            rewriter,
+            on_done=(lambda: state.mark_healthy(epoch)) if upstream.status == 200 else None,
+        )
         read = upstream.content.readany
         failure: BaseException | None = None
         try:
@@ -504,8 +515,6 @@ def build_app(config: GatewayConfig, state: GatewayState) -> web.Application:
             # upstream connection, which also ends the server's generation for it.
             log.debug("client disconnected mid-stream: %s", type(exc).__name__)
             return response
-        if failure is None and upstream.status == 200:
-            state.mark_healthy(epoch)
         return response
 
     async def completions(request: web.Request) -> web.StreamResponse:

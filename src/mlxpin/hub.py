@@ -8,9 +8,11 @@ number of retries, so an unreachable Hub fails in seconds, not minutes.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -30,6 +32,7 @@ from mlxpin import errors, validate
 
 T = TypeVar("T")
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+CHUNK_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -229,3 +232,65 @@ def _validated(repo: str, revision: str, info: Any) -> RemoteRevision:
         gated=bool(gated),
         files=tuple(sorted(files, key=lambda f: f.path)),
     )
+
+
+class TransferInterrupted(Exception):
+    """A download stopped early for a reason worth retrying (network, 5xx)."""
+
+
+class HubDownloader:
+    """Streams one file at a locked commit. Retrying and resuming are the caller's job."""
+
+    def __init__(self, config: HubConfig) -> None:
+        from huggingface_hub import build_hf_headers
+
+        self.config = config
+        self._client = HubClient(config)
+        # Built once: reads HF_TOKEN / the token file itself; the token stays in memory.
+        self._headers = build_hf_headers()
+        self._headers["Accept-Encoding"] = "identity"
+
+    @contextlib.contextmanager
+    def open(
+        self, repo: str, commit: str, path: str, offset: int
+    ) -> Iterator[tuple[int, Iterator[bytes]]]:
+        """Yields (start offset the server honoured, chunks)."""
+        from huggingface_hub import get_session, hf_hub_url, hf_raise_for_status
+
+        self._client._refuse_offline(repo, commit)
+        url = hf_hub_url(repo, path, revision=commit, endpoint=self.config.endpoint)
+        headers = dict(self._headers)
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        timeout = httpx2.Timeout(self.config.timeout_s, read=60.0)
+        try:
+            with get_session().stream(
+                "GET", url, headers=headers, timeout=timeout, follow_redirects=True
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    if response.status_code in RETRY_STATUS:
+                        raise TransferInterrupted(f"HTTP {response.status_code}")
+                    hf_raise_for_status(response)
+                served_commit = response.headers.get("X-Repo-Commit")
+                if served_commit is not None and served_commit != commit:
+                    raise errors.HubProtocolError(
+                        repo, commit, f"{path} was served from commit {served_commit!r}"
+                    )
+                start = _range_start(response) if response.status_code == 206 else 0
+                yield start, response.iter_raw(CHUNK_SIZE)
+        except (HfHubHTTPError, OfflineModeIsEnabled) as exc:
+            raise self._client.translate(exc, repo, commit) from None
+        except (httpx2.TransportError, OSError) as exc:
+            if isinstance(exc, errors.MlxpinError):
+                raise
+            raise TransferInterrupted(_network_cause(exc)) from None
+
+    def unreachable(self, repo: str, commit: str, cause: str) -> errors.MlxpinError:
+        return errors.HubUnreachableError(self.config.endpoint, repo, commit, cause)
+
+
+def _range_start(response: httpx2.Response) -> int:
+    content_range = response.headers.get("Content-Range", "")
+    match = re.fullmatch(r"bytes (\d+)-\d+/(?:\d+|\*)", content_range.strip())
+    return int(match.group(1)) if match else -1

@@ -8,8 +8,9 @@ Why: tests, demos and benchmarks need a *real* model directory for `mlx_lm.load`
     generation_config.json   eos = <|im_end|> and <|endoftext|>
     model.safetensors        bf16 weights drawn from numpy's ``default_rng(seed)``
     special_tokens_map.json
-    tokenizer.json           a byte-level BPE trained in-process on a fixed built-in corpus,
-                             with the ChatML special tokens <|endoftext|> <|im_start|> <|im_end|>
+    tokenizer.json           a byte-level BPE (NFC, Qwen2's pre-tokenizer split) trained
+                             in-process on a fixed built-in corpus, with the ChatML special
+                             tokens <|endoftext|> <|im_start|> <|im_end|> (ids 0, 1, 2)
     tokenizer_config.json    ChatML ``chat_template``, ``tokenizer_class`` PreTrainedTokenizerFast
 
 Reproducible: the same arguments give byte-identical files, in any process. The safetensors
@@ -19,10 +20,10 @@ The BPE trainer of `tokenizers` is deterministic on its own (checked across proc
 seeds and thread counts); only its vocabulary and merges are kept, and `tokenizer.json` is
 rebuilt from them in a fixed layout, so its bytes do not follow the library's field order.
 
-Readable output: the weights are random, except that ``lm_head`` maps each whole-word token
-of the corpus to the next one of a seeded cycle through those words. Greedy decoding thus
-produces a deterministic stream of words (" the model server ...") that never hits an
-end-of-sequence token, instead of one token repeated. It is plumbing, not prose.
+Readable output: the weights are random, except that the (untied) ``lm_head`` maps each
+whole-word token of the corpus to the next one of a seeded cycle through those words. Greedy
+decoding thus produces a deterministic stream of words ("per message the an you ...") that
+never hits an end-of-sequence token, instead of one token repeated. Plumbing, not prose.
 
 Usage: ``python -m mlxpin.tinymodel OUT_DIR [--arch llama|qwen2] [--seed N]``.
 numpy and tokenizers are imported lazily: importing this module is cheap.
@@ -30,9 +31,7 @@ numpy and tokenizers are imported lazily: importing this module is cheap.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
 import struct
 from collections.abc import Mapping
@@ -107,7 +106,8 @@ PRETOKENIZE_REGEX: Final = (
 def generate(out_dir: Path, *, arch: Arch = "llama", seed: int = 0) -> tuple[Path, ...]:
     """Write the tiny model into ``out_dir`` (created if needed); return the paths, sorted.
 
-    Only the files listed in the module docstring are (over)written, each atomically.
+    Only the files listed in the module docstring are (over)written, each atomically
+    (`mlxpin.atomic.write_atomic`: a full disk raises `DiskError`).
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
@@ -124,19 +124,13 @@ def generate(out_dir: Path, *, arch: Arch = "llama", seed: int = 0) -> tuple[Pat
         "tokenizer.json": _json_bytes(tokenizer),
         "tokenizer_config.json": _json_bytes(_tokenizer_config()),
     }
+    from mlxpin.atomic import write_atomic
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
     for name, data in files.items():
-        path = out_dir / name
-        tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-        try:
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        written.append(path)
-    return tuple(sorted(written))
+        write_atomic(out_dir / name, data)
+    return tuple(sorted(out_dir / name for name in files))
 
 
 # --- tokenizer ---------------------------------------------------------------------------
@@ -396,6 +390,8 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="python -m mlxpin.tinymodel",
         description="Write a tiny random-weight model for mlx_lm, offline and reproducibly.",

@@ -11,6 +11,7 @@ from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError, UsageError
 from mlxpin.lockfile import LockedModel, read_lock
 from mlxpin.manifest import Manifest, ModelSpec, load_manifest
+from mlxpin.store import StoreLayout
 
 
 def manifest_of(settings: Settings) -> Manifest:
@@ -69,3 +70,31 @@ def lock_dir_mutex(settings: Settings) -> Path:
     """The cross-process lock guarding one lock directory (kept out of the project tree)."""
     digest = hashlib.sha256(str(settings.lock_dir).encode()).hexdigest()[:16]
     return settings.state_dir / "locks" / f"lockdir-{digest}.lock"
+
+
+def locked_models(
+    settings: Settings, manifest: Manifest, specs: Sequence[ModelSpec]
+) -> tuple[LockedModel, ...]:
+    """The valid locks of the given models (and their drafts/adapters), or a clear refusal."""
+    from mlxpin.errors import LockStaleError
+    from mlxpin.lockfile import pin_state
+
+    specs = with_dependencies(manifest, specs)
+    problems: list[str] = []
+    names: list[str] = []
+    locks: list[LockedModel] = []
+    for spec in specs:
+        lock = read_lock(settings.lock_dir, spec.name)
+        state = pin_state(spec, lock)
+        if state.state != "ok" or lock is None:
+            problems.append(f"{spec.name}: lock is {state.state} ({state.reason})")
+            names.append(spec.name)
+        else:
+            locks.append(lock)
+    if problems:
+        raise LockStaleError(problems, names)
+    return tuple(locks)
+
+
+def store_layout(settings: Settings) -> StoreLayout:
+    return StoreLayout(hub_cache=settings.hub_cache, state_dir=settings.state_dir)

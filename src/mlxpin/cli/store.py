@@ -1,0 +1,235 @@
+"""`mlxpin fetch`, `mlxpin verify`, `mlxpin status`: command line and rendering."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mlxpin.cli import (
+    JsonOpt,
+    LockDirOpt,
+    ManifestOpt,
+    NamesArg,
+    Output,
+    QuietOpt,
+    VerboseOpt,
+    app,
+    guarded,
+    settings_for,
+)
+from mlxpin.commands import fetch as fetch_cmd
+from mlxpin.commands import status as status_cmd
+from mlxpin.errors import IntegrityError
+from mlxpin.fetch import NoProgress, Progress
+from mlxpin.render import human_size, short_commit, short_date
+
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Hugging Face hub cache to use (default: $HF_HUB_CACHE, else $HF_HOME/hub).",
+        show_default=False,
+    ),
+]
+
+
+class BarProgress:
+    """A tqdm bar on stderr, thread-safe (tqdm locks internally)."""
+
+    def __init__(self, label: str) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=0, unit="B", unit_scale=True, unit_divisor=1000, desc=label, file=sys.stderr
+        )
+
+    def add_total(self, nbytes: int) -> None:
+        self._bar.total = (self._bar.total or 0) + nbytes
+        self._bar.refresh()
+
+    def advance(self, nbytes: int) -> None:
+        self._bar.update(nbytes)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class Bars:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: list[BarProgress] = []
+
+    def __call__(self, label: str) -> Progress:
+        if not self.enabled:
+            return NoProgress()
+        for bar in self.bars:
+            bar.close()
+        bar = BarProgress(label)
+        self.bars.append(bar)
+        return bar
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+
+
+def _bars(as_json: bool, quiet: bool) -> Bars:
+    return Bars(sys.stderr.isatty() and not as_json and not quiet)
+
+
+@app.command("fetch")
+@guarded
+def fetch_command(
+    names: NamesArg = None,
+    cache_dir: CacheDirOpt = None,
+    manifest: ManifestOpt = None,
+    lock_dir: LockDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Download exactly the locked files into the Hugging Face cache and verify every byte.
+
+    Safe to interrupt (a rerun resumes) and to run in parallel. A second run on an
+    unchanged cache makes no request and hashes nothing.
+    """
+    out = Output(as_json, quiet)
+    settings = settings_for(manifest, lock_dir, cache_dir)
+    bars = _bars(as_json, quiet)
+    started = time.monotonic()
+    try:
+        result = fetch_cmd.fetch(settings, list(names or ()), bars)
+    finally:
+        bars.close()
+    elapsed = time.monotonic() - started
+    for model in result.models:
+        if model.up_to_date:
+            out.line(
+                f"{model.name}: up to date ({model.files} files, {human_size(model.total_size)})"
+            )
+        else:
+            out.line(
+                f"{model.name}: fetched and verified {model.files} files, "
+                f"{human_size(model.total_size)} (downloaded {human_size(model.downloaded_bytes)})"
+            )
+    out.result(
+        {
+            "ok": True,
+            "seconds": round(elapsed, 3),
+            "models": [
+                {
+                    "name": m.name,
+                    "snapshot": str(m.view),
+                    "files": m.files,
+                    "total_size": m.total_size,
+                    "up_to_date": m.up_to_date,
+                    "downloaded_bytes": m.downloaded_bytes,
+                    "hashed_bytes": m.hashed_bytes,
+                }
+                for m in result.models
+            ],
+        }
+    )
+
+
+@app.command("verify")
+@guarded
+def verify_command(
+    names: NamesArg = None,
+    cache_dir: CacheDirOpt = None,
+    manifest: ManifestOpt = None,
+    lock_dir: LockDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Re-hash every fetched file against the lock (exit 65 naming each bad file)."""
+    out = Output(as_json, quiet)
+    settings = settings_for(manifest, lock_dir, cache_dir)
+    bars = _bars(as_json, quiet)
+    try:
+        result = fetch_cmd.verify(settings, list(names or ()), bars)
+    finally:
+        bars.close()
+    for model in result.models:
+        if not model.bad:
+            out.line(f"{model.name}: ok ({human_size(model.hashed_bytes)} hashed)")
+        for path, problem in model.bad:
+            print(f"{model.name}: {path}: {problem}", file=sys.stderr)
+    out.result(
+        {
+            "ok": result.ok,
+            "models": [
+                {
+                    "name": m.name,
+                    "ok": not m.bad,
+                    "bad": [{"path": p, "problem": why} for p, why in m.bad],
+                }
+                for m in result.models
+            ],
+        }
+    )
+    if not result.ok:
+        first = next(m for m in result.models if m.bad)
+        error = IntegrityError(first.name, first.bad[0][0], first.bad[0][1])
+        print(f"mlxpin: error: verification failed\n  hint: {error.hint}", file=sys.stderr)
+        raise typer.Exit(int(error.exit_code))
+
+
+def _status_json(row: status_cmd.ModelStatus) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "api_label": row.api_label,
+        "aliases": list(row.aliases),
+        "source": row.source,
+        "endpoint": row.endpoint,
+        "lock": row.lock_state,
+        "lock_reason": row.lock_reason,
+        "commit": row.commit,
+        "last_modified": row.last_modified,
+        "files": row.files,
+        "total_size": row.total_size,
+        "fetch": row.fetch_state,
+        "fetch_reason": row.fetch_reason,
+        "size_on_disk": row.size_on_disk,
+        "snapshot": str(row.snapshot) if row.snapshot else None,
+    }
+
+
+@app.command("status")
+@guarded
+def status_command(
+    names: NamesArg = None,
+    cache_dir: CacheDirOpt = None,
+    manifest: ManifestOpt = None,
+    lock_dir: LockDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Show each model's label, source, locked commit, fetch state and size on disk."""
+    out = Output(as_json, quiet)
+    settings = settings_for(manifest, lock_dir, cache_dir)
+    result = status_cmd.status(settings, list(names or ()))
+    for row in result.models:
+        lock = (
+            f"{short_commit(row.commit)} ({short_date(row.last_modified)})"
+            if row.commit
+            else "content-pinned"
+            if row.lock_state == "ok"
+            else "-"
+        )
+        if row.lock_state != "ok":
+            lock = f"lock {row.lock_state}"
+        fetched = row.fetch_state
+        if row.fetch_reason and row.fetch_state != "unknown":
+            fetched += f" ({row.fetch_reason})"
+        out.line(
+            f"{row.name}: label {row.api_label} on {row.endpoint}; {row.source}; {lock}; "
+            f"{fetched}; {human_size(row.size_on_disk)} of {human_size(row.total_size)} on disk"
+        )
+    out.result({"ok": True, "models": [_status_json(r) for r in result.models]})

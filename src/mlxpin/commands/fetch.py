@@ -1,0 +1,88 @@
+"""`mlxpin fetch` and `mlxpin verify`: present, verified snapshots of locked models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mlxpin.commands.common import locked_models, manifest_of, pick, store_layout
+from mlxpin.config import Settings
+from mlxpin.fetch import (
+    ByteSource,
+    FetchOutcome,
+    LocalSourceBytes,
+    NoProgress,
+    Progress,
+    VerifyOutcome,
+    fetch_model,
+    verify_model,
+)
+from mlxpin.lockfile import LockedModel
+from mlxpin.manifest import PathSource
+from mlxpin.store import check_stamp
+
+ProgressFactory = Callable[[str], Progress]
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    models: tuple[FetchOutcome, ...]
+
+
+def _no_progress(_: str) -> Progress:
+    return NoProgress()
+
+
+def fetch(
+    settings: Settings,
+    names: Sequence[str] = (),
+    progress: ProgressFactory = _no_progress,
+) -> FetchResult:
+    manifest = manifest_of(settings)
+    locks = locked_models(settings, manifest, pick(manifest, names))
+    layout = store_layout(settings)
+    downloader = None
+    outcomes: list[FetchOutcome] = []
+    for lock in locks:
+        source: ByteSource | None = None
+        if not check_stamp(layout, lock).ok:
+            spec = manifest.get(lock.name)
+            assert spec is not None
+            if isinstance(spec.launch.source, PathSource):
+                source = LocalSourceBytes(spec.launch.source.path)
+            else:
+                if downloader is None:
+                    from mlxpin.hub import HubConfig, HubDownloader
+
+                    downloader = HubDownloader(
+                        HubConfig(
+                            endpoint=settings.endpoint,
+                            token_present=settings.token_present,
+                            offline=settings.offline,
+                        )
+                    )
+                from mlxpin.fetch import HubSourceBytes
+
+                source = HubSourceBytes(lock, downloader)
+        outcomes.append(fetch_model(layout, lock, source, progress(lock.name)))
+    return FetchResult(tuple(outcomes))
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    models: tuple[VerifyOutcome, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(not m.bad for m in self.models)
+
+
+def verify(
+    settings: Settings,
+    names: Sequence[str] = (),
+    progress: ProgressFactory = _no_progress,
+) -> VerifyResult:
+    manifest = manifest_of(settings)
+    locks: tuple[LockedModel, ...] = locked_models(settings, manifest, pick(manifest, names))
+    layout = store_layout(settings)
+    return VerifyResult(tuple(verify_model(layout, lock, progress(lock.name)) for lock in locks))

@@ -1,0 +1,85 @@
+"""`mlxpin status`: what is declared, locked, fetched and verified — without the network."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxpin.commands.common import manifest_of, pick, store_layout
+from mlxpin.config import Settings
+from mlxpin.errors import LockCorruptError
+from mlxpin.lockfile import LockedModel, pin_state, read_lock
+from mlxpin.store import check_stamp, size_on_disk
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    api_label: str
+    aliases: tuple[str, ...]
+    source: str
+    endpoint: str
+    lock_state: str  # ok | missing | stale | corrupt
+    lock_reason: str | None
+    commit: str | None
+    last_modified: str | None
+    files: int
+    total_size: int
+    fetch_state: str  # verified | unverified | missing | unknown
+    fetch_reason: str | None
+    size_on_disk: int
+    snapshot: Path | None
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    models: tuple[ModelStatus, ...]
+
+
+def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
+    manifest = manifest_of(settings)
+    layout = store_layout(settings)
+    rows: list[ModelStatus] = []
+    for spec in pick(manifest, names):
+        lock: LockedModel | None = None
+        try:
+            lock = read_lock(settings.lock_dir, spec.name)
+            state = pin_state(spec, lock)
+            lock_state, lock_reason = state.state, state.reason
+        except LockCorruptError as exc:
+            lock_state, lock_reason = "corrupt", exc.problem
+        fetch_state = "unknown"
+        fetch_reason: str | None = "not locked"
+        on_disk = 0
+        snapshot: Path | None = None
+        if lock is not None:
+            stamp = check_stamp(layout, lock)
+            snapshot = layout.view(lock)
+            on_disk = size_on_disk(layout, lock)
+            if stamp.ok:
+                fetch_state, fetch_reason = "verified", None
+            elif snapshot.is_dir():
+                fetch_state, fetch_reason = "unverified", stamp.problem
+            else:
+                fetch_state, fetch_reason, snapshot = "missing", stamp.problem, None
+        rows.append(
+            ModelStatus(
+                name=spec.name,
+                api_label=spec.api_label,
+                aliases=spec.aliases,
+                source=spec.launch.source.describe(),
+                endpoint=f"{spec.host}:{spec.port}",
+                lock_state=lock_state,
+                lock_reason=lock_reason,
+                commit=lock.commit if lock else None,
+                last_modified=lock.last_modified if lock else None,
+                files=len(lock.files) if lock else 0,
+                total_size=lock.total_size if lock else 0,
+                fetch_state=fetch_state,
+                fetch_reason=fetch_reason,
+                size_on_disk=on_disk,
+                snapshot=snapshot,
+            )
+        )
+    return StatusResult(tuple(rows))

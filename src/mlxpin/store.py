@@ -1,0 +1,171 @@
+"""Where pinned files live on disk, and the cheap (stat-only) check that they are intact.
+
+Layout (nothing here imports huggingface_hub; `launch` uses this module at boot):
+
+    $HF_HUB_CACHE/models--OWNER--NAME/blobs/<hex>            the Hub's standard cache,
+    $HF_HUB_CACHE/models--OWNER--NAME/snapshots/<commit>/..  shared with other tools
+    $HF_HUB_CACHE/.locks/models--OWNER--NAME/<hex>.lock      the client's own blob locks
+    <state>/blobs/sha256/<hex>                               local `path` sources (read-only)
+    <state>/snapshots/<tree>/<path> -> blob                  one exact view per pin
+    <state>/snapshots/<tree>.stamp                           verification stamp of the view
+    <state>/verified/<hex[:2]>/<hex>                         per-blob verification record
+
+A view holds exactly the files of one pin, is created complete in a temporary
+directory and renamed into place, so a half-built snapshot is never visible. A stamp
+records, for every file, the blob it points at and that blob's size, mtime and inode
+when it was last hashed; checking a stamp is one readlink and one stat per file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxpin.atomic import write_atomic
+from mlxpin.hashing import oid_hex, tree_key
+from mlxpin.lockfile import LockedFile, LockedModel
+
+STAMP_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    hub_cache: Path
+    state_dir: Path
+
+    # -- Hub cache (standard layout) ------------------------------------------------------
+
+    def repo_dir(self, repo: str) -> Path:
+        return self.hub_cache / ("models--" + repo.replace("/", "--"))
+
+    def hub_blob(self, repo: str, oid: str) -> Path:
+        return self.repo_dir(repo) / "blobs" / oid_hex(oid)
+
+    def hub_blob_lock(self, repo: str, oid: str) -> Path:
+        return (
+            self.hub_cache
+            / ".locks"
+            / ("models--" + repo.replace("/", "--"))
+            / (oid_hex(oid) + ".lock")
+        )
+
+    def hub_snapshot(self, repo: str, commit: str) -> Path:
+        return self.repo_dir(repo) / "snapshots" / commit
+
+    # -- mlxpin's own state ---------------------------------------------------------------
+
+    def local_blob(self, oid: str) -> Path:
+        return self.state_dir / "blobs" / "sha256" / oid_hex(oid)
+
+    def local_blob_lock(self, oid: str) -> Path:
+        return self.state_dir / "locks" / "blobs" / (oid_hex(oid) + ".lock")
+
+    def blob(self, lock: LockedModel, file: LockedFile) -> Path:
+        if lock.original.repo is not None:
+            return self.hub_blob(lock.original.repo, file.oid)
+        return self.local_blob(file.oid)
+
+    def blob_lock(self, lock: LockedModel, file: LockedFile) -> Path:
+        if lock.original.repo is not None:
+            return self.hub_blob_lock(lock.original.repo, file.oid)
+        return self.local_blob_lock(file.oid)
+
+    def view(self, lock: LockedModel) -> Path:
+        return self.state_dir / "snapshots" / tree_key(lock.tree_hash)
+
+    def stamp(self, lock: LockedModel) -> Path:
+        return self.state_dir / "snapshots" / (tree_key(lock.tree_hash) + ".stamp")
+
+    def view_lock(self, lock: LockedModel) -> Path:
+        return self.state_dir / "locks" / ("view-" + tree_key(lock.tree_hash) + ".lock")
+
+    def verified_record(self, oid: str) -> Path:
+        digest = oid_hex(oid)
+        return self.state_dir / "verified" / digest[:2] / f"{oid.split(':', 1)[0]}-{digest}"
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStat:
+        st = path.stat()
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+    def as_list(self) -> list[int]:
+        return [self.size, self.mtime_ns, self.inode, self.device]
+
+
+@dataclass(frozen=True)
+class StampEntry:
+    path: str
+    blob: str
+    stat: FileStat
+
+
+def write_stamp(layout: StoreLayout, lock: LockedModel, entries: list[StampEntry]) -> None:
+    data = {
+        "format": STAMP_FORMAT,
+        "tree_hash": lock.tree_hash,
+        "files": [
+            [e.path, e.blob, *e.stat.as_list()] for e in sorted(entries, key=lambda e: e.path)
+        ],
+    }
+    write_atomic(layout.stamp(lock), json.dumps(data, separators=(",", ":")).encode())
+
+
+@dataclass(frozen=True)
+class StampCheck:
+    ok: bool
+    problem: str | None = None
+
+
+def check_stamp(layout: StoreLayout, lock: LockedModel) -> StampCheck:
+    """Stat-only: is the view present, complete and unchanged since it was verified?"""
+    view = layout.view(lock)
+    try:
+        raw = layout.stamp(lock).read_bytes()
+    except FileNotFoundError:
+        if view.exists():
+            return StampCheck(False, "the snapshot was never verified")
+        return StampCheck(False, "not fetched")
+    except OSError as exc:
+        return StampCheck(False, f"cannot read its stamp: {exc.strerror}")
+    try:
+        data = json.loads(raw)
+        rows = data["files"]
+        if data.get("format") != STAMP_FORMAT or data.get("tree_hash") != lock.tree_hash:
+            return StampCheck(False, "its stamp belongs to another pin")
+        recorded = {row[0]: (row[1], FileStat(*row[2:6])) for row in rows}
+    except (ValueError, KeyError, TypeError, IndexError):
+        return StampCheck(False, "its stamp is unreadable")
+    if set(recorded) != {f.path for f in lock.files}:
+        return StampCheck(False, "its stamp lists other files than the lock")
+    for file in lock.files:
+        blob, expected = recorded[file.path]
+        link = view / file.path
+        try:
+            if os.readlink(link) != blob:
+                return StampCheck(False, f"{file.path} points at another file")
+            actual = FileStat.of(Path(blob))
+        except OSError:
+            return StampCheck(False, f"{file.path} is missing")
+        if actual != expected or actual.size != file.size:
+            return StampCheck(False, f"{file.path} changed since it was verified")
+    return StampCheck(True)
+
+
+def size_on_disk(layout: StoreLayout, lock: LockedModel) -> int:
+    total = 0
+    for file in lock.files:
+        try:
+            total += layout.blob(lock, file).stat().st_size
+        except OSError:
+            continue
+    return total

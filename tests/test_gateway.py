@@ -1,0 +1,691 @@
+"""The gateway, served for real on 127.0.0.1 in front of a fake ``mlx_lm.server``.
+
+The fake upstream mimics what ``mlx-server.md`` records about the real server: it echoes
+the ``"model"`` it receives, answers a streaming request with ``: keepalive`` comments, one
+``data:`` event per token (``json.dumps`` with default separators) and ``data: [DONE]``,
+and answers errors as ``{"error": "<text>"}``. Every request it gets is recorded, so a test
+can say "the server was never contacted". Its behaviour per request is picked by the last
+user message (``"mode:gate"``, ``"mode:split"``...).
+
+Everything runs on one event loop in a background thread; the tests talk to it with the
+real ``openai`` client (and ``urllib`` where a request must be malformed on purpose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, cast
+
+import openai
+import pytest
+from aiohttp import web
+
+from mlxpin.gateway import (
+    GatewayConfig,
+    GatewayState,
+    _Rewriter,
+    _SseRelay,
+    start_gateway,
+    warm_up,
+)
+
+T = TypeVar("T")
+
+LABEL = "tiny-chat-1b"
+ALIASES = ("tiny", "tiny-latest")
+UPSTREAM_MODEL = "/srv/hf/hub/models--mlx-community--tiny/snapshots/" + "a1" * 20
+TOKENS = ("Hel", "lo", ' "model": "' + UPSTREAM_MODEL + '"', " wörld", "!")
+GATE_TIMEOUT_S = 5.0
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class LoopThread:
+    """An asyncio loop running forever in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+# --------------------------------------------------------------------------- fake upstream
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeUpstream:
+    """A stand-in for ``mlx_lm.server`` (see the module docstring)."""
+
+    requests: list[Recorded] = field(default_factory=list)
+    gate: threading.Event = field(default_factory=threading.Event)
+    gate_released: bool | None = None  # True: the client saw chunk 1 before we sent the rest
+    done_sent_at: float = 0.0
+    aborted: int = 0
+    runner: web.AppRunner | None = None
+    url: str = ""
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.gate = threading.Event()
+        self.gate_released = None
+        self.done_sent_at = 0.0
+        self.aborted = 0
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.completion)
+        app.router.add_post("/v1/completions", self.completion)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{_bound_port(self.runner)}"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    @staticmethod
+    def _mode(body: dict[str, Any]) -> str:
+        if isinstance(body.get("messages"), list) and body["messages"]:
+            text = str(body["messages"][-1].get("content", ""))
+        else:
+            text = str(body.get("prompt", ""))
+        return text[5:] if text.startswith("mode:") else "plain"
+
+    async def completion(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        model = body.get("model", "default_model")
+        mode = self._mode(body)
+        if model != UPSTREAM_MODEL:  # the real server would try to download it
+            return web.json_response({"error": f"Repository Not Found for {model}"}, status=404)
+        if mode == "fail":
+            return web.json_response({"error": "boom"}, status=500)
+        if mode == "slow":
+            await asyncio.sleep(3)
+        chat = request.path == "/v1/chat/completions"
+        base = {
+            "id": "chatcmpl-1",
+            "system_fingerprint": "fp",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "model": model,
+            "created": 1,
+        }
+        if not body.get("stream"):
+            text = "".join(TOKENS)
+            choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            answer = dict(base, object="chat.completion" if chat else "text_completion")
+            answer["choices"] = [choice]
+            answer["usage"] = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+            return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
+
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        events = [b": keepalive 1/2\n\n", b": keepalive 2/2\n\n"]
+        for i, token in enumerate(TOKENS):
+            delta = {"role": "assistant", "content": token} if chat else None
+            choice = {"index": 0, "finish_reason": "stop" if i == len(TOKENS) - 1 else None}
+            if chat:
+                choice["delta"] = delta
+            else:
+                choice["text"] = token
+            chunk = dict(base, choices=[choice])
+            dumped = json.dumps(chunk, separators=(",", ":")) if mode == "compact" else None
+            events.append(f"data: {dumped or json.dumps(chunk)}\n\n".encode())
+        events.append(b"data: [DONE]\n\n")
+
+        try:
+            for i, event in enumerate(events):
+                if i == len(events) - 1:
+                    self.done_sent_at = time.monotonic()
+                if mode == "split":  # cut every event mid-line across several TCP writes
+                    for start in range(0, len(event), 37):
+                        await response.write(event[start : start + 37])
+                        await asyncio.sleep(0.002)
+                elif mode == "stall" and i == 3:
+                    await asyncio.sleep(3)  # longer than the gateway's read timeout
+                else:
+                    await response.write(event)
+                    await asyncio.sleep(0.01)
+                if mode == "gate" and event.startswith(b"data:") and self.gate_released is None:
+                    # Hold the rest until the client has seen this chunk through the gateway.
+                    loop = asyncio.get_running_loop()
+                    self.gate_released = await loop.run_in_executor(
+                        None, self.gate.wait, GATE_TIMEOUT_S
+                    )
+            await response.write_eof()
+        except ConnectionError:
+            self.aborted += 1  # the gateway hung up on us (its client left, or it timed out)
+        return response
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    return int(runner.addresses[0][1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@dataclass
+class Gateway:
+    config: GatewayConfig
+    state: GatewayState
+    runner: web.AppRunner
+    url: str
+
+    def client(self, api_key: str = "x") -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=10.0
+        )
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture(scope="module")
+def upstream_server(loop: LoopThread) -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    loop.run(fake.start())
+    yield fake
+    loop.run(fake.stop())
+
+
+@pytest.fixture
+def upstream(upstream_server: FakeUpstream) -> FakeUpstream:
+    upstream_server.reset()
+    return upstream_server
+
+
+@pytest.fixture
+def make_gateway(loop: LoopThread, upstream: FakeUpstream) -> Iterator[Any]:
+    started: list[Gateway] = []
+
+    def make(**overrides: Any) -> Gateway:
+        config = GatewayConfig(
+            api_label=LABEL,
+            aliases=ALIASES,
+            upstream_url=upstream.url,
+            upstream_model=UPSTREAM_MODEL,
+            port=0,
+        )
+        config = replace(config, **overrides)
+        state = GatewayState()
+        runner = loop.run(start_gateway(config, state))
+        gw = Gateway(config, state, runner, f"http://127.0.0.1:{_bound_port(runner)}")
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        loop.run(gw.runner.cleanup())
+
+
+@pytest.fixture
+def gateway(make_gateway: Any) -> Gateway:
+    return cast(Gateway, make_gateway())
+
+
+def _raw(
+    url: str, method: str = "GET", data: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """A plain HTTP request; returns (status, parsed JSON body)."""
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read())
+
+
+def _messages(text: str = "hi") -> list[Any]:
+    return [{"role": "user", "content": text}]
+
+
+# Selecting "no model": None is sent as JSON null; `omit` leaves the key out entirely.
+MODEL_CHOICES: list[Any] = [LABEL, ALIASES[0], ALIASES[1], None, openai.omit]
+MODEL_IDS = ["label", "alias", "alias2", "null", "absent"]
+
+
+# --------------------------------------------------------------------------- completions
+
+
+@pytest.mark.parametrize("model", MODEL_CHOICES, ids=MODEL_IDS)
+def test_chat_completion_answers_with_the_label(
+    gateway: Gateway, upstream: FakeUpstream, model: Any
+) -> None:
+    with gateway.client() as client:
+        answer = client.chat.completions.create(model=model, messages=_messages())
+    assert answer.model == LABEL
+    assert answer.choices[0].message.content == "".join(TOKENS)
+    assert [r.body["model"] for r in upstream.requests] == [UPSTREAM_MODEL]
+    assert upstream.requests[0].body["messages"] == _messages()
+    assert gateway.state.forwarded == 1
+    assert gateway.state.healthy
+
+
+@pytest.mark.parametrize("model", MODEL_CHOICES, ids=MODEL_IDS)
+def test_streaming_chat_answers_with_the_label(
+    gateway: Gateway, upstream: FakeUpstream, model: Any
+) -> None:
+    with gateway.client() as client:
+        chunks = list(
+            client.chat.completions.create(model=model, messages=_messages(), stream=True)
+        )
+    assert len(chunks) == len(TOKENS)
+    assert {c.model for c in chunks} == {LABEL}
+    # Token text that looks like the upstream's "model" pair survives untouched.
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "".join(TOKENS)
+    assert [r.body["model"] for r in upstream.requests] == [UPSTREAM_MODEL]
+    assert gateway.state.healthy
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_text_completions_by_alias(gateway: Gateway, upstream: FakeUpstream, stream: bool) -> None:
+    with gateway.client() as client:
+        if stream:
+            chunks = list(client.completions.create(model="tiny", prompt="hi", stream=True))
+            assert {c.model for c in chunks} == {LABEL}
+            text = "".join(c.choices[0].text for c in chunks)
+        else:
+            answer = client.completions.create(model="tiny", prompt="hi")
+            assert answer.model == LABEL
+            text = answer.choices[0].text
+    assert text == "".join(TOKENS)
+    assert upstream.requests[0].path == "/v1/completions"
+    assert upstream.requests[0].body["model"] == UPSTREAM_MODEL
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_unknown_model_is_404_and_never_reaches_the_server(
+    gateway: Gateway, upstream: FakeUpstream, stream: bool
+) -> None:
+    with gateway.client() as client, pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(
+            model="mlx-community/some-other-repo", messages=_messages(), stream=stream
+        )
+    err = caught.value
+    assert err.code == "model_not_found"
+    assert err.param == "model"
+    assert err.type == "invalid_request_error"
+    assert "mlx-community/some-other-repo" in err.message
+    assert f"Available: {LABEL}, tiny, tiny-latest" in err.message
+    assert upstream.requests == []
+    assert gateway.state.rejected == 1
+    assert gateway.state.forwarded == 0
+
+
+def test_non_string_model_is_refused(gateway: Gateway, upstream: FakeUpstream) -> None:
+    body = json.dumps({"model": ["tiny"], "messages": _messages()}).encode()
+    status, answer = _raw(gateway.url + "/v1/chat/completions", "POST", body)
+    assert status == 404
+    assert answer["error"]["code"] == "model_not_found"
+    assert upstream.requests == []
+
+
+def test_streaming_is_relayed_chunk_by_chunk(gateway: Gateway, upstream: FakeUpstream) -> None:
+    """The upstream holds every chunk after the first until the client has seen it.
+
+    If the gateway buffered the response, the client would see nothing, the gate would
+    never open, and the upstream would record ``gate_released = False`` after 5 s.
+    """
+    with gateway.client() as client:
+        stream = client.chat.completions.create(
+            model=LABEL, messages=_messages("mode:gate"), stream=True
+        )
+        first = next(iter(stream))
+        first_seen_at = time.monotonic()
+        assert upstream.done_sent_at == 0.0  # the upstream is still mid-response
+        upstream.gate.set()
+        rest = list(stream)
+    assert first.model == LABEL
+    assert first.choices[0].delta.content == TOKENS[0]
+    assert upstream.gate_released is True
+    assert upstream.done_sent_at > first_seen_at
+    assert len(rest) == len(TOKENS) - 1
+    assert {c.model for c in rest} == {LABEL}
+
+
+def test_events_split_across_reads_are_rewritten(gateway: Gateway, upstream: FakeUpstream) -> None:
+    with gateway.client() as client:
+        chunks = list(
+            client.chat.completions.create(
+                model="tiny", messages=_messages("mode:split"), stream=True
+            )
+        )
+    assert {c.model for c in chunks} == {LABEL}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "".join(TOKENS)
+
+
+def test_compact_upstream_json_is_rewritten_too(gateway: Gateway, upstream: FakeUpstream) -> None:
+    """Upstream formatting the fast path does not know falls back to a JSON rewrite."""
+    with gateway.client() as client:
+        chunks = list(
+            client.chat.completions.create(
+                model=LABEL, messages=_messages("mode:compact"), stream=True
+            )
+        )
+    assert {c.model for c in chunks} == {LABEL}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "".join(TOKENS)
+
+
+def test_sse_comments_and_done_pass_through(loop: LoopThread, gateway: Gateway) -> None:
+    async def fetch() -> bytes:
+        import aiohttp
+
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                gateway.url + "/v1/chat/completions",
+                json={"model": "tiny", "messages": _messages(), "stream": True},
+            ) as resp,
+        ):
+            assert resp.status == 200
+            assert resp.content_type == "text/event-stream"
+            return await resp.read()
+
+    raw = loop.run(fetch())
+    assert raw.startswith(b": keepalive 1/2\n\n: keepalive 2/2\n\ndata: ")
+    assert raw.endswith(b"\n\ndata: [DONE]\n\n")
+    data = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: {")]
+    assert len(data) == len(TOKENS)
+    assert {json.loads(d)["model"] for d in data} == {LABEL}
+
+
+def test_upstream_json_error_to_a_stream_is_passed_as_json(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    with gateway.client() as client, pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=LABEL, messages=_messages("mode:fail"), stream=True)
+    assert caught.value.status_code == 500
+    assert caught.value.message.endswith("boom'}") or "boom" in caught.value.message
+    assert caught.value.type == "server_error"
+    assert len(upstream.requests) == 1
+    assert not gateway.state.healthy
+
+
+def test_only_content_type_and_accept_are_forwarded(
+    make_gateway: Any, upstream: FakeUpstream
+) -> None:
+    gw: Gateway = make_gateway(api_key="s3cret")
+    with gw.client("s3cret") as client:
+        client.chat.completions.create(
+            model=LABEL, messages=_messages(), extra_headers={"X-Secret-Thing": "nope"}
+        )
+    headers = {k.lower(): v for k, v in upstream.requests[0].headers.items()}
+    assert "authorization" not in headers
+    assert "x-secret-thing" not in headers
+    assert headers["content-type"] == "application/json"
+    assert headers["accept"] == "application/json"
+    assert "s3cret" not in json.dumps(headers)
+
+
+def test_client_disconnect_mid_stream_is_harmless(gateway: Gateway, upstream: FakeUpstream) -> None:
+    with gateway.client() as client:
+        stream = client.chat.completions.create(
+            model=LABEL, messages=_messages("mode:gate"), stream=True
+        )
+        next(iter(stream))
+        stream.close()  # hang up while the upstream is still holding the rest
+        upstream.gate.set()
+        deadline = time.monotonic() + 5
+        while gateway.state.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gateway.state.in_flight == 0
+        answer = client.chat.completions.create(model=LABEL, messages=_messages())
+    assert answer.model == LABEL
+    # The gateway dropped its upstream connection too (so the server stops generating).
+    while upstream.aborted == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert upstream.aborted == 1
+    assert gateway.state.completions_ok == 1  # only the second request completed
+
+
+# --------------------------------------------------------------------------- other routes
+
+
+def test_models_lists_label_and_aliases(gateway: Gateway, upstream: FakeUpstream) -> None:
+    with gateway.client() as client:
+        models = client.models.list()
+    assert [m.id for m in models.data] == [LABEL, *ALIASES]
+    assert {m.owned_by for m in models.data} == {"mlxpin"}
+    assert upstream.requests == []
+
+
+def test_health_follows_real_completions(
+    loop: LoopThread, gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    assert _raw(gateway.url + "/health") == (503, {"status": "loading"})
+    with gateway.client() as client:
+        client.chat.completions.create(model=LABEL, messages=_messages())
+    assert _raw(gateway.url + "/health") == (200, {"status": "ok", "model": LABEL})
+
+    gateway.state.mark_restarting()
+    assert _raw(gateway.url + "/health") == (503, {"status": "loading"})
+    assert loop.run(warm_up(gateway.config, gateway.state, timeout_s=5))
+    assert _raw(gateway.url + "/health") == (200, {"status": "ok", "model": LABEL})
+    warm = upstream.requests[-1].body
+    assert warm["model"] == UPSTREAM_MODEL
+    assert warm["max_tokens"] == 1
+
+
+def test_warm_up_fails_cleanly_when_the_server_is_down(loop: LoopThread) -> None:
+    config = GatewayConfig(LABEL, (), f"http://127.0.0.1:{_free_port()}", UPSTREAM_MODEL)
+    state = GatewayState()
+    assert loop.run(warm_up(config, state, timeout_s=2)) is False
+    assert not state.healthy
+
+
+def test_a_completion_from_before_a_restart_does_not_mark_healthy() -> None:
+    state = GatewayState()
+    epoch = state.epoch
+    state.mark_restarting()
+    assert state.mark_healthy(epoch) is False
+    assert not state.healthy
+    assert state.mark_healthy(state.epoch) is True
+    assert state.as_dict()["healthy"] is True
+
+
+def test_other_paths_and_methods_are_openai_errors(gateway: Gateway) -> None:
+    status, body = _raw(gateway.url + "/v1/embeddings", "POST", b"{}")
+    assert status == 404
+    assert body["error"]["code"] == "not_found"
+    status, body = _raw(gateway.url + "/v1/chat/completions")
+    assert status == 405
+    assert body["error"]["code"] == "method_not_allowed"
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_upstream_down_is_503(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway(upstream_url=f"http://127.0.0.1:{_free_port()}")
+    with gw.client() as client:
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.chat.completions.create(model=LABEL, messages=_messages())
+        assert caught.value.status_code == 503
+        assert caught.value.code == "upstream_unavailable"
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.chat.completions.create(model=LABEL, messages=_messages(), stream=True)
+        assert caught.value.status_code == 503
+    assert gw.state.upstream_errors == 2
+
+
+def test_upstream_timeout_is_504(make_gateway: Any, upstream: FakeUpstream) -> None:
+    gw: Gateway = make_gateway(upstream_read_timeout_s=0.3)
+    with gw.client() as client, pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=LABEL, messages=_messages("mode:slow"))
+    assert caught.value.status_code == 504
+    assert caught.value.code == "upstream_timeout"
+
+
+def test_upstream_stall_mid_stream_ends_with_an_error_event(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway(upstream_read_timeout_s=0.3)
+    seen: list[str] = []
+    with gw.client() as client, pytest.raises(openai.APIError) as caught:
+        for chunk in client.chat.completions.create(
+            model=LABEL, messages=_messages("mode:stall"), stream=True
+        ):
+            seen.append(chunk.choices[0].delta.content or "")
+    assert seen == [TOKENS[0]]
+    assert caught.value.code == "upstream_timeout"
+    assert not gw.state.healthy
+
+
+def test_body_too_large_is_413(make_gateway: Any, upstream: FakeUpstream) -> None:
+    gw: Gateway = make_gateway(max_body_bytes=1024)
+    with gw.client() as client, pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=LABEL, messages=_messages("x" * 2000))
+    assert caught.value.status_code == 413
+    assert caught.value.code == "request_too_large"
+    assert upstream.requests == []
+
+
+def test_non_json_body_is_400(gateway: Gateway, upstream: FakeUpstream) -> None:
+    url = gateway.url + "/v1/chat/completions"
+    for data in (b"not json", b"\xff\xfe", b"[1, 2]", b'"text"'):
+        status, body = _raw(url, "POST", data, {"Content-Type": "application/json"})
+        assert status == 400, data
+        assert body["error"]["type"] == "invalid_request_error"
+        assert body["error"]["code"] == "invalid_json"
+    assert upstream.requests == []
+
+
+def test_bearer_key_is_required_when_configured(make_gateway: Any, upstream: FakeUpstream) -> None:
+    gw: Gateway = make_gateway(api_key="s3cret")
+    for key in ("wrong", "s3cret-and-more"):
+        with gw.client(key) as client, pytest.raises(openai.AuthenticationError) as caught:
+            client.chat.completions.create(model=LABEL, messages=_messages())
+        assert caught.value.code == "invalid_api_key"
+    status, body = _raw(gw.url + "/v1/models")  # no Authorization header at all
+    assert status == 401
+    assert body["error"]["code"] == "invalid_api_key"
+    assert _raw(gw.url + "/health")[0] == 503  # open, and honest
+    assert upstream.requests == []
+    assert gw.state.rejected == 3
+
+    with gw.client("s3cret") as client:
+        assert client.chat.completions.create(model=LABEL, messages=_messages()).model == LABEL
+        assert client.models.list().data[0].id == LABEL
+    assert _raw(gw.url + "/health")[0] == 200
+
+
+def test_port_taken_raises_oserror(loop: LoopThread, gateway: Gateway) -> None:
+    port = _bound_port(gateway.runner)
+    with pytest.raises(OSError):
+        loop.run(start_gateway(replace(gateway.config, port=port), GatewayState()))
+
+
+def test_config_validation_and_repr_hide_the_key() -> None:
+    with pytest.raises(ValueError, match="upstream_url"):
+        GatewayConfig(LABEL, (), "unix:/tmp/sock", UPSTREAM_MODEL)
+    with pytest.raises(ValueError, match="api_label"):
+        GatewayConfig("", (), "http://127.0.0.1:1", UPSTREAM_MODEL)
+    config = GatewayConfig(LABEL, ("tiny", LABEL), "http://127.0.0.1:1", "m", api_key="k3y")
+    assert "k3y" not in repr(config)
+    assert config.labels == (LABEL, "tiny")
+
+
+# --------------------------------------------------------------------------- rewriting
+
+
+def _slow_rewrite(payload: bytes, label: str) -> Any:
+    obj = json.loads(payload)
+    if "model" in obj:
+        obj["model"] = label
+    return obj
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"model": UPSTREAM_MODEL, "choices": []},
+        {"id": 1, "model": UPSTREAM_MODEL, "text": '"model": "' + UPSTREAM_MODEL + '"'},
+        {'x"model': UPSTREAM_MODEL, "model": "other"},  # an escaped quote before the key
+        {'x"model': UPSTREAM_MODEL},
+        {"model": UPSTREAM_MODEL, "nested": {"model": UPSTREAM_MODEL}},
+        {"model": "default_model"},
+        {"no_model": True},
+        {"model": UPSTREAM_MODEL + "/"},
+    ],
+)
+def test_fast_rewrite_agrees_with_json(obj: dict[str, Any]) -> None:
+    rewriter = _Rewriter('label "q" é', UPSTREAM_MODEL)
+    for dumped in (json.dumps(obj), json.dumps(obj, separators=(",", ":"))):
+        out = rewriter.event_payload(dumped.encode())
+        assert json.loads(out) == _slow_rewrite(dumped.encode(), 'label "q" é')
+
+
+def test_relay_holds_only_incomplete_lines() -> None:
+    relay = _SseRelay(_Rewriter(LABEL, UPSTREAM_MODEL))
+    event = b"data: " + json.dumps({"model": UPSTREAM_MODEL}).encode() + b"\r\n\r\n"
+    stream = b": keepalive 1/1\n\n" + event + b"data: [DONE]\n\n"
+    out = b""
+    for i in range(len(stream)):  # one byte per read: the worst case
+        out += relay.feed(stream[i : i + 1])
+        assert b"\n" not in relay.pending
+    out += relay.finish()
+    expected_event = b'data: {"model": "' + LABEL.encode() + b'"}\r\n\r\n'
+    assert out == b": keepalive 1/1\n\n" + expected_event + b"data: [DONE]\n\n"
+    assert relay.done
+
+
+def test_logs_one_line_per_request_and_no_secrets(
+    make_gateway: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw: Gateway = make_gateway(api_key="s3cret-key")
+    caplog.set_level(logging.DEBUG, logger="mlxpin.gateway")
+    with gw.client("s3cret-key") as client:
+        client.chat.completions.create(model=LABEL, messages=_messages("private words"))
+    with gw.client("bad-key") as client, pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model=LABEL, messages=_messages("private words"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "mlxpin.gateway"]
+    assert len(lines) == 2
+    assert "POST /v1/chat/completions -> 200" in lines[0]
+    assert "-> 401" in lines[1]
+    text = "\n".join(lines)
+    assert "s3cret" not in text
+    assert "bad-key" not in text
+    assert "private words" not in text
