@@ -1,0 +1,185 @@
+"""Boot preflight: manifest + lock + verified snapshot → a LaunchPlan (pure data).
+
+This is the boot path: it reads the manifest, one or a few lock files and stats the
+snapshot; it never imports huggingface_hub or opens a socket. `mlxpin.supervisor`
+executes a plan.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxpin.commands.common import store_layout
+from mlxpin.config import Settings
+from mlxpin.errors import (
+    IntegrityError,
+    LockStaleError,
+    ServerMissingError,
+    SnapshotMissingError,
+    UsageError,
+)
+from mlxpin.lockfile import LockedModel, pin_state, read_lock
+from mlxpin.manifest import Manifest, ModelSpec, load_manifest
+from mlxpin.serveropts import server_argv
+from mlxpin.store import StoreLayout, check_stamp
+
+PRIVATE_HOST = "127.0.0.1"
+API_KEY_VARIABLE = "MLXPIN_API_KEY"
+
+# What the server process gets on top of the inherited environment: no network, ever.
+OFFLINE_ENV: tuple[tuple[str, str], ...] = (
+    ("HF_HUB_OFFLINE", "1"),
+    ("TRANSFORMERS_OFFLINE", "1"),
+    ("HF_DATASETS_OFFLINE", "1"),
+    ("HF_HUB_DISABLE_TELEMETRY", "1"),
+)
+# Secrets the server does not need and must not see.
+REMOVED_ENV: tuple[str, ...] = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", API_KEY_VARIABLE)
+
+
+@dataclass(frozen=True)
+class PinnedSnapshot:
+    name: str
+    role: str  # "model" | "draft" | "adapter"
+    path: Path
+    commit: str | None
+    tree_hash: str
+    files: int
+    total_size: int
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    name: str
+    api_label: str
+    aliases: tuple[str, ...]
+    public_host: str
+    public_port: int
+    private_host: str
+    server_command: tuple[str, ...]  # the interpreter/entry point of mlx_lm.server
+    server_args: tuple[str, ...]  # everything after it except --port
+    env_set: tuple[tuple[str, str], ...]
+    env_unset: tuple[str, ...]
+    cwd: Path
+    snapshots: tuple[PinnedSnapshot, ...]
+    api_key_required: bool
+
+    @property
+    def upstream_model(self) -> str:
+        """The exact --model string; the gateway sends it as "model" to the server."""
+        return str(self.snapshots[0].path)
+
+    def argv(self, private_port: int) -> list[str]:
+        return [*self.server_command, *self.server_args, "--port", str(private_port)]
+
+    def environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in base.items() if k not in self.env_unset}
+        env.update(self.env_set)
+        return env
+
+
+def choose_model(manifest: Manifest, name: str | None, settings: Settings) -> ModelSpec:
+    chosen = name or settings.default_model
+    if chosen is None:
+        if len(manifest.models) == 1:
+            return manifest.models[0]
+        raise UsageError(
+            f"{manifest.path} declares {len(manifest.models)} models; say which to launch",
+            f"mlxpin launch NAME (one of: {', '.join(manifest.names)}), or set MLXPIN_MODEL",
+        )
+    spec = manifest.get(chosen)
+    if spec is None:
+        raise UsageError(
+            f"no model named {chosen!r} in {manifest.path}",
+            f"one of: {', '.join(manifest.names)}",
+        )
+    return spec
+
+
+def find_server() -> tuple[str, ...]:
+    """The mlx_lm.server entry point, preferring this interpreter's own installation."""
+    if importlib.util.find_spec("mlx_lm") is not None:
+        return (sys.executable, "-m", "mlx_lm", "server")
+    script = shutil.which("mlx_lm.server")
+    if script is not None:
+        return (script,)
+    raise ServerMissingError(f"no `mlx_lm` module for {sys.executable} and none on PATH")
+
+
+def _pinned(
+    settings: Settings, layout: StoreLayout, spec: ModelSpec, role: str, verify: bool
+) -> PinnedSnapshot:
+    lock = read_lock(settings.lock_dir, spec.name)
+    state = pin_state(spec, lock)
+    if state.state != "ok" or lock is None:
+        raise LockStaleError([f"{spec.name}: lock is {state.state} ({state.reason})"], [spec.name])
+    if verify:
+        _verify(layout, lock)
+    else:
+        stamp = check_stamp(layout, lock)
+        if not stamp.ok:
+            raise SnapshotMissingError(spec.name, f"snapshot {stamp.problem}")
+    return PinnedSnapshot(
+        name=spec.name,
+        role=role,
+        path=layout.view(lock),
+        commit=lock.commit,
+        tree_hash=lock.tree_hash,
+        files=len(lock.files),
+        total_size=lock.total_size,
+    )
+
+
+def _verify(layout: StoreLayout, lock: LockedModel) -> None:
+    from mlxpin.fetch import NoProgress, verify_model
+
+    outcome = verify_model(layout, lock, NoProgress())
+    if outcome.bad:
+        path, problem = outcome.bad[0]
+        raise IntegrityError(lock.name, path, problem)
+
+
+def plan_launch(
+    settings: Settings,
+    name: str | None,
+    *,
+    environ: Mapping[str, str],
+    verify: bool = False,
+) -> LaunchPlan:
+    manifest = load_manifest(settings.manifest_path)
+    spec = choose_model(manifest, name, settings)
+    layout = store_layout(settings)
+    snapshots = [_pinned(settings, layout, spec, "model", verify)]
+    args: list[str] = ["--model", str(snapshots[0].path), "--host", PRIVATE_HOST]
+    for role, flag, target in (
+        ("draft", "--draft-model", spec.launch.draft),
+        ("adapter", "--adapter-path", spec.launch.adapter),
+    ):
+        if target is None:
+            continue
+        dependency = manifest.get(target)
+        assert dependency is not None  # the manifest parser checked the reference
+        pinned = _pinned(settings, layout, dependency, role, verify)
+        snapshots.append(pinned)
+        args += [flag, str(pinned.path)]
+    args += server_argv(spec.server)
+    return LaunchPlan(
+        name=spec.name,
+        api_label=spec.api_label,
+        aliases=spec.aliases,
+        public_host=spec.host,
+        public_port=spec.port,
+        private_host=PRIVATE_HOST,
+        server_command=find_server(),
+        server_args=tuple(args),
+        env_set=OFFLINE_ENV,
+        env_unset=REMOVED_ENV,
+        cwd=settings.state_dir / "run" / spec.name,
+        snapshots=tuple(snapshots),
+        api_key_required=bool(environ.get(API_KEY_VARIABLE)),
+    )

@@ -1,0 +1,212 @@
+"""Run a LaunchPlan: the gateway on the public port, mlx_lm.server behind it, restarts.
+
+The only module that starts the server process. One asyncio loop runs the gateway and
+watches the child; a crashed server restarts with capped exponential backoff until a
+restart budget is spent (then exit 70); SIGTERM/SIGINT stop the child (its whole
+process group) before mlxpin exits, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mlxpin.errors import PortInUseError, ServerCrashedError
+from mlxpin.launch import API_KEY_VARIABLE, LaunchPlan
+
+log = logging.getLogger("mlxpin.launch")
+
+
+@dataclass(frozen=True)
+class SupervisorPolicy:
+    ready_timeout_s: float = 900.0  # loading a 31B model from disk can take minutes
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    restart_budget: int = 5  # crashes tolerated ...
+    budget_window_s: float = 600.0  # ... within this window
+    stop_timeout_s: float = 10.0
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if mlxpin itself dies (Linux only)."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Supervisor:
+    def __init__(
+        self, plan: LaunchPlan, environ: Mapping[str, str], policy: SupervisorPolicy
+    ) -> None:
+        from mlxpin.gateway import GatewayConfig, GatewayState
+
+        self.plan = plan
+        self.environ = environ
+        self.policy = policy
+        self.private_port = 0
+        self.state = GatewayState()
+        self.config = GatewayConfig(
+            api_label=plan.api_label,
+            aliases=plan.aliases,
+            upstream_url="http://127.0.0.1:0",
+            upstream_model=plan.upstream_model,
+            host=plan.public_host,
+            port=plan.public_port,
+            api_key=environ.get(API_KEY_VARIABLE) or None,
+        )
+        self.stopping = asyncio.Event()
+        self.process: asyncio.subprocess.Process | None = None
+        self.crashes: deque[float] = deque()
+
+    async def run(self) -> int:
+        from mlxpin.gateway import start_gateway
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        self.private_port = free_port(self.plan.private_host)
+        from dataclasses import replace
+
+        self.config = replace(
+            self.config, upstream_url=f"http://{self.plan.private_host}:{self.private_port}"
+        )
+        try:
+            runner = await start_gateway(self.config, self.state)
+        except OSError as exc:
+            raise PortInUseError(
+                self.plan.name,
+                self.plan.public_host,
+                self.plan.public_port,
+                exc.strerror or str(exc),
+            ) from None
+        log.info(
+            "%s: gateway on http://%s:%d serving %r",
+            self.plan.name,
+            self.plan.public_host,
+            self.plan.public_port,
+            self.plan.api_label,
+        )
+        try:
+            return await self._supervise()
+        finally:
+            await self._stop_server()
+            await runner.cleanup()
+            shutil.rmtree(self.plan.cwd, ignore_errors=True)
+
+    async def _supervise(self) -> int:
+        delay = self.policy.backoff_initial_s
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            code = await self._run_once()
+            if self.stopping.is_set():
+                break
+            self.state.mark_restarting()
+            now = time.monotonic()
+            self.crashes.append(now)
+            while self.crashes and now - self.crashes[0] > self.policy.budget_window_s:
+                self.crashes.popleft()
+            if len(self.crashes) > self.policy.restart_budget:
+                raise ServerCrashedError(
+                    f"{self.plan.name}: mlx_lm.server exited {len(self.crashes)} times within "
+                    f"{self.policy.budget_window_s:.0f} s (last exit code {code}); giving up",
+                    "read the server's log above; `mlxpin launch --verify` re-checks the files",
+                )
+            if now - started > self.policy.budget_window_s:
+                delay = self.policy.backoff_initial_s
+            log.warning(
+                "%s: mlx_lm.server exited with code %s; restarting in %.0f s",
+                self.plan.name,
+                code,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=delay)
+            delay = min(delay * 2, self.policy.backoff_max_s)
+        log.info("%s: stopped", self.plan.name)
+        return 0
+
+    async def _run_once(self) -> int | None:
+        """Start the server, warm it up, wait until it exits or we are told to stop."""
+        from mlxpin.gateway import warm_up
+
+        if self.plan.cwd.exists():
+            shutil.rmtree(self.plan.cwd, ignore_errors=True)
+        self.plan.cwd.mkdir(parents=True, exist_ok=True)
+        argv = self.plan.argv(self.private_port)
+        log.info("%s: starting %s", self.plan.name, " ".join(argv))
+        self.process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=self.plan.cwd,
+            env=self.plan.environment(self.environ),
+            stdin=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        exited = asyncio.ensure_future(self.process.wait())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            deadline = time.monotonic() + self.policy.ready_timeout_s
+            while not exited.done() and not stop.done():
+                if await warm_up(self.config, self.state, timeout_s=30.0):
+                    log.info(
+                        "%s: ready: a warm-up completion succeeded (pid %d)",
+                        self.plan.name,
+                        self.process.pid,
+                    )
+                    break
+                if time.monotonic() > deadline:
+                    log.error(
+                        "%s: not ready after %.0f s", self.plan.name, self.policy.ready_timeout_s
+                    )
+                    await self._stop_server()
+                    break
+                await asyncio.wait({exited, stop}, timeout=0.25)
+            await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not exited.done():
+            return None
+        return exited.result()
+
+    async def _stop_server(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=self.policy.stop_timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+def run_plan(
+    plan: LaunchPlan, environ: Mapping[str, str], policy: SupervisorPolicy | None = None
+) -> int:
+    supervisor_policy = policy or SupervisorPolicy()
+
+    async def main() -> int:
+        return await Supervisor(plan, environ, supervisor_policy).run()
+
+    return asyncio.run(main())
