@@ -77,12 +77,26 @@ def _record_matches(layout: StoreLayout, file: LockedFile, blob: Path) -> bool:
         current = FileStat.of(blob)
     except OSError:
         return False
-    return recorded == [str(v) for v in current.as_list()] and current.size == file.size
+    return recorded[:4] == [str(v) for v in current.as_list()] and current.size == file.size
 
 
-def _write_record(layout: StoreLayout, file: LockedFile, blob: Path) -> FileStat:
+def _write_record(
+    layout: StoreLayout, file: LockedFile, blob: Path, origin: str | None = None
+) -> FileStat:
+    """Record that this blob, as it is now, matches its oid.
+
+    `origin` says whether mlxpin downloaded/copied the blob ("fetched") or found it
+    in the cache ("adopted"); `mlxpin gc` only deletes what mlxpin fetched.
+    """
     stat = FileStat.of(blob)
-    write_atomic(layout.verified_record(file.oid), " ".join(map(str, stat.as_list())).encode())
+    record = layout.verified_record(file.oid)
+    if origin is None:
+        try:
+            fields = record.read_text().split()
+            origin = fields[4] if len(fields) > 4 else "adopted"
+        except OSError:
+            origin = "adopted"
+    write_atomic(record, " ".join([*map(str, stat.as_list()), origin]).encode())
     return stat
 
 
@@ -299,7 +313,7 @@ def ensure_blob(
                 partial.chmod(0o444)
             partial.replace(blob)
             fsync_dir(blob.parent)
-            stat = _write_record(layout, file, blob)
+            stat = _write_record(layout, file, blob, "fetched")
         except OSError as exc:
             error = _disk_error(blob, exc)
             if error is None:

@@ -8,7 +8,8 @@ Layout (nothing here imports huggingface_hub; `launch` uses this module at boot)
     <state>/blobs/sha256/<hex>                               local `path` sources (read-only)
     <state>/snapshots/<tree>/<path> -> blob                  one exact view per pin
     <state>/snapshots/<tree>.stamp                           verification stamp of the view
-    <state>/verified/<hex[:2]>/<hex>                         per-blob verification record
+    <state>/verified/<hex[:2]>/<algo>-<hex>                  per-blob verification record
+    <state>/roots/<key>                                      lock dirs that fetched (gc roots)
 
 A view holds exactly the files of one pin, is created complete in a temporary
 directory and renamed into place, so a half-built snapshot is never visible. A stamp
@@ -18,6 +19,7 @@ when it was last hashed; checking a stamp is one readlink and one stat per file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -80,6 +82,10 @@ class StoreLayout:
 
     def view_lock(self, lock: LockedModel) -> Path:
         return self.state_dir / "locks" / ("view-" + tree_key(lock.tree_hash) + ".lock")
+
+    def root(self, lock_dir: Path) -> Path:
+        key = hashlib.sha256(str(lock_dir).encode()).hexdigest()[:32]
+        return self.state_dir / "roots" / key
 
     def verified_record(self, oid: str) -> Path:
         digest = oid_hex(oid)
@@ -169,3 +175,15 @@ def size_on_disk(layout: StoreLayout, lock: LockedModel) -> int:
         except OSError:
             continue
     return total
+
+
+def register_root(layout: StoreLayout, lock_dir: Path) -> None:
+    """Remember this project's lock dir, so `mlxpin gc` keeps what its locks use."""
+    root = layout.root(lock_dir)
+    data = str(lock_dir).encode()
+    try:
+        if root.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    write_atomic(root, data)

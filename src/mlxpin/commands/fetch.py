@@ -19,7 +19,7 @@ from mlxpin.fetch import (
 )
 from mlxpin.lockfile import LockedModel
 from mlxpin.manifest import PathSource
-from mlxpin.store import check_stamp
+from mlxpin.store import check_stamp, register_root
 
 ProgressFactory = Callable[[str], Progress]
 
@@ -41,6 +41,7 @@ def fetch(
     manifest = manifest_of(settings)
     locks = locked_models(settings, manifest, pick(manifest, names))
     layout = store_layout(settings)
+    register_root(layout, settings.lock_dir)
     downloader = None
     outcomes: list[FetchOutcome] = []
     for lock in locks:
