@@ -1,0 +1,3 @@
+from mlxpin.cli import main
+
+main()
