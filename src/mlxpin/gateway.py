@@ -218,7 +218,12 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
             413, "Request body is too large", code="request_too_large", param=None
         )
     if status == 404:
-        return error_response(404, "Not found", code="not_found")
+        return error_response(
+            404,
+            f"Not found. This endpoint serves POST {CHAT_PATH}, POST {COMPLETIONS_PATH}, "
+            f"GET {MODELS_PATH} and GET {HEALTH_PATH}",
+            code="not_found",
+        )
     type_ = "server_error" if status >= 500 else "invalid_request_error"
     return error_response(status, exc.reason or "Error", type_=type_, code=f"http_{status}")
 
@@ -579,7 +584,6 @@ def build_app(config: GatewayConfig, state: GatewayState) -> web.Application:
         connector = aiohttp.TCPConnector(
             limit=256,
             keepalive_timeout=30.0,
-            enable_cleanup_closed=False,
         )
         timeout = aiohttp.ClientTimeout(
             total=None,
