@@ -7,7 +7,6 @@ missing, stale or orphaned without touching the network or the disk.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -87,10 +86,24 @@ def make_locked(
 # --- rendering -------------------------------------------------------------------------
 
 
+_SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _string(value: str) -> str:
-    # JSON string escapes are valid TOML basic-string escapes, and ensure_ascii keeps the
-    # file byte-identical regardless of locale.
-    return json.dumps(value, ensure_ascii=True)
+    """A TOML basic string in pure ASCII (so the bytes never depend on an encoding)."""
+    out = ['"']
+    for char in value:
+        code = ord(char)
+        if char in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[char])
+        elif 0x20 <= code < 0x7F:
+            out.append(char)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
 
 
 def render(lock: LockedModel) -> bytes:
