@@ -40,13 +40,13 @@ def describe_change(change: lock_cmd.LockChange) -> str | None:
             f"{human_size(change.total_size)}{why}{gated}"
         )
     if change.action == "updated":
-        old = f"{short_commit(change.old_commit)} ({short_date(change.old_date)})"
-        if change.new_commit is None:
-            old, new = "old content", "new content"
-        return (
-            f"{change.name}: {rev} {old} → {new}, {change.files_changed} files changed, "
-            f"{human_size(change.size_delta, signed=True)}"
+        delta = (
+            f"{change.files_changed} files changed, {human_size(change.size_delta, signed=True)}"
         )
+        if change.new_commit is None:
+            return f"{change.name}: {change.source} re-hashed, {delta}"
+        old = f"{short_commit(change.old_commit)} ({short_date(change.old_date)})"
+        return f"{change.name}: {rev} {old} → {new}, {delta}"
     if change.action == "unchanged":
         return f"{change.name}: {rev} {new} is already the newest"
     if change.action == "removed":

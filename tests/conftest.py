@@ -1,0 +1,116 @@
+"""Shared fixtures: a fresh hub-compatible server per test, and a clean HF environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubserver import HubServer
+
+# Variables that would make huggingface_hub send a real token, go offline or use another
+# cache than the test's own.
+_HF_LEAKS = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_TOKEN_PATH",
+    "HF_OIDC_RESOURCE",
+    "HF_OIDC_ID_TOKEN",
+    "HF_HUB_OFFLINE",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_XET_CACHE",
+    "HF_ASSETS_CACHE",
+)
+
+
+@pytest.fixture
+def hub() -> Iterator[HubServer]:
+    """A running HubServer on 127.0.0.1, closed after the test."""
+    with HubServer() as server:
+        yield server
+
+
+@pytest.fixture
+def hf_env(hub: HubServer, tmp_path: Path) -> dict[str, str]:
+    """Environment for a subprocess that must talk to ``hub`` only, anonymously."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in _HF_LEAKS and not k.startswith("MLXPIN_")
+    }
+    home = tmp_path / "hf_home"
+    home.mkdir(exist_ok=True)
+    env.update(
+        HF_ENDPOINT=hub.url,
+        HF_HOME=str(home),
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
+    return env
+
+
+@dataclass
+class Project:
+    """A project directory (manifest.toml + lock/) driven through the real CLI."""
+
+    root: Path
+    env: dict[str, str]
+    runs: list[subprocess.CompletedProcess[str]] = field(default_factory=list)
+
+    @property
+    def lock_dir(self) -> Path:
+        return self.root / "lock"
+
+    @property
+    def hf_home(self) -> Path:
+        return Path(self.env["HF_HOME"])
+
+    @property
+    def state_dir(self) -> Path:
+        return self.hf_home / "mlxpin"
+
+    def write_manifest(self, text: str) -> Path:
+        path = self.root / "manifest.toml"
+        path.write_text(text)
+        return path
+
+    def lock_text(self, name: str) -> str:
+        return (self.lock_dir / f"{name}.toml").read_text()
+
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "mlxpin", *args],
+            cwd=self.root,
+            env=env if env is not None else self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        self.runs.append(result)
+        return result
+
+    def ok(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        result = self.run(*args, env=env)
+        assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+        return result
+
+    def json(self, *args: str, env: dict[str, str] | None = None) -> Any:
+        result = self.run(*args, "--json", env=env)
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def project(hf_env: dict[str, str], tmp_path: Path) -> Project:
+    root = tmp_path / "project"
+    root.mkdir()
+    return Project(root=root, env=hf_env)
