@@ -92,6 +92,9 @@ def lock_command(
             help="No network, no writes: exit 78 listing what is missing, stale or orphaned.",
         ),
     ] = False,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Resolve at most this many models at once.")
+    ] = lock_cmd.MAX_PARALLEL,
     manifest: ManifestOpt = None,
     lock_dir: LockDirOpt = None,
     as_json: JsonOpt = False,
@@ -133,7 +136,7 @@ def lock_command(
                 report_error(error, False)
             raise typer.Exit(int(error.exit_code))
         return
-    result = lock_cmd.lock(settings, selected, update=update)
+    result = lock_cmd.lock(settings, selected, update=update, jobs=jobs)
     for change in result.changes:
         text = describe_change(change)
         if text and not (quiet and change.action == "kept"):

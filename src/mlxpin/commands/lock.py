@@ -26,7 +26,7 @@ from mlxpin.resolve import Resolution, resolve
 if TYPE_CHECKING:
     from mlxpin.hub import HubClient
 
-MAX_PARALLEL = 16
+MAX_PARALLEL = 32
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ def lock(
     names: Sequence[str] = (),
     *,
     update: bool = False,
+    jobs: int = MAX_PARALLEL,
     hub_factory: Callable[[Settings], HubClient] = default_hub_client,
 ) -> LockResult:
     """Lock what is missing or stale (everything named, with update=True); drop orphans."""
@@ -136,7 +137,7 @@ def lock(
             return _changed(spec, old, resolution, reason)
 
         if todo:
-            with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(todo))) as pool:
+            with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
                 changes.extend(pool.map(work, todo))
         changes.extend(_remove_orphans(settings, set(manifest.names)))
     order = {s.name: i for i, s in enumerate(manifest.models)}
