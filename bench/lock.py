@@ -67,9 +67,8 @@ def main() -> int:
     print(f"  concurrent (default --jobs): {concurrent:6.3f} s")
     print(f"  one after another (--jobs 1): {sequential:6.3f} s")
     print(f"  ratio: {concurrent / sequential:.3f}  (goal <= 0.2)")
-    print(
-        f"  net of CLI start-up ({startup:.3f} s): {(concurrent - startup) / (sequential - startup):.3f}"
-    )
+    net = (concurrent - startup) / (sequential - startup)
+    print(f"  net of CLI start-up ({startup:.3f} s): {net:.3f}")
     print(f"  metadata requests: {requests} (one per model per run)")
     return 0
 
