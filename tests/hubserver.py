@@ -546,6 +546,9 @@ class HubServer:
         self.tree_page_size_expand = 50
         self.commits_page_size = commits_page_size
         self.latency_s = latency_s
+        # Bytes per second for file bodies (None: as fast as possible); lets a test kill a
+        # client in the middle of a download.
+        self.throttle_bps: float | None = None
         self.cdn_redirect = cdn_redirect
         self.disabled_hides_from_anonymous = True
         self._lock = threading.RLock()
@@ -1121,7 +1124,7 @@ class _Handler(BaseHTTPRequestHandler):
         if resp.blob is None:
             self.wfile.write(resp.body[:limit])
         else:
-            self._send_blob(resp.blob, resp.start, resp.start + limit, flip_at)
+            self._send_blob(resp.blob, resp.start, resp.start + limit, flip_at, hub.throttle_bps)
         if cut is not None:
             self.close_connection = True
             if cut.reset:
@@ -1133,8 +1136,10 @@ class _Handler(BaseHTTPRequestHandler):
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
 
-    def _send_blob(self, blob: Blob, start: int, end: int, flip_at: int | None) -> None:
-        if blob.path is not None and flip_at is None:
+    def _send_blob(
+        self, blob: Blob, start: int, end: int, flip_at: int | None, throttle_bps: float | None
+    ) -> None:
+        if blob.path is not None and flip_at is None and throttle_bps is None:
             with open(blob.path, "rb") as source:
                 self.connection.sendfile(source, offset=start, count=end - start)
             return
@@ -1144,8 +1149,9 @@ class _Handler(BaseHTTPRequestHandler):
             if blob.path is not None:
                 handle = stack.enter_context(open(blob.path, "rb"))
                 handle.seek(start)
+            chunk_size = CHUNK_SIZE if throttle_bps is None else 64 * 1024
             while pos < end:
-                step = min(CHUNK_SIZE, end - pos)
+                step = min(chunk_size, end - pos)
                 if handle is not None:
                     chunk = bytearray(handle.read(step))
                 else:
@@ -1155,6 +1161,8 @@ class _Handler(BaseHTTPRequestHandler):
                     chunk[flip_at - pos] ^= 0xFF
                 self.wfile.write(chunk)
                 pos += len(chunk)
+                if throttle_bps is not None:
+                    time.sleep(len(chunk) / throttle_bps)
 
 
 # --------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ log = logging.getLogger("mlxpin.fetch")
 
 BLOB_LOCK_TIMEOUT_S = 6 * 3600.0
 ATTEMPTS = 5
+RETRY_DELAY_S = 0.25  # doubles per attempt: 0.25 + 0.5 + 1 + 2 s before giving up
 
 
 class Progress(Protocol):
@@ -211,7 +212,7 @@ def _transfer(
             progress.advance(offset)
             log.debug("%s: resuming %s at byte %d", lock.name, file.path, offset)
     transferred = 0
-    delay = 0.5
+    delay = RETRY_DELAY_S
     with open(partial, "ab") as handle:
         for attempt in range(1, ATTEMPTS + 1):
             try:
@@ -228,6 +229,7 @@ def _transfer(
             except (_Short, Exception) as exc:
                 if not isinstance(exc, _Short) and not source.interrupted(exc):
                     raise
+                offset = handle.tell()  # every byte written so far is hashed too: resume there
                 if attempt == ATTEMPTS:
                     raise source.give_up(file, str(exc) or "connection closed early") from None
                 log.info("%s: %s interrupted (%s), retrying", lock.name, file.path, exc or "short")
@@ -403,7 +405,7 @@ def fetch_model(
     progress: Progress,
     workers: int = 8,
 ) -> FetchOutcome:
-    if check_stamp(layout, lock).ok:
+    if check_stamp(layout, lock, in_this_cache=True).ok:
         return FetchOutcome(
             lock.name, layout.view(lock), len(lock.files), lock.total_size, True, 0, 0
         )

@@ -242,7 +242,7 @@ class HubDownloader:
     """Streams one file at a locked commit. Retrying and resuming are the caller's job."""
 
     def __init__(self, config: HubConfig) -> None:
-        from huggingface_hub import build_hf_headers
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
         self.config = config
         self._client = HubClient(config)
@@ -263,31 +263,41 @@ class HubDownloader:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         timeout = httpx2.Timeout(self.config.timeout_s, read=60.0)
-        try:
-            with get_session().stream(
-                "GET", url, headers=headers, timeout=timeout, follow_redirects=True
-            ) as response:
+        with contextlib.ExitStack() as stack:
+            try:
+                response = stack.enter_context(
+                    get_session().stream(
+                        "GET", url, headers=headers, timeout=timeout, follow_redirects=True
+                    )
+                )
                 if response.status_code >= 400:
                     response.read()
                     if response.status_code in RETRY_STATUS:
                         raise TransferInterrupted(f"HTTP {response.status_code}")
                     hf_raise_for_status(response)
-                served_commit = response.headers.get("X-Repo-Commit")
-                if served_commit is not None and served_commit != commit:
-                    raise errors.HubProtocolError(
-                        repo, commit, f"{path} was served from commit {served_commit!r}"
-                    )
-                start = _range_start(response) if response.status_code == 206 else 0
-                yield start, response.iter_raw(CHUNK_SIZE)
-        except (HfHubHTTPError, OfflineModeIsEnabled) as exc:
-            raise self._client.translate(exc, repo, commit) from None
-        except (httpx2.TransportError, OSError) as exc:
-            if isinstance(exc, errors.MlxpinError):
-                raise
-            raise TransferInterrupted(_network_cause(exc)) from None
+            except (HfHubHTTPError, OfflineModeIsEnabled) as exc:
+                raise self._client.translate(exc, repo, commit) from None
+            except (httpx2.TransportError, OSError) as exc:
+                raise TransferInterrupted(_network_cause(exc)) from None
+            served_commit = response.headers.get("X-Repo-Commit")
+            if served_commit is not None and served_commit != commit:
+                raise errors.HubProtocolError(
+                    repo, commit, f"{path} was served from commit {served_commit!r}"
+                )
+            start = _range_start(response) if response.status_code == 206 else 0
+            # Only the network's errors become TransferInterrupted; the caller's own
+            # (a full disk, say) pass through the `yield` untouched.
+            yield start, _network_chunks(response)
 
     def unreachable(self, repo: str, commit: str, cause: str) -> errors.MlxpinError:
         return errors.HubUnreachableError(self.config.endpoint, repo, commit, cause)
+
+
+def _network_chunks(response: httpx2.Response) -> Iterator[bytes]:
+    try:
+        yield from response.iter_raw()  # as the bytes arrive: a cut loses nothing
+    except (httpx2.TransportError, OSError) as exc:
+        raise TransferInterrupted(_network_cause(exc)) from None
 
 
 def _range_start(response: httpx2.Response) -> int:

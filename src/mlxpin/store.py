@@ -132,8 +132,14 @@ class StampCheck:
     problem: str | None = None
 
 
-def check_stamp(layout: StoreLayout, lock: LockedModel) -> StampCheck:
-    """Stat-only: is the view present, complete and unchanged since it was verified?"""
+def check_stamp(
+    layout: StoreLayout, lock: LockedModel, *, in_this_cache: bool = False
+) -> StampCheck:
+    """Stat-only: is the view present, complete and unchanged since it was verified?
+
+    With `in_this_cache`, the view must also point into this layout's cache (fetch wants
+    the files where HF_HUB_CACHE/--cache-dir says; launch only needs them verified).
+    """
     view = layout.view(lock)
     try:
         raw = layout.stamp(lock).read_bytes()
@@ -155,6 +161,8 @@ def check_stamp(layout: StoreLayout, lock: LockedModel) -> StampCheck:
         return StampCheck(False, "its stamp lists other files than the lock")
     for file in lock.files:
         blob, expected = recorded[file.path]
+        if in_this_cache and blob != str(layout.blob(lock, file)):
+            return StampCheck(False, f"{file.path} is in another cache")
         link = view / file.path
         try:
             if os.readlink(link) != blob:

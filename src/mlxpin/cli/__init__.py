@@ -159,7 +159,7 @@ def _root(
 
 def _register() -> None:
     # Each verb's CLI lives beside its renderer; importing registers it on `app`.
-    from mlxpin.cli import launch, lock, store  # noqa: F401
+    from mlxpin.cli import launch, lock, ops, store  # noqa: F401
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def fetch(
     outcomes: list[FetchOutcome] = []
     for lock in locks:
         source: ByteSource | None = None
-        if not check_stamp(layout, lock).ok:
+        if not check_stamp(layout, lock, in_this_cache=True).ok:
             spec = manifest.get(lock.name)
             assert spec is not None
             if isinstance(spec.launch.source, PathSource):

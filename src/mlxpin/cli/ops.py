@@ -1,0 +1,580 @@
+"""`mlxpin service`, `gc`, `add`, `remove` and `init`: command line and rendering."""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from mlxpin.cli import (
+    JsonOpt,
+    LockDirOpt,
+    ManifestOpt,
+    Output,
+    QuietOpt,
+    VerboseOpt,
+    app,
+    guarded,
+    report_error,
+    settings_for,
+)
+from mlxpin.cli.lock import change_json, describe_change
+from mlxpin.cli.store import CacheDirOpt
+from mlxpin.render import human_size
+
+if TYPE_CHECKING:  # the modules themselves load lazily: `launch` registers this file too
+    from mlxpin.commands.gc import GcResult, ItemOutcome
+    from mlxpin.service import BuiltSpec, CommandRun, Platform
+
+service_app = typer.Typer(
+    name="service",
+    help=(
+        "Boot units that run `mlxpin launch NAME` at boot: a systemd user unit on Linux, "
+        "a launchd agent on macOS (--system: system-wide)."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(service_app, name="service")
+
+
+class PlatformChoice(StrEnum):
+    linux = "linux"
+    macos = "macos"
+
+
+NameArg = Annotated[str, typer.Argument(help="Model name from the manifest.", show_default=False)]
+SystemOpt = Annotated[
+    bool,
+    typer.Option(
+        "--system",
+        help="System-wide unit (/etc/systemd/system, /Library/LaunchDaemons; needs root) "
+        "that starts at boot without a login, instead of the user's own.",
+    ),
+]
+PlatformOpt = Annotated[
+    PlatformChoice | None,
+    typer.Option(
+        "--platform",
+        help="Write the unit for this platform instead of the current one.",
+        show_default=False,
+    ),
+]
+PrintOpt = Annotated[
+    bool, typer.Option("--print", help="Only print what would be done; write nothing.")
+]
+LogFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-file",
+        help="Where the service's output goes (default: <state dir>/logs/NAME.log).",
+        show_default=False,
+    ),
+]
+EnvFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--env-file",
+        help="systemd only: optional file with MLXPIN_API_KEY=... read at start "
+        "(default: ~/.config/mlxpin/NAME.env, /etc/mlxpin/NAME.env with --system).",
+        show_default=False,
+    ),
+]
+RunAsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run-as",
+        help="With --system: the account the service runs as (default: you).",
+        show_default=False,
+    ),
+]
+
+
+def _platform(choice: PlatformChoice | None) -> Platform | None:
+    if choice is None:
+        return None
+    return "macos" if choice is PlatformChoice.macos else "linux"
+
+
+def _warn(out: Output, warnings: tuple[str, ...]) -> None:
+    for warning in warnings:
+        out.note(f"mlxpin: warning: {warning}")
+
+
+def _ran_json(ran: tuple[CommandRun, ...]) -> list[dict[str, Any]]:
+    return [{"argv": list(r.argv), "returncode": r.returncode, "output": r.output} for r in ran]
+
+
+def _build(
+    name: str,
+    platform: PlatformChoice | None,
+    system: bool,
+    log_file: Path | None,
+    env_file: Path | None,
+    run_as: str | None,
+    cache_dir: Path | None,
+    manifest: Path | None,
+    lock_dir: Path | None,
+) -> BuiltSpec:
+    from mlxpin import service
+
+    settings = settings_for(manifest, lock_dir, cache_dir)
+    return service.build_spec(
+        settings,
+        name,
+        platform=_platform(platform),
+        system=system,
+        environ=os.environ,
+        log_file=log_file,
+        env_file=env_file,
+        run_as=run_as,
+    )
+
+
+@service_app.command("install")
+@guarded
+def service_install(
+    name: NameArg,
+    system: SystemOpt = False,
+    platform: PlatformOpt = None,
+    print_only: PrintOpt = False,
+    enable: Annotated[
+        bool,
+        typer.Option(
+            "--enable",
+            help="Also run systemctl/launchctl to enable and start it now (else print how).",
+        ),
+    ] = False,
+    log_file: LogFileOpt = None,
+    env_file: EnvFileOpt = None,
+    run_as: RunAsOpt = None,
+    cache_dir: CacheDirOpt = None,
+    manifest: ManifestOpt = None,
+    lock_dir: LockDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write a boot unit running `mlxpin launch NAME` offline, with absolute paths.
+
+    Validates the manifest first; warns when the lock or the snapshot is not ready. The
+    unit holds no secret and never restarts on a permanent error (exit 65/66/77/78).
+    """
+    from mlxpin import service
+
+    if print_only and enable:
+        raise typer.BadParameter("--print and --enable cannot be combined")
+    out = Output(as_json, quiet)
+    built = _build(
+        name, platform, system, log_file, env_file, run_as, cache_dir, manifest, lock_dir
+    )
+    _warn(out, built.warnings)
+    result = service.install(built, print_only=print_only, enable=enable)
+    if print_only:
+        out.line(result.content.rstrip("\n"))
+        out.note(f"mlxpin: would write {result.path} (--print: nothing written)")
+    else:
+        if result.written:
+            out.line(f"{result.name}: wrote {result.path}")
+        else:
+            out.line(f"{result.name}: {result.path} is already up to date")
+        for run in result.ran:
+            out.line(f"ran: {' '.join(run.argv)}")
+        if result.next_steps:
+            out.line("next:")
+            for step in result.next_steps:
+                out.line(f"  {step}")
+    out.result(
+        {
+            "ok": True,
+            "name": result.name,
+            "platform": result.platform,
+            "system": result.system,
+            "path": str(result.path),
+            "written": result.written,
+            "changed": result.changed,
+            "content": result.content,
+            "warnings": list(result.warnings),
+            "next_steps": list(result.next_steps),
+            "ran": _ran_json(result.ran),
+        }
+    )
+
+
+@service_app.command("uninstall")
+@guarded
+def service_uninstall(
+    name: NameArg,
+    system: SystemOpt = False,
+    platform: PlatformOpt = None,
+    print_only: PrintOpt = False,
+    disable: Annotated[
+        bool,
+        typer.Option(
+            "--disable",
+            help="First stop and disable it with systemctl/launchctl (else print how).",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Remove the boot unit of NAME (nothing to do when it is not installed)."""
+    from mlxpin import service
+
+    if print_only and disable:
+        raise typer.BadParameter("--print and --disable cannot be combined")
+    out = Output(as_json, quiet)
+    result = service.uninstall(
+        name,
+        platform=_platform(platform),
+        system=system,
+        environ=os.environ,
+        print_only=print_only,
+        disable=disable,
+    )
+    if print_only:
+        verb = "would remove" if result.existed else "nothing to remove at"
+        out.line(f"{name}: {verb} {result.path}")
+    elif result.removed:
+        out.line(f"{name}: removed {result.path}")
+    else:
+        out.line(f"{name}: not installed ({result.path} does not exist)")
+    for run in result.ran:
+        out.line(f"ran: {' '.join(run.argv)}")
+    if result.existed and result.next_steps:
+        out.line("if it is running, stop it with:" if not print_only else "then run:")
+        for step in result.next_steps:
+            out.line(f"  {step}")
+    out.result(
+        {
+            "ok": True,
+            "name": name,
+            "path": str(result.path),
+            "existed": result.existed,
+            "removed": result.removed,
+            "next_steps": list(result.next_steps),
+            "ran": _ran_json(result.ran),
+        }
+    )
+
+
+@service_app.command("show")
+@guarded
+def service_show(
+    name: NameArg,
+    system: SystemOpt = False,
+    platform: PlatformOpt = None,
+    log_file: LogFileOpt = None,
+    env_file: EnvFileOpt = None,
+    run_as: RunAsOpt = None,
+    cache_dir: CacheDirOpt = None,
+    manifest: ManifestOpt = None,
+    lock_dir: LockDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print the unit `install` would write, and whether the installed one matches it."""
+    out = Output(as_json, quiet)
+    built = _build(
+        name, platform, system, log_file, env_file, run_as, cache_dir, manifest, lock_dir
+    )
+    _warn(out, built.warnings)
+    try:
+        installed: bytes | None = built.path.read_bytes()
+    except OSError:
+        installed = None
+    up_to_date = installed == built.content.encode("utf-8")
+    out.line(built.content.rstrip("\n"))
+    if installed is None:
+        out.note(f"mlxpin: {built.path} is not installed")
+    elif not up_to_date:
+        out.note(f"mlxpin: {built.path} differs; `mlxpin service install {name}` updates it")
+    out.result(
+        {
+            "ok": True,
+            "name": built.spec.name,
+            "platform": built.spec.platform,
+            "system": built.spec.system,
+            "path": str(built.path),
+            "content": built.content,
+            "argv": list(built.spec.argv()),
+            "environment": dict(built.spec.environment),
+            "log_file": str(built.spec.log_file),
+            "installed": installed is not None,
+            "up_to_date": up_to_date,
+            "warnings": list(built.warnings),
+        }
+    )
+
+
+# --- gc -----------------------------------------------------------------------------------
+
+
+def _gc_json(result: GcResult) -> dict[str, Any]:
+    def item(outcome: ItemOutcome) -> dict[str, Any]:
+        doomed = outcome.item
+        return {
+            "kind": doomed.kind,
+            "path": str(doomed.path),
+            "size": doomed.total_size,
+            "reason": doomed.reason,
+            "status": outcome.status,
+            "detail": outcome.detail,
+            "with": [{"kind": f.kind, "path": str(f.path)} for f in doomed.follow],
+        }
+
+    return {
+        "ok": not result.skipped,
+        "dry_run": result.dry_run,
+        "all": result.include_foreign,
+        "bytes": result.plan.size,
+        "freed_bytes": result.freed,
+        "items": [item(o) for o in result.outcomes],
+        "kept": [
+            {"path": str(k.path), "size": k.size, "reason": k.reason} for k in result.plan.kept
+        ],
+        "kept_bytes": result.plan.kept_size,
+        "roots": [
+            {"lock_dir": str(r.lock_dir), "registered": r.registered, "locks": r.locks}
+            for r in result.roots
+        ],
+        "problems": [p.to_json() for p in result.problems],
+    }
+
+
+@app.command("gc")
+@guarded
+def gc_command(
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Delete (without it: only list what would go).")
+    ] = False,
+    include_foreign: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Also delete Hub-cache blobs mlxpin did not download (other tools' files) "
+            "that no mlxpin lock references.",
+        ),
+    ] = False,
+    cache_dir: CacheDirOpt = None,
+    manifest: ManifestOpt = None,
+    lock_dir: LockDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Delete snapshots and blobs that no lock of any project references (dry run by default).
+
+    Keeps everything the locks of this project and of every project that ran `mlxpin
+    fetch` use, and every Hub-cache file mlxpin did not download itself (unless --all).
+    """
+    from mlxpin.commands import gc as gc_cmd
+
+    out = Output(as_json, quiet)
+    settings = settings_for(manifest, lock_dir, cache_dir)
+    result = gc_cmd.gc(settings, yes=yes, include_foreign=include_foreign)
+    for problem in result.problems:
+        out.note(f"mlxpin: warning: {problem.message} (its files are unknown, so kept)")
+    for root in result.roots:
+        if verbose:
+            out.note(f"mlxpin: live: {root.lock_dir} ({root.locks} locks)")
+    for outcome in result.outcomes:
+        doomed = outcome.item
+        size = human_size(doomed.total_size) if doomed.total_size else "-"
+        status = "" if outcome.status in ("would_remove", "removed") else f"  [{outcome.status}]"
+        if outcome.detail and outcome.status not in ("would_remove", "removed"):
+            status += f" {outcome.detail}"
+        out.line(f"{doomed.kind:<10} {size:>9}  {doomed.path}  ({doomed.reason}){status}")
+    plan = result.plan
+    if result.dry_run:
+        if plan.doomed:
+            out.line(
+                f"would free {human_size(plan.size)} ({len(plan.doomed)} items); "
+                "nothing deleted: run `mlxpin gc --yes` to delete"
+                + (" (add --all for other tools' files)" if include_foreign else "")
+            )
+        else:
+            out.line("nothing to collect")
+    else:
+        out.line(f"freed {human_size(result.freed)}")
+        busy = [o for o in result.skipped if o.status == "busy"]
+        if busy:
+            out.note(
+                f"mlxpin: {len(busy)} item(s) skipped: a fetch is using them; run gc again later"
+            )
+    if plan.kept and not include_foreign:
+        out.line(
+            f"kept {len(plan.kept)} unreferenced Hub-cache file(s), "
+            f"{human_size(plan.kept_size)}, that mlxpin did not download (--all deletes them)"
+        )
+        if verbose:
+            for kept in plan.kept:
+                out.line(f"  kept {human_size(kept.size):>9}  {kept.path}  ({kept.reason})")
+    out.result(_gc_json(result))
+    failed = [o for o in result.skipped if o.status == "failed"]
+    if failed:
+        print(
+            f"mlxpin: error: {len(failed)} item(s) could not be deleted "
+            f"(first: {failed[0].item.path}: {failed[0].detail})",
+            file=sys.stderr,
+        )
+        raise typer.Exit(74)
+
+
+# --- manifest edits -------------------------------------------------------------------------
+
+
+@app.command("add")
+@guarded
+def add_command(
+    name: NameArg,
+    repo: Annotated[
+        str | None,
+        typer.Option("--repo", help="Hub repo id, owner/name.", show_default=False),
+    ] = None,
+    path: Annotated[
+        str | None,
+        typer.Option(
+            "--path", help="A local model directory instead of --repo.", show_default=False
+        ),
+    ] = None,
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            "--revision", help="Branch, tag or 40-hex commit (default: main).", show_default=False
+        ),
+    ] = None,
+    label: Annotated[
+        str | None,
+        typer.Option("--label", help="api_label clients send (default: NAME).", show_default=False),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            help="Public port (default: the lowest from 8080 no other model uses).",
+            show_default=False,
+        ),
+    ] = None,
+    files: Annotated[
+        list[str] | None,
+        typer.Option("--files", help="Allow-list glob; repeat for several.", show_default=False),
+    ] = None,
+    then_lock: Annotated[
+        bool, typer.Option("--lock", help="Lock the new model right away.")
+    ] = False,
+    manifest: ManifestOpt = None,
+    lock_dir: LockDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Add [models.NAME] to the manifest, keeping every comment and line of the file.
+
+    The result is validated before anything is written (a bare repo id such as
+    `gemma-4-31b-it` is refused: that is an api_label; the repo needs its owner).
+    """
+    from mlxpin import edit
+
+    out = Output(as_json, quiet)
+    settings = settings_for(manifest, lock_dir)
+    added = edit.add(
+        settings,
+        name,
+        repo=repo,
+        path=path,
+        revision=revision,
+        label=label,
+        port=port,
+        files=files,
+    )
+    _warn(out, added.warnings)
+    out.line(
+        f"{added.name}: added to {added.manifest} (label {added.api_label}, port {added.port}, "
+        f"{added.source})"
+    )
+    data: dict[str, Any] = {
+        "ok": True,
+        "name": added.name,
+        "manifest": str(added.manifest),
+        "api_label": added.api_label,
+        "port": added.port,
+        "source": added.source,
+        "added": added.added,
+        "warnings": list(added.warnings),
+        "lock": None,
+    }
+    if not then_lock:
+        out.line(f"next: mlxpin lock {added.name} && mlxpin fetch {added.name}")
+        out.result(data)
+        return
+    from mlxpin.commands import lock as lock_cmd
+
+    locked = lock_cmd.lock(settings, [added.name])
+    for change in locked.changes:
+        text = describe_change(change)
+        if text and change.action != "kept":
+            out.line(text)
+    data["ok"] = not locked.errors
+    data["lock"] = [change_json(c) for c in locked.changes]
+    out.result(data)
+    if locked.errors:
+        for failure in locked.errors:
+            report_error(failure, False)
+        out.note(f"mlxpin: {added.name} stays in the manifest; fix the cause and run mlxpin lock")
+        raise typer.Exit(int(locked.errors[0].exit_code))
+
+
+@app.command("remove")
+@guarded
+def remove_command(
+    name: NameArg,
+    manifest: ManifestOpt = None,
+    lock_dir: LockDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Remove [models.NAME] from the manifest (refused while another model uses it as
+    draft or adapter) and delete its lock file. Its files stay until `mlxpin gc`."""
+    from mlxpin import edit
+
+    out = Output(as_json, quiet)
+    settings = settings_for(manifest, lock_dir)
+    removed = edit.remove(settings, name)
+    out.line(f"{removed.name}: removed from {removed.manifest}")
+    if removed.lock_file is not None:
+        out.line(f"{removed.name}: deleted its lock file {removed.lock_file}")
+    out.line("its snapshot stays on disk until `mlxpin gc --yes`")
+    out.result(
+        {
+            "ok": True,
+            "name": removed.name,
+            "manifest": str(removed.manifest),
+            "removed": removed.removed_text,
+            "lock_file": str(removed.lock_file) if removed.lock_file else None,
+        }
+    )
+
+
+@app.command("init")
+@guarded
+def init_command(
+    manifest: ManifestOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write a commented starter manifest.toml (never over an existing file)."""
+    from mlxpin import edit
+
+    out = Output(as_json, quiet)
+    settings = settings_for(manifest, None)
+    created = edit.init(settings)
+    out.line(f"wrote {created.manifest}: edit it, then run `mlxpin lock` and `mlxpin fetch`")
+    out.result({"ok": True, "manifest": str(created.manifest), "models": list(created.models)})

@@ -1,0 +1,410 @@
+"""`mlxpin gc`: find what no lock references (see `mlxpin.gc`) and, with `yes`, delete it.
+
+Scanning reads directory listings, stats and the small verification records; it never
+hashes. Deleting holds the per-blob / per-view lock that `fetch` takes (briefly: a busy
+lock means a fetch is at work, and that item is skipped), re-checks that the item did not
+become live or change meanwhile, and removes a view's stamp before its directory, so a
+crash half-way leaves nothing that looks verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mlxpin.atomic import hold_lock
+from mlxpin.commands.common import store_layout
+from mlxpin.config import Settings
+from mlxpin.errors import LockBusyError, LockCorruptError
+from mlxpin.gc import (
+    HEX_RE,
+    BlobOnDisk,
+    Doomed,
+    GcPlan,
+    Inventory,
+    LeftoverOnDisk,
+    LinkOnDisk,
+    LiveSet,
+    Record,
+    RootOnDisk,
+    ViewOnDisk,
+    live_set,
+    oid_of_hex,
+    plan,
+)
+from mlxpin.lockfile import LockedModel, lock_names_on_disk, read_lock
+from mlxpin.store import FileStat, StoreLayout
+
+LOCK_TIMEOUT_S = 0.5
+VIEW_KEY_RE = HEX_RE
+
+Status = Literal["would_remove", "removed", "busy", "changed", "live", "gone", "failed"]
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    item: Doomed
+    status: Status
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class LiveRoot:
+    lock_dir: Path
+    registered: bool  # a gc root (else: only the current project's lock dir)
+    locks: int
+
+
+@dataclass(frozen=True)
+class GcResult:
+    dry_run: bool
+    include_foreign: bool
+    plan: GcPlan
+    outcomes: tuple[ItemOutcome, ...]
+    roots: tuple[LiveRoot, ...]
+    problems: tuple[LockCorruptError, ...]
+
+    @property
+    def freed(self) -> int:
+        return sum(o.item.total_size for o in self.outcomes if o.status == "removed")
+
+    @property
+    def skipped(self) -> tuple[ItemOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.status in ("busy", "changed", "live", "failed"))
+
+
+# --- the live set -------------------------------------------------------------------------
+
+
+def read_roots(layout: StoreLayout) -> tuple[RootOnDisk, ...]:
+    roots_dir = layout.state_dir / "roots"
+    try:
+        entries = sorted(p for p in roots_dir.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return ()
+    roots: list[RootOnDisk] = []
+    for entry in entries:
+        try:
+            text = entry.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            roots.append(RootOnDisk(entry, None, False))
+            continue
+        lock_dir = Path(text)
+        valid = bool(text) and "\n" not in text and lock_dir.is_absolute()
+        if not valid:
+            roots.append(RootOnDisk(entry, None, False))
+            continue
+        roots.append(RootOnDisk(entry, lock_dir, lock_dir.is_dir()))
+    return tuple(roots)
+
+
+def collect_live(
+    settings: Settings, layout: StoreLayout, roots: tuple[RootOnDisk, ...]
+) -> tuple[LiveSet, tuple[LiveRoot, ...], tuple[LockCorruptError, ...]]:
+    dirs: dict[Path, bool] = {settings.lock_dir: False}
+    for root in roots:
+        if root.exists and root.lock_dir is not None:
+            dirs[root.lock_dir] = True
+    locks: list[LockedModel] = []
+    problems: list[LockCorruptError] = []
+    live_roots: list[LiveRoot] = []
+    for lock_dir, registered in dirs.items():
+        count = 0
+        for name in lock_names_on_disk(lock_dir):
+            try:
+                lock = read_lock(lock_dir, name)
+            except LockCorruptError as exc:
+                problems.append(exc)
+                continue
+            if lock is not None:
+                locks.append(lock)
+                count += 1
+        if registered or lock_dir.is_dir():
+            live_roots.append(LiveRoot(lock_dir, registered, count))
+    return live_set(layout, locks), tuple(live_roots), tuple(problems)
+
+
+# --- the inventory ------------------------------------------------------------------------
+
+
+def _lstat_size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for directory, dirs, names in os.walk(path):
+        for name in (*dirs, *names):
+            total += _lstat_size(Path(directory) / name)
+    return total
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return time.time()
+
+
+def _record(layout: StoreLayout, oid: str) -> Record | None:
+    path = layout.verified_record(oid)
+    try:
+        fields = path.read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        stat: FileStat | None = FileStat(*(int(v) for v in fields[:4]))
+    except (ValueError, TypeError):
+        stat = None
+    origin = fields[4] if len(fields) > 4 else "adopted"
+    return Record(path, stat, origin)
+
+
+def _listdir(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _scan_views(layout: StoreLayout) -> tuple[list[ViewOnDisk], list[LeftoverOnDisk]]:
+    directory = layout.state_dir / "snapshots"
+    views: dict[str, tuple[Path | None, Path | None]] = {}
+    leftovers: list[LeftoverOnDisk] = []
+    for entry in _listdir(directory):
+        name = entry.name
+        path = Path(entry.path)
+        if name.startswith("."):
+            # build_view's `.<key>.tmp-*` / `.<key>.old-*`, write_atomic's `.<key>.stamp.tmp-*`
+            key = name[1:].split(".", 1)[0]
+            if VIEW_KEY_RE.fullmatch(key) and (".tmp-" in name or ".old-" in name):
+                size = _tree_size(path) if entry.is_dir(follow_symlinks=False) else 0
+                leftovers.append(
+                    LeftoverOnDisk(
+                        "temp",
+                        path,
+                        size + _lstat_size(path),
+                        _mtime(path),
+                        _view_lock(layout, key),
+                        directory / key,
+                    )
+                )
+            continue
+        if name.endswith(".stamp") and VIEW_KEY_RE.fullmatch(name.removesuffix(".stamp")):
+            key = name.removesuffix(".stamp")
+            views[key] = (views.get(key, (None, None))[0], path)
+        elif VIEW_KEY_RE.fullmatch(name) and entry.is_dir(follow_symlinks=False):
+            views[name] = (path, views.get(name, (None, None))[1])
+    result = [
+        ViewOnDisk(
+            key,
+            view,
+            stamp,
+            (_tree_size(view) + _lstat_size(view) if view else 0)
+            + (_lstat_size(stamp) if stamp else 0),
+            _view_lock(layout, key),
+        )
+        for key, (view, stamp) in sorted(views.items())
+    ]
+    return result, leftovers
+
+
+def _view_lock(layout: StoreLayout, key: str) -> Path:
+    # Same path as StoreLayout.view_lock(lock), which needs a whole lock to compute the key.
+    return layout.state_dir / "locks" / f"view-{key}.lock"
+
+
+def _scan_blob_dir(
+    layout: StoreLayout, directory: Path, repo: str | None
+) -> tuple[list[BlobOnDisk], list[LeftoverOnDisk]]:
+    blobs: list[BlobOnDisk] = []
+    leftovers: list[LeftoverOnDisk] = []
+    for entry in _listdir(directory):
+        name = entry.name
+        path = Path(entry.path)
+        digest = name.split(".", 1)[0]
+        if not HEX_RE.fullmatch(digest) or not entry.is_file(follow_symlinks=False):
+            continue
+        oid = oid_of_hex(digest) if repo is not None else "sha256:" + digest
+        lock = layout.hub_blob_lock(repo, oid) if repo is not None else layout.local_blob_lock(oid)
+        if name == digest:
+            try:
+                stat = FileStat.of(path)
+            except OSError:
+                continue
+            blobs.append(BlobOnDisk(path, oid, repo is None, stat, _record(layout, oid), lock))
+        elif name.endswith(".incomplete"):
+            leftovers.append(
+                LeftoverOnDisk(
+                    "partial", path, _lstat_size(path), _mtime(path), lock, directory / digest
+                )
+            )
+    return blobs, leftovers
+
+
+def _scan_links(repo_dir: Path) -> list[LinkOnDisk]:
+    snapshots = repo_dir / "snapshots"
+    blobs = os.path.normpath(repo_dir / "blobs")
+    links: list[LinkOnDisk] = []
+    for directory, dirs, names in os.walk(snapshots):
+        for name in (*dirs, *names):
+            path = Path(directory) / name
+            if not path.is_symlink():
+                continue
+            try:
+                target = os.path.normpath(Path(directory) / os.readlink(path))
+            except OSError:
+                continue
+            if os.path.dirname(target) == blobs:
+                links.append(LinkOnDisk(path, Path(target), snapshots))
+    return links
+
+
+def scan(layout: StoreLayout, roots: tuple[RootOnDisk, ...]) -> Inventory:
+    views, leftovers = _scan_views(layout)
+    blobs: list[BlobOnDisk] = []
+    links: list[LinkOnDisk] = []
+    local, local_leftovers = _scan_blob_dir(layout, layout.state_dir / "blobs" / "sha256", None)
+    blobs += local
+    leftovers += local_leftovers
+    for entry in _listdir(layout.hub_cache):
+        if not entry.name.startswith("models--") or not entry.is_dir(follow_symlinks=False):
+            continue
+        repo_dir = Path(entry.path)
+        # StoreLayout maps a repo id to its directory by replacing "/" with "--".
+        repo = entry.name.removeprefix("models--").replace("--", "/")
+        if layout.repo_dir(repo) != repo_dir:
+            continue
+        hub, hub_leftovers = _scan_blob_dir(layout, repo_dir / "blobs", repo)
+        blobs += hub
+        leftovers += hub_leftovers
+        links += _scan_links(repo_dir)
+    return Inventory(tuple(views), tuple(blobs), tuple(leftovers), tuple(links), roots)
+
+
+# --- deleting -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(path: Path | None, timeout_s: float) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    with hold_lock(path, timeout_s):
+        yield
+
+
+def _unlink(path: Path) -> bool:
+    """Remove a file or symlink; a read-only file (local blobs are 0444) is made writable."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except PermissionError:
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o644, follow_symlinks=False)
+        path.unlink()
+    return True
+
+
+def _remove_tree(path: Path) -> bool:
+    """Move the directory out of sight first, so no half-deleted view is ever visible."""
+    if not path.exists() and not path.is_symlink():
+        return False
+    trash = path.with_name(f".{path.name}.old-gc-{secrets.token_hex(4)}")
+    path.replace(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+def _prune(directory: Path, stop: Path) -> None:
+    while directory != stop and stop in directory.parents:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        directory = directory.parent
+
+
+def _remove(item: Doomed) -> bool:
+    if item.kind in ("view", "temp") and item.path.is_dir() and not item.path.is_symlink():
+        return _remove_tree(item.path)
+    removed = _unlink(item.path)
+    if item.kind == "link" and item.prune_to is not None:
+        _prune(item.path.parent, item.prune_to)
+    return removed
+
+
+def _execute(item: Doomed, live: LiveSet, timeout_s: float) -> ItemOutcome:
+    if item.path in live:
+        return ItemOutcome(item, "live", "a lock written during gc references it")
+    try:
+        with _locked(item.lock, timeout_s):
+            if item.expect is not None:
+                try:
+                    current = FileStat.of(item.path)
+                except FileNotFoundError:
+                    return ItemOutcome(item, "gone")
+                if current != item.expect:
+                    return ItemOutcome(item, "changed", "changed since it was scanned")
+            # A view's stamp goes first: a view without its stamp is never trusted.
+            stamps = [f for f in item.follow if f.kind == "stamp"]
+            for follower in stamps:
+                _unlink(follower.path)
+            if not _remove(item):
+                return ItemOutcome(item, "gone")
+            for follower in item.follow:
+                if follower.kind != "stamp":
+                    _remove(follower)
+    except LockBusyError:
+        return ItemOutcome(item, "busy", "another mlxpin or huggingface_hub holds its lock")
+    except OSError as exc:
+        return ItemOutcome(item, "failed", exc.strerror or str(exc))
+    return ItemOutcome(item, "removed")
+
+
+def gc(
+    settings: Settings,
+    *,
+    yes: bool = False,
+    include_foreign: bool = False,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
+    now: float | None = None,
+) -> GcResult:
+    """Plan, and with `yes` delete. Refuses to delete while a live lock file is unreadable."""
+    layout = store_layout(settings)
+    roots = read_roots(layout)
+    live, live_roots, problems = collect_live(settings, layout, roots)
+    inventory = scan(layout, roots)
+    the_plan = plan(
+        inventory,
+        live,
+        include_foreign=include_foreign,
+        now=time.time() if now is None else now,
+    )
+    if not yes:
+        outcomes = tuple(ItemOutcome(item, "would_remove") for item in the_plan.doomed)
+        return GcResult(True, include_foreign, the_plan, outcomes, live_roots, problems)
+    if problems:
+        first = problems[0]
+        refusal = LockCorruptError(first.file, first.problem)
+        refusal.hint = (
+            "gc deletes nothing while a lock it must keep alive is unreadable (it cannot tell "
+            "what that lock needs); fix or delete that file, then run `mlxpin gc --yes` again"
+        )
+        raise refusal
+    # A lock written since the scan may have made something live again: read them once more.
+    live_again, _, _ = collect_live(settings, layout, read_roots(layout))
+    outcomes = tuple(_execute(item, live_again, lock_timeout_s) for item in the_plan.doomed)
+    return GcResult(False, include_foreign, the_plan, outcomes, live_roots, problems)

@@ -1,0 +1,304 @@
+"""What `mlxpin gc` may delete: a pure plan from an inventory of the disk and a live set.
+
+Live set: every blob, view and stamp referenced by a lock file in a live lock dir. The
+live lock dirs are the current project's and every registered gc root's
+(`<state>/roots/*`, written by `fetch`) that still exists. Every lock file in such a dir
+counts, including orphans `mlxpin lock` has not removed yet.
+
+Garbage (`plan`), and what is never touched:
+
+- views `<state>/snapshots/<key>` and their `.stamp` whose key no live lock has;
+- mlxpin's own blobs `<state>/blobs/sha256/<hex>` (path sources) no live lock uses;
+- Hub cache blobs `models--*/blobs/<hex>` no live lock uses, **only** when mlxpin
+  downloaded them: the blob's verification record says `fetched` and describes this
+  very file (size, mtime, inode, device), and no other copy of the same content exists
+  (records are keyed by content, so with two copies the record cannot tell which one
+  mlxpin downloaded). Everything else in the Hub cache (adopted from another tool,
+  never verified, ambiguous) is kept unless `include_foreign` (`--all`);
+- with a deleted blob: its verification record (when the record describes it) and the
+  Hub `snapshots/<commit>/<path>` symlinks that point at it, then emptied snapshot dirs;
+- partial downloads (`*.incomplete`) and temporary views older than a day, unless the
+  blob they would become is live (a later fetch resumes it);
+- gc roots whose lock dir no longer exists.
+- `refs/` is never touched, nor anything the planner does not recognise.
+
+Deleting (in `mlxpin.commands.gc`) holds the same lock `fetch` holds for that blob or
+view, so a concurrent fetch and gc never see each other's half-done work.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mlxpin.lockfile import LockedModel
+from mlxpin.store import FileStat, StoreLayout
+
+GarbageKind = Literal[
+    "view", "stamp", "temp", "hub_blob", "local_blob", "partial", "record", "link", "root"
+]
+STALE_AFTER_S = 24 * 3600.0
+HEX_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+FETCHED = "fetched"
+
+
+def oid_of_hex(digest: str) -> str:
+    """Blob file names are the Hub's etags: git sha1 for plain files, sha256 for LFS."""
+    return ("gitsha1:" if len(digest) == 40 else "sha256:") + digest
+
+
+@dataclass(frozen=True)
+class LiveSet:
+    paths: frozenset[Path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.paths
+
+
+def live_set(layout: StoreLayout, locks: Iterable[LockedModel]) -> LiveSet:
+    paths: set[Path] = set()
+    for lock in locks:
+        paths.add(layout.view(lock))
+        paths.add(layout.stamp(lock))
+        paths.update(layout.blob(lock, file) for file in lock.files)
+    return LiveSet(frozenset(paths))
+
+
+# --- what is on disk (gathered by commands/gc.py) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    path: Path
+    stat: FileStat | None  # None when unreadable
+    origin: str  # "fetched" | "adopted" (records older than the origin field: "adopted")
+
+
+@dataclass(frozen=True)
+class BlobOnDisk:
+    path: Path
+    oid: str
+    local: bool  # mlxpin's own store (path sources) rather than the Hub cache
+    stat: FileStat
+    record: Record | None
+    lock: Path
+
+
+@dataclass(frozen=True)
+class ViewOnDisk:
+    key: str
+    view: Path | None  # the directory, when present
+    stamp: Path | None  # the stamp, when present
+    size: int
+    lock: Path
+
+
+@dataclass(frozen=True)
+class LeftoverOnDisk:
+    """A partial download or a temporary view/stamp a crashed process left behind."""
+
+    kind: Literal["partial", "temp"]
+    path: Path
+    size: int
+    mtime: float
+    lock: Path | None
+    becomes: Path | None  # the blob or view it would have become
+
+
+@dataclass(frozen=True)
+class LinkOnDisk:
+    path: Path
+    target: Path  # normalised absolute target
+    snapshots_dir: Path  # emptied directories are removed up to (not including) this one
+
+
+@dataclass(frozen=True)
+class RootOnDisk:
+    path: Path
+    lock_dir: Path | None  # None when the root file is unreadable
+    exists: bool
+
+
+@dataclass(frozen=True)
+class Inventory:
+    views: tuple[ViewOnDisk, ...] = ()
+    blobs: tuple[BlobOnDisk, ...] = ()
+    leftovers: tuple[LeftoverOnDisk, ...] = ()
+    links: tuple[LinkOnDisk, ...] = ()
+    roots: tuple[RootOnDisk, ...] = ()
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Doomed:
+    kind: GarbageKind
+    path: Path
+    size: int
+    reason: str
+    lock: Path | None = None  # held while this item and its followers are deleted
+    expect: FileStat | None = None  # skip the blob if it changed since the scan
+    follow: tuple[Doomed, ...] = ()  # removed only once this item is gone
+    prune_to: Path | None = None  # links: remove emptied parents up to this directory
+
+    @property
+    def total_size(self) -> int:
+        return self.size + sum(f.total_size for f in self.follow)
+
+
+@dataclass(frozen=True)
+class Kept:
+    path: Path
+    size: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class GcPlan:
+    doomed: tuple[Doomed, ...]
+    kept: tuple[Kept, ...]  # unreferenced Hub blobs mlxpin did not download
+
+    @property
+    def size(self) -> int:
+        return sum(d.total_size for d in self.doomed)
+
+    @property
+    def kept_size(self) -> int:
+        return sum(k.size for k in self.kept)
+
+
+def _record_describes(record: Record | None, blob: BlobOnDisk) -> bool:
+    return record is not None and record.stat == blob.stat
+
+
+def _origin_problem(blob: BlobOnDisk, copies: int) -> str | None:
+    """None when mlxpin provably downloaded this blob, else why it is kept."""
+    record = blob.record
+    if record is None:
+        return "never downloaded or verified by mlxpin"
+    if record.origin != FETCHED:
+        return "found in the cache by mlxpin, not downloaded by it"
+    if record.stat != blob.stat:
+        return "changed since mlxpin verified it"
+    if copies > 1:
+        return "another copy of the same content exists, so its origin is uncertain"
+    return None
+
+
+def plan(inventory: Inventory, live: LiveSet, *, include_foreign: bool, now: float) -> GcPlan:
+    doomed: list[Doomed] = []
+    kept: list[Kept] = []
+
+    for view in inventory.views:
+        if view.view in live or view.stamp in live:
+            continue
+        stamp = (
+            (Doomed("stamp", view.stamp, 0, "stamp of an unreferenced snapshot", view.lock),)
+            if view.stamp is not None and view.view is not None
+            else ()
+        )
+        if view.view is not None:
+            doomed.append(
+                Doomed(
+                    "view",
+                    view.view,
+                    view.size,
+                    "snapshot no lock references",
+                    view.lock,
+                    follow=stamp,
+                )
+            )
+        elif view.stamp is not None:
+            doomed.append(Doomed("stamp", view.stamp, 0, "stamp without a snapshot", view.lock))
+
+    copies = Counter(blob.oid.split(":", 1)[1] for blob in inventory.blobs)
+    links_to: dict[Path, list[LinkOnDisk]] = {}
+    for link in inventory.links:
+        links_to.setdefault(link.target, []).append(link)
+    for blob in inventory.blobs:
+        if blob.path in live:
+            continue
+        follow: list[Doomed] = []
+        if _record_describes(blob.record, blob):
+            assert blob.record is not None
+            follow.append(Doomed("record", blob.record.path, 0, "record of a deleted blob"))
+        if blob.local:
+            doomed.append(
+                Doomed(
+                    "local_blob",
+                    blob.path,
+                    blob.stat.size,
+                    "imported path-source file no lock references",
+                    blob.lock,
+                    expect=blob.stat,
+                    follow=tuple(follow),
+                )
+            )
+            continue
+        problem = _origin_problem(blob, copies[blob.oid.split(":", 1)[1]])
+        if problem is not None and not include_foreign:
+            kept.append(Kept(blob.path, blob.stat.size, problem))
+            continue
+        follow.extend(
+            Doomed(
+                "link",
+                link.path,
+                0,
+                "Hub snapshot link to a deleted blob",
+                prune_to=link.snapshots_dir,
+            )
+            for link in sorted(links_to.get(blob.path, ()), key=lambda item: item.path)
+        )
+        reason = "downloaded by mlxpin, no lock references it"
+        if problem is not None:
+            reason = f"no lock references it ({problem}; --all)"
+        doomed.append(
+            Doomed(
+                "hub_blob",
+                blob.path,
+                blob.stat.size,
+                reason,
+                blob.lock,
+                expect=blob.stat,
+                follow=tuple(follow),
+            )
+        )
+
+    for leftover in inventory.leftovers:
+        if now - leftover.mtime < STALE_AFTER_S:
+            continue
+        if leftover.becomes is not None and leftover.becomes in live:
+            continue  # an interrupted fetch of a live pin resumes from it
+        what = "partial download" if leftover.kind == "partial" else "temporary file"
+        doomed.append(
+            Doomed(
+                leftover.kind,
+                leftover.path,
+                leftover.size,
+                f"{what} older than a day",
+                leftover.lock,
+            )
+        )
+
+    for root in inventory.roots:
+        if root.exists:
+            continue
+        reason = (
+            f"gc root for {root.lock_dir}, which no longer exists"
+            if root.lock_dir is not None
+            else "unreadable gc root"
+        )
+        doomed.append(Doomed("root", root.path, 0, reason))
+
+    order = {
+        kind: i
+        for i, kind in enumerate(("view", "stamp", "temp", "local_blob", "hub_blob", "partial"))
+    }
+    doomed.sort(key=lambda d: (order.get(d.kind, len(order)), str(d.path)))
+    kept.sort(key=lambda k: str(k.path))
+    return GcPlan(tuple(doomed), tuple(kept))

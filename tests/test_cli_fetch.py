@@ -1,0 +1,415 @@
+"""`mlxpin fetch`, `verify`, `status` end to end against the loopback hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from conftest import Project
+from huggingface_hub import snapshot_download
+
+from hubserver import HubServer, LfsContent, Repo, pseudo_random_bytes
+
+REPO = "mlx-community/tiny-4bit"
+SECRET = "hf_SECRETsecretSECRETsecret0123456789"
+BIG = 8 * 1024 * 1024
+
+MANIFEST = f"""version = 1
+
+[models.tiny]
+api_label = "tiny-it"
+port = 18001
+
+[models.tiny.launch]
+repo = "{REPO}"
+"""
+
+
+def seed(hub: HubServer, big: int = 300_000, **options: object) -> Repo:
+    repo = hub.create_repo(REPO, **options)  # type: ignore[arg-type]
+    repo.commit(
+        {
+            "config.json": b'{"model_type": "llama"}\n',
+            "tokenizer.json": b'{"version": "1.0"}\n',
+            "sub/dir/notes.txt": b"nested\n",
+            "model.safetensors": LfsContent(pseudo_random_bytes(big, seed=1)),
+            "empty.txt": b"",
+        }
+    )
+    return repo
+
+
+def locked(hub: HubServer, project: Project, big: int = 300_000, **options: object) -> Repo:
+    repo = seed(hub, big, **options)
+    project.write_manifest(MANIFEST)
+    project.ok("lock")
+    return repo
+
+
+def cache(project: Project) -> Path:
+    return project.hf_home / "hub" / ("models--" + REPO.replace("/", "--"))
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
+
+
+def test_fetch_fills_the_standard_cache_and_an_exact_view(hub: HubServer, project: Project) -> None:
+    repo = locked(hub, project)
+    commit = repo.head()
+    data = project.json("fetch")
+    assert data["ok"] is True
+    model = data["models"][0]
+    assert model["up_to_date"] is False
+    assert model["downloaded_bytes"] == sum(e.size for e in repo.files(commit).values())
+    view = Path(model["snapshot"])
+    lock = tomllib.loads(project.lock_text("tiny"))
+    assert sorted(str(p.relative_to(view)) for p in view.rglob("*") if p.is_symlink()) == sorted(
+        f["path"] for f in lock["files"]
+    )
+    for entry in repo.files(commit).values():
+        assert (view / entry.path).read_bytes() == entry.content()
+        etag = entry.lfs.sha256 if entry.lfs else entry.blob_id
+        blob = cache(project) / "blobs" / etag
+        assert blob.read_bytes() == entry.content()
+        link = cache(project) / "snapshots" / commit / entry.path
+        assert link.is_symlink() and not os.readlink(link).startswith("/")
+        assert link.resolve() == blob.resolve()
+    assert not (cache(project) / "refs").exists()  # what other tools resolve is untouched
+    # Other tools share it: huggingface_hub finds the snapshot offline.
+    shared = snapshot_download(
+        REPO, revision=commit, cache_dir=project.hf_home / "hub", local_files_only=True
+    )
+    assert (Path(shared) / "model.safetensors").read_bytes() == (
+        view / "model.safetensors"
+    ).read_bytes()
+
+
+def test_second_fetch_makes_zero_requests_and_hashes_nothing(
+    hub: HubServer, project: Project
+) -> None:
+    locked(hub, project)
+    project.ok("fetch")
+    hub.clear_requests()
+    data = project.json("fetch")
+    assert hub.count() == 0
+    assert data["models"][0]["up_to_date"] is True
+    assert data["models"][0]["hashed_bytes"] == 0
+    hub.stop()  # the Hub being down changes nothing for a fetched model
+    assert "tiny: up to date" in project.ok("fetch").stdout
+
+
+def test_status_and_verify(hub: HubServer, project: Project) -> None:
+    repo = locked(hub, project)
+    status = project.json("status")["models"][0]
+    assert (status["fetch"], status["lock"], status["api_label"]) == ("missing", "ok", "tiny-it")
+    assert status["commit"] == repo.head()
+    project.ok("fetch")
+    status = project.json("status")["models"][0]
+    assert status["fetch"] == "verified"
+    assert status["size_on_disk"] == status["total_size"] > 0
+    text = project.ok("status").stdout
+    assert f"tiny: label tiny-it on 127.0.0.1:18001; {REPO}@main; {repo.head()[:7]}" in text
+    assert "verified" in text
+    result = project.ok("verify")
+    assert "tiny: ok" in result.stdout
+
+
+def test_corrupt_download_is_refused_and_never_visible(hub: HubServer, project: Project) -> None:
+    locked(hub, project)
+    hub.corrupt("model.safetensors")
+    before = project.lock_text("tiny")
+    result = project.run("fetch")
+    assert result.returncode == 65
+    assert "tiny: model.safetensors: downloaded bytes hash to sha256:" in result.stderr
+    assert project.lock_text("tiny") == before  # the lock is never "fixed"
+    blobs = files_under(cache(project) / "blobs")
+    assert all(len(name) in (40, 64) for name in blobs)  # no partial file, no corrupt blob
+    assert not any(
+        p.name == "model.safetensors" for p in (project.state_dir / "snapshots").rglob("*")
+    )
+    assert project.json("status")["models"][0]["fetch"] == "missing"
+    hub.reset_faults()
+    project.ok("fetch")
+    project.ok("verify")
+
+
+def test_corrupted_blob_on_disk_is_caught_by_verify_and_repaired_by_fetch(
+    hub: HubServer, project: Project
+) -> None:
+    repo = locked(hub, project)
+    project.ok("fetch")
+    entry = repo.files()["model.safetensors"]
+    assert entry.lfs is not None
+    blob = cache(project) / "blobs" / entry.lfs.sha256
+    with blob.open("r+b") as handle:  # flip a byte in place, same size
+        handle.seek(1000)
+        byte = handle.read(1)
+        handle.seek(1000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    status = project.json("status")["models"][0]
+    assert status["fetch"] == "unverified"
+    result = project.run("verify")
+    assert result.returncode == 65
+    assert "tiny: model.safetensors: content hash differs from the lock" in result.stderr
+    hub.clear_requests()
+    project.ok("fetch")
+    assert hub.count(method="GET", path_contains="model.safetensors") == 1
+    assert blob.read_bytes() == entry.content()
+    project.ok("verify")
+
+
+def test_bit_rot_with_unchanged_mtime_is_caught_by_verify(hub: HubServer, project: Project) -> None:
+    repo = locked(hub, project)
+    project.ok("fetch")
+    entry = repo.files()["config.json"]
+    blob = cache(project) / "blobs" / entry.blob_id
+    stat = blob.stat()
+    blob.write_bytes(entry.content().replace(b"llama", b"llamb"))
+    os.utime(blob, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = project.run("verify")
+    assert result.returncode == 65
+    assert "config.json" in result.stderr
+    project.ok("fetch")  # verify dropped the stamp and the record: fetch re-checks and repairs
+    project.ok("verify")
+
+
+def test_foreign_corrupt_blob_in_cache_is_replaced(hub: HubServer, project: Project) -> None:
+    repo = locked(hub, project)
+    entry = repo.files()["model.safetensors"]
+    assert entry.lfs is not None
+    blob = cache(project) / "blobs" / entry.lfs.sha256
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"\0" * entry.size)  # right size, wrong bytes: what hf would accept
+    result = project.ok("fetch", "-v")
+    assert "corrupt; fetching it again" in result.stderr
+    assert blob.read_bytes() == entry.content()
+
+
+def test_hostile_etag_cannot_write_outside_the_cache(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    locked(hub, project)
+    hub.hostile_etag("model.safetensors", '"../../../../evil"')
+    hub.hostile_etag("config.json", "/tmp/evil-absolute")
+    before = files_under(tmp_path)
+    project.ok("fetch")
+    created = files_under(tmp_path) - before
+    assert not any("evil" in name for name in created)
+    assert not Path("/tmp/evil-absolute").exists()
+    project.ok("verify")
+
+
+def test_served_from_another_commit_is_refused(hub: HubServer, project: Project) -> None:
+    locked(hub, project)
+    hub.hostile_commit("f" * 40)
+    result = project.run("fetch")
+    assert result.returncode == 65
+    assert "served from commit" in result.stderr
+
+
+def test_cut_connection_resumes_with_range(hub: HubServer, project: Project) -> None:
+    locked(hub, project, big=3_000_000)
+    hub.cut_after("model.safetensors", 1_000_000, times=2)
+    hub.cut_after("tokenizer.json", 5, reset=True)
+    project.ok("fetch")
+    gets = hub.matching(method="GET", path_contains="model.safetensors")
+    assert len(gets) == 3
+    assert gets[0].range is None
+    assert gets[1].range is not None and gets[1].range.startswith("bytes=")
+    assert int(gets[1].range.split("=")[1].rstrip("-")) >= 1_000_000
+    project.ok("verify")
+
+
+def test_persistent_5xx_gives_up_with_69(hub: HubServer, project: Project) -> None:
+    locked(hub, project)
+    hub.fail_next(100, status=503, path_contains="/resolve/")
+    result = project.run("fetch")
+    assert result.returncode == 69
+    assert "unreachable" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert project.json("status")["models"][0]["fetch"] == "missing"
+
+
+def test_kill_9_mid_file_then_rerun_resumes_and_verifies(hub: HubServer, project: Project) -> None:
+    repo = locked(hub, project, big=BIG)
+    hub.throttle_bps = 4 * 1024 * 1024
+    entry = repo.files()["model.safetensors"]
+    assert entry.lfs is not None
+    partial = cache(project) / "blobs" / (entry.lfs.sha256 + ".mlxpin.incomplete")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlxpin", "fetch", "-q"], cwd=project.root, env=project.env
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if partial.exists() and partial.stat().st_size > 1_000_000:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    written = partial.stat().st_size
+    assert 0 < written < BIG
+    # Nothing half-written is reachable through a snapshot.
+    assert not (cache(project) / "snapshots" / repo.head() / "model.safetensors").exists()
+    assert project.json("status")["models"][0]["fetch"] == "missing"
+    hub.throttle_bps = None
+    hub.clear_requests()
+    project.ok("fetch")
+    resumed = hub.matching(method="GET", path_contains="model.safetensors")
+    assert len(resumed) == 1
+    assert resumed[0].range == f"bytes={written}-"
+    assert not partial.exists()
+    project.ok("verify")
+
+
+def test_parallel_fetches_all_succeed_and_download_each_blob_once(
+    hub: HubServer, project: Project
+) -> None:
+    repo = locked(hub, project, big=BIG)
+    hub.throttle_bps = 32 * 1024 * 1024
+    hub.clear_requests()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mlxpin", "fetch", "-q"],
+            cwd=project.root,
+            env=project.env,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else b"") for p in procs]
+    assert [code for code, _ in results] == [0, 0, 0], results
+    for path in repo.files():
+        if path != "empty.txt":
+            assert hub.count(method="GET", path_contains=path) == 1, path
+    project.ok("verify")
+
+
+def test_disk_full_is_a_clear_error_and_leaves_no_half_file(
+    hub: HubServer, project: Project
+) -> None:
+    locked(hub, project, big=2_000_000)
+
+    def small_disk() -> None:
+        # Writes beyond 1 MB fail with EFBIG, as a full disk would fail them with ENOSPC.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mlxpin", "fetch"],
+        cwd=project.root,
+        env=project.env,
+        capture_output=True,
+        text=True,
+        preexec_fn=small_disk,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 74, result.stderr
+    assert "cannot write" in result.stderr
+    assert "free some space" in result.stderr
+    assert not list((cache(project) / "blobs").glob("*.incomplete"))
+    project.ok("fetch")
+
+
+def test_gated_repo_needs_a_token_with_access_to_fetch(hub: HubServer, project: Project) -> None:
+    locked(hub, project, gated="manual")
+    result = project.run("fetch")
+    assert result.returncode == 77
+    assert "gated" in result.stderr
+    hub.add_token(SECRET, can_read=[REPO])
+    env = {**project.env, "HF_TOKEN": SECRET}
+    result = project.run("fetch", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    for path in (project.state_dir, project.hf_home / "hub"):
+        for file in path.rglob("*"):
+            if file.is_file() and not file.is_symlink() and file.stat().st_size < 1_000_000:
+                assert SECRET.encode() not in file.read_bytes(), file
+
+
+def test_lfs_redirect_to_cdn_drops_the_token(hub: HubServer, project: Project) -> None:
+    hub.cdn_redirect = True
+    seed(hub, private=True)
+    hub.add_token(SECRET, can_read=[REPO])
+    env = {**project.env, "HF_TOKEN": SECRET}
+    project.write_manifest(MANIFEST)
+    project.ok("lock", env=env)
+    project.ok("fetch", env=env)
+    cdn = hub.matching(method="GET", path_contains="model.safetensors", origin="cdn")
+    assert cdn and not any(r.has_auth for r in cdn)
+
+
+def test_stale_or_missing_lock_refuses_to_fetch(hub: HubServer, project: Project) -> None:
+    seed(hub)
+    project.write_manifest(MANIFEST)
+    result = project.run("fetch")
+    assert result.returncode == 78
+    assert "run `mlxpin lock tiny`" in result.stderr
+    project.ok("lock")
+    project.write_manifest(
+        MANIFEST.replace(f'repo = "{REPO}"', f'repo = "{REPO}"\nrevision = "v2"')
+    )
+    result = project.run("fetch")
+    assert result.returncode == 78
+    assert "stale" in result.stderr
+
+
+def test_path_source_is_imported_read_only_and_checked(project: Project) -> None:
+    source = project.root / "models" / "local"
+    source.mkdir(parents=True)
+    (source / "config.json").write_text("{}\n")
+    (source / "weights.safetensors").write_bytes(pseudo_random_bytes(100_000))
+    project.write_manifest(
+        'version = 1\n[models.local]\napi_label = "local"\n'
+        '[models.local.launch]\npath = "./models/local"\n'
+    )
+    project.ok("lock")
+    data = project.json("fetch")
+    view = Path(data["models"][0]["snapshot"])
+    blob = (view / "weights.safetensors").resolve()
+    assert blob.is_relative_to(project.state_dir / "blobs" / "sha256")
+    assert blob.stat().st_mode & 0o222 == 0
+    assert blob.read_bytes() == (source / "weights.safetensors").read_bytes()
+    # The source changes after locking: a second model reading it is refused.
+    (source / "config.json").write_text('{"edited": 1}\n')
+    (project.state_dir / "snapshots").rename(project.root / "old-views")
+    for record in (project.state_dir / "verified").rglob("*"):
+        if record.is_file():
+            record.unlink()
+    for stored in (project.state_dir / "blobs" / "sha256").iterdir():
+        stored.chmod(0o644)
+        stored.unlink()
+    result = project.run("fetch")
+    assert result.returncode == 65
+    assert "changed since it was locked" in result.stderr
+    assert "mlxpin lock --update local" in result.stderr
+
+
+def test_cache_dir_flag_and_hf_hub_cache(hub: HubServer, project: Project) -> None:
+    locked(hub, project)
+    other = project.root / "other-cache"
+    project.ok("fetch", "--cache-dir", str(other))
+    assert (other / ("models--" + REPO.replace("/", "--")) / "blobs").is_dir()
+    assert not cache(project).exists()
+    env = {**project.env, "HF_HUB_CACHE": str(project.root / "env-cache")}
+    project.ok("fetch", env=env)
+    assert (project.root / "env-cache" / ("models--" + REPO.replace("/", "--"))).is_dir()
+
+
+def test_fetch_json_reports_and_progress_is_off_without_a_terminal(
+    hub: HubServer, project: Project
+) -> None:
+    locked(hub, project)
+    result = project.run("fetch", "--json")
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert set(data["models"][0]) >= {"name", "snapshot", "files", "total_size", "up_to_date"}
+    assert "%|" not in result.stderr
