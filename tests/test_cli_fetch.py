@@ -12,9 +12,9 @@ import time
 import tomllib
 from pathlib import Path
 
-from conftest import Project
 from huggingface_hub import snapshot_download
 
+from conftest import Project
 from hubserver import HubServer, LfsContent, Repo, pseudo_random_bytes
 
 REPO = "mlx-community/tiny-4bit"

@@ -1,3 +1,3 @@
-from mlxpin.cli import main
+from mlxpin.entry import main
 
 main()

@@ -9,8 +9,6 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-import filelock
-
 from mlxpin.errors import DiskError, LockBusyError
 
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
@@ -56,6 +54,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 @contextlib.contextmanager
 def hold_lock(lock_path: Path, timeout_s: float = 600.0) -> Iterator[None]:
     """A cross-process lock; LockBusyError (exit 75) if it stays held past the timeout."""
+    import filelock  # not on the boot path
+
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(lock_path))
     try:

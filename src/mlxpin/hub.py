@@ -32,7 +32,6 @@ from mlxpin import errors, validate
 
 T = TypeVar("T")
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-CHUNK_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)

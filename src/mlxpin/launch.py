@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxpin.commands.common import store_layout
 from mlxpin.config import Settings
 from mlxpin.errors import (
     IntegrityError,
@@ -151,9 +150,9 @@ def plan_launch(
     environ: Mapping[str, str],
     verify: bool = False,
 ) -> LaunchPlan:
-    manifest = load_manifest(settings.manifest_path)
+    manifest = load_manifest(settings.manifest_path, parser="tomllib")
     spec = choose_model(manifest, name, settings)
-    layout = store_layout(settings)
+    layout = StoreLayout(hub_cache=settings.hub_cache, state_dir=settings.state_dir)
     snapshots = [_pinned(settings, layout, spec, "model", verify)]
     args: list[str] = ["--model", str(snapshots[0].path), "--host", PRIVATE_HOST]
     for role, flag, target in (

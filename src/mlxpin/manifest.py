@@ -8,13 +8,11 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import tomlkit
-import tomlkit.exceptions
+from typing import Any, Literal
 
 from mlxpin import validate
 from mlxpin.errors import ManifestError
@@ -159,7 +157,12 @@ def _did_you_mean(key: str, allowed: tuple[str, ...]) -> str:
     return "allowed keys: " + ", ".join(allowed)
 
 
-def load_manifest(path: Path) -> Manifest:
+Parser = Literal["tomlkit", "tomllib"]
+
+
+def load_manifest(path: Path, parser: Parser = "tomlkit") -> Manifest:
+    """Read and validate a manifest. `parser="tomllib"` is the fast reader for the boot
+    path; both readers accept the same documents (a property test holds them to it)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -172,30 +175,42 @@ def load_manifest(path: Path) -> Manifest:
         ) from None
     except OSError as exc:
         raise ManifestError(path, None, None, f"cannot read it: {exc.strerror}") from None
-    return parse_manifest(data, path)
+    return parse_manifest(data, path, parser)
 
 
-def parse_manifest(data: bytes, path: Path) -> Manifest:
+def parse_manifest(data: bytes, path: Path, parser: Parser = "tomlkit") -> Manifest:
     """Bytes → Manifest, or a ManifestError. Never anything else."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ManifestError(path, line, None, "is not valid UTF-8") from None
-    try:
-        document = tomlkit.parse(text).unwrap()
-    except tomlkit.exceptions.ParseError as exc:
-        raise ManifestError(
-            path, exc.line, None, f"TOML syntax error: {_parse_reason(exc)}"
-        ) from None
-    except (tomlkit.exceptions.TOMLKitError, ValueError, TypeError, IndexError) as exc:
-        raise ManifestError(path, None, None, f"TOML error: {exc}") from None
+    document = _parse_tomllib(text, path) if parser == "tomllib" else _parse_tomlkit(text, path)
     return _build(document, path, KeyLines(text))
 
 
-def _parse_reason(exc: tomlkit.exceptions.ParseError) -> str:
-    message = str(exc)
-    return re.sub(r" at line \d+ col \d+$", "", message)
+def _parse_tomlkit(text: str, path: Path) -> dict[str, Any]:
+    import tomlkit
+    import tomlkit.exceptions
+
+    try:
+        document: dict[str, Any] = tomlkit.parse(text).unwrap()
+    except tomlkit.exceptions.ParseError as exc:
+        reason = re.sub(r" at line \d+ col \d+$", "", str(exc))
+        raise ManifestError(path, exc.line, None, f"TOML syntax error: {reason}") from None
+    except (tomlkit.exceptions.TOMLKitError, ValueError, TypeError, IndexError) as exc:
+        raise ManifestError(path, None, None, f"TOML error: {exc}") from None
+    return document
+
+
+def _parse_tomllib(text: str, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column \d+\)$", str(exc))
+        reason = re.sub(r" \(at line \d+, column \d+\)$|\(at end of document\)$", "", str(exc))
+        line = int(match.group(1)) if match else None
+        raise ManifestError(path, line, None, f"TOML syntax error: {reason.strip()}") from None
 
 
 def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import functools
-import json
-import logging
 import os
-import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
 from mlxpin import __version__
-from mlxpin.config import Settings, is_true, load_settings
-from mlxpin.errors import ExitCode, MlxpinError
+from mlxpin.config import Settings, load_settings
+from mlxpin.runtime import CommandExit, Output, report_error, run_guarded
+
+__all__ = ["Output", "report_error"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,8 +31,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-log = logging.getLogger("mlxpin")
 
 ManifestOpt = Annotated[
     Path | None,
@@ -62,73 +58,28 @@ NamesArg = Annotated[
 ]
 
 
-class Output:
-    """Where results and messages go: stdout for results, stderr for everything else."""
-
-    def __init__(self, as_json: bool, quiet: bool) -> None:
-        self.as_json = as_json
-        self.quiet = quiet
-
-    def line(self, text: str) -> None:
-        if not self.as_json and not self.quiet:
-            print(text, flush=True)
-
-    def result(self, data: dict[str, Any]) -> None:
-        if self.as_json:
-            print(json.dumps(data, indent=2, sort_keys=True), flush=True)
-
-    def note(self, text: str) -> None:
-        if not self.quiet:
-            print(text, file=sys.stderr, flush=True)
-
-
-def _setup_logging(quiet: bool, verbose: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="mlxpin: %(message)s", stream=sys.stderr)
-    log.setLevel(level)
-    if not verbose:
-        for noisy in ("httpx", "httpx2", "huggingface_hub", "filelock", "aiohttp.access"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def report_error(error: MlxpinError, as_json: bool) -> None:
-    print(f"mlxpin: error: {error.message}", file=sys.stderr)
-    if error.hint:
-        print(f"  hint: {error.hint}", file=sys.stderr)
-    if as_json:
-        print(json.dumps({"ok": False, "error": error.to_json()}, indent=2, sort_keys=True))
-
-
 def guarded(func: Callable[P, R]) -> Callable[P, R]:
     """Turn mlxpin errors into a message and an exit code; tracebacks only when debugging."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        as_json = bool(kwargs.get("as_json", False))
-        _setup_logging(bool(kwargs.get("quiet", False)), bool(kwargs.get("verbose", False)))
-        debug = is_true(os.environ.get("MLXPIN_DEBUG"))
-        try:
-            return func(*args, **kwargs)
-        except MlxpinError as error:
-            if debug:
-                traceback.print_exc()
-            report_error(error, as_json)
-            raise typer.Exit(int(error.exit_code)) from None
-        except KeyboardInterrupt:
-            print("mlxpin: interrupted", file=sys.stderr)
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as error:
-            if debug:
-                raise
-            print(
-                f"mlxpin: internal error: {type(error).__name__}: {error}\n"
-                "  hint: this is a bug in mlxpin; rerun with MLXPIN_DEBUG=1 for a traceback "
-                "and report it",
-                file=sys.stderr,
-            )
-            raise typer.Exit(int(ExitCode.SOFTWARE)) from None
+        results: list[R] = []
+
+        def call() -> None:
+            try:
+                results.append(func(*args, **kwargs))
+            except typer.Exit as request:
+                raise CommandExit(int(request.exit_code)) from None
+
+        code = run_guarded(
+            call,
+            as_json=bool(kwargs.get("as_json", False)),
+            quiet=bool(kwargs.get("quiet", False)),
+            verbose=bool(kwargs.get("verbose", False)),
+        )
+        if code != 0 or not results:
+            raise typer.Exit(code)
+        return results[0]
 
     return wrapper
 

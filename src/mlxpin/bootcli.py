@@ -1,0 +1,155 @@
+"""`mlxpin launch` without the command-line framework: the boot path stays fast.
+
+`mlxpin launch ...` is dispatched here by `mlxpin.entry` (argparse, stdlib only); the
+typer command in `mlxpin.cli.launch` exists for `--help` and calls the same
+`launch_main`. A test keeps their options identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlxpin.config import load_settings
+from mlxpin.launch import LaunchPlan, plan_launch
+from mlxpin.render import human_size, short_commit
+from mlxpin.runtime import CommandExit, Output, run_guarded
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    name: str | None = None
+    dry_run: bool = False
+    verify: bool = False
+    max_restarts: int = 5
+    restart_delay: float = 1.0
+    ready_timeout: float = 900.0
+    cache_dir: Path | None = None
+    manifest: Path | None = None
+    lock_dir: Path | None = None
+    as_json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+
+
+def plan_json(plan: LaunchPlan) -> dict[str, Any]:
+    return {
+        "name": plan.name,
+        "api_label": plan.api_label,
+        "aliases": list(plan.aliases),
+        "public": {"host": plan.public_host, "port": plan.public_port},
+        "private": {"host": plan.private_host, "port": "chosen at start"},
+        "argv": [*plan.server_command, *plan.server_args, "--port", "<private port>"],
+        "env_set": dict(plan.env_set),
+        "env_unset": list(plan.env_unset),
+        "cwd": str(plan.cwd),
+        "upstream_model": plan.upstream_model,
+        "api_key_required": plan.api_key_required,
+        "snapshots": [
+            {
+                "name": s.name,
+                "role": s.role,
+                "path": str(s.path),
+                "commit": s.commit,
+                "tree_hash": s.tree_hash,
+                "files": s.files,
+                "total_size": s.total_size,
+            }
+            for s in plan.snapshots
+        ],
+    }
+
+
+def plan_text(plan: LaunchPlan) -> str:
+    aliases = f" (aliases: {', '.join(plan.aliases)})" if plan.aliases else ""
+    argv = [*plan.server_command, *plan.server_args, "--port", "<private port>"]
+    key = "required (MLXPIN_API_KEY)" if plan.api_key_required else "not required"
+    lines = [
+        f"model      {plan.name}",
+        f"label      {plan.api_label}{aliases}",
+        f"public     http://{plan.public_host}:{plan.public_port}/v1  (gateway)",
+        f"private    http://{plan.private_host}:<free port>  (mlx_lm.server)",
+        "argv       " + shlex.join(argv),
+        "env        " + " ".join(f"{k}={v}" for k, v in plan.env_set),
+        "env unset  " + " ".join(plan.env_unset),
+        f"cwd        {plan.cwd}  (emptied at start)",
+        f"api key    {key}",
+    ]
+    for snap in plan.snapshots:
+        pin = short_commit(snap.commit) if snap.commit else snap.tree_hash[:19]
+        lines.append(
+            f"{snap.role:<10} {snap.path}  ({snap.name}, {pin}, {snap.files} files, "
+            f"{human_size(snap.total_size)}, verified)"
+        )
+    return "\n".join(lines)
+
+
+def launch_main(options: LaunchOptions) -> int:
+    def run() -> None:
+        out = Output(options.as_json, options.quiet)
+        settings = load_settings(
+            os.environ,
+            cwd=Path.cwd(),
+            manifest=options.manifest,
+            lock_dir=options.lock_dir,
+            cache_dir=options.cache_dir,
+        )
+        plan = plan_launch(settings, options.name, environ=os.environ, verify=options.verify)
+        if options.dry_run:
+            out.line(plan_text(plan))
+            out.result({"ok": True, "plan": plan_json(plan)})
+            return
+        from mlxpin.supervisor import SupervisorPolicy, run_plan
+
+        policy = SupervisorPolicy(
+            ready_timeout_s=options.ready_timeout,
+            backoff_initial_s=options.restart_delay,
+            restart_budget=options.max_restarts,
+        )
+        code = run_plan(plan, os.environ, policy)
+        if code:
+            raise CommandExit(code)
+
+    return run_guarded(run, as_json=options.as_json, quiet=options.quiet, verbose=options.verbose)
+
+
+def _non_negative(kind: type[int] | type[float], minimum: float) -> Any:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}")
+        return value
+
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlxpin launch", add_help=False)
+    p.add_argument("name", nargs="?")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--verify", action="store_true")
+    p.add_argument("--max-restarts", type=_non_negative(int, 0), default=5)
+    p.add_argument("--restart-delay", type=_non_negative(float, 0.0), default=1.0)
+    p.add_argument("--ready-timeout", type=_non_negative(float, 1.0), default=900.0)
+    p.add_argument("--cache-dir", type=Path)
+    p.add_argument("--manifest", "-m", type=Path)
+    p.add_argument("--lock-dir", type=Path)
+    p.add_argument("--json", dest="as_json", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--verbose", "-v", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Entry for `mlxpin launch ARGS` (argv without the `launch` word)."""
+    namespace = parser().parse_args(argv)  # exits 2 with a usage line on a bad flag
+    return launch_main(LaunchOptions(**vars(namespace)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,16 @@
+"""The `mlxpin` executable: boot-time `launch` goes straight to the lean parser."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv[:1] == ["launch"] and not {"-h", "--help"} & set(argv):
+        from mlxpin.bootcli import main as launch
+
+        raise SystemExit(launch(argv[1:]))
+    from mlxpin.cli import main as cli
+
+    cli()

@@ -1,0 +1,97 @@
+"""How every command reports: results on stdout, messages on stderr, typed exit codes.
+
+Kept free of typer so that the boot path (`mlxpin launch`) can use it without paying
+for the full command-line framework.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from mlxpin.config import is_true
+from mlxpin.errors import ExitCode, MlxpinError
+
+log = logging.getLogger("mlxpin")
+
+
+class Output:
+    """Where results and messages go: stdout for results, stderr for everything else."""
+
+    def __init__(self, as_json: bool, quiet: bool) -> None:
+        self.as_json = as_json
+        self.quiet = quiet
+
+    def line(self, text: str) -> None:
+        if not self.as_json and not self.quiet:
+            print(text, flush=True)
+
+    def result(self, data: dict[str, Any]) -> None:
+        if self.as_json:
+            print(json.dumps(data, indent=2, sort_keys=True), flush=True)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+def setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="mlxpin: %(message)s", stream=sys.stderr)
+    log.setLevel(level)
+    if not verbose:
+        for noisy in ("httpx", "httpx2", "huggingface_hub", "filelock", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def report_error(error: MlxpinError, as_json: bool) -> None:
+    print(f"mlxpin: error: {error.message}", file=sys.stderr)
+    if error.hint:
+        print(f"  hint: {error.hint}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"ok": False, "error": error.to_json()}, indent=2, sort_keys=True))
+
+
+class CommandExit(Exception):
+    """A command's own request to exit with a code (after it printed what it had to)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def run_guarded(func: Callable[[], None], *, as_json: bool, quiet: bool, verbose: bool) -> int:
+    """Run a command; turn mlxpin errors into a message and an exit code.
+
+    No traceback for anything a user can cause; MLXPIN_DEBUG=1 shows one.
+    """
+    setup_logging(quiet, verbose)
+    debug = is_true(os.environ.get("MLXPIN_DEBUG"))
+    try:
+        func()
+    except CommandExit as request:
+        return request.code
+    except MlxpinError as error:
+        if debug:
+            traceback.print_exc()
+        report_error(error, as_json)
+        return int(error.exit_code)
+    except KeyboardInterrupt:
+        print("mlxpin: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        print(
+            f"mlxpin: internal error: {type(error).__name__}: {error}\n"
+            "  hint: this is a bug in mlxpin; rerun with MLXPIN_DEBUG=1 for a traceback "
+            "and report it",
+            file=sys.stderr,
+        )
+        return int(ExitCode.SOFTWARE)
+    return 0
