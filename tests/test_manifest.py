@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlxpin.errors import ManifestError, MlxpinError
-from mlxpin.manifest import HubSource, PathSource, load_manifest, parse_manifest
+from mlxpin.manifest import HubSource, Parser, PathSource, load_manifest, parse_manifest
 from mlxpin.serveropts import server_argv
 from mlxpin.tomllines import KeyLines
 
@@ -347,3 +347,37 @@ def test_any_toml_document_gives_a_manifest_or_a_clean_error(doc: dict[str, obje
 def test_any_text_gives_a_manifest_or_a_clean_error(text: str) -> None:
     with contextlib.suppress(ManifestError):
         parse_manifest(text.encode("utf-8", "surrogatepass"), FILE)
+
+
+def _outcome(data: bytes, parser: Parser) -> object:
+    try:
+        return parse_manifest(data, FILE, parser)
+    except ManifestError as error:
+        return ("error", error.key)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(manifest_like())
+def test_the_fast_boot_reader_agrees_with_tomlkit(doc: dict[str, object]) -> None:
+    """launch reads the manifest with tomllib; everything else with tomlkit."""
+    try:
+        data = tomlkit.dumps(doc).encode()
+    except (ValueError, TypeError):
+        return
+    assert _outcome(data, "tomllib") == _outcome(data, "tomlkit")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_the_fast_boot_reader_never_crashes(data: bytes) -> None:
+    outcome = _outcome(data, "tomllib")
+    if not isinstance(outcome, tuple):
+        assert outcome == _outcome(data, "tomlkit")
+
+
+def test_the_fast_boot_reader_gives_the_same_manifest_and_lines() -> None:
+    assert parse_manifest(GOOD.encode(), FILE, "tomllib") == parse_manifest(GOOD.encode(), FILE)
+    bad = GOOD.replace("port = 8080", "port = = 8080").encode()
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(bad, FILE, "tomllib")
+    assert info.value.line == 7
