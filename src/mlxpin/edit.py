@@ -5,9 +5,11 @@ Every byte outside the edited model stays as it was:
 - `add` appends the model's tables at the end of the file (one blank separator line),
   rendered by tomlkit; nothing before them changes.
 - `remove` deletes the model's block: from the comment lines directly above its first
-  table header (no blank line between) through its last line before the next table's own
-  comment block, plus one blank separator line. Tables of the model that are not
-  adjacent are removed the same way, each on its own. Comments elsewhere stay.
+  table header (no blank line between) to its last value line and the comment lines
+  directly below it, plus one blank separator line. Comment blocks set apart by blank
+  lines after the block, and the comments directly above the next table, belong to no
+  table or to that one, and stay. Tables of the model that are not adjacent are removed
+  the same way, each on its own.
 
 Both check the result twice before writing: tomlkit must read it as exactly the old
 document plus/minus that model (so a layout the line scanner misread is refused, not
@@ -184,6 +186,21 @@ def _preamble_start(lines: Sequence[str], header: int) -> int:
     return start
 
 
+def _content_end(lines: Sequence[str], start: int, end: int) -> int:
+    """Pull `end` back over blank lines and over comment blocks set apart by a blank line
+    (those belong to no table); a comment block right below a value stays with it."""
+    while True:
+        while end > start and _is_blank(lines[end - 1]):
+            end -= 1
+        block = end
+        while block > start and _is_comment(lines[block - 1]):
+            block -= 1
+        if start < block < end and _is_blank(lines[block - 1]):
+            end = block
+            continue
+        return end
+
+
 def model_spans(text: str, name: str) -> list[tuple[int, int]]:
     """Line ranges [start, end) of the model's blocks, as `remove` deletes them."""
     lines = text.splitlines(keepends=True)
@@ -203,8 +220,7 @@ def model_spans(text: str, name: str) -> list[tuple[int, int]]:
             end = _preamble_start(lines, headers[run_end + 1][0])
         else:
             end = len(lines)
-        while end > start and _is_blank(lines[end - 1]):
-            end -= 1
+        end = _content_end(lines, start, end)
         # One blank separator goes with the block.
         if (
             start > 0

@@ -8,7 +8,6 @@ executes a plan.
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -104,6 +103,8 @@ def find_server() -> tuple[str, ...]:
     """The mlx_lm.server entry point, preferring this interpreter's own installation."""
     if importlib.util.find_spec("mlx_lm") is not None:
         return (sys.executable, "-m", "mlx_lm", "server")
+    import shutil
+
     script = shutil.which("mlx_lm.server")
     if script is not None:
         return (script,)

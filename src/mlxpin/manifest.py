@@ -5,8 +5,6 @@ Every problem becomes a `ManifestError` naming the file, the line, the key and t
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -151,6 +149,8 @@ def _type_name(value: object) -> str:
 
 
 def _did_you_mean(key: str, allowed: tuple[str, ...]) -> str:
+    import difflib  # errors only
+
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     if close:
         return f"did you mean `{close[0]}`?"
@@ -297,6 +297,10 @@ def _label(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
 
 def _host(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
     host = check.string(value, keys)
+    if host in ("127.0.0.1", "::1", "localhost", "0.0.0.0"):  # noqa: S104 (validated, not bound here)
+        return host
+    import ipaddress
+
     try:
         ipaddress.ip_address(host)
     except ValueError:

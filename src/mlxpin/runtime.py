@@ -7,17 +7,13 @@ for the full command-line framework.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 from mlxpin.config import is_true
 from mlxpin.errors import ExitCode, MlxpinError
-
-log = logging.getLogger("mlxpin")
 
 
 class Output:
@@ -41,6 +37,9 @@ class Output:
 
 
 def setup_logging(quiet: bool, verbose: bool) -> None:
+    import logging  # only commands that log pay for it; a dry run does not
+
+    log = logging.getLogger("mlxpin")
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="mlxpin: %(message)s", stream=sys.stderr)
     log.setLevel(level)
@@ -78,6 +77,8 @@ def run_guarded(func: Callable[[], None], *, as_json: bool, quiet: bool, verbose
         return request.code
     except MlxpinError as error:
         if debug:
+            import traceback
+
             traceback.print_exc()
         report_error(error, as_json)
         return int(error.exit_code)
