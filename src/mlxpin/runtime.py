@@ -64,12 +64,15 @@ class CommandExit(Exception):
         self.code = code
 
 
-def run_guarded(func: Callable[[], None], *, as_json: bool, quiet: bool, verbose: bool) -> int:
+def run_guarded(
+    func: Callable[[], None], *, as_json: bool, quiet: bool, verbose: bool, logs: bool = True
+) -> int:
     """Run a command; turn mlxpin errors into a message and an exit code.
 
     No traceback for anything a user can cause; MLXPIN_DEBUG=1 shows one.
     """
-    setup_logging(quiet, verbose)
+    if logs or verbose:
+        setup_logging(quiet, verbose)
     debug = is_true(os.environ.get("MLXPIN_DEBUG"))
     try:
         func()
