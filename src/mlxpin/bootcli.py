@@ -115,7 +115,13 @@ def launch_main(options: LaunchOptions) -> int:
         if code:
             raise CommandExit(code)
 
-    return run_guarded(run, as_json=options.as_json, quiet=options.quiet, verbose=options.verbose)
+    return run_guarded(
+        run,
+        as_json=options.as_json,
+        quiet=options.quiet,
+        verbose=options.verbose,
+        logs=not options.dry_run,
+    )
 
 
 def _non_negative(kind: type[int] | type[float], minimum: float) -> Any:
