@@ -54,7 +54,7 @@ def build_big_repo(hub: HubServer, workdir: Path, total_mb: int) -> str:
             for block in range(total_mb // shards // 8):
                 handle.write(pseudo_random_bytes(8 * MB, seed=index * 1000 + block))
         files[f"model-{index + 1:05d}-of-{shards:05d}.safetensors"] = LfsContent(path)
-    return repo.commit(files)  # type: ignore[arg-type]
+    return repo.commit(files)
 
 
 def build_many_files_repo(hub: HubServer, count: int) -> str:
@@ -134,7 +134,9 @@ def main() -> int:
     print(f"  hf download --revision <sha>: {best_hf:6.2f} s  {total / MB / best_hf:6.0f} MB/s")
     print(f"  mlxpin fetch (verifies all):  {best_pin:6.2f} s  {total / MB / best_pin:6.0f} MB/s")
     print(f"  speed ratio mlxpin/hf: {best_hf / best_pin:.3f}  (goal >= 0.95)")
-    print(f"  all runs: hf {[round(t, 2) for t in hf_times]}, mlxpin {[round(t, 2) for t in pin_times]}")
+    runs_hf = [round(t, 2) for t in hf_times]
+    runs_pin = [round(t, 2) for t in pin_times]
+    print(f"  all runs: hf {runs_hf}, mlxpin {runs_pin}")
     print(f"  peak RSS of mlxpin fetch: {pin_rss / MB:.0f} MB  (goal < 200 MB)")
     print(f"  no-op re-fetch: {noop:.3f} s, {noop_requests} requests")
     print(

@@ -30,6 +30,10 @@ MODELS = 50
 FILES_PER_MODEL = 100
 
 
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:6.2f} ms"
+
+
 def run_quiet(argv: list[str], env: dict[str, str], cwd: Path) -> None:
     subprocess.run(argv, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
 
@@ -67,12 +71,8 @@ def preflight(workdir: Path, env: dict[str, str], runs: int) -> None:
     dry_best, dry_median = best_of(dry, env, workdir, runs)
     base_best, base_median = best_of(base, env, workdir, runs)
     print(f"launch preflight, {MODELS} models / {MODELS * FILES_PER_MODEL} locked files, fetched")
-    print(
-        f"  mlxpin launch --dry-run: best {dry_best * 1000:6.1f} ms, median {dry_median * 1000:6.1f} ms"
-    )
-    print(
-        f"  python -c pass:          best {base_best * 1000:6.1f} ms, median {base_median * 1000:6.1f} ms"
-    )
+    print(f"  mlxpin launch --dry-run: best {ms(dry_best)}, median {ms(dry_median)}")
+    print(f"  python -c pass:          best {ms(base_best)}, median {ms(base_median)}")
     print(f"  ratio (best): {dry_best / base_best:.1f}x  (goal <= 4x)")
 
 
@@ -199,12 +199,8 @@ def gateway(workdir: Path, env: dict[str, str], requests: int, stream_tokens: in
     print(
         f"gateway on a real mlx_lm.server (tiny model), {requests} interleaved 1-token completions"
     )
-    print(
-        f"  direct  p50 {percentile(direct, 0.5) * 1000:6.2f} ms  p99 {percentile(direct, 0.99) * 1000:6.2f} ms"
-    )
-    print(
-        f"  gateway p50 {percentile(through, 0.5) * 1000:6.2f} ms  p99 {percentile(through, 0.99) * 1000:6.2f} ms"
-    )
+    print(f"  direct  p50 {ms(percentile(direct, 0.5))}  p99 {ms(percentile(direct, 0.99))}")
+    print(f"  gateway p50 {ms(percentile(through, 0.5))}  p99 {ms(percentile(through, 0.99))}")
     print(f"  added   p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  (goals < 2 ms, < 10 ms)")
     ratio = max(gateway_rates) / max(direct_rates)
     print(

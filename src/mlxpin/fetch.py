@@ -74,7 +74,7 @@ class _BlobResult:
 
 def _record_matches(layout: StoreLayout, file: LockedFile, blob: Path) -> bool:
     try:
-        recorded = layout.verified_record(file.oid).read_text().split()
+        recorded = layout.verified_record(blob).read_text().split()
         current = FileStat.of(blob)
     except OSError:
         return False
@@ -90,7 +90,7 @@ def _write_record(
     in the cache ("adopted"); `mlxpin gc` only deletes what mlxpin fetched.
     """
     stat = FileStat.of(blob)
-    record = layout.verified_record(file.oid)
+    record = layout.verified_record(blob)
     if origin is None:
         try:
             fields = record.read_text().split()
@@ -491,8 +491,7 @@ def verify_model(layout: StoreLayout, lock: LockedModel, progress: Progress) -> 
     else:
         with contextlib.suppress(FileNotFoundError):
             layout.stamp(lock).unlink()
-        by_path = {f.path: f for f in lock.files}
         for path, _ in bad:
-            with contextlib.suppress(FileNotFoundError):
-                layout.verified_record(by_path[path].oid).unlink()
+            with contextlib.suppress(OSError):
+                layout.verified_record(Path(os.readlink(view / path))).unlink()
     return VerifyOutcome(lock.name, tuple(bad), hashed)

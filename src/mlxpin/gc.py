@@ -60,6 +60,7 @@ class LiveSet:
 
 
 def live_set(layout: StoreLayout, locks: Iterable[LockedModel]) -> LiveSet:
+    """The locks' blobs, views and stamps, spelled as the scan of this layout spells them."""
     paths: set[Path] = set()
     for lock in locks:
         paths.add(layout.view(lock))

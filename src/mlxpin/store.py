@@ -8,7 +8,7 @@ Layout (nothing here imports huggingface_hub; `launch` uses this module at boot)
     <state>/blobs/sha256/<hex>                               local `path` sources (read-only)
     <state>/snapshots/<tree>/<path> -> blob                  one exact view per pin
     <state>/snapshots/<tree>.stamp                           verification stamp of the view
-    <state>/verified/<hex[:2]>/<algo>-<hex>                  per-blob verification record
+    <state>/verified/<h[:2]>/<h>, h = sha256(blob path)      per-blob verification record
     <state>/roots/<key>                                      lock dirs that fetched (gc roots)
 
 A view holds exactly the files of one pin, is created complete in a temporary
@@ -87,9 +87,10 @@ class StoreLayout:
         key = hashlib.sha256(str(lock_dir).encode()).hexdigest()[:32]
         return self.state_dir / "roots" / key
 
-    def verified_record(self, oid: str) -> Path:
-        digest = oid_hex(oid)
-        return self.state_dir / "verified" / digest[:2] / f"{oid.split(':', 1)[0]}-{digest}"
+    def verified_record(self, blob: Path) -> Path:
+        """One record per blob file (the same content may sit in several repos' blobs)."""
+        digest = hashlib.sha256(str(blob).encode()).hexdigest()
+        return self.state_dir / "verified" / digest[:2] / digest
 
 
 @dataclass(frozen=True)

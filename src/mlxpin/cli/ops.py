@@ -395,8 +395,9 @@ def gc_command(
         if plan.doomed:
             out.line(
                 f"would free {human_size(plan.size)} ({len(plan.doomed)} items); "
-                "nothing deleted: run `mlxpin gc --yes` to delete"
-                + (" (add --all for other tools' files)" if include_foreign else "")
+                "nothing deleted: run `mlxpin gc"
+                + (" --all" if include_foreign else "")
+                + " --yes` to delete"
             )
         else:
             out.line("nothing to collect")
@@ -474,7 +475,7 @@ def add_command(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Add [models.NAME] to the manifest, keeping every comment and line of the file.
+    """Add model NAME to the manifest, keeping every comment and line of the file.
 
     The result is validated before anything is written (a bare repo id such as
     `gemma-4-31b-it` is refused: that is an api_label; the repo needs its owner).
@@ -540,8 +541,11 @@ def remove_command(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Remove [models.NAME] from the manifest (refused while another model uses it as
-    draft or adapter) and delete its lock file. Its files stay until `mlxpin gc`."""
+    """Remove model NAME from the manifest, and its lock file.
+
+    Refused while another model uses it as draft or adapter. Its files stay on disk until
+    `mlxpin gc --yes`.
+    """
     from mlxpin import edit
 
     out = Output(as_json, quiet)

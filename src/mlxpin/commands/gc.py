@@ -156,8 +156,8 @@ def _mtime(path: Path) -> float:
         return time.time()
 
 
-def _record(layout: StoreLayout, oid: str) -> Record | None:
-    path = layout.verified_record(oid)
+def _record(layout: StoreLayout, blob: Path) -> Record | None:
+    path = layout.verified_record(blob)
     try:
         fields = path.read_text().split()
     except (OSError, UnicodeDecodeError):
@@ -243,7 +243,7 @@ def _scan_blob_dir(
                 stat = FileStat.of(path)
             except OSError:
                 continue
-            blobs.append(BlobOnDisk(path, oid, repo is None, stat, _record(layout, oid), lock))
+            blobs.append(BlobOnDisk(path, oid, repo is None, stat, _record(layout, path), lock))
         elif name.endswith(".incomplete"):
             leftovers.append(
                 LeftoverOnDisk(
