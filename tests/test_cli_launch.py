@@ -420,3 +420,22 @@ def test_crashed_server_restarts_and_sigterm_leaves_nothing_behind(
     )
     with pytest.raises((urllib.error.URLError, OSError)):
         get(running.base + "/health")
+
+
+def test_api_key_from_a_file_is_required_and_never_printed(
+    fetched: tuple[Project, int], tmp_path: Path
+) -> None:
+    project, _ = fetched
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-local-SECRET-key\n")
+    env = {**project.env, "MLXPIN_API_KEY_FILE": str(key_file)}
+    result = project.run("launch", "--dry-run", "--json", env=env)
+    assert result.returncode == 0
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["api_key_required"] is True
+    assert "MLXPIN_API_KEY_FILE" in plan["env_unset"]
+    assert "SECRET" not in result.stdout + result.stderr
+    missing = {**project.env, "MLXPIN_API_KEY_FILE": str(tmp_path / "absent")}
+    result = project.run("launch", "--dry-run", env=missing)
+    assert result.returncode == 78
+    assert "MLXPIN_API_KEY_FILE" in result.stderr

@@ -68,7 +68,7 @@ def plan_json(plan: LaunchPlan) -> dict[str, Any]:
 def plan_text(plan: LaunchPlan) -> str:
     aliases = f" (aliases: {', '.join(plan.aliases)})" if plan.aliases else ""
     argv = [*plan.server_command, *plan.server_args, "--port", "<private port>"]
-    key = "required (MLXPIN_API_KEY)" if plan.api_key_required else "not required"
+    key = "required (bearer key from the environment)" if plan.api_key_required else "not required"
     lines = [
         f"model      {plan.name}",
         f"label      {plan.api_label}{aliases}",

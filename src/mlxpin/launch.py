@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mlxpin.config import Settings
 from mlxpin.errors import (
+    ConfigError,
     IntegrityError,
     LockStaleError,
     ServerMissingError,
@@ -28,6 +29,7 @@ from mlxpin.store import StoreLayout, check_stamp
 
 PRIVATE_HOST = "127.0.0.1"
 API_KEY_VARIABLE = "MLXPIN_API_KEY"
+API_KEY_FILE_VARIABLE = "MLXPIN_API_KEY_FILE"  # for launchd, which has no EnvironmentFile
 
 # What the server process gets on top of the inherited environment: no network, ever.
 OFFLINE_ENV: tuple[tuple[str, str], ...] = (
@@ -37,7 +39,31 @@ OFFLINE_ENV: tuple[tuple[str, str], ...] = (
     ("HF_HUB_DISABLE_TELEMETRY", "1"),
 )
 # Secrets the server does not need and must not see.
-REMOVED_ENV: tuple[str, ...] = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", API_KEY_VARIABLE)
+REMOVED_ENV: tuple[str, ...] = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    API_KEY_VARIABLE,
+    API_KEY_FILE_VARIABLE,
+)
+
+
+def read_api_key(environ: Mapping[str, str]) -> str | None:
+    """The bearer key the gateway requires, from MLXPIN_API_KEY or MLXPIN_API_KEY_FILE."""
+    if environ.get(API_KEY_VARIABLE):
+        return environ[API_KEY_VARIABLE]
+    file = environ.get(API_KEY_FILE_VARIABLE)
+    if not file:
+        return None
+    try:
+        key = Path(file).expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{API_KEY_FILE_VARIABLE}={file}: cannot read it ({exc.strerror})",
+            "point it at a readable file that holds the key, or unset it",
+        ) from None
+    if not key:
+        raise ConfigError(f"{API_KEY_FILE_VARIABLE}={file} is empty", "write the key into it")
+    return key
 
 
 @dataclass(frozen=True)
@@ -181,5 +207,5 @@ def plan_launch(
         env_unset=REMOVED_ENV,
         cwd=settings.state_dir / "run" / spec.name,
         snapshots=tuple(snapshots),
-        api_key_required=bool(environ.get(API_KEY_VARIABLE)),
+        api_key_required=read_api_key(environ) is not None,
     )

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mlxpin.errors import PortInUseError, ServerCrashedError
-from mlxpin.launch import API_KEY_VARIABLE, LaunchPlan
+from mlxpin.launch import LaunchPlan, read_api_key
 
 log = logging.getLogger("mlxpin.launch")
 
@@ -72,7 +72,7 @@ class Supervisor:
             upstream_model=plan.upstream_model,
             host=plan.public_host,
             port=plan.public_port,
-            api_key=environ.get(API_KEY_VARIABLE) or None,
+            api_key=read_api_key(environ),
         )
         self.stopping = asyncio.Event()
         self.process: asyncio.subprocess.Process | None = None
