@@ -82,7 +82,7 @@ def test_fetch_fills_the_standard_cache_and_an_exact_view(hub: HubServer, projec
         link = cache(project) / "snapshots" / commit / entry.path
         assert link.is_symlink() and not os.readlink(link).startswith("/")
         assert link.resolve() == blob.resolve()
-    assert not (cache(project) / "refs").exists()  # what other tools resolve is untouched
+    assert (cache(project) / "refs" / "main").read_text() == commit  # created, never moved
     # Other tools share it: huggingface_hub finds the snapshot offline.
     shared = snapshot_download(
         REPO, revision=commit, cache_dir=project.hf_home / "hub", local_files_only=True
@@ -413,3 +413,139 @@ def test_fetch_json_reports_and_progress_is_off_without_a_terminal(
     data = json.loads(result.stdout)
     assert set(data["models"][0]) >= {"name", "snapshot", "files", "total_size", "up_to_date"}
     assert "%|" not in result.stderr
+
+
+def test_complete_partial_from_a_killed_run_needs_no_request(
+    hub: HubServer, project: Project
+) -> None:
+    repo = locked(hub, project)
+    entry = repo.files()["model.safetensors"]
+    assert entry.lfs is not None
+    blobs = cache(project) / "blobs"
+    blobs.mkdir(parents=True)
+    partial = blobs / (entry.lfs.sha256 + ".mlxpin.incomplete")
+    partial.write_bytes(entry.content())  # killed between the last byte and the rename
+    hub.clear_requests()
+    project.ok("fetch")
+    assert hub.count(method="GET", path_contains="model.safetensors") == 0
+    assert not partial.exists()
+    project.ok("verify")
+
+
+def test_full_size_but_wrong_partial_is_downloaded_afresh(hub: HubServer, project: Project) -> None:
+    repo = locked(hub, project)
+    entry = repo.files()["model.safetensors"]
+    assert entry.lfs is not None
+    blobs = cache(project) / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / (entry.lfs.sha256 + ".mlxpin.incomplete")).write_bytes(b"\0" * entry.size)
+    hub.clear_requests()
+    project.ok("fetch")
+    gets = hub.matching(method="GET", path_contains="model.safetensors")
+    assert len(gets) == 1 and gets[0].range is None
+    project.ok("verify")
+
+
+def test_interrupted_download_counts_every_byte_received(hub: HubServer, project: Project) -> None:
+    locked(hub, project, big=3_000_000)
+    hub.cut_after("model.safetensors", 1_000_000)
+    data = project.json("fetch")
+    sizes = sum(e.size for e in hub.repo(REPO).files().values())
+    assert data["models"][0]["downloaded_bytes"] == sizes
+
+
+def test_ctrl_c_stops_a_fetch_promptly_and_a_rerun_completes(
+    hub: HubServer, project: Project
+) -> None:
+    repo = hub.create_repo(REPO)
+    repo.commit(
+        {f"shard-{i}.safetensors": LfsContent(pseudo_random_bytes(BIG, seed=i)) for i in range(12)}
+    )
+    project.write_manifest(MANIFEST)
+    project.ok("lock")
+    hub.throttle_bps = 2 * 1024 * 1024
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlxpin", "fetch", "-q"],
+        cwd=project.root,
+        env=project.env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while hub.count(method="GET", path_contains="/resolve/") < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=20)  # throttled, the whole fetch would take ~50 s
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    gets = [r.path for r in hub.matching(method="GET", path_contains="/resolve/")]
+    assert len(gets) == 8, gets  # queued files were never started
+    hub.throttle_bps = None
+    project.ok("fetch")
+    project.ok("verify")
+
+
+def test_missing_local_source_file_is_a_clean_error(project: Project) -> None:
+    source = project.root / "models" / "local"
+    source.mkdir(parents=True)
+    (source / "config.json").write_text("{}\n")
+    project.write_manifest(
+        'version = 1\n[models.local]\napi_label = "local"\n'
+        '[models.local.launch]\npath = "./models/local"\n'
+    )
+    project.ok("lock")
+    (source / "config.json").unlink()
+    result = project.run("fetch")
+    assert result.returncode == 65
+    assert "config.json: cannot be read" in result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+def test_entry_gone_from_the_hub_is_permanent_not_retried(hub: HubServer, project: Project) -> None:
+    locked(hub, project)
+    hub.fail_next(
+        1, status=404, path_contains="config.json", headers={"X-Error-Code": "EntryNotFound"}
+    )
+    result = project.run("fetch")
+    assert result.returncode == 65
+    assert "not on the Hub at this commit" in result.stderr
+    assert hub.count(method="GET", path_contains="config.json") == 1
+
+
+def test_other_tools_can_resolve_the_branch_offline_but_refs_are_never_moved(
+    hub: HubServer, project: Project
+) -> None:
+    repo = locked(hub, project)
+    project.ok("fetch")
+    ref = cache(project) / "refs" / "main"
+    assert ref.read_text() == repo.head()
+    shared = snapshot_download(REPO, cache_dir=project.hf_home / "hub", local_files_only=True)
+    assert Path(shared).name == repo.head()
+    ref.write_text("f" * 40)  # another tool downloaded a newer main
+    project.run("fetch", "--cache-dir", str(project.hf_home / "hub"))
+    assert ref.read_text() == "f" * 40
+
+
+def test_identical_files_in_a_fork_get_their_own_view(hub: HubServer, project: Project) -> None:
+    seed(hub)
+    fork = hub.create_repo("someone/fork")
+    fork.commit({p: e.content() for p, e in hub.repo(REPO).files().items()})
+    project.write_manifest(
+        MANIFEST + '\n[models.fork]\napi_label = "fork"\nport = 18002\n'
+        '[models.fork.launch]\nrepo = "someone/fork"\n'
+    )
+    project.ok("lock")
+    first = project.json("fetch")["models"]
+    assert first[0]["snapshot"] != first[1]["snapshot"]
+    again = project.json("fetch")["models"]
+    assert all(m["up_to_date"] for m in again)
+
+
+def test_blob_locks_are_group_writable_like_huggingface_hub(
+    hub: HubServer, project: Project
+) -> None:
+    locked(hub, project)
+    project.ok("fetch")
+    locks = list((project.hf_home / "hub" / ".locks").rglob("*.lock"))
+    assert locks
+    assert all(p.stat().st_mode & 0o777 == 0o664 for p in locks)

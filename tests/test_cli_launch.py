@@ -439,3 +439,34 @@ def test_api_key_from_a_file_is_required_and_never_printed(
     result = project.run("launch", "--dry-run", env=missing)
     assert result.returncode == 78
     assert "MLXPIN_API_KEY_FILE" in result.stderr
+
+
+@pytest.mark.e2e
+def test_a_server_left_by_an_earlier_launch_is_stopped_first(
+    fetched: tuple[Project, int],
+) -> None:
+    """macOS has no parent-death signal: a launch killed with -9 leaves its server."""
+    project, port = fetched
+    plan = project.json("launch", "--dry-run")["plan"]
+    stale = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "mlx_lm", plan["upstream_model"]],
+        start_new_session=True,
+    )
+    pidfile = Path(plan["cwd"]).with_name("tiny.server.pid")
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.write_text(str(stale.pid))
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    running = Launched(project, port, project.env)
+    try:
+        running.wait_healthy()
+        assert stale.wait(timeout=15) is not None  # stopped by the new launch
+        assert unrelated.poll() is None
+        assert "stopping a server left running earlier" in "".join(running.log)
+        assert int(pidfile.read_text()) == running.server_pid()
+    finally:
+        running.stop()
+        unrelated.kill()
+        unrelated.wait()
+        if stale.poll() is None:
+            stale.kill()
+    assert not pidfile.exists()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from datetime import UTC, datetime
@@ -163,12 +165,16 @@ def test_plain_lock_relocks_stale_and_removes_orphans(hub: HubServer, project: P
     repo.tag("v2", repo.head())
     project.write_manifest(manifest())
     project.ok("lock")
-    (project.lock_dir / "gone.toml").write_text("junk")
+    (project.lock_dir / "gone.toml").write_text(
+        project.lock_text("tiny").replace('"tiny"', '"gone"')
+    )
+    (project.lock_dir / "notes.toml").write_text("# mine, not a lock\n")
     project.write_manifest(manifest(revision="v2"))
     result = project.ok("lock")
     assert "tiny: locked" in result.stdout and "[manifest changed" in result.stdout
     assert "gone: removed orphaned" in result.stdout
     assert not (project.lock_dir / "gone.toml").exists()
+    assert (project.lock_dir / "notes.toml").exists()  # not written by mlxpin: left alone
     assert project.ok("lock", "--check").returncode == 0
 
 
@@ -438,3 +444,57 @@ def test_lock_dir_and_manifest_flags_and_environment(hub: HubServer, project: Pr
     assert hub.count() == 0
     project.ok("lock", "--manifest", "conf/models.toml")
     assert Path(elsewhere / "lock" / "tiny.toml").exists()
+
+
+def test_lock_dir_shared_with_the_manifest_never_deletes_other_toml_files(
+    hub: HubServer, project: Project
+) -> None:
+    seed_repo(hub)
+    project.write_manifest(manifest())
+    (project.root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    project.ok("lock", "--lock-dir", ".")
+    assert (project.root / "manifest.toml").exists()
+    assert (project.root / "pyproject.toml").exists()
+    assert (project.root / "tiny.toml").exists()
+    assert project.ok("lock", "--lock-dir", ".", "--check").returncode == 0
+
+
+def test_an_endpoint_that_is_not_a_hub_is_reported_as_unreachable(project: Project) -> None:
+    class Portal(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>Please log in to the Wi-Fi</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Portal)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        project.write_manifest(manifest())
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        result = project.run("lock", env={**project.env, "HF_ENDPOINT": endpoint})
+    finally:
+        server.shutdown()
+    assert result.returncode == 69
+    assert "did not answer like a Hub" in result.stderr
+    assert "internal error" not in result.stderr
+
+
+def test_broken_symlink_in_a_path_source_is_not_skipped_silently(project: Project) -> None:
+    model = project.root / "models" / "local"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}\n")
+    (model / "weights.safetensors").symlink_to(project.root / "nowhere")
+    project.write_manifest(
+        'version = 1\n[models.local]\napi_label = "local"\n'
+        '[models.local.launch]\npath = "./models/local"\n'
+    )
+    result = project.run("lock")
+    assert result.returncode == 78
+    assert "broken symbolic link" in result.stderr

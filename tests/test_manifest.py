@@ -381,3 +381,9 @@ def test_the_fast_boot_reader_gives_the_same_manifest_and_lines() -> None:
     with pytest.raises(ManifestError) as info:
         parse_manifest(bad, FILE, "tomllib")
     assert info.value.line == 7
+
+
+def test_unknown_home_directory_in_a_path_is_a_clean_error() -> None:
+    error = error_of(GOOD.replace('path = "./models/drafter"', 'path = "~nosuchuser-xyz/m"'))
+    assert error.key == "models.drafter.launch.path"
+    assert "home directory" in error.message

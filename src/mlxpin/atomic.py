@@ -51,12 +51,12 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 @contextlib.contextmanager
-def hold_lock(lock_path: Path, timeout_s: float = 600.0) -> Iterator[None]:
+def hold_lock(lock_path: Path, timeout_s: float = 600.0, mode: int = 0o644) -> Iterator[None]:
     """A cross-process lock; LockBusyError (exit 75) if it stays held past the timeout."""
     import filelock  # not on the boot path
 
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(lock_path))
+    lock = filelock.FileLock(str(lock_path), mode=mode)
     try:
         lock.acquire(timeout=timeout_s)
     except filelock.Timeout:

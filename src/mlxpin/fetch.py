@@ -15,9 +15,7 @@ import logging
 import os
 import secrets
 import shutil
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
@@ -26,7 +24,9 @@ from mlxpin.atomic import DISK_ERRNOS, fsync_dir, hold_lock, write_atomic
 from mlxpin.errors import DiskError, IntegrityError, MlxpinError, SnapshotMissingError
 from mlxpin.hashing import CHUNK, OidHasher, oid_algorithm
 from mlxpin.lockfile import LockedFile, LockedModel
+from mlxpin.parallel import CANCEL, Cancelled, run_parallel
 from mlxpin.store import FileStat, StampEntry, StoreLayout, check_stamp, write_stamp
+from mlxpin.validate import is_commit
 
 if TYPE_CHECKING:
     from mlxpin.hub import HubDownloader
@@ -72,24 +72,27 @@ class _BlobResult:
 # --- verification records --------------------------------------------------------------
 
 
-def _record_matches(layout: StoreLayout, file: LockedFile, blob: Path) -> bool:
+def _record_matches(layout: StoreLayout, file: LockedFile, blob: Path) -> FileStat | None:
+    """The blob's stat if its verification record still describes it, else None."""
     try:
         recorded = layout.verified_record(blob).read_text().split()
         current = FileStat.of(blob)
     except OSError:
-        return False
-    return recorded[:4] == [str(v) for v in current.as_list()] and current.size == file.size
+        return None
+    if recorded[:4] == [str(v) for v in current.as_list()] and current.size == file.size:
+        return current
+    return None
 
 
 def _write_record(
-    layout: StoreLayout, file: LockedFile, blob: Path, origin: str | None = None
-) -> FileStat:
-    """Record that this blob, as it is now, matches its oid.
+    layout: StoreLayout, blob: Path, stat: FileStat, origin: str | None = None
+) -> None:
+    """Record that the blob with this stat matches its oid.
 
-    `origin` says whether mlxpin downloaded/copied the blob ("fetched") or found it
-    in the cache ("adopted"); `mlxpin gc` only deletes what mlxpin fetched.
+    `stat` must describe the very bytes that were hashed (see `_hash_existing`).
+    `origin` says whether mlxpin downloaded/copied the blob ("fetched") or found it in
+    the cache ("adopted"); `mlxpin gc` only deletes what mlxpin fetched.
     """
-    stat = FileStat.of(blob)
     record = layout.verified_record(blob)
     if origin is None:
         try:
@@ -98,18 +101,34 @@ def _write_record(
         except OSError:
             origin = "adopted"
     write_atomic(record, " ".join([*map(str, stat.as_list()), origin]).encode())
-    return stat
 
 
-def _hash_existing(path: Path, file: LockedFile, progress: Progress) -> bool:
+def _hash_existing(path: Path, file: LockedFile, progress: Progress) -> FileStat | None:
+    """Hash a file in place; its stat if it matches the lock, else None.
+
+    The stat is taken from the open descriptor and compared with the path afterwards, so
+    a file replaced while it was being hashed is never recorded as verified.
+    """
     hasher = OidHasher(oid_algorithm(file.oid), file.size)
     size = 0
     with path.open("rb") as handle:
+        opened = os.fstat(handle.fileno())
         while chunk := handle.read(CHUNK):
+            if CANCEL.is_set():
+                raise Cancelled()
             hasher.update(chunk)
             size += len(chunk)
             progress.advance(len(chunk))
-    return size == file.size and hasher.oid() == file.oid
+        after = os.fstat(handle.fileno())
+    stat = FileStat(after.st_size, after.st_mtime_ns, after.st_ino, after.st_dev)
+    if (opened.st_mtime_ns, opened.st_size) != (after.st_mtime_ns, after.st_size):
+        return None  # written to while we read it
+    try:
+        if FileStat.of(path) != stat:
+            return None  # replaced while we read it
+    except OSError:
+        return None
+    return stat if size == file.size and hasher.oid() == file.oid else None
 
 
 # --- byte sources ------------------------------------------------------------------------
@@ -152,12 +171,22 @@ class HubSourceBytes:
 
 
 class LocalSourceBytes:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, name: str) -> None:
         self.root = root
+        self.name = name
 
     @contextlib.contextmanager
     def open(self, file: LockedFile, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
-        with (self.root / file.path).open("rb") as handle:
+        try:
+            handle = (self.root / file.path).open("rb")
+        except OSError as exc:
+            error = IntegrityError(self.name, file.path, f"cannot be read: {exc.strerror}")
+            error.hint = (
+                f"{self.root / file.path} changed since it was locked; restore it, or run "
+                f"`mlxpin lock --update {self.name}`"
+            )
+            raise error from None
+        with handle:
             handle.seek(offset)
 
             def chunks() -> Iterator[bytes]:
@@ -190,6 +219,32 @@ def _disk_error(path: Path, exc: OSError) -> DiskError | None:
     return None
 
 
+@dataclass
+class _Partial:
+    """What is in the partial file so far: its hash state and length."""
+
+    hasher: OidHasher
+    offset: int = 0
+    received: int = 0  # bytes that came over the wire in this run
+
+
+def _read_partial(partial: Path, file: LockedFile, progress: Progress) -> _Partial:
+    state = _Partial(OidHasher(oid_algorithm(file.oid), file.size))
+    try:
+        size = partial.stat().st_size
+    except FileNotFoundError:
+        return state
+    if size > file.size:
+        partial.unlink()
+        return state
+    with partial.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            state.hasher.update(chunk)
+            state.offset += len(chunk)
+    progress.advance(state.offset)
+    return state
+
+
 def _transfer(
     source: ByteSource,
     lock: LockedModel,
@@ -197,52 +252,66 @@ def _transfer(
     partial: Path,
     progress: Progress,
 ) -> int:
-    """Fill `partial` with the file's bytes, resuming what a previous run left; returns the
-    number of bytes transferred. Raises IntegrityError if the result is not the locked file."""
-    hasher = OidHasher(oid_algorithm(file.oid), file.size)
-    offset = 0
-    if partial.exists():
-        if partial.stat().st_size > file.size:
-            partial.unlink()
-        else:
-            with partial.open("rb") as handle:
-                while chunk := handle.read(CHUNK):
-                    hasher.update(chunk)
-                    offset += len(chunk)
-            progress.advance(offset)
-            log.debug("%s: resuming %s at byte %d", lock.name, file.path, offset)
-    transferred = 0
+    """Fill `partial` with the file's bytes, resuming what a previous run left, and check
+    them; returns the bytes received. Raises IntegrityError if the result is not the
+    locked file (after one fresh attempt when the bytes came partly from an earlier run)."""
+    received = 0
+    for fresh in (False, True):
+        state = _read_partial(partial, file, progress)
+        resumed = state.offset > 0
+        if resumed:
+            log.debug("%s: resuming %s at byte %d", lock.name, file.path, state.offset)
+        try:
+            _fill(source, lock, file, partial, state, progress)
+        finally:
+            received += state.received
+        if state.hasher.oid() == file.oid:
+            return received
+        partial.unlink()
+        if not resumed or fresh:
+            raise source.mismatch_hint(
+                lock, file, f"hash to {state.hasher.oid()}, the lock says {file.oid}"
+            )
+        log.info("%s: %s did not match after resuming; downloading it afresh", lock.name, file.path)
+    raise AssertionError("unreachable")
+
+
+def _fill(
+    source: ByteSource,
+    lock: LockedModel,
+    file: LockedFile,
+    partial: Path,
+    state: _Partial,
+    progress: Progress,
+) -> None:
     delay = RETRY_DELAY_S
     with open(partial, "ab") as handle:
         for attempt in range(1, ATTEMPTS + 1):
+            if state.offset == file.size:
+                break  # complete (possibly from an earlier run): nothing to ask for
             try:
-                offset, got = _receive(source, lock, file, handle, hasher, offset, progress)
-                transferred += got
-                if offset == file.size:
+                _receive(source, lock, file, handle, state, progress)
+                if state.offset == file.size:
                     break
                 raise _Short()
             except _Restart:
-                hasher = OidHasher(oid_algorithm(file.oid), file.size)
+                state.hasher = OidHasher(oid_algorithm(file.oid), file.size)
                 handle.seek(0)
                 handle.truncate()
-                offset = 0
+                state.offset = 0
             except (_Short, Exception) as exc:
                 if not isinstance(exc, _Short) and not source.interrupted(exc):
                     raise
-                offset = handle.tell()  # every byte written so far is hashed too: resume there
                 if attempt == ATTEMPTS:
                     raise source.give_up(file, str(exc) or "connection closed early") from None
                 log.info("%s: %s interrupted (%s), retrying", lock.name, file.path, exc or "short")
-                time.sleep(delay)
+                if CANCEL.wait(delay):
+                    raise Cancelled() from None
                 delay = min(delay * 2, 8.0)
         handle.flush()
         os.fsync(handle.fileno())
-    if offset != file.size:
+    if state.offset != file.size:
         raise source.give_up(file, "the transfer never completed")
-    if hasher.oid() != file.oid:
-        partial.unlink()
-        raise source.mismatch_hint(lock, file, f"hash to {hasher.oid()}, the lock says {file.oid}")
-    return transferred
 
 
 class _Short(Exception):
@@ -259,27 +328,28 @@ def _receive(
     lock: LockedModel,
     file: LockedFile,
     handle: BinaryIO,
-    hasher: OidHasher,
-    offset: int,
+    state: _Partial,
     progress: Progress,
-) -> tuple[int, int]:
-    got = 0
-    with source.open(file, offset) as (start, chunks):
-        if start != offset:
-            if offset == 0:
-                raise MlxpinError(f"{file.path}: server answered an unexpected range")
+) -> None:
+    """Append what the source sends from `state.offset`; `state` always matches the file."""
+    with source.open(file, state.offset) as (start, chunks):
+        if start != state.offset:
+            if state.offset == 0:
+                raise source.give_up(file, "the server answered an unexpected range")
             raise _Restart()
         for chunk in chunks:
-            if offset + len(chunk) > file.size:
+            if CANCEL.is_set():
+                raise Cancelled()
+            if state.offset + len(chunk) > file.size:
+                handle.truncate(0)
                 raise source.mismatch_hint(
                     lock, file, f"are longer than the locked {file.size} bytes"
                 )
             handle.write(chunk)
-            hasher.update(chunk)
-            offset += len(chunk)
-            got += len(chunk)
+            state.hasher.update(chunk)
+            state.offset += len(chunk)
+            state.received += len(chunk)
             progress.advance(len(chunk))
-    return offset, got
 
 
 def ensure_blob(
@@ -289,19 +359,25 @@ def ensure_blob(
     source: ByteSource | None,
     progress: Progress,
 ) -> _BlobResult:
+    if CANCEL.is_set():
+        raise Cancelled()
     blob = layout.blob(lock, file)
-    if _record_matches(layout, file, blob):
+    stat = _record_matches(layout, file, blob)
+    if stat is not None:
         progress.advance(file.size)
-        return _BlobResult(StampEntry(file.path, str(blob), FileStat.of(blob)), 0, 0)
+        return _BlobResult(StampEntry(file.path, str(blob), stat), 0, 0)
     blob.parent.mkdir(parents=True, exist_ok=True)
-    with hold_lock(layout.blob_lock(lock, file), BLOB_LOCK_TIMEOUT_S):
+    # 0o664 like huggingface_hub, so other users sharing the cache can wait on it too.
+    with hold_lock(layout.blob_lock(lock, file), BLOB_LOCK_TIMEOUT_S, mode=0o664):
         hashed = 0
         if blob.exists():
-            if _record_matches(layout, file, blob):
+            stat = _record_matches(layout, file, blob)
+            if stat is not None:
                 progress.advance(file.size)
-                return _BlobResult(StampEntry(file.path, str(blob), FileStat.of(blob)), 0, 0)
-            if _hash_existing(blob, file, progress):
-                stat = _write_record(layout, file, blob)
+                return _BlobResult(StampEntry(file.path, str(blob), stat), 0, 0)
+            stat = _hash_existing(blob, file, progress)
+            if stat is not None:
+                _write_record(layout, blob, stat)
                 return _BlobResult(StampEntry(file.path, str(blob), stat), 0, file.size)
             log.warning("%s: cached %s is corrupt; fetching it again", lock.name, file.path)
             hashed = file.size
@@ -315,7 +391,12 @@ def ensure_blob(
                 partial.chmod(0o444)
             partial.replace(blob)
             fsync_dir(blob.parent)
-            stat = _write_record(layout, file, blob, "fetched")
+            stat = FileStat.of(blob)  # we hold the blob lock: nobody replaces it meanwhile
+            _write_record(layout, blob, stat, "fetched")
+        except IntegrityError:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise
         except OSError as exc:
             error = _disk_error(blob, exc)
             if error is None:
@@ -349,7 +430,11 @@ def _link(target: str, link: Path) -> None:
 
 
 def link_hub_snapshot(layout: StoreLayout, lock: LockedModel) -> None:
-    """Also expose the files in the Hub cache's own snapshot dir, as `hf download` would."""
+    """Also expose the files in the Hub cache's own snapshot dir, as `hf download` would.
+
+    A ref for the locked branch or tag is created only where none exists, so offline
+    tools can resolve it; an existing ref (another tool's newer download) is never moved.
+    """
     if lock.original.repo is None or lock.commit is None:
         return
     snapshot = layout.hub_snapshot(lock.original.repo, lock.commit)
@@ -357,6 +442,15 @@ def link_hub_snapshot(layout: StoreLayout, lock: LockedModel) -> None:
         link = snapshot / file.path
         blob = layout.blob(lock, file)
         _link(os.path.relpath(blob, link.parent), link)
+    revision = lock.original.revision
+    if revision is None or is_commit(revision):
+        return
+    ref = layout.repo_dir(lock.original.repo) / "refs" / revision
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(ref, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(lock.commit)
 
 
 def _view_matches(view: Path, entries: dict[str, str]) -> bool:
@@ -414,17 +508,8 @@ def fetch_model(
     def one(file: LockedFile) -> _BlobResult:
         return ensure_blob(layout, lock, file, source, progress)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(lock.files)))) as pool:
-        futures = [pool.submit(one, f) for f in lock.files]
-        results: list[_BlobResult] = []
-        failures: list[BaseException] = []
-        for future in futures:
-            try:
-                results.append(future.result())
-            except BaseException as exc:  # collected, re-raised below after the others finish
-                failures.append(exc)
-    if failures:
-        raise failures[0]
+    CANCEL.clear()
+    results = run_parallel(one, lock.files, workers=workers)
     entries = [r.entry for r in results]
     try:
         link_hub_snapshot(layout, lock)
@@ -474,17 +559,19 @@ def verify_model(layout: StoreLayout, lock: LockedModel, progress: Progress) -> 
             return file, "missing", None
         if size != file.size:
             return file, f"size {size} differs from the locked {file.size}", None
-        if not _hash_existing(blob, file, progress):
+        stat = _hash_existing(blob, file, progress)
+        if stat is None:
             return file, "content hash differs from the lock", None
-        return file, None, StampEntry(file.path, target, _write_record(layout, file, blob))
+        _write_record(layout, blob, stat)
+        return file, None, StampEntry(file.path, target, stat)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for file, problem, entry in pool.map(check, lock.files):
-            hashed += file.size
-            if problem is not None:
-                bad.append((file.path, problem))
-            elif entry is not None:
-                entries.append(entry)
+    CANCEL.clear()
+    for file, problem, entry in run_parallel(check, lock.files, workers=4):
+        hashed += file.size
+        if problem is not None:
+            bad.append((file.path, problem))
+        elif entry is not None:
+            entries.append(entry)
     if not bad:
         with hold_lock(layout.view_lock(lock)):
             write_stamp(layout, lock, entries)

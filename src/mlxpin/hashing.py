@@ -66,8 +66,3 @@ def tree_hash(entries: Iterable[tuple[str, int, str]]) -> str:
     for path, size, oid in sorted(entries):
         digest.update(f"{path}\t{size}\t{oid}\n".encode())
     return "sha256-" + base64.b64encode(digest.digest()).decode("ascii")
-
-
-def tree_key(tree: str) -> str:
-    """A filesystem-safe hex form of a tree hash, for directory names."""
-    return base64.b64decode(tree.removeprefix("sha256-")).hex()

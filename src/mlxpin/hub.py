@@ -24,6 +24,7 @@ from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
     OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -111,6 +112,14 @@ class HubClient:
         for attempt in range(1, self.config.attempts + 1):
             try:
                 return request()
+            except (ValueError, KeyError, TypeError) as exc:
+                # A proxy, captive portal or wrong mirror answering something not JSON.
+                raise errors.HubUnreachableError(
+                    self.config.endpoint,
+                    repo,
+                    revision,
+                    f"the endpoint did not answer like a Hub ({type(exc).__name__})",
+                ) from None
             except (HfHubHTTPError, httpx2.HTTPError, OfflineModeIsEnabled, OSError) as exc:
                 retryable = _is_retryable(exc)
                 if not retryable or attempt == self.config.attempts:
@@ -154,6 +163,10 @@ class HubClient:
             )
         if isinstance(exc, OfflineModeIsEnabled):
             return errors.HubUnreachableError(endpoint, repo, revision, "HF_HUB_OFFLINE is set")
+        if isinstance(exc, RemoteEntryNotFoundError):
+            return errors.HubProtocolError(
+                repo, revision, "a locked file is not on the Hub at this commit any more"
+            )
         if isinstance(exc, HfHubHTTPError):
             status = exc.response.status_code if exc.response is not None else None
             if status == 401:
@@ -166,9 +179,11 @@ class HubClient:
                     f"{repo}@{revision}: access refused (403, {token})",
                     f"check your access to {page}",
                 )
-            return errors.HubUnreachableError(
-                endpoint, repo, revision, f"HTTP {status} after {self.config.attempts} attempts"
-            )
+            if status in RETRY_STATUS:
+                return errors.HubUnreachableError(
+                    endpoint, repo, revision, f"HTTP {status} after {self.config.attempts} attempts"
+                )
+            return errors.HubProtocolError(repo, revision, f"unexpected HTTP {status}")
         return errors.HubUnreachableError(endpoint, repo, revision, _network_cause(exc))
 
 

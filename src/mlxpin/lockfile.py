@@ -213,6 +213,12 @@ def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> Loc
     )
     if (original.repo is None) == (original.path is None):
         raise reader.fail("[original] needs exactly one of repo or path")
+    if original.repo is not None and validate.repo_id_problem(original.repo):
+        raise reader.fail(f"[original] repo {original.repo!r} is not a Hub repo id")
+    if original.revision is not None and validate.revision_problem(original.revision):
+        raise reader.fail(f"[original] revision {original.revision!r} is not valid")
+    if original.path is not None and (not original.path or "\0" in original.path):
+        raise reader.fail("[original] path is not a valid path")
     locked = reader.table(document, "locked")
     reader.keys(locked, {"commit", "last_modified", "tree_hash", "total_size"}, "[locked]")
     commit = reader.string(locked, "commit", optional=True)
@@ -268,7 +274,17 @@ def read_lock(lock_dir: Path, name: str) -> LockedModel | None:
     return parse_lock(data, path, expected_name=name)
 
 
+def _written_by_mlxpin(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(HEADER)) == HEADER.encode()
+    except OSError:
+        return False
+
+
 def lock_names_on_disk(lock_dir: Path) -> tuple[str, ...]:
+    """Names of the lock files in a directory: only files `mlxpin lock` wrote (by their
+    first line), so a manifest or pyproject.toml sharing the directory is never touched."""
     try:
         entries = sorted(lock_dir.iterdir())
     except OSError:
@@ -276,7 +292,10 @@ def lock_names_on_disk(lock_dir: Path) -> tuple[str, ...]:
     return tuple(
         p.stem
         for p in entries
-        if p.suffix == ".toml" and p.is_file() and validate.NAME_RE.fullmatch(p.stem)
+        if p.suffix == ".toml"
+        and validate.NAME_RE.fullmatch(p.stem)
+        and p.is_file()
+        and _written_by_mlxpin(p)
     )
 
 

@@ -352,7 +352,13 @@ def _launch(check: _Checker, value: object, keys: tuple[str, ...], base: Path) -
         written = check.string(table["path"], (*keys, "path"))
         if not written or "\0" in written:
             raise check.fail((*keys, "path"), "must be a non-empty directory path")
-        source = PathSource(written=written, path=(base / Path(written).expanduser()).absolute())
+        try:
+            expanded = Path(written).expanduser()
+        except RuntimeError:
+            raise check.fail(
+                (*keys, "path"), f"cannot expand the home directory in {written!r}"
+            ) from None
+        source = PathSource(written=written, path=(base / expanded).absolute())
     files = _files(check, table.get("files"), (*keys, "files"))
     draft = _reference(check, table.get("draft"), (*keys, "draft"))
     adapter = _reference(check, table.get("adapter"), (*keys, "adapter"))

@@ -70,6 +70,11 @@ def local_files(root: Path) -> Iterable[str]:
             full = Path(directory) / name
             if full.is_file():
                 yield (base / name).as_posix()
+            elif full.is_symlink() and not full.exists():
+                raise ConfigError(
+                    f"{full} is a broken symbolic link",
+                    "remove it or point it at a file; mlxpin will not silently skip it",
+                )
 
 
 def resolve_path(spec: ModelSpec, workers: int = 4) -> Resolution:
@@ -81,7 +86,10 @@ def resolve_path(spec: ModelSpec, workers: int = 4) -> Resolution:
             f"{spec.name}: launch.path {source.written!r} is not a directory ({root})",
             "fix the path in the manifest; a relative path is relative to the manifest's folder",
         )
-    paths = [p for p in local_files(root) if selected(p, spec.launch.files)]
+    try:
+        paths = [p for p in local_files(root) if selected(p, spec.launch.files)]
+    except OSError as exc:
+        raise ConfigError(f"{spec.name}: cannot list {root}: {exc.strerror}") from None
     for path in paths:
         problem = validate.relpath_problem(path)
         if problem:
@@ -91,8 +99,14 @@ def resolve_path(spec: ModelSpec, workers: int = 4) -> Resolution:
 
     def pin(path: str) -> LockedFile:
         full = root / path
-        size = full.stat().st_size
-        return LockedFile(path=path, size=size, oid=hash_file(full, "sha256", size))
+        try:
+            size = full.stat().st_size
+            return LockedFile(path=path, size=size, oid=hash_file(full, "sha256", size))
+        except OSError as exc:
+            raise ConfigError(
+                f"{spec.name}: cannot read {full}: {exc.strerror}",
+                "fix the file's permissions, or leave it out with launch.files",
+            ) from None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         files = list(pool.map(pin, paths))

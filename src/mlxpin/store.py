@@ -6,8 +6,8 @@ Layout (nothing here imports huggingface_hub; `launch` uses this module at boot)
     $HF_HUB_CACHE/models--OWNER--NAME/snapshots/<commit>/..  shared with other tools
     $HF_HUB_CACHE/.locks/models--OWNER--NAME/<hex>.lock      the client's own blob locks
     <state>/blobs/sha256/<hex>                               local `path` sources (read-only)
-    <state>/snapshots/<tree>/<path> -> blob                  one exact view per pin
-    <state>/snapshots/<tree>.stamp                           verification stamp of the view
+    <state>/snapshots/<key>/<path> -> blob                   one exact view per pin
+    <state>/snapshots/<key>.stamp                            verification stamp of the view
     <state>/verified/<h[:2]>/<h>, h = sha256(blob path)      per-blob verification record
     <state>/roots/<key>                                      lock dirs that fetched (gc roots)
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlxpin.atomic import write_atomic
-from mlxpin.hashing import oid_hex, tree_key
+from mlxpin.hashing import oid_hex
 from mlxpin.lockfile import LockedFile, LockedModel
 
 STAMP_FORMAT = 1
@@ -75,13 +75,16 @@ class StoreLayout:
         return self.local_blob_lock(file.oid)
 
     def view(self, lock: LockedModel) -> Path:
-        return self.state_dir / "snapshots" / tree_key(lock.tree_hash)
+        return self.state_dir / "snapshots" / view_key(lock)
 
     def stamp(self, lock: LockedModel) -> Path:
-        return self.state_dir / "snapshots" / (tree_key(lock.tree_hash) + ".stamp")
+        return self.state_dir / "snapshots" / (view_key(lock) + ".stamp")
 
     def view_lock(self, lock: LockedModel) -> Path:
-        return self.state_dir / "locks" / ("view-" + tree_key(lock.tree_hash) + ".lock")
+        return self.view_lock_for_key(view_key(lock))
+
+    def view_lock_for_key(self, key: str) -> Path:
+        return self.state_dir / "locks" / f"view-{key}.lock"
 
     def root(self, lock_dir: Path) -> Path:
         key = hashlib.sha256(str(lock_dir).encode()).hexdigest()[:32]
@@ -91,6 +94,13 @@ class StoreLayout:
         """One record per blob file (the same content may sit in several repos' blobs)."""
         digest = hashlib.sha256(str(blob).encode()).hexdigest()
         return self.state_dir / "verified" / digest[:2] / digest
+
+
+def view_key(lock: LockedModel) -> str:
+    """One view per (where the blobs live, which files): a fork with identical files in
+    another repo gets its own view, pointing at its own blobs."""
+    home = lock.original.repo or "local"
+    return hashlib.sha256(f"{home}\n{lock.tree_hash}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,13 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlxpin.errors import PortInUseError, ServerCrashedError
 from mlxpin.launch import LaunchPlan, read_api_key
@@ -90,6 +92,7 @@ class Supervisor:
         self.config = replace(
             self.config, upstream_url=f"http://{self.plan.private_host}:{self.private_port}"
         )
+        await self._reap_leftover()
         try:
             runner = await start_gateway(self.config, self.state)
         except OSError as exc:
@@ -110,6 +113,7 @@ class Supervisor:
             return await self._supervise()
         finally:
             await self._stop_server()
+            self.pidfile.unlink(missing_ok=True)
             await runner.cleanup()
             shutil.rmtree(self.plan.cwd, ignore_errors=True)
 
@@ -161,6 +165,7 @@ class Supervisor:
             stdin=asyncio.subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
         )
+        self.pidfile.write_text(str(self.process.pid))
         exited = asyncio.ensure_future(self.process.wait())
         stop = asyncio.ensure_future(self.stopping.wait())
         try:
@@ -187,6 +192,31 @@ class Supervisor:
             return None
         return exited.result()
 
+    @property
+    def pidfile(self) -> Path:
+        return self.plan.cwd.with_name(f"{self.plan.name}.server.pid")
+
+    async def _reap_leftover(self) -> None:
+        """Stop a server an earlier `mlxpin launch` left behind (killed with -9, say).
+
+        On Linux the server dies with its parent anyway; macOS has no such signal, so
+        without this a second launch would load a large model twice.
+        """
+        try:
+            pid = int(self.pidfile.read_text())
+        except (OSError, ValueError):
+            return
+        if pid > 1 and _is_our_server(pid, self.plan.upstream_model):
+            log.warning("%s: stopping a server left running earlier (pid %d)", self.plan.name, pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.policy.stop_timeout_s
+            while _alive(pid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        self.pidfile.unlink(missing_ok=True)
+
     async def _stop_server(self) -> None:
         process = self.process
         if process is None or process.returncode is not None:
@@ -199,6 +229,31 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_our_server(pid: int, model: str) -> bool:
+    """Is `pid` an mlx_lm server started on this snapshot? (`ps` works on Linux and macOS.)"""
+    try:
+        command = subprocess.run(
+            ["ps", "-o", "command=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "mlx_lm" in command and model in command
 
 
 def run_plan(

@@ -20,7 +20,7 @@ from mlxpin.cli import (
     settings_for,
 )
 from mlxpin.commands import lock as lock_cmd
-from mlxpin.errors import LockStaleError
+from mlxpin.errors import ExitCode, LockStaleError
 from mlxpin.render import human_size, short_commit, short_date
 
 
@@ -134,7 +134,8 @@ def lock_command(
             )
             if not as_json:
                 report_error(error, False)
-            raise typer.Exit(int(error.exit_code))
+            corrupt = any(s.state == "corrupt" for s in bad)
+            raise typer.Exit(int(ExitCode.DATA if corrupt else error.exit_code))
         return
     result = lock_cmd.lock(settings, selected, update=update, jobs=jobs)
     for change in result.changes:

@@ -50,7 +50,7 @@ def fetch(
             spec = manifest.get(lock.name)
             assert spec is not None
             if isinstance(spec.launch.source, PathSource):
-                source = LocalSourceBytes(spec.launch.source.path)
+                source = LocalSourceBytes(spec.launch.source.path, spec.name)
             else:
                 if downloader is None:
                     from mlxpin.hub import HubConfig, HubDownloader

@@ -221,8 +221,7 @@ def _scan_views(layout: StoreLayout) -> tuple[list[ViewOnDisk], list[LeftoverOnD
 
 
 def _view_lock(layout: StoreLayout, key: str) -> Path:
-    # Same path as StoreLayout.view_lock(lock), which needs a whole lock to compute the key.
-    return layout.state_dir / "locks" / f"view-{key}.lock"
+    return layout.view_lock_for_key(key)
 
 
 def _scan_blob_dir(

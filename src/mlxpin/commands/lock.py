@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,6 +20,7 @@ from mlxpin.lockfile import (
     write_lock,
 )
 from mlxpin.manifest import HubSource, ModelSpec
+from mlxpin.parallel import run_parallel
 from mlxpin.resolve import Resolution, resolve
 
 if TYPE_CHECKING:
@@ -137,8 +137,7 @@ def lock(
             return _changed(spec, old, resolution, reason)
 
         if todo:
-            with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
-                changes.extend(pool.map(work, todo))
+            changes.extend(run_parallel(work, todo, workers=jobs))
         changes.extend(_remove_orphans(settings, set(manifest.names)))
     order = {s.name: i for i, s in enumerate(manifest.models)}
     changes.sort(key=lambda c: (order.get(c.name, len(order)), c.name))
