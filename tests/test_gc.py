@@ -94,7 +94,7 @@ def pin(
     else:
         lock = make_locked(name, Original(None, f"./{name}", None, None), None, None, hashed)
     write_lock(lock_dir, lock)
-    fetch_model(env.layout, lock, LocalSourceBytes(source), NoProgress())
+    fetch_model(env.layout, lock, LocalSourceBytes(source, lock.name), NoProgress())
     register_root(env.layout, lock_dir)
     return lock
 
