@@ -18,7 +18,15 @@ from mlxpin import cli
 from mlxpin.atomic import hold_lock
 from mlxpin.config import Settings, load_settings
 from mlxpin.fetch import LocalSourceBytes, NoProgress, fetch_model
-from mlxpin.lockfile import LockedFile, LockedModel, Original, lock_path, make_locked, write_lock
+from mlxpin.lockfile import (
+    HEADER,
+    LockedFile,
+    LockedModel,
+    Original,
+    lock_path,
+    make_locked,
+    write_lock,
+)
 from mlxpin.store import StoreLayout, check_stamp, register_root
 
 cli._register()
@@ -306,7 +314,7 @@ def test_corrupt_live_lock_blocks_deletion(env: Env) -> None:
     lock_dir = env.settings.lock_dir
     pin(env, lock_dir, "m", {"w.bin": b"one"}, repo="o/m", commit="a" * 40)
     pin(env, lock_dir, "m", {"w.bin": b"two"}, repo="o/m", commit="b" * 40)
-    (lock_dir / "broken.toml").write_text("format = 1\nname = 'broken'\n")
+    (lock_dir / "broken.toml").write_text(HEADER + "format = 1\nname = 'broken'\n")
     dry = env.gc()
     assert dry["problems"] and dry["items"]
     result = env.run("gc", "--yes")
