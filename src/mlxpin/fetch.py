@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
@@ -147,11 +147,18 @@ class ByteSource(Protocol):
 
 
 class HubSourceBytes:
-    def __init__(self, lock: LockedModel, downloader: HubDownloader) -> None:
+    """Bytes from the Hub. The downloader (and huggingface_hub) is only set up when a
+    file actually has to be downloaded, so a no-op fetch never imports it."""
+
+    def __init__(self, lock: LockedModel, downloader: Callable[[], HubDownloader]) -> None:
         assert lock.original.repo is not None and lock.commit is not None
         self.repo = lock.original.repo
         self.commit = lock.commit
-        self.downloader = downloader
+        self._downloader = downloader
+
+    @property
+    def downloader(self) -> HubDownloader:
+        return self._downloader()
 
     def open(
         self, file: LockedFile, offset: int

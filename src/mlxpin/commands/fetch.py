@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mlxpin.commands.common import locked_models, manifest_of, pick, store_layout
 from mlxpin.config import Settings
 from mlxpin.fetch import (
     ByteSource,
     FetchOutcome,
+    HubSourceBytes,
     LocalSourceBytes,
     NoProgress,
     Progress,
@@ -19,7 +21,10 @@ from mlxpin.fetch import (
 )
 from mlxpin.lockfile import LockedModel
 from mlxpin.manifest import PathSource
-from mlxpin.store import check_stamp, register_root
+from mlxpin.store import register_root
+
+if TYPE_CHECKING:
+    from mlxpin.hub import HubDownloader
 
 ProgressFactory = Callable[[str], Progress]
 
@@ -42,29 +47,29 @@ def fetch(
     locks = locked_models(settings, manifest, pick(manifest, names))
     layout = store_layout(settings)
     register_root(layout, settings.lock_dir)
-    downloader = None
+    downloaders: list[HubDownloader] = []
+
+    def downloader() -> HubDownloader:
+        if not downloaders:
+            from mlxpin.hub import HubConfig, HubDownloader
+
+            config = HubConfig(
+                endpoint=settings.endpoint,
+                token_present=settings.token_present,
+                offline=settings.offline,
+            )
+            downloaders.append(HubDownloader(config))
+        return downloaders[0]
+
     outcomes: list[FetchOutcome] = []
     for lock in locks:
-        source: ByteSource | None = None
-        if not check_stamp(layout, lock, in_this_cache=True).ok:
-            spec = manifest.get(lock.name)
-            assert spec is not None
-            if isinstance(spec.launch.source, PathSource):
-                source = LocalSourceBytes(spec.launch.source.path, spec.name)
-            else:
-                if downloader is None:
-                    from mlxpin.hub import HubConfig, HubDownloader
-
-                    downloader = HubDownloader(
-                        HubConfig(
-                            endpoint=settings.endpoint,
-                            token_present=settings.token_present,
-                            offline=settings.offline,
-                        )
-                    )
-                from mlxpin.fetch import HubSourceBytes
-
-                source = HubSourceBytes(lock, downloader)
+        spec = manifest.get(lock.name)
+        assert spec is not None
+        source: ByteSource
+        if isinstance(spec.launch.source, PathSource):
+            source = LocalSourceBytes(spec.launch.source.path, spec.name)
+        else:
+            source = HubSourceBytes(lock, downloader)
         outcomes.append(fetch_model(layout, lock, source, progress(lock.name)))
     return FetchResult(tuple(outcomes))
 
