@@ -65,7 +65,7 @@ def build_many_files_repo(hub: HubServer, count: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mb", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with HubServer() as hub, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -95,7 +95,9 @@ def main() -> int:
             for tool in ("hf", "mlxpin") if round_ % 2 == 0 else ("mlxpin", "hf"):
                 cache = workdir / f"cache-{tool}"
                 shutil.rmtree(cache, ignore_errors=True)
-                shutil.rmtree(workdir / "hf" / "mlxpin", ignore_errors=True)
+                if tool == "mlxpin":  # a fresh start: no views, stamps or records either
+                    shutil.rmtree(workdir / "hf" / "mlxpin", ignore_errors=True)
+                os.sync()  # no write-back of the previous run lands in this one
                 if tool == "hf":
                     hf = shutil.which("hf", path=str(Path(sys.executable).parent)) or "hf"
                     argv = [hf, "download", "bench/big", "--revision", commit]
