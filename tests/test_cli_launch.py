@@ -259,11 +259,11 @@ def get(url: str) -> tuple[int, Any]:
 
 
 class Launched:
-    def __init__(self, project: Project, port: int, env: dict[str, str]) -> None:
+    def __init__(self, project: Project, port: int, env: dict[str, str], *names: str) -> None:
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlxpin", "launch", "--restart-delay", "0.2"],
+            [sys.executable, "-m", "mlxpin", "launch", *names, "--restart-delay", "0.2"],
             cwd=project.root,
             env=env,
             stdout=subprocess.PIPE,
@@ -470,3 +470,71 @@ def test_a_server_left_by_an_earlier_launch_is_stopped_first(
         if stale.poll() is None:
             stale.kill()
     assert not pidfile.exists()
+
+
+@pytest.mark.e2e
+def test_draft_model_and_adapter_are_pinned_and_launched(project: Project) -> None:
+    generate(project.root / "models" / "main")
+    generate(project.root / "models" / "draft", seed=1)
+    adapter = project.root / "models" / "lora"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"fine_tune_type": "lora"}\n')
+    port = free_port()
+    project.write_manifest(
+        f"""version = 1
+[models.main]
+api_label = "main"
+port = {port}
+[models.main.launch]
+path = "./models/main"
+draft = "drafter"
+adapter = "lora"
+[models.main.server]
+num_draft_tokens = 2
+[models.drafter]
+api_label = "drafter"
+port = {free_port()}
+[models.drafter.launch]
+path = "./models/draft"
+[models.lora]
+api_label = "lora"
+port = {free_port()}
+[models.lora.launch]
+path = "./models/lora"
+"""
+    )
+    project.ok("lock", "main")  # locks the draft and the adapter too
+    assert {p.stem for p in project.lock_dir.iterdir()} == {"main", "drafter", "lora"}
+    result = project.run("launch", "main", "--dry-run")
+    assert result.returncode == 66  # nothing fetched yet
+    project.ok("fetch", "main")
+    plan = project.json("launch", "main", "--dry-run")["plan"]
+    roles = {s["role"]: s["path"] for s in plan["snapshots"]}
+    argv = plan["argv"]
+    assert argv[argv.index("--draft-model") + 1] == roles["draft"]
+    assert argv[argv.index("--adapter-path") + 1] == roles["adapter"]
+    assert argv[argv.index("--num-draft-tokens") + 1] == "2"
+
+    # A real server with the draft model (the tiny adapter is not a trained LoRA, so the
+    # manifest drops it for the live run).
+    text = (project.root / "manifest.toml").read_text()
+    project.write_manifest(text.replace('adapter = "lora"\n', ""))
+    running = Launched(project, port, project.env, "main")
+    try:
+        running.wait_healthy()
+        client = openai.OpenAI(base_url=running.base + "/v1", api_key="unused")
+        reply = client.chat.completions.create(
+            model="main", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        assert reply.model == "main"
+        before = running.server_requests()
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="main",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_body={"draft_model": "mlx-community/other"},
+            )
+        assert running.server_requests() == before
+    finally:
+        code = running.stop()
+    assert code == 0

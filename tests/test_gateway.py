@@ -357,6 +357,20 @@ def test_unknown_model_is_404_and_never_reaches_the_server(
     assert gateway.state.forwarded == 0
 
 
+@pytest.mark.parametrize("field", ["draft_model", "adapters"])
+def test_per_request_draft_model_or_adapter_is_refused(
+    gateway: Gateway, upstream: FakeUpstream, field: str
+) -> None:
+    """mlx_lm.server would load these like an unknown "model" (unloading the pin first)."""
+    with gateway.client() as client, pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=LABEL, messages=_messages(), extra_body={field: "some/repo"}
+        )
+    assert caught.value.code == "unsupported_parameter"
+    assert caught.value.param == field
+    assert upstream.requests == []
+
+
 def test_non_string_model_is_refused(gateway: Gateway, upstream: FakeUpstream) -> None:
     body = json.dumps({"model": ["tiny"], "messages": _messages()}).encode()
     status, answer = _raw(gateway.url + "/v1/chat/completions", "POST", body)

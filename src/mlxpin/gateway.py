@@ -232,6 +232,9 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
 
 _CONFIG: Final = web.AppKey("mlxpin_gateway_config", GatewayConfig)
 _STATE: Final = web.AppKey("mlxpin_gateway_state", GatewayState)
+# Request fields mlx_lm.server would resolve to other weights to load.
+PINNED_FIELDS: Final = frozenset({"draft_model", "adapters", "adapter", "adapter_path"})
+
 _SESSION: Final = web.AppKey("mlxpin_gateway_session", aiohttp.ClientSession)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -545,6 +548,19 @@ def build_app(config: GatewayConfig, state: GatewayState) -> web.Application:
                 f"The model '{shown[:200]}' does not exist. Available: {available}",
                 code="model_not_found",
                 param="model",
+            )
+        pinned = PINNED_FIELDS.intersection(body)
+        if pinned:
+            # mlx_lm.server would load these as repos or paths (and unload the pinned model
+            # first), exactly like an unknown "model": the manifest decides them.
+            state.rejected += 1
+            field = sorted(pinned)[0]
+            return error_response(
+                400,
+                f"'{field}' cannot be chosen per request: this endpoint serves a pinned "
+                "model, draft model and adapter (see the mlxpin manifest)",
+                code="unsupported_parameter",
+                param=field,
             )
         body["model"] = config.upstream_model
         data = json.dumps(body, separators=(",", ":")).encode()
