@@ -109,8 +109,12 @@ def _root(
 
 
 def _register() -> None:
-    # Each verb's CLI lives beside its renderer; importing registers it on `app`.
-    from mlxpin.cli import launch, lock, ops, store  # noqa: F401
+    # Each verb's CLI lives beside its renderer; importing registers it on `app`, and the
+    # import order is the order of `mlxpin --help`: the main job first.
+    import importlib
+
+    for module in ("lock", "store", "launch", "ops"):
+        importlib.import_module(f"mlxpin.cli.{module}")
 
 
 def main() -> None:
