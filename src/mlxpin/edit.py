@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +42,7 @@ from mlxpin.manifest import (
     load_manifest,
     parse_manifest,
 )
-
-_BARE_KEY = r"[A-Za-z0-9_-]+"
-_KEY = rf"(?:{_BARE_KEY}|\"(?:[^\"\\]|\\.)*\"|'[^']*')"
-_HEADER_RE = re.compile(rf"\s*\[\[?\s*({_KEY}(?:\s*\.\s*{_KEY})*)\s*\]\]?\s*(?:#.*)?$")
-_KEY_PART_RE = re.compile(_KEY)
-_ASSIGN_RE = re.compile(rf"\s*{_KEY}(?:\s*\.\s*{_KEY})*\s*=")
+from mlxpin.tomllines import ASSIGN_RE, HEADER_RE, split_key
 
 
 class EditError(ConfigError):
@@ -131,22 +124,6 @@ def add_model_text(text: str, model: NewModel, path: Path) -> str:
     return out
 
 
-def _split_key(dotted: str) -> tuple[str, ...]:
-    parts: list[str] = []
-    for match in _KEY_PART_RE.finditer(dotted):
-        raw = match.group(0)
-        if raw.startswith('"'):
-            try:
-                parts.append(str(json.loads(raw)))
-            except ValueError:
-                parts.append(raw[1:-1])
-        elif raw.startswith("'"):
-            parts.append(raw[1:-1])
-        else:
-            parts.append(raw)
-    return tuple(parts)
-
-
 def _headers(lines: Sequence[str]) -> list[tuple[int, tuple[str, ...]]]:
     """(line index, key path) of every table header, skipping multi-line strings."""
     found: list[tuple[int, tuple[str, ...]]] = []
@@ -156,11 +133,11 @@ def _headers(lines: Sequence[str]) -> list[tuple[int, tuple[str, ...]]]:
             if line.count(open_string) % 2 == 1:
                 open_string = None
             continue
-        header = _HEADER_RE.match(line)
+        header = HEADER_RE.match(line)
         if header:
-            found.append((index, _split_key(header.group(1))))
+            found.append((index, split_key(header.group(2))))
             continue
-        assign = _ASSIGN_RE.match(line)
+        assign = ASSIGN_RE.match(line)
         if assign:
             rest = line[assign.end() :]
             for quote in ('"""', "'''"):

@@ -19,11 +19,12 @@ _LITERAL = r"'[^']*'"
 _KEY = rf"(?:{_BARE}|{_BASIC}|{_LITERAL})"
 _DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
 _KEY_PART_RE = re.compile(_KEY)
-_HEADER_RE = re.compile(rf"\s*(\[\[?)\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
-_ASSIGN_RE = re.compile(rf"\s*({_DOTTED})\s*=")
+HEADER_RE = re.compile(rf"\s*(\[\[?)\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
+ASSIGN_RE = re.compile(rf"\s*({_DOTTED})\s*=")
 
 
-def _split_key(dotted: str) -> tuple[str, ...]:
+def split_key(dotted: str) -> tuple[str, ...]:
+    """`a."b.c".'d'` → ("a", "b.c", "d")."""
     parts: list[str] = []
     for match in _KEY_PART_RE.finditer(dotted):
         raw = match.group(0)
@@ -60,14 +61,14 @@ class KeyLines:
                 if line.count(open_string) % 2 == 1:
                     open_string = None
                 continue
-            header = _HEADER_RE.match(line)
+            header = HEADER_RE.match(line)
             if header:
-                table = _split_key(header.group(2))
+                table = split_key(header.group(2))
                 self._record(table, number)
                 continue
-            assign = _ASSIGN_RE.match(line)
+            assign = ASSIGN_RE.match(line)
             if assign:
-                self._record(table + _split_key(assign.group(1)), number)
+                self._record(table + split_key(assign.group(1)), number)
                 rest = line[assign.end() :]
                 for quote in ('"""', "'''"):
                     if rest.count(quote) % 2 == 1:
