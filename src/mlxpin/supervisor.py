@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlxpin.errors import PortInUseError, ServerCrashedError
 from mlxpin.launch import LaunchPlan, read_api_key
@@ -151,7 +152,6 @@ class Supervisor:
 
     async def _run_once(self) -> int | None:
         """Start the server, warm it up, wait until it exits or we are told to stop."""
-        from mlxpin.gateway import warm_up
 
         if self.plan.cwd.exists():
             shutil.rmtree(self.plan.cwd, ignore_errors=True)
@@ -166,31 +166,49 @@ class Supervisor:
             preexec_fn=_die_with_parent,
         )
         self.pidfile.write_text(str(self.process.pid))
-        exited = asyncio.ensure_future(self.process.wait())
-        stop = asyncio.ensure_future(self.stopping.wait())
+        exited: asyncio.Future[Any] = asyncio.ensure_future(self.process.wait())
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self.stopping.wait())
         try:
-            deadline = time.monotonic() + self.policy.ready_timeout_s
-            while not exited.done() and not stop.done():
-                if await warm_up(self.config, self.state, timeout_s=30.0):
-                    log.info(
-                        "%s: ready: a warm-up completion succeeded (pid %d)",
-                        self.plan.name,
-                        self.process.pid,
-                    )
-                    break
-                if time.monotonic() > deadline:
-                    log.error(
-                        "%s: not ready after %.0f s", self.plan.name, self.policy.ready_timeout_s
-                    )
-                    await self._stop_server()
-                    break
-                await asyncio.wait({exited, stop}, timeout=0.25)
+            if await self._warm_up(exited, stop):
+                log.info(
+                    "%s: ready: a warm-up completion succeeded (pid %d)",
+                    self.plan.name,
+                    self.process.pid,
+                )
             await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
         if not exited.done():
             return None
-        return exited.result()
+        code: int = exited.result()
+        return code
+
+    async def _warm_up(self, exited: asyncio.Future[Any], stop: asyncio.Future[Any]) -> bool:
+        """Send 1-token completions until one succeeds. A large model loads during the
+        first one, so each attempt may take until the deadline; the server exiting or a
+        stop request ends the wait at once."""
+        from mlxpin.gateway import warm_up
+
+        deadline = time.monotonic() + self.policy.ready_timeout_s
+        while not exited.done() and not stop.done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.error("%s: not ready after %.0f s", self.plan.name, self.policy.ready_timeout_s)
+                await self._stop_server()
+                return False
+            attempt: asyncio.Future[Any] = asyncio.ensure_future(
+                warm_up(self.config, self.state, timeout_s=remaining)
+            )
+            await asyncio.wait({attempt, exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not attempt.done():
+                attempt.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await attempt
+                return False
+            if attempt.result():
+                return True
+            await asyncio.wait({exited, stop}, timeout=0.25)  # not listening yet: retry
+        return False
 
     @property
     def pidfile(self) -> Path:
