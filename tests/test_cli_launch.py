@@ -538,3 +538,59 @@ path = "./models/lora"
     finally:
         code = running.stop()
     assert code == 0
+
+
+HANGING_SERVER = """
+import socket, sys, time
+port = int(sys.argv[sys.argv.index("--port") + 1])
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", port))
+listener.listen()
+held = []
+while True:  # accept, never answer: a model that takes forever to load
+    held.append(listener.accept()[0])
+"""
+
+RUN_PLAN = """
+import json, sys
+from pathlib import Path
+from mlxpin.launch import LaunchPlan, PinnedSnapshot
+from mlxpin.supervisor import SupervisorPolicy, run_plan
+spec = json.loads(sys.argv[1])
+plan = LaunchPlan(
+    name="slow", api_label="slow", aliases=(), public_host="127.0.0.1",
+    public_port=spec["port"], private_host="127.0.0.1",
+    server_command=(sys.executable, "-c", spec["server"]), server_args=(),
+    env_set=(), env_unset=(), cwd=Path(spec["cwd"]),
+    snapshots=(PinnedSnapshot("slow", "model", Path(spec["cwd"]), None, "sha256-x", 0, 0),),
+    api_key_required=False,
+)
+raise SystemExit(run_plan(plan, {"PATH": "/usr/bin:/bin"}, SupervisorPolicy(ready_timeout_s=600)))
+"""
+
+
+def test_sigterm_during_a_long_warm_up_stops_at_once(tmp_path: Path) -> None:
+    port = free_port()
+    spec = json.dumps({"port": port, "server": HANGING_SERVER, "cwd": str(tmp_path / "run")})
+    proc = subprocess.Popen([sys.executable, "-c", RUN_PLAN, spec], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                status = get(f"http://127.0.0.1:{port}/health")[0]
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+                continue
+            assert status == 503  # the gateway is up; the server never answers its warm-up
+            break
+        kids = children(proc.pid)
+        assert kids
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert not any(Path(f"/proc/{kid}/cmdline").exists() for kid in kids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
