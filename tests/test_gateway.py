@@ -371,6 +371,34 @@ def test_per_request_draft_model_or_adapter_is_refused(
     assert upstream.requests == []
 
 
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data"}},
+        {"type": "image_url", "image_url": "https://example.invalid/x.png"},
+        {"type": "input_image", "image_url": "file:///etc/passwd"},
+        {"type": "image", "image": "http://127.0.0.1:1/secret"},
+    ],
+)
+def test_remote_image_urls_are_refused_before_the_server_could_fetch_them(
+    gateway: Gateway, upstream: FakeUpstream, part: dict[str, object]
+) -> None:
+    body = json.dumps({"model": LABEL, "messages": [{"role": "user", "content": [part]}]}).encode()
+    status, answer = _raw(gateway.url + "/v1/chat/completions", "POST", body)
+    assert status == 400
+    assert answer["error"]["code"] == "unsupported_parameter"
+    assert "data: URL" in answer["error"]["message"]
+    assert upstream.requests == []
+
+
+def test_inline_data_images_pass_through(gateway: Gateway, upstream: FakeUpstream) -> None:
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    body = json.dumps({"model": LABEL, "messages": [{"role": "user", "content": [part]}]})
+    status, _ = _raw(gateway.url + "/v1/chat/completions", "POST", body.encode())
+    assert status == 200
+    assert len(upstream.requests) == 1
+
+
 def test_non_string_model_is_refused(gateway: Gateway, upstream: FakeUpstream) -> None:
     body = json.dumps({"model": ["tiny"], "messages": _messages()}).encode()
     status, answer = _raw(gateway.url + "/v1/chat/completions", "POST", body)

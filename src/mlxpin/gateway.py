@@ -32,6 +32,7 @@ our own. Request bodies and the api key are never logged.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -232,6 +233,30 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
 
 _CONFIG: Final = web.AppKey("mlxpin_gateway_config", GatewayConfig)
 _STATE: Final = web.AppKey("mlxpin_gateway_state", GatewayState)
+BODY_TIMEOUT_S: Final = 60.0
+
+_IMAGE_PART_TYPES: Final = frozenset({"image_url", "input_image", "image"})
+
+
+def _remote_image_url(messages: object) -> str | None:
+    """The first image URL in chat messages that is not an inline data: URL."""
+    if not isinstance(messages, list):
+        return None
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") not in _IMAGE_PART_TYPES:
+                continue
+            url = part.get("image_url", part.get("image"))
+            if isinstance(url, dict):
+                url = url.get("url")
+            if url is not None and not (isinstance(url, str) and url.startswith("data:")):
+                return str(url)
+    return None
+
+
 # Request fields mlx_lm.server would resolve to other weights to load.
 PINNED_FIELDS: Final = frozenset({"draft_model", "adapters", "adapter", "adapter_path"})
 
@@ -528,7 +553,11 @@ def build_app(config: GatewayConfig, state: GatewayState) -> web.Application:
     async def completions(request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > config.max_body_bytes:
             raise web.HTTPRequestEntityTooLarge(config.max_body_bytes, request.content_length)
-        raw = await request.read()
+        try:
+            raw = await asyncio.wait_for(request.read(), timeout=BODY_TIMEOUT_S)
+        except TimeoutError:
+            state.rejected += 1
+            return error_response(408, "The request body was not sent in time", code="timeout")
         try:
             body: Any = json.loads(raw)
         except ValueError:  # JSONDecodeError and UnicodeDecodeError
@@ -548,6 +577,18 @@ def build_app(config: GatewayConfig, state: GatewayState) -> web.Application:
                 f"The model '{shown[:200]}' does not exist. Available: {available}",
                 code="model_not_found",
                 param="model",
+            )
+        remote = _remote_image_url(body.get("messages"))
+        if remote is not None:
+            # mlx_lm.server would fetch it itself (urlopen), from wherever it points:
+            # launch promises no network, and the private server is nobody's proxy.
+            state.rejected += 1
+            return error_response(
+                400,
+                f"Image URLs are not fetched ({remote[:100]!r}): send the image inline as a "
+                "data: URL",
+                code="unsupported_parameter",
+                param="messages",
             )
         pinned = PINNED_FIELDS.intersection(body)
         if pinned:
