@@ -214,16 +214,33 @@ def test_port_taken_exits_69_before_starting_the_server(fetched: tuple[Project, 
     assert "mlx_lm" not in result.stderr  # the server was never started
 
 
-def test_supervisor_gives_up_with_70_after_its_restart_budget(tmp_path: Path) -> None:
-    """A stand-in server that always crashes (the real one cannot be made to, on demand)."""
-    plan = LaunchPlan(
+ANSWER_ONCE_THEN_CRASH = """
+import http.server, json, os, sys, threading
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Once(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"choices": [{"message": {"content": "x"}}], "model": "m"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        threading.Timer(0.2, lambda: os._exit(3)).start()  # ready, then it crashes
+http.server.HTTPServer(("127.0.0.1", port), Once).serve_forever()
+"""
+
+
+def _stand_in_plan(tmp_path: Path, server: str) -> LaunchPlan:
+    return LaunchPlan(
         name="crashy",
         api_label="crashy",
         aliases=(),
         public_host="127.0.0.1",
         public_port=free_port(),
         private_host="127.0.0.1",
-        server_command=(sys.executable, "-c", "import sys; sys.exit(3)"),
+        server_command=(sys.executable, "-c", server),
         server_args=(),
         env_set=(),
         env_unset=(),
@@ -231,12 +248,22 @@ def test_supervisor_gives_up_with_70_after_its_restart_budget(tmp_path: Path) ->
         snapshots=(PinnedSnapshot("crashy", "model", tmp_path, None, "sha256-x", 0, 0),),
         api_key_required=False,
     )
+
+
+def test_supervisor_gives_up_with_70_after_its_restart_budget(tmp_path: Path) -> None:
+    """Stand-in servers (the real one cannot be made to crash on demand)."""
     policy = SupervisorPolicy(backoff_initial_s=0.01, restart_budget=2, ready_timeout_s=5)
     with pytest.raises(ServerCrashedError) as info:
-        run_plan(plan, {"PATH": os.environ["PATH"]}, policy)
+        run_plan(_stand_in_plan(tmp_path, ANSWER_ONCE_THEN_CRASH), {"PATH": "/usr/bin"}, policy)
     assert info.value.exit_code == 70
-    assert "exited 3 times" in info.value.message
+    assert "exited 3 times within 600 s" in info.value.message
     assert "last exit code 3" in info.value.message
+    never = _stand_in_plan(tmp_path, "import sys; sys.exit(4)")
+    with pytest.raises(ServerCrashedError) as info:
+        run_plan(never, {"PATH": "/usr/bin"}, policy)
+    assert "failed 3 starts in a row without ever answering (last exit code 4)" in (
+        info.value.message
+    )
 
 
 # --- the real thing ---------------------------------------------------------------------
@@ -452,7 +479,7 @@ def test_a_server_left_by_an_earlier_launch_is_stopped_first(
         [sys.executable, "-c", "import time; time.sleep(120)", "mlx_lm", plan["upstream_model"]],
         start_new_session=True,
     )
-    pidfile = Path(plan["cwd"]).with_name("tiny.server.pid")
+    pidfile = Path(plan["cwd"]).with_name(Path(plan["cwd"]).name + ".server.pid")
     pidfile.parent.mkdir(parents=True, exist_ok=True)
     pidfile.write_text(str(stale.pid))
     unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -566,7 +593,13 @@ plan = LaunchPlan(
     snapshots=(PinnedSnapshot("slow", "model", Path(spec["cwd"]), None, "sha256-x", 0, 0),),
     api_key_required=False,
 )
-raise SystemExit(run_plan(plan, {"PATH": "/usr/bin:/bin"}, SupervisorPolicy(ready_timeout_s=600)))
+from mlxpin.errors import MlxpinError
+try:
+    code = run_plan(plan, {"PATH": "/usr/bin:/bin"}, SupervisorPolicy(ready_timeout_s=600))
+except MlxpinError as error:
+    print(error, file=sys.stderr)
+    code = int(error.exit_code)
+raise SystemExit(code)
 """
 
 
@@ -594,3 +627,54 @@ def test_sigterm_during_a_long_warm_up_stops_at_once(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+ERRORING_SERVER = """
+import http.server, sys
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Broken(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = b'{"error": "generation thread died"}'
+        self.send_response(500)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", port), Broken).serve_forever()
+"""
+
+
+def test_a_server_that_never_becomes_ready_ends_with_70(tmp_path: Path) -> None:
+    """A model that cannot load answers every request with an error: no endless loop."""
+    port = free_port()
+    spec = json.dumps({"port": port, "server": ERRORING_SERVER, "cwd": str(tmp_path / "run")})
+    script = RUN_PLAN.replace(
+        "SupervisorPolicy(ready_timeout_s=600)",
+        "SupervisorPolicy(ready_timeout_s=600, restart_budget=2, backoff_initial_s=0.05)",
+    ).replace(
+        "import json, sys",
+        "import json, sys\nimport mlxpin.supervisor\nmlxpin.supervisor.WARM_UP_ERRORS = 3",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, spec],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 70, result.stderr
+    assert "failed 3 starts in a row without ever answering" in result.stderr
+    assert "answers every warm-up with an error" in result.stderr
+
+
+@pytest.mark.e2e
+def test_a_second_launch_of_a_running_model_leaves_it_alone(
+    launched: tuple[Launched, Project],
+) -> None:
+    running, project = launched
+    running.wait_healthy()
+    server = running.server_pid()
+    second = project.run("launch", timeout=60)
+    assert second.returncode == 69
+    assert "cannot listen on" in second.stderr
+    assert get(running.base + "/health")[0] == 200
+    assert running.server_pid() == server

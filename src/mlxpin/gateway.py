@@ -702,6 +702,13 @@ async def warm_up(config: GatewayConfig, state: GatewayState, *, timeout_s: floa
     On an upstream 200 with a JSON completion, marks the state healthy (unless a restart
     happened meanwhile) and returns True. Any failure returns False; the caller retries.
     """
+    return await warm_up_status(config, state, timeout_s=timeout_s) == "ok"
+
+
+async def warm_up_status(config: GatewayConfig, state: GatewayState, *, timeout_s: float) -> str:
+    """Like `warm_up`, telling failures apart: "ok"; "unreachable" (not listening yet,
+    or no answer in time); "error" (it answered, but not with a completion — a server
+    that cannot load its model says so at once and will not recover by waiting)."""
     epoch = state.epoch
     base = URL(config.upstream_url)
     url = base.with_path(base.path.rstrip("/") + CHAT_PATH)
@@ -719,16 +726,19 @@ async def warm_up(config: GatewayConfig, state: GatewayState, *, timeout_s: floa
         ):
             raw = await resp.read()
             if resp.status != 200:
-                log.debug("warm-up: upstream answered %d", resp.status)
-                return False
+                log.debug("warm-up: upstream answered %d: %s", resp.status, raw[:200])
+                return "error"
             answer = json.loads(raw)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except ValueError as exc:
+        log.debug("warm-up: not JSON: %s", exc)
+        return "error"
+    except (aiohttp.ClientError, TimeoutError) as exc:
         log.debug("warm-up failed: %s: %s", type(exc).__name__, exc)
-        return False
+        return "unreachable"
     if not isinstance(answer, dict) or "choices" not in answer:
         log.warning("warm-up: upstream 200 without a completion")
-        return False
-    return state.mark_healthy(epoch)
+        return "error"
+    return "ok" if state.mark_healthy(epoch) else "unreachable"
 
 
 async def start_gateway(config: GatewayConfig, state: GatewayState) -> web.AppRunner:

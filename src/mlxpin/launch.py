@@ -205,7 +205,7 @@ def plan_launch(
         server_args=tuple(args),
         env_set=OFFLINE_ENV,
         env_unset=REMOVED_ENV,
-        cwd=settings.state_dir / "run" / spec.name,
+        cwd=settings.state_dir / "run" / f"{spec.name}-{spec.port}",
         snapshots=tuple(snapshots),
         api_key_required=read_api_key(environ) is not None,
     )

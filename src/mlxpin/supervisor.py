@@ -40,6 +40,9 @@ class SupervisorPolicy:
     stop_timeout_s: float = 10.0
 
 
+WARM_UP_ERRORS = 20  # error answers in a row (5 s at 0.25 s) before a start counts as failed
+
+
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -80,12 +83,13 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.process: asyncio.subprocess.Process | None = None
         self.crashes: deque[float] = deque()
+        self.was_ready = False
 
     async def run(self) -> int:
         from mlxpin.gateway import start_gateway
 
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.stopping.set)
         self.private_port = free_port(self.plan.private_host)
         from dataclasses import replace
@@ -93,7 +97,6 @@ class Supervisor:
         self.config = replace(
             self.config, upstream_url=f"http://{self.plan.private_host}:{self.private_port}"
         )
-        await self._reap_leftover()
         try:
             runner = await start_gateway(self.config, self.state)
         except OSError as exc:
@@ -103,6 +106,9 @@ class Supervisor:
                 self.plan.public_port,
                 exc.strerror or str(exc),
             ) from None
+        # Only once the public port is ours: a server left behind by a launch that died
+        # is stopped, while a second launch of a running model failed just above.
+        await self._reap_leftover()
         log.info(
             "%s: gateway on http://%s:%d serving %r",
             self.plan.name,
@@ -120,6 +126,7 @@ class Supervisor:
 
     async def _supervise(self) -> int:
         delay = self.policy.backoff_initial_s
+        never_ready = 0  # failed starts in a row that never answered a warm-up
         while not self.stopping.is_set():
             started = time.monotonic()
             code = await self._run_once()
@@ -130,6 +137,13 @@ class Supervisor:
             self.crashes.append(now)
             while self.crashes and now - self.crashes[0] > self.policy.budget_window_s:
                 self.crashes.popleft()
+            never_ready = 0 if self.was_ready else never_ready + 1
+            if never_ready > self.policy.restart_budget:
+                raise ServerCrashedError(
+                    f"{self.plan.name}: mlx_lm.server failed {never_ready} starts in a row "
+                    f"without ever answering (last exit code {code}); giving up",
+                    "read the server's log above: the model may not load with this mlx-lm",
+                )
             if len(self.crashes) > self.policy.restart_budget:
                 raise ServerCrashedError(
                     f"{self.plan.name}: mlx_lm.server exited {len(self.crashes)} times within "
@@ -168,8 +182,10 @@ class Supervisor:
         self.pidfile.write_text(str(self.process.pid))
         exited: asyncio.Future[Any] = asyncio.ensure_future(self.process.wait())
         stop: asyncio.Future[Any] = asyncio.ensure_future(self.stopping.wait())
+        self.was_ready = False
         try:
             if await self._warm_up(exited, stop):
+                self.was_ready = True
                 log.info(
                     "%s: ready: a warm-up completion succeeded (pid %d)",
                     self.plan.name,
@@ -187,9 +203,10 @@ class Supervisor:
         """Send 1-token completions until one succeeds. A large model loads during the
         first one, so each attempt may take until the deadline; the server exiting or a
         stop request ends the wait at once."""
-        from mlxpin.gateway import warm_up
+        from mlxpin.gateway import warm_up_status
 
         deadline = time.monotonic() + self.policy.ready_timeout_s
+        errors_in_a_row = 0
         while not exited.done() and not stop.done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -197,7 +214,7 @@ class Supervisor:
                 await self._stop_server()
                 return False
             attempt: asyncio.Future[Any] = asyncio.ensure_future(
-                warm_up(self.config, self.state, timeout_s=remaining)
+                warm_up_status(self.config, self.state, timeout_s=remaining)
             )
             await asyncio.wait({attempt, exited, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not attempt.done():
@@ -205,14 +222,23 @@ class Supervisor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await attempt
                 return False
-            if attempt.result():
+            status = attempt.result()
+            if status == "ok":
                 return True
+            errors_in_a_row = errors_in_a_row + 1 if status == "error" else 0
+            if errors_in_a_row >= WARM_UP_ERRORS:
+                log.error(
+                    "%s: the server answers every warm-up with an error; restarting it",
+                    self.plan.name,
+                )
+                await self._stop_server()
+                return False
             await asyncio.wait({exited, stop}, timeout=0.25)  # not listening yet: retry
         return False
 
     @property
     def pidfile(self) -> Path:
-        return self.plan.cwd.with_name(f"{self.plan.name}.server.pid")
+        return self.plan.cwd.with_name(self.plan.cwd.name + ".server.pid")
 
     async def _reap_leftover(self) -> None:
         """Stop a server an earlier `mlxpin launch` left behind (killed with -9, say).
