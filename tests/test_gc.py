@@ -265,7 +265,11 @@ def test_other_roots_keep_their_files_alive(env: Env) -> None:
     assert str(env.layout.blob(orphan, orphan.files[0])) in {i["path"] for i in items(data)}
     assert str(env.layout.blob(theirs, theirs.files[0])) not in {i["path"] for i in items(data)}
 
-    env.gc("--yes")
+    refused = env.run("gc", "--yes")  # the deleted project might be on an unmounted disk
+    assert refused.exit_code == 78
+    assert "--forget-missing" in refused.stderr
+    assert env.layout.blob(orphan, orphan.files[0]).exists()
+    env.gc("--yes", "--forget-missing")
     assert check_stamp(env.layout, theirs).ok
     assert not env.layout.blob(orphan, orphan.files[0]).exists()
     assert not Path(roots[0]["path"]).exists()
@@ -295,19 +299,23 @@ def test_stale_partials_go_fresh_and_live_ones_stay(env: Env) -> None:
     lock_dir = env.settings.lock_dir
     model = pin(env, lock_dir, "m", {"w.bin": b"live"}, repo="o/m")
     blobs = env.layout.repo_dir("o/m") / "blobs"
-    stale = blobs / (("1" * 64) + ".incomplete")
-    fresh = blobs / (("2" * 64) + ".incomplete")
+    stale = blobs / (("1" * 64) + ".mlxpin.incomplete")
+    fresh = blobs / (("2" * 64) + ".mlxpin.incomplete")
+    foreign = blobs / (("3" * 64) + ".a1b2c3d4.incomplete")  # huggingface_hub's own
     live_partial = env.layout.blob(model, model.files[0]).with_name(
         env.layout.blob(model, model.files[0]).name + ".mlxpin.incomplete"
     )
-    for path in (stale, fresh, live_partial):
+    for path in (stale, fresh, live_partial, foreign):
         path.write_bytes(b"partial")
     old = time.time() - 2 * DAY
-    os.utime(stale, (old, old))
-    os.utime(live_partial, (old, old))
+    for path in (stale, live_partial, foreign):
+        os.utime(path, (old, old))
     data = env.gc("--yes")
     assert [i["path"] for i in items(data, "partial")] == [str(stale)]
     assert not stale.exists() and fresh.exists() and live_partial.exists()
+    assert foreign.exists()  # another tool's download: only with --all
+    data = env.gc("--yes", "--all")
+    assert [i["path"] for i in items(data, "partial")] == [str(foreign)]
 
 
 def test_corrupt_live_lock_blocks_deletion(env: Env) -> None:

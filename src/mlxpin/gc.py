@@ -108,6 +108,7 @@ class LeftoverOnDisk:
     mtime: float
     lock: Path | None
     becomes: Path | None  # the blob or view it would have become
+    ours: bool = True  # False: another tool's partial download (huggingface_hub's)
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,8 @@ def plan(inventory: Inventory, live: LiveSet, *, include_foreign: bool, now: flo
     for leftover in inventory.leftovers:
         if now - leftover.mtime < STALE_AFTER_S:
             continue
+        if not leftover.ours and not include_foreign:
+            continue  # another tool's resumable download
         if leftover.becomes is not None and leftover.becomes in live:
             continue  # an interrupted fetch of a live pin resumes from it
         what = "partial download" if leftover.kind == "partial" else "temporary file"

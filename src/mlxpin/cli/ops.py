@@ -361,6 +361,14 @@ def gc_command(
             "that no mlxpin lock references.",
         ),
     ] = False,
+    forget_missing: Annotated[
+        bool,
+        typer.Option(
+            "--forget-missing",
+            help="Forget projects that fetched here but whose lock dir is gone for good "
+            "(without it, --yes refuses while one is missing: it may be on an unmounted disk).",
+        ),
+    ] = False,
     cache_dir: CacheDirOpt = None,
     manifest: ManifestOpt = None,
     lock_dir: LockDirOpt = None,
@@ -377,7 +385,9 @@ def gc_command(
 
     out = Output(as_json, quiet)
     settings = settings_for(manifest, lock_dir, cache_dir)
-    result = gc_cmd.gc(settings, yes=yes, include_foreign=include_foreign)
+    result = gc_cmd.gc(
+        settings, yes=yes, include_foreign=include_foreign, forget_missing=forget_missing
+    )
     for problem in result.problems:
         out.note(f"mlxpin: warning: {problem.message} (its files are unknown, so kept)")
     for root in result.roots:

@@ -22,7 +22,7 @@ from typing import Literal
 from mlxpin.atomic import hold_lock
 from mlxpin.commands.common import store_layout
 from mlxpin.config import Settings
-from mlxpin.errors import LockBusyError, LockCorruptError
+from mlxpin.errors import ConfigError, LockBusyError, LockCorruptError
 from mlxpin.gc import (
     HEX_RE,
     BlobOnDisk,
@@ -246,7 +246,13 @@ def _scan_blob_dir(
         elif name.endswith(".incomplete"):
             leftovers.append(
                 LeftoverOnDisk(
-                    "partial", path, _lstat_size(path), _mtime(path), lock, directory / digest
+                    "partial",
+                    path,
+                    _lstat_size(path),
+                    _mtime(path),
+                    lock,
+                    directory / digest,
+                    ours=repo is None or name.endswith(".mlxpin.incomplete"),
                 )
             )
     return blobs, leftovers
@@ -378,6 +384,7 @@ def gc(
     *,
     yes: bool = False,
     include_foreign: bool = False,
+    forget_missing: bool = False,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
     now: float | None = None,
 ) -> GcResult:
@@ -403,6 +410,13 @@ def gc(
             "what that lock needs); fix or delete that file, then run `mlxpin gc --yes` again"
         )
         raise refusal
+    missing = [r.lock_dir for r in roots if r.lock_dir is not None and not r.exists]
+    if missing and not forget_missing:
+        raise ConfigError(
+            f"{missing[0]} fetched into this store but cannot be found now (moved, deleted, "
+            "or on a disk that is not mounted), so gc cannot tell which files it still needs",
+            "mount or restore it, or if it is gone for good: mlxpin gc --yes --forget-missing",
+        )
     # A lock written since the scan may have made something live again: read them once more.
     live_again, _, _ = collect_live(settings, layout, read_roots(layout))
     outcomes = tuple(_execute(item, live_again, lock_timeout_s) for item in the_plan.doomed)
