@@ -291,3 +291,27 @@ def test_validation(env: Env) -> None:
     )
     assert bad.exit_code == 78 and "bare name" in bad.stderr
     assert not (env.home / ".config").exists()
+
+
+def test_an_api_key_file_path_is_carried_but_never_the_key(tmp_path: Path) -> None:
+    import plistlib
+
+    from mlxpin.config import load_settings
+    from mlxpin.service import build_spec
+
+    (tmp_path / "manifest.toml").write_text(
+        'version = 1\n[models.m]\napi_label = "m"\n[models.m.launch]\nrepo = "o/n"\n'
+    )
+    key = tmp_path / "key"
+    key.write_text("sk-SECRET-value\n")
+    environ = {"HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
+    settings = load_settings(environ, cwd=tmp_path)
+    with_file = {**environ, "MLXPIN_API_KEY_FILE": str(key)}
+    built = build_spec(settings, "m", platform="macos", system=False, environ=with_file)
+    plist = plistlib.loads(built.content.encode())
+    assert plist["EnvironmentVariables"]["MLXPIN_API_KEY_FILE"] == str(key)
+    assert "SECRET" not in built.content
+    with_key = {**environ, "MLXPIN_API_KEY": "sk-SECRET-value"}
+    built = build_spec(settings, "m", platform="macos", system=False, environ=with_key)
+    assert "MLXPIN_API_KEY_FILE" in " ".join(built.warnings)
+    assert "SECRET" not in built.content

@@ -254,8 +254,9 @@ def _plist_comment(spec: ServiceSpec) -> str:
         f"  launchctl bootout {domain}/{spec.label}",
         "",
         "No secret is written here. launchd has no environment file: to make the gateway",
-        "require a bearer key, add MLXPIN_API_KEY under EnvironmentVariables yourself and",
-        "chmod 600 this file (mlxpin never writes it).",
+        "require a bearer key, put the key in a file only you can read (chmod 600) and",
+        "install with MLXPIN_API_KEY_FILE=<that file>; its path (not the key) goes under",
+        "EnvironmentVariables, and reinstalling keeps it.",
     ]
     if not spec.system:
         lines += ["", "A LaunchAgent starts at login; a system-wide install starts at boot."]
@@ -447,13 +448,26 @@ def build_spec(
             "--env-file is for systemd; launchd has no environment file",
             "see the comment in the generated plist for MLXPIN_API_KEY",
         )
-    environment = (
+    environment: tuple[tuple[str, str], ...] = (
         ("HF_HOME", str(settings.hf_home)),
         ("HF_HUB_CACHE", str(settings.hub_cache)),
         ("MLXPIN_HOME", str(settings.state_dir)),
         ("HF_HUB_OFFLINE", "1"),
         ("PYTHONUNBUFFERED", "1"),
     )
+    key_file = environ.get("MLXPIN_API_KEY_FILE")
+    if key_file:
+        # A path, never the key: the gateway reads the key from it at every start.
+        environment += (
+            ("MLXPIN_API_KEY_FILE", str((cwd / Path(key_file).expanduser()).absolute())),
+        )
+    elif environ.get("MLXPIN_API_KEY"):
+        warnings = (
+            *warnings,
+            "MLXPIN_API_KEY is set but never written into a unit: put the key in a file "
+            "(chmod 600) and install with MLXPIN_API_KEY_FILE=<that file>"
+            + (" or use the unit's EnvironmentFile" if chosen == "linux" else ""),
+        )
     python = Path(sys.executable).absolute()
     spec = ServiceSpec(
         name=model,
