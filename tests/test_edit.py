@@ -257,3 +257,18 @@ def test_add_remove_round_trip_property(name: str, label: str, port: int) -> Non
     assert spec is not None and spec.api_label == label
     assert model_spans(added, name)
     assert remove_model_text(added, name, path) == text
+
+
+def test_remove_keeps_the_previous_tables_trailing_comment(tmp_path: Path) -> None:
+    from mlxpin.edit import model_spans
+
+    text = (
+        "version = 1\n\n"
+        '[models.b]\napi_label = "b"\nport = 9001\n[models.b.launch]\nrepo = "o/b"\n'
+        '# revision = "v2"\n'
+        '[models.a]\napi_label = "a"\n[models.a.launch]\nrepo = "o/a"\n'
+    )
+    lines = text.splitlines(keepends=True)
+    removed = "".join("".join(lines[start:end]) for start, end in model_spans(text, "a"))
+    assert '# revision = "v2"' not in removed
+    assert removed.startswith("[models.a]")

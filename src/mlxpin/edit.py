@@ -156,10 +156,16 @@ def _is_comment(line: str) -> bool:
 
 
 def _preamble_start(lines: Sequence[str], header: int) -> int:
-    """First line of the comment block directly above a header (no blank line between)."""
+    """First line of the comment block directly above a header (no blank line between).
+
+    A block glued to the previous table's last line (no blank line above it either) is
+    that table's trailing comment, e.g. a commented-out key: it is not claimed.
+    """
     start = header
     while start > 0 and _is_comment(lines[start - 1]):
         start -= 1
+    if start > 0 and not _is_blank(lines[start - 1]):
+        return header
     return start
 
 
