@@ -315,3 +315,26 @@ def test_an_api_key_file_path_is_carried_but_never_the_key(tmp_path: Path) -> No
     built = build_spec(settings, "m", platform="macos", system=False, environ=with_key)
     assert "MLXPIN_API_KEY_FILE" in " ".join(built.warnings)
     assert "SECRET" not in built.content
+
+
+def test_system_unit_under_sudo_runs_as_the_user_with_their_cache(tmp_path: Path) -> None:
+    import pwd
+
+    from mlxpin.config import load_settings
+    from mlxpin.service import build_spec
+
+    other = next(
+        (p for p in pwd.getpwall() if p.pw_uid != os.getuid() and p.pw_dir.startswith("/")),
+        None,
+    )
+    if other is None:
+        pytest.skip("no second account on this machine")
+    (tmp_path / "manifest.toml").write_text(
+        'version = 1\n[models.m]\napi_label = "m"\n[models.m.launch]\nrepo = "o/n"\n'
+    )
+    environ = {"HOME": str(tmp_path), "SUDO_USER": other.pw_name}
+    settings = load_settings(environ, cwd=tmp_path)
+    built = build_spec(settings, "m", platform="linux", system=True, environ=environ)
+    assert f"User={other.pw_name}" in built.content
+    assert f'HF_HOME={other.pw_dir}/.cache/huggingface"' in built.content
+    assert str(tmp_path / ".cache") not in built.content

@@ -373,6 +373,24 @@ def _account_name() -> str:
         return str(os.getuid())
 
 
+def _caches_of(
+    settings: Settings, user: str | None, environ: Mapping[str, str]
+) -> tuple[Path, Path, Path]:
+    """The caches the service's user will use: under `sudo ... --system` (or with
+    --run-as) that is the target user's own cache, not root's, unless set explicitly."""
+    explicit = any(environ.get(v) for v in ("HF_HOME", "HF_HUB_CACHE", "MLXPIN_HOME"))
+    if user is None or user == _account_name() or explicit:
+        return settings.hf_home, settings.hub_cache, settings.state_dir
+    try:
+        home = pwd.getpwnam(user).pw_dir
+    except KeyError:
+        raise UsageError(f"no user named {user!r} on this machine") from None
+    from mlxpin.config import hf_home as default_hf_home
+
+    base = default_hf_home({"HOME": home})
+    return base, base / "hub", base / "mlxpin"
+
+
 def _check_path(path: Path, what: str) -> Path:
     text = str(path)
     if any(not c.isprintable() for c in text):
@@ -437,7 +455,9 @@ def build_spec(
     if run_as is not None and not system:
         raise UsageError("--run-as only applies to a --system unit (a user unit runs as you)")
     cwd = Path.cwd()
-    log = (cwd / log_file).absolute() if log_file else settings.state_dir / "logs" / f"{model}.log"
+    user = (run_as or environ.get("SUDO_USER") or _account_name()) if system else None
+    hf_home, hub_cache, state_dir = _caches_of(settings, user, environ)
+    log = (cwd / log_file).absolute() if log_file else state_dir / "logs" / f"{model}.log"
     env_path: Path | None = None
     if chosen == "linux":
         env_path = (
@@ -449,9 +469,9 @@ def build_spec(
             "see the comment in the generated plist for MLXPIN_API_KEY",
         )
     environment: tuple[tuple[str, str], ...] = (
-        ("HF_HOME", str(settings.hf_home)),
-        ("HF_HUB_CACHE", str(settings.hub_cache)),
-        ("MLXPIN_HOME", str(settings.state_dir)),
+        ("HF_HOME", str(hf_home)),
+        ("HF_HUB_CACHE", str(hub_cache)),
+        ("MLXPIN_HOME", str(state_dir)),
         ("HF_HUB_OFFLINE", "1"),
         ("PYTHONUNBUFFERED", "1"),
     )
@@ -480,7 +500,7 @@ def build_spec(
         log_file=_check_path(log, "the log file"),
         working_dir=settings.manifest_path.parent,
         env_file=_check_path(env_path, "the environment file") if env_path else None,
-        user=(run_as or _account_name()) if system else None,
+        user=user,
         description=description,
     )
     content = render(spec)
