@@ -752,6 +752,7 @@ async def start_gateway(config: GatewayConfig, state: GatewayState) -> web.AppRu
         access_log=None,  # one DEBUG line per request from our middleware instead
         handle_signals=False,  # the supervisor owns signals
         shutdown_timeout=2.0,
+        keepalive_timeout=75.0,  # idle client connections (aiohttp's default is an hour)
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=512)
