@@ -81,10 +81,19 @@ def main() -> int:
         mlxpin("launch", MODEL, "--dry-run", env=env)
         say("5. Launch: mlx_lm.server on a private port, the gateway on the public one")
         print(f"$ mlxpin launch {MODEL} &", flush=True)
-        process = subprocess.Popen([sys.executable, "-m", "mlxpin", "launch", MODEL], env=env)
+        log_path = Path(workdir) / "launch.log"
+        log = log_path.open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlxpin", "launch", MODEL],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         base = f"http://{spec.host}:{spec.port}"
+        shown = 0
         try:
             seconds = wait_healthy(base, process)
+            shown = show_log(log_path, shown)
             print(f"   healthy after {seconds:.1f} s (a real warm-up completion succeeded)")
             say(f'6. A client asks for model="{spec.api_label}" (openai package)')
             talk_to(base, spec.api_label)
@@ -92,9 +101,28 @@ def main() -> int:
             say("7. SIGTERM: stop the gateway and the server, leave nothing behind")
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=30)
+            log.close()
+            show_log(log_path, shown)
             print(f"   mlxpin launch exited with code {code}")
+            left = [
+                line
+                for line in subprocess.run(
+                    ["ps", "-eo", "command"], capture_output=True, text=True, check=False
+                ).stdout.splitlines()
+                if "mlx_lm" in line and workdir in line
+            ]
+            print(f"   server processes left behind: {len(left)}")
     print("\nDone: locked, fetched, verified and served offline by api_label.")
     return 0 if code == 0 else 1
+
+
+def show_log(path: Path, skip: int) -> int:
+    """Print the launch log's new lines, indented; returns how many lines it has."""
+    lines = path.read_text(errors="replace").splitlines()
+    for line in lines[skip:]:
+        if "POST /v1/chat/completions" not in line:  # the server's own access log
+            print(f"   | {line}")
+    return len(lines)
 
 
 def talk_to(base: str, label: str) -> None:
