@@ -113,7 +113,7 @@ def main() -> int:
             ]
             print(f"   server processes left behind: {len(left)}")
     print("\nDone: locked, fetched, verified and served offline by api_label.")
-    return 0 if code == 0 else 1
+    return 0 if code == 0 and not left else 1
 
 
 def show_log(path: Path, skip: int) -> int:
