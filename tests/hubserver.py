@@ -302,7 +302,7 @@ def _build_trees(files: Mapping[str, FileEntry]) -> dict[str, str]:
 def _commit_object(
     tree: str, parent: str | None, author: str, date: datetime, message: str
 ) -> bytes:
-    stamp = f"{author} <{author}@users.noreply.huggingface.co> {int(date.timestamp())} +0000"
+    stamp = f"{author} <{author}@users.noreply.hubserver.invalid> {int(date.timestamp())} +0000"
     lines = [f"tree {tree}"]
     if parent is not None:
         lines.append(f"parent {parent}")

@@ -193,10 +193,10 @@ def test_commit_ids_are_deterministic_and_match_git(tmp_path: Path) -> None:
         "HOME": str(tmp_path),
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_AUTHOR_NAME": commit.author,
-        "GIT_AUTHOR_EMAIL": f"{commit.author}@users.noreply.huggingface.co",
+        "GIT_AUTHOR_EMAIL": f"{commit.author}@users.noreply.hubserver.invalid",
         "GIT_AUTHOR_DATE": stamp,
         "GIT_COMMITTER_NAME": commit.author,
-        "GIT_COMMITTER_EMAIL": f"{commit.author}@users.noreply.huggingface.co",
+        "GIT_COMMITTER_EMAIL": f"{commit.author}@users.noreply.hubserver.invalid",
         "GIT_COMMITTER_DATE": stamp,
     }
 
