@@ -236,7 +236,7 @@ def test_foreign_blobs_need_all(env: Env) -> None:
 
 
 def test_same_content_in_two_places_is_kept(env: Env) -> None:
-    """Records are keyed by content: with two copies, `fetched` may belong to the other."""
+    """gc is cautious with content that exists twice: neither copy goes."""
     lock_dir = env.settings.lock_dir
     data = b"identical weights" * 10
     first = pin(env, lock_dir, "first", {"w.safetensors": data}, repo="o/first")

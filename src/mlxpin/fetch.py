@@ -20,12 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from mlxpin.atomic import DISK_ERRNOS, fsync_dir, hold_lock, write_atomic
+from mlxpin.atomic import DISK_ERRNOS, fsync_dir, hold_lock
 from mlxpin.errors import DiskError, IntegrityError, MlxpinError, SnapshotMissingError
 from mlxpin.hashing import CHUNK, OidHasher, oid_algorithm
 from mlxpin.lockfile import LockedFile, LockedModel
 from mlxpin.parallel import CANCEL, Cancelled, run_parallel
-from mlxpin.store import FileStat, StampEntry, StoreLayout, check_stamp, write_stamp
+from mlxpin.store import (
+    FETCHED,
+    FileStat,
+    StampEntry,
+    StoreLayout,
+    check_stamp,
+    read_record,
+    write_record,
+    write_stamp,
+)
 from mlxpin.validate import is_commit
 
 if TYPE_CHECKING:
@@ -74,33 +83,14 @@ class _BlobResult:
 
 def _record_matches(layout: StoreLayout, file: LockedFile, blob: Path) -> FileStat | None:
     """The blob's stat if its verification record still describes it, else None."""
+    record = read_record(layout, blob)
     try:
-        recorded = layout.verified_record(blob).read_text().split()
         current = FileStat.of(blob)
     except OSError:
         return None
-    if recorded[:4] == [str(v) for v in current.as_list()] and current.size == file.size:
+    if record is not None and record.stat == current and current.size == file.size:
         return current
     return None
-
-
-def _write_record(
-    layout: StoreLayout, blob: Path, stat: FileStat, origin: str | None = None
-) -> None:
-    """Record that the blob with this stat matches its oid.
-
-    `stat` must describe the very bytes that were hashed (see `_hash_existing`).
-    `origin` says whether mlxpin downloaded/copied the blob ("fetched") or found it in
-    the cache ("adopted"); `mlxpin gc` only deletes what mlxpin fetched.
-    """
-    record = layout.verified_record(blob)
-    if origin is None:
-        try:
-            fields = record.read_text().split()
-            origin = fields[4] if len(fields) > 4 else "adopted"
-        except OSError:
-            origin = "adopted"
-    write_atomic(record, " ".join([*map(str, stat.as_list()), origin]).encode())
 
 
 def _hash_existing(path: Path, file: LockedFile, progress: Progress) -> FileStat | None:
@@ -384,7 +374,7 @@ def ensure_blob(
                 return _BlobResult(StampEntry(file.path, str(blob), stat), 0, 0)
             stat = _hash_existing(blob, file, progress)
             if stat is not None:
-                _write_record(layout, blob, stat)
+                write_record(layout, blob, stat)
                 return _BlobResult(StampEntry(file.path, str(blob), stat), 0, file.size)
             log.warning("%s: cached %s is corrupt; fetching it again", lock.name, file.path)
             hashed = file.size
@@ -399,7 +389,7 @@ def ensure_blob(
             partial.replace(blob)
             fsync_dir(blob.parent)
             stat = FileStat.of(blob)  # we hold the blob lock: nobody replaces it meanwhile
-            _write_record(layout, blob, stat, "fetched")
+            write_record(layout, blob, stat, FETCHED)
         except IntegrityError:
             with contextlib.suppress(OSError):
                 partial.unlink()
@@ -569,7 +559,7 @@ def verify_model(layout: StoreLayout, lock: LockedModel, progress: Progress) -> 
         stat = _hash_existing(blob, file, progress)
         if stat is None:
             return file, "content hash differs from the lock", None
-        _write_record(layout, blob, stat)
+        write_record(layout, blob, stat)
         return file, None, StampEntry(file.path, target, stat)
 
     CANCEL.clear()

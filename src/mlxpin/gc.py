@@ -11,9 +11,8 @@ Garbage (`plan`), and what is never touched:
 - mlxpin's own blobs `<state>/blobs/sha256/<hex>` (path sources) no live lock uses;
 - Hub cache blobs `models--*/blobs/<hex>` no live lock uses, **only** when mlxpin
   downloaded them: the blob's verification record says `fetched` and describes this
-  very file (size, mtime, inode, device), and no other copy of the same content exists
-  (records are keyed by content, so with two copies the record cannot tell which one
-  mlxpin downloaded). Everything else in the Hub cache (adopted from another tool,
+  very file (size, mtime, inode, device), and — extra caution — no other copy of the
+  same content exists in the cache. Everything else in the Hub cache (adopted from another tool,
   never verified, ambiguous) is kept unless `include_foreign` (`--all`);
 - with a deleted blob: its verification record (when the record describes it) and the
   Hub `snapshots/<commit>/<path>` symlinks that point at it, then emptied snapshot dirs;
@@ -36,14 +35,13 @@ from pathlib import Path
 from typing import Literal
 
 from mlxpin.lockfile import LockedModel
-from mlxpin.store import FileStat, StoreLayout
+from mlxpin.store import FETCHED, FileStat, Record, StoreLayout
 
 GarbageKind = Literal[
     "view", "stamp", "temp", "hub_blob", "local_blob", "partial", "record", "link", "root"
 ]
 STALE_AFTER_S = 24 * 3600.0
 HEX_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-FETCHED = "fetched"
 
 
 def oid_of_hex(digest: str) -> str:
@@ -70,13 +68,6 @@ def live_set(layout: StoreLayout, locks: Iterable[LockedModel]) -> LiveSet:
 
 
 # --- what is on disk (gathered by commands/gc.py) ----------------------------------------
-
-
-@dataclass(frozen=True)
-class Record:
-    path: Path
-    stat: FileStat | None  # None when unreadable
-    origin: str  # "fetched" | "adopted" (records older than the origin field: "adopted")
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,45 @@ class FileStat:
         return [self.size, self.mtime_ns, self.inode, self.device]
 
 
+FETCHED = "fetched"  # mlxpin downloaded or copied the blob itself
+ADOPTED = "adopted"  # mlxpin found the blob in the cache and verified it
+
+
+@dataclass(frozen=True)
+class Record:
+    """What mlxpin last verified about one blob file."""
+
+    path: Path  # the record file
+    stat: FileStat | None  # None when unreadable
+    origin: str  # FETCHED | ADOPTED (records without the field: ADOPTED)
+
+
+def read_record(layout: StoreLayout, blob: Path) -> Record | None:
+    path = layout.verified_record(blob)
+    try:
+        fields = path.read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        stat: FileStat | None = FileStat(*(int(v) for v in fields[:4]))
+    except (ValueError, TypeError):
+        stat = None
+    return Record(path, stat, fields[4] if len(fields) > 4 else ADOPTED)
+
+
+def write_record(
+    layout: StoreLayout, blob: Path, stat: FileStat, origin: str | None = None
+) -> None:
+    """Record that the blob with this stat matches its oid; `origin` None keeps the
+    recorded one (a blob mlxpin fetched stays fetched when it is re-verified)."""
+    if origin is None:
+        old = read_record(layout, blob)
+        origin = old.origin if old is not None else ADOPTED
+    write_atomic(
+        layout.verified_record(blob), " ".join([*map(str, stat.as_list()), origin]).encode()
+    )
+
+
 @dataclass(frozen=True)
 class StampEntry:
     path: str

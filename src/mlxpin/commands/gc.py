@@ -32,7 +32,6 @@ from mlxpin.gc import (
     LeftoverOnDisk,
     LinkOnDisk,
     LiveSet,
-    Record,
     RootOnDisk,
     ViewOnDisk,
     live_set,
@@ -40,7 +39,7 @@ from mlxpin.gc import (
     plan,
 )
 from mlxpin.lockfile import LockedModel, lock_names_on_disk, read_lock
-from mlxpin.store import FileStat, StoreLayout
+from mlxpin.store import FileStat, StoreLayout, read_record
 
 LOCK_TIMEOUT_S = 0.5
 VIEW_KEY_RE = HEX_RE
@@ -156,20 +155,6 @@ def _mtime(path: Path) -> float:
         return time.time()
 
 
-def _record(layout: StoreLayout, blob: Path) -> Record | None:
-    path = layout.verified_record(blob)
-    try:
-        fields = path.read_text().split()
-    except (OSError, UnicodeDecodeError):
-        return None
-    try:
-        stat: FileStat | None = FileStat(*(int(v) for v in fields[:4]))
-    except (ValueError, TypeError):
-        stat = None
-    origin = fields[4] if len(fields) > 4 else "adopted"
-    return Record(path, stat, origin)
-
-
 def _listdir(path: Path) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(path) as entries:
@@ -242,7 +227,7 @@ def _scan_blob_dir(
                 stat = FileStat.of(path)
             except OSError:
                 continue
-            blobs.append(BlobOnDisk(path, oid, repo is None, stat, _record(layout, path), lock))
+            blobs.append(BlobOnDisk(path, oid, repo is None, stat, read_record(layout, path), lock))
         elif name.endswith(".incomplete"):
             leftovers.append(
                 LeftoverOnDisk(
