@@ -10,7 +10,23 @@ from pathlib import Path
 
 from mlxpin.errors import DiskError, LockBusyError
 
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+# What a full, read-only or failing disk (or a file-size limit) answers to a write.
+DISK_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+}
+
+
+def disk_error(path: Path, exc: OSError) -> DiskError | None:
+    """The user-facing error for a write the disk refused; None for any other OSError."""
+    if exc.errno in DISK_ERRNOS:
+        return DiskError(path, exc.strerror or str(exc))
+    return None
 
 
 def fsync_dir(directory: Path) -> None:
@@ -44,9 +60,10 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if exc.errno in DISK_ERRNOS:
-            raise DiskError(path, exc.strerror or str(exc)) from None
-        raise
+        error = disk_error(path, exc)
+        if error is None:
+            raise
+        raise error from None
     fsync_dir(path.parent)
 
 

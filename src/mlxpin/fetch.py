@@ -10,18 +10,16 @@ stamp it. Nothing unverified is ever reachable through a snapshot.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from mlxpin.atomic import DISK_ERRNOS, fsync_dir, hold_lock
-from mlxpin.errors import DiskError, IntegrityError, MlxpinError, SnapshotMissingError
+from mlxpin.atomic import disk_error, fsync_dir, hold_lock, temp_name
+from mlxpin.errors import IntegrityError, MlxpinError, SnapshotMissingError
 from mlxpin.hashing import CHUNK, OidHasher, oid_algorithm
 from mlxpin.lockfile import LockedFile, LockedModel
 from mlxpin.parallel import CANCEL, Cancelled, run_parallel
@@ -177,12 +175,7 @@ class LocalSourceBytes:
         try:
             handle = (self.root / file.path).open("rb")
         except OSError as exc:
-            error = IntegrityError(self.name, file.path, f"cannot be read: {exc.strerror}")
-            error.hint = (
-                f"{self.root / file.path} changed since it was locked; restore it, or run "
-                f"`mlxpin lock --update {self.name}`"
-            )
-            raise error from None
+            raise self._changed(file, f"cannot be read: {exc.strerror}") from None
         with handle:
             handle.seek(offset)
 
@@ -199,21 +192,18 @@ class LocalSourceBytes:
         raise AssertionError("local copies are not retried")
 
     def mismatch_hint(self, lock: LockedModel, file: LockedFile, problem: str) -> MlxpinError:
-        error = IntegrityError(lock.name, file.path, f"the local file {problem}")
+        return self._changed(file, f"the local file {problem}")
+
+    def _changed(self, file: LockedFile, problem: str) -> IntegrityError:
+        error = IntegrityError(self.name, file.path, problem)
         error.hint = (
-            f"{self.root / file.path} changed since it was locked; if that is intended, "
-            f"run `mlxpin lock --update {lock.name}`"
+            f"{self.root / file.path} changed since it was locked; restore it, or if the "
+            f"change is intended, run `mlxpin lock --update {self.name}`"
         )
         return error
 
 
 # --- one blob ----------------------------------------------------------------------------
-
-
-def _disk_error(path: Path, exc: OSError) -> DiskError | None:
-    if exc.errno in DISK_ERRNOS or exc.errno == errno.EFBIG:
-        return DiskError(path, exc.strerror or str(exc))
-    return None
 
 
 @dataclass
@@ -353,7 +343,7 @@ def ensure_blob(
     layout: StoreLayout,
     lock: LockedModel,
     file: LockedFile,
-    source: ByteSource | None,
+    source: ByteSource,
     progress: Progress,
 ) -> _BlobResult:
     if CANCEL.is_set():
@@ -379,8 +369,6 @@ def ensure_blob(
             log.warning("%s: cached %s is corrupt; fetching it again", lock.name, file.path)
             hashed = file.size
             _remove(blob)
-        if source is None:
-            raise SnapshotMissingError(lock.name, f"{file.path} is not in the store")
         partial = blob.with_name(blob.name + ".mlxpin.incomplete")
         try:
             downloaded = _transfer(source, lock, file, partial, progress)
@@ -395,7 +383,7 @@ def ensure_blob(
                 partial.unlink()
             raise
         except OSError as exc:
-            error = _disk_error(blob, exc)
+            error = disk_error(blob, exc)
             if error is None:
                 raise
             with contextlib.suppress(OSError):
@@ -421,7 +409,7 @@ def _link(target: str, link: Path) -> None:
             return
     except OSError:
         pass
-    tmp = link.with_name(f".{link.name}.tmp-{secrets.token_hex(4)}")
+    tmp = temp_name(link)
     os.symlink(target, tmp)
     tmp.replace(link)
 
@@ -469,7 +457,7 @@ def build_view(layout: StoreLayout, lock: LockedModel, entries: list[StampEntry]
     if view.is_dir() and _view_matches(view, wanted):
         return view
     view.parent.mkdir(parents=True, exist_ok=True)
-    tmp = view.with_name(f".{view.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = temp_name(view)
     tmp.mkdir()
     for path, blob in wanted.items():
         link = tmp / path
@@ -477,7 +465,7 @@ def build_view(layout: StoreLayout, lock: LockedModel, entries: list[StampEntry]
         os.symlink(blob, link)
     old = None
     if view.exists():
-        old = view.with_name(f".{view.name}.old-{secrets.token_hex(4)}")
+        old = view.with_name(f".{view.name}.old-{os.urandom(4).hex()}")
         view.replace(old)
     tmp.replace(view)
     fsync_dir(view.parent)
@@ -492,7 +480,7 @@ def build_view(layout: StoreLayout, lock: LockedModel, entries: list[StampEntry]
 def fetch_model(
     layout: StoreLayout,
     lock: LockedModel,
-    source: ByteSource | None,
+    source: ByteSource,
     progress: Progress,
     workers: int = 8,
 ) -> FetchOutcome:
@@ -514,7 +502,7 @@ def fetch_model(
             view = build_view(layout, lock, entries)
             write_stamp(layout, lock, entries)
     except OSError as exc:
-        error = _disk_error(layout.view(lock), exc)
+        error = disk_error(layout.view(lock), exc)
         if error is None:
             raise
         raise error from None
