@@ -17,12 +17,11 @@ from mlxpin.config import Settings
 from mlxpin.errors import (
     ConfigError,
     IntegrityError,
-    LockStaleError,
     ServerMissingError,
     SnapshotMissingError,
     UsageError,
 )
-from mlxpin.lockfile import LockedModel, pin_state, read_lock
+from mlxpin.lockfile import LockedModel, valid_locks
 from mlxpin.manifest import Manifest, ModelSpec, load_manifest
 from mlxpin.serveropts import server_argv
 from mlxpin.store import StoreLayout, check_stamp
@@ -137,21 +136,15 @@ def find_server() -> tuple[str, ...]:
     raise ServerMissingError(f"no `mlx_lm` module for {sys.executable} and none on PATH")
 
 
-def _pinned(
-    settings: Settings, layout: StoreLayout, spec: ModelSpec, role: str, verify: bool
-) -> PinnedSnapshot:
-    lock = read_lock(settings.lock_dir, spec.name)
-    state = pin_state(spec, lock)
-    if state.state != "ok" or lock is None:
-        raise LockStaleError([f"{spec.name}: lock is {state.state} ({state.reason})"], [spec.name])
+def _pinned(layout: StoreLayout, lock: LockedModel, role: str, verify: bool) -> PinnedSnapshot:
     if verify:
         _verify(layout, lock)
     else:
         stamp = check_stamp(layout, lock)
         if not stamp.ok:
-            raise SnapshotMissingError(spec.name, f"snapshot {stamp.problem}")
+            raise SnapshotMissingError(lock.name, f"snapshot {stamp.problem}")
     return PinnedSnapshot(
-        name=spec.name,
+        name=lock.name,
         role=role,
         path=layout.view(lock),
         commit=lock.commit,
@@ -179,20 +172,22 @@ def plan_launch(
 ) -> LaunchPlan:
     manifest = load_manifest(settings.manifest_path, parser="tomllib")
     spec = choose_model(manifest, name, settings)
-    layout = StoreLayout(hub_cache=settings.hub_cache, state_dir=settings.state_dir)
-    snapshots = [_pinned(settings, layout, spec, "model", verify)]
-    args: list[str] = ["--model", str(snapshots[0].path), "--host", PRIVATE_HOST]
+    layout = StoreLayout.of(settings)
+    roles: list[tuple[str, str, ModelSpec]] = [("model", "--model", spec)]
     for role, flag, target in (
         ("draft", "--draft-model", spec.launch.draft),
         ("adapter", "--adapter-path", spec.launch.adapter),
     ):
-        if target is None:
-            continue
-        dependency = manifest.get(target)
-        assert dependency is not None  # the manifest parser checked the reference
-        pinned = _pinned(settings, layout, dependency, role, verify)
-        snapshots.append(pinned)
-        args += [flag, str(pinned.path)]
+        dependency = manifest.get(target) if target is not None else None
+        if dependency is not None:  # the manifest parser checked every reference
+            roles.append((role, flag, dependency))
+    locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])  # all problems at once
+    snapshots = [
+        _pinned(layout, lock, role, verify) for (role, _, _), lock in zip(roles, locks, strict=True)
+    ]
+    args: list[str] = ["--host", PRIVATE_HOST]
+    for (_, flag, _), snapshot in zip(roles, snapshots, strict=True):
+        args += [flag, str(snapshot.path)]
     args += server_argv(spec.server)
     return LaunchPlan(
         name=spec.name,

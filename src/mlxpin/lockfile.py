@@ -15,7 +15,7 @@ from typing import Any
 
 from mlxpin import validate
 from mlxpin.atomic import write_atomic
-from mlxpin.errors import LockCorruptError
+from mlxpin.errors import LockCorruptError, LockStaleError
 from mlxpin.hashing import tree_hash
 from mlxpin.manifest import HubSource, Manifest, ModelSpec
 
@@ -332,6 +332,25 @@ def _difference(old: Original, new: Original) -> str:
         if getattr(old, field) != getattr(new, field)
     ]
     return "manifest changed: " + ", ".join(changed)
+
+
+def valid_locks(lock_dir: Path, specs: Iterable[ModelSpec]) -> tuple[LockedModel, ...]:
+    """The locks of these models, or one LockStaleError naming every one that is
+    missing or stale (LockCorruptError for a damaged file)."""
+    problems: list[str] = []
+    names: list[str] = []
+    locks: list[LockedModel] = []
+    for spec in specs:
+        lock = read_lock(lock_dir, spec.name)
+        state = pin_state(spec, lock)
+        if state.state != "ok" or lock is None:
+            problems.append(f"{spec.name}: lock is {state.state} ({state.reason})")
+            names.append(spec.name)
+        else:
+            locks.append(lock)
+    if problems:
+        raise LockStaleError(problems, names)
+    return tuple(locks)
 
 
 def diff(

@@ -44,6 +44,7 @@ from mlxpin.errors import (
     UnavailableError,
     UsageError,
 )
+from mlxpin.store import StoreLayout
 
 Platform = Literal["linux", "macos"]
 
@@ -400,13 +401,13 @@ def _check_path(path: Path, what: str) -> Path:
 
 def _readiness_warnings(settings: Settings, name: str) -> tuple[str, str, tuple[str, ...]]:
     """Validate the manifest and the model (errors), and say what is not ready (warnings)."""
-    from mlxpin.commands.common import manifest_of, pick, store_layout, with_dependencies
+    from mlxpin.commands.common import manifest_of, pick, with_dependencies
     from mlxpin.lockfile import pin_state, read_lock
     from mlxpin.store import check_stamp
 
     manifest = manifest_of(settings)
     spec = pick(manifest, [name])[0]
-    layout = store_layout(settings)
+    layout = StoreLayout.of(settings)
     warnings: list[str] = []
     for model in with_dependencies(manifest, [spec]):
         try:

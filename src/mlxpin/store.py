@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlxpin.atomic import write_atomic
+from mlxpin.config import Settings
 from mlxpin.hashing import oid_hex
 from mlxpin.lockfile import LockedFile, LockedModel
 
@@ -36,6 +37,10 @@ STAMP_FORMAT = 1
 class StoreLayout:
     hub_cache: Path
     state_dir: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> StoreLayout:
+        return cls(hub_cache=settings.hub_cache, state_dir=settings.state_dir)
 
     # -- Hub cache (standard layout) ------------------------------------------------------
 

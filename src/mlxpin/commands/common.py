@@ -9,9 +9,8 @@ from pathlib import Path
 
 from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError, UsageError
-from mlxpin.lockfile import LockedModel, read_lock
+from mlxpin.lockfile import LockedModel, read_lock, valid_locks
 from mlxpin.manifest import Manifest, ModelSpec, load_manifest
-from mlxpin.store import StoreLayout
 
 
 def manifest_of(settings: Settings) -> Manifest:
@@ -76,25 +75,4 @@ def locked_models(
     settings: Settings, manifest: Manifest, specs: Sequence[ModelSpec]
 ) -> tuple[LockedModel, ...]:
     """The valid locks of the given models (and their drafts/adapters), or a clear refusal."""
-    from mlxpin.errors import LockStaleError
-    from mlxpin.lockfile import pin_state
-
-    specs = with_dependencies(manifest, specs)
-    problems: list[str] = []
-    names: list[str] = []
-    locks: list[LockedModel] = []
-    for spec in specs:
-        lock = read_lock(settings.lock_dir, spec.name)
-        state = pin_state(spec, lock)
-        if state.state != "ok" or lock is None:
-            problems.append(f"{spec.name}: lock is {state.state} ({state.reason})")
-            names.append(spec.name)
-        else:
-            locks.append(lock)
-    if problems:
-        raise LockStaleError(problems, names)
-    return tuple(locks)
-
-
-def store_layout(settings: Settings) -> StoreLayout:
-    return StoreLayout(hub_cache=settings.hub_cache, state_dir=settings.state_dir)
+    return valid_locks(settings.lock_dir, with_dependencies(manifest, specs))

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlxpin.commands.common import locked_models, manifest_of, pick, store_layout
+from mlxpin.commands.common import locked_models, manifest_of, pick
 from mlxpin.config import Settings
 from mlxpin.fetch import (
     ByteSource,
@@ -21,7 +21,7 @@ from mlxpin.fetch import (
 )
 from mlxpin.lockfile import LockedModel
 from mlxpin.manifest import PathSource
-from mlxpin.store import register_root
+from mlxpin.store import StoreLayout, register_root
 
 if TYPE_CHECKING:
     from mlxpin.hub import HubDownloader
@@ -45,7 +45,7 @@ def fetch(
 ) -> FetchResult:
     manifest = manifest_of(settings)
     locks = locked_models(settings, manifest, pick(manifest, names))
-    layout = store_layout(settings)
+    layout = StoreLayout.of(settings)
     register_root(layout, settings.lock_dir)
     downloaders: list[HubDownloader] = []
 
@@ -90,5 +90,5 @@ def verify(
 ) -> VerifyResult:
     manifest = manifest_of(settings)
     locks: tuple[LockedModel, ...] = locked_models(settings, manifest, pick(manifest, names))
-    layout = store_layout(settings)
+    layout = StoreLayout.of(settings)
     return VerifyResult(tuple(verify_model(layout, lock, progress(lock.name)) for lock in locks))

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Literal
 
 from mlxpin.atomic import hold_lock
-from mlxpin.commands.common import store_layout
 from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, LockBusyError, LockCorruptError
 from mlxpin.gc import (
@@ -374,7 +373,7 @@ def gc(
     now: float | None = None,
 ) -> GcResult:
     """Plan, and with `yes` delete. Refuses to delete while a live lock file is unreadable."""
-    layout = store_layout(settings)
+    layout = StoreLayout.of(settings)
     roots = read_roots(layout)
     live, live_roots, problems = collect_live(settings, layout, roots)
     inventory = scan(layout, roots)

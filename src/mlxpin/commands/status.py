@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxpin.commands.common import manifest_of, pick, store_layout
+from mlxpin.commands.common import manifest_of, pick
 from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError
 from mlxpin.lockfile import LockedModel, pin_state, read_lock
-from mlxpin.store import check_stamp, size_on_disk
+from mlxpin.store import StoreLayout, check_stamp, size_on_disk
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class StatusResult:
 
 def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
     manifest = manifest_of(settings)
-    layout = store_layout(settings)
+    layout = StoreLayout.of(settings)
     rows: list[ModelStatus] = []
     for spec in pick(manifest, names):
         lock: LockedModel | None = None
