@@ -40,11 +40,10 @@ from mlxpin.atomic import write_atomic
 from mlxpin.config import Settings
 from mlxpin.errors import (
     DiskError,
-    LockCorruptError,
+    MlxpinError,
     UnavailableError,
     UsageError,
 )
-from mlxpin.store import StoreLayout
 
 Platform = Literal["linux", "macos"]
 
@@ -400,41 +399,17 @@ def _check_path(path: Path, what: str) -> Path:
 
 
 def _readiness_warnings(settings: Settings, name: str) -> tuple[str, str, tuple[str, ...]]:
-    """Validate the manifest and the model (errors), and say what is not ready (warnings)."""
-    from mlxpin.commands.common import manifest_of, pick, with_dependencies
-    from mlxpin.lockfile import pin_state, read_lock
-    from mlxpin.store import check_stamp
+    """Validate the manifest and the model (errors), and say what is not ready (warnings):
+    exactly what `mlxpin launch NAME` would refuse at boot, from the same preflight."""
+    from mlxpin.commands.common import manifest_of, pick
+    from mlxpin.launch import plan_launch
 
-    manifest = manifest_of(settings)
-    spec = pick(manifest, [name])[0]
-    layout = StoreLayout.of(settings)
+    spec = pick(manifest_of(settings), [name])[0]
     warnings: list[str] = []
-    for model in with_dependencies(manifest, [spec]):
-        try:
-            lock = read_lock(settings.lock_dir, model.name)
-        except LockCorruptError as exc:
-            warnings.append(f"{model.name}: {exc.problem}; run `mlxpin lock {model.name}`")
-            continue
-        state = pin_state(model, lock)
-        if state.state != "ok" or lock is None:
-            warnings.append(
-                f"{model.name}: lock is {state.state} ({state.reason}); "
-                f"run `mlxpin lock {model.name}` then `mlxpin fetch {model.name}` before boot"
-            )
-            continue
-        stamp = check_stamp(layout, lock)
-        if not stamp.ok:
-            warnings.append(
-                f"{model.name}: snapshot {stamp.problem}; run `mlxpin fetch {model.name}` "
-                "before boot"
-            )
-    import importlib.util
-
-    if importlib.util.find_spec("mlx_lm") is None:
-        warnings.append(
-            f"mlx_lm is not installed for {sys.executable}; at boot `mlxpin launch` would "
-            "look for mlx_lm.server on the service's PATH (pip install mlx-lm)"
-        )
+    try:
+        plan_launch(settings, spec.name, environ={})
+    except MlxpinError as exc:  # stale lock, not fetched, mlx_lm missing, ...
+        warnings.append(exc.message + (f"; {exc.hint} before boot" if exc.hint else ""))
     description = f"{spec.api_label} on {spec.host}:{spec.port}"
     return spec.name, description, tuple(warnings)
 
