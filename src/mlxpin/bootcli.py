@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlxpin.config import load_settings
 from mlxpin.launch import LaunchPlan, plan_launch
 from mlxpin.render import human_size, short_commit
-from mlxpin.runtime import CommandExit, Output, run_guarded
+from mlxpin.runtime import CommandExit, Output, run_guarded, settings_for
 
 
 @dataclass(frozen=True)
@@ -92,13 +91,7 @@ def plan_text(plan: LaunchPlan) -> str:
 def launch_main(options: LaunchOptions) -> int:
     def run() -> None:
         out = Output(options.as_json, options.quiet)
-        settings = load_settings(
-            os.environ,
-            cwd=Path.cwd(),
-            manifest=options.manifest,
-            lock_dir=options.lock_dir,
-            cache_dir=options.cache_dir,
-        )
+        settings = settings_for(options.manifest, options.lock_dir, options.cache_dir)
         plan = plan_launch(settings, options.name, environ=os.environ, verify=options.verify)
         if options.dry_run:
             out.line(plan_text(plan))

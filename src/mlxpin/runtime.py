@@ -10,9 +10,10 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from mlxpin.config import is_true
+from mlxpin.config import Settings, is_true, load_settings
 from mlxpin.errors import ExitCode, MlxpinError
 
 
@@ -54,6 +55,15 @@ def report_error(error: MlxpinError, as_json: bool) -> None:
         print(f"  hint: {error.hint}", file=sys.stderr)
     if as_json:
         print(json.dumps({"ok": False, "error": error.to_json()}, indent=2, sort_keys=True))
+
+
+def settings_for(
+    manifest: Path | None, lock_dir: Path | None, cache_dir: Path | None = None
+) -> Settings:
+    """Settings for a command: its flags, then this process's environment."""
+    return load_settings(
+        os.environ, cwd=Path.cwd(), manifest=manifest, lock_dir=lock_dir, cache_dir=cache_dir
+    )
 
 
 class CommandExit(Exception):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
@@ -11,10 +10,9 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 
 from mlxpin import __version__
-from mlxpin.config import Settings, load_settings
-from mlxpin.runtime import CommandExit, Output, report_error, run_guarded
+from mlxpin.runtime import CommandExit, Output, report_error, run_guarded, settings_for
 
-__all__ = ["Output", "report_error"]
+__all__ = ["Output", "report_error", "settings_for"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,6 +44,14 @@ LockDirOpt = Annotated[
     typer.Option(
         "--lock-dir",
         help="Lock directory (default: $MLXPIN_LOCK_DIR, else lock/ beside the manifest).",
+        show_default=False,
+    ),
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Hugging Face hub cache to use (default: $HF_HUB_CACHE, else $HF_HOME/hub).",
         show_default=False,
     ),
 ]
@@ -82,14 +88,6 @@ def guarded(func: Callable[P, R]) -> Callable[P, R]:
         return results[0]
 
     return wrapper
-
-
-def settings_for(
-    manifest: Path | None, lock_dir: Path | None, cache_dir: Path | None = None
-) -> Settings:
-    return load_settings(
-        os.environ, cwd=Path.cwd(), manifest=manifest, lock_dir=lock_dir, cache_dir=cache_dir
-    )
 
 
 def _version(value: bool) -> None:

@@ -8,6 +8,7 @@ import typer
 
 from mlxpin.bootcli import LaunchOptions, launch_main
 from mlxpin.cli import (
+    CacheDirOpt,
     JsonOpt,
     LockDirOpt,
     ManifestOpt,
@@ -15,7 +16,6 @@ from mlxpin.cli import (
     VerboseOpt,
     app,
 )
-from mlxpin.cli.store import CacheDirOpt
 
 
 @app.command("launch")

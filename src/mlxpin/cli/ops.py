@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from mlxpin.cli import (
+    CacheDirOpt,
     JsonOpt,
     LockDirOpt,
     ManifestOpt,
@@ -23,7 +24,6 @@ from mlxpin.cli import (
     settings_for,
 )
 from mlxpin.cli.lock import change_json, describe_change
-from mlxpin.cli.store import CacheDirOpt
 from mlxpin.render import human_size
 
 if TYPE_CHECKING:  # the modules themselves load lazily: `launch` registers this file too

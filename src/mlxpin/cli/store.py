@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
 from mlxpin.cli import (
+    CacheDirOpt,
     JsonOpt,
     LockDirOpt,
     ManifestOpt,
@@ -26,15 +26,6 @@ from mlxpin.commands import status as status_cmd
 from mlxpin.errors import IntegrityError
 from mlxpin.fetch import NoProgress, Progress
 from mlxpin.render import human_size, short_commit, short_date
-
-CacheDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--cache-dir",
-        help="Hugging Face hub cache to use (default: $HF_HUB_CACHE, else $HF_HOME/hub).",
-        show_default=False,
-    ),
-]
 
 
 class BarProgress:
