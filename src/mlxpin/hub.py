@@ -80,7 +80,7 @@ class HubClient:
 
     def resolve(self, repo: str, revision: str) -> RemoteRevision:
         """Resolve a branch, tag or commit to a commit and the list of its files."""
-        self._refuse_offline(repo, revision)
+        self.refuse_offline(repo, revision)
         info = self._call(
             repo,
             revision,
@@ -99,13 +99,13 @@ class HubClient:
         names = [ref.name for ref in (*refs.branches, *refs.tags)]
         return difflib.get_close_matches(revision, names, n=3, cutoff=0.5) or sorted(names)[:5]
 
-    # -- internals --------------------------------------------------------------------
-
-    def _refuse_offline(self, repo: str, revision: str) -> None:
+    def refuse_offline(self, repo: str, revision: str) -> None:
         if self.config.offline:
             raise errors.HubUnreachableError(
                 self.config.endpoint, repo, revision, "HF_HUB_OFFLINE is set; unset it to lock"
             )
+
+    # -- internals --------------------------------------------------------------------
 
     def _call(self, repo: str, revision: str, request: Callable[[], T]) -> T:
         delay = self.config.backoff_s
@@ -271,7 +271,7 @@ class HubDownloader:
         """Yields (start offset the server honoured, chunks)."""
         from huggingface_hub import get_session, hf_hub_url, hf_raise_for_status
 
-        self._client._refuse_offline(repo, commit)
+        self._client.refuse_offline(repo, commit)
         url = hf_hub_url(repo, path, revision=commit, endpoint=self.config.endpoint)
         headers = dict(self._headers)
         if offset:
