@@ -69,12 +69,12 @@ class Supervisor:
         self.plan = plan
         self.environ = environ
         self.policy = policy
-        self.private_port = 0
+        self.private_port = free_port(plan.private_host)
         self.state = GatewayState()
         self.config = GatewayConfig(
             api_label=plan.api_label,
             aliases=plan.aliases,
-            upstream_url="http://127.0.0.1:0",
+            upstream_url=f"http://{plan.private_host}:{self.private_port}",
             upstream_model=plan.upstream_model,
             host=plan.public_host,
             port=plan.public_port,
@@ -91,12 +91,6 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.stopping.set)
-        self.private_port = free_port(self.plan.private_host)
-        from dataclasses import replace
-
-        self.config = replace(
-            self.config, upstream_url=f"http://{self.plan.private_host}:{self.private_port}"
-        )
         try:
             runner = await start_gateway(self.config, self.state)
         except OSError as exc:
@@ -109,13 +103,6 @@ class Supervisor:
         # Only once the public port is ours: a server left behind by a launch that died
         # is stopped, while a second launch of a running model failed just above.
         await self._reap_leftover()
-        log.info(
-            "%s: gateway on http://%s:%d serving %r",
-            self.plan.name,
-            self.plan.public_host,
-            self.plan.public_port,
-            self.plan.api_label,
-        )
         try:
             return await self._supervise()
         finally:
