@@ -16,7 +16,6 @@ from mlxpin.lockfile import (
     diff,
     lock_names_on_disk,
     lock_path,
-    pin_state,
     write_lock,
 )
 from mlxpin.manifest import HubSource, ModelSpec
@@ -103,19 +102,18 @@ def lock(
 ) -> LockResult:
     """Lock what is missing or stale (everything named, with update=True); drop orphans."""
     manifest = manifest_of(settings)
-    specs = with_dependencies(manifest, pick(manifest, names))
-    moving = {s.name for s in pick(manifest, names)} if update else set()
+    picked = pick(manifest, names)
+    specs = with_dependencies(manifest, picked)
+    moving = {s.name for s in picked} if update else set()
     with hold_lock(lock_dir_mutex(settings)):
         locks = read_locks(settings.lock_dir, [s.name for s in specs])
+        states = {s.name: s for s in diff(manifest, locks, ())}
         changes: list[LockChange] = []
         todo: list[tuple[ModelSpec, LockedModel | None, str | None]] = []
         for spec in specs:
             current = locks.get(spec.name)
             old = current if isinstance(current, LockedModel) else None
-            if isinstance(current, MlxpinError):
-                state = PinState(spec.name, "corrupt", current.message)
-            else:
-                state = pin_state(spec, old)
+            state = states[spec.name]
             if state.state == "ok" and spec.name not in moving:
                 assert old is not None
                 changes.append(_kept(spec, old))
@@ -128,9 +126,6 @@ def lock(
             spec, old, reason = item
             try:
                 resolution = resolve(spec, client)
-            except MlxpinError as exc:
-                return LockChange(spec.name, "failed", _describe(spec), reason, error=exc)
-            try:
                 write_lock(settings.lock_dir, resolution.lock)
             except MlxpinError as exc:
                 return LockChange(spec.name, "failed", _describe(spec), reason, error=exc)
