@@ -207,15 +207,12 @@ def status_command(
     settings = settings_for(manifest, lock_dir, cache_dir)
     result = status_cmd.status(settings, list(names or ()))
     for row in result.models:
-        lock = (
-            f"{short_commit(row.commit)} ({short_date(row.last_modified)})"
-            if row.commit
-            else "content-pinned"
-            if row.lock_state == "ok"
-            else "-"
-        )
         if row.lock_state != "ok":
             lock = f"lock {row.lock_state}"
+        elif row.commit:
+            lock = f"{short_commit(row.commit)} ({short_date(row.last_modified)})"
+        else:
+            lock = "content-pinned"
         fetched = row.fetch_state
         if row.fetch_reason and row.fetch_state != "unknown":
             fetched += f" ({row.fetch_reason})"
