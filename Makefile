@@ -26,7 +26,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 demo: $(STAMP)
-	$(BIN)/python -m mlxpin.demo
+	$(BIN)/python -m mlxpin.dev.demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/lock.py

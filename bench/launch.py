@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlxpin.tinymodel import generate
+from mlxpin.dev.tinymodel import generate
 
 MODELS = 50
 FILES_PER_MODEL = 100

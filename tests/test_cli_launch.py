@@ -24,10 +24,10 @@ from typing import Any
 import openai
 import pytest
 
+from mlxpin.dev.tinymodel import generate
 from mlxpin.errors import ServerCrashedError
-from mlxpin.launch import LaunchPlan, PinnedSnapshot
-from mlxpin.supervisor import SupervisorPolicy, run_plan
-from mlxpin.tinymodel import generate
+from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
+from mlxpin.serve.supervisor import SupervisorPolicy, run_plan
 
 from conftest import Project
 from hubserver import HubServer
@@ -582,8 +582,8 @@ while True:  # accept, never answer: a model that takes forever to load
 RUN_PLAN = """
 import json, sys
 from pathlib import Path
-from mlxpin.launch import LaunchPlan, PinnedSnapshot
-from mlxpin.supervisor import SupervisorPolicy, run_plan
+from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
+from mlxpin.serve.supervisor import SupervisorPolicy, run_plan
 spec = json.loads(sys.argv[1])
 plan = LaunchPlan(
     name="slow", api_label="slow", aliases=(), public_host="127.0.0.1",
@@ -652,7 +652,7 @@ def test_a_server_that_never_becomes_ready_ends_with_70(tmp_path: Path) -> None:
         "SupervisorPolicy(ready_timeout_s=600, restart_budget=2, backoff_initial_s=0.05)",
     ).replace(
         "import json, sys",
-        "import json, sys\nimport mlxpin.supervisor\nmlxpin.supervisor.WARM_UP_ERRORS = 3",
+        "import json, sys\nimport mlxpin.serve.supervisor\nmlxpin.supervisor.WARM_UP_ERRORS = 3",
     )
     result = subprocess.run(
         [sys.executable, "-c", script, spec],

@@ -7,8 +7,8 @@ import sys
 
 import typer.main
 
-from mlxpin import bootcli
-from mlxpin.cli import _register, app
+from mlxpin.cli import boot as bootcli
+from mlxpin.cli.app import _register, app
 
 from conftest import Project
 

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
-from mlxpin import cli
-from mlxpin.edit import NewModel, add_model_text, model_spans, remove_model_text
-from mlxpin.manifest import parse_manifest
-from mlxpin.validate import label_problem
+from mlxpin.cli import app as cli
+from mlxpin.project.edit import NewModel, add_model_text, model_spans, remove_model_text
+from mlxpin.project.manifest import parse_manifest
+from mlxpin.project.validate import label_problem
 
 cli._register()
 
@@ -260,7 +260,7 @@ def test_add_remove_round_trip_property(name: str, label: str, port: int) -> Non
 
 
 def test_remove_keeps_the_previous_tables_trailing_comment(tmp_path: Path) -> None:
-    from mlxpin.edit import model_spans
+    from mlxpin.project.edit import model_spans
 
     text = (
         "version = 1\n\n"

@@ -29,7 +29,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from mlxpin.gateway import (
+from mlxpin.serve.gateway import (
     GatewayConfig,
     GatewayState,
     _Rewriter,

@@ -14,11 +14,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from mlxpin import cli
-from mlxpin.atomic import hold_lock
+from mlxpin.cli import app as cli
 from mlxpin.config import Settings, load_settings
-from mlxpin.fetch import LocalSourceBytes, NoProgress, fetch_model
-from mlxpin.lockfile import (
+from mlxpin.project.lockfile import (
     HEADER,
     LockedFile,
     LockedModel,
@@ -27,7 +25,9 @@ from mlxpin.lockfile import (
     make_locked,
     write_lock,
 )
-from mlxpin.store import StoreLayout, check_stamp, register_root
+from mlxpin.store.fetch import LocalSourceBytes, NoProgress, fetch_model
+from mlxpin.store.layout import StoreLayout, check_stamp, register_root
+from mlxpin.util.atomic import hold_lock
 
 cli._register()
 DAY = 24 * 3600

@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlxpin.errors import LockCorruptError
-from mlxpin.hashing import hash_file, tree_hash
-from mlxpin.lockfile import (
+from mlxpin.project.lockfile import (
     LockedFile,
     LockedModel,
     Original,
@@ -22,8 +21,9 @@ from mlxpin.lockfile import (
     render,
     write_lock,
 )
-from mlxpin.manifest import parse_manifest
-from mlxpin.validate import relpath_problem, revision_problem
+from mlxpin.project.manifest import parse_manifest
+from mlxpin.project.validate import relpath_problem, revision_problem
+from mlxpin.util.hashing import hash_file, tree_hash
 
 FILE = Path("/p/lock/gemma.toml")
 COMMIT = "3f1c" + "0" * 36

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlxpin.errors import ManifestError, MlxpinError
-from mlxpin.manifest import HubSource, Parser, PathSource, load_manifest, parse_manifest
-from mlxpin.serveropts import server_argv
-from mlxpin.tomllines import KeyLines
+from mlxpin.project.manifest import HubSource, Parser, PathSource, load_manifest, parse_manifest
+from mlxpin.project.serveropts import server_argv
+from mlxpin.project.tomllines import KeyLines
 
 FILE = Path("/project/manifest.toml")
 

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import pytest
 
-from mlxpin import tinymodel
+from mlxpin.dev import tinymodel
 
 ARCHS = ("llama", "qwen2")
 FILES = (
@@ -54,7 +54,16 @@ def _read_all(directory: Path) -> dict[str, bytes]:
 
 def _generate_in_subprocess(out: Path, arch: str, seed: int, env_extra: dict[str, str]) -> None:
     env = {**os.environ, **env_extra}
-    cmd = [sys.executable, "-m", "mlxpin.tinymodel", str(out), "--arch", arch, "--seed", str(seed)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlxpin.dev.tinymodel",
+        str(out),
+        "--arch",
+        arch,
+        "--seed",
+        str(seed),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(out / name) for name in FILES]
@@ -65,7 +74,7 @@ def _generate_in_subprocess(out: Path, arch: str, seed: int, env_extra: dict[str
 
 def test_import_is_cheap() -> None:
     code = (
-        "import sys, mlxpin.tinymodel; "
+        "import sys, mlxpin.dev.tinymodel; "
         "print(sorted(m for m in ('numpy', 'tokenizers', 'mlx', 'mlx_lm', 'transformers') "
         "if m in sys.modules))"
     )

@@ -8,9 +8,9 @@ import sys
 def main() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["launch"] and not {"-h", "--help"} & set(argv):
-        from mlxpin.bootcli import main as launch
+        from mlxpin.cli.boot import main as launch
 
         raise SystemExit(launch(argv[1:]))
-    from mlxpin.cli import main as cli
+    from mlxpin.cli.app import main as cli
 
     cli()

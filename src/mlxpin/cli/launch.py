@@ -6,8 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mlxpin.bootcli import LaunchOptions, launch_main
-from mlxpin.cli import (
+from mlxpin.cli.app import (
     CacheDirOpt,
     JsonOpt,
     LockDirOpt,
@@ -16,6 +15,7 @@ from mlxpin.cli import (
     VerboseOpt,
     app,
 )
+from mlxpin.cli.boot import LaunchOptions, launch_main
 
 
 @app.command("launch")

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mlxpin.cli import (
+from mlxpin.cli.app import (
     JsonOpt,
     LockDirOpt,
     ManifestOpt,
@@ -19,9 +19,9 @@ from mlxpin.cli import (
     report_error,
     settings_for,
 )
+from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import lock as lock_cmd
 from mlxpin.errors import ExitCode, LockStaleError
-from mlxpin.render import human_size, short_commit, short_date
 
 
 def describe_change(change: lock_cmd.LockChange) -> str | None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mlxpin.cli import (
+from mlxpin.cli.app import (
     CacheDirOpt,
     JsonOpt,
     LockDirOpt,
@@ -24,11 +24,11 @@ from mlxpin.cli import (
     settings_for,
 )
 from mlxpin.cli.lock import change_json, describe_change
-from mlxpin.render import human_size
+from mlxpin.cli.render import human_size
 
 if TYPE_CHECKING:  # the modules themselves load lazily: `launch` registers this file too
     from mlxpin.commands.gc import GcResult, ItemOutcome
-    from mlxpin.service import BuiltSpec, CommandRun, Platform
+    from mlxpin.serve.units import BuiltSpec, CommandRun, Platform
 
 service_app = typer.Typer(
     name="service",
@@ -119,7 +119,7 @@ def _build(
     manifest: Path | None,
     lock_dir: Path | None,
 ) -> BuiltSpec:
-    from mlxpin import service
+    from mlxpin.serve import units as service
 
     settings = settings_for(manifest, lock_dir, cache_dir)
     return service.build_spec(
@@ -163,7 +163,7 @@ def service_install(
     Validates the manifest first; warns when the lock or the snapshot is not ready. The
     unit holds no secret and never restarts on a permanent error (exit 65/66/77/78).
     """
-    from mlxpin import service
+    from mlxpin.serve import units as service
 
     if print_only and enable:
         raise typer.BadParameter("--print and --enable cannot be combined")
@@ -223,7 +223,7 @@ def service_uninstall(
     verbose: VerboseOpt = False,
 ) -> None:
     """Remove the boot unit of NAME (nothing to do when it is not installed)."""
-    from mlxpin import service
+    from mlxpin.serve import units as service
 
     if print_only and disable:
         raise typer.BadParameter("--print and --disable cannot be combined")
@@ -490,7 +490,7 @@ def add_command(
     The result is validated before anything is written (a bare repo id such as
     `gemma-4-31b-it` is refused: that is an api_label; the repo needs its owner).
     """
-    from mlxpin import edit
+    from mlxpin.project import edit
 
     out = Output(as_json, quiet)
     settings = settings_for(manifest, lock_dir)
@@ -556,7 +556,7 @@ def remove_command(
     Refused while another model uses it as draft or adapter. Its files stay on disk until
     `mlxpin gc --yes`.
     """
-    from mlxpin import edit
+    from mlxpin.project import edit
 
     out = Output(as_json, quiet)
     settings = settings_for(manifest, lock_dir)
@@ -585,7 +585,7 @@ def init_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Write a commented starter manifest.toml (never over an existing file)."""
-    from mlxpin import edit
+    from mlxpin.project import edit
 
     out = Output(as_json, quiet)
     settings = settings_for(manifest, None)

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from mlxpin.cli import (
+from mlxpin.cli.app import (
     CacheDirOpt,
     JsonOpt,
     LockDirOpt,
@@ -21,11 +21,11 @@ from mlxpin.cli import (
     guarded,
     settings_for,
 )
+from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import fetch as fetch_cmd
 from mlxpin.commands import status as status_cmd
 from mlxpin.errors import IntegrityError
-from mlxpin.fetch import NoProgress, Progress
-from mlxpin.render import human_size, short_commit, short_date
+from mlxpin.store.fetch import NoProgress, Progress
 
 
 class BarProgress:

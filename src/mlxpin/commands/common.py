@@ -9,8 +9,8 @@ from pathlib import Path
 
 from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError, UsageError
-from mlxpin.lockfile import LockedModel, read_lock, valid_locks
-from mlxpin.manifest import Manifest, ModelSpec, load_manifest
+from mlxpin.project.lockfile import LockedModel, read_lock, valid_locks
+from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
 
 
 def manifest_of(settings: Settings) -> Manifest:

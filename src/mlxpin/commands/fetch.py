@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 
 from mlxpin.commands.common import locked_models, manifest_of, pick
 from mlxpin.config import Settings
-from mlxpin.fetch import (
+from mlxpin.project.lockfile import LockedModel
+from mlxpin.project.manifest import PathSource
+from mlxpin.store.fetch import (
     ByteSource,
     FetchOutcome,
     HubSourceBytes,
@@ -19,12 +21,10 @@ from mlxpin.fetch import (
     fetch_model,
     verify_model,
 )
-from mlxpin.lockfile import LockedModel
-from mlxpin.manifest import PathSource
-from mlxpin.store import StoreLayout, register_root
+from mlxpin.store.layout import StoreLayout, register_root
 
 if TYPE_CHECKING:
-    from mlxpin.hub import HubDownloader
+    from mlxpin.hub.client import HubDownloader
 
 ProgressFactory = Callable[[str], Progress]
 
@@ -51,7 +51,7 @@ def fetch(
 
     def downloader() -> HubDownloader:
         if not downloaders:
-            from mlxpin.hub import HubConfig, HubDownloader
+            from mlxpin.hub.client import HubConfig, HubDownloader
 
             config = HubConfig(
                 endpoint=settings.endpoint,

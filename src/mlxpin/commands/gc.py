@@ -1,4 +1,4 @@
-"""`mlxpin gc`: find what no lock references (see `mlxpin.gc`) and, with `yes`, delete it.
+"""`mlxpin gc`: find what no lock references (see `mlxpin.store.gc`) and, with `yes`, delete it.
 
 Scanning reads directory listings, stats and the small verification records; it never
 hashes. Deleting holds the per-blob / per-view lock that `fetch` takes (briefly: a busy
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mlxpin.atomic import hold_lock
 from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, LockBusyError, LockCorruptError
-from mlxpin.gc import (
+from mlxpin.project.lockfile import LockedModel, lock_names_on_disk, read_lock
+from mlxpin.store.gc import (
     HEX_RE,
     BlobOnDisk,
     Doomed,
@@ -37,8 +37,8 @@ from mlxpin.gc import (
     oid_of_hex,
     plan,
 )
-from mlxpin.lockfile import LockedModel, lock_names_on_disk, read_lock
-from mlxpin.store import FileStat, StoreLayout, read_record
+from mlxpin.store.layout import FileStat, StoreLayout, read_record
+from mlxpin.util.atomic import hold_lock
 
 LOCK_TIMEOUT_S = 0.5
 VIEW_KEY_RE = HEX_RE

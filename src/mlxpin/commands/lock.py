@@ -6,11 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlxpin.atomic import hold_lock
 from mlxpin.commands.common import lock_dir_mutex, manifest_of, pick, read_locks, with_dependencies
 from mlxpin.config import Settings
 from mlxpin.errors import MlxpinError
-from mlxpin.lockfile import (
+from mlxpin.hub.resolve import Resolution, resolve
+from mlxpin.project.lockfile import (
     LockedModel,
     PinState,
     diff,
@@ -18,12 +18,12 @@ from mlxpin.lockfile import (
     lock_path,
     write_lock,
 )
-from mlxpin.manifest import HubSource, ModelSpec
-from mlxpin.parallel import run_parallel
-from mlxpin.resolve import Resolution, resolve
+from mlxpin.project.manifest import HubSource, ModelSpec
+from mlxpin.util.atomic import hold_lock
+from mlxpin.util.parallel import run_parallel
 
 if TYPE_CHECKING:
-    from mlxpin.hub import HubClient
+    from mlxpin.hub.client import HubClient
 
 MAX_PARALLEL = 32
 
@@ -81,7 +81,7 @@ def check(settings: Settings, names: Sequence[str] = ()) -> CheckResult:
 
 
 def default_hub_client(settings: Settings) -> HubClient:
-    from mlxpin.hub import HubClient, HubConfig
+    from mlxpin.hub.client import HubClient, HubConfig
 
     return HubClient(
         HubConfig(

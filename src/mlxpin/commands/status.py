@@ -9,8 +9,8 @@ from pathlib import Path
 from mlxpin.commands.common import manifest_of, pick
 from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError
-from mlxpin.lockfile import LockedModel, pin_state, read_lock
-from mlxpin.store import StoreLayout, check_stamp, size_on_disk
+from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
+from mlxpin.store.layout import StoreLayout, check_stamp, size_on_disk
 
 
 @dataclass(frozen=True)

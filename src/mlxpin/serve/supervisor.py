@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.errors import PortInUseError, ServerCrashedError
-from mlxpin.launch import LaunchPlan, read_api_key
+from mlxpin.serve.plan import LaunchPlan, read_api_key
 
 log = logging.getLogger("mlxpin.launch")
 
@@ -64,7 +64,7 @@ class Supervisor:
     def __init__(
         self, plan: LaunchPlan, environ: Mapping[str, str], policy: SupervisorPolicy
     ) -> None:
-        from mlxpin.gateway import GatewayConfig, GatewayState
+        from mlxpin.serve.gateway import GatewayConfig, GatewayState
 
         self.plan = plan
         self.environ = environ
@@ -86,7 +86,7 @@ class Supervisor:
         self.was_ready = False
 
     async def run(self) -> int:
-        from mlxpin.gateway import start_gateway
+        from mlxpin.serve.gateway import start_gateway
 
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -190,7 +190,7 @@ class Supervisor:
         """Send 1-token completions until one succeeds. A large model loads during the
         first one, so each attempt may take until the deadline; the server exiting or a
         stop request ends the wait at once."""
-        from mlxpin.gateway import warm_up_status
+        from mlxpin.serve.gateway import warm_up_status
 
         deadline = time.monotonic() + self.policy.ready_timeout_s
         errors_in_a_row = 0

@@ -25,10 +25,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxpin.atomic import write_atomic
 from mlxpin.config import Settings
-from mlxpin.hashing import oid_hex
-from mlxpin.lockfile import LockedFile, LockedModel
+from mlxpin.project.lockfile import LockedFile, LockedModel
+from mlxpin.util.atomic import write_atomic
+from mlxpin.util.hashing import oid_hex
 
 STAMP_FORMAT = 1
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlxpin.launch import LaunchPlan, plan_launch
-from mlxpin.render import human_size, short_commit
-from mlxpin.runtime import CommandExit, Output, run_guarded, settings_for
+from mlxpin.cli.output import CommandExit, Output, run_guarded, settings_for
+from mlxpin.cli.render import human_size, short_commit
+from mlxpin.serve.plan import LaunchPlan, plan_launch
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def launch_main(options: LaunchOptions) -> int:
             out.line(plan_text(plan))
             out.result({"ok": True, "plan": plan_json(plan)})
             return
-        from mlxpin.supervisor import SupervisorPolicy, run_plan
+        from mlxpin.serve.supervisor import SupervisorPolicy, run_plan
 
         policy = SupervisorPolicy(
             ready_timeout_s=options.ready_timeout,

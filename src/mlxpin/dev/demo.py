@@ -21,8 +21,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mlxpin.manifest import load_manifest
-from mlxpin.tinymodel import generate
+from mlxpin.dev.tinymodel import generate
+from mlxpin.project.manifest import load_manifest
 
 MODEL = "tiny"
 

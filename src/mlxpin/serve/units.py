@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mlxpin.atomic import write_atomic
 from mlxpin.config import Settings
 from mlxpin.errors import (
     DiskError,
@@ -44,6 +43,7 @@ from mlxpin.errors import (
     UnavailableError,
     UsageError,
 )
+from mlxpin.util.atomic import write_atomic
 
 Platform = Literal["linux", "macos"]
 
@@ -402,7 +402,7 @@ def _readiness_warnings(settings: Settings, name: str) -> tuple[str, str, tuple[
     """Validate the manifest and the model (errors), and say what is not ready (warnings):
     exactly what `mlxpin launch NAME` would refuse at boot, from the same preflight."""
     from mlxpin.commands.common import manifest_of, pick
-    from mlxpin.launch import plan_launch
+    from mlxpin.serve.plan import plan_launch
 
     spec = pick(manifest_of(settings), [name])[0]
     warnings: list[str] = []
@@ -602,7 +602,7 @@ def uninstall(
     disable: bool = False,
 ) -> UninstallResult:
     """Remove the unit file (after stopping it with `disable`); absent is not an error."""
-    from mlxpin import validate
+    from mlxpin.project import validate
 
     if not validate.NAME_RE.fullmatch(name):
         raise UsageError(f"{name!r} is not a model name (lowercase letters, digits, '.', '_', '-')")

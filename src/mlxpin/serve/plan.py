@@ -1,7 +1,7 @@
 """Boot preflight: manifest + lock + verified snapshot → a LaunchPlan (pure data).
 
 This is the boot path: it reads the manifest, one or a few lock files and stats the
-snapshot; it never imports huggingface_hub or opens a socket. `mlxpin.supervisor`
+snapshot; it never imports huggingface_hub or opens a socket. `mlxpin.serve.supervisor`
 executes a plan.
 """
 
@@ -21,10 +21,10 @@ from mlxpin.errors import (
     SnapshotMissingError,
     UsageError,
 )
-from mlxpin.lockfile import LockedModel, valid_locks
-from mlxpin.manifest import Manifest, ModelSpec, load_manifest
-from mlxpin.serveropts import server_argv
-from mlxpin.store import StoreLayout, check_stamp
+from mlxpin.project.lockfile import LockedModel, valid_locks
+from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
+from mlxpin.project.serveropts import server_argv
+from mlxpin.store.layout import StoreLayout, check_stamp
 
 PRIVATE_HOST = "127.0.0.1"
 API_KEY_VARIABLE = "MLXPIN_API_KEY"
@@ -155,7 +155,7 @@ def _pinned(layout: StoreLayout, lock: LockedModel, role: str, verify: bool) -> 
 
 
 def _verify(layout: StoreLayout, lock: LockedModel) -> None:
-    from mlxpin.fetch import NoProgress, verify_model
+    from mlxpin.store.fetch import NoProgress, verify_model
 
     outcome = verify_model(layout, lock, NoProgress())
     if outcome.bad:

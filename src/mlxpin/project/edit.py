@@ -13,7 +13,7 @@ Every byte outside the edited model stays as it was:
 
 Both check the result twice before writing: tomlkit must read it as exactly the old
 document plus/minus that model (so a layout the line scanner misread is refused, not
-corrupted), and `mlxpin.manifest.parse_manifest` must accept it (so a bare repo id is
+corrupted), and `mlxpin.project.manifest.parse_manifest` must accept it (so a bare repo id is
 refused with the manifest's own error). Writes are atomic, keep the file's mode, go
 through a symlinked manifest to its target, and keep CRLF line endings.
 """
@@ -31,18 +31,18 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 
-from mlxpin.atomic import hold_lock, write_atomic
 from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, ManifestError, UsageError
-from mlxpin.lockfile import lock_path
-from mlxpin.manifest import (
+from mlxpin.project.lockfile import lock_path
+from mlxpin.project.manifest import (
     DEFAULT_PORT,
     DEFAULT_REVISION,
     Manifest,
     load_manifest,
     parse_manifest,
 )
-from mlxpin.tomllines import ASSIGN_RE, HEADER_RE, split_key
+from mlxpin.project.tomllines import ASSIGN_RE, HEADER_RE, split_key
+from mlxpin.util.atomic import hold_lock, write_atomic
 
 
 class EditError(ConfigError):

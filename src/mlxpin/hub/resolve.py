@@ -10,14 +10,14 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlxpin import validate
 from mlxpin.errors import ConfigError
-from mlxpin.hashing import hash_file
-from mlxpin.lockfile import LockedFile, LockedModel, make_locked, original_of
-from mlxpin.manifest import HubSource, ModelSpec, PathSource
+from mlxpin.project import validate
+from mlxpin.project.lockfile import LockedFile, LockedModel, make_locked, original_of
+from mlxpin.project.manifest import HubSource, ModelSpec, PathSource
+from mlxpin.util.hashing import hash_file
 
 if TYPE_CHECKING:
-    from mlxpin.hub import HubClient
+    from mlxpin.hub.client import HubClient
 
 
 @dataclass(frozen=True)

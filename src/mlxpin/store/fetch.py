@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from mlxpin.atomic import disk_error, fsync_dir, hold_lock, temp_name
 from mlxpin.errors import IntegrityError, MlxpinError, SnapshotMissingError
-from mlxpin.hashing import CHUNK, OidHasher, oid_algorithm
-from mlxpin.lockfile import LockedFile, LockedModel
-from mlxpin.parallel import CANCEL, Cancelled, run_parallel
-from mlxpin.store import (
+from mlxpin.project.lockfile import LockedFile, LockedModel
+from mlxpin.project.validate import is_commit
+from mlxpin.store.layout import (
     FETCHED,
     FileStat,
     StampEntry,
@@ -33,10 +31,12 @@ from mlxpin.store import (
     write_record,
     write_stamp,
 )
-from mlxpin.validate import is_commit
+from mlxpin.util.atomic import disk_error, fsync_dir, hold_lock, temp_name
+from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm
+from mlxpin.util.parallel import CANCEL, Cancelled, run_parallel
 
 if TYPE_CHECKING:
-    from mlxpin.hub import HubDownloader
+    from mlxpin.hub.client import HubDownloader
 
 log = logging.getLogger("mlxpin.fetch")
 
@@ -154,7 +154,7 @@ class HubSourceBytes:
         return self.downloader.open(self.repo, self.commit, file.path, offset)
 
     def interrupted(self, exc: Exception) -> bool:
-        from mlxpin.hub import TransferInterrupted
+        from mlxpin.hub.client import TransferInterrupted
 
         return isinstance(exc, TransferInterrupted)
 

@@ -29,7 +29,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from mlxpin import errors, validate
+from mlxpin import errors
+from mlxpin.project import validate
 
 T = TypeVar("T")
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}

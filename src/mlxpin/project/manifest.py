@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mlxpin import validate
 from mlxpin.errors import ManifestError
-from mlxpin.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
-from mlxpin.tomllines import KeyLines
+from mlxpin.project import validate
+from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
+from mlxpin.project.tomllines import KeyLines
 
 MANIFEST_VERSION = 1
 DEFAULT_HOST = "127.0.0.1"

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mlxpin.lockfile import LockedModel
-from mlxpin.store import FETCHED, FileStat, Record, StoreLayout
+from mlxpin.project.lockfile import LockedModel
+from mlxpin.store.layout import FETCHED, FileStat, Record, StoreLayout
 
 GarbageKind = Literal[
     "view", "stamp", "temp", "hub_blob", "local_blob", "partial", "record", "link", "root"

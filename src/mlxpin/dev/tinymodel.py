@@ -25,7 +25,7 @@ whole-word token of the corpus to the next one of a seeded cycle through those w
 decoding thus produces a deterministic stream of words ("per message the an you ...") that
 never hits an end-of-sequence token, instead of one token repeated. Plumbing, not prose.
 
-Usage: ``python -m mlxpin.tinymodel OUT_DIR [--arch llama|qwen2] [--seed N]``.
+Usage: ``python -m mlxpin.dev.tinymodel OUT_DIR [--arch llama|qwen2] [--seed N]``.
 numpy and tokenizers are imported lazily: importing this module is cheap.
 """
 
@@ -107,7 +107,7 @@ def generate(out_dir: Path, *, arch: Arch = "llama", seed: int = 0) -> tuple[Pat
     """Write the tiny model into ``out_dir`` (created if needed); return the paths, sorted.
 
     Only the files listed in the module docstring are (over)written, each atomically
-    (`mlxpin.atomic.write_atomic`: a full disk raises `DiskError`).
+    (`mlxpin.util.atomic.write_atomic`: a full disk raises `DiskError`).
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
@@ -124,7 +124,7 @@ def generate(out_dir: Path, *, arch: Arch = "llama", seed: int = 0) -> tuple[Pat
         "tokenizer.json": _json_bytes(tokenizer),
         "tokenizer_config.json": _json_bytes(_tokenizer_config()),
     }
-    from mlxpin.atomic import write_atomic
+    from mlxpin.util.atomic import write_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m mlxpin.tinymodel",
+        prog="python -m mlxpin.dev.tinymodel",
         description="Write a tiny random-weight model for mlx_lm, offline and reproducibly.",
     )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
