@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlxpin.commands.common import locked_models, manifest_of, pick
 from mlxpin.config import Settings
 from mlxpin.project.lockfile import LockedModel
 from mlxpin.project.manifest import PathSource
+from mlxpin.project.selection import locked_models, manifest_of, pick
 from mlxpin.store.fetch import (
     ByteSource,
     FetchOutcome,

@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlxpin.commands.common import lock_dir_mutex, manifest_of, pick, read_locks, with_dependencies
 from mlxpin.config import Settings
 from mlxpin.errors import MlxpinError
 from mlxpin.hub.resolve import Resolution, resolve
@@ -19,6 +18,13 @@ from mlxpin.project.lockfile import (
     write_lock,
 )
 from mlxpin.project.manifest import HubSource, ModelSpec
+from mlxpin.project.selection import (
+    lock_dir_mutex,
+    manifest_of,
+    pick,
+    read_locks,
+    with_dependencies,
+)
 from mlxpin.util.atomic import hold_lock
 from mlxpin.util.parallel import run_parallel
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxpin.commands.common import manifest_of, pick
 from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
+from mlxpin.project.selection import manifest_of, pick
 from mlxpin.store.layout import StoreLayout, check_stamp, size_on_disk
 
 

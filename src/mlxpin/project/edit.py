@@ -408,7 +408,7 @@ class RemoveResult:
 
 def remove(settings: Settings, name: str) -> RemoveResult:
     """Delete the model's tables (refused while another model uses it) and its lock file."""
-    from mlxpin.commands.common import lock_dir_mutex, pick
+    from mlxpin.project.selection import lock_dir_mutex, pick
 
     manifest_path = settings.manifest_path
     with hold_lock(_manifest_mutex(settings), 30.0):

@@ -401,7 +401,7 @@ def _check_path(path: Path, what: str) -> Path:
 def _readiness_warnings(settings: Settings, name: str) -> tuple[str, str, tuple[str, ...]]:
     """Validate the manifest and the model (errors), and say what is not ready (warnings):
     exactly what `mlxpin launch NAME` would refuse at boot, from the same preflight."""
-    from mlxpin.commands.common import manifest_of, pick
+    from mlxpin.project.selection import manifest_of, pick
     from mlxpin.serve.plan import plan_launch
 
     spec = pick(manifest_of(settings), [name])[0]
