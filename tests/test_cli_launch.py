@@ -652,7 +652,7 @@ def test_a_server_that_never_becomes_ready_ends_with_70(tmp_path: Path) -> None:
         "SupervisorPolicy(ready_timeout_s=600, restart_budget=2, backoff_initial_s=0.05)",
     ).replace(
         "import json, sys",
-        "import json, sys\nimport mlxpin.serve.supervisor\nmlxpin.supervisor.WARM_UP_ERRORS = 3",
+        "import json, sys\nfrom mlxpin.serve import supervisor\nsupervisor.WARM_UP_ERRORS = 3",
     )
     result = subprocess.run(
         [sys.executable, "-c", script, spec],

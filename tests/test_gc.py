@@ -25,8 +25,9 @@ from mlxpin.project.lockfile import (
     make_locked,
     write_lock,
 )
-from mlxpin.store.fetch import LocalSourceBytes, NoProgress, fetch_model
+from mlxpin.store.fetch import NoProgress, fetch_model
 from mlxpin.store.layout import StoreLayout, check_stamp, register_root
+from mlxpin.store.sources import LocalSourceBytes
 from mlxpin.util.atomic import hold_lock
 
 cli._register()

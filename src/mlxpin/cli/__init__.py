@@ -1,0 +1,1 @@
+"""Parsing and rendering: the lean boot parser, the typer app, a module per verb group."""

@@ -7,14 +7,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlxpin.config import Settings
+from mlxpin.hub.source import HubSourceBytes
 from mlxpin.project.lockfile import LockedModel
 from mlxpin.project.manifest import PathSource
 from mlxpin.project.selection import locked_models, manifest_of, pick
 from mlxpin.store.fetch import (
-    ByteSource,
     FetchOutcome,
-    HubSourceBytes,
-    LocalSourceBytes,
     NoProgress,
     Progress,
     VerifyOutcome,
@@ -22,6 +20,7 @@ from mlxpin.store.fetch import (
     verify_model,
 )
 from mlxpin.store.layout import StoreLayout, register_root
+from mlxpin.store.sources import ByteSource, LocalSourceBytes
 
 if TYPE_CHECKING:
     from mlxpin.hub.client import HubDownloader

@@ -1,0 +1,1 @@
+"""The only importer of huggingface_hub: the client, resolving revisions, the Hub byte source."""

@@ -1,0 +1,1 @@
+"""What is declared and pinned: manifest, validation, server options, lock files, edits."""

@@ -1,0 +1,1 @@
+"""Everything that runs: launch plans, server processes, the gateway, boot units."""

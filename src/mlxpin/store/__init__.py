@@ -1,0 +1,1 @@
+"""Bytes on disk: the cache layout, records and stamps, byte sources, fetch and verify, gc."""

@@ -13,12 +13,11 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
-from mlxpin.errors import IntegrityError, MlxpinError, SnapshotMissingError
+from mlxpin.errors import IntegrityError, SnapshotMissingError
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.project.validate import is_commit
 from mlxpin.store.layout import (
@@ -31,12 +30,10 @@ from mlxpin.store.layout import (
     write_record,
     write_stamp,
 )
+from mlxpin.store.sources import ByteSource
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_lock, temp_name
 from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm
 from mlxpin.util.parallel import CANCEL, Cancelled, run_parallel
-
-if TYPE_CHECKING:
-    from mlxpin.hub.client import HubDownloader
 
 log = logging.getLogger("mlxpin.fetch")
 
@@ -117,90 +114,6 @@ def _hash_existing(path: Path, file: LockedFile, progress: Progress) -> FileStat
     except OSError:
         return None
     return stat if size == file.size and hasher.oid() == file.oid else None
-
-
-# --- byte sources ------------------------------------------------------------------------
-
-
-class ByteSource(Protocol):
-    def open(
-        self, file: LockedFile, offset: int
-    ) -> contextlib.AbstractContextManager[tuple[int, Iterator[bytes]]]: ...
-
-    def interrupted(self, exc: Exception) -> bool: ...
-
-    def give_up(self, file: LockedFile, cause: str) -> MlxpinError: ...
-
-    def mismatch_hint(self, lock: LockedModel, file: LockedFile, problem: str) -> MlxpinError: ...
-
-
-class HubSourceBytes:
-    """Bytes from the Hub. The downloader (and huggingface_hub) is only set up when a
-    file actually has to be downloaded, so a no-op fetch never imports it."""
-
-    def __init__(self, lock: LockedModel, downloader: Callable[[], HubDownloader]) -> None:
-        assert lock.original.repo is not None and lock.commit is not None
-        self.repo = lock.original.repo
-        self.commit = lock.commit
-        self._downloader = downloader
-
-    @property
-    def downloader(self) -> HubDownloader:
-        return self._downloader()
-
-    def open(
-        self, file: LockedFile, offset: int
-    ) -> contextlib.AbstractContextManager[tuple[int, Iterator[bytes]]]:
-        return self.downloader.open(self.repo, self.commit, file.path, offset)
-
-    def interrupted(self, exc: Exception) -> bool:
-        from mlxpin.hub.client import TransferInterrupted
-
-        return isinstance(exc, TransferInterrupted)
-
-    def give_up(self, file: LockedFile, cause: str) -> MlxpinError:
-        return self.downloader.unreachable(self.repo, self.commit, f"{file.path}: {cause}")
-
-    def mismatch_hint(self, lock: LockedModel, file: LockedFile, problem: str) -> MlxpinError:
-        return IntegrityError(lock.name, file.path, f"downloaded bytes {problem}")
-
-
-class LocalSourceBytes:
-    def __init__(self, root: Path, name: str) -> None:
-        self.root = root
-        self.name = name
-
-    @contextlib.contextmanager
-    def open(self, file: LockedFile, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
-        try:
-            handle = (self.root / file.path).open("rb")
-        except OSError as exc:
-            raise self._changed(file, f"cannot be read: {exc.strerror}") from None
-        with handle:
-            handle.seek(offset)
-
-            def chunks() -> Iterator[bytes]:
-                while chunk := handle.read(CHUNK):
-                    yield chunk
-
-            yield offset, chunks()
-
-    def interrupted(self, exc: Exception) -> bool:
-        return False
-
-    def give_up(self, file: LockedFile, cause: str) -> MlxpinError:
-        raise AssertionError("local copies are not retried")
-
-    def mismatch_hint(self, lock: LockedModel, file: LockedFile, problem: str) -> MlxpinError:
-        return self._changed(file, f"the local file {problem}")
-
-    def _changed(self, file: LockedFile, problem: str) -> IntegrityError:
-        error = IntegrityError(self.name, file.path, problem)
-        error.hint = (
-            f"{self.root / file.path} changed since it was locked; restore it, or if the "
-            f"change is intended, run `mlxpin lock --update {self.name}`"
-        )
-        return error
 
 
 # --- one blob ----------------------------------------------------------------------------

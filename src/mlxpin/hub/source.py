@@ -1,0 +1,44 @@
+"""The Hub as a ByteSource for fetch."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from mlxpin.errors import IntegrityError, MlxpinError
+from mlxpin.project.lockfile import LockedFile, LockedModel
+
+if TYPE_CHECKING:
+    from mlxpin.hub.client import HubDownloader
+
+
+class HubSourceBytes:
+    """Bytes from the Hub. The downloader (and huggingface_hub) is only set up when a
+    file actually has to be downloaded, so a no-op fetch never imports it."""
+
+    def __init__(self, lock: LockedModel, downloader: Callable[[], HubDownloader]) -> None:
+        assert lock.original.repo is not None and lock.commit is not None
+        self.repo = lock.original.repo
+        self.commit = lock.commit
+        self._downloader = downloader
+
+    @property
+    def downloader(self) -> HubDownloader:
+        return self._downloader()
+
+    def open(
+        self, file: LockedFile, offset: int
+    ) -> contextlib.AbstractContextManager[tuple[int, Iterator[bytes]]]:
+        return self.downloader.open(self.repo, self.commit, file.path, offset)
+
+    def interrupted(self, exc: Exception) -> bool:
+        from mlxpin.hub.client import TransferInterrupted
+
+        return isinstance(exc, TransferInterrupted)
+
+    def give_up(self, file: LockedFile, cause: str) -> MlxpinError:
+        return self.downloader.unreachable(self.repo, self.commit, f"{file.path}: {cause}")
+
+    def mismatch_hint(self, lock: LockedModel, file: LockedFile, problem: str) -> MlxpinError:
+        return IntegrityError(lock.name, file.path, f"downloaded bytes {problem}")
