@@ -8,7 +8,8 @@ error (do not restart) from a temporary one (try again later)::
     ├── DataError               65   bytes that do not match what we trust
     │   ├── IntegrityError           a file's size or hash differs from the lock
     │   ├── LockCorruptError         a lock file that is not what `mlxpin lock` writes
-    │   └── HubProtocolError         a Hub/mirror answered with hostile or malformed data
+    │   ├── HubProtocolError         a Hub/mirror answered with hostile or malformed data
+    │   └── BundleError              a bundle that is damaged, truncated or not ours
     ├── NoInputError            66   something to read is absent
     │   └── SnapshotMissingError     a locked model was never fetched, or changed since
     ├── UnavailableError        69   a service is not there
@@ -121,6 +122,20 @@ class HubProtocolError(DataError):
         super().__init__(
             f"{repo}@{revision}: the Hub answered with unsafe or malformed data: {problem}",
             "check HF_ENDPOINT: a mirror or proxy may be misbehaving; nothing was written",
+        )
+
+
+class BundleError(DataError):
+    kind = "bundle"
+
+    def __init__(self, bundle: str, member: str, problem: str) -> None:
+        self.bundle = bundle
+        self.member = member
+        self.problem = problem
+        super().__init__(
+            f"{bundle}: {member}: {problem}",
+            "the bundle is damaged, truncated or was not written by `mlxpin export`; nothing "
+            "of the affected models was installed. Export it again and retry",
         )
 
 
@@ -260,3 +275,15 @@ class RepoNotFoundError(ConfigError):
 
 class RevisionNotFoundError(ConfigError):
     kind = "revision_not_found"
+
+
+class PinMismatchError(ConfigError):
+    kind = "pin_mismatch"
+
+    def __init__(self, model: str, ours: str, theirs: str, lock_file: Path) -> None:
+        self.model = model
+        super().__init__(
+            f"{model}: the bundle pins {theirs} but {lock_file} pins {ours}",
+            f"export the bundle from a project with the same lock, or run "
+            f"`mlxpin lock --update {model}` on one side so both pin the same commit",
+        )

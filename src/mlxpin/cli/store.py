@@ -188,6 +188,7 @@ def _status_json(row: status_cmd.ModelStatus) -> dict[str, Any]:
         "fetch_reason": row.fetch_reason,
         "size_on_disk": row.size_on_disk,
         "snapshot": str(row.snapshot) if row.snapshot else None,
+        "origin": row.origin,
     }
 
 
@@ -216,6 +217,8 @@ def status_command(
         fetched = row.fetch_state
         if row.fetch_reason and row.fetch_state != "unknown":
             fetched += f" ({row.fetch_reason})"
+        if row.origin:
+            fetched += f" from {row.origin}"
         out.line(
             f"{row.name}: label {row.api_label} on {row.endpoint}; {row.source}; {lock}; "
             f"{fetched}; {human_size(row.size_on_disk)} of {human_size(row.total_size)} on disk"

@@ -10,7 +10,7 @@ from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
 from mlxpin.project.selection import manifest_of, pick
-from mlxpin.store.layout import StoreLayout, check_stamp, size_on_disk
+from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp, size_on_disk
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class ModelStatus:
     fetch_reason: str | None
     size_on_disk: int
     snapshot: Path | None
+    origin: str | None  # where the verified bytes came from: hub | mirror | bundle | path
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,15 @@ def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
         fetch_reason: str | None = "not locked"
         on_disk = 0
         snapshot: Path | None = None
+        origin: str | None = None
         if lock is not None:
             stamp = check_stamp(layout, lock)
             snapshot = layout.view(lock)
             on_disk = size_on_disk(layout, lock)
             if stamp.ok:
                 fetch_state, fetch_reason = "verified", None
+                recorded = read_stamp(layout, lock)
+                origin = recorded.origin if recorded is not None else None
             elif snapshot.is_dir():
                 fetch_state, fetch_reason = "unverified", stamp.problem
             else:
@@ -80,6 +84,7 @@ def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
                 fetch_reason=fetch_reason,
                 size_on_disk=on_disk,
                 snapshot=snapshot,
+                origin=origin,
             )
         )
     return StatusResult(tuple(rows))

@@ -33,6 +33,8 @@ from mlxpin import errors
 from mlxpin.project import validate
 
 T = TypeVar("T")
+#: Sent by `mlxpin mirror` on every answer, so fetch can record where bytes came from.
+MIRROR_HEADER = "X-Mlxpin-Mirror"
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
@@ -264,6 +266,7 @@ class HubDownloader:
         # Built once: reads HF_TOKEN / the token file itself; the token stays in memory.
         self._headers = build_hf_headers()
         self._headers["Accept-Encoding"] = "identity"
+        self.served_by_mirror = False  # set once an `mlxpin mirror` answered
 
     @contextlib.contextmanager
     def open(
@@ -299,6 +302,8 @@ class HubDownloader:
                 raise errors.HubProtocolError(
                     repo, commit, f"{path} was served from commit {served_commit!r}"
                 )
+            if response.headers.get(MIRROR_HEADER):
+                self.served_by_mirror = True
             start = _range_start(response) if response.status_code == 206 else 0
             # Only the network's errors become TransferInterrupted; the caller's own
             # (a full disk, say) pass through the `yield` untouched.

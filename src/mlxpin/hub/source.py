@@ -22,6 +22,7 @@ class HubSourceBytes:
         self.repo = lock.original.repo
         self.commit = lock.commit
         self._downloader = downloader
+        self._opened = False
 
     @property
     def downloader(self) -> HubDownloader:
@@ -30,6 +31,7 @@ class HubSourceBytes:
     def open(
         self, file: LockedFile, offset: int
     ) -> contextlib.AbstractContextManager[tuple[int, Iterator[bytes]]]:
+        self._opened = True
         return self.downloader.open(self.repo, self.commit, file.path, offset)
 
     def interrupted(self, exc: Exception) -> bool:
@@ -42,3 +44,10 @@ class HubSourceBytes:
 
     def mismatch_hint(self, lock: LockedModel, file: LockedFile, problem: str) -> MlxpinError:
         return IntegrityError(lock.name, file.path, f"downloaded bytes {problem}")
+
+    def origin(self) -> str | None:
+        """ "mirror" when an `mlxpin mirror` served the bytes (it says so in a header);
+        None when nothing was downloaded (the recorded origin stays)."""
+        if not self._opened:
+            return None
+        return "mirror" if self.downloader.served_by_mirror else "hub"

@@ -387,6 +387,24 @@ def build_view(layout: StoreLayout, lock: LockedModel, entries: list[StampEntry]
     return view
 
 
+def publish(
+    layout: StoreLayout, lock: LockedModel, entries: list[StampEntry], origin: str | None
+) -> Path:
+    """Make a pin whose every blob is in place and verified visible: the Hub cache's
+    snapshot links, the exact view, then the stamp (what launch trusts) last."""
+    try:
+        link_hub_snapshot(layout, lock)
+        with hold_lock(layout.view_lock(lock)):
+            view = build_view(layout, lock, entries)
+            write_stamp(layout, lock, entries, origin)
+    except OSError as exc:
+        error = disk_error(layout.view(lock), exc)
+        if error is None:
+            raise
+        raise error from None
+    return view
+
+
 # --- one model ---------------------------------------------------------------------------
 
 
@@ -408,17 +426,7 @@ def fetch_model(
 
     CANCEL.clear()
     results = run_parallel(one, lock.files, workers=workers)
-    entries = [r.entry for r in results]
-    try:
-        link_hub_snapshot(layout, lock)
-        with hold_lock(layout.view_lock(lock)):
-            view = build_view(layout, lock, entries)
-            write_stamp(layout, lock, entries)
-    except OSError as exc:
-        error = disk_error(layout.view(lock), exc)
-        if error is None:
-            raise
-        raise error from None
+    view = publish(layout, lock, [r.entry for r in results], source.origin())
     return FetchOutcome(
         lock.name,
         view,

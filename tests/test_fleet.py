@@ -1,0 +1,328 @@
+"""Fleet: `mlxpin export` / `import` between two hosts (two HF_HOMEs), end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import Project
+from hubserver import HubServer, LfsContent, Repo, pseudo_random_bytes
+
+REPO = "mlx-community/tiny-4bit"
+BIG = 3 * 1024 * 1024 + 123
+
+MANIFEST = f"""version = 1
+
+[models.tiny]
+api_label = "tiny-it"
+port = 18011
+
+[models.tiny.launch]
+repo = "{REPO}"
+"""
+
+
+def seed(hub: HubServer, big: int = BIG) -> Repo:
+    repo = hub.create_repo(REPO)
+    repo.commit(
+        {
+            "config.json": b'{"model_type": "llama"}\n',
+            "tokenizer.json": b'{"version": "1.0"}\n',
+            "sub/dir/notes.txt": b"nested\n",
+            "model.safetensors": LfsContent(pseudo_random_bytes(big, seed=1)),
+            "copy.safetensors": LfsContent(pseudo_random_bytes(big, seed=1)),  # same content
+            "empty.txt": b"",
+        }
+    )
+    return repo
+
+
+def host_a(hub: HubServer, project: Project) -> Repo:
+    """Host A: locked and fetched from the hub."""
+    repo = seed(hub)
+    project.write_manifest(MANIFEST)
+    project.ok("lock")
+    project.ok("fetch")
+    return repo
+
+
+def other_host(project: Project, tmp_path: Path, name: str = "b", locks: bool = True) -> Project:
+    """Host B: the same project (manifest, and the lock unless told otherwise), its own
+    HF_HOME, and an endpoint that refuses connections."""
+    root = tmp_path / f"host-{name}"
+    root.mkdir()
+    home = tmp_path / f"hf_home-{name}"
+    home.mkdir()
+    shutil.copy(project.root / "manifest.toml", root / "manifest.toml")
+    if locks:
+        shutil.copytree(project.lock_dir, root / "lock")
+    env = dict(project.env, HF_HOME=str(home), HF_ENDPOINT="http://127.0.0.1:9")
+    return Project(root=root, env=env)
+
+
+def cache_files(host: Project) -> list[str]:
+    hub = host.hf_home / "hub"
+    return sorted(str(p.relative_to(hub)) for p in hub.rglob("*") if not p.is_dir())
+
+
+def blob_files(host: Project) -> list[Path]:
+    hub = host.hf_home / "hub"
+    return [p for p in hub.rglob("blobs/*") if p.is_file()]
+
+
+def run_with_input(host: Project, data: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlxpin", *args],
+        cwd=host.root,
+        env=host.env,
+        input=data,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_export_import_into_another_host_offline(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    repo = host_a(hub, project)
+    bundle = tmp_path / "tiny.tar"
+    data = project.json("export", "tiny", "-o", str(bundle))
+    assert data["ok"] is True and data["models"] == ["tiny"]
+    # A standard tool lists it: the index first, then the lock, then blobs by oid.
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+    assert names[0] == "mlxpin-bundle.json"
+    assert names[1] == "locks/tiny.toml"
+    assert all(n.startswith("blobs/") for n in names[2:])
+    assert len(names[2:]) == 5  # six files, two with the same content
+    hub.stop()
+    b = other_host(project, tmp_path)
+    hub.clear_requests()
+    result = b.json("import", str(bundle))
+    assert result["ok"] is True
+    (model,) = result["models"]
+    assert model["name"] == "tiny" and model["lock"] == "same"
+    assert model["commit"] == repo.head()
+    b.ok("verify")
+    status = b.json("status")["models"][0]
+    assert status["fetch"] == "verified"
+    assert status["origin"] == "bundle"
+    assert "from bundle" in b.ok("status").stdout
+    # The standard HF cache holds exactly the files, as fetch would have left them.
+    view = Path(model["snapshot"])
+    for entry in repo.files().values():
+        assert (view / entry.path).read_bytes() == entry.content()
+        link = b.hf_home / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots"
+        assert (link / repo.head() / entry.path).read_bytes() == entry.content()
+    # A second import is a no-op: nothing written, the stamp untouched.
+    again = b.json("import", str(bundle))
+    assert again["models"][0]["written_bytes"] == 0
+    assert b.json("fetch")["models"][0]["up_to_date"] is True  # fetch agrees: nothing to do
+
+
+def test_pipe_from_export_to_import(hub: HubServer, project: Project, tmp_path: Path) -> None:
+    host_a(hub, project)
+    b = other_host(project, tmp_path)
+    export = subprocess.Popen(
+        [sys.executable, "-m", "mlxpin", "export", "-o", "-"],
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    imported = subprocess.run(
+        [sys.executable, "-m", "mlxpin", "import", "-"],
+        cwd=b.root,
+        env=b.env,
+        stdin=export.stdout,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert export.stdout is not None
+    export.stdout.close()
+    assert export.wait(timeout=60) == 0
+    assert export.stderr is not None
+    assert "exported tiny" in export.stderr.read().decode()
+    assert imported.returncode == 0, imported.stderr
+    assert "tiny: imported and verified 6 files" in imported.stdout
+    b.ok("verify")
+
+
+def _bundle(project: Project, tmp_path: Path) -> bytes:
+    path = tmp_path / "good.tar"
+    project.ok("export", "-o", str(path))
+    return path.read_bytes()
+
+
+def _member_offset(data: bytes, name: str) -> tuple[int, int]:
+    """(data offset, size) of a member."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.getmember(name)
+        return member.offset_data, member.size
+
+
+def _big_member(data: bytes) -> str:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return max(tar.getmembers(), key=lambda m: m.size).name
+
+
+def _assert_nothing_installed(b: Project) -> None:
+    assert blob_files(b) == []
+    assert not any((b.state_dir / "snapshots").glob("*")) if b.state_dir.exists() else True
+    status = b.json("status")["models"][0]
+    assert status["fetch"] == "missing"
+
+
+def test_flipped_byte_installs_nothing(hub: HubServer, project: Project, tmp_path: Path) -> None:
+    host_a(hub, project)
+    data = bytearray(_bundle(project, tmp_path))
+    name = _big_member(bytes(data))
+    offset, size = _member_offset(bytes(data), name)
+    data[offset + size // 2] ^= 0xFF
+    b = other_host(project, tmp_path)
+    result = run_with_input(b, bytes(data), "import", "-")
+    assert result.returncode == 65, result.stderr
+    stderr = result.stderr.decode()
+    assert name in stderr and ".safetensors)" in stderr and "hash to" in stderr
+    _assert_nothing_installed(b)
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.999])
+def test_truncated_bundle_installs_nothing(
+    hub: HubServer, project: Project, tmp_path: Path, cut: float
+) -> None:
+    host_a(hub, project)
+    data = _bundle(project, tmp_path)
+    b = other_host(project, tmp_path)
+    result = run_with_input(b, data[: int(len(data) * cut)], "import", "-")
+    assert result.returncode == 65, result.stderr
+    assert "truncated" in result.stderr.decode()
+    _assert_nothing_installed(b)
+
+
+def _rebuild(data: bytes, edit: str) -> bytes:
+    """A bundle with one member dropped, added, renamed or turned into a link."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(data)) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst,
+    ):
+        members = src.getmembers()
+        big = max(members, key=lambda m: m.size).name
+        for member in members:
+            content = src.extractfile(member)
+            if edit == "missing" and member.name == big:
+                continue
+            if edit == "escape" and member.name == big:
+                member.name = "../../../../escaped.safetensors"
+            if edit == "link" and member.name == big:
+                link = tarfile.TarInfo(big)
+                link.type = tarfile.SYMTYPE
+                link.linkname = "/etc/passwd"
+                dst.addfile(link)
+                continue
+            dst.addfile(member, content)
+        if edit == "extra":
+            extra = tarfile.TarInfo("blobs/sha256/" + "ab" * 32)
+            extra.size = 3
+            dst.addfile(extra, io.BytesIO(b"bad"))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("edit", ["missing", "extra", "escape", "link"])
+def test_damaged_bundle_installs_nothing(
+    hub: HubServer, project: Project, tmp_path: Path, edit: str
+) -> None:
+    host_a(hub, project)
+    data = _rebuild(_bundle(project, tmp_path), edit)
+    b = other_host(project, tmp_path)
+    result = run_with_input(b, data, "import", "-")
+    assert result.returncode == 65, result.stderr
+    stderr = result.stderr.decode()
+    expected = {
+        "missing": "missing from the bundle",
+        "extra": "is not a file of any lock",
+        "escape": "../../../../escaped.safetensors",
+        "link": "not a regular file",
+    }[edit]
+    assert expected in stderr
+    _assert_nothing_installed(b)
+    assert not (tmp_path / "escaped.safetensors").exists()
+    assert not list(tmp_path.rglob("escaped.safetensors"))
+
+
+def test_lock_mismatch_is_refused_naming_both_commits(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    repo = host_a(hub, project)
+    old = repo.head()
+    data = _bundle(project, tmp_path)
+    b = other_host(project, tmp_path)
+    repo.commit({"config.json": b'{"model_type": "llama", "v": 2}\n'})
+    b.env["HF_ENDPOINT"] = hub.url
+    b.ok("lock", "--update")
+    new = repo.head()
+    result = run_with_input(b, data, "import", "-")
+    assert result.returncode == 78, result.stderr
+    stderr = result.stderr.decode()
+    assert old in stderr and new in stderr
+    assert blob_files(b) == []
+
+
+def test_write_locks_adopts_the_bundle_locks(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    host_a(hub, project)
+    data = _bundle(project, tmp_path)
+    b = other_host(project, tmp_path, locks=False)
+    plain = json.loads(run_with_input(b, data, "import", "-", "--json").stdout)
+    assert plain["models"][0]["lock"] == "absent"
+    assert not (b.lock_dir / "tiny.toml").exists()
+    adopted = json.loads(run_with_input(b, data, "import", "-", "--json", "--write-locks").stdout)
+    assert adopted["models"][0]["lock"] == "written"
+    assert (b.lock_dir / "tiny.toml").read_text() == project.lock_text("tiny")
+    b.ok("lock", "--check")
+    b.ok("verify")
+
+
+def test_export_refuses_what_is_not_verified(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    seed(hub)
+    project.write_manifest(MANIFEST)
+    project.ok("lock")
+    out = tmp_path / "x.tar"
+    result = project.run("export", "-o", str(out))
+    assert result.returncode == 66, result.stderr
+    assert "tiny: cannot export: not fetched" in result.stderr
+    assert not out.exists()
+    project.ok("fetch")
+    blob = next(p for p in blob_files(project) if p.stat().st_size > 1000)
+    with blob.open("r+b") as handle:  # changed after it was verified
+        handle.seek(10)
+        handle.write(b"X")
+    result = project.run("export", "-o", str(out))
+    assert result.returncode == 66, result.stderr
+    assert not out.exists()
+
+
+def test_gc_keeps_imported_models(hub: HubServer, project: Project, tmp_path: Path) -> None:
+    host_a(hub, project)
+    data = _bundle(project, tmp_path)
+    b = other_host(project, tmp_path)
+    assert run_with_input(b, data, "import", "-").returncode == 0
+    before = cache_files(b)
+    gc = b.json("gc", "--yes")
+    assert gc["ok"] is True
+    assert cache_files(b) == before
+    b.ok("verify")
