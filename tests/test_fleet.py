@@ -326,3 +326,182 @@ def test_gc_keeps_imported_models(hub: HubServer, project: Project, tmp_path: Pa
     assert gc["ok"] is True
     assert cache_files(b) == before
     b.ok("verify")
+
+
+# --- the mirror --------------------------------------------------------------------------
+
+
+class Mirror:
+    """`mlxpin mirror --port 0` on host A, as a subprocess."""
+
+    def __init__(self, host: Project, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlxpin", "mirror", "--port", "0", *args],
+            cwd=host.root,
+            env=env or host.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stderr is not None
+        self.log: list[str] = []
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if "mlxpin mirror: serving" in line:
+                self.url = line.rsplit(" ", 1)[1].strip()
+                break
+        else:
+            raise AssertionError("".join(self.log))
+
+    def __enter__(self) -> Mirror:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        assert self.proc.wait(timeout=10) == 0
+
+
+def client_env(host: Project, endpoint: str) -> dict[str, str]:
+    return dict(host.env, HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1")
+
+
+def test_fetch_from_a_mirror_makes_no_upstream_request(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    repo = host_a(hub, project)
+    b = other_host(project, tmp_path)
+    hub.clear_requests()
+    with Mirror(project) as mirror:
+        b.env["HF_ENDPOINT"] = mirror.url
+        data = b.json("fetch")
+        assert data["ok"] is True, data
+        b.ok("verify")
+        assert b.json("status")["models"][0]["origin"] == "mirror"
+        # The real client: snapshot_download at the pinned commit, and `hf download`.
+        commit = repo.head()
+        c = other_host(project, tmp_path, "c")
+        code = (
+            "import sys; from huggingface_hub import snapshot_download; "
+            f"print(snapshot_download({REPO!r}, revision={commit!r}))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env=client_env(c, mirror.url),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        snapshot = Path(done.stdout.strip().splitlines()[-1])
+        d = other_host(project, tmp_path, "d")
+        hf = Path(sys.executable).parent / "hf"
+        cli = subprocess.run(
+            [str(hf), "download", REPO, "--revision", commit],
+            env=client_env(d, mirror.url),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert cli.returncode == 0, cli.stderr
+        by_cli = d.hf_home / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / commit
+        # The locked revision name resolves too.
+        by_name = subprocess.run(
+            [str(hf), "download", REPO, "config.json", "--revision", "main"],
+            env=client_env(d, mirror.url),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert by_name.returncode == 0, by_name.stderr
+    for entry in repo.files().values():
+        assert (snapshot / entry.path).read_bytes() == entry.content()
+        assert (by_cli / entry.path).read_bytes() == entry.content()
+    assert hub.count() == 0
+
+
+def test_mirror_serves_only_what_is_locked_and_verified(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    import httpx2
+
+    repo = host_a(hub, project)
+    other = hub.create_repo("acme/other")
+    other.commit({"a.txt": b"a"})
+    commit = repo.head()
+    with Mirror(project) as mirror, httpx2.Client(base_url=mirror.url) as http:
+        head = http.head(f"/{REPO}/resolve/{commit}/model.safetensors")
+        assert head.status_code == 200
+        entry = repo.files()["model.safetensors"]
+        assert entry.lfs is not None
+        assert head.headers["X-Repo-Commit"] == commit
+        assert head.headers["ETag"] == f'"{entry.lfs.sha256}"'
+        assert head.headers["X-Linked-Size"] == str(entry.size)
+        assert "X-Xet-Hash" not in head.headers
+        part = http.get(
+            f"/{REPO}/resolve/{commit}/model.safetensors", headers={"Range": "bytes=10-19"}
+        )
+        assert part.status_code == 206 and part.content == entry.content()[10:20]
+        plain = http.head(f"/{REPO}/resolve/main/config.json")
+        assert plain.headers["ETag"] == f'"{repo.files()["config.json"].blob_id}"'
+        info = http.get(f"/api/models/{REPO}/revision/{commit}").json()
+        assert info["sha"] == commit
+        siblings = {s["rfilename"]: s for s in info["siblings"]}
+        assert siblings["model.safetensors"]["blobId"] == entry.blob_id  # the pointer's sha1
+        for path, status, code in [
+            ("/acme/other/resolve/main/a.txt", 404, "RepoNotFound"),
+            (f"/{REPO}/resolve/{'0' * 40}/config.json", 404, "RevisionNotFound"),
+            (f"/{REPO}/resolve/{commit}/secret.txt", 404, "EntryNotFound"),
+            (f"/{REPO}/resolve/{commit}/..%2F..%2Fetc%2Fpasswd", 404, "EntryNotFound"),
+            ("/api/models/acme/other/revision/main", 404, "RepoNotFound"),
+        ]:
+            answer = http.get(path)
+            assert (answer.status_code, answer.headers.get("X-Error-Code")) == (status, code)
+        # A blob changed on disk after it was verified is no longer served.
+        view = Path(project.json("status")["models"][0]["snapshot"])
+        target = (view / "model.safetensors").resolve()
+        with target.open("r+b") as handle:
+            handle.seek(5)
+            handle.write(b"!")
+        gone = http.get(f"/{REPO}/resolve/{commit}/model.safetensors")
+        assert gone.status_code == 404
+        info_gone = http.get(f"/api/models/{REPO}/revision/{commit}")
+        assert info_gone.status_code == 404
+
+
+def test_a_blob_corrupted_on_the_mirror_is_never_taken_as_good(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    """Even a flip that keeps size and mtime (the stamp cannot see it) fails B's fetch."""
+    import os
+
+    host_a(hub, project)
+    view = Path(project.json("status")["models"][0]["snapshot"])
+    target = (view / "model.safetensors").resolve()
+    before = target.stat()
+    with target.open("r+b") as handle:
+        handle.seek(1000)
+        byte = handle.read(1)
+        handle.seek(1000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    b = other_host(project, tmp_path)
+    with Mirror(project) as mirror:
+        b.env["HF_ENDPOINT"] = mirror.url
+        result = b.run("fetch")
+    assert result.returncode == 65, result.stderr
+    assert "hash to" in result.stderr
+    assert b.json("status")["models"][0]["fetch"] == "missing"
+
+
+def test_mirror_requires_its_key_when_set(hub: HubServer, project: Project, tmp_path: Path) -> None:
+    host_a(hub, project)
+    b = other_host(project, tmp_path)
+    with Mirror(project, env=dict(project.env, MLXPIN_API_KEY="k3y")) as mirror:
+        b.env["HF_ENDPOINT"] = mirror.url
+        refused = b.run("fetch")
+        assert refused.returncode == 77, refused.stderr
+        b.ok("fetch", env=dict(b.env, HF_TOKEN="k3y"))
+    b.ok("verify")

@@ -172,7 +172,7 @@ def build_mirror_app(config: MirrorConfig) -> web.Application:
         lock = find(repo, revision)
         if isinstance(lock, web.Response):
             return lock
-        if vouched.stamp(lock) is None:
+        if not check_stamp(config.layout, lock).ok:  # every file, as of now
             return _error(404, "Repository not verified on this mirror", "RepoNotFound")
         body: dict[str, object] = {
             "_id": hashlib.sha1(repo.encode(), usedforsecurity=False).hexdigest()[:24],
@@ -197,7 +197,7 @@ def build_mirror_app(config: MirrorConfig) -> web.Application:
         lock = find(repo, revision)
         if isinstance(lock, web.Response):
             return lock
-        if vouched.stamp(lock) is None:
+        if not check_stamp(config.layout, lock).ok:  # every file, as of now
             return _error(404, "Repository not verified on this mirror", "RepoNotFound")
         prefix = prefix.strip("/")
         under = f"{prefix}/" if prefix else ""
