@@ -505,3 +505,55 @@ def test_mirror_requires_its_key_when_set(hub: HubServer, project: Project, tmp_
         assert refused.returncode == 77, refused.stderr
         b.ok("fetch", env=dict(b.env, HF_TOKEN="k3y"))
     b.ok("verify")
+
+
+@pytest.mark.e2e
+def test_import_on_an_offline_host_then_launch_serves_a_completion(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    import openai
+
+    from mlxpin.dev.tinymodel import generate
+    from test_cli_launch import Launched, free_port, manifest
+
+    files = generate(tmp_path / "tiny-model")
+    from test_cli_launch import REPO as TINY
+
+    hub.create_repo(TINY).commit({p.name: p.read_bytes() for p in files}, message="tiny model")
+    port = free_port()
+    project.write_manifest(manifest(port))
+    project.ok("lock")
+    project.ok("fetch")
+    hub.stop()  # host B never sees a hub
+    b = other_host(project, tmp_path)
+    export = subprocess.Popen(
+        [sys.executable, "-m", "mlxpin", "export", "-o", "-"],
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+    )
+    imported = subprocess.run(
+        [sys.executable, "-m", "mlxpin", "import", "-"],
+        cwd=b.root,
+        env=dict(b.env, HF_HUB_OFFLINE="1"),
+        stdin=export.stdout,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert export.stdout is not None
+    export.stdout.close()
+    assert export.wait(timeout=60) == 0
+    assert imported.returncode == 0, imported.stderr
+    running = Launched(b, port, b.env)
+    try:
+        running.wait_healthy(120)
+        client = openai.OpenAI(base_url=running.base + "/v1", api_key="unused")
+        answer = client.chat.completions.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        assert answer.model == "tiny-chat"
+        assert answer.choices
+    finally:
+        assert running.stop() == 0
