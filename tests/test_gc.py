@@ -174,7 +174,9 @@ def test_dry_run_changes_nothing_and_yes_removes_only_garbage(env: Env) -> None:
     paths = {i["path"]: i for i in items(dry)}
     assert paths[str(old_weights)]["size"] == len(b"old weights" * 100)
     assert paths[str(old_local)]["kind"] == "local_blob"
-    assert {i["kind"] for i in items(dry)} == {"view", "hub_blob", "local_blob"}
+    assert {i["kind"] for i in items(dry)} == {"view", "hub_blob", "local_blob", "ref"}
+    refs = env.layout.repo_dir("mlx-community/gemma") / "refs"
+    assert [i["path"] for i in items(dry, "ref")] == [str(refs / "mlxpin" / "gemma" / ("a" * 40))]
     assert str(env.layout.view(old)) in paths and str(env.layout.view(local_old)) in paths
     assert dry["bytes"] >= len(b"old weights" * 100) + len(b"tiny v1" * 10)
     assert all(i["status"] == "would_remove" for i in items(dry))
@@ -189,7 +191,9 @@ def test_dry_run_changes_nothing_and_yes_removes_only_garbage(env: Env) -> None:
     # The live pins are intact and still verified.
     assert check_stamp(env.layout, new).ok and check_stamp(env.layout, local_new).ok
     # The shared config.json stays, and so does the old commit's link to it; the link to
-    # the deleted weights is gone. refs/ is never touched.
+    # the deleted weights is gone. Of the refs, only mlxpin's ref of the old pin goes.
+    assert (refs / "main").read_text() == "b" * 40
+    assert sorted(p.name for p in (refs / "mlxpin" / "gemma").iterdir()) == ["b" * 40]
     old_snapshot = env.layout.hub_snapshot("mlx-community/gemma", "a" * 40)
     assert (old_snapshot / "config.json").exists()
     assert not (old_snapshot / "model.safetensors").is_symlink()
@@ -216,7 +220,7 @@ def test_foreign_blobs_need_all(env: Env) -> None:
     adopted_blob.write_bytes(adopted_data)
     adopted = pin(env, lock_dir, "adopted", {"w.safetensors": adopted_data}, repo="o/adopted")
     record = env.layout.verified_record(adopted_blob).read_text().split()
-    assert record[4] == "adopted"
+    assert record[-1] == "adopted"
     lock_path(lock_dir, "adopted").unlink()  # no lock references it any more
     # Unrecorded: put there by `hf download`, never seen by mlxpin.
     unrecorded = foreign_blob(env, "o/other", b"hf download bytes")
@@ -232,8 +236,9 @@ def test_foreign_blobs_need_all(env: Env) -> None:
     assert adopted_blob.exists()  # still a dry run
     env.gc("--all", "--yes")
     assert not adopted_blob.exists() and not unrecorded.exists()
-    refs = env.layout.repo_dir("o/other") / "refs" / "main"
-    assert refs.read_text() == "f" * 40
+    # Its snapshot went with its only blob, so the ref to it goes too (huggingface_hub
+    # calls a repo with a ref to a missing snapshot corrupt).
+    assert not (env.layout.repo_dir("o/other") / "refs" / "main").exists()
     assert not (env.layout.repo_dir("o/other") / "snapshots").exists() or not any(
         (env.layout.repo_dir("o/other") / "snapshots").iterdir()
     )
