@@ -167,7 +167,13 @@ def verify_command(
     if not result.ok:
         first = next(m for m in result.models if m.bad)
         error = IntegrityError(first.name, first.bad[0][0], first.bad[0][1])
-        print(f"mlxpin: error: verification failed\n  hint: {error.hint}", file=sys.stderr)
+        hint = error.hint
+        if not any(m.differs for m in result.models):  # only missing or extra files
+            hint = (
+                "the snapshot lacks locked files or holds files the lock does not list; "
+                f"run `mlxpin fetch {first.name}` to rebuild it"
+            )
+        print(f"mlxpin: error: verification failed\n  hint: {hint}", file=sys.stderr)
         raise typer.Exit(int(error.exit_code))
 
 

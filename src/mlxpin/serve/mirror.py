@@ -143,8 +143,11 @@ class _Vouched:
             fd = os.open(blob, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
             return None
-        st = os.fstat(fd)
-        if FileStat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev) != stat:
+        try:
+            now = FileStat.of_result(os.fstat(fd), blob)
+        except OSError:
+            now = None
+        if now != stat:
             os.close(fd)
             log.warning("%s: %s changed since it was verified; not serving it", lock.name, blob)
             return None

@@ -117,8 +117,7 @@ def _changed(blob: ExportBlob) -> IntegrityError:
 
 
 def _fstat(handle: BinaryIO) -> FileStat:
-    st = os.fstat(handle.fileno())
-    return FileStat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    return FileStat.of_result(os.fstat(handle.fileno()))
 
 
 @contextlib.contextmanager
