@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -42,6 +43,10 @@ def seed(hub: HubServer, big: int = BIG) -> Repo:
         }
     )
     return repo
+
+
+def distinct_size(repo: Repo) -> int:
+    return sum({e.etag: e.size for e in repo.files().values()}.values())
 
 
 def host_a(hub: HubServer, project: Project) -> Repo:
@@ -558,3 +563,93 @@ def test_import_on_an_offline_host_then_launch_serves_a_completion(
         assert answer.choices
     finally:
         assert running.stop() == 0
+
+
+# --- fetch at link speed: ranged connections ---------------------------------------------
+
+
+def ranged_env(host: Project, connections: int = 4) -> dict[str, str]:
+    return dict(host.env, MLXPIN_RANGED_MIN_MB="1", MLXPIN_FETCH_CONNECTIONS=str(connections))
+
+
+def test_large_files_come_over_several_ranges_and_are_verified(
+    hub: HubServer, project: Project
+) -> None:
+    repo = seed(hub)
+    project.write_manifest(MANIFEST)
+    project.ok("lock")
+    data = project.json("fetch", env=ranged_env(project))
+    assert data["ok"] is True, data
+    ranges = [r.range for r in hub.matching("GET", ".safetensors")]
+    assert len(ranges) == 4 and all(r and r.startswith("bytes=") for r in ranges), ranges
+    assert len(hub.matching("GET", "config.json")) == 1  # small files: one plain GET
+    view = Path(data["models"][0]["snapshot"])
+    for entry in repo.files().values():
+        assert (view / entry.path).read_bytes() == entry.content()
+    assert data["models"][0]["downloaded_bytes"] == distinct_size(repo)
+    project.ok("verify")
+
+
+def test_ranges_are_retried_and_a_corrupt_range_is_refused(
+    hub: HubServer, project: Project
+) -> None:
+    seed(hub)
+    project.write_manifest(MANIFEST)
+    project.ok("lock")
+    hub.cut_after(".safetensors", 100_000, times=2)
+    project.ok("fetch", env=ranged_env(project))
+    project.ok("verify")
+    shutil.rmtree(project.hf_home)
+    project.hf_home.mkdir()
+    hub.reset_faults()
+    hub.corrupt(".safetensors")
+    result = project.run("fetch", env=ranged_env(project))
+    assert result.returncode == 65, result.stderr
+    assert "hash to" in result.stderr
+    assert not [p for p in blob_files(project) if p.stat().st_size == BIG]
+    assert project.json("status")["models"][0]["fetch"] == "missing"
+
+
+def test_an_interrupted_ranged_fetch_resumes_every_range(hub: HubServer, project: Project) -> None:
+    import signal
+    import time
+
+    seed(hub, big=8 * 1024 * 1024)
+    project.write_manifest(MANIFEST)
+    project.ok("lock")
+    hub.throttle_bps = 1_000_000  # per connection
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlxpin", "fetch", "-q"],
+        cwd=project.root,
+        env=ranged_env(project),
+    )
+    progress = 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and progress < 1_000_000:
+        time.sleep(0.2)
+        for sidecar in (project.hf_home / "hub").rglob("*.ranges"):
+            with contextlib.suppress(OSError, ValueError):
+                saved = json.loads(sidecar.read_text())
+                progress = sum(done for _, _, done in saved["parts"])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert progress >= 1_000_000, "no range progress was recorded"
+    hub.throttle_bps = None
+    hub.clear_requests()
+    data = project.json("fetch", env=ranged_env(project))
+    assert data["ok"] is True
+    starts = [r.range for r in hub.matching("GET", ".safetensors")]
+    assert starts and all(r is not None for r in starts)
+    assert data["models"][0]["downloaded_bytes"] < 8 * 1024 * 1024
+    project.ok("verify")
+
+
+def test_ranged_fetch_from_a_mirror(hub: HubServer, project: Project, tmp_path: Path) -> None:
+    repo = host_a(hub, project)
+    b = other_host(project, tmp_path)
+    with Mirror(project) as mirror:
+        b.env["HF_ENDPOINT"] = mirror.url
+        data = b.json("fetch", env=ranged_env(b))
+    assert data["ok"] is True, data
+    assert data["models"][0]["downloaded_bytes"] == distinct_size(repo)
+    b.ok("verify")

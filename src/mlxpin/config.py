@@ -31,6 +31,8 @@ class Settings:
     offline: bool
     token_present: bool
     debug: bool
+    fetch_connections: int = 8  # ranged connections per large file (1: one stream)
+    ranged_min_size: int = 64 * 1024 * 1024  # files at least this large use ranges
 
 
 def _expand(value: str) -> Path:
@@ -100,4 +102,20 @@ def load_settings(
         offline=is_true(environ.get("HF_HUB_OFFLINE") or environ.get("TRANSFORMERS_OFFLINE")),
         token_present=token_present(environ),
         debug=is_true(environ.get("MLXPIN_DEBUG")),
+        fetch_connections=_count(environ, "MLXPIN_FETCH_CONNECTIONS", 8, 1, 64),
+        ranged_min_size=_count(environ, "MLXPIN_RANGED_MIN_MB", 64, 1, 1 << 30) << 20,
     )
+
+
+def _count(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        from mlxpin.errors import ConfigError
+
+        raise ConfigError(
+            f"{name}={raw!r} is not a whole number from {low} to {high}",
+            f"set it to a number in that range, or unset it (default {default})",
+        )
+    return int(raw)

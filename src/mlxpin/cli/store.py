@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -76,6 +77,17 @@ def _bars(as_json: bool, quiet: bool) -> Bars:
 @guarded
 def fetch_command(
     names: NamesArg = None,
+    connections: Annotated[
+        int | None,
+        typer.Option(
+            "--connections",
+            min=1,
+            max=64,
+            help="Ranged connections per large file (default: $MLXPIN_FETCH_CONNECTIONS, "
+            "else 8; files under $MLXPIN_RANGED_MIN_MB, default 64 MB, use one).",
+            show_default=False,
+        ),
+    ] = None,
     cache_dir: CacheDirOpt = None,
     manifest: ManifestOpt = None,
     lock_dir: LockDirOpt = None,
@@ -90,6 +102,8 @@ def fetch_command(
     """
     out = Output(as_json, quiet)
     settings = settings_for(manifest, lock_dir, cache_dir)
+    if connections is not None:
+        settings = dataclasses.replace(settings, fetch_connections=connections)
     bars = _bars(as_json, quiet)
     started = time.monotonic()
     try:

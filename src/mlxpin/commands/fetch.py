@@ -20,6 +20,7 @@ from mlxpin.store.fetch import (
     verify_model,
 )
 from mlxpin.store.layout import StoreLayout, register_root
+from mlxpin.store.ranged import RangePolicy
 from mlxpin.store.sources import ByteSource, LocalSourceBytes
 
 if TYPE_CHECKING:
@@ -68,7 +69,8 @@ def fetch(
         if isinstance(spec.launch.source, PathSource):
             source = LocalSourceBytes(spec.launch.source.path, spec.name)
         else:
-            source = HubSourceBytes(lock, downloader)
+            policy = RangePolicy(settings.fetch_connections, settings.ranged_min_size)
+            source = HubSourceBytes(lock, downloader, policy)
         outcomes.append(fetch_model(layout, lock, source, progress(lock.name)))
     return FetchResult(tuple(outcomes))
 

@@ -270,15 +270,18 @@ class HubDownloader:
 
     @contextlib.contextmanager
     def open(
-        self, repo: str, commit: str, path: str, offset: int
+        self, repo: str, commit: str, path: str, offset: int, end: int | None = None
     ) -> Iterator[tuple[int, Iterator[bytes]]]:
-        """Yields (start offset the server honoured, chunks)."""
+        """Yields (start offset the server honoured, chunks); `end` (exclusive) asks for
+        a range [offset, end) only."""
         from huggingface_hub import get_session, hf_hub_url, hf_raise_for_status
 
         self._client.refuse_offline(repo, commit)
         url = hf_hub_url(repo, path, revision=commit, endpoint=self.config.endpoint)
         headers = dict(self._headers)
-        if offset:
+        if end is not None:
+            headers["Range"] = f"bytes={offset}-{end - 1}"
+        elif offset:
             headers["Range"] = f"bytes={offset}-"
         timeout = httpx2.Timeout(self.config.timeout_s, read=60.0)
         with contextlib.ExitStack() as stack:

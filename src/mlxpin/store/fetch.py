@@ -37,6 +37,7 @@ from mlxpin.store.layout import (
     write_record,
     write_stamp,
 )
+from mlxpin.store.ranged import fill_ranged
 from mlxpin.store.sources import ByteSource
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_lock, temp_name, write_atomic
 from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm
@@ -179,8 +180,10 @@ def _transfer(
     locked file (after one fresh attempt when the bytes came partly from an earlier run)."""
     received = 0
     for fresh in (False, True):
-        state = _read_partial(partial, file, progress)
-        resumed = state.offset > 0
+        ranged = fill_ranged(source, lock, file, partial, progress)  # large files: in parallel
+        state = _read_partial(partial, file, progress if ranged is None else NoProgress())
+        resumed = state.offset > 0 if ranged is None else ranged.resumed
+        received += ranged.received if ranged is not None else 0
         if resumed:
             log.debug("%s: resuming %s at byte %d", lock.name, file.path, state.offset)
         try:
