@@ -309,7 +309,7 @@ def test_export_refuses_what_is_not_verified(
     out = tmp_path / "x.tar"
     result = project.run("export", "-o", str(out))
     assert result.returncode == 66, result.stderr
-    assert "tiny: cannot export: not fetched" in result.stderr
+    assert "tiny: cannot export: snapshot not fetched" in result.stderr
     assert not out.exists()
     project.ok("fetch")
     blob = next(p for p in blob_files(project) if p.stat().st_size > 1000)

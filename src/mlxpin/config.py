@@ -31,8 +31,9 @@ class Settings:
     offline: bool
     token_present: bool
     debug: bool
-    fetch_connections: int = 8  # ranged connections per large file (1: one stream)
-    ranged_min_size: int = 64 * 1024 * 1024  # files at least this large use ranges
+    # Ranged fetch, as written (parsed and checked by store.ranged.RangePolicy):
+    fetch_connections: str = ""  # MLXPIN_FETCH_CONNECTIONS: connections per large file
+    ranged_min_mb: str = ""  # MLXPIN_RANGED_MIN_MB: files at least this large use ranges
 
 
 def _expand(value: str) -> Path:
@@ -102,20 +103,6 @@ def load_settings(
         offline=is_true(environ.get("HF_HUB_OFFLINE") or environ.get("TRANSFORMERS_OFFLINE")),
         token_present=token_present(environ),
         debug=is_true(environ.get("MLXPIN_DEBUG")),
-        fetch_connections=_count(environ, "MLXPIN_FETCH_CONNECTIONS", 8, 1, 64),
-        ranged_min_size=_count(environ, "MLXPIN_RANGED_MIN_MB", 64, 1, 1 << 30) << 20,
+        fetch_connections=environ.get("MLXPIN_FETCH_CONNECTIONS", "").strip(),
+        ranged_min_mb=environ.get("MLXPIN_RANGED_MIN_MB", "").strip(),
     )
-
-
-def _count(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        from mlxpin.errors import ConfigError
-
-        raise ConfigError(
-            f"{name}={raw!r} is not a whole number from {low} to {high}",
-            f"set it to a number in that range, or unset it (default {default})",
-        )
-    return int(raw)

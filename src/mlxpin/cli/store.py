@@ -103,7 +103,7 @@ def fetch_command(
     out = Output(as_json, quiet)
     settings = settings_for(manifest, lock_dir, cache_dir)
     if connections is not None:
-        settings = dataclasses.replace(settings, fetch_connections=connections)
+        settings = dataclasses.replace(settings, fetch_connections=str(connections))
     bars = _bars(as_json, quiet)
     started = time.monotonic()
     try:

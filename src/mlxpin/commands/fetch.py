@@ -61,6 +61,7 @@ def fetch(
             downloaders.append(HubDownloader(config))
         return downloaders[0]
 
+    ranges = RangePolicy.from_settings(settings)
     outcomes: list[FetchOutcome] = []
     for lock in locks:
         spec = manifest.get(lock.name)
@@ -69,8 +70,7 @@ def fetch(
         if isinstance(spec.launch.source, PathSource):
             source = LocalSourceBytes(spec.launch.source.path, spec.name)
         else:
-            policy = RangePolicy(settings.fetch_connections, settings.ranged_min_size)
-            source = HubSourceBytes(lock, downloader, policy)
+            source = HubSourceBytes(lock, downloader, ranges)
         outcomes.append(fetch_model(layout, lock, source, progress(lock.name)))
     return FetchResult(tuple(outcomes))
 

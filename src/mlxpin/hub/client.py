@@ -296,6 +296,13 @@ class HubDownloader:
                     if response.status_code in RETRY_STATUS:
                         raise TransferInterrupted(f"HTTP {response.status_code}")
                     hf_raise_for_status(response)
+            except RemoteEntryNotFoundError:
+                raise errors.HubProtocolError(
+                    repo,
+                    commit,
+                    f"{path} is not served at this commit (an `mlxpin mirror` serves only "
+                    "files it has verified)",
+                ) from None
             except (HfHubHTTPError, OfflineModeIsEnabled) as exc:
                 raise self._client.translate(exc, repo, commit) from None
             except (httpx2.TransportError, OSError) as exc:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from mlxpin.errors import MlxpinError
+from mlxpin.config import Settings
+from mlxpin.errors import ConfigError, MlxpinError
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.util.parallel import CANCEL, Cancelled, run_parallel
 
@@ -44,6 +45,13 @@ class RangePolicy:
     connections: int = 8  # ranges (and connections) per large file
     min_size: int = 64 * MiB  # smaller files come over one connection
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RangePolicy:
+        return cls(
+            connections=_count("MLXPIN_FETCH_CONNECTIONS", settings.fetch_connections, 8, 64),
+            min_size=_count("MLXPIN_RANGED_MIN_MB", settings.ranged_min_mb, 64, 1 << 30) * MiB,
+        )
+
     def parts_for(self, size: int) -> int:
         """How many ranges: up to `connections`, none smaller than min_size/connections
         (nor than 16 MiB when min_size is larger)."""
@@ -51,6 +59,17 @@ class RangePolicy:
             return 1
         min_part = max(1, min(16 * MiB, self.min_size // self.connections))
         return max(1, min(self.connections, size // min_part))
+
+
+def _count(name: str, raw: str, default: int, high: int) -> int:
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= high:
+        raise ConfigError(
+            f"{name}={raw!r} is not a whole number from 1 to {high}",
+            f"set it to a number in that range, or unset it (default {default})",
+        )
+    return int(raw)
 
 
 class Progress(Protocol):
