@@ -32,12 +32,17 @@ MB = 1000 * 1000
 MLXPIN = [sys.executable, "-m", "mlxpin"]
 
 
+CPU: dict[str, float] = {}  # CPU seconds (user + system) per kind of run, summed
+
+
 def wait(process: subprocess.Popen[bytes], argv: list[str]) -> int:
     """Peak RSS (bytes) of a finished child; fails loudly on a non-zero exit."""
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{argv} failed with {process.returncode}")
+    key = " ".join(a for a in argv[:4] if not a.startswith("/"))
+    CPU[key] = CPU.get(key, 0.0) + usage.ru_utime + usage.ru_stime
     return usage.ru_maxrss * 1024
 
 
@@ -238,6 +243,10 @@ def main() -> int:
         f"   ratio: {capped_hf / capped_pin:.2f}x  (goal >= 3x); peak RSS of mlxpin fetch "
         f"{rss_capped / MB:.0f} MB"
     )
+    load = os.getloadavg()[0]
+    print(f"load average during the run: {load:.1f} on {os.cpu_count()} cores; CPU seconds used:")
+    for key, seconds in sorted(CPU.items()):
+        print(f"   {key}: {seconds:.2f} s")
     return 0
 
 
