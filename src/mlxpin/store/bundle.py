@@ -256,6 +256,11 @@ class BundleReader:
             self._current = Member(name, size)
             return self._current
 
+    @property
+    def current(self) -> Member | None:
+        """The member being read (its bytes not yet all consumed), if any."""
+        return self._current
+
     def chunks(self, member: Member) -> Iterator[bytes]:
         """The rest of the member's bytes, in chunks of at most CHUNK."""
         while member.consumed < member.size:

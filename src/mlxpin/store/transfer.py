@@ -127,7 +127,11 @@ def _open_vouched(blob: ExportBlob) -> Iterator[BinaryIO]:
     except OSError:
         raise _changed(blob) from None
     with os.fdopen(fd, "rb", buffering=0) as handle:
-        if _fstat(handle) != blob.stat:
+        try:
+            same = _fstat(handle) == blob.stat
+        except OSError:  # not a regular file any more
+            same = False
+        if not same:
             raise _changed(blob)
         yield handle
 
@@ -162,7 +166,7 @@ class _MemberSource:
 
     @contextlib.contextmanager
     def open(self, file: LockedFile, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
-        member = self.reader._current
+        member = self.reader.current
         if self.used or member is None or member.name != self.member_name:
             raise self._error("bytes from an earlier, interrupted import did not match")
         self.used = True
