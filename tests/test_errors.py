@@ -10,9 +10,9 @@ from mlxpin.errors import DiskError, ExitCode, IntegrityError, MlxpinError
 def test_an_error_cannot_be_changed_after_it_is_built() -> None:
     error = IntegrityError("tiny", "model.safetensors", "size 3, expected 4")
     with pytest.raises(AttributeError, match="immutable"):
-        error.hint = "something else"  # type: ignore[misc]
+        error.hint = "something else"
     with pytest.raises(AttributeError, match="immutable"):
-        error.path = "other"  # type: ignore[misc]
+        error.path = "other"
 
 
 def test_with_hint_copies_and_keeps_the_fields() -> None:
