@@ -9,19 +9,7 @@ from typing import Annotated
 
 import typer
 
-from mlxpin.cli.app import (
-    CacheDirOpt,
-    JsonOpt,
-    LockDirOpt,
-    ManifestOpt,
-    NamesArg,
-    Output,
-    QuietOpt,
-    VerboseOpt,
-    app,
-    guarded,
-    settings_for,
-)
+from mlxpin.cli.app import Common, NamesArg, Output, verb
 from mlxpin.cli.render import human_size, short_commit
 from mlxpin.cli.store import Bars
 from mlxpin.errors import UsageError
@@ -41,17 +29,12 @@ def _bars(as_json: bool, quiet: bool) -> Bars:
     return Bars(sys.stderr.isatty() and not as_json and not quiet)
 
 
-@app.command("export")
-@guarded
+@verb("export")
 def export_command(
     output: OutputOpt,
     names: NamesArg = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Write the named models' locks and verified files as one bundle (an uncompressed tar).
 
@@ -60,6 +43,7 @@ def export_command(
     """
     from mlxpin.commands import transfer
 
+    as_json, quiet = common.as_json, common.quiet
     to_stdout = output == "-"
     if to_stdout and sys.stdout.isatty():
         raise UsageError("refusing to write a bundle to a terminal", "redirect it or pipe it")
@@ -67,7 +51,7 @@ def export_command(
         raise UsageError("--json cannot share stdout with the bundle (-o -)")
     # With -o -, stdout carries the bundle: every message goes to stderr.
     out = Output(as_json, quiet or to_stdout)
-    settings = settings_for(manifest, lock_dir, cache_dir)
+    settings = common.settings()
     bars = _bars(as_json, quiet)
     try:
         result = transfer.export(
@@ -87,16 +71,7 @@ def export_command(
         Output(False, quiet).note(summary)
     else:
         out.line(summary)
-    out.result(
-        {
-            "ok": True,
-            "output": result.output,
-            "models": list(result.models),
-            "blobs": result.blobs,
-            "total_size": result.total_size,
-            "bytes": result.written_bytes,
-        }
-    )
+    out.result(result.to_json())
 
 
 BundleArg = Annotated[
@@ -111,17 +86,12 @@ WriteLocksOpt = Annotated[
 ]
 
 
-@app.command("import")
-@guarded
+@verb("import")
 def import_command(
     bundle: BundleArg,
     write_locks: WriteLocksOpt = False,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Install a bundle into the Hugging Face cache, verifying every byte (no network).
 
@@ -130,9 +100,9 @@ def import_command(
     """
     from mlxpin.commands import transfer
 
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir, cache_dir)
-    bars = _bars(as_json, quiet)
+    out = common.output()
+    settings = common.settings()
+    bars = _bars(common.as_json, common.quiet)
     try:
         result = transfer.import_(
             settings,
@@ -154,25 +124,7 @@ def import_command(
             f"{human_size(model.total_size)} at {short_commit(model.commit)} "
             f"(wrote {human_size(model.written_bytes)}){note}"
         )
-    out.result(
-        {
-            "ok": True,
-            "source": result.source,
-            "received_bytes": result.received_bytes,
-            "models": [
-                {
-                    "name": m.name,
-                    "snapshot": str(m.snapshot),
-                    "files": m.files,
-                    "total_size": m.total_size,
-                    "written_bytes": m.written_bytes,
-                    "commit": m.commit,
-                    "lock": m.lock,
-                }
-                for m in result.models
-            ],
-        }
-    )
+    out.result(result.to_json())
 
 
 HostOpt = Annotated[
@@ -185,19 +137,14 @@ TransfersOpt = Annotated[
 ]
 
 
-@app.command("mirror")
-@guarded
+@verb("mirror")
 def mirror_command(
     names: NamesArg = None,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8765,
     max_transfers: TransfersOpt = 64,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Serve this host's locked, verified models read-only over the Hub's download protocol.
 
@@ -207,8 +154,8 @@ def mirror_command(
     """
     from mlxpin.commands import mirror
 
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir, cache_dir)
+    out = common.output()
+    settings = common.settings()
     plan = mirror.plan_mirror(settings, os.environ, list(names or ()), host, port, max_transfers)
     for model in plan.models:
         state = "verified" if model.verified else f"not served until fetched ({model.problem})"

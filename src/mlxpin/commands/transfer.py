@@ -7,10 +7,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from mlxpin.config import Settings
-from mlxpin.errors import DiskError, NoInputError, PinMismatchError, UsageError
+from mlxpin.errors import DiskError, ExitCode, NoInputError, PinMismatchError, UsageError
 from mlxpin.project.lockfile import LockedModel, lock_path, read_lock, write_lock
 from mlxpin.project.selection import lock_dir_mutex, locked_models, manifest_of, pick
 from mlxpin.store.bundle import BundleReader
@@ -27,6 +27,18 @@ class ExportResult:
     total_size: int
     written_bytes: int
     output: str  # a path, or "-" for stdout
+
+    exit_code = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "output": self.output,
+            "models": list(self.models),
+            "blobs": self.blobs,
+            "total_size": self.total_size,
+            "bytes": self.written_bytes,
+        }
 
 
 def export(
@@ -81,12 +93,33 @@ class ImportedModelResult:
     commit: str | None
     lock: str  # "same" (the project pins the same) | "written" | "absent" (not adopted)
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "snapshot": str(self.snapshot),
+            "files": self.files,
+            "total_size": self.total_size,
+            "written_bytes": self.written_bytes,
+            "commit": self.commit,
+            "lock": self.lock,
+        }
+
 
 @dataclass(frozen=True)
 class ImportResult:
     models: tuple[ImportedModelResult, ...]
     received_bytes: int
     source: str
+
+    exit_code = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "source": self.source,
+            "received_bytes": self.received_bytes,
+            "models": [m.to_json() for m in self.models],
+        }
 
 
 def _pin(lock: LockedModel) -> str:
