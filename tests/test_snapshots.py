@@ -108,6 +108,12 @@ def normalise(value: Any, volatile: list[tuple[str, str]]) -> Any:
     return value
 
 
+# One scenario's normalised result (argv, exit_code, stdout, stderr_errors), and a story's
+# results by scenario name.
+Outcome = dict[str, Any]
+Outcomes = dict[str, Outcome]
+
+
 def parsed_stdout(stdout: str) -> Any:
     if not stdout.strip():
         return None
@@ -125,7 +131,7 @@ class Story:
     project: Project
     tmp: Path
     volatile: list[tuple[str, str]]
-    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outcomes: Outcomes = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -156,7 +162,7 @@ class Story:
 StoryScript = Callable[[Story], None]
 
 
-def play(script: StoryScript, tmp: Path) -> dict[str, dict[str, Any]]:
+def play(script: StoryScript, tmp: Path) -> Outcomes:
     """Run one story on a fresh hub in `tmp`; its scenarios' outcomes by name."""
     with HubServer() as hub:
         root = tmp / "project"
@@ -427,7 +433,7 @@ STORIES: dict[str, StoryScript] = {
 # --- the tests --------------------------------------------------------------------------
 
 
-def mismatch(scenario: str, outcome: dict[str, Any]) -> str | None:
+def mismatch(scenario: str, outcome: Outcome) -> str | None:
     """How `outcome` differs from the stored snapshot (None: it does not); rewrites the
     snapshot instead when updating."""
     path = SNAPSHOT_DIR / f"{scenario}.json"
@@ -447,20 +453,20 @@ def mismatch(scenario: str, outcome: dict[str, Any]) -> str | None:
     return f"{scenario}:\n" + "\n".join(diff)
 
 
+PlayedStories = dict[str, Future[Outcomes]]
+
+
 @pytest.fixture(scope="module")
-def played_stories(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, Future[dict[str, dict[str, Any]]]]]:
+def played_stories(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlayedStories]:
     """Every story, started at once in the background: its outcomes by story name."""
     homes = {name: tmp_path_factory.mktemp(name) for name in STORIES}
     with ThreadPoolExecutor(max_workers=CONCURRENT_STORIES) as pool:
         yield {name: pool.submit(play, script, homes[name]) for name, script in STORIES.items()}
+        pool.shutdown(cancel_futures=True)  # after `pytest -x`: do not start the rest
 
 
 @pytest.mark.parametrize("name", list(STORIES))
-def test_story_matches_its_snapshots(
-    name: str, played_stories: dict[str, Future[dict[str, dict[str, Any]]]]
-) -> None:
+def test_story_matches_its_snapshots(name: str, played_stories: PlayedStories) -> None:
     outcomes = played_stories[name].result()
     mismatches = [m for s, o in outcomes.items() if (m := mismatch(s, o)) is not None]
     if mismatches:
@@ -472,9 +478,7 @@ def test_story_matches_its_snapshots(
         )
 
 
-def test_every_snapshot_file_has_one_scenario(
-    played_stories: dict[str, Future[dict[str, dict[str, Any]]]],
-) -> None:
+def test_every_snapshot_file_has_one_scenario(played_stories: PlayedStories) -> None:
     if any(future.exception() is not None for future in played_stories.values()):
         pytest.skip("a story failed: its test says why")
     scenarios = [s for future in played_stories.values() for s in future.result()]
