@@ -8,7 +8,8 @@ Each scenario runs ``python -m mlxpin ARGS --json`` in a subprocess against the 
     exit_code      the process's exit status (sysexits: 0, 2, 65, 66, 69, 70, 77, 78)
     stdout         the ``--json`` document, parsed (null when the command printed nothing,
                    the raw text when it printed something that is not JSON)
-    stderr_errors  the ``mlxpin: error:`` / ``hint:`` / ``mlxpin: warning:`` lines of stderr
+    stderr_errors  the ``mlxpin: error:`` / ``internal error:`` / ``hint:`` / ``warning:``
+                   lines of stderr (logs and progress are left out)
 
 Volatile parts are normalised first, by `normalise`: the story's temporary directory becomes
 ``<TMP>``, the loopback hub's URL ``<HUB>``, another ephemeral port ``<PORT>``, the Python
@@ -16,6 +17,9 @@ interpreter ``<PYTHON>``, a duration ``<T>``, a file name derived from an absolu
 ``<HASH OF PATH>`` and a size that counts directory entries and symlinks ``<FS SIZE>``.
 Everything else must match exactly: commit ids, dates, sizes and hashes are deterministic
 because the hub's are (git object ids of commits with fixed dates).
+
+The model is a synthetic four-file repo, not the generated tiny model: `launch --dry-run`
+never reads weights, and the hashes then depend on nothing but this file.
 
 Scenarios come in stories: a story is a sequence of commands on its own hub and project,
 where each command sees what the ones before it did. Stories are independent, so they run
