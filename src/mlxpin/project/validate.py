@@ -98,6 +98,8 @@ def relpath_problem(path: str) -> str | None:
 
 def _folded(path: str) -> str:
     """How a case- and normalisation-insensitive filesystem (macOS's default) sees a name."""
+    if path.isascii():
+        return path.lower()
     return unicodedata.normalize("NFC", path).casefold()
 
 
@@ -111,7 +113,8 @@ def tree_problem(paths: Iterable[str]) -> str | None:
     files: dict[str, str] = {}  # folded -> as written
     dirs: dict[str, str] = {}
     for path in paths:
-        for part in path.split("/"):
+        parts = path.split("/")
+        for part in parts if len(path) > MAX_NAME_BYTES // 4 else ():
             if len(part.encode("utf-8")) > MAX_NAME_BYTES:
                 return (
                     f"file name {path!r} has a component longer than {MAX_NAME_BYTES} bytes "
@@ -125,9 +128,9 @@ def tree_problem(paths: Iterable[str]) -> str | None:
                 "(a case-insensitive filesystem such as macOS's holds only one of them)"
             )
         files[folded] = path
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            prefix = "/".join(parts[:i])
+        prefix = ""
+        for part in parts[:-1]:
+            prefix = f"{prefix}/{part}" if prefix else part
             dirs.setdefault(_folded(prefix), prefix)
     for folded, path in sorted(files.items()):
         if folded in dirs:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from mlxpin.errors import IntegrityError, SnapshotMissingError
+from mlxpin.errors import DiskError, IntegrityError, SnapshotMissingError
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.project.validate import is_commit
 from mlxpin.store.layout import (
@@ -384,12 +384,17 @@ def _link(target: str, link: Path) -> None:
 
 
 def _write_ref(ref: Path, commit: str) -> None:
+    """Best effort: the pin itself (blobs, view, stamp) does not depend on refs, so a ref
+    another user owns in a shared cache is a warning, not a failed fetch."""
     try:
         if not ref.is_symlink() and ref.read_bytes() == commit.encode():
             return
     except OSError:
         pass
-    write_atomic(ref, commit.encode())  # no newline, as huggingface_hub writes it
+    try:
+        write_atomic(ref, commit.encode())  # no newline, as huggingface_hub writes it
+    except (OSError, DiskError) as exc:
+        log.warning("cannot set %s to %s: %s", ref, commit, exc)
 
 
 def link_hub_snapshot(layout: StoreLayout, lock: LockedModel) -> None:

@@ -271,7 +271,7 @@ def list_view(view: Path, expected: frozenset[str] = frozenset()) -> ViewListing
         )
     if not stat_mod.S_ISDIR(st.st_mode):
         return ViewListing(problem="the snapshot is not a directory")
-    dirs = {p.rsplit("/", i)[0] for p in expected for i in range(1, p.count("/") + 1)}
+    dirs: set[str] | None = None  # directories the lock's files live in (when needed)
     links: dict[str, str] = {}
     foreign: list[tuple[str, str]] = []
     pending = [("", str(view))]
@@ -284,6 +284,12 @@ def list_view(view: Path, expected: frozenset[str] = frozenset()) -> ViewListing
                     if entry.is_symlink():
                         links[rel] = os.readlink(entry.path)
                     elif entry.is_dir(follow_symlinks=False):
+                        if dirs is None:
+                            dirs = {
+                                p.rsplit("/", i)[0]
+                                for p in expected
+                                for i in range(1, p.count("/") + 1)
+                            }
                         if rel in dirs:
                             pending.append((rel + "/", entry.path))
                         else:
