@@ -498,7 +498,7 @@ def test_a_blob_corrupted_on_the_mirror_is_never_taken_as_good(
         b.env["HF_ENDPOINT"] = mirror.url
         result = b.run("fetch")
     assert result.returncode == 65, result.stderr
-    assert "is not served at this commit" in result.stderr or "hash to" in result.stderr
+    assert "is not on the Hub at this commit" in result.stderr or "hash to" in result.stderr
     assert b.json("status")["models"][0]["fetch"] == "missing"
 
 

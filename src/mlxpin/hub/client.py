@@ -300,8 +300,8 @@ class HubDownloader:
                 raise errors.HubProtocolError(
                     repo,
                     commit,
-                    f"{path} is not served at this commit (an `mlxpin mirror` serves only "
-                    "files it has verified)",
+                    f"{path} is not on the Hub at this commit any more (an `mlxpin mirror` "
+                    "serves only files it has verified)",
                 ) from None
             except (HfHubHTTPError, OfflineModeIsEnabled) as exc:
                 raise self._client.translate(exc, repo, commit) from None
