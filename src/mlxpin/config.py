@@ -12,6 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+# What to do when a directory mlxpin must write cannot be written (exit 74).
+STATE_DIR_HINT = (
+    "mlxpin keeps its state (locks, snapshots, run directories) in MLXPIN_HOME "
+    "(default: $HF_HOME/mlxpin): point it at a writable directory or fix the permissions"
+)
+HUB_CACHE_HINT = (
+    "downloads go to the Hub cache, HF_HUB_CACHE (default: $HF_HOME/hub; --cache-dir "
+    "overrides it): point it at a writable directory or fix the permissions"
+)
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 

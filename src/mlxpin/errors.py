@@ -186,11 +186,12 @@ class DiskError(MlxpinError):
     exit_code = ExitCode.IO
     kind = "disk"
 
-    def __init__(self, path: Path, detail: str) -> None:
+    def __init__(self, path: Path, detail: str, hint: str | None = None) -> None:
         self.path = path
         super().__init__(
             f"cannot write {path}: {detail}",
-            "free some space or fix the permissions, then run the command again "
+            hint
+            or "free some space or fix the permissions, then run the command again "
             "(finished files are kept)",
         )
 

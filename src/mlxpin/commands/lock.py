@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlxpin.config import Settings
+from mlxpin.config import STATE_DIR_HINT, Settings
 from mlxpin.errors import MlxpinError
 from mlxpin.hub.resolve import Resolution, resolve
 from mlxpin.project.lockfile import (
@@ -27,6 +27,7 @@ from mlxpin.project.selection import (
 )
 from mlxpin.util.atomic import hold_lock
 from mlxpin.util.parallel import run_parallel
+from mlxpin.util.writable import require_writable_dir
 
 if TYPE_CHECKING:
     from mlxpin.hub.client import HubClient
@@ -111,6 +112,7 @@ def lock(
     picked = pick(manifest, names)
     specs = with_dependencies(manifest, picked)
     moving = {s.name for s in picked} if update else set()
+    require_writable_dir(lock_dir_mutex(settings).parent, STATE_DIR_HINT)
     with hold_lock(lock_dir_mutex(settings)):
         locks = read_locks(settings.lock_dir, [s.name for s in specs])
         states = {s.name: s for s in diff(manifest, locks, ())}

@@ -31,7 +31,7 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 
-from mlxpin.config import Settings
+from mlxpin.config import STATE_DIR_HINT, Settings
 from mlxpin.errors import ConfigError, ManifestError, UsageError
 from mlxpin.project.lockfile import lock_path
 from mlxpin.project.manifest import (
@@ -43,6 +43,7 @@ from mlxpin.project.manifest import (
 )
 from mlxpin.project.tomllines import ASSIGN_RE, HEADER_RE, split_key
 from mlxpin.util.atomic import hold_lock, write_atomic
+from mlxpin.util.writable import require_writable_dir
 
 
 class EditError(ConfigError):
@@ -350,6 +351,7 @@ def add(
     if path is not None and revision is not None:
         raise UsageError("--revision is for --repo; a local --path has no revision")
     manifest_path = settings.manifest_path
+    require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
     with hold_lock(_manifest_mutex(settings), 30.0):
         text = _read(manifest_path)
         document = _unwrap(text, manifest_path)
@@ -411,6 +413,7 @@ def remove(settings: Settings, name: str) -> RemoveResult:
     from mlxpin.project.selection import lock_dir_mutex, pick
 
     manifest_path = settings.manifest_path
+    require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
     with hold_lock(_manifest_mutex(settings), 30.0):
         text = _read(manifest_path)
         manifest = parse_manifest(text.encode("utf-8"), manifest_path)

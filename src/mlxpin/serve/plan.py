@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxpin.config import Settings
+from mlxpin.config import STATE_DIR_HINT, Settings
 from mlxpin.errors import (
     ConfigError,
     IntegrityError,
@@ -25,6 +25,7 @@ from mlxpin.project.lockfile import LockedModel, valid_locks
 from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
 from mlxpin.project.serveropts import server_argv
 from mlxpin.store.layout import StoreLayout, check_stamp
+from mlxpin.util.writable import require_writable_dir
 
 PRIVATE_HOST = "127.0.0.1"
 API_KEY_VARIABLE = "MLXPIN_API_KEY"
@@ -172,6 +173,8 @@ def plan_launch(
 ) -> LaunchPlan:
     manifest = load_manifest(settings.manifest_path, parser="tomllib")
     spec = choose_model(manifest, name, settings)
+    run_dir = settings.state_dir / "run"  # the server's cwd and pid file go here
+    require_writable_dir(run_dir, STATE_DIR_HINT)  # else a supervisor restarts us in a loop
     layout = StoreLayout.of(settings)
     roles: list[tuple[str, str, ModelSpec]] = [("model", "--model", spec)]
     for role, flag, target in (
@@ -200,7 +203,7 @@ def plan_launch(
         server_args=tuple(args),
         env_set=OFFLINE_ENV,
         env_unset=REMOVED_ENV,
-        cwd=settings.state_dir / "run" / f"{spec.name}-{spec.port}",
+        cwd=run_dir / f"{spec.name}-{spec.port}",
         snapshots=tuple(snapshots),
         api_key_required=read_api_key(environ) is not None,
     )
