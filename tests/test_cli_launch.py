@@ -134,6 +134,20 @@ def test_missing_or_stale_lock_refuses_with_78(hub: HubServer, project: Project)
     assert "run `mlxpin lock tiny`" in result.stderr
 
 
+def test_server_value_that_reads_as_a_flag_is_refused_at_validation_with_78(
+    project: Project,
+) -> None:
+    """Passed on, `--chat-template --trust-remote-code` would fail every server start."""
+    project.write_manifest(manifest(free_port(), 'chat_template = "--trust-remote-code"'))
+    for args in (("launch", "--dry-run"), ("launch",), ("lock", "--check")):
+        result = project.run(*args)
+        assert result.returncode == 78, result.stderr
+        assert (
+            f"{project.root / 'manifest.toml'}:13: models.tiny.server.chat_template: "
+            "must not start with '-'"
+        ) in result.stderr
+
+
 def test_unfetched_snapshot_refuses_with_66(
     hub: HubServer, project: Project, tmp_path: Path
 ) -> None:

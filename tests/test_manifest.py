@@ -387,3 +387,45 @@ def test_unknown_home_directory_in_a_path_is_a_clean_error() -> None:
     error = error_of(GOOD.replace('path = "./models/drafter"', 'path = "~nosuchuser-xyz/m"'))
     assert error.key == "models.drafter.launch.path"
     assert "home directory" in error.message
+
+
+# --- [server] strings that argparse would read as a flag ------------------------------------
+
+DASH_VALUES = [
+    ('chat_template = "--trust-remote-code"', "chat_template"),
+    ('chat_template = "-x"', "chat_template"),
+    ('allowed_origins = ["http://a", "--host"]', "allowed_origins"),
+    ('allowed_origins = ["-"]', "allowed_origins"),
+]
+
+
+@pytest.mark.parametrize(("option", "key"), DASH_VALUES)
+@pytest.mark.parametrize("parser", ["tomlkit", "tomllib"])
+def test_server_strings_starting_with_a_dash_are_refused(
+    option: str, key: str, parser: Parser
+) -> None:
+    """`--chat-template -x` makes every mlx_lm.server start fail (argparse reads a flag)."""
+    text = GOOD.replace("max_tokens = 2048", option)
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(text.encode(), FILE, parser)
+    assert info.value.key == f"models.gemma.server.{key}"
+    assert info.value.line == 16
+    assert "must not start with '-'" in info.value.message
+    assert str(info.value).startswith(f"{FILE}:16: ")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["chat_template", "allowed_origins", "log_level"]),
+    st.text(min_size=1, max_size=12),
+)
+def test_no_accepted_server_value_reads_as_a_flag(key: str, value: str) -> None:
+    raw = [value] if key == "allowed_origins" else value
+    doc = {"models": {"gemma": {"api_label": "g", "launch": {"repo": "o/n"}, "server": {key: raw}}}}
+    try:
+        manifest = parse_manifest(tomlkit.dumps(doc).encode(), FILE)
+    except ManifestError:
+        return
+    argv = server_argv(manifest.models[0].server)
+    assert argv[0].startswith("--")
+    assert not any(arg.startswith("-") for arg in argv[1:]), argv
