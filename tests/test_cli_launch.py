@@ -148,6 +148,21 @@ def test_server_value_that_reads_as_a_flag_is_refused_at_validation_with_78(
         ) in result.stderr
 
 
+@pytest.mark.parametrize("depth", [300, 1000])
+def test_a_manifest_nested_too_deep_is_78_with_its_line_for_launch_and_lock(
+    project: Project, depth: int
+) -> None:
+    """launch reads with tomllib, lock with tomlkit: the same refusal, never a RecursionError."""
+    nested = "{ a = " * depth + "1" + " }" * depth
+    project.write_manifest(manifest(free_port(), f"chat_template_args = {nested}"))
+    where = f"{project.root / 'manifest.toml'}:13: "
+    for args in (("launch", "--dry-run"), ("launch",), ("lock", "--check"), ("lock",)):
+        result = project.run(*args)
+        assert result.returncode == 78, (args, result.stderr[-500:])
+        assert where in result.stderr and "nested more than 100 levels deep" in result.stderr
+        assert "Recursion" not in result.stderr
+
+
 def test_unfetched_snapshot_refuses_with_66(
     hub: HubServer, project: Project, tmp_path: Path
 ) -> None:

@@ -272,3 +272,19 @@ def test_remove_keeps_the_previous_tables_trailing_comment(tmp_path: Path) -> No
     removed = "".join("".join(lines[start:end]) for start, end in model_spans(text, "a"))
     assert '# revision = "v2"' not in removed
     assert removed.startswith("[models.a]")
+
+
+@pytest.mark.parametrize("command", [("add", "qwen", "--repo", "o/n"), ("remove", "drafter")])
+def test_a_manifest_nested_too_deep_is_refused_with_its_line_not_a_crash(
+    env: Env, command: tuple[str, ...]
+) -> None:
+    """Twelve inline tables under 90-part keys: past the limit, and past tomlkit's stack."""
+    key = ".".join(["k"] * 90)
+    deep = "x = " + f"{{ {key} = " * 12 + "1" + " }" * 12
+    text = env.manifest.read_text().replace("max_tokens = 64", f"max_tokens = 64\n{deep}")
+    env.manifest.write_text(text)
+    line = text[: text.index("x = {")].count("\n") + 1
+    result = env.run(*command)
+    assert result.exit_code == 78, result.output
+    assert f"{env.manifest}:{line}: TOML document nested more than 200 levels deep" in result.stderr
+    assert env.manifest.read_text() == text

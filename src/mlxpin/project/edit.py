@@ -38,6 +38,7 @@ from mlxpin.project.manifest import (
     DEFAULT_PORT,
     DEFAULT_REVISION,
     Manifest,
+    check_nesting,
     load_manifest,
     parse_manifest,
 )
@@ -92,6 +93,7 @@ def render_model(model: NewModel) -> str:
 
 
 def _unwrap(text: str, path: Path) -> dict[str, Any]:
+    check_nesting(text, path)
     try:
         return tomlkit.parse(text).unwrap()
     except (tomlkit.exceptions.TOMLKitError, ValueError, TypeError, IndexError) as exc:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from mlxpin.errors import ManifestError
 from mlxpin.project import validate
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
-from mlxpin.project.tomllines import KeyLines
+from mlxpin.project.tomllines import KeyLines, nesting_problem
 
 MANIFEST_VERSION = 1
 DEFAULT_HOST = "127.0.0.1"
@@ -185,8 +185,22 @@ def parse_manifest(data: bytes, path: Path, parser: Parser = "tomlkit") -> Manif
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ManifestError(path, line, None, "is not valid UTF-8") from None
-    document = _parse_tomllib(text, path) if parser == "tomllib" else _parse_tomlkit(text, path)
+    check_nesting(text, path)  # before either reader: both refuse it, at the same line
+    read = _parse_tomllib if parser == "tomllib" else _parse_tomlkit
+    try:
+        document = read(text, path)
+    except RecursionError:  # the check above makes this unreachable; never a traceback
+        raise ManifestError(path, None, None, "TOML document nested too deeply") from None
     return _build(document, path, KeyLines(text))
+
+
+def check_nesting(text: str, path: Path) -> None:
+    """Refuse (78, file:line) TOML nested deeper than the readers can take (before parsing)."""
+    too_deep = nesting_problem(text)
+    if too_deep is not None:
+        raise ManifestError(
+            path, too_deep.line, None, too_deep.problem, "a manifest needs only a few levels"
+        )
 
 
 def _parse_tomlkit(text: str, path: Path) -> dict[str, Any]:

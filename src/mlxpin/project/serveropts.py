@@ -75,7 +75,7 @@ def _check_number(option: ServerOption, value: float) -> str | None:
 def _json_safe(value: object) -> bool:
     try:
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return False
     return True
 
