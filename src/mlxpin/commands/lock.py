@@ -95,6 +95,7 @@ def default_hub_client(settings: Settings) -> HubClient:
             endpoint=settings.endpoint,
             token_present=settings.token_present,
             offline=settings.offline,
+            deadline_s=settings.hub_deadline_s,
         )
     )
 
