@@ -8,6 +8,7 @@ mlx_lm.server behind the gateway, which the `openai` client calls by api_label.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -293,6 +294,18 @@ def test_supervisor_gives_up_with_70_after_its_restart_budget(tmp_path: Path) ->
     assert "failed 3 starts in a row without ever answering (last exit code 4)" in (
         info.value.message
     )
+
+
+def test_a_sub_second_restart_delay_is_reported_as_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    policy = SupervisorPolicy(backoff_initial_s=0.3, restart_budget=1, ready_timeout_s=5)
+    never = _stand_in_plan(tmp_path, "import sys; sys.exit(4)")
+    with pytest.raises(ServerCrashedError):
+        run_plan(never, {"PATH": "/usr/bin"}, policy)
+    assert "exited with code 4; restarting in 0.3 s" in caplog.text
+    assert "restarting in 0 s" not in caplog.text
 
 
 # --- the real thing ---------------------------------------------------------------------

@@ -553,3 +553,28 @@ def test_both_readers_agree_on_nesting_and_never_crash(
         assert outcomes[0][1] is not None and 7 <= outcomes[0][1] <= text.count("\n")
     elif brackets <= 100 and longest <= 100 and depth <= 195:
         assert not refused_for_depth, (brackets, longest, depth, outcomes[0])
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1.0", "1e0", "true", '"1"', "2"])
+@pytest.mark.parametrize("parser", ["tomlkit", "tomllib"])
+def test_version_must_be_the_integer_one(version: str, parser: Parser) -> None:
+    text = GOOD.replace("version = 1", f"version = {version}").encode()
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(text, FILE, parser)
+    assert info.value.line == 1 and info.value.key == "version"
+    assert info.value.hint == "write version = 1"
+
+
+def test_an_alias_equal_to_its_own_label_says_so() -> None:
+    error = error_of(GOOD.replace('aliases = ["gemma4"]', 'aliases = ["gemma-4-31b-it"]'))
+    assert error.key == "models.gemma.aliases"
+    assert error.line == 6
+    assert "repeats this model's own api_label" in error.message
+    assert "used by model" not in error.message
+    error = error_of(GOOD.replace('aliases = ["gemma4"]', 'aliases = ["g4", "g4"]'))
+    assert "listed twice" in error.message and "used by model" not in error.message
+    error = error_of(GOOD.replace('aliases = ["gemma4"]', 'aliases = ["gemma-drafter"]'))
+    assert "already used by model 'gemma'" in error.message  # the other model's own

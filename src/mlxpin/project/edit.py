@@ -280,6 +280,24 @@ def references_to(manifest: Manifest, name: str) -> list[str]:
 # --- side effects -----------------------------------------------------------------------------
 
 
+def _parse_added(new_text: str, old_lines: int, name: str, path: Path) -> Manifest:
+    """Validate the manifest `add` would write. A problem in the appended tables has no
+    line in the file on disk yet: it is named by its key, never by a line number."""
+    try:
+        return parse_manifest(new_text.encode("utf-8"), path)
+    except ManifestError as error:
+        if error.line is None or error.line <= old_lines:
+            raise  # a line the user wrote, still where the message says
+        raise ManifestError(
+            path,
+            None,
+            error.key,
+            f"{error.problem} (in the [models.{name}] tables `mlxpin add` would append; "
+            "nothing was written)",
+            error.hint,
+        ) from None
+
+
 def _manifest_mutex(settings: Settings) -> Path:
     digest = hashlib.sha256(str(settings.manifest_path).encode()).hexdigest()[:16]
     return settings.state_dir / "locks" / f"manifest-{digest}.lock"
@@ -374,7 +392,7 @@ def add(
             files=tuple(files) if files else None,
         )
         new_text = add_model_text(text, model, manifest_path)
-        manifest = parse_manifest(new_text.encode("utf-8"), manifest_path)
+        manifest = _parse_added(new_text, len(text.splitlines()), name, manifest_path)
         spec = manifest.get(name)
         assert spec is not None
         warnings: list[str] = []

@@ -231,7 +231,7 @@ def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest
     check = _Checker(path, lines)
     check.known_keys(document, (), _TOP_KEYS)
     version = document.get("version", MANIFEST_VERSION)
-    if isinstance(version, bool) or version != MANIFEST_VERSION:
+    if type(version) is not int or version != MANIFEST_VERSION:  # not 1.0, not true
         raise check.fail(
             ("version",), f"unsupported manifest version {version!r}", "write version = 1"
         )
@@ -465,6 +465,16 @@ def _check_cross_references(
         for index, label in enumerate(model.labels):
             key = "api_label" if index == 0 else "aliases"
             other = owner_of_label.get(label)
+            if other == model.name:
+                own = label == model.api_label
+                raise check.fail(
+                    ("models", model.name, key),
+                    f"alias {label!r} "
+                    + ("repeats this model's own api_label" if own else "is listed twice"),
+                    "remove it from aliases: the api_label is always accepted"
+                    if own
+                    else "list each alias once",
+                )
             if other is not None:
                 raise check.fail(
                     ("models", model.name, key),

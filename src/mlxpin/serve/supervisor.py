@@ -140,7 +140,7 @@ class Supervisor:
             if now - started > self.policy.budget_window_s:
                 delay = self.policy.backoff_initial_s
             log.warning(
-                "%s: mlx_lm.server exited with code %s; restarting in %.0f s",
+                "%s: mlx_lm.server exited with code %s; restarting in %.4g s",
                 self.plan.name,
                 code,
                 delay,
