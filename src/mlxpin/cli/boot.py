@@ -53,6 +53,12 @@ def plan_json(plan: LaunchPlan) -> dict[str, Any]:
         "cwd": str(plan.cwd),
         "upstream_model": plan.upstream_model,
         "api_key_required": plan.api_key_required,
+        "gateway": {
+            "request_timeout": plan.gateway.request_timeout,
+            "max_body": plan.gateway.max_body,
+            "max_connections": plan.gateway.max_connections,
+            "header_timeout": plan.gateway.header_timeout,
+        },
         "snapshots": [
             {
                 "name": s.name,
@@ -87,6 +93,10 @@ def plan_text(plan: LaunchPlan) -> str:
         "env unset  " + " ".join(plan.env_unset),
         f"cwd        {plan.cwd}  (emptied at start)",
         f"api key    {key}",
+        f"limits     request_timeout {plan.gateway.request_timeout:g} s, "
+        f"max_body {human_size(plan.gateway.max_body)}, "
+        f"max_connections {plan.gateway.max_connections}, "
+        f"header_timeout {plan.gateway.header_timeout:g} s",
     ]
     for snap in plan.snapshots:
         pin = short_commit(snap.commit) if snap.commit else snap.tree_hash[:19]
