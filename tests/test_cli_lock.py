@@ -557,3 +557,33 @@ def test_a_complete_answer_with_truncated_json_is_65_not_69(
     assert f"{REPO}@main: the Hub answered with unsafe or malformed data" in result.stderr
     assert "not valid JSON" in result.stderr
     assert "check the network" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("served", "needle"),
+    [
+        ("tokenizer.json/x", "tokenizer.json"),  # a file and a directory of the same name
+        ("a" * 256 + ".json", "longer than 255 bytes"),
+        ("d/" + "é" * 128, "longer than 255 bytes"),  # 256 bytes in UTF-8
+        ("Tokenizer.json", "differ only in case"),  # one file on macOS
+    ],
+)
+def test_file_names_the_filesystem_cannot_hold_are_refused_at_lock_time(
+    hub: HubServer, project: Project, served: str, needle: str
+) -> None:
+    seed_repo(hub)
+    hub.hostile_filename(REPO, "config.json", served)
+    project.write_manifest(manifest())
+    result = project.run("lock")
+    assert result.returncode == 65, result.stderr
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert not (project.lock_dir / "tiny.toml").exists()
+
+
+def test_clashing_names_can_be_left_out_with_files(hub: HubServer, project: Project) -> None:
+    seed_repo(hub)
+    hub.hostile_filename(REPO, "config.json", "tokenizer.json/x")
+    project.write_manifest(manifest(extra='files = ["*.json", "*.safetensors"]'))
+    project.ok("lock")
+    assert "tokenizer.json/x" not in project.lock_text("tiny")

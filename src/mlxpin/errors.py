@@ -8,7 +8,8 @@ error (do not restart) from a temporary one (try again later)::
     ├── DataError               65   bytes that do not match what we trust
     │   ├── IntegrityError           a file's size or hash differs from the lock
     │   ├── LockCorruptError         a lock file that is not what `mlxpin lock` writes
-    │   └── HubProtocolError         a Hub/mirror answered with hostile or malformed data
+    │   ├── HubProtocolError         a Hub/mirror answered with hostile or malformed data
+    │   └── UnstorableFilesError     a source's file names cannot be laid out on disk
     ├── NoInputError            66   something to read is absent
     │   └── SnapshotMissingError     a locked model was never fetched, or changed since
     ├── UnavailableError        69   a service is not there
@@ -141,6 +142,19 @@ class HubProtocolError(DataError):
         super().__init__(
             f"{repo}@{revision}: the Hub answered with unsafe or malformed data: {problem}",
             "check HF_ENDPOINT: a mirror or proxy may be misbehaving; nothing was written",
+        )
+
+
+class UnstorableFilesError(DataError):
+    kind = "unstorable_files"
+
+    def __init__(self, model: str, where: str, problem: str) -> None:
+        self.model = model
+        self.problem = problem
+        super().__init__(
+            f"{model}: {where}: {problem}",
+            "leave those files out with `files` in the model's [launch] table (patterns "
+            "match like `hf download --include`), or rename them at the source",
         )
 
 

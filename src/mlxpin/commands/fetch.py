@@ -113,8 +113,14 @@ class VerifyResult:
     def first_problem(self) -> IntegrityError | None:
         """The error that stands for a failed verification (its hint is the next step)."""
         for model in self.models:
+            for path in model.differs:
+                return IntegrityError(model.name, path, dict(model.bad)[path])
+        for model in self.models:  # only missing or extra files: fetch rebuilds the view
             for path, problem in model.bad:
-                return IntegrityError(model.name, path, problem)
+                return IntegrityError(model.name, path, problem).with_hint(
+                    "the snapshot lacks locked files or holds files the lock does not list; "
+                    f"run `mlxpin fetch {model.name}` to rebuild it"
+                )
         return None
 
     @property

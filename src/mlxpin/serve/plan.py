@@ -164,7 +164,7 @@ def _pinned(layout: StoreLayout, lock: LockedModel, role: str, verify: bool) -> 
     else:
         stamp = check_stamp(layout, lock)
         if not stamp.ok:
-            raise SnapshotMissingError(lock.name, f"snapshot {stamp.problem}")
+            raise SnapshotMissingError(lock.name, stamp.problem or "snapshot not verified")
     return PinnedSnapshot(
         name=lock.name,
         role=role,
@@ -180,9 +180,12 @@ def _verify(layout: StoreLayout, lock: LockedModel) -> None:
     from mlxpin.store.fetch import NoProgress, verify_model
 
     outcome = verify_model(layout, lock, NoProgress())
-    if outcome.bad:
+    if outcome.differs:
+        path = outcome.differs[0]
+        raise IntegrityError(lock.name, path, dict(outcome.bad)[path])
+    if outcome.bad:  # missing or extra files: `mlxpin fetch` rebuilds the snapshot
         path, problem = outcome.bad[0]
-        raise IntegrityError(lock.name, path, problem)
+        raise SnapshotMissingError(lock.name, f"{path}: {problem}")
 
 
 def plan_launch(
