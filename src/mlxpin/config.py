@@ -6,13 +6,10 @@ in the environment can change what is locked, fetched or launched.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from mlxpin.errors import ConfigError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 HUB_DEADLINE_VARIABLE = "MLXPIN_HUB_DEADLINE"
@@ -45,24 +42,9 @@ class Settings:
     offline: bool
     token_present: bool
     debug: bool
-    hub_deadline: str | None = None  # MLXPIN_HUB_DEADLINE as written; see hub_deadline_s
-
-    @property
-    def hub_deadline_s(self) -> float:
-        """Seconds one Hub look-up may take in all (checked only by commands that use it,
-        so a bad value never stops an offline `launch`)."""
-        if self.hub_deadline is None:
-            return DEFAULT_HUB_DEADLINE_S
-        try:
-            seconds = float(self.hub_deadline)
-        except ValueError:
-            seconds = math.nan
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise ConfigError(
-                f"{HUB_DEADLINE_VARIABLE}={self.hub_deadline} is not a number of seconds",
-                f"set it to a positive number such as {DEFAULT_HUB_DEADLINE_S:g}, or unset it",
-            )
-        return seconds
+    # MLXPIN_HUB_DEADLINE as written; checked only by the commands that use the Hub, so a
+    # bad value never stops an offline `launch`.
+    hub_deadline: str | None = None
 
 
 def _expand(value: str) -> Path:
