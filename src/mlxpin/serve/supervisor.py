@@ -190,7 +190,8 @@ class Supervisor:
         """Send 1-token completions until one succeeds. A large model loads during the
         first one, so each attempt may take until the deadline; the server exiting or a
         stop request ends the wait at once."""
-        from mlxpin.serve.gateway import warm_up_status
+        from mlxpin.serve.gateway import upstream_of
+        from mlxpin.serve.upstream import warm_up_status
 
         deadline = time.monotonic() + self.policy.ready_timeout_s
         errors_in_a_row = 0
@@ -201,7 +202,9 @@ class Supervisor:
                 await self._stop_server()
                 return False
             attempt: asyncio.Future[Any] = asyncio.ensure_future(
-                warm_up_status(self.config, self.state, timeout_s=remaining)
+                warm_up_status(
+                    upstream_of(self.config, self.state), self.state, timeout_s=remaining
+                )
             )
             await asyncio.wait({attempt, exited, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not attempt.done():
