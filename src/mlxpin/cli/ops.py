@@ -47,6 +47,28 @@ class PlatformChoice(StrEnum):
 
 
 NameArg = Annotated[str, typer.Argument(help="Model name from the manifest.", show_default=False)]
+UnitNameArg = Annotated[
+    str | None,
+    typer.Argument(help="Model name from the manifest (or --serve).", show_default=False),
+]
+ServeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--serve",
+        help="The unit boots `mlxpin serve` (every model behind one endpoint) instead of "
+        "`mlxpin launch NAME`; it is named mlxpin-serve (io.mlxpin.serve on macOS).",
+    ),
+]
+
+
+def _unit_name(name: str | None, serve: bool) -> str:
+    if serve and name is not None:
+        raise typer.BadParameter("give a model NAME or --serve, not both")
+    if not serve and name is None:
+        raise typer.BadParameter("say which model (NAME), or --serve for `mlxpin serve`")
+    return name or "serve"
+
+
 SystemOpt = Annotated[
     bool,
     typer.Option(
@@ -118,6 +140,7 @@ def _build(
     cache_dir: Path | None,
     manifest: Path | None,
     lock_dir: Path | None,
+    serve: bool = False,
 ) -> BuiltSpec:
     from mlxpin.serve import units as service
 
@@ -131,13 +154,15 @@ def _build(
         log_file=log_file,
         env_file=env_file,
         run_as=run_as,
+        serve=serve,
     )
 
 
 @service_app.command("install")
 @guarded
 def service_install(
-    name: NameArg,
+    name: UnitNameArg = None,
+    serve: ServeOpt = False,
     system: SystemOpt = False,
     platform: PlatformOpt = None,
     print_only: PrintOpt = False,
@@ -158,7 +183,8 @@ def service_install(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Write a boot unit running `mlxpin launch NAME` offline, with absolute paths.
+    """Write a boot unit running `mlxpin launch NAME` (or, with --serve, `mlxpin serve`)
+    offline, with absolute paths.
 
     Validates the manifest first; warns when the lock or the snapshot is not ready. The
     unit holds no secret and never restarts on a permanent error (exit 65/66/77/78).
@@ -168,8 +194,9 @@ def service_install(
     if print_only and enable:
         raise typer.BadParameter("--print and --enable cannot be combined")
     out = Output(as_json, quiet)
+    unit = _unit_name(name, serve)
     built = _build(
-        name, platform, system, log_file, env_file, run_as, cache_dir, manifest, lock_dir
+        unit, platform, system, log_file, env_file, run_as, cache_dir, manifest, lock_dir, serve
     )
     _warn(out, built.warnings)
     result = service.install(built, print_only=print_only, enable=enable)
@@ -207,7 +234,8 @@ def service_install(
 @service_app.command("uninstall")
 @guarded
 def service_uninstall(
-    name: NameArg,
+    name: UnitNameArg = None,
+    serve: ServeOpt = False,
     system: SystemOpt = False,
     platform: PlatformOpt = None,
     print_only: PrintOpt = False,
@@ -228,6 +256,7 @@ def service_uninstall(
     if print_only and disable:
         raise typer.BadParameter("--print and --disable cannot be combined")
     out = Output(as_json, quiet)
+    name = _unit_name(name, serve)
     result = service.uninstall(
         name,
         platform=_platform(platform),
@@ -265,7 +294,8 @@ def service_uninstall(
 @service_app.command("show")
 @guarded
 def service_show(
-    name: NameArg,
+    name: UnitNameArg = None,
+    serve: ServeOpt = False,
     system: SystemOpt = False,
     platform: PlatformOpt = None,
     log_file: LogFileOpt = None,
@@ -280,8 +310,9 @@ def service_show(
 ) -> None:
     """Print the unit `install` would write, and whether the installed one matches it."""
     out = Output(as_json, quiet)
+    name = _unit_name(name, serve)
     built = _build(
-        name, platform, system, log_file, env_file, run_as, cache_dir, manifest, lock_dir
+        name, platform, system, log_file, env_file, run_as, cache_dir, manifest, lock_dir, serve
     )
     _warn(out, built.warnings)
     try:
