@@ -62,10 +62,12 @@ ServeOpt = Annotated[
 
 
 def _unit_name(name: str | None, serve: bool) -> str:
+    from mlxpin.errors import UsageError
+
     if serve and name is not None:
-        raise typer.BadParameter("give a model NAME or --serve, not both")
+        raise UsageError("give a model NAME or --serve, not both")
     if not serve and name is None:
-        raise typer.BadParameter("say which model (NAME), or --serve for `mlxpin serve`")
+        raise UsageError("say which model: NAME, or --serve for the `mlxpin serve` unit")
     return name or "serve"
 
 
