@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -21,7 +21,6 @@ from mlxpin.cli.app import (
 )
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import lock as lock_cmd
-from mlxpin.errors import ExitCode, LockStaleError
 
 
 def describe_change(change: lock_cmd.LockChange) -> str | None:
@@ -52,25 +51,6 @@ def describe_change(change: lock_cmd.LockChange) -> str | None:
     if change.action == "removed":
         return f"{change.name}: removed orphaned {change.source}"
     return None
-
-
-def change_json(change: lock_cmd.LockChange) -> dict[str, Any]:
-    return {
-        "name": change.name,
-        "action": change.action,
-        "source": change.source,
-        "reason": change.reason,
-        "revision": change.revision,
-        "old_commit": change.old_commit,
-        "old_date": change.old_date,
-        "new_commit": change.new_commit,
-        "new_date": change.new_date,
-        "files_changed": change.files_changed,
-        "size_delta": change.size_delta,
-        "total_size": change.total_size,
-        "gated": change.gated,
-        "error": change.error.to_json() if change.error else None,
-    }
 
 
 @app.command("lock")
@@ -113,37 +93,24 @@ def lock_command(
         if update:
             raise typer.BadParameter("--check and --update cannot be combined")
         checked = lock_cmd.check(settings, selected)
-        bad = [s for s in checked.states if s.state != "ok"]
         for state in checked.states:
             if state.state == "ok":
                 out.line(f"{state.name}: ok")
             else:
                 out.line(f"{state.name}: {state.state} ({state.reason})")
-        out.result(
-            {
-                "ok": checked.ok,
-                "models": [
-                    {"name": s.name, "state": s.state, "reason": s.reason} for s in checked.states
-                ],
-            }
-        )
-        if bad:
-            error = LockStaleError(
-                [f"{s.name} is {s.state}" for s in bad],
-                [s.name for s in bad if s.state != "orphan"],
-            )
+        out.result(checked.to_json())
+        if checked.problem is not None:
             if not as_json:
-                report_error(error, False)
-            corrupt = any(s.state == "corrupt" for s in bad)
-            raise typer.Exit(int(ExitCode.DATA if corrupt else error.exit_code))
+                report_error(checked.problem, False)
+            raise typer.Exit(int(checked.exit_code))
         return
     result = lock_cmd.lock(settings, selected, update=update, jobs=jobs)
     for change in result.changes:
         text = describe_change(change)
         if text and not (quiet and change.action == "kept"):
             out.line(text)
-    out.result({"ok": not result.errors, "models": [change_json(c) for c in result.changes]})
+    out.result(result.to_json())
     if result.errors:
         for failure in result.errors:
             report_error(failure, False)
-        raise typer.Exit(int(result.errors[0].exit_code))
+        raise typer.Exit(int(result.exit_code))
