@@ -85,11 +85,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over the server's private Unix socket (the bench runs as the same user)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+Address = int | str  # a loopback port, or a Unix socket path
+
+
+def connect(address: Address, timeout: float) -> http.client.HTTPConnection:
+    if isinstance(address, str):
+        return UnixHTTPConnection(address, timeout)
+    return http.client.HTTPConnection("127.0.0.1", address, timeout=timeout)
+
+
 def post(
-    host: str, port: int, body: dict[str, object], conn: http.client.HTTPConnection | None
+    host: str, port: Address, body: dict[str, object], conn: http.client.HTTPConnection | None
 ) -> tuple[float, bytes]:
     payload = json.dumps(body).encode()
-    connection = conn or http.client.HTTPConnection(host, port, timeout=60)
+    connection = conn or connect(port, 60)
     started = time.perf_counter()
     connection.request(
         "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}
@@ -104,8 +127,8 @@ def post(
     return elapsed, data
 
 
-def stream_rate(port: int, body: dict[str, object]) -> float:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+def stream_rate(port: Address, body: dict[str, object]) -> float:
+    connection = connect(port, 120)
     payload = json.dumps({**body, "stream": True}).encode()
     connection.request(
         "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}
@@ -308,13 +331,15 @@ def cold_start(workdir: Path, env: dict[str, str], runs: int) -> None:
     print(f"  ratio {lm / bm:.2f}x, +{(lm - bm) * 1000:.0f} ms  (goal <= 1.1x, <= +100 ms)")
 
 
-def server_process(launch_pid: int) -> tuple[int, int]:
-    """(pid, private port) of the mlx_lm.server child of `mlxpin launch`."""
+def server_process(launch_pid: int) -> tuple[int, Address]:
+    """(pid, private port or socket) of the mlx_lm.server child of `mlxpin launch`."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for task in Path(f"/proc/{launch_pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 argv = Path(f"/proc/{child}/cmdline").read_text().split("\0")
+                if "--unix-socket" in argv:
+                    return int(child), argv[argv.index("--unix-socket") + 1]
                 if "--port" in argv:
                     return int(child), int(argv[argv.index("--port") + 1])
         time.sleep(0.1)

@@ -75,9 +75,31 @@ def setup(workdir: Path, env: dict[str, str], max_loaded: int | None) -> Path:
     return manifest
 
 
-def post(port: int, body: dict[str, object], conn: http.client.HTTPConnection | None) -> float:
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a server's private Unix socket (the bench runs as the same user)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+def connect(address: int | str, timeout: float) -> http.client.HTTPConnection:
+    if isinstance(address, str):
+        return UnixHTTPConnection(address, timeout)
+    return http.client.HTTPConnection("127.0.0.1", address, timeout=timeout)
+
+
+def post(
+    port: int | str, body: dict[str, object], conn: http.client.HTTPConnection | None
+) -> float:
     payload = json.dumps(body).encode()
-    connection = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    connection = conn or connect(port, 120)
     started = time.perf_counter()
     connection.request(
         "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}
@@ -159,10 +181,13 @@ def status(port: int) -> dict[str, dict[str, object]]:
     return {m["name"]: m for m in body["models"]}
 
 
-def private_port(pid: int) -> int:
+def private_address(pid: int) -> int | str:
+    """The server's Unix socket path (or loopback port), from its command line."""
     command = subprocess.run(
         ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=True
     ).stdout.split()
+    if "--unix-socket" in command:
+        return command[command.index("--unix-socket") + 1]
     return int(command[command.index("--port") + 1])
 
 
@@ -188,7 +213,12 @@ def cold_starts(workdir: Path, env: dict[str, str], manifest: Path, runs: int) -
             cwd=workdir,
         )
     )["plan"]["models"][0]
-    argv = [a for a in plan["argv"] if a not in ("--port", "<private>")]
+    shown = plan["argv"]
+    if "--unix-socket" in shown:  # mlxpin's launcher: the bare server gets the same options
+        server_args = shown[shown.index("--unix-socket") + 2 :]
+    else:
+        server_args = shown[shown.index("--host") : shown.index("--port")]
+    argv = [sys.executable, "-m", "mlx_lm", "server", *server_args]
     bare_times: list[float] = []
     serve_times: list[float] = []
     for _ in range(runs):
@@ -259,7 +289,7 @@ def latency(workdir: Path, env: dict[str, str], manifest: Path, requests: int) -
         post(port, message("gamma-chat"), None)
         models = status(port)
         assert all(m["state"] == "ready" for m in models.values()), models
-        direct_ports = {n: private_port(int(str(models[n]["pid"]))) for n in NAMES}
+        direct_ports = {n: private_address(int(str(models[n]["pid"]))) for n in NAMES}
         plan = json.loads(
             mlxpin(
                 "serve",
@@ -275,10 +305,7 @@ def latency(workdir: Path, env: dict[str, str], manifest: Path, requests: int) -
         )["plan"]["models"]
         upstream = {m["name"]: m["upstream_model"] for m in plan}
         gateway_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        direct_conns = {
-            n: http.client.HTTPConnection("127.0.0.1", p, timeout=60)
-            for n, p in direct_ports.items()
-        }
+        direct_conns = {n: connect(p, 60) for n, p in direct_ports.items()}
         direct: list[float] = []
         through: list[float] = []
         for index in range(20 + requests):

@@ -92,7 +92,15 @@ def test_dry_run_prints_the_whole_plan_offline(
     assert plan["api_label"] == "tiny-chat"
     assert plan["public"] == {"host": "127.0.0.1", "port": port}
     argv = plan["argv"]
-    assert argv[:4] == [sys.executable, "-m", "mlx_lm", "server"]
+    # mlx_lm.server, through mlxpin's launcher that serves it on a private Unix socket
+    assert argv[:5] == [
+        sys.executable,
+        "-m",
+        "mlxpin.serve.uds_server",
+        "--unix-socket",
+        "<private socket>",
+    ]
+    assert "--port" not in argv
     assert argv[argv.index("--model") + 1] == snapshot["path"] == plan["upstream_model"]
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--max-tokens") + 1] == "8"

@@ -58,7 +58,8 @@ def serve_plan_json(plan: ServePlan) -> dict[str, Any]:
                 "name": m.name,
                 "api_label": m.launch.api_label,
                 "aliases": list(m.launch.aliases),
-                "argv": [*m.launch.server_command, *m.launch.server_args, "--port", "<private>"],
+                "argv": m.launch.shown_argv(),
+                "private": "unix socket" if m.launch.private_socket else "loopback port",
                 "upstream_model": m.launch.upstream_model,
                 "weights": m.weights,
                 "cost": m.cost,
@@ -97,8 +98,7 @@ def serve_plan_text(plan: ServePlan) -> str:
             f"{m.name}: {m.launch.api_label}{aliases}  cost {human_size(m.cost)} "
             f"(weights {human_size(m.weights)}), {ttl}{extra}"
         )
-        argv = [*m.launch.server_command, *m.launch.server_args, "--port", "<private port>"]
-        lines.append("  argv     " + shlex.join(argv))
+        lines.append("  argv     " + shlex.join(m.launch.shown_argv()))
     return "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,7 @@ DEFAULT_PORT = 8080
 DEFAULT_REVISION = "main"
 
 _TOP_KEYS = ("version", "models", "serve")
-_MODEL_KEYS = ("api_label", "aliases", "port", "host", "launch", "server", "idle_ttl")
+_MODEL_KEYS = ("api_label", "aliases", "port", "host", "launch", "server", "gateway", "idle_ttl")
 _SERVE_KEYS = (
     "host",
     "port",
@@ -37,6 +37,10 @@ _SERVE_KEYS = (
 )
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_BUDGET = Budget()
+_GATEWAY_KEYS = ("request_timeout", "max_body", "max_connections", "header_timeout")
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+_SIZE_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30})
 _LAUNCH_KEYS = ("repo", "path", "revision", "files", "draft", "adapter")
 _HOSTNAME_RE = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
@@ -73,6 +77,20 @@ class LaunchSpec:
 
 
 @dataclass(frozen=True)
+class GatewaySpec:
+    """[models.X.gateway]: what the gateway allows this model's clients."""
+
+    request_timeout: float = 600.0
+    """Seconds of silence from the server before a request fails with 504."""
+    max_body: int = 8 * 1024 * 1024
+    """Largest request body in bytes (inline images count)."""
+    max_connections: int = 1000
+    """Client connections at once; past it, new ones get 503."""
+    header_timeout: float = 10.0
+    """Seconds a new connection has to send its request head."""
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     api_label: str
@@ -82,6 +100,7 @@ class ModelSpec:
     launch: LaunchSpec
     server: tuple[tuple[str, ServerValue], ...]
     line: int | None
+    gateway: GatewaySpec = field(default_factory=GatewaySpec)
     idle_ttl: float | None = None  # `serve`: this model's own idle TTL (None: [serve]'s)
 
     @property
@@ -127,6 +146,7 @@ class Manifest:
 _MISPLACED = {
     **{k: "launch" for k in _LAUNCH_KEYS},
     **{k: "server" for k in SERVER_OPTIONS},
+    **{k: "gateway" for k in _GATEWAY_KEYS},
 }
 
 
@@ -306,6 +326,7 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
         )
     launch = _launch(check, table["launch"], (*keys, "launch"), base)
     server = _server(check, table.get("server", {}), (*keys, "server"))
+    gateway = _gateway(check, table.get("gateway", {}), (*keys, "gateway"))
     idle_ttl = (
         _seconds(check, table["idle_ttl"], (*keys, "idle_ttl"), allow_zero=True)
         if "idle_ttl" in table
@@ -320,6 +341,7 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
         launch=launch,
         server=server,
         line=check.lines.line_of(keys),
+        gateway=gateway,
         idle_ttl=idle_ttl,
     )
 
@@ -478,6 +500,45 @@ def _server(
             )
         options.append((key, normalised))
     return tuple(sorted(options, key=lambda item: item[0]))
+
+
+def _gateway(check: _Checker, value: object, keys: tuple[str, ...]) -> GatewaySpec:
+    table = check.table(value, keys)
+    check.known_keys(table, keys, _GATEWAY_KEYS)
+    spec = GatewaySpec()
+    numbers: dict[str, float] = {}
+    for key in ("request_timeout", "header_timeout", "max_connections"):
+        if key not in table:
+            continue
+        raw = table[key]
+        whole = key == "max_connections"
+        kinds = (int,) if whole else (int, float)
+        if isinstance(raw, bool) or not isinstance(raw, kinds) or not 0 < raw < 10**7:
+            example = "max_connections = 1000" if whole else f"{key} = 600"
+            what = "a positive integer" if whole else "a positive number of seconds"
+            raise check.fail((*keys, key), f"{raw!r} is not {what}", f"e.g. {example}")
+        numbers[key] = raw
+    max_body = _size(check, table["max_body"], (*keys, "max_body")) if "max_body" in table else None
+    return GatewaySpec(
+        request_timeout=float(numbers.get("request_timeout", spec.request_timeout)),
+        max_body=max_body if max_body is not None else spec.max_body,
+        max_connections=int(numbers.get("max_connections", spec.max_connections)),
+        header_timeout=float(numbers.get("header_timeout", spec.header_timeout)),
+    )
+
+
+def _size(check: _Checker, value: object, keys: tuple[str, ...]) -> int:
+    """Bytes, from an integer or a string such as "8MiB" or "20 MB"."""
+    size: float | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value)):
+        size = float(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()]
+    if size is None or not 1 <= size <= 2**40:
+        raise check.fail(
+            keys, f"{value!r} is not a size in bytes", 'e.g. max_body = "8MiB" or 8388608'
+        )
+    return int(size)
 
 
 def _check_cross_references(

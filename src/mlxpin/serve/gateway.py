@@ -34,8 +34,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -73,6 +74,8 @@ __all__ = [
     "GatewayState",
     "build_app",
     "error_response",
+    "serve",
+    "serve_gateway",
     "start_gateway",
     "warm_up",
 ]
@@ -520,9 +523,14 @@ async def warm_up(config: GatewayConfig, state: GatewayState, *, timeout_s: floa
 
 
 async def serve(
-    app: web.Application, host: str, port: int, limits: ListenerLimits | None = None
+    app: web.Application,
+    host: str,
+    port: int,
+    limits: ListenerLimits | None = None,
+    sockets: Sequence[socket.socket] = (),
 ) -> web.AppRunner:
-    """Bind ``host:port`` and serve ``app``. Raises OSError if the address is taken.
+    """Serve ``app`` on ``sockets`` (already bound and listening), or else bind
+    ``host:port`` (raises OSError if the address is taken).
 
     Stop it with ``await runner.cleanup()``. With ``port=0`` the bound port is in
     ``runner.addresses``.
@@ -536,9 +544,12 @@ async def serve(
         keepalive_timeout=75.0,  # idle client connections (aiohttp's default is an hour)
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=512)
+    sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in sockets]
+    if not sites:
+        sites.append(web.TCPSite(runner, host, port, backlog=512))
     try:
-        await site.start()
+        for site in sites:
+            await site.start()
     except BaseException:
         await runner.cleanup()
         raise
@@ -547,6 +558,14 @@ async def serve(
 
 async def start_gateway(config: GatewayConfig, state: GatewayState) -> web.AppRunner:
     """Serve the one-model gateway of ``config`` on ``config.host:config.port``."""
-    runner = await serve(build_app(config, state), config.host, config.port, config.limits)
+    return await serve_gateway(config, state)
+
+
+async def serve_gateway(
+    config: GatewayConfig, state: GatewayState, sockets: Sequence[socket.socket] = ()
+) -> web.AppRunner:
+    """Serve the one-model gateway of ``config`` (on ``sockets`` if given)."""
+    app = build_app(config, state)
+    runner = await serve(app, config.host, config.port, config.limits, sockets)
     log.info("gateway for %r listening on %s:%s", config.api_label, config.host, config.port)
     return runner

@@ -98,11 +98,12 @@ class _Handler(RequestHandler):
         super().connection_made(transport)
         server = self._manager
         assert isinstance(server, _Server)
-        open_now = len(server.connections)
+        open_now = len(server._connections)
         if open_now > server.cap:
+            # No force_close(): aiohttp's request loop would close the transport before
+            # the 503 is out; it waits for a request that data_received never parses.
             self._shed = True
             server.shed += 1
-            self.force_close()
             if open_now <= server.cap + SHED_BAND:
                 transport.write(_SHED)  # type: ignore[attr-defined]
                 # Close once the client's request is read (a close with unread data is a

@@ -22,13 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
-import signal
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mlxpin.serve.backends import Health, Lease, Route, Unavailable, Upstream
@@ -45,27 +42,17 @@ from mlxpin.serve.pool_policy import (
     next_expiry,
     plan_start,
 )
+from mlxpin.serve.process import ServerProcess, ServerSpec, WarmUp, reap_leftover, warm_up
+from mlxpin.serve.restart import GiveUp, RestartBudget, RestartPolicy
 from mlxpin.serve.serveplan import PoolModelPlan, ServePlan
 from mlxpin.serve.state import GatewayState
-from mlxpin.serve.supervisor import _die_with_parent, free_port
+from mlxpin.serve.supervisor import WARM_UP_ERRORS, free_port, private_socket_dir
 from mlxpin.serve.upstream import warm_up_status
 
 log = logging.getLogger("mlxpin.serve")
 
-WARM_UP_ERRORS = 20  # error answers in a row before a start counts as failed
-WARM_UP_RETRY_S = 0.05  # a server that is not listening yet is asked again this soon
-
-
-@dataclass(frozen=True)
-class PoolPolicy:
-    """How the runtime treats servers (the pool's limits come from the plan)."""
-
-    ready_timeout_s: float = 900.0  # the longest one start may take (a big model loads)
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
-    restart_budget: int = 5  # crashes tolerated ...
-    budget_window_s: float = 600.0  # ... within this window, then the model is failed
-    stop_timeout_s: float = 10.0
+PoolPolicy = RestartPolicy
+"""Per model: readiness deadline, backoff, crash budget (then `failed`), stop timeout."""
 
 
 class StartFailed(Exception):
@@ -75,20 +62,33 @@ class StartFailed(Exception):
 class Slot:
     """One model of the pool: its plan, state and server process."""
 
-    def __init__(self, plan: PoolModelPlan) -> None:
+    def __init__(self, plan: PoolModelPlan, environ: Mapping[str, str], policy: RestartPolicy):
         self.plan = plan
         self.name = plan.name
         self.state: State = "stopped"
-        self.port = free_port(plan.launch.private_host)
-        self.url = f"http://{plan.launch.private_host}:{self.port}"
-        self.process: asyncio.subprocess.Process | None = None
+        launch = plan.launch
+        self.private_dir: Path | None = None
+        if launch.private_socket:  # a Unix socket in a 0700 directory: only we can reach it
+            self.private_dir = private_socket_dir(launch)
+            self.socket_path: str | None = str(self.private_dir / "server.sock")
+            self.url = "http://localhost"
+            argv = launch.argv_unix(self.socket_path)
+        else:
+            self.socket_path = None
+            port = free_port(launch.private_host)
+            self.url = f"http://{launch.private_host}:{port}"
+            argv = launch.argv(port)
+        self.spec = ServerSpec(
+            plan.name, tuple(argv), launch.environment(environ), launch.cwd, launch.upstream_model
+        )
+        self.process: ServerProcess | None = None
         self.health = GatewayState()  # epochs: a late answer from an old start proves nothing
         self.in_flight = 0
         self.last_used = 0.0  # monotonic
         self.last_used_wall: float | None = None
         self.restarts = 0
-        self.crashes: deque[float] = deque()
-        self.crash_streak = 0
+        self.budget = RestartBudget(policy)
+        self.started_at = 0.0
         self.not_before = 0.0  # monotonic time before which it is not restarted
         self.failed_reason: str | None = None
         self.start_task: asyncio.Task[None] | None = None
@@ -105,7 +105,7 @@ class Slot:
             self.plan.launch.api_label,
             self.plan.launch.upstream_model,
             self.url,
-            None,
+            self.socket_path,
             self.health.epoch,
         )
 
@@ -143,7 +143,7 @@ class Pool:
         self.environ = environ
         self.policy = policy or PoolPolicy()
         self.limits = Limits(budget=plan.budget, max_loaded=plan.max_loaded)
-        self.slots = {m.name: Slot(m) for m in plan.models}
+        self.slots = {m.name: Slot(m, environ, self.policy) for m in plan.models}
         self.by_label = {m.launch.api_label: self.slots[m.name] for m in plan.models}
         self.admission = asyncio.Lock()
         self._changed = asyncio.Event()
@@ -156,7 +156,12 @@ class Pool:
 
     def routes(self) -> Sequence[Route]:
         return tuple(
-            Route(m.launch.api_label, m.launch.aliases, request_timeout_s=600.0)
+            Route(
+                m.launch.api_label,
+                m.launch.aliases,
+                max_body_bytes=m.launch.gateway.max_body,
+                request_timeout_s=m.launch.gateway.request_timeout,
+            )
             for m in self.plan.models
         )
 
@@ -188,7 +193,7 @@ class Pool:
                     "api_label": s.plan.launch.api_label,
                     "aliases": list(s.plan.launch.aliases),
                     "state": s.state,
-                    "pid": s.process.pid if s.process and s.state != "stopped" else None,
+                    "pid": s.process.pid if s.process and s.process.process else None,
                     "cost": s.plan.cost,
                     "last_used": s.last_used_wall,
                     "idle_s": round(now_mono - s.last_used, 3) if s.last_used_wall else None,
@@ -312,8 +317,11 @@ class Pool:
         try:
             await self._spawn_and_warm(slot)
         except StartFailed as exc:
+            code = (
+                slot.process.process.returncode if slot.process and slot.process.process else None
+            )
             await self._kill(slot)
-            self._crashed(slot, str(exc))
+            self._crashed(slot, str(exc), code, was_ready=False)
             raise
         except BaseException:
             await self._kill(slot)
@@ -322,79 +330,67 @@ class Pool:
             raise
 
     async def _spawn_and_warm(self, slot: Slot) -> None:
-        launch = slot.plan.launch
-        if launch.cwd.exists():
-            shutil.rmtree(launch.cwd, ignore_errors=True)
-        launch.cwd.mkdir(parents=True, exist_ok=True)
-        argv = launch.argv(slot.port)
         slot.health.mark_restarting()
-        log.info("%s: starting %s", slot.name, " ".join(argv))
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=launch.cwd,
-            env=launch.environment(self.environ),
-            stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
+        process = ServerProcess(slot.spec, self.policy.stop_timeout_s)
         slot.process = process
         slot.stopping_by_us = False
-        slot.watcher = asyncio.create_task(self._watch(slot, process))
-        deadline = time.monotonic() + self.policy.ready_timeout_s
-        errors = 0
+        slot.started_at = time.monotonic()
+        await process.start()
+        exited: asyncio.Future[Any] = asyncio.ensure_future(process.wait())
+        slot.watcher = asyncio.create_task(self._watch(slot, process, exited))
         upstream = slot.upstream()
-        while True:
-            if process.returncode is not None:
-                raise StartFailed(f"mlx_lm.server exited with code {process.returncode}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise StartFailed(f"not ready after {self.policy.ready_timeout_s:.0f} s")
-            status = await warm_up_status(upstream, slot.health, timeout_s=remaining)
-            if status == "ok":
-                break
-            if process.returncode is not None:
-                continue
-            errors = errors + 1 if status == "error" else 0
-            if errors >= WARM_UP_ERRORS:
-                raise StartFailed("the server answers every warm-up with an error")
-            await asyncio.sleep(WARM_UP_RETRY_S)
+
+        async def attempt(timeout_s: float) -> str:
+            return await warm_up_status(upstream, slot.health, timeout_s=timeout_s)
+
+        warm = WarmUp(attempt, self.policy.ready_timeout_s, WARM_UP_ERRORS)
+        never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            outcome = await warm_up(slot.name, warm, exited, never)
+        finally:
+            never.cancel()
+        if outcome != "ready":
+            code = exited.result() if exited.done() else None
+            raise StartFailed(
+                f"mlx_lm.server exited with code {code} before answering"
+                if outcome == "gone"
+                else "mlx_lm.server did not answer its warm-up"
+            )
         slot.state = "ready"
-        slot.crash_streak = 0
         slot.touch()
         log.info("%s: ready (pid %d)", slot.name, process.pid)
         self.notify()
 
-    async def _watch(self, slot: Slot, process: asyncio.subprocess.Process) -> None:
-        code = await process.wait()
+    async def _watch(self, slot: Slot, process: ServerProcess, exited: asyncio.Future[Any]) -> None:
+        code = await exited
         if slot.process is not process or slot.stopping_by_us or self.closing:
             return
         if slot.state == "ready":
-            self._crashed(slot, f"mlx_lm.server exited with code {code}")
+            process.forget()
+            slot.process = None
+            self._crashed(slot, f"mlx_lm.server exited with code {code}", code, was_ready=True)
 
-    def _crashed(self, slot: Slot, why: str) -> None:
+    def _crashed(self, slot: Slot, why: str, code: int | None, *, was_ready: bool) -> None:
         now = time.monotonic()
-        slot.crashes.append(now)
-        while slot.crashes and now - slot.crashes[0] > self.policy.budget_window_s:
-            slot.crashes.popleft()
         slot.restarts += 1
-        slot.crash_streak += 1
-        slot.process = None
-        if len(slot.crashes) > self.policy.restart_budget:
+        decision = slot.budget.after_exit(
+            slot.name, code, started=slot.started_at, now=now, was_ready=was_ready
+        )
+        if isinstance(decision, GiveUp):
             slot.state = "failed"
             slot.failed_reason = (
-                f"{why}; {len(slot.crashes)} failures within "
-                f"{self.policy.budget_window_s:.0f} s, not restarted (POST "
-                f"/mlxpin/models/{slot.plan.launch.api_label}/load tries again)"
+                f"{decision.message}; not restarted until "
+                f"POST /mlxpin/models/{slot.plan.launch.api_label}/load"
             )
             log.error("%s: failed: %s", slot.name, slot.failed_reason)
         else:
             slot.state = "stopped"
-            delay = min(
-                self.policy.backoff_initial_s * 2 ** (slot.crash_streak - 1),
-                self.policy.backoff_max_s,
-            )
-            slot.not_before = now + delay
+            slot.not_before = now + decision.delay_s
             log.warning(
-                "%s: %s; restarting on its next request (not before %.1f s)", slot.name, why, delay
+                "%s: %s; restarting on its next request (not before %.3g s)",
+                slot.name,
+                why,
+                decision.delay_s,
             )
         self.notify()
 
@@ -416,15 +412,8 @@ class Pool:
         slot.stopping_by_us = True
         if process is None:
             return
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout=self.policy.stop_timeout_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
+        await process.stop()
+        process.forget()
         slot.process = None
         shutil.rmtree(slot.plan.launch.cwd, ignore_errors=True)
 
@@ -443,8 +432,7 @@ class Pool:
         if slot.state == "failed":
             slot.state = "stopped"
             slot.failed_reason = None
-            slot.crashes.clear()
-            slot.crash_streak = 0
+            slot.budget = RestartBudget(self.policy)
             slot.not_before = 0.0
         slot.in_flight += 1  # held while loading: not evicted before it is ever used
         try:
@@ -455,6 +443,8 @@ class Pool:
     # ------------------------------------------------------------------ lifetime
 
     async def begin(self) -> None:
+        for slot in self.slots.values():  # left by a `serve` killed with -9 (macOS)
+            await reap_leftover(slot.spec, self.policy.stop_timeout_s)
         self._ttl_task = asyncio.create_task(self._ttl_loop())
         preload = [s for s in self.slots.values() if s.plan.preload]
         if preload:
@@ -491,6 +481,8 @@ class Pool:
         await asyncio.gather(*(self._kill(s) for s in self.slots.values()))
         for slot in self.slots.values():
             slot.state = "stopped"
+            if slot.private_dir is not None:
+                shutil.rmtree(slot.private_dir, ignore_errors=True)
 
     def _start_tasks(self) -> list[asyncio.Task[Any]]:
         return [s.start_task for s in self.slots.values() if s.start_task is not None]

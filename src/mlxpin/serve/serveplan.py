@@ -32,6 +32,7 @@ from mlxpin.serve.plan import (
     OFFLINE_ENV,
     PRIVATE_HOST,
     REMOVED_ENV,
+    UNIX_SERVER_MODULE,
     LaunchPlan,
     PinnedSnapshot,
     find_server,
@@ -144,6 +145,8 @@ def _model_plan(
         cwd=settings.state_dir / "run" / f"serve-{port}" / spec.name,
         snapshots=tuple(snapshots),
         api_key_required=api_key_required,
+        private_socket=server[-1] == UNIX_SERVER_MODULE,
+        gateway=spec.gateway,
     )
 
 
