@@ -271,7 +271,7 @@ class Pool:
     def _too_long(self, slot: Slot, waited: float) -> Unavailable:
         doing = "is still starting" if slot.state == "starting" else "is waiting for room"
         return Unavailable(
-            f"The model '{slot.plan.launch.api_label}' {doing} after {waited:.0f} s "
+            f"The model '{slot.plan.launch.api_label}' {doing} after {waited:g} s "
             "(other models are busy or loading); retry shortly",
             code="model_loading",
             retry_after_s=max(1.0, min(10.0, waited / 4)),
