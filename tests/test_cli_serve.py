@@ -349,11 +349,16 @@ def test_concurrent_first_requests_start_one_server(served: Served) -> None:
 
 
 @pytest.mark.e2e
-def test_idle_ttl_stops_an_idle_model(project: Project) -> None:
+def test_preload_at_boot_and_idle_ttl_stops_an_idle_model(project: Project) -> None:
     path = project.root / "ttl.toml"
-    path.write_text(manifest(alpha="idle_ttl = 1"))
+    path.write_text(manifest('preload = ["beta"]', alpha="idle_ttl = 1"))
     running = Served(project, "--manifest", str(path), "--lock-dir", "lock")
     try:
+        deadline = time.monotonic() + 60
+        while get(running.base + "/health")[0] != 200:  # 200 once beta answered its warm-up
+            assert time.monotonic() < deadline, "".join(running.log)
+            time.sleep(0.05)
+        assert running.states() == {"alpha": "stopped", "beta": "ready", "gamma": "stopped"}
         running.chat("alpha")
         running.chat("beta")
         pid = running.status()["alpha"]["pid"]

@@ -47,7 +47,6 @@ from mlxpin.serve.restart import GiveUp, RestartBudget, RestartPolicy
 from mlxpin.serve.serveplan import PoolModelPlan, ServePlan
 from mlxpin.serve.state import GatewayState
 from mlxpin.serve.supervisor import WARM_UP_ERRORS, free_port, private_socket_dir
-from mlxpin.serve.upstream import warm_up_status
 
 log = logging.getLogger("mlxpin.serve")
 
@@ -336,11 +335,16 @@ class Pool:
         slot.stopping_by_us = False
         slot.started_at = time.monotonic()
         await process.start()
+        self.notify()  # spawned (begin() waits for the preloaded ones)
         exited: asyncio.Future[Any] = asyncio.ensure_future(process.wait())
         slot.watcher = asyncio.create_task(self._watch(slot, process, exited))
         upstream = slot.upstream()
 
         async def attempt(timeout_s: float) -> str:
+            # aiohttp is imported here, not at the top: a preloaded server is spawned
+            # before the gateway's imports, so the two start-ups overlap.
+            from mlxpin.serve.upstream import warm_up_status
+
             return await warm_up_status(upstream, slot.health, timeout_s=timeout_s)
 
         warm = WarmUp(attempt, self.policy.ready_timeout_s, WARM_UP_ERRORS)
@@ -449,6 +453,13 @@ class Pool:
         preload = [s for s in self.slots.values() if s.plan.preload]
         if preload:
             self._preload_task = asyncio.create_task(self._preload(preload))
+            # Let their spawns happen before the caller goes on (importing the gateway):
+            # the servers load while mlxpin finishes its own start-up.
+            deadline = time.monotonic() + 5.0
+            while not self._preload_task.done() and time.monotonic() < deadline:
+                if all(s.process is not None and s.process.process for s in preload):
+                    break
+                await self.wait_change(0.1)
 
     async def _preload(self, slots: list[Slot]) -> None:
         results = await asyncio.gather(*(self.load(s) for s in slots), return_exceptions=True)

@@ -17,17 +17,21 @@ import json
 import logging
 import signal
 from collections.abc import Mapping
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from mlxpin.errors import PortInUseError
 from mlxpin.serve.apierrors import ApiError
 from mlxpin.serve.backends import Unavailable
-from mlxpin.serve.gateway import Gateway, api_error_response, serve
 from mlxpin.serve.plan import read_api_key
 from mlxpin.serve.pool import Pool, PoolPolicy, Slot
 from mlxpin.serve.serveplan import ServePlan
 from mlxpin.serve.state import GatewayState
+from mlxpin.serve.supervisor import bind_public
+
+if TYPE_CHECKING:  # aiohttp is imported once the preloaded servers are spawned
+    from aiohttp import web
+
+    from mlxpin.serve.gateway import Gateway
 
 log = logging.getLogger("mlxpin.serve")
 
@@ -41,6 +45,10 @@ def _dumps(obj: object) -> str:
 
 def pool_app(gateway: Gateway, pool: Pool) -> web.Application:
     """The gateway's application plus the operator routes of the pool."""
+    from aiohttp import web
+
+    from mlxpin.serve.gateway import api_error_response
+
     app = gateway.app()
 
     async def status(_request: web.Request) -> web.Response:
@@ -91,27 +99,35 @@ async def run_pool(plan: ServePlan, environ: Mapping[str, str], policy: PoolPoli
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, stopping.set)
-    pool = Pool(plan, environ, policy)
-    gateway = Gateway(pool, GatewayState(), api_key=read_api_key(environ))
+    api_key = read_api_key(environ)
     try:
-        runner = await serve(pool_app(gateway, pool), plan.host, plan.port)
+        listeners = bind_public(plan.host, plan.port)  # taken: exit 69 before anything starts
     except OSError as exc:
         raise PortInUseError("serve", plan.host, plan.port, exc.strerror or str(exc)) from None
-    log.info(
-        "serving %d models on http://%s:%d/v1 (budget %d bytes, max_loaded %s)",
-        len(plan.models),
-        plan.host,
-        plan.port,
-        plan.budget,
-        plan.max_loaded if plan.max_loaded is not None else "unlimited",
-    )
+    pool = Pool(plan, environ, policy)
+    runner = None
     try:
-        await pool.begin()
+        await pool.begin()  # preloaded servers are spawned now, while the gateway imports
+        from mlxpin.serve.gateway import Gateway, serve
+
+        gateway = Gateway(pool, GatewayState(), api_key=api_key)
+        runner = await serve(pool_app(gateway, pool), plan.host, plan.port, sockets=listeners)
+        log.info(
+            "serving %d models on http://%s:%d/v1 (budget %d bytes, max_loaded %s)",
+            len(plan.models),
+            plan.host,
+            plan.port,
+            plan.budget,
+            plan.max_loaded if plan.max_loaded is not None else "unlimited",
+        )
         await stopping.wait()
         log.info("stopping")
     finally:
         await pool.close()
-        await runner.cleanup()
+        if runner is not None:
+            await runner.cleanup()
+        for sock in listeners:
+            sock.close()
     return 0
 
 
