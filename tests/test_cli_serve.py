@@ -251,6 +251,21 @@ def test_a_model_over_budget_and_every_other_problem_refused_at_preflight(
     assert "run `mlxpin fetch alpha`" in result.stderr
 
 
+def test_serve_boot_path_needs_only_the_standard_library(project: Project) -> None:
+    """`python -S` (no site-packages: no aiohttp, typer, huggingface_hub, mlx_lm)."""
+    env = {**project.env, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    result = subprocess.run(
+        [sys.executable, "-S", "-m", "mlxpin", "serve", "--dry-run"],
+        cwd=project.root,
+        env={**env, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 69, result.stderr  # preflight ran to the server check
+    assert "mlx_lm.server is not installed" in result.stderr
+
+
 # --- the pool on real servers --------------------------------------------------------------
 
 

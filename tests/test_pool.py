@@ -178,3 +178,30 @@ def test_unknown_label_on_operator_routes_is_404(tmp_path: Path) -> None:
 
     assert aiohttp  # the test client is aiohttp's own
     asyncio.run(scenario())
+
+
+def test_unload_waits_for_requests_in_flight_and_idle_ttl_stops(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        quick = model(tmp_path, "a", ANSWERS)
+        quick = PoolModelPlan(quick.launch, 0, 1, idle_ttl=0.3, preload=False)
+        pool = Pool(plan(quick, model(tmp_path, "b", ANSWERS)), ENV, POLICY)
+        await pool.begin()
+        try:
+            lease = await pool.acquire("b-chat")
+            unload = asyncio.create_task(pool.unload(pool.slots["b"]))
+            await asyncio.sleep(0.3)
+            assert not unload.done() and pool.slots["b"].state == "ready"  # still in flight
+            lease.release()
+            await asyncio.wait_for(unload, 10)
+            assert pool.views()["b"].state == "stopped"
+            (await pool.acquire("a-chat")).release()
+            assert pool.slots["a"].state == "ready"
+            for _ in range(100):  # its 0.3 s TTL passes
+                if pool.views()["a"].state == "stopped":
+                    break
+                await asyncio.sleep(0.05)
+            assert pool.views()["a"].state == "stopped"
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
