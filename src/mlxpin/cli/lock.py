@@ -7,17 +7,10 @@ from typing import Annotated
 import typer
 
 from mlxpin.cli.app import (
-    JsonOpt,
-    LockDirOpt,
-    ManifestOpt,
+    Common,
     NamesArg,
-    Output,
-    QuietOpt,
-    VerboseOpt,
-    app,
-    guarded,
     report_error,
-    settings_for,
+    verb,
 )
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import lock as lock_cmd
@@ -53,8 +46,7 @@ def describe_change(change: lock_cmd.LockChange) -> str | None:
     return None
 
 
-@app.command("lock")
-@guarded
+@verb("lock", uses=("manifest", "lock_dir"))
 def lock_command(
     names: NamesArg = None,
     update: Annotated[
@@ -75,19 +67,16 @@ def lock_command(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, help="Resolve at most this many models at once.")
     ] = lock_cmd.MAX_PARALLEL,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Pin every model's revision to a commit and its files' sizes and hashes in lock/.
 
     Keeps valid pins untouched (no network for them), locks what is missing or stale,
     and deletes lock files of models no longer in the manifest.
     """
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir)
+    out = common.output()
+    settings = common.settings()
     selected = list(names or ())
     if check:
         if update:
@@ -100,14 +89,14 @@ def lock_command(
                 out.line(f"{state.name}: {state.state} ({state.reason})")
         out.result(checked.to_json())
         if checked.problem is not None:
-            if not as_json:
+            if not common.as_json:
                 report_error(checked.problem, False)
             raise typer.Exit(int(checked.exit_code))
         return
     result = lock_cmd.lock(settings, selected, update=update, jobs=jobs)
     for change in result.changes:
         text = describe_change(change)
-        if text and not (quiet and change.action == "kept"):
+        if text and not (common.quiet and change.action == "kept"):
             out.line(text)
     out.result(result.to_json())
     if result.errors:

@@ -11,17 +11,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mlxpin.cli.app import (
-    CacheDirOpt,
-    JsonOpt,
-    LockDirOpt,
-    ManifestOpt,
+    Common,
     Output,
-    QuietOpt,
-    VerboseOpt,
     app,
-    guarded,
     report_error,
-    settings_for,
+    verb,
 )
 from mlxpin.cli.lock import describe_change
 from mlxpin.cli.render import human_size
@@ -143,8 +137,7 @@ def _request(
     return UnitRequest(unit, _platform(platform), system, log_file, env_file, run_as, serve)
 
 
-@service_app.command("install")
-@guarded
+@verb("install", on=service_app)
 def service_install(
     name: UnitNameArg = None,
     serve: ServeOpt = False,
@@ -161,12 +154,8 @@ def service_install(
     log_file: LogFileOpt = None,
     env_file: EnvFileOpt = None,
     run_as: RunAsOpt = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Write a boot unit running `mlxpin launch NAME` (or, with --serve, `mlxpin serve`)
     offline, with absolute paths.
@@ -178,9 +167,9 @@ def service_install(
 
     if print_only and enable:
         raise typer.BadParameter("--print and --enable cannot be combined")
-    out = Output(as_json, quiet)
+    out = common.output()
     installed = service.install(
-        settings_for(manifest, lock_dir, cache_dir),
+        common.settings(),
         _request(name, serve, platform, system, log_file, env_file, run_as),
         os.environ,
         print_only=print_only,
@@ -205,8 +194,7 @@ def service_install(
     out.result(installed.to_json())
 
 
-@service_app.command("uninstall")
-@guarded
+@verb("uninstall", on=service_app, uses=())
 def service_uninstall(
     name: UnitNameArg = None,
     serve: ServeOpt = False,
@@ -220,16 +208,15 @@ def service_uninstall(
             help="First stop and disable it with systemctl/launchctl (else print how).",
         ),
     ] = False,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Remove the boot unit of NAME (nothing to do when it is not installed)."""
     from mlxpin.commands import service
 
     if print_only and disable:
         raise typer.BadParameter("--print and --disable cannot be combined")
-    out = Output(as_json, quiet)
+    out = common.output()
     uninstalled = service.uninstall(
         _request(name, serve, platform, system),
         os.environ,
@@ -254,8 +241,7 @@ def service_uninstall(
     out.result(uninstalled.to_json())
 
 
-@service_app.command("show")
-@guarded
+@verb("show", on=service_app)
 def service_show(
     name: UnitNameArg = None,
     serve: ServeOpt = False,
@@ -264,19 +250,15 @@ def service_show(
     log_file: LogFileOpt = None,
     env_file: EnvFileOpt = None,
     run_as: RunAsOpt = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Print the unit `install` would write, and whether the installed one matches it."""
     from mlxpin.commands import service
 
-    out = Output(as_json, quiet)
+    out = common.output()
     shown = service.show(
-        settings_for(manifest, lock_dir, cache_dir),
+        common.settings(),
         _request(name, serve, platform, system, log_file, env_file, run_as),
         os.environ,
     )
@@ -294,8 +276,7 @@ def service_show(
 # --- gc -----------------------------------------------------------------------------------
 
 
-@app.command("gc")
-@guarded
+@verb("gc")
 def gc_command(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Delete (without it: only list what would go).")
@@ -316,12 +297,8 @@ def gc_command(
             "(without it, --yes refuses while one is missing: it may be on an unmounted disk).",
         ),
     ] = False,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Delete snapshots and blobs that no lock of any project references (dry run by default).
 
@@ -330,15 +307,15 @@ def gc_command(
     """
     from mlxpin.commands import gc as gc_cmd
 
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir, cache_dir)
+    out = common.output()
+    settings = common.settings()
     result = gc_cmd.gc(
         settings, yes=yes, include_foreign=include_foreign, forget_missing=forget_missing
     )
     for problem in result.problems:
         out.note(f"mlxpin: warning: {problem.message} (its files are unknown, so kept)")
     for root in result.roots:
-        if verbose:
+        if common.verbose:
             out.note(f"mlxpin: live: {root.lock_dir} ({root.locks} locks)")
     for outcome in result.outcomes:
         doomed = outcome.item
@@ -370,7 +347,7 @@ def gc_command(
             f"kept {len(plan.kept)} unreferenced Hub-cache file(s), "
             f"{human_size(plan.kept_size)}, that mlxpin did not download (--all deletes them)"
         )
-        if verbose:
+        if common.verbose:
             for kept in plan.kept:
                 out.line(f"  kept {human_size(kept.size):>9}  {kept.path}  ({kept.reason})")
     out.result(result.to_json())
@@ -387,8 +364,7 @@ def gc_command(
 # --- manifest edits -------------------------------------------------------------------------
 
 
-@app.command("add")
-@guarded
+@verb("add", uses=("manifest", "lock_dir"))
 def add_command(
     name: NameArg,
     repo: Annotated[
@@ -426,11 +402,8 @@ def add_command(
     then_lock: Annotated[
         bool, typer.Option("--lock", help="Lock the new model right away.")
     ] = False,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Add model NAME to the manifest, keeping every comment and line of the file.
 
@@ -439,8 +412,8 @@ def add_command(
     """
     from mlxpin.commands import edit
 
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir)
+    out = common.output()
+    settings = common.settings()
     result = edit.add(
         settings,
         name,
@@ -474,15 +447,11 @@ def add_command(
         raise typer.Exit(int(result.exit_code))
 
 
-@app.command("remove")
-@guarded
+@verb("remove", uses=("manifest", "lock_dir"))
 def remove_command(
     name: NameArg,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Remove model NAME from the manifest, and its lock file.
 
@@ -491,8 +460,8 @@ def remove_command(
     """
     from mlxpin.commands import edit
 
-    out = Output(as_json, quiet)
-    result = edit.remove(settings_for(manifest, lock_dir), name)
+    out = common.output()
+    result = edit.remove(common.settings(), name)
     removed = result.removed
     out.line(f"{removed.name}: removed from {removed.manifest}")
     if removed.lock_file is not None:
@@ -501,18 +470,15 @@ def remove_command(
     out.result(result.to_json())
 
 
-@app.command("init")
-@guarded
+@verb("init", uses=("manifest",))
 def init_command(
-    manifest: ManifestOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Write a commented starter manifest.toml (never over an existing file)."""
     from mlxpin.commands import edit
 
-    out = Output(as_json, quiet)
-    result = edit.init(settings_for(manifest, None))
+    out = common.output()
+    result = edit.init(common.settings())
     out.line(f"wrote {result.created.manifest}: edit it, then run `mlxpin lock` and `mlxpin fetch`")
     out.result(result.to_json())

@@ -6,16 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mlxpin.cli.app import (
-    CacheDirOpt,
-    JsonOpt,
-    LockDirOpt,
-    ManifestOpt,
-    QuietOpt,
-    VerboseOpt,
-    app,
-)
-from mlxpin.cli.output import CommandExit, Output, run_guarded, settings_for
+from mlxpin.cli.app import Common, verb
 from mlxpin.cli.serveboot import ServeOptions, fetch_status, ps_table, serve_main
 
 HostOpt = Annotated[
@@ -36,7 +27,7 @@ PortOpt = Annotated[
 ]
 
 
-@app.command("serve")
+@verb("serve", guard=False)
 def serve_command(
     names: Annotated[
         list[str] | None,
@@ -74,12 +65,8 @@ def serve_command(
             "--ready-timeout", min=1.0, help="Seconds one server may take to answer its warm-up."
         ),
     ] = 900.0,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Serve many pinned models behind one endpoint, each started on demand.
 
@@ -98,46 +85,40 @@ def serve_command(
             max_restarts=max_restarts,
             restart_delay=restart_delay,
             ready_timeout=ready_timeout,
-            cache_dir=cache_dir,
-            manifest=manifest,
-            lock_dir=lock_dir,
-            as_json=as_json,
-            quiet=quiet,
-            verbose=verbose,
+            cache_dir=common.cache_dir,
+            manifest=common.manifest,
+            lock_dir=common.lock_dir,
+            as_json=common.as_json,
+            quiet=common.quiet,
+            verbose=common.verbose,
         )
     )
     raise typer.Exit(code)
 
 
-@app.command("ps")
+@verb("ps", uses=("manifest",))
 def ps_command(
     host: HostOpt = None,
     port: PortOpt = None,
-    manifest: ManifestOpt = None,
-    as_json: JsonOpt = False,
+    *,
+    common: Common,
 ) -> None:
-    """Show what a running `mlxpin serve` is doing: each model's state, pid, cost, use."""
+    """Show what a running `mlxpin serve` is doing: each model's state, pid, cost, use.
 
-    def run() -> None:
-        import os
+    Asks the endpoint of the manifest's [serve] table (or --host/--port) on its
+    /mlxpin/status route, with MLXPIN_API_KEY when it is set.
+    """
+    import os
 
-        from mlxpin.project.manifest import load_manifest
-        from mlxpin.serve.plan import read_api_key
+    from mlxpin.project.manifest import load_manifest
+    from mlxpin.serve.plan import read_api_key
 
-        out = Output(as_json, False)
-        chosen_host, chosen_port = host, port
-        if chosen_host is None or chosen_port is None:
-            table = load_manifest(settings_for(manifest, None).manifest_path, "tomllib").serve
-            chosen_host = chosen_host or table.host
-            chosen_port = chosen_port or table.port
-        status = fetch_status(chosen_host, chosen_port, read_api_key(os.environ))
-        out.line(ps_table(status))
-        out.result(status)
-
-    code = run_guarded(run, as_json=as_json, quiet=False, verbose=False, logs=False)
-    if code:
-        raise typer.Exit(code)
-    raise typer.Exit(0)
-
-
-__all__ = ["CommandExit"]
+    out = common.output()
+    chosen_host, chosen_port = host, port
+    if chosen_host is None or chosen_port is None:
+        table = load_manifest(common.settings().manifest_path, "tomllib").serve
+        chosen_host = chosen_host or table.host
+        chosen_port = chosen_port or table.port
+    status = fetch_status(chosen_host, chosen_port, read_api_key(os.environ))
+    out.line(ps_table(status))
+    out.result(status)

@@ -10,7 +10,8 @@ client is locked out, and restarting the model server fails with EMFILE. Here:
 - past ``max_connections`` open client connections (clipped so that the upstream
   connections and ``fd_reserve`` descriptors for the supervisor always fit under
   RLIMIT_NOFILE), a new connection is answered ``503`` with an OpenAI-style body and
-  ``Retry-After``, then closed; past a small extra band it is closed at once;
+  ``Retry-After``, then closed; at most ``SHED_BAND`` such answers are pending at once
+  (the oldest is dropped for the newest, so a new client always gets its 503);
 - a request aiohttp's parser rejects (duplicate Content-Length, CL+TE...) is answered
   with an OpenAI-style JSON 400 instead of aiohttp's text page, and logged as one line.
 
@@ -21,8 +22,10 @@ handle_error); the tests pin the behaviour so an aiohttp upgrade that changes th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -98,28 +101,32 @@ class _Handler(RequestHandler):
         super().connection_made(transport)
         server = self._manager
         assert isinstance(server, _Server)
-        open_now = len(server._connections)
-        if open_now > server.cap:
-            # No force_close(): aiohttp's request loop would close the transport before
-            # the 503 is out; it waits for a request that data_received never parses.
-            self._shed = True
-            server.shed += 1
-            if open_now <= server.cap + SHED_BAND:
-                transport.write(_SHED)  # type: ignore[attr-defined]
-                # Close once the client's request is read (a close with unread data is a
-                # reset, which would lose the 503), or after a short linger.
-                self._head_deadline = self._loop.call_later(SHED_LINGER_S, transport.close)
-            else:
-                transport.close()
+        if len(server._connections) - len(server.shedding) > server.cap:
+            self._start_shedding(server, transport)
             return
         self._head_deadline = self._loop.call_later(server.header_timeout_s, self._no_head)
+
+    def _start_shedding(self, server: _Server, transport: asyncio.BaseTransport) -> None:
+        """Answer 503 and close once the client's request is read (a close with unread
+        data is a reset, which would lose the 503), or after a short linger. The oldest
+        connection being shed makes room, so every new client gets its 503."""
+        # No force_close(): aiohttp's request loop would close the transport before the
+        # 503 is out; it waits for a request that data_received never parses.
+        self._shed = True
+        server.shed += 1
+        if len(server.shedding) >= SHED_BAND:
+            oldest = server.shedding.popleft()
+            if oldest.transport is not None:
+                oldest.transport.close()
+        server.shedding.append(self)
+        transport.write(_SHED)  # type: ignore[attr-defined]
+        self._head_deadline = self._loop.call_later(SHED_LINGER_S, transport.close)
 
     def _no_head(self) -> None:
         self._head_deadline = None
         if self._request_count == 0 and self.transport is not None:
             log.debug("closing a connection that sent no request head in time")
-            self.force_close()
-            self.transport.close()
+            self.force_close()  # closes the transport too
 
     def data_received(self, data: bytes) -> None:
         if self._shed:
@@ -132,6 +139,10 @@ class _Handler(RequestHandler):
             self._head_deadline = None
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        server = self._manager
+        if self._shed and isinstance(server, _Server):
+            with contextlib.suppress(ValueError):
+                server.shedding.remove(self)
         if self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None
@@ -160,6 +171,7 @@ class _Server(Server):
     cap: int
     header_timeout_s: float
     shed: int
+    shedding: deque[_Handler]
 
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
@@ -179,4 +191,5 @@ class LimitedRunner(web.AppRunner):
         server.cap = connection_cap(self.limits)
         server.header_timeout_s = self.limits.header_timeout_s
         server.shed = 0
+        server.shedding = deque()
         return server
