@@ -5,6 +5,7 @@ Every problem becomes a `ManifestError` naming the file, the line, the key and t
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from typing import Any, Literal
 
 from mlxpin.errors import ManifestError
 from mlxpin.project import validate
+from mlxpin.project.memory import Budget, parse_budget
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines, nesting_problem
 
@@ -22,8 +24,19 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_REVISION = "main"
 
-_TOP_KEYS = ("version", "models")
-_MODEL_KEYS = ("api_label", "aliases", "port", "host", "launch", "server", "gateway")
+_TOP_KEYS = ("version", "models", "serve")
+_MODEL_KEYS = ("api_label", "aliases", "port", "host", "launch", "server", "gateway", "idle_ttl")
+_SERVE_KEYS = (
+    "host",
+    "port",
+    "max_loaded",
+    "memory_budget",
+    "idle_ttl",
+    "start_timeout",
+    "preload",
+)
+DEFAULT_START_TIMEOUT = 120.0
+DEFAULT_BUDGET = Budget()
 _GATEWAY_KEYS = ("request_timeout", "max_body", "max_connections", "header_timeout")
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9}
@@ -88,6 +101,7 @@ class ModelSpec:
     server: tuple[tuple[str, ServerValue], ...]
     line: int | None
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
+    idle_ttl: float | None = None  # `serve`: this model's own idle TTL (None: [serve]'s)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -95,9 +109,27 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class ServeTable:
+    """The top-level [serve] table: one gateway for many models (`mlxpin serve`)."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_loaded: int | None = None  # None: no limit on the number of servers
+    memory_budget: Budget = DEFAULT_BUDGET  # 75 % of physical memory
+    idle_ttl: float = 0.0  # seconds; 0 = never stop an idle model
+    start_timeout: float = DEFAULT_START_TIMEOUT  # the longest a request waits for a start
+    preload: tuple[str, ...] = ()
+    line: int | None = None
+
+
+DEFAULT_SERVE = ServeTable()
+
+
+@dataclass(frozen=True)
 class Manifest:
     path: Path
     models: tuple[ModelSpec, ...]
+    serve: ServeTable = DEFAULT_SERVE
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -270,7 +302,8 @@ def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest
         name for name, value in models_table.items() if isinstance(value, dict) and "port" in value
     }
     _check_cross_references(check, models, explicit_ports)
-    return Manifest(path=path, models=models)
+    serve = _serve_table(check, document.get("serve", {}), models)
+    return Manifest(path=path, models=models, serve=serve)
 
 
 def _build_model(check: _Checker, name: str, value: object, base: Path) -> ModelSpec:
@@ -308,6 +341,11 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
     launch = _launch(check, table["launch"], (*keys, "launch"), base)
     server = _server(check, table.get("server", {}), (*keys, "server"))
     gateway = _gateway(check, table.get("gateway", {}), (*keys, "gateway"))
+    idle_ttl = (
+        _seconds(check, table["idle_ttl"], (*keys, "idle_ttl"), allow_zero=True)
+        if "idle_ttl" in table
+        else None
+    )
     return ModelSpec(
         name=name,
         api_label=api_label,
@@ -318,6 +356,7 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
         server=server,
         line=check.lines.line_of(keys),
         gateway=gateway,
+        idle_ttl=idle_ttl,
     )
 
 
@@ -568,3 +607,76 @@ def _check_cross_references(
                     f"no model named {target!r} in this manifest",
                     _did_you_mean(target, tuple(sorted(names))),
                 )
+
+
+def _seconds(check: _Checker, value: object, keys: tuple[str, ...], *, allow_zero: bool) -> float:
+    least = "0" if allow_zero else "more than 0"
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise check.fail(
+            keys, f"{value!r} is not a number of seconds", f"use a number, {least} or more"
+        )
+    if value < 0 or (value == 0 and not allow_zero) or value == float("inf"):
+        raise check.fail(
+            keys,
+            f"{value!r} is not a valid number of seconds",
+            "use 0 for never" if allow_zero else "use a positive number, e.g. 120",
+        )
+    return float(value)
+
+
+def _serve_table(check: _Checker, value: object, models: tuple[ModelSpec, ...]) -> ServeTable:
+    keys = ("serve",)
+    table = check.table(value, keys)
+    check.known_keys(table, keys, _SERVE_KEYS)
+    max_loaded: int | None = None
+    if "max_loaded" in table:
+        raw = table["max_loaded"]
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+            raise check.fail(
+                (*keys, "max_loaded"),
+                f"{raw!r} is not a positive number of servers",
+                "e.g. max_loaded = 2; leave it out for no limit",
+            )
+        max_loaded = raw
+    budget = DEFAULT_BUDGET
+    if "memory_budget" in table:
+        parsed, problem = parse_budget(table["memory_budget"])
+        if parsed is None:
+            raise check.fail(
+                (*keys, "memory_budget"),
+                problem or "invalid budget",
+                'e.g. memory_budget = "48GB" or "75%" (of physical memory)',
+            )
+        budget = parsed
+    preload_raw = table.get("preload", [])
+    if not isinstance(preload_raw, list):
+        raise check.fail(
+            (*keys, "preload"), "must be an array of model names", 'e.g. preload = ["gemma"]'
+        )
+    names = tuple(m.name for m in models)
+    preload: list[str] = []
+    for item in preload_raw:
+        name = check.string(item, (*keys, "preload"))
+        if name not in names:
+            raise check.fail(
+                (*keys, "preload"),
+                f"no model named {name!r} in this manifest",
+                _did_you_mean(name, names),
+            )
+        if name not in preload:
+            preload.append(name)
+    return ServeTable(
+        host=_host(check, table.get("host", DEFAULT_HOST), (*keys, "host")),
+        port=_port(check, table.get("port", DEFAULT_PORT), (*keys, "port")),
+        max_loaded=max_loaded,
+        memory_budget=budget,
+        idle_ttl=_seconds(check, table.get("idle_ttl", 0.0), (*keys, "idle_ttl"), allow_zero=True),
+        start_timeout=_seconds(
+            check,
+            table.get("start_timeout", DEFAULT_START_TIMEOUT),
+            (*keys, "start_timeout"),
+            allow_zero=False,
+        ),
+        preload=tuple(preload),
+        line=check.lines.line_of(keys),
+    )
