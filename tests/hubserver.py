@@ -561,8 +561,9 @@ class HubServer:
         self.tree_page_size_expand = 50
         self.commits_page_size = commits_page_size
         self.latency_s = latency_s
-        # Bytes per second for file bodies (None: as fast as possible); lets a test kill a
-        # client in the middle of a download.
+        # Bytes per second for each file body, i.e. a cap per connection (None: as fast as
+        # possible); lets a test kill a client mid-download, and bench/fleet.py play a CDN
+        # that caps each connection below the link.
         self.throttle_bps: float | None = None
         self.cdn_redirect = cdn_redirect
         self.disabled_hides_from_anonymous = True

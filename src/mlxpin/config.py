@@ -45,6 +45,9 @@ class Settings:
     # MLXPIN_HUB_DEADLINE as written; checked only by the commands that use the Hub, so a
     # bad value never stops an offline `launch`.
     hub_deadline: str | None = None
+    # Ranged fetch, as written (parsed and checked by store.ranged.RangePolicy):
+    fetch_connections: str = ""  # MLXPIN_FETCH_CONNECTIONS: connections per large file
+    ranged_min_mb: str = ""  # MLXPIN_RANGED_MIN_MB: files at least this large use ranges
 
 
 def _expand(value: str) -> Path:
@@ -115,4 +118,6 @@ def load_settings(
         token_present=token_present(environ),
         debug=is_true(environ.get("MLXPIN_DEBUG")),
         hub_deadline=environ.get(HUB_DEADLINE_VARIABLE) or None,
+        fetch_connections=environ.get("MLXPIN_FETCH_CONNECTIONS", "").strip(),
+        ranged_min_mb=environ.get("MLXPIN_RANGED_MIN_MB", "").strip(),
     )

@@ -9,7 +9,8 @@ error (do not restart) from a temporary one (try again later)::
     │   ├── IntegrityError           a file's size or hash differs from the lock
     │   ├── LockCorruptError         a lock file that is not what `mlxpin lock` writes
     │   ├── HubProtocolError         a Hub/mirror answered with hostile or malformed data
-    │   └── UnstorableFilesError     a source's file names cannot be laid out on disk
+    │   ├── UnstorableFilesError     a source's file names cannot be laid out on disk
+    │   └── BundleError              a bundle that is damaged, truncated or not ours
     ├── NoInputError            66   something to read is absent
     │   └── SnapshotMissingError     a locked model was never fetched, or changed since
     ├── UnavailableError        69   a service is not there
@@ -157,6 +158,20 @@ class UnstorableFilesError(DataError):
             f"{model}: {where}: {problem}",
             "leave those files out with `files` in the model's [launch] table (patterns "
             "match like `hf download --include`), or rename them at the source",
+        )
+
+
+class BundleError(DataError):
+    kind = "bundle"
+
+    def __init__(self, bundle: str, member: str, problem: str) -> None:
+        self.bundle = bundle
+        self.member = member
+        self.problem = problem
+        super().__init__(
+            f"{bundle}: {member}: {problem}",
+            "the bundle is damaged, truncated or was not written by `mlxpin export`; nothing "
+            "of the affected models was installed. Export it again and retry",
         )
 
 
@@ -376,3 +391,15 @@ _PREFLIGHT_BY_CODE: dict[ExitCode, type[PreflightError]] = {
     ExitCode.NO_INPUT: _PreflightNoInput,
     ExitCode.UNAVAILABLE: _PreflightUnavailable,
 }
+
+
+class PinMismatchError(ConfigError):
+    kind = "pin_mismatch"
+
+    def __init__(self, model: str, ours: str, theirs: str, lock_file: Path) -> None:
+        self.model = model
+        super().__init__(
+            f"{model}: the bundle pins {theirs} but {lock_file} pins {ours}",
+            f"export the bundle from a project with the same lock, or run "
+            f"`mlxpin lock --update {model}` on one side so both pin the same commit",
+        )

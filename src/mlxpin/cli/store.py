@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from typing import Annotated
 
 import typer
 
@@ -64,6 +66,17 @@ def _bars(as_json: bool, quiet: bool) -> Bars:
 @verb("fetch")
 def fetch_command(
     names: NamesArg = None,
+    connections: Annotated[
+        int | None,
+        typer.Option(
+            "--connections",
+            min=1,
+            max=64,
+            help="Ranged connections per large file (default: $MLXPIN_FETCH_CONNECTIONS, "
+            "else 8; files under $MLXPIN_RANGED_MIN_MB, default 64 MB, use one).",
+            show_default=False,
+        ),
+    ] = None,
     *,
     common: Common,
 ) -> None:
@@ -74,6 +87,8 @@ def fetch_command(
     """
     out = common.output()
     settings = common.settings()
+    if connections is not None:
+        settings = dataclasses.replace(settings, fetch_connections=str(connections))
     bars = _bars(common.as_json, common.quiet)
     try:
         result = fetch_cmd.fetch(settings, list(names or ()), bars)
@@ -138,6 +153,8 @@ def status_command(
         fetched = row.fetch_state
         if row.fetch_reason and row.fetch_state != "unknown":
             fetched += f" ({row.fetch_reason})"
+        if row.origin:
+            fetched += f" from {row.origin}"
         out.line(
             f"{row.name}: label {row.api_label} on {row.endpoint}; {row.source}; {lock}; "
             f"{fetched}; {human_size(row.size_on_disk)} of {human_size(row.total_size)} on disk"

@@ -22,6 +22,7 @@ from mlxpin.store.fetch import (
     verify_model,
 )
 from mlxpin.store.layout import StoreLayout, register_root
+from mlxpin.store.ranged import RangePolicy
 from mlxpin.store.sources import ByteSource, LocalSourceBytes
 from mlxpin.util.writable import require_writable_dir
 
@@ -88,6 +89,7 @@ def fetch(
             downloaders.append(HubDownloader(config))
         return downloaders[0]
 
+    ranges = RangePolicy.from_settings(settings)
     outcomes: list[FetchOutcome] = []
     for lock in locks:
         spec = manifest.get(lock.name)
@@ -96,7 +98,7 @@ def fetch(
         if isinstance(spec.launch.source, PathSource):
             source = LocalSourceBytes(spec.launch.source.path, spec.name)
         else:
-            source = HubSourceBytes(lock, downloader)
+            source = HubSourceBytes(lock, downloader, ranges)
         outcomes.append(fetch_model(layout, lock, source, progress(lock.name)))
     return FetchResult(tuple(outcomes), time.monotonic() - started)
 

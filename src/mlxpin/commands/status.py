@@ -11,7 +11,7 @@ from mlxpin.config import Settings
 from mlxpin.errors import ExitCode, LockCorruptError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
 from mlxpin.project.selection import manifest_of, pick
-from mlxpin.store.layout import StoreLayout, check_stamp, size_on_disk
+from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp, size_on_disk
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class ModelStatus:
     fetch_reason: str | None
     size_on_disk: int
     snapshot: Path | None
+    origin: str | None  # where the verified bytes came from: hub | mirror | bundle | path
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +50,7 @@ class ModelStatus:
             "fetch_reason": self.fetch_reason,
             "size_on_disk": self.size_on_disk,
             "snapshot": str(self.snapshot) if self.snapshot else None,
+            "origin": self.origin,
         }
 
 
@@ -78,12 +80,15 @@ def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
         fetch_reason: str | None = "not locked"
         on_disk = 0
         snapshot: Path | None = None
+        origin: str | None = None
         if lock is not None:
             stamp = check_stamp(layout, lock)
             snapshot = layout.view(lock)
             on_disk = size_on_disk(layout, lock)
             if stamp.ok:
                 fetch_state, fetch_reason = "verified", None
+                recorded = read_stamp(layout, lock)
+                origin = recorded.origin if recorded is not None else None
             elif snapshot.is_dir():
                 fetch_state, fetch_reason = "unverified", stamp.problem
             else:
@@ -105,6 +110,7 @@ def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
                 fetch_reason=fetch_reason,
                 size_on_disk=on_disk,
                 snapshot=snapshot,
+                origin=origin,
             )
         )
     return StatusResult(tuple(rows))

@@ -39,6 +39,8 @@ from mlxpin.config import DEFAULT_HUB_DEADLINE_S, HUB_DEADLINE_VARIABLE
 from mlxpin.project import validate
 
 T = TypeVar("T")
+#: Sent by `mlxpin mirror` on every answer, so fetch can record where bytes came from.
+MIRROR_HEADER = "X-Mlxpin-Mirror"
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
@@ -335,18 +337,22 @@ class HubDownloader:
         # Built once: reads HF_TOKEN / the token file itself; the token stays in memory.
         self._headers = build_hf_headers()
         self._headers["Accept-Encoding"] = "identity"
+        self.served_by_mirror = False  # set once an `mlxpin mirror` answered
 
     @contextlib.contextmanager
     def open(
-        self, repo: str, commit: str, path: str, offset: int
+        self, repo: str, commit: str, path: str, offset: int, end: int | None = None
     ) -> Iterator[tuple[int, Iterator[bytes]]]:
-        """Yields (start offset the server honoured, chunks)."""
+        """Yields (start offset the server honoured, chunks); `end` (exclusive) asks for
+        a range [offset, end) only."""
         from huggingface_hub import get_session, hf_hub_url, hf_raise_for_status
 
         self._client.refuse_offline(repo, commit)
         url = hf_hub_url(repo, path, revision=commit, endpoint=self.config.endpoint)
         headers = dict(self._headers)
-        if offset:
+        if end is not None:
+            headers["Range"] = f"bytes={offset}-{end - 1}"
+        elif offset:
             headers["Range"] = f"bytes={offset}-"
         timeout = httpx2.Timeout(self.config.timeout_s, read=60.0)
         with contextlib.ExitStack() as stack:
@@ -361,6 +367,13 @@ class HubDownloader:
                     if response.status_code in RETRY_STATUS:
                         raise TransferInterrupted(f"HTTP {response.status_code}")
                     hf_raise_for_status(response)
+            except RemoteEntryNotFoundError:
+                raise errors.HubProtocolError(
+                    repo,
+                    commit,
+                    f"{path} is not served at this commit (an `mlxpin mirror` serves only "
+                    "files it has verified)",
+                ) from None
             except (HfHubHTTPError, OfflineModeIsEnabled) as exc:
                 raise self._client.translate(exc, repo, commit) from None
             except (httpx2.TransportError, OSError) as exc:
@@ -370,6 +383,8 @@ class HubDownloader:
                 raise errors.HubProtocolError(
                     repo, commit, f"{path} was served from commit {served_commit!r}"
                 )
+            if response.headers.get(MIRROR_HEADER):
+                self.served_by_mirror = True
             start = _range_start(response) if response.status_code == 206 else 0
             # Only the network's errors become TransferInterrupted; the caller's own
             # (a full disk, say) pass through the `yield` untouched.
