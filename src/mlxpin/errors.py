@@ -25,7 +25,9 @@ error (do not restart) from a temporary one (try again later)::
         ├── ManifestError            manifest.toml is invalid (file:line, key, fix)
         ├── LockStaleError           lock missing, stale or orphaned for a command
         ├── RepoNotFoundError        the Hub has no such repo (or it is private)
-        └── RevisionNotFoundError    the repo has no such branch, tag or commit
+        ├── RevisionNotFoundError    the repo has no such branch, tag or commit
+        └── OverBudgetError          `serve`: a model larger than the whole memory budget
+    PreflightError          (code of the earliest step to fix) `serve`: several at once
 
 Each class builds its message from its fields; the CLI renders `message` and
 `hint` and exits with `exit_code`. A traceback is only ever shown with
@@ -235,11 +237,12 @@ class DiskError(MlxpinError):
     exit_code = ExitCode.IO
     kind = "disk"
 
-    def __init__(self, path: Path, detail: str) -> None:
+    def __init__(self, path: Path, detail: str, hint: str | None = None) -> None:
         self.path = path
         super().__init__(
             f"cannot write {path}: {detail}",
-            "free some space or fix the permissions, then run the command again "
+            hint
+            or "free some space or fix the permissions, then run the command again "
             "(finished files are kept)",
         )
 
@@ -309,6 +312,85 @@ class RepoNotFoundError(ConfigError):
 
 class RevisionNotFoundError(ConfigError):
     kind = "revision_not_found"
+
+
+class OverBudgetError(ConfigError):
+    """`serve`: a model that alone needs more memory than the whole budget."""
+
+    kind = "over_budget"
+
+    def __init__(self, model: str, cost: int, budget: int, budget_source: str) -> None:
+        self.model = model
+        self.cost = cost
+        self.budget = budget
+        super().__init__(
+            f"{model}: needs {cost} bytes (its locked files plus the per-server overhead), "
+            f"more than the whole memory budget of {budget} bytes ({budget_source})",
+            "raise [serve] memory_budget in the manifest, or leave the model out of "
+            "`mlxpin serve NAME…`",
+        )
+
+
+class PreflightError(MlxpinError):
+    """Several models cannot start; every problem is named at once.
+
+    Its exit code is the one of the earliest step to fix: 78 (manifest, lock, budget)
+    before 65 (bad bytes) before 66 (not fetched) before anything else.
+    """
+
+    kind = "preflight"
+    ORDER: ClassVar[tuple[ExitCode, ...]] = (
+        ExitCode.CONFIG,
+        ExitCode.DATA,
+        ExitCode.NO_INPUT,
+        ExitCode.UNAVAILABLE,
+    )
+
+    def __init__(self, problems: Sequence[MlxpinError]) -> None:
+        self.problems = tuple(problems)
+        hints = list(dict.fromkeys(p.hint for p in self.problems if p.hint))
+        super().__init__(
+            f"{len(self.problems)} problems: " + "; ".join(p.message for p in self.problems),
+            "; ".join(hints) or None,
+        )
+
+    @staticmethod
+    def of(problems: Sequence[MlxpinError]) -> MlxpinError:
+        """One problem as itself; several as the PreflightError of the earliest step."""
+        if len(problems) == 1:
+            return problems[0]
+        codes = {p.exit_code for p in problems}
+        code = next((c for c in PreflightError.ORDER if c in codes), min(codes))
+        return _PREFLIGHT_BY_CODE.get(code, PreflightError)(problems)
+
+    def to_json(self) -> dict[str, object]:
+        data = super().to_json()
+        data["problems"] = [p.to_json() for p in self.problems]
+        return data
+
+
+class _PreflightConfig(PreflightError):
+    exit_code = ExitCode.CONFIG
+
+
+class _PreflightData(PreflightError):
+    exit_code = ExitCode.DATA
+
+
+class _PreflightNoInput(PreflightError):
+    exit_code = ExitCode.NO_INPUT
+
+
+class _PreflightUnavailable(PreflightError):
+    exit_code = ExitCode.UNAVAILABLE
+
+
+_PREFLIGHT_BY_CODE: dict[ExitCode, type[PreflightError]] = {
+    ExitCode.CONFIG: _PreflightConfig,
+    ExitCode.DATA: _PreflightData,
+    ExitCode.NO_INPUT: _PreflightNoInput,
+    ExitCode.UNAVAILABLE: _PreflightUnavailable,
+}
 
 
 class PinMismatchError(ConfigError):

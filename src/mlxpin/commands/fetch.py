@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlxpin.config import Settings
+from mlxpin.config import HUB_CACHE_HINT, STATE_DIR_HINT, Settings
 from mlxpin.errors import ExitCode, IntegrityError
 from mlxpin.hub.source import HubSourceBytes
 from mlxpin.project.lockfile import LockedModel
@@ -24,6 +24,7 @@ from mlxpin.store.fetch import (
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.ranged import RangePolicy
 from mlxpin.store.sources import ByteSource, LocalSourceBytes
+from mlxpin.util.writable import require_writable_dir
 
 if TYPE_CHECKING:
     from mlxpin.hub.client import HubDownloader
@@ -70,6 +71,9 @@ def fetch(
     manifest = manifest_of(settings)
     locks = locked_models(settings, manifest, pick(manifest, names))
     layout = StoreLayout.of(settings)
+    require_writable_dir(layout.state_dir, STATE_DIR_HINT)
+    if any(lock.original.repo is not None for lock in locks):
+        require_writable_dir(layout.hub_cache, HUB_CACHE_HINT)
     register_root(layout, settings.lock_dir)
     downloaders: list[HubDownloader] = []
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlxpin.config import Settings
-from mlxpin.errors import ExitCode, LockStaleError, MlxpinError
+from mlxpin.config import (
+    DEFAULT_HUB_DEADLINE_S,
+    HUB_DEADLINE_VARIABLE,
+    STATE_DIR_HINT,
+    Settings,
+)
+from mlxpin.errors import ConfigError, ExitCode, LockStaleError, MlxpinError
 from mlxpin.hub.resolve import Resolution, resolve
 from mlxpin.project.lockfile import (
     LockedModel,
@@ -27,6 +33,7 @@ from mlxpin.project.selection import (
 )
 from mlxpin.util.atomic import hold_lock
 from mlxpin.util.parallel import run_parallel
+from mlxpin.util.writable import require_writable_dir
 
 if TYPE_CHECKING:
     from mlxpin.hub.client import HubClient
@@ -135,6 +142,22 @@ def check(settings: Settings, names: Sequence[str] = ()) -> CheckResult:
     return CheckResult(tuple(s for s in states if s.name in wanted or s.state == "orphan"))
 
 
+def hub_deadline_s(settings: Settings) -> float:
+    """Seconds one Hub look-up may take in all, from MLXPIN_HUB_DEADLINE (78 if invalid)."""
+    if settings.hub_deadline is None:
+        return DEFAULT_HUB_DEADLINE_S
+    try:
+        seconds = float(settings.hub_deadline)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(
+            f"{HUB_DEADLINE_VARIABLE}={settings.hub_deadline} is not a number of seconds",
+            f"set it to a positive number such as {DEFAULT_HUB_DEADLINE_S:g}, or unset it",
+        )
+    return seconds
+
+
 def default_hub_client(settings: Settings) -> HubClient:
     from mlxpin.hub.client import HubClient, HubConfig
 
@@ -143,6 +166,7 @@ def default_hub_client(settings: Settings) -> HubClient:
             endpoint=settings.endpoint,
             token_present=settings.token_present,
             offline=settings.offline,
+            deadline_s=hub_deadline_s(settings),
         )
     )
 
@@ -160,6 +184,7 @@ def lock(
     picked = pick(manifest, names)
     specs = with_dependencies(manifest, picked)
     moving = {s.name for s in picked} if update else set()
+    require_writable_dir(lock_dir_mutex(settings).parent, STATE_DIR_HINT)
     with hold_lock(lock_dir_mutex(settings)):
         locks = read_locks(settings.lock_dir, [s.name for s in specs])
         states = {s.name: s for s in diff(manifest, locks, ())}

@@ -192,6 +192,8 @@ def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> Loc
         document = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise reader.fail(f"not valid TOML ({exc})") from None
+    except RecursionError:  # hostile nesting; mlxpin writes three levels at most
+        raise reader.fail("not valid TOML (nested too deeply)") from None
     reader.keys(document, {"format", "name", "original", "locked", "files"}, "the file")
     if document.get("format") != LOCK_FORMAT:
         raise reader.fail(f"unsupported format {document.get('format')!r} (expected {LOCK_FORMAT})")
