@@ -49,6 +49,16 @@ def plan_json(plan: LaunchPlan) -> dict[str, Any]:
         "cwd": str(plan.cwd),
         "upstream_model": plan.upstream_model,
         "api_key_required": plan.api_key_required,
+        "runtime": None
+        if plan.runtime is None
+        else {
+            "pinned": plan.runtime.pinned,
+            "key": plan.runtime.key,
+            "path": str(plan.runtime.path) if plan.runtime.path else None,
+            "python": plan.runtime.python,
+            "mlx_lm": plan.runtime.mlx_lm,
+            "mlx": plan.runtime.mlx,
+        },
         "snapshots": [
             {
                 "name": s.name,
@@ -79,6 +89,8 @@ def plan_text(plan: LaunchPlan) -> str:
         f"cwd        {plan.cwd}  (emptied at start)",
         f"api key    {key}",
     ]
+    if plan.runtime is not None:
+        lines.append(f"runtime    {plan.runtime.describe()}")
     for snap in plan.snapshots:
         pin = short_commit(snap.commit) if snap.commit else snap.tree_hash[:19]
         lines.append(

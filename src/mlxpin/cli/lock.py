@@ -22,6 +22,7 @@ from mlxpin.cli.app import (
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import lock as lock_cmd
 from mlxpin.errors import ExitCode, LockStaleError
+from mlxpin.runtime.lock import RuntimeChange
 
 
 def describe_change(change: lock_cmd.LockChange) -> str | None:
@@ -73,6 +74,42 @@ def change_json(change: lock_cmd.LockChange) -> dict[str, Any]:
     }
 
 
+def describe_runtime(change: RuntimeChange) -> str | None:
+    versions = f"mlx-lm {change.mlx_lm}, mlx {change.mlx}, {change.packages} packages"
+    key = (change.key or "")[:12]
+    if change.action == "kept":
+        return f"runtime: kept {versions} ({key})"
+    if change.action == "locked":
+        why = f" [{change.reason}]" if change.reason else ""
+        return f"runtime: locked {versions} → {key}{why}"
+    if change.action == "updated":
+        moves = ", ".join(
+            f"{c.name} {c.old or '(new)'} → {c.new or '(removed)'}" for c in change.changes
+        )
+        return f"runtime: {(change.old_key or '')[:12]} → {key}: {moves}"
+    if change.action == "unchanged":
+        return f"runtime: {versions} ({key}) is already the newest the ranges allow"
+    if change.action == "removed":
+        return "runtime: removed lock/runtime.toml (the manifest has no [runtime])"
+    return None
+
+
+def runtime_json(change: RuntimeChange | None) -> dict[str, Any] | None:
+    if change is None:
+        return None
+    return {
+        "action": change.action,
+        "reason": change.reason,
+        "key": change.key,
+        "old_key": change.old_key,
+        "packages": change.packages,
+        "mlx_lm": change.mlx_lm,
+        "mlx": change.mlx,
+        "changes": [{"name": c.name, "old": c.old, "new": c.new} for c in change.changes],
+        "error": change.error.to_json() if change.error else None,
+    }
+
+
 @app.command("lock")
 @guarded
 def lock_command(
@@ -83,6 +120,14 @@ def lock_command(
             "--update",
             help="Re-resolve the named models (default: all) to the newest commit of their "
             "revision, and print what changed.",
+        ),
+    ] = False,
+    update_runtime: Annotated[
+        bool,
+        typer.Option(
+            "--update-runtime",
+            help="Re-resolve the [runtime] pin to the newest versions its ranges allow, "
+            "and print old → new versions.",
         ),
     ] = False,
     check: Annotated[
@@ -110,39 +155,58 @@ def lock_command(
     settings = settings_for(manifest, lock_dir)
     selected = list(names or ())
     if check:
-        if update:
-            raise typer.BadParameter("--check and --update cannot be combined")
+        if update or update_runtime:
+            raise typer.BadParameter("--check cannot be combined with --update or --update-runtime")
         checked = lock_cmd.check(settings, selected)
         bad = [s for s in checked.states if s.state != "ok"]
-        for state in checked.states:
+        shown = [*checked.states, *([checked.runtime] if checked.runtime else [])]
+        for state in shown:
             if state.state == "ok":
                 out.line(f"{state.name}: ok")
             else:
                 out.line(f"{state.name}: {state.state} ({state.reason})")
+        runtime = checked.runtime
         out.result(
             {
                 "ok": checked.ok,
                 "models": [
                     {"name": s.name, "state": s.state, "reason": s.reason} for s in checked.states
                 ],
+                "runtime": None
+                if runtime is None
+                else {"state": runtime.state, "reason": runtime.reason},
             }
         )
+        if runtime is not None and runtime.state != "ok":
+            bad.append(runtime)
         if bad:
             error = LockStaleError(
                 [f"{s.name} is {s.state}" for s in bad],
-                [s.name for s in bad if s.state != "orphan"],
+                [s.name for s in bad if s.state != "orphan" and s is not runtime],
             )
             if not as_json:
                 report_error(error, False)
             corrupt = any(s.state == "corrupt" for s in bad)
             raise typer.Exit(int(ExitCode.DATA if corrupt else error.exit_code))
         return
-    result = lock_cmd.lock(settings, selected, update=update, jobs=jobs)
+    result = lock_cmd.lock(
+        settings, selected, update=update, jobs=jobs, update_runtime=update_runtime
+    )
     for change in result.changes:
         text = describe_change(change)
         if text and not (quiet and change.action == "kept"):
             out.line(text)
-    out.result({"ok": not result.errors, "models": [change_json(c) for c in result.changes]})
+    if result.runtime is not None:
+        text = describe_runtime(result.runtime)
+        if text and not (quiet and result.runtime.action == "kept"):
+            out.line(text)
+    out.result(
+        {
+            "ok": not result.errors,
+            "models": [change_json(c) for c in result.changes],
+            "runtime": runtime_json(result.runtime),
+        }
+    )
     if result.errors:
         for failure in result.errors:
             report_error(failure, False)

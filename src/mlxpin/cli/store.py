@@ -93,7 +93,7 @@ def fetch_command(
     bars = _bars(as_json, quiet)
     started = time.monotonic()
     try:
-        result = fetch_cmd.fetch(settings, list(names or ()), bars)
+        result = fetch_cmd.fetch(settings, list(names or ()), bars, runtime_report=out.note)
     finally:
         bars.close()
     elapsed = time.monotonic() - started
@@ -107,6 +107,14 @@ def fetch_command(
                 f"{model.name}: fetched and verified {model.files} files, "
                 f"{human_size(model.total_size)} (downloaded {human_size(model.downloaded_bytes)})"
             )
+    runtime = result.runtime
+    if runtime is not None:
+        versions = (
+            f"mlx-lm {runtime.dists.get('mlx-lm')}, mlx {runtime.dists.get('mlx')}, "
+            f"{runtime.packages} packages, Python {runtime.python_version}"
+        )
+        state = "installed" if runtime.built else "up to date"
+        out.line(f"runtime: {state} ({versions}) at {runtime.path}")
     out.result(
         {
             "ok": True,
@@ -123,6 +131,19 @@ def fetch_command(
                 }
                 for m in result.models
             ],
+            "runtime": None
+            if runtime is None
+            else {
+                "key": runtime.key,
+                "path": str(runtime.path),
+                "python": str(runtime.python),
+                "python_version": runtime.python_version,
+                "built": runtime.built,
+                "packages": runtime.packages,
+                "seconds": round(runtime.seconds, 3),
+                "mlx_lm": runtime.dists.get("mlx-lm"),
+                "mlx": runtime.dists.get("mlx"),
+            },
         }
     )
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlxpin.config import Settings
+from mlxpin.errors import LockCorruptError, LockStaleError
 from mlxpin.hub.source import HubSourceBytes
 from mlxpin.project.lockfile import LockedModel
-from mlxpin.project.manifest import PathSource
+from mlxpin.project.manifest import Manifest, PathSource
 from mlxpin.project.selection import locked_models, manifest_of, pick
+from mlxpin.runtime.install import InstallOutcome, install_runtime
+from mlxpin.runtime.layout import RuntimeLayout
+from mlxpin.runtime.pin import RuntimePin, pin_path, read_state
 from mlxpin.store.fetch import (
     FetchOutcome,
     NoProgress,
@@ -31,19 +36,41 @@ ProgressFactory = Callable[[str], Progress]
 @dataclass(frozen=True)
 class FetchResult:
     models: tuple[FetchOutcome, ...]
+    runtime: InstallOutcome | None = None  # None: the manifest has no [runtime]
 
 
 def _no_progress(_: str) -> Progress:
     return NoProgress()
 
 
+def _no_report(_: str) -> None:
+    pass
+
+
+def pinned_runtime(settings: Settings, manifest: Manifest) -> RuntimePin | None:
+    """The runtime pin that answers the manifest's [runtime] (None without one), or the
+    refusal `launch` would give (78 stale/missing, 65 corrupt). No network."""
+    if manifest.runtime is None:
+        return None
+    state, pin = read_state(manifest.runtime, settings.lock_dir)
+    if state.state == "corrupt":
+        raise LockCorruptError(pin_path(settings.lock_dir), state.reason or "unreadable")
+    if state.state != "ok" or pin is None:
+        raise LockStaleError([f"runtime: lock is {state.state} ({state.reason})"], [])
+    return pin
+
+
 def fetch(
     settings: Settings,
     names: Sequence[str] = (),
     progress: ProgressFactory = _no_progress,
+    runtime_report: Callable[[str], None] = _no_report,
+    environ: Mapping[str, str] | None = None,
 ) -> FetchResult:
+    """Fetch the models' snapshots, then install the pinned runtime (if any)."""
     manifest = manifest_of(settings)
     locks = locked_models(settings, manifest, pick(manifest, names))
+    runtime_pin = pinned_runtime(settings, manifest)
     layout = StoreLayout.of(settings)
     register_root(layout, settings.lock_dir)
     downloaders: list[HubDownloader] = []
@@ -70,7 +97,15 @@ def fetch(
         else:
             source = HubSourceBytes(lock, downloader)
         outcomes.append(fetch_model(layout, lock, source, progress(lock.name)))
-    return FetchResult(tuple(outcomes))
+    runtime = None
+    if runtime_pin is not None:
+        runtime = install_runtime(
+            RuntimeLayout.of(settings),
+            runtime_pin,
+            os.environ if environ is None else environ,
+            runtime_report,
+        )
+    return FetchResult(tuple(outcomes), runtime)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,8 @@ from mlxpin.project.selection import (
     read_locks,
     with_dependencies,
 )
+from mlxpin.runtime.lock import Resolver, RuntimeChange, lock_runtime
+from mlxpin.runtime.pin import read_state
 from mlxpin.util.atomic import hold_lock
 from mlxpin.util.parallel import run_parallel
 
@@ -55,19 +58,31 @@ class LockChange:
 @dataclass(frozen=True)
 class LockResult:
     changes: tuple[LockChange, ...]
+    runtime: RuntimeChange | None = None  # lock/runtime.toml (None: no [runtime], no pin)
 
     @property
     def errors(self) -> tuple[MlxpinError, ...]:
-        return tuple(c.error for c in self.changes if c.error is not None)
+        found = [c.error for c in self.changes if c.error is not None]
+        if self.runtime is not None and self.runtime.error is not None:
+            found.append(self.runtime.error)
+        return tuple(found)
 
 
 @dataclass(frozen=True)
 class CheckResult:
     states: tuple[PinState, ...]
+    runtime: PinState | None = None  # None: neither a [runtime] nor lock/runtime.toml
 
     @property
     def ok(self) -> bool:
-        return all(s.state == "ok" for s in self.states)
+        runtime_ok = self.runtime is None or self.runtime.state == "ok"
+        return runtime_ok and all(s.state == "ok" for s in self.states)
+
+
+def default_runtime_resolver() -> Resolver:
+    from mlxpin.runtime.resolve import resolve_runtime
+
+    return resolve_runtime
 
 
 def files_changed(old: LockedModel | None, new: LockedModel) -> int:
@@ -83,7 +98,11 @@ def check(settings: Settings, names: Sequence[str] = ()) -> CheckResult:
     locks = read_locks(settings.lock_dir, [s.name for s in specs])
     states = diff(manifest, locks, lock_names_on_disk(settings.lock_dir))
     wanted = {s.name for s in specs}
-    return CheckResult(tuple(s for s in states if s.name in wanted or s.state == "orphan"))
+    runtime, _ = read_state(manifest.runtime, settings.lock_dir)
+    return CheckResult(
+        tuple(s for s in states if s.name in wanted or s.state == "orphan"),
+        None if runtime.reason == "not pinned" else runtime,
+    )
 
 
 def default_hub_client(settings: Settings) -> HubClient:
@@ -105,8 +124,12 @@ def lock(
     update: bool = False,
     jobs: int = MAX_PARALLEL,
     hub_factory: Callable[[Settings], HubClient] = default_hub_client,
+    update_runtime: bool = False,
+    resolver: Resolver | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> LockResult:
-    """Lock what is missing or stale (everything named, with update=True); drop orphans."""
+    """Lock what is missing or stale (everything named, with update=True); drop orphans.
+    The runtime pin is kept, locked when missing or stale, moved with `update_runtime`."""
     manifest = manifest_of(settings)
     picked = pick(manifest, names)
     specs = with_dependencies(manifest, picked)
@@ -140,9 +163,16 @@ def lock(
         if todo:
             changes.extend(run_parallel(work, todo, workers=jobs))
         changes.extend(_remove_orphans(settings, set(manifest.names)))
+        runtime = lock_runtime(
+            manifest,
+            settings.lock_dir,
+            os.environ if environ is None else environ,
+            update=update_runtime,
+            resolver=resolver or default_runtime_resolver(),
+        )
     order = {s.name: i for i, s in enumerate(manifest.models)}
     changes.sort(key=lambda c: (order.get(c.name, len(order)), c.name))
-    return LockResult(tuple(changes))
+    return LockResult(tuple(changes), runtime)
 
 
 def _describe(spec: ModelSpec) -> str:

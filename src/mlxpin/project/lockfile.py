@@ -15,7 +15,7 @@ from typing import Any
 
 from mlxpin.errors import LockCorruptError, LockStaleError
 from mlxpin.project import validate
-from mlxpin.project.manifest import HubSource, Manifest, ModelSpec
+from mlxpin.project.manifest import RESERVED_NAMES, HubSource, Manifest, ModelSpec
 from mlxpin.util.atomic import write_atomic
 from mlxpin.util.hashing import tree_hash
 
@@ -283,8 +283,9 @@ def _written_by_mlxpin(path: Path) -> bool:
 
 
 def lock_names_on_disk(lock_dir: Path) -> tuple[str, ...]:
-    """Names of the lock files in a directory: only files `mlxpin lock` wrote (by their
-    first line), so a manifest or pyproject.toml sharing the directory is never touched."""
+    """Names of the model lock files in a directory: only files `mlxpin lock` wrote (by
+    their first line), so a manifest or pyproject.toml sharing the directory is never
+    touched; never lock/runtime.toml (the runtime pin is not a model's, nor an orphan)."""
     try:
         entries = sorted(lock_dir.iterdir())
     except OSError:
@@ -294,6 +295,7 @@ def lock_names_on_disk(lock_dir: Path) -> tuple[str, ...]:
         for p in entries
         if p.suffix == ".toml"
         and validate.NAME_RE.fullmatch(p.stem)
+        and p.stem not in RESERVED_NAMES
         and p.is_file()
         and _written_by_mlxpin(p)
     )

@@ -7,8 +7,6 @@ executes a plan.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +15,13 @@ from mlxpin.config import Settings
 from mlxpin.errors import (
     ConfigError,
     IntegrityError,
-    ServerMissingError,
     SnapshotMissingError,
     UsageError,
 )
 from mlxpin.project.lockfile import LockedModel, valid_locks
 from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
 from mlxpin.project.serveropts import server_argv
+from mlxpin.runtime.server import ServerRuntime, server_runtime
 from mlxpin.store.layout import StoreLayout, check_stamp
 
 PRIVATE_HOST = "127.0.0.1"
@@ -91,6 +89,7 @@ class LaunchPlan:
     cwd: Path
     snapshots: tuple[PinnedSnapshot, ...]
     api_key_required: bool
+    runtime: ServerRuntime | None = None  # which interpreter, mlx-lm and mlx will run
 
     @property
     def upstream_model(self) -> str:
@@ -122,18 +121,6 @@ def choose_model(manifest: Manifest, name: str | None, settings: Settings) -> Mo
             f"one of: {', '.join(manifest.names)}",
         )
     return spec
-
-
-def find_server() -> tuple[str, ...]:
-    """The mlx_lm.server entry point, preferring this interpreter's own installation."""
-    if importlib.util.find_spec("mlx_lm") is not None:
-        return (sys.executable, "-m", "mlx_lm", "server")
-    import shutil
-
-    script = shutil.which("mlx_lm.server")
-    if script is not None:
-        return (script,)
-    raise ServerMissingError(f"no `mlx_lm` module for {sys.executable} and none on PATH")
 
 
 def _pinned(layout: StoreLayout, lock: LockedModel, role: str, verify: bool) -> PinnedSnapshot:
@@ -182,6 +169,7 @@ def plan_launch(
         if dependency is not None:  # the manifest parser checked every reference
             roles.append((role, flag, dependency))
     locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])  # all problems at once
+    runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
     snapshots = [
         _pinned(layout, lock, role, verify) for (role, _, _), lock in zip(roles, locks, strict=True)
     ]
@@ -196,11 +184,12 @@ def plan_launch(
         public_host=spec.host,
         public_port=spec.port,
         private_host=PRIVATE_HOST,
-        server_command=find_server(),
+        server_command=runtime.command,
         server_args=tuple(args),
         env_set=OFFLINE_ENV,
         env_unset=REMOVED_ENV,
         cwd=settings.state_dir / "run" / f"{spec.name}-{spec.port}",
         snapshots=tuple(snapshots),
         api_key_required=read_api_key(environ) is not None,
+        runtime=runtime,
     )
