@@ -241,4 +241,33 @@ def status_command(
             f"{row.name}: label {row.api_label} on {row.endpoint}; {row.source}; {lock}; "
             f"{fetched}; {human_size(row.size_on_disk)} of {human_size(row.total_size)} on disk"
         )
-    out.result({"ok": True, "models": [_status_json(r) for r in result.models]})
+    runtime = result.runtime
+    if runtime is not None:
+        if runtime.key is None:
+            out.line(f"runtime: lock {runtime.state} ({runtime.reason})")
+        else:
+            lock = "pinned" if runtime.state == "ok" else f"lock {runtime.state} ({runtime.reason})"
+            where = f"installed at {runtime.path}" if runtime.installed else str(runtime.problem)
+            out.line(
+                f"runtime: mlx-lm {runtime.mlx_lm}, mlx {runtime.mlx}, {runtime.packages} "
+                f"packages; {lock} ({runtime.key[:12]}); {where}"
+            )
+    out.result(
+        {
+            "ok": True,
+            "models": [_status_json(r) for r in result.models],
+            "runtime": None
+            if runtime is None
+            else {
+                "state": runtime.state,
+                "reason": runtime.reason,
+                "key": runtime.key,
+                "packages": runtime.packages,
+                "mlx_lm": runtime.mlx_lm,
+                "mlx": runtime.mlx,
+                "installed": runtime.installed,
+                "problem": runtime.problem,
+                "path": str(runtime.path) if runtime.path else None,
+            },
+        }
+    )

@@ -22,6 +22,8 @@ from typing import Literal
 from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, LockBusyError, LockCorruptError
 from mlxpin.project.lockfile import LockedModel, lock_names_on_disk, read_lock
+from mlxpin.runtime.gc import live_runtime_keys, runtime_garbage
+from mlxpin.runtime.layout import RuntimeLayout
 from mlxpin.store.gc import (
     HEX_RE,
     BlobOnDisk,
@@ -327,7 +329,11 @@ def _prune(directory: Path, stop: Path) -> None:
 
 
 def _remove(item: Doomed) -> bool:
-    if item.kind in ("view", "temp") and item.path.is_dir() and not item.path.is_symlink():
+    if (
+        item.kind in ("view", "temp", "runtime")
+        and item.path.is_dir()
+        and not item.path.is_symlink()
+    ):
         return _remove_tree(item.path)
     removed = _unlink(item.path)
     if item.kind == "link" and item.prune_to is not None:
@@ -363,6 +369,19 @@ def _execute(item: Doomed, live: LiveSet, timeout_s: float) -> ItemOutcome:
     return ItemOutcome(item, "removed")
 
 
+def _with_runtimes(
+    live: LiveSet, runtimes: RuntimeLayout, settings: Settings, roots: tuple[LiveRoot, ...]
+) -> tuple[LiveSet, list[LockCorruptError]]:
+    """Add the runtimes the live lock dirs' lock/runtime.toml name to the live set."""
+    dirs = {settings.lock_dir, *(r.lock_dir for r in roots)}
+    keys, problems = live_runtime_keys(sorted(dirs))
+    return LiveSet(live.paths | {runtimes.path(k) for k in keys}), problems
+
+
+def _keys(live: LiveSet, runtimes: RuntimeLayout) -> set[str]:
+    return {p.name for p in live.paths if p.parent == runtimes.root}
+
+
 def gc(
     settings: Settings,
     *,
@@ -377,11 +396,14 @@ def gc(
     roots = read_roots(layout)
     live, live_roots, problems = collect_live(settings, layout, roots)
     inventory = scan(layout, roots)
-    the_plan = plan(
-        inventory,
-        live,
-        include_foreign=include_foreign,
-        now=time.time() if now is None else now,
+    moment = time.time() if now is None else now
+    the_plan = plan(inventory, live, include_foreign=include_foreign, now=moment)
+    runtimes = RuntimeLayout.of(settings)
+    live, runtime_problems = _with_runtimes(live, runtimes, settings, live_roots)
+    problems = (*problems, *runtime_problems)
+    the_plan = GcPlan(
+        (*the_plan.doomed, *runtime_garbage(runtimes, _keys(live, runtimes), moment)),
+        the_plan.kept,
     )
     if not yes:
         outcomes = tuple(ItemOutcome(item, "would_remove") for item in the_plan.doomed)
@@ -402,6 +424,7 @@ def gc(
             "mount or restore it, or if it is gone for good: mlxpin gc --yes --forget-missing",
         )
     # A lock written since the scan may have made something live again: read them once more.
-    live_again, _, _ = collect_live(settings, layout, read_roots(layout))
+    live_again, roots_again, _ = collect_live(settings, layout, read_roots(layout))
+    live_again, _ = _with_runtimes(live_again, runtimes, settings, roots_again)
     outcomes = tuple(_execute(item, live_again, lock_timeout_s) for item in the_plan.doomed)
     return GcResult(False, include_foreign, the_plan, outcomes, live_roots, problems)

@@ -9,7 +9,10 @@ from pathlib import Path
 from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
+from mlxpin.project.manifest import Manifest
 from mlxpin.project.selection import manifest_of, pick
+from mlxpin.runtime.layout import RuntimeLayout, check_runtime
+from mlxpin.runtime.pin import read_state
 from mlxpin.store.layout import StoreLayout, check_stamp, size_on_disk
 
 
@@ -33,8 +36,43 @@ class ModelStatus:
 
 
 @dataclass(frozen=True)
+class RuntimeStatus:
+    state: str  # lock/runtime.toml: ok | missing | stale | corrupt | orphan
+    reason: str | None
+    key: str | None
+    packages: int
+    mlx_lm: str | None  # pinned versions
+    mlx: str | None
+    installed: bool
+    problem: str | None  # why it is not installed
+    path: Path | None
+
+
+@dataclass(frozen=True)
 class StatusResult:
     models: tuple[ModelStatus, ...]
+    runtime: RuntimeStatus | None = None  # None: no [runtime] and no runtime.toml
+
+
+def runtime_status(settings: Settings, manifest: Manifest) -> RuntimeStatus | None:
+    state, pin = read_state(manifest.runtime, settings.lock_dir)
+    if state.reason == "not pinned":
+        return None
+    if pin is None:
+        return RuntimeStatus(state.state, state.reason, None, 0, None, None, False, None, None)
+    layout = RuntimeLayout.of(settings)
+    check = check_runtime(layout, pin.key)
+    return RuntimeStatus(
+        state=state.state,
+        reason=state.reason,
+        key=pin.key,
+        packages=len({d.name for d in pin.packages}),
+        mlx_lm=pin.version_of("mlx-lm"),
+        mlx=pin.version_of("mlx"),
+        installed=check.ok,
+        problem=check.problem,
+        path=layout.path(pin.key) if check.ok else None,
+    )
 
 
 def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
@@ -82,4 +120,4 @@ def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
                 snapshot=snapshot,
             )
         )
-    return StatusResult(tuple(rows))
+    return StatusResult(tuple(rows), runtime_status(settings, manifest))

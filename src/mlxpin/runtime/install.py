@@ -8,8 +8,9 @@ same file system, installs the closure there with `uv pip sync --require-hashes`
 the stamp inside, and only then renames it to `runtimes/<key>`. (Bytecode is not
 compiled ahead: that took two minutes for mlx-lm's closure here, against seconds for the
 install; Python writes `__pycache__` on first use as in any venv, which the stamp
-ignores.) Readers trust a directory only with its stamp, and it only exists once complete; a crash leaves a temporary directory
-that the next install of that key (or `gc`) removes. A hash mismatch aborts uv before
+ignores.) Readers trust a directory only with its stamp, and it only exists once
+complete; a crash leaves a temporary directory that the next install of that key (or
+`gc`) removes. A hash mismatch aborts uv before
 anything is renamed, and the temporary directory is deleted.
 
 Parallel installs of one key serialise on `locks/runtime-<key>.lock`; whoever waited

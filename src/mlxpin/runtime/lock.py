@@ -80,7 +80,7 @@ def lock_runtime(
     """None when there is neither a `[runtime]` nor a runtime.toml."""
     state, old = read_state(manifest.runtime, lock_dir)
     if manifest.runtime is None:
-        if state.state != "orphan":
+        if state.state not in ("orphan", "corrupt"):
             return None
         try:
             pin_path(lock_dir).unlink()
