@@ -19,6 +19,7 @@ import pytest
 
 from mlxpin.project.lockfile import lock_names_on_disk
 from mlxpin.runtime.resolve import platform_fits
+from mlxpin.runtime.uv import classify, uv_environment
 
 from conftest import Project
 from pyindex import PyIndex, build_wheel
@@ -337,3 +338,32 @@ def test_without_a_runtime_dry_run_names_this_interpreters_versions(rt: Project)
 )
 def test_platform_filter(name: str, fits: bool) -> None:
     assert platform_fits(name) is fits
+
+
+def test_pip_index_variables_reach_uv_unless_uv_has_its_own() -> None:
+    pip_only = uv_environment({"PIP_INDEX_URL": "https://mirror.test/simple", "VIRTUAL_ENV": "x"})
+    assert pip_only["UV_INDEX_URL"] == "https://mirror.test/simple"
+    assert pip_only["UV_PYTHON_DOWNLOADS"] == "never" and "VIRTUAL_ENV" not in pip_only
+    both = uv_environment({"PIP_INDEX_URL": "https://a.test", "UV_DEFAULT_INDEX": "https://b.test"})
+    assert "UV_INDEX_URL" not in both
+
+
+@pytest.mark.parametrize(
+    ("stderr", "code"),
+    [
+        ("error: Hash mismatch for `tinypkg==1.0`", 65),
+        ("× No solution found when resolving dependencies:", 78),
+        (
+            "error: Failed to fetch: `http://127.0.0.1:9/simple/x/`\n  cause: tcp connect error",
+            69,
+        ),
+        (
+            "error: No interpreter found for Python >=3.99 in managed installations or search path",
+            69,
+        ),
+        ("error: something new", 69),
+    ],
+)
+def test_uv_failures_become_typed_errors(stderr: str, code: int) -> None:
+    error = classify(stderr, "resolving [runtime]", "https://index.test", Path("manifest.toml"))
+    assert int(error.exit_code) == code
