@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -21,7 +21,6 @@ from mlxpin.cli.app import (
 )
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import lock as lock_cmd
-from mlxpin.errors import ExitCode, LockStaleError
 from mlxpin.runtime.lock import RuntimeChange
 
 
@@ -55,25 +54,6 @@ def describe_change(change: lock_cmd.LockChange) -> str | None:
     return None
 
 
-def change_json(change: lock_cmd.LockChange) -> dict[str, Any]:
-    return {
-        "name": change.name,
-        "action": change.action,
-        "source": change.source,
-        "reason": change.reason,
-        "revision": change.revision,
-        "old_commit": change.old_commit,
-        "old_date": change.old_date,
-        "new_commit": change.new_commit,
-        "new_date": change.new_date,
-        "files_changed": change.files_changed,
-        "size_delta": change.size_delta,
-        "total_size": change.total_size,
-        "gated": change.gated,
-        "error": change.error.to_json() if change.error else None,
-    }
-
-
 def describe_runtime(change: RuntimeChange) -> str | None:
     versions = f"mlx-lm {change.mlx_lm}, mlx {change.mlx}, {change.packages} packages"
     key = (change.key or "")[:12]
@@ -92,22 +72,6 @@ def describe_runtime(change: RuntimeChange) -> str | None:
     if change.action == "removed":
         return "runtime: removed lock/runtime.toml (the manifest has no [runtime])"
     return None
-
-
-def runtime_json(change: RuntimeChange | None) -> dict[str, Any] | None:
-    if change is None:
-        return None
-    return {
-        "action": change.action,
-        "reason": change.reason,
-        "key": change.key,
-        "old_key": change.old_key,
-        "packages": change.packages,
-        "mlx_lm": change.mlx_lm,
-        "mlx": change.mlx,
-        "changes": [{"name": c.name, "old": c.old, "new": c.new} for c in change.changes],
-        "error": change.error.to_json() if change.error else None,
-    }
 
 
 @app.command("lock")
@@ -158,36 +122,16 @@ def lock_command(
         if update or update_runtime:
             raise typer.BadParameter("--check cannot be combined with --update or --update-runtime")
         checked = lock_cmd.check(settings, selected)
-        bad = [s for s in checked.states if s.state != "ok"]
-        shown = [*checked.states, *([checked.runtime] if checked.runtime else [])]
-        for state in shown:
+        for state in checked.all_states:
             if state.state == "ok":
                 out.line(f"{state.name}: ok")
             else:
                 out.line(f"{state.name}: {state.state} ({state.reason})")
-        runtime = checked.runtime
-        out.result(
-            {
-                "ok": checked.ok,
-                "models": [
-                    {"name": s.name, "state": s.state, "reason": s.reason} for s in checked.states
-                ],
-                "runtime": None
-                if runtime is None
-                else {"state": runtime.state, "reason": runtime.reason},
-            }
-        )
-        if runtime is not None and runtime.state != "ok":
-            bad.append(runtime)
-        if bad:
-            error = LockStaleError(
-                [f"{s.name} is {s.state}" for s in bad],
-                [s.name for s in bad if s.state != "orphan" and s is not runtime],
-            )
+        out.result(checked.to_json())
+        if checked.problem is not None:
             if not as_json:
-                report_error(error, False)
-            corrupt = any(s.state == "corrupt" for s in bad)
-            raise typer.Exit(int(ExitCode.DATA if corrupt else error.exit_code))
+                report_error(checked.problem, False)
+            raise typer.Exit(int(checked.exit_code))
         return
     result = lock_cmd.lock(
         settings, selected, update=update, jobs=jobs, update_runtime=update_runtime
@@ -200,14 +144,8 @@ def lock_command(
         text = describe_runtime(result.runtime)
         if text and not (quiet and result.runtime.action == "kept"):
             out.line(text)
-    out.result(
-        {
-            "ok": not result.errors,
-            "models": [change_json(c) for c in result.changes],
-            "runtime": runtime_json(result.runtime),
-        }
-    )
+    out.result(result.to_json())
     if result.errors:
         for failure in result.errors:
             report_error(failure, False)
-        raise typer.Exit(int(result.errors[0].exit_code))
+        raise typer.Exit(int(result.exit_code))

@@ -6,7 +6,7 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,12 +23,12 @@ from mlxpin.cli.app import (
     report_error,
     settings_for,
 )
-from mlxpin.cli.lock import change_json, describe_change
+from mlxpin.cli.lock import describe_change
 from mlxpin.cli.render import human_size
 
 if TYPE_CHECKING:  # the modules themselves load lazily: `launch` registers this file too
-    from mlxpin.commands.gc import GcResult, ItemOutcome
-    from mlxpin.serve.units import BuiltSpec, CommandRun, Platform
+    from mlxpin.commands.service import UnitRequest
+    from mlxpin.serve.units import Platform
 
 service_app = typer.Typer(
     name="service",
@@ -104,34 +104,17 @@ def _warn(out: Output, warnings: tuple[str, ...]) -> None:
         out.note(f"mlxpin: warning: {warning}")
 
 
-def _ran_json(ran: tuple[CommandRun, ...]) -> list[dict[str, Any]]:
-    return [{"argv": list(r.argv), "returncode": r.returncode, "output": r.output} for r in ran]
-
-
-def _build(
+def _request(
     name: str,
     platform: PlatformChoice | None,
     system: bool,
-    log_file: Path | None,
-    env_file: Path | None,
-    run_as: str | None,
-    cache_dir: Path | None,
-    manifest: Path | None,
-    lock_dir: Path | None,
-) -> BuiltSpec:
-    from mlxpin.serve import units as service
+    log_file: Path | None = None,
+    env_file: Path | None = None,
+    run_as: str | None = None,
+) -> UnitRequest:
+    from mlxpin.commands.service import UnitRequest
 
-    settings = settings_for(manifest, lock_dir, cache_dir)
-    return service.build_spec(
-        settings,
-        name,
-        platform=_platform(platform),
-        system=system,
-        environ=os.environ,
-        log_file=log_file,
-        env_file=env_file,
-        run_as=run_as,
-    )
+    return UnitRequest(name, _platform(platform), system, log_file, env_file, run_as)
 
 
 @service_app.command("install")
@@ -163,16 +146,20 @@ def service_install(
     Validates the manifest first; warns when the lock or the snapshot is not ready. The
     unit holds no secret and never restarts on a permanent error (exit 65/66/77/78).
     """
-    from mlxpin.serve import units as service
+    from mlxpin.commands import service
 
     if print_only and enable:
         raise typer.BadParameter("--print and --enable cannot be combined")
     out = Output(as_json, quiet)
-    built = _build(
-        name, platform, system, log_file, env_file, run_as, cache_dir, manifest, lock_dir
+    installed = service.install(
+        settings_for(manifest, lock_dir, cache_dir),
+        _request(name, platform, system, log_file, env_file, run_as),
+        os.environ,
+        print_only=print_only,
+        enable=enable,
     )
-    _warn(out, built.warnings)
-    result = service.install(built, print_only=print_only, enable=enable)
+    result = installed.result
+    _warn(out, result.warnings)
     if print_only:
         out.line(result.content.rstrip("\n"))
         out.note(f"mlxpin: would write {result.path} (--print: nothing written)")
@@ -187,21 +174,7 @@ def service_install(
             out.line("next:")
             for step in result.next_steps:
                 out.line(f"  {step}")
-    out.result(
-        {
-            "ok": True,
-            "name": result.name,
-            "platform": result.platform,
-            "system": result.system,
-            "path": str(result.path),
-            "written": result.written,
-            "changed": result.changed,
-            "content": result.content,
-            "warnings": list(result.warnings),
-            "next_steps": list(result.next_steps),
-            "ran": _ran_json(result.ran),
-        }
-    )
+    out.result(installed.to_json())
 
 
 @service_app.command("uninstall")
@@ -223,19 +196,15 @@ def service_uninstall(
     verbose: VerboseOpt = False,
 ) -> None:
     """Remove the boot unit of NAME (nothing to do when it is not installed)."""
-    from mlxpin.serve import units as service
+    from mlxpin.commands import service
 
     if print_only and disable:
         raise typer.BadParameter("--print and --disable cannot be combined")
     out = Output(as_json, quiet)
-    result = service.uninstall(
-        name,
-        platform=_platform(platform),
-        system=system,
-        environ=os.environ,
-        print_only=print_only,
-        disable=disable,
+    uninstalled = service.uninstall(
+        _request(name, platform, system), os.environ, print_only=print_only, disable=disable
     )
+    result = uninstalled.result
     if print_only:
         verb = "would remove" if result.existed else "nothing to remove at"
         out.line(f"{name}: {verb} {result.path}")
@@ -249,17 +218,7 @@ def service_uninstall(
         out.line("if it is running, stop it with:" if not print_only else "then run:")
         for step in result.next_steps:
             out.line(f"  {step}")
-    out.result(
-        {
-            "ok": True,
-            "name": name,
-            "path": str(result.path),
-            "existed": result.existed,
-            "removed": result.removed,
-            "next_steps": list(result.next_steps),
-            "ran": _ran_json(result.ran),
-        }
-    )
+    out.result(uninstalled.to_json())
 
 
 @service_app.command("show")
@@ -279,72 +238,25 @@ def service_show(
     verbose: VerboseOpt = False,
 ) -> None:
     """Print the unit `install` would write, and whether the installed one matches it."""
+    from mlxpin.commands import service
+
     out = Output(as_json, quiet)
-    built = _build(
-        name, platform, system, log_file, env_file, run_as, cache_dir, manifest, lock_dir
+    shown = service.show(
+        settings_for(manifest, lock_dir, cache_dir),
+        _request(name, platform, system, log_file, env_file, run_as),
+        os.environ,
     )
+    built = shown.built
     _warn(out, built.warnings)
-    try:
-        installed: bytes | None = built.path.read_bytes()
-    except OSError:
-        installed = None
-    up_to_date = installed == built.content.encode("utf-8")
     out.line(built.content.rstrip("\n"))
-    if installed is None:
+    if not shown.installed:
         out.note(f"mlxpin: {built.path} is not installed")
-    elif not up_to_date:
+    elif not shown.up_to_date:
         out.note(f"mlxpin: {built.path} differs; `mlxpin service install {name}` updates it")
-    out.result(
-        {
-            "ok": True,
-            "name": built.spec.name,
-            "platform": built.spec.platform,
-            "system": built.spec.system,
-            "path": str(built.path),
-            "content": built.content,
-            "argv": list(built.spec.argv()),
-            "environment": dict(built.spec.environment),
-            "log_file": str(built.spec.log_file),
-            "installed": installed is not None,
-            "up_to_date": up_to_date,
-            "warnings": list(built.warnings),
-        }
-    )
+    out.result(shown.to_json())
 
 
 # --- gc -----------------------------------------------------------------------------------
-
-
-def _gc_json(result: GcResult) -> dict[str, Any]:
-    def item(outcome: ItemOutcome) -> dict[str, Any]:
-        doomed = outcome.item
-        return {
-            "kind": doomed.kind,
-            "path": str(doomed.path),
-            "size": doomed.total_size,
-            "reason": doomed.reason,
-            "status": outcome.status,
-            "detail": outcome.detail,
-            "with": [{"kind": f.kind, "path": str(f.path)} for f in doomed.follow],
-        }
-
-    return {
-        "ok": not result.skipped,
-        "dry_run": result.dry_run,
-        "all": result.include_foreign,
-        "bytes": result.plan.size,
-        "freed_bytes": result.freed,
-        "items": [item(o) for o in result.outcomes],
-        "kept": [
-            {"path": str(k.path), "size": k.size, "reason": k.reason} for k in result.plan.kept
-        ],
-        "kept_bytes": result.plan.kept_size,
-        "roots": [
-            {"lock_dir": str(r.lock_dir), "registered": r.registered, "locks": r.locks}
-            for r in result.roots
-        ],
-        "problems": [p.to_json() for p in result.problems],
-    }
 
 
 @app.command("gc")
@@ -426,15 +338,15 @@ def gc_command(
         if verbose:
             for kept in plan.kept:
                 out.line(f"  kept {human_size(kept.size):>9}  {kept.path}  ({kept.reason})")
-    out.result(_gc_json(result))
-    failed = [o for o in result.skipped if o.status == "failed"]
+    out.result(result.to_json())
+    failed = result.failed
     if failed:
         print(
             f"mlxpin: error: {len(failed)} item(s) could not be deleted "
             f"(first: {failed[0].item.path}: {failed[0].detail})",
             file=sys.stderr,
         )
-        raise typer.Exit(74)
+        raise typer.Exit(int(result.exit_code))
 
 
 # --- manifest edits -------------------------------------------------------------------------
@@ -490,11 +402,11 @@ def add_command(
     The result is validated before anything is written (a bare repo id such as
     `gemma-4-31b-it` is refused: that is an api_label; the repo needs its owner).
     """
-    from mlxpin.project import edit
+    from mlxpin.commands import edit
 
     out = Output(as_json, quiet)
     settings = settings_for(manifest, lock_dir)
-    added = edit.add(
+    result = edit.add(
         settings,
         name,
         repo=repo,
@@ -503,42 +415,28 @@ def add_command(
         label=label,
         port=port,
         files=files,
+        then_lock=then_lock,
     )
+    added = result.added
     _warn(out, added.warnings)
     out.line(
         f"{added.name}: added to {added.manifest} (label {added.api_label}, port {added.port}, "
         f"{added.source})"
     )
-    data: dict[str, Any] = {
-        "ok": True,
-        "name": added.name,
-        "manifest": str(added.manifest),
-        "api_label": added.api_label,
-        "port": added.port,
-        "source": added.source,
-        "added": added.added,
-        "warnings": list(added.warnings),
-        "lock": None,
-    }
-    if not then_lock:
+    if result.locked is None:
         out.line(f"next: mlxpin lock {added.name} && mlxpin fetch {added.name}")
-        out.result(data)
+        out.result(result.to_json())
         return
-    from mlxpin.commands import lock as lock_cmd
-
-    locked = lock_cmd.lock(settings, [added.name])
-    for change in locked.changes:
+    for change in result.locked.changes:
         text = describe_change(change)
         if text and change.action != "kept":
             out.line(text)
-    data["ok"] = not locked.errors
-    data["lock"] = [change_json(c) for c in locked.changes]
-    out.result(data)
-    if locked.errors:
-        for failure in locked.errors:
+    out.result(result.to_json())
+    if result.locked.errors:
+        for failure in result.locked.errors:
             report_error(failure, False)
         out.note(f"mlxpin: {added.name} stays in the manifest; fix the cause and run mlxpin lock")
-        raise typer.Exit(int(locked.errors[0].exit_code))
+        raise typer.Exit(int(result.exit_code))
 
 
 @app.command("remove")
@@ -556,24 +454,16 @@ def remove_command(
     Refused while another model uses it as draft or adapter. Its files stay on disk until
     `mlxpin gc --yes`.
     """
-    from mlxpin.project import edit
+    from mlxpin.commands import edit
 
     out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir)
-    removed = edit.remove(settings, name)
+    result = edit.remove(settings_for(manifest, lock_dir), name)
+    removed = result.removed
     out.line(f"{removed.name}: removed from {removed.manifest}")
     if removed.lock_file is not None:
         out.line(f"{removed.name}: deleted its lock file {removed.lock_file}")
     out.line("its snapshot stays on disk until `mlxpin gc --yes`")
-    out.result(
-        {
-            "ok": True,
-            "name": removed.name,
-            "manifest": str(removed.manifest),
-            "removed": removed.removed_text,
-            "lock_file": str(removed.lock_file) if removed.lock_file else None,
-        }
-    )
+    out.result(result.to_json())
 
 
 @app.command("init")
@@ -585,10 +475,9 @@ def init_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Write a commented starter manifest.toml (never over an existing file)."""
-    from mlxpin.project import edit
+    from mlxpin.commands import edit
 
     out = Output(as_json, quiet)
-    settings = settings_for(manifest, None)
-    created = edit.init(settings)
-    out.line(f"wrote {created.manifest}: edit it, then run `mlxpin lock` and `mlxpin fetch`")
-    out.result({"ok": True, "manifest": str(created.manifest), "models": list(created.models)})
+    result = edit.init(settings_for(manifest, None))
+    out.line(f"wrote {result.created.manifest}: edit it, then run `mlxpin lock` and `mlxpin fetch`")
+    out.result(result.to_json())

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
-from typing import Any
 
 import typer
 
@@ -24,7 +22,6 @@ from mlxpin.cli.app import (
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import fetch as fetch_cmd
 from mlxpin.commands import status as status_cmd
-from mlxpin.errors import IntegrityError
 from mlxpin.store.fetch import NoProgress, Progress
 
 
@@ -91,12 +88,10 @@ def fetch_command(
     out = Output(as_json, quiet)
     settings = settings_for(manifest, lock_dir, cache_dir)
     bars = _bars(as_json, quiet)
-    started = time.monotonic()
     try:
         result = fetch_cmd.fetch(settings, list(names or ()), bars, runtime_report=out.note)
     finally:
         bars.close()
-    elapsed = time.monotonic() - started
     for model in result.models:
         if model.up_to_date:
             out.line(
@@ -115,37 +110,7 @@ def fetch_command(
         )
         state = "installed" if runtime.built else "up to date"
         out.line(f"runtime: {state} ({versions}) at {runtime.path}")
-    out.result(
-        {
-            "ok": True,
-            "seconds": round(elapsed, 3),
-            "models": [
-                {
-                    "name": m.name,
-                    "snapshot": str(m.view),
-                    "files": m.files,
-                    "total_size": m.total_size,
-                    "up_to_date": m.up_to_date,
-                    "downloaded_bytes": m.downloaded_bytes,
-                    "hashed_bytes": m.hashed_bytes,
-                }
-                for m in result.models
-            ],
-            "runtime": None
-            if runtime is None
-            else {
-                "key": runtime.key,
-                "path": str(runtime.path),
-                "python": str(runtime.python),
-                "python_version": runtime.python_version,
-                "built": runtime.built,
-                "packages": runtime.packages,
-                "seconds": round(runtime.seconds, 3),
-                "mlx_lm": runtime.dists.get("mlx-lm"),
-                "mlx": runtime.dists.get("mlx"),
-            },
-        }
-    )
+    out.result(result.to_json())
 
 
 @app.command("verify")
@@ -170,46 +135,13 @@ def verify_command(
     for model in result.models:
         if not model.bad:
             out.line(f"{model.name}: ok ({human_size(model.hashed_bytes)} hashed)")
-        for path, problem in model.bad:
-            print(f"{model.name}: {path}: {problem}", file=sys.stderr)
-    out.result(
-        {
-            "ok": result.ok,
-            "models": [
-                {
-                    "name": m.name,
-                    "ok": not m.bad,
-                    "bad": [{"path": p, "problem": why} for p, why in m.bad],
-                }
-                for m in result.models
-            ],
-        }
-    )
-    if not result.ok:
-        first = next(m for m in result.models if m.bad)
-        error = IntegrityError(first.name, first.bad[0][0], first.bad[0][1])
-        print(f"mlxpin: error: verification failed\n  hint: {error.hint}", file=sys.stderr)
-        raise typer.Exit(int(error.exit_code))
-
-
-def _status_json(row: status_cmd.ModelStatus) -> dict[str, Any]:
-    return {
-        "name": row.name,
-        "api_label": row.api_label,
-        "aliases": list(row.aliases),
-        "source": row.source,
-        "endpoint": row.endpoint,
-        "lock": row.lock_state,
-        "lock_reason": row.lock_reason,
-        "commit": row.commit,
-        "last_modified": row.last_modified,
-        "files": row.files,
-        "total_size": row.total_size,
-        "fetch": row.fetch_state,
-        "fetch_reason": row.fetch_reason,
-        "size_on_disk": row.size_on_disk,
-        "snapshot": str(row.snapshot) if row.snapshot else None,
-    }
+        for path, why in model.bad:
+            print(f"{model.name}: {path}: {why}", file=sys.stderr)
+    out.result(result.to_json())
+    failure = result.first_problem
+    if failure is not None:
+        print(f"mlxpin: error: verification failed\n  hint: {failure.hint}", file=sys.stderr)
+        raise typer.Exit(int(result.exit_code))
 
 
 @app.command("status")
@@ -252,22 +184,4 @@ def status_command(
                 f"runtime: mlx-lm {runtime.mlx_lm}, mlx {runtime.mlx}, {runtime.packages} "
                 f"packages; {lock} ({runtime.key[:12]}); {where}"
             )
-    out.result(
-        {
-            "ok": True,
-            "models": [_status_json(r) for r in result.models],
-            "runtime": None
-            if runtime is None
-            else {
-                "state": runtime.state,
-                "reason": runtime.reason,
-                "key": runtime.key,
-                "packages": runtime.packages,
-                "mlx_lm": runtime.mlx_lm,
-                "mlx": runtime.mlx,
-                "installed": runtime.installed,
-                "problem": runtime.problem,
-                "path": str(runtime.path) if runtime.path else None,
-            },
-        }
-    )
+    out.result(result.to_json())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import LockCorruptError, LockStaleError
+from mlxpin.errors import ExitCode, IntegrityError, LockCorruptError, LockStaleError
 from mlxpin.hub.source import HubSourceBytes
 from mlxpin.project.lockfile import LockedModel
 from mlxpin.project.manifest import Manifest, PathSource
@@ -36,7 +37,29 @@ ProgressFactory = Callable[[str], Progress]
 @dataclass(frozen=True)
 class FetchResult:
     models: tuple[FetchOutcome, ...]
+    seconds: float
     runtime: InstallOutcome | None = None  # None: the manifest has no [runtime]
+
+    exit_code = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "seconds": round(self.seconds, 3),
+            "models": [
+                {
+                    "name": m.name,
+                    "snapshot": str(m.view),
+                    "files": m.files,
+                    "total_size": m.total_size,
+                    "up_to_date": m.up_to_date,
+                    "downloaded_bytes": m.downloaded_bytes,
+                    "hashed_bytes": m.hashed_bytes,
+                }
+                for m in self.models
+            ],
+            "runtime": self.runtime.to_json() if self.runtime is not None else None,
+        }
 
 
 def _no_progress(_: str) -> Progress:
@@ -68,6 +91,7 @@ def fetch(
     environ: Mapping[str, str] | None = None,
 ) -> FetchResult:
     """Fetch the models' snapshots, then install the pinned runtime (if any)."""
+    started = time.monotonic()
     manifest = manifest_of(settings)
     locks = locked_models(settings, manifest, pick(manifest, names))
     runtime_pin = pinned_runtime(settings, manifest)
@@ -105,7 +129,7 @@ def fetch(
             os.environ if environ is None else environ,
             runtime_report,
         )
-    return FetchResult(tuple(outcomes), runtime)
+    return FetchResult(tuple(outcomes), time.monotonic() - started, runtime)
 
 
 @dataclass(frozen=True)
@@ -115,6 +139,32 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         return all(not m.bad for m in self.models)
+
+    @property
+    def first_problem(self) -> IntegrityError | None:
+        """The error that stands for a failed verification (its hint is the next step)."""
+        for model in self.models:
+            for path, problem in model.bad:
+                return IntegrityError(model.name, path, problem)
+        return None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        problem = self.first_problem
+        return ExitCode.OK if problem is None else problem.exit_code
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "models": [
+                {
+                    "name": m.name,
+                    "ok": not m.bad,
+                    "bad": [{"path": p, "problem": why} for p, why in m.bad],
+                }
+                for m in self.models
+            ],
+        }
 
 
 def verify(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import MlxpinError
+from mlxpin.errors import ExitCode, LockStaleError, MlxpinError
 from mlxpin.hub.resolve import Resolution, resolve
 from mlxpin.project.lockfile import (
     LockedModel,
@@ -54,6 +54,24 @@ class LockChange:
     gated: bool = False
     error: MlxpinError | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "action": self.action,
+            "source": self.source,
+            "reason": self.reason,
+            "revision": self.revision,
+            "old_commit": self.old_commit,
+            "old_date": self.old_date,
+            "new_commit": self.new_commit,
+            "new_date": self.new_date,
+            "files_changed": self.files_changed,
+            "size_delta": self.size_delta,
+            "total_size": self.total_size,
+            "gated": self.gated,
+            "error": self.error.to_json() if self.error else None,
+        }
+
 
 @dataclass(frozen=True)
 class LockResult:
@@ -67,6 +85,17 @@ class LockResult:
             found.append(self.runtime.error)
         return tuple(found)
 
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.errors[0].exit_code if self.errors else ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": not self.errors,
+            "models": [c.to_json() for c in self.changes],
+            "runtime": self.runtime.to_json() if self.runtime is not None else None,
+        }
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -74,9 +103,40 @@ class CheckResult:
     runtime: PinState | None = None  # None: neither a [runtime] nor lock/runtime.toml
 
     @property
+    def all_states(self) -> tuple[PinState, ...]:
+        return (*self.states, *([self.runtime] if self.runtime is not None else []))
+
+    @property
     def ok(self) -> bool:
-        runtime_ok = self.runtime is None or self.runtime.state == "ok"
-        return runtime_ok and all(s.state == "ok" for s in self.states)
+        return all(s.state == "ok" for s in self.all_states)
+
+    @property
+    def problem(self) -> LockStaleError | None:
+        """What `--check` found wrong, as the error a user reads."""
+        bad = [s for s in self.all_states if s.state != "ok"]
+        if not bad:
+            return None
+        return LockStaleError(
+            [f"{s.name} is {s.state}" for s in bad],
+            [s.name for s in bad if s.state != "orphan" and s is not self.runtime],
+        )
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.ok:
+            return ExitCode.OK
+        corrupt = any(s.state == "corrupt" for s in self.all_states)
+        return ExitCode.DATA if corrupt else ExitCode.CONFIG
+
+    def to_json(self) -> dict[str, Any]:
+        runtime = self.runtime
+        return {
+            "ok": self.ok,
+            "models": [{"name": s.name, "state": s.state, "reason": s.reason} for s in self.states],
+            "runtime": None
+            if runtime is None
+            else {"state": runtime.state, "reason": runtime.reason},
+        }
 
 
 def default_runtime_resolver() -> Resolver:

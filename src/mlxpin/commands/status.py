@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import LockCorruptError
+from mlxpin.errors import ExitCode, LockCorruptError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
 from mlxpin.project.manifest import Manifest
 from mlxpin.project.selection import manifest_of, pick
@@ -34,6 +35,25 @@ class ModelStatus:
     size_on_disk: int
     snapshot: Path | None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "api_label": self.api_label,
+            "aliases": list(self.aliases),
+            "source": self.source,
+            "endpoint": self.endpoint,
+            "lock": self.lock_state,
+            "lock_reason": self.lock_reason,
+            "commit": self.commit,
+            "last_modified": self.last_modified,
+            "files": self.files,
+            "total_size": self.total_size,
+            "fetch": self.fetch_state,
+            "fetch_reason": self.fetch_reason,
+            "size_on_disk": self.size_on_disk,
+            "snapshot": str(self.snapshot) if self.snapshot else None,
+        }
+
 
 @dataclass(frozen=True)
 class RuntimeStatus:
@@ -47,11 +67,33 @@ class RuntimeStatus:
     problem: str | None  # why it is not installed
     path: Path | None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "key": self.key,
+            "packages": self.packages,
+            "mlx_lm": self.mlx_lm,
+            "mlx": self.mlx,
+            "installed": self.installed,
+            "problem": self.problem,
+            "path": str(self.path) if self.path else None,
+        }
+
 
 @dataclass(frozen=True)
 class StatusResult:
     models: tuple[ModelStatus, ...]
     runtime: RuntimeStatus | None = None  # None: no [runtime] and no runtime.toml
+
+    exit_code = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "models": [m.to_json() for m in self.models],
+            "runtime": self.runtime.to_json() if self.runtime is not None else None,
+        }
 
 
 def runtime_status(settings: Settings, manifest: Manifest) -> RuntimeStatus | None:

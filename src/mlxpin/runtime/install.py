@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlxpin.errors import ResolverUnavailableError
 from mlxpin.runtime.layout import (
@@ -55,6 +56,19 @@ class InstallOutcome:
     packages: int
     seconds: float
     dists: Mapping[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "path": str(self.path),
+            "python": str(self.python),
+            "python_version": self.python_version,
+            "built": self.built,
+            "packages": self.packages,
+            "seconds": round(self.seconds, 3),
+            "mlx_lm": self.dists.get("mlx-lm"),
+            "mlx": self.dists.get("mlx"),
+        }
 
 
 def _quiet(_: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlxpin.errors import LockCorruptError, MlxpinError
 from mlxpin.project.manifest import Manifest, RuntimeSpec
@@ -36,6 +37,19 @@ class RuntimeChange:
     mlx: str | None = None
     changes: tuple[VersionChange, ...] = ()
     error: MlxpinError | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "reason": self.reason,
+            "key": self.key,
+            "old_key": self.old_key,
+            "packages": self.packages,
+            "mlx_lm": self.mlx_lm,
+            "mlx": self.mlx,
+            "changes": [{"name": c.name, "old": c.old, "new": c.new} for c in self.changes],
+            "error": self.error.to_json() if self.error else None,
+        }
 
 
 def _versions(pin: RuntimePin) -> dict[str, str]:
