@@ -317,7 +317,9 @@ def test_without_a_runtime_dry_run_names_this_interpreters_versions(rt: Project)
     assert plan["runtime"]["mlx_lm"] == version("mlx-lm")
     assert plan["runtime"]["mlx"] == version("mlx")
     assert "add [runtime] to pin it" in rt.ok("launch", "--dry-run").stdout
-    assert rt.json("status")["runtime"] is None
+    status = rt.json("status")["runtime"]
+    assert status["state"] == "unpinned" and status["mlx_lm"] == version("mlx-lm")
+    assert "runtime: not pinned (add [runtime] to pin it)" in rt.ok("status").stdout
 
 
 # --- pure parts ----------------------------------------------------------------------------

@@ -175,7 +175,13 @@ def status_command(
         )
     runtime = result.runtime
     if runtime is not None:
-        if runtime.key is None:
+        if runtime.state == "unpinned":
+            where = runtime.python or runtime.problem
+            out.line(
+                f"runtime: not pinned (add [runtime] to pin it); this interpreter runs mlx-lm "
+                f"{runtime.mlx_lm or 'unknown'}, mlx {runtime.mlx or 'unknown'} ({where})"
+            )
+        elif runtime.key is None:
             out.line(f"runtime: lock {runtime.state} ({runtime.reason})")
         else:
             lock = "pinned" if runtime.state == "ok" else f"lock {runtime.state} ({runtime.reason})"

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import ExitCode, LockCorruptError
+from mlxpin.errors import ExitCode, LockCorruptError, ServerMissingError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
 from mlxpin.project.manifest import Manifest
 from mlxpin.project.selection import manifest_of, pick
 from mlxpin.runtime.layout import RuntimeLayout, check_runtime
 from mlxpin.runtime.pin import read_state
+from mlxpin.runtime.server import unpinned_server
 from mlxpin.store.layout import StoreLayout, check_stamp, size_on_disk
 
 
@@ -57,7 +58,7 @@ class ModelStatus:
 
 @dataclass(frozen=True)
 class RuntimeStatus:
-    state: str  # lock/runtime.toml: ok | missing | stale | corrupt | orphan
+    state: str  # lock/runtime.toml: ok | missing | stale | corrupt | orphan; or "unpinned"
     reason: str | None
     key: str | None
     packages: int
@@ -66,6 +67,7 @@ class RuntimeStatus:
     installed: bool
     problem: str | None  # why it is not installed
     path: Path | None
+    python: str | None = None  # unpinned: the interpreter that runs the server
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,13 +80,14 @@ class RuntimeStatus:
             "installed": self.installed,
             "problem": self.problem,
             "path": str(self.path) if self.path else None,
+            "python": self.python,
         }
 
 
 @dataclass(frozen=True)
 class StatusResult:
     models: tuple[ModelStatus, ...]
-    runtime: RuntimeStatus | None = None  # None: no [runtime] and no runtime.toml
+    runtime: RuntimeStatus | None = None
 
     exit_code = ExitCode.OK
 
@@ -96,10 +99,27 @@ class StatusResult:
         }
 
 
-def runtime_status(settings: Settings, manifest: Manifest) -> RuntimeStatus | None:
+def runtime_status(settings: Settings, manifest: Manifest) -> RuntimeStatus:
     state, pin = read_state(manifest.runtime, settings.lock_dir)
     if state.reason == "not pinned":
-        return None
+        try:
+            server = unpinned_server()
+        except ServerMissingError as exc:
+            return RuntimeStatus(
+                "unpinned", "no [runtime]", None, 0, None, None, False, exc.message, None
+            )
+        return RuntimeStatus(
+            "unpinned",
+            "no [runtime]",
+            None,
+            0,
+            server.mlx_lm,
+            server.mlx,
+            True,
+            None,
+            None,
+            server.python,
+        )
     if pin is None:
         return RuntimeStatus(state.state, state.reason, None, 0, None, None, False, None, None)
     layout = RuntimeLayout.of(settings)
