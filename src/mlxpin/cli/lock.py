@@ -55,7 +55,7 @@ def describe_change(change: lock_cmd.LockChange) -> str | None:
 
 
 def describe_runtime(change: RuntimeChange) -> str | None:
-    versions = f"mlx-lm {change.mlx_lm}, mlx {change.mlx}, {change.packages} packages"
+    versions = f"mlx-lm {change.mlx_lm}, mlx {change.mlx}, {change.packages} packages pinned"
     key = (change.key or "")[:12]
     if change.action == "kept":
         return f"runtime: kept {versions} ({key})"

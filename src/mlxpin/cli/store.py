@@ -106,7 +106,7 @@ def fetch_command(
     if runtime is not None:
         versions = (
             f"mlx-lm {runtime.dists.get('mlx-lm')}, mlx {runtime.dists.get('mlx')}, "
-            f"{runtime.packages} packages, Python {runtime.python_version}"
+            f"{runtime.packages} packages installed, Python {runtime.python_version}"
         )
         state = "installed" if runtime.built else "up to date"
         out.line(f"runtime: {state} ({versions}) at {runtime.path}")
