@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlxpin.errors import ManifestError
-from mlxpin.project import requirements, validate
+from mlxpin.project import validate
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines
 
@@ -520,6 +520,8 @@ def _check_cross_references(
 
 
 def _runtime(check: _Checker, value: object) -> RuntimeSpec:
+    from mlxpin.project import requirements  # only manifests with [runtime] pay for it
+
     keys = ("runtime",)
     table = check.table(value, keys)
     check.known_keys(table, keys, _RUNTIME_KEYS)

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.errors import ResolverUnavailableError
+from mlxpin.runtime.dists import dist_versions
 from mlxpin.runtime.layout import (
     InstalledRuntime,
     RuntimeLayout,
     check_runtime,
-    dist_versions,
     write_stamp,
 )
 from mlxpin.runtime.pin import RuntimePin, requirements_txt

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlxpin.config import Settings
-from mlxpin.project.requirements import canonical_name
+from mlxpin.runtime.dists import dist_versions
 
 STAMP_FORMAT = 1
 STAMP_NAME = ".mlxpin-runtime.json"
@@ -49,22 +49,6 @@ class RuntimeLayout:
 
     def mutex(self, key: str) -> Path:
         return self.state_dir / "locks" / f"runtime-{key}.lock"
-
-
-def dist_versions(site_packages: Path) -> dict[str, str]:
-    """Installed distributions by canonical name, read from `*.dist-info` directory names
-    (no Python started, no metadata parsed)."""
-    found: dict[str, str] = {}
-    try:
-        with os.scandir(site_packages) as entries:
-            for entry in entries:
-                if entry.name.endswith(".dist-info"):
-                    name, _, version = entry.name[: -len(".dist-info")].rpartition("-")
-                    if name and version:
-                        found[canonical_name(name)] = version
-    except OSError:
-        return {}
-    return found
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,7 @@ from mlxpin.errors import (
     ServerMissingError,
 )
 from mlxpin.project.manifest import Manifest
-from mlxpin.runtime.layout import RuntimeLayout, check_runtime, dist_versions
-from mlxpin.runtime.pin import pin_path, read_state
+from mlxpin.runtime.dists import dist_versions
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,11 @@ class ServerRuntime:
 def server_runtime(settings: Settings, manifest: Manifest) -> ServerRuntime:
     if manifest.runtime is None:
         return unpinned_server()
-    state, pin = read_state(manifest.runtime, settings.lock_dir)
+    # Only a pinned runtime pays for reading its pin and stamp.
+    from mlxpin.runtime.layout import RuntimeLayout, check_runtime
+    from mlxpin.runtime.pin import pin_path, read_head_state
+
+    state, pin = read_head_state(manifest.runtime, settings.lock_dir)
     if state.state == "corrupt":
         raise LockCorruptError(pin_path(settings.lock_dir), state.reason or "unreadable")
     if state.state != "ok" or pin is None:
@@ -57,7 +60,7 @@ def server_runtime(settings: Settings, manifest: Manifest) -> ServerRuntime:
         raise RuntimeMissingError(pin.key, check.problem or "is not installed")
     installed = check.installed
     if "mlx-lm" not in installed.dists:
-        raise ServerMissingError(f"the pinned runtime {pin.short_key} has no mlx-lm")
+        raise ServerMissingError(f"the pinned runtime {pin.key[:12]} has no mlx-lm")
     return ServerRuntime(
         command=(str(installed.python), "-m", "mlx_lm", "server"),
         pinned=True,
@@ -75,7 +78,7 @@ def unpinned_server() -> ServerRuntime:
     if spec is not None:
         versions: dict[str, str] = {}
         for location in spec.submodule_search_locations or ():
-            versions = dist_versions(Path(location).parent)
+            versions = dist_versions(Path(location).parent, prefix="mlx")
             if versions:
                 break
         return ServerRuntime(
