@@ -230,6 +230,17 @@ def test_fetch_installs_once_and_launch_runs_its_interpreter(
     assert (plan["runtime"]["mlx_lm"], plan["runtime"]["mlx"]) == ("0.1.0", "0.1.0")
     text = rt.ok("launch", "--dry-run").stdout
     assert f"runtime    mlx-lm 0.1.0, mlx 0.1.0 (pinned runtime {key[:12]}" in text
+    # The boot path needs only the standard library: no uv, packaging or filelock.
+    lean = subprocess.run(
+        [sys.executable, "-S", "-m", "mlxpin", "launch", "--dry-run"],
+        cwd=rt.root,
+        env={**rt.env, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert lean.returncode == 0, lean.stderr
+    assert f"pinned runtime {key[:12]}" in lean.stdout
     status = rt.json("status")
     assert status["runtime"]["state"] == "ok" and status["runtime"]["installed"] is True
     assert "runtime: mlx-lm 0.1.0, mlx 0.1.0" in rt.ok("status").stdout
