@@ -6,12 +6,26 @@ in the environment can change what is locked, fetched or launched.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlxpin.errors import ConfigError
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
+HUB_DEADLINE_VARIABLE = "MLXPIN_HUB_DEADLINE"
+DEFAULT_HUB_DEADLINE_S = 60.0  # for one Hub look-up, retries included
+# What to do when a directory mlxpin must write cannot be written (exit 74).
+STATE_DIR_HINT = (
+    "mlxpin keeps its state (locks, snapshots, run directories) in MLXPIN_HOME "
+    "(default: $HF_HOME/mlxpin): point it at a writable directory or fix the permissions"
+)
+HUB_CACHE_HINT = (
+    "downloads go to the Hub cache, HF_HUB_CACHE (default: $HF_HOME/hub; --cache-dir "
+    "overrides it): point it at a writable directory or fix the permissions"
+)
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
@@ -31,6 +45,24 @@ class Settings:
     offline: bool
     token_present: bool
     debug: bool
+    hub_deadline: str | None = None  # MLXPIN_HUB_DEADLINE as written; see hub_deadline_s
+
+    @property
+    def hub_deadline_s(self) -> float:
+        """Seconds one Hub look-up may take in all (checked only by commands that use it,
+        so a bad value never stops an offline `launch`)."""
+        if self.hub_deadline is None:
+            return DEFAULT_HUB_DEADLINE_S
+        try:
+            seconds = float(self.hub_deadline)
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ConfigError(
+                f"{HUB_DEADLINE_VARIABLE}={self.hub_deadline} is not a number of seconds",
+                f"set it to a positive number such as {DEFAULT_HUB_DEADLINE_S:g}, or unset it",
+            )
+        return seconds
 
 
 def _expand(value: str) -> Path:
@@ -100,4 +132,5 @@ def load_settings(
         offline=is_true(environ.get("HF_HUB_OFFLINE") or environ.get("TRANSFORMERS_OFFLINE")),
         token_present=token_present(environ),
         debug=is_true(environ.get("MLXPIN_DEBUG")),
+        hub_deadline=environ.get(HUB_DEADLINE_VARIABLE) or None,
     )

@@ -9,6 +9,7 @@ error (do not restart) from a temporary one (try again later)::
     │   ├── IntegrityError           a file's size or hash differs from the lock
     │   ├── LockCorruptError         a lock file that is not what `mlxpin lock` writes
     │   ├── HubProtocolError         a Hub/mirror answered with hostile or malformed data
+    │   ├── UnstorableFilesError     a source's file names cannot be laid out on disk
     │   └── RuntimeIntegrityError    a runtime distribution's hash differs from lock/runtime.toml
     ├── NoInputError            66   something to read is absent
     │   ├── SnapshotMissingError     a locked model was never fetched, or changed since
@@ -148,6 +149,19 @@ class HubProtocolError(DataError):
         )
 
 
+class UnstorableFilesError(DataError):
+    kind = "unstorable_files"
+
+    def __init__(self, model: str, where: str, problem: str) -> None:
+        self.model = model
+        self.problem = problem
+        super().__init__(
+            f"{model}: {where}: {problem}",
+            "leave those files out with `files` in the model's [launch] table (patterns "
+            "match like `hf download --include`), or rename them at the source",
+        )
+
+
 class NoInputError(MlxpinError):
     exit_code = ExitCode.NO_INPUT
     kind = "no_input"
@@ -210,11 +224,12 @@ class DiskError(MlxpinError):
     exit_code = ExitCode.IO
     kind = "disk"
 
-    def __init__(self, path: Path, detail: str) -> None:
+    def __init__(self, path: Path, detail: str, hint: str | None = None) -> None:
         self.path = path
         super().__init__(
             f"cannot write {path}: {detail}",
-            "free some space or fix the permissions, then run the command again "
+            hint
+            or "free some space or fix the permissions, then run the command again "
             "(finished files are kept)",
         )
 

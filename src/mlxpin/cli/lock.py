@@ -7,20 +7,14 @@ from typing import Annotated
 import typer
 
 from mlxpin.cli.app import (
-    JsonOpt,
-    LockDirOpt,
-    ManifestOpt,
+    Common,
     NamesArg,
-    Output,
-    QuietOpt,
-    VerboseOpt,
-    app,
-    guarded,
     report_error,
-    settings_for,
+    verb,
 )
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import lock as lock_cmd
+from mlxpin.errors import UsageError
 from mlxpin.runtime.lock import RuntimeChange
 
 
@@ -74,8 +68,7 @@ def describe_runtime(change: RuntimeChange) -> str | None:
     return None
 
 
-@app.command("lock")
-@guarded
+@verb("lock", uses=("manifest", "lock_dir"))
 def lock_command(
     names: NamesArg = None,
     update: Annotated[
@@ -104,23 +97,24 @@ def lock_command(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, help="Resolve at most this many models at once.")
     ] = lock_cmd.MAX_PARALLEL,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Pin every model's revision to a commit and its files' sizes and hashes in lock/.
 
     Keeps valid pins untouched (no network for them), locks what is missing or stale,
     and deletes lock files of models no longer in the manifest.
     """
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir)
+    out = common.output()
+    settings = common.settings()
     selected = list(names or ())
     if check:
         if update or update_runtime:
-            raise typer.BadParameter("--check cannot be combined with --update or --update-runtime")
+            raise UsageError(
+                "--check cannot be combined with --update or --update-runtime",
+                "--check only reads; run `mlxpin lock --update` (or --update-runtime) on its "
+                "own to move pins",
+            )
         checked = lock_cmd.check(settings, selected)
         for state in checked.all_states:
             if state.state == "ok":
@@ -129,7 +123,7 @@ def lock_command(
                 out.line(f"{state.name}: {state.state} ({state.reason})")
         out.result(checked.to_json())
         if checked.problem is not None:
-            if not as_json:
+            if not common.as_json:
                 report_error(checked.problem, False)
             raise typer.Exit(int(checked.exit_code))
         return
@@ -138,11 +132,11 @@ def lock_command(
     )
     for change in result.changes:
         text = describe_change(change)
-        if text and not (quiet and change.action == "kept"):
+        if text and not (common.quiet and change.action == "kept"):
             out.line(text)
     if result.runtime is not None:
         text = describe_runtime(result.runtime)
-        if text and not (quiet and result.runtime.action == "kept"):
+        if text and not (common.quiet and result.runtime.action == "kept"):
             out.line(text)
     out.result(result.to_json())
     if result.errors:

@@ -11,20 +11,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mlxpin.cli.app import (
-    CacheDirOpt,
-    JsonOpt,
-    LockDirOpt,
-    ManifestOpt,
+    Common,
     Output,
-    QuietOpt,
-    VerboseOpt,
     app,
-    guarded,
     report_error,
-    settings_for,
+    verb,
 )
 from mlxpin.cli.lock import describe_change
 from mlxpin.cli.render import human_size
+from mlxpin.errors import UsageError
 
 if TYPE_CHECKING:  # the modules themselves load lazily: `launch` registers this file too
     from mlxpin.commands.service import UnitRequest
@@ -117,8 +112,7 @@ def _request(
     return UnitRequest(name, _platform(platform), system, log_file, env_file, run_as)
 
 
-@service_app.command("install")
-@guarded
+@verb("install", on=service_app)
 def service_install(
     name: NameArg,
     system: SystemOpt = False,
@@ -134,12 +128,8 @@ def service_install(
     log_file: LogFileOpt = None,
     env_file: EnvFileOpt = None,
     run_as: RunAsOpt = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Write a boot unit running `mlxpin launch NAME` offline, with absolute paths.
 
@@ -149,10 +139,12 @@ def service_install(
     from mlxpin.commands import service
 
     if print_only and enable:
-        raise typer.BadParameter("--print and --enable cannot be combined")
-    out = Output(as_json, quiet)
+        raise UsageError(
+            "--print and --enable cannot be combined", "--print writes and runs nothing"
+        )
+    out = common.output()
     installed = service.install(
-        settings_for(manifest, lock_dir, cache_dir),
+        common.settings(),
         _request(name, platform, system, log_file, env_file, run_as),
         os.environ,
         print_only=print_only,
@@ -177,8 +169,7 @@ def service_install(
     out.result(installed.to_json())
 
 
-@service_app.command("uninstall")
-@guarded
+@verb("uninstall", on=service_app, uses=())
 def service_uninstall(
     name: NameArg,
     system: SystemOpt = False,
@@ -191,16 +182,17 @@ def service_uninstall(
             help="First stop and disable it with systemctl/launchctl (else print how).",
         ),
     ] = False,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Remove the boot unit of NAME (nothing to do when it is not installed)."""
     from mlxpin.commands import service
 
     if print_only and disable:
-        raise typer.BadParameter("--print and --disable cannot be combined")
-    out = Output(as_json, quiet)
+        raise UsageError(
+            "--print and --disable cannot be combined", "--print removes and runs nothing"
+        )
+    out = common.output()
     uninstalled = service.uninstall(
         _request(name, platform, system), os.environ, print_only=print_only, disable=disable
     )
@@ -221,8 +213,7 @@ def service_uninstall(
     out.result(uninstalled.to_json())
 
 
-@service_app.command("show")
-@guarded
+@verb("show", on=service_app)
 def service_show(
     name: NameArg,
     system: SystemOpt = False,
@@ -230,19 +221,15 @@ def service_show(
     log_file: LogFileOpt = None,
     env_file: EnvFileOpt = None,
     run_as: RunAsOpt = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Print the unit `install` would write, and whether the installed one matches it."""
     from mlxpin.commands import service
 
-    out = Output(as_json, quiet)
+    out = common.output()
     shown = service.show(
-        settings_for(manifest, lock_dir, cache_dir),
+        common.settings(),
         _request(name, platform, system, log_file, env_file, run_as),
         os.environ,
     )
@@ -259,8 +246,7 @@ def service_show(
 # --- gc -----------------------------------------------------------------------------------
 
 
-@app.command("gc")
-@guarded
+@verb("gc")
 def gc_command(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Delete (without it: only list what would go).")
@@ -281,12 +267,8 @@ def gc_command(
             "(without it, --yes refuses while one is missing: it may be on an unmounted disk).",
         ),
     ] = False,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Delete snapshots and blobs that no lock of any project references (dry run by default).
 
@@ -295,15 +277,15 @@ def gc_command(
     """
     from mlxpin.commands import gc as gc_cmd
 
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir, cache_dir)
+    out = common.output()
+    settings = common.settings()
     result = gc_cmd.gc(
         settings, yes=yes, include_foreign=include_foreign, forget_missing=forget_missing
     )
     for problem in result.problems:
         out.note(f"mlxpin: warning: {problem.message} (its files are unknown, so kept)")
     for root in result.roots:
-        if verbose:
+        if common.verbose:
             out.note(f"mlxpin: live: {root.lock_dir} ({root.locks} locks)")
     for outcome in result.outcomes:
         doomed = outcome.item
@@ -335,7 +317,7 @@ def gc_command(
             f"kept {len(plan.kept)} unreferenced Hub-cache file(s), "
             f"{human_size(plan.kept_size)}, that mlxpin did not download (--all deletes them)"
         )
-        if verbose:
+        if common.verbose:
             for kept in plan.kept:
                 out.line(f"  kept {human_size(kept.size):>9}  {kept.path}  ({kept.reason})")
     out.result(result.to_json())
@@ -352,8 +334,7 @@ def gc_command(
 # --- manifest edits -------------------------------------------------------------------------
 
 
-@app.command("add")
-@guarded
+@verb("add", uses=("manifest", "lock_dir"))
 def add_command(
     name: NameArg,
     repo: Annotated[
@@ -391,11 +372,8 @@ def add_command(
     then_lock: Annotated[
         bool, typer.Option("--lock", help="Lock the new model right away.")
     ] = False,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Add model NAME to the manifest, keeping every comment and line of the file.
 
@@ -404,8 +382,8 @@ def add_command(
     """
     from mlxpin.commands import edit
 
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir)
+    out = common.output()
+    settings = common.settings()
     result = edit.add(
         settings,
         name,
@@ -439,15 +417,11 @@ def add_command(
         raise typer.Exit(int(result.exit_code))
 
 
-@app.command("remove")
-@guarded
+@verb("remove", uses=("manifest", "lock_dir"))
 def remove_command(
     name: NameArg,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Remove model NAME from the manifest, and its lock file.
 
@@ -456,8 +430,8 @@ def remove_command(
     """
     from mlxpin.commands import edit
 
-    out = Output(as_json, quiet)
-    result = edit.remove(settings_for(manifest, lock_dir), name)
+    out = common.output()
+    result = edit.remove(common.settings(), name)
     removed = result.removed
     out.line(f"{removed.name}: removed from {removed.manifest}")
     if removed.lock_file is not None:
@@ -466,18 +440,15 @@ def remove_command(
     out.result(result.to_json())
 
 
-@app.command("init")
-@guarded
+@verb("init", uses=("manifest",))
 def init_command(
-    manifest: ManifestOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Write a commented starter manifest.toml (never over an existing file)."""
     from mlxpin.commands import edit
 
-    out = Output(as_json, quiet)
-    result = edit.init(settings_for(manifest, None))
+    out = common.output()
+    result = edit.init(common.settings())
     out.line(f"wrote {result.created.manifest}: edit it, then run `mlxpin lock` and `mlxpin fetch`")
     out.result(result.to_json())

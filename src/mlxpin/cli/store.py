@@ -7,17 +7,9 @@ import sys
 import typer
 
 from mlxpin.cli.app import (
-    CacheDirOpt,
-    JsonOpt,
-    LockDirOpt,
-    ManifestOpt,
+    Common,
     NamesArg,
-    Output,
-    QuietOpt,
-    VerboseOpt,
-    app,
-    guarded,
-    settings_for,
+    verb,
 )
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import fetch as fetch_cmd
@@ -69,25 +61,20 @@ def _bars(as_json: bool, quiet: bool) -> Bars:
     return Bars(sys.stderr.isatty() and not as_json and not quiet)
 
 
-@app.command("fetch")
-@guarded
+@verb("fetch")
 def fetch_command(
     names: NamesArg = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Download exactly the locked files into the Hugging Face cache and verify every byte.
 
     Safe to interrupt (a rerun resumes) and to run in parallel. A second run on an
     unchanged cache makes no request and hashes nothing.
     """
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir, cache_dir)
-    bars = _bars(as_json, quiet)
+    out = common.output()
+    settings = common.settings()
+    bars = _bars(common.as_json, common.quiet)
     try:
         result = fetch_cmd.fetch(settings, list(names or ()), bars, runtime_report=out.note)
     finally:
@@ -113,21 +100,16 @@ def fetch_command(
     out.result(result.to_json())
 
 
-@app.command("verify")
-@guarded
+@verb("verify")
 def verify_command(
     names: NamesArg = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Re-hash every fetched file against the lock (exit 65 naming each bad file)."""
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir, cache_dir)
-    bars = _bars(as_json, quiet)
+    out = common.output()
+    settings = common.settings()
+    bars = _bars(common.as_json, common.quiet)
     try:
         result = fetch_cmd.verify(settings, list(names or ()), bars)
     finally:
@@ -144,20 +126,15 @@ def verify_command(
         raise typer.Exit(int(result.exit_code))
 
 
-@app.command("status")
-@guarded
+@verb("status")
 def status_command(
     names: NamesArg = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Show each model's label, source, locked commit, fetch state and size on disk."""
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir, cache_dir)
+    out = common.output()
+    settings = common.settings()
     result = status_cmd.status(settings, list(names or ()))
     for row in result.models:
         if row.lock_state != "ok":

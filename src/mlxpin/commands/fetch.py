@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlxpin.config import Settings
+from mlxpin.config import HUB_CACHE_HINT, STATE_DIR_HINT, Settings
 from mlxpin.errors import ExitCode, IntegrityError, LockCorruptError, LockStaleError
 from mlxpin.hub.source import HubSourceBytes
 from mlxpin.project.lockfile import LockedModel
@@ -27,6 +27,7 @@ from mlxpin.store.fetch import (
 )
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.sources import ByteSource, LocalSourceBytes
+from mlxpin.util.writable import require_writable_dir
 
 if TYPE_CHECKING:
     from mlxpin.hub.client import HubDownloader
@@ -96,6 +97,9 @@ def fetch(
     locks = locked_models(settings, manifest, pick(manifest, names))
     runtime_pin = pinned_runtime(settings, manifest)
     layout = StoreLayout.of(settings)
+    require_writable_dir(layout.state_dir, STATE_DIR_HINT)
+    if any(lock.original.repo is not None for lock in locks):
+        require_writable_dir(layout.hub_cache, HUB_CACHE_HINT)
     register_root(layout, settings.lock_dir)
     downloaders: list[HubDownloader] = []
 
@@ -144,8 +148,14 @@ class VerifyResult:
     def first_problem(self) -> IntegrityError | None:
         """The error that stands for a failed verification (its hint is the next step)."""
         for model in self.models:
+            for path in model.differs:
+                return IntegrityError(model.name, path, dict(model.bad)[path])
+        for model in self.models:  # only missing or extra files: fetch rebuilds the view
             for path, problem in model.bad:
-                return IntegrityError(model.name, path, problem)
+                return IntegrityError(model.name, path, problem).with_hint(
+                    "the snapshot lacks locked files or holds files the lock does not list; "
+                    f"run `mlxpin fetch {model.name}` to rebuild it"
+                )
         return None
 
     @property

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlxpin.config import Settings
+from mlxpin.config import STATE_DIR_HINT, Settings
 from mlxpin.errors import ExitCode, LockStaleError, MlxpinError
 from mlxpin.hub.resolve import Resolution, resolve
 from mlxpin.project.lockfile import (
@@ -30,6 +30,7 @@ from mlxpin.runtime.lock import Resolver, RuntimeChange, lock_runtime
 from mlxpin.runtime.pin import read_state
 from mlxpin.util.atomic import hold_lock
 from mlxpin.util.parallel import run_parallel
+from mlxpin.util.writable import require_writable_dir
 
 if TYPE_CHECKING:
     from mlxpin.hub.client import HubClient
@@ -173,6 +174,7 @@ def default_hub_client(settings: Settings) -> HubClient:
             endpoint=settings.endpoint,
             token_present=settings.token_present,
             offline=settings.offline,
+            deadline_s=settings.hub_deadline_s,
         )
     )
 
@@ -194,6 +196,7 @@ def lock(
     picked = pick(manifest, names)
     specs = with_dependencies(manifest, picked)
     moving = {s.name for s in picked} if update else set()
+    require_writable_dir(lock_dir_mutex(settings).parent, STATE_DIR_HINT)
     with hold_lock(lock_dir_mutex(settings)):
         locks = read_locks(settings.lock_dir, [s.name for s in specs])
         states = {s.name: s for s in diff(manifest, locks, ())}

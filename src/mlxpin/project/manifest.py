@@ -8,14 +8,14 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from mlxpin.errors import ManifestError
 from mlxpin.project import validate
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
-from mlxpin.project.tomllines import KeyLines
+from mlxpin.project.tomllines import KeyLines, nesting_problem
 
 MANIFEST_VERSION = 1
 DEFAULT_HOST = "127.0.0.1"
@@ -23,7 +23,11 @@ DEFAULT_PORT = 8080
 DEFAULT_REVISION = "main"
 
 _TOP_KEYS = ("version", "models", "runtime")
-_MODEL_KEYS = ("api_label", "aliases", "port", "host", "launch", "server")
+_MODEL_KEYS = ("api_label", "aliases", "port", "host", "launch", "server", "gateway")
+_GATEWAY_KEYS = ("request_timeout", "max_body", "max_connections", "header_timeout")
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+_SIZE_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30})
 _LAUNCH_KEYS = ("repo", "path", "revision", "files", "draft", "adapter")
 _RUNTIME_KEYS = ("python", "mlx-lm", "mlx", "packages")
 DEFAULT_RUNTIME_PYTHON = ">=3.11"
@@ -64,6 +68,20 @@ class LaunchSpec:
 
 
 @dataclass(frozen=True)
+class GatewaySpec:
+    """[models.X.gateway]: what the gateway allows this model's clients."""
+
+    request_timeout: float = 600.0
+    """Seconds of silence from the server before a request fails with 504."""
+    max_body: int = 8 * 1024 * 1024
+    """Largest request body in bytes (inline images count)."""
+    max_connections: int = 1000
+    """Client connections at once; past it, new ones get 503."""
+    header_timeout: float = 10.0
+    """Seconds a new connection has to send its request head."""
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     api_label: str
@@ -73,6 +91,7 @@ class ModelSpec:
     launch: LaunchSpec
     server: tuple[tuple[str, ServerValue], ...]
     line: int | None
+    gateway: GatewaySpec = field(default_factory=GatewaySpec)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -122,6 +141,7 @@ class Manifest:
 _MISPLACED = {
     **{k: "launch" for k in _LAUNCH_KEYS},
     **{k: "server" for k in SERVER_OPTIONS},
+    **{k: "gateway" for k in _GATEWAY_KEYS},
 }
 
 
@@ -212,8 +232,22 @@ def parse_manifest(data: bytes, path: Path, parser: Parser = "tomlkit") -> Manif
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ManifestError(path, line, None, "is not valid UTF-8") from None
-    document = _parse_tomllib(text, path) if parser == "tomllib" else _parse_tomlkit(text, path)
+    check_nesting(text, path)  # before either reader: both refuse it, at the same line
+    read = _parse_tomllib if parser == "tomllib" else _parse_tomlkit
+    try:
+        document = read(text, path)
+    except RecursionError:  # the check above makes this unreachable; never a traceback
+        raise ManifestError(path, None, None, "TOML document nested too deeply") from None
     return _build(document, path, KeyLines(text))
+
+
+def check_nesting(text: str, path: Path) -> None:
+    """Refuse (78, file:line) TOML nested deeper than the readers can take (before parsing)."""
+    too_deep = nesting_problem(text)
+    if too_deep is not None:
+        raise ManifestError(
+            path, too_deep.line, None, too_deep.problem, "a manifest needs only a few levels"
+        )
 
 
 def _parse_tomlkit(text: str, path: Path) -> dict[str, Any]:
@@ -244,7 +278,7 @@ def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest
     check = _Checker(path, lines)
     check.known_keys(document, (), _TOP_KEYS)
     version = document.get("version", MANIFEST_VERSION)
-    if isinstance(version, bool) or version != MANIFEST_VERSION:
+    if type(version) is not int or version != MANIFEST_VERSION:  # not 1.0, not true
         raise check.fail(
             ("version",), f"unsupported manifest version {version!r}", "write version = 1"
         )
@@ -307,6 +341,7 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
         )
     launch = _launch(check, table["launch"], (*keys, "launch"), base)
     server = _server(check, table.get("server", {}), (*keys, "server"))
+    gateway = _gateway(check, table.get("gateway", {}), (*keys, "gateway"))
     return ModelSpec(
         name=name,
         api_label=api_label,
@@ -316,6 +351,7 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
         launch=launch,
         server=server,
         line=check.lines.line_of(keys),
+        gateway=gateway,
     )
 
 
@@ -475,6 +511,45 @@ def _server(
     return tuple(sorted(options, key=lambda item: item[0]))
 
 
+def _gateway(check: _Checker, value: object, keys: tuple[str, ...]) -> GatewaySpec:
+    table = check.table(value, keys)
+    check.known_keys(table, keys, _GATEWAY_KEYS)
+    spec = GatewaySpec()
+    numbers: dict[str, float] = {}
+    for key in ("request_timeout", "header_timeout", "max_connections"):
+        if key not in table:
+            continue
+        raw = table[key]
+        whole = key == "max_connections"
+        kinds = (int,) if whole else (int, float)
+        if isinstance(raw, bool) or not isinstance(raw, kinds) or not 0 < raw < 10**7:
+            example = "max_connections = 1000" if whole else f"{key} = 600"
+            what = "a positive integer" if whole else "a positive number of seconds"
+            raise check.fail((*keys, key), f"{raw!r} is not {what}", f"e.g. {example}")
+        numbers[key] = raw
+    max_body = _size(check, table["max_body"], (*keys, "max_body")) if "max_body" in table else None
+    return GatewaySpec(
+        request_timeout=float(numbers.get("request_timeout", spec.request_timeout)),
+        max_body=max_body if max_body is not None else spec.max_body,
+        max_connections=int(numbers.get("max_connections", spec.max_connections)),
+        header_timeout=float(numbers.get("header_timeout", spec.header_timeout)),
+    )
+
+
+def _size(check: _Checker, value: object, keys: tuple[str, ...]) -> int:
+    """Bytes, from an integer or a string such as "8MiB" or "20 MB"."""
+    size: float | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value)):
+        size = float(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()]
+    if size is None or not 1 <= size <= 2**40:
+        raise check.fail(
+            keys, f"{value!r} is not a size in bytes", 'e.g. max_body = "8MiB" or 8388608'
+        )
+    return int(size)
+
+
 def _check_cross_references(
     check: _Checker, models: tuple[ModelSpec, ...], explicit_ports: set[str]
 ) -> None:
@@ -485,6 +560,16 @@ def _check_cross_references(
         for index, label in enumerate(model.labels):
             key = "api_label" if index == 0 else "aliases"
             other = owner_of_label.get(label)
+            if other == model.name:
+                own = label == model.api_label
+                raise check.fail(
+                    ("models", model.name, key),
+                    f"alias {label!r} "
+                    + ("repeats this model's own api_label" if own else "is listed twice"),
+                    "remove it from aliases: the api_label is always accepted"
+                    if own
+                    else "list each alias once",
+                )
             if other is not None:
                 raise check.fail(
                     ("models", model.name, key),
