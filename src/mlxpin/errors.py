@@ -10,24 +10,30 @@ error (do not restart) from a temporary one (try again later)::
     │   ├── LockCorruptError         a lock file that is not what `mlxpin lock` writes
     │   ├── HubProtocolError         a Hub/mirror answered with hostile or malformed data
     │   ├── UnstorableFilesError     a source's file names cannot be laid out on disk
-    │   └── BundleError              a bundle that is damaged, truncated or not ours
+    │   ├── BundleError              a bundle that is damaged, truncated or not ours
+    │   └── RuntimeIntegrityError    a runtime distribution's hash differs from lock/runtime.toml
     ├── NoInputError            66   something to read is absent
-    │   └── SnapshotMissingError     a locked model was never fetched, or changed since
+    │   ├── SnapshotMissingError     a locked model was never fetched, or changed since
+    │   └── RuntimeMissingError      the pinned server runtime is not installed (or damaged)
     ├── UnavailableError        69   a service is not there
     │   ├── HubUnreachableError      the Hub endpoint cannot be reached or keeps failing
     │   ├── ServerMissingError       mlx_lm.server is not installed
+    │   ├── ResolverUnavailableError uv, the package index or a matching Python is missing
     │   └── PortInUseError           the public port is taken
     ├── ServerCrashedError      70   mlx_lm.server crashed past its restart budget
     ├── DiskError               74   the disk refused a write (full, read-only, ...)
     ├── LockBusyError           75   another mlxpin holds a lock for too long (retry later)
     ├── AccessDeniedError       77   gated repo, token refused or missing
-    └── ConfigError             78   the manifest or the lock does not allow the command
-        ├── ManifestError            manifest.toml is invalid (file:line, key, fix)
-        ├── LockStaleError           lock missing, stale or orphaned for a command
-        ├── RepoNotFoundError        the Hub has no such repo (or it is private)
-        ├── RevisionNotFoundError    the repo has no such branch, tag or commit
-        └── OverBudgetError          `serve`: a model larger than the whole memory budget
-    PreflightError          (code of the earliest step to fix) `serve`: several at once
+    ├── ConfigError             78   the manifest or the lock does not allow the command
+    │   ├── ManifestError            manifest.toml is invalid (file:line, key, fix)
+    │   ├── LockStaleError           lock missing, stale or orphaned for a command
+    │   ├── RepoNotFoundError        the Hub has no such repo (or it is private)
+    │   ├── RevisionNotFoundError    the repo has no such branch, tag or commit
+    │   ├── OverBudgetError          `serve`: a model larger than the whole memory budget
+    │   ├── PinMismatchError         `import`: the bundle pins other bytes than our lock
+    │   └── RuntimeResolutionError   no versions satisfy the manifest's [runtime]
+    └── PreflightError     (varies)  several problems at once, with the code of the
+                                     earliest step to fix (78 before 65 before 66 ...)
 
 Each class builds its message from its fields; the CLI renders `message` and
 `hint` and exits with `exit_code`. A traceback is only ever shown with
@@ -402,4 +408,39 @@ class PinMismatchError(ConfigError):
             f"{model}: the bundle pins {theirs} but {lock_file} pins {ours}",
             f"export the bundle from a project with the same lock, or run "
             f"`mlxpin lock --update {model}` on one side so both pin the same commit",
+        )
+
+
+class RuntimeIntegrityError(DataError):
+    kind = "runtime_integrity"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"the package index served a file whose hash is not in lock/runtime.toml: {detail}",
+            "nothing was installed. If the index really changed a release, move the pin with "
+            "`mlxpin lock --update-runtime`; otherwise check UV_INDEX_URL/PIP_INDEX_URL "
+            "(a mirror or proxy may be serving other bytes)",
+        )
+
+
+class RuntimeMissingError(NoInputError):
+    kind = "runtime_missing"
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        super().__init__(f"the pinned server runtime {key[:12]} {problem}", "run `mlxpin fetch`")
+
+
+class ResolverUnavailableError(UnavailableError):
+    kind = "resolver_unavailable"
+
+
+class RuntimeResolutionError(ConfigError):
+    kind = "runtime_resolution"
+
+    def __init__(self, file: Path, detail: str) -> None:
+        self.file = file
+        super().__init__(
+            f"{file}: [runtime] cannot be satisfied: {detail}",
+            "widen the ranges in [runtime] (mlx-lm, mlx, python, packages)",
         )

@@ -59,6 +59,16 @@ def plan_json(plan: LaunchPlan) -> dict[str, Any]:
             "max_connections": plan.gateway.max_connections,
             "header_timeout": plan.gateway.header_timeout,
         },
+        "runtime": None
+        if plan.runtime is None
+        else {
+            "pinned": plan.runtime.pinned,
+            "key": plan.runtime.key,
+            "path": str(plan.runtime.path) if plan.runtime.path else None,
+            "python": plan.runtime.python,
+            "mlx_lm": plan.runtime.mlx_lm,
+            "mlx": plan.runtime.mlx,
+        },
         "snapshots": [
             {
                 "name": s.name,
@@ -98,6 +108,8 @@ def plan_text(plan: LaunchPlan) -> str:
         f"max_connections {plan.gateway.max_connections}, "
         f"header_timeout {plan.gateway.header_timeout:g} s",
     ]
+    if plan.runtime is not None:
+        lines.append(f"runtime    {plan.runtime.describe()}")
     for snap in plan.snapshots:
         pin = short_commit(snap.commit) if snap.commit else snap.tree_hash[:19]
         lines.append(

@@ -91,7 +91,7 @@ def fetch_command(
         settings = dataclasses.replace(settings, fetch_connections=str(connections))
     bars = _bars(common.as_json, common.quiet)
     try:
-        result = fetch_cmd.fetch(settings, list(names or ()), bars)
+        result = fetch_cmd.fetch(settings, list(names or ()), bars, runtime_report=out.note)
     finally:
         bars.close()
     for model in result.models:
@@ -104,6 +104,14 @@ def fetch_command(
                 f"{model.name}: fetched and verified {model.files} files, "
                 f"{human_size(model.total_size)} (downloaded {human_size(model.downloaded_bytes)})"
             )
+    runtime = result.runtime
+    if runtime is not None:
+        versions = (
+            f"mlx-lm {runtime.dists.get('mlx-lm')}, mlx {runtime.dists.get('mlx')}, "
+            f"{runtime.packages} packages installed, Python {runtime.python_version}"
+        )
+        state = "installed" if runtime.built else "up to date"
+        out.line(f"runtime: {state} ({versions}) at {runtime.path}")
     out.result(result.to_json())
 
 
@@ -159,4 +167,21 @@ def status_command(
             f"{row.name}: label {row.api_label} on {row.endpoint}; {row.source}; {lock}; "
             f"{fetched}; {human_size(row.size_on_disk)} of {human_size(row.total_size)} on disk"
         )
+    runtime = result.runtime
+    if runtime is not None:
+        if runtime.state == "unpinned":
+            where = runtime.python or runtime.problem
+            out.line(
+                f"runtime: not pinned (add [runtime] to pin it); this interpreter runs mlx-lm "
+                f"{runtime.mlx_lm or 'unknown'}, mlx {runtime.mlx or 'unknown'} ({where})"
+            )
+        elif runtime.key is None:
+            out.line(f"runtime: lock {runtime.state} ({runtime.reason})")
+        else:
+            lock = "pinned" if runtime.state == "ok" else f"lock {runtime.state} ({runtime.reason})"
+            where = f"installed at {runtime.path}" if runtime.installed else str(runtime.problem)
+            out.line(
+                f"runtime: mlx-lm {runtime.mlx_lm}, mlx {runtime.mlx}, {runtime.packages} "
+                f"packages; {lock} ({runtime.key[:12]}); {where}"
+            )
     out.result(result.to_json())

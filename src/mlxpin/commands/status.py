@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import ExitCode, LockCorruptError
+from mlxpin.errors import ExitCode, LockCorruptError, ServerMissingError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
+from mlxpin.project.manifest import Manifest
 from mlxpin.project.selection import manifest_of, pick
+from mlxpin.runtime.layout import RuntimeLayout, check_runtime
+from mlxpin.runtime.pin import read_state
+from mlxpin.runtime.server import unpinned_server
 from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp, size_on_disk
 
 
@@ -55,13 +59,84 @@ class ModelStatus:
 
 
 @dataclass(frozen=True)
+class RuntimeStatus:
+    state: str  # lock/runtime.toml: ok | missing | stale | corrupt | orphan; or "unpinned"
+    reason: str | None
+    key: str | None
+    packages: int
+    mlx_lm: str | None  # pinned versions
+    mlx: str | None
+    installed: bool
+    problem: str | None  # why it is not installed
+    path: Path | None
+    python: str | None = None  # unpinned: the interpreter that runs the server
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "key": self.key,
+            "packages": self.packages,
+            "mlx_lm": self.mlx_lm,
+            "mlx": self.mlx,
+            "installed": self.installed,
+            "problem": self.problem,
+            "path": str(self.path) if self.path else None,
+            "python": self.python,
+        }
+
+
+@dataclass(frozen=True)
 class StatusResult:
     models: tuple[ModelStatus, ...]
+    runtime: RuntimeStatus | None = None
 
     exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": True, "models": [m.to_json() for m in self.models]}
+        return {
+            "ok": True,
+            "models": [m.to_json() for m in self.models],
+            "runtime": self.runtime.to_json() if self.runtime is not None else None,
+        }
+
+
+def runtime_status(settings: Settings, manifest: Manifest) -> RuntimeStatus:
+    state, pin = read_state(manifest.runtime, settings.lock_dir)
+    if state.reason == "not pinned":
+        try:
+            server = unpinned_server()
+        except ServerMissingError as exc:
+            return RuntimeStatus(
+                "unpinned", "no [runtime]", None, 0, None, None, False, exc.message, None
+            )
+        return RuntimeStatus(
+            "unpinned",
+            "no [runtime]",
+            None,
+            0,
+            server.mlx_lm,
+            server.mlx,
+            True,
+            None,
+            None,
+            server.python,
+        )
+    if pin is None:
+        return RuntimeStatus(state.state, state.reason, None, 0, None, None, False, None, None)
+    layout = RuntimeLayout.of(settings)
+    check = check_runtime(layout, pin.key)
+    return RuntimeStatus(
+        state=state.state,
+        reason=state.reason,
+        key=pin.key,
+        packages=len({d.name for d in pin.packages}),
+        mlx_lm=pin.version_of("mlx-lm"),
+        mlx=pin.version_of("mlx"),
+        installed=check.ok,
+        problem=check.problem,
+        path=layout.path(pin.key) if check.ok else None,
+    )
 
 
 def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
@@ -113,4 +188,4 @@ def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
                 origin=origin,
             )
         )
-    return StatusResult(tuple(rows))
+    return StatusResult(tuple(rows), runtime_status(settings, manifest))

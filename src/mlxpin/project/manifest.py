@@ -24,7 +24,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_REVISION = "main"
 
-_TOP_KEYS = ("version", "models", "serve")
+_TOP_KEYS = ("version", "models", "serve", "runtime")
 _MODEL_KEYS = ("api_label", "aliases", "port", "host", "launch", "server", "gateway", "idle_ttl")
 _SERVE_KEYS = (
     "host",
@@ -42,6 +42,10 @@ _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9}
 _SIZE_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30})
 _LAUNCH_KEYS = ("repo", "path", "revision", "files", "draft", "adapter")
+_RUNTIME_KEYS = ("python", "mlx-lm", "mlx", "packages")
+DEFAULT_RUNTIME_PYTHON = ">=3.11"
+# Names that are files of lock/ other than model locks (lock/runtime.toml).
+RESERVED_NAMES = ("runtime",)
 _HOSTNAME_RE = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
@@ -126,10 +130,33 @@ DEFAULT_SERVE = ServeTable()
 
 
 @dataclass(frozen=True)
+class RuntimeSpec:
+    """`[runtime]`: the packages `mlx_lm.server` runs with, pinned into lock/runtime.toml."""
+
+    python: str  # a version range, e.g. ">=3.11,<3.13"
+    mlx_lm: str  # a specifier ("" = any version)
+    mlx: str
+    packages: tuple[str, ...]  # extra PEP 508 requirements, as written
+    line: int | None
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """What the resolver is asked for. `mlx` comes with its CPU backend on Linux
+        (`mlx[cpu]`) and with Metal on macOS, so one lock boots on both."""
+        return (
+            f"mlx-lm{self.mlx_lm}",
+            f"mlx{self.mlx}; sys_platform == 'darwin'",
+            f"mlx[cpu]{self.mlx}; sys_platform == 'linux'",
+            *self.packages,
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     path: Path
     models: tuple[ModelSpec, ...]
     serve: ServeTable = DEFAULT_SERVE
+    runtime: RuntimeSpec | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -303,7 +330,8 @@ def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest
     }
     _check_cross_references(check, models, explicit_ports)
     serve = _serve_table(check, document.get("serve", {}), models)
-    return Manifest(path=path, models=models, serve=serve)
+    runtime = _runtime(check, document["runtime"]) if "runtime" in document else None
+    return Manifest(path=path, models=models, serve=serve, runtime=runtime)
 
 
 def _build_model(check: _Checker, name: str, value: object, base: Path) -> ModelSpec:
@@ -314,6 +342,12 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
             "model names must be lowercase letters, digits, '.', '_' or '-' (at most 64), "
             "starting and ending with a letter or digit",
             "rename the table, e.g. [models.gemma]; the label clients send goes in api_label",
+        )
+    if name in RESERVED_NAMES:
+        raise check.fail(
+            keys,
+            f"the model name {name!r} is reserved (lock/{name}.toml pins the server runtime)",
+            "rename the table, e.g. [models.my-model]",
         )
     table = check.table(value, keys)
     check.known_keys(table, keys, _MODEL_KEYS)
@@ -678,5 +712,64 @@ def _serve_table(check: _Checker, value: object, models: tuple[ModelSpec, ...]) 
             allow_zero=False,
         ),
         preload=tuple(preload),
+        line=check.lines.line_of(keys),
+    )
+
+
+def _runtime(check: _Checker, value: object) -> RuntimeSpec:
+    from mlxpin.project import requirements  # only manifests with [runtime] pay for it
+
+    keys = ("runtime",)
+    table = check.table(value, keys)
+    check.known_keys(table, keys, _RUNTIME_KEYS)
+    if "mlx-lm" not in table:
+        raise check.fail(
+            keys,
+            "missing `mlx-lm`: the runtime exists to pin the server",
+            'add mlx-lm = ">=0.32,<0.33" (any PEP 440 range; the lock pins one version)',
+        )
+    specs: dict[str, str] = {}
+    for key in ("python", "mlx-lm", "mlx"):
+        default = DEFAULT_RUNTIME_PYTHON if key == "python" else ""
+        text = check.string(table.get(key, default), (*keys, key))
+        problem = requirements.specifier_problem(text)
+        if problem:
+            raise check.fail((*keys, key), problem)
+        specs[key] = requirements.normal_specifier(text)
+    if requirements.lowest_python(specs["python"]) is None:
+        raise check.fail(
+            (*keys, "python"),
+            f"{specs['python']!r} has no lower bound",
+            'write the oldest Python the runtime may use, e.g. python = ">=3.11"',
+        )
+    raw = table.get("packages", [])
+    if not isinstance(raw, list):
+        raise check.fail(
+            (*keys, "packages"),
+            "must be an array of requirement strings",
+            'e.g. packages = ["sentencepiece>=0.2"]',
+        )
+    packages: list[str] = []
+    seen = {"mlx-lm": "mlx-lm", "mlx": "mlx"}
+    for item in raw:
+        text = check.string(item, (*keys, "packages")).strip()
+        problem = requirements.requirement_problem(text)
+        if problem:
+            raise check.fail((*keys, "packages"), f"{text!r}: {problem}")
+        name = requirements.requirement_name(text)
+        if name in seen:
+            where = f"the `{name}` key" if name in ("mlx-lm", "mlx") else f"{seen[name]!r}"
+            raise check.fail(
+                (*keys, "packages"),
+                f"{text!r} names {name!r} again (already in {where})",
+                "name each package once; put mlx-lm and mlx ranges in their own keys",
+            )
+        seen[name] = text
+        packages.append(text)
+    return RuntimeSpec(
+        python=specs["python"],
+        mlx_lm=specs["mlx-lm"],
+        mlx=specs["mlx"],
+        packages=tuple(packages),
         line=check.lines.line_of(keys),
     )

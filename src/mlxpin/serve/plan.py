@@ -24,6 +24,7 @@ from mlxpin.errors import (
 from mlxpin.project.lockfile import LockedModel, valid_locks
 from mlxpin.project.manifest import GatewaySpec, Manifest, ModelSpec, load_manifest
 from mlxpin.project.serveropts import server_argv
+from mlxpin.runtime.server import ServerRuntime, server_runtime
 from mlxpin.store.layout import StoreLayout, check_stamp
 from mlxpin.util.writable import require_writable_dir
 
@@ -96,6 +97,7 @@ class LaunchPlan:
     """True: the server listens on a Unix socket in a private directory (``argv_unix``),
     reachable only by this user; False: on a loopback port (``argv``)."""
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
+    runtime: ServerRuntime | None = None  # which interpreter, mlx-lm and mlx will run
 
     @property
     def upstream_model(self) -> str:
@@ -209,6 +211,7 @@ def plan_launch(
         if dependency is not None:  # the manifest parser checked every reference
             roles.append((role, flag, dependency))
     locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])  # all problems at once
+    runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
     snapshots = [
         _pinned(layout, lock, role, verify) for (role, _, _), lock in zip(roles, locks, strict=True)
     ]
@@ -216,7 +219,9 @@ def plan_launch(
     for (_, flag, _), snapshot in zip(roles, snapshots, strict=True):
         args += [flag, str(snapshot.path)]
     args += server_argv(spec.server)
-    command = find_server()
+    # A pinned runtime's interpreter has no mlxpin in it, so its server listens on a
+    # loopback port; this interpreter's own mlx_lm is served on a Unix socket.
+    command = runtime.command if runtime.pinned else find_server()
     return LaunchPlan(
         name=spec.name,
         api_label=spec.api_label,
@@ -233,4 +238,5 @@ def plan_launch(
         api_key_required=read_api_key(environ) is not None,
         private_socket=command[-1] == UNIX_SERVER_MODULE,
         gateway=spec.gateway,
+        runtime=runtime,
     )
