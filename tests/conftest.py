@@ -15,6 +15,10 @@ import pytest
 
 from hubserver import HubServer
 
+# The suite starts the CLI as a subprocess hundreds of times. Where the machine sets
+# PYTHONDONTWRITEBYTECODE, every one of them would compile mlxpin, typer and
+# huggingface_hub from source again; caching bytecode keeps the run short.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Slow end-to-end tests run in CI (CI=true) and with MLXPIN_SLOW=1; a developer's
