@@ -20,6 +20,7 @@ from hubserver import HubServer
 # huggingface_hub from source again; caching bytecode keeps the run short.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Slow end-to-end tests run in CI (CI=true) and with MLXPIN_SLOW=1; a developer's
     default run skips them, saying how to run them."""
