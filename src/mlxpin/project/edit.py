@@ -259,7 +259,7 @@ def used_ports(document: dict[str, Any]) -> set[int]:
     return ports
 
 
-def free_port(document: dict[str, Any]) -> int:
+def first_unused_manifest_port(document: dict[str, Any]) -> int:
     """The lowest port from 8080 up that no model of the manifest uses."""
     used = used_ports(document)
     port = DEFAULT_PORT
@@ -385,7 +385,7 @@ def add(
         model = NewModel(
             name=name,
             api_label=label if label is not None else name,
-            port=port if port is not None else free_port(document),
+            port=port if port is not None else first_unused_manifest_port(document),
             repo=repo,
             path=written_path,
             revision=revision,
