@@ -73,6 +73,9 @@ def hold_lock(lock_path: Path, timeout_s: float = 600.0, mode: int = 0o644) -> I
     import filelock  # not on the boot path
 
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    if lock_path.is_symlink():  # planted in a shared cache: filelock refuses links (ELOOP)
+        with contextlib.suppress(FileNotFoundError):
+            lock_path.unlink()  # the link, never its target
     lock = filelock.FileLock(str(lock_path), mode=mode)
     try:
         lock.acquire(timeout=timeout_s)
