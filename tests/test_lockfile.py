@@ -219,6 +219,13 @@ def test_any_corruption_of_a_real_lock_is_caught_or_harmless(offset: int, junk: 
     assert parsed.files == sample().files
 
 
+@pytest.mark.parametrize("depth", [300, 1000, 5000])
+def test_a_lock_nested_too_deep_is_corrupt_not_a_crash(tmp_path: Path, depth: int) -> None:
+    data = ("x = " + "[" * depth + "]" * depth + "\n").encode()
+    with pytest.raises(LockCorruptError):
+        parse_lock(data, tmp_path / "tiny.toml")
+
+
 @pytest.mark.parametrize(
     ("paths", "needle"),
     [

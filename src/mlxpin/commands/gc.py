@@ -22,6 +22,8 @@ from typing import Any, Literal
 from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, ExitCode, LockBusyError, LockCorruptError
 from mlxpin.project.lockfile import LockedModel, list_lock_dir, read_lock
+from mlxpin.runtime.gc import live_runtime_keys, runtime_garbage
+from mlxpin.runtime.layout import RuntimeLayout
 from mlxpin.store.gc import (
     HEX_RE,
     BlobOnDisk,
@@ -422,7 +424,11 @@ def _prune(directory: Path, stop: Path) -> None:
 
 
 def _remove(item: Doomed) -> bool:
-    if item.kind in ("view", "temp") and item.path.is_dir() and not item.path.is_symlink():
+    if (
+        item.kind in ("view", "temp", "runtime")
+        and item.path.is_dir()
+        and not item.path.is_symlink()
+    ):
         return _remove_tree(item.path)
     removed = _unlink(item.path)
     if item.kind in ("link", "ref") and item.prune_to is not None:
@@ -460,6 +466,19 @@ def _execute(item: Doomed, live: LiveSet, timeout_s: float) -> ItemOutcome:
     return ItemOutcome(item, "removed")
 
 
+def _with_runtimes(
+    live: LiveSet, runtimes: RuntimeLayout, settings: Settings, roots: tuple[LiveRoot, ...]
+) -> tuple[LiveSet, list[LockCorruptError]]:
+    """Add the runtimes the live lock dirs' lock/runtime.toml name to the live set."""
+    dirs = {settings.lock_dir, *(r.lock_dir for r in roots)}
+    keys, problems = live_runtime_keys(sorted(dirs))
+    return LiveSet(live.paths | {runtimes.path(k) for k in keys}), problems
+
+
+def _keys(live: LiveSet, runtimes: RuntimeLayout) -> set[str]:
+    return {p.name for p in live.paths if p.parent == runtimes.root}
+
+
 def gc(
     settings: Settings,
     *,
@@ -478,11 +497,14 @@ def gc(
         replace(r, readable=False) if r.lock_dir in found.unreadable else r for r in roots
     )
     inventory = scan(layout, roots)
-    the_plan = plan(
-        inventory,
-        found.live,
-        include_foreign=include_foreign,
-        now=time.time() if now is None else now,
+    moment = time.time() if now is None else now
+    the_plan = plan(inventory, found.live, include_foreign=include_foreign, now=moment)
+    runtimes = RuntimeLayout.of(settings)
+    live, runtime_problems = _with_runtimes(found.live, runtimes, settings, live_roots)
+    problems = (*problems, *runtime_problems)
+    the_plan = GcPlan(
+        (*the_plan.doomed, *runtime_garbage(runtimes, _keys(live, runtimes), moment)),
+        the_plan.kept,
     )
     if not yes:
         outcomes = tuple(ItemOutcome(item, "would_remove") for item in the_plan.doomed)
@@ -516,5 +538,6 @@ def gc(
         )
     # A lock written since the scan may have made something live again: read them once more.
     again = collect_live(settings, layout, read_roots(layout))
-    outcomes = tuple(_execute(item, again.live, lock_timeout_s) for item in the_plan.doomed)
+    live_again, _ = _with_runtimes(again.live, runtimes, settings, again.roots)
+    outcomes = tuple(_execute(item, live_again, lock_timeout_s) for item in the_plan.doomed)
     return GcResult(False, include_foreign, the_plan, outcomes, live_roots, problems)

@@ -16,7 +16,7 @@ from typing import Any
 
 from mlxpin.errors import LockCorruptError, LockStaleError
 from mlxpin.project import validate
-from mlxpin.project.manifest import HubSource, Manifest, ModelSpec
+from mlxpin.project.manifest import RESERVED_NAMES, HubSource, Manifest, ModelSpec
 from mlxpin.util.atomic import write_atomic
 from mlxpin.util.hashing import tree_hash
 
@@ -192,6 +192,8 @@ def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> Loc
         document = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise reader.fail(f"not valid TOML ({exc})") from None
+    except RecursionError:  # hostile nesting; mlxpin writes three levels at most
+        raise reader.fail("not valid TOML (nested too deeply)") from None
     reader.keys(document, {"format", "name", "original", "locked", "files"}, "the file")
     if document.get("format") != LOCK_FORMAT:
         raise reader.fail(f"unsupported format {document.get('format')!r} (expected {LOCK_FORMAT})")
@@ -320,6 +322,8 @@ def list_lock_dir(lock_dir: Path) -> LockDirListing:
         stem, dot, suffix = entry.name.rpartition(".")
         if not dot or suffix != "toml" or not validate.NAME_RE.fullmatch(stem):
             continue
+        if stem in RESERVED_NAMES:
+            continue  # lock/runtime.toml pins the server runtime: never a model's, nor an orphan
         try:
             if not entry.is_file():
                 continue

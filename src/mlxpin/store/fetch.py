@@ -37,6 +37,7 @@ from mlxpin.store.layout import (
     write_record,
     write_stamp,
 )
+from mlxpin.store.ranged import fill_ranged
 from mlxpin.store.sources import ByteSource
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_lock, temp_name, write_atomic
 from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm
@@ -179,8 +180,10 @@ def _transfer(
     locked file (after one fresh attempt when the bytes came partly from an earlier run)."""
     received = 0
     for fresh in (False, True):
-        state = _read_partial(partial, file, progress)
-        resumed = state.offset > 0
+        ranged = fill_ranged(source, lock, file, partial, progress)  # large files: in parallel
+        state = _read_partial(partial, file, progress if ranged is None else NoProgress())
+        resumed = state.offset > 0 if ranged is None else ranged.resumed
+        received += ranged.received if ranged is not None else 0
         if resumed:
             log.debug("%s: resuming %s at byte %d", lock.name, file.path, state.offset)
         try:
@@ -445,6 +448,24 @@ def build_view(layout: StoreLayout, lock: LockedModel, entries: list[StampEntry]
     return view
 
 
+def publish(
+    layout: StoreLayout, lock: LockedModel, entries: list[StampEntry], origin: str | None
+) -> Path:
+    """Make a pin whose every blob is in place and verified visible: the Hub cache's
+    snapshot links, the exact view, then the stamp (what launch trusts) last."""
+    try:
+        link_hub_snapshot(layout, lock)
+        with hold_lock(layout.view_lock(lock)):
+            view = build_view(layout, lock, entries)
+            write_stamp(layout, lock, entries, origin)
+    except OSError as exc:
+        error = disk_error(layout.view(lock), exc)
+        if error is None:
+            raise
+        raise error from None
+    return view
+
+
 # --- one model ---------------------------------------------------------------------------
 
 
@@ -472,17 +493,7 @@ def fetch_model(
 
     CANCEL.clear()
     results = run_parallel(one, lock.files, workers=workers)
-    entries = [r.entry for r in results]
-    try:
-        link_hub_snapshot(layout, lock)
-        with hold_lock(layout.view_lock(lock)):
-            view = build_view(layout, lock, entries)
-            write_stamp(layout, lock, entries)
-    except OSError as exc:
-        error = disk_error(layout.view(lock), exc)
-        if error is None:
-            raise
-        raise error from None
+    view = publish(layout, lock, [r.entry for r in results], source.origin())
     return FetchOutcome(
         lock.name,
         view,

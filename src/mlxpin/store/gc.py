@@ -43,7 +43,17 @@ from mlxpin.project.lockfile import LockedModel
 from mlxpin.store.layout import FETCHED, FileStat, Record, StoreLayout
 
 GarbageKind = Literal[
-    "view", "stamp", "temp", "hub_blob", "local_blob", "partial", "record", "link", "root", "ref"
+    "view",
+    "stamp",
+    "temp",
+    "hub_blob",
+    "local_blob",
+    "partial",
+    "record",
+    "link",
+    "root",
+    "ref",
+    "runtime",  # an installed server runtime (planned by mlxpin.runtime.gc)
 ]
 STALE_AFTER_S = 24 * 3600.0
 HEX_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")

@@ -199,15 +199,45 @@ class StampEntry:
     stat: FileStat
 
 
-def write_stamp(layout: StoreLayout, lock: LockedModel, entries: list[StampEntry]) -> None:
-    data = {
+def write_stamp(
+    layout: StoreLayout, lock: LockedModel, entries: list[StampEntry], origin: str | None = None
+) -> None:
+    """`origin` says where the bytes came from (hub, mirror, bundle, path); None keeps the
+    recorded one (a re-verification does not change where a snapshot came from)."""
+    if origin is None:
+        old = read_stamp(layout, lock)
+        origin = old.origin if old is not None else None
+    data: dict[str, object] = {
         "format": STAMP_FORMAT,
         "tree_hash": lock.tree_hash,
         "files": [
             [e.path, e.blob, *e.stat.as_list()] for e in sorted(entries, key=lambda e: e.path)
         ],
     }
+    if origin is not None:
+        data["origin"] = origin
     write_atomic(layout.stamp(lock), json.dumps(data, separators=(",", ":")).encode())
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """A stamp as written: which blob and stat each file had when it was verified."""
+
+    files: dict[str, tuple[str, FileStat]]
+    origin: str | None
+
+
+def read_stamp(layout: StoreLayout, lock: LockedModel) -> Stamp | None:
+    """The stamp of this pin, or None when absent, unreadable or another pin's."""
+    try:
+        data = json.loads(layout.stamp(lock).read_bytes())
+        if data.get("format") != STAMP_FORMAT or data.get("tree_hash") != lock.tree_hash:
+            return None
+        files = {str(r[0]): (str(r[1]), FileStat(*(int(v) for v in r[2:7]))) for r in data["files"]}
+        origin = data.get("origin")
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+    return Stamp(files, origin if isinstance(origin, str) else None)
 
 
 @dataclass(frozen=True)
