@@ -88,6 +88,9 @@ def hold_mutex(mutex_path: Path, timeout_s: float = 600.0, mode: int = 0o644) ->
     import filelock  # not on the boot path
 
     make_dirs(mutex_path.parent)
+    if mutex_path.is_symlink():  # planted in a shared cache: filelock refuses links (ELOOP)
+        with contextlib.suppress(FileNotFoundError):
+            mutex_path.unlink()  # the link, never its target
     mutex = filelock.FileLock(str(mutex_path), mode=mode)
     try:
         mutex.acquire(timeout=timeout_s)
