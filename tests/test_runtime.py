@@ -230,6 +230,11 @@ def test_fetch_installs_once_and_launch_runs_its_interpreter(
     assert (plan["runtime"]["mlx_lm"], plan["runtime"]["mlx"]) == ("0.1.0", "0.1.0")
     text = rt.ok("launch", "--dry-run").stdout
     assert f"runtime    mlx-lm 0.1.0, mlx 0.1.0 (pinned runtime {key[:12]}" in text
+    # `serve` runs every model's server with the same pinned interpreter.
+    served = rt.json("serve", "--dry-run")["plan"]["models"]
+    assert served and all(
+        m["argv"][:4] == [str(path / "bin" / "python"), "-m", "mlx_lm", "server"] for m in served
+    )
     # The boot path needs only the standard library: no uv, packaging or filelock.
     lean = subprocess.run(
         [sys.executable, "-S", "-m", "mlxpin", "launch", "--dry-run"],

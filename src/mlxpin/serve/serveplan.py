@@ -28,6 +28,7 @@ from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
 from mlxpin.project.memory import physical_memory
 from mlxpin.project.selection import pick
 from mlxpin.project.serveropts import server_argv
+from mlxpin.runtime.server import ServerRuntime, server_runtime
 from mlxpin.serve.plan import (
     OFFLINE_ENV,
     PRIVATE_HOST,
@@ -121,6 +122,7 @@ def _model_plan(
     port: int,
     verify: bool,
     api_key_required: bool,
+    runtime: ServerRuntime,
 ) -> LaunchPlan:
     roles = _roles(manifest, spec)
     locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])
@@ -147,6 +149,7 @@ def _model_plan(
         api_key_required=api_key_required,
         private_socket=server[-1] == UNIX_SERVER_MODULE,
         gateway=spec.gateway,
+        runtime=runtime,
     )
 
 
@@ -167,7 +170,10 @@ def plan_serve(
     table = manifest.serve
     public_port = table.port if port is None else port
     public_host = table.host if host is None else host
-    server = find_server()  # missing: every model fails the same way, say it once
+    # The pinned runtime (78 stale pin, 66 not installed) or this interpreter's mlx_lm; a
+    # runtime's interpreter has no mlxpin in it, so its servers listen on loopback ports.
+    runtime = server_runtime(settings, manifest)
+    server = runtime.command if runtime.pinned else find_server()
     api_key_required = read_api_key(environ) is not None
     layout = StoreLayout.of(settings)
     physical = memory() if table.memory_budget.bytes is None else 0
@@ -179,7 +185,15 @@ def plan_serve(
     for spec in specs:
         try:
             launch = _model_plan(
-                settings, manifest, spec, layout, server, public_port, verify, api_key_required
+                settings,
+                manifest,
+                spec,
+                layout,
+                server,
+                public_port,
+                verify,
+                api_key_required,
+                runtime,
             )
         except LockStaleError as exc:
             stale.append(exc)
