@@ -79,7 +79,7 @@ def main() -> int:
         mlxpin("status", MODEL, env=env)
         say("4. The boot plan (no network, no guessing)")
         mlxpin("launch", MODEL, "--dry-run", env=env)
-        say("5. Launch: mlx_lm.server on a private port, the gateway on the public one")
+        say("5. Launch: mlx_lm.server on a private Unix socket, the gateway on the public port")
         print(f"$ mlxpin launch {MODEL} &", flush=True)
         log_path = Path(workdir) / "launch.log"
         log = log_path.open("wb")
