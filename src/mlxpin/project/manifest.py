@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from mlxpin.errors import ManifestError
 from mlxpin.project import validate
+from mlxpin.project.distributed import DISTRIBUTED_KEYS, DistributedSpec, parse_distributed
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines
 
@@ -23,7 +24,7 @@ DEFAULT_PORT = 8080
 DEFAULT_REVISION = "main"
 
 _TOP_KEYS = ("version", "models")
-_MODEL_KEYS = ("api_label", "aliases", "port", "host", "launch", "server")
+_MODEL_KEYS = ("api_label", "aliases", "port", "host", "launch", "server", "distributed")
 _LAUNCH_KEYS = ("repo", "path", "revision", "files", "draft", "adapter")
 _HOSTNAME_RE = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
@@ -69,6 +70,7 @@ class ModelSpec:
     launch: LaunchSpec
     server: tuple[tuple[str, ServerValue], ...]
     line: int | None
+    distributed: DistributedSpec | None = None  # [models.x.distributed]: ranks over hosts
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -95,6 +97,7 @@ class Manifest:
 _MISPLACED = {
     **{k: "launch" for k in _LAUNCH_KEYS},
     **{k: "server" for k in SERVER_OPTIONS},
+    **{k: "distributed" for k in DISTRIBUTED_KEYS},
 }
 
 
@@ -273,6 +276,17 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
         )
     launch = _launch(check, table["launch"], (*keys, "launch"), base)
     server = _server(check, table.get("server", {}), (*keys, "server"))
+    distributed = None
+    if "distributed" in table:
+        distributed = parse_distributed(check, table["distributed"], (*keys, "distributed"), base)
+        for role in ("draft", "adapter"):
+            if getattr(launch, role) is not None:
+                raise check.fail(
+                    (*keys, "launch", role),
+                    f"a distributed model cannot have a {role} "
+                    "(mlx_lm.server refuses them in distributed mode)",
+                    f"remove `{role}`, or remove [models.{name}.distributed]",
+                )
     return ModelSpec(
         name=name,
         api_label=api_label,
@@ -282,6 +296,7 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
         launch=launch,
         server=server,
         line=check.lines.line_of(keys),
+        distributed=distributed,
     )
 
 
@@ -429,6 +444,8 @@ def _server(
             fix = _did_you_mean(key, allowed)
             if key in ("model", "host", "port", "adapter_path", "draft_model"):
                 fix = f"`{key}` is set by mlxpin itself (see [models.x] and [models.x.launch])"
+            elif key == "pipeline":
+                fix = f"`pipeline` belongs in [models.{keys[1]}.distributed] (mlxpin passes it)"
             raise check.fail((*keys, key), "not a supported mlx_lm.server option", fix)
         normalised, problem = check_server_value(key, raw)
         if problem or normalised is None:
