@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,11 +21,16 @@ from mlxpin.cli.app import (
     guarded,
     settings_for,
 )
+from mlxpin.cli.output import CommandExit
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import fetch as fetch_cmd
 from mlxpin.commands import status as status_cmd
 from mlxpin.errors import IntegrityError
 from mlxpin.store.fetch import NoProgress, Progress
+
+if TYPE_CHECKING:
+    from mlxpin.commands.hosts import HostsResult
+    from mlxpin.config import Settings
 
 
 class BarProgress:
@@ -82,6 +87,14 @@ def fetch_command(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
+    hosts: Annotated[
+        bool,
+        typer.Option(
+            "--hosts",
+            help="Also prepare every other host of a distributed model over ssh "
+            "(this host's lock and verified bytes are sent; the host verifies them).",
+        ),
+    ] = False,
 ) -> None:
     """Download exactly the locked files into the Hugging Face cache and verify every byte.
 
@@ -96,6 +109,7 @@ def fetch_command(
         result = fetch_cmd.fetch(settings, list(names or ()), bars)
     finally:
         bars.close()
+    prepared = _prepare_hosts(settings, list(names or ()), out) if hosts else ()
     elapsed = time.monotonic() - started
     for model in result.models:
         if model.up_to_date:
@@ -123,8 +137,26 @@ def fetch_command(
                 }
                 for m in result.models
             ],
+            **({"hosts": [h.to_json() for h in prepared]} if hosts else {}),
         }
     )
+    failed = [h for r in prepared for h in r.hosts if not h.ok]
+    if failed:
+        raise CommandExit(failed[0].exit_code)
+
+
+def _prepare_hosts(settings: Settings, names: list[str], out: Output) -> tuple[HostsResult, ...]:
+    from mlxpin.commands.hosts import fetch_hosts
+
+    prepared = fetch_hosts(settings, names)
+    for result in prepared:
+        for host in result.hosts:
+            sent = " (sent and verified there)" if host.host in result.sent else ""
+            if host.ok:
+                out.note(f"{result.name}: {host.host}: ready at {host.path}{sent}")
+            else:
+                out.note(f"{result.name}: {host.host}: NOT ready: {host.problem}")
+    return prepared
 
 
 @app.command("verify")

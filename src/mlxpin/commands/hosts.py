@@ -195,3 +195,22 @@ def prepare_hosts(settings: Settings, name: str, lock: LockedModel) -> HostsResu
         hosts=tuple(a for a, _ in answers),
         sent=tuple(h for h, (_, sent) in zip(hosts, answers, strict=True) if sent),
     )
+
+
+def fetch_hosts(settings: Settings, names: Sequence[str]) -> tuple[HostsResult, ...]:
+    """`fetch --hosts`: prepare the other hosts of the named (default: every) distributed
+    model with this host's lock and verified bytes. Run after this host's own fetch."""
+    from mlxpin.project.selection import locked_models, manifest_of, pick
+
+    manifest = manifest_of(settings)
+    chosen = pick(manifest, names)
+    if names:
+        for spec in chosen:
+            if spec.distributed is None:
+                raise UsageError(
+                    f"{spec.name} is not a distributed model (no [models.{spec.name}.distributed])",
+                    "drop --hosts, or name only distributed models",
+                )
+    specs = [s for s in chosen if s.distributed is not None]
+    locks = locked_models(settings, manifest, specs) if specs else ()
+    return tuple(prepare_hosts(settings, lock.name, lock) for lock in locks)
