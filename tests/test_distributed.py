@@ -580,6 +580,7 @@ def test_tensor_parallel_group_restarts_as_one_unit_and_stops_clean(
     while time.monotonic() < deadline and not group.first(r"no progress", after=frozen_at):
         time.sleep(0.2)
     assert group.first(r"no progress: a 1-token probe", after=frozen_at), group.text()[-3000:]
+    group.wait_unhealthy(10)
     group.wait_healthy()
     assert group.ask()
     assert (

@@ -171,6 +171,7 @@ class RankGroupSupervisor(Supervisor):
                 await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
+        self.state.healthy = False  # /health says so at once, not after the group is down
         if self.stop_reason:
             log.error("%s: %s; stopping the whole group", self.plan.name, self.stop_reason)
         elif exited.done() and not self.stopping.is_set():
