@@ -96,7 +96,13 @@ def ssh_host(workdir: Path, python_bin: Path) -> Iterator[SshHost]:
     bin_dir = workdir / "bin"
     bin_dir.mkdir()
     wrapper = bin_dir / "ssh"
-    wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {workdir / "ssh_config"} "$@"\n')
+    # mlx.launch's rank script names MLX_RANK: that session may start a little later (see
+    # SshHost.rank_delay_s), as a rank on a real second host would.
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *MLX_RANK*) sleep "${MLXPIN_TEST_RANK_DELAY:-0}";; esac\n'
+        f'exec /usr/bin/ssh -F {workdir / "ssh_config"} "$@"\n'
+    )
     wrapper.chmod(0o755)
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory (as root)
     process = subprocess.Popen(

@@ -637,7 +637,10 @@ def test_a_remote_host_over_ssh_is_checked_prepared_and_runs_rank_1(
     port = write_project(
         project, hosts=f'["127.0.0.1", {{ ssh = "{remote.alias}", ips = ["127.0.0.1"] }}]'
     )
-    env = remote.env(project.env)
+    # mlx's ring backend gives up connecting after ~31 s; on a loaded 2-core machine the
+    # local rank 0 (sharing its session with mlx.launch's busy threads) can take longer
+    # than that to import, so the "remote" rank 1 starts 20 s late, as on a second Mac.
+    env = {**remote.env(project.env), "MLXPIN_TEST_RANK_DELAY": "20"}
     project.ok("fetch", env=env)  # this host only
     refused = project.run("launch", "--dry-run", env=env)
     assert refused.returncode == 66, refused.stderr

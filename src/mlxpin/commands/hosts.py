@@ -11,7 +11,6 @@ first, then `files/<path>` for each locked file, read from this host's verified 
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 import tarfile
@@ -156,10 +155,7 @@ def _send(host: str, lock: LockedModel, view: Path, python: str) -> HostCheck:
                     tar.addfile(info, handle)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the remote stopped reading: its answer says why
-    finally:
-        with contextlib.suppress(OSError):
-            process.stdin.close()
-    stdout, stderr = process.communicate()
+    stdout, stderr = process.communicate()  # closes stdin: the end of the stream
     return parse_remote_answer(host, process.returncode, stdout, stderr)
 
 

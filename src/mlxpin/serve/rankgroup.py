@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from mlxpin.serve.distributed import DistributedPlan
 from mlxpin.serve.supervisor import Supervisor, SupervisorPolicy, _die_with_parent
 
 log = logging.getLogger("mlxpin.launch")
+DEFAULT_MODEL = "default_model"  # mlx_lm.server's name for its own --model
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,11 @@ class RankGroupSupervisor(Supervisor):
         watchdog: WatchdogPolicy,
     ) -> None:
         super().__init__(plan.server, environ, policy)
+        if not plan.same_paths:
+            # Rank 0 shares each request, "model" included, with every rank: a path only
+            # rank 0's host has would send the others looking for it. "default_model" is
+            # what each rank maps to its own --model.
+            self.config = dataclasses.replace(self.config, upstream_model=DEFAULT_MODEL)
         self.dplan = plan
         self.watchdog = watchdog
         self.pgid: int | None = None
@@ -142,7 +149,11 @@ class RankGroupSupervisor(Supervisor):
             *argv,
             cwd=self.plan.cwd,
             env=self.plan.environment(self.environ),
-            stdin=asyncio.subprocess.DEVNULL,
+            # An open pipe that never carries data: mlx.launch polls its stdin to forward
+            # it to the ranks, and on /dev/null (always readable, at EOF) that loop spins a
+            # whole core, which the ranks then lack (enough, on a small machine, to miss
+            # the ring backend's ~15 s connect window).
+            stdin=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent,  # setsid: mlx.launch leads a new process group
         )
         self.pgid = self.process.pid
@@ -233,6 +244,8 @@ class RankGroupSupervisor(Supervisor):
         if process is not None and process.returncode is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), timeout=5.0)
+        if process is not None and process.stdin is not None:
+            process.stdin.close()
         self.pgid = None
 
     async def _reap_leftover(self) -> None:
