@@ -521,7 +521,7 @@ class _suppress:
 
 def processes_using(marker: str) -> list[str]:
     out = subprocess.run(
-        ["ps", "-A", "-o", "pid=,stat=,command="], capture_output=True, text=True, check=True
+        ["ps", "-ww", "-A", "-o", "pid=,stat=,command="], capture_output=True, text=True, check=True
     ).stdout
     return [line for line in out.splitlines() if marker in line and line.split()[1][:1] != "Z"]
 

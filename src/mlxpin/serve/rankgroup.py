@@ -58,7 +58,7 @@ def group_members(pgid: int) -> dict[int, str]:
     """
     try:
         out = subprocess.run(
-            ["ps", "-A", "-o", "pid=,pgid=,stat=,command="],
+            ["ps", "-ww", "-A", "-o", "pid=,pgid=,stat=,command="],
             capture_output=True,
             text=True,
             timeout=10,
