@@ -38,13 +38,12 @@ def hub() -> Iterator[HubServer]:
         yield server
 
 
-@pytest.fixture
-def hf_env(hub: HubServer, tmp_path: Path) -> dict[str, str]:
-    """Environment for a subprocess that must talk to ``hub`` only, anonymously."""
+def isolated_hf_env(hub: HubServer, home: Path) -> dict[str, str]:
+    """Environment for a subprocess that must talk to ``hub`` only, anonymously, with its
+    Hugging Face home (token, cache, mlxpin state) in ``home``."""
     env = {
         k: v for k, v in os.environ.items() if k not in _HF_LEAKS and not k.startswith("MLXPIN_")
     }
-    home = tmp_path / "hf_home"
     home.mkdir(exist_ok=True)
     env.update(
         HF_ENDPOINT=hub.url,
@@ -54,6 +53,12 @@ def hf_env(hub: HubServer, tmp_path: Path) -> dict[str, str]:
         HF_HUB_DISABLE_PROGRESS_BARS="1",
     )
     return env
+
+
+@pytest.fixture
+def hf_env(hub: HubServer, tmp_path: Path) -> dict[str, str]:
+    """Environment for a subprocess that must talk to ``hub`` only, anonymously."""
+    return isolated_hf_env(hub, tmp_path / "hf_home")
 
 
 @dataclass

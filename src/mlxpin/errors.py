@@ -27,7 +27,9 @@ error (do not restart) from a temporary one (try again later)::
 
 Each class builds its message from its fields; the CLI renders `message` and
 `hint` and exits with `exit_code`. A traceback is only ever shown with
-MLXPIN_DEBUG=1.
+MLXPIN_DEBUG=1. Errors are immutable once built: a caller that knows a better next
+step makes a copy with `with_hint`, so an error caught and re-raised elsewhere never
+changes under another reader.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import IntEnum
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
 
 class ExitCode(IntEnum):
@@ -57,10 +59,28 @@ class MlxpinError(Exception):
     exit_code: ClassVar[ExitCode] = ExitCode.SOFTWARE
     kind: ClassVar[str] = "error"
 
+    message: str
+    hint: str | None
+
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self._sealed = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Fields are set while the subclass builds its message; afterwards they are fixed.
+        # Dunder attributes (__cause__, __traceback__, notes) belong to Python itself.
+        if self.__dict__.get("_sealed") and not name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__} is immutable; use with_hint()")
+        super().__setattr__(name, value)
+
+    def with_hint(self, hint: str | None) -> Self:
+        """A copy of this error with another next step."""
+        copy = type(self).__new__(type(self), *self.args)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__["hint"] = hint
+        return copy
 
     def __str__(self) -> str:
         return self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}"

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from mlxpin import __version__
 from mlxpin.cli.output import CommandExit, Output, report_error, run_guarded, settings_for
+from mlxpin.config import Settings
 
-__all__ = ["Output", "report_error", "settings_for"]
-
-P = ParamSpec("P")
-R = TypeVar("R")
+__all__ = ["Common", "Output", "report_error", "settings_for", "verb"]
 
 app = typer.Typer(
     name="mlxpin",
@@ -64,30 +64,91 @@ NamesArg = Annotated[
 ]
 
 
-def guarded(func: Callable[P, R]) -> Callable[P, R]:
+# The options every verb shares, by the name its function would give them.
+COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "cache_dir": (CacheDirOpt, None),
+    "manifest": (ManifestOpt, None),
+    "lock_dir": (LockDirOpt, None),
+    "as_json": (JsonOpt, False),
+    "quiet": (QuietOpt, False),
+    "verbose": (VerboseOpt, False),
+}
+PROJECT = ("cache_dir", "manifest", "lock_dir")
+OUTPUT = ("as_json", "quiet", "verbose")
+
+
+@dataclass(frozen=True)
+class Common:
+    """The shared options of one invocation, declared once for every verb."""
+
+    cache_dir: Path | None = None
+    manifest: Path | None = None
+    lock_dir: Path | None = None
+    as_json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+
+    def settings(self) -> Settings:
+        return settings_for(self.manifest, self.lock_dir, self.cache_dir)
+
+    def output(self) -> Output:
+        return Output(self.as_json, self.quiet)
+
+
+def _guarded(func: Callable[[], None], common: Common) -> None:
     """Turn mlxpin errors into a message and an exit code; tracebacks only when debugging."""
 
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        results: list[R] = []
+    def call() -> None:
+        try:
+            func()
+        except typer.Exit as request:
+            raise CommandExit(int(request.exit_code)) from None
 
-        def call() -> None:
-            try:
-                results.append(func(*args, **kwargs))
-            except typer.Exit as request:
-                raise CommandExit(int(request.exit_code)) from None
+    code = run_guarded(call, as_json=common.as_json, quiet=common.quiet, verbose=common.verbose)
+    if code != 0:
+        raise typer.Exit(code)
 
-        code = run_guarded(
-            call,
-            as_json=bool(kwargs.get("as_json", False)),
-            quiet=bool(kwargs.get("quiet", False)),
-            verbose=bool(kwargs.get("verbose", False)),
-        )
-        if code != 0 or not results:
-            raise typer.Exit(code)
-        return results[0]
 
-    return wrapper
+def verb(
+    name: str,
+    *,
+    on: typer.Typer | None = None,
+    uses: Sequence[str] = PROJECT,
+    guard: bool = True,
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register `func(..., common: Common)` as the command NAME.
+
+    The command line gets the function's own options, then the shared ones it `uses`
+    (plus --json/-q/-v), each declared once in COMMON_OPTIONS; the function receives
+    them as one `Common`. With `guard`, errors become a message and an exit code.
+    """
+    shared = (*uses, *OUTPUT)
+
+    def register(func: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(func, eval_str=True)
+        params = [p for p in own.parameters.values() if p.name != "common"]
+        for key in shared:
+            annotation, default = COMMON_OPTIONS[key]
+            params.append(
+                inspect.Parameter(
+                    key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+                )
+            )
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> None:
+            common = Common(**{key: kwargs.pop(key) for key in shared})
+            if guard:
+                _guarded(lambda: func(common=common, **kwargs), common)
+            else:
+                func(common=common, **kwargs)
+
+        command.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        (on or app).command(name)(command)
+        return func
+
+    return register
 
 
 def _version(value: bool) -> None:

@@ -6,19 +6,11 @@ from typing import Annotated
 
 import typer
 
-from mlxpin.cli.app import (
-    CacheDirOpt,
-    JsonOpt,
-    LockDirOpt,
-    ManifestOpt,
-    QuietOpt,
-    VerboseOpt,
-    app,
-)
+from mlxpin.cli.app import Common, verb
 from mlxpin.cli.boot import LaunchOptions, launch_main
 
 
-@app.command("launch")
+@verb("launch", guard=False)
 def launch_command(
     name: Annotated[
         str | None,
@@ -67,12 +59,8 @@ def launch_command(
             help="Distributed: a 1-token probe slower than this restarts the whole group.",
         ),
     ] = 60.0,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Boot one locked, fetched model offline: mlx_lm.server behind a label-checking gateway.
 
@@ -89,12 +77,12 @@ def launch_command(
             ready_timeout=ready_timeout,
             probe_interval=probe_interval,
             probe_timeout=probe_timeout,
-            cache_dir=cache_dir,
-            manifest=manifest,
-            lock_dir=lock_dir,
-            as_json=as_json,
-            quiet=quiet,
-            verbose=verbose,
+            cache_dir=common.cache_dir,
+            manifest=common.manifest,
+            lock_dir=common.lock_dir,
+            as_json=common.as_json,
+            quiet=common.quiet,
+            verbose=common.verbose,
         )
     )
     raise typer.Exit(code)

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from mlxpin.cli.app import (
-    JsonOpt,
-    LockDirOpt,
-    ManifestOpt,
+    Common,
     NamesArg,
-    Output,
-    QuietOpt,
-    VerboseOpt,
-    app,
-    guarded,
     report_error,
-    settings_for,
+    verb,
 )
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import lock as lock_cmd
-from mlxpin.errors import ExitCode, LockStaleError
 
 
 def describe_change(change: lock_cmd.LockChange) -> str | None:
@@ -54,27 +46,7 @@ def describe_change(change: lock_cmd.LockChange) -> str | None:
     return None
 
 
-def change_json(change: lock_cmd.LockChange) -> dict[str, Any]:
-    return {
-        "name": change.name,
-        "action": change.action,
-        "source": change.source,
-        "reason": change.reason,
-        "revision": change.revision,
-        "old_commit": change.old_commit,
-        "old_date": change.old_date,
-        "new_commit": change.new_commit,
-        "new_date": change.new_date,
-        "files_changed": change.files_changed,
-        "size_delta": change.size_delta,
-        "total_size": change.total_size,
-        "gated": change.gated,
-        "error": change.error.to_json() if change.error else None,
-    }
-
-
-@app.command("lock")
-@guarded
+@verb("lock", uses=("manifest", "lock_dir"))
 def lock_command(
     names: NamesArg = None,
     update: Annotated[
@@ -95,55 +67,39 @@ def lock_command(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, help="Resolve at most this many models at once.")
     ] = lock_cmd.MAX_PARALLEL,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Pin every model's revision to a commit and its files' sizes and hashes in lock/.
 
     Keeps valid pins untouched (no network for them), locks what is missing or stale,
     and deletes lock files of models no longer in the manifest.
     """
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir)
+    out = common.output()
+    settings = common.settings()
     selected = list(names or ())
     if check:
         if update:
             raise typer.BadParameter("--check and --update cannot be combined")
         checked = lock_cmd.check(settings, selected)
-        bad = [s for s in checked.states if s.state != "ok"]
         for state in checked.states:
             if state.state == "ok":
                 out.line(f"{state.name}: ok")
             else:
                 out.line(f"{state.name}: {state.state} ({state.reason})")
-        out.result(
-            {
-                "ok": checked.ok,
-                "models": [
-                    {"name": s.name, "state": s.state, "reason": s.reason} for s in checked.states
-                ],
-            }
-        )
-        if bad:
-            error = LockStaleError(
-                [f"{s.name} is {s.state}" for s in bad],
-                [s.name for s in bad if s.state != "orphan"],
-            )
-            if not as_json:
-                report_error(error, False)
-            corrupt = any(s.state == "corrupt" for s in bad)
-            raise typer.Exit(int(ExitCode.DATA if corrupt else error.exit_code))
+        out.result(checked.to_json())
+        if checked.problem is not None:
+            if not common.as_json:
+                report_error(checked.problem, False)
+            raise typer.Exit(int(checked.exit_code))
         return
     result = lock_cmd.lock(settings, selected, update=update, jobs=jobs)
     for change in result.changes:
         text = describe_change(change)
-        if text and not (quiet and change.action == "kept"):
+        if text and not (common.quiet and change.action == "kept"):
             out.line(text)
-    out.result({"ok": not result.errors, "models": [change_json(c) for c in result.changes]})
+    out.result(result.to_json())
     if result.errors:
         for failure in result.errors:
             report_error(failure, False)
-        raise typer.Exit(int(result.errors[0].exit_code))
+        raise typer.Exit(int(result.exit_code))

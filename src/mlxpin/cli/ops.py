@@ -6,29 +6,23 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mlxpin.cli.app import (
-    CacheDirOpt,
-    JsonOpt,
-    LockDirOpt,
-    ManifestOpt,
+    Common,
     Output,
-    QuietOpt,
-    VerboseOpt,
     app,
-    guarded,
     report_error,
-    settings_for,
+    verb,
 )
-from mlxpin.cli.lock import change_json, describe_change
+from mlxpin.cli.lock import describe_change
 from mlxpin.cli.render import human_size
 
 if TYPE_CHECKING:  # the modules themselves load lazily: `launch` registers this file too
-    from mlxpin.commands.gc import GcResult, ItemOutcome
-    from mlxpin.serve.units import BuiltSpec, CommandRun, Platform
+    from mlxpin.commands.service import UnitRequest
+    from mlxpin.serve.units import Platform
 
 service_app = typer.Typer(
     name="service",
@@ -104,38 +98,20 @@ def _warn(out: Output, warnings: tuple[str, ...]) -> None:
         out.note(f"mlxpin: warning: {warning}")
 
 
-def _ran_json(ran: tuple[CommandRun, ...]) -> list[dict[str, Any]]:
-    return [{"argv": list(r.argv), "returncode": r.returncode, "output": r.output} for r in ran]
-
-
-def _build(
+def _request(
     name: str,
     platform: PlatformChoice | None,
     system: bool,
-    log_file: Path | None,
-    env_file: Path | None,
-    run_as: str | None,
-    cache_dir: Path | None,
-    manifest: Path | None,
-    lock_dir: Path | None,
-) -> BuiltSpec:
-    from mlxpin.serve import units as service
+    log_file: Path | None = None,
+    env_file: Path | None = None,
+    run_as: str | None = None,
+) -> UnitRequest:
+    from mlxpin.commands.service import UnitRequest
 
-    settings = settings_for(manifest, lock_dir, cache_dir)
-    return service.build_spec(
-        settings,
-        name,
-        platform=_platform(platform),
-        system=system,
-        environ=os.environ,
-        log_file=log_file,
-        env_file=env_file,
-        run_as=run_as,
-    )
+    return UnitRequest(name, _platform(platform), system, log_file, env_file, run_as)
 
 
-@service_app.command("install")
-@guarded
+@verb("install", on=service_app)
 def service_install(
     name: NameArg,
     system: SystemOpt = False,
@@ -151,28 +127,28 @@ def service_install(
     log_file: LogFileOpt = None,
     env_file: EnvFileOpt = None,
     run_as: RunAsOpt = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Write a boot unit running `mlxpin launch NAME` offline, with absolute paths.
 
     Validates the manifest first; warns when the lock or the snapshot is not ready. The
     unit holds no secret and never restarts on a permanent error (exit 65/66/77/78).
     """
-    from mlxpin.serve import units as service
+    from mlxpin.commands import service
 
     if print_only and enable:
         raise typer.BadParameter("--print and --enable cannot be combined")
-    out = Output(as_json, quiet)
-    built = _build(
-        name, platform, system, log_file, env_file, run_as, cache_dir, manifest, lock_dir
+    out = common.output()
+    installed = service.install(
+        common.settings(),
+        _request(name, platform, system, log_file, env_file, run_as),
+        os.environ,
+        print_only=print_only,
+        enable=enable,
     )
-    _warn(out, built.warnings)
-    result = service.install(built, print_only=print_only, enable=enable)
+    result = installed.result
+    _warn(out, result.warnings)
     if print_only:
         out.line(result.content.rstrip("\n"))
         out.note(f"mlxpin: would write {result.path} (--print: nothing written)")
@@ -187,25 +163,10 @@ def service_install(
             out.line("next:")
             for step in result.next_steps:
                 out.line(f"  {step}")
-    out.result(
-        {
-            "ok": True,
-            "name": result.name,
-            "platform": result.platform,
-            "system": result.system,
-            "path": str(result.path),
-            "written": result.written,
-            "changed": result.changed,
-            "content": result.content,
-            "warnings": list(result.warnings),
-            "next_steps": list(result.next_steps),
-            "ran": _ran_json(result.ran),
-        }
-    )
+    out.result(installed.to_json())
 
 
-@service_app.command("uninstall")
-@guarded
+@verb("uninstall", on=service_app, uses=())
 def service_uninstall(
     name: NameArg,
     system: SystemOpt = False,
@@ -218,24 +179,19 @@ def service_uninstall(
             help="First stop and disable it with systemctl/launchctl (else print how).",
         ),
     ] = False,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Remove the boot unit of NAME (nothing to do when it is not installed)."""
-    from mlxpin.serve import units as service
+    from mlxpin.commands import service
 
     if print_only and disable:
         raise typer.BadParameter("--print and --disable cannot be combined")
-    out = Output(as_json, quiet)
-    result = service.uninstall(
-        name,
-        platform=_platform(platform),
-        system=system,
-        environ=os.environ,
-        print_only=print_only,
-        disable=disable,
+    out = common.output()
+    uninstalled = service.uninstall(
+        _request(name, platform, system), os.environ, print_only=print_only, disable=disable
     )
+    result = uninstalled.result
     if print_only:
         verb = "would remove" if result.existed else "nothing to remove at"
         out.line(f"{name}: {verb} {result.path}")
@@ -249,21 +205,10 @@ def service_uninstall(
         out.line("if it is running, stop it with:" if not print_only else "then run:")
         for step in result.next_steps:
             out.line(f"  {step}")
-    out.result(
-        {
-            "ok": True,
-            "name": name,
-            "path": str(result.path),
-            "existed": result.existed,
-            "removed": result.removed,
-            "next_steps": list(result.next_steps),
-            "ran": _ran_json(result.ran),
-        }
-    )
+    out.result(uninstalled.to_json())
 
 
-@service_app.command("show")
-@guarded
+@verb("show", on=service_app)
 def service_show(
     name: NameArg,
     system: SystemOpt = False,
@@ -271,84 +216,32 @@ def service_show(
     log_file: LogFileOpt = None,
     env_file: EnvFileOpt = None,
     run_as: RunAsOpt = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Print the unit `install` would write, and whether the installed one matches it."""
-    out = Output(as_json, quiet)
-    built = _build(
-        name, platform, system, log_file, env_file, run_as, cache_dir, manifest, lock_dir
+    from mlxpin.commands import service
+
+    out = common.output()
+    shown = service.show(
+        common.settings(),
+        _request(name, platform, system, log_file, env_file, run_as),
+        os.environ,
     )
+    built = shown.built
     _warn(out, built.warnings)
-    try:
-        installed: bytes | None = built.path.read_bytes()
-    except OSError:
-        installed = None
-    up_to_date = installed == built.content.encode("utf-8")
     out.line(built.content.rstrip("\n"))
-    if installed is None:
+    if not shown.installed:
         out.note(f"mlxpin: {built.path} is not installed")
-    elif not up_to_date:
+    elif not shown.up_to_date:
         out.note(f"mlxpin: {built.path} differs; `mlxpin service install {name}` updates it")
-    out.result(
-        {
-            "ok": True,
-            "name": built.spec.name,
-            "platform": built.spec.platform,
-            "system": built.spec.system,
-            "path": str(built.path),
-            "content": built.content,
-            "argv": list(built.spec.argv()),
-            "environment": dict(built.spec.environment),
-            "log_file": str(built.spec.log_file),
-            "installed": installed is not None,
-            "up_to_date": up_to_date,
-            "warnings": list(built.warnings),
-        }
-    )
+    out.result(shown.to_json())
 
 
 # --- gc -----------------------------------------------------------------------------------
 
 
-def _gc_json(result: GcResult) -> dict[str, Any]:
-    def item(outcome: ItemOutcome) -> dict[str, Any]:
-        doomed = outcome.item
-        return {
-            "kind": doomed.kind,
-            "path": str(doomed.path),
-            "size": doomed.total_size,
-            "reason": doomed.reason,
-            "status": outcome.status,
-            "detail": outcome.detail,
-            "with": [{"kind": f.kind, "path": str(f.path)} for f in doomed.follow],
-        }
-
-    return {
-        "ok": not result.skipped,
-        "dry_run": result.dry_run,
-        "all": result.include_foreign,
-        "bytes": result.plan.size,
-        "freed_bytes": result.freed,
-        "items": [item(o) for o in result.outcomes],
-        "kept": [
-            {"path": str(k.path), "size": k.size, "reason": k.reason} for k in result.plan.kept
-        ],
-        "kept_bytes": result.plan.kept_size,
-        "roots": [
-            {"lock_dir": str(r.lock_dir), "registered": r.registered, "locks": r.locks}
-            for r in result.roots
-        ],
-        "problems": [p.to_json() for p in result.problems],
-    }
-
-
-@app.command("gc")
-@guarded
+@verb("gc")
 def gc_command(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Delete (without it: only list what would go).")
@@ -369,12 +262,8 @@ def gc_command(
             "(without it, --yes refuses while one is missing: it may be on an unmounted disk).",
         ),
     ] = False,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Delete snapshots and blobs that no lock of any project references (dry run by default).
 
@@ -383,15 +272,15 @@ def gc_command(
     """
     from mlxpin.commands import gc as gc_cmd
 
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir, cache_dir)
+    out = common.output()
+    settings = common.settings()
     result = gc_cmd.gc(
         settings, yes=yes, include_foreign=include_foreign, forget_missing=forget_missing
     )
     for problem in result.problems:
         out.note(f"mlxpin: warning: {problem.message} (its files are unknown, so kept)")
     for root in result.roots:
-        if verbose:
+        if common.verbose:
             out.note(f"mlxpin: live: {root.lock_dir} ({root.locks} locks)")
     for outcome in result.outcomes:
         doomed = outcome.item
@@ -423,25 +312,24 @@ def gc_command(
             f"kept {len(plan.kept)} unreferenced Hub-cache file(s), "
             f"{human_size(plan.kept_size)}, that mlxpin did not download (--all deletes them)"
         )
-        if verbose:
+        if common.verbose:
             for kept in plan.kept:
                 out.line(f"  kept {human_size(kept.size):>9}  {kept.path}  ({kept.reason})")
-    out.result(_gc_json(result))
-    failed = [o for o in result.skipped if o.status == "failed"]
+    out.result(result.to_json())
+    failed = result.failed
     if failed:
         print(
             f"mlxpin: error: {len(failed)} item(s) could not be deleted "
             f"(first: {failed[0].item.path}: {failed[0].detail})",
             file=sys.stderr,
         )
-        raise typer.Exit(74)
+        raise typer.Exit(int(result.exit_code))
 
 
 # --- manifest edits -------------------------------------------------------------------------
 
 
-@app.command("add")
-@guarded
+@verb("add", uses=("manifest", "lock_dir"))
 def add_command(
     name: NameArg,
     repo: Annotated[
@@ -479,22 +367,19 @@ def add_command(
     then_lock: Annotated[
         bool, typer.Option("--lock", help="Lock the new model right away.")
     ] = False,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Add model NAME to the manifest, keeping every comment and line of the file.
 
     The result is validated before anything is written (a bare repo id such as
     `gemma-4-31b-it` is refused: that is an api_label; the repo needs its owner).
     """
-    from mlxpin.project import edit
+    from mlxpin.commands import edit
 
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir)
-    added = edit.add(
+    out = common.output()
+    settings = common.settings()
+    result = edit.add(
         settings,
         name,
         repo=repo,
@@ -503,92 +388,62 @@ def add_command(
         label=label,
         port=port,
         files=files,
+        then_lock=then_lock,
     )
+    added = result.added
     _warn(out, added.warnings)
     out.line(
         f"{added.name}: added to {added.manifest} (label {added.api_label}, port {added.port}, "
         f"{added.source})"
     )
-    data: dict[str, Any] = {
-        "ok": True,
-        "name": added.name,
-        "manifest": str(added.manifest),
-        "api_label": added.api_label,
-        "port": added.port,
-        "source": added.source,
-        "added": added.added,
-        "warnings": list(added.warnings),
-        "lock": None,
-    }
-    if not then_lock:
+    if result.locked is None:
         out.line(f"next: mlxpin lock {added.name} && mlxpin fetch {added.name}")
-        out.result(data)
+        out.result(result.to_json())
         return
-    from mlxpin.commands import lock as lock_cmd
-
-    locked = lock_cmd.lock(settings, [added.name])
-    for change in locked.changes:
+    for change in result.locked.changes:
         text = describe_change(change)
         if text and change.action != "kept":
             out.line(text)
-    data["ok"] = not locked.errors
-    data["lock"] = [change_json(c) for c in locked.changes]
-    out.result(data)
-    if locked.errors:
-        for failure in locked.errors:
+    out.result(result.to_json())
+    if result.locked.errors:
+        for failure in result.locked.errors:
             report_error(failure, False)
         out.note(f"mlxpin: {added.name} stays in the manifest; fix the cause and run mlxpin lock")
-        raise typer.Exit(int(locked.errors[0].exit_code))
+        raise typer.Exit(int(result.exit_code))
 
 
-@app.command("remove")
-@guarded
+@verb("remove", uses=("manifest", "lock_dir"))
 def remove_command(
     name: NameArg,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Remove model NAME from the manifest, and its lock file.
 
     Refused while another model uses it as draft or adapter. Its files stay on disk until
     `mlxpin gc --yes`.
     """
-    from mlxpin.project import edit
+    from mlxpin.commands import edit
 
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir)
-    removed = edit.remove(settings, name)
+    out = common.output()
+    result = edit.remove(common.settings(), name)
+    removed = result.removed
     out.line(f"{removed.name}: removed from {removed.manifest}")
     if removed.lock_file is not None:
         out.line(f"{removed.name}: deleted its lock file {removed.lock_file}")
     out.line("its snapshot stays on disk until `mlxpin gc --yes`")
-    out.result(
-        {
-            "ok": True,
-            "name": removed.name,
-            "manifest": str(removed.manifest),
-            "removed": removed.removed_text,
-            "lock_file": str(removed.lock_file) if removed.lock_file else None,
-        }
-    )
+    out.result(result.to_json())
 
 
-@app.command("init")
-@guarded
+@verb("init", uses=("manifest",))
 def init_command(
-    manifest: ManifestOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Write a commented starter manifest.toml (never over an existing file)."""
-    from mlxpin.project import edit
+    from mlxpin.commands import edit
 
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, None)
-    created = edit.init(settings)
-    out.line(f"wrote {created.manifest}: edit it, then run `mlxpin lock` and `mlxpin fetch`")
-    out.result({"ok": True, "manifest": str(created.manifest), "models": list(created.models)})
+    out = common.output()
+    result = edit.init(common.settings())
+    out.line(f"wrote {result.created.manifest}: edit it, then run `mlxpin lock` and `mlxpin fetch`")
+    out.result(result.to_json())

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import sys
-import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mlxpin.cli.app import (
-    CacheDirOpt,
-    JsonOpt,
-    LockDirOpt,
-    ManifestOpt,
+    Common,
     NamesArg,
-    Output,
-    QuietOpt,
-    VerboseOpt,
-    app,
-    guarded,
-    settings_for,
+    verb,
 )
-from mlxpin.cli.output import CommandExit
+from mlxpin.cli.output import CommandExit, Output
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import fetch as fetch_cmd
 from mlxpin.commands import status as status_cmd
-from mlxpin.errors import IntegrityError
 from mlxpin.store.fetch import NoProgress, Progress
 
 if TYPE_CHECKING:
@@ -77,16 +67,9 @@ def _bars(as_json: bool, quiet: bool) -> Bars:
     return Bars(sys.stderr.isatty() and not as_json and not quiet)
 
 
-@app.command("fetch")
-@guarded
+@verb("fetch")
 def fetch_command(
     names: NamesArg = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
     hosts: Annotated[
         bool,
         typer.Option(
@@ -95,22 +78,22 @@ def fetch_command(
             "(this host's lock and verified bytes are sent; the host verifies them).",
         ),
     ] = False,
+    *,
+    common: Common,
 ) -> None:
     """Download exactly the locked files into the Hugging Face cache and verify every byte.
 
     Safe to interrupt (a rerun resumes) and to run in parallel. A second run on an
     unchanged cache makes no request and hashes nothing.
     """
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir, cache_dir)
-    bars = _bars(as_json, quiet)
-    started = time.monotonic()
+    out = common.output()
+    settings = common.settings()
+    bars = _bars(common.as_json, common.quiet)
     try:
         result = fetch_cmd.fetch(settings, list(names or ()), bars)
     finally:
         bars.close()
     prepared = _prepare_hosts(settings, list(names or ()), out) if hosts else ()
-    elapsed = time.monotonic() - started
     for model in result.models:
         if model.up_to_date:
             out.line(
@@ -121,25 +104,10 @@ def fetch_command(
                 f"{model.name}: fetched and verified {model.files} files, "
                 f"{human_size(model.total_size)} (downloaded {human_size(model.downloaded_bytes)})"
             )
-    out.result(
-        {
-            "ok": True,
-            "seconds": round(elapsed, 3),
-            "models": [
-                {
-                    "name": m.name,
-                    "snapshot": str(m.view),
-                    "files": m.files,
-                    "total_size": m.total_size,
-                    "up_to_date": m.up_to_date,
-                    "downloaded_bytes": m.downloaded_bytes,
-                    "hashed_bytes": m.hashed_bytes,
-                }
-                for m in result.models
-            ],
-            **({"hosts": [h.to_json() for h in prepared]} if hosts else {}),
-        }
-    )
+    data = result.to_json()
+    if hosts:
+        data["hosts"] = [r.to_json() for r in prepared]
+    out.result(data)
     failed = [h for r in prepared for h in r.hosts if not h.ok]
     if failed:
         raise CommandExit(failed[0].exit_code)
@@ -159,21 +127,16 @@ def _prepare_hosts(settings: Settings, names: list[str], out: Output) -> tuple[H
     return prepared
 
 
-@app.command("verify")
-@guarded
+@verb("verify")
 def verify_command(
     names: NamesArg = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Re-hash every fetched file against the lock (exit 65 naming each bad file)."""
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir, cache_dir)
-    bars = _bars(as_json, quiet)
+    out = common.output()
+    settings = common.settings()
+    bars = _bars(common.as_json, common.quiet)
     try:
         result = fetch_cmd.verify(settings, list(names or ()), bars)
     finally:
@@ -181,62 +144,24 @@ def verify_command(
     for model in result.models:
         if not model.bad:
             out.line(f"{model.name}: ok ({human_size(model.hashed_bytes)} hashed)")
-        for path, problem in model.bad:
-            print(f"{model.name}: {path}: {problem}", file=sys.stderr)
-    out.result(
-        {
-            "ok": result.ok,
-            "models": [
-                {
-                    "name": m.name,
-                    "ok": not m.bad,
-                    "bad": [{"path": p, "problem": why} for p, why in m.bad],
-                }
-                for m in result.models
-            ],
-        }
-    )
-    if not result.ok:
-        first = next(m for m in result.models if m.bad)
-        error = IntegrityError(first.name, first.bad[0][0], first.bad[0][1])
-        print(f"mlxpin: error: verification failed\n  hint: {error.hint}", file=sys.stderr)
-        raise typer.Exit(int(error.exit_code))
+        for path, why in model.bad:
+            print(f"{model.name}: {path}: {why}", file=sys.stderr)
+    out.result(result.to_json())
+    failure = result.first_problem
+    if failure is not None:
+        print(f"mlxpin: error: verification failed\n  hint: {failure.hint}", file=sys.stderr)
+        raise typer.Exit(int(result.exit_code))
 
 
-def _status_json(row: status_cmd.ModelStatus) -> dict[str, Any]:
-    return {
-        "name": row.name,
-        "api_label": row.api_label,
-        "aliases": list(row.aliases),
-        "source": row.source,
-        "endpoint": row.endpoint,
-        "lock": row.lock_state,
-        "lock_reason": row.lock_reason,
-        "commit": row.commit,
-        "last_modified": row.last_modified,
-        "files": row.files,
-        "total_size": row.total_size,
-        "fetch": row.fetch_state,
-        "fetch_reason": row.fetch_reason,
-        "size_on_disk": row.size_on_disk,
-        "snapshot": str(row.snapshot) if row.snapshot else None,
-    }
-
-
-@app.command("status")
-@guarded
+@verb("status")
 def status_command(
     names: NamesArg = None,
-    cache_dir: CacheDirOpt = None,
-    manifest: ManifestOpt = None,
-    lock_dir: LockDirOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Show each model's label, source, locked commit, fetch state and size on disk."""
-    out = Output(as_json, quiet)
-    settings = settings_for(manifest, lock_dir, cache_dir)
+    out = common.output()
+    settings = common.settings()
     result = status_cmd.status(settings, list(names or ()))
     for row in result.models:
         if row.lock_state != "ok":
@@ -252,4 +177,4 @@ def status_command(
             f"{row.name}: label {row.api_label} on {row.endpoint}; {row.source}; {lock}; "
             f"{fetched}; {human_size(row.size_on_disk)} of {human_size(row.total_size)} on disk"
         )
-    out.result({"ok": True, "models": [_status_json(r) for r in result.models]})
+    out.result(result.to_json())

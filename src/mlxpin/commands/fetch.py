@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import Settings
+from mlxpin.errors import ExitCode, IntegrityError
 from mlxpin.hub.source import HubSourceBytes
 from mlxpin.project.lockfile import LockedModel
 from mlxpin.project.manifest import PathSource
@@ -31,6 +33,27 @@ ProgressFactory = Callable[[str], Progress]
 @dataclass(frozen=True)
 class FetchResult:
     models: tuple[FetchOutcome, ...]
+    seconds: float
+
+    exit_code = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "seconds": round(self.seconds, 3),
+            "models": [
+                {
+                    "name": m.name,
+                    "snapshot": str(m.view),
+                    "files": m.files,
+                    "total_size": m.total_size,
+                    "up_to_date": m.up_to_date,
+                    "downloaded_bytes": m.downloaded_bytes,
+                    "hashed_bytes": m.hashed_bytes,
+                }
+                for m in self.models
+            ],
+        }
 
 
 def _no_progress(_: str) -> Progress:
@@ -42,6 +65,7 @@ def fetch(
     names: Sequence[str] = (),
     progress: ProgressFactory = _no_progress,
 ) -> FetchResult:
+    started = time.monotonic()
     manifest = manifest_of(settings)
     locks = locked_models(settings, manifest, pick(manifest, names))
     layout = StoreLayout.of(settings)
@@ -70,7 +94,7 @@ def fetch(
         else:
             source = HubSourceBytes(lock, downloader)
         outcomes.append(fetch_model(layout, lock, source, progress(lock.name)))
-    return FetchResult(tuple(outcomes))
+    return FetchResult(tuple(outcomes), time.monotonic() - started)
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,32 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         return all(not m.bad for m in self.models)
+
+    @property
+    def first_problem(self) -> IntegrityError | None:
+        """The error that stands for a failed verification (its hint is the next step)."""
+        for model in self.models:
+            for path, problem in model.bad:
+                return IntegrityError(model.name, path, problem)
+        return None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        problem = self.first_problem
+        return ExitCode.OK if problem is None else problem.exit_code
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "models": [
+                {
+                    "name": m.name,
+                    "ok": not m.bad,
+                    "bad": [{"path": p, "problem": why} for p, why in m.bad],
+                }
+                for m in self.models
+            ],
+        }
 
 
 def verify(

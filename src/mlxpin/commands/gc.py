@@ -17,10 +17,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mlxpin.config import Settings
-from mlxpin.errors import ConfigError, LockBusyError, LockCorruptError
+from mlxpin.errors import ConfigError, ExitCode, LockBusyError, LockCorruptError
 from mlxpin.project.lockfile import LockedModel, lock_names_on_disk, read_lock
 from mlxpin.store.gc import (
     HEX_RE,
@@ -52,6 +52,18 @@ class ItemOutcome:
     status: Status
     detail: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        doomed = self.item
+        return {
+            "kind": doomed.kind,
+            "path": str(doomed.path),
+            "size": doomed.total_size,
+            "reason": doomed.reason,
+            "status": self.status,
+            "detail": self.detail,
+            "with": [{"kind": f.kind, "path": str(f.path)} for f in doomed.follow],
+        }
+
 
 @dataclass(frozen=True)
 class LiveRoot:
@@ -76,6 +88,33 @@ class GcResult:
     @property
     def skipped(self) -> tuple[ItemOutcome, ...]:
         return tuple(o for o in self.outcomes if o.status in ("busy", "changed", "live", "failed"))
+
+    @property
+    def failed(self) -> tuple[ItemOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.status == "failed")
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.IO if self.failed else ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": not self.skipped,
+            "dry_run": self.dry_run,
+            "all": self.include_foreign,
+            "bytes": self.plan.size,
+            "freed_bytes": self.freed,
+            "items": [o.to_json() for o in self.outcomes],
+            "kept": [
+                {"path": str(k.path), "size": k.size, "reason": k.reason} for k in self.plan.kept
+            ],
+            "kept_bytes": self.plan.kept_size,
+            "roots": [
+                {"lock_dir": str(r.lock_dir), "registered": r.registered, "locks": r.locks}
+                for r in self.roots
+            ],
+            "problems": [p.to_json() for p in self.problems],
+        }
 
 
 # --- the live set -------------------------------------------------------------------------
@@ -388,12 +427,10 @@ def gc(
         return GcResult(True, include_foreign, the_plan, outcomes, live_roots, problems)
     if problems:
         first = problems[0]
-        refusal = LockCorruptError(first.file, first.problem)
-        refusal.hint = (
+        raise LockCorruptError(first.file, first.problem).with_hint(
             "gc deletes nothing while a lock it must keep alive is unreadable (it cannot tell "
             "what that lock needs); fix or delete that file, then run `mlxpin gc --yes` again"
         )
-        raise refusal
     missing = [r.lock_dir for r in roots if r.lock_dir is not None and not r.exists]
     if missing and not forget_missing:
         raise ConfigError(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import MlxpinError
+from mlxpin.errors import ExitCode, LockStaleError, MlxpinError
 from mlxpin.hub.resolve import Resolution, resolve
 from mlxpin.project.lockfile import (
     LockedModel,
@@ -51,6 +51,24 @@ class LockChange:
     gated: bool = False
     error: MlxpinError | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "action": self.action,
+            "source": self.source,
+            "reason": self.reason,
+            "revision": self.revision,
+            "old_commit": self.old_commit,
+            "old_date": self.old_date,
+            "new_commit": self.new_commit,
+            "new_date": self.new_date,
+            "files_changed": self.files_changed,
+            "size_delta": self.size_delta,
+            "total_size": self.total_size,
+            "gated": self.gated,
+            "error": self.error.to_json() if self.error else None,
+        }
+
 
 @dataclass(frozen=True)
 class LockResult:
@@ -60,6 +78,13 @@ class LockResult:
     def errors(self) -> tuple[MlxpinError, ...]:
         return tuple(c.error for c in self.changes if c.error is not None)
 
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.errors[0].exit_code if self.errors else ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": not self.errors, "models": [c.to_json() for c in self.changes]}
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -68,6 +93,30 @@ class CheckResult:
     @property
     def ok(self) -> bool:
         return all(s.state == "ok" for s in self.states)
+
+    @property
+    def problem(self) -> LockStaleError | None:
+        """What `--check` found wrong, as the error a user reads."""
+        bad = [s for s in self.states if s.state != "ok"]
+        if not bad:
+            return None
+        return LockStaleError(
+            [f"{s.name} is {s.state}" for s in bad],
+            [s.name for s in bad if s.state != "orphan"],
+        )
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.ok:
+            return ExitCode.OK
+        corrupt = any(s.state == "corrupt" for s in self.states)
+        return ExitCode.DATA if corrupt else ExitCode.CONFIG
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "models": [{"name": s.name, "state": s.state, "reason": s.reason} for s in self.states],
+        }
 
 
 def files_changed(old: LockedModel | None, new: LockedModel) -> int:

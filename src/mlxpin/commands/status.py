@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import LockCorruptError
+from mlxpin.errors import ExitCode, LockCorruptError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
 from mlxpin.project.selection import manifest_of, pick
 from mlxpin.store.layout import StoreLayout, check_stamp, size_on_disk
@@ -31,10 +32,34 @@ class ModelStatus:
     size_on_disk: int
     snapshot: Path | None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "api_label": self.api_label,
+            "aliases": list(self.aliases),
+            "source": self.source,
+            "endpoint": self.endpoint,
+            "lock": self.lock_state,
+            "lock_reason": self.lock_reason,
+            "commit": self.commit,
+            "last_modified": self.last_modified,
+            "files": self.files,
+            "total_size": self.total_size,
+            "fetch": self.fetch_state,
+            "fetch_reason": self.fetch_reason,
+            "size_on_disk": self.size_on_disk,
+            "snapshot": str(self.snapshot) if self.snapshot else None,
+        }
+
 
 @dataclass(frozen=True)
 class StatusResult:
     models: tuple[ModelStatus, ...]
+
+    exit_code = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": True, "models": [m.to_json() for m in self.models]}
 
 
 def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:

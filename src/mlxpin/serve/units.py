@@ -547,7 +547,9 @@ def install(
                 write_atomic(path, data, mode=0o644)
             except DiskError as exc:
                 if spec.system:
-                    exc.hint = f"writing to {path.parent} needs root: rerun with sudo"
+                    raise exc.with_hint(
+                        f"writing to {path.parent} needs root: rerun with sudo"
+                    ) from None
                 raise
             except PermissionError as exc:
                 raise DiskError(path, exc.strerror or str(exc)) from None
@@ -563,11 +565,10 @@ def install(
                 for argv in enable_commands(spec, path, restart=changed, uid=uid):
                     ran.append(_run(argv))
             except ServiceManagerError as exc:
-                exc.hint = (
+                raise exc.with_hint(
                     f"the unit file is in place at {path}; fix the cause and run: "
                     + shell_line(enable_commands(spec, path, restart=changed, uid=None), False)
-                )
-                raise
+                ) from None
     return InstallResult(
         name=spec.name,
         platform=spec.platform,
@@ -639,7 +640,8 @@ def uninstall(
             except OSError as exc:
                 error = DiskError(path, exc.strerror or str(exc))
                 if system:
-                    error.hint = f"removing from {path.parent} needs root: rerun with sudo"
+                    hint = f"removing from {path.parent} needs root: rerun with sudo"
+                    error = error.with_hint(hint)
                 raise error from None
             removed = True
         if disable and existed:

@@ -59,9 +59,7 @@ class LocalSourceBytes:
         return self._changed(file, f"the local file {problem}")
 
     def _changed(self, file: LockedFile, problem: str) -> IntegrityError:
-        error = IntegrityError(self.name, file.path, problem)
-        error.hint = (
+        return IntegrityError(self.name, file.path, problem).with_hint(
             f"{self.root / file.path} changed since it was locked; restore it, or if the "
             f"change is intended, run `mlxpin lock --update {self.name}`"
         )
-        return error

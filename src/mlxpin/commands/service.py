@@ -1,0 +1,147 @@
+"""`mlxpin service install|uninstall|show`: boot units for `mlxpin launch NAME`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlxpin.config import Settings
+from mlxpin.errors import ExitCode
+from mlxpin.serve import units
+from mlxpin.serve.units import BuiltSpec, CommandRun, InstallResult, Platform, UninstallResult
+
+
+def ran_json(ran: tuple[CommandRun, ...]) -> list[dict[str, Any]]:
+    return [{"argv": list(r.argv), "returncode": r.returncode, "output": r.output} for r in ran]
+
+
+@dataclass(frozen=True)
+class Installed:
+    result: InstallResult
+    print_only: bool
+
+    exit_code = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "ok": True,
+            "name": r.name,
+            "platform": r.platform,
+            "system": r.system,
+            "path": str(r.path),
+            "written": r.written,
+            "changed": r.changed,
+            "content": r.content,
+            "warnings": list(r.warnings),
+            "next_steps": list(r.next_steps),
+            "ran": ran_json(r.ran),
+        }
+
+
+@dataclass(frozen=True)
+class Uninstalled:
+    result: UninstallResult
+    print_only: bool
+
+    exit_code = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "ok": True,
+            "name": r.name,
+            "path": str(r.path),
+            "existed": r.existed,
+            "removed": r.removed,
+            "next_steps": list(r.next_steps),
+            "ran": ran_json(r.ran),
+        }
+
+
+@dataclass(frozen=True)
+class Shown:
+    built: BuiltSpec
+    installed: bool
+    up_to_date: bool
+
+    exit_code = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        spec = self.built.spec
+        return {
+            "ok": True,
+            "name": spec.name,
+            "platform": spec.platform,
+            "system": spec.system,
+            "path": str(self.built.path),
+            "content": self.built.content,
+            "argv": list(spec.argv()),
+            "environment": dict(spec.environment),
+            "log_file": str(spec.log_file),
+            "installed": self.installed,
+            "up_to_date": self.up_to_date,
+            "warnings": list(self.built.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class UnitRequest:
+    """Which unit, where, and how it runs: what `install` and `show` share."""
+
+    name: str
+    platform: Platform | None
+    system: bool
+    log_file: Path | None = None
+    env_file: Path | None = None
+    run_as: str | None = None
+
+
+def build(settings: Settings, request: UnitRequest, environ: Mapping[str, str]) -> BuiltSpec:
+    return units.build_spec(
+        settings,
+        request.name,
+        platform=request.platform,
+        system=request.system,
+        environ=environ,
+        log_file=request.log_file,
+        env_file=request.env_file,
+        run_as=request.run_as,
+    )
+
+
+def install(
+    settings: Settings,
+    request: UnitRequest,
+    environ: Mapping[str, str],
+    *,
+    print_only: bool,
+    enable: bool,
+) -> Installed:
+    built = build(settings, request, environ)
+    return Installed(units.install(built, print_only=print_only, enable=enable), print_only)
+
+
+def uninstall(
+    request: UnitRequest, environ: Mapping[str, str], *, print_only: bool, disable: bool
+) -> Uninstalled:
+    result = units.uninstall(
+        request.name,
+        platform=request.platform,
+        system=request.system,
+        environ=environ,
+        print_only=print_only,
+        disable=disable,
+    )
+    return Uninstalled(result, print_only)
+
+
+def show(settings: Settings, request: UnitRequest, environ: Mapping[str, str]) -> Shown:
+    built = build(settings, request, environ)
+    try:
+        installed: bytes | None = built.path.read_bytes()
+    except OSError:
+        installed = None
+    return Shown(built, installed is not None, installed == built.content.encode("utf-8"))
