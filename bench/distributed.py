@@ -112,11 +112,10 @@ starting_port = {free_port()}
         body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
         via: list[float] = []
         direct: list[float] = []
-        for _ in range(args.requests):
-            for target, url, model in (
-                (via, f"http://127.0.0.1:{two}/v1/chat/completions", "two"),
-                (direct, f"http://127.0.0.1:{private}/v1/chat/completions", "default_model"),
-            ):
+        gateway = (via, f"http://127.0.0.1:{two}/v1/chat/completions", "two")
+        server = (direct, f"http://127.0.0.1:{private}/v1/chat/completions", "default_model")
+        for index in range(args.requests):  # ABBA order: neither side always goes first
+            for target, url, model in (gateway, server) if index % 2 else (server, gateway):
                 started = time.perf_counter()
                 post(url, {**body, "model": model})
                 target.append(time.perf_counter() - started)
