@@ -124,6 +124,11 @@ def launch_main(options: LaunchOptions) -> int:
 
 
 def _is_distributed(settings: Settings, name: str | None) -> bool:
+    try:  # most manifests never say the word: no second parse on the boot path
+        if b"distributed" not in settings.manifest_path.read_bytes():
+            return False
+    except OSError:
+        return False  # plan_launch reports the missing manifest
     from mlxpin.serve.distributed import distributed_spec
 
     return distributed_spec(settings, name)[1]
