@@ -14,6 +14,7 @@ from mlxpin.cli.app import (
 )
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import lock as lock_cmd
+from mlxpin.errors import UsageError
 
 
 def describe_change(change: lock_cmd.LockChange) -> str | None:
@@ -80,7 +81,10 @@ def lock_command(
     selected = list(names or ())
     if check:
         if update:
-            raise typer.BadParameter("--check and --update cannot be combined")
+            raise UsageError(
+                "--check and --update cannot be combined",
+                "--check only reads; run `mlxpin lock --update` on its own to move pins",
+            )
         checked = lock_cmd.check(settings, selected)
         for state in checked.states:
             if state.state == "ok":

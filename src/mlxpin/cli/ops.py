@@ -19,6 +19,7 @@ from mlxpin.cli.app import (
 )
 from mlxpin.cli.lock import describe_change
 from mlxpin.cli.render import human_size
+from mlxpin.errors import UsageError
 
 if TYPE_CHECKING:  # the modules themselves load lazily: `launch` registers this file too
     from mlxpin.commands.service import UnitRequest
@@ -138,7 +139,9 @@ def service_install(
     from mlxpin.commands import service
 
     if print_only and enable:
-        raise typer.BadParameter("--print and --enable cannot be combined")
+        raise UsageError(
+            "--print and --enable cannot be combined", "--print writes and runs nothing"
+        )
     out = common.output()
     installed = service.install(
         common.settings(),
@@ -186,7 +189,9 @@ def service_uninstall(
     from mlxpin.commands import service
 
     if print_only and disable:
-        raise typer.BadParameter("--print and --disable cannot be combined")
+        raise UsageError(
+            "--print and --disable cannot be combined", "--print removes and runs nothing"
+        )
     out = common.output()
     uninstalled = service.uninstall(
         _request(name, platform, system), os.environ, print_only=print_only, disable=disable
