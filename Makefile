@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/lock.py
 	$(BIN)/python bench/fetch.py
 	$(BIN)/python bench/launch.py
+	$(BIN)/python bench/fleet.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -7,6 +7,9 @@
    streaming throughput (chunks/s over a long generation), and the RSS of the
    `mlxpin launch` process that runs the gateway (goals: p50 < 2 ms, p99 < 10 ms,
    throughput >= 0.98x, RSS < 100 MB).
+3. Cold start: spawn to the first answered 1-token completion, `mlxpin launch` (through
+   its gateway) vs a bare `mlx_lm.server` on the same snapshot, interleaved runs
+   (goal: <= 1.1x and <= +100 ms).
 """
 
 from __future__ import annotations
@@ -82,11 +85,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over the server's private Unix socket (the bench runs as the same user)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+Address = int | str  # a loopback port, or a Unix socket path
+
+
+def connect(address: Address, timeout: float) -> http.client.HTTPConnection:
+    if isinstance(address, str):
+        return UnixHTTPConnection(address, timeout)
+    return http.client.HTTPConnection("127.0.0.1", address, timeout=timeout)
+
+
 def post(
-    host: str, port: int, body: dict[str, object], conn: http.client.HTTPConnection | None
+    host: str, port: Address, body: dict[str, object], conn: http.client.HTTPConnection | None
 ) -> tuple[float, bytes]:
     payload = json.dumps(body).encode()
-    connection = conn or http.client.HTTPConnection(host, port, timeout=60)
+    connection = conn or connect(port, 60)
     started = time.perf_counter()
     connection.request(
         "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}
@@ -101,8 +127,8 @@ def post(
     return elapsed, data
 
 
-def stream_rate(port: int, body: dict[str, object]) -> float:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+def stream_rate(port: Address, body: dict[str, object]) -> float:
+    connection = connect(port, 120)
     payload = json.dumps({**body, "stream": True}).encode()
     connection.request(
         "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}
@@ -236,13 +262,84 @@ def gateway(workdir: Path, env: dict[str, str], requests: int, stream_tokens: in
     )
 
 
-def server_process(launch_pid: int) -> tuple[int, int]:
-    """(pid, private port) of the mlx_lm.server child of `mlxpin launch`."""
+def first_answer(port: int, body: dict[str, object], deadline_s: float = 120.0) -> float:
+    """Poll a 1-token completion every 5 ms until one is answered; the time it took."""
+    payload = json.dumps(body).encode()
+    started = time.perf_counter()
+    while time.perf_counter() - started < deadline_s:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request(
+                "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            if response.status == 200:
+                return time.perf_counter() - started
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise SystemExit("no answer in time")
+
+
+def cold_start(workdir: Path, env: dict[str, str], runs: int) -> None:
+    project = workdir / "gw"  # locked and fetched by gateway()
+    plan = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "mlxpin", "launch", "--dry-run", "--json"],
+            env=env,
+            cwd=project,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )["plan"]
+    port = plan["public"]["port"]
+    message = [{"role": "user", "content": "hi"}]
+    bare_argv = [sys.executable, "-m", "mlx_lm", "server", "--model", plan["upstream_model"]]
+    bare_argv += ["--log-level", "WARNING"]
+    launched: list[float] = []
+    bare: list[float] = []
+    for _ in range(runs):
+        for kind in ("launch", "bare"):
+            if kind == "launch":
+                argv = [sys.executable, "-m", "mlxpin", "launch", "-q"]
+                body = {"model": "tiny-chat", "messages": message, "max_tokens": 1}
+                target = port
+            else:
+                target = free_port()
+                argv = [*bare_argv, "--port", str(target)]
+                body = {"model": plan["upstream_model"], "messages": message, "max_tokens": 1}
+            process = subprocess.Popen(
+                argv,
+                env={**env, "HF_HUB_OFFLINE": "1"},
+                cwd=project,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                took = first_answer(target, body)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+            (launched if kind == "launch" else bare).append(took)
+    lm, bm = statistics.median(launched), statistics.median(bare)
+    print(f"cold start, spawn -> first answered completion (tiny model), median of {runs}")
+    print(f"  mlxpin launch:      {ms(lm)}  (best {ms(min(launched))})")
+    print(f"  bare mlx_lm.server: {ms(bm)}  (best {ms(min(bare))})")
+    print(f"  ratio {lm / bm:.2f}x, +{(lm - bm) * 1000:.0f} ms  (goal <= 1.1x, <= +100 ms)")
+
+
+def server_process(launch_pid: int) -> tuple[int, Address]:
+    """(pid, private port or socket) of the mlx_lm.server child of `mlxpin launch`."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for task in Path(f"/proc/{launch_pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 argv = Path(f"/proc/{child}/cmdline").read_text().split("\0")
+                if "--unix-socket" in argv:
+                    return int(child), argv[argv.index("--unix-socket") + 1]
                 if "--port" in argv:
                     return int(child), int(argv[argv.index("--port") + 1])
         time.sleep(0.1)
@@ -260,6 +357,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--stream-tokens", type=int, default=400)
+    parser.add_argument("--cold-starts", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -267,6 +365,7 @@ def main() -> int:
         env.update(HF_HOME=str(workdir / "hf"), HF_HUB_OFFLINE="1")
         preflight(workdir, env, args.runs)
         gateway(workdir, env, args.requests, args.stream_tokens)
+        cold_start(workdir, env, args.cold_starts)
     return 0
 
 

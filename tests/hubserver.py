@@ -3,8 +3,9 @@
 The real ``huggingface_hub`` client talks to it through ``HF_ENDPOINT`` (or ``endpoint=``).
 It models what mlxpin relies on: repos with git commits, branches that move, tags, PR refs,
 LFS files with sha256, private / gated / disabled / missing repos, and the Hub's error
-headers. Fault switches (latency, 5xx, cut connections, corrupted bytes, hostile names,
-ETags and commit ids) and a request log let a test assert exactly what a command did.
+headers. Fault switches (latency, 5xx, cut connections, dripped or truncated answers,
+corrupted bytes, hostile names, ETags and commit ids) and a request log let a test assert
+exactly what a command did.
 
 Hashes are git's own: a plain file's ``oid`` is its git blob sha1, an LFS file's ``oid`` is
 the git blob sha1 of its git-lfs pointer and ``lfs.oid`` its sha256; tree and commit ids
@@ -511,6 +512,20 @@ class _CorruptRule:
     remaining: int | None
 
 
+@dataclass
+class _DripRule:
+    path_contains: str
+    interval_s: float
+    remaining: int | None
+
+
+@dataclass
+class _TruncateRule:
+    path_contains: str
+    nbytes: int
+    remaining: int | None
+
+
 @dataclass(frozen=True)
 class _Cut:
     nbytes: int
@@ -546,8 +561,9 @@ class HubServer:
         self.tree_page_size_expand = 50
         self.commits_page_size = commits_page_size
         self.latency_s = latency_s
-        # Bytes per second for file bodies (None: as fast as possible); lets a test kill a
-        # client in the middle of a download.
+        # Bytes per second for each file body, i.e. a cap per connection (None: as fast as
+        # possible); lets a test kill a client mid-download, and bench/fleet.py play a CDN
+        # that caps each connection below the link.
         self.throttle_bps: float | None = None
         self.cdn_redirect = cdn_redirect
         self.disabled_hides_from_anonymous = True
@@ -560,6 +576,8 @@ class HubServer:
         self._fails: list[_FailRule] = []
         self._cuts: list[_CutRule] = []
         self._corrupts: list[_CorruptRule] = []
+        self._drips: list[_DripRule] = []
+        self._truncates: list[_TruncateRule] = []
         self._hostile_names: dict[tuple[str, str], str] = {}
         self._hostile_etags: list[tuple[str, str]] = []
         self._hostile_commit: str | None = None
@@ -796,6 +814,21 @@ class HubServer:
         with self._fault_lock:
             self._corrupts.append(_CorruptRule(path_contains, times))
 
+    def drip(self, path_contains: str, interval_s: float = 0.2, times: int | None = None) -> None:
+        """Send the body of matching GET answers one byte every ``interval_s`` (headers at
+        once): every read returns well within any read timeout, yet the whole answer takes
+        ``len(body) * interval_s``. ``times`` answers (None: until reset)."""
+        with self._fault_lock:
+            self._drips.append(_DripRule(path_contains, interval_s, times))
+
+    def truncate_body(self, path_contains: str, nbytes: int, times: int | None = None) -> None:
+        """Answer matching GETs (API answers, not file bodies) with only the first ``nbytes``
+        of their body and a Content-Length of ``nbytes``: a complete HTTP message holding a
+        truncated document (``cut_after`` instead declares the full length, then closes).
+        ``times`` answers (None: until reset)."""
+        with self._fault_lock:
+            self._truncates.append(_TruncateRule(path_contains, nbytes, times))
+
     def hostile_filename(self, repo_id: str, real_path: str, served_name: str) -> None:
         """Listings (siblings, tree, paths-info) report ``served_name`` for ``real_path``;
         ``/resolve`` serves the real file under both names."""
@@ -819,6 +852,8 @@ class HubServer:
             self._fails.clear()
             self._cuts.clear()
             self._corrupts.clear()
+            self._drips.clear()
+            self._truncates.clear()
             self._hostile_names.clear()
             self._hostile_etags.clear()
             self._hostile_commit = None
@@ -904,6 +939,30 @@ class HubServer:
                         rule.remaining -= 1
                     return True
         return False
+
+    def _take_drip(self, raw_path: str) -> float | None:
+        with self._fault_lock:
+            for rule in self._drips:
+                if (rule.remaining is None or rule.remaining > 0) and _path_has(
+                    raw_path, rule.path_contains
+                ):
+                    if rule.remaining is not None:
+                        rule.remaining -= 1
+                    return rule.interval_s
+        return None
+
+    def _take_truncate(self, raw_path: str, length: int) -> int | None:
+        with self._fault_lock:
+            for rule in self._truncates:
+                if (
+                    (rule.remaining is None or rule.remaining > 0)
+                    and rule.nbytes < length
+                    and _path_has(raw_path, rule.path_contains)
+                ):
+                    if rule.remaining is not None:
+                        rule.remaining -= 1
+                    return rule.nbytes
+        return None
 
     def _served_name(self, repo_id: str, path: str) -> str:
         with self._fault_lock:
@@ -1086,17 +1145,28 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(hub, req, resp)
 
     def _send(self, hub: HubServer, req: _Request, resp: _Response) -> None:
+        truncated = None
+        if req.method == "GET" and resp.blob is None and resp.fault is None:
+            truncated = hub._take_truncate(req.raw_path, len(resp.body))
+            if truncated is not None:
+                resp.body = resp.body[:truncated]
         length = resp.length
         cut = None
+        drip: float | None = None
         if req.method == "GET" and length > 0 and resp.fault is None:
             cut = hub._take_cut(req.raw_path, length)
+            drip = hub._take_drip(req.raw_path)
         flip_at: int | None = None
         if req.method == "GET" and resp.is_file and resp.blob is not None and resp.blob.size:
             middle = resp.blob.size // 2
             if resp.start <= middle < resp.end and hub._take_corrupt(req.raw_path):
                 flip_at = middle
         fault = (
-            resp.fault or ("cut" if cut else None) or ("corrupt" if flip_at is not None else None)
+            resp.fault
+            or ("cut" if cut else None)
+            or ("corrupt" if flip_at is not None else None)
+            or ("truncate" if truncated is not None else None)
+            or ("drip" if drip is not None else None)
         )
         hub._record(
             RecordedRequest(
@@ -1121,7 +1191,12 @@ class _Handler(BaseHTTPRequestHandler):
         if req.method == "HEAD" or length == 0:
             return
         limit = length if cut is None else cut.nbytes
-        if resp.blob is None:
+        if drip is not None:
+            body = resp.body if resp.blob is None else resp.blob.read(resp.start, resp.end)
+            for index in range(limit):
+                self.wfile.write(body[index : index + 1])
+                time.sleep(drip)
+        elif resp.blob is None:
             self.wfile.write(resp.body[:limit])
         else:
             self._send_blob(resp.blob, resp.start, resp.start + limit, flip_at, hub.throttle_bps)

@@ -11,6 +11,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import snapshot_download
 
@@ -82,7 +83,7 @@ def test_fetch_fills_the_standard_cache_and_an_exact_view(hub: HubServer, projec
         link = cache(project) / "snapshots" / commit / entry.path
         assert link.is_symlink() and not os.readlink(link).startswith("/")
         assert link.resolve() == blob.resolve()
-    assert (cache(project) / "refs" / "main").read_text() == commit  # created, never moved
+    assert (cache(project) / "refs" / "main").read_text() == commit
     # Other tools share it: huggingface_hub finds the snapshot offline.
     shared = snapshot_download(
         REPO, revision=commit, cache_dir=project.hf_home / "hub", local_files_only=True
@@ -512,7 +513,7 @@ def test_entry_gone_from_the_hub_is_permanent_not_retried(hub: HubServer, projec
     assert hub.count(method="GET", path_contains="config.json") == 1
 
 
-def test_other_tools_can_resolve_the_branch_offline_but_refs_are_never_moved(
+def test_other_tools_can_resolve_the_branch_offline_and_the_ref_follows_the_pin(
     hub: HubServer, project: Project
 ) -> None:
     repo = locked(hub, project)
@@ -521,9 +522,9 @@ def test_other_tools_can_resolve_the_branch_offline_but_refs_are_never_moved(
     assert ref.read_text() == repo.head()
     shared = snapshot_download(REPO, cache_dir=project.hf_home / "hub", local_files_only=True)
     assert Path(shared).name == repo.head()
-    ref.write_text("f" * 40)  # another tool downloaded a newer main
-    project.run("fetch", "--cache-dir", str(project.hf_home / "hub"))
-    assert ref.read_text() == "f" * 40
+    ref.write_text("f" * 40)  # moved by hand (or by another tool) to a commit not pinned
+    project.ok("fetch", "--cache-dir", str(project.hf_home / "hub"))
+    assert ref.read_text() == repo.head()  # `main` means what the lock says it means
 
 
 def test_identical_files_in_a_fork_get_their_own_view(hub: HubServer, project: Project) -> None:
@@ -549,3 +550,242 @@ def test_blob_locks_are_group_writable_like_huggingface_hub(
     locks = list((project.hf_home / "hub" / ".locks").rglob("*.lock"))
     assert locks
     assert all(p.stat().st_mode & 0o777 == 0o664 for p in locks)
+
+
+# --- hardening (issue 8) ---------------------------------------------------------------
+
+
+def blob_of(project: Project, repo: Repo, path: str) -> Path:
+    entry = repo.files()[path]
+    return cache(project) / "blobs" / (entry.lfs.sha256 if entry.lfs else entry.blob_id)
+
+
+def test_planted_symlinks_in_a_shared_cache_are_never_followed(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    """A blob or partial replaced by a link: the link's target is never written, chmodded
+    or trusted; fetch replaces the link with a verified regular file."""
+    repo = locked(hub, project)
+    victims = {name: tmp_path / f"victim-{name}" for name in ("blob", "partial", "good")}
+    for name, victim in victims.items():
+        victim.write_bytes(b"precious " + name.encode())
+        victim.chmod(0o600)
+    good = repo.files()["tokenizer.json"].content()
+    victims["good"].write_bytes(good)  # the right bytes: still not to be trusted as a blob
+    config = blob_of(project, repo, "config.json")
+    weights = blob_of(project, repo, "model.safetensors")
+    tokenizer = blob_of(project, repo, "tokenizer.json")
+    config.parent.mkdir(parents=True)
+    config.symlink_to(victims["blob"])
+    weights.with_name(weights.name + ".mlxpin.incomplete").symlink_to(victims["partial"])
+    tokenizer.symlink_to(victims["good"])
+    before = {
+        n: (v.read_bytes(), v.stat().st_mode, v.stat().st_mtime_ns) for n, v in victims.items()
+    }
+
+    project.ok("fetch")
+
+    after = {
+        n: (v.read_bytes(), v.stat().st_mode, v.stat().st_mtime_ns) for n, v in victims.items()
+    }
+    assert after == before
+    for blob, path in (
+        (config, "config.json"),
+        (weights, "model.safetensors"),
+        (tokenizer, "tokenizer.json"),
+    ):
+        assert not blob.is_symlink() and blob.is_file()
+        assert blob.read_bytes() == repo.files()[path].content()
+    assert not weights.with_name(weights.name + ".mlxpin.incomplete").exists()
+    project.ok("verify")
+
+
+def test_a_blob_replaced_by_a_link_after_fetch_is_foreign(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    repo = locked(hub, project)
+    project.ok("fetch")
+    config = blob_of(project, repo, "config.json")
+    copy = tmp_path / "elsewhere.json"
+    copy.write_bytes(config.read_bytes())
+    config.unlink()
+    config.symlink_to(copy)  # same bytes, but another file the cache does not own
+    result = project.run("verify")
+    assert result.returncode == 65
+    assert "config.json: not a regular file" in result.stderr
+    assert project.run("launch", "--dry-run").returncode == 66
+    project.ok("fetch")
+    assert not config.is_symlink() and copy.read_bytes() == config.read_bytes()
+
+
+def view_of(project: Project) -> Path:
+    return Path(project.json("status")["models"][0]["snapshot"])
+
+
+def test_an_extra_file_in_the_view_is_refused_and_removed_by_fetch(
+    hub: HubServer, project: Project
+) -> None:
+    """mlx_lm loads every *.safetensors in the directory: the view must hold nothing else."""
+    repo = locked(hub, project)
+    project.ok("fetch")
+    view = view_of(project)
+    extra = view / "model-zz.safetensors"
+    extra.symlink_to(blob_of(project, repo, "model.safetensors"))
+    status = project.json("status")["models"][0]
+    assert status["fetch"] == "unverified"
+    assert "model-zz.safetensors" in status["fetch_reason"]
+    result = project.run("launch", "--dry-run")
+    assert result.returncode == 66
+    assert "model-zz.safetensors is not in the lock" in result.stderr
+    result = project.run("launch", "--dry-run", "--verify")
+    assert result.returncode == 66
+    assert "model-zz.safetensors" in result.stderr
+    result = project.run("verify")
+    assert result.returncode == 65
+    assert "tiny: model-zz.safetensors: not in the lock" in result.stderr
+    assert "the bytes differ" not in result.stderr
+    data = project.json("fetch")
+    assert data["models"][0]["up_to_date"] is False
+    assert not extra.exists() and not extra.is_symlink()
+    project.ok("verify")
+    assert project.run("launch", "--dry-run").returncode == 0
+
+
+def test_a_regular_file_or_directory_in_the_view_is_refused(
+    hub: HubServer, project: Project
+) -> None:
+    locked(hub, project)
+    project.ok("fetch")
+    view = view_of(project)
+    (view / "sub" / "extra").mkdir()
+    assert project.json("status")["models"][0]["fetch"] == "unverified"
+    assert project.run("verify").returncode == 65
+    project.ok("fetch")
+    assert not (view / "sub" / "extra").exists()
+    (view / "config.json").unlink()
+    (view / "config.json").write_bytes(b"{}")
+    assert project.run("launch", "--dry-run").returncode == 66
+    assert "config.json" in project.run("verify").stderr
+    project.ok("fetch")
+    assert (view / "config.json").is_symlink()
+
+
+def test_a_view_that_is_a_symlink_is_refused(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    locked(hub, project)
+    project.ok("fetch")
+    view = view_of(project)
+    elsewhere = tmp_path / "elsewhere"
+    view.rename(elsewhere)
+    view.symlink_to(elsewhere)
+    listing_before = files_under(elsewhere)
+    result = project.run("launch", "--dry-run")
+    assert result.returncode == 66
+    assert "symlink" in result.stderr
+    assert project.json("status")["models"][0]["fetch"] == "unverified"
+    assert project.run("verify").returncode == 65
+    project.ok("fetch")
+    assert view.is_dir() and not view.is_symlink()
+    assert files_under(elsewhere) == listing_before  # never written through the link
+    assert project.run("launch", "--dry-run").returncode == 0
+
+
+def test_in_place_rewrite_with_mtime_restored_is_caught_by_the_stamp(
+    hub: HubServer, project: Project
+) -> None:
+    repo = locked(hub, project)
+    project.ok("fetch")
+    blob = blob_of(project, repo, "config.json")
+    stat = blob.stat()
+    with blob.open("r+b") as handle:  # same inode, same size
+        handle.write(blob.read_bytes().replace(b"llama", b"llamb"))
+    os.utime(blob, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert project.json("status")["models"][0]["fetch"] == "unverified"
+    result = project.run("launch", "--dry-run")
+    assert result.returncode == 66
+    assert "config.json changed since it was verified" in result.stderr
+    data = project.json("fetch")
+    assert data["models"][0]["up_to_date"] is False
+    assert blob.read_bytes() == repo.files()["config.json"].content()
+
+
+def test_refusal_messages_read_well(hub: HubServer, project: Project) -> None:
+    locked(hub, project)
+    project.ok("fetch")
+    view = view_of(project)
+    stamp = view.with_name(view.name + ".stamp")
+    stamp.unlink()
+    result = project.run("launch", "--dry-run")
+    assert result.returncode == 66
+    assert "tiny: the snapshot was never verified" in result.stderr
+    assert "snapshot the snapshot" not in result.stderr
+    project.ok("fetch")
+    (view / "tokenizer.json").unlink()
+    result = project.run("verify")
+    assert result.returncode == 65
+    assert "tiny: tokenizer.json: missing" in result.stderr
+    assert "the bytes differ" not in result.stderr
+    assert "mlxpin fetch tiny" in result.stderr
+
+
+# --- a good citizen of the HF cache ---------------------------------------------------------
+
+
+def hf_cli(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    hf = Path(sys.executable).parent / "hf"
+    result = subprocess.run(
+        [str(hf), *args], env=project.env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    return result
+
+
+def scan(project: Project) -> Any:
+    from huggingface_hub import scan_cache_dir
+
+    return scan_cache_dir(project.hf_home / "hub")
+
+
+def test_hf_cache_prune_keeps_a_snapshot_pinned_by_commit(hub: HubServer, project: Project) -> None:
+    repo = seed(hub)
+    commit = repo.head()
+    project.write_manifest(MANIFEST + f'revision = "{commit}"\n')
+    project.ok("lock")
+    project.ok("fetch")
+    info = scan(project)
+    assert not info.warnings
+    (cached,) = info.repos
+    assert {r.commit_hash: set(r.refs) for r in cached.revisions} == {
+        commit: {f"mlxpin/tiny/{commit}"}
+    }
+    hf_cli(project, "cache", "prune", "--yes")
+    assert (cache(project) / "snapshots" / commit / "model.safetensors").is_file()
+    assert project.json("status")["models"][0]["fetch"] == "verified"
+    assert project.run("launch", "--dry-run").returncode == 0
+
+
+def test_refs_follow_the_pin_and_gc_leaves_no_dangling_ref(
+    hub: HubServer, project: Project
+) -> None:
+    repo = locked(hub, project)
+    old = repo.head()
+    project.ok("fetch")
+    ref = cache(project) / "refs" / "main"
+    assert ref.read_text() == old
+    new = repo.commit({"model.safetensors": LfsContent(pseudo_random_bytes(1000, seed=9))})
+    project.ok("lock", "--update")
+    project.ok("fetch")
+    assert ref.read_text() == new  # offline tools asking for main get the pinned weights
+    shared = snapshot_download(REPO, cache_dir=project.hf_home / "hub", local_files_only=True)
+    assert Path(shared).name == new
+    hf_cli(project, "cache", "prune", "--yes")
+    assert project.run("launch", "--dry-run").returncode == 0
+    project.ok("gc", "--yes")
+    info = scan(project)
+    assert not info.warnings, info.warnings
+    (cached,) = info.repos
+    refs = {name: r.commit_hash for r in cached.revisions for name in r.refs}
+    assert refs == {"main": new, f"mlxpin/tiny/{new}": new}
+    assert not (cache(project) / "refs" / "mlxpin" / "tiny" / old).exists()
+    assert project.run("launch", "--dry-run").returncode == 0

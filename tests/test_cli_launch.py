@@ -7,10 +7,13 @@ mlx_lm.server behind the gateway, which the `openai` client calls by api_label.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -92,7 +95,15 @@ def test_dry_run_prints_the_whole_plan_offline(
     assert plan["api_label"] == "tiny-chat"
     assert plan["public"] == {"host": "127.0.0.1", "port": port}
     argv = plan["argv"]
-    assert argv[:4] == [sys.executable, "-m", "mlx_lm", "server"]
+    # mlx_lm.server, through mlxpin's launcher that serves it on a private Unix socket
+    assert argv[:5] == [
+        sys.executable,
+        "-m",
+        "mlxpin.serve.uds_server",
+        "--unix-socket",
+        "<private socket>",
+    ]
+    assert "--port" not in argv
     assert argv[argv.index("--model") + 1] == snapshot["path"] == plan["upstream_model"]
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--max-tokens") + 1] == "8"
@@ -132,6 +143,35 @@ def test_missing_or_stale_lock_refuses_with_78(hub: HubServer, project: Project)
         result.stderr.count("\n") <= 2
     )  # one line and its hint: nothing to make a supervisor loop
     assert "run `mlxpin lock tiny`" in result.stderr
+
+
+def test_server_value_that_reads_as_a_flag_is_refused_at_validation_with_78(
+    project: Project,
+) -> None:
+    """Passed on, `--chat-template --trust-remote-code` would fail every server start."""
+    project.write_manifest(manifest(free_port(), 'chat_template = "--trust-remote-code"'))
+    for args in (("launch", "--dry-run"), ("launch",), ("lock", "--check")):
+        result = project.run(*args)
+        assert result.returncode == 78, result.stderr
+        assert (
+            f"{project.root / 'manifest.toml'}:13: models.tiny.server.chat_template: "
+            "must not start with '-'"
+        ) in result.stderr
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+def test_a_manifest_nested_too_deep_is_78_with_its_line_for_launch_and_lock(
+    project: Project, depth: int
+) -> None:
+    """launch reads with tomllib, lock with tomlkit: the same refusal, never a RecursionError."""
+    nested = "{ a = " * depth + "1" + " }" * depth
+    project.write_manifest(manifest(free_port(), f"chat_template_args = {nested}"))
+    where = f"{project.root / 'manifest.toml'}:13: "
+    for args in (("launch", "--dry-run"), ("launch",), ("lock", "--check"), ("lock",)):
+        result = project.run(*args)
+        assert result.returncode == 78, (args, result.stderr[-500:])
+        assert where in result.stderr and "nested more than 100 levels deep" in result.stderr
+        assert "Recursion" not in result.stderr
 
 
 def test_unfetched_snapshot_refuses_with_66(
@@ -264,6 +304,18 @@ def test_supervisor_gives_up_with_70_after_its_restart_budget(tmp_path: Path) ->
     assert "failed 3 starts in a row without ever answering (last exit code 4)" in (
         info.value.message
     )
+
+
+def test_a_sub_second_restart_delay_is_reported_as_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    policy = SupervisorPolicy(backoff_initial_s=0.3, restart_budget=1, ready_timeout_s=5)
+    never = _stand_in_plan(tmp_path, "import sys; sys.exit(4)")
+    with pytest.raises(ServerCrashedError):
+        run_plan(never, {"PATH": "/usr/bin"}, policy)
+    assert "exited with code 4; restarting in 0.3 s" in caplog.text
+    assert "restarting in 0 s" not in caplog.text
 
 
 # --- the real thing ---------------------------------------------------------------------
@@ -678,3 +730,178 @@ def test_a_second_launch_of_a_running_model_leaves_it_alone(
     assert "cannot listen on" in second.stderr
     assert get(running.base + "/health")[0] == 200
     assert running.server_pid() == server
+
+
+# --- hardening (issue 8) -------------------------------------------------------------------
+
+
+def test_gateway_limits_are_per_model_manifest_settings(fetched: tuple[Project, int]) -> None:
+    """Issue 8 item 12: the 600 s upstream timeout and 8 MiB body cap were fixed."""
+    project, port = fetched
+    defaults = project.json("launch", "--dry-run")["plan"]["gateway"]
+    assert defaults == {
+        "request_timeout": 600.0,
+        "max_body": 8 * 1024 * 1024,
+        "max_connections": 1000,
+        "header_timeout": 10.0,
+    }
+    extra = (
+        '[models.tiny.gateway]\nrequest_timeout = 1800\nmax_body = "16MiB"\n'
+        "max_connections = 64\nheader_timeout = 2.5\n"
+    )
+    project.write_manifest(manifest(port, extra))
+    plan = project.json("launch", "--dry-run")["plan"]
+    assert plan["gateway"] == {
+        "request_timeout": 1800.0,
+        "max_body": 16 * 1024 * 1024,
+        "max_connections": 64,
+        "header_timeout": 2.5,
+    }
+    for bad, key in (
+        ('[models.tiny.gateway]\nmax_body = "lots"\n', "max_body"),
+        ("[models.tiny.gateway]\nrequest_timeout = -1\n", "request_timeout"),
+        ("[models.tiny.gateway]\nrequest_timout = 5\n", "request_timout"),
+    ):
+        project.write_manifest(manifest(port, bad))
+        result = project.run("launch", "--dry-run")
+        assert result.returncode == 78, result.stderr
+        assert (
+            f"manifest.toml:{manifest(port, bad).splitlines().index(bad.splitlines()[1]) + 1}"
+            in (result.stderr)
+        )
+        assert key in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def _listening_tcp_inodes() -> set[str]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A":  # LISTEN
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found: set[str] = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                found.add(target[8:-1])
+    return found
+
+
+@pytest.mark.e2e
+def test_the_server_listens_only_on_a_private_unix_socket(
+    launched: tuple[Launched, Project],
+) -> None:
+    """Issue 8 item 4: the private TCP port let any local process bypass the gateway."""
+    running, _ = launched
+    running.wait_healthy()
+    pid = running.server_pid()
+    assert not _socket_inodes(pid) & _listening_tcp_inodes()  # no TCP port at all
+    argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    assert "--port" not in argv
+    path = Path(argv[argv.index("--unix-socket") + 1])
+    assert stat.S_ISSOCK(path.lstat().st_mode)
+    assert stat.S_IMODE(path.lstat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.lstat().st_mode) == 0o700
+    assert path.parent.lstat().st_uid == os.getuid()
+    client = openai.OpenAI(base_url=running.base + "/v1", api_key="unused")
+    reply = client.chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=1
+    )
+    assert reply.model == "tiny-chat"
+    assert running.stop() == 0
+    assert not path.parent.exists()  # removed with the launch
+
+
+FLOOD_RUN_PLAN = """
+import json, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
+from mlxpin.project.manifest import GatewaySpec
+from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
+from mlxpin.serve.supervisor import SupervisorPolicy, run_plan
+spec = json.loads(sys.argv[1])
+plan = LaunchPlan(
+    name="flood", api_label="flood", aliases=(), public_host="127.0.0.1",
+    public_port=spec["port"], private_host="127.0.0.1",
+    server_command=(sys.executable, "-c", spec["server"]), server_args=(),
+    env_set=(), env_unset=(), cwd=Path(spec["cwd"]),
+    snapshots=(PinnedSnapshot("flood", "model", Path(spec["cwd"]), None, "sha256-x", 0, 0),),
+    api_key_required=False, gateway=GatewaySpec(header_timeout=3.0),
+)
+from mlxpin.errors import MlxpinError
+try:
+    code = run_plan(plan, {"PATH": "/usr/bin:/bin"}, SupervisorPolicy(backoff_initial_s=0.05))
+except MlxpinError as error:
+    print(error, file=sys.stderr)
+    code = int(error.exit_code)
+raise SystemExit(code)
+"""
+
+ANSWERING_SERVER = """
+import http.server, json, sys
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"choices": [{"message": {"content": "x"}}], "model": "m"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok).serve_forever()
+"""
+
+
+def test_a_connection_flood_neither_exhausts_fds_nor_breaks_a_restart(tmp_path: Path) -> None:
+    """Issue 8 item 10: ~1,000 idle connections made the server restart fail (EMFILE, 70)."""
+    port = free_port()
+    spec = json.dumps({"port": port, "server": ANSWERING_SERVER, "cwd": str(tmp_path / "run")})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FLOOD_RUN_PLAN, spec], stderr=subprocess.PIPE, text=True
+    )
+    flood: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(urllib.error.URLError, OSError):
+                if get(f"http://127.0.0.1:{port}/health")[0] == 200:
+                    break
+            time.sleep(0.05)
+        for _ in range(700):  # more than the launch may open files
+            with contextlib.suppress(OSError):
+                flood.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        status, body = get(f"http://127.0.0.1:{port}/v1/models")
+        assert status == 503
+        assert body["error"]["code"] == "too_many_connections"
+        os.kill(children(proc.pid)[0], signal.SIGKILL)  # the server crashes under the flood
+        deadline = time.monotonic() + 30
+        healthy = False
+        while time.monotonic() < deadline and not healthy:
+            with contextlib.suppress(urllib.error.URLError, OSError):
+                healthy = get(f"http://127.0.0.1:{port}/health")[0] == 200
+            time.sleep(0.2)
+        if not healthy:
+            proc.kill()
+            assert proc.stderr is not None
+            raise AssertionError("no healthy restart:\n" + proc.stderr.read()[-3000:])
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert proc.stderr is not None
+        assert "Too many open files" not in proc.stderr.read()
+    finally:
+        for sock in flood:
+            sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -498,3 +498,92 @@ def test_broken_symlink_in_a_path_source_is_not_skipped_silently(project: Projec
     result = project.run("lock")
     assert result.returncode == 78
     assert "broken symbolic link" in result.stderr
+
+
+# --- a Hub that answers too slowly, or answers short ----------------------------------------
+
+
+def test_a_hub_that_drips_its_answer_ends_in_69_after_the_deadline(
+    hub: HubServer, project: Project
+) -> None:
+    """Each byte arrives well within the 10 s read timeout; the whole answer never does."""
+    seed_repo(hub)
+    project.write_manifest(manifest())
+    hub.drip("/api/models/", interval_s=0.5)  # a ~2 KB answer: many minutes
+    started = time.monotonic()
+    result = project.run("lock", env={**project.env, "MLXPIN_HUB_DEADLINE": "2"}, timeout=90)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 69, result.stderr
+    assert f"{REPO}@main: the Hub at {hub.url} is unreachable" in result.stderr
+    assert "no complete answer within 2 s" in result.stderr
+    assert "MLXPIN_HUB_DEADLINE" in result.stderr
+    assert elapsed < 60  # not a speed goal: the drip alone would take many minutes
+    assert not (project.lock_dir / "tiny.toml").exists()
+    hub.reset_faults()
+    project.ok("lock")
+
+
+def test_the_hub_deadline_variable_is_validated(hub: HubServer, project: Project) -> None:
+    seed_repo(hub)
+    project.write_manifest(manifest())
+    for bad in ("soon", "0", "-5", "nan", "inf"):
+        result = project.run("lock", env={**project.env, "MLXPIN_HUB_DEADLINE": bad})
+        assert result.returncode == 78, (bad, result.stderr)
+        assert f"MLXPIN_HUB_DEADLINE={bad}" in result.stderr
+
+
+def test_a_body_shorter_than_its_content_length_is_65_not_69(
+    hub: HubServer, project: Project
+) -> None:
+    seed_repo(hub)
+    project.write_manifest(manifest())
+    hub.cut_after("/api/models/", 40, times=10)  # Content-Length says more; then FIN
+    result = project.run("lock")
+    assert result.returncode == 65, result.stderr
+    assert f"{REPO}@main: the Hub answered with unsafe or malformed data" in result.stderr
+    assert "cut short" in result.stderr
+    assert "check the network" not in result.stderr
+    assert not (project.lock_dir / "tiny.toml").exists()
+
+
+def test_a_complete_answer_with_truncated_json_is_65_not_69(
+    hub: HubServer, project: Project
+) -> None:
+    seed_repo(hub)
+    project.write_manifest(manifest())
+    hub.truncate_body("/api/models/", 40)  # a well-formed HTTP message, half a JSON document
+    result = project.run("lock")
+    assert result.returncode == 65, result.stderr
+    assert f"{REPO}@main: the Hub answered with unsafe or malformed data" in result.stderr
+    assert "not valid JSON" in result.stderr
+    assert "check the network" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("served", "needle"),
+    [
+        ("tokenizer.json/x", "tokenizer.json"),  # a file and a directory of the same name
+        ("a" * 256 + ".json", "longer than 255 bytes"),
+        ("d/" + "é" * 128, "longer than 255 bytes"),  # 256 bytes in UTF-8
+        ("Tokenizer.json", "differ only in case"),  # one file on macOS
+    ],
+)
+def test_file_names_the_filesystem_cannot_hold_are_refused_at_lock_time(
+    hub: HubServer, project: Project, served: str, needle: str
+) -> None:
+    seed_repo(hub)
+    hub.hostile_filename(REPO, "config.json", served)
+    project.write_manifest(manifest())
+    result = project.run("lock")
+    assert result.returncode == 65, result.stderr
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert not (project.lock_dir / "tiny.toml").exists()
+
+
+def test_clashing_names_can_be_left_out_with_files(hub: HubServer, project: Project) -> None:
+    seed_repo(hub)
+    hub.hostile_filename(REPO, "config.json", "tokenizer.json/x")
+    project.write_manifest(manifest(extra='files = ["*.json", "*.safetensors"]'))
+    project.ok("lock")
+    assert "tokenizer.json/x" not in project.lock_text("tiny")

@@ -258,6 +258,15 @@ def test_dry_run_prints_hostfile_every_rank_argv_and_snapshot(project: Project) 
     assert '"backend": "ring"' in text
 
 
+def test_serve_refuses_a_distributed_model_and_says_to_launch_it(project: Project) -> None:
+    write_project(project)
+    project.ok("fetch")
+    result = project.run("serve", "tiny", "--dry-run")
+    assert result.returncode == 78, (result.stdout, result.stderr)
+    assert "tiny is a distributed model" in result.stderr
+    assert "mlxpin launch tiny" in result.stderr
+
+
 def test_pipeline_plan_says_which_files_each_rank_reads(project: Project) -> None:
     write_project(project, arch="qwen2", pipeline=True)
     project.ok("fetch")

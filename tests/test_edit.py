@@ -277,3 +277,49 @@ def test_remove_keeps_the_previous_tables_trailing_comment(tmp_path: Path) -> No
     removed = "".join("".join(lines[start:end]) for start, end in model_spans(text, "a"))
     assert '# revision = "v2"' not in removed
     assert removed.startswith("[models.a]")
+
+
+@pytest.mark.parametrize("command", [("add", "qwen", "--repo", "o/n"), ("remove", "drafter")])
+def test_a_manifest_nested_too_deep_is_refused_with_its_line_not_a_crash(
+    env: Env, command: tuple[str, ...]
+) -> None:
+    """Twelve inline tables under 90-part keys: past the limit, and past tomlkit's stack."""
+    key = ".".join(["k"] * 90)
+    deep = "x = " + f"{{ {key} = " * 12 + "1" + " }" * 12
+    text = env.manifest.read_text().replace("max_tokens = 64", f"max_tokens = 64\n{deep}")
+    env.manifest.write_text(text)
+    line = text[: text.index("x = {")].count("\n") + 1
+    result = env.run(*command)
+    assert result.exit_code == 78, result.output
+    assert f"{env.manifest}:{line}: TOML document nested more than 200 levels deep" in result.stderr
+    assert env.manifest.read_text() == text
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (("--repo", "gemma-4-31b-it"), "models.gem.launch.repo"),
+        (("--repo", "o/n", "--revision", "-x"), "models.gem.launch.revision"),
+        (("--repo", "o/n", "--files", "/abs"), "models.gem.launch.files"),
+        (("--repo", "o/n", "--label", "small"), "models.gem.api_label"),
+    ],
+)
+def test_add_never_cites_a_line_of_text_it_did_not_write(
+    env: Env, args: tuple[str, ...], key: str
+) -> None:
+    before = env.manifest.read_text()
+    result = env.run("add", "gem", *args)
+    assert result.exit_code == 78, result.output
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(f"mlxpin: error: {env.manifest}: {key}: "), first
+    assert "`mlxpin add` would append" in first and "nothing was written" in first
+    assert env.manifest.read_text() == before
+
+
+def test_add_still_cites_lines_the_user_wrote(env: Env) -> None:
+    text = env.manifest.read_text().replace("port = 8070", "port = 70000")
+    env.manifest.write_text(text)
+    result = env.run("add", "gem", "--repo", "o/n")
+    line = text[: text.index("port = 70000")].count("\n") + 1
+    assert result.exit_code == 78
+    assert f"{env.manifest}:{line}: models.small.port" in result.stderr

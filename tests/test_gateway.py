@@ -732,3 +732,129 @@ def test_logs_one_line_per_request_and_no_secrets(
     assert "s3cret" not in text
     assert "bad-key" not in text
     assert "private words" not in text
+
+
+# --------------------------------------------------------------------------- hardening (issue 8)
+
+
+def test_models_retrieve_by_label_alias_and_unknown(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    """Issue 8 item 13: the openai SDK's `client.models.retrieve()`."""
+    with gateway.client() as client:
+        for label in (LABEL, *ALIASES):
+            model = client.models.retrieve(label)
+            assert (model.id, model.object, model.owned_by) == (label, "model", "mlxpin")
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.models.retrieve("mlx-community/other")
+    assert caught.value.code == "model_not_found"
+    assert upstream.requests == []
+
+
+def _records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "mlxpin.gateway"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"model": "tiny", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"model": "tiny", "x": ' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"}",
+        json.dumps(
+            {"model": "tiny", "messages": [{"role": "user", "content": [{"type": ["text"]}]}]}
+        ).encode(),
+        json.dumps(
+            {"model": "tiny", "messages": [{"role": "user", "content": [{"type": {"a": 1}}]}]}
+        ).encode(),
+    ],
+    ids=["nested-arrays", "nested-objects", "type-list", "type-object"],
+)
+def test_hostile_json_is_400_with_one_log_line_and_no_traceback(
+    gateway: Gateway, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture, data: bytes
+) -> None:
+    """Issue 8 item 11: these were 500s with a traceback logged per request."""
+    caplog.set_level(logging.DEBUG, logger="mlxpin.gateway")
+    url = gateway.url + "/v1/chat/completions"
+    status, body = _raw(url, "POST", data, {"Content-Type": "application/json"})
+    assert status == 400
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["code"] in ("invalid_json", "invalid_value")
+    records = _records(caplog)
+    assert len(records) == 1
+    assert "-> 400" in records[0].getMessage()
+    assert all(r.exc_info is None for r in caplog.records)
+    assert upstream.requests == []
+
+
+def _raw_http(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Content-Length: 2\r\nContent-Length: 3\r\n",
+        b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n",
+    ],
+    ids=["duplicate-cl", "cl-and-te"],
+)
+def test_parse_level_400s_are_openai_json(
+    gateway: Gateway, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture, head: bytes
+) -> None:
+    """Issue 8 item 11: aiohttp's own parse errors came back as text with a traceback log."""
+    caplog.set_level(logging.DEBUG)
+    port = _bound_port(gateway.runner)
+    answer = _raw_http(
+        port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n{}\r\n"
+    )
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"400", answer[:200]
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"application/json" in headers.lower()
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert all(r.exc_info is None for r in caplog.records)
+    assert upstream.requests == []
+
+
+def test_idle_connections_are_capped_timed_out_and_shed_with_503(
+    make_gateway: Any, upstream: FakeUpstream
+) -> None:
+    """Issue 8 item 10: idle half-open connections locked every client out."""
+    from mlxpin.serve.listener import ListenerLimits
+
+    gw: Gateway = make_gateway(limits=ListenerLimits(max_connections=8, header_timeout_s=1.0))
+    port = _bound_port(gw.runner)
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
+    try:
+        time.sleep(0.2)
+        status, body = _raw(gw.url + "/v1/models")  # connection number 9: shed
+        assert status == 503
+        assert body["error"]["code"] == "too_many_connections"
+        for sock in idle:  # no request head within 1 s: closed by the gateway
+            assert sock.recv(1) == b""
+        with gw.client() as client:
+            assert client.chat.completions.create(model=LABEL, messages=_messages()).model == LABEL
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_per_model_limits_come_from_the_route(make_gateway: Any, upstream: FakeUpstream) -> None:
+    """Issue 8 item 12: the body cap is the model's own (an inline image of 900 kB)."""
+    image = "data:image/png;base64," + "A" * (900 * 1024)
+    content = [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "x"}]
+    messages: Any = [{"role": "user", "content": content}]
+    small: Gateway = make_gateway(max_body_bytes=512 * 1024)
+    with small.client() as client, pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=LABEL, messages=messages)
+    assert caught.value.status_code == 413
+    assert upstream.requests == []
+    large: Gateway = make_gateway(max_body_bytes=1000 * 1024)
+    with large.client() as client:
+        assert client.chat.completions.create(model=LABEL, messages=messages).model == LABEL
+    assert len(upstream.requests) == 1

@@ -21,8 +21,10 @@ from mlxpin.project.lockfile import (
     LockedFile,
     LockedModel,
     Original,
+    lock_names_on_disk,
     lock_path,
     make_locked,
+    read_lock,
     write_lock,
 )
 from mlxpin.store.fetch import NoProgress, fetch_model
@@ -83,6 +85,7 @@ def pin(
     *,
     repo: str | None = None,
     commit: str = "c" * 40,
+    revision: str = "main",
 ) -> LockedModel:
     """Lock and fetch a model whose bytes come from a local directory.
 
@@ -98,7 +101,7 @@ def pin(
         for p, d in files.items()
     ]
     if repo is not None:
-        original = Original(repo=repo, path=None, revision="main", files=None)
+        original = Original(repo=repo, path=None, revision=revision, files=None)
         lock = make_locked(name, original, commit, "2026-01-01T00:00:00Z", hashed)
     else:
         lock = make_locked(name, Original(None, f"./{name}", None, None), None, None, hashed)
@@ -171,7 +174,9 @@ def test_dry_run_changes_nothing_and_yes_removes_only_garbage(env: Env) -> None:
     paths = {i["path"]: i for i in items(dry)}
     assert paths[str(old_weights)]["size"] == len(b"old weights" * 100)
     assert paths[str(old_local)]["kind"] == "local_blob"
-    assert {i["kind"] for i in items(dry)} == {"view", "hub_blob", "local_blob"}
+    assert {i["kind"] for i in items(dry)} == {"view", "hub_blob", "local_blob", "ref"}
+    refs = env.layout.repo_dir("mlx-community/gemma") / "refs"
+    assert [i["path"] for i in items(dry, "ref")] == [str(refs / "mlxpin" / "gemma" / ("a" * 40))]
     assert str(env.layout.view(old)) in paths and str(env.layout.view(local_old)) in paths
     assert dry["bytes"] >= len(b"old weights" * 100) + len(b"tiny v1" * 10)
     assert all(i["status"] == "would_remove" for i in items(dry))
@@ -186,7 +191,9 @@ def test_dry_run_changes_nothing_and_yes_removes_only_garbage(env: Env) -> None:
     # The live pins are intact and still verified.
     assert check_stamp(env.layout, new).ok and check_stamp(env.layout, local_new).ok
     # The shared config.json stays, and so does the old commit's link to it; the link to
-    # the deleted weights is gone. refs/ is never touched.
+    # the deleted weights is gone. Of the refs, only mlxpin's ref of the old pin goes.
+    assert (refs / "main").read_text() == "b" * 40
+    assert sorted(p.name for p in (refs / "mlxpin" / "gemma").iterdir()) == ["b" * 40]
     old_snapshot = env.layout.hub_snapshot("mlx-community/gemma", "a" * 40)
     assert (old_snapshot / "config.json").exists()
     assert not (old_snapshot / "model.safetensors").is_symlink()
@@ -213,7 +220,7 @@ def test_foreign_blobs_need_all(env: Env) -> None:
     adopted_blob.write_bytes(adopted_data)
     adopted = pin(env, lock_dir, "adopted", {"w.safetensors": adopted_data}, repo="o/adopted")
     record = env.layout.verified_record(adopted_blob).read_text().split()
-    assert record[4] == "adopted"
+    assert record[-1] == "adopted"
     lock_path(lock_dir, "adopted").unlink()  # no lock references it any more
     # Unrecorded: put there by `hf download`, never seen by mlxpin.
     unrecorded = foreign_blob(env, "o/other", b"hf download bytes")
@@ -229,8 +236,9 @@ def test_foreign_blobs_need_all(env: Env) -> None:
     assert adopted_blob.exists()  # still a dry run
     env.gc("--all", "--yes")
     assert not adopted_blob.exists() and not unrecorded.exists()
-    refs = env.layout.repo_dir("o/other") / "refs" / "main"
-    assert refs.read_text() == "f" * 40
+    # Its snapshot went with its only blob, so the ref to it goes too (huggingface_hub
+    # calls a repo with a ref to a missing snapshot corrupt).
+    assert not (env.layout.repo_dir("o/other") / "refs" / "main").exists()
     assert not (env.layout.repo_dir("o/other") / "snapshots").exists() or not any(
         (env.layout.repo_dir("o/other") / "snapshots").iterdir()
     )
@@ -340,3 +348,94 @@ def test_text_output_reports_sizes(env: Env) -> None:
     assert result.exit_code == 0, result.output
     assert "5.0 kB" in result.stdout
     assert "would free" in result.stdout and "mlxpin gc --yes" in result.stdout
+
+
+# --- hardening (issue 8) ---------------------------------------------------------------
+
+
+def test_crlf_and_headerless_locks_keep_their_pins(env: Env) -> None:
+    """What launch accepts as a lock, gc counts as one (git autocrlf, a dropped comment)."""
+    lock_dir = env.settings.lock_dir
+    crlf = pin(env, lock_dir, "crlf", {"w.bin": b"crlf weights"}, repo="o/crlf")
+    bare = pin(env, lock_dir, "bare", {"w.bin": b"bare weights"}, repo="o/bare")
+    local = pin(env, lock_dir, "local", {"w.bin": b"local weights"})
+    path = lock_path(lock_dir, "crlf")
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    path = lock_path(lock_dir, "bare")
+    path.write_bytes(path.read_bytes().removeprefix(HEADER.encode()))
+    path = lock_path(lock_dir, "local")
+    path.write_bytes(b"\n# my comment\n" + path.read_bytes().removeprefix(HEADER.encode()))
+    for lock in (crlf, bare, local):
+        assert read_lock(lock_dir, lock.name) == lock  # what launch reads
+    # Not locks: a manifest and a pyproject sharing the directory.
+    (lock_dir / "manifest.toml").write_text('version = 1\n[models.x]\napi_label = "x"\n')
+    (lock_dir / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    dry = env.gc()
+    assert items(dry) == [] and dry["problems"] == []
+    env.gc("--yes")
+    for lock in (crlf, bare, local):
+        assert check_stamp(env.layout, lock).ok
+        assert env.layout.blob(lock, lock.files[0]).exists()
+    assert lock_names_on_disk(lock_dir) == ("bare", "crlf", "local")
+
+
+def test_an_unreadable_root_blocks_gc_yes_like_a_missing_one(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = env.tmp / "other-project" / "lock"
+    theirs = pin(env, other, "theirs", {"w.bin": b"their bytes"}, repo="o/theirs")
+    blob = env.layout.blob(theirs, theirs.files[0])
+    real = {name: getattr(os, name) for name in ("scandir", "listdir")}
+
+    def refusing(name: str) -> Any:
+        def listing(path: Any = ".") -> Any:  # tests run as root: chmod 000 would not do
+            if Path(path) == other:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real[name](path)
+
+        return listing
+
+    for name in real:
+        monkeypatch.setattr(os, name, refusing(name))
+    dry = env.gc()
+    assert str(blob) in {i["path"] for i in items(dry)}  # a dry run shows what it would do
+    refused = env.run("gc", "--yes")
+    assert refused.exit_code == 78, refused.output
+    assert str(other) in refused.stderr and "cannot be read" in refused.stderr
+    assert "--forget-missing" in refused.stderr
+    assert blob.exists() and check_stamp(env.layout, theirs).ok
+    for name, function in real.items():
+        monkeypatch.setattr(os, name, function)
+    env.gc("--yes")
+    assert blob.exists() and check_stamp(env.layout, theirs).ok
+
+
+def test_gc_never_leaves_a_ref_to_a_deleted_snapshot(env: Env) -> None:
+    """huggingface_hub's scanner treats a ref to a missing snapshot as a corrupt repo."""
+    from huggingface_hub import scan_cache_dir
+
+    lock_dir = env.settings.lock_dir
+    v1 = pin(
+        env, lock_dir, "m", {"w.bin": b"v1 weights"}, repo="o/m", commit="a" * 40, revision="v1"
+    )
+    v2 = pin(
+        env, lock_dir, "m", {"w.bin": b"v2 weights"}, repo="o/m", commit="b" * 40, revision="v2"
+    )
+    refs = env.layout.repo_dir("o/m") / "refs"
+    assert (refs / "v1").read_text() == v1.commit
+    assert (refs / "mlxpin" / "m" / ("a" * 40)).read_text() == v1.commit
+    assert not scan_cache_dir(env.settings.hub_cache).warnings
+    dry = env.gc()
+    assert {i["path"] for i in items(dry, "ref")} == {
+        str(refs / "v1"),
+        str(refs / "mlxpin" / "m" / ("a" * 40)),
+    }
+    env.gc("--yes")
+    info = scan_cache_dir(env.settings.hub_cache)
+    assert not info.warnings, info.warnings
+    (repo,) = info.repos
+    assert {r.commit_hash: set(r.refs) for r in repo.revisions} == {
+        "b" * 40: {"v2", f"mlxpin/m/{'b' * 40}"}
+    }
+    assert check_stamp(env.layout, v2).ok
+    assert env.gc()["items"] == []

@@ -7,6 +7,7 @@ Every test drives the real client (in-process with explicit ``endpoint=``/``cach
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -513,6 +514,36 @@ def test_interrupted_download_resumes_with_range(hub: HubServer, tmp_path: Path)
         (200, None, "cut"),
         (206, f"bytes={10 << 20}-", None),
     ]
+
+
+def test_drip_sends_the_answer_byte_by_byte(hub: HubServer) -> None:
+    hub.create_repo(REPO).commit({"config.json": b"{}"})
+    hub.drip("/api/models/", interval_s=0.01, times=1)
+    with socket.create_connection(("127.0.0.1", hub.port)) as sock:
+        sock.sendall(f"GET /api/models/{REPO} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(65536)
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        body = head.split(b"\r\n\r\n", 1)[1]
+        reads = 0
+        while len(body) < length:
+            body += sock.recv(65536)
+            reads += 1
+    assert reads >= length // 2  # one byte (or two) per read, never the whole answer at once
+    assert json.loads(body)["id"] == REPO
+    assert hub.matching("GET", "/api/models/")[0].fault == "drip"
+    assert api(hub).model_info(REPO).id == REPO  # times=1: the next answer is whole
+
+
+def test_truncate_body_sends_a_complete_message_with_half_a_document(hub: HubServer) -> None:
+    hub.create_repo(REPO).commit({"config.json": b"{}"})
+    hub.truncate_body("/api/models/", 30, times=1)
+    with pytest.raises(json.JSONDecodeError) as info:
+        api(hub).model_info(REPO)
+    assert len(info.value.doc) == 30
+    assert hub.matching("GET", "/api/models/")[0].fault == "truncate"
+    assert api(hub).model_info(REPO).id == REPO
 
 
 def test_reset_connection_is_not_retried_by_the_client(hub: HubServer, tmp_path: Path) -> None:

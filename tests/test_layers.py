@@ -2,8 +2,8 @@
 
 Floors, bottom to top; a module may import its own package and any floor below its own:
 
-    errors, config          the error tree and Settings
-    util                    atomic writes, parallel work, hashing
+    errors                  the error tree
+    config, util            Settings; atomic writes, parallel work, hashing
     project                 what is declared and pinned (manifest, locks, edits)
     store                   bytes on disk (layout, fetch, gc, bundles)
     hub                     the only huggingface_hub importer (client, resolve)
@@ -29,7 +29,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mlxpin"
 
 FLOORS: dict[str, int] = {
     "errors": 0,
-    "config": 0,
+    "config": 1,
     "util": 1,
     "project": 2,
     "store": 3,

@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 
 from mlxpin.errors import LockCorruptError
 from mlxpin.project.lockfile import (
+    HEADER,
     LockedFile,
     LockedModel,
     Original,
     diff,
+    is_lock_file,
     make_locked,
     parse_lock,
     read_lock,
@@ -215,3 +217,50 @@ def test_any_corruption_of_a_real_lock_is_caught_or_harmless(offset: int, junk: 
         return
     # A change that still parses cannot have altered which bytes are pinned.
     assert parsed.files == sample().files
+
+
+@pytest.mark.parametrize("depth", [300, 1000, 5000])
+def test_a_lock_nested_too_deep_is_corrupt_not_a_crash(tmp_path: Path, depth: int) -> None:
+    data = ("x = " + "[" * depth + "]" * depth + "\n").encode()
+    with pytest.raises(LockCorruptError):
+        parse_lock(data, tmp_path / "tiny.toml")
+
+
+@pytest.mark.parametrize(
+    ("paths", "needle"),
+    [
+        (("a", "a/b"), "'a' is both a file and a directory"),
+        (("x/" + "n" * 256,), "longer than 255 bytes"),
+        (("README.md", "readme.md"), "differ only in case"),
+    ],
+)
+def test_locks_a_filesystem_cannot_hold_are_corrupt(paths: tuple[str, ...], needle: str) -> None:
+    files = [LockedFile(p, 1, "sha256:" + "ab" * 32) for p in paths]
+    lock = make_locked("gemma", sample().original, COMMIT, None, files)
+    with pytest.raises(LockCorruptError) as info:
+        parse_lock(render(lock), FILE, "gemma")
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        render(sample()).replace(b"\n", b"\r\n"),
+        render(sample()).removeprefix(HEADER.encode()),
+        b"\n\n" + render(sample()).removeprefix(HEADER.encode()).replace(b"\n", b"\r\n"),
+        HEADER.encode() + b"format = 1\n",  # damaged, but a lock: gc must see it and stop
+        HEADER.replace("\n", "\r\n").encode() + b"garbage [",
+    ],
+)
+def test_what_launch_would_read_is_a_lock_file(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "gemma.toml").write_bytes(data)
+    assert is_lock_file(tmp_path / "gemma.toml") is not False
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'version = 1\n[models.x]\napi_label = "x"\n', b'[project]\nname = "x"\n', b"not toml ["],
+)
+def test_other_toml_files_are_not_lock_files(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "manifest.toml").write_bytes(data)
+    assert is_lock_file(tmp_path / "manifest.toml") is False

@@ -387,3 +387,194 @@ def test_unknown_home_directory_in_a_path_is_a_clean_error() -> None:
     error = error_of(GOOD.replace('path = "./models/drafter"', 'path = "~nosuchuser-xyz/m"'))
     assert error.key == "models.drafter.launch.path"
     assert "home directory" in error.message
+
+
+# --- [server] strings that argparse would read as a flag ------------------------------------
+
+DASH_VALUES = [
+    ('chat_template = "--trust-remote-code"', "chat_template"),
+    ('chat_template = "-x"', "chat_template"),
+    ('allowed_origins = ["http://a", "--host"]', "allowed_origins"),
+    ('allowed_origins = ["-"]', "allowed_origins"),
+]
+
+
+@pytest.mark.parametrize(("option", "key"), DASH_VALUES)
+@pytest.mark.parametrize("parser", ["tomlkit", "tomllib"])
+def test_server_strings_starting_with_a_dash_are_refused(
+    option: str, key: str, parser: Parser
+) -> None:
+    """`--chat-template -x` makes every mlx_lm.server start fail (argparse reads a flag)."""
+    text = GOOD.replace("max_tokens = 2048", option)
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(text.encode(), FILE, parser)
+    assert info.value.key == f"models.gemma.server.{key}"
+    assert info.value.line == 16
+    assert "must not start with '-'" in info.value.message
+    assert str(info.value).startswith(f"{FILE}:16: ")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["chat_template", "allowed_origins", "log_level"]),
+    st.text(min_size=1, max_size=12),
+)
+def test_no_accepted_server_value_reads_as_a_flag(key: str, value: str) -> None:
+    raw = [value] if key == "allowed_origins" else value
+    doc = {"models": {"gemma": {"api_label": "g", "launch": {"repo": "o/n"}, "server": {key: raw}}}}
+    try:
+        manifest = parse_manifest(tomlkit.dumps(doc).encode(), FILE)
+    except ManifestError:
+        return
+    argv = server_argv(manifest.models[0].server)
+    assert argv[0].startswith("--")
+    assert not any(arg.startswith("-") for arg in argv[1:]), argv
+
+
+# --- nesting: both readers refuse the same documents, at the same line, never crash -----------
+
+NESTED_HEAD = """\
+version = 1
+[models.gemma]
+api_label = "g"
+[models.gemma.launch]
+repo = "o/n"
+[models.gemma.server]
+"""
+
+
+def nested(kind: str, depth: int) -> str:
+    """A manifest whose line 7 holds something nested ``depth`` levels deep."""
+    if kind == "array":  # chat_template_args = { a = [[[ ... ]]] }: depth brackets
+        inner = "[" * (depth - 1) + "1" + "]" * (depth - 1)
+        return NESTED_HEAD + f"chat_template_args = {{ a = {inner} }}\n"
+    if kind == "inline":  # { a = { a = ... } }: depth braces
+        return NESTED_HEAD + "chat_template_args = " + "{ a = " * depth + "1" + " }" * depth + "\n"
+    if kind == "key":  # chat_template_args.k.k.k... = 1: a key of depth fragments
+        return NESTED_HEAD + "chat_template_args." + ".".join(["k"] * (depth - 1)) + " = 1\n"
+    if kind == "header":  # [models.gemma.server.chat_template_args.k.k...]: depth fragments
+        keys = ".".join(["k"] * (depth - 4))
+        return NESTED_HEAD + f"[models.gemma.server.chat_template_args.{keys}]\n"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["array", "inline", "key", "header"])
+@pytest.mark.parametrize("depth", [100, 101, 200, 300, 1000])
+def test_deep_nesting_is_a_clean_78_with_a_line_in_both_readers(kind: str, depth: int) -> None:
+    text = nested(kind, depth).encode()
+    outcomes: list[tuple[str, int | None, str | None]] = []
+    parsers: tuple[Parser, ...] = ("tomlkit", "tomllib")
+    for parser in parsers:
+        try:
+            parse_manifest(text, FILE, parser)
+            outcomes.append(("ok", None, None))
+        except ManifestError as error:
+            assert error.exit_code == 78
+            outcomes.append(("error", error.line, error.message))
+    assert outcomes[0] == outcomes[1], outcomes
+    if depth <= 100:
+        assert outcomes[0][0] == "ok", outcomes
+    else:
+        assert outcomes[0][1] == 7, outcomes
+        assert "nested more than 100 levels deep" in str(outcomes[0][2])
+
+
+# Scalars whose text is full of brackets, quotes and dots: none of them nests anything.
+_TRICKY_SCALARS = [
+    "1.5",
+    "true",
+    "1979-05-27T07:32:00.999Z",
+    '"[{#.]}"',
+    "'[{ \\\\ ]'",
+    '"a\\"[{"',
+    '"' + "[{." * 70 + '"',
+    "'''x]}\n[[y]]\n{{'''",
+    '"""a\n[b.c]\n{ "\\"""\n"""',
+]
+
+
+@st.composite
+def deep_manifests(draw: st.DrawFn) -> tuple[str, int, int, int]:
+    """A manifest nesting a value under [models.gemma.server.chat_template_args.k...].
+
+    Returns (text, brackets, longest key, depth); depth counts as the readers' limit does:
+    header fragments + key fragments + inline table key fragments + one per inner array.
+    """
+    header_frags = draw(st.integers(0, 110))
+    key_frags = draw(st.integers(1, 110))
+    chain = draw(st.lists(st.tuples(st.sampled_from("[{"), st.integers(1, 110)), max_size=130))
+    scalar = st.sampled_from(_TRICKY_SCALARS)
+    one_line = [s for s in _TRICKY_SCALARS if "\n" not in s]
+    prefix, suffix = "", ""
+    in_inline = False
+    depth = 4 + header_frags + key_frags
+    longest = max(4 + header_frags, key_frags)
+    previous = "key"
+    for kind, frags in chain:
+        sep = " " if in_inline else draw(st.sampled_from([" ", "\n", " # [{ \n"]))
+        pick = st.sampled_from(one_line) if in_inline else scalar
+        if kind == "[":
+            prefix += "[" + sep + draw(pick) + "," + sep
+            suffix = sep + "]" + suffix
+            depth += 1 if previous == "[" else 0
+        else:
+            key = ".".join(["k"] * min(frags, 3 if not draw(st.booleans()) else frags))
+            longest = max(longest, key.count(".") + 1)
+            prefix += "{ " + f'"q[" = {draw(st.sampled_from(one_line))}, {key} = '
+            suffix = " }" + suffix
+            depth += key.count(".") + 1
+            in_inline = True
+        previous = kind
+    value = prefix + draw(scalar if not in_inline else st.sampled_from(one_line)) + suffix
+    header = ".".join(["models", "gemma", "server", "chat_template_args"] + ["k"] * header_frags)
+    text = NESTED_HEAD + f"[{header}]\n" + ".".join(["k"] * key_frags) + " = " + value + "\n"
+    return text, len(chain), longest, depth
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(deep_manifests())
+def test_both_readers_agree_on_nesting_and_never_crash(
+    case: tuple[str, int, int, int],
+) -> None:
+    text, brackets, longest, depth = case
+    data = text.encode()
+    outcomes: list[tuple[str, int | None, str]] = []
+    parsers: tuple[Parser, ...] = ("tomlkit", "tomllib")
+    for parser in parsers:
+        try:
+            parse_manifest(data, FILE, parser)
+            outcomes.append(("ok", None, ""))
+        except ManifestError as error:
+            outcomes.append(("error", error.line, error.message))
+    assert outcomes[0] == outcomes[1]
+    refused_for_depth = "levels deep" in outcomes[0][2]
+    if brackets > 100 or longest > 100 or depth > 200:
+        assert refused_for_depth, (brackets, longest, depth, outcomes[0])
+        assert outcomes[0][1] is not None and 7 <= outcomes[0][1] <= text.count("\n")
+    elif brackets <= 100 and longest <= 100 and depth <= 195:
+        assert not refused_for_depth, (brackets, longest, depth, outcomes[0])
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1.0", "1e0", "true", '"1"', "2"])
+@pytest.mark.parametrize("parser", ["tomlkit", "tomllib"])
+def test_version_must_be_the_integer_one(version: str, parser: Parser) -> None:
+    text = GOOD.replace("version = 1", f"version = {version}").encode()
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(text, FILE, parser)
+    assert info.value.line == 1 and info.value.key == "version"
+    assert info.value.hint == "write version = 1"
+
+
+def test_an_alias_equal_to_its_own_label_says_so() -> None:
+    error = error_of(GOOD.replace('aliases = ["gemma4"]', 'aliases = ["gemma-4-31b-it"]'))
+    assert error.key == "models.gemma.aliases"
+    assert error.line == 6
+    assert "repeats this model's own api_label" in error.message
+    assert "used by model" not in error.message
+    error = error_of(GOOD.replace('aliases = ["gemma4"]', 'aliases = ["g4", "g4"]'))
+    assert "listed twice" in error.message and "used by model" not in error.message
+    error = error_of(GOOD.replace('aliases = ["gemma4"]', 'aliases = ["gemma-drafter"]'))
+    assert "already used by model 'gemma'" in error.message  # the other model's own

@@ -338,3 +338,26 @@ def test_system_unit_under_sudo_runs_as_the_user_with_their_cache(tmp_path: Path
     assert f"User={other.pw_name}" in built.content
     assert f'HF_HOME={other.pw_dir}/.cache/huggingface"' in built.content
     assert str(tmp_path / ".cache") not in built.content
+
+
+def test_serve_as_the_boot_unit(env: Env) -> None:
+    data = env.json("service", "show", "--serve", "--platform", "linux")
+    service = systemd_keys(data["content"])["Service"]
+    manifest, lock_dir = str(env.manifest), str(env.manifest.parent / "lock")
+    assert service["ExecStart"] == [
+        f'{sys.executable} -m mlxpin serve --manifest "{manifest}" --lock-dir "{lock_dir}"'
+    ]
+    assert service["RestartPreventExitStatus"] == ["65 66 77 78"]  # same restart rules
+    assert "Boots `mlxpin serve` offline" in data["content"]
+    assert data["path"] == str(env.home / ".config/systemd/user/mlxpin-serve.service")
+    # not locked here: the same preflight `serve` runs at boot says so, as a warning
+    assert any("mlxpin lock tiny" in w for w in data["warnings"])
+    plist = env.json("service", "show", "--serve", "--platform", "macos")
+    program = plistlib.loads(plist["content"].encode())["ProgramArguments"]
+    assert program[2:4] == ["mlxpin", "serve"] and "tiny" not in program
+    installed = env.json("service", "install", "--serve", "--platform", "linux")
+    assert Path(installed["path"]).name == "mlxpin-serve.service"
+    removed = env.run("service", "uninstall", "--serve", "--platform", "linux", "--json")
+    assert json.loads(removed.stdout)["removed"], removed.output
+    both = env.run("service", "show", "tiny", "--serve", "--manifest", str(env.manifest))
+    assert both.exit_code == 2

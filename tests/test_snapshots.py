@@ -89,6 +89,9 @@ def placeholder_for(key: str, container: dict[str, Any]) -> str | None:
         return "<T>"
     if key in GC_TOTAL_KEYS or (key == "size" and container.get("kind") == "view"):
         return "<FS SIZE>"
+    unpinned = container.get("pinned") is False or container.get("state") == "unpinned"
+    if key in ("mlx_lm", "mlx") and unpinned and container.get(key) is not None:
+        return "<INSTALLED VERSION>"  # this interpreter's mlx-lm/mlx (no [runtime] pin)
     return None
 
 

@@ -12,6 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+HUB_DEADLINE_VARIABLE = "MLXPIN_HUB_DEADLINE"
+DEFAULT_HUB_DEADLINE_S = 60.0  # for one Hub look-up, retries included
+# What to do when a directory mlxpin must write cannot be written (exit 74).
+STATE_DIR_HINT = (
+    "mlxpin keeps its state (locks, snapshots, run directories) in MLXPIN_HOME "
+    "(default: $HF_HOME/mlxpin): point it at a writable directory or fix the permissions"
+)
+HUB_CACHE_HINT = (
+    "downloads go to the Hub cache, HF_HUB_CACHE (default: $HF_HOME/hub; --cache-dir "
+    "overrides it): point it at a writable directory or fix the permissions"
+)
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
@@ -31,6 +42,12 @@ class Settings:
     offline: bool
     token_present: bool
     debug: bool
+    # MLXPIN_HUB_DEADLINE as written; checked only by the commands that use the Hub, so a
+    # bad value never stops an offline `launch`.
+    hub_deadline: str | None = None
+    # Ranged fetch, as written (parsed and checked by store.ranged.RangePolicy):
+    fetch_connections: str = ""  # MLXPIN_FETCH_CONNECTIONS: connections per large file
+    ranged_min_mb: str = ""  # MLXPIN_RANGED_MIN_MB: files at least this large use ranges
 
 
 def _expand(value: str) -> Path:
@@ -100,4 +117,7 @@ def load_settings(
         offline=is_true(environ.get("HF_HUB_OFFLINE") or environ.get("TRANSFORMERS_OFFLINE")),
         token_present=token_present(environ),
         debug=is_true(environ.get("MLXPIN_DEBUG")),
+        hub_deadline=environ.get(HUB_DEADLINE_VARIABLE) or None,
+        fetch_connections=environ.get("MLXPIN_FETCH_CONNECTIONS", "").strip(),
+        ranged_min_mb=environ.get("MLXPIN_RANGED_MIN_MB", "").strip(),
     )

@@ -11,6 +11,10 @@ def main() -> None:
         from mlxpin.cli.boot import main as launch
 
         raise SystemExit(launch(argv[1:]))
+    if argv[:1] == ["serve"] and not {"-h", "--help"} & set(argv):
+        from mlxpin.cli.serveboot import main as serve
+
+        raise SystemExit(serve(argv[1:]))
     if argv[:1] == ["_host"]:  # run over ssh by another host (see mlxpin.cli.hostagent)
         from mlxpin.cli.hostagent import main as host_agent
 

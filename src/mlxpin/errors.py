@@ -8,22 +8,32 @@ error (do not restart) from a temporary one (try again later)::
     ├── DataError               65   bytes that do not match what we trust
     │   ├── IntegrityError           a file's size or hash differs from the lock
     │   ├── LockCorruptError         a lock file that is not what `mlxpin lock` writes
-    │   └── HubProtocolError         a Hub/mirror answered with hostile or malformed data
+    │   ├── HubProtocolError         a Hub/mirror answered with hostile or malformed data
+    │   ├── UnstorableFilesError     a source's file names cannot be laid out on disk
+    │   ├── BundleError              a bundle that is damaged, truncated or not ours
+    │   └── RuntimeIntegrityError    a runtime distribution's hash differs from lock/runtime.toml
     ├── NoInputError            66   something to read is absent
-    │   └── SnapshotMissingError     a locked model was never fetched, or changed since
+    │   ├── SnapshotMissingError     a locked model was never fetched, or changed since
+    │   └── RuntimeMissingError      the pinned server runtime is not installed (or damaged)
     ├── UnavailableError        69   a service is not there
     │   ├── HubUnreachableError      the Hub endpoint cannot be reached or keeps failing
     │   ├── ServerMissingError       mlx_lm.server is not installed
+    │   ├── ResolverUnavailableError uv, the package index or a matching Python is missing
     │   └── PortInUseError           the public port is taken
     ├── ServerCrashedError      70   mlx_lm.server crashed past its restart budget
     ├── DiskError               74   the disk refused a write (full, read-only, ...)
     ├── LockBusyError           75   another mlxpin holds a lock for too long (retry later)
     ├── AccessDeniedError       77   gated repo, token refused or missing
-    └── ConfigError             78   the manifest or the lock does not allow the command
-        ├── ManifestError            manifest.toml is invalid (file:line, key, fix)
-        ├── LockStaleError           lock missing, stale or orphaned for a command
-        ├── RepoNotFoundError        the Hub has no such repo (or it is private)
-        └── RevisionNotFoundError    the repo has no such branch, tag or commit
+    ├── ConfigError             78   the manifest or the lock does not allow the command
+    │   ├── ManifestError            manifest.toml is invalid (file:line, key, fix)
+    │   ├── LockStaleError           lock missing, stale or orphaned for a command
+    │   ├── RepoNotFoundError        the Hub has no such repo (or it is private)
+    │   ├── RevisionNotFoundError    the repo has no such branch, tag or commit
+    │   ├── OverBudgetError          `serve`: a model larger than the whole memory budget
+    │   ├── PinMismatchError         `import`: the bundle pins other bytes than our lock
+    │   └── RuntimeResolutionError   no versions satisfy the manifest's [runtime]
+    └── PreflightError     (varies)  several problems at once, with the code of the
+                                     earliest step to fix (78 before 65 before 66 ...)
 
 Each class builds its message from its fields; the CLI renders `message` and
 `hint` and exits with `exit_code`. A traceback is only ever shown with
@@ -144,6 +154,33 @@ class HubProtocolError(DataError):
         )
 
 
+class UnstorableFilesError(DataError):
+    kind = "unstorable_files"
+
+    def __init__(self, model: str, where: str, problem: str) -> None:
+        self.model = model
+        self.problem = problem
+        super().__init__(
+            f"{model}: {where}: {problem}",
+            "leave those files out with `files` in the model's [launch] table (patterns "
+            "match like `hf download --include`), or rename them at the source",
+        )
+
+
+class BundleError(DataError):
+    kind = "bundle"
+
+    def __init__(self, bundle: str, member: str, problem: str) -> None:
+        self.bundle = bundle
+        self.member = member
+        self.problem = problem
+        super().__init__(
+            f"{bundle}: {member}: {problem}",
+            "the bundle is damaged, truncated or was not written by `mlxpin export`; nothing "
+            "of the affected models was installed. Export it again and retry",
+        )
+
+
 class NoInputError(MlxpinError):
     exit_code = ExitCode.NO_INPUT
     kind = "no_input"
@@ -206,11 +243,12 @@ class DiskError(MlxpinError):
     exit_code = ExitCode.IO
     kind = "disk"
 
-    def __init__(self, path: Path, detail: str) -> None:
+    def __init__(self, path: Path, detail: str, hint: str | None = None) -> None:
         self.path = path
         super().__init__(
             f"cannot write {path}: {detail}",
-            "free some space or fix the permissions, then run the command again "
+            hint
+            or "free some space or fix the permissions, then run the command again "
             "(finished files are kept)",
         )
 
@@ -280,3 +318,129 @@ class RepoNotFoundError(ConfigError):
 
 class RevisionNotFoundError(ConfigError):
     kind = "revision_not_found"
+
+
+class OverBudgetError(ConfigError):
+    """`serve`: a model that alone needs more memory than the whole budget."""
+
+    kind = "over_budget"
+
+    def __init__(self, model: str, cost: int, budget: int, budget_source: str) -> None:
+        self.model = model
+        self.cost = cost
+        self.budget = budget
+        super().__init__(
+            f"{model}: needs {cost} bytes (its locked files plus the per-server overhead), "
+            f"more than the whole memory budget of {budget} bytes ({budget_source})",
+            "raise [serve] memory_budget in the manifest, or leave the model out of "
+            "`mlxpin serve NAME…`",
+        )
+
+
+class PreflightError(MlxpinError):
+    """Several models cannot start; every problem is named at once.
+
+    Its exit code is the one of the earliest step to fix: 78 (manifest, lock, budget)
+    before 65 (bad bytes) before 66 (not fetched) before anything else.
+    """
+
+    kind = "preflight"
+    ORDER: ClassVar[tuple[ExitCode, ...]] = (
+        ExitCode.CONFIG,
+        ExitCode.DATA,
+        ExitCode.NO_INPUT,
+        ExitCode.UNAVAILABLE,
+    )
+
+    def __init__(self, problems: Sequence[MlxpinError]) -> None:
+        self.problems = tuple(problems)
+        hints = list(dict.fromkeys(p.hint for p in self.problems if p.hint))
+        super().__init__(
+            f"{len(self.problems)} problems: " + "; ".join(p.message for p in self.problems),
+            "; ".join(hints) or None,
+        )
+
+    @staticmethod
+    def of(problems: Sequence[MlxpinError]) -> MlxpinError:
+        """One problem as itself; several as the PreflightError of the earliest step."""
+        if len(problems) == 1:
+            return problems[0]
+        codes = {p.exit_code for p in problems}
+        code = next((c for c in PreflightError.ORDER if c in codes), min(codes))
+        return _PREFLIGHT_BY_CODE.get(code, PreflightError)(problems)
+
+    def to_json(self) -> dict[str, object]:
+        data = super().to_json()
+        data["problems"] = [p.to_json() for p in self.problems]
+        return data
+
+
+class _PreflightConfig(PreflightError):
+    exit_code = ExitCode.CONFIG
+
+
+class _PreflightData(PreflightError):
+    exit_code = ExitCode.DATA
+
+
+class _PreflightNoInput(PreflightError):
+    exit_code = ExitCode.NO_INPUT
+
+
+class _PreflightUnavailable(PreflightError):
+    exit_code = ExitCode.UNAVAILABLE
+
+
+_PREFLIGHT_BY_CODE: dict[ExitCode, type[PreflightError]] = {
+    ExitCode.CONFIG: _PreflightConfig,
+    ExitCode.DATA: _PreflightData,
+    ExitCode.NO_INPUT: _PreflightNoInput,
+    ExitCode.UNAVAILABLE: _PreflightUnavailable,
+}
+
+
+class PinMismatchError(ConfigError):
+    kind = "pin_mismatch"
+
+    def __init__(self, model: str, ours: str, theirs: str, lock_file: Path) -> None:
+        self.model = model
+        super().__init__(
+            f"{model}: the bundle pins {theirs} but {lock_file} pins {ours}",
+            f"export the bundle from a project with the same lock, or run "
+            f"`mlxpin lock --update {model}` on one side so both pin the same commit",
+        )
+
+
+class RuntimeIntegrityError(DataError):
+    kind = "runtime_integrity"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"the package index served a file whose hash is not in lock/runtime.toml: {detail}",
+            "nothing was installed. If the index really changed a release, move the pin with "
+            "`mlxpin lock --update-runtime`; otherwise check UV_INDEX_URL/PIP_INDEX_URL "
+            "(a mirror or proxy may be serving other bytes)",
+        )
+
+
+class RuntimeMissingError(NoInputError):
+    kind = "runtime_missing"
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        super().__init__(f"the pinned server runtime {key[:12]} {problem}", "run `mlxpin fetch`")
+
+
+class ResolverUnavailableError(UnavailableError):
+    kind = "resolver_unavailable"
+
+
+class RuntimeResolutionError(ConfigError):
+    kind = "runtime_resolution"
+
+    def __init__(self, file: Path, detail: str) -> None:
+        self.file = file
+        super().__init__(
+            f"{file}: [runtime] cannot be satisfied: {detail}",
+            "widen the ranges in [runtime] (mlx-lm, mlx, python, packages)",
+        )

@@ -172,7 +172,7 @@ def _register() -> None:
     # import order is the order of `mlxpin --help`: the main job first.
     import importlib
 
-    for module in ("lock", "store", "launch", "ops"):
+    for module in ("lock", "store", "launch", "serve", "transfer", "ops"):
         importlib.import_module(f"mlxpin.cli.{module}")
 
 

@@ -45,13 +45,33 @@ def plan_json(plan: LaunchPlan) -> dict[str, Any]:
         "api_label": plan.api_label,
         "aliases": list(plan.aliases),
         "public": {"host": plan.public_host, "port": plan.public_port},
-        "private": {"host": plan.private_host, "port": "chosen at start"},
-        "argv": [*plan.server_command, *plan.server_args, "--port", "<private port>"],
+        "private": (
+            {"socket": "private, chosen at start"}
+            if plan.private_socket
+            else {"host": plan.private_host, "port": "chosen at start"}
+        ),
+        "argv": plan.shown_argv(),
         "env_set": dict(plan.env_set),
         "env_unset": list(plan.env_unset),
         "cwd": str(plan.cwd),
         "upstream_model": plan.upstream_model,
         "api_key_required": plan.api_key_required,
+        "gateway": {
+            "request_timeout": plan.gateway.request_timeout,
+            "max_body": plan.gateway.max_body,
+            "max_connections": plan.gateway.max_connections,
+            "header_timeout": plan.gateway.header_timeout,
+        },
+        "runtime": None
+        if plan.runtime is None
+        else {
+            "pinned": plan.runtime.pinned,
+            "key": plan.runtime.key,
+            "path": str(plan.runtime.path) if plan.runtime.path else None,
+            "python": plan.runtime.python,
+            "mlx_lm": plan.runtime.mlx_lm,
+            "mlx": plan.runtime.mlx,
+        },
         "snapshots": [
             {
                 "name": s.name,
@@ -69,19 +89,30 @@ def plan_json(plan: LaunchPlan) -> dict[str, Any]:
 
 def plan_text(plan: LaunchPlan) -> str:
     aliases = f" (aliases: {', '.join(plan.aliases)})" if plan.aliases else ""
-    argv = [*plan.server_command, *plan.server_args, "--port", "<private port>"]
+    argv = plan.shown_argv()
+    private = (
+        "unix socket in a private 0700 directory  (mlx_lm.server)"
+        if plan.private_socket
+        else f"http://{plan.private_host}:<free port>  (mlx_lm.server)"
+    )
     key = "required (bearer key from the environment)" if plan.api_key_required else "not required"
     lines = [
         f"model      {plan.name}",
         f"label      {plan.api_label}{aliases}",
         f"public     http://{plan.public_host}:{plan.public_port}/v1  (gateway)",
-        f"private    http://{plan.private_host}:<free port>  (mlx_lm.server)",
+        f"private    {private}",
         "argv       " + shlex.join(argv),
         "env        " + " ".join(f"{k}={v}" for k, v in plan.env_set),
         "env unset  " + " ".join(plan.env_unset),
         f"cwd        {plan.cwd}  (emptied at start)",
         f"api key    {key}",
+        f"limits     request_timeout {plan.gateway.request_timeout:g} s, "
+        f"max_body {human_size(plan.gateway.max_body)}, "
+        f"max_connections {plan.gateway.max_connections}, "
+        f"header_timeout {plan.gateway.header_timeout:g} s",
     ]
+    if plan.runtime is not None:
+        lines.append(f"runtime    {plan.runtime.describe()}")
     for snap in plan.snapshots:
         pin = short_commit(snap.commit) if snap.commit else snap.tree_hash[:19]
         lines.append(

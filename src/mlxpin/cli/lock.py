@@ -15,6 +15,7 @@ from mlxpin.cli.app import (
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import lock as lock_cmd
 from mlxpin.errors import UsageError
+from mlxpin.runtime.lock import RuntimeChange
 
 
 def describe_change(change: lock_cmd.LockChange) -> str | None:
@@ -47,6 +48,26 @@ def describe_change(change: lock_cmd.LockChange) -> str | None:
     return None
 
 
+def describe_runtime(change: RuntimeChange) -> str | None:
+    versions = f"mlx-lm {change.mlx_lm}, mlx {change.mlx}, {change.packages} packages pinned"
+    key = (change.key or "")[:12]
+    if change.action == "kept":
+        return f"runtime: kept {versions} ({key})"
+    if change.action == "locked":
+        why = f" [{change.reason}]" if change.reason else ""
+        return f"runtime: locked {versions} → {key}{why}"
+    if change.action == "updated":
+        moves = ", ".join(
+            f"{c.name} {c.old or '(new)'} → {c.new or '(removed)'}" for c in change.changes
+        )
+        return f"runtime: {(change.old_key or '')[:12]} → {key}: {moves}"
+    if change.action == "unchanged":
+        return f"runtime: {versions} ({key}) is already the newest the ranges allow"
+    if change.action == "removed":
+        return "runtime: removed lock/runtime.toml (the manifest has no [runtime])"
+    return None
+
+
 @verb("lock", uses=("manifest", "lock_dir"))
 def lock_command(
     names: NamesArg = None,
@@ -56,6 +77,14 @@ def lock_command(
             "--update",
             help="Re-resolve the named models (default: all) to the newest commit of their "
             "revision, and print what changed.",
+        ),
+    ] = False,
+    update_runtime: Annotated[
+        bool,
+        typer.Option(
+            "--update-runtime",
+            help="Re-resolve the [runtime] pin to the newest versions its ranges allow, "
+            "and print old → new versions.",
         ),
     ] = False,
     check: Annotated[
@@ -80,13 +109,14 @@ def lock_command(
     settings = common.settings()
     selected = list(names or ())
     if check:
-        if update:
+        if update or update_runtime:
             raise UsageError(
-                "--check and --update cannot be combined",
-                "--check only reads; run `mlxpin lock --update` on its own to move pins",
+                "--check cannot be combined with --update or --update-runtime",
+                "--check only reads; run `mlxpin lock --update` (or --update-runtime) on its "
+                "own to move pins",
             )
         checked = lock_cmd.check(settings, selected)
-        for state in checked.states:
+        for state in checked.all_states:
             if state.state == "ok":
                 out.line(f"{state.name}: ok")
             else:
@@ -97,10 +127,16 @@ def lock_command(
                 report_error(checked.problem, False)
             raise typer.Exit(int(checked.exit_code))
         return
-    result = lock_cmd.lock(settings, selected, update=update, jobs=jobs)
+    result = lock_cmd.lock(
+        settings, selected, update=update, jobs=jobs, update_runtime=update_runtime
+    )
     for change in result.changes:
         text = describe_change(change)
         if text and not (common.quiet and change.action == "kept"):
+            out.line(text)
+    if result.runtime is not None:
+        text = describe_runtime(result.runtime)
+        if text and not (common.quiet and result.runtime.action == "kept"):
             out.line(text)
     out.result(result.to_json())
     if result.errors:

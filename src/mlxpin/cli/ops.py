@@ -42,6 +42,30 @@ class PlatformChoice(StrEnum):
 
 
 NameArg = Annotated[str, typer.Argument(help="Model name from the manifest.", show_default=False)]
+UnitNameArg = Annotated[
+    str | None,
+    typer.Argument(help="Model name from the manifest (or --serve).", show_default=False),
+]
+ServeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--serve",
+        help="The unit boots `mlxpin serve` (every model behind one endpoint) instead of "
+        "`mlxpin launch NAME`; it is named mlxpin-serve (io.mlxpin.serve on macOS).",
+    ),
+]
+
+
+def _unit_name(name: str | None, serve: bool) -> str:
+    from mlxpin.errors import UsageError
+
+    if serve and name is not None:
+        raise UsageError("give a model NAME or --serve, not both")
+    if not serve and name is None:
+        raise UsageError("say which model: NAME, or --serve for the `mlxpin serve` unit")
+    return name or "serve"
+
+
 SystemOpt = Annotated[
     bool,
     typer.Option(
@@ -100,7 +124,8 @@ def _warn(out: Output, warnings: tuple[str, ...]) -> None:
 
 
 def _request(
-    name: str,
+    name: str | None,
+    serve: bool,
     platform: PlatformChoice | None,
     system: bool,
     log_file: Path | None = None,
@@ -109,12 +134,14 @@ def _request(
 ) -> UnitRequest:
     from mlxpin.commands.service import UnitRequest
 
-    return UnitRequest(name, _platform(platform), system, log_file, env_file, run_as)
+    unit = _unit_name(name, serve)
+    return UnitRequest(unit, _platform(platform), system, log_file, env_file, run_as, serve)
 
 
 @verb("install", on=service_app)
 def service_install(
-    name: NameArg,
+    name: UnitNameArg = None,
+    serve: ServeOpt = False,
     system: SystemOpt = False,
     platform: PlatformOpt = None,
     print_only: PrintOpt = False,
@@ -131,7 +158,8 @@ def service_install(
     *,
     common: Common,
 ) -> None:
-    """Write a boot unit running `mlxpin launch NAME` offline, with absolute paths.
+    """Write a boot unit running `mlxpin launch NAME` (or, with --serve, `mlxpin serve`)
+    offline, with absolute paths.
 
     Validates the manifest first; warns when the lock or the snapshot is not ready. The
     unit holds no secret and never restarts on a permanent error (exit 65/66/77/78).
@@ -145,7 +173,7 @@ def service_install(
     out = common.output()
     installed = service.install(
         common.settings(),
-        _request(name, platform, system, log_file, env_file, run_as),
+        _request(name, serve, platform, system, log_file, env_file, run_as),
         os.environ,
         print_only=print_only,
         enable=enable,
@@ -171,7 +199,8 @@ def service_install(
 
 @verb("uninstall", on=service_app, uses=())
 def service_uninstall(
-    name: NameArg,
+    name: UnitNameArg = None,
+    serve: ServeOpt = False,
     system: SystemOpt = False,
     platform: PlatformOpt = None,
     print_only: PrintOpt = False,
@@ -194,9 +223,13 @@ def service_uninstall(
         )
     out = common.output()
     uninstalled = service.uninstall(
-        _request(name, platform, system), os.environ, print_only=print_only, disable=disable
+        _request(name, serve, platform, system),
+        os.environ,
+        print_only=print_only,
+        disable=disable,
     )
     result = uninstalled.result
+    name = result.name
     if print_only:
         verb = "would remove" if result.existed else "nothing to remove at"
         out.line(f"{name}: {verb} {result.path}")
@@ -215,7 +248,8 @@ def service_uninstall(
 
 @verb("show", on=service_app)
 def service_show(
-    name: NameArg,
+    name: UnitNameArg = None,
+    serve: ServeOpt = False,
     system: SystemOpt = False,
     platform: PlatformOpt = None,
     log_file: LogFileOpt = None,
@@ -230,7 +264,7 @@ def service_show(
     out = common.output()
     shown = service.show(
         common.settings(),
-        _request(name, platform, system, log_file, env_file, run_as),
+        _request(name, serve, platform, system, log_file, env_file, run_as),
         os.environ,
     )
     built = shown.built
@@ -239,7 +273,8 @@ def service_show(
     if not shown.installed:
         out.note(f"mlxpin: {built.path} is not installed")
     elif not shown.up_to_date:
-        out.note(f"mlxpin: {built.path} differs; `mlxpin service install {name}` updates it")
+        again = "--serve" if serve else name
+        out.note(f"mlxpin: {built.path} differs; `mlxpin service install {again}` updates it")
     out.result(shown.to_json())
 
 

@@ -74,6 +74,15 @@ class CommandExit(Exception):
         self.code = code
 
 
+def _refused_write(error: Exception) -> MlxpinError | None:
+    """A write the disk refused where no check foresaw it: still 74, not "a bug"."""
+    if not isinstance(error, OSError):
+        return None
+    from mlxpin.util.atomic import disk_error
+
+    return disk_error(Path(error.filename or "?"), error)
+
+
 def run_guarded(
     func: Callable[[], None], *, as_json: bool, quiet: bool, verbose: bool, logs: bool = True
 ) -> int:
@@ -101,6 +110,10 @@ def run_guarded(
     except Exception as error:
         if debug:
             raise
+        refused = _refused_write(error)
+        if refused is not None:
+            report_error(refused, as_json)
+            return int(refused.exit_code)
         print(
             f"mlxpin: internal error: {type(error).__name__}: {error}\n"
             "  hint: this is a bug in mlxpin; rerun with MLXPIN_DEBUG=1 for a traceback "

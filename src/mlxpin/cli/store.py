@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import TYPE_CHECKING, Annotated
 
@@ -70,6 +71,17 @@ def _bars(as_json: bool, quiet: bool) -> Bars:
 @verb("fetch")
 def fetch_command(
     names: NamesArg = None,
+    connections: Annotated[
+        int | None,
+        typer.Option(
+            "--connections",
+            min=1,
+            max=64,
+            help="Ranged connections per large file (default: $MLXPIN_FETCH_CONNECTIONS, "
+            "else 8; files under $MLXPIN_RANGED_MIN_MB, default 64 MB, use one).",
+            show_default=False,
+        ),
+    ] = None,
     hosts: Annotated[
         bool,
         typer.Option(
@@ -88,9 +100,11 @@ def fetch_command(
     """
     out = common.output()
     settings = common.settings()
+    if connections is not None:
+        settings = dataclasses.replace(settings, fetch_connections=str(connections))
     bars = _bars(common.as_json, common.quiet)
     try:
-        result = fetch_cmd.fetch(settings, list(names or ()), bars)
+        result = fetch_cmd.fetch(settings, list(names or ()), bars, runtime_report=out.note)
     finally:
         bars.close()
     prepared = _prepare_hosts(settings, list(names or ()), out) if hosts else ()
@@ -104,6 +118,14 @@ def fetch_command(
                 f"{model.name}: fetched and verified {model.files} files, "
                 f"{human_size(model.total_size)} (downloaded {human_size(model.downloaded_bytes)})"
             )
+    runtime = result.runtime
+    if runtime is not None:
+        versions = (
+            f"mlx-lm {runtime.dists.get('mlx-lm')}, mlx {runtime.dists.get('mlx')}, "
+            f"{runtime.packages} packages installed, Python {runtime.python_version}"
+        )
+        state = "installed" if runtime.built else "up to date"
+        out.line(f"runtime: {state} ({versions}) at {runtime.path}")
     data = result.to_json()
     if hosts:
         data["hosts"] = [r.to_json() for r in prepared]
@@ -173,8 +195,27 @@ def status_command(
         fetched = row.fetch_state
         if row.fetch_reason and row.fetch_state != "unknown":
             fetched += f" ({row.fetch_reason})"
+        if row.origin:
+            fetched += f" from {row.origin}"
         out.line(
             f"{row.name}: label {row.api_label} on {row.endpoint}; {row.source}; {lock}; "
             f"{fetched}; {human_size(row.size_on_disk)} of {human_size(row.total_size)} on disk"
         )
+    runtime = result.runtime
+    if runtime is not None:
+        if runtime.state == "unpinned":
+            where = runtime.python or runtime.problem
+            out.line(
+                f"runtime: not pinned (add [runtime] to pin it); this interpreter runs mlx-lm "
+                f"{runtime.mlx_lm or 'unknown'}, mlx {runtime.mlx or 'unknown'} ({where})"
+            )
+        elif runtime.key is None:
+            out.line(f"runtime: lock {runtime.state} ({runtime.reason})")
+        else:
+            lock = "pinned" if runtime.state == "ok" else f"lock {runtime.state} ({runtime.reason})"
+            where = f"installed at {runtime.path}" if runtime.installed else str(runtime.problem)
+            out.line(
+                f"runtime: mlx-lm {runtime.mlx_lm}, mlx {runtime.mlx}, {runtime.packages} "
+                f"packages; {lock} ({runtime.key[:12]}); {where}"
+            )
     out.result(result.to_json())

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlxpin.config import Settings
-from mlxpin.errors import ExitCode, IntegrityError
+from mlxpin.config import HUB_CACHE_HINT, STATE_DIR_HINT, Settings
+from mlxpin.errors import ExitCode, IntegrityError, LockCorruptError, LockStaleError
 from mlxpin.hub.source import HubSourceBytes
 from mlxpin.project.lockfile import LockedModel
-from mlxpin.project.manifest import PathSource
+from mlxpin.project.manifest import Manifest, PathSource
 from mlxpin.project.selection import locked_models, manifest_of, pick
+from mlxpin.runtime.install import InstallOutcome, install_runtime
+from mlxpin.runtime.layout import RuntimeLayout
+from mlxpin.runtime.pin import RuntimePin, pin_path, read_state
 from mlxpin.store.fetch import (
     FetchOutcome,
     NoProgress,
@@ -22,7 +26,9 @@ from mlxpin.store.fetch import (
     verify_model,
 )
 from mlxpin.store.layout import StoreLayout, register_root
+from mlxpin.store.ranged import RangePolicy
 from mlxpin.store.sources import ByteSource, LocalSourceBytes
+from mlxpin.util.writable import require_writable_dir
 
 if TYPE_CHECKING:
     from mlxpin.hub.client import HubDownloader
@@ -34,6 +40,7 @@ ProgressFactory = Callable[[str], Progress]
 class FetchResult:
     models: tuple[FetchOutcome, ...]
     seconds: float
+    runtime: InstallOutcome | None = None  # None: the manifest has no [runtime]
 
     exit_code = ExitCode.OK
 
@@ -53,6 +60,7 @@ class FetchResult:
                 }
                 for m in self.models
             ],
+            "runtime": self.runtime.to_json() if self.runtime is not None else None,
         }
 
 
@@ -60,15 +68,39 @@ def _no_progress(_: str) -> Progress:
     return NoProgress()
 
 
+def _no_report(_: str) -> None:
+    pass
+
+
+def pinned_runtime(settings: Settings, manifest: Manifest) -> RuntimePin | None:
+    """The runtime pin that answers the manifest's [runtime] (None without one), or the
+    refusal `launch` would give (78 stale/missing, 65 corrupt). No network."""
+    if manifest.runtime is None:
+        return None
+    state, pin = read_state(manifest.runtime, settings.lock_dir)
+    if state.state == "corrupt":
+        raise LockCorruptError(pin_path(settings.lock_dir), state.reason or "unreadable")
+    if state.state != "ok" or pin is None:
+        raise LockStaleError([f"runtime: lock is {state.state} ({state.reason})"], [])
+    return pin
+
+
 def fetch(
     settings: Settings,
     names: Sequence[str] = (),
     progress: ProgressFactory = _no_progress,
+    runtime_report: Callable[[str], None] = _no_report,
+    environ: Mapping[str, str] | None = None,
 ) -> FetchResult:
+    """Fetch the models' snapshots, then install the pinned runtime (if any)."""
     started = time.monotonic()
     manifest = manifest_of(settings)
     locks = locked_models(settings, manifest, pick(manifest, names))
+    runtime_pin = pinned_runtime(settings, manifest)
     layout = StoreLayout.of(settings)
+    require_writable_dir(layout.state_dir, STATE_DIR_HINT)
+    if any(lock.original.repo is not None for lock in locks):
+        require_writable_dir(layout.hub_cache, HUB_CACHE_HINT)
     register_root(layout, settings.lock_dir)
     downloaders: list[HubDownloader] = []
 
@@ -84,6 +116,7 @@ def fetch(
             downloaders.append(HubDownloader(config))
         return downloaders[0]
 
+    ranges = RangePolicy.from_settings(settings)
     outcomes: list[FetchOutcome] = []
     for lock in locks:
         spec = manifest.get(lock.name)
@@ -92,9 +125,17 @@ def fetch(
         if isinstance(spec.launch.source, PathSource):
             source = LocalSourceBytes(spec.launch.source.path, spec.name)
         else:
-            source = HubSourceBytes(lock, downloader)
+            source = HubSourceBytes(lock, downloader, ranges)
         outcomes.append(fetch_model(layout, lock, source, progress(lock.name)))
-    return FetchResult(tuple(outcomes), time.monotonic() - started)
+    runtime = None
+    if runtime_pin is not None:
+        runtime = install_runtime(
+            RuntimeLayout.of(settings),
+            runtime_pin,
+            os.environ if environ is None else environ,
+            runtime_report,
+        )
+    return FetchResult(tuple(outcomes), time.monotonic() - started, runtime)
 
 
 @dataclass(frozen=True)
@@ -109,8 +150,14 @@ class VerifyResult:
     def first_problem(self) -> IntegrityError | None:
         """The error that stands for a failed verification (its hint is the next step)."""
         for model in self.models:
+            for path in model.differs:
+                return IntegrityError(model.name, path, dict(model.bad)[path])
+        for model in self.models:  # only missing or extra files: fetch rebuilds the view
             for path, problem in model.bad:
-                return IntegrityError(model.name, path, problem)
+                return IntegrityError(model.name, path, problem).with_hint(
+                    "the snapshot lacks locked files or holds files the lock does not list; "
+                    f"run `mlxpin fetch {model.name}` to rebuild it"
+                )
         return None
 
     @property

@@ -15,13 +15,15 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, ExitCode, LockBusyError, LockCorruptError
-from mlxpin.project.lockfile import LockedModel, lock_names_on_disk, read_lock
+from mlxpin.project.lockfile import LockedModel, list_lock_dir, read_lock
+from mlxpin.runtime.gc import live_runtime_keys, runtime_garbage
+from mlxpin.runtime.layout import RuntimeLayout
 from mlxpin.store.gc import (
     HEX_RE,
     BlobOnDisk,
@@ -31,7 +33,9 @@ from mlxpin.store.gc import (
     LeftoverOnDisk,
     LinkOnDisk,
     LiveSet,
+    RefOnDisk,
     RootOnDisk,
+    SnapshotOnDisk,
     ViewOnDisk,
     live_set,
     oid_of_hex,
@@ -142,9 +146,17 @@ def read_roots(layout: StoreLayout) -> tuple[RootOnDisk, ...]:
     return tuple(roots)
 
 
+@dataclass(frozen=True)
+class LiveScan:
+    live: LiveSet
+    roots: tuple[LiveRoot, ...]
+    problems: tuple[LockCorruptError, ...]
+    unreadable: dict[Path, str]  # lock dirs that exist but cannot be listed -> why
+
+
 def collect_live(
     settings: Settings, layout: StoreLayout, roots: tuple[RootOnDisk, ...]
-) -> tuple[LiveSet, tuple[LiveRoot, ...], tuple[LockCorruptError, ...]]:
+) -> LiveScan:
     dirs: dict[Path, bool] = {settings.lock_dir: False}
     for root in roots:
         if root.exists and root.lock_dir is not None:
@@ -152,9 +164,14 @@ def collect_live(
     locks: list[LockedModel] = []
     problems: list[LockCorruptError] = []
     live_roots: list[LiveRoot] = []
+    unreadable: dict[Path, str] = {}
     for lock_dir, registered in dirs.items():
         count = 0
-        for name in lock_names_on_disk(lock_dir):
+        listing = list_lock_dir(lock_dir)
+        if listing.error is not None:
+            unreadable[lock_dir] = listing.error
+        # A `<name>.toml` that cannot be read may be a lock: reading it reports the problem.
+        for name in sorted((*listing.names, *listing.unreadable)):
             try:
                 lock = read_lock(lock_dir, name)
             except LockCorruptError as exc:
@@ -165,7 +182,7 @@ def collect_live(
                 count += 1
         if registered or lock_dir.is_dir():
             live_roots.append(LiveRoot(lock_dir, registered, count))
-    return live_set(layout, locks), tuple(live_roots), tuple(problems)
+    return LiveScan(live_set(layout, locks), tuple(live_roots), tuple(problems), unreadable)
 
 
 # --- the inventory ------------------------------------------------------------------------
@@ -281,28 +298,57 @@ def _scan_blob_dir(
     return blobs, leftovers
 
 
-def _scan_links(repo_dir: Path) -> list[LinkOnDisk]:
+def _scan_links(repo_dir: Path) -> tuple[list[LinkOnDisk], list[SnapshotOnDisk]]:
     snapshots = repo_dir / "snapshots"
     blobs = os.path.normpath(repo_dir / "blobs")
     links: list[LinkOnDisk] = []
-    for directory, dirs, names in os.walk(snapshots):
-        for name in (*dirs, *names):
+    found: list[SnapshotOnDisk] = []
+    for entry in _listdir(snapshots):
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        entries: set[Path] = set()
+        for directory, dirs, names in os.walk(entry.path):
+            for name in (*dirs, *names):
+                path = Path(directory) / name
+                if not path.is_symlink():
+                    if name in names:
+                        entries.add(path)
+                    continue
+                entries.add(path)
+                try:
+                    target = os.path.normpath(Path(directory) / os.readlink(path))
+                except OSError:
+                    continue
+                if os.path.dirname(target) == blobs:
+                    links.append(LinkOnDisk(path, Path(target), snapshots))
+        found.append(SnapshotOnDisk(Path(entry.path), frozenset(entries)))
+    return links, found
+
+
+def _scan_refs(repo_dir: Path) -> list[RefOnDisk]:
+    """Every ref file (huggingface_hub counts every file under refs/, at any depth)."""
+    refs_dir = repo_dir / "refs"
+    ours = refs_dir / "mlxpin"
+    refs: list[RefOnDisk] = []
+    for directory, _, names in os.walk(refs_dir):
+        for name in names:
             path = Path(directory) / name
-            if not path.is_symlink():
-                continue
             try:
-                target = os.path.normpath(Path(directory) / os.readlink(path))
-            except OSError:
+                commit = path.read_text(encoding="ascii").strip()
+            except (OSError, UnicodeDecodeError):
                 continue
-            if os.path.dirname(target) == blobs:
-                links.append(LinkOnDisk(path, Path(target), snapshots))
-    return links
+            if HEX_RE.fullmatch(commit) and len(commit) == 40 and not path.is_symlink():
+                snapshot = repo_dir / "snapshots" / commit
+                refs.append(RefOnDisk(path, snapshot, ours in path.parents))
+    return refs
 
 
 def scan(layout: StoreLayout, roots: tuple[RootOnDisk, ...]) -> Inventory:
     views, leftovers = _scan_views(layout)
     blobs: list[BlobOnDisk] = []
     links: list[LinkOnDisk] = []
+    refs: list[RefOnDisk] = []
+    snapshots: list[SnapshotOnDisk] = []
     local, local_leftovers = _scan_blob_dir(layout, layout.state_dir / "blobs" / "sha256", None)
     blobs += local
     leftovers += local_leftovers
@@ -317,8 +363,19 @@ def scan(layout: StoreLayout, roots: tuple[RootOnDisk, ...]) -> Inventory:
         hub, hub_leftovers = _scan_blob_dir(layout, repo_dir / "blobs", repo)
         blobs += hub
         leftovers += hub_leftovers
-        links += _scan_links(repo_dir)
-    return Inventory(tuple(views), tuple(blobs), tuple(leftovers), tuple(links), roots)
+        repo_links, repo_snapshots = _scan_links(repo_dir)
+        links += repo_links
+        snapshots += repo_snapshots
+        refs += _scan_refs(repo_dir)
+    return Inventory(
+        tuple(views),
+        tuple(blobs),
+        tuple(leftovers),
+        tuple(links),
+        roots,
+        tuple(refs),
+        tuple(snapshots),
+    )
 
 
 # --- deleting -----------------------------------------------------------------------------
@@ -340,8 +397,9 @@ def _unlink(path: Path) -> bool:
     except FileNotFoundError:
         return False
     except PermissionError:
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o644, follow_symlinks=False)
+        if not path.is_symlink():  # never chmod through a link
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o644)
         path.unlink()
     return True
 
@@ -366,10 +424,14 @@ def _prune(directory: Path, stop: Path) -> None:
 
 
 def _remove(item: Doomed) -> bool:
-    if item.kind in ("view", "temp") and item.path.is_dir() and not item.path.is_symlink():
+    if (
+        item.kind in ("view", "temp", "runtime")
+        and item.path.is_dir()
+        and not item.path.is_symlink()
+    ):
         return _remove_tree(item.path)
     removed = _unlink(item.path)
-    if item.kind == "link" and item.prune_to is not None:
+    if item.kind in ("link", "ref") and item.prune_to is not None:
         _prune(item.path.parent, item.prune_to)
     return removed
 
@@ -377,6 +439,8 @@ def _remove(item: Doomed) -> bool:
 def _execute(item: Doomed, live: LiveSet, timeout_s: float) -> ItemOutcome:
     if item.path in live:
         return ItemOutcome(item, "live", "a lock written during gc references it")
+    if item.unless_exists is not None and os.path.lexists(item.unless_exists):
+        return ItemOutcome(item, "changed", "its snapshot is still there")
     try:
         with _locked(item.lock, timeout_s):
             if item.expect is not None:
@@ -402,6 +466,19 @@ def _execute(item: Doomed, live: LiveSet, timeout_s: float) -> ItemOutcome:
     return ItemOutcome(item, "removed")
 
 
+def _with_runtimes(
+    live: LiveSet, runtimes: RuntimeLayout, settings: Settings, roots: tuple[LiveRoot, ...]
+) -> tuple[LiveSet, list[LockCorruptError]]:
+    """Add the runtimes the live lock dirs' lock/runtime.toml name to the live set."""
+    dirs = {settings.lock_dir, *(r.lock_dir for r in roots)}
+    keys, problems = live_runtime_keys(sorted(dirs))
+    return LiveSet(live.paths | {runtimes.path(k) for k in keys}), problems
+
+
+def _keys(live: LiveSet, runtimes: RuntimeLayout) -> set[str]:
+    return {p.name for p in live.paths if p.parent == runtimes.root}
+
+
 def gc(
     settings: Settings,
     *,
@@ -414,13 +491,20 @@ def gc(
     """Plan, and with `yes` delete. Refuses to delete while a live lock file is unreadable."""
     layout = StoreLayout.of(settings)
     roots = read_roots(layout)
-    live, live_roots, problems = collect_live(settings, layout, roots)
+    found = collect_live(settings, layout, roots)
+    live_roots, problems = found.roots, found.problems
+    roots = tuple(
+        replace(r, readable=False) if r.lock_dir in found.unreadable else r for r in roots
+    )
     inventory = scan(layout, roots)
-    the_plan = plan(
-        inventory,
-        live,
-        include_foreign=include_foreign,
-        now=time.time() if now is None else now,
+    moment = time.time() if now is None else now
+    the_plan = plan(inventory, found.live, include_foreign=include_foreign, now=moment)
+    runtimes = RuntimeLayout.of(settings)
+    live, runtime_problems = _with_runtimes(found.live, runtimes, settings, live_roots)
+    problems = (*problems, *runtime_problems)
+    the_plan = GcPlan(
+        (*the_plan.doomed, *runtime_garbage(runtimes, _keys(live, runtimes), moment)),
+        the_plan.kept,
     )
     if not yes:
         outcomes = tuple(ItemOutcome(item, "would_remove") for item in the_plan.doomed)
@@ -431,6 +515,20 @@ def gc(
             "gc deletes nothing while a lock it must keep alive is unreadable (it cannot tell "
             "what that lock needs); fix or delete that file, then run `mlxpin gc --yes` again"
         )
+    if settings.lock_dir in found.unreadable:
+        raise ConfigError(
+            f"{settings.lock_dir} cannot be read ({found.unreadable[settings.lock_dir]}), so "
+            "gc cannot tell which files its locks need",
+            "fix its permissions, or run gc as the user who owns it",
+        )
+    unreadable = [d for d in found.unreadable if d != settings.lock_dir]
+    if unreadable and not forget_missing:
+        raise ConfigError(
+            f"{unreadable[0]} fetched into this store but cannot be read "
+            f"({found.unreadable[unreadable[0]]}), so gc cannot tell which files it still needs",
+            "fix its permissions or run gc as its owner; if it is gone for good: "
+            "mlxpin gc --yes --forget-missing",
+        )
     missing = [r.lock_dir for r in roots if r.lock_dir is not None and not r.exists]
     if missing and not forget_missing:
         raise ConfigError(
@@ -439,6 +537,7 @@ def gc(
             "mount or restore it, or if it is gone for good: mlxpin gc --yes --forget-missing",
         )
     # A lock written since the scan may have made something live again: read them once more.
-    live_again, _, _ = collect_live(settings, layout, read_roots(layout))
+    again = collect_live(settings, layout, read_roots(layout))
+    live_again, _ = _with_runtimes(again.live, runtimes, settings, again.roots)
     outcomes = tuple(_execute(item, live_again, lock_timeout_s) for item in the_plan.doomed)
     return GcResult(False, include_foreign, the_plan, outcomes, live_roots, problems)

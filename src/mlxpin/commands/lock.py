@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlxpin.config import Settings
-from mlxpin.errors import ExitCode, LockStaleError, MlxpinError
+from mlxpin.config import (
+    DEFAULT_HUB_DEADLINE_S,
+    HUB_DEADLINE_VARIABLE,
+    STATE_DIR_HINT,
+    Settings,
+)
+from mlxpin.errors import ConfigError, ExitCode, LockStaleError, MlxpinError
 from mlxpin.hub.resolve import Resolution, resolve
 from mlxpin.project.lockfile import (
     LockedModel,
@@ -25,8 +32,11 @@ from mlxpin.project.selection import (
     read_locks,
     with_dependencies,
 )
+from mlxpin.runtime.lock import Resolver, RuntimeChange, lock_runtime
+from mlxpin.runtime.pin import read_state
 from mlxpin.util.atomic import hold_lock
 from mlxpin.util.parallel import run_parallel
+from mlxpin.util.writable import require_writable_dir
 
 if TYPE_CHECKING:
     from mlxpin.hub.client import HubClient
@@ -73,50 +83,73 @@ class LockChange:
 @dataclass(frozen=True)
 class LockResult:
     changes: tuple[LockChange, ...]
+    runtime: RuntimeChange | None = None  # lock/runtime.toml (None: no [runtime], no pin)
 
     @property
     def errors(self) -> tuple[MlxpinError, ...]:
-        return tuple(c.error for c in self.changes if c.error is not None)
+        found = [c.error for c in self.changes if c.error is not None]
+        if self.runtime is not None and self.runtime.error is not None:
+            found.append(self.runtime.error)
+        return tuple(found)
 
     @property
     def exit_code(self) -> ExitCode:
         return self.errors[0].exit_code if self.errors else ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": not self.errors, "models": [c.to_json() for c in self.changes]}
+        return {
+            "ok": not self.errors,
+            "models": [c.to_json() for c in self.changes],
+            "runtime": self.runtime.to_json() if self.runtime is not None else None,
+        }
 
 
 @dataclass(frozen=True)
 class CheckResult:
     states: tuple[PinState, ...]
+    runtime: PinState | None = None  # None: neither a [runtime] nor lock/runtime.toml
+
+    @property
+    def all_states(self) -> tuple[PinState, ...]:
+        return (*self.states, *([self.runtime] if self.runtime is not None else []))
 
     @property
     def ok(self) -> bool:
-        return all(s.state == "ok" for s in self.states)
+        return all(s.state == "ok" for s in self.all_states)
 
     @property
     def problem(self) -> LockStaleError | None:
         """What `--check` found wrong, as the error a user reads."""
-        bad = [s for s in self.states if s.state != "ok"]
+        bad = [s for s in self.all_states if s.state != "ok"]
         if not bad:
             return None
         return LockStaleError(
             [f"{s.name} is {s.state}" for s in bad],
-            [s.name for s in bad if s.state != "orphan"],
+            [s.name for s in bad if s.state != "orphan" and s is not self.runtime],
         )
 
     @property
     def exit_code(self) -> ExitCode:
         if self.ok:
             return ExitCode.OK
-        corrupt = any(s.state == "corrupt" for s in self.states)
+        corrupt = any(s.state == "corrupt" for s in self.all_states)
         return ExitCode.DATA if corrupt else ExitCode.CONFIG
 
     def to_json(self) -> dict[str, Any]:
+        runtime = self.runtime
         return {
             "ok": self.ok,
             "models": [{"name": s.name, "state": s.state, "reason": s.reason} for s in self.states],
+            "runtime": None
+            if runtime is None
+            else {"state": runtime.state, "reason": runtime.reason},
         }
+
+
+def default_runtime_resolver() -> Resolver:
+    from mlxpin.runtime.resolve import resolve_runtime
+
+    return resolve_runtime
 
 
 def files_changed(old: LockedModel | None, new: LockedModel) -> int:
@@ -132,7 +165,27 @@ def check(settings: Settings, names: Sequence[str] = ()) -> CheckResult:
     locks = read_locks(settings.lock_dir, [s.name for s in specs])
     states = diff(manifest, locks, lock_names_on_disk(settings.lock_dir))
     wanted = {s.name for s in specs}
-    return CheckResult(tuple(s for s in states if s.name in wanted or s.state == "orphan"))
+    runtime, _ = read_state(manifest.runtime, settings.lock_dir)
+    return CheckResult(
+        tuple(s for s in states if s.name in wanted or s.state == "orphan"),
+        None if runtime.reason == "not pinned" else runtime,
+    )
+
+
+def hub_deadline_s(settings: Settings) -> float:
+    """Seconds one Hub look-up may take in all, from MLXPIN_HUB_DEADLINE (78 if invalid)."""
+    if settings.hub_deadline is None:
+        return DEFAULT_HUB_DEADLINE_S
+    try:
+        seconds = float(settings.hub_deadline)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(
+            f"{HUB_DEADLINE_VARIABLE}={settings.hub_deadline} is not a number of seconds",
+            f"set it to a positive number such as {DEFAULT_HUB_DEADLINE_S:g}, or unset it",
+        )
+    return seconds
 
 
 def default_hub_client(settings: Settings) -> HubClient:
@@ -143,6 +196,7 @@ def default_hub_client(settings: Settings) -> HubClient:
             endpoint=settings.endpoint,
             token_present=settings.token_present,
             offline=settings.offline,
+            deadline_s=hub_deadline_s(settings),
         )
     )
 
@@ -154,12 +208,17 @@ def lock(
     update: bool = False,
     jobs: int = MAX_PARALLEL,
     hub_factory: Callable[[Settings], HubClient] = default_hub_client,
+    update_runtime: bool = False,
+    resolver: Resolver | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> LockResult:
-    """Lock what is missing or stale (everything named, with update=True); drop orphans."""
+    """Lock what is missing or stale (everything named, with update=True); drop orphans.
+    The runtime pin is kept, locked when missing or stale, moved with `update_runtime`."""
     manifest = manifest_of(settings)
     picked = pick(manifest, names)
     specs = with_dependencies(manifest, picked)
     moving = {s.name for s in picked} if update else set()
+    require_writable_dir(lock_dir_mutex(settings).parent, STATE_DIR_HINT)
     with hold_lock(lock_dir_mutex(settings)):
         locks = read_locks(settings.lock_dir, [s.name for s in specs])
         states = {s.name: s for s in diff(manifest, locks, ())}
@@ -189,9 +248,16 @@ def lock(
         if todo:
             changes.extend(run_parallel(work, todo, workers=jobs))
         changes.extend(_remove_orphans(settings, set(manifest.names)))
+        runtime = lock_runtime(
+            manifest,
+            settings.lock_dir,
+            os.environ if environ is None else environ,
+            update=update_runtime,
+            resolver=resolver or default_runtime_resolver(),
+        )
     order = {s.name: i for i, s in enumerate(manifest.models)}
     changes.sort(key=lambda c: (order.get(c.name, len(order)), c.name))
-    return LockResult(tuple(changes))
+    return LockResult(tuple(changes), runtime)
 
 
 def _describe(spec: ModelSpec) -> str:

@@ -1,4 +1,5 @@
-"""`mlxpin service install|uninstall|show`: boot units for `mlxpin launch NAME`."""
+"""`mlxpin service install|uninstall|show`: boot units for `mlxpin launch NAME` or
+`mlxpin serve`."""
 
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ class UnitRequest:
     log_file: Path | None = None
     env_file: Path | None = None
     run_as: str | None = None
+    serve: bool = False  # the unit boots `mlxpin serve` (name: "serve")
 
 
 def build(settings: Settings, request: UnitRequest, environ: Mapping[str, str]) -> BuiltSpec:
@@ -109,6 +111,7 @@ def build(settings: Settings, request: UnitRequest, environ: Mapping[str, str]) 
         log_file=request.log_file,
         env_file=request.env_file,
         run_as=request.run_as,
+        serve=request.serve,
     )
 
 

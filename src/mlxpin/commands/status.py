@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import ExitCode, LockCorruptError
+from mlxpin.errors import ExitCode, LockCorruptError, ServerMissingError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
+from mlxpin.project.manifest import Manifest
 from mlxpin.project.selection import manifest_of, pick
-from mlxpin.store.layout import StoreLayout, check_stamp, size_on_disk
+from mlxpin.runtime.layout import RuntimeLayout, check_runtime
+from mlxpin.runtime.pin import read_state
+from mlxpin.runtime.server import unpinned_server
+from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp, size_on_disk
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class ModelStatus:
     fetch_reason: str | None
     size_on_disk: int
     snapshot: Path | None
+    origin: str | None  # where the verified bytes came from: hub | mirror | bundle | path
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,17 +54,89 @@ class ModelStatus:
             "fetch_reason": self.fetch_reason,
             "size_on_disk": self.size_on_disk,
             "snapshot": str(self.snapshot) if self.snapshot else None,
+            "origin": self.origin,
+        }
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    state: str  # lock/runtime.toml: ok | missing | stale | corrupt | orphan; or "unpinned"
+    reason: str | None
+    key: str | None
+    packages: int
+    mlx_lm: str | None  # pinned versions
+    mlx: str | None
+    installed: bool
+    problem: str | None  # why it is not installed
+    path: Path | None
+    python: str | None = None  # unpinned: the interpreter that runs the server
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "key": self.key,
+            "packages": self.packages,
+            "mlx_lm": self.mlx_lm,
+            "mlx": self.mlx,
+            "installed": self.installed,
+            "problem": self.problem,
+            "path": str(self.path) if self.path else None,
+            "python": self.python,
         }
 
 
 @dataclass(frozen=True)
 class StatusResult:
     models: tuple[ModelStatus, ...]
+    runtime: RuntimeStatus | None = None
 
     exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": True, "models": [m.to_json() for m in self.models]}
+        return {
+            "ok": True,
+            "models": [m.to_json() for m in self.models],
+            "runtime": self.runtime.to_json() if self.runtime is not None else None,
+        }
+
+
+def runtime_status(settings: Settings, manifest: Manifest) -> RuntimeStatus:
+    state, pin = read_state(manifest.runtime, settings.lock_dir)
+    if state.reason == "not pinned":
+        try:
+            server = unpinned_server()
+        except ServerMissingError as exc:
+            return RuntimeStatus(
+                "unpinned", "no [runtime]", None, 0, None, None, False, exc.message, None
+            )
+        return RuntimeStatus(
+            "unpinned",
+            "no [runtime]",
+            None,
+            0,
+            server.mlx_lm,
+            server.mlx,
+            True,
+            None,
+            None,
+            server.python,
+        )
+    if pin is None:
+        return RuntimeStatus(state.state, state.reason, None, 0, None, None, False, None, None)
+    layout = RuntimeLayout.of(settings)
+    check = check_runtime(layout, pin.key)
+    return RuntimeStatus(
+        state=state.state,
+        reason=state.reason,
+        key=pin.key,
+        packages=len({d.name for d in pin.packages}),
+        mlx_lm=pin.version_of("mlx-lm"),
+        mlx=pin.version_of("mlx"),
+        installed=check.ok,
+        problem=check.problem,
+        path=layout.path(pin.key) if check.ok else None,
+    )
 
 
 def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
@@ -78,12 +155,15 @@ def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
         fetch_reason: str | None = "not locked"
         on_disk = 0
         snapshot: Path | None = None
+        origin: str | None = None
         if lock is not None:
             stamp = check_stamp(layout, lock)
             snapshot = layout.view(lock)
             on_disk = size_on_disk(layout, lock)
             if stamp.ok:
                 fetch_state, fetch_reason = "verified", None
+                recorded = read_stamp(layout, lock)
+                origin = recorded.origin if recorded is not None else None
             elif snapshot.is_dir():
                 fetch_state, fetch_reason = "unverified", stamp.problem
             else:
@@ -105,6 +185,7 @@ def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
                 fetch_reason=fetch_reason,
                 size_on_disk=on_disk,
                 snapshot=snapshot,
+                origin=origin,
             )
         )
-    return StatusResult(tuple(rows))
+    return StatusResult(tuple(rows), runtime_status(settings, manifest))

@@ -3,19 +3,24 @@
 Every answer from the Hub is validated before it is used (commit shape, file names,
 oids), and every client exception becomes one of mlxpin's typed errors naming the repo,
 the revision and the likely cause. Requests have bounded timeouts and a small, bounded
-number of retries, so an unreachable Hub fails in seconds, not minutes.
+number of retries, so an unreachable Hub fails in seconds, not minutes; and every look-up
+has an overall deadline (MLXPIN_HUB_DEADLINE), so a Hub that drips its answer byte by
+byte, each byte within the read timeout, cannot hold `lock` forever.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
+import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx2
 from huggingface_hub import HfApi
@@ -30,9 +35,12 @@ from huggingface_hub.errors import (
 )
 
 from mlxpin import errors
+from mlxpin.config import DEFAULT_HUB_DEADLINE_S, HUB_DEADLINE_VARIABLE
 from mlxpin.project import validate
 
 T = TypeVar("T")
+#: Sent by `mlxpin mirror` on every answer, so fetch can record where bytes came from.
+MIRROR_HEADER = "X-Mlxpin-Mirror"
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
@@ -58,9 +66,10 @@ class HubConfig:
     endpoint: str
     token_present: bool
     offline: bool = False
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # to connect, and between two bytes of an answer
     attempts: int = 3
     backoff_s: float = 0.5
+    deadline_s: float = DEFAULT_HUB_DEADLINE_S  # for one look-up in all, retries included
 
 
 def iso_utc(moment: datetime | None) -> str | None:
@@ -82,20 +91,23 @@ class HubClient:
     def resolve(self, repo: str, revision: str) -> RemoteRevision:
         """Resolve a branch, tag or commit to a commit and the list of its files."""
         self.refuse_offline(repo, revision)
+        deadline = time.monotonic() + self.config.deadline_s
         info = self._call(
             repo,
             revision,
-            lambda: self._api.model_info(
-                repo, revision=revision, files_metadata=True, timeout=self.config.timeout_s
+            deadline,
+            lambda timeout: self._api.model_info(
+                repo, revision=revision, files_metadata=True, timeout=timeout
             ),
         )
         return _validated(repo, revision, info)
 
     def revision_suggestions(self, repo: str, revision: str) -> list[str]:
         """Branch and tag names close to a revision that was not found (best effort)."""
+        bound = min(self.config.timeout_s, self.config.deadline_s)  # only a nicety
         try:
-            refs = self._api.list_repo_refs(repo)
-        except (HfHubHTTPError, httpx2.HTTPError, OSError):
+            refs = _before(time.monotonic() + bound, lambda: self._api.list_repo_refs(repo))
+        except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError, _DeadlinePassed):
             return []
         names = [ref.name for ref in (*refs.branches, *refs.tags)]
         return difflib.get_close_matches(revision, names, n=3, cutoff=0.5) or sorted(names)[:5]
@@ -108,26 +120,53 @@ class HubClient:
 
     # -- internals --------------------------------------------------------------------
 
-    def _call(self, repo: str, revision: str, request: Callable[[], T]) -> T:
+    def _call(self, repo: str, revision: str, deadline: float, request: Callable[[float], T]) -> T:
+        """`request(timeout)` with retries, all of it before `deadline` (monotonic)."""
         delay = self.config.backoff_s
         for attempt in range(1, self.config.attempts + 1):
+            remaining = deadline - time.monotonic()
             try:
-                return request()
+                if remaining <= 0:
+                    raise _DeadlinePassed
+                timeout = min(self.config.timeout_s, remaining)
+                return _before(deadline, functools.partial(request, timeout))
+            except _DeadlinePassed:
+                raise self._too_slow(repo, revision) from None
+            except json.JSONDecodeError as exc:
+                if exc.doc.lstrip()[:1] in ("{", "["):  # JSON, but cut off or broken
+                    raise errors.HubProtocolError(
+                        repo, revision, f"the answer is not valid JSON (truncated?): {exc}"
+                    ) from None
+                raise self._not_a_hub(repo, revision, exc) from None
             except (ValueError, KeyError, TypeError) as exc:
-                # A proxy, captive portal or wrong mirror answering something not JSON.
-                raise errors.HubUnreachableError(
-                    self.config.endpoint,
-                    repo,
-                    revision,
-                    f"the endpoint did not answer like a Hub ({type(exc).__name__})",
-                ) from None
+                raise self._not_a_hub(repo, revision, exc) from None
             except (HfHubHTTPError, httpx2.HTTPError, OfflineModeIsEnabled, OSError) as exc:
                 retryable = _is_retryable(exc)
                 if not retryable or attempt == self.config.attempts:
                     raise self.translate(exc, repo, revision) from None
+            if time.monotonic() + delay >= deadline:
+                raise self._too_slow(repo, revision)
             self._sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")
+
+    def _too_slow(self, repo: str, revision: str) -> errors.HubUnreachableError:
+        return errors.HubUnreachableError(
+            self.config.endpoint,
+            repo,
+            revision,
+            f"no complete answer within {self.config.deadline_s:g} s; "
+            f"{HUB_DEADLINE_VARIABLE} sets this deadline",
+        )
+
+    def _not_a_hub(self, repo: str, revision: str, exc: Exception) -> errors.HubUnreachableError:
+        # A proxy, captive portal or wrong mirror answering something that is not JSON.
+        return errors.HubUnreachableError(
+            self.config.endpoint,
+            repo,
+            revision,
+            f"the endpoint did not answer like a Hub ({type(exc).__name__})",
+        )
 
     def translate(self, exc: BaseException, repo: str, revision: str) -> errors.MlxpinError:
         """Map a client exception to mlxpin's error, most specific first."""
@@ -168,6 +207,10 @@ class HubClient:
             return errors.HubProtocolError(
                 repo, revision, "a locked file is not on the Hub at this commit any more"
             )
+        if isinstance(exc, httpx2.RemoteProtocolError) and "complete message body" in str(exc):
+            # The server closed cleanly before sending what its Content-Length promised,
+            # on every attempt: not the network (a cut network resets, or times out).
+            return errors.HubProtocolError(repo, revision, f"every answer was cut short ({exc})")
         if isinstance(exc, HfHubHTTPError):
             status = exc.response.status_code if exc.response is not None else None
             if status == 401:
@@ -186,6 +229,36 @@ class HubClient:
                 )
             return errors.HubProtocolError(repo, revision, f"unexpected HTTP {status}")
         return errors.HubUnreachableError(endpoint, repo, revision, _network_cause(exc))
+
+
+class _DeadlinePassed(Exception):
+    """The overall deadline of a Hub look-up passed before its answer was complete."""
+
+
+def _before(deadline: float, call: Callable[[], T]) -> T:
+    """`call()`, or _DeadlinePassed once the monotonic clock reaches `deadline`.
+
+    The call runs in a daemon thread: a Hub that drips its answer keeps each read inside
+    the read timeout, so only a clock outside the request can end it. A call that is given
+    up on finishes (or fails) on its own, and never keeps the process alive.
+    """
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, name="mlxpin-hub-call", daemon=True)
+    worker.start()
+    worker.join(max(0.0, deadline - time.monotonic()))
+    if not outcome:
+        raise _DeadlinePassed
+    ok, value = outcome[0]
+    if ok:
+        return cast(T, value)
+    raise value
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -264,18 +337,22 @@ class HubDownloader:
         # Built once: reads HF_TOKEN / the token file itself; the token stays in memory.
         self._headers = build_hf_headers()
         self._headers["Accept-Encoding"] = "identity"
+        self.served_by_mirror = False  # set once an `mlxpin mirror` answered
 
     @contextlib.contextmanager
     def open(
-        self, repo: str, commit: str, path: str, offset: int
+        self, repo: str, commit: str, path: str, offset: int, end: int | None = None
     ) -> Iterator[tuple[int, Iterator[bytes]]]:
-        """Yields (start offset the server honoured, chunks)."""
+        """Yields (start offset the server honoured, chunks); `end` (exclusive) asks for
+        a range [offset, end) only."""
         from huggingface_hub import get_session, hf_hub_url, hf_raise_for_status
 
         self._client.refuse_offline(repo, commit)
         url = hf_hub_url(repo, path, revision=commit, endpoint=self.config.endpoint)
         headers = dict(self._headers)
-        if offset:
+        if end is not None:
+            headers["Range"] = f"bytes={offset}-{end - 1}"
+        elif offset:
             headers["Range"] = f"bytes={offset}-"
         timeout = httpx2.Timeout(self.config.timeout_s, read=60.0)
         with contextlib.ExitStack() as stack:
@@ -290,6 +367,13 @@ class HubDownloader:
                     if response.status_code in RETRY_STATUS:
                         raise TransferInterrupted(f"HTTP {response.status_code}")
                     hf_raise_for_status(response)
+            except RemoteEntryNotFoundError:
+                raise errors.HubProtocolError(
+                    repo,
+                    commit,
+                    f"{path} is not on the Hub at this commit any more (an `mlxpin mirror` "
+                    "serves only files it has verified)",
+                ) from None
             except (HfHubHTTPError, OfflineModeIsEnabled) as exc:
                 raise self._client.translate(exc, repo, commit) from None
             except (httpx2.TransportError, OSError) as exc:
@@ -299,6 +383,8 @@ class HubDownloader:
                 raise errors.HubProtocolError(
                     repo, commit, f"{path} was served from commit {served_commit!r}"
                 )
+            if response.headers.get(MIRROR_HEADER):
+                self.served_by_mirror = True
             start = _range_start(response) if response.status_code == 206 else 0
             # Only the network's errors become TransferInterrupted; the caller's own
             # (a full disk, say) pass through the `yield` untouched.

@@ -10,7 +10,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlxpin.errors import ConfigError
+from mlxpin.errors import ConfigError, UnstorableFilesError
 from mlxpin.project import validate
 from mlxpin.project.lockfile import LockedFile, LockedModel, make_locked, original_of
 from mlxpin.project.manifest import HubSource, ModelSpec, PathSource
@@ -55,6 +55,9 @@ def resolve_hub(spec: ModelSpec, client: HubClient) -> Resolution:
     ]
     if not files:
         raise _nothing_selected(spec, f"{source.repo}@{remote.commit[:7]}")
+    problem = validate.tree_problem(f.path for f in files)
+    if problem:
+        raise UnstorableFilesError(spec.name, f"{source.repo}@{remote.commit[:7]}", problem)
     lock = make_locked(spec.name, original_of(spec), remote.commit, remote.last_modified, files)
     return Resolution(lock=lock, gated=remote.gated)
 
@@ -96,6 +99,9 @@ def resolve_path(spec: ModelSpec, workers: int = 4) -> Resolution:
             raise ConfigError(f"{spec.name}: file name {path!r} {problem}", "rename the file")
     if not paths:
         raise _nothing_selected(spec, str(root))
+    problem = validate.tree_problem(paths)
+    if problem:
+        raise UnstorableFilesError(spec.name, str(root), problem)
 
     def pin(path: str) -> LockedFile:
         full = root / path

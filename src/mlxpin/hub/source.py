@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from mlxpin.errors import IntegrityError, MlxpinError
 from mlxpin.project.lockfile import LockedFile, LockedModel
+from mlxpin.store.ranged import RangePolicy
 
 if TYPE_CHECKING:
     from mlxpin.hub.client import HubDownloader
@@ -17,11 +18,18 @@ class HubSourceBytes:
     """Bytes from the Hub. The downloader (and huggingface_hub) is only set up when a
     file actually has to be downloaded, so a no-op fetch never imports it."""
 
-    def __init__(self, lock: LockedModel, downloader: Callable[[], HubDownloader]) -> None:
+    def __init__(
+        self,
+        lock: LockedModel,
+        downloader: Callable[[], HubDownloader],
+        ranges: RangePolicy | None = None,
+    ) -> None:
         assert lock.original.repo is not None and lock.commit is not None
         self.repo = lock.original.repo
         self.commit = lock.commit
         self._downloader = downloader
+        self._opened = False
+        self.ranges = ranges  # large files over several ranged connections
 
     @property
     def downloader(self) -> HubDownloader:
@@ -30,7 +38,14 @@ class HubSourceBytes:
     def open(
         self, file: LockedFile, offset: int
     ) -> contextlib.AbstractContextManager[tuple[int, Iterator[bytes]]]:
+        self._opened = True
         return self.downloader.open(self.repo, self.commit, file.path, offset)
+
+    def open_range(
+        self, file: LockedFile, start: int, end: int
+    ) -> contextlib.AbstractContextManager[tuple[int, Iterator[bytes]]]:
+        self._opened = True
+        return self.downloader.open(self.repo, self.commit, file.path, start, end)
 
     def interrupted(self, exc: Exception) -> bool:
         from mlxpin.hub.client import TransferInterrupted
@@ -42,3 +57,10 @@ class HubSourceBytes:
 
     def mismatch_hint(self, lock: LockedModel, file: LockedFile, problem: str) -> MlxpinError:
         return IntegrityError(lock.name, file.path, f"downloaded bytes {problem}")
+
+    def origin(self) -> str | None:
+        """ "mirror" when an `mlxpin mirror` served the bytes (it says so in a header);
+        None when nothing was downloaded (the recorded origin stays)."""
+        if not self._opened:
+            return None
+        return "mirror" if self.downloader.served_by_mirror else "hub"

@@ -31,18 +31,20 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 
-from mlxpin.config import Settings
+from mlxpin.config import STATE_DIR_HINT, Settings
 from mlxpin.errors import ConfigError, ManifestError, UsageError
 from mlxpin.project.lockfile import lock_path
 from mlxpin.project.manifest import (
     DEFAULT_PORT,
     DEFAULT_REVISION,
     Manifest,
+    check_nesting,
     load_manifest,
     parse_manifest,
 )
 from mlxpin.project.tomllines import ASSIGN_RE, HEADER_RE, split_key
 from mlxpin.util.atomic import hold_lock, write_atomic
+from mlxpin.util.writable import require_writable_dir
 
 
 class EditError(ConfigError):
@@ -91,6 +93,7 @@ def render_model(model: NewModel) -> str:
 
 
 def _unwrap(text: str, path: Path) -> dict[str, Any]:
+    check_nesting(text, path)
     try:
         return tomlkit.parse(text).unwrap()
     except (tomlkit.exceptions.TOMLKitError, ValueError, TypeError, IndexError) as exc:
@@ -277,6 +280,24 @@ def references_to(manifest: Manifest, name: str) -> list[str]:
 # --- side effects -----------------------------------------------------------------------------
 
 
+def _parse_added(new_text: str, old_lines: int, name: str, path: Path) -> Manifest:
+    """Validate the manifest `add` would write. A problem in the appended tables has no
+    line in the file on disk yet: it is named by its key, never by a line number."""
+    try:
+        return parse_manifest(new_text.encode("utf-8"), path)
+    except ManifestError as error:
+        if error.line is None or error.line <= old_lines:
+            raise  # a line the user wrote, still where the message says
+        raise ManifestError(
+            path,
+            None,
+            error.key,
+            f"{error.problem} (in the [models.{name}] tables `mlxpin add` would append; "
+            "nothing was written)",
+            error.hint,
+        ) from None
+
+
 def _manifest_mutex(settings: Settings) -> Path:
     digest = hashlib.sha256(str(settings.manifest_path).encode()).hexdigest()[:16]
     return settings.state_dir / "locks" / f"manifest-{digest}.lock"
@@ -350,6 +371,7 @@ def add(
     if path is not None and revision is not None:
         raise UsageError("--revision is for --repo; a local --path has no revision")
     manifest_path = settings.manifest_path
+    require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
     with hold_lock(_manifest_mutex(settings), 30.0):
         text = _read(manifest_path)
         document = _unwrap(text, manifest_path)
@@ -370,7 +392,7 @@ def add(
             files=tuple(files) if files else None,
         )
         new_text = add_model_text(text, model, manifest_path)
-        manifest = parse_manifest(new_text.encode("utf-8"), manifest_path)
+        manifest = _parse_added(new_text, len(text.splitlines()), name, manifest_path)
         spec = manifest.get(name)
         assert spec is not None
         warnings: list[str] = []
@@ -411,6 +433,7 @@ def remove(settings: Settings, name: str) -> RemoveResult:
     from mlxpin.project.selection import lock_dir_mutex, pick
 
     manifest_path = settings.manifest_path
+    require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
     with hold_lock(_manifest_mutex(settings), 30.0):
         text = _read(manifest_path)
         manifest = parse_manifest(text.encode("utf-8"), manifest_path)

@@ -7,6 +7,7 @@ missing, stale or orphaned without touching the network or the disk.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 
 from mlxpin.errors import LockCorruptError, LockStaleError
 from mlxpin.project import validate
-from mlxpin.project.manifest import HubSource, Manifest, ModelSpec
+from mlxpin.project.manifest import RESERVED_NAMES, HubSource, Manifest, ModelSpec
 from mlxpin.util.atomic import write_atomic
 from mlxpin.util.hashing import tree_hash
 
@@ -191,6 +192,8 @@ def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> Loc
         document = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise reader.fail(f"not valid TOML ({exc})") from None
+    except RecursionError:  # hostile nesting; mlxpin writes three levels at most
+        raise reader.fail("not valid TOML (nested too deeply)") from None
     reader.keys(document, {"format", "name", "original", "locked", "files"}, "the file")
     if document.get("format") != LOCK_FORMAT:
         raise reader.fail(f"unsupported format {document.get('format')!r} (expected {LOCK_FORMAT})")
@@ -259,6 +262,9 @@ def _parse_files(reader: _Reader, raw: object) -> list[LockedFile]:
         if problem:
             raise reader.fail(f"oid of {path!r} {problem}")
         files.append(LockedFile(path=path, size=reader.size(entry, "size"), oid=oid))
+    problem = validate.tree_problem(seen)
+    if problem:
+        raise reader.fail(problem)
     return files
 
 
@@ -274,29 +280,67 @@ def read_lock(lock_dir: Path, name: str) -> LockedModel | None:
     return parse_lock(data, path, expected_name=name)
 
 
-def _written_by_mlxpin(path: Path) -> bool:
+def is_lock_file(path: Path) -> bool | None:
+    """The one definition of "this file is a lock", for every reader that lists a lock dir
+    (lock's orphan removal, gc's live set): True when it starts with the header comment
+    (any line ending) or, without it, when it is TOML with a `[locked]` table — anything
+    `read_lock` could accept. False for other files (a manifest, a pyproject.toml); None
+    when it cannot be read (it may be a lock: gc must not assume it is not)."""
     try:
-        with path.open("rb") as handle:
-            return handle.read(len(HEADER)) == HEADER.encode()
+        data = path.read_bytes()
     except OSError:
+        return None
+    first = data.lstrip(b"\r\n").split(b"\n", 1)[0].rstrip(b"\r")
+    if first == HEADER.rstrip("\n").encode():
+        return True
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
         return False
+    return isinstance(document.get("locked"), dict)
+
+
+@dataclass(frozen=True)
+class LockDirListing:
+    names: tuple[str, ...]  # lock files
+    unreadable: tuple[str, ...] = ()  # `<name>.toml` files that could not be read
+    error: str | None = None  # the directory exists but cannot be listed
+
+
+def list_lock_dir(lock_dir: Path) -> LockDirListing:
+    """The lock files in a directory (see `is_lock_file`); a missing directory has none."""
+    try:
+        with os.scandir(lock_dir) as scan:
+            entries = sorted((e for e in scan), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return LockDirListing(())
+    except OSError as exc:
+        return LockDirListing((), (), exc.strerror or str(exc))
+    names: list[str] = []
+    unreadable: list[str] = []
+    for entry in entries:
+        stem, dot, suffix = entry.name.rpartition(".")
+        if not dot or suffix != "toml" or not validate.NAME_RE.fullmatch(stem):
+            continue
+        if stem in RESERVED_NAMES:
+            continue  # lock/runtime.toml pins the server runtime: never a model's, nor an orphan
+        try:
+            if not entry.is_file():
+                continue
+        except OSError:
+            pass
+        kind = is_lock_file(Path(entry.path))
+        if kind:
+            names.append(stem)
+        elif kind is None:
+            unreadable.append(stem)
+    return LockDirListing(tuple(names), tuple(unreadable))
 
 
 def lock_names_on_disk(lock_dir: Path) -> tuple[str, ...]:
-    """Names of the lock files in a directory: only files `mlxpin lock` wrote (by their
-    first line), so a manifest or pyproject.toml sharing the directory is never touched."""
-    try:
-        entries = sorted(lock_dir.iterdir())
-    except OSError:
-        return ()
-    return tuple(
-        p.stem
-        for p in entries
-        if p.suffix == ".toml"
-        and validate.NAME_RE.fullmatch(p.stem)
-        and p.is_file()
-        and _written_by_mlxpin(p)
-    )
+    """Names of the lock files in a directory, so a manifest or pyproject.toml sharing the
+    directory is never touched."""
+    return list_lock_dir(lock_dir).names
 
 
 # --- diff ------------------------------------------------------------------------------

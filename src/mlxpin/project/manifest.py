@@ -5,27 +5,58 @@ Every problem becomes a `ManifestError` naming the file, the line, the key and t
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from mlxpin.errors import ManifestError
 from mlxpin.project import validate
 from mlxpin.project.distributed import DISTRIBUTED_KEYS, DistributedSpec, parse_distributed
+from mlxpin.project.memory import Budget, parse_budget
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
-from mlxpin.project.tomllines import KeyLines
+from mlxpin.project.tomllines import KeyLines, nesting_problem
 
 MANIFEST_VERSION = 1
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_REVISION = "main"
 
-_TOP_KEYS = ("version", "models")
-_MODEL_KEYS = ("api_label", "aliases", "port", "host", "launch", "server", "distributed")
+_TOP_KEYS = ("version", "models", "serve", "runtime")
+_MODEL_KEYS = (
+    "api_label",
+    "aliases",
+    "port",
+    "host",
+    "launch",
+    "server",
+    "gateway",
+    "idle_ttl",
+    "distributed",
+)
+_SERVE_KEYS = (
+    "host",
+    "port",
+    "max_loaded",
+    "memory_budget",
+    "idle_ttl",
+    "start_timeout",
+    "preload",
+)
+DEFAULT_START_TIMEOUT = 120.0
+DEFAULT_BUDGET = Budget()
+_GATEWAY_KEYS = ("request_timeout", "max_body", "max_connections", "header_timeout")
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+_SIZE_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30})
 _LAUNCH_KEYS = ("repo", "path", "revision", "files", "draft", "adapter")
+_RUNTIME_KEYS = ("python", "mlx-lm", "mlx", "packages")
+DEFAULT_RUNTIME_PYTHON = ">=3.11"
+# Names that are files of lock/ other than model locks (lock/runtime.toml).
+RESERVED_NAMES = ("runtime",)
 _HOSTNAME_RE = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
@@ -61,6 +92,20 @@ class LaunchSpec:
 
 
 @dataclass(frozen=True)
+class GatewaySpec:
+    """[models.X.gateway]: what the gateway allows this model's clients."""
+
+    request_timeout: float = 600.0
+    """Seconds of silence from the server before a request fails with 504."""
+    max_body: int = 8 * 1024 * 1024
+    """Largest request body in bytes (inline images count)."""
+    max_connections: int = 1000
+    """Client connections at once; past it, new ones get 503."""
+    header_timeout: float = 10.0
+    """Seconds a new connection has to send its request head."""
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     api_label: str
@@ -70,6 +115,8 @@ class ModelSpec:
     launch: LaunchSpec
     server: tuple[tuple[str, ServerValue], ...]
     line: int | None
+    gateway: GatewaySpec = field(default_factory=GatewaySpec)
+    idle_ttl: float | None = None  # `serve`: this model's own idle TTL (None: [serve]'s)
     distributed: DistributedSpec | None = None  # [models.x.distributed]: ranks over hosts
 
     @property
@@ -78,9 +125,50 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class ServeTable:
+    """The top-level [serve] table: one gateway for many models (`mlxpin serve`)."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_loaded: int | None = None  # None: no limit on the number of servers
+    memory_budget: Budget = DEFAULT_BUDGET  # 75 % of physical memory
+    idle_ttl: float = 0.0  # seconds; 0 = never stop an idle model
+    start_timeout: float = DEFAULT_START_TIMEOUT  # the longest a request waits for a start
+    preload: tuple[str, ...] = ()
+    line: int | None = None
+
+
+DEFAULT_SERVE = ServeTable()
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """`[runtime]`: the packages `mlx_lm.server` runs with, pinned into lock/runtime.toml."""
+
+    python: str  # a version range, e.g. ">=3.11,<3.13"
+    mlx_lm: str  # a specifier ("" = any version)
+    mlx: str
+    packages: tuple[str, ...]  # extra PEP 508 requirements, as written
+    line: int | None
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """What the resolver is asked for. `mlx` comes with its CPU backend on Linux
+        (`mlx[cpu]`) and with Metal on macOS, so one lock boots on both."""
+        return (
+            f"mlx-lm{self.mlx_lm}",
+            f"mlx{self.mlx}; sys_platform == 'darwin'",
+            f"mlx[cpu]{self.mlx}; sys_platform == 'linux'",
+            *self.packages,
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     path: Path
     models: tuple[ModelSpec, ...]
+    serve: ServeTable = DEFAULT_SERVE
+    runtime: RuntimeSpec | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -97,6 +185,7 @@ class Manifest:
 _MISPLACED = {
     **{k: "launch" for k in _LAUNCH_KEYS},
     **{k: "server" for k in SERVER_OPTIONS},
+    **{k: "gateway" for k in _GATEWAY_KEYS},
     **{k: "distributed" for k in DISTRIBUTED_KEYS},
 }
 
@@ -188,8 +277,22 @@ def parse_manifest(data: bytes, path: Path, parser: Parser = "tomlkit") -> Manif
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ManifestError(path, line, None, "is not valid UTF-8") from None
-    document = _parse_tomllib(text, path) if parser == "tomllib" else _parse_tomlkit(text, path)
+    check_nesting(text, path)  # before either reader: both refuse it, at the same line
+    read = _parse_tomllib if parser == "tomllib" else _parse_tomlkit
+    try:
+        document = read(text, path)
+    except RecursionError:  # the check above makes this unreachable; never a traceback
+        raise ManifestError(path, None, None, "TOML document nested too deeply") from None
     return _build(document, path, KeyLines(text))
+
+
+def check_nesting(text: str, path: Path) -> None:
+    """Refuse (78, file:line) TOML nested deeper than the readers can take (before parsing)."""
+    too_deep = nesting_problem(text)
+    if too_deep is not None:
+        raise ManifestError(
+            path, too_deep.line, None, too_deep.problem, "a manifest needs only a few levels"
+        )
 
 
 def _parse_tomlkit(text: str, path: Path) -> dict[str, Any]:
@@ -220,7 +323,7 @@ def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest
     check = _Checker(path, lines)
     check.known_keys(document, (), _TOP_KEYS)
     version = document.get("version", MANIFEST_VERSION)
-    if isinstance(version, bool) or version != MANIFEST_VERSION:
+    if type(version) is not int or version != MANIFEST_VERSION:  # not 1.0, not true
         raise check.fail(
             ("version",), f"unsupported manifest version {version!r}", "write version = 1"
         )
@@ -239,7 +342,9 @@ def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest
         name for name, value in models_table.items() if isinstance(value, dict) and "port" in value
     }
     _check_cross_references(check, models, explicit_ports)
-    return Manifest(path=path, models=models)
+    serve = _serve_table(check, document.get("serve", {}), models)
+    runtime = _runtime(check, document["runtime"]) if "runtime" in document else None
+    return Manifest(path=path, models=models, serve=serve, runtime=runtime)
 
 
 def _build_model(check: _Checker, name: str, value: object, base: Path) -> ModelSpec:
@@ -250,6 +355,12 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
             "model names must be lowercase letters, digits, '.', '_' or '-' (at most 64), "
             "starting and ending with a letter or digit",
             "rename the table, e.g. [models.gemma]; the label clients send goes in api_label",
+        )
+    if name in RESERVED_NAMES:
+        raise check.fail(
+            keys,
+            f"the model name {name!r} is reserved (lock/{name}.toml pins the server runtime)",
+            "rename the table, e.g. [models.my-model]",
         )
     table = check.table(value, keys)
     check.known_keys(table, keys, _MODEL_KEYS)
@@ -287,6 +398,12 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
                     "(mlx_lm.server refuses them in distributed mode)",
                     f"remove `{role}`, or remove [models.{name}.distributed]",
                 )
+    gateway = _gateway(check, table.get("gateway", {}), (*keys, "gateway"))
+    idle_ttl = (
+        _seconds(check, table["idle_ttl"], (*keys, "idle_ttl"), allow_zero=True)
+        if "idle_ttl" in table
+        else None
+    )
     return ModelSpec(
         name=name,
         api_label=api_label,
@@ -297,6 +414,8 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
         server=server,
         line=check.lines.line_of(keys),
         distributed=distributed,
+        gateway=gateway,
+        idle_ttl=idle_ttl,
     )
 
 
@@ -458,6 +577,45 @@ def _server(
     return tuple(sorted(options, key=lambda item: item[0]))
 
 
+def _gateway(check: _Checker, value: object, keys: tuple[str, ...]) -> GatewaySpec:
+    table = check.table(value, keys)
+    check.known_keys(table, keys, _GATEWAY_KEYS)
+    spec = GatewaySpec()
+    numbers: dict[str, float] = {}
+    for key in ("request_timeout", "header_timeout", "max_connections"):
+        if key not in table:
+            continue
+        raw = table[key]
+        whole = key == "max_connections"
+        kinds = (int,) if whole else (int, float)
+        if isinstance(raw, bool) or not isinstance(raw, kinds) or not 0 < raw < 10**7:
+            example = "max_connections = 1000" if whole else f"{key} = 600"
+            what = "a positive integer" if whole else "a positive number of seconds"
+            raise check.fail((*keys, key), f"{raw!r} is not {what}", f"e.g. {example}")
+        numbers[key] = raw
+    max_body = _size(check, table["max_body"], (*keys, "max_body")) if "max_body" in table else None
+    return GatewaySpec(
+        request_timeout=float(numbers.get("request_timeout", spec.request_timeout)),
+        max_body=max_body if max_body is not None else spec.max_body,
+        max_connections=int(numbers.get("max_connections", spec.max_connections)),
+        header_timeout=float(numbers.get("header_timeout", spec.header_timeout)),
+    )
+
+
+def _size(check: _Checker, value: object, keys: tuple[str, ...]) -> int:
+    """Bytes, from an integer or a string such as "8MiB" or "20 MB"."""
+    size: float | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value)):
+        size = float(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()]
+    if size is None or not 1 <= size <= 2**40:
+        raise check.fail(
+            keys, f"{value!r} is not a size in bytes", 'e.g. max_body = "8MiB" or 8388608'
+        )
+    return int(size)
+
+
 def _check_cross_references(
     check: _Checker, models: tuple[ModelSpec, ...], explicit_ports: set[str]
 ) -> None:
@@ -468,6 +626,16 @@ def _check_cross_references(
         for index, label in enumerate(model.labels):
             key = "api_label" if index == 0 else "aliases"
             other = owner_of_label.get(label)
+            if other == model.name:
+                own = label == model.api_label
+                raise check.fail(
+                    ("models", model.name, key),
+                    f"alias {label!r} "
+                    + ("repeats this model's own api_label" if own else "is listed twice"),
+                    "remove it from aliases: the api_label is always accepted"
+                    if own
+                    else "list each alias once",
+                )
             if other is not None:
                 raise check.fail(
                     ("models", model.name, key),
@@ -500,3 +668,135 @@ def _check_cross_references(
                     f"no model named {target!r} in this manifest",
                     _did_you_mean(target, tuple(sorted(names))),
                 )
+
+
+def _seconds(check: _Checker, value: object, keys: tuple[str, ...], *, allow_zero: bool) -> float:
+    least = "0" if allow_zero else "more than 0"
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise check.fail(
+            keys, f"{value!r} is not a number of seconds", f"use a number, {least} or more"
+        )
+    if value < 0 or (value == 0 and not allow_zero) or value == float("inf"):
+        raise check.fail(
+            keys,
+            f"{value!r} is not a valid number of seconds",
+            "use 0 for never" if allow_zero else "use a positive number, e.g. 120",
+        )
+    return float(value)
+
+
+def _serve_table(check: _Checker, value: object, models: tuple[ModelSpec, ...]) -> ServeTable:
+    keys = ("serve",)
+    table = check.table(value, keys)
+    check.known_keys(table, keys, _SERVE_KEYS)
+    max_loaded: int | None = None
+    if "max_loaded" in table:
+        raw = table["max_loaded"]
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+            raise check.fail(
+                (*keys, "max_loaded"),
+                f"{raw!r} is not a positive number of servers",
+                "e.g. max_loaded = 2; leave it out for no limit",
+            )
+        max_loaded = raw
+    budget = DEFAULT_BUDGET
+    if "memory_budget" in table:
+        parsed, problem = parse_budget(table["memory_budget"])
+        if parsed is None:
+            raise check.fail(
+                (*keys, "memory_budget"),
+                problem or "invalid budget",
+                'e.g. memory_budget = "48GB" or "75%" (of physical memory)',
+            )
+        budget = parsed
+    preload_raw = table.get("preload", [])
+    if not isinstance(preload_raw, list):
+        raise check.fail(
+            (*keys, "preload"), "must be an array of model names", 'e.g. preload = ["gemma"]'
+        )
+    names = tuple(m.name for m in models)
+    preload: list[str] = []
+    for item in preload_raw:
+        name = check.string(item, (*keys, "preload"))
+        if name not in names:
+            raise check.fail(
+                (*keys, "preload"),
+                f"no model named {name!r} in this manifest",
+                _did_you_mean(name, names),
+            )
+        if name not in preload:
+            preload.append(name)
+    return ServeTable(
+        host=_host(check, table.get("host", DEFAULT_HOST), (*keys, "host")),
+        port=_port(check, table.get("port", DEFAULT_PORT), (*keys, "port")),
+        max_loaded=max_loaded,
+        memory_budget=budget,
+        idle_ttl=_seconds(check, table.get("idle_ttl", 0.0), (*keys, "idle_ttl"), allow_zero=True),
+        start_timeout=_seconds(
+            check,
+            table.get("start_timeout", DEFAULT_START_TIMEOUT),
+            (*keys, "start_timeout"),
+            allow_zero=False,
+        ),
+        preload=tuple(preload),
+        line=check.lines.line_of(keys),
+    )
+
+
+def _runtime(check: _Checker, value: object) -> RuntimeSpec:
+    from mlxpin.project import requirements  # only manifests with [runtime] pay for it
+
+    keys = ("runtime",)
+    table = check.table(value, keys)
+    check.known_keys(table, keys, _RUNTIME_KEYS)
+    if "mlx-lm" not in table:
+        raise check.fail(
+            keys,
+            "missing `mlx-lm`: the runtime exists to pin the server",
+            'add mlx-lm = ">=0.32,<0.33" (any PEP 440 range; the lock pins one version)',
+        )
+    specs: dict[str, str] = {}
+    for key in ("python", "mlx-lm", "mlx"):
+        default = DEFAULT_RUNTIME_PYTHON if key == "python" else ""
+        text = check.string(table.get(key, default), (*keys, key))
+        problem = requirements.specifier_problem(text)
+        if problem:
+            raise check.fail((*keys, key), problem)
+        specs[key] = requirements.normal_specifier(text)
+    if requirements.lowest_python(specs["python"]) is None:
+        raise check.fail(
+            (*keys, "python"),
+            f"{specs['python']!r} has no lower bound",
+            'write the oldest Python the runtime may use, e.g. python = ">=3.11"',
+        )
+    raw = table.get("packages", [])
+    if not isinstance(raw, list):
+        raise check.fail(
+            (*keys, "packages"),
+            "must be an array of requirement strings",
+            'e.g. packages = ["sentencepiece>=0.2"]',
+        )
+    packages: list[str] = []
+    seen = {"mlx-lm": "mlx-lm", "mlx": "mlx"}
+    for item in raw:
+        text = check.string(item, (*keys, "packages")).strip()
+        problem = requirements.requirement_problem(text)
+        if problem:
+            raise check.fail((*keys, "packages"), f"{text!r}: {problem}")
+        name = requirements.requirement_name(text)
+        if name in seen:
+            where = f"the `{name}` key" if name in ("mlx-lm", "mlx") else f"{seen[name]!r}"
+            raise check.fail(
+                (*keys, "packages"),
+                f"{text!r} names {name!r} again (already in {where})",
+                "name each package once; put mlx-lm and mlx ranges in their own keys",
+            )
+        seen[name] = text
+        packages.append(text)
+    return RuntimeSpec(
+        python=specs["python"],
+        mlx_lm=specs["mlx-lm"],
+        mlx=specs["mlx"],
+        packages=tuple(packages),
+        line=check.lines.line_of(keys),
+    )

@@ -75,7 +75,7 @@ def _check_number(option: ServerOption, value: float) -> str | None:
 def _json_safe(value: object) -> bool:
     try:
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return False
     return True
 
@@ -100,9 +100,16 @@ def _check_bool(option: ServerOption, value: object) -> tuple[ServerValue | None
     return value, None
 
 
+# mlx_lm.server parses its argv with argparse, which reads a value starting with '-' as
+# the next flag: `--chat-template -x` fails every start (and `--host` would be one).
+_DASH = "must not start with '-' (mlx_lm.server would read it as a flag)"
+
+
 def _check_str(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
     if not isinstance(value, str) or not value or "\0" in value:
         return None, "must be a non-empty string"
+    if value.startswith("-"):
+        return None, _DASH
     return value, None
 
 
@@ -127,6 +134,9 @@ def _check_str_list(option: ServerOption, value: object) -> tuple[ServerValue | 
         or not all(isinstance(v, str) and v and "," not in v for v in value)
     ):
         return None, 'must be a non-empty list of strings without commas, e.g. ["*"]'
+    dashed = [v for v in value if v.startswith("-")]
+    if dashed:
+        return None, f"{dashed[0]!r} {_DASH}"
     return tuple(value), None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 _BARE = r"[A-Za-z0-9_-]+"
 _BASIC = r'"(?:[^"\\]|\\.)*"'
@@ -84,3 +85,106 @@ class KeyLines:
                 return self._implicit[key]
             key = key[:-1]
         return None
+
+
+# --- nesting limits, checked on the text before either TOML reader runs ---------------------
+
+MAX_NESTING = 100  # brackets within one value, or fragments of one dotted key (as tomlkit)
+MAX_DEPTH = 200  # tables, keys and values together
+
+# Only what shapes the structure: strings and comments (skipped whole), newlines and
+# punctuation. Everything else (bare keys, numbers, dates) is jumped over by the regex.
+_STRUCTURE_RE = re.compile(
+    r'"""(?:\\[\s\S]|[^\\])*?"{3,5}'  # multi-line basic string
+    r"|'''[\s\S]*?'{3,5}"  # multi-line literal string
+    r'|"(?:[^"\\\n]|\\.)*"?'  # basic string (an unclosed one ends at the line)
+    r"|'[^'\n]*'?"  # literal string
+    r"|#[^\n]*"  # comment
+    r"|[\[\]{}=.,\n]"
+)
+
+
+@dataclass(frozen=True)
+class NestingError:
+    line: int
+    problem: str
+
+
+_KEY_TOO_DEEP = f"TOML key nested more than {MAX_NESTING} levels deep"
+_VALUE_TOO_DEEP = f"TOML value nested more than {MAX_NESTING} levels deep"
+_DOCUMENT_TOO_DEEP = f"TOML document nested more than {MAX_DEPTH} levels deep"
+
+
+def nesting_problem(text: str) -> NestingError | None:
+    """The first place `text` nests deeper than the limits, or None.
+
+    Depth counts containers from the root: a table header's key fragments (+1 for an
+    array of tables), a key's fragments below its table, one per array inside an array;
+    brackets within one value and fragments of one key are limited as tomlkit limits them.
+    Both readers (tomlkit, and tomllib on the boot path) run only after this check, so
+    they refuse the same documents at the same line and cannot run out of stack. Text
+    that is not TOML is scanned without complaint: the reader then says what is wrong.
+    """
+    if text.count(".") + 2 * (text.count("[") + text.count("{")) + 2 <= MAX_NESTING:
+        return None  # cannot nest that deep, no need to scan
+    line = 1
+    mode = "key"  # key | header | value | after (a top-level value ended: skip the line)
+    table_level = 0
+    base = 0  # level of the container the current key lives in
+    fragments = 1
+    aot = False
+    stack: list[tuple[bool, int]] = []  # (is an inline table, level)
+    for match in _STRUCTURE_RE.finditer(text):
+        lexeme = match.group()
+        first = lexeme[0]
+        if first in "\"'#":
+            line += lexeme.count("\n")
+        elif first == "\n":
+            line += 1
+            if not stack:
+                mode, base, fragments = "key", table_level, 1
+        elif mode == "key":
+            if first == ".":
+                fragments += 1
+                if fragments > MAX_NESTING:
+                    return NestingError(line, _KEY_TOO_DEEP)
+            elif first == "=":
+                base += fragments
+                if base > MAX_DEPTH:
+                    return NestingError(line, _DOCUMENT_TOO_DEEP)
+                mode = "value"
+            elif first == "[" and not stack:
+                mode, fragments, aot = "header", 1, False
+            elif first == "}" and stack:
+                stack.pop()  # an empty inline table
+                mode = "value" if stack else "after"
+        elif mode == "header":
+            if first == "[" and fragments == 1:
+                aot = True
+            elif first == ".":
+                fragments += 1
+                if fragments > MAX_NESTING:
+                    return NestingError(line, _KEY_TOO_DEEP)
+            elif first == "]":
+                table_level = fragments + (1 if aot else 0)
+                if table_level > MAX_DEPTH:
+                    return NestingError(line, _DOCUMENT_TOO_DEEP)
+                mode = "after"
+        elif mode == "value":
+            inline = stack[-1][0] if stack else False
+            if first in "[{":
+                if len(stack) >= MAX_NESTING:
+                    return NestingError(line, _VALUE_TOO_DEEP)
+                level = base if not stack or inline else stack[-1][1] + 1
+                if level > MAX_DEPTH:
+                    return NestingError(line, _DOCUMENT_TOO_DEEP)
+                stack.append((first == "{", level))
+                if first == "{":
+                    mode, base, fragments = "key", level, 1
+            elif first in "]}" and stack:
+                stack.pop()
+                if not stack:
+                    mode = "after"
+            elif first == "," and inline:
+                mode, base, fragments = "key", stack[-1][1], 1
+    return None

@@ -7,6 +7,8 @@ sentence saying what is wrong. Callers turn that into the right typed error.
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Iterable
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _REPO_PART_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
@@ -15,6 +17,7 @@ _SHA256_RE = re.compile(r"sha256:[0-9a-f]{64}")
 NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 MAX_REPO_ID = 96
 MAX_LABEL = 96
+MAX_NAME_BYTES = 255  # one path component, on every filesystem mlxpin runs on
 
 
 def is_commit(revision: str) -> bool:
@@ -90,6 +93,49 @@ def relpath_problem(path: str) -> str | None:
     parts = path.split("/")
     if any(part in {"", ".", ".."} for part in parts):
         return "has an empty, '.' or '..' segment"
+    return None
+
+
+def _folded(path: str) -> str:
+    """How a case- and normalisation-insensitive filesystem (macOS's default) sees a name."""
+    if path.isascii():
+        return path.lower()
+    return unicodedata.normalize("NFC", path).casefold()
+
+
+def tree_problem(paths: Iterable[str]) -> str | None:
+    """Can these repo files be laid out as one directory tree, as fetch will lay them out?
+
+    Refused: a component longer than 255 bytes (UTF-8), a name that is both a file and a
+    directory (`a` and `a/b`), and names that differ only in case or Unicode form (one
+    file on macOS). Paths must already pass `relpath_problem`.
+    """
+    files: dict[str, str] = {}  # folded -> as written
+    dirs: dict[str, str] = {}
+    for path in paths:
+        parts = path.split("/")
+        for part in parts if len(path) > MAX_NAME_BYTES // 4 else ():
+            if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+                return (
+                    f"file name {path!r} has a component longer than {MAX_NAME_BYTES} bytes "
+                    "(no filesystem can hold it)"
+                )
+        folded = _folded(path)
+        other = files.get(folded)
+        if other is not None and other != path:
+            return (
+                f"{other!r} and {path!r} differ only in case or Unicode form "
+                "(a case-insensitive filesystem such as macOS's holds only one of them)"
+            )
+        files[folded] = path
+        prefix = ""
+        for part in parts[:-1]:
+            prefix = f"{prefix}/{part}" if prefix else part
+            dirs.setdefault(_folded(prefix), prefix)
+    for folded, path in sorted(files.items()):
+        if folded in dirs:
+            inside = next(p for p in files.values() if _folded(p).startswith(folded + "/"))
+            return f"{path!r} is both a file and a directory (of {inside!r})"
     return None
 
 

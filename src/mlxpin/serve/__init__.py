@@ -1,1 +1,1 @@
-"""Everything that runs: launch plans, server processes, the gateway, boot units."""
+"""Everything that runs: launch plans, server processes, the gateway, the mirror, boot units."""

@@ -271,7 +271,7 @@ def check_here(layout: StoreLayout, lock: LockedModel, host: str, verify: bool) 
     else:
         stamp = check_stamp(layout, lock)
         if not stamp.ok:
-            problem = f"snapshot {stamp.problem}"
+            problem = stamp.problem or "snapshot not verified"
             return HostCheck(host, False, path, problem, ExitCode.NO_INPUT, runtime)
     if runtime is None:
         problem = "mlx_lm is not installed for " + sys.executable

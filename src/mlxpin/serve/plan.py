@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlxpin.config import Settings
+from mlxpin.config import STATE_DIR_HINT, Settings
 from mlxpin.errors import (
     ConfigError,
     IntegrityError,
@@ -22,9 +22,11 @@ from mlxpin.errors import (
     UsageError,
 )
 from mlxpin.project.lockfile import LockedModel, valid_locks
-from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
+from mlxpin.project.manifest import GatewaySpec, Manifest, ModelSpec, load_manifest
 from mlxpin.project.serveropts import server_argv
+from mlxpin.runtime.server import ServerRuntime, server_runtime
 from mlxpin.store.layout import StoreLayout, check_stamp
+from mlxpin.util.writable import require_writable_dir
 
 PRIVATE_HOST = "127.0.0.1"
 API_KEY_VARIABLE = "MLXPIN_API_KEY"
@@ -91,6 +93,11 @@ class LaunchPlan:
     cwd: Path
     snapshots: tuple[PinnedSnapshot, ...]
     api_key_required: bool
+    private_socket: bool = False
+    """True: the server listens on a Unix socket in a private directory (``argv_unix``),
+    reachable only by this user; False: on a loopback port (``argv``)."""
+    gateway: GatewaySpec = field(default_factory=GatewaySpec)
+    runtime: ServerRuntime | None = None  # which interpreter, mlx-lm and mlx will run
 
     @property
     def upstream_model(self) -> str:
@@ -99,6 +106,15 @@ class LaunchPlan:
 
     def argv(self, private_port: int) -> list[str]:
         return [*self.server_command, *self.server_args, "--port", str(private_port)]
+
+    def argv_unix(self, socket_path: str) -> list[str]:
+        return [*self.server_command, "--unix-socket", socket_path, *self.server_args]
+
+    def shown_argv(self) -> list[str]:
+        """The argv with a placeholder for the private address chosen at start."""
+        if self.private_socket:
+            return self.argv_unix("<private socket>")
+        return [*self.server_command, *self.server_args, "--port", "<private port>"]
 
     def environment(self, base: Mapping[str, str]) -> dict[str, str]:
         env = {k: v for k, v in base.items() if k not in self.env_unset}
@@ -124,10 +140,18 @@ def choose_model(manifest: Manifest, name: str | None, settings: Settings) -> Mo
     return spec
 
 
+UNIX_SERVER_MODULE = "mlxpin.serve.uds_server"
+
+
 def find_server() -> tuple[str, ...]:
-    """The mlx_lm.server entry point, preferring this interpreter's own installation."""
+    """The mlx_lm.server entry point, preferring this interpreter's own installation.
+
+    With this interpreter's mlx_lm, the server runs through mlxpin's launcher, which
+    serves it on a Unix socket (see `mlxpin.serve.uds_server`); an mlx_lm.server found on
+    PATH belongs to another interpreter and can only listen on a loopback port.
+    """
     if importlib.util.find_spec("mlx_lm") is not None:
-        return (sys.executable, "-m", "mlx_lm", "server")
+        return (sys.executable, "-m", UNIX_SERVER_MODULE)
     import shutil
 
     script = shutil.which("mlx_lm.server")
@@ -142,7 +166,7 @@ def _pinned(layout: StoreLayout, lock: LockedModel, role: str, verify: bool) -> 
     else:
         stamp = check_stamp(layout, lock)
         if not stamp.ok:
-            raise SnapshotMissingError(lock.name, f"snapshot {stamp.problem}")
+            raise SnapshotMissingError(lock.name, stamp.problem or "snapshot not verified")
     return PinnedSnapshot(
         name=lock.name,
         role=role,
@@ -158,9 +182,12 @@ def _verify(layout: StoreLayout, lock: LockedModel) -> None:
     from mlxpin.store.fetch import NoProgress, verify_model
 
     outcome = verify_model(layout, lock, NoProgress())
-    if outcome.bad:
+    if outcome.differs:
+        path = outcome.differs[0]
+        raise IntegrityError(lock.name, path, dict(outcome.bad)[path])
+    if outcome.bad:  # missing or extra files: `mlxpin fetch` rebuilds the snapshot
         path, problem = outcome.bad[0]
-        raise IntegrityError(lock.name, path, problem)
+        raise SnapshotMissingError(lock.name, f"{path}: {problem}")
 
 
 def plan_launch(
@@ -172,6 +199,8 @@ def plan_launch(
 ) -> LaunchPlan:
     manifest = load_manifest(settings.manifest_path, parser="tomllib")
     spec = choose_model(manifest, name, settings)
+    run_dir = settings.state_dir / "run"  # the server's cwd and pid file go here
+    require_writable_dir(run_dir, STATE_DIR_HINT)  # else a supervisor restarts us in a loop
     layout = StoreLayout.of(settings)
     roles: list[tuple[str, str, ModelSpec]] = [("model", "--model", spec)]
     for role, flag, target in (
@@ -182,6 +211,7 @@ def plan_launch(
         if dependency is not None:  # the manifest parser checked every reference
             roles.append((role, flag, dependency))
     locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])  # all problems at once
+    runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
     snapshots = [
         _pinned(layout, lock, role, verify) for (role, _, _), lock in zip(roles, locks, strict=True)
     ]
@@ -189,6 +219,9 @@ def plan_launch(
     for (_, flag, _), snapshot in zip(roles, snapshots, strict=True):
         args += [flag, str(snapshot.path)]
     args += server_argv(spec.server)
+    # A pinned runtime's interpreter has no mlxpin in it, so its server listens on a
+    # loopback port; this interpreter's own mlx_lm is served on a Unix socket.
+    command = runtime.command if runtime.pinned else find_server()
     return LaunchPlan(
         name=spec.name,
         api_label=spec.api_label,
@@ -196,11 +229,14 @@ def plan_launch(
         public_host=spec.host,
         public_port=spec.port,
         private_host=PRIVATE_HOST,
-        server_command=find_server(),
+        server_command=command,
         server_args=tuple(args),
         env_set=OFFLINE_ENV,
         env_unset=REMOVED_ENV,
-        cwd=settings.state_dir / "run" / f"{spec.name}-{spec.port}",
+        cwd=run_dir / f"{spec.name}-{spec.port}",
         snapshots=tuple(snapshots),
         api_key_required=read_api_key(environ) is not None,
+        private_socket=command[-1] == UNIX_SERVER_MODULE,
+        gateway=spec.gateway,
+        runtime=runtime,
     )

@@ -16,15 +16,18 @@ What `mlx.launch` does not do, and this module does:
   kills the group (SIGKILL to the group if SIGTERM is ignored, e.g. a SIGSTOPped rank)
   and restarts it.
 
-Restart policy, gateway, warm-up and budget are `Supervisor`'s; only how "the server"
-is started, watched and stopped differs.
+Restart budget (`serve.restart`), gateway, warm-up (`serve.process.warm_up` over
+`serve.upstream`) and the runner are `Supervisor`'s: :class:`RankGroupProcess` is another
+kind of server process (the interface of `ServerProcess`), and
+:class:`RankGroupSupervisor` only says how to make one, reap one and watch one. Rank 0
+listens on a loopback TCP port (mlx.launch's ranks are not started through mlxpin's Unix
+socket wrapper).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -35,10 +38,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from mlxpin.serve.backends import Upstream
 from mlxpin.serve.distributed import DistributedPlan
-from mlxpin.serve.supervisor import Supervisor, SupervisorPolicy, _die_with_parent
+from mlxpin.serve.process import ServerProcess, ServerSpec, _die_with_parent
+from mlxpin.serve.supervisor import Supervisor, SupervisorPolicy, free_port
 
 log = logging.getLogger("mlxpin.launch")
 DEFAULT_MODEL = "default_model"  # mlx_lm.server's name for its own --model
@@ -107,8 +111,71 @@ async def stop_group(pgid: int, timeout_s: float) -> bool:
     return not left
 
 
+class RankGroupProcess(ServerProcess):
+    """One start of `mlx.launch` and every rank it starts, as one server process."""
+
+    def __init__(self, dplan: DistributedPlan, spec: ServerSpec, stop_timeout_s: float) -> None:
+        super().__init__(spec, stop_timeout_s)
+        self.dplan = dplan
+        self.pgid: int | None = None
+
+    async def start(self) -> None:
+        spec = self.spec
+        if spec.cwd.exists():
+            shutil.rmtree(spec.cwd, ignore_errors=True)
+        spec.cwd.mkdir(parents=True, exist_ok=True)
+        self.dplan.hostfile_path.write_text(json.dumps(self.dplan.hostfile(), indent=2) + "\n")
+        log.info(
+            "%s: starting %d ranks with mlx.launch: %s",
+            spec.name,
+            len(self.dplan.ranks),
+            " ".join(spec.argv),
+        )
+        self.process = await asyncio.create_subprocess_exec(
+            *spec.argv,
+            cwd=spec.cwd,
+            env=dict(spec.env),
+            # An open pipe that never carries data: mlx.launch polls its stdin to forward
+            # it to the ranks, and on /dev/null (always readable, at EOF) that loop spins a
+            # whole core, which the ranks then lack (enough, on a small machine, to miss
+            # the ring backend's ~15 s connect window).
+            stdin=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,  # setsid: mlx.launch leads a new process group
+        )
+        self.pgid = self.process.pid
+        group_pidfile(spec).write_text(str(self.pgid))
+
+    async def stop(self) -> None:
+        """Stop the whole group (whether or not mlx.launch is still running)."""
+        pgid, process = self.pgid, self.process
+        if pgid is None or process is None:
+            return
+        if process.returncode is not None:
+            log.error(
+                "%s: mlx.launch exited with code %s (a rank ended): stopping the whole group",
+                self.spec.name,
+                process.returncode,
+            )
+        else:
+            log.info("%s: stopping the whole group %d", self.spec.name, pgid)
+        await stop_group(pgid, self.stop_timeout_s)
+        if process.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), timeout=5.0)
+        if process.stdin is not None:
+            process.stdin.close()
+        self.pgid = None
+
+    def forget(self) -> None:
+        group_pidfile(self.spec).unlink(missing_ok=True)
+
+
+def group_pidfile(spec: ServerSpec) -> Path:
+    return spec.cwd.with_name(spec.cwd.name + ".group.pid")
+
+
 class RankGroupSupervisor(Supervisor):
-    """Supervisor whose "server" is `mlx.launch` and every rank it starts."""
+    """The runner, with `mlx.launch` and every rank it starts as "the server"."""
 
     def __init__(
         self,
@@ -122,137 +189,30 @@ class RankGroupSupervisor(Supervisor):
             # Rank 0 shares each request, "model" included, with every rank: a path only
             # rank 0's host has would send the others looking for it. "default_model" is
             # what each rank maps to its own --model.
-            self.config = dataclasses.replace(self.config, upstream_model=DEFAULT_MODEL)
+            self.upstream_model = DEFAULT_MODEL
         self.dplan = plan
         self.watchdog = watchdog
-        self.pgid: int | None = None
-        self.stop_reason: str | None = None
 
-    @property
-    def pidfile(self) -> Path:
-        return self.plan.cwd.with_name(self.plan.cwd.name + ".group.pid")
+    def _choose_private_address(self) -> None:
+        self.private_port = free_port(self.plan.private_host)
+        url = f"http://{self.plan.private_host}:{self.private_port}"
+        self.upstream = Upstream(self.plan.api_label, self.upstream_model, url)
 
-    async def _run_once(self) -> int | None:
-        if self.plan.cwd.exists():
-            shutil.rmtree(self.plan.cwd, ignore_errors=True)
-        self.plan.cwd.mkdir(parents=True, exist_ok=True)
-        hostfile = self.dplan.hostfile()
-        self.dplan.hostfile_path.write_text(json.dumps(hostfile, indent=2) + "\n")
-        argv = self.dplan.launch_argv(self.private_port)
-        log.info(
-            "%s: starting %d ranks with mlx.launch: %s",
-            self.plan.name,
-            len(self.dplan.ranks),
-            " ".join(argv),
-        )
-        self.process = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=self.plan.cwd,
-            env=self.plan.environment(self.environ),
-            # An open pipe that never carries data: mlx.launch polls its stdin to forward
-            # it to the ranks, and on /dev/null (always readable, at EOF) that loop spins a
-            # whole core, which the ranks then lack (enough, on a small machine, to miss
-            # the ring backend's ~15 s connect window).
-            stdin=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,  # setsid: mlx.launch leads a new process group
-        )
-        self.pgid = self.process.pid
-        self.pidfile.write_text(str(self.pgid))
-        exited: asyncio.Future[Any] = asyncio.ensure_future(self.process.wait())
-        stop: asyncio.Future[Any] = asyncio.ensure_future(self.stopping.wait())
-        self.was_ready = False
-        self.stop_reason = None
-        try:
-            if await self._warm_up(exited, stop):
-                self.was_ready = True
-                log.info(
-                    "%s: ready: %d ranks answered a warm-up completion (group %d)",
-                    self.plan.name,
-                    len(self.dplan.ranks),
-                    self.pgid,
-                )
-                watch: asyncio.Future[Any] = asyncio.ensure_future(self._watch())
-                try:
-                    await asyncio.wait({exited, stop, watch}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    watch.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await watch
-            else:
-                await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        self.state.healthy = False  # /health says so at once, not after the group is down
-        if self.stop_reason:
-            log.error("%s: %s; stopping the whole group", self.plan.name, self.stop_reason)
-        elif exited.done() and not self.stopping.is_set():
-            log.error(
-                "%s: mlx.launch exited with code %s (a rank ended): stopping the whole group",
-                self.plan.name,
-                exited.result(),
-            )
-        await self._stop_server()  # whatever happened, no rank outlives this start
-        if self.stopping.is_set():
-            return None
-        code: int = exited.result() if exited.done() else -1
-        return code
+    def _spec(self) -> ServerSpec:
+        plan = self.plan
+        argv = tuple(self.dplan.launch_argv(self.private_port))
+        env = plan.environment(self.environ)
+        return ServerSpec(plan.name, argv, env, plan.cwd, plan.upstream_model)
 
-    async def _watch(self) -> None:
-        """Return (with stop_reason set) when a member exits or the group stops progressing."""
-        assert self.pgid is not None
-        members = group_members(self.pgid)
-        log.debug("%s: watching group %d: %s", self.plan.name, self.pgid, members)
-        last_probe = time.monotonic()
-        completions = self.state.completions_ok
-        while True:
-            await asyncio.sleep(self.watchdog.member_poll_s)
-            alive = group_members(self.pgid)
-            gone = sorted(set(members) - set(alive))
-            if gone:
-                self.stop_reason = f"rank process(es) {gone} of group {self.pgid} exited"
-                return
-            if time.monotonic() - last_probe < self.watchdog.probe_interval_s:
-                continue
-            last_probe = time.monotonic()
-            if self.state.completions_ok != completions:  # clients proved progress
-                completions = self.state.completions_ok
-                continue
-            if not await self._probe():
-                self.stop_reason = (
-                    f"no progress: a 1-token probe did not complete within "
-                    f"{self.watchdog.probe_timeout_s:g} s"
-                )
-                return
-            completions = self.state.completions_ok
-
-    async def _probe(self) -> bool:
-        from mlxpin.serve.gateway import warm_up_status
-
-        started = time.monotonic()
-        status = await warm_up_status(
-            self.config, self.state, timeout_s=self.watchdog.probe_timeout_s
-        )
-        log.debug("%s: probe %s in %.2f s", self.plan.name, status, time.monotonic() - started)
-        return status == "ok"
-
-    async def _stop_server(self) -> None:
-        pgid = self.pgid
-        if pgid is None:
-            return
-        await stop_group(pgid, self.policy.stop_timeout_s)
-        process = self.process
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), timeout=5.0)
-        if process is not None and process.stdin is not None:
-            process.stdin.close()
-        self.pgid = None
+    def _new_process(self) -> ServerProcess:
+        return RankGroupProcess(self.dplan, self._spec(), self.policy.stop_timeout_s)
 
     async def _reap_leftover(self) -> None:
         """Stop a group an earlier launch left behind (mlxpin killed with -9: mlx.launch
         gets SIGTERM from the kernel on Linux, but its ranks do not)."""
+        pidfile = group_pidfile(self._spec())
         try:
-            pgid = int(self.pidfile.read_text())
+            pgid = int(pidfile.read_text())
         except (OSError, ValueError):
             return
         members = group_members(pgid) if pgid > 1 else {}
@@ -260,7 +220,46 @@ class RankGroupSupervisor(Supervisor):
         if any(mark in cmd for cmd in members.values() for mark in ours):
             log.warning("%s: stopping ranks left running earlier (group %d)", self.plan.name, pgid)
             await stop_group(pgid, self.policy.stop_timeout_s)
-        self.pidfile.unlink(missing_ok=True)
+        pidfile.unlink(missing_ok=True)
+
+    async def _watch(self, process: ServerProcess) -> str:
+        """Return why to restart the group: a member exited, or it stopped progressing."""
+        assert isinstance(process, RankGroupProcess) and process.pgid is not None
+        pgid = process.pgid
+        ranks = len(self.dplan.ranks)
+        log.info(
+            "%s: ready: %d ranks answered a warm-up completion (group %d)",
+            self.plan.name,
+            ranks,
+            pgid,
+        )
+        members = group_members(pgid)
+        log.debug("%s: watching group %d: %s", self.plan.name, pgid, members)
+        last_probe = time.monotonic()
+        completions = self.state.completions_ok
+        while True:
+            await asyncio.sleep(self.watchdog.member_poll_s)
+            gone = sorted(set(members) - set(group_members(pgid)))
+            if gone:
+                return f"rank process(es) {gone} of group {pgid} exited"
+            if time.monotonic() - last_probe < self.watchdog.probe_interval_s:
+                continue
+            last_probe = time.monotonic()
+            if self.state.completions_ok != completions:  # clients proved progress
+                completions = self.state.completions_ok
+                continue
+            if not await self._probe():
+                return (
+                    f"no progress: a 1-token probe did not complete within "
+                    f"{self.watchdog.probe_timeout_s:g} s"
+                )
+            completions = self.state.completions_ok
+
+    async def _probe(self) -> bool:
+        started = time.monotonic()
+        status = await self._attempt(self.watchdog.probe_timeout_s)
+        log.debug("%s: probe %s in %.2f s", self.plan.name, status, time.monotonic() - started)
+        return status == "ok"
 
 
 def run_distributed(

@@ -1,9 +1,18 @@
 """Run a LaunchPlan: the gateway on the public port, mlx_lm.server behind it, restarts.
 
-The only module that starts the server process. One asyncio loop runs the gateway and
-watches the child; a crashed server restarts with capped exponential backoff until a
-restart budget is spent (then exit 70); SIGTERM/SIGINT stop the child (its whole
-process group) before mlxpin exits, so nothing is left behind.
+The runner that ties the pieces together, on one asyncio loop:
+
+1. bind the public port (taken → exit 69 before anything starts), then stop a server an
+   earlier launch left behind (:func:`~mlxpin.serve.process.reap_leftover`);
+2. spawn the server (:class:`~mlxpin.serve.process.ServerProcess`) on a private address --
+   a Unix-domain socket in a 0700 directory when the plan allows it, else a loopback port
+   -- and only then import aiohttp and start the gateway on the bound port, so the two
+   start-ups overlap;
+3. warm it up (readiness polled from the spawn on), wait until it exits or we are told to
+   stop; a crashed server is restarted as :class:`~mlxpin.serve.restart.RestartBudget`
+   decides, and past its budget the launch ends with exit 70;
+4. SIGTERM/SIGINT/SIGHUP stop the server's whole process group before mlxpin exits, so
+   nothing is left behind.
 """
 
 from __future__ import annotations
@@ -15,32 +24,34 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
+import stat
+import tempfile
 import time
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlxpin.errors import PortInUseError, ServerCrashedError
+from mlxpin.serve.backends import Upstream
 from mlxpin.serve.plan import LaunchPlan, read_api_key
+from mlxpin.serve.process import ServerProcess, ServerSpec, WarmUp, reap_leftover, warm_up
+from mlxpin.serve.restart import GiveUp, RestartBudget, RestartPolicy
+from mlxpin.serve.state import GatewayState
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+__all__ = ["WARM_UP_ERRORS", "Supervisor", "SupervisorPolicy", "free_port", "run_plan"]
 
 log = logging.getLogger("mlxpin.launch")
 
-
-@dataclass(frozen=True)
-class SupervisorPolicy:
-    ready_timeout_s: float = 900.0  # loading a 31B model from disk can take minutes
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
-    restart_budget: int = 5  # crashes tolerated ...
-    budget_window_s: float = 600.0  # ... within this window
-    stop_timeout_s: float = 10.0
-
+SupervisorPolicy = RestartPolicy
+"""The launch's policy: readiness deadline, backoff, crash budget, stop timeout."""
 
 WARM_UP_ERRORS = 20  # error answers in a row (5 s at 0.25 s) before a start counts as failed
+
+#: Longest Unix socket path that fits sockaddr_un everywhere (macOS: 104 bytes with NUL).
+_MAX_SOCKET_PATH = 100
 
 
 def free_port(host: str) -> int:
@@ -49,50 +60,108 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if mlxpin itself dies (Linux only)."""
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        import ctypes
+def bind_public(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host:port`` (every address it resolves to), as aiohttp
+    would bind them; raises OSError if the address is taken."""
+    bound: list[socket.socket] = []
+    try:
+        seen = set()
+        for family, type_, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, type_, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(512)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
 
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+def private_socket_dir(plan: LaunchPlan) -> Path:
+    """A fresh directory only this user can open, for the server's Unix socket."""
+    wanted = plan.cwd.with_name(plan.cwd.name + ".private")
+    if len(str(wanted / "server.sock")) > _MAX_SOCKET_PATH:
+        return Path(tempfile.mkdtemp(prefix="mlxpin-"))  # 0700 by construction
+    shutil.rmtree(wanted, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        wanted.unlink()  # a file or a link where the directory belongs
+    wanted.parent.mkdir(parents=True, exist_ok=True)
+    wanted.mkdir(mode=0o700)
+    info = wanted.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise OSError(f"{wanted} is not a directory of ours")
+    os.chmod(wanted, 0o700)  # whatever the umask
+    return wanted
 
 
 class Supervisor:
-    def __init__(
-        self, plan: LaunchPlan, environ: Mapping[str, str], policy: SupervisorPolicy
-    ) -> None:
-        from mlxpin.serve.gateway import GatewayConfig, GatewayState
-
+    def __init__(self, plan: LaunchPlan, environ: Mapping[str, str], policy: RestartPolicy) -> None:
         self.plan = plan
         self.environ = environ
         self.policy = policy
-        self.private_port = free_port(plan.private_host)
         self.state = GatewayState()
-        self.config = GatewayConfig(
-            api_label=plan.api_label,
-            aliases=plan.aliases,
-            upstream_url=f"http://{plan.private_host}:{self.private_port}",
-            upstream_model=plan.upstream_model,
-            host=plan.public_host,
-            port=plan.public_port,
-            api_key=read_api_key(environ),
-        )
+        self.api_key = read_api_key(environ)
         self.stopping = asyncio.Event()
-        self.process: asyncio.subprocess.Process | None = None
-        self.crashes: deque[float] = deque()
-        self.was_ready = False
+        self.private_dir: Path | None = None
+        self.private_port = 0
+        self.upstream_model = plan.upstream_model  # what the gateway sends as "model"
+        self.upstream = Upstream(plan.api_label, self.upstream_model, "")
+        self.current: ServerProcess | None = None
+
+    # ---------------------------------------------------------------- addresses
+
+    def _choose_private_address(self) -> None:
+        plan = self.plan
+        if plan.private_socket:
+            self.private_dir = private_socket_dir(plan)
+            path = str(self.private_dir / "server.sock")
+            self.upstream = Upstream(plan.api_label, self.upstream_model, "http://localhost", path)
+        else:
+            self.private_port = free_port(plan.private_host)
+            url = f"http://{plan.private_host}:{self.private_port}"
+            self.upstream = Upstream(plan.api_label, self.upstream_model, url)
+
+    def _spec(self) -> ServerSpec:
+        plan = self.plan
+        if self.upstream.socket_path is not None:
+            argv = plan.argv_unix(self.upstream.socket_path)
+        else:
+            argv = plan.argv(self.private_port)
+        return ServerSpec(
+            plan.name, tuple(argv), plan.environment(self.environ), plan.cwd, plan.upstream_model
+        )
+
+    # ------------------------------------------- what "the server" is (subclasses differ)
+
+    def _new_process(self) -> ServerProcess:
+        return ServerProcess(self._spec(), self.policy.stop_timeout_s)
+
+    async def _reap_leftover(self) -> None:
+        await reap_leftover(self._spec(), self.policy.stop_timeout_s)
+
+    async def _watch(self, process: ServerProcess) -> str:
+        """Once ready: return a reason to restart a server that still runs (never, here)."""
+        await self.stopping.wait()
+        return ""
+
+    # ---------------------------------------------------------------- the run
 
     async def run(self) -> int:
-        from mlxpin.serve.gateway import start_gateway
-
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.stopping.set)
         try:
-            runner = await start_gateway(self.config, self.state)
+            listeners = bind_public(self.plan.public_host, self.plan.public_port)
         except OSError as exc:
             raise PortInUseError(
                 self.plan.name,
@@ -100,197 +169,158 @@ class Supervisor:
                 self.plan.public_port,
                 exc.strerror or str(exc),
             ) from None
-        # Only once the public port is ours: a server left behind by a launch that died
-        # is stopped, while a second launch of a running model failed just above.
-        await self._reap_leftover()
+        runner: web.AppRunner | None = None
+        first: ServerProcess | None = None
         try:
-            return await self._supervise()
+            # Only once the public port is ours: a server left behind by a launch that
+            # died is stopped, while a second launch of a running model failed just above.
+            await self._reap_leftover()
+            self._choose_private_address()
+            first = self._new_process()
+            await first.start()
+            runner = await self._start_gateway(listeners)
+            return await self._supervise(first)
         finally:
-            await self._stop_server()
-            self.pidfile.unlink(missing_ok=True)
-            await runner.cleanup()
-            shutil.rmtree(self.plan.cwd, ignore_errors=True)
+            await self._shutdown(first, runner, listeners)
 
-    async def _supervise(self) -> int:
-        delay = self.policy.backoff_initial_s
-        never_ready = 0  # failed starts in a row that never answered a warm-up
+    async def _shutdown(
+        self, process: ServerProcess | None, runner: web.AppRunner | None, listeners: list[Any]
+    ) -> None:
+        for current in (self.current, process):
+            if current is not None:
+                await current.stop()
+                current.forget()
+        if runner is not None:
+            await runner.cleanup()
+        for sock in listeners:
+            sock.close()
+        shutil.rmtree(self.plan.cwd, ignore_errors=True)
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
+
+    async def _start_gateway(self, listeners: list[socket.socket]) -> web.AppRunner:
+        from mlxpin.serve.gateway import GatewayConfig, serve_gateway
+        from mlxpin.serve.listener import ListenerLimits
+
+        plan = self.plan
+        options = plan.gateway
+        config = GatewayConfig(
+            api_label=plan.api_label,
+            aliases=plan.aliases,
+            upstream_url=self.upstream.url,
+            upstream_model=self.upstream_model,
+            host=plan.public_host,
+            port=plan.public_port,
+            api_key=self.api_key,
+            upstream_socket=self.upstream.socket_path,
+            max_body_bytes=options.max_body,
+            upstream_read_timeout_s=options.request_timeout,
+            limits=ListenerLimits(options.max_connections, options.header_timeout),
+        )
+        return await serve_gateway(config, self.state, listeners)
+
+    async def _supervise(self, first: ServerProcess) -> int:
+        budget = RestartBudget(self.policy)
+        process: ServerProcess | None = first
         while not self.stopping.is_set():
             started = time.monotonic()
-            code = await self._run_once()
+            if process is None:
+                process = self._new_process()
+                await process.start()
+            self.current = process
+            code, was_ready = await self._run_once(process)
+            process = None
             if self.stopping.is_set():
                 break
             self.state.mark_restarting()
-            now = time.monotonic()
-            self.crashes.append(now)
-            while self.crashes and now - self.crashes[0] > self.policy.budget_window_s:
-                self.crashes.popleft()
-            never_ready = 0 if self.was_ready else never_ready + 1
-            if never_ready > self.policy.restart_budget:
-                raise ServerCrashedError(
-                    f"{self.plan.name}: mlx_lm.server failed {never_ready} starts in a row "
-                    f"without ever answering (last exit code {code}); giving up",
-                    "read the server's log above: the model may not load with this mlx-lm",
-                )
-            if len(self.crashes) > self.policy.restart_budget:
-                raise ServerCrashedError(
-                    f"{self.plan.name}: mlx_lm.server exited {len(self.crashes)} times within "
-                    f"{self.policy.budget_window_s:.0f} s (last exit code {code}); giving up",
-                    "read the server's log above; `mlxpin launch --verify` re-checks the files",
-                )
-            if now - started > self.policy.budget_window_s:
-                delay = self.policy.backoff_initial_s
+            decision = budget.after_exit(
+                self.plan.name, code, started=started, now=time.monotonic(), was_ready=was_ready
+            )
+            if isinstance(decision, GiveUp):
+                raise ServerCrashedError(decision.message, decision.hint)
             log.warning(
-                "%s: mlx_lm.server exited with code %s; restarting in %.0f s",
+                "%s: mlx_lm.server exited with code %s; restarting in %.4g s",
                 self.plan.name,
                 code,
-                delay,
+                decision.delay_s,
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=delay)
-            delay = min(delay * 2, self.policy.backoff_max_s)
+                await asyncio.wait_for(self.stopping.wait(), timeout=decision.delay_s)
         log.info("%s: stopped", self.plan.name)
         return 0
 
-    async def _run_once(self) -> int | None:
-        """Start the server, warm it up, wait until it exits or we are told to stop."""
+    async def _attempt(self, timeout_s: float) -> str:
+        from mlxpin.serve.upstream import warm_up_status
 
-        if self.plan.cwd.exists():
-            shutil.rmtree(self.plan.cwd, ignore_errors=True)
-        self.plan.cwd.mkdir(parents=True, exist_ok=True)
-        argv = self.plan.argv(self.private_port)
-        log.info("%s: starting %s", self.plan.name, " ".join(argv))
-        self.process = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=self.plan.cwd,
-            env=self.plan.environment(self.environ),
-            stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+        upstream = Upstream(
+            self.upstream.label,
+            self.upstream.model,
+            self.upstream.url,
+            self.upstream.socket_path,
+            self.state.epoch,
         )
-        self.pidfile.write_text(str(self.process.pid))
-        exited: asyncio.Future[Any] = asyncio.ensure_future(self.process.wait())
+        return await warm_up_status(upstream, self.state, timeout_s=timeout_s)
+
+    async def _run_once(self, process: ServerProcess) -> tuple[int | None, bool]:
+        """Warm the started server up, wait until it exits or we are told to stop."""
+        exited: asyncio.Future[Any] = asyncio.ensure_future(process.wait())
         stop: asyncio.Future[Any] = asyncio.ensure_future(self.stopping.wait())
-        self.was_ready = False
+        warm = WarmUp(self._attempt, self.policy.ready_timeout_s, WARM_UP_ERRORS)
+        was_ready = False
         try:
-            if await self._warm_up(exited, stop):
-                self.was_ready = True
+            outcome = await warm_up(self.plan.name, warm, exited, stop)
+            if outcome == "ready":
+                was_ready = True
                 log.info(
                     "%s: ready: a warm-up completion succeeded (pid %d)",
                     self.plan.name,
-                    self.process.pid,
+                    process.pid,
                 )
-            await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            elif outcome == "failed":
+                await process.stop()
+            reason = await self._wait_or_watch(process, exited, stop, was_ready)
         finally:
             stop.cancel()
+        self.state.healthy = False  # /health says so at once, not after it is down
+        if reason:
+            log.error("%s: %s; stopping it", self.plan.name, reason)
+        if exited.done() or reason:
+            await process.stop()  # a rank group: no member outlives this start
+            await asyncio.wait({exited}, timeout=5.0)
         if not exited.done():
-            return None
+            return None, was_ready
         code: int = exited.result()
-        return code
+        return code, was_ready
 
-    async def _warm_up(self, exited: asyncio.Future[Any], stop: asyncio.Future[Any]) -> bool:
-        """Send 1-token completions until one succeeds. A large model loads during the
-        first one, so each attempt may take until the deadline; the server exiting or a
-        stop request ends the wait at once."""
-        from mlxpin.serve.gateway import warm_up_status
-
-        deadline = time.monotonic() + self.policy.ready_timeout_s
-        errors_in_a_row = 0
-        while not exited.done() and not stop.done():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.error("%s: not ready after %.0f s", self.plan.name, self.policy.ready_timeout_s)
-                await self._stop_server()
-                return False
-            attempt: asyncio.Future[Any] = asyncio.ensure_future(
-                warm_up_status(self.config, self.state, timeout_s=remaining)
-            )
-            await asyncio.wait({attempt, exited, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not attempt.done():
-                attempt.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await attempt
-                return False
-            status = attempt.result()
-            if status == "ok":
-                return True
-            errors_in_a_row = errors_in_a_row + 1 if status == "error" else 0
-            if errors_in_a_row >= WARM_UP_ERRORS:
-                log.error(
-                    "%s: the server answers every warm-up with an error; restarting it",
-                    self.plan.name,
-                )
-                await self._stop_server()
-                return False
-            await asyncio.wait({exited, stop}, timeout=0.25)  # not listening yet: retry
-        return False
-
-    @property
-    def pidfile(self) -> Path:
-        return self.plan.cwd.with_name(self.plan.cwd.name + ".server.pid")
-
-    async def _reap_leftover(self) -> None:
-        """Stop a server an earlier `mlxpin launch` left behind (killed with -9, say).
-
-        On Linux the server dies with its parent anyway; macOS has no such signal, so
-        without this a second launch would load a large model twice.
-        """
-        try:
-            pid = int(self.pidfile.read_text())
-        except (OSError, ValueError):
-            return
-        if pid > 1 and _is_our_server(pid, self.plan.upstream_model):
-            log.warning("%s: stopping a server left running earlier (pid %d)", self.plan.name, pid)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + self.policy.stop_timeout_s
-            while _alive(pid) and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-        self.pidfile.unlink(missing_ok=True)
-
-    async def _stop_server(self) -> None:
-        process = self.process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=self.policy.stop_timeout_s)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _is_our_server(pid: int, model: str) -> bool:
-    """Is `pid` an mlx_lm server started on this snapshot? (`ps` works on Linux and macOS.)"""
-    try:
-        command = subprocess.run(
-            ["ps", "-o", "command=", "-p", str(pid)],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return "mlx_lm" in command and model in command
+    async def _wait_or_watch(
+        self,
+        process: ServerProcess,
+        exited: asyncio.Future[Any],
+        stop: asyncio.Future[Any],
+        was_ready: bool,
+    ) -> str:
+        """Wait until the server exits, we are told to stop, or (once ready) the watch
+        gives a reason to restart it; that reason, or ""."""
+        waiting: set[asyncio.Future[Any]] = {exited, stop}
+        watch: asyncio.Future[str] | None = None
+        if was_ready:
+            watch = asyncio.ensure_future(self._watch(process))
+            waiting.add(watch)
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if watch is None:
+            return ""
+        if not watch.done():
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            return ""
+        return "" if stop.done() else watch.result()
 
 
 def run_plan(
-    plan: LaunchPlan, environ: Mapping[str, str], policy: SupervisorPolicy | None = None
+    plan: LaunchPlan, environ: Mapping[str, str], policy: RestartPolicy | None = None
 ) -> int:
-    supervisor_policy = policy or SupervisorPolicy()
+    supervisor_policy = policy or RestartPolicy()
 
     async def main() -> int:
         return await Supervisor(plan, environ, supervisor_policy).run()

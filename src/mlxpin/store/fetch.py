@@ -5,6 +5,11 @@ else hash what is there, else download it (Hub) or copy it (local path) into a p
 file that survives interruptions, hashing while the bytes arrive, and rename it into
 place only once size and hash match the lock. Then build the exact view of the pin and
 stamp it. Nothing unverified is ever reachable through a snapshot.
+
+The Hub cache may be shared with other users: a link is never followed where mlxpin
+expects its own file. A blob or partial that is a symlink (or anything but a regular
+file) is foreign: it is removed (the link itself, never its target) and the file is
+fetched again. Partials are opened with O_NOFOLLOW.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import contextlib
 import logging
 import os
 import shutil
+import stat as stat_mod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from mlxpin.errors import IntegrityError, SnapshotMissingError
+from mlxpin.errors import DiskError, IntegrityError, SnapshotMissingError
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.project.validate import is_commit
 from mlxpin.store.layout import (
@@ -26,12 +32,14 @@ from mlxpin.store.layout import (
     StampEntry,
     StoreLayout,
     check_stamp,
+    list_view,
     read_record,
     write_record,
     write_stamp,
 )
+from mlxpin.store.ranged import fill_ranged
 from mlxpin.store.sources import ByteSource
-from mlxpin.util.atomic import disk_error, fsync_dir, hold_lock, temp_name
+from mlxpin.util.atomic import disk_error, fsync_dir, hold_lock, temp_name, write_atomic
 from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm
 from mlxpin.util.parallel import CANCEL, Cancelled, run_parallel
 
@@ -40,6 +48,7 @@ log = logging.getLogger("mlxpin.fetch")
 BLOB_LOCK_TIMEOUT_S = 6 * 3600.0
 ATTEMPTS = 5
 RETRY_DELAY_S = 0.25  # doubles per attempt: 0.25 + 0.5 + 1 + 2 s before giving up
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class Progress(Protocol):
@@ -96,8 +105,14 @@ def _hash_existing(path: Path, file: LockedFile, progress: Progress) -> FileStat
     """
     hasher = OidHasher(oid_algorithm(file.oid), file.size)
     size = 0
-    with path.open("rb") as handle:
+    try:
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW)
+    except OSError:
+        return None  # gone, unreadable, or a link: not a verified blob
+    with os.fdopen(fd, "rb") as handle:
         opened = os.fstat(handle.fileno())
+        if not stat_mod.S_ISREG(opened.st_mode):
+            return None
         while chunk := handle.read(CHUNK):
             if CANCEL.is_set():
                 raise Cancelled()
@@ -105,8 +120,12 @@ def _hash_existing(path: Path, file: LockedFile, progress: Progress) -> FileStat
             size += len(chunk)
             progress.advance(len(chunk))
         after = os.fstat(handle.fileno())
-    stat = FileStat(after.st_size, after.st_mtime_ns, after.st_ino, after.st_dev)
-    if (opened.st_mtime_ns, opened.st_size) != (after.st_mtime_ns, after.st_size):
+    stat = FileStat.of_result(after, path)
+    if (opened.st_mtime_ns, opened.st_size, opened.st_ctime_ns) != (
+        after.st_mtime_ns,
+        after.st_size,
+        after.st_ctime_ns,
+    ):
         return None  # written to while we read it
     try:
         if FileStat.of(path) != stat:
@@ -131,13 +150,17 @@ class _Partial:
 def _read_partial(partial: Path, file: LockedFile, progress: Progress) -> _Partial:
     state = _Partial(OidHasher(oid_algorithm(file.oid), file.size))
     try:
-        size = partial.stat().st_size
+        st = os.lstat(partial)
     except FileNotFoundError:
         return state
-    if size > file.size:
+    if not stat_mod.S_ISREG(st.st_mode):
+        log.warning("%s is not a regular file; removing it (not what it points at)", partial)
+        _remove_foreign(partial, file)
+        return state
+    if st.st_size > file.size:
         partial.unlink()
         return state
-    with partial.open("rb") as handle:
+    with os.fdopen(os.open(partial, os.O_RDONLY | NOFOLLOW), "rb") as handle:
         while chunk := handle.read(CHUNK):
             state.hasher.update(chunk)
             state.offset += len(chunk)
@@ -157,8 +180,10 @@ def _transfer(
     locked file (after one fresh attempt when the bytes came partly from an earlier run)."""
     received = 0
     for fresh in (False, True):
-        state = _read_partial(partial, file, progress)
-        resumed = state.offset > 0
+        ranged = fill_ranged(source, lock, file, partial, progress)  # large files: in parallel
+        state = _read_partial(partial, file, progress if ranged is None else NoProgress())
+        resumed = state.offset > 0 if ranged is None else ranged.resumed
+        received += ranged.received if ranged is not None else 0
         if resumed:
             log.debug("%s: resuming %s at byte %d", lock.name, file.path, state.offset)
         try:
@@ -185,7 +210,8 @@ def _fill(
     progress: Progress,
 ) -> None:
     delay = RETRY_DELAY_S
-    with open(partial, "ab") as handle:
+    fd = os.open(partial, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o644)
+    with os.fdopen(fd, "ab") as handle:
         for attempt in range(1, ATTEMPTS + 1):
             if state.offset == file.size:
                 break  # complete (possibly from an earlier run): nothing to ask for
@@ -270,7 +296,16 @@ def ensure_blob(
     # 0o664 like huggingface_hub, so other users sharing the cache can wait on it too.
     with hold_lock(layout.blob_lock(lock, file), BLOB_LOCK_TIMEOUT_S, mode=0o664):
         hashed = 0
-        if blob.exists():
+        try:
+            st: os.stat_result | None = os.lstat(blob)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat_mod.S_ISREG(st.st_mode):
+            log.warning(
+                "%s: %s is not a regular file where its blob belongs; replacing it", lock.name, blob
+            )
+            _remove_foreign(blob, file, lock)
+        elif st is not None:
             stat = _record_matches(layout, file, blob)
             if stat is not None:
                 progress.advance(file.size)
@@ -281,12 +316,12 @@ def ensure_blob(
                 return _BlobResult(StampEntry(file.path, str(blob), stat), 0, file.size)
             log.warning("%s: cached %s is corrupt; fetching it again", lock.name, file.path)
             hashed = file.size
-            _remove(blob)
+            _remove_foreign(blob, file, lock)
         partial = blob.with_name(blob.name + ".mlxpin.incomplete")
         try:
             downloaded = _transfer(source, lock, file, partial, progress)
             if lock.original.path is not None:
-                partial.chmod(0o444)
+                _chmod_own(partial, 0o444)
             partial.replace(blob)
             fsync_dir(blob.parent)
             stat = FileStat.of(blob)  # we hold the blob lock: nobody replaces it meanwhile
@@ -305,69 +340,93 @@ def ensure_blob(
     return _BlobResult(StampEntry(file.path, str(blob), stat), downloaded, hashed + file.size)
 
 
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.chmod(0o644)
+def _chmod_own(path: Path, mode: int) -> None:
+    """chmod the file itself: a link put in its place fails (ELOOP) instead of passing
+    the mode on to its target."""
+    fd = os.open(path, os.O_RDONLY | NOFOLLOW)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _remove_foreign(path: Path, file: LockedFile, lock: LockedModel | None = None) -> None:
+    """Remove what sits where mlxpin's file belongs: a link is unlinked (its target is
+    never touched), a regular file deleted; a directory is not ours to delete."""
+    try:
         path.unlink()
+    except FileNotFoundError:
+        pass
+    except (IsADirectoryError, PermissionError) as exc:
+        if not path.is_dir() or path.is_symlink():
+            raise
+        name = lock.name if lock is not None else "fetch"
+        raise IntegrityError(
+            name, file.path, f"{path} is a directory where a file belongs; remove it"
+        ) from exc
 
 
 # --- snapshot views ---------------------------------------------------------------------
 
 
 def _link(target: str, link: Path) -> None:
-    """Create or replace a symlink atomically."""
+    """Create or replace a symlink atomically (a short temporary name, so a file name near
+    the 255-byte limit still fits)."""
     link.parent.mkdir(parents=True, exist_ok=True)
     try:
         if os.readlink(link) == target:
             return
     except OSError:
         pass
-    tmp = temp_name(link)
+    tmp = link.parent / f".mlxpin-{os.urandom(6).hex()}.tmp"
     os.symlink(target, tmp)
     tmp.replace(link)
 
 
-def link_hub_snapshot(layout: StoreLayout, lock: LockedModel) -> None:
-    """Also expose the files in the Hub cache's own snapshot dir, as `hf download` would.
+def _write_ref(ref: Path, commit: str) -> None:
+    """Best effort: the pin itself (blobs, view, stamp) does not depend on refs, so a ref
+    another user owns in a shared cache is a warning, not a failed fetch."""
+    try:
+        if not ref.is_symlink() and ref.read_bytes() == commit.encode():
+            return
+    except OSError:
+        pass
+    try:
+        write_atomic(ref, commit.encode())  # no newline, as huggingface_hub writes it
+    except (OSError, DiskError) as exc:
+        log.warning("cannot set %s to %s: %s", ref, commit, exc)
 
-    A ref for the locked branch or tag is created only where none exists, so offline
-    tools can resolve it; an existing ref (another tool's newer download) is never moved.
+
+def link_hub_snapshot(layout: StoreLayout, lock: LockedModel) -> None:
+    """Also expose the files in the Hub cache's own snapshot dir, as `hf download` would,
+    and keep refs a good citizen keeps:
+
+    - `refs/mlxpin/<name>/<commit>`: one per pin, so `hf cache prune` (which deletes
+      revisions no ref points at) never deletes a pinned snapshot;
+    - `refs/<revision>` for a branch or tag pin is set to the locked commit, so offline
+      tools asking for that revision (`mlx_lm --model owner/name`) load the pinned files.
     """
-    if lock.original.repo is None or lock.commit is None:
+    ref = layout.pin_ref(lock)
+    if lock.original.repo is None or lock.commit is None or ref is None:
         return
     snapshot = layout.hub_snapshot(lock.original.repo, lock.commit)
+    snapshot.mkdir(parents=True, exist_ok=True)  # a ref must never name a missing snapshot
     for file in lock.files:
         link = snapshot / file.path
         blob = layout.blob(lock, file)
         _link(os.path.relpath(blob, link.parent), link)
+    _write_ref(ref, lock.commit)
     revision = lock.original.revision
-    if revision is None or is_commit(revision):
-        return
-    ref = layout.repo_dir(lock.original.repo) / "refs" / revision
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(ref, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(lock.commit)
-
-
-def _view_matches(view: Path, entries: dict[str, str]) -> bool:
-    found: dict[str, str] = {}
-    for directory, _, names in os.walk(view):
-        for name in names:
-            full = Path(directory) / name
-            try:
-                found[full.relative_to(view).as_posix()] = os.readlink(full)
-            except OSError:
-                return False
-    return found == entries
+    if revision is not None and not is_commit(revision):
+        _write_ref(layout.repo_dir(lock.original.repo) / "refs" / revision, lock.commit)
 
 
 def build_view(layout: StoreLayout, lock: LockedModel, entries: list[StampEntry]) -> Path:
     """Publish the exact set of files as one directory, atomically."""
     view = layout.view(lock)
     wanted = {e.path: e.blob for e in entries}
-    if view.is_dir() and _view_matches(view, wanted):
+    listing = list_view(view, frozenset(wanted))
+    if listing.problem is None and not listing.foreign and listing.links == wanted:
         return view
     view.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(view)
@@ -377,13 +436,33 @@ def build_view(layout: StoreLayout, lock: LockedModel, entries: list[StampEntry]
         link.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(blob, link)
     old = None
-    if view.exists():
+    if view.is_symlink() or (os.path.lexists(view) and not view.is_dir()):
+        view.unlink()  # a link to elsewhere: the link goes, what it points at stays
+    elif os.path.lexists(view):
         old = view.with_name(f".{view.name}.old-{os.urandom(4).hex()}")
         view.replace(old)
     tmp.replace(view)
     fsync_dir(view.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    return view
+
+
+def publish(
+    layout: StoreLayout, lock: LockedModel, entries: list[StampEntry], origin: str | None
+) -> Path:
+    """Make a pin whose every blob is in place and verified visible: the Hub cache's
+    snapshot links, the exact view, then the stamp (what launch trusts) last."""
+    try:
+        link_hub_snapshot(layout, lock)
+        with hold_lock(layout.view_lock(lock)):
+            view = build_view(layout, lock, entries)
+            write_stamp(layout, lock, entries, origin)
+    except OSError as exc:
+        error = disk_error(layout.view(lock), exc)
+        if error is None:
+            raise
+        raise error from None
     return view
 
 
@@ -398,6 +477,12 @@ def fetch_model(
     workers: int = 8,
 ) -> FetchOutcome:
     if check_stamp(layout, lock, in_this_cache=True).ok:
+        try:
+            link_hub_snapshot(layout, lock)  # refs another tool may have moved or removed
+        except OSError as exc:
+            log.warning(
+                "%s: cannot update the Hub cache's snapshot links or refs: %s", lock.name, exc
+            )
         return FetchOutcome(
             lock.name, layout.view(lock), len(lock.files), lock.total_size, True, 0, 0
         )
@@ -408,17 +493,7 @@ def fetch_model(
 
     CANCEL.clear()
     results = run_parallel(one, lock.files, workers=workers)
-    entries = [r.entry for r in results]
-    try:
-        link_hub_snapshot(layout, lock)
-        with hold_lock(layout.view_lock(lock)):
-            view = build_view(layout, lock, entries)
-            write_stamp(layout, lock, entries)
-    except OSError as exc:
-        error = disk_error(layout.view(lock), exc)
-        if error is None:
-            raise
-        raise error from None
+    view = publish(layout, lock, [r.entry for r in results], source.origin())
     return FetchOutcome(
         lock.name,
         view,
@@ -435,32 +510,44 @@ class VerifyOutcome:
     name: str
     bad: tuple[tuple[str, str], ...]  # (path, problem)
     hashed_bytes: int
+    differs: tuple[str, ...] = ()  # the bad paths whose bytes differ (else: missing/extra)
 
 
 def verify_model(layout: StoreLayout, lock: LockedModel, progress: Progress) -> VerifyOutcome:
-    """Re-hash every file of the view against the lock; refresh the stamp when all match."""
+    """Re-hash every file of the view against the lock, and compare the view's listing
+    with the lock; refresh the stamp when all match."""
     view = layout.view(lock)
-    if not view.is_dir():
-        raise SnapshotMissingError(lock.name, "not fetched")
+    listing = list_view(view, frozenset(f.path for f in lock.files))
+    if listing.missing:
+        raise SnapshotMissingError(lock.name, "snapshot not fetched")
+    if listing.problem is not None:
+        return VerifyOutcome(lock.name, ((str(view), listing.problem),), 0)
     progress.add_total(lock.total_size)
-    bad: list[tuple[str, str]] = []
+    bad: list[tuple[str, str]] = [
+        (path, f"not in the lock ({what} in the snapshot)") for path, what in listing.foreign
+    ]
+    extra = sorted(listing.links.keys() - {f.path for f in lock.files})
+    bad += [(path, "not in the lock (an extra file in the snapshot)") for path in extra]
+    differs: list[str] = []
     entries: list[StampEntry] = []
     hashed = 0
 
     def check(file: LockedFile) -> tuple[LockedFile, str | None, StampEntry | None]:
-        link = view / file.path
-        try:
-            target = os.readlink(link)
-            blob = Path(target)
-            size = blob.stat().st_size
-        except OSError:
+        target = listing.links.get(file.path)
+        if target is None:
             return file, "missing", None
-        if size != file.size:
-            return file, f"size {size} differs from the locked {file.size}", None
-        stat = _hash_existing(blob, file, progress)
+        try:
+            st = os.lstat(target)
+        except OSError:
+            return file, "missing (its blob is gone)", None
+        if not stat_mod.S_ISREG(st.st_mode):
+            return file, f"not a regular file ({target} is not mlxpin's blob)", None
+        if st.st_size != file.size:
+            return file, f"size {st.st_size} differs from the locked {file.size}", None
+        stat = _hash_existing(Path(target), file, progress)
         if stat is None:
             return file, "content hash differs from the lock", None
-        write_record(layout, blob, stat)
+        write_record(layout, Path(target), stat)
         return file, None, StampEntry(file.path, target, stat)
 
     CANCEL.clear()
@@ -468,6 +555,8 @@ def verify_model(layout: StoreLayout, lock: LockedModel, progress: Progress) -> 
         hashed += file.size
         if problem is not None:
             bad.append((file.path, problem))
+            if problem.startswith(("size", "content")):
+                differs.append(file.path)
         elif entry is not None:
             entries.append(entry)
     if not bad:
@@ -476,7 +565,7 @@ def verify_model(layout: StoreLayout, lock: LockedModel, progress: Progress) -> 
     else:
         with contextlib.suppress(FileNotFoundError):
             layout.stamp(lock).unlink()
-        for path, _ in bad:
+        for path in differs:
             with contextlib.suppress(OSError):
-                layout.verified_record(Path(os.readlink(view / path))).unlink()
-    return VerifyOutcome(lock.name, tuple(bad), hashed)
+                layout.verified_record(Path(listing.links[path])).unlink()
+    return VerifyOutcome(lock.name, tuple(sorted(bad)), hashed, tuple(differs))

@@ -1,9 +1,10 @@
 """What `mlxpin gc` may delete: a pure plan from an inventory of the disk and a live set.
 
-Live set: every blob, view and stamp referenced by a lock file in a live lock dir. The
-live lock dirs are the current project's and every registered gc root's
-(`<state>/roots/*`, written by `fetch`) that still exists. Every lock file in such a dir
-counts, including orphans `mlxpin lock` has not removed yet.
+Live set: every blob, view and stamp referenced by a lock file in a live lock dir, and
+every Hub pin's snapshot dir and `refs/mlxpin/<name>/<commit>`. The live lock dirs are
+the current project's and every registered gc root's (`<state>/roots/*`, written by
+`fetch`) that still exists. Every lock file in such a dir counts (`is_lock_file`: what
+launch would read), including orphans `mlxpin lock` has not removed yet.
 
 Garbage (`plan`), and what is never touched:
 
@@ -18,8 +19,12 @@ Garbage (`plan`), and what is never touched:
   Hub `snapshots/<commit>/<path>` symlinks that point at it, then emptied snapshot dirs;
 - partial downloads (`*.incomplete`) and temporary views older than a day, unless the
   blob they would become is live (a later fetch resumes it);
-- gc roots whose lock dir no longer exists.
-- `refs/` is never touched, nor anything the planner does not recognise.
+- gc roots whose lock dir no longer exists or cannot be read (`--yes` refuses these
+  unless `--forget-missing`);
+- refs: mlxpin's own `refs/mlxpin/<name>/<commit>` of pins no live lock has, and any
+  ref (another tool's too) to a snapshot dir this gc empties — huggingface_hub treats a
+  ref to a missing snapshot as a corrupt repo. Other refs and anything the planner does
+  not recognise are never touched.
 
 Deleting (in `mlxpin.commands.gc`) holds the same lock `fetch` holds for that blob or
 view, so a concurrent fetch and gc never see each other's half-done work.
@@ -38,7 +43,17 @@ from mlxpin.project.lockfile import LockedModel
 from mlxpin.store.layout import FETCHED, FileStat, Record, StoreLayout
 
 GarbageKind = Literal[
-    "view", "stamp", "temp", "hub_blob", "local_blob", "partial", "record", "link", "root"
+    "view",
+    "stamp",
+    "temp",
+    "hub_blob",
+    "local_blob",
+    "partial",
+    "record",
+    "link",
+    "root",
+    "ref",
+    "runtime",  # an installed server runtime (planned by mlxpin.runtime.gc)
 ]
 STALE_AFTER_S = 24 * 3600.0
 HEX_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -64,6 +79,10 @@ def live_set(layout: StoreLayout, locks: Iterable[LockedModel]) -> LiveSet:
         paths.add(layout.view(lock))
         paths.add(layout.stamp(lock))
         paths.update(layout.blob(lock, file) for file in lock.files)
+        ref = layout.pin_ref(lock)
+        if ref is not None and lock.original.repo is not None and lock.commit is not None:
+            paths.add(ref)
+            paths.add(layout.hub_snapshot(lock.original.repo, lock.commit))
     return LiveSet(frozenset(paths))
 
 
@@ -114,6 +133,20 @@ class RootOnDisk:
     path: Path
     lock_dir: Path | None  # None when the root file is unreadable
     exists: bool
+    readable: bool = True  # False: the lock dir exists but cannot be listed
+
+
+@dataclass(frozen=True)
+class RefOnDisk:
+    path: Path
+    snapshot: Path  # the snapshot dir of the commit it names
+    ours: bool  # under refs/mlxpin/
+
+
+@dataclass(frozen=True)
+class SnapshotOnDisk:
+    path: Path
+    entries: frozenset[Path]  # everything in it that is not a directory
 
 
 @dataclass(frozen=True)
@@ -123,6 +156,8 @@ class Inventory:
     leftovers: tuple[LeftoverOnDisk, ...] = ()
     links: tuple[LinkOnDisk, ...] = ()
     roots: tuple[RootOnDisk, ...] = ()
+    refs: tuple[RefOnDisk, ...] = ()
+    snapshots: tuple[SnapshotOnDisk, ...] = ()
 
 
 # --- the plan ------------------------------------------------------------------------------
@@ -138,6 +173,7 @@ class Doomed:
     expect: FileStat | None = None  # skip the blob if it changed since the scan
     follow: tuple[Doomed, ...] = ()  # removed only once this item is gone
     prune_to: Path | None = None  # links: remove emptied parents up to this directory
+    unless_exists: Path | None = None  # refs: kept if this snapshot dir is still there
 
     @property
     def total_size(self) -> int:
@@ -181,6 +217,35 @@ def _origin_problem(blob: BlobOnDisk, copies: int) -> str | None:
     if copies > 1:
         return "another copy of the same content exists, so its origin is uncertain"
     return None
+
+
+def _doomed_refs(inventory: Inventory, live: LiveSet, doomed: list[Doomed]) -> list[Doomed]:
+    """Refs that would be left naming a pin nobody has, or a snapshot this plan empties."""
+    gone = {f.path for d in doomed for f in d.follow if f.kind == "link"}
+    emptied = {s.path for s in inventory.snapshots if s.entries and s.entries <= gone}
+    result: list[Doomed] = []
+    for ref in inventory.refs:
+        if ref.ours and ref.path not in live:
+            result.append(
+                Doomed(
+                    "ref",
+                    ref.path,
+                    0,
+                    "mlxpin's ref for a pin no lock has",
+                    prune_to=ref.snapshot.parent.parent / "refs",
+                )
+            )
+        elif ref.snapshot in emptied and ref.snapshot not in live:
+            result.append(
+                Doomed(
+                    "ref",
+                    ref.path,
+                    0,
+                    "ref to a snapshot gc empties",
+                    unless_exists=ref.snapshot,
+                )
+            )
+    return result
 
 
 def plan(inventory: Inventory, live: LiveSet, *, include_foreign: bool, now: float) -> GcPlan:
@@ -281,14 +346,17 @@ def plan(inventory: Inventory, live: LiveSet, *, include_foreign: bool, now: flo
         )
 
     for root in inventory.roots:
-        if root.exists:
+        if root.exists and root.readable:
             continue
-        reason = (
-            f"gc root for {root.lock_dir}, which no longer exists"
-            if root.lock_dir is not None
-            else "unreadable gc root"
-        )
+        if root.lock_dir is None:
+            reason = "unreadable gc root"
+        elif not root.exists:
+            reason = f"gc root for {root.lock_dir}, which no longer exists"
+        else:
+            reason = f"gc root for {root.lock_dir}, which cannot be read"
         doomed.append(Doomed("root", root.path, 0, reason))
+
+    doomed.extend(_doomed_refs(inventory, live, doomed))
 
     order = {
         kind: i

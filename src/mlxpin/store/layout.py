@@ -10,11 +10,16 @@ Layout (nothing here imports huggingface_hub; `launch` uses this module at boot)
     <state>/snapshots/<key>.stamp                            verification stamp of the view
     <state>/verified/<h[:2]>/<h>, h = sha256(blob path)      per-blob verification record
     <state>/roots/<key>                                      lock dirs that fetched (gc roots)
+    $HF_HUB_CACHE/models--OWNER--NAME/refs/mlxpin/<name>/<commit>   one ref per Hub pin,
+                                                             so `hf cache prune` keeps it
 
-A view holds exactly the files of one pin, is created complete in a temporary
-directory and renamed into place, so a half-built snapshot is never visible. A stamp
-records, for every file, the blob it points at and that blob's size, mtime and inode
-when it was last hashed; checking a stamp is one readlink and one stat per file.
+A view holds exactly the files of one pin (nothing else: `mlx_lm` loads every weight file
+in the directory), is a real directory (never a symlink), is created complete in a
+temporary directory and renamed into place, so a half-built snapshot is never visible. A
+stamp records, for every file, the blob it points at and that blob's size, mtime, inode,
+device and ctime when it was last hashed; checking a stamp is one listing of the view and
+one readlink and one lstat per file. Blobs are regular files: a symlink or anything else
+where a blob belongs is foreign and never trusted or followed.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import stat as stat_mod
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlxpin.config import Settings
@@ -30,7 +36,7 @@ from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.util.atomic import write_atomic
 from mlxpin.util.hashing import oid_hex
 
-STAMP_FORMAT = 1
+STAMP_FORMAT = 2  # 2: ctime recorded, the view's listing compared
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,13 @@ class StoreLayout:
 
     def hub_snapshot(self, repo: str, commit: str) -> Path:
         return self.repo_dir(repo) / "snapshots" / commit
+
+    def pin_ref(self, lock: LockedModel) -> Path | None:
+        """The Hub cache ref that keeps this pin's snapshot out of `hf cache prune`
+        (huggingface_hub's scanner counts every file under refs/ as a ref)."""
+        if lock.original.repo is None or lock.commit is None:
+            return None
+        return self.repo_dir(lock.original.repo) / "refs" / "mlxpin" / lock.name / lock.commit
 
     # -- mlxpin's own state ---------------------------------------------------------------
 
@@ -108,20 +121,32 @@ def view_key(lock: LockedModel) -> str:
     return hashlib.sha256(f"{home}\n{lock.tree_hash}".encode()).hexdigest()
 
 
+class NotRegularFile(OSError):
+    """A symlink, directory or other non-regular file where a regular file belongs."""
+
+
 @dataclass(frozen=True)
 class FileStat:
     size: int
     mtime_ns: int
     inode: int
     device: int
+    ctime_ns: int  # an in-place rewrite with the mtime put back still moves the ctime
 
     @classmethod
-    def of(cls, path: Path) -> FileStat:
-        st = path.stat()
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    def of(cls, path: Path | str) -> FileStat:
+        """The file's own stat, never a link's target's; NotRegularFile for anything but a
+        regular file."""
+        return cls.of_result(os.lstat(path), path)
+
+    @classmethod
+    def of_result(cls, st: os.stat_result, path: Path | str = "") -> FileStat:
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise NotRegularFile(0, "not a regular file", str(path))
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
 
     def as_list(self) -> list[int]:
-        return [self.size, self.mtime_ns, self.inode, self.device]
+        return [self.size, self.mtime_ns, self.inode, self.device, self.ctime_ns]
 
 
 FETCHED = "fetched"  # mlxpin downloaded or copied the blob itself
@@ -138,16 +163,20 @@ class Record:
 
 
 def read_record(layout: StoreLayout, blob: Path) -> Record | None:
+    """Fields: size mtime inode device ctime origin. A record from before ctime was kept
+    (four numbers, then the origin) keeps its origin but describes no file any more."""
     path = layout.verified_record(blob)
     try:
         fields = path.read_text().split()
     except (OSError, UnicodeDecodeError):
         return None
     try:
-        stat: FileStat | None = FileStat(*(int(v) for v in fields[:4]))
+        stat: FileStat | None = FileStat(*(int(v) for v in fields[:5]))
+        origin = fields[5] if len(fields) > 5 else ADOPTED
     except (ValueError, TypeError):
         stat = None
-    return Record(path, stat, fields[4] if len(fields) > 4 else ADOPTED)
+        origin = next((f for f in fields if f in (FETCHED, ADOPTED)), ADOPTED)
+    return Record(path, stat, origin)
 
 
 def write_record(
@@ -170,27 +199,113 @@ class StampEntry:
     stat: FileStat
 
 
-def write_stamp(layout: StoreLayout, lock: LockedModel, entries: list[StampEntry]) -> None:
-    data = {
+def write_stamp(
+    layout: StoreLayout, lock: LockedModel, entries: list[StampEntry], origin: str | None = None
+) -> None:
+    """`origin` says where the bytes came from (hub, mirror, bundle, path); None keeps the
+    recorded one (a re-verification does not change where a snapshot came from)."""
+    if origin is None:
+        old = read_stamp(layout, lock)
+        origin = old.origin if old is not None else None
+    data: dict[str, object] = {
         "format": STAMP_FORMAT,
         "tree_hash": lock.tree_hash,
         "files": [
             [e.path, e.blob, *e.stat.as_list()] for e in sorted(entries, key=lambda e: e.path)
         ],
     }
+    if origin is not None:
+        data["origin"] = origin
     write_atomic(layout.stamp(lock), json.dumps(data, separators=(",", ":")).encode())
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """A stamp as written: which blob and stat each file had when it was verified."""
+
+    files: dict[str, tuple[str, FileStat]]
+    origin: str | None
+
+
+def read_stamp(layout: StoreLayout, lock: LockedModel) -> Stamp | None:
+    """The stamp of this pin, or None when absent, unreadable or another pin's."""
+    try:
+        data = json.loads(layout.stamp(lock).read_bytes())
+        if data.get("format") != STAMP_FORMAT or data.get("tree_hash") != lock.tree_hash:
+            return None
+        files = {str(r[0]): (str(r[1]), FileStat(*(int(v) for v in r[2:7]))) for r in data["files"]}
+        origin = data.get("origin")
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+    return Stamp(files, origin if isinstance(origin, str) else None)
 
 
 @dataclass(frozen=True)
 class StampCheck:
     ok: bool
-    problem: str | None = None
+    problem: str | None = None  # a whole clause: "config.json is missing from the snapshot"
+
+
+@dataclass(frozen=True)
+class ViewListing:
+    """What one walk of a view found: its links, and everything that does not belong."""
+
+    links: dict[str, str] = field(default_factory=dict)  # relative path -> link target
+    foreign: tuple[tuple[str, str], ...] = ()  # (relative path, what it is) not links
+    problem: str | None = None  # the view itself is missing, a symlink or unreadable
+    missing: bool = False
+
+
+def list_view(view: Path, expected: frozenset[str] = frozenset()) -> ViewListing:
+    """Walk a view without following any link. `expected` are the lock's file paths:
+    directories no expected file lives under are reported as foreign."""
+    try:
+        st = os.lstat(view)
+    except FileNotFoundError:
+        return ViewListing(problem="snapshot not fetched", missing=True)
+    except OSError as exc:
+        return ViewListing(problem=f"the snapshot cannot be read: {exc.strerror}")
+    if stat_mod.S_ISLNK(st.st_mode):
+        return ViewListing(
+            problem="the snapshot directory is a symlink to elsewhere, not the one mlxpin built"
+        )
+    if not stat_mod.S_ISDIR(st.st_mode):
+        return ViewListing(problem="the snapshot is not a directory")
+    dirs: set[str] | None = None  # directories the lock's files live in (when needed)
+    links: dict[str, str] = {}
+    foreign: list[tuple[str, str]] = []
+    pending = [("", str(view))]
+    try:
+        while pending:
+            prefix, directory = pending.pop()
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    rel = prefix + entry.name
+                    if entry.is_symlink():
+                        links[rel] = os.readlink(entry.path)
+                    elif entry.is_dir(follow_symlinks=False):
+                        if dirs is None:
+                            dirs = {
+                                p.rsplit("/", i)[0]
+                                for p in expected
+                                for i in range(1, p.count("/") + 1)
+                            }
+                        if rel in dirs:
+                            pending.append((rel + "/", entry.path))
+                        else:
+                            foreign.append((rel, "a directory"))
+                    else:
+                        foreign.append((rel, "a file mlxpin did not put there"))
+    except OSError as exc:
+        return ViewListing(problem=f"the snapshot cannot be listed: {exc.strerror}")
+    return ViewListing(links, tuple(sorted(foreign)))
 
 
 def check_stamp(
     layout: StoreLayout, lock: LockedModel, *, in_this_cache: bool = False
 ) -> StampCheck:
-    """Stat-only: is the view present, complete and unchanged since it was verified?
+    """Stat-only: is the view present, exactly the lock's files, and unchanged since it
+    was verified?
 
     With `in_this_cache`, the view must also point into this layout's cache (fetch wants
     the files where HF_HUB_CACHE/--cache-dir says; launch only needs them verified).
@@ -199,39 +314,51 @@ def check_stamp(
     try:
         raw = layout.stamp(lock).read_bytes()
     except FileNotFoundError:
-        if view.exists():
+        if os.path.lexists(view):
             return StampCheck(False, "the snapshot was never verified")
-        return StampCheck(False, "not fetched")
+        return StampCheck(False, "snapshot not fetched")
     except OSError as exc:
-        return StampCheck(False, f"cannot read its stamp: {exc.strerror}")
+        return StampCheck(False, f"the snapshot's stamp cannot be read: {exc.strerror}")
     try:
         data = json.loads(raw)
         rows = data["files"]
-        if data.get("format") != STAMP_FORMAT or data.get("tree_hash") != lock.tree_hash:
-            return StampCheck(False, "its stamp belongs to another pin")
-        recorded = {row[0]: (row[1], tuple(row[2:6])) for row in rows}
+        if data.get("format") != STAMP_FORMAT:
+            return StampCheck(False, "the snapshot was verified by another mlxpin version")
+        if data.get("tree_hash") != lock.tree_hash:
+            return StampCheck(False, "the snapshot's stamp belongs to another pin")
+        recorded = {row[0]: (row[1], tuple(row[2:7])) for row in rows}
     except (ValueError, KeyError, TypeError, IndexError):
-        return StampCheck(False, "its stamp is unreadable")
+        return StampCheck(False, "the snapshot's stamp is unreadable")
     if len(recorded) != len(lock.files):
-        return StampCheck(False, "its stamp lists other files than the lock")
-    # Plain strings and os calls: this loop runs per file at every boot (5,000 files ~ 20 ms).
-    view_prefix = str(view) + os.sep
+        return StampCheck(False, "the snapshot's stamp lists other files than the lock")
+    # Plain strings and os calls: this runs per file at every boot (5,000 files ~ 20 ms).
+    paths = frozenset(file.path for file in lock.files)
+    listing = list_view(view, paths)
+    if listing.problem is not None:
+        return StampCheck(False, listing.problem)
+    for path, what in listing.foreign:
+        return StampCheck(False, f"{path} is not in the lock ({what} in the snapshot)")
+    for path in sorted(listing.links.keys() - paths):
+        return StampCheck(False, f"{path} is not in the lock (an extra file in the snapshot)")
     blob_dir = str(layout.blob(lock, lock.files[0]).parent) + os.sep if lock.files else ""
     for file in lock.files:
         entry = recorded.get(file.path)
         if entry is None:
-            return StampCheck(False, "its stamp lists other files than the lock")
+            return StampCheck(False, "the snapshot's stamp lists other files than the lock")
         blob, expected = entry
         if in_this_cache and blob != blob_dir + oid_hex(file.oid):
             return StampCheck(False, f"{file.path} is in another cache")
+        target = listing.links.get(file.path)
+        if target is None:
+            return StampCheck(False, f"{file.path} is missing from the snapshot")
+        if target != blob:
+            return StampCheck(False, f"{file.path} points at another file")
         try:
-            if os.readlink(view_prefix + file.path) != blob:
-                return StampCheck(False, f"{file.path} points at another file")
-            st = os.stat(blob)
+            st = os.lstat(blob)
         except OSError:
             return StampCheck(False, f"{file.path} is missing")
-        actual = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
-        if actual != expected or st.st_size != file.size:
+        actual = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
+        if actual != expected or st.st_size != file.size or not stat_mod.S_ISREG(st.st_mode):
             return StampCheck(False, f"{file.path} changed since it was verified")
     return StampCheck(True)
 

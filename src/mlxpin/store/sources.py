@@ -28,6 +28,11 @@ class ByteSource(Protocol):
 
     def mismatch_hint(self, lock: LockedModel, file: LockedFile, problem: str) -> MlxpinError: ...
 
+    def origin(self) -> str | None:
+        """Where the bytes came from, for `status`: hub, mirror, bundle or path (None:
+        keep what the stamp recorded)."""
+        ...
+
 
 class LocalSourceBytes:
     def __init__(self, root: Path, name: str) -> None:
@@ -51,6 +56,9 @@ class LocalSourceBytes:
 
     def interrupted(self, exc: Exception) -> bool:
         return False
+
+    def origin(self) -> str | None:
+        return "path"
 
     def give_up(self, file: LockedFile, cause: str) -> MlxpinError:
         raise AssertionError("local copies are not retried")

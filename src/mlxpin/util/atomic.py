@@ -19,6 +19,7 @@ DISK_ERRNOS = {
     errno.EACCES,
     errno.EPERM,
     errno.EIO,
+    errno.ENOTDIR,  # a regular file where a directory must be
 }
 
 
@@ -27,6 +28,19 @@ def disk_error(path: Path, exc: OSError) -> DiskError | None:
     if exc.errno in DISK_ERRNOS:
         return DiskError(path, exc.strerror or str(exc))
     return None
+
+
+def make_dirs(directory: Path) -> None:
+    """`mkdir -p`, with a refused write (or a file in the way) as DiskError (74)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DiskError(directory, "a file, not a directory, is in the way") from None
+    except OSError as exc:
+        error = disk_error(directory, exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 def fsync_dir(directory: Path) -> None:
@@ -48,7 +62,7 @@ def temp_name(path: Path) -> Path:
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Readers see the old bytes or the new bytes, never a mix, even after a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = temp_name(path)
     try:
         with open(tmp, "xb") as handle:
@@ -72,12 +86,17 @@ def hold_lock(lock_path: Path, timeout_s: float = 600.0, mode: int = 0o644) -> I
     """A cross-process lock; LockBusyError (exit 75) if it stays held past the timeout."""
     import filelock  # not on the boot path
 
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(lock_path.parent)
     lock = filelock.FileLock(str(lock_path), mode=mode)
     try:
         lock.acquire(timeout=timeout_s)
     except filelock.Timeout:
         raise LockBusyError(lock_path, timeout_s) from None
+    except OSError as exc:
+        error = disk_error(lock_path, exc)
+        if error is None:
+            raise
+        raise error from None
     try:
         yield
     finally:

@@ -1,0 +1,124 @@
+"""`mlxpin serve` (many models behind one endpoint) and `mlxpin ps` (what it is doing)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mlxpin.cli.app import Common, verb
+from mlxpin.cli.serveboot import ServeOptions, fetch_status, ps_table, serve_main
+
+HostOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--host", help="Listen address (default: [serve] host, else 127.0.0.1).", show_default=False
+    ),
+]
+PortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--port",
+        min=1,
+        max=65535,
+        help="Port (default: [serve] port, else 8080).",
+        show_default=False,
+    ),
+]
+
+
+@verb("serve", guard=False)
+def serve_command(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Models to serve (default: every model of the manifest).", show_default=False
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (argv, cost, budget) and exit.")
+    ] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Re-hash every file against the lock first.")
+    ] = False,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    max_restarts: Annotated[
+        int,
+        typer.Option(
+            "--max-restarts",
+            min=0,
+            help="Crashes of one model within 10 minutes before it is marked failed.",
+        ),
+    ] = 5,
+    restart_delay: Annotated[
+        float,
+        typer.Option(
+            "--restart-delay",
+            min=0.0,
+            help="First restart delay after a crash, in seconds (doubles, max 60).",
+        ),
+    ] = 1.0,
+    ready_timeout: Annotated[
+        float,
+        typer.Option(
+            "--ready-timeout", min=1.0, help="Seconds one server may take to answer its warm-up."
+        ),
+    ] = 900.0,
+    *,
+    common: Common,
+) -> None:
+    """Serve many pinned models behind one endpoint, each started on demand.
+
+    Within [serve] memory_budget and max_loaded, least recently used idle models are
+    stopped to make room; idle models stop after idle_ttl. Makes no network request.
+    Refuses before starting anything (every model's problem at once): 78 stale lock or a
+    model larger than the budget, 66 not fetched, 69 port taken or mlx_lm.server missing.
+    """
+    code = serve_main(
+        ServeOptions(
+            names=tuple(names or ()),
+            dry_run=dry_run,
+            verify=verify,
+            host=host,
+            port=port,
+            max_restarts=max_restarts,
+            restart_delay=restart_delay,
+            ready_timeout=ready_timeout,
+            cache_dir=common.cache_dir,
+            manifest=common.manifest,
+            lock_dir=common.lock_dir,
+            as_json=common.as_json,
+            quiet=common.quiet,
+            verbose=common.verbose,
+        )
+    )
+    raise typer.Exit(code)
+
+
+@verb("ps", uses=("manifest",))
+def ps_command(
+    host: HostOpt = None,
+    port: PortOpt = None,
+    *,
+    common: Common,
+) -> None:
+    """Show what a running `mlxpin serve` is doing: each model's state, pid, cost, use.
+
+    Asks the endpoint of the manifest's [serve] table (or --host/--port) on its
+    /mlxpin/status route, with MLXPIN_API_KEY when it is set.
+    """
+    import os
+
+    from mlxpin.project.manifest import load_manifest
+    from mlxpin.serve.plan import read_api_key
+
+    out = common.output()
+    chosen_host, chosen_port = host, port
+    if chosen_host is None or chosen_port is None:
+        table = load_manifest(common.settings().manifest_path, "tomllib").serve
+        chosen_host = chosen_host or table.host
+        chosen_port = chosen_port or table.port
+    status = fetch_status(chosen_host, chosen_port, read_api_key(os.environ))
+    out.line(ps_table(status))
+    out.result(status)

@@ -1,0 +1,83 @@
+"""`mlxpin mirror`: serve this host's locked, verified models to other hosts (read-only)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from mlxpin.config import Settings
+from mlxpin.errors import UnavailableError, UsageError
+from mlxpin.project.selection import locked_models, manifest_of, pick
+from mlxpin.serve.mirror import MirrorConfig, serve_mirror
+from mlxpin.serve.plan import read_api_key
+from mlxpin.store.layout import StoreLayout, check_stamp
+
+DEFAULT_PORT = 8765
+
+
+@dataclass(frozen=True)
+class MirrorModel:
+    name: str
+    repo: str
+    commit: str
+    verified: bool
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class MirrorPlan:
+    config: MirrorConfig
+    models: tuple[MirrorModel, ...]
+
+
+def plan_mirror(
+    settings: Settings,
+    environ: Mapping[str, str],
+    names: Sequence[str] = (),
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    max_transfers: int = 64,
+) -> MirrorPlan:
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is not a TCP port")
+    manifest = manifest_of(settings)
+    locks = locked_models(settings, manifest, pick(manifest, names))
+    layout = StoreLayout.of(settings)
+    served = tuple(x for x in locks if x.original.repo is not None and x.commit is not None)
+    if not served:
+        raise UsageError(
+            "nothing to mirror: the chosen models are local `path` sources",
+            "a mirror serves Hub repos; carry local models with `mlxpin export`",
+        )
+    models = []
+    for lock in served:
+        check = check_stamp(layout, lock)
+        assert lock.original.repo is not None and lock.commit is not None
+        models.append(
+            MirrorModel(lock.name, lock.original.repo, lock.commit, check.ok, check.problem)
+        )
+    config = MirrorConfig(
+        host=host,
+        port=port,
+        layout=layout,
+        locks=served,
+        api_key=read_api_key(environ),
+        max_transfers=max_transfers,
+    )
+    return MirrorPlan(config, tuple(models))
+
+
+def run_mirror(plan: MirrorPlan, on_ready: Callable[[str], None]) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    try:
+        asyncio.run(serve_mirror(plan.config, on_ready))
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            where = f"{plan.config.host}:{plan.config.port}"
+            raise UnavailableError(
+                f"mirror: cannot listen on {where}: {exc.strerror or exc}",
+                "stop whatever holds the port, or pass another --port / --host",
+            ) from None
+        raise

@@ -1,0 +1,189 @@
+"""`mlxpin export` and `mlxpin import`: carry verified pins to another host as one bundle."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from mlxpin.config import Settings
+from mlxpin.errors import DiskError, ExitCode, NoInputError, PinMismatchError, UsageError
+from mlxpin.project.lockfile import LockedModel, lock_path, read_lock, write_lock
+from mlxpin.project.selection import lock_dir_mutex, locked_models, manifest_of, pick
+from mlxpin.store.bundle import BundleReader
+from mlxpin.store.fetch import NoProgress, Progress
+from mlxpin.store.layout import StoreLayout, register_root
+from mlxpin.store.transfer import import_bundle, plan_export, write_bundle
+from mlxpin.util.atomic import disk_error, fsync_dir, hold_lock, temp_name
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    models: tuple[str, ...]
+    blobs: int
+    total_size: int
+    written_bytes: int
+    output: str  # a path, or "-" for stdout
+
+    exit_code = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "output": self.output,
+            "models": list(self.models),
+            "blobs": self.blobs,
+            "total_size": self.total_size,
+            "bytes": self.written_bytes,
+        }
+
+
+def export(
+    settings: Settings,
+    names: Sequence[str],
+    output: Path | None,
+    stdout: BinaryIO,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Write the named models (with drafts and adapters) and their verified files.
+
+    `output` None writes to `stdout`; a path is written aside and renamed into place at
+    the end, so a bundle under its name is always complete.
+    """
+    manifest = manifest_of(settings)
+    locks = locked_models(settings, manifest, pick(manifest, names))
+    plan = plan_export(StoreLayout.of(settings), locks)  # refuses before any byte is written
+    progress = progress or NoProgress()
+    if output is None:
+        written = write_bundle(plan, stdout, progress)
+        label = "-"
+    else:
+        target = output.absolute()
+        tmp = temp_name(target)
+        try:
+            with open(tmp, "xb") as handle:
+                written = write_bundle(plan, handle, progress)
+                os.fsync(handle.fileno())
+            tmp.replace(target)
+            fsync_dir(target.parent)
+        except OSError as exc:
+            error = disk_error(target, exc)
+            if error is None:
+                error = DiskError(target, exc.strerror or str(exc))
+            raise error from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        label = str(target)
+    return ExportResult(
+        tuple(lock.name for lock in locks), len(plan.blobs), plan.total_size, written, label
+    )
+
+
+@dataclass(frozen=True)
+class ImportedModelResult:
+    name: str
+    snapshot: Path
+    files: int
+    total_size: int
+    written_bytes: int
+    commit: str | None
+    lock: str  # "same" (the project pins the same) | "written" | "absent" (not adopted)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "snapshot": str(self.snapshot),
+            "files": self.files,
+            "total_size": self.total_size,
+            "written_bytes": self.written_bytes,
+            "commit": self.commit,
+            "lock": self.lock,
+        }
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    models: tuple[ImportedModelResult, ...]
+    received_bytes: int
+    source: str
+
+    exit_code = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "source": self.source,
+            "received_bytes": self.received_bytes,
+            "models": [m.to_json() for m in self.models],
+        }
+
+
+def _pin(lock: LockedModel) -> str:
+    where = lock.original.repo or lock.original.path or "?"
+    return f"{where}@{lock.commit}" if lock.commit else f"{where} ({lock.tree_hash})"
+
+
+def _same_pin(a: LockedModel, b: LockedModel) -> bool:
+    return (a.original.repo, a.original.path, a.commit, a.tree_hash) == (
+        b.original.repo,
+        b.original.path,
+        b.commit,
+        b.tree_hash,
+    )
+
+
+def import_(
+    settings: Settings,
+    source: Path | None,
+    stdin: BinaryIO,
+    write_locks: bool = False,
+    progress: Progress | None = None,
+) -> ImportResult:
+    """Import a bundle (a path, or `stdin` when None); no network, no token."""
+    layout = StoreLayout.of(settings)
+    progress = progress or NoProgress()
+
+    def check_lock(lock: LockedModel) -> None:
+        ours = read_lock(settings.lock_dir, lock.name)
+        if ours is not None and not _same_pin(ours, lock):
+            raise PinMismatchError(
+                lock.name, _pin(ours), _pin(lock), lock_path(settings.lock_dir, lock.name)
+            )
+
+    if source is None:
+        label = "<stdin>"
+        outcome = import_bundle(layout, BundleReader(stdin, label), check_lock, progress)
+    else:
+        label = str(source)
+        try:
+            handle = open(source, "rb")  # noqa: SIM115 -- closed below
+        except FileNotFoundError:
+            raise NoInputError(f"{source}: no such bundle", "check the path") from None
+        except IsADirectoryError:
+            raise UsageError(f"{source} is a directory, not a bundle") from None
+        with handle:
+            outcome = import_bundle(layout, BundleReader(handle, label), check_lock, progress)
+    register_root(layout, settings.lock_dir)
+    results: list[ImportedModelResult] = []
+    with hold_lock(lock_dir_mutex(settings)):
+        for model in outcome.models:
+            state = "same" if read_lock(settings.lock_dir, model.name) is not None else "absent"
+            if state == "absent" and write_locks:
+                write_lock(settings.lock_dir, model.lock)
+                state = "written"
+            results.append(
+                ImportedModelResult(
+                    model.name,
+                    model.view,
+                    model.files,
+                    model.total_size,
+                    model.written_bytes,
+                    model.lock.commit,
+                    state,
+                )
+            )
+    return ImportResult(tuple(results), outcome.received_bytes, label)

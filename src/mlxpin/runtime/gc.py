@@ -1,0 +1,85 @@
+"""Which installed runtimes `mlxpin gc` may delete: those no live lock dir's
+lock/runtime.toml names, and builds left aside by a crash (older than a day).
+
+Pure apart from reading the runtimes directory; deleting is `mlxpin.commands.gc`'s job,
+under the runtime's own mutex (the one `fetch` holds while it builds), so a runtime being
+built is never deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from mlxpin.errors import LockCorruptError
+from mlxpin.runtime.layout import RuntimeLayout
+from mlxpin.runtime.pin import read_pin
+from mlxpin.store.gc import STALE_AFTER_S, Doomed
+
+KEY_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def live_runtime_keys(lock_dirs: Iterable[Path]) -> tuple[set[str], list[LockCorruptError]]:
+    keys: set[str] = set()
+    problems: list[LockCorruptError] = []
+    for lock_dir in lock_dirs:
+        try:
+            pin = read_pin(lock_dir)
+        except LockCorruptError as exc:
+            problems.append(exc)
+            continue
+        if pin is not None:
+            keys.add(pin.key)
+    return keys, problems
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for directory, dirs, names in os.walk(path):
+        for name in (*dirs, *names):
+            try:
+                total += (Path(directory) / name).lstat().st_size
+            except OSError:
+                continue
+    return total
+
+
+def runtime_garbage(layout: RuntimeLayout, live: set[str], now: float) -> list[Doomed]:
+    doomed: list[Doomed] = []
+    try:
+        entries = sorted(layout.root.iterdir())
+    except OSError:
+        return doomed
+    for entry in entries:
+        name = entry.name
+        if KEY_RE.fullmatch(name) and entry.is_dir() and not entry.is_symlink():
+            if name not in live:
+                doomed.append(
+                    Doomed(
+                        "runtime",
+                        entry,
+                        _tree_size(entry),
+                        "server runtime no lock names",
+                        layout.mutex(name),
+                    )
+                )
+            continue
+        key = name[1:].split(".", 1)[0]
+        if name.startswith(".") and KEY_RE.fullmatch(key) and (".tmp-" in name or ".old-" in name):
+            try:
+                age = now - entry.lstat().st_mtime
+            except OSError:
+                continue
+            if age > STALE_AFTER_S:
+                doomed.append(
+                    Doomed(
+                        "temp",
+                        entry,
+                        _tree_size(entry),
+                        "runtime build left by an interrupted fetch",
+                        layout.mutex(key),
+                    )
+                )
+    return doomed

@@ -1,0 +1,96 @@
+"""Which interpreter runs `mlx_lm.server`, and which mlx-lm/mlx versions that means
+(boot path: reads lock/runtime.toml and a stamp; never runs uv, never starts Python).
+
+With `[runtime]` in the manifest: the pinned runtime's own interpreter, only if its lock
+answers the manifest (else 78: run `mlxpin lock`) and it is installed and intact (else 66:
+run `mlxpin fetch`). Without it: mlxpin's own interpreter, as before, or `mlx_lm.server`
+on PATH.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxpin.config import Settings
+from mlxpin.errors import (
+    LockCorruptError,
+    LockStaleError,
+    RuntimeMissingError,
+    ServerMissingError,
+)
+from mlxpin.project.manifest import Manifest
+from mlxpin.runtime.dists import dist_versions
+
+
+@dataclass(frozen=True)
+class ServerRuntime:
+    command: tuple[str, ...]  # what runs mlx_lm.server (interpreter, -m, module, verb)
+    pinned: bool
+    key: str | None  # the pinned closure (None: not pinned)
+    path: Path | None  # the installed runtime directory
+    python: str  # the interpreter (or script) that will run
+    mlx_lm: str | None  # versions that will run; None when unknown
+    mlx: str | None
+
+    def describe(self) -> str:
+        versions = f"mlx-lm {self.mlx_lm or 'unknown'}, mlx {self.mlx or 'unknown'}"
+        if self.pinned and self.key is not None:
+            return f"{versions} (pinned runtime {self.key[:12]}, {self.python})"
+        return f"{versions} (not pinned: {self.python}; add [runtime] to pin it)"
+
+
+def server_runtime(settings: Settings, manifest: Manifest) -> ServerRuntime:
+    if manifest.runtime is None:
+        return unpinned_server()
+    # Only a pinned runtime pays for reading its pin and stamp.
+    from mlxpin.runtime.layout import RuntimeLayout, check_runtime
+    from mlxpin.runtime.pin import pin_path, read_head_state
+
+    state, pin = read_head_state(manifest.runtime, settings.lock_dir)
+    if state.state == "corrupt":
+        raise LockCorruptError(pin_path(settings.lock_dir), state.reason or "unreadable")
+    if state.state != "ok" or pin is None:
+        raise LockStaleError([f"runtime: lock is {state.state} ({state.reason})"], [])
+    check = check_runtime(RuntimeLayout.of(settings), pin.key)
+    if check.installed is None:
+        raise RuntimeMissingError(pin.key, check.problem or "is not installed")
+    installed = check.installed
+    if "mlx-lm" not in installed.dists:
+        raise ServerMissingError(f"the pinned runtime {pin.key[:12]} has no mlx-lm")
+    return ServerRuntime(
+        command=(str(installed.python), "-m", "mlx_lm", "server"),
+        pinned=True,
+        key=pin.key,
+        path=installed.path,
+        python=str(installed.python),
+        mlx_lm=installed.dists.get("mlx-lm"),
+        mlx=installed.dists.get("mlx"),
+    )
+
+
+def unpinned_server() -> ServerRuntime:
+    """The mlx_lm.server entry point, preferring this interpreter's own installation."""
+    spec = importlib.util.find_spec("mlx_lm")
+    if spec is not None:
+        versions: dict[str, str] = {}
+        for location in spec.submodule_search_locations or ():
+            versions = dist_versions(Path(location).parent, prefix="mlx")
+            if versions:
+                break
+        return ServerRuntime(
+            command=(sys.executable, "-m", "mlx_lm", "server"),
+            pinned=False,
+            key=None,
+            path=None,
+            python=sys.executable,
+            mlx_lm=versions.get("mlx-lm"),
+            mlx=versions.get("mlx"),
+        )
+    script = shutil.which("mlx_lm.server")
+    if script is not None:
+        return ServerRuntime((script,), False, None, None, script, None, None)
+    raise ServerMissingError(f"no `mlx_lm` module for {sys.executable} and none on PATH")

@@ -1,0 +1,195 @@
+"""The gateway's listening socket under hostile clients: bounded connections and header
+read time, load shed with 503, file descriptors kept in reserve, parse errors as JSON.
+
+aiohttp accepts every connection and waits for a first request as long as its keep-alive
+timeout allows; ~1,000 idle connections then use up the process's file descriptors, every
+client is locked out, and restarting the model server fails with EMFILE. Here:
+
+- a connection that has not sent a complete request head within ``header_timeout_s`` is
+  closed;
+- past ``max_connections`` open client connections (clipped so that the upstream
+  connections and ``fd_reserve`` descriptors for the supervisor always fit under
+  RLIMIT_NOFILE), a new connection is answered ``503`` with an OpenAI-style body and
+  ``Retry-After``, then closed; at most ``SHED_BAND`` such answers are pending at once
+  (the oldest is dropped for the newest, so a new client always gets its 503);
+- a request aiohttp's parser rejects (duplicate Content-Length, CL+TE...) is answered
+  with an OpenAI-style JSON 400 instead of aiohttp's text page, and logged as one line.
+
+This reaches into aiohttp's ``RequestHandler`` (connection_made, data_received,
+handle_error); the tests pin the behaviour so an aiohttp upgrade that changes them fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_server import Server
+
+from mlxpin.serve.apierrors import ApiError
+
+__all__ = ["LimitedRunner", "ListenerLimits", "connection_cap"]
+
+log = logging.getLogger("mlxpin.gateway")
+
+#: Connections to the model servers the gateway may hold (its client connector's limit).
+UPSTREAM_CONNECTIONS: Final = 256
+#: Extra connections that still get a 503 answer past the cap; beyond, closed at once.
+SHED_BAND: Final = 32
+SHED_LINGER_S: Final = 2.0
+
+
+@dataclass(frozen=True)
+class ListenerLimits:
+    """How many client connections, how long for a request head, what to keep spare."""
+
+    max_connections: int = 1000
+    header_timeout_s: float = 10.0
+    fd_reserve: int = 64
+    """Descriptors never used for clients: the supervisor's pipes, pid file, restarts."""
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if self.header_timeout_s <= 0:
+            raise ValueError("header_timeout_s must be positive")
+
+
+def connection_cap(limits: ListenerLimits, nofile: int | None = None) -> int:
+    """``max_connections``, clipped to what RLIMIT_NOFILE leaves after the reserve."""
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile == resource.RLIM_INFINITY:
+            return limits.max_connections
+    room = nofile - limits.fd_reserve - UPSTREAM_CONNECTIONS - SHED_BAND
+    return max(1, min(limits.max_connections, room))
+
+
+def _shed_response(error: ApiError) -> bytes:
+    body = error.body()
+    head = (
+        f"HTTP/1.1 {error.status} Service Unavailable\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Retry-After: 1\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_SHED: Final = _shed_response(
+    ApiError(503, "Too many connections to this endpoint; retry shortly", "too_many_connections")
+)
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, with a head deadline, shedding and JSON parse errors."""
+
+    __slots__ = ("_head_deadline", "_shed")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._head_deadline: asyncio.TimerHandle | None = None
+        self._shed = False
+        super().connection_made(transport)
+        server = self._manager
+        assert isinstance(server, _Server)
+        if len(server._connections) - len(server.shedding) > server.cap:
+            self._start_shedding(server, transport)
+            return
+        self._head_deadline = self._loop.call_later(server.header_timeout_s, self._no_head)
+
+    def _start_shedding(self, server: _Server, transport: asyncio.BaseTransport) -> None:
+        """Answer 503 and close once the client's request is read (a close with unread
+        data is a reset, which would lose the 503), or after a short linger. The oldest
+        connection being shed makes room, so every new client gets its 503."""
+        # No force_close(): aiohttp's request loop would close the transport before the
+        # 503 is out; it waits for a request that data_received never parses.
+        self._shed = True
+        server.shed += 1
+        if len(server.shedding) >= SHED_BAND:
+            oldest = server.shedding.popleft()
+            if oldest.transport is not None:
+                oldest.transport.close()
+        server.shedding.append(self)
+        transport.write(_SHED)  # type: ignore[attr-defined]
+        self._head_deadline = self._loop.call_later(SHED_LINGER_S, transport.close)
+
+    def _no_head(self) -> None:
+        self._head_deadline = None
+        if self._request_count == 0 and self.transport is not None:
+            log.debug("closing a connection that sent no request head in time")
+            self.force_close()  # closes the transport too
+
+    def data_received(self, data: bytes) -> None:
+        if self._shed:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        super().data_received(data)
+        if self._request_count and self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        server = self._manager
+        if self._shed and isinstance(server, _Server):
+            with contextlib.suppress(ValueError):
+                server.shedding.remove(self)
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+        super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        reason = (message or "malformed request").splitlines()[0][:200]
+        log.warning("refused a malformed HTTP request (%d): %s", status, reason)
+        error = ApiError(status, f"Malformed HTTP request: {reason}", "invalid_request")
+        response = web.Response(status=status, body=error.body(), content_type="application/json")
+        response.force_close()
+        return response
+
+
+class _Server(Server):
+    """aiohttp's protocol factory, making :class:`_Handler` connections."""
+
+    cap: int
+    header_timeout_s: float
+    shed: int
+    shedding: deque[_Handler]
+
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+
+class LimitedRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections follow :class:`ListenerLimits`."""
+
+    def __init__(self, app: web.Application, limits: ListenerLimits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.limits = limits
+
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # same layout; only __call__ differs
+        assert isinstance(server, _Server)
+        server.cap = connection_cap(self.limits)
+        server.header_timeout_s = self.limits.header_timeout_s
+        server.shed = 0
+        server.shedding = deque()
+        return server

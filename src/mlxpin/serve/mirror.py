@@ -1,0 +1,337 @@
+"""`mlxpin mirror`: this host's locked, verified snapshots over the Hub's download protocol.
+
+Another host points `HF_ENDPOINT` here and runs `mlxpin fetch`, `hf download` or
+`snapshot_download`; the real client needs only this read-only subset of the Hub
+(see hub-protocol.md)::
+
+    GET  /api/models/{repo}                         model info at the locked "main"
+    GET  /api/models/{repo}/revision/{rev}          model info (sha, siblings, lfs)
+    GET  /api/models/{repo}/tree/{rev}[/{path}]     the file listing (recursive)
+    HEAD /{repo}/resolve/{rev}/{path}               X-Repo-Commit, ETag (the oid),
+    GET  /{repo}/resolve/{rev}/{path}               X-Linked-Size/-Etag, Range (206)
+
+`rev` is the locked commit or the locked revision name. Nothing else is served (404 with
+the Hub's `X-Error-Code`), no `X-Xet-Hash` is ever sent (so clients use plain HTTP), and a
+file is served only while its snapshot's stamp vouches for it: the stamp is re-checked
+when it changes, and every blob is opened without following links and must have the
+stat the stamp recorded, or the answer is a 404. Binds loopback by default, requires
+`Authorization: Bearer <key>` when a key is set (clients send it as HF_TOKEN), and
+serves at most `max_transfers` requests at once (the rest wait their turn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import re
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from mlxpin.project.lockfile import LockedFile, LockedModel
+from mlxpin.store.layout import FileStat, Stamp, StoreLayout, check_stamp, read_stamp
+from mlxpin.util.hashing import oid_algorithm, oid_hex
+
+log = logging.getLogger("mlxpin.mirror")
+
+MIRROR_HEADER: Final = "X-Mlxpin-Mirror"  # hub/client.py reads it to record the origin
+_RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    host: str
+    port: int
+    layout: StoreLayout
+    locks: tuple[LockedModel, ...]  # Hub-sourced locks only
+    api_key: str | None = field(default=None, repr=False)
+    max_transfers: int = 64
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    return (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    )
+
+
+def blob_id(file: LockedFile) -> str:
+    """The git blob id the Hub lists: the file's own for plain files, its pointer's for LFS."""
+    if oid_algorithm(file.oid) == "gitsha1":
+        return oid_hex(file.oid)
+    pointer = lfs_pointer(oid_hex(file.oid), file.size)
+    return hashlib.sha1(b"blob %d\0" % len(pointer) + pointer, usedforsecurity=False).hexdigest()
+
+
+def file_json(file: LockedFile, *, tree: bool) -> dict[str, object]:
+    out: dict[str, object]
+    if tree:
+        out = {"type": "file", "oid": blob_id(file), "size": file.size, "path": file.path}
+    else:
+        out = {"rfilename": file.path, "size": file.size, "blobId": blob_id(file)}
+    if oid_algorithm(file.oid) == "sha256":
+        pointer_size = len(lfs_pointer(oid_hex(file.oid), file.size))
+        key = "oid" if tree else "sha256"
+        out["lfs"] = {key: oid_hex(file.oid), "size": file.size, "pointerSize": pointer_size}
+    return out
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
+    """(start, end-exclusive); None to send it all; "unsatisfiable"."""
+    match = _RANGE_RE.fullmatch(header)
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first:
+        if not last or int(last) == 0 or size == 0:
+            return None if not last else "unsatisfiable"
+        return max(0, size - int(last)), size
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if start >= size or start >= end:
+        return "unsatisfiable"
+    return start, end
+
+
+def _error(status: int, message: str, code: str | None = None) -> web.Response:
+    headers = {"X-Error-Message": message, MIRROR_HEADER: "1"}
+    if code is not None:
+        headers["X-Error-Code"] = code
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+class _Vouched:
+    """The stamps of the served pins, re-read (and fully re-checked) when a stamp changes."""
+
+    def __init__(self, layout: StoreLayout) -> None:
+        self.layout = layout
+        self._cache: dict[str, tuple[tuple[int, int, int], Stamp]] = {}
+
+    def stamp(self, lock: LockedModel) -> Stamp | None:
+        path = self.layout.stamp(lock)
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._cache.get(str(path))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if not check_stamp(self.layout, lock).ok:
+            return None
+        stamp = read_stamp(self.layout, lock)
+        if stamp is not None:
+            self._cache[str(path)] = (key, stamp)
+        return stamp
+
+    def open(self, lock: LockedModel, file: LockedFile) -> int | None:
+        """A descriptor of the blob the stamp vouches for, or None (never a changed file)."""
+        stamp = self.stamp(lock)
+        if stamp is None or file.path not in stamp.files:
+            return None
+        blob, stat = stamp.files[file.path]
+        try:
+            if os.readlink(self.layout.view(lock) / file.path) != blob:
+                return None
+            fd = os.open(blob, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        try:
+            now = FileStat.of_result(os.fstat(fd), blob)
+        except OSError:
+            now = None
+        if now != stat:
+            os.close(fd)
+            log.warning("%s: %s changed since it was verified; not serving it", lock.name, blob)
+            return None
+        return fd
+
+
+def build_mirror_app(config: MirrorConfig) -> web.Application:
+    by_repo: dict[str, list[LockedModel]] = {}
+    for lock in config.locks:
+        assert lock.original.repo is not None and lock.commit is not None
+        by_repo.setdefault(lock.original.repo, []).append(lock)
+    vouched = _Vouched(config.layout)
+    slots = asyncio.Semaphore(max(1, config.max_transfers))
+
+    def find(repo: str, revision: str) -> LockedModel | web.Response:
+        locks = by_repo.get(repo)
+        if not locks:
+            return _error(404, "Repository not found on this mirror", "RepoNotFound")
+        for lock in locks:
+            if revision in (lock.commit, lock.original.revision):
+                return lock
+        return _error(404, f"Invalid rev id: {revision} (not locked here)", "RevisionNotFound")
+
+    def info(repo: str, revision: str) -> web.Response:
+        lock = find(repo, revision)
+        if isinstance(lock, web.Response):
+            return lock
+        if not check_stamp(config.layout, lock).ok:  # every file, as of now
+            return _error(404, "Repository not verified on this mirror", "RepoNotFound")
+        body: dict[str, object] = {
+            "_id": hashlib.sha1(repo.encode(), usedforsecurity=False).hexdigest()[:24],
+            "id": repo,
+            "modelId": repo,
+            "sha": lock.commit,
+            "private": False,
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "siblings": [file_json(f, tree=False) for f in lock.files],
+        }
+        if "/" in repo:
+            body["author"] = repo.split("/", 1)[0]
+        if lock.last_modified is not None:
+            body["lastModified"] = lock.last_modified.replace("Z", ".000Z")
+        return web.json_response(body, headers={MIRROR_HEADER: "1"})
+
+    def tree(repo: str, revision: str, prefix: str, recursive: bool) -> web.Response:
+        lock = find(repo, revision)
+        if isinstance(lock, web.Response):
+            return lock
+        if not check_stamp(config.layout, lock).ok:  # every file, as of now
+            return _error(404, "Repository not verified on this mirror", "RepoNotFound")
+        prefix = prefix.strip("/")
+        under = f"{prefix}/" if prefix else ""
+        entries: list[dict[str, object]] = []
+        dirs: set[str] = set()
+        for file in lock.files:
+            if not file.path.startswith(under):
+                continue
+            rest = file.path[len(under) :]
+            if recursive or "/" not in rest:
+                entries.append(file_json(file, tree=True))
+            else:
+                dirs.add(under + rest.split("/", 1)[0])
+        if prefix and not entries and not dirs:
+            return _error(404, f"Entry not found: {prefix}", "EntryNotFound")
+        for name in sorted(dirs):
+            entries.append({"type": "directory", "oid": "0" * 40, "size": 0, "path": name})
+        entries.sort(key=lambda e: str(e["path"]))
+        return web.json_response(entries, headers={MIRROR_HEADER: "1"})
+
+    async def resolve(
+        request: web.Request, repo: str, revision: str, path: str
+    ) -> web.StreamResponse:
+        lock = find(repo, revision)
+        if isinstance(lock, web.Response):
+            return lock
+        file = next((f for f in lock.files if f.path == path), None)
+        if file is None:
+            return _error(404, "Entry not found", "EntryNotFound")
+        fd = vouched.open(lock, file)
+        if fd is None:
+            return _error(404, "Entry not verified on this mirror", "EntryNotFound")
+        with os.fdopen(fd, "rb", buffering=0) as handle:
+            etag = f'"{oid_hex(file.oid)}"'
+            headers = {
+                "X-Repo-Commit": str(lock.commit),
+                "ETag": etag,
+                "Accept-Ranges": "bytes",
+                "Content-Type": "application/octet-stream",
+                MIRROR_HEADER: "1",
+            }
+            if oid_algorithm(file.oid) == "sha256":
+                headers["X-Linked-Etag"] = etag
+                headers["X-Linked-Size"] = str(file.size)
+            start, end, status = 0, file.size, 200
+            wanted = request.headers.get("Range")
+            if wanted is not None:
+                parsed = parse_range(wanted, file.size)
+                if parsed == "unsatisfiable":
+                    return web.Response(
+                        status=416,
+                        headers={"Content-Range": f"bytes */{file.size}", MIRROR_HEADER: "1"},
+                    )
+                if isinstance(parsed, tuple):
+                    start, end, status = parsed[0], parsed[1], 206
+                    headers["Content-Range"] = f"bytes {start}-{end - 1}/{file.size}"
+            response = web.StreamResponse(status=status, headers=headers)
+            response.content_length = end - start
+            await response.prepare(request)
+            if request.method == "HEAD" or end == start:
+                await response.write_eof()
+                return response
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("client went away")
+            await asyncio.get_running_loop().sendfile(transport, handle, start, end - start)
+            await response.write_eof()
+            return response
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        if config.api_key is not None:
+            sent = request.headers.get("Authorization", "")
+            scheme, _, value = sent.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                value.strip().encode(), config.api_key.encode()
+            ):
+                return _error(401, "This mirror needs its key: set HF_TOKEN to it")
+        segs = request.raw_path.split("?", 1)[0].split("/")[1:]
+        names = [unquote(s) for s in segs]
+        if len(segs) >= 4 and segs[:2] == ["api", "models"]:
+            repo, rest = f"{names[2]}/{names[3]}", segs[4:]
+            if request.method not in {"GET", "HEAD"}:
+                return _error(405, "Method not allowed")
+            if not rest or rest == [""]:
+                return info(repo, "main")
+            if rest[0] == "revision" and len(rest) >= 2:
+                return info(repo, unquote("/".join(rest[1:])))
+            if rest[0] == "tree" and len(rest) >= 2:
+                recursive = request.query.get("recursive", "").lower() in ("1", "true")
+                path = "/".join(unquote(s) for s in rest[2:])
+                return tree(repo, unquote(rest[1]), path, recursive)
+            return _error(404, "Not Found")
+        if len(segs) >= 5 and segs[2] == "resolve":
+            if request.method not in ("GET", "HEAD"):
+                return _error(405, "Method not allowed")
+            async with slots:
+                return await resolve(
+                    request, f"{names[0]}/{names[1]}", names[3], "/".join(names[4:])
+                )
+        return _error(404, "Not Found")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", route)
+    return app
+
+
+async def serve_mirror(config: MirrorConfig, on_ready: Callable[[str], None]) -> None:
+    """Serve until SIGTERM/SIGINT; `on_ready` gets the URL once the socket listens."""
+    runner = web.AppRunner(
+        build_mirror_app(config),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=2.0,
+        keepalive_timeout=15.0,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=128)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = runner.addresses[0][1] if runner.addresses else config.port  # --port 0
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    on_ready(f"http://{host}:{port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,499 @@
+"""The pool runtime: many pinned models behind one gateway, each started on demand.
+
+Implements the gateway's :class:`~mlxpin.serve.backends.Backends`. The decisions --
+may this model start, which idle models must stop first, which are past their TTL -- are
+:mod:`mlxpin.serve.pool_policy`'s (pure); this module carries them out on one asyncio
+loop:
+
+- one shared start per model: concurrent first requests await the same task;
+- starts are admitted one at a time, first come first served; evictions stop only
+  ready models with nothing in flight (a request waiting for a model counts as in flight,
+  so a model is never stopped between its warm-up and its first request);
+- a request waits at most ``start_timeout`` for its model (then 503 + ``Retry-After``);
+  the start itself goes on until its own readiness deadline;
+- a crash marks the model stopped; its next request restarts it after a capped backoff;
+  past its crash budget it is ``failed`` and its requests get a 503 naming the reason,
+  while every other model keeps serving;
+- idle models stop after their TTL; ``preload`` models start at boot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mlxpin.serve.backends import Health, Lease, Route, Unavailable, Upstream
+from mlxpin.serve.pool_policy import (
+    Already,
+    Evict,
+    Limits,
+    ModelView,
+    Refuse,
+    Start,
+    State,
+    Wait,
+    expired,
+    next_expiry,
+    plan_start,
+)
+from mlxpin.serve.process import ServerProcess, ServerSpec, WarmUp, reap_leftover, warm_up
+from mlxpin.serve.restart import GiveUp, RestartBudget, RestartPolicy
+from mlxpin.serve.serveplan import PoolModelPlan, ServePlan
+from mlxpin.serve.state import GatewayState
+from mlxpin.serve.supervisor import WARM_UP_ERRORS, free_port, private_socket_dir
+
+log = logging.getLogger("mlxpin.serve")
+
+PoolPolicy = RestartPolicy
+"""Per model: readiness deadline, backoff, crash budget (then `failed`), stop timeout."""
+
+
+class StartFailed(Exception):
+    """A start that did not end with a warm-up answered."""
+
+
+class Slot:
+    """One model of the pool: its plan, state and server process."""
+
+    def __init__(self, plan: PoolModelPlan, environ: Mapping[str, str], policy: RestartPolicy):
+        self.plan = plan
+        self.name = plan.name
+        self.state: State = "stopped"
+        launch = plan.launch
+        self.private_dir: Path | None = None
+        if launch.private_socket:  # a Unix socket in a 0700 directory: only we can reach it
+            self.private_dir = private_socket_dir(launch)
+            self.socket_path: str | None = str(self.private_dir / "server.sock")
+            self.url = "http://localhost"
+            argv = launch.argv_unix(self.socket_path)
+        else:
+            self.socket_path = None
+            port = free_port(launch.private_host)
+            self.url = f"http://{launch.private_host}:{port}"
+            argv = launch.argv(port)
+        self.spec = ServerSpec(
+            plan.name, tuple(argv), launch.environment(environ), launch.cwd, launch.upstream_model
+        )
+        self.process: ServerProcess | None = None
+        self.health = GatewayState()  # epochs: a late answer from an old start proves nothing
+        self.in_flight = 0
+        self.last_used = 0.0  # monotonic
+        self.last_used_wall: float | None = None
+        self.restarts = 0
+        self.budget = RestartBudget(policy)
+        self.started_at = 0.0
+        self.not_before = 0.0  # monotonic time before which it is not restarted
+        self.failed_reason: str | None = None
+        self.start_task: asyncio.Task[None] | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.stopping_by_us = False
+
+    def view(self) -> ModelView:
+        return ModelView(
+            self.name, self.state, self.plan.cost, self.in_flight, self.last_used, pinned=False
+        )
+
+    def upstream(self) -> Upstream:
+        return Upstream(
+            self.plan.launch.api_label,
+            self.plan.launch.upstream_model,
+            self.url,
+            self.socket_path,
+            self.health.epoch,
+        )
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+        self.last_used_wall = time.time()
+
+
+class PoolLease:
+    __slots__ = ("_pool", "_released", "slot", "upstream")
+
+    def __init__(self, pool: Pool, slot: Slot) -> None:
+        # The slot's in_flight was raised when the request began waiting; it is ours now.
+        self._pool = pool
+        self.slot = slot
+        self.upstream = slot.upstream()
+        self._released = False
+
+    def completed(self) -> None:
+        self.slot.health.mark_healthy(self.upstream.epoch)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._pool.leave(self.slot)
+
+
+class Pool:
+    """The :class:`~mlxpin.serve.backends.Backends` of `mlxpin serve` (module docstring)."""
+
+    def __init__(
+        self, plan: ServePlan, environ: Mapping[str, str], policy: PoolPolicy | None = None
+    ) -> None:
+        self.plan = plan
+        self.environ = environ
+        self.policy = policy or PoolPolicy()
+        self.limits = Limits(budget=plan.budget, max_loaded=plan.max_loaded)
+        self.slots = {m.name: Slot(m, environ, self.policy) for m in plan.models}
+        self.by_label = {m.launch.api_label: self.slots[m.name] for m in plan.models}
+        self.admission = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self.preloaded = not any(m.preload for m in plan.models)
+        self.closing = False
+        self._ttl_task: asyncio.Task[None] | None = None
+        self._preload_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ Backends
+
+    def routes(self) -> Sequence[Route]:
+        return tuple(
+            Route(
+                m.launch.api_label,
+                m.launch.aliases,
+                max_body_bytes=m.launch.gateway.max_body,
+                request_timeout_s=m.launch.gateway.request_timeout,
+            )
+            for m in self.plan.models
+        )
+
+    async def acquire(self, label: str) -> Lease:
+        slot = self.by_label[label]
+        slot.in_flight += 1  # from now on it is never evicted under this request
+        try:
+            await self.ensure_ready(slot, self.plan.start_timeout)
+        except BaseException:
+            self.leave(slot)
+            raise
+        return PoolLease(self, slot)
+
+    def health(self) -> Health:
+        body: dict[str, object] = {
+            "status": "ok" if self.preloaded else "loading",
+            "models": {s.plan.launch.api_label: s.state for s in self.slots.values()},
+        }
+        return Health(self.preloaded, body)
+
+    def status(self) -> Mapping[str, object]:
+        now_mono, now_wall = time.monotonic(), time.time()
+        used = sum(s.plan.cost for s in self.slots.values() if s.view().holds_memory)
+        models: list[dict[str, object]] = []
+        for s in self.slots.values():
+            models.append(
+                {
+                    "name": s.name,
+                    "api_label": s.plan.launch.api_label,
+                    "aliases": list(s.plan.launch.aliases),
+                    "state": s.state,
+                    "pid": s.process.pid if s.process and s.process.process else None,
+                    "cost": s.plan.cost,
+                    "last_used": s.last_used_wall,
+                    "idle_s": round(now_mono - s.last_used, 3) if s.last_used_wall else None,
+                    "in_flight": s.in_flight,
+                    "restarts": s.restarts,
+                    "idle_ttl": s.plan.idle_ttl,
+                    "preload": s.plan.preload,
+                    "reason": s.failed_reason,
+                }
+            )
+        loaded = sum(1 for s in self.slots.values() if s.view().holds_memory)
+        return {
+            "host": self.plan.host,
+            "port": self.plan.port,
+            "time": now_wall,
+            "budget": {"used": used, "total": self.plan.budget, "source": self.plan.budget_source},
+            "loaded": loaded,
+            "max_loaded": self.plan.max_loaded,
+            "models": models,
+        }
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def leave(self, slot: Slot) -> None:
+        slot.in_flight -= 1
+        slot.touch()
+        self.notify()
+
+    def notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_change(self, timeout: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def views(self) -> dict[str, ModelView]:
+        return {name: slot.view() for name, slot in self.slots.items()}
+
+    # ------------------------------------------------------------------ starting
+
+    async def ensure_ready(self, slot: Slot, wait_s: float) -> None:
+        """Return once ``slot`` is ready; raise Unavailable after ``wait_s`` or on failure."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            if self.closing:
+                raise Unavailable("The endpoint is shutting down", code="shutting_down")
+            if slot.state == "ready":
+                return
+            if slot.state == "failed":
+                raise Unavailable(
+                    f"The model '{slot.plan.launch.api_label}' failed: {slot.failed_reason}",
+                    code="model_failed",
+                )
+            if slot.start_task is None or slot.start_task.done():
+                slot.start_task = asyncio.create_task(self._start(slot))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._too_long(slot, wait_s)
+            try:
+                await asyncio.wait_for(asyncio.shield(slot.start_task), remaining)
+            except TimeoutError:
+                raise self._too_long(slot, wait_s) from None
+            except Unavailable:
+                raise
+            except StartFailed as exc:
+                if slot.failed_reason is not None:
+                    continue  # failed for good: answered above with the reason
+                raise Unavailable(
+                    f"The model '{slot.plan.launch.api_label}' could not start: {exc}",
+                    code="model_unavailable",
+                    retry_after_s=max(1.0, slot.not_before - time.monotonic()),
+                ) from None
+
+    def _too_long(self, slot: Slot, waited: float) -> Unavailable:
+        doing = "is still starting" if slot.state == "starting" else "is waiting for room"
+        return Unavailable(
+            f"The model '{slot.plan.launch.api_label}' {doing} after {waited:g} s "
+            "(other models are busy or loading); retry shortly",
+            code="model_loading",
+            retry_after_s=max(1.0, min(10.0, waited / 4)),
+        )
+
+    async def _start(self, slot: Slot) -> None:
+        """Admit ``slot`` (evicting idle models as the policy says), then spawn and warm up."""
+        async with self.admission:
+            admitted_by = time.monotonic() + max(self.plan.start_timeout, 1.0)
+            while True:
+                if self.closing:
+                    raise Unavailable("The endpoint is shutting down", code="shutting_down")
+                delay = slot.not_before - time.monotonic()
+                if delay > 0:  # backoff after a crash
+                    await asyncio.sleep(delay)
+                    continue
+                decision = plan_start(self.views(), slot.name, self.limits)
+                if isinstance(decision, Already):
+                    return
+                if isinstance(decision, Start):
+                    slot.state = "starting"
+                    self.notify()
+                    break
+                if isinstance(decision, Evict):
+                    for name in decision.names:
+                        log.info("%s: stopping idle %s to make room", slot.name, name)
+                    await asyncio.gather(*(self.stop(self.slots[n]) for n in decision.names))
+                    continue
+                if isinstance(decision, Refuse):
+                    raise Unavailable(
+                        f"The model '{slot.plan.launch.api_label}' cannot start: {decision.reason}",
+                        code="model_unavailable",
+                    )
+                assert isinstance(decision, Wait)
+                remaining = admitted_by - time.monotonic()
+                if remaining <= 0:
+                    raise Unavailable(
+                        f"No room for '{slot.plan.launch.api_label}': {decision.reason}",
+                        code="model_loading",
+                        retry_after_s=5.0,
+                    )
+                await self.wait_change(remaining)
+        try:
+            await self._spawn_and_warm(slot)
+        except StartFailed as exc:
+            code = (
+                slot.process.process.returncode if slot.process and slot.process.process else None
+            )
+            await self._kill(slot)
+            self._crashed(slot, str(exc), code, was_ready=False)
+            raise
+        except BaseException:
+            await self._kill(slot)
+            slot.state = "stopped"
+            self.notify()
+            raise
+
+    async def _spawn_and_warm(self, slot: Slot) -> None:
+        slot.health.mark_restarting()
+        process = ServerProcess(slot.spec, self.policy.stop_timeout_s)
+        slot.process = process
+        slot.stopping_by_us = False
+        slot.started_at = time.monotonic()
+        await process.start()
+        self.notify()  # spawned (begin() waits for the preloaded ones)
+        exited: asyncio.Future[Any] = asyncio.ensure_future(process.wait())
+        slot.watcher = asyncio.create_task(self._watch(slot, process, exited))
+        upstream = slot.upstream()
+
+        async def attempt(timeout_s: float) -> str:
+            # aiohttp is imported here, not at the top: a preloaded server is spawned
+            # before the gateway's imports, so the two start-ups overlap.
+            from mlxpin.serve.upstream import warm_up_status
+
+            return await warm_up_status(upstream, slot.health, timeout_s=timeout_s)
+
+        warm = WarmUp(attempt, self.policy.ready_timeout_s, WARM_UP_ERRORS)
+        never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            outcome = await warm_up(slot.name, warm, exited, never)
+        finally:
+            never.cancel()
+        if outcome != "ready":
+            code = exited.result() if exited.done() else None
+            raise StartFailed(
+                f"mlx_lm.server exited with code {code} before answering"
+                if outcome == "gone"
+                else "mlx_lm.server did not answer its warm-up"
+            )
+        slot.state = "ready"
+        slot.touch()
+        log.info("%s: ready (pid %d)", slot.name, process.pid)
+        self.notify()
+
+    async def _watch(self, slot: Slot, process: ServerProcess, exited: asyncio.Future[Any]) -> None:
+        code = await exited
+        if slot.process is not process or slot.stopping_by_us or self.closing:
+            return
+        if slot.state == "ready":
+            process.forget()
+            slot.process = None
+            self._crashed(slot, f"mlx_lm.server exited with code {code}", code, was_ready=True)
+
+    def _crashed(self, slot: Slot, why: str, code: int | None, *, was_ready: bool) -> None:
+        now = time.monotonic()
+        slot.restarts += 1
+        decision = slot.budget.after_exit(
+            slot.name, code, started=slot.started_at, now=now, was_ready=was_ready
+        )
+        if isinstance(decision, GiveUp):
+            slot.state = "failed"
+            slot.failed_reason = (
+                f"{decision.message}; not restarted until "
+                f"POST /mlxpin/models/{slot.plan.launch.api_label}/load"
+            )
+            log.error("%s: failed: %s", slot.name, slot.failed_reason)
+        else:
+            slot.state = "stopped"
+            slot.not_before = now + decision.delay_s
+            log.warning(
+                "%s: %s; restarting on its next request (not before %.3g s)",
+                slot.name,
+                why,
+                decision.delay_s,
+            )
+        self.notify()
+
+    # ------------------------------------------------------------------ stopping
+
+    async def stop(self, slot: Slot) -> None:
+        """Stop ``slot``'s server (the caller checked it may be stopped)."""
+        if slot.state not in ("ready", "starting"):
+            return
+        slot.state = "stopping"
+        self.notify()
+        await self._kill(slot)
+        slot.state = "stopped"
+        log.info("%s: stopped", slot.name)
+        self.notify()
+
+    async def _kill(self, slot: Slot) -> None:
+        process = slot.process
+        slot.stopping_by_us = True
+        if process is None:
+            return
+        await process.stop()
+        process.forget()
+        slot.process = None
+        shutil.rmtree(slot.plan.launch.cwd, ignore_errors=True)
+
+    async def unload(self, slot: Slot) -> None:
+        """Stop ``slot`` once nothing is in flight on it (new requests may start it again)."""
+        while True:
+            if slot.state in ("stopped", "failed"):
+                return
+            if slot.state == "ready" and slot.in_flight == 0:
+                await self.stop(slot)
+                return
+            await self.wait_change(1.0)
+
+    async def load(self, slot: Slot) -> None:
+        """Start ``slot`` now (a failed model is given a fresh crash budget)."""
+        if slot.state == "failed":
+            slot.state = "stopped"
+            slot.failed_reason = None
+            slot.budget = RestartBudget(self.policy)
+            slot.not_before = 0.0
+        slot.in_flight += 1  # held while loading: not evicted before it is ever used
+        try:
+            await self.ensure_ready(slot, self.policy.ready_timeout_s)
+        finally:
+            self.leave(slot)
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def begin(self) -> None:
+        for slot in self.slots.values():  # left by a `serve` killed with -9 (macOS)
+            await reap_leftover(slot.spec, self.policy.stop_timeout_s)
+        self._ttl_task = asyncio.create_task(self._ttl_loop())
+        preload = [s for s in self.slots.values() if s.plan.preload]
+        if preload:
+            self._preload_task = asyncio.create_task(self._preload(preload))
+            # Let their spawns happen before the caller goes on (importing the gateway):
+            # the servers load while mlxpin finishes its own start-up.
+            deadline = time.monotonic() + 5.0
+            while not self._preload_task.done() and time.monotonic() < deadline:
+                if all(s.process is not None and s.process.process for s in preload):
+                    break
+                await self.wait_change(0.1)
+
+    async def _preload(self, slots: list[Slot]) -> None:
+        results = await asyncio.gather(*(self.load(s) for s in slots), return_exceptions=True)
+        for slot, result in zip(slots, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("%s: preload failed: %s", slot.name, result)
+        self.preloaded = all(s.state == "ready" for s in slots)
+
+    async def _ttl_loop(self) -> None:
+        ttl = {s.name: s.plan.idle_ttl for s in self.slots.values()}
+        while not self.closing:
+            views = [s.view() for s in self.slots.values()]
+            for name in expired(views, time.monotonic(), ttl):
+                slot = self.slots[name]
+                if slot.view().evictable:
+                    log.info("%s: idle for %.0f s: stopping", name, ttl[name])
+                    await self.stop(slot)
+            wait = next_expiry([s.view() for s in self.slots.values()], time.monotonic(), ttl)
+            await self.wait_change(None if wait is None else wait + 0.01)
+
+    async def close(self) -> None:
+        """Stop every server (SIGTERM, then SIGKILL after the stop timeout)."""
+        self.closing = True
+        self.notify()
+        for task in (self._ttl_task, self._preload_task, *self._start_tasks()):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        await asyncio.gather(*(self._kill(s) for s in self.slots.values()))
+        for slot in self.slots.values():
+            slot.state = "stopped"
+            if slot.private_dir is not None:
+                shutil.rmtree(slot.private_dir, ignore_errors=True)
+
+    def _start_tasks(self) -> list[asyncio.Task[Any]]:
+        return [s.start_task for s in self.slots.values() if s.start_task is not None]

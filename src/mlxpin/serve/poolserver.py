@@ -1,0 +1,135 @@
+"""Run `mlxpin serve`: the gateway over a Pool, its operator routes, signals, clean exit.
+
+Routes on top of the gateway's (all need the API key when one is set):
+
+- ``GET /mlxpin/status``: every model's name, label, state, pid, cost, last use, requests
+  in flight, restarts, and the budget used/total (what `mlxpin ps` prints);
+- ``POST /mlxpin/models/{label}/load``: start it now (waits for its warm-up);
+- ``POST /mlxpin/models/{label}/unload``: stop it once its requests in flight are done.
+
+SIGTERM/SIGINT/SIGHUP stop the gateway and every server's process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from mlxpin.errors import PortInUseError
+from mlxpin.serve.apierrors import ApiError
+from mlxpin.serve.backends import Unavailable
+from mlxpin.serve.plan import read_api_key
+from mlxpin.serve.pool import Pool, PoolPolicy, Slot
+from mlxpin.serve.serveplan import ServePlan
+from mlxpin.serve.state import GatewayState
+from mlxpin.serve.supervisor import bind_public
+
+if TYPE_CHECKING:  # aiohttp is imported once the preloaded servers are spawned
+    from aiohttp import web
+
+    from mlxpin.serve.gateway import Gateway
+
+log = logging.getLogger("mlxpin.serve")
+
+STATUS_PATH = "/mlxpin/status"
+MODEL_ACTION_PATH = "/mlxpin/models/{label}/{action}"
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def pool_app(gateway: Gateway, pool: Pool) -> web.Application:
+    """The gateway's application plus the operator routes of the pool."""
+    from aiohttp import web
+
+    from mlxpin.serve.gateway import api_error_response
+
+    app = gateway.app()
+
+    async def status(_request: web.Request) -> web.Response:
+        return web.json_response(dict(pool.status()), dumps=_dumps)
+
+    def slot_of(label: str) -> Slot | ApiError:
+        route = gateway.table.by_label.get(label)
+        if route is None:
+            return ApiError(
+                404,
+                f"The model '{label[:200]}' does not exist. Available: {gateway.table.available}",
+                "model_not_found",
+                "model",
+            )
+        return pool.by_label[route.api_label]
+
+    async def action(request: web.Request) -> web.StreamResponse:
+        slot = slot_of(request.match_info["label"])
+        if isinstance(slot, ApiError):
+            return api_error_response(slot)
+        what = request.match_info["action"]
+        if what == "load":
+            try:
+                await pool.load(slot)
+            except Unavailable as exc:
+                headers: tuple[tuple[str, str], ...] = ()
+                if exc.retry_after_s is not None:
+                    headers = (("Retry-After", str(max(1, round(exc.retry_after_s)))),)
+                return api_error_response(
+                    ApiError(exc.status, exc.message, exc.code, headers=headers)
+                )
+        elif what == "unload":
+            await pool.unload(slot)
+        else:
+            return api_error_response(
+                ApiError(404, f"Unknown action {what!r}: use load or unload", "not_found")
+            )
+        model = next(m for m in pool.status()["models"] if m["name"] == slot.name)  # type: ignore[attr-defined]
+        return web.json_response({"ok": True, "model": model}, dumps=_dumps)
+
+    app.router.add_get(STATUS_PATH, status)
+    app.router.add_post(MODEL_ACTION_PATH, action)
+    return app
+
+
+async def run_pool(plan: ServePlan, environ: Mapping[str, str], policy: PoolPolicy) -> int:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, stopping.set)
+    api_key = read_api_key(environ)
+    try:
+        listeners = bind_public(plan.host, plan.port)  # taken: exit 69 before anything starts
+    except OSError as exc:
+        raise PortInUseError("serve", plan.host, plan.port, exc.strerror or str(exc)) from None
+    pool = Pool(plan, environ, policy)
+    runner = None
+    try:
+        await pool.begin()  # preloaded servers are spawned now, while the gateway imports
+        from mlxpin.serve.gateway import Gateway, serve
+
+        gateway = Gateway(pool, GatewayState(), api_key=api_key)
+        runner = await serve(pool_app(gateway, pool), plan.host, plan.port, sockets=listeners)
+        log.info(
+            "serving %d models on http://%s:%d/v1 (budget %d bytes, max_loaded %s)",
+            len(plan.models),
+            plan.host,
+            plan.port,
+            plan.budget,
+            plan.max_loaded if plan.max_loaded is not None else "unlimited",
+        )
+        await stopping.wait()
+        log.info("stopping")
+    finally:
+        await pool.close()
+        if runner is not None:
+            await runner.cleanup()
+        for sock in listeners:
+            sock.close()
+    return 0
+
+
+def run_serve(plan: ServePlan, environ: Mapping[str, str], policy: PoolPolicy | None = None) -> int:
+    return asyncio.run(run_pool(plan, environ, policy or PoolPolicy()))

@@ -1,0 +1,219 @@
+"""One model server process: start it, warm it up, stop it, reap one left behind.
+
+- **start**: ``argv`` in a fresh, empty ``cwd`` with exactly ``env``, stdin closed, in a
+  process group of its own that dies with mlxpin on Linux (PR_SET_PDEATHSIG); its pid
+  goes into a pid file.
+- **warm-up**: 1-token completions until one succeeds. A server is polled from the moment
+  it is spawned with a short, growing pause (5 ms → 50 ms) while it is not listening yet,
+  so readiness is noticed within a few ms of the server binding, not on a fixed tick. The
+  first completion loads the model and may take minutes; the server exiting, a stop
+  request or the deadline end the wait at once.
+- **stop**: SIGTERM to the process group, SIGKILL after ``stop_timeout_s``.
+- **reap**: a server an earlier ``mlxpin launch`` left (killed with -9 on macOS, which
+  has no parent-death signal) is found by its pid file and stopped, if its command line
+  is an mlx_lm server on the same snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ServerProcess", "ServerSpec", "WarmUp", "reap_leftover"]
+
+log = logging.getLogger("mlxpin.launch")
+
+#: Pauses between warm-up attempts while the server is not listening yet.
+POLL_FIRST_S = 0.005
+POLL_MAX_S = 0.05
+#: Pause after an error answer (the server listens but cannot answer yet).
+ERROR_PAUSE_S = 0.25
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: Path
+    model: str
+    """The exact --model string (recognises a leftover server of the same snapshot)."""
+
+    @property
+    def pidfile(self) -> Path:
+        return self.cwd.with_name(self.cwd.name + ".server.pid")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if mlxpin itself dies (Linux only)."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class ServerProcess:
+    """One start of a server: spawn, wait, stop."""
+
+    def __init__(self, spec: ServerSpec, stop_timeout_s: float) -> None:
+        self.spec = spec
+        self.stop_timeout_s = stop_timeout_s
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def start(self) -> None:
+        spec = self.spec
+        if spec.cwd.exists():
+            shutil.rmtree(spec.cwd, ignore_errors=True)
+        spec.cwd.mkdir(parents=True, exist_ok=True)
+        log.info("%s: starting %s", spec.name, " ".join(spec.argv))
+        self.process = await asyncio.create_subprocess_exec(
+            *spec.argv,
+            cwd=spec.cwd,
+            env=dict(spec.env),
+            stdin=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        spec.pidfile.write_text(str(self.process.pid))
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        return await self.process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM to its process group, SIGKILL after the timeout."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=self.stop_timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+    def forget(self) -> None:
+        self.spec.pidfile.unlink(missing_ok=True)
+
+
+Attempt = Callable[[float], Awaitable[str]]
+"""One warm-up completion with a timeout: "ok", "unreachable" or "error"."""
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """How a start is judged ready (see the module docstring)."""
+
+    attempt: Attempt
+    ready_timeout_s: float
+    max_errors: int
+    """Error answers in a row before the start counts as failed."""
+
+
+async def warm_up(
+    name: str, warm: WarmUp, exited: asyncio.Future[Any], stop: asyncio.Future[Any]
+) -> str:
+    """Warm the server up: "ready"; "gone" (it exited or we were told to stop); or
+    "failed" (deadline passed or it answers only errors: the caller stops it)."""
+    deadline = time.monotonic() + warm.ready_timeout_s
+    errors_in_a_row = 0
+    pause = POLL_FIRST_S
+    while not exited.done() and not stop.done():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            log.error("%s: not ready after %.0f s", name, warm.ready_timeout_s)
+            return "failed"
+        attempt: asyncio.Future[str] = asyncio.ensure_future(warm.attempt(remaining))
+        await asyncio.wait({attempt, exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await attempt
+            return "gone"
+        status = attempt.result()
+        if status == "ok":
+            return "ready"
+        if status == "error":
+            errors_in_a_row += 1
+            if errors_in_a_row >= warm.max_errors:
+                log.error("%s: the server answers every warm-up with an error; restarting it", name)
+                return "failed"
+            wait_s = ERROR_PAUSE_S
+        else:
+            errors_in_a_row = 0
+            wait_s, pause = pause, min(pause * 2, POLL_MAX_S)
+        await asyncio.wait({exited, stop}, timeout=wait_s)
+    return "gone"
+
+
+# --------------------------------------------------------------------------- leftovers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_our_server(pid: int, model: str) -> bool:
+    """Is `pid` an mlx_lm server started on this snapshot? (`ps` works on Linux and macOS.)"""
+    try:
+        command = subprocess.run(
+            ["ps", "-o", "command=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    launcher = "mlx_lm" in command or "mlxpin.serve.uds_server" in command
+    return launcher and model in command
+
+
+async def reap_leftover(spec: ServerSpec, stop_timeout_s: float) -> None:
+    """Stop a server an earlier `mlxpin launch` left behind (killed with -9, say).
+
+    On Linux the server dies with its parent anyway; macOS has no such signal, so
+    without this a second launch would load a large model twice.
+    """
+    try:
+        pid = int(spec.pidfile.read_text())
+    except (OSError, ValueError):
+        return
+    if pid > 1 and is_our_server(pid, spec.model):
+        log.warning("%s: stopping a server left running earlier (pid %d)", spec.name, pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + stop_timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    spec.pidfile.unlink(missing_ok=True)

@@ -1,0 +1,99 @@
+"""``python -m mlxpin.serve.uds_server --unix-socket PATH [mlx_lm.server options]``
+
+Runs the pinned ``mlx_lm.server`` unchanged -- its own argument parser, model provider,
+request handler and generation thread -- except that it listens on a Unix-domain socket
+instead of a TCP port. The socket lives in a 0700 directory the supervisor created, and is
+itself 0600: only processes of the same user can connect, none can reach it over the
+network or a loopback port (issue 8 item 4: the private port bypassed the gateway's key
+and label checks).
+
+mlx_lm.server's ``run()`` accepts a ``server_class`` but does not pass it on; its TCP
+listener is the module function ``_run_http_server``, which this replaces with one that
+serves the same handler on the socket. Nothing else of mlx_lm is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import socketserver
+import stat
+import sys
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+__all__ = ["UnixHTTPServer", "main"]
+
+
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """``ThreadingHTTPServer``, on a Unix socket."""
+
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def server_bind(self) -> None:
+        path = str(self.server_address)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)  # left by a server killed before (the directory is ours)
+        old = os.umask(0o177)  # the socket file is created 0600
+        try:
+            super().server_bind()
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        # What BaseHTTPRequestHandler reads from an HTTPServer.
+        self.server_name = "localhost"
+        self.server_port = 0
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, _ = self.socket.accept()
+        return conn, ("unix", 0)  # handlers log client_address[0]
+
+
+def _split(argv: list[str]) -> tuple[str, list[str]]:
+    if "--unix-socket" not in argv:
+        raise SystemExit("usage: python -m mlxpin.serve.uds_server --unix-socket PATH [options]")
+    at = argv.index("--unix-socket")
+    if at + 1 >= len(argv):
+        raise SystemExit("--unix-socket needs a path")
+    return argv[at + 1], argv[:at] + argv[at + 2 :]
+
+
+def main(argv: list[str]) -> None:
+    path, rest = _split(argv)
+    import mlx_lm.server
+
+    mlx_server: Any = mlx_lm.server
+
+    def serve_on_socket(
+        host: str,
+        port: int,
+        response_generator: Any,
+        server_class: Any = None,
+        handler_class: type[BaseHTTPRequestHandler] | None = None,
+    ) -> None:
+        handler: Any = handler_class or mlx_server.APIHandler
+        fingerprint = mlx_server.get_system_fingerprint()
+        httpd = UnixHTTPServer(
+            path,
+            lambda *args, **kwargs: handler(
+                response_generator, *args, system_fingerprint=fingerprint, **kwargs
+            ),
+        )
+        logging.info("Starting httpd at unix:%s...", path)
+        try:
+            httpd.serve_forever()
+        except KeyboardInterrupt:
+            httpd.shutdown()
+            response_generator.stop_and_join()
+
+    mlx_server._run_http_server = serve_on_socket
+    sys.argv = ["mlx_lm.server", *rest]
+    mlx_server.main()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

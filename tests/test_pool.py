@@ -1,0 +1,207 @@
+"""The pool runtime on stand-in servers (fast; the real ones are in test_cli_serve.py).
+
+Stand-ins are tiny Python HTTP servers that answer every completion, or exit at once:
+what a crash budget, a failed model and a bounded wait look like is the same for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from mlxpin.serve.backends import Unavailable
+from mlxpin.serve.gateway import Gateway
+from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
+from mlxpin.serve.pool import Pool, PoolPolicy
+from mlxpin.serve.poolserver import pool_app
+from mlxpin.serve.serveplan import PoolModelPlan, ServePlan
+from mlxpin.serve.state import GatewayState
+
+ANSWERS = """
+import http.server, json, sys
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Answer(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"choices": [{"message": {"content": "x"}}], "model": "m"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Answer).serve_forever()
+"""
+EXITS = "import sys; sys.exit(4)"
+
+
+def model(tmp_path: Path, name: str, server: str, cost: int = 1) -> PoolModelPlan:
+    launch = LaunchPlan(
+        name=name,
+        api_label=f"{name}-chat",
+        aliases=(),
+        public_host="127.0.0.1",
+        public_port=0,
+        private_host="127.0.0.1",
+        server_command=(sys.executable, "-c", server),
+        server_args=(),
+        env_set=(),
+        env_unset=(),
+        cwd=tmp_path / "run" / name,
+        snapshots=(PinnedSnapshot(name, "model", tmp_path / name, None, "sha256-x", 0, 0),),
+        api_key_required=False,
+    )
+    return PoolModelPlan(launch=launch, weights=0, cost=cost, idle_ttl=0.0, preload=False)
+
+
+def plan(*models: PoolModelPlan, max_loaded: int | None = None, wait: float = 30) -> ServePlan:
+    return ServePlan(
+        host="127.0.0.1",
+        port=0,
+        models=models,
+        budget=100,
+        budget_source="test",
+        physical_memory=0,
+        max_loaded=max_loaded,
+        start_timeout=wait,
+        api_key_required=False,
+        manifest=Path("manifest.toml"),
+    )
+
+
+POLICY = PoolPolicy(backoff_initial_s=0.01, restart_budget=2, ready_timeout_s=20)
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def test_past_its_crash_budget_a_model_fails_with_its_reason_and_others_keep_serving(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        pool = Pool(
+            plan(model(tmp_path, "good", ANSWERS), model(tmp_path, "bad", EXITS)), ENV, POLICY
+        )
+        await pool.begin()
+        try:
+            for _ in range(3):  # each start exits before answering: 3 > restart_budget 2
+                with pytest.raises(Unavailable) as info:
+                    await pool.acquire("bad-chat")
+                await asyncio.sleep(0.05)
+            assert pool.slots["bad"].state == "failed"
+            with pytest.raises(Unavailable) as info:
+                await pool.acquire("bad-chat")
+            assert info.value.code == "model_failed"
+            assert info.value.status == 503
+            assert "failed 3 starts in a row" in info.value.message
+            assert "last exit code 4" in info.value.message
+            lease = await pool.acquire("good-chat")  # the other model is not affected
+            assert pool.slots["good"].state == "ready"
+            lease.release()
+            states = {name: slot.state for name, slot in pool.slots.items()}
+            assert states == {"good": "ready", "bad": "failed"}
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_when_every_loaded_model_is_busy_the_wait_is_bounded_then_503_retry_after(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        models = (model(tmp_path, "a", ANSWERS), model(tmp_path, "b", ANSWERS))
+        pool = Pool(plan(*models, max_loaded=1, wait=0.5), ENV, POLICY)
+        gateway = Gateway(pool, GatewayState())
+        async with TestClient(TestServer(pool_app(gateway, pool))) as client:
+            await pool.load(pool.slots["a"])  # (a start may take longer than the 0.5 s wait)
+            busy = await pool.acquire("a-chat")  # a request in flight on a: never evicted
+            body = {"model": "b-chat", "messages": [{"role": "user", "content": "x"}]}
+            response = await client.post("/v1/chat/completions", json=body)
+            assert response.status == 503
+            assert int(response.headers["Retry-After"]) >= 1
+            error = (await response.json())["error"]
+            assert error["code"] == "model_loading"
+            assert "b-chat" in error["message"] and error["type"] == "server_error"
+            assert pool.slots["a"].state == "ready"
+            busy.release()  # now a is idle: b evicts it
+            await pool.load(pool.slots["b"])  # (a start may take longer than the 0.5 s wait)
+            response = await client.post("/v1/chat/completions", json=body)
+            assert response.status == 200, await response.text()
+            assert (await response.json())["model"] == "b-chat"
+            assert pool.status()["loaded"] == 1
+            assert pool.views()["a"].state == "stopped"
+            status = await (await client.get("/mlxpin/status")).json()
+            assert status["loaded"] == 1 and status["max_loaded"] == 1
+        await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_first_requests_share_one_start(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pool = Pool(plan(model(tmp_path, "a", ANSWERS)), ENV, POLICY)
+        starts = 0
+        original = pool._spawn_and_warm
+
+        async def counted(slot: object) -> None:
+            nonlocal starts
+            starts += 1
+            await original(slot)  # type: ignore[arg-type]
+
+        pool._spawn_and_warm = counted  # type: ignore[method-assign]
+        leases = await asyncio.gather(*(pool.acquire("a-chat") for _ in range(8)))
+        assert starts == 1
+        assert pool.slots["a"].in_flight == 8
+        for lease in leases:
+            lease.release()
+        assert pool.slots["a"].in_flight == 0
+        await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_unknown_label_on_operator_routes_is_404(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pool = Pool(plan(model(tmp_path, "a", ANSWERS)), ENV, POLICY)
+        async with TestClient(TestServer(pool_app(Gateway(pool, GatewayState()), pool))) as c:
+            response = await c.post("/mlxpin/models/nope/load")
+            assert response.status == 404
+            assert (await response.json())["error"]["code"] == "model_not_found"
+            response = await c.post("/mlxpin/models/a-chat/unload")  # stopped: nothing to do
+            assert response.status == 200
+        await pool.close()
+
+    assert aiohttp  # the test client is aiohttp's own
+    asyncio.run(scenario())
+
+
+def test_unload_waits_for_requests_in_flight_and_idle_ttl_stops(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        quick = model(tmp_path, "a", ANSWERS)
+        quick = PoolModelPlan(quick.launch, 0, 1, idle_ttl=0.3, preload=False)
+        pool = Pool(plan(quick, model(tmp_path, "b", ANSWERS)), ENV, POLICY)
+        await pool.begin()
+        try:
+            lease = await pool.acquire("b-chat")
+            unload = asyncio.create_task(pool.unload(pool.slots["b"]))
+            await asyncio.sleep(0.3)
+            assert not unload.done() and pool.slots["b"].state == "ready"  # still in flight
+            lease.release()
+            await asyncio.wait_for(unload, 10)
+            assert pool.views()["b"].state == "stopped"
+            (await pool.acquire("a-chat")).release()
+            assert pool.slots["a"].state == "ready"
+            for _ in range(100):  # its 0.3 s TTL passes
+                if pool.views()["a"].state == "stopped":
+                    break
+                await asyncio.sleep(0.05)
+            assert pool.views()["a"].state == "stopped"
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
