@@ -15,6 +15,23 @@ import pytest
 
 from hubserver import HubServer
 
+# The suite starts the CLI as a subprocess hundreds of times. Where the machine sets
+# PYTHONDONTWRITEBYTECODE, every one of them would compile mlxpin, typer and
+# huggingface_hub from source again; caching bytecode keeps the run short.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow end-to-end tests run in CI (CI=true) and with MLXPIN_SLOW=1; a developer's
+    default run skips them, saying how to run them."""
+    if os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("MLXPIN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow end-to-end test: MLXPIN_SLOW=1 runs it (CI always does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 # Variables that would make huggingface_hub send a real token, go offline or use another
 # cache than the test's own.
 _HF_LEAKS = (

@@ -600,6 +600,21 @@ def test_planted_symlinks_in_a_shared_cache_are_never_followed(
     project.ok("verify")
 
 
+def test_a_planted_blob_lock_link_is_replaced_not_followed(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    repo = locked(hub, project)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    blob = blob_of(project, repo, "config.json")
+    lock = project.hf_home / "hub" / ".locks" / blob.parent.parent.name / (blob.name + ".lock")
+    lock.parent.mkdir(parents=True)
+    lock.symlink_to(victim)
+    project.ok("fetch")
+    assert victim.read_bytes() == b"precious"
+    assert not lock.is_symlink()
+
+
 def test_a_blob_replaced_by_a_link_after_fetch_is_foreign(
     hub: HubServer, project: Project, tmp_path: Path
 ) -> None:

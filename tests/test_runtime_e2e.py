@@ -52,6 +52,7 @@ def post(url: str, body: dict[str, object]) -> dict[str, object]:
 
 @pytest.mark.e2e
 @pytest.mark.registry
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_pinned_runtime_from_the_registry_serves_the_tiny_model(tmp_path: Path) -> None:
     root = tmp_path / "project"

@@ -42,7 +42,7 @@ from mlxpin.store.gc import (
     plan,
 )
 from mlxpin.store.layout import FileStat, StoreLayout, read_record
-from mlxpin.util.atomic import hold_lock
+from mlxpin.util.atomic import hold_mutex
 
 LOCK_TIMEOUT_S = 0.5
 VIEW_KEY_RE = HEX_RE
@@ -386,7 +386,7 @@ def _locked(path: Path | None, timeout_s: float) -> Iterator[None]:
     if path is None:
         yield
         return
-    with hold_lock(path, timeout_s):
+    with hold_mutex(path, timeout_s):
         yield
 
 

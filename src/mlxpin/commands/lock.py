@@ -34,7 +34,7 @@ from mlxpin.project.selection import (
 )
 from mlxpin.runtime.lock import Resolver, RuntimeChange, lock_runtime
 from mlxpin.runtime.pin import read_state
-from mlxpin.util.atomic import hold_lock
+from mlxpin.util.atomic import hold_mutex
 from mlxpin.util.parallel import run_parallel
 from mlxpin.util.writable import require_writable_dir
 
@@ -219,7 +219,7 @@ def lock(
     specs = with_dependencies(manifest, picked)
     moving = {s.name for s in picked} if update else set()
     require_writable_dir(lock_dir_mutex(settings).parent, STATE_DIR_HINT)
-    with hold_lock(lock_dir_mutex(settings)):
+    with hold_mutex(lock_dir_mutex(settings)):
         locks = read_locks(settings.lock_dir, [s.name for s in specs])
         states = {s.name: s for s in diff(manifest, locks, ())}
         changes: list[LockChange] = []

@@ -17,7 +17,7 @@ from mlxpin.store.bundle import BundleReader
 from mlxpin.store.fetch import NoProgress, Progress
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.transfer import import_bundle, plan_export, write_bundle
-from mlxpin.util.atomic import disk_error, fsync_dir, hold_lock, temp_name
+from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def import_(
             outcome = import_bundle(layout, BundleReader(handle, label), check_lock, progress)
     register_root(layout, settings.lock_dir)
     results: list[ImportedModelResult] = []
-    with hold_lock(lock_dir_mutex(settings)):
+    with hold_mutex(lock_dir_mutex(settings)):
         for model in outcome.models:
             state = "same" if read_lock(settings.lock_dir, model.name) is not None else "absent"
             if state == "absent" and write_locks:

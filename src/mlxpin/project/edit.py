@@ -43,7 +43,7 @@ from mlxpin.project.manifest import (
     parse_manifest,
 )
 from mlxpin.project.tomllines import ASSIGN_RE, HEADER_RE, split_key
-from mlxpin.util.atomic import hold_lock, write_atomic
+from mlxpin.util.atomic import hold_mutex, write_atomic
 from mlxpin.util.writable import require_writable_dir
 
 
@@ -259,7 +259,7 @@ def used_ports(document: dict[str, Any]) -> set[int]:
     return ports
 
 
-def free_port(document: dict[str, Any]) -> int:
+def first_unused_manifest_port(document: dict[str, Any]) -> int:
     """The lowest port from 8080 up that no model of the manifest uses."""
     used = used_ports(document)
     port = DEFAULT_PORT
@@ -372,7 +372,7 @@ def add(
         raise UsageError("--revision is for --repo; a local --path has no revision")
     manifest_path = settings.manifest_path
     require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
-    with hold_lock(_manifest_mutex(settings), 30.0):
+    with hold_mutex(_manifest_mutex(settings), 30.0):
         text = _read(manifest_path)
         document = _unwrap(text, manifest_path)
         models = document.get("models")
@@ -385,7 +385,7 @@ def add(
         model = NewModel(
             name=name,
             api_label=label if label is not None else name,
-            port=port if port is not None else free_port(document),
+            port=port if port is not None else first_unused_manifest_port(document),
             repo=repo,
             path=written_path,
             revision=revision,
@@ -434,7 +434,7 @@ def remove(settings: Settings, name: str) -> RemoveResult:
 
     manifest_path = settings.manifest_path
     require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
-    with hold_lock(_manifest_mutex(settings), 30.0):
+    with hold_mutex(_manifest_mutex(settings), 30.0):
         text = _read(manifest_path)
         manifest = parse_manifest(text.encode("utf-8"), manifest_path)
         pick(manifest, [name])  # a usage error naming the models when unknown
@@ -452,7 +452,7 @@ def remove(settings: Settings, name: str) -> RemoveResult:
         )
         _write(manifest_path, new_text)
     lock_file: Path | None = None
-    with hold_lock(lock_dir_mutex(settings), 30.0):
+    with hold_mutex(lock_dir_mutex(settings), 30.0):
         candidate = lock_path(settings.lock_dir, name)
         try:
             candidate.unlink()

@@ -40,7 +40,7 @@ from mlxpin.runtime.layout import (
 )
 from mlxpin.runtime.pin import RuntimePin, requirements_txt
 from mlxpin.runtime.uv import run_uv
-from mlxpin.util.atomic import fsync_dir, hold_lock
+from mlxpin.util.atomic import fsync_dir, hold_mutex
 
 BUILD_TIMEOUT_S = 3600.0
 Report = Callable[[str], None]
@@ -97,7 +97,7 @@ def install_runtime(
     key = pin.key
     check = check_runtime(layout, key)
     if not check.ok:
-        with hold_lock(layout.mutex(key), timeout_s=BUILD_TIMEOUT_S):
+        with hold_mutex(layout.mutex(key), timeout_s=BUILD_TIMEOUT_S):
             check = check_runtime(layout, key)  # a parallel fetch may have built it
             if not check.ok:
                 _build(layout, pin, environ, report)

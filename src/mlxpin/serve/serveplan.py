@@ -101,7 +101,7 @@ def _pinned(layout: StoreLayout, lock: LockedModel, role: str, verify: bool) -> 
     else:
         stamp = check_stamp(layout, lock)
         if not stamp.ok:
-            raise SnapshotMissingError(lock.name, f"snapshot {stamp.problem}")
+            raise SnapshotMissingError(lock.name, stamp.problem or "snapshot not verified")
     return PinnedSnapshot(
         name=lock.name,
         role=role,

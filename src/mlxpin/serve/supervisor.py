@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlxpin.errors import PortInUseError, ServerCrashedError
+from mlxpin.errors import DiskError, PortInUseError, ServerCrashedError
 from mlxpin.serve.backends import Upstream
 from mlxpin.serve.plan import LaunchPlan, read_api_key
 from mlxpin.serve.process import ServerProcess, ServerSpec, WarmUp, reap_leftover, warm_up
@@ -99,7 +99,7 @@ def private_socket_dir(plan: LaunchPlan) -> Path:
     wanted.mkdir(mode=0o700)
     info = wanted.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise OSError(f"{wanted} is not a directory of ours")
+        raise DiskError(wanted, "replaced while it was created: not a directory of ours")
     os.chmod(wanted, 0o700)  # whatever the umask
     return wanted
 

@@ -39,7 +39,7 @@ from mlxpin.store.layout import (
 )
 from mlxpin.store.ranged import fill_ranged
 from mlxpin.store.sources import ByteSource
-from mlxpin.util.atomic import disk_error, fsync_dir, hold_lock, temp_name, write_atomic
+from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name, write_atomic
 from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm
 from mlxpin.util.parallel import CANCEL, Cancelled, run_parallel
 
@@ -294,7 +294,7 @@ def ensure_blob(
         return _BlobResult(StampEntry(file.path, str(blob), stat), 0, 0)
     blob.parent.mkdir(parents=True, exist_ok=True)
     # 0o664 like huggingface_hub, so other users sharing the cache can wait on it too.
-    with hold_lock(layout.blob_lock(lock, file), BLOB_LOCK_TIMEOUT_S, mode=0o664):
+    with hold_mutex(layout.blob_lock(lock, file), BLOB_LOCK_TIMEOUT_S, mode=0o664):
         hashed = 0
         try:
             st: os.stat_result | None = os.lstat(blob)
@@ -455,7 +455,7 @@ def publish(
     snapshot links, the exact view, then the stamp (what launch trusts) last."""
     try:
         link_hub_snapshot(layout, lock)
-        with hold_lock(layout.view_lock(lock)):
+        with hold_mutex(layout.view_lock(lock)):
             view = build_view(layout, lock, entries)
             write_stamp(layout, lock, entries, origin)
     except OSError as exc:
@@ -560,7 +560,7 @@ def verify_model(layout: StoreLayout, lock: LockedModel, progress: Progress) -> 
         elif entry is not None:
             entries.append(entry)
     if not bad:
-        with hold_lock(layout.view_lock(lock)):
+        with hold_mutex(layout.view_lock(lock)):
             write_stamp(layout, lock, entries)
     else:
         with contextlib.suppress(FileNotFoundError):

@@ -42,7 +42,7 @@ from mlxpin.store.layout import (
     read_stamp,
 )
 from mlxpin.store.sources import LocalSourceBytes
-from mlxpin.util.atomic import hold_lock
+from mlxpin.util.atomic import hold_mutex
 from mlxpin.util.parallel import CANCEL
 
 BUNDLE_ORIGIN = "bundle"
@@ -343,7 +343,7 @@ def _roll_back(layout: StoreLayout, created: list[tuple[LockedModel, LockedFile]
         blob = layout.blob(lock, file)
         partial = blob.with_name(blob.name + ".mlxpin.incomplete")
         try:
-            with hold_lock(layout.blob_lock(lock, file), 30.0, mode=0o664):
+            with hold_mutex(layout.blob_lock(lock, file), 30.0, mode=0o664):
                 for path in (partial, blob):
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()

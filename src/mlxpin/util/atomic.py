@@ -82,22 +82,26 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 @contextlib.contextmanager
-def hold_lock(lock_path: Path, timeout_s: float = 600.0, mode: int = 0o644) -> Iterator[None]:
-    """A cross-process lock; LockBusyError (exit 75) if it stays held past the timeout."""
+def hold_mutex(mutex_path: Path, timeout_s: float = 600.0, mode: int = 0o644) -> Iterator[None]:
+    """A cross-process mutex (a file lock, never a pin); LockBusyError (exit 75) if it
+    stays held past the timeout."""
     import filelock  # not on the boot path
 
-    make_dirs(lock_path.parent)
-    lock = filelock.FileLock(str(lock_path), mode=mode)
+    make_dirs(mutex_path.parent)
+    if mutex_path.is_symlink():  # planted in a shared cache: filelock refuses links (ELOOP)
+        with contextlib.suppress(FileNotFoundError):
+            mutex_path.unlink()  # the link, never its target
+    mutex = filelock.FileLock(str(mutex_path), mode=mode)
     try:
-        lock.acquire(timeout=timeout_s)
+        mutex.acquire(timeout=timeout_s)
     except filelock.Timeout:
-        raise LockBusyError(lock_path, timeout_s) from None
+        raise LockBusyError(mutex_path, timeout_s) from None
     except OSError as exc:
-        error = disk_error(lock_path, exc)
+        error = disk_error(mutex_path, exc)
         if error is None:
             raise
         raise error from None
     try:
         yield
     finally:
-        lock.release()
+        mutex.release()
