@@ -15,6 +15,10 @@ def main() -> None:
         from mlxpin.cli.serveboot import main as serve
 
         raise SystemExit(serve(argv[1:]))
+    if argv[:1] == ["_host"]:  # run over ssh by another host (see mlxpin.cli.hostagent)
+        from mlxpin.cli.hostagent import main as host_agent
+
+        raise SystemExit(host_agent(argv[1:]))
     from mlxpin.cli.app import main as cli
 
     cli()

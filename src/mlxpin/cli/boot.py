@@ -17,6 +17,7 @@ from typing import Any
 
 from mlxpin.cli.output import CommandExit, Output, run_guarded, settings_for
 from mlxpin.cli.render import human_size, short_commit
+from mlxpin.config import Settings
 from mlxpin.serve.plan import LaunchPlan, plan_launch
 
 
@@ -28,6 +29,8 @@ class LaunchOptions:
     max_restarts: int = 5
     restart_delay: float = 1.0
     ready_timeout: float = 900.0
+    probe_interval: float = 30.0
+    probe_timeout: float = 60.0
     cache_dir: Path | None = None
     manifest: Path | None = None
     lock_dir: Path | None = None
@@ -123,6 +126,9 @@ def launch_main(options: LaunchOptions) -> int:
     def run() -> None:
         out = Output(options.as_json, options.quiet)
         settings = settings_for(options.manifest, options.lock_dir, options.cache_dir)
+        if _is_distributed(settings, options.name):
+            _launch_distributed(options, settings, out)
+            return
         plan = plan_launch(settings, options.name, environ=os.environ, verify=options.verify)
         if options.dry_run:
             out.line(plan_text(plan))
@@ -148,6 +154,42 @@ def launch_main(options: LaunchOptions) -> int:
     )
 
 
+def _is_distributed(settings: Settings, name: str | None) -> bool:
+    try:  # most manifests never say the word: no second parse on the boot path
+        if b"distributed" not in settings.manifest_path.read_bytes():
+            return False
+    except OSError:
+        return False  # plan_launch reports the missing manifest
+    from mlxpin.serve.distributed import distributed_spec
+
+    return distributed_spec(settings, name)[1]
+
+
+def _launch_distributed(options: LaunchOptions, settings: Settings, out: Output) -> None:
+    from mlxpin.cli.distributed import distributed_json, distributed_text
+    from mlxpin.serve.distributed import plan_distributed
+
+    plan = plan_distributed(settings, options.name, environ=os.environ, verify=options.verify)
+    if options.dry_run:
+        out.line(distributed_text(plan))
+        out.result({"ok": True, "plan": distributed_json(plan)})
+        return
+    from mlxpin.serve.rankgroup import WatchdogPolicy, run_distributed
+    from mlxpin.serve.supervisor import SupervisorPolicy
+
+    policy = SupervisorPolicy(
+        ready_timeout_s=options.ready_timeout,
+        backoff_initial_s=options.restart_delay,
+        restart_budget=options.max_restarts,
+    )
+    watchdog = WatchdogPolicy(
+        probe_interval_s=options.probe_interval, probe_timeout_s=options.probe_timeout
+    )
+    code = run_distributed(plan, os.environ, policy, watchdog)
+    if code:
+        raise CommandExit(code)
+
+
 def _non_negative(kind: type[int] | type[float], minimum: float) -> Any:
     def parse(text: str) -> int | float:
         value = kind(text)
@@ -166,6 +208,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-restarts", type=_non_negative(int, 0), default=5)
     p.add_argument("--restart-delay", type=_non_negative(float, 0.0), default=1.0)
     p.add_argument("--ready-timeout", type=_non_negative(float, 1.0), default=900.0)
+    p.add_argument("--probe-interval", type=_non_negative(float, 0.1), default=30.0)
+    p.add_argument("--probe-timeout", type=_non_negative(float, 0.1), default=60.0)
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--manifest", "-m", type=Path)
     p.add_argument("--lock-dir", type=Path)

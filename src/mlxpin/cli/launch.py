@@ -43,6 +43,22 @@ def launch_command(
             "--ready-timeout", min=1.0, help="Seconds the server may take to answer its warm-up."
         ),
     ] = 900.0,
+    probe_interval: Annotated[
+        float,
+        typer.Option(
+            "--probe-interval",
+            min=0.1,
+            help="Distributed: seconds between progress probes when no request completed.",
+        ),
+    ] = 30.0,
+    probe_timeout: Annotated[
+        float,
+        typer.Option(
+            "--probe-timeout",
+            min=0.1,
+            help="Distributed: a 1-token probe slower than this restarts the whole group.",
+        ),
+    ] = 60.0,
     *,
     common: Common,
 ) -> None:
@@ -59,6 +75,8 @@ def launch_command(
             max_restarts=max_restarts,
             restart_delay=restart_delay,
             ready_timeout=ready_timeout,
+            probe_interval=probe_interval,
+            probe_timeout=probe_timeout,
             cache_dir=common.cache_dir,
             manifest=common.manifest,
             lock_dir=common.lock_dir,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,10 +13,15 @@ from mlxpin.cli.app import (
     NamesArg,
     verb,
 )
+from mlxpin.cli.output import CommandExit, Output
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import fetch as fetch_cmd
 from mlxpin.commands import status as status_cmd
 from mlxpin.store.fetch import NoProgress, Progress
+
+if TYPE_CHECKING:
+    from mlxpin.commands.hosts import HostsResult
+    from mlxpin.config import Settings
 
 
 class BarProgress:
@@ -77,6 +82,14 @@ def fetch_command(
             show_default=False,
         ),
     ] = None,
+    hosts: Annotated[
+        bool,
+        typer.Option(
+            "--hosts",
+            help="Also prepare every other host of a distributed model over ssh "
+            "(this host's lock and verified bytes are sent; the host verifies them).",
+        ),
+    ] = False,
     *,
     common: Common,
 ) -> None:
@@ -94,6 +107,7 @@ def fetch_command(
         result = fetch_cmd.fetch(settings, list(names or ()), bars, runtime_report=out.note)
     finally:
         bars.close()
+    prepared = _prepare_hosts(settings, list(names or ()), out) if hosts else ()
     for model in result.models:
         if model.up_to_date:
             out.line(
@@ -112,7 +126,27 @@ def fetch_command(
         )
         state = "installed" if runtime.built else "up to date"
         out.line(f"runtime: {state} ({versions}) at {runtime.path}")
-    out.result(result.to_json())
+    data = result.to_json()
+    if hosts:
+        data["hosts"] = [r.to_json() for r in prepared]
+    out.result(data)
+    failed = [h for r in prepared for h in r.hosts if not h.ok]
+    if failed:
+        raise CommandExit(failed[0].exit_code)
+
+
+def _prepare_hosts(settings: Settings, names: list[str], out: Output) -> tuple[HostsResult, ...]:
+    from mlxpin.commands.hosts import fetch_hosts
+
+    prepared = fetch_hosts(settings, names)
+    for result in prepared:
+        for host in result.hosts:
+            sent = " (sent and verified there)" if host.host in result.sent else ""
+            if host.ok:
+                out.note(f"{result.name}: {host.host}: ready at {host.path}{sent}")
+            else:
+                out.note(f"{result.name}: {host.host}: NOT ready: {host.problem}")
+    return prepared
 
 
 @verb("verify")

@@ -103,8 +103,15 @@ PRETOKENIZE_REGEX: Final = (
 )
 
 
-def generate(out_dir: Path, *, arch: Arch = "llama", seed: int = 0) -> tuple[Path, ...]:
+def generate(
+    out_dir: Path, *, arch: Arch = "llama", seed: int = 0, sharded: bool = False
+) -> tuple[Path, ...]:
     """Write the tiny model into ``out_dir`` (created if needed); return the paths, sorted.
+
+    With ``sharded``, the weights are split the way large checkpoints are: one
+    ``model-0000K-of-0000N.safetensors`` per layer plus one for the embeddings, final norm
+    and head, and a ``model.safetensors.index.json`` weight map (mlx_lm's pipeline mode
+    needs it to give each rank only its layers' files). The tensors are the same.
 
     Only the files listed in the module docstring are (over)written, each atomically
     (`mlxpin.util.atomic.write_atomic`: a full disk raises `DiskError`).
@@ -116,10 +123,11 @@ def generate(out_dir: Path, *, arch: Arch = "llama", seed: int = 0) -> tuple[Pat
     tokenizer = _tokenizer_json()
     vocab: dict[str, int] = tokenizer["model"]["vocab"]
     config = _config(arch, len(vocab))
+    weights = _weights(arch, vocab, seed)
     files: dict[str, bytes] = {
         "config.json": _json_bytes(config),
         "generation_config.json": _json_bytes(_generation_config()),
-        "model.safetensors": _safetensors_bytes(_weights(arch, vocab, seed)),
+        **(_shards(weights) if sharded else {"model.safetensors": _safetensors_bytes(weights)}),
         "special_tokens_map.json": _json_bytes(_special_tokens_map()),
         "tokenizer.json": _json_bytes(tokenizer),
         "tokenizer_config.json": _json_bytes(_tokenizer_config()),
@@ -382,6 +390,26 @@ def _safetensors_bytes(tensors: Mapping[str, npt.NDArray[Any]]) -> bytes:
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
+def _shards(tensors: Mapping[str, npt.NDArray[Any]]) -> dict[str, bytes]:
+    """One safetensors file per layer, one for everything else, and the index."""
+    count = NUM_LAYERS + 1
+
+    def file_of(name: str) -> str:
+        match = re.match(r"model\.layers\.(\d+)\.", name)
+        number = int(match.group(1)) + 1 if match else count
+        return f"model-{number:05d}-of-{count:05d}.safetensors"
+
+    groups: dict[str, dict[str, npt.NDArray[Any]]] = {}
+    for name in sorted(tensors):
+        groups.setdefault(file_of(name), {})[name] = tensors[name]
+    out = {file: _safetensors_bytes(group) for file, group in sorted(groups.items())}
+    index = {
+        "metadata": {"total_size": sum(t.size * 2 for t in tensors.values())},
+        "weight_map": {name: file_of(name) for name in sorted(tensors)},
+    }
+    return {**out, "model.safetensors.index.json": _json_bytes(index)}
+
+
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
@@ -399,10 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     parser.add_argument("--arch", choices=ARCHS, default="llama")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sharded", action="store_true", help="one weight file per layer")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error("--seed must be >= 0")
-    for path in generate(args.out_dir, arch=args.arch, seed=args.seed):
+    for path in generate(args.out_dir, arch=args.arch, seed=args.seed, sharded=args.sharded):
         print(path)
     return 0
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from mlxpin.errors import ManifestError
 from mlxpin.project import validate
+from mlxpin.project.distributed import DISTRIBUTED_KEYS, DistributedSpec, parse_distributed
 from mlxpin.project.memory import Budget, parse_budget
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines, nesting_problem
@@ -25,7 +26,17 @@ DEFAULT_PORT = 8080
 DEFAULT_REVISION = "main"
 
 _TOP_KEYS = ("version", "models", "serve", "runtime")
-_MODEL_KEYS = ("api_label", "aliases", "port", "host", "launch", "server", "gateway", "idle_ttl")
+_MODEL_KEYS = (
+    "api_label",
+    "aliases",
+    "port",
+    "host",
+    "launch",
+    "server",
+    "gateway",
+    "idle_ttl",
+    "distributed",
+)
 _SERVE_KEYS = (
     "host",
     "port",
@@ -106,6 +117,7 @@ class ModelSpec:
     line: int | None
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     idle_ttl: float | None = None  # `serve`: this model's own idle TTL (None: [serve]'s)
+    distributed: DistributedSpec | None = None  # [models.x.distributed]: ranks over hosts
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -174,6 +186,7 @@ _MISPLACED = {
     **{k: "launch" for k in _LAUNCH_KEYS},
     **{k: "server" for k in SERVER_OPTIONS},
     **{k: "gateway" for k in _GATEWAY_KEYS},
+    **{k: "distributed" for k in DISTRIBUTED_KEYS},
 }
 
 
@@ -374,6 +387,17 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
         )
     launch = _launch(check, table["launch"], (*keys, "launch"), base)
     server = _server(check, table.get("server", {}), (*keys, "server"))
+    distributed = None
+    if "distributed" in table:
+        distributed = parse_distributed(check, table["distributed"], (*keys, "distributed"), base)
+        for role in ("draft", "adapter"):
+            if getattr(launch, role) is not None:
+                raise check.fail(
+                    (*keys, "launch", role),
+                    f"a distributed model cannot have a {role} "
+                    "(mlx_lm.server refuses them in distributed mode)",
+                    f"remove `{role}`, or remove [models.{name}.distributed]",
+                )
     gateway = _gateway(check, table.get("gateway", {}), (*keys, "gateway"))
     idle_ttl = (
         _seconds(check, table["idle_ttl"], (*keys, "idle_ttl"), allow_zero=True)
@@ -389,6 +413,7 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
         launch=launch,
         server=server,
         line=check.lines.line_of(keys),
+        distributed=distributed,
         gateway=gateway,
         idle_ttl=idle_ttl,
     )
@@ -538,6 +563,8 @@ def _server(
             fix = _did_you_mean(key, allowed)
             if key in ("model", "host", "port", "adapter_path", "draft_model"):
                 fix = f"`{key}` is set by mlxpin itself (see [models.x] and [models.x.launch])"
+            elif key == "pipeline":
+                fix = f"`pipeline` belongs in [models.{keys[1]}.distributed] (mlxpin passes it)"
             raise check.fail((*keys, key), "not a supported mlx_lm.server option", fix)
         normalised, problem = check_server_value(key, raw)
         if problem or normalised is None:

@@ -16,6 +16,7 @@ from typing import Final
 
 from mlxpin.config import Settings
 from mlxpin.errors import (
+    ConfigError,
     IntegrityError,
     LockStaleError,
     MlxpinError,
@@ -183,6 +184,15 @@ def plan_serve(
     stale: list[LockStaleError] = []
     models: list[PoolModelPlan] = []
     for spec in specs:
+        if spec.distributed is not None:
+            problems.append(
+                ConfigError(
+                    f"{spec.name} is a distributed model: `mlxpin serve` does not host "
+                    "distributed models yet",
+                    f"run it with `mlxpin launch {spec.name}`, or name the other models",
+                )
+            )
+            continue
         try:
             launch = _model_plan(
                 settings,
@@ -227,8 +237,6 @@ def plan_serve(
     if table.max_loaded is not None and table.preload:
         preloaded = [m for m in models if m.preload]
         if len(preloaded) > table.max_loaded:
-            from mlxpin.errors import ConfigError
-
             raise ConfigError(
                 f"{manifest.path}: [serve] preload names {len(preloaded)} models but "
                 f"max_loaded is {table.max_loaded}",

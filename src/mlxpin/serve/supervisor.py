@@ -114,7 +114,8 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.private_dir: Path | None = None
         self.private_port = 0
-        self.upstream = Upstream(plan.api_label, plan.upstream_model, "")
+        self.upstream_model = plan.upstream_model  # what the gateway sends as "model"
+        self.upstream = Upstream(plan.api_label, self.upstream_model, "")
         self.current: ServerProcess | None = None
 
     # ---------------------------------------------------------------- addresses
@@ -124,11 +125,11 @@ class Supervisor:
         if plan.private_socket:
             self.private_dir = private_socket_dir(plan)
             path = str(self.private_dir / "server.sock")
-            self.upstream = Upstream(plan.api_label, plan.upstream_model, "http://localhost", path)
+            self.upstream = Upstream(plan.api_label, self.upstream_model, "http://localhost", path)
         else:
             self.private_port = free_port(plan.private_host)
             url = f"http://{plan.private_host}:{self.private_port}"
-            self.upstream = Upstream(plan.api_label, plan.upstream_model, url)
+            self.upstream = Upstream(plan.api_label, self.upstream_model, url)
 
     def _spec(self) -> ServerSpec:
         plan = self.plan
@@ -139,6 +140,19 @@ class Supervisor:
         return ServerSpec(
             plan.name, tuple(argv), plan.environment(self.environ), plan.cwd, plan.upstream_model
         )
+
+    # ------------------------------------------- what "the server" is (subclasses differ)
+
+    def _new_process(self) -> ServerProcess:
+        return ServerProcess(self._spec(), self.policy.stop_timeout_s)
+
+    async def _reap_leftover(self) -> None:
+        await reap_leftover(self._spec(), self.policy.stop_timeout_s)
+
+    async def _watch(self, process: ServerProcess) -> str:
+        """Once ready: return a reason to restart a server that still runs (never, here)."""
+        await self.stopping.wait()
+        return ""
 
     # ---------------------------------------------------------------- the run
 
@@ -160,9 +174,9 @@ class Supervisor:
         try:
             # Only once the public port is ours: a server left behind by a launch that
             # died is stopped, while a second launch of a running model failed just above.
-            await reap_leftover(self._spec(), self.policy.stop_timeout_s)
+            await self._reap_leftover()
             self._choose_private_address()
-            first = ServerProcess(self._spec(), self.policy.stop_timeout_s)
+            first = self._new_process()
             await first.start()
             runner = await self._start_gateway(listeners)
             return await self._supervise(first)
@@ -194,7 +208,7 @@ class Supervisor:
             api_label=plan.api_label,
             aliases=plan.aliases,
             upstream_url=self.upstream.url,
-            upstream_model=plan.upstream_model,
+            upstream_model=self.upstream_model,
             host=plan.public_host,
             port=plan.public_port,
             api_key=self.api_key,
@@ -211,7 +225,7 @@ class Supervisor:
         while not self.stopping.is_set():
             started = time.monotonic()
             if process is None:
-                process = ServerProcess(self._spec(), self.policy.stop_timeout_s)
+                process = self._new_process()
                 await process.start()
             self.current = process
             code, was_ready = await self._run_once(process)
@@ -264,13 +278,43 @@ class Supervisor:
                 )
             elif outcome == "failed":
                 await process.stop()
-            await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            reason = await self._wait_or_watch(process, exited, stop, was_ready)
         finally:
             stop.cancel()
+        self.state.healthy = False  # /health says so at once, not after it is down
+        if reason:
+            log.error("%s: %s; stopping it", self.plan.name, reason)
+        if exited.done() or reason:
+            await process.stop()  # a rank group: no member outlives this start
+            await asyncio.wait({exited}, timeout=5.0)
         if not exited.done():
             return None, was_ready
         code: int = exited.result()
         return code, was_ready
+
+    async def _wait_or_watch(
+        self,
+        process: ServerProcess,
+        exited: asyncio.Future[Any],
+        stop: asyncio.Future[Any],
+        was_ready: bool,
+    ) -> str:
+        """Wait until the server exits, we are told to stop, or (once ready) the watch
+        gives a reason to restart it; that reason, or ""."""
+        waiting: set[asyncio.Future[Any]] = {exited, stop}
+        watch: asyncio.Future[str] | None = None
+        if was_ready:
+            watch = asyncio.ensure_future(self._watch(process))
+            waiting.add(watch)
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if watch is None:
+            return ""
+        if not watch.done():
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            return ""
+        return "" if stop.done() else watch.result()
 
 
 def run_plan(

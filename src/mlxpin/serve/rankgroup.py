@@ -1,0 +1,277 @@
+"""Run a DistributedPlan: `mlx.launch` and all its ranks as ONE unit behind the gateway.
+
+What `mlx.launch` does not do, and this module does:
+- **One process group.** `mlx.launch` starts in a session of its own; its local ranks
+  and its ssh clients (one per remote rank) share that process group. A SIGTERM to
+  `mlx.launch` alone leaves local ranks serving (re-parented to init), so the group is
+  always stopped with `killpg` (SIGTERM, then SIGKILL), and stopping waits until no
+  member is left. A remote rank dies with its ssh connection (the pty hangs up).
+- **Any exit is a crash.** `mlx.launch` exits 0 when a rank dies, and a rank that exits
+  0 leaves it waiting: once the group is ready, the members are watched, and the first
+  one to go (or `mlx.launch` returning, whatever its code) stops and restarts the whole
+  group under the supervisor's crash budget (exit 70 past it).
+- **A progress watchdog.** A group can hang with every port open (mlx #3862, #4278):
+  unless a completion went through the gateway since the last look, a 1-token probe is
+  sent every `probe_interval_s`; one that does not complete within `probe_timeout_s`
+  kills the group (SIGKILL to the group if SIGTERM is ignored, e.g. a SIGSTOPped rank)
+  and restarts it.
+
+Restart budget (`serve.restart`), gateway, warm-up (`serve.process.warm_up` over
+`serve.upstream`) and the runner are `Supervisor`'s: :class:`RankGroupProcess` is another
+kind of server process (the interface of `ServerProcess`), and
+:class:`RankGroupSupervisor` only says how to make one, reap one and watch one. Rank 0
+listens on a loopback TCP port (mlx.launch's ranks are not started through mlxpin's Unix
+socket wrapper).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxpin.serve.backends import Upstream
+from mlxpin.serve.distributed import DistributedPlan
+from mlxpin.serve.process import ServerProcess, ServerSpec, _die_with_parent
+from mlxpin.serve.supervisor import Supervisor, SupervisorPolicy, free_port
+
+log = logging.getLogger("mlxpin.launch")
+DEFAULT_MODEL = "default_model"  # mlx_lm.server's name for its own --model
+
+
+@dataclass(frozen=True)
+class WatchdogPolicy:
+    probe_interval_s: float = 30.0
+    probe_timeout_s: float = 60.0
+    member_poll_s: float = 0.5
+
+
+def group_members(pgid: int) -> dict[int, str]:
+    """Live (non-zombie) processes of process group `pgid`: pid → command.
+
+    `ps -A -o pid=,pgid=,stat=,command=` reads the same on Linux and macOS.
+    """
+    try:
+        out = subprocess.run(
+            ["ps", "-ww", "-A", "-o", "pid=,pgid=,stat=,command="],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    members: dict[int, str] = {}
+    for line in out.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) < 3 or not parts[0].isdigit() or not parts[1].isdigit():
+            continue
+        if int(parts[1]) == pgid and not parts[2].startswith("Z"):
+            members[int(parts[0])] = parts[3] if len(parts) > 3 else ""
+    return members
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+async def stop_group(pgid: int, timeout_s: float) -> bool:
+    """SIGTERM the group, SIGKILL what is left after `timeout_s`; True once it is empty.
+
+    A stopped (SIGSTOP) process cannot act on SIGTERM: it is continued too, and killed
+    when the grace period ends.
+    """
+    _signal_group(pgid, signal.SIGTERM)
+    _signal_group(pgid, signal.SIGCONT)
+    for signum, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+        if signum == signal.SIGKILL:
+            left = group_members(pgid)
+            if not left:
+                return True
+            log.warning("killing %d process(es) of the group that ignored SIGTERM", len(left))
+            _signal_group(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not group_members(pgid):
+                return True
+            await asyncio.sleep(0.1)
+    left = group_members(pgid)
+    if left:
+        log.error("process group %d still has members: %s", pgid, sorted(left))
+    return not left
+
+
+class RankGroupProcess(ServerProcess):
+    """One start of `mlx.launch` and every rank it starts, as one server process."""
+
+    def __init__(self, dplan: DistributedPlan, spec: ServerSpec, stop_timeout_s: float) -> None:
+        super().__init__(spec, stop_timeout_s)
+        self.dplan = dplan
+        self.pgid: int | None = None
+
+    async def start(self) -> None:
+        spec = self.spec
+        if spec.cwd.exists():
+            shutil.rmtree(spec.cwd, ignore_errors=True)
+        spec.cwd.mkdir(parents=True, exist_ok=True)
+        self.dplan.hostfile_path.write_text(json.dumps(self.dplan.hostfile(), indent=2) + "\n")
+        log.info(
+            "%s: starting %d ranks with mlx.launch: %s",
+            spec.name,
+            len(self.dplan.ranks),
+            " ".join(spec.argv),
+        )
+        self.process = await asyncio.create_subprocess_exec(
+            *spec.argv,
+            cwd=spec.cwd,
+            env=dict(spec.env),
+            # An open pipe that never carries data: mlx.launch polls its stdin to forward
+            # it to the ranks, and on /dev/null (always readable, at EOF) that loop spins a
+            # whole core, which the ranks then lack (enough, on a small machine, to miss
+            # the ring backend's ~15 s connect window).
+            stdin=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,  # setsid: mlx.launch leads a new process group
+        )
+        self.pgid = self.process.pid
+        group_pidfile(spec).write_text(str(self.pgid))
+
+    async def stop(self) -> None:
+        """Stop the whole group (whether or not mlx.launch is still running)."""
+        pgid, process = self.pgid, self.process
+        if pgid is None or process is None:
+            return
+        if process.returncode is not None:
+            log.error(
+                "%s: mlx.launch exited with code %s (a rank ended): stopping the whole group",
+                self.spec.name,
+                process.returncode,
+            )
+        else:
+            log.info("%s: stopping the whole group %d", self.spec.name, pgid)
+        await stop_group(pgid, self.stop_timeout_s)
+        if process.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), timeout=5.0)
+        if process.stdin is not None:
+            process.stdin.close()
+        self.pgid = None
+
+    def forget(self) -> None:
+        group_pidfile(self.spec).unlink(missing_ok=True)
+
+
+def group_pidfile(spec: ServerSpec) -> Path:
+    return spec.cwd.with_name(spec.cwd.name + ".group.pid")
+
+
+class RankGroupSupervisor(Supervisor):
+    """The runner, with `mlx.launch` and every rank it starts as "the server"."""
+
+    def __init__(
+        self,
+        plan: DistributedPlan,
+        environ: Mapping[str, str],
+        policy: SupervisorPolicy,
+        watchdog: WatchdogPolicy,
+    ) -> None:
+        super().__init__(plan.server, environ, policy)
+        if not plan.same_paths:
+            # Rank 0 shares each request, "model" included, with every rank: a path only
+            # rank 0's host has would send the others looking for it. "default_model" is
+            # what each rank maps to its own --model.
+            self.upstream_model = DEFAULT_MODEL
+        self.dplan = plan
+        self.watchdog = watchdog
+
+    def _choose_private_address(self) -> None:
+        self.private_port = free_port(self.plan.private_host)
+        url = f"http://{self.plan.private_host}:{self.private_port}"
+        self.upstream = Upstream(self.plan.api_label, self.upstream_model, url)
+
+    def _spec(self) -> ServerSpec:
+        plan = self.plan
+        argv = tuple(self.dplan.launch_argv(self.private_port))
+        env = plan.environment(self.environ)
+        return ServerSpec(plan.name, argv, env, plan.cwd, plan.upstream_model)
+
+    def _new_process(self) -> ServerProcess:
+        return RankGroupProcess(self.dplan, self._spec(), self.policy.stop_timeout_s)
+
+    async def _reap_leftover(self) -> None:
+        """Stop a group an earlier launch left behind (mlxpin killed with -9: mlx.launch
+        gets SIGTERM from the kernel on Linux, but its ranks do not)."""
+        pidfile = group_pidfile(self._spec())
+        try:
+            pgid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            return
+        members = group_members(pgid) if pgid > 1 else {}
+        ours = (str(self.plan.cwd), self.plan.upstream_model)
+        if any(mark in cmd for cmd in members.values() for mark in ours):
+            log.warning("%s: stopping ranks left running earlier (group %d)", self.plan.name, pgid)
+            await stop_group(pgid, self.policy.stop_timeout_s)
+        pidfile.unlink(missing_ok=True)
+
+    async def _watch(self, process: ServerProcess) -> str:
+        """Return why to restart the group: a member exited, or it stopped progressing."""
+        assert isinstance(process, RankGroupProcess) and process.pgid is not None
+        pgid = process.pgid
+        ranks = len(self.dplan.ranks)
+        log.info(
+            "%s: ready: %d ranks answered a warm-up completion (group %d)",
+            self.plan.name,
+            ranks,
+            pgid,
+        )
+        members = group_members(pgid)
+        log.debug("%s: watching group %d: %s", self.plan.name, pgid, members)
+        last_probe = time.monotonic()
+        completions = self.state.completions_ok
+        while True:
+            await asyncio.sleep(self.watchdog.member_poll_s)
+            gone = sorted(set(members) - set(group_members(pgid)))
+            if gone:
+                return f"rank process(es) {gone} of group {pgid} exited"
+            if time.monotonic() - last_probe < self.watchdog.probe_interval_s:
+                continue
+            last_probe = time.monotonic()
+            if self.state.completions_ok != completions:  # clients proved progress
+                completions = self.state.completions_ok
+                continue
+            if not await self._probe():
+                return (
+                    f"no progress: a 1-token probe did not complete within "
+                    f"{self.watchdog.probe_timeout_s:g} s"
+                )
+            completions = self.state.completions_ok
+
+    async def _probe(self) -> bool:
+        started = time.monotonic()
+        status = await self._attempt(self.watchdog.probe_timeout_s)
+        log.debug("%s: probe %s in %.2f s", self.plan.name, status, time.monotonic() - started)
+        return status == "ok"
+
+
+def run_distributed(
+    plan: DistributedPlan,
+    environ: Mapping[str, str],
+    policy: SupervisorPolicy | None = None,
+    watchdog: WatchdogPolicy | None = None,
+) -> int:
+    async def main() -> int:
+        supervisor = RankGroupSupervisor(
+            plan, environ, policy or SupervisorPolicy(), watchdog or WatchdogPolicy()
+        )
+        return await supervisor.run()
+
+    return asyncio.run(main())
