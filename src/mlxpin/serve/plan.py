@@ -160,7 +160,10 @@ def find_server() -> tuple[str, ...]:
     raise ServerMissingError(f"no `mlx_lm` module for {sys.executable} and none on PATH")
 
 
-def _pinned(layout: StoreLayout, lock: LockedModel, role: str, verify: bool) -> PinnedSnapshot:
+def pinned_snapshot(
+    layout: StoreLayout, lock: LockedModel, role: str, verify: bool
+) -> PinnedSnapshot:
+    """The verified snapshot of one locked model, or the error that says why not."""
     if verify:
         _verify(layout, lock)
     else:
@@ -213,7 +216,8 @@ def plan_launch(
     locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])  # all problems at once
     runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
     snapshots = [
-        _pinned(layout, lock, role, verify) for (role, _, _), lock in zip(roles, locks, strict=True)
+        pinned_snapshot(layout, lock, role, verify)
+        for (role, _, _), lock in zip(roles, locks, strict=True)
     ]
     args: list[str] = ["--host", PRIVATE_HOST]
     for (_, flag, _), snapshot in zip(roles, snapshots, strict=True):

@@ -17,14 +17,12 @@ from typing import Final
 from mlxpin.config import Settings
 from mlxpin.errors import (
     ConfigError,
-    IntegrityError,
     LockStaleError,
     MlxpinError,
     OverBudgetError,
     PreflightError,
-    SnapshotMissingError,
 )
-from mlxpin.project.lockfile import LockedModel, valid_locks
+from mlxpin.project.lockfile import valid_locks
 from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
 from mlxpin.project.memory import physical_memory
 from mlxpin.project.selection import pick
@@ -36,11 +34,11 @@ from mlxpin.serve.plan import (
     REMOVED_ENV,
     UNIX_SERVER_MODULE,
     LaunchPlan,
-    PinnedSnapshot,
     find_server,
+    pinned_snapshot,
     read_api_key,
 )
-from mlxpin.store.layout import StoreLayout, check_stamp
+from mlxpin.store.layout import StoreLayout
 
 #: What one mlx_lm.server holds on top of its weights: the Python interpreter, mlx and
 #: its kernels, the tokenizer, and a floor of KV cache and activations. Measured on the
@@ -91,29 +89,6 @@ def _roles(manifest: Manifest, spec: ModelSpec) -> list[tuple[str, str, ModelSpe
     return roles
 
 
-def _pinned(layout: StoreLayout, lock: LockedModel, role: str, verify: bool) -> PinnedSnapshot:
-    if verify:
-        from mlxpin.store.fetch import NoProgress, verify_model
-
-        outcome = verify_model(layout, lock, NoProgress())
-        if outcome.bad:
-            path, problem = outcome.bad[0]
-            raise IntegrityError(lock.name, path, problem)
-    else:
-        stamp = check_stamp(layout, lock)
-        if not stamp.ok:
-            raise SnapshotMissingError(lock.name, stamp.problem or "snapshot not verified")
-    return PinnedSnapshot(
-        name=lock.name,
-        role=role,
-        path=layout.view(lock),
-        commit=lock.commit,
-        tree_hash=lock.tree_hash,
-        files=len(lock.files),
-        total_size=lock.total_size,
-    )
-
-
 def _model_plan(
     settings: Settings,
     manifest: Manifest,
@@ -128,7 +103,8 @@ def _model_plan(
     roles = _roles(manifest, spec)
     locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])
     snapshots = [
-        _pinned(layout, lock, role, verify) for (role, _, _), lock in zip(roles, locks, strict=True)
+        pinned_snapshot(layout, lock, role, verify)
+        for (role, _, _), lock in zip(roles, locks, strict=True)
     ]
     args: list[str] = ["--host", PRIVATE_HOST]
     for (_, flag, _), snapshot in zip(roles, snapshots, strict=True):
