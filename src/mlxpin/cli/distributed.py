@@ -7,7 +7,8 @@ import shlex
 from typing import Any
 
 from mlxpin.cli.boot import plan_json, plan_text
-from mlxpin.serve.distributed import DistributedPlan
+from mlxpin.cli.render import share_text
+from mlxpin.serve.distributed import DistributedPlan, HostShare
 
 PORT = "<private port>"
 
@@ -33,7 +34,10 @@ def distributed_json(plan: DistributedPlan) -> dict[str, Any]:
             }
             for r in plan.ranks
         ],
-        "hosts": [h.to_json() for h in plan.hosts],
+        "hosts": [
+            {**h.to_json(), **({"share": s.to_json()} if s is not None else {})}
+            for h, s in zip(plan.hosts, _shares(plan), strict=True)
+        ],
     }
     return data
 
@@ -54,4 +58,12 @@ def distributed_text(plan: DistributedPlan) -> str:
         lines.append("  argv     " + shlex.join(plan.rank_argv(rank.rank, PORT)))
         if plan.rank_files is not None:
             lines.append("  reads    " + ", ".join(plan.rank_files[rank.rank]))
+    for check, share in zip(plan.hosts, _shares(plan), strict=True):
+        if share is not None:
+            lines.append(f"host       {check.host} holds {share_text(share)}")
     return "\n".join(lines)
+
+
+def _shares(plan: DistributedPlan) -> list[HostShare | None]:
+    by_host = {s.host: s for s in plan.shares}
+    return [by_host.get(h.host) for h in plan.hosts]

@@ -14,7 +14,7 @@ from mlxpin.cli.app import (
     verb,
 )
 from mlxpin.cli.output import CommandExit, Output
-from mlxpin.cli.render import human_size, short_commit, short_date
+from mlxpin.cli.render import human_size, share_text, short_commit, short_date
 from mlxpin.commands import fetch as fetch_cmd
 from mlxpin.commands import status as status_cmd
 from mlxpin.store.fetch import NoProgress, Progress
@@ -142,8 +142,10 @@ def _prepare_hosts(settings: Settings, names: list[str], out: Output) -> tuple[H
     for result in prepared:
         for host in result.hosts:
             sent = " (sent and verified there)" if host.host in result.sent else ""
+            share = result.share_of(host.host)
+            holds = f", {share_text(share)}" if share is not None else ""
             if host.ok:
-                out.note(f"{result.name}: {host.host}: ready at {host.path}{sent}")
+                out.note(f"{result.name}: {host.host}: ready at {host.path}{holds}{sent}")
             else:
                 out.note(f"{result.name}: {host.host}: NOT ready: {host.problem}")
     return prepared

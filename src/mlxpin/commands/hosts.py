@@ -6,13 +6,23 @@ against that lock, exactly as a local fetch would. `mlxpin _host check` answers 
 launch preflight ("is this pin here, verified, and which mlx runs it?").
 
 The stream sent to `_host receive` is a plain tar (weights do not compress): `lock.toml`
-first, then `files/<path>` for each locked file, read from this host's verified snapshot.
+first (always the whole lock), then, for a pipeline host's share, `subset.json` (the JSON
+list of the paths that follow), then `files/<path>` for each of them (every locked file
+without `subset.json`), read from this host's verified snapshot. The remote refuses a
+member it was not told of and a stream that ends before every announced file arrived.
+
+The remote keeps the lock it received in `<state>/received/` and registers that directory
+as a gc root, so `mlxpin gc` there keeps the pin (whole or share) in use.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -25,51 +35,79 @@ from mlxpin.config import Settings
 from mlxpin.errors import DataError, ExitCode, UsageError
 from mlxpin.project import validate
 from mlxpin.project.distributed import LOCAL_HOST
-from mlxpin.project.lockfile import LockedModel, parse_lock, render
+from mlxpin.project.lockfile import LockedModel, parse_lock, render, write_lock
 from mlxpin.serve.distributed import (
     SSH_OPTIONS,
     HostCheck,
+    HostShare,
     check_here,
     check_remote,
-    distinct_hosts,
     distributed_spec,
+    host_shares,
     parse_remote_answer,
+    plan_pipeline,
     ranks_of,
     remote_mlxpin,
 )
-from mlxpin.store.fetch import NoProgress, fetch_model
-from mlxpin.store.layout import StoreLayout
+from mlxpin.store.fetch import NoProgress
+from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.sources import LocalSourceBytes
+from mlxpin.store.subset import fetch_subset, need_of
 
 LOCK_MEMBER = "lock.toml"
+SUBSET_MEMBER = "subset.json"
 FILES_PREFIX = "files/"
 STDIN_NAME = Path("<stdin>")
+RECEIVED_DIR = "received"  # under the state dir: the locks this host was sent (a gc root)
 
 
 # --- on the remote host --------------------------------------------------------------------
 
 
-def host_check(settings: Settings, lock_text: bytes, verify: bool) -> HostCheck:
+def host_check(
+    settings: Settings, lock_text: bytes, verify: bool, files: Sequence[str] | None = None
+) -> HostCheck:
+    """`files`: only these of the pin must be here (a pipeline host's share)."""
     lock = parse_lock(lock_text, STDIN_NAME)
-    return check_here(StoreLayout.of(settings), lock, LOCAL_HOST, verify)
+    need = need_of(lock, files)
+    return check_here(StoreLayout.of(settings), lock, LOCAL_HOST, verify, need)
 
 
 def host_receive(settings: Settings, stream: IO[bytes]) -> HostCheck:
-    """Read a lock and its files from a tar stream; store them verified; answer as check."""
+    """Read a lock and its files (all, or the announced share) from a tar stream; store
+    them verified; remember the lock (a gc root); answer as check."""
     layout = StoreLayout.of(settings)
     incoming = settings.state_dir / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="receive-", dir=incoming))
     try:
-        lock = _unpack(stream, workdir)
-        fetch_model(layout, lock, LocalSourceBytes(workdir / "files", lock.name), NoProgress())
-        return check_here(layout, lock, LOCAL_HOST, verify=False)
+        lock, need = _unpack(stream, workdir)
+        source = LocalSourceBytes(workdir / "files", lock.name)
+        fetch_subset(layout, lock, need, source, NoProgress())
+        received = settings.state_dir / RECEIVED_DIR
+        write_lock(received, lock)
+        register_root(layout, received)
+        return check_here(layout, lock, LOCAL_HOST, verify=False, need=need)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _unpack(stream: IO[bytes], workdir: Path) -> LockedModel:
+def _read_subset(data: bytes, lock: LockedModel) -> frozenset[str] | None:
+    try:
+        paths = json.loads(data)
+    except ValueError:
+        paths = None
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise DataError(f"{SUBSET_MEMBER} in the stream is not a JSON list of paths")
+    return need_of(lock, paths)
+
+
+def _unpack(stream: IO[bytes], workdir: Path) -> tuple[LockedModel, frozenset[str] | None]:
     lock: LockedModel | None = None
+    need: frozenset[str] | None = None
+    expected: dict[str, int] = {}
+    arrived: set[str] = set()
+    first_file = True
     try:
         with tarfile.open(fileobj=stream, mode="r|") as archive:
             for member in archive:
@@ -81,14 +119,25 @@ def _unpack(stream: IO[bytes], workdir: Path) -> LockedModel:
                     lock = parse_lock(handle.read(), STDIN_NAME)
                     expected = {f.path: f.size for f in lock.files}
                     continue
+                if first_file and member.name == SUBSET_MEMBER and member.isfile():
+                    handle = archive.extractfile(member)
+                    assert handle is not None
+                    need = _read_subset(handle.read(), lock)
+                    if need is not None:
+                        expected = {p: s for p, s in expected.items() if p in need}
+                    first_file = False
+                    continue
+                first_file = False
                 path = member.name.removeprefix(FILES_PREFIX)
                 if (
                     not member.name.startswith(FILES_PREFIX)
                     or not member.isfile()
                     or validate.relpath_problem(path)
                     or expected.get(path) != member.size
+                    or path in arrived
                 ):
                     raise DataError(f"unexpected member {member.name!r} in the stream")
+                arrived.add(path)
                 target = workdir / "files" / path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 handle = archive.extractfile(member)
@@ -99,7 +148,13 @@ def _unpack(stream: IO[bytes], workdir: Path) -> LockedModel:
         raise DataError(f"the stream is not a readable tar ({exc})") from None
     if lock is None:
         raise DataError("the stream was empty")
-    return lock
+    missing = sorted(expected.keys() - arrived)
+    if missing:
+        raise DataError(
+            f"the stream ended before {missing[0]} arrived ({len(missing)} file(s) missing)",
+            f"run `mlxpin fetch {lock.name} --hosts` again on the sending host",
+        )
+    return lock, need
 
 
 # --- on this host --------------------------------------------------------------------------
@@ -110,6 +165,7 @@ class HostsResult:
     name: str
     hosts: tuple[HostCheck, ...]
     sent: tuple[str, ...]  # hosts that received the files
+    shares: tuple[HostShare, ...] = ()  # what each host holds (same order as hosts)
 
     @property
     def ok(self) -> bool:
@@ -120,19 +176,25 @@ class HostsResult:
         bad = [h for h in self.hosts if not h.ok]
         return bad[0].exit_code if bad else 0
 
+    def share_of(self, host: str) -> HostShare | None:
+        return next((s for s in self.shares if s.host == host), None)
+
     def to_json(self) -> dict[str, object]:
-        return {
-            "ok": self.ok,
-            "name": self.name,
-            "hosts": [h.to_json() for h in self.hosts],
-            "sent": list(self.sent),
-        }
+        hosts = []
+        for check in self.hosts:
+            data = check.to_json()
+            share = self.share_of(check.host)
+            if share is not None:
+                data["share"] = share.to_json()
+            hosts.append(data)
+        return {"ok": self.ok, "name": self.name, "hosts": hosts, "sent": list(self.sent)}
 
 
-def _send(host: str, lock: LockedModel, view: Path, python: str) -> HostCheck:
+def _send(
+    host: str, lock: LockedModel, view: Path, python: str, need: frozenset[str] | None
+) -> HostCheck:
+    """Stream the lock, the announced share (if any) and its files to `_host receive`."""
     argv = [*remote_mlxpin(python), "receive"]
-    import shlex
-
     process = subprocess.Popen(
         ["ssh", *SSH_OPTIONS, host, shlex.join(argv)],
         stdin=subprocess.PIPE,
@@ -140,15 +202,20 @@ def _send(host: str, lock: LockedModel, view: Path, python: str) -> HostCheck:
         stderr=subprocess.PIPE,
     )
     assert process.stdin is not None
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
     try:
         with tarfile.open(fileobj=process.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            data = render(lock)
-            info = tarfile.TarInfo(LOCK_MEMBER)
-            info.size = len(data)
-            import io
-
-            tar.addfile(info, io.BytesIO(data))
+            add(tar, LOCK_MEMBER, render(lock))
+            if need is not None:
+                add(tar, SUBSET_MEMBER, json.dumps(sorted(need)).encode())
             for file in lock.files:
+                if need is not None and file.path not in need:
+                    continue
                 info = tarfile.TarInfo(FILES_PREFIX + file.path)
                 info.size = file.size
                 with (view / file.path).open("rb") as handle:
@@ -160,36 +227,44 @@ def _send(host: str, lock: LockedModel, view: Path, python: str) -> HostCheck:
 
 
 def prepare_hosts(settings: Settings, name: str, lock: LockedModel) -> HostsResult:
-    """Every remote host of `name` holds `lock`'s verified snapshot afterwards (or says why
-    not). This host's snapshot must already be fetched: its bytes are what is sent."""
+    """Every remote host of `name` holds its share of `lock` verified afterwards (the whole
+    pin, or in pipeline mode the files of its ranks), or says why not. This host's
+    snapshot must already be fetched (whole): its bytes are what is sent, and its index
+    says which files each pipeline rank reads."""
     spec, distributed = distributed_spec(settings, name)
     if not distributed or spec.distributed is None:
         raise UsageError(
             f"{name} is not a distributed model: it has no [models.{name}.distributed] table",
             "drop --hosts, or add the table",
         )
-    import sys
-
     ranks, _, _ = ranks_of(spec.distributed)
     python = spec.distributed.python or sys.executable
     layout = StoreLayout.of(settings)
     view = layout.view(lock)
+    here = check_here(layout, lock, LOCAL_HOST, verify=False)
+    rank_files = None
+    if spec.distributed.pipeline and here.ok:
+        rank_files = plan_pipeline(view, lock, len(ranks))
+    shares = host_shares(lock, ranks, rank_files)
 
-    def one(host: str) -> tuple[HostCheck, bool]:
-        if host == LOCAL_HOST:
-            return check_here(layout, lock, host, verify=False), False
-        check = check_remote(host, lock, python, verify=False)
+    def one(share: HostShare) -> tuple[HostCheck, bool]:
+        if share.host == LOCAL_HOST:
+            return here, False
+        if not here.ok:
+            problem = f"not prepared: this host's snapshot is not ready ({here.problem})"
+            return HostCheck(share.host, False, None, problem, here.exit_code), False
+        check = check_remote(share.host, lock, python, verify=False, need=share.need)
         if check.ok or check.exit_code != ExitCode.NO_INPUT:
             return check, False
-        return _send(host, lock, view, python), True
+        return _send(share.host, lock, view, python, share.need), True
 
-    hosts: Sequence[str] = distinct_hosts(ranks)
-    with ThreadPoolExecutor(max_workers=min(8, len(hosts))) as pool:
-        answers = list(pool.map(one, hosts))
+    with ThreadPoolExecutor(max_workers=min(8, len(shares))) as pool:
+        answers = list(pool.map(one, shares))
     return HostsResult(
         name=name,
         hosts=tuple(a for a, _ in answers),
-        sent=tuple(h for h, (_, sent) in zip(hosts, answers, strict=True) if sent),
+        sent=tuple(s.host for s, (_, sent) in zip(shares, answers, strict=True) if sent),
+        shares=shares,
     )
 
 

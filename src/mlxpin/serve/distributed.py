@@ -8,6 +8,11 @@ gateway; every rank loads its own host's verified snapshot, offline.
 A remote host is checked by running `mlxpin _host check` there over ssh with this host's
 lock on stdin: the remote only answers "where is this pin, and is it intact", it never
 decides what is pinned. `mlxpin.serve.rankgroup` runs the plan.
+
+Pipeline mode: each rank reads only the weight files of its own layers (`pipeline_files`,
+from this host's verified index), so a remote host needs, and is checked for, only the
+union over its ranks (`HostShare`); this host keeps the whole pin (it is what `fetch`
+makes and what `fetch --hosts` sends from). Tensor mode: every host holds every file.
 """
 
 from __future__ import annotations
@@ -48,6 +53,59 @@ class Rank:
     @property
     def local(self) -> bool:
         return self.ssh == LOCAL_HOST
+
+
+@dataclass(frozen=True)
+class HostShare:
+    """What one host must hold: the whole pin, or (pipeline mode, a remote host) only the
+    files its ranks read."""
+
+    host: str
+    ranks: tuple[int, ...]
+    files: tuple[str, ...]  # sorted
+    size: int
+    pin_files: int
+    pin_size: int
+
+    @property
+    def whole(self) -> bool:
+        return len(self.files) == self.pin_files
+
+    @property
+    def need(self) -> frozenset[str] | None:
+        """The paths to check/send, None for the whole pin."""
+        return None if self.whole else frozenset(self.files)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "host": self.host,
+            "ranks": list(self.ranks),
+            "whole": self.whole,
+            "files": list(self.files),
+            "size": self.size,
+            "pin_files": self.pin_files,
+            "pin_size": self.pin_size,
+        }
+
+
+def host_shares(
+    lock: LockedModel,
+    ranks: Sequence[Rank],
+    rank_files: Sequence[Sequence[str]] | None,
+) -> tuple[HostShare, ...]:
+    """One share per distinct host, in rank order: the union of its ranks' files in
+    pipeline mode (this host: the whole pin), else the whole pin everywhere."""
+    sizes = {f.path: f.size for f in lock.files}
+    shares = []
+    for host in distinct_hosts(ranks):
+        mine = tuple(r.rank for r in ranks if r.ssh == host)
+        if rank_files is None or host == LOCAL_HOST:
+            files = tuple(sizes)
+        else:
+            files = tuple(sorted({f for r in mine for f in rank_files[r]}))
+        size = sum(sizes[f] for f in files)
+        shares.append(HostShare(host, mine, files, size, len(sizes), lock.total_size))
+    return tuple(shares)
 
 
 @dataclass(frozen=True)
@@ -111,6 +169,7 @@ class DistributedPlan:
     env: tuple[tuple[str, str], ...]  # exported on every rank (offline first)
     hosts: tuple[HostCheck, ...]  # one per distinct host, in rank order
     rank_files: tuple[tuple[str, ...], ...] | None  # pipeline: the files each rank reads
+    shares: tuple[HostShare, ...] = ()  # what each host holds (same order as hosts)
 
     @property
     def name(self) -> str:
@@ -257,19 +316,27 @@ def runtime_versions() -> str | None:
         return None
 
 
-def check_here(layout: StoreLayout, lock: LockedModel, host: str, verify: bool) -> HostCheck:
-    """Is `lock`'s snapshot present and stamped (or, with `verify`, re-hashed) here?"""
+def check_here(
+    layout: StoreLayout,
+    lock: LockedModel,
+    host: str,
+    verify: bool,
+    need: frozenset[str] | None = None,
+) -> HostCheck:
+    """Is `lock`'s snapshot present and stamped (or, with `verify`, re-hashed) here?
+    `need`: only these files of it must be (a pipeline host's share; None: every file)."""
     path = str(layout.view(lock))
     runtime = runtime_versions()
     if verify:
-        from mlxpin.store.fetch import NoProgress, verify_model
+        from mlxpin.store.fetch import NoProgress
+        from mlxpin.store.subset import verify_subset
 
-        outcome = verify_model(layout, lock, NoProgress())
+        outcome = verify_subset(layout, lock, need, NoProgress())
         if outcome.bad:
             file, problem = outcome.bad[0]
             return HostCheck(host, False, path, f"{file}: {problem}", ExitCode.DATA, runtime)
     else:
-        stamp = check_stamp(layout, lock)
+        stamp = check_stamp(layout, lock, need=need)
         if not stamp.ok:
             problem = stamp.problem or "snapshot not verified"
             return HostCheck(host, False, path, problem, ExitCode.NO_INPUT, runtime)
@@ -299,6 +366,11 @@ def remote_mlxpin(python: str) -> list[str]:
     return [python, "-m", "mlxpin", "_host"]
 
 
+def file_args(need: frozenset[str] | None) -> list[str]:
+    """`--file=PATH` per needed file (`=`: a path may start with a dash)."""
+    return [f"--file={path}" for path in sorted(need or ())]
+
+
 def check_remote(
     host: str,
     lock: LockedModel,
@@ -306,8 +378,9 @@ def check_remote(
     verify: bool,
     ssh: SshRunner = run_over_ssh,
     timeout_s: float = 120.0,
+    need: frozenset[str] | None = None,
 ) -> HostCheck:
-    argv = [*remote_mlxpin(python), "check", *(["--verify"] if verify else [])]
+    argv = [*remote_mlxpin(python), "check", *(["--verify"] if verify else []), *file_args(need)]
     try:
         done = ssh(host, argv, render(lock), timeout_s)
     except subprocess.TimeoutExpired:
@@ -340,22 +413,26 @@ def parse_remote_answer(host: str, code: int, stdout: bytes, stderr: bytes) -> H
 
 
 def preflight(
-    hosts: Sequence[str],
+    shares: Sequence[HostShare],
     layout: StoreLayout,
     lock: LockedModel,
     python: str,
     verify: bool,
     ssh: SshRunner = run_over_ssh,
+    here: HostCheck | None = None,
 ) -> tuple[HostCheck, ...]:
-    """Check every host at once; the answers in `hosts` order (failures included)."""
+    """Check every host at once for its share; the answers in `shares` order (failures
+    included). `here`: this host's answer, when already known."""
 
-    def one(host: str) -> HostCheck:
-        if host == LOCAL_HOST:
-            return check_here(layout, lock, host, verify)
-        return check_remote(host, lock, python, verify, ssh)
+    def one(share: HostShare) -> HostCheck:
+        if share.host == LOCAL_HOST:
+            if here is not None:
+                return here
+            return check_here(layout, lock, share.host, verify, share.need)
+        return check_remote(share.host, lock, python, verify, ssh, need=share.need)
 
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(hosts)))) as pool:
-        checks = list(pool.map(one, hosts))
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(shares)))) as pool:
+        checks = list(pool.map(one, shares))
     local = checks[0].runtime if checks and checks[0].host == LOCAL_HOST else runtime_versions()
     result: list[HostCheck] = []
     for check in checks:
@@ -471,14 +548,20 @@ def plan_distributed(
     layout = StoreLayout.of(settings)
     python = dist.python or sys.executable
     launcher = find_launcher(sys.executable)
-    checks = preflight(distinct_hosts(ranks), layout, lock, python, verify, ssh)
+    rank_files = None
+    here = None
+    if dist.pipeline:
+        # Which files each remote host needs comes from this host's verified index.
+        here = check_here(layout, lock, LOCAL_HOST, verify)
+        if not here.ok:
+            raise HostsNotReadyError(spec.name, [here])
+        rank_files = plan_pipeline(layout.view(lock), lock, len(ranks))
+    shares = host_shares(lock, ranks, rank_files)
+    checks = preflight(shares, layout, lock, python, verify, ssh, here)
     failures = [c for c in checks if not c.ok]
     if failures:
         raise HostsNotReadyError(spec.name, failures)
     server = plan_launch(settings, spec.name, environ=environ)  # this host's half (re-checked)
-    rank_files = None
-    if dist.pipeline:
-        rank_files = plan_pipeline(server.snapshots[0].path, lock, len(ranks))
     env = (*OFFLINE_ENV, *file_env, *dist.env)
     return DistributedPlan(
         server=server,
@@ -491,4 +574,5 @@ def plan_distributed(
         env=tuple(env),
         hosts=checks,
         rank_files=rank_files,
+        shares=shares,
     )

@@ -302,13 +302,21 @@ def list_view(view: Path, expected: frozenset[str] = frozenset()) -> ViewListing
 
 
 def check_stamp(
-    layout: StoreLayout, lock: LockedModel, *, in_this_cache: bool = False
+    layout: StoreLayout,
+    lock: LockedModel,
+    *,
+    in_this_cache: bool = False,
+    need: frozenset[str] | None = None,
 ) -> StampCheck:
     """Stat-only: is the view present, exactly the lock's files, and unchanged since it
     was verified?
 
     With `in_this_cache`, the view must also point into this layout's cache (fetch wants
     the files where HF_HUB_CACHE/--cache-dir says; launch only needs them verified).
+
+    A subset stamp (the files of a host's pipeline ranks, `mlxpin.store.subset`) lists
+    only some of the lock's files; it passes only when `need` (paths of the lock) is
+    given and it holds all of them. Every file the view holds is checked either way.
     """
     view = layout.view(lock)
     try:
@@ -329,22 +337,36 @@ def check_stamp(
         recorded = {row[0]: (row[1], tuple(row[2:7])) for row in rows}
     except (ValueError, KeyError, TypeError, IndexError):
         return StampCheck(False, "the snapshot's stamp is unreadable")
-    if len(recorded) != len(lock.files):
-        return StampCheck(False, "the snapshot's stamp lists other files than the lock")
     # Plain strings and os calls: this runs per file at every boot (5,000 files ~ 20 ms).
-    paths = frozenset(file.path for file in lock.files)
+    locked = frozenset(file.path for file in lock.files)
+    paths = frozenset(recorded)
+    if not paths <= locked or len(recorded) != len(rows):
+        return StampCheck(False, "the snapshot's stamp lists other files than the lock")
+    if paths != locked:
+        if need is None:
+            return StampCheck(
+                False,
+                f"the snapshot holds only {len(paths)} of the {len(locked)} locked files "
+                "(a pipeline host's subset), not the whole pin",
+            )
+        missing = sorted(need - paths)
+        if missing:
+            more = f" (and {len(missing) - 1} more of its files)" if len(missing) > 1 else ""
+            return StampCheck(False, f"{missing[0]} is missing from the snapshot{more}")
     listing = list_view(view, paths)
     if listing.problem is not None:
         return StampCheck(False, listing.problem)
     for path, what in listing.foreign:
         return StampCheck(False, f"{path} is not in the lock ({what} in the snapshot)")
     for path in sorted(listing.links.keys() - paths):
+        if path in locked:
+            return StampCheck(False, f"{path} is in the snapshot but its stamp does not list it")
         return StampCheck(False, f"{path} is not in the lock (an extra file in the snapshot)")
     blob_dir = str(layout.blob(lock, lock.files[0]).parent) + os.sep if lock.files else ""
     for file in lock.files:
         entry = recorded.get(file.path)
         if entry is None:
-            return StampCheck(False, "the snapshot's stamp lists other files than the lock")
+            continue  # a subset stamp: this file is not held here (and not needed)
         blob, expected = entry
         if in_this_cache and blob != blob_dir + oid_hex(file.oid):
             return StampCheck(False, f"{file.path} is in another cache")
