@@ -17,6 +17,7 @@ as a gc root, so `mlxpin gc` there keeps the pin (whole or share) in use.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shlex
@@ -190,10 +191,32 @@ class HostsResult:
         return {"ok": self.ok, "name": self.name, "hosts": hosts, "sent": list(self.sent)}
 
 
+def write_stream(
+    out: IO[bytes], lock: LockedModel, view: Path, need: frozenset[str] | None
+) -> None:
+    """The `_host receive` stream: the whole lock, the announced share (if any), its files."""
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, LOCK_MEMBER, render(lock))
+        if need is not None:
+            add(tar, SUBSET_MEMBER, json.dumps(sorted(need)).encode())
+        for file in lock.files:
+            if need is not None and file.path not in need:
+                continue
+            info = tarfile.TarInfo(FILES_PREFIX + file.path)
+            info.size = file.size
+            with (view / file.path).open("rb") as handle:
+                tar.addfile(info, handle)
+
+
 def _send(
     host: str, lock: LockedModel, view: Path, python: str, need: frozenset[str] | None
 ) -> HostCheck:
-    """Stream the lock, the announced share (if any) and its files to `_host receive`."""
     argv = [*remote_mlxpin(python), "receive"]
     process = subprocess.Popen(
         ["ssh", *SSH_OPTIONS, host, shlex.join(argv)],
@@ -202,26 +225,8 @@ def _send(
         stderr=subprocess.PIPE,
     )
     assert process.stdin is not None
-
-    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
-    try:
-        with tarfile.open(fileobj=process.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            add(tar, LOCK_MEMBER, render(lock))
-            if need is not None:
-                add(tar, SUBSET_MEMBER, json.dumps(sorted(need)).encode())
-            for file in lock.files:
-                if need is not None and file.path not in need:
-                    continue
-                info = tarfile.TarInfo(FILES_PREFIX + file.path)
-                info.size = file.size
-                with (view / file.path).open("rb") as handle:
-                    tar.addfile(info, handle)
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the remote stopped reading: its answer says why
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        write_stream(process.stdin, lock, view, need)  # a remote that stops reading says why
     stdout, stderr = process.communicate()  # closes stdin: the end of the stream
     return parse_remote_answer(host, process.returncode, stdout, stderr)
 

@@ -1,0 +1,297 @@
+"""Pipeline mode: a remote host holds, is sent, and is checked for only its ranks' files.
+
+The model is the tiny qwen2 checkpoint split the way large ones are (one weight file per
+layer plus one with the embeddings, norm and head), so over two ranks each rank reads one
+layer file the other does not. This host (rank 0) keeps the whole pin; "another host" is
+either a separate HF_HOME reached through `fake_ssh` (runs everywhere) or this machine
+behind a real loopback sshd (tests/sshhost.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlxpin.config import load_settings
+from mlxpin.dev.tinymodel import generate
+from mlxpin.errors import DataError
+from mlxpin.project.lockfile import LockedFile, LockedModel, Original, make_locked
+from mlxpin.serve.distributed import (
+    HostsNotReadyError,
+    Rank,
+    host_shares,
+    plan_distributed,
+    plan_pipeline,
+)
+from mlxpin.store.fetch import NoProgress, fetch_model
+from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp
+from mlxpin.store.sources import LocalSourceBytes
+from mlxpin.store.subset import fetch_subset, need_of, verify_subset
+from sshhost import SshHost, find_sshd, ssh_host
+from test_distributed import PYTHON_BIN, Group, fake_ssh, processes_using, write_project  # noqa: F401
+
+from conftest import Project
+
+LAYER0 = "model-00001-of-00003.safetensors"  # rank 1's layer (rank 0 runs the LAST layers)
+LAYER1 = "model-00002-of-00003.safetensors"  # rank 0's layer
+REST = "model-00003-of-00003.safetensors"  # embeddings, norm, head: every rank
+
+
+def tiny_lock(model: Path, repo: str | None = "org/tiny") -> LockedModel:
+    """A lock of the sharded tiny qwen2 in `model`; a Hub pin by default (the bytes still
+    come from the directory: the source is a seam)."""
+    files = []
+    for path in sorted(p for p in model.iterdir() if p.is_file()):
+        data = path.read_bytes()
+        files.append(LockedFile(path.name, len(data), "sha256:" + hashlib.sha256(data).hexdigest()))
+    original = Original(repo=repo, path=None if repo else str(model), revision=None, files=None)
+    return make_locked("tiny", original, "c" * 40 if repo else None, None, files)
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+# --- who needs what ----------------------------------------------------------------------------
+
+
+def test_remote_hosts_share_only_their_ranks_files_this_host_keeps_the_pin(tmp_path: Path) -> None:
+    generate(tmp_path / "m", arch="qwen2", sharded=True)
+    lock = tiny_lock(tmp_path / "m")
+    everything = tuple(f.path for f in lock.files)
+    ranks = (
+        Rank(0, "127.0.0.1", ("10.0.0.1",), ()),
+        Rank(1, "mac2", ("10.0.0.2",), ()),
+        Rank(2, "mac3", ("10.0.0.3",), ()),
+        Rank(3, "mac3", ("10.0.0.3",), ()),
+    )
+    a, b, c, d = everything[:4]
+    here, mac2, mac3 = host_shares(lock, ranks, ((a,), (b, a), (a, c), (d, a)))
+    assert here.whole and here.need is None and here.files == everything
+    assert (mac2.files, mac2.ranks) == ((a, b), (1,))
+    assert mac3.ranks == (2, 3) and mac3.files == (a, c, d)  # the union over its ranks
+    assert mac3.size == sum(f.size for f in lock.files if f.path in (a, c, d))
+    assert (mac3.pin_files, mac3.pin_size) == (len(everything), lock.total_size)
+    assert not mac3.whole and mac3.need == frozenset((a, c, d))
+    # Tensor parallel: every host reads every file.
+    assert all(s.whole and s.need is None for s in host_shares(lock, ranks, None))
+
+    # The real split of the tiny model over two ranks, from its index.
+    split = plan_pipeline(tmp_path / "m", lock, 2)
+    assert LAYER1 in split[0] and LAYER0 not in split[0]
+    assert LAYER0 in split[1] and LAYER1 not in split[1]
+    assert REST in split[0] and REST in split[1]
+    _, remote = host_shares(lock, ranks[:2], split)
+    assert set(everything) - set(remote.files) == {LAYER1}
+
+
+def test_a_share_naming_a_file_the_pin_lacks_is_refused(tmp_path: Path) -> None:
+    generate(tmp_path / "m", arch="qwen2", sharded=True)
+    lock = tiny_lock(tmp_path / "m")
+    assert need_of(lock, None) is None
+    assert need_of(lock, [f.path for f in lock.files]) is None  # all of it: the whole pin
+    assert need_of(lock, ["config.json"]) == frozenset({"config.json"})
+    with pytest.raises(DataError, match=r"'evil\.safetensors' is not a file of the pin"):
+        need_of(lock, ["config.json", "evil.safetensors"])
+
+
+# --- a share on disk ---------------------------------------------------------------------------
+
+
+def test_a_share_is_stamped_as_such_grows_and_a_whole_fetch_upgrades_it(tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    generate(model, arch="qwen2", sharded=True)
+    lock = tiny_lock(model)
+    layout = StoreLayout(tmp_path / "hub", tmp_path / "state")
+    source = LocalSourceBytes(model, "tiny")
+    everything = frozenset(f.path for f in lock.files)
+    share = everything - {LAYER1}
+
+    outcome = fetch_subset(layout, lock, share, source, NoProgress())
+    view = layout.view(lock)
+    assert listing(view) == sorted(share)
+    # The Hub cache's own snapshot for the locked commit holds the same files, no more.
+    assert listing(layout.hub_snapshot("org/tiny", "c" * 40)) == sorted(share)
+    assert not layout.hub_blob(
+        "org/tiny", dict((f.path, f.oid) for f in lock.files)[LAYER1]
+    ).exists()
+    assert outcome.total_size == sum(f.size for f in lock.files if f.path in share)
+    stamp = read_stamp(layout, lock)
+    assert stamp is not None and set(stamp.files) == share  # which files it verified
+
+    whole = check_stamp(layout, lock)  # one host's launch, export, mirror: the whole pin
+    assert not whole.ok
+    assert whole.problem == (
+        f"the snapshot holds only {len(share)} of the {len(everything)} locked files "
+        "(a pipeline host's subset), not the whole pin"
+    )
+    assert check_stamp(layout, lock, need=share).ok
+    assert check_stamp(layout, lock, need=frozenset({"config.json", REST})).ok
+    other = check_stamp(layout, lock, need=frozenset({LAYER1, REST}))
+    assert (other.ok, other.problem) == (False, f"{LAYER1} is missing from the snapshot")
+
+    # A smaller share later keeps what is held (a share only grows).
+    fetch_subset(layout, lock, frozenset({LAYER0}), source, NoProgress())
+    assert listing(view) == sorted(share) and check_stamp(layout, lock, need=share).ok
+
+    # A damaged file of the share is named, and --verify re-hashes what the view holds.
+    blob = Path(stamp.files[LAYER0][0])
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes(data))
+    damaged = check_stamp(layout, lock, need=share)
+    assert damaged.problem == f"{LAYER0} changed since it was verified"
+    bad = verify_subset(layout, lock, share, NoProgress())
+    assert [path for path, _ in bad.bad] == [LAYER0]
+    assert check_stamp(layout, lock, need=share).problem == "the snapshot was never verified"
+    fetch_subset(layout, lock, share, source, NoProgress())  # sent again: repaired
+    assert verify_subset(layout, lock, share, NoProgress()).bad == ()
+    assert check_stamp(layout, lock, need=share).ok and listing(view) == sorted(share)
+
+    # A whole fetch upgrades the share; a share fetch never shrinks the whole pin again.
+    fetch_model(layout, lock, source, NoProgress())
+    assert check_stamp(layout, lock).ok and listing(view) == sorted(everything)
+    again = fetch_subset(layout, lock, share, source, NoProgress())
+    assert again.up_to_date and check_stamp(layout, lock).ok
+    assert listing(view) == sorted(everything)
+
+
+# --- through the CLI and the host agent (another HF_HOME as "another host") --------------------
+
+PIPELINE_HOSTS = '["127.0.0.1", { ssh = "mac2", ips = ["127.0.0.1"] }]'
+
+
+def host_env(project: Project, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in project.env.items() if not k.startswith(("HF_", "MLXPIN_"))}
+    return {**env, "HF_HOME": str(home)}
+
+
+def receive(project: Project, home: Path, stream: bytes) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlxpin", "_host", "receive"],
+        input=stream,
+        env=host_env(project, home),
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def stream_for(lock: LockedModel, view: Path, need: frozenset[str] | None) -> bytes:
+    from mlxpin.commands.hosts import write_stream
+
+    out = io.BytesIO()
+    write_stream(out, lock, view, need)
+    return out.getvalue()
+
+
+def retar(stream: bytes, *, drop: str | None = None, announce: list[str] | None = None) -> bytes:
+    """The stream without member `drop`, or announcing `announce` after the lock."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(stream)) as src,
+        tarfile.open(fileobj=out, mode="w") as dst,
+    ):
+        for member in src:
+            if member.name != drop:
+                dst.addfile(member, src.extractfile(member))
+            if member.name == "lock.toml" and announce is not None:
+                data = json.dumps(announce).encode()
+                info = tarfile.TarInfo("subset.json")
+                info.size = len(data)
+                dst.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.fixture
+def pipeline_project(project: Project) -> Iterator[tuple[Project, LockedModel, Path]]:
+    write_project(project, arch="qwen2", pipeline=True, hosts=PIPELINE_HOSTS)
+    project.ok("fetch")
+    settings = load_settings(project.env, cwd=project.root)
+    from mlxpin.project.lockfile import read_lock
+
+    lock = read_lock(settings.lock_dir, "tiny")
+    assert lock is not None
+    yield project, lock, StoreLayout.of(settings).view(lock)
+
+
+def test_the_host_agent_stores_only_the_announced_share_and_the_preflight_checks_only_it(
+    pipeline_project: tuple[Project, LockedModel, Path], tmp_path: Path
+) -> None:
+    project, lock, view = pipeline_project
+    mac2 = tmp_path / "mac2"
+    everything = frozenset(f.path for f in lock.files)
+    share = everything - {LAYER1}
+
+    # A stream must deliver every file it announces, and nothing else.
+    short = receive(project, mac2, retar(stream_for(lock, view, share), drop="files/" + LAYER0))
+    assert short.returncode == 65
+    assert f"the stream ended before {LAYER0} arrived" in json.loads(short.stdout)["problem"]
+    extra = receive(project, mac2, retar(stream_for(lock, view, None), announce=sorted(share)))
+    assert extra.returncode == 65
+    assert f"unexpected member 'files/{LAYER1}'" in json.loads(extra.stdout)["problem"]
+    assert not (mac2 / "mlxpin" / "snapshots").exists() or not any(
+        (mac2 / "mlxpin" / "snapshots").iterdir()
+    )
+
+    done = receive(project, mac2, stream_for(lock, view, share))
+    assert done.returncode == 0, done
+    answer = json.loads(done.stdout)
+    remote_view = Path(answer["path"])
+    assert remote_view.is_relative_to(mac2) and listing(remote_view) == sorted(share)
+
+    settings = load_settings(project.env, cwd=project.root)
+    plan = plan_distributed(settings, "tiny", environ={}, ssh=fake_ssh({"mac2": mac2}))  # type: ignore[arg-type]
+    assert plan.path_of(1) == str(remote_view)
+    here, there = plan.shares
+    assert here.whole and not there.whole and set(there.files) == share
+
+    # The plan says who holds what, in text and JSON (as `launch --dry-run` prints it).
+    from mlxpin.cli.distributed import distributed_json, distributed_text
+
+    text = distributed_text(plan)
+    assert "host       127.0.0.1 holds all 9 files" in text
+    assert "host       mac2 holds 8 of 9 files" in text and "(the layers of rank 1)" in text
+    hosts = distributed_json(plan)["distributed"]["hosts"]
+    assert [h["share"]["whole"] for h in hosts] == [True, False]
+    assert set(hosts[1]["share"]["files"]) == share and hosts[1]["share"]["size"] == sum(
+        f.size for f in lock.files if f.path in share
+    )
+
+    # Its own file gone on the remote: refused before any rank starts, naming host and file.
+    (remote_view / LAYER0).unlink()
+    with pytest.raises(HostsNotReadyError) as info:
+        plan_distributed(settings, "tiny", environ={}, ssh=fake_ssh({"mac2": mac2}))  # type: ignore[arg-type]
+    assert info.value.exit_code == 66
+    assert info.value.message.endswith(f"mac2: {LAYER0} is missing from the snapshot")
+
+    # A tensor-parallel model demands every file on every host: the share is not enough.
+    receive(project, mac2, stream_for(lock, view, share))
+    manifest = project.root / "manifest.toml"
+    manifest.write_text(manifest.read_text().replace("pipeline = true", "pipeline = false"))
+    with pytest.raises(HostsNotReadyError) as info:
+        plan_distributed(settings, "tiny", environ={}, ssh=fake_ssh({"mac2": mac2}))  # type: ignore[arg-type]
+    assert "mac2: the snapshot holds only 8 of the 9 locked files" in info.value.message
+
+
+# --- a real remote host over ssh ---------------------------------------------------------------
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[SshHost]:
+    if find_sshd() is None:
+        pytest.skip("no sshd here (CI: apt-get install -y openssh-server)")
+    if os.geteuid() != 0:
+        pytest.skip("the test sshd needs root for its privilege separation")
+    with ssh_host(tmp_path / "ssh", PYTHON_BIN) as host:
+        yield host
