@@ -295,3 +295,69 @@ def remote(tmp_path: Path) -> Iterator[SshHost]:
         pytest.skip("the test sshd needs root for its privilege separation")
     with ssh_host(tmp_path / "ssh", PYTHON_BIN) as host:
         yield host
+
+
+def _remote_hosts(remote: SshHost) -> str:
+    return f'["127.0.0.1", {{ ssh = "{remote.alias}", ips = ["127.0.0.1"] }}]'
+
+
+@pytest.mark.e2e
+def test_fetch_hosts_sends_a_pipeline_host_only_its_files_and_launch_checks_only_those(
+    project: Project, remote: SshHost, tmp_path: Path
+) -> None:
+    write_project(project, arch="qwen2", pipeline=True, hosts=_remote_hosts(remote))
+    env = remote.env(project.env)
+    project.ok("fetch", env=env)  # this host: the whole pin
+    refused = project.run("launch", "--dry-run", env=env)
+    assert refused.returncode == 66, refused.stderr
+    assert f"{remote.alias}: snapshot not fetched" in refused.stderr
+
+    result = project.run("fetch", "--hosts", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    model = json.loads(result.stdout)["hosts"][0]
+    assert model["sent"] == [remote.alias]
+    here, there = model["hosts"]
+    assert here["share"]["whole"] and here["share"]["pin_files"] == 9
+    share = sorted(set(here["share"]["files"]) - {LAYER1})
+    assert there["share"]["files"] == share and not there["share"]["whole"]
+    assert there["share"]["ranks"] == [1]
+    # The remote's snapshot holds exactly rank 1's files: no rank-0 layer crossed the wire.
+    remote_view = Path(there["path"])
+    assert remote_view.is_relative_to(remote.remote_home)
+    assert listing(remote_view) == share
+    assert f"{remote.alias}: ready at {remote_view}, 8 of 9 files" in result.stderr
+    again = json.loads(project.run("fetch", "--hosts", "--json", env=env).stdout)
+    assert again["hosts"][0]["sent"] == []  # the share is there: nothing sent twice
+
+    # gc on that host keeps the share: the received lock is a root there.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    gc = subprocess.run(
+        [sys.executable, "-m", "mlxpin", "gc", "--json"],
+        cwd=elsewhere,
+        env={**host_env(project, remote.remote_home)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert gc.returncode == 0, gc.stderr
+    swept = json.loads(gc.stdout)
+    assert swept["items"] == [], swept["items"]
+    assert any(r["registered"] and r["locks"] == 1 for r in swept["roots"])
+
+    # The plan says who holds what; the preflight accepts the share.
+    plan = project.json("launch", "--dry-run", env=env)["plan"]["distributed"]
+    assert plan["ranks"][1]["snapshot"] == str(remote_view)
+    assert plan["hosts"][1]["share"]["files"] == share
+    text = project.ok("launch", "--dry-run", env=env).stdout
+    assert f"host       {remote.alias} holds 8 of 9 files" in text
+
+    # One of ITS files gone there: refused before any rank starts, naming host and file.
+    (remote_view / LAYER0).unlink()
+    missing = project.run("launch", "--dry-run", env=env)
+    assert missing.returncode == 66, missing.stderr
+    assert f"{remote.alias}: {LAYER0} is missing from the snapshot" in missing.stderr
+    repaired = json.loads(project.run("fetch", "--hosts", "--json", env=env).stdout)
+    assert repaired["hosts"][0]["sent"] == [remote.alias]
+    assert listing(remote_view) == share
+    project.ok("launch", "--dry-run", env=env)
