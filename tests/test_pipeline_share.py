@@ -37,7 +37,14 @@ from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp
 from mlxpin.store.sources import LocalSourceBytes
 from mlxpin.store.subset import fetch_subset, need_of, verify_subset
 from sshhost import SshHost, find_sshd, ssh_host
-from test_distributed import PYTHON_BIN, Group, fake_ssh, processes_using, write_project  # noqa: F401
+from test_distributed import (
+    PYTHON_BIN,
+    Group,
+    fake_ssh,
+    groups,  # noqa: F401  (the fixture: registered here by name)
+    processes_using,
+    write_project,
+)
 
 from conftest import Project
 
@@ -361,3 +368,27 @@ def test_fetch_hosts_sends_a_pipeline_host_only_its_files_and_launch_checks_only
     assert repaired["hosts"][0]["sent"] == [remote.alias]
     assert listing(remote_view) == share
     project.ok("launch", "--dry-run", env=env)
+
+
+@pytest.mark.e2e
+def test_two_rank_pipeline_runs_with_rank_1_on_a_host_holding_only_its_files(
+    project: Project,
+    remote: SshHost,
+    groups: list[Group],  # noqa: F811
+) -> None:
+    port = write_project(project, arch="qwen2", pipeline=True, hosts=_remote_hosts(remote))
+    # As in test_distributed: the "remote" rank starts late, as on a second Mac, so the
+    # ring backend's ~31 s connect budget is not spent while rank 0 imports on a busy host.
+    env = {**remote.env(project.env), "MLXPIN_TEST_RANK_DELAY": "20"}
+    project.ok("fetch", "--hosts", env=env)
+    plan = project.json("launch", "--dry-run", env=env)["plan"]["distributed"]
+    remote_view = Path(plan["ranks"][1]["snapshot"])
+    assert LAYER1 not in listing(remote_view) and LAYER0 in listing(remote_view)
+
+    group = Group(project, port, env)
+    groups.append(group)
+    group.wait_healthy()
+    assert group.ask()
+    assert processes_using(str(remote_view))  # rank 1 loads the partial snapshot
+    assert group.stop() == 0
+    assert processes_using(str(project.state_dir)) == []
