@@ -539,7 +539,7 @@ async def serve(
         app,
         limits or ListenerLimits(),
         access_log=None,  # one DEBUG line per request from our middleware instead
-        handle_signals=False,  # the supervisor owns signals
+        handle_signals=False,  # the runner (poolserver) owns signals
         shutdown_timeout=2.0,
         keepalive_timeout=75.0,  # idle client connections (aiohttp's default is an hour)
     )

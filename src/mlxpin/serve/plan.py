@@ -1,7 +1,7 @@
 """Boot preflight: manifest + lock + verified snapshot → a LaunchPlan (pure data).
 
 This is the boot path: it reads the manifest, one or a few lock files and stats the
-snapshot; it never imports huggingface_hub or opens a socket. `mlxpin.serve.supervisor`
+snapshot; it never imports huggingface_hub or opens a socket. `mlxpin.serve.poolserver`
 executes a plan.
 """
 
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlxpin.config import STATE_DIR_HINT, Settings
 from mlxpin.errors import (
@@ -120,6 +121,54 @@ class LaunchPlan:
         env = {k: v for k, v in base.items() if k not in self.env_unset}
         env.update(self.env_set)
         return env
+
+    def to_json(self) -> dict[str, Any]:
+        """What `launch --dry-run --json` prints as "plan"."""
+        return {
+            "name": self.name,
+            "api_label": self.api_label,
+            "aliases": list(self.aliases),
+            "public": {"host": self.public_host, "port": self.public_port},
+            "private": (
+                {"socket": "private, chosen at start"}
+                if self.private_socket
+                else {"host": self.private_host, "port": "chosen at start"}
+            ),
+            "argv": self.shown_argv(),
+            "env_set": dict(self.env_set),
+            "env_unset": list(self.env_unset),
+            "cwd": str(self.cwd),
+            "upstream_model": self.upstream_model,
+            "api_key_required": self.api_key_required,
+            "gateway": {
+                "request_timeout": self.gateway.request_timeout,
+                "max_body": self.gateway.max_body,
+                "max_connections": self.gateway.max_connections,
+                "header_timeout": self.gateway.header_timeout,
+            },
+            "runtime": None
+            if self.runtime is None
+            else {
+                "pinned": self.runtime.pinned,
+                "key": self.runtime.key,
+                "path": str(self.runtime.path) if self.runtime.path else None,
+                "python": self.runtime.python,
+                "mlx_lm": self.runtime.mlx_lm,
+                "mlx": self.runtime.mlx,
+            },
+            "snapshots": [
+                {
+                    "name": s.name,
+                    "role": s.role,
+                    "path": str(s.path),
+                    "commit": s.commit,
+                    "tree_hash": s.tree_hash,
+                    "files": s.files,
+                    "total_size": s.total_size,
+                }
+                for s in self.snapshots
+            ],
+        }
 
 
 def choose_model(manifest: Manifest, name: str | None, settings: Settings) -> ModelSpec:

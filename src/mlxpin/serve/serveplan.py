@@ -9,10 +9,11 @@ reported together before anything starts. No network, no socket, no huggingface_
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mlxpin.config import Settings
 from mlxpin.errors import (
@@ -23,7 +24,7 @@ from mlxpin.errors import (
     PreflightError,
 )
 from mlxpin.project.lockfile import valid_locks
-from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
+from mlxpin.project.manifest import GatewaySpec, Manifest, ModelSpec, load_manifest
 from mlxpin.project.memory import physical_memory
 from mlxpin.project.selection import pick
 from mlxpin.project.serveropts import server_argv
@@ -40,6 +41,9 @@ from mlxpin.serve.plan import (
 )
 from mlxpin.store.layout import StoreLayout
 
+if TYPE_CHECKING:  # the boot path of a one-host launch never imports the distributed plan
+    from mlxpin.serve.distributed import DistributedPlan
+
 #: What one mlx_lm.server holds on top of its weights: the Python interpreter, mlx and
 #: its kernels, the tokenizer, and a floor of KV cache and activations. Measured on the
 #: tiny model at ~0.35 GB RSS (Linux, CPU); a large model's KV cache grows with context,
@@ -54,6 +58,7 @@ class PoolModelPlan:
     cost: int  # weights + SERVER_OVERHEAD_BYTES
     idle_ttl: float  # seconds; 0 = never stopped for idleness
     preload: bool
+    group: DistributedPlan | None = None  # set: `mlx.launch` runs it over several hosts
 
     @property
     def name(self) -> str:
@@ -72,9 +77,85 @@ class ServePlan:
     start_timeout: float
     api_key_required: bool
     manifest: Path
+    resident: bool = False  # launch: one model, preloaded, never evicted, restarted at once
+    max_connections: int = GatewaySpec().max_connections  # the listener's limits
+    header_timeout: float = GatewaySpec().header_timeout
 
     def get(self, name: str) -> PoolModelPlan | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """What `serve --dry-run --json` prints as "plan"."""
+        return {
+            "endpoint": {"host": self.host, "port": self.port},
+            "budget": {
+                "total": self.budget,
+                "source": self.budget_source,
+                "physical_memory": self.physical_memory or None,
+                "per_server_overhead": SERVER_OVERHEAD_BYTES,
+            },
+            "max_loaded": self.max_loaded,
+            "start_timeout": self.start_timeout,
+            "api_key_required": self.api_key_required,
+            "models": [
+                {
+                    "name": m.name,
+                    "api_label": m.launch.api_label,
+                    "aliases": list(m.launch.aliases),
+                    "argv": m.launch.shown_argv(),
+                    "private": "unix socket" if m.launch.private_socket else "loopback port",
+                    "upstream_model": m.launch.upstream_model,
+                    "weights": m.weights,
+                    "cost": m.cost,
+                    "idle_ttl": m.idle_ttl,
+                    "preload": m.preload,
+                    "distributed": None if m.group is None else _group_json(m.group),
+                    "snapshots": [
+                        {
+                            "name": s.name,
+                            "role": s.role,
+                            "path": str(s.path),
+                            "commit": s.commit,
+                            "total_size": s.total_size,
+                        }
+                        for s in m.launch.snapshots
+                    ],
+                }
+                for m in self.models
+            ],
+        }
+
+
+#: How long a request waits for `launch`'s model while it (re)starts, before a 503.
+LAUNCH_REQUEST_WAIT_S: Final = 30.0
+
+
+def launch_serve_plan(launch: LaunchPlan, group: DistributedPlan | None = None) -> ServePlan:
+    """`mlxpin launch` as a pool: its one model, resident, with no memory budget."""
+    weights = sum(s.total_size for s in launch.snapshots)
+    model = PoolModelPlan(
+        launch=launch,
+        weights=weights,
+        cost=weights + SERVER_OVERHEAD_BYTES,
+        idle_ttl=0.0,
+        preload=True,
+        group=group,
+    )
+    return ServePlan(
+        host=launch.public_host,
+        port=launch.public_port,
+        models=(model,),
+        budget=sys.maxsize,
+        budget_source="launch: one model, no budget",
+        physical_memory=0,
+        max_loaded=None,
+        start_timeout=LAUNCH_REQUEST_WAIT_S,
+        api_key_required=launch.api_key_required,
+        manifest=Path(),
+        resident=True,
+        max_connections=launch.gateway.max_connections,
+        header_timeout=launch.gateway.header_timeout,
+    )
 
 
 def _roles(manifest: Manifest, spec: ModelSpec) -> list[tuple[str, str, ModelSpec]]:
@@ -160,27 +241,23 @@ def plan_serve(
     stale: list[LockStaleError] = []
     models: list[PoolModelPlan] = []
     for spec in specs:
-        if spec.distributed is not None:
-            problems.append(
-                ConfigError(
-                    f"{spec.name} is a distributed model: `mlxpin serve` does not host "
-                    "distributed models yet",
-                    f"run it with `mlxpin launch {spec.name}`, or name the other models",
-                )
-            )
-            continue
+        group: DistributedPlan | None = None
         try:
-            launch = _model_plan(
-                settings,
-                manifest,
-                spec,
-                layout,
-                server,
-                public_port,
-                verify,
-                api_key_required,
-                runtime,
-            )
+            if spec.distributed is not None:
+                group = _group_plan(settings, spec.name, environ, verify, public_port)
+                launch = group.server
+            else:
+                launch = _model_plan(
+                    settings,
+                    manifest,
+                    spec,
+                    layout,
+                    server,
+                    public_port,
+                    verify,
+                    api_key_required,
+                    runtime,
+                )
         except LockStaleError as exc:
             stale.append(exc)
             continue
@@ -188,7 +265,7 @@ def plan_serve(
             problems.append(exc)
             continue
         weights = sum(s.total_size for s in launch.snapshots)
-        cost = weights + SERVER_OVERHEAD_BYTES
+        cost = _cost(weights, group)
         if cost > budget:
             problems.append(OverBudgetError(spec.name, cost, budget, source))
             continue
@@ -200,6 +277,7 @@ def plan_serve(
                 cost=cost,
                 idle_ttl=ttl,
                 preload=spec.name in table.preload,
+                group=group,
             )
         )
     if stale:  # one "run `mlxpin lock a b`" for every stale lock
@@ -234,3 +312,32 @@ def plan_serve(
 
 def _names(error: LockStaleError) -> list[str]:
     return [p.split(":", 1)[0] for p in error.problems]
+
+
+def _group_plan(
+    settings: Settings, name: str, environ: Mapping[str, str], verify: bool, port: int
+) -> DistributedPlan:
+    """A distributed model in the pool: every host checked as `launch` checks them; its
+    rank 0 runs here, in the pool's own run directory."""
+    from mlxpin.serve.distributed import plan_distributed
+
+    group = plan_distributed(settings, name, environ=environ, verify=verify)
+    cwd = settings.state_dir / "run" / f"serve-{port}" / name
+    return replace(group, server=replace(group.server, public_port=port, cwd=cwd))
+
+
+def _cost(weights: int, group: DistributedPlan | None) -> int:
+    """Locked bytes plus one server's overhead for each rank on this host (a group's
+    ranks each hold part of the weights; together, on one host, at most all of them)."""
+    local_ranks = 1 if group is None else max(1, sum(1 for r in group.ranks if r.local))
+    return weights + SERVER_OVERHEAD_BYTES * local_ranks
+
+
+def _group_json(group: DistributedPlan) -> dict[str, Any]:
+    return {
+        "backend": group.backend,
+        "pipeline": group.pipeline,
+        "ranks": len(group.ranks),
+        "hosts": [h.host for h in group.hosts],
+        "argv": group.launch_argv("<private port>"),
+    }
