@@ -291,6 +291,16 @@ def test_the_host_agent_stores_only_the_announced_share_and_the_preflight_checks
     assert "mac2: the snapshot holds only 8 of the 9 locked files" in info.value.message
 
 
+def test_a_pipeline_plan_needs_this_hosts_pin_first_it_says_which_files_the_others_need(
+    project: Project,
+) -> None:
+    write_project(project, arch="qwen2", pipeline=True, hosts=PIPELINE_HOSTS)
+    result = project.run("launch", "--dry-run")  # mac2 is never asked: it cannot be told what
+    assert result.returncode == 66, result.stderr
+    assert "1 host(s) not ready, no rank started: 127.0.0.1: snapshot not fetched" in result.stderr
+    assert "mac2" not in result.stderr and "run `mlxpin fetch tiny`" in result.stderr
+
+
 # --- a real remote host over ssh ---------------------------------------------------------------
 
 
