@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from mlxpin.cli.serveboot import ps_table
 from mlxpin.serve.backends import Unavailable
 from mlxpin.serve.gateway import Gateway
 from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
@@ -244,6 +245,9 @@ def test_a_resident_model_is_preloaded_restarted_at_once_and_its_spent_budget_is
             assert slot.state == "ready" and slot.restarts == 1
             assert (await client.get("/health")).status == 200
             assert pool.fatal is None and not told
+            status = await (await client.get("/mlxpin/status")).json()
+            assert status["budget"]["total"] is None  # `ps` against a launch
+            assert "budget 537 MB of no budget (launch); loaded 1 of unlimited" in ps_table(status)
         await pool.close()
 
         failing = launch_serve_plan(model(tmp_path, "b", EXITS).launch)
