@@ -23,10 +23,10 @@ from mlxpin.errors import (
     OverBudgetError,
     PreflightError,
 )
-from mlxpin.project.manifest import GatewaySpec, load_manifest
+from mlxpin.project.manifest import GatewaySpec, Manifest, ModelSpec, load_manifest
 from mlxpin.project.memory import physical_memory
 from mlxpin.project.selection import pick
-from mlxpin.runtime.server import server_runtime
+from mlxpin.runtime.server import ServerRuntime, server_runtime
 from mlxpin.serve.plan import (
     LaunchPlan,
     find_server,
@@ -181,22 +181,17 @@ def plan_serve(
     stale: list[LockStaleError] = []
     models: list[PoolModelPlan] = []
     for spec in specs:
-        group: DistributedPlan | None = None
         try:
-            if spec.distributed is not None:
-                group = _group_plan(settings, spec.name, environ, verify, public_port)
-                launch = group.server
-            else:
-                launch = model_plan(
-                    settings,
-                    manifest,
-                    spec,
-                    public=(public_host, public_port),
-                    cwd=settings.state_dir / "run" / f"serve-{public_port}" / spec.name,
-                    api_key_required=api_key_required,
-                    verify=verify,
-                    runtime=runtime,
-                )
+            launch, group = _server_plan(
+                settings,
+                manifest,
+                spec,
+                environ,
+                public=(public_host, public_port),
+                api_key_required=api_key_required,
+                verify=verify,
+                runtime=runtime,
+            )
         except LockStaleError as exc:
             stale.append(exc)
             continue
@@ -220,11 +215,7 @@ def plan_serve(
             )
         )
     if stale:  # one "run `mlxpin lock a b`" for every stale lock
-        merged = LockStaleError(
-            [p for e in stale for p in e.problems],
-            list(dict.fromkeys(n for e in stale for n in _names(e))),
-        )
-        problems.insert(0, merged)
+        problems.insert(0, _merged(stale))
     if problems:
         raise PreflightError.of(problems)
     if table.max_loaded is not None and table.preload:
@@ -246,6 +237,41 @@ def plan_serve(
         start_timeout=table.start_timeout,
         api_key_required=api_key_required,
         manifest=manifest.path,
+    )
+
+
+def _server_plan(
+    settings: Settings,
+    manifest: Manifest,
+    spec: ModelSpec,
+    environ: Mapping[str, str],
+    *,
+    public: tuple[str, int],
+    api_key_required: bool,
+    verify: bool,
+    runtime: ServerRuntime,
+) -> tuple[LaunchPlan, DistributedPlan | None]:
+    """One model's server in the pool (and its rank group, for a distributed model)."""
+    if spec.distributed is not None:
+        group = _group_plan(settings, spec.name, environ, verify, public[1])
+        return group.server, group
+    launch = model_plan(
+        settings,
+        manifest,
+        spec,
+        public=public,
+        cwd=settings.state_dir / "run" / f"serve-{public[1]}" / spec.name,
+        api_key_required=api_key_required,
+        verify=verify,
+        runtime=runtime,
+    )
+    return launch, None
+
+
+def _merged(stale: Sequence[LockStaleError]) -> LockStaleError:
+    return LockStaleError(
+        [p for e in stale for p in e.problems],
+        list(dict.fromkeys(n for e in stale for n in _names(e))),
     )
 
 
