@@ -16,7 +16,7 @@ from typing import Any, Literal
 from mlxpin.errors import ManifestError
 from mlxpin.project import validate
 from mlxpin.project.distributed import DISTRIBUTED_KEYS, DistributedSpec, parse_distributed
-from mlxpin.project.memory import Budget, parse_budget
+from mlxpin.project.memory import Budget, parse_budget, parse_size
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines, nesting_problem
 
@@ -49,9 +49,6 @@ _SERVE_KEYS = (
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_BUDGET = Budget()
 _GATEWAY_KEYS = ("request_timeout", "max_body", "max_connections", "header_timeout")
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", re.IGNORECASE)
-_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9}
-_SIZE_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30})
 _LAUNCH_KEYS = ("repo", "path", "revision", "files", "draft", "adapter")
 _RUNTIME_KEYS = ("python", "mlx-lm", "mlx", "packages")
 DEFAULT_RUNTIME_PYTHON = ">=3.11"
@@ -603,17 +600,17 @@ def _gateway(check: _Checker, value: object, keys: tuple[str, ...]) -> GatewaySp
 
 
 def _size(check: _Checker, value: object, keys: tuple[str, ...]) -> int:
-    """Bytes, from an integer or a string such as "8MiB" or "20 MB"."""
-    size: float | None = None
+    """Bytes, from an integer or a string such as "8MiB" or "20 MB" (`parse_size`)."""
+    size: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
-    elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value)):
-        size = float(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()]
+    elif isinstance(value, str):
+        size = parse_size(value)
     if size is None or not 1 <= size <= 2**40:
         raise check.fail(
             keys, f"{value!r} is not a size in bytes", 'e.g. max_body = "8MiB" or 8388608'
         )
-    return int(size)
+    return size
 
 
 def _check_cross_references(
