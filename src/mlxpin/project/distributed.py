@@ -83,6 +83,15 @@ class Checker(Protocol):
         self, table: Mapping[str, Any], keys: tuple[str, ...], allowed: tuple[str, ...]
     ) -> None: ...
 
+    def exactly_one(
+        self,
+        table: Mapping[str, Any],
+        keys: tuple[str, ...],
+        pair: tuple[str, str],
+        problem: str,
+        fix: str,
+    ) -> str: ...
+
     def string(self, value: object, keys: tuple[str, ...]) -> str: ...
 
 
@@ -99,12 +108,13 @@ def parse_distributed(
 ) -> DistributedSpec:
     table = check.table(value, keys)
     check.known_keys(table, keys, DISTRIBUTED_KEYS)
-    if ("hosts" in table) == ("hostfile" in table):
-        raise check.fail(
-            keys,
-            "needs exactly one of `hosts` (ssh names) or `hostfile` (mlx's JSON hostfile)",
-            'e.g. hosts = ["127.0.0.1", "192.168.1.12"]  or  hostfile = "hosts.json"',
-        )
+    which = check.exactly_one(
+        table,
+        keys,
+        ("hosts", "hostfile"),
+        "needs exactly one of `hosts` (ssh names) or `hostfile` (mlx's JSON hostfile)",
+        'e.g. hosts = ["127.0.0.1", "192.168.1.12"]  or  hostfile = "hosts.json"',
+    )
     backend = check.string(table["backend"], (*keys, "backend")) if "backend" in table else None
     if backend is not None and backend not in BACKENDS:
         raise check.fail(
@@ -114,7 +124,7 @@ def parse_distributed(
         )
     hosts: tuple[HostSpec, ...] | None = None
     hostfile: Path | None = None
-    if "hosts" in table:
+    if which == "hosts":
         hosts = _hosts(check, table["hosts"], (*keys, "hosts"), backend)
     else:
         written = check.string(table["hostfile"], (*keys, "hostfile"))

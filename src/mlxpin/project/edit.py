@@ -42,7 +42,7 @@ from mlxpin.project.manifest import (
     load_manifest,
     parse_manifest,
 )
-from mlxpin.project.tomllines import ASSIGN_RE, HEADER_RE, split_key
+from mlxpin.project.tomllines import scan_lines
 from mlxpin.util.atomic import hold_mutex, write_atomic
 from mlxpin.util.writable import require_writable_dir
 
@@ -129,25 +129,7 @@ def add_model_text(text: str, model: NewModel, path: Path) -> str:
 
 def _headers(lines: Sequence[str]) -> list[tuple[int, tuple[str, ...]]]:
     """(line index, key path) of every table header, skipping multi-line strings."""
-    found: list[tuple[int, tuple[str, ...]]] = []
-    open_string: str | None = None
-    for index, line in enumerate(lines):
-        if open_string is not None:
-            if line.count(open_string) % 2 == 1:
-                open_string = None
-            continue
-        header = HEADER_RE.match(line)
-        if header:
-            found.append((index, split_key(header.group(2))))
-            continue
-        assign = ASSIGN_RE.match(line)
-        if assign:
-            rest = line[assign.end() :]
-            for quote in ('"""', "'''"):
-                if rest.count(quote) % 2 == 1:
-                    open_string = quote
-                    break
-    return found
+    return [(line.index, line.key) for line in scan_lines(lines) if line.header]
 
 
 def _is_blank(line: str) -> bool:

@@ -216,6 +216,28 @@ class _Checker:
                 fix = "put the label clients send in `api_label`, and the Hub repo in `launch.repo`"
             raise self.fail((*keys, key), f"unknown key in {where}", fix)
 
+    def require(
+        self, table: Mapping[str, Any], keys: tuple[str, ...], key: str, problem: str, fix: str
+    ) -> Any:
+        """`table[key]`; `problem` (reported at the table) when the key is missing."""
+        if key not in table:
+            raise self.fail(keys, problem, fix)
+        return table[key]
+
+    def exactly_one(
+        self,
+        table: Mapping[str, Any],
+        keys: tuple[str, ...],
+        pair: tuple[str, str],
+        problem: str,
+        fix: str,
+    ) -> str:
+        """Which key of `pair` the table has; `problem` when it has neither or both."""
+        first, second = pair
+        if (first in table) == (second in table):
+            raise self.fail(keys, problem, fix)
+        return first if first in table else second
+
     def string(self, value: object, keys: tuple[str, ...]) -> str:
         if not isinstance(value, str):
             raise self.fail(keys, f"must be a string, not {_type_name(value)}")
@@ -361,13 +383,11 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
         )
     table = check.table(value, keys)
     check.known_keys(table, keys, _MODEL_KEYS)
-    if "api_label" not in table:
-        raise check.fail(
-            keys,
-            "missing api_label",
-            f'add api_label = "..." to [models.{name}]: the exact string clients send as "model"',
-        )
-    api_label = _label(check, table["api_label"], (*keys, "api_label"))
+    label_fix = (
+        f'add api_label = "..." to [models.{name}]: the exact string clients send as "model"'
+    )
+    raw_label = check.require(table, keys, "api_label", "missing api_label", label_fix)
+    api_label = _label(check, raw_label, (*keys, "api_label"))
     aliases_raw = table.get("aliases", [])
     if not isinstance(aliases_raw, list):
         raise check.fail(
@@ -376,13 +396,9 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
     aliases = tuple(_label(check, a, (*keys, "aliases")) for a in aliases_raw)
     host = _host(check, table.get("host", DEFAULT_HOST), (*keys, "host"))
     port = _port(check, table.get("port", DEFAULT_PORT), (*keys, "port"))
-    if "launch" not in table:
-        raise check.fail(
-            keys,
-            "missing [launch] table",
-            f'add [models.{name}.launch] with repo = "owner/name" (or path = "./dir")',
-        )
-    launch = _launch(check, table["launch"], (*keys, "launch"), base)
+    launch_fix = f'add [models.{name}.launch] with repo = "owner/name" (or path = "./dir")'
+    raw_launch = check.require(table, keys, "launch", "missing [launch] table", launch_fix)
+    launch = _launch(check, raw_launch, (*keys, "launch"), base)
     server = _server(check, table.get("server", {}), (*keys, "server"))
     distributed = None
     if "distributed" in table:
@@ -455,14 +471,15 @@ def _port(check: _Checker, value: object, keys: tuple[str, ...]) -> int:
 def _launch(check: _Checker, value: object, keys: tuple[str, ...], base: Path) -> LaunchSpec:
     table = check.table(value, keys)
     check.known_keys(table, keys, _LAUNCH_KEYS)
-    if ("repo" in table) == ("path" in table):
-        raise check.fail(
-            keys,
-            "needs exactly one of `repo` (a Hub repo id) or `path` (a local directory)",
-            'e.g. repo = "mlx-community/gemma-4-31b-it-4bit"  or  path = "./models/tiny"',
-        )
+    which = check.exactly_one(
+        table,
+        keys,
+        ("repo", "path"),
+        "needs exactly one of `repo` (a Hub repo id) or `path` (a local directory)",
+        'e.g. repo = "mlx-community/gemma-4-31b-it-4bit"  or  path = "./models/tiny"',
+    )
     source: Source
-    if "repo" in table:
+    if which == "repo":
         repo = _repo(check, table["repo"], (*keys, "repo"))
         revision = check.string(table.get("revision", DEFAULT_REVISION), (*keys, "revision"))
         problem = validate.revision_problem(revision)
@@ -746,12 +763,13 @@ def _runtime(check: _Checker, value: object) -> RuntimeSpec:
     keys = ("runtime",)
     table = check.table(value, keys)
     check.known_keys(table, keys, _RUNTIME_KEYS)
-    if "mlx-lm" not in table:
-        raise check.fail(
-            keys,
-            "missing `mlx-lm`: the runtime exists to pin the server",
-            'add mlx-lm = ">=0.32,<0.33" (any PEP 440 range; the lock pins one version)',
-        )
+    check.require(
+        table,
+        keys,
+        "mlx-lm",
+        "missing `mlx-lm`: the runtime exists to pin the server",
+        'add mlx-lm = ">=0.32,<0.33" (any PEP 440 range; the lock pins one version)',
+    )
     specs: dict[str, str] = {}
     for key in ("python", "mlx-lm", "mlx"):
         default = DEFAULT_RUNTIME_PYTHON if key == "python" else ""
