@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
-from mlxpin.errors import ManifestError
+from mlxpin.project.checker import Checker
 
 LOCAL_HOST = "127.0.0.1"
 BACKENDS = ("ring", "jaccl")
@@ -68,31 +66,6 @@ class DistributedSpec:
     starting_port: int
     python: str | None
     env: tuple[tuple[str, str], ...]
-
-
-class Checker(Protocol):
-    """The manifest's checker (mlxpin.project.manifest._Checker)."""
-
-    def fail(
-        self, keys: tuple[str, ...], problem: str, fix: str | None = None
-    ) -> ManifestError: ...
-
-    def table(self, value: object, keys: tuple[str, ...]) -> Mapping[str, Any]: ...
-
-    def known_keys(
-        self, table: Mapping[str, Any], keys: tuple[str, ...], allowed: tuple[str, ...]
-    ) -> None: ...
-
-    def exactly_one(
-        self,
-        table: Mapping[str, Any],
-        keys: tuple[str, ...],
-        pair: tuple[str, str],
-        problem: str,
-        fix: str,
-    ) -> str: ...
-
-    def string(self, value: object, keys: tuple[str, ...]) -> str: ...
 
 
 def is_ip(text: str) -> bool:

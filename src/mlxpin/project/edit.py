@@ -332,22 +332,27 @@ class AddResult:
     warnings: tuple[str, ...]
 
 
-def add(
-    settings: Settings,
-    name: str,
-    *,
-    repo: str | None = None,
-    path: str | None = None,
-    revision: str | None = None,
-    label: str | None = None,
-    port: int | None = None,
-    files: Sequence[str] | None = None,
-) -> AddResult:
+@dataclass(frozen=True)
+class AddRequest:
+    """What `mlxpin add NAME` was asked, before the defaults are filled in."""
+
+    name: str
+    repo: str | None = None
+    path: str | None = None
+    revision: str | None = None
+    label: str | None = None  # default: NAME
+    port: int | None = None  # default: the lowest free one from 8080
+    files: tuple[str, ...] | None = None
+
+
+def add(settings: Settings, request: AddRequest) -> AddResult:
     """Append [models.NAME] (+ .launch) to the manifest, validated before it is written.
 
     Defaults: the api_label is NAME (clients then send the name you chose; pass --label
     for anything else), the port is the lowest one from 8080 up no other model uses.
     """
+    name, repo, path, revision = request.name, request.repo, request.path, request.revision
+    label, port, files = request.label, request.port, request.files
     if (repo is None) == (path is None):
         raise UsageError("give exactly one of --repo owner/name or --path DIR")
     if path is not None and revision is not None:

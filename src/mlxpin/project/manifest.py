@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from mlxpin.errors import ManifestError
 from mlxpin.project import validate
+from mlxpin.project.checker import Checker, did_you_mean
 from mlxpin.project.distributed import DISTRIBUTED_KEYS, DistributedSpec, parse_distributed
 from mlxpin.project.memory import Budget, parse_budget, parse_size
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
@@ -187,87 +188,6 @@ _MISPLACED = {
 }
 
 
-class _Checker:
-    def __init__(self, path: Path, lines: KeyLines) -> None:
-        self.path = path
-        self.lines = lines
-
-    def fail(self, keys: tuple[str, ...], problem: str, fix: str | None = None) -> ManifestError:
-        dotted = ".".join(_toml_key(k) for k in keys) if keys else None
-        return ManifestError(self.path, self.lines.line_of(keys), dotted, problem, fix)
-
-    def table(self, value: object, keys: tuple[str, ...]) -> Mapping[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(keys, "must be a table", f"write it as [{'.'.join(keys)}]")
-        return value
-
-    def known_keys(
-        self, table: Mapping[str, Any], keys: tuple[str, ...], allowed: tuple[str, ...]
-    ) -> None:
-        for key in table:
-            if key in allowed:
-                continue
-            where = keys[-1] if keys else "top level"
-            fix = _did_you_mean(key, allowed)
-            home = _MISPLACED.get(key)
-            if home and keys and keys[0] == "models" and len(keys) == 2:
-                fix = f"`{key}` belongs in [models.{keys[1]}.{home}]"
-            elif key in ("model", "name", "repo_id", "model_id"):
-                fix = "put the label clients send in `api_label`, and the Hub repo in `launch.repo`"
-            raise self.fail((*keys, key), f"unknown key in {where}", fix)
-
-    def require(
-        self, table: Mapping[str, Any], keys: tuple[str, ...], key: str, problem: str, fix: str
-    ) -> Any:
-        """`table[key]`; `problem` (reported at the table) when the key is missing."""
-        if key not in table:
-            raise self.fail(keys, problem, fix)
-        return table[key]
-
-    def exactly_one(
-        self,
-        table: Mapping[str, Any],
-        keys: tuple[str, ...],
-        pair: tuple[str, str],
-        problem: str,
-        fix: str,
-    ) -> str:
-        """Which key of `pair` the table has; `problem` when it has neither or both."""
-        first, second = pair
-        if (first in table) == (second in table):
-            raise self.fail(keys, problem, fix)
-        return first if first in table else second
-
-    def string(self, value: object, keys: tuple[str, ...]) -> str:
-        if not isinstance(value, str):
-            raise self.fail(keys, f"must be a string, not {_type_name(value)}")
-        return value
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else '"' + key.replace('"', '\\"') + '"'
-
-
-def _type_name(value: object) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
-
-def _did_you_mean(key: str, allowed: tuple[str, ...]) -> str:
-    import difflib  # errors only
-
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean `{close[0]}`?"
-    return "allowed keys: " + ", ".join(allowed)
-
-
 Parser = Literal["tomlkit", "tomllib"]
 
 
@@ -339,7 +259,7 @@ def _parse_tomllib(text: str, path: Path) -> dict[str, Any]:
 
 
 def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest:
-    check = _Checker(path, lines)
+    check = Checker(path, lines, _MISPLACED)
     check.known_keys(document, (), _TOP_KEYS)
     version = document.get("version", MANIFEST_VERSION)
     if type(version) is not int or version != MANIFEST_VERSION:  # not 1.0, not true
@@ -366,7 +286,7 @@ def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest
     return Manifest(path=path, models=models, serve=serve, runtime=runtime)
 
 
-def _build_model(check: _Checker, name: str, value: object, base: Path) -> ModelSpec:
+def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelSpec:
     keys = ("models", name)
     if not validate.NAME_RE.fullmatch(name):
         raise check.fail(
@@ -432,7 +352,7 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
     )
 
 
-def _label(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
+def _label(check: Checker, value: object, keys: tuple[str, ...]) -> str:
     label = check.string(value, keys)
     problem = validate.label_problem(label)
     if problem:
@@ -442,7 +362,7 @@ def _label(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
     return label
 
 
-def _host(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
+def _host(check: Checker, value: object, keys: tuple[str, ...]) -> str:
     host = check.string(value, keys)
     if host in ("127.0.0.1", "::1", "localhost", "0.0.0.0"):  # noqa: S104 (validated, not bound here)
         return host
@@ -458,7 +378,7 @@ def _host(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
     return host
 
 
-def _port(check: _Checker, value: object, keys: tuple[str, ...]) -> int:
+def _port(check: Checker, value: object, keys: tuple[str, ...]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise check.fail(
             keys,
@@ -468,7 +388,7 @@ def _port(check: _Checker, value: object, keys: tuple[str, ...]) -> int:
     return value
 
 
-def _launch(check: _Checker, value: object, keys: tuple[str, ...], base: Path) -> LaunchSpec:
+def _launch(check: Checker, value: object, keys: tuple[str, ...], base: Path) -> LaunchSpec:
     table = check.table(value, keys)
     check.known_keys(table, keys, _LAUNCH_KEYS)
     which = check.exactly_one(
@@ -513,7 +433,7 @@ def _launch(check: _Checker, value: object, keys: tuple[str, ...], base: Path) -
     return LaunchSpec(source=source, files=files, draft=draft, adapter=adapter)
 
 
-def _repo(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
+def _repo(check: Checker, value: object, keys: tuple[str, ...]) -> str:
     repo = check.string(value, keys)
     problem = validate.repo_id_problem(repo)
     if problem is None:
@@ -538,7 +458,7 @@ def _repo(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
     )
 
 
-def _files(check: _Checker, value: object, keys: tuple[str, ...]) -> tuple[str, ...] | None:
+def _files(check: Checker, value: object, keys: tuple[str, ...]) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not value:
@@ -557,7 +477,7 @@ def _files(check: _Checker, value: object, keys: tuple[str, ...]) -> tuple[str, 
     return tuple(patterns)
 
 
-def _reference(check: _Checker, value: object, keys: tuple[str, ...]) -> str | None:
+def _reference(check: Checker, value: object, keys: tuple[str, ...]) -> str | None:
     if value is None:
         return None
     name = check.string(value, keys)
@@ -567,14 +487,14 @@ def _reference(check: _Checker, value: object, keys: tuple[str, ...]) -> str | N
 
 
 def _server(
-    check: _Checker, value: object, keys: tuple[str, ...]
+    check: Checker, value: object, keys: tuple[str, ...]
 ) -> tuple[tuple[str, ServerValue], ...]:
     table = check.table(value, keys)
     allowed = tuple(SERVER_OPTIONS)
     options: list[tuple[str, ServerValue]] = []
     for key, raw in table.items():
         if key not in SERVER_OPTIONS:
-            fix = _did_you_mean(key, allowed)
+            fix = did_you_mean(key, allowed)
             if key in ("model", "host", "port", "adapter_path", "draft_model"):
                 fix = f"`{key}` is set by mlxpin itself (see [models.x] and [models.x.launch])"
             elif key == "pipeline":
@@ -591,7 +511,7 @@ def _server(
     return tuple(sorted(options, key=lambda item: item[0]))
 
 
-def _gateway(check: _Checker, value: object, keys: tuple[str, ...]) -> GatewaySpec:
+def _gateway(check: Checker, value: object, keys: tuple[str, ...]) -> GatewaySpec:
     table = check.table(value, keys)
     check.known_keys(table, keys, _GATEWAY_KEYS)
     spec = GatewaySpec()
@@ -616,7 +536,7 @@ def _gateway(check: _Checker, value: object, keys: tuple[str, ...]) -> GatewaySp
     )
 
 
-def _size(check: _Checker, value: object, keys: tuple[str, ...]) -> int:
+def _size(check: Checker, value: object, keys: tuple[str, ...]) -> int:
     """Bytes, from an integer or a string such as "8MiB" or "20 MB" (`parse_size`)."""
     size: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -631,7 +551,7 @@ def _size(check: _Checker, value: object, keys: tuple[str, ...]) -> int:
 
 
 def _check_cross_references(
-    check: _Checker, models: tuple[ModelSpec, ...], explicit_ports: set[str]
+    check: Checker, models: tuple[ModelSpec, ...], explicit_ports: set[str]
 ) -> None:
     names = {m.name for m in models}
     owner_of_label: dict[str, str] = {}
@@ -680,11 +600,11 @@ def _check_cross_references(
                 raise check.fail(
                     keys,
                     f"no model named {target!r} in this manifest",
-                    _did_you_mean(target, tuple(sorted(names))),
+                    did_you_mean(target, tuple(sorted(names))),
                 )
 
 
-def _seconds(check: _Checker, value: object, keys: tuple[str, ...], *, allow_zero: bool) -> float:
+def _seconds(check: Checker, value: object, keys: tuple[str, ...], *, allow_zero: bool) -> float:
     least = "0" if allow_zero else "more than 0"
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise check.fail(
@@ -699,7 +619,7 @@ def _seconds(check: _Checker, value: object, keys: tuple[str, ...], *, allow_zer
     return float(value)
 
 
-def _serve_table(check: _Checker, value: object, models: tuple[ModelSpec, ...]) -> ServeTable:
+def _serve_table(check: Checker, value: object, models: tuple[ModelSpec, ...]) -> ServeTable:
     keys = ("serve",)
     table = check.table(value, keys)
     check.known_keys(table, keys, _SERVE_KEYS)
@@ -736,7 +656,7 @@ def _serve_table(check: _Checker, value: object, models: tuple[ModelSpec, ...]) 
             raise check.fail(
                 (*keys, "preload"),
                 f"no model named {name!r} in this manifest",
-                _did_you_mean(name, names),
+                did_you_mean(name, names),
             )
         if name not in preload:
             preload.append(name)
@@ -757,7 +677,7 @@ def _serve_table(check: _Checker, value: object, models: tuple[ModelSpec, ...]) 
     )
 
 
-def _runtime(check: _Checker, value: object) -> RuntimeSpec:
+def _runtime(check: Checker, value: object) -> RuntimeSpec:
     from mlxpin.project import requirements  # only manifests with [runtime] pay for it
 
     keys = ("runtime",)
