@@ -30,7 +30,8 @@ import pytest
 from mlxpin.dev.tinymodel import generate
 from mlxpin.errors import ServerCrashedError
 from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
-from mlxpin.serve.supervisor import SupervisorPolicy, run_plan
+from mlxpin.serve.poolserver import run_plan
+from mlxpin.serve.restart import RestartPolicy as SupervisorPolicy
 
 from conftest import Project
 from hubserver import HubServer
@@ -314,7 +315,7 @@ def test_a_sub_second_restart_delay_is_reported_as_it_is(
     never = _stand_in_plan(tmp_path, "import sys; sys.exit(4)")
     with pytest.raises(ServerCrashedError):
         run_plan(never, {"PATH": "/usr/bin"}, policy)
-    assert "exited with code 4; restarting in 0.3 s" in caplog.text
+    assert "exited with code 4 before answering; restarting in 0.3 s" in caplog.text
     assert "restarting in 0 s" not in caplog.text
 
 
@@ -635,7 +636,8 @@ RUN_PLAN = """
 import json, sys
 from pathlib import Path
 from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
-from mlxpin.serve.supervisor import SupervisorPolicy, run_plan
+from mlxpin.serve.poolserver import run_plan
+from mlxpin.serve.restart import RestartPolicy as SupervisorPolicy
 spec = json.loads(sys.argv[1])
 plan = LaunchPlan(
     name="slow", api_label="slow", aliases=(), public_host="127.0.0.1",
@@ -701,10 +703,8 @@ def test_a_server_that_never_becomes_ready_ends_with_70(tmp_path: Path) -> None:
     spec = json.dumps({"port": port, "server": ERRORING_SERVER, "cwd": str(tmp_path / "run")})
     script = RUN_PLAN.replace(
         "SupervisorPolicy(ready_timeout_s=600)",
-        "SupervisorPolicy(ready_timeout_s=600, restart_budget=2, backoff_initial_s=0.05)",
-    ).replace(
-        "import json, sys",
-        "import json, sys\nfrom mlxpin.serve import supervisor\nsupervisor.WARM_UP_ERRORS = 3",
+        "SupervisorPolicy(ready_timeout_s=600, restart_budget=2, backoff_initial_s=0.05, "
+        "warm_up_errors=3)",
     )
     result = subprocess.run(
         [sys.executable, "-c", script, spec],
@@ -825,7 +825,8 @@ from pathlib import Path
 resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
 from mlxpin.project.manifest import GatewaySpec
 from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
-from mlxpin.serve.supervisor import SupervisorPolicy, run_plan
+from mlxpin.serve.poolserver import run_plan
+from mlxpin.serve.restart import RestartPolicy as SupervisorPolicy
 spec = json.loads(sys.argv[1])
 plan = LaunchPlan(
     name="flood", api_label="flood", aliases=(), public_host="127.0.0.1",

@@ -258,13 +258,42 @@ def test_dry_run_prints_hostfile_every_rank_argv_and_snapshot(project: Project) 
     assert '"backend": "ring"' in text
 
 
-def test_serve_refuses_a_distributed_model_and_says_to_launch_it(project: Project) -> None:
+SOLO = """
+[models.solo]
+api_label = "solo-chat"
+[models.solo.launch]
+path = "./model"
+[serve]
+port = {port}
+"""
+
+
+def serve_project(project: Project) -> int:
+    """`tiny` (two ranks, tensor parallel) beside `solo` (one server), on one endpoint."""
     write_project(project)
+    port = free_ports(1)
+    manifest = project.root / "manifest.toml"
+    project.write_manifest(manifest.read_text() + SOLO.format(port=port))
+    project.ok("lock")
     project.ok("fetch")
-    result = project.run("serve", "tiny", "--dry-run")
-    assert result.returncode == 78, (result.stdout, result.stderr)
-    assert "tiny is a distributed model" in result.stderr
-    assert "mlxpin launch tiny" in result.stderr
+    return port
+
+
+def test_serve_plans_a_distributed_model_beside_a_plain_one(project: Project) -> None:
+    port = serve_project(project)
+    plan = project.json("serve", "--dry-run")["plan"]
+    assert plan["endpoint"]["port"] == port
+    models = {m["name"]: m for m in plan["models"]}
+    assert models["solo"]["distributed"] is None
+    group = models["tiny"]["distributed"]
+    assert group["backend"] == "ring" and group["ranks"] == 2
+    assert Path(group["argv"][0]).name == "mlx.launch"
+    # two ranks on this host: two servers' overhead on top of the weights
+    overhead = plan["budget"]["per_server_overhead"]
+    assert models["tiny"]["cost"] == models["tiny"]["weights"] + 2 * overhead
+    assert models["solo"]["cost"] == models["solo"]["weights"] + overhead
+    text = project.ok("serve", "--dry-run").stdout
+    assert "ranks    2 (tensor, ring) on 127.0.0.1" in text
 
 
 def test_pipeline_plan_says_which_files_each_rank_reads(project: Project) -> None:
@@ -493,8 +522,12 @@ class Group:
             time.sleep(0.1)
 
     def ranks(self) -> dict[int, int]:
-        """MLX_RANK → pid of this host's mlx_lm.server ranks (Linux /proc)."""
-        pgid = int(self.pidfile.read_text())
+        """MLX_RANK → pid of this host's mlx_lm.server ranks (Linux /proc); none while
+        the group is down (its pid file is removed with it)."""
+        try:
+            pgid = int(self.pidfile.read_text())
+        except FileNotFoundError:
+            return {}
         found: dict[int, int] = {}
         for pid, command in group_members(pgid).items():
             if "mlx_lm" not in command or "mlx.launch" in command:
@@ -623,6 +656,61 @@ def test_pipeline_parallel_qwen2_answers_by_label(project: Project, groups: list
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "--pipeline" in group.text()
     assert group.stop() == 0
+    assert processes_using(str(project.state_dir)) == []
+
+
+class Served(Group):
+    """`mlxpin serve` of a project whose `tiny` is a rank group."""
+
+    def __init__(self, project: Project, port: int) -> None:
+        self.project = project
+        self.base = f"http://127.0.0.1:{port}"
+        self.pidfile = project.state_dir / "run" / f"serve-{port}" / "tiny.group.pid"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlxpin", "serve", "-v"],
+            cwd=project.root,
+            env=project.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.log = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def states(self) -> dict[str, str]:
+        with urllib.request.urlopen(self.base + "/mlxpin/status", timeout=5) as response:
+            return {m["name"]: m["state"] for m in json.loads(response.read())["models"]}
+
+
+@pytest.mark.e2e
+def test_serve_starts_a_rank_group_on_demand_restarts_it_and_stops_clean(
+    project: Project, groups: list[Group]
+) -> None:
+    port = serve_project(project)
+    served = Served(project, port)
+    groups.append(served)
+    served.wait_healthy(60)  # no preload: healthy as soon as the gateway listens
+    assert served.states() == {"tiny": "stopped", "solo": "stopped"}
+    assert not served.pidfile.exists()  # nothing started before a request named it
+
+    assert served.ask()  # starts both ranks, answers with the api_label
+    ranks = served.ranks()
+    assert sorted(ranks) == [0, 1]
+    assert served.states()["tiny"] == "ready"
+
+    # kill -9 of rank 1: the whole group is stopped, and started again on the next request
+    killed_at = time.monotonic()
+    os.kill(ranks[1], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and served.states()["tiny"] == "ready":
+        time.sleep(0.2)
+    assert served.states()["tiny"] == "stopped", served.text()[-3000:]
+    assert served.first(r"stopping the whole group", after=killed_at)
+    assert served.first(r"restarting on its next request", after=killed_at)
+    assert served.ask()
+    assert set(served.ranks().values()).isdisjoint(ranks.values())
+
+    assert served.stop() == 0
     assert processes_using(str(project.state_dir)) == []
 
 

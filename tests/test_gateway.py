@@ -29,14 +29,10 @@ import openai
 import pytest
 from aiohttp import web
 
-from mlxpin.serve.gateway import (
-    GatewayConfig,
-    GatewayState,
-    _Rewriter,
-    _SseRelay,
-    start_gateway,
-    warm_up,
-)
+from fixedgateway import GatewayConfig, start_gateway, warm_up
+from mlxpin.serve.rewrite import Rewriter as _Rewriter
+from mlxpin.serve.rewrite import SseRelay as _SseRelay
+from mlxpin.serve.state import GatewayState
 
 T = TypeVar("T")
 

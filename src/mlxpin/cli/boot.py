@@ -1,8 +1,8 @@
-"""`mlxpin launch` without the command-line framework: the boot path stays fast.
+"""`mlxpin launch` and `mlxpin serve` without the command-line framework: boot stays fast.
 
-`mlxpin launch ...` is dispatched here by `mlxpin.entry` (argparse, stdlib only); the
-typer command in `mlxpin.cli.launch` exists for `--help` and calls the same
-`launch_main`. A test keeps their options identical.
+`mlxpin launch|serve ...` is dispatched here by `mlxpin.entry` (argparse, stdlib only);
+the typer commands in `mlxpin.cli.launch` and `mlxpin.cli.serve` exist for `--help` and
+call the same `launch_main` / `serve_main`. A test keeps their options identical.
 """
 
 from __future__ import annotations
@@ -11,80 +11,56 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlxpin.cli.output import CommandExit, Output, run_guarded, settings_for
+from mlxpin.cli.output import CommandExit, Common, Output, run_guarded
 from mlxpin.cli.render import human_size, short_commit
-from mlxpin.config import Settings
-from mlxpin.serve.plan import LaunchPlan, plan_launch
+from mlxpin.serve.plan import LaunchPlan
+from mlxpin.serve.restart import RestartPolicy
 
 
 @dataclass(frozen=True)
-class LaunchOptions:
-    name: str | None = None
+class RunOptions(Common):
+    """What `launch` and `serve` share: planning, restarts, where things are, output."""
+
     dry_run: bool = False
     verify: bool = False
     max_restarts: int = 5
     restart_delay: float = 1.0
     ready_timeout: float = 900.0
+
+    def policy(self) -> RestartPolicy:
+        return RestartPolicy(
+            ready_timeout_s=self.ready_timeout,
+            backoff_initial_s=self.restart_delay,
+            restart_budget=self.max_restarts,
+        )
+
+    def guarded(self, run: Callable[[], int]) -> int:
+        """Run ``run`` (its code is the exit code) with errors rendered, not raised."""
+
+        def body() -> None:
+            code = run()
+            if code:
+                raise CommandExit(code)
+
+        return run_guarded(
+            body,
+            as_json=self.as_json,
+            quiet=self.quiet,
+            verbose=self.verbose,
+            logs=not self.dry_run,
+        )
+
+
+@dataclass(frozen=True)
+class LaunchOptions(RunOptions):
+    name: str | None = None
     probe_interval: float = 30.0
     probe_timeout: float = 60.0
-    cache_dir: Path | None = None
-    manifest: Path | None = None
-    lock_dir: Path | None = None
-    as_json: bool = False
-    quiet: bool = False
-    verbose: bool = False
-
-
-def plan_json(plan: LaunchPlan) -> dict[str, Any]:
-    return {
-        "name": plan.name,
-        "api_label": plan.api_label,
-        "aliases": list(plan.aliases),
-        "public": {"host": plan.public_host, "port": plan.public_port},
-        "private": (
-            {"socket": "private, chosen at start"}
-            if plan.private_socket
-            else {"host": plan.private_host, "port": "chosen at start"}
-        ),
-        "argv": plan.shown_argv(),
-        "env_set": dict(plan.env_set),
-        "env_unset": list(plan.env_unset),
-        "cwd": str(plan.cwd),
-        "upstream_model": plan.upstream_model,
-        "api_key_required": plan.api_key_required,
-        "gateway": {
-            "request_timeout": plan.gateway.request_timeout,
-            "max_body": plan.gateway.max_body,
-            "max_connections": plan.gateway.max_connections,
-            "header_timeout": plan.gateway.header_timeout,
-        },
-        "runtime": None
-        if plan.runtime is None
-        else {
-            "pinned": plan.runtime.pinned,
-            "key": plan.runtime.key,
-            "path": str(plan.runtime.path) if plan.runtime.path else None,
-            "python": plan.runtime.python,
-            "mlx_lm": plan.runtime.mlx_lm,
-            "mlx": plan.runtime.mlx,
-        },
-        "snapshots": [
-            {
-                "name": s.name,
-                "role": s.role,
-                "path": str(s.path),
-                "commit": s.commit,
-                "tree_hash": s.tree_hash,
-                "files": s.files,
-                "total_size": s.total_size,
-            }
-            for s in plan.snapshots
-        ],
-    }
 
 
 def plan_text(plan: LaunchPlan) -> str:
@@ -123,74 +99,33 @@ def plan_text(plan: LaunchPlan) -> str:
 
 
 def launch_main(options: LaunchOptions) -> int:
-    def run() -> None:
-        out = Output(options.as_json, options.quiet)
-        settings = settings_for(options.manifest, options.lock_dir, options.cache_dir)
-        if _is_distributed(settings, options.name):
-            _launch_distributed(options, settings, out)
-            return
-        plan = plan_launch(settings, options.name, environ=os.environ, verify=options.verify)
+    from mlxpin.commands import launch
+
+    def run() -> int:
+        chosen = launch.plan(options.settings(), options.name, os.environ, verify=options.verify)
         if options.dry_run:
-            out.line(plan_text(plan))
-            out.result({"ok": True, "plan": plan_json(plan)})
-            return
-        from mlxpin.serve.supervisor import SupervisorPolicy, run_plan
+            _show(chosen, options.output())
+            return 0
+        watchdog = (options.probe_interval, options.probe_timeout)
+        return launch.run(chosen, os.environ, options.policy(), watchdog)
 
-        policy = SupervisorPolicy(
-            ready_timeout_s=options.ready_timeout,
-            backoff_initial_s=options.restart_delay,
-            restart_budget=options.max_restarts,
-        )
-        code = run_plan(plan, os.environ, policy)
-        if code:
-            raise CommandExit(code)
-
-    return run_guarded(
-        run,
-        as_json=options.as_json,
-        quiet=options.quiet,
-        verbose=options.verbose,
-        logs=not options.dry_run,
-    )
+    return options.guarded(run)
 
 
-def _is_distributed(settings: Settings, name: str | None) -> bool:
-    try:  # most manifests never say the word: no second parse on the boot path
-        if b"distributed" not in settings.manifest_path.read_bytes():
-            return False
-    except OSError:
-        return False  # plan_launch reports the missing manifest
-    from mlxpin.serve.distributed import distributed_spec
-
-    return distributed_spec(settings, name)[1]
-
-
-def _launch_distributed(options: LaunchOptions, settings: Settings, out: Output) -> None:
-    from mlxpin.cli.distributed import distributed_json, distributed_text
-    from mlxpin.serve.distributed import plan_distributed
-
-    plan = plan_distributed(settings, options.name, environ=os.environ, verify=options.verify)
-    if options.dry_run:
-        out.line(distributed_text(plan))
-        out.result({"ok": True, "plan": distributed_json(plan)})
+def _show(chosen: Any, out: Output) -> None:
+    if isinstance(chosen, LaunchPlan):
+        out.line(plan_text(chosen))
+        out.result({"ok": True, "plan": chosen.to_json()})
         return
-    from mlxpin.serve.rankgroup import WatchdogPolicy, run_distributed
-    from mlxpin.serve.supervisor import SupervisorPolicy
+    from mlxpin.cli.distributed import distributed_json, distributed_text
 
-    policy = SupervisorPolicy(
-        ready_timeout_s=options.ready_timeout,
-        backoff_initial_s=options.restart_delay,
-        restart_budget=options.max_restarts,
-    )
-    watchdog = WatchdogPolicy(
-        probe_interval_s=options.probe_interval, probe_timeout_s=options.probe_timeout
-    )
-    code = run_distributed(plan, os.environ, policy, watchdog)
-    if code:
-        raise CommandExit(code)
+    out.line(distributed_text(chosen))
+    out.result({"ok": True, "plan": distributed_json(chosen)})
 
 
-def _non_negative(kind: type[int] | type[float], minimum: float) -> Any:
+def at_least(kind: type[int] | type[float], minimum: float) -> Any:
+    """An argparse type: a number no smaller than ``minimum``."""
+
     def parse(text: str) -> int | float:
         value = kind(text)
         if value < minimum:
@@ -200,22 +135,28 @@ def _non_negative(kind: type[int] | type[float], minimum: float) -> Any:
     return parse
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mlxpin launch", add_help=False)
-    p.add_argument("name", nargs="?")
+def run_parser(prog: str) -> argparse.ArgumentParser:
+    """A parser with the options of :class:`RunOptions` (the caller adds its own)."""
+    p = argparse.ArgumentParser(prog=prog, add_help=False)
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--verify", action="store_true")
-    p.add_argument("--max-restarts", type=_non_negative(int, 0), default=5)
-    p.add_argument("--restart-delay", type=_non_negative(float, 0.0), default=1.0)
-    p.add_argument("--ready-timeout", type=_non_negative(float, 1.0), default=900.0)
-    p.add_argument("--probe-interval", type=_non_negative(float, 0.1), default=30.0)
-    p.add_argument("--probe-timeout", type=_non_negative(float, 0.1), default=60.0)
+    p.add_argument("--max-restarts", type=at_least(int, 0), default=5)
+    p.add_argument("--restart-delay", type=at_least(float, 0.0), default=1.0)
+    p.add_argument("--ready-timeout", type=at_least(float, 1.0), default=900.0)
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--manifest", "-m", type=Path)
     p.add_argument("--lock-dir", type=Path)
     p.add_argument("--json", dest="as_json", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--verbose", "-v", action="store_true")
+    return p
+
+
+def parser() -> argparse.ArgumentParser:
+    p = run_parser("mlxpin launch")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--probe-interval", type=at_least(float, 0.1), default=30.0)
+    p.add_argument("--probe-timeout", type=at_least(float, 0.1), default=60.0)
     return p
 
 

@@ -6,14 +6,14 @@ import json
 import shlex
 from typing import Any
 
-from mlxpin.cli.boot import plan_json, plan_text
+from mlxpin.cli.boot import plan_text
 from mlxpin.serve.distributed import DistributedPlan
 
 PORT = "<private port>"
 
 
 def distributed_json(plan: DistributedPlan) -> dict[str, Any]:
-    data = plan_json(plan.server)
+    data = plan.server.to_json()
     data["argv"] = plan.launch_argv(PORT)
     data["distributed"] = {
         "backend": plan.backend,

@@ -1,13 +1,42 @@
-"""`mlxpin launch`: the boot command."""
+"""`mlxpin launch`: the boot command (and the options it shares with `serve`)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
 
 from mlxpin.cli.app import Common, verb
 from mlxpin.cli.boot import LaunchOptions, launch_main
+
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Print the plan (argv, snapshots, ...) offline and exit.")
+]
+VerifyOpt = Annotated[
+    bool, typer.Option("--verify", help="Re-hash every file against the lock before starting.")
+]
+MaxRestartsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-restarts",
+        min=0,
+        help="Crashes of a model within 10 minutes before giving up on it "
+        "(launch exits 70; serve marks it failed).",
+    ),
+]
+RestartDelayOpt = Annotated[
+    float,
+    typer.Option(
+        "--restart-delay", min=0.0, help="First restart delay in seconds (doubles, max 60)."
+    ),
+]
+ReadyTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--ready-timeout", min=1.0, help="Seconds a server may take to answer its warm-up."
+    ),
+]
 
 
 @verb("launch", guard=False)
@@ -19,30 +48,11 @@ def launch_command(
             show_default=False,
         ),
     ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the plan (argv, env, cwd, snapshots) and exit.")
-    ] = False,
-    verify: Annotated[
-        bool, typer.Option("--verify", help="Re-hash every file against the lock before starting.")
-    ] = False,
-    max_restarts: Annotated[
-        int,
-        typer.Option(
-            "--max-restarts", min=0, help="Crashes tolerated within 10 minutes before exiting 70."
-        ),
-    ] = 5,
-    restart_delay: Annotated[
-        float,
-        typer.Option(
-            "--restart-delay", min=0.0, help="First restart delay in seconds (doubles, max 60)."
-        ),
-    ] = 1.0,
-    ready_timeout: Annotated[
-        float,
-        typer.Option(
-            "--ready-timeout", min=1.0, help="Seconds the server may take to answer its warm-up."
-        ),
-    ] = 900.0,
+    dry_run: DryRunOpt = False,
+    verify: VerifyOpt = False,
+    max_restarts: MaxRestartsOpt = 5,
+    restart_delay: RestartDelayOpt = 1.0,
+    ready_timeout: ReadyTimeoutOpt = 900.0,
     probe_interval: Annotated[
         float,
         typer.Option(
@@ -67,22 +77,15 @@ def launch_command(
     Makes no network request. Refuses with exit 78 if the lock is stale or missing, 66 if
     the snapshot is not fetched, 69 if mlx_lm.server is missing or the port is taken.
     """
-    code = launch_main(
-        LaunchOptions(
-            name=name,
-            dry_run=dry_run,
-            verify=verify,
-            max_restarts=max_restarts,
-            restart_delay=restart_delay,
-            ready_timeout=ready_timeout,
-            probe_interval=probe_interval,
-            probe_timeout=probe_timeout,
-            cache_dir=common.cache_dir,
-            manifest=common.manifest,
-            lock_dir=common.lock_dir,
-            as_json=common.as_json,
-            quiet=common.quiet,
-            verbose=common.verbose,
-        )
+    options = LaunchOptions(
+        name=name,
+        dry_run=dry_run,
+        verify=verify,
+        max_restarts=max_restarts,
+        restart_delay=restart_delay,
+        ready_timeout=ready_timeout,
+        probe_interval=probe_interval,
+        probe_timeout=probe_timeout,
+        **asdict(common),
     )
-    raise typer.Exit(code)
+    raise typer.Exit(launch_main(options))

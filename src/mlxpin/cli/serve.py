@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
 
 from mlxpin.cli.app import Common, verb
-from mlxpin.cli.serveboot import ServeOptions, fetch_status, ps_table, serve_main
+from mlxpin.cli.launch import (
+    DryRunOpt,
+    MaxRestartsOpt,
+    ReadyTimeoutOpt,
+    RestartDelayOpt,
+    VerifyOpt,
+)
+from mlxpin.cli.serveboot import ServeOptions, ps_table, serve_main
 
 HostOpt = Annotated[
     str | None,
@@ -35,36 +43,13 @@ def serve_command(
             help="Models to serve (default: every model of the manifest).", show_default=False
         ),
     ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the plan (argv, cost, budget) and exit.")
-    ] = False,
-    verify: Annotated[
-        bool, typer.Option("--verify", help="Re-hash every file against the lock first.")
-    ] = False,
+    dry_run: DryRunOpt = False,
+    verify: VerifyOpt = False,
     host: HostOpt = None,
     port: PortOpt = None,
-    max_restarts: Annotated[
-        int,
-        typer.Option(
-            "--max-restarts",
-            min=0,
-            help="Crashes of one model within 10 minutes before it is marked failed.",
-        ),
-    ] = 5,
-    restart_delay: Annotated[
-        float,
-        typer.Option(
-            "--restart-delay",
-            min=0.0,
-            help="First restart delay after a crash, in seconds (doubles, max 60).",
-        ),
-    ] = 1.0,
-    ready_timeout: Annotated[
-        float,
-        typer.Option(
-            "--ready-timeout", min=1.0, help="Seconds one server may take to answer its warm-up."
-        ),
-    ] = 900.0,
+    max_restarts: MaxRestartsOpt = 5,
+    restart_delay: RestartDelayOpt = 1.0,
+    ready_timeout: ReadyTimeoutOpt = 900.0,
     *,
     common: Common,
 ) -> None:
@@ -75,25 +60,18 @@ def serve_command(
     Refuses before starting anything (every model's problem at once): 78 stale lock or a
     model larger than the budget, 66 not fetched, 69 port taken or mlx_lm.server missing.
     """
-    code = serve_main(
-        ServeOptions(
-            names=tuple(names or ()),
-            dry_run=dry_run,
-            verify=verify,
-            host=host,
-            port=port,
-            max_restarts=max_restarts,
-            restart_delay=restart_delay,
-            ready_timeout=ready_timeout,
-            cache_dir=common.cache_dir,
-            manifest=common.manifest,
-            lock_dir=common.lock_dir,
-            as_json=common.as_json,
-            quiet=common.quiet,
-            verbose=common.verbose,
-        )
+    options = ServeOptions(
+        names=tuple(names or ()),
+        dry_run=dry_run,
+        verify=verify,
+        host=host,
+        port=port,
+        max_restarts=max_restarts,
+        restart_delay=restart_delay,
+        ready_timeout=ready_timeout,
+        **asdict(common),
     )
-    raise typer.Exit(code)
+    raise typer.Exit(serve_main(options))
 
 
 @verb("ps", uses=("manifest",))
@@ -110,6 +88,7 @@ def ps_command(
     """
     import os
 
+    from mlxpin.commands.serve import status as endpoint_status
     from mlxpin.project.manifest import load_manifest
     from mlxpin.serve.plan import read_api_key
 
@@ -119,6 +98,6 @@ def ps_command(
         table = load_manifest(common.settings().manifest_path, "tomllib").serve
         chosen_host = chosen_host or table.host
         chosen_port = chosen_port or table.port
-    status = fetch_status(chosen_host, chosen_port, read_api_key(os.environ))
+    status = endpoint_status(chosen_host, chosen_port, read_api_key(os.environ))
     out.line(ps_table(status))
     out.result(status)

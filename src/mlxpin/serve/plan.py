@@ -1,7 +1,7 @@
 """Boot preflight: manifest + lock + verified snapshot → a LaunchPlan (pure data).
 
 This is the boot path: it reads the manifest, one or a few lock files and stats the
-snapshot; it never imports huggingface_hub or opens a socket. `mlxpin.serve.supervisor`
+snapshot; it never imports huggingface_hub or opens a socket. `mlxpin.serve.poolserver`
 executes a plan.
 """
 
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlxpin.config import STATE_DIR_HINT, Settings
 from mlxpin.errors import (
@@ -121,6 +122,54 @@ class LaunchPlan:
         env.update(self.env_set)
         return env
 
+    def to_json(self) -> dict[str, Any]:
+        """What `launch --dry-run --json` prints as "plan"."""
+        return {
+            "name": self.name,
+            "api_label": self.api_label,
+            "aliases": list(self.aliases),
+            "public": {"host": self.public_host, "port": self.public_port},
+            "private": (
+                {"socket": "private, chosen at start"}
+                if self.private_socket
+                else {"host": self.private_host, "port": "chosen at start"}
+            ),
+            "argv": self.shown_argv(),
+            "env_set": dict(self.env_set),
+            "env_unset": list(self.env_unset),
+            "cwd": str(self.cwd),
+            "upstream_model": self.upstream_model,
+            "api_key_required": self.api_key_required,
+            "gateway": {
+                "request_timeout": self.gateway.request_timeout,
+                "max_body": self.gateway.max_body,
+                "max_connections": self.gateway.max_connections,
+                "header_timeout": self.gateway.header_timeout,
+            },
+            "runtime": None
+            if self.runtime is None
+            else {
+                "pinned": self.runtime.pinned,
+                "key": self.runtime.key,
+                "path": str(self.runtime.path) if self.runtime.path else None,
+                "python": self.runtime.python,
+                "mlx_lm": self.runtime.mlx_lm,
+                "mlx": self.runtime.mlx,
+            },
+            "snapshots": [
+                {
+                    "name": s.name,
+                    "role": s.role,
+                    "path": str(s.path),
+                    "commit": s.commit,
+                    "tree_hash": s.tree_hash,
+                    "files": s.files,
+                    "total_size": s.total_size,
+                }
+                for s in self.snapshots
+            ],
+        }
+
 
 def choose_model(manifest: Manifest, name: str | None, settings: Settings) -> ModelSpec:
     chosen = name or settings.default_model
@@ -204,7 +253,19 @@ def plan_launch(
     spec = choose_model(manifest, name, settings)
     run_dir = settings.state_dir / "run"  # the server's cwd and pid file go here
     require_writable_dir(run_dir, STATE_DIR_HINT)  # else a supervisor restarts us in a loop
-    layout = StoreLayout.of(settings)
+    return model_plan(
+        settings,
+        manifest,
+        spec,
+        public=(spec.host, spec.port),
+        cwd=run_dir / f"{spec.name}-{spec.port}",
+        api_key_required=read_api_key(environ) is not None,
+        verify=verify,
+    )
+
+
+def server_roles(manifest: Manifest, spec: ModelSpec) -> list[tuple[str, str, ModelSpec]]:
+    """(role, server flag, model) for the model, its draft and its adapter."""
     roles: list[tuple[str, str, ModelSpec]] = [("model", "--model", spec)]
     for role, flag, target in (
         ("draft", "--draft-model", spec.launch.draft),
@@ -213,8 +274,27 @@ def plan_launch(
         dependency = manifest.get(target) if target is not None else None
         if dependency is not None:  # the manifest parser checked every reference
             roles.append((role, flag, dependency))
+    return roles
+
+
+def model_plan(
+    settings: Settings,
+    manifest: Manifest,
+    spec: ModelSpec,
+    *,
+    public: tuple[str, int],
+    cwd: Path,
+    api_key_required: bool,
+    verify: bool,
+    runtime: ServerRuntime | None = None,
+) -> LaunchPlan:
+    """One model's server: its pinned snapshots (model, draft, adapter), argv and
+    environment. ``runtime`` is looked up when not given (`serve` looks it up once)."""
+    roles = server_roles(manifest, spec)
     locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])  # all problems at once
-    runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
+    if runtime is None:
+        runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
+    layout = StoreLayout.of(settings)
     snapshots = [
         pinned_snapshot(layout, lock, role, verify)
         for (role, _, _), lock in zip(roles, locks, strict=True)
@@ -230,16 +310,16 @@ def plan_launch(
         name=spec.name,
         api_label=spec.api_label,
         aliases=spec.aliases,
-        public_host=spec.host,
-        public_port=spec.port,
+        public_host=public[0],
+        public_port=public[1],
         private_host=PRIVATE_HOST,
         server_command=command,
         server_args=tuple(args),
         env_set=OFFLINE_ENV,
         env_unset=REMOVED_ENV,
-        cwd=run_dir / f"{spec.name}-{spec.port}",
+        cwd=cwd,
         snapshots=tuple(snapshots),
-        api_key_required=read_api_key(environ) is not None,
+        api_key_required=api_key_required,
         private_socket=command[-1] == UNIX_SERVER_MODULE,
         gateway=spec.gateway,
         runtime=runtime,

@@ -15,6 +15,16 @@ loop:
   past its crash budget it is ``failed`` and its requests get a 503 naming the reason,
   while every other model keeps serving;
 - idle models stop after their TTL; ``preload`` models start at boot.
+
+A *resident* plan (``ServePlan.resident``: what `mlxpin launch` runs) is the special
+case of one model that is preloaded, never evicted, restarted at once after a crash (not
+on its next request), and whose spent crash budget ends the run: :attr:`Pool.fatal` is
+set and ``on_fatal`` called, and the runner exits 70.
+
+What a model runs -- one `mlx_lm.server`, or `mlx.launch` and its ranks -- is its
+:class:`~mlxpin.serve.servers.ModelServer`'s business; once a start is ready, that
+server's ``watch`` may give a reason to restart it (a rank group that stopped
+progressing), handled like a crash.
 """
 
 from __future__ import annotations
@@ -24,10 +34,10 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from mlxpin.errors import MlxpinError, ServerCrashedError
 from mlxpin.serve.backends import Health, Lease, Route, Unavailable, Upstream
 from mlxpin.serve.pool_policy import (
     Already,
@@ -42,16 +52,23 @@ from mlxpin.serve.pool_policy import (
     next_expiry,
     plan_start,
 )
-from mlxpin.serve.process import ServerProcess, ServerSpec, WarmUp, reap_leftover, warm_up
+from mlxpin.serve.process import ServerProcess, WarmUp, warm_up
 from mlxpin.serve.restart import GiveUp, RestartBudget, RestartPolicy
 from mlxpin.serve.serveplan import PoolModelPlan, ServePlan
+from mlxpin.serve.servers import ModelServer, SingleServer
 from mlxpin.serve.state import GatewayState
-from mlxpin.serve.supervisor import WARM_UP_ERRORS, free_port, private_socket_dir
 
 log = logging.getLogger("mlxpin.serve")
 
 PoolPolicy = RestartPolicy
 """Per model: readiness deadline, backoff, crash budget (then `failed`), stop timeout."""
+
+ServerFactory = Callable[[PoolModelPlan, Mapping[str, str]], ModelServer]
+"""Makes the :class:`ModelServer` of one model (rank groups come from `serve.rankgroup`)."""
+
+
+def single_server(plan: PoolModelPlan, environ: Mapping[str, str]) -> ModelServer:
+    return SingleServer(plan.launch, environ)
 
 
 class StartFailed(Exception):
@@ -61,25 +78,19 @@ class StartFailed(Exception):
 class Slot:
     """One model of the pool: its plan, state and server process."""
 
-    def __init__(self, plan: PoolModelPlan, environ: Mapping[str, str], policy: RestartPolicy):
+    def __init__(
+        self,
+        plan: PoolModelPlan,
+        server: ModelServer,
+        policy: RestartPolicy,
+        *,
+        resident: bool = False,
+    ) -> None:
         self.plan = plan
         self.name = plan.name
         self.state: State = "stopped"
-        launch = plan.launch
-        self.private_dir: Path | None = None
-        if launch.private_socket:  # a Unix socket in a 0700 directory: only we can reach it
-            self.private_dir = private_socket_dir(launch)
-            self.socket_path: str | None = str(self.private_dir / "server.sock")
-            self.url = "http://localhost"
-            argv = launch.argv_unix(self.socket_path)
-        else:
-            self.socket_path = None
-            port = free_port(launch.private_host)
-            self.url = f"http://{launch.private_host}:{port}"
-            argv = launch.argv(port)
-        self.spec = ServerSpec(
-            plan.name, tuple(argv), launch.environment(environ), launch.cwd, launch.upstream_model
-        )
+        self.server = server
+        self.resident = resident  # never evicted (launch)
         self.process: ServerProcess | None = None
         self.health = GatewayState()  # epochs: a late answer from an old start proves nothing
         self.in_flight = 0
@@ -96,17 +107,25 @@ class Slot:
 
     def view(self) -> ModelView:
         return ModelView(
-            self.name, self.state, self.plan.cost, self.in_flight, self.last_used, pinned=False
+            self.name,
+            self.state,
+            self.plan.cost,
+            self.in_flight,
+            self.last_used,
+            pinned=self.resident,
         )
 
     def upstream(self) -> Upstream:
-        return Upstream(
-            self.plan.launch.api_label,
-            self.plan.launch.upstream_model,
-            self.url,
-            self.socket_path,
-            self.health.epoch,
-        )
+        base = self.server.upstream
+        return Upstream(base.label, base.model, base.url, base.socket_path, self.health.epoch)
+
+    async def attempt(self, timeout_s: float) -> str:
+        """One 1-token completion straight to the server: "ok", "unreachable" or "error"."""
+        # aiohttp is imported here, not at the top: a preloaded server is spawned
+        # before the gateway's imports, so the two start-ups overlap.
+        from mlxpin.serve.upstream import warm_up_status
+
+        return await warm_up_status(self.upstream(), self.health, timeout_s=timeout_s)
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
@@ -136,13 +155,24 @@ class Pool:
     """The :class:`~mlxpin.serve.backends.Backends` of `mlxpin serve` (module docstring)."""
 
     def __init__(
-        self, plan: ServePlan, environ: Mapping[str, str], policy: PoolPolicy | None = None
+        self,
+        plan: ServePlan,
+        environ: Mapping[str, str],
+        policy: PoolPolicy | None = None,
+        *,
+        servers: ServerFactory = single_server,
+        on_fatal: Callable[[], None] | None = None,
     ) -> None:
         self.plan = plan
         self.environ = environ
         self.policy = policy or PoolPolicy()
         self.limits = Limits(budget=plan.budget, max_loaded=plan.max_loaded)
-        self.slots = {m.name: Slot(m, environ, self.policy) for m in plan.models}
+        self.slots = {
+            m.name: Slot(m, servers(m, environ), self.policy, resident=plan.resident)
+            for m in plan.models
+        }
+        self.fatal: MlxpinError | None = None  # a resident model's crash budget is spent
+        self._on_fatal = on_fatal
         self.by_label = {m.launch.api_label: self.slots[m.name] for m in plan.models}
         self.admission = asyncio.Lock()
         self._changed = asyncio.Event()
@@ -175,6 +205,11 @@ class Pool:
         return PoolLease(self, slot)
 
     def health(self) -> Health:
+        if self.plan.resident:  # launch: healthy once a completion succeeded since its start
+            slot = next(iter(self.slots.values()))
+            if slot.state == "ready" and slot.health.healthy:
+                return Health(True, {"status": "ok", "model": slot.plan.launch.api_label})
+            return Health(False, {"status": "loading"})
         body: dict[str, object] = {
             "status": "ok" if self.preloaded else "loading",
             "models": {s.plan.launch.api_label: s.state for s in self.slots.values()},
@@ -208,7 +243,11 @@ class Pool:
             "host": self.plan.host,
             "port": self.plan.port,
             "time": now_wall,
-            "budget": {"used": used, "total": self.plan.budget, "source": self.plan.budget_source},
+            "budget": {
+                "used": used,
+                "total": None if self.plan.resident else self.plan.budget,
+                "source": self.plan.budget_source,
+            },
             "loaded": loaded,
             "max_loaded": self.plan.max_loaded,
             "models": models,
@@ -259,8 +298,8 @@ class Pool:
             except Unavailable:
                 raise
             except StartFailed as exc:
-                if slot.failed_reason is not None:
-                    continue  # failed for good: answered above with the reason
+                if slot.failed_reason is not None or slot.resident:
+                    continue  # failed for good (answered above), or launch restarts it now
                 raise Unavailable(
                     f"The model '{slot.plan.launch.api_label}' could not start: {exc}",
                     code="model_unavailable",
@@ -330,24 +369,14 @@ class Pool:
 
     async def _spawn_and_warm(self, slot: Slot) -> None:
         slot.health.mark_restarting()
-        process = ServerProcess(slot.spec, self.policy.stop_timeout_s)
+        process = slot.server.new_process(self.policy.stop_timeout_s)
         slot.process = process
         slot.stopping_by_us = False
         slot.started_at = time.monotonic()
         await process.start()
         self.notify()  # spawned (begin() waits for the preloaded ones)
         exited: asyncio.Future[Any] = asyncio.ensure_future(process.wait())
-        slot.watcher = asyncio.create_task(self._watch(slot, process, exited))
-        upstream = slot.upstream()
-
-        async def attempt(timeout_s: float) -> str:
-            # aiohttp is imported here, not at the top: a preloaded server is spawned
-            # before the gateway's imports, so the two start-ups overlap.
-            from mlxpin.serve.upstream import warm_up_status
-
-            return await warm_up_status(upstream, slot.health, timeout_s=timeout_s)
-
-        warm = WarmUp(attempt, self.policy.ready_timeout_s, WARM_UP_ERRORS)
+        warm = WarmUp(slot.attempt, self.policy.ready_timeout_s, self.policy.warm_up_errors)
         never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             outcome = await warm_up(slot.name, warm, exited, never)
@@ -362,17 +391,36 @@ class Pool:
             )
         slot.state = "ready"
         slot.touch()
-        log.info("%s: ready (pid %d)", slot.name, process.pid)
+        log.info("%s: ready: a warm-up completion succeeded (pid %d)", slot.name, process.pid)
+        slot.watcher = asyncio.create_task(self._watch(slot, process, exited))
         self.notify()
 
     async def _watch(self, slot: Slot, process: ServerProcess, exited: asyncio.Future[Any]) -> None:
-        code = await exited
+        """A ready server: wait until it exits or its watch gives a reason to restart it."""
+        watch = asyncio.ensure_future(slot.server.watch(process, slot.health, slot.attempt))
+        try:
+            await asyncio.wait({exited, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not watch.done():
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
         if slot.process is not process or slot.stopping_by_us or self.closing:
             return
-        if slot.state == "ready":
-            process.forget()
-            slot.process = None
-            self._crashed(slot, f"mlx_lm.server exited with code {code}", code, was_ready=True)
+        slot.state = "stopping"  # no new request is sent to it from now on
+        slot.health.healthy = False
+        if exited.done():
+            code: int | None = exited.result()
+            why = f"mlx_lm.server exited with code {code}"
+        else:
+            code, why = None, watch.result()
+            log.error("%s: %s; stopping it", slot.name, why)
+        await process.stop()  # a rank group: no member outlives this start
+        process.forget()
+        if slot.process is not process or self.closing:
+            return
+        slot.process = None
+        self._crashed(slot, why, code, was_ready=True)
 
     def _crashed(self, slot: Slot, why: str, code: int | None, *, was_ready: bool) -> None:
         now = time.monotonic()
@@ -382,20 +430,32 @@ class Pool:
         )
         if isinstance(decision, GiveUp):
             slot.state = "failed"
-            slot.failed_reason = (
-                f"{decision.message}; not restarted until "
-                f"POST /mlxpin/models/{slot.plan.launch.api_label}/load"
-            )
+            if slot.resident:
+                slot.failed_reason = decision.message
+                self.fatal = ServerCrashedError(decision.message, decision.hint)
+                if self._on_fatal is not None:
+                    self._on_fatal()
+            else:
+                slot.failed_reason = (
+                    f"{decision.message}; not restarted until "
+                    f"POST /mlxpin/models/{slot.plan.launch.api_label}/load"
+                )
             log.error("%s: failed: %s", slot.name, slot.failed_reason)
         else:
             slot.state = "stopped"
             slot.not_before = now + decision.delay_s
+            when = "in" if slot.resident else "on its next request (not before"
             log.warning(
-                "%s: %s; restarting on its next request (not before %.3g s)",
+                "%s: %s; restarting %s %.4g s%s",
                 slot.name,
                 why,
+                when,
                 decision.delay_s,
+                "" if slot.resident else ")",
             )
+            if slot.resident:  # launch: back up at once, not on the next request
+                slot.start_task = asyncio.create_task(self._start(slot))
+                slot.start_task.add_done_callback(_reported)
         self.notify()
 
     # ------------------------------------------------------------------ stopping
@@ -447,8 +507,8 @@ class Pool:
     # ------------------------------------------------------------------ lifetime
 
     async def begin(self) -> None:
-        for slot in self.slots.values():  # left by a `serve` killed with -9 (macOS)
-            await reap_leftover(slot.spec, self.policy.stop_timeout_s)
+        for slot in self.slots.values():  # left by a run killed with -9 (macOS)
+            await slot.server.reap_leftover(self.policy.stop_timeout_s)
         self._ttl_task = asyncio.create_task(self._ttl_loop())
         preload = [s for s in self.slots.values() if s.plan.preload]
         if preload:
@@ -491,9 +551,16 @@ class Pool:
                     await task
         await asyncio.gather(*(self._kill(s) for s in self.slots.values()))
         for slot in self.slots.values():
+            if slot.watcher is not None and not slot.watcher.done():
+                slot.watcher.cancel()
             slot.state = "stopped"
-            if slot.private_dir is not None:
-                shutil.rmtree(slot.private_dir, ignore_errors=True)
+            slot.server.close()
 
     def _start_tasks(self) -> list[asyncio.Task[Any]]:
         return [s.start_task for s in self.slots.values() if s.start_task is not None]
+
+
+def _reported(task: asyncio.Task[None]) -> None:
+    """A background restart's outcome was logged where it happened; only consume it."""
+    if not task.cancelled():
+        task.exception()

@@ -1,4 +1,5 @@
-"""Run `mlxpin serve`: the gateway over a Pool, its operator routes, signals, clean exit.
+"""Run a pool behind its gateway: `mlxpin serve` (many models on demand) and `mlxpin
+launch` (one resident model), with the operator routes, signals and a clean exit.
 
 Routes on top of the gateway's (all need the API key when one is set):
 
@@ -20,13 +21,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from mlxpin.errors import PortInUseError
+from mlxpin.serve.addresses import bind_public
 from mlxpin.serve.apierrors import ApiError
 from mlxpin.serve.backends import Unavailable
-from mlxpin.serve.plan import read_api_key
-from mlxpin.serve.pool import Pool, PoolPolicy, Slot
-from mlxpin.serve.serveplan import ServePlan
+from mlxpin.serve.plan import LaunchPlan, read_api_key
+from mlxpin.serve.pool import Pool, PoolPolicy, ServerFactory, Slot, single_server
+from mlxpin.serve.serveplan import ServePlan, launch_serve_plan
 from mlxpin.serve.state import GatewayState
-from mlxpin.serve.supervisor import bind_public
 
 if TYPE_CHECKING:  # aiohttp is imported once the preloaded servers are spawned
     from aiohttp import web
@@ -43,8 +44,9 @@ def _dumps(obj: object) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def pool_app(gateway: Gateway, pool: Pool) -> web.Application:
-    """The gateway's application plus the operator routes of the pool."""
+def pool_app(gateway: Gateway, pool: Pool, *, operator: bool = True) -> web.Application:
+    """The gateway's application plus the pool's status route and (``operator``) its
+    load/unload routes."""
     from aiohttp import web
 
     from mlxpin.serve.gateway import api_error_response
@@ -90,46 +92,99 @@ def pool_app(gateway: Gateway, pool: Pool) -> web.Application:
         return web.json_response({"ok": True, "model": model}, dumps=_dumps)
 
     app.router.add_get(STATUS_PATH, status)
-    app.router.add_post(MODEL_ACTION_PATH, action)
+    if operator:
+        app.router.add_post(MODEL_ACTION_PATH, action)
     return app
 
 
-async def run_pool(plan: ServePlan, environ: Mapping[str, str], policy: PoolPolicy) -> int:
+async def run_pool(
+    plan: ServePlan,
+    environ: Mapping[str, str],
+    policy: PoolPolicy,
+    servers: ServerFactory = single_server,
+) -> int:
+    """Bind the public port (taken: exit 69 before anything starts), start the pool and
+    the gateway, run until a signal -- or, for a resident model (launch), until its crash
+    budget is spent (raises ServerCrashedError, exit 70)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, stopping.set)
     api_key = read_api_key(environ)
+    who = plan.models[0].name if plan.resident else "serve"
     try:
-        listeners = bind_public(plan.host, plan.port)  # taken: exit 69 before anything starts
+        listeners = bind_public(plan.host, plan.port)
     except OSError as exc:
-        raise PortInUseError("serve", plan.host, plan.port, exc.strerror or str(exc)) from None
-    pool = Pool(plan, environ, policy)
+        raise PortInUseError(who, plan.host, plan.port, exc.strerror or str(exc)) from None
+    pool: Pool | None = None
     runner = None
     try:
+        # Only once the public port is ours: a server left behind by a run that died is
+        # stopped (in begin), while a second run of the same endpoint failed just above.
+        pool = Pool(plan, environ, policy, servers=servers, on_fatal=stopping.set)
         await pool.begin()  # preloaded servers are spawned now, while the gateway imports
         from mlxpin.serve.gateway import Gateway, serve
+        from mlxpin.serve.listener import ListenerLimits
 
         gateway = Gateway(pool, GatewayState(), api_key=api_key)
-        runner = await serve(pool_app(gateway, pool), plan.host, plan.port, sockets=listeners)
-        log.info(
-            "serving %d models on http://%s:%d/v1 (budget %d bytes, max_loaded %s)",
-            len(plan.models),
-            plan.host,
-            plan.port,
-            plan.budget,
-            plan.max_loaded if plan.max_loaded is not None else "unlimited",
-        )
+        limits = ListenerLimits(plan.max_connections, plan.header_timeout)
+        app = pool_app(gateway, pool, operator=not plan.resident)
+        runner = await serve(app, plan.host, plan.port, limits, sockets=listeners)
+        _log_listening(plan)
         await stopping.wait()
         log.info("stopping")
     finally:
-        await pool.close()
+        if pool is not None:
+            await pool.close()
         if runner is not None:
             await runner.cleanup()
         for sock in listeners:
             sock.close()
+    if pool.fatal is not None:
+        raise pool.fatal
     return 0
 
 
+def _log_listening(plan: ServePlan) -> None:
+    if plan.resident:
+        log.info(
+            "gateway for %r listening on %s:%s",
+            plan.models[0].launch.api_label,
+            plan.host,
+            plan.port,
+        )
+        return
+    log.info(
+        "serving %d models on http://%s:%d/v1 (budget %d bytes, max_loaded %s)",
+        len(plan.models),
+        plan.host,
+        plan.port,
+        plan.budget,
+        plan.max_loaded if plan.max_loaded is not None else "unlimited",
+    )
+
+
+def run_pool_plan(
+    plan: ServePlan,
+    environ: Mapping[str, str],
+    policy: PoolPolicy | None = None,
+    servers: ServerFactory | None = None,
+) -> int:
+    """Run ``plan`` on a fresh event loop; a distributed model runs as a rank group."""
+    if servers is None:
+        servers = single_server
+        if any(m.group is not None for m in plan.models):
+            from mlxpin.serve.rankgroup import WatchdogPolicy, group_servers
+
+            servers = group_servers(WatchdogPolicy())
+    return asyncio.run(run_pool(plan, environ, policy or PoolPolicy(), servers))
+
+
 def run_serve(plan: ServePlan, environ: Mapping[str, str], policy: PoolPolicy | None = None) -> int:
-    return asyncio.run(run_pool(plan, environ, policy or PoolPolicy()))
+    """`mlxpin serve`: every model of ``plan`` on demand behind one endpoint."""
+    return run_pool_plan(plan, environ, policy)
+
+
+def run_plan(plan: LaunchPlan, environ: Mapping[str, str], policy: PoolPolicy | None = None) -> int:
+    """`mlxpin launch`: one model, resident, behind its own gateway (70 past its budget)."""
+    return run_pool_plan(launch_serve_plan(plan), environ, policy)

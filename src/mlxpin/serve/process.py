@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServerProcess", "ServerSpec", "WarmUp", "reap_leftover"]
+__all__ = ["Attempt", "ServerProcess", "ServerSpec", "WarmUp", "reap_leftover"]
 
 log = logging.getLogger("mlxpin.launch")
 

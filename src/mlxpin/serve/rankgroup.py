@@ -9,19 +9,19 @@ What `mlx.launch` does not do, and this module does:
 - **Any exit is a crash.** `mlx.launch` exits 0 when a rank dies, and a rank that exits
   0 leaves it waiting: once the group is ready, the members are watched, and the first
   one to go (or `mlx.launch` returning, whatever its code) stops and restarts the whole
-  group under the supervisor's crash budget (exit 70 past it).
+  group under the pool's crash budget (exit 70 past it).
 - **A progress watchdog.** A group can hang with every port open (mlx #3862, #4278):
   unless a completion went through the gateway since the last look, a 1-token probe is
   sent every `probe_interval_s`; one that does not complete within `probe_timeout_s`
   kills the group (SIGKILL to the group if SIGTERM is ignored, e.g. a SIGSTOPped rank)
   and restarts it.
 
-Restart budget (`serve.restart`), gateway, warm-up (`serve.process.warm_up` over
-`serve.upstream`) and the runner are `Supervisor`'s: :class:`RankGroupProcess` is another
-kind of server process (the interface of `ServerProcess`), and
-:class:`RankGroupSupervisor` only says how to make one, reap one and watch one. Rank 0
-listens on a loopback TCP port (mlx.launch's ranks are not started through mlxpin's Unix
-socket wrapper).
+Restart budget (`serve.restart`), gateway, warm-up and the runner are the pool's
+(`serve.pool`): :class:`RankGroupProcess` is another kind of server process (the
+interface of `ServerProcess`), and :class:`RankGroupServer` only says how to make one,
+reap one and watch one -- so `launch` runs a group as its one resident model, and
+`serve` hosts one beside other models. Rank 0 listens on a loopback TCP port
+(mlx.launch's ranks are not started through mlxpin's Unix socket wrapper).
 """
 
 from __future__ import annotations
@@ -39,10 +39,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlxpin.serve.addresses import free_port
 from mlxpin.serve.backends import Upstream
 from mlxpin.serve.distributed import DistributedPlan
-from mlxpin.serve.process import ServerProcess, ServerSpec, _die_with_parent
-from mlxpin.serve.supervisor import Supervisor, SupervisorPolicy, free_port
+from mlxpin.serve.pool import ServerFactory, single_server
+from mlxpin.serve.process import Attempt, ServerProcess, ServerSpec, _die_with_parent
+from mlxpin.serve.restart import RestartPolicy
+from mlxpin.serve.serveplan import PoolModelPlan, launch_serve_plan
+from mlxpin.serve.servers import ModelServer
+from mlxpin.serve.state import GatewayState
 
 log = logging.getLogger("mlxpin.launch")
 DEFAULT_MODEL = "default_model"  # mlx_lm.server's name for its own --model
@@ -174,69 +179,62 @@ def group_pidfile(spec: ServerSpec) -> Path:
     return spec.cwd.with_name(spec.cwd.name + ".group.pid")
 
 
-class RankGroupSupervisor(Supervisor):
-    """The runner, with `mlx.launch` and every rank it starts as "the server"."""
+class RankGroupServer:
+    """A :class:`~mlxpin.serve.servers.ModelServer`: `mlx.launch` and every rank it
+    starts, watched for a member that exits and for progress."""
 
     def __init__(
-        self,
-        plan: DistributedPlan,
-        environ: Mapping[str, str],
-        policy: SupervisorPolicy,
-        watchdog: WatchdogPolicy,
+        self, plan: DistributedPlan, environ: Mapping[str, str], watchdog: WatchdogPolicy
     ) -> None:
-        super().__init__(plan.server, environ, policy)
-        if not plan.same_paths:
-            # Rank 0 shares each request, "model" included, with every rank: a path only
-            # rank 0's host has would send the others looking for it. "default_model" is
-            # what each rank maps to its own --model.
-            self.upstream_model = DEFAULT_MODEL
+        server = plan.server
+        # Rank 0 shares each request, "model" included, with every rank: a path only rank
+        # 0's host has would send the others looking for it. "default_model" is what each
+        # rank maps to its own --model.
+        model = server.upstream_model if plan.same_paths else DEFAULT_MODEL
+        port = free_port(server.private_host)  # ranks are not started on mlxpin's socket
+        self.upstream = Upstream(server.api_label, model, f"http://{server.private_host}:{port}")
+        self.spec = ServerSpec(
+            server.name,
+            tuple(plan.launch_argv(port)),
+            server.environment(environ),
+            server.cwd,
+            server.upstream_model,
+        )
         self.dplan = plan
         self.watchdog = watchdog
 
-    def _choose_private_address(self) -> None:
-        self.private_port = free_port(self.plan.private_host)
-        url = f"http://{self.plan.private_host}:{self.private_port}"
-        self.upstream = Upstream(self.plan.api_label, self.upstream_model, url)
+    def new_process(self, stop_timeout_s: float) -> ServerProcess:
+        return RankGroupProcess(self.dplan, self.spec, stop_timeout_s)
 
-    def _spec(self) -> ServerSpec:
-        plan = self.plan
-        argv = tuple(self.dplan.launch_argv(self.private_port))
-        env = plan.environment(self.environ)
-        return ServerSpec(plan.name, argv, env, plan.cwd, plan.upstream_model)
-
-    def _new_process(self) -> ServerProcess:
-        return RankGroupProcess(self.dplan, self._spec(), self.policy.stop_timeout_s)
-
-    async def _reap_leftover(self) -> None:
-        """Stop a group an earlier launch left behind (mlxpin killed with -9: mlx.launch
+    async def reap_leftover(self, stop_timeout_s: float) -> None:
+        """Stop a group an earlier run left behind (mlxpin killed with -9: mlx.launch
         gets SIGTERM from the kernel on Linux, but its ranks do not)."""
-        pidfile = group_pidfile(self._spec())
+        pidfile = group_pidfile(self.spec)
         try:
             pgid = int(pidfile.read_text())
         except (OSError, ValueError):
             return
         members = group_members(pgid) if pgid > 1 else {}
-        ours = (str(self.plan.cwd), self.plan.upstream_model)
+        ours = (str(self.spec.cwd), self.spec.model)
         if any(mark in cmd for cmd in members.values() for mark in ours):
-            log.warning("%s: stopping ranks left running earlier (group %d)", self.plan.name, pgid)
-            await stop_group(pgid, self.policy.stop_timeout_s)
+            log.warning("%s: stopping ranks left running earlier (group %d)", self.spec.name, pgid)
+            await stop_group(pgid, stop_timeout_s)
         pidfile.unlink(missing_ok=True)
 
-    async def _watch(self, process: ServerProcess) -> str:
+    async def watch(self, process: ServerProcess, health: GatewayState, probe: Attempt) -> str:
         """Return why to restart the group: a member exited, or it stopped progressing."""
         assert isinstance(process, RankGroupProcess) and process.pgid is not None
-        pgid = process.pgid
-        ranks = len(self.dplan.ranks)
+        pgid, name = process.pgid, self.spec.name
         log.info(
             "%s: ready: %d ranks answered a warm-up completion (group %d)",
-            self.plan.name,
-            ranks,
+            name,
+            len(self.dplan.ranks),
             pgid,
         )
         members = group_members(pgid)
-        log.debug("%s: watching group %d: %s", self.plan.name, pgid, members)
+        log.debug("%s: watching group %d: %s", name, pgid, members)
         last_probe = time.monotonic()
-        completions = self.state.completions_ok
+        completions = health.completions_ok
         while True:
             await asyncio.sleep(self.watchdog.member_poll_s)
             gone = sorted(set(members) - set(group_members(pgid)))
@@ -245,33 +243,46 @@ class RankGroupSupervisor(Supervisor):
             if time.monotonic() - last_probe < self.watchdog.probe_interval_s:
                 continue
             last_probe = time.monotonic()
-            if self.state.completions_ok != completions:  # clients proved progress
-                completions = self.state.completions_ok
+            if health.completions_ok != completions:  # clients proved progress
+                completions = health.completions_ok
                 continue
-            if not await self._probe():
+            started = time.monotonic()
+            status = await probe(self.watchdog.probe_timeout_s)
+            log.debug("%s: probe %s in %.2f s", name, status, time.monotonic() - started)
+            if status != "ok":
                 return (
                     f"no progress: a 1-token probe did not complete within "
                     f"{self.watchdog.probe_timeout_s:g} s"
                 )
-            completions = self.state.completions_ok
+            completions = health.completions_ok
 
-    async def _probe(self) -> bool:
-        started = time.monotonic()
-        status = await self._attempt(self.watchdog.probe_timeout_s)
-        log.debug("%s: probe %s in %.2f s", self.plan.name, status, time.monotonic() - started)
-        return status == "ok"
+    def close(self) -> None:
+        """Nothing to remove: rank 0 listens on a loopback port."""
+
+
+def group_servers(watchdog: WatchdogPolicy) -> ServerFactory:
+    """The pool's server factory: a rank group for a distributed model, else one server."""
+
+    def make(plan: PoolModelPlan, environ: Mapping[str, str]) -> ModelServer:
+        if plan.group is None:
+            return single_server(plan, environ)
+        return RankGroupServer(plan.group, environ, watchdog)
+
+    return make
 
 
 def run_distributed(
     plan: DistributedPlan,
     environ: Mapping[str, str],
-    policy: SupervisorPolicy | None = None,
+    policy: RestartPolicy | None = None,
     watchdog: WatchdogPolicy | None = None,
 ) -> int:
-    async def main() -> int:
-        supervisor = RankGroupSupervisor(
-            plan, environ, policy or SupervisorPolicy(), watchdog or WatchdogPolicy()
-        )
-        return await supervisor.run()
+    """`mlxpin launch` of a distributed model: the group as the one resident model."""
+    from mlxpin.serve.poolserver import run_pool_plan
 
-    return asyncio.run(main())
+    return run_pool_plan(
+        launch_serve_plan(plan.server, plan),
+        environ,
+        policy,
+        servers=group_servers(watchdog or WatchdogPolicy()),
+    )

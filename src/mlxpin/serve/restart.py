@@ -25,6 +25,7 @@ class RestartPolicy:
     restart_budget: int = 5  # crashes tolerated ...
     budget_window_s: float = 600.0  # ... within this window
     stop_timeout_s: float = 10.0
+    warm_up_errors: int = 20  # error answers in a row (5 s at 0.25 s) before a start fails
 
 
 @dataclass(frozen=True)

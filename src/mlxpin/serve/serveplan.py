@@ -9,10 +9,11 @@ reported together before anything starts. No network, no socket, no huggingface_
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mlxpin.config import Settings
 from mlxpin.errors import (
@@ -22,23 +23,19 @@ from mlxpin.errors import (
     OverBudgetError,
     PreflightError,
 )
-from mlxpin.project.lockfile import valid_locks
-from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
+from mlxpin.project.manifest import GatewaySpec, load_manifest
 from mlxpin.project.memory import physical_memory
 from mlxpin.project.selection import pick
-from mlxpin.project.serveropts import server_argv
-from mlxpin.runtime.server import ServerRuntime, server_runtime
+from mlxpin.runtime.server import server_runtime
 from mlxpin.serve.plan import (
-    OFFLINE_ENV,
-    PRIVATE_HOST,
-    REMOVED_ENV,
-    UNIX_SERVER_MODULE,
     LaunchPlan,
     find_server,
-    pinned_snapshot,
+    model_plan,
     read_api_key,
 )
-from mlxpin.store.layout import StoreLayout
+
+if TYPE_CHECKING:  # the boot path of a one-host launch never imports the distributed plan
+    from mlxpin.serve.distributed import DistributedPlan
 
 #: What one mlx_lm.server holds on top of its weights: the Python interpreter, mlx and
 #: its kernels, the tokenizer, and a floor of KV cache and activations. Measured on the
@@ -54,6 +51,7 @@ class PoolModelPlan:
     cost: int  # weights + SERVER_OVERHEAD_BYTES
     idle_ttl: float  # seconds; 0 = never stopped for idleness
     preload: bool
+    group: DistributedPlan | None = None  # set: `mlx.launch` runs it over several hosts
 
     @property
     def name(self) -> str:
@@ -72,61 +70,84 @@ class ServePlan:
     start_timeout: float
     api_key_required: bool
     manifest: Path
+    resident: bool = False  # launch: one model, preloaded, never evicted, restarted at once
+    max_connections: int = GatewaySpec().max_connections  # the listener's limits
+    header_timeout: float = GatewaySpec().header_timeout
 
     def get(self, name: str) -> PoolModelPlan | None:
         return next((m for m in self.models if m.name == name), None)
 
+    def to_json(self) -> dict[str, Any]:
+        """What `serve --dry-run --json` prints as "plan"."""
+        return {
+            "endpoint": {"host": self.host, "port": self.port},
+            "budget": {
+                "total": self.budget,
+                "source": self.budget_source,
+                "physical_memory": self.physical_memory or None,
+                "per_server_overhead": SERVER_OVERHEAD_BYTES,
+            },
+            "max_loaded": self.max_loaded,
+            "start_timeout": self.start_timeout,
+            "api_key_required": self.api_key_required,
+            "models": [
+                {
+                    "name": m.name,
+                    "api_label": m.launch.api_label,
+                    "aliases": list(m.launch.aliases),
+                    "argv": m.launch.shown_argv(),
+                    "private": "unix socket" if m.launch.private_socket else "loopback port",
+                    "upstream_model": m.launch.upstream_model,
+                    "weights": m.weights,
+                    "cost": m.cost,
+                    "idle_ttl": m.idle_ttl,
+                    "preload": m.preload,
+                    "distributed": None if m.group is None else _group_json(m.group),
+                    "snapshots": [
+                        {
+                            "name": s.name,
+                            "role": s.role,
+                            "path": str(s.path),
+                            "commit": s.commit,
+                            "total_size": s.total_size,
+                        }
+                        for s in m.launch.snapshots
+                    ],
+                }
+                for m in self.models
+            ],
+        }
 
-def _roles(manifest: Manifest, spec: ModelSpec) -> list[tuple[str, str, ModelSpec]]:
-    roles: list[tuple[str, str, ModelSpec]] = [("model", "--model", spec)]
-    for role, flag, target in (
-        ("draft", "--draft-model", spec.launch.draft),
-        ("adapter", "--adapter-path", spec.launch.adapter),
-    ):
-        dependency = manifest.get(target) if target is not None else None
-        if dependency is not None:
-            roles.append((role, flag, dependency))
-    return roles
+
+#: How long a request waits for `launch`'s model while it (re)starts, before a 503.
+LAUNCH_REQUEST_WAIT_S: Final = 30.0
 
 
-def _model_plan(
-    settings: Settings,
-    manifest: Manifest,
-    spec: ModelSpec,
-    layout: StoreLayout,
-    server: tuple[str, ...],
-    port: int,
-    verify: bool,
-    api_key_required: bool,
-    runtime: ServerRuntime,
-) -> LaunchPlan:
-    roles = _roles(manifest, spec)
-    locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])
-    snapshots = [
-        pinned_snapshot(layout, lock, role, verify)
-        for (role, _, _), lock in zip(roles, locks, strict=True)
-    ]
-    args: list[str] = ["--host", PRIVATE_HOST]
-    for (_, flag, _), snapshot in zip(roles, snapshots, strict=True):
-        args += [flag, str(snapshot.path)]
-    args += server_argv(spec.server)
-    return LaunchPlan(
-        name=spec.name,
-        api_label=spec.api_label,
-        aliases=spec.aliases,
-        public_host=manifest.serve.host,
-        public_port=port,
-        private_host=PRIVATE_HOST,
-        server_command=server,
-        server_args=tuple(args),
-        env_set=OFFLINE_ENV,
-        env_unset=REMOVED_ENV,
-        cwd=settings.state_dir / "run" / f"serve-{port}" / spec.name,
-        snapshots=tuple(snapshots),
-        api_key_required=api_key_required,
-        private_socket=server[-1] == UNIX_SERVER_MODULE,
-        gateway=spec.gateway,
-        runtime=runtime,
+def launch_serve_plan(launch: LaunchPlan, group: DistributedPlan | None = None) -> ServePlan:
+    """`mlxpin launch` as a pool: its one model, resident, with no memory budget."""
+    weights = sum(s.total_size for s in launch.snapshots)
+    model = PoolModelPlan(
+        launch=launch,
+        weights=weights,
+        cost=weights + SERVER_OVERHEAD_BYTES,
+        idle_ttl=0.0,
+        preload=True,
+        group=group,
+    )
+    return ServePlan(
+        host=launch.public_host,
+        port=launch.public_port,
+        models=(model,),
+        budget=sys.maxsize,
+        budget_source="launch: one model, no budget",
+        physical_memory=0,
+        max_loaded=None,
+        start_timeout=LAUNCH_REQUEST_WAIT_S,
+        api_key_required=launch.api_key_required,
+        manifest=Path(),
+        resident=True,
+        max_connections=launch.gateway.max_connections,
+        header_timeout=launch.gateway.header_timeout,
     )
 
 
@@ -150,9 +171,9 @@ def plan_serve(
     # The pinned runtime (78 stale pin, 66 not installed) or this interpreter's mlx_lm; a
     # runtime's interpreter has no mlxpin in it, so its servers listen on loopback ports.
     runtime = server_runtime(settings, manifest)
-    server = runtime.command if runtime.pinned else find_server()
+    if not runtime.pinned:
+        find_server()  # 69 before any model's own problem: nothing can serve them
     api_key_required = read_api_key(environ) is not None
-    layout = StoreLayout.of(settings)
     physical = memory() if table.memory_budget.bytes is None else 0
     budget = table.memory_budget.resolve(physical)
     source = table.memory_budget.describe()
@@ -160,27 +181,22 @@ def plan_serve(
     stale: list[LockStaleError] = []
     models: list[PoolModelPlan] = []
     for spec in specs:
-        if spec.distributed is not None:
-            problems.append(
-                ConfigError(
-                    f"{spec.name} is a distributed model: `mlxpin serve` does not host "
-                    "distributed models yet",
-                    f"run it with `mlxpin launch {spec.name}`, or name the other models",
-                )
-            )
-            continue
+        group: DistributedPlan | None = None
         try:
-            launch = _model_plan(
-                settings,
-                manifest,
-                spec,
-                layout,
-                server,
-                public_port,
-                verify,
-                api_key_required,
-                runtime,
-            )
+            if spec.distributed is not None:
+                group = _group_plan(settings, spec.name, environ, verify, public_port)
+                launch = group.server
+            else:
+                launch = model_plan(
+                    settings,
+                    manifest,
+                    spec,
+                    public=(public_host, public_port),
+                    cwd=settings.state_dir / "run" / f"serve-{public_port}" / spec.name,
+                    api_key_required=api_key_required,
+                    verify=verify,
+                    runtime=runtime,
+                )
         except LockStaleError as exc:
             stale.append(exc)
             continue
@@ -188,7 +204,7 @@ def plan_serve(
             problems.append(exc)
             continue
         weights = sum(s.total_size for s in launch.snapshots)
-        cost = weights + SERVER_OVERHEAD_BYTES
+        cost = _cost(weights, group)
         if cost > budget:
             problems.append(OverBudgetError(spec.name, cost, budget, source))
             continue
@@ -200,6 +216,7 @@ def plan_serve(
                 cost=cost,
                 idle_ttl=ttl,
                 preload=spec.name in table.preload,
+                group=group,
             )
         )
     if stale:  # one "run `mlxpin lock a b`" for every stale lock
@@ -234,3 +251,32 @@ def plan_serve(
 
 def _names(error: LockStaleError) -> list[str]:
     return [p.split(":", 1)[0] for p in error.problems]
+
+
+def _group_plan(
+    settings: Settings, name: str, environ: Mapping[str, str], verify: bool, port: int
+) -> DistributedPlan:
+    """A distributed model in the pool: every host checked as `launch` checks them; its
+    rank 0 runs here, in the pool's own run directory."""
+    from mlxpin.serve.distributed import plan_distributed
+
+    group = plan_distributed(settings, name, environ=environ, verify=verify)
+    cwd = settings.state_dir / "run" / f"serve-{port}" / name
+    return replace(group, server=replace(group.server, public_port=port, cwd=cwd))
+
+
+def _cost(weights: int, group: DistributedPlan | None) -> int:
+    """Locked bytes plus one server's overhead for each rank on this host (a group's
+    ranks each hold part of the weights; together, on one host, at most all of them)."""
+    local_ranks = 1 if group is None else max(1, sum(1 for r in group.ranks if r.local))
+    return weights + SERVER_OVERHEAD_BYTES * local_ranks
+
+
+def _group_json(group: DistributedPlan) -> dict[str, Any]:
+    return {
+        "backend": group.backend,
+        "pipeline": group.pipeline,
+        "ranks": len(group.ranks),
+        "hosts": [h.host for h in group.hosts],
+        "argv": group.launch_argv("<private port>"),
+    }

@@ -1,7 +1,7 @@
-"""Counters and health of one served model, shared by the gateway and its supervisor.
+"""Counters and health of one served model, shared by the gateway and the pool.
 
 Pure data on one asyncio loop (no locks): the gateway counts what it forwards and refuses,
-the supervisor marks restarts, and a real completion marks the current start healthy.
+the pool marks restarts, and a real completion marks the current start healthy.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ __all__ = ["GatewayState"]
 
 @dataclass(eq=False)
 class GatewayState:
-    """Mutable state shared by the gateway and the supervisor (one asyncio loop).
+    """Mutable state shared by the gateway and the pool (one asyncio loop).
 
     ``healthy`` turns True only when a real completion succeeds; ``mark_restarting`` turns
     it False and starts a new *epoch*, so that a completion which began against the old

@@ -2,7 +2,7 @@
 
 Runs the pinned ``mlx_lm.server`` unchanged -- its own argument parser, model provider,
 request handler and generation thread -- except that it listens on a Unix-domain socket
-instead of a TCP port. The socket lives in a 0700 directory the supervisor created, and is
+instead of a TCP port. The socket lives in a 0700 directory mlxpin created, and is
 itself 0600: only processes of the same user can connect, none can reach it over the
 network or a loopback port (issue 8 item 4: the private port bypassed the gateway's key
 and label checks).

@@ -1,0 +1,61 @@
+"""`mlxpin launch`: plan one model's boot offline, then run it as a resident pool.
+
+`plan` reads the manifest, the lock and the snapshot (or, for a distributed model,
+asks every host); `run` hands the plan to the pool engine (`serve.poolserver`), which
+returns 0 after a signal and raises ServerCrashedError (70) past the crash budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from mlxpin.config import Settings
+from mlxpin.serve.plan import LaunchPlan, plan_launch
+from mlxpin.serve.restart import RestartPolicy
+
+if TYPE_CHECKING:  # a one-host boot never imports the distributed planner
+    from mlxpin.serve.distributed import DistributedPlan
+
+__all__ = ["Watchdog", "plan", "run"]
+
+Watchdog = tuple[float, float]
+"""A distributed group's progress probe: (interval, timeout) in seconds."""
+
+
+def plan(
+    settings: Settings, name: str | None, environ: Mapping[str, str], *, verify: bool
+) -> LaunchPlan | DistributedPlan:
+    """The plan of ``name`` (or the manifest's only model); every problem is an error."""
+    if _is_distributed(settings, name):
+        from mlxpin.serve.distributed import plan_distributed
+
+        return plan_distributed(settings, name, environ=environ, verify=verify)
+    return plan_launch(settings, name, environ=environ, verify=verify)
+
+
+def run(
+    chosen: LaunchPlan | DistributedPlan,
+    environ: Mapping[str, str],
+    policy: RestartPolicy,
+    watchdog: Watchdog,
+) -> int:
+    if isinstance(chosen, LaunchPlan):
+        from mlxpin.serve.poolserver import run_plan
+
+        return run_plan(chosen, environ, policy)
+    from mlxpin.serve.rankgroup import WatchdogPolicy, run_distributed
+
+    interval, timeout = watchdog
+    return run_distributed(chosen, environ, policy, WatchdogPolicy(interval, timeout))
+
+
+def _is_distributed(settings: Settings, name: str | None) -> bool:
+    try:  # most manifests never say the word: no second parse on the boot path
+        if b"distributed" not in settings.manifest_path.read_bytes():
+            return False
+    except OSError:
+        return False  # plan_launch reports the missing manifest
+    from mlxpin.serve.distributed import distributed_spec
+
+    return distributed_spec(settings, name)[1]

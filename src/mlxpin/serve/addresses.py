@@ -1,0 +1,76 @@
+"""Where the endpoint and its servers listen: the public sockets, a private address each.
+
+- :func:`bind_public` binds the gateway's ``host:port`` before anything starts, so a
+  taken port is exit 69 with no server spawned;
+- :func:`private_socket_dir` makes the 0700 directory a server's Unix socket lives in;
+- :func:`free_port` picks a loopback port for a server that cannot use a socket (a
+  pinned runtime without mlxpin in it, or rank 0 of `mlx.launch`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from pathlib import Path
+
+from mlxpin.errors import DiskError
+
+__all__ = ["bind_public", "free_port", "private_socket_dir"]
+
+#: Longest Unix socket path that fits sockaddr_un everywhere (macOS: 104 bytes with NUL).
+_MAX_SOCKET_PATH = 100
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def bind_public(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host:port`` (every address it resolves to), as aiohttp
+    would bind them; raises OSError if the address is taken."""
+    bound: list[socket.socket] = []
+    try:
+        seen = set()
+        for family, type_, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, type_, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(512)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def private_socket_dir(cwd: Path) -> Path:
+    """A fresh directory only this user can open, beside a server's ``cwd``, for its
+    Unix socket."""
+    wanted = cwd.with_name(cwd.name + ".private")
+    if len(str(wanted / "server.sock")) > _MAX_SOCKET_PATH:
+        return Path(tempfile.mkdtemp(prefix="mlxpin-"))  # 0700 by construction
+    shutil.rmtree(wanted, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        wanted.unlink()  # a file or a link where the directory belongs
+    wanted.parent.mkdir(parents=True, exist_ok=True)
+    wanted.mkdir(mode=0o700)
+    info = wanted.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise DiskError(wanted, "replaced while it was created: not a directory of ours")
+    os.chmod(wanted, 0o700)  # whatever the umask
+    return wanted
