@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,12 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from mlxpin.dev.tinymodel import generate
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from mlxpin.serve.addresses import free_port
 
 
 def post(url: str, body: dict[str, object], timeout: float = 30.0) -> dict[str, object]:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from mlxpin.dev.tinymodel import generate
+from mlxpin.serve.addresses import free_port
 
 MODELS = 50
 FILES_PER_MODEL = 100
@@ -77,12 +78,6 @@ def preflight(workdir: Path, env: dict[str, str], runs: int) -> None:
     print(f"  mlxpin launch --dry-run: best {ms(dry_best)}, median {ms(dry_median)}")
     print(f"  python -c pass:          best {ms(base_best)}, median {ms(base_median)}")
     print(f"  ratio (best): {dry_best / base_best:.1f}x  (goal <= 4x)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

@@ -31,14 +31,9 @@ import time
 from pathlib import Path
 
 from mlxpin.dev.tinymodel import generate
+from mlxpin.serve.addresses import free_port
 
 NAMES = ("alpha", "beta", "gamma")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ms(seconds: float) -> str:

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlxpin.serve.addresses import free_port as _free_port
+
 ALIAS = "testhost"
 
 
@@ -27,12 +29,6 @@ def find_sshd() -> str | None:
         if candidate and Path(candidate).is_file():
             return candidate
     return None
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _loopback() -> str:

@@ -29,6 +29,7 @@ import pytest
 
 from mlxpin.dev.tinymodel import generate
 from mlxpin.errors import ServerCrashedError
+from mlxpin.serve.addresses import free_port
 from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
 from mlxpin.serve.poolserver import run_plan
 from mlxpin.serve.restart import RestartPolicy as SupervisorPolicy
@@ -39,12 +40,6 @@ from hubserver import HubServer
 REPO = "mlx-community/tiny-llama-bf16"
 SECRET = "hf_SECRETsecretSECRETsecret0123456789"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def manifest(port: int, extra: str = "") -> str:

@@ -5,24 +5,30 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import typer.main
 
 from mlxpin.cli import boot as bootcli
+from mlxpin.cli import serveboot as servecli
 from mlxpin.cli.app import _register, app
 
 from conftest import Project
 
 
-def test_the_lean_launch_parser_has_exactly_the_typer_options() -> None:
+@pytest.mark.parametrize("name", ["launch", "serve"])
+def test_the_lean_boot_parsers_have_exactly_the_typer_options(name: str) -> None:
     _register()
     command = typer.main.get_command(app)
-    launch = command.commands["launch"]  # type: ignore[attr-defined]
-    typer_flags = {opt for param in launch.params for opt in param.opts if opt.startswith("-")}
+    typed = command.commands[name]  # type: ignore[attr-defined]
+    typer_flags = {opt for param in typed.params for opt in param.opts if opt.startswith("-")}
     typer_flags -= {"--help", "-h"}
-    lean_flags = {opt for action in bootcli.parser()._actions for opt in action.option_strings}
+    lean = bootcli.parser() if name == "launch" else servecli.parser()
+    lean_flags = {opt for action in lean._actions for opt in action.option_strings}
     assert lean_flags == typer_flags
-    typer_defaults = {param.name: param.default for param in launch.params}
-    lean_defaults = vars(bootcli.parser().parse_args([]))
+    typer_defaults = {param.name: param.default for param in typed.params}
+    lean_defaults = vars(lean.parse_args([]))
+    if name == "serve":
+        assert lean_defaults.pop("names") == [] and typer_defaults.pop("names") is None
     assert lean_defaults == typer_defaults
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,17 +24,12 @@ import openai
 import pytest
 
 from mlxpin.dev.tinymodel import generate
+from mlxpin.serve.addresses import free_port
 
 from conftest import _HF_LEAKS, Project
 from hubserver import HubServer
 
 MODELS = ("alpha", "beta", "gamma")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def manifest(serve: str = "", alpha: str = "") -> str:

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import errno
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mlxpin.serve.addresses import free_port
+
 from conftest import Project
 from hubserver import HubServer, LfsContent
 
 REPO = "mlx-community/tiny-4bit"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def manifest(port: int) -> str:

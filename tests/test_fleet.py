@@ -520,7 +520,8 @@ def test_import_on_an_offline_host_then_launch_serves_a_completion(
     import openai
 
     from mlxpin.dev.tinymodel import generate
-    from test_cli_launch import Launched, free_port, manifest
+    from mlxpin.serve.addresses import free_port
+    from test_cli_launch import Launched, manifest
 
     files = generate(tmp_path / "tiny-model")
     from test_cli_launch import REPO as TINY

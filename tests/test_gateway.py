@@ -29,14 +29,11 @@ import openai
 import pytest
 from aiohttp import web
 
-from mlxpin.serve.gateway import (
-    GatewayConfig,
-    GatewayState,
-    _Rewriter,
-    _SseRelay,
-    start_gateway,
-    warm_up,
-)
+from fixedgateway import GatewayConfig, start_gateway, warm_up
+from mlxpin.serve.addresses import free_port as _free_port
+from mlxpin.serve.rewrite import Rewriter as _Rewriter
+from mlxpin.serve.rewrite import SseRelay as _SseRelay
+from mlxpin.serve.state import GatewayState
 
 T = TypeVar("T")
 
@@ -193,12 +190,6 @@ class FakeUpstream:
 
 def _bound_port(runner: web.AppRunner) -> int:
     return int(runner.addresses[0][1])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- fixtures

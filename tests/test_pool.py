@@ -14,12 +14,13 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from mlxpin.cli.serveboot import ps_table
 from mlxpin.serve.backends import Unavailable
 from mlxpin.serve.gateway import Gateway
 from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
 from mlxpin.serve.pool import Pool, PoolPolicy
 from mlxpin.serve.poolserver import pool_app
-from mlxpin.serve.serveplan import PoolModelPlan, ServePlan
+from mlxpin.serve.serveplan import PoolModelPlan, ServePlan, launch_serve_plan
 from mlxpin.serve.state import GatewayState
 
 ANSWERS = """
@@ -203,5 +204,62 @@ def test_unload_waits_for_requests_in_flight_and_idle_ttl_stops(tmp_path: Path) 
             assert pool.views()["a"].state == "stopped"
         finally:
             await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_resident_model_is_preloaded_restarted_at_once_and_its_spent_budget_is_fatal(
+    tmp_path: Path,
+) -> None:
+    """`launch` is the pool's one-model case: health follows the server, a crash restarts
+    it without waiting for a request, and past its crash budget the run must end (70)."""
+
+    async def scenario() -> None:
+        resident = launch_serve_plan(model(tmp_path, "a", ANSWERS).launch)
+        told: list[bool] = []
+        pool = Pool(resident, ENV, POLICY, on_fatal=lambda: told.append(True))
+        gateway = Gateway(pool, GatewayState())
+        async with TestClient(TestServer(pool_app(gateway, pool, operator=False))) as client:
+            assert (await client.get("/health")).status == 503
+            await pool.begin()  # preloads it
+            slot = pool.slots["a"]
+            for _ in range(200):
+                if slot.state == "ready":
+                    break
+                await asyncio.sleep(0.05)
+            health = await client.get("/health")
+            assert (health.status, await health.json()) == (
+                200,
+                {"status": "ok", "model": "a-chat"},
+            )
+            assert slot.view().evictable is False  # never chosen for eviction
+            response = await client.post("/mlxpin/models/a-chat/unload")
+            assert response.status == 404  # no operator routes on a launch
+            assert slot.process is not None and slot.process.process is not None
+            first = slot.process.pid
+            slot.process.process.kill()  # a crash, with no request in sight
+            for _ in range(200):
+                if slot.state == "ready" and slot.process and slot.process.pid != first:
+                    break
+                await asyncio.sleep(0.05)
+            assert slot.state == "ready" and slot.restarts == 1
+            assert (await client.get("/health")).status == 200
+            assert pool.fatal is None and not told
+            status = await (await client.get("/mlxpin/status")).json()
+            assert status["budget"]["total"] is None  # `ps` against a launch
+            assert "budget 537 MB of no budget (launch); loaded 1 of unlimited" in ps_table(status)
+        await pool.close()
+
+        failing = launch_serve_plan(model(tmp_path, "b", EXITS).launch)
+        pool = Pool(failing, ENV, POLICY, on_fatal=lambda: told.append(True))
+        await pool.begin()
+        for _ in range(400):
+            if told:
+                break
+            await asyncio.sleep(0.05)
+        assert told == [True]
+        assert pool.fatal is not None and pool.fatal.exit_code == 70
+        assert "failed 3 starts in a row" in pool.fatal.message
+        await pool.close()
 
     asyncio.run(scenario())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,11 @@ from pathlib import Path
 import pytest
 
 from mlxpin.dev.tinymodel import generate
+from mlxpin.serve.addresses import free_port
 
 from conftest import Project
 
 _LEAKS = ("UV_INDEX", "UV_DEFAULT_INDEX", "UV_EXTRA", "PIP_INDEX", "PIP_EXTRA", "MLXPIN_")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def children(pid: int) -> list[int]:

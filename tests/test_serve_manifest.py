@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,40 @@ def test_budget_parser_never_raises(text: str) -> None:
 
 def test_physical_memory_is_read_from_the_system() -> None:
     assert physical_memory() > 64 * 2**20
+
+
+GATEWAY = """version = 1
+[models.chat]
+api_label = "chat"
+[models.chat.launch]
+repo = "o/chat"
+[models.chat.gateway]
+"""
+
+
+def max_body(value: str) -> int:
+    manifest = parse(GATEWAY + f"max_body = {value}\n")
+    return manifest.models[0].gateway.max_body  # type: ignore[attr-defined, no-any-return]
+
+
+UNITS = ["", "B", "K", "KB", "KiB", "M", "MB", "MiB", "G", "GB", "GiB", "kib", "mb"]
+
+
+@given(st.integers(1, 1000), st.sampled_from(UNITS))
+def test_max_body_is_read_by_the_one_size_parser(number: int, unit: str) -> None:
+    assert max_body(f'"{number} {unit}"') == parse_size(f"{number}{unit}")
+
+
+@given(st.text(max_size=10))
+def test_max_body_takes_exactly_the_sizes_parse_size_takes(text: str) -> None:
+    size = parse_size(text)
+    quoted = json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")  # a TOML string
+    if size is not None and 1 <= size <= 2**40:
+        assert max_body(quoted) == size
+        return
+    try:
+        max_body(quoted)
+    except ManifestError as exc:
+        assert "max_body" in str(exc)
+    else:
+        raise AssertionError(f"max_body = {quoted} was accepted")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typing import Any, cast
 import pytest
 
 from mlxpin.dev import tinymodel
+from mlxpin.serve.addresses import free_port as any_free_port
 
 ARCHS = ("llama", "qwen2")
 FILES = (
@@ -267,10 +267,7 @@ def test_main_prints_the_written_files(tmp_path: Path, capsys: pytest.CaptureFix
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return any_free_port()
 
 
 def _chat(port: int, max_tokens: int, timeout: float) -> dict[str, Any]:

@@ -5,15 +5,20 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from mlxpin import __version__
-from mlxpin.cli.output import CommandExit, Output, report_error, run_guarded, settings_for
-from mlxpin.config import Settings
+from mlxpin.cli.output import (
+    CommandExit,
+    Common,
+    Output,
+    report_error,
+    run_guarded,
+    settings_for,
+)
 
 __all__ = ["Common", "Output", "report_error", "settings_for", "verb"]
 
@@ -75,24 +80,6 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 PROJECT = ("cache_dir", "manifest", "lock_dir")
 OUTPUT = ("as_json", "quiet", "verbose")
-
-
-@dataclass(frozen=True)
-class Common:
-    """The shared options of one invocation, declared once for every verb."""
-
-    cache_dir: Path | None = None
-    manifest: Path | None = None
-    lock_dir: Path | None = None
-    as_json: bool = False
-    quiet: bool = False
-    verbose: bool = False
-
-    def settings(self) -> Settings:
-        return settings_for(self.manifest, self.lock_dir, self.cache_dir)
-
-    def output(self) -> Output:
-        return Output(self.as_json, self.quiet)
 
 
 def _guarded(func: Callable[[], None], common: Common) -> None:

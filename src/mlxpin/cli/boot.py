@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlxpin.cli.output import CommandExit, Output, run_guarded, settings_for
+from mlxpin.cli.output import CommandExit, Common, Output, run_guarded
 from mlxpin.cli.render import human_size, short_commit
-from mlxpin.config import Settings
 from mlxpin.serve.plan import LaunchPlan
 from mlxpin.serve.restart import RestartPolicy
 
 
 @dataclass(frozen=True)
-class RunOptions:
+class RunOptions(Common):
     """What `launch` and `serve` share: planning, restarts, where things are, output."""
 
     dry_run: bool = False
@@ -32,12 +31,6 @@ class RunOptions:
     max_restarts: int = 5
     restart_delay: float = 1.0
     ready_timeout: float = 900.0
-    cache_dir: Path | None = None
-    manifest: Path | None = None
-    lock_dir: Path | None = None
-    as_json: bool = False
-    quiet: bool = False
-    verbose: bool = False
 
     def policy(self) -> RestartPolicy:
         return RestartPolicy(
@@ -45,12 +38,6 @@ class RunOptions:
             backoff_initial_s=self.restart_delay,
             restart_budget=self.max_restarts,
         )
-
-    def settings(self) -> Settings:
-        return settings_for(self.manifest, self.lock_dir, self.cache_dir)
-
-    def output(self) -> Output:
-        return Output(self.as_json, self.quiet)
 
     def guarded(self, run: Callable[[], int]) -> int:
         """Run ``run`` (its code is the exit code) with errors rendered, not raised."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from dataclasses import asdict
+from typing import Annotated
 
 import typer
 
@@ -36,18 +37,6 @@ ReadyTimeoutOpt = Annotated[
         "--ready-timeout", min=1.0, help="Seconds a server may take to answer its warm-up."
     ),
 ]
-
-
-def run_options(common: Common) -> dict[str, Any]:
-    """The shared options' values that come from ``common``."""
-    return {
-        "cache_dir": common.cache_dir,
-        "manifest": common.manifest,
-        "lock_dir": common.lock_dir,
-        "as_json": common.as_json,
-        "quiet": common.quiet,
-        "verbose": common.verbose,
-    }
 
 
 @verb("launch", guard=False)
@@ -97,6 +86,6 @@ def launch_command(
         ready_timeout=ready_timeout,
         probe_interval=probe_interval,
         probe_timeout=probe_timeout,
-        **run_options(common),
+        **asdict(common),
     )
     raise typer.Exit(launch_main(options))

@@ -102,6 +102,20 @@ EnvFileOpt = Annotated[
         show_default=False,
     ),
 ]
+EnableOpt = Annotated[
+    bool,
+    typer.Option(
+        "--enable",
+        help="Also run systemctl/launchctl to enable and start it now (else print how).",
+    ),
+]
+DisableOpt = Annotated[
+    bool,
+    typer.Option(
+        "--disable",
+        help="First stop and disable it with systemctl/launchctl (else print how).",
+    ),
+]
 RunAsOpt = Annotated[
     str | None,
     typer.Option(
@@ -110,6 +124,14 @@ RunAsOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _refuse_with_print(print_only: bool, flag: bool, option: str, does: str) -> None:
+    """--print only shows what would be done, so it cannot run systemctl/launchctl too."""
+    if print_only and flag:
+        raise UsageError(
+            f"--print and {option} cannot be combined", f"--print {does} and runs nothing"
+        )
 
 
 def _platform(choice: PlatformChoice | None) -> Platform | None:
@@ -145,13 +167,7 @@ def service_install(
     system: SystemOpt = False,
     platform: PlatformOpt = None,
     print_only: PrintOpt = False,
-    enable: Annotated[
-        bool,
-        typer.Option(
-            "--enable",
-            help="Also run systemctl/launchctl to enable and start it now (else print how).",
-        ),
-    ] = False,
+    enable: EnableOpt = False,
     log_file: LogFileOpt = None,
     env_file: EnvFileOpt = None,
     run_as: RunAsOpt = None,
@@ -166,10 +182,7 @@ def service_install(
     """
     from mlxpin.commands import service
 
-    if print_only and enable:
-        raise UsageError(
-            "--print and --enable cannot be combined", "--print writes and runs nothing"
-        )
+    _refuse_with_print(print_only, enable, "--enable", "writes")
     out = common.output()
     installed = service.install(
         common.settings(),
@@ -204,23 +217,14 @@ def service_uninstall(
     system: SystemOpt = False,
     platform: PlatformOpt = None,
     print_only: PrintOpt = False,
-    disable: Annotated[
-        bool,
-        typer.Option(
-            "--disable",
-            help="First stop and disable it with systemctl/launchctl (else print how).",
-        ),
-    ] = False,
+    disable: DisableOpt = False,
     *,
     common: Common,
 ) -> None:
     """Remove the boot unit of NAME (nothing to do when it is not installed)."""
     from mlxpin.commands import service
 
-    if print_only and disable:
-        raise UsageError(
-            "--print and --disable cannot be combined", "--print removes and runs nothing"
-        )
+    _refuse_with_print(print_only, disable, "--disable", "removes")
     out = common.output()
     uninstalled = service.uninstall(
         _request(name, serve, platform, system),
@@ -416,20 +420,11 @@ def add_command(
     `gemma-4-31b-it` is refused: that is an api_label; the repo needs its owner).
     """
     from mlxpin.commands import edit
+    from mlxpin.project.edit import AddRequest
 
     out = common.output()
-    settings = common.settings()
-    result = edit.add(
-        settings,
-        name,
-        repo=repo,
-        path=path,
-        revision=revision,
-        label=label,
-        port=port,
-        files=files,
-        then_lock=then_lock,
-    )
+    request = AddRequest(name, repo, path, revision, label, port, tuple(files) if files else None)
+    result = edit.add(common.settings(), request, then_lock=then_lock)
     added = result.added
     _warn(out, added.warnings)
     out.line(

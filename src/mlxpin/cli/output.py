@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,24 @@ def settings_for(
     return load_settings(
         os.environ, cwd=Path.cwd(), manifest=manifest, lock_dir=lock_dir, cache_dir=cache_dir
     )
+
+
+@dataclass(frozen=True)
+class Common:
+    """The shared options of one invocation, declared once for every verb."""
+
+    cache_dir: Path | None = None
+    manifest: Path | None = None
+    lock_dir: Path | None = None
+    as_json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+
+    def settings(self) -> Settings:
+        return settings_for(self.manifest, self.lock_dir, self.cache_dir)
+
+    def output(self) -> Output:
+        return Output(self.as_json, self.quiet)
 
 
 class CommandExit(Exception):

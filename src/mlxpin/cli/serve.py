@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -13,7 +14,6 @@ from mlxpin.cli.launch import (
     ReadyTimeoutOpt,
     RestartDelayOpt,
     VerifyOpt,
-    run_options,
 )
 from mlxpin.cli.serveboot import ServeOptions, ps_table, serve_main
 
@@ -69,7 +69,7 @@ def serve_command(
         max_restarts=max_restarts,
         restart_delay=restart_delay,
         ready_timeout=ready_timeout,
-        **run_options(common),
+        **asdict(common),
     )
     raise typer.Exit(serve_main(options))
 

@@ -126,9 +126,10 @@ def ps_table(status: dict[str, Any]) -> str:
         for r in rows
     ]
     limit = status.get("max_loaded")
-    held, total = int(budget.get("used", 0)), int(budget.get("total", 0))
+    held, total = int(budget.get("used") or 0), budget.get("total")
+    of = "no budget (launch)" if total is None else human_size(int(total))
     lines.append(
-        f"budget {human_size(held)} of {human_size(total)}"
+        f"budget {human_size(held)} of {of}"
         f"; loaded {status.get('loaded')} of {limit if limit is not None else 'unlimited'}"
     )
     return "\n".join(lines)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +9,7 @@ from mlxpin.commands import lock as lock_cmd
 from mlxpin.config import Settings
 from mlxpin.errors import ExitCode
 from mlxpin.project import edit
-from mlxpin.project.edit import AddResult, InitResult, RemoveResult
+from mlxpin.project.edit import AddRequest, AddResult, InitResult, RemoveResult
 
 
 @dataclass(frozen=True)
@@ -68,28 +67,8 @@ class Initialised:
         }
 
 
-def add(
-    settings: Settings,
-    name: str,
-    *,
-    repo: str | None = None,
-    path: str | None = None,
-    revision: str | None = None,
-    label: str | None = None,
-    port: int | None = None,
-    files: Sequence[str] | None = None,
-    then_lock: bool = False,
-) -> Added:
-    added = edit.add(
-        settings,
-        name,
-        repo=repo,
-        path=path,
-        revision=revision,
-        label=label,
-        port=port,
-        files=files,
-    )
+def add(settings: Settings, request: AddRequest, *, then_lock: bool = False) -> Added:
+    added = edit.add(settings, request)
     locked = lock_cmd.lock(settings, [added.name]) if then_lock else None
     return Added(added, locked)
 

@@ -28,6 +28,7 @@ from mlxpin.store.fetch import (
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.ranged import RangePolicy
 from mlxpin.store.sources import ByteSource, LocalSourceBytes
+from mlxpin.util.parallel import CancelToken
 from mlxpin.util.writable import require_writable_dir
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ def fetch(
         return downloaders[0]
 
     ranges = RangePolicy.from_settings(settings)
+    cancel = CancelToken()  # this command's: Ctrl-C stops every worker of every model
     outcomes: list[FetchOutcome] = []
     for lock in locks:
         spec = manifest.get(lock.name)
@@ -126,7 +128,7 @@ def fetch(
             source = LocalSourceBytes(spec.launch.source.path, spec.name)
         else:
             source = HubSourceBytes(lock, downloader, ranges)
-        outcomes.append(fetch_model(layout, lock, source, progress(lock.name)))
+        outcomes.append(fetch_model(layout, lock, source, progress(lock.name), cancel=cancel))
     runtime = None
     if runtime_pin is not None:
         runtime = install_runtime(
@@ -187,4 +189,7 @@ def verify(
     manifest = manifest_of(settings)
     locks: tuple[LockedModel, ...] = locked_models(settings, manifest, pick(manifest, names))
     layout = StoreLayout.of(settings)
-    return VerifyResult(tuple(verify_model(layout, lock, progress(lock.name)) for lock in locks))
+    cancel = CancelToken()
+    return VerifyResult(
+        tuple(verify_model(layout, lock, progress(lock.name), cancel) for lock in locks)
+    )

@@ -18,6 +18,17 @@ def ran_json(ran: tuple[CommandRun, ...]) -> list[dict[str, Any]]:
     return [{"argv": list(r.argv), "returncode": r.returncode, "output": r.output} for r in ran]
 
 
+def _unit_json(result: InstallResult | UninstallResult, own: dict[str, Any]) -> dict[str, Any]:
+    """What installing and uninstalling both report, around each one's own keys."""
+    return {
+        "ok": True,
+        "name": result.name,
+        **own,
+        "next_steps": list(result.next_steps),
+        "ran": ran_json(result.ran),
+    }
+
+
 @dataclass(frozen=True)
 class Installed:
     result: InstallResult
@@ -27,9 +38,7 @@ class Installed:
 
     def to_json(self) -> dict[str, Any]:
         r = self.result
-        return {
-            "ok": True,
-            "name": r.name,
+        own = {
             "platform": r.platform,
             "system": r.system,
             "path": str(r.path),
@@ -37,9 +46,8 @@ class Installed:
             "changed": r.changed,
             "content": r.content,
             "warnings": list(r.warnings),
-            "next_steps": list(r.next_steps),
-            "ran": ran_json(r.ran),
         }
+        return _unit_json(r, own)
 
 
 @dataclass(frozen=True)
@@ -51,15 +59,7 @@ class Uninstalled:
 
     def to_json(self) -> dict[str, Any]:
         r = self.result
-        return {
-            "ok": True,
-            "name": r.name,
-            "path": str(r.path),
-            "existed": r.existed,
-            "removed": r.removed,
-            "next_steps": list(r.next_steps),
-            "ran": ran_json(r.ran),
-        }
+        return _unit_json(r, {"path": str(r.path), "existed": r.existed, "removed": r.removed})
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
-from mlxpin.errors import ManifestError
+from mlxpin.project.checker import Checker
 
 LOCAL_HOST = "127.0.0.1"
 BACKENDS = ("ring", "jaccl")
@@ -70,22 +68,6 @@ class DistributedSpec:
     env: tuple[tuple[str, str], ...]
 
 
-class Checker(Protocol):
-    """The manifest's checker (mlxpin.project.manifest._Checker)."""
-
-    def fail(
-        self, keys: tuple[str, ...], problem: str, fix: str | None = None
-    ) -> ManifestError: ...
-
-    def table(self, value: object, keys: tuple[str, ...]) -> Mapping[str, Any]: ...
-
-    def known_keys(
-        self, table: Mapping[str, Any], keys: tuple[str, ...], allowed: tuple[str, ...]
-    ) -> None: ...
-
-    def string(self, value: object, keys: tuple[str, ...]) -> str: ...
-
-
 def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -99,12 +81,13 @@ def parse_distributed(
 ) -> DistributedSpec:
     table = check.table(value, keys)
     check.known_keys(table, keys, DISTRIBUTED_KEYS)
-    if ("hosts" in table) == ("hostfile" in table):
-        raise check.fail(
-            keys,
-            "needs exactly one of `hosts` (ssh names) or `hostfile` (mlx's JSON hostfile)",
-            'e.g. hosts = ["127.0.0.1", "192.168.1.12"]  or  hostfile = "hosts.json"',
-        )
+    which = check.exactly_one(
+        table,
+        keys,
+        ("hosts", "hostfile"),
+        "needs exactly one of `hosts` (ssh names) or `hostfile` (mlx's JSON hostfile)",
+        'e.g. hosts = ["127.0.0.1", "192.168.1.12"]  or  hostfile = "hosts.json"',
+    )
     backend = check.string(table["backend"], (*keys, "backend")) if "backend" in table else None
     if backend is not None and backend not in BACKENDS:
         raise check.fail(
@@ -114,7 +97,7 @@ def parse_distributed(
         )
     hosts: tuple[HostSpec, ...] | None = None
     hostfile: Path | None = None
-    if "hosts" in table:
+    if which == "hosts":
         hosts = _hosts(check, table["hosts"], (*keys, "hosts"), backend)
     else:
         written = check.string(table["hostfile"], (*keys, "hostfile"))

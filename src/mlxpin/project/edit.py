@@ -42,7 +42,7 @@ from mlxpin.project.manifest import (
     load_manifest,
     parse_manifest,
 )
-from mlxpin.project.tomllines import ASSIGN_RE, HEADER_RE, split_key
+from mlxpin.project.tomllines import scan_lines
 from mlxpin.util.atomic import hold_mutex, write_atomic
 from mlxpin.util.writable import require_writable_dir
 
@@ -129,25 +129,7 @@ def add_model_text(text: str, model: NewModel, path: Path) -> str:
 
 def _headers(lines: Sequence[str]) -> list[tuple[int, tuple[str, ...]]]:
     """(line index, key path) of every table header, skipping multi-line strings."""
-    found: list[tuple[int, tuple[str, ...]]] = []
-    open_string: str | None = None
-    for index, line in enumerate(lines):
-        if open_string is not None:
-            if line.count(open_string) % 2 == 1:
-                open_string = None
-            continue
-        header = HEADER_RE.match(line)
-        if header:
-            found.append((index, split_key(header.group(2))))
-            continue
-        assign = ASSIGN_RE.match(line)
-        if assign:
-            rest = line[assign.end() :]
-            for quote in ('"""', "'''"):
-                if rest.count(quote) % 2 == 1:
-                    open_string = quote
-                    break
-    return found
+    return [(line.index, line.key) for line in scan_lines(lines) if line.header]
 
 
 def _is_blank(line: str) -> bool:
@@ -350,22 +332,27 @@ class AddResult:
     warnings: tuple[str, ...]
 
 
-def add(
-    settings: Settings,
-    name: str,
-    *,
-    repo: str | None = None,
-    path: str | None = None,
-    revision: str | None = None,
-    label: str | None = None,
-    port: int | None = None,
-    files: Sequence[str] | None = None,
-) -> AddResult:
+@dataclass(frozen=True)
+class AddRequest:
+    """What `mlxpin add NAME` was asked, before the defaults are filled in."""
+
+    name: str
+    repo: str | None = None
+    path: str | None = None
+    revision: str | None = None
+    label: str | None = None  # default: NAME
+    port: int | None = None  # default: the lowest free one from 8080
+    files: tuple[str, ...] | None = None
+
+
+def add(settings: Settings, request: AddRequest) -> AddResult:
     """Append [models.NAME] (+ .launch) to the manifest, validated before it is written.
 
     Defaults: the api_label is NAME (clients then send the name you chose; pass --label
     for anything else), the port is the lowest one from 8080 up no other model uses.
     """
+    name, repo, path, revision = request.name, request.repo, request.path, request.revision
+    label, port, files = request.label, request.port, request.files
     if (repo is None) == (path is None):
         raise UsageError("give exactly one of --repo owner/name or --path DIR")
     if path is not None and revision is not None:

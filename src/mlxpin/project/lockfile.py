@@ -17,7 +17,7 @@ from typing import Any
 from mlxpin.errors import LockCorruptError, LockStaleError
 from mlxpin.project import validate
 from mlxpin.project.manifest import RESERVED_NAMES, HubSource, Manifest, ModelSpec
-from mlxpin.util.atomic import write_atomic
+from mlxpin.util.atomic import write_if_changed
 from mlxpin.util.hashing import tree_hash
 
 LOCK_FORMAT = 1
@@ -139,15 +139,7 @@ def lock_path(lock_dir: Path, name: str) -> Path:
 
 def write_lock(lock_dir: Path, lock: LockedModel) -> bool:
     """Write atomically; returns False (and leaves the file alone) when nothing changed."""
-    path = lock_path(lock_dir, lock.name)
-    data = render(lock)
-    try:
-        if path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    write_atomic(path, data)
-    return True
+    return write_if_changed(lock_path(lock_dir, lock.name), render(lock))
 
 
 # --- reading ---------------------------------------------------------------------------

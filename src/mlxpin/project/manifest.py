@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 from mlxpin.errors import ManifestError
 from mlxpin.project import validate
+from mlxpin.project.checker import Checker, did_you_mean
 from mlxpin.project.distributed import DISTRIBUTED_KEYS, DistributedSpec, parse_distributed
-from mlxpin.project.memory import Budget, parse_budget
+from mlxpin.project.memory import Budget, parse_budget, parse_size
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines, nesting_problem
 
@@ -49,9 +50,6 @@ _SERVE_KEYS = (
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_BUDGET = Budget()
 _GATEWAY_KEYS = ("request_timeout", "max_body", "max_connections", "header_timeout")
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", re.IGNORECASE)
-_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9}
-_SIZE_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30})
 _LAUNCH_KEYS = ("repo", "path", "revision", "files", "draft", "adapter")
 _RUNTIME_KEYS = ("python", "mlx-lm", "mlx", "packages")
 DEFAULT_RUNTIME_PYTHON = ">=3.11"
@@ -190,65 +188,6 @@ _MISPLACED = {
 }
 
 
-class _Checker:
-    def __init__(self, path: Path, lines: KeyLines) -> None:
-        self.path = path
-        self.lines = lines
-
-    def fail(self, keys: tuple[str, ...], problem: str, fix: str | None = None) -> ManifestError:
-        dotted = ".".join(_toml_key(k) for k in keys) if keys else None
-        return ManifestError(self.path, self.lines.line_of(keys), dotted, problem, fix)
-
-    def table(self, value: object, keys: tuple[str, ...]) -> Mapping[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(keys, "must be a table", f"write it as [{'.'.join(keys)}]")
-        return value
-
-    def known_keys(
-        self, table: Mapping[str, Any], keys: tuple[str, ...], allowed: tuple[str, ...]
-    ) -> None:
-        for key in table:
-            if key in allowed:
-                continue
-            where = keys[-1] if keys else "top level"
-            fix = _did_you_mean(key, allowed)
-            home = _MISPLACED.get(key)
-            if home and keys and keys[0] == "models" and len(keys) == 2:
-                fix = f"`{key}` belongs in [models.{keys[1]}.{home}]"
-            elif key in ("model", "name", "repo_id", "model_id"):
-                fix = "put the label clients send in `api_label`, and the Hub repo in `launch.repo`"
-            raise self.fail((*keys, key), f"unknown key in {where}", fix)
-
-    def string(self, value: object, keys: tuple[str, ...]) -> str:
-        if not isinstance(value, str):
-            raise self.fail(keys, f"must be a string, not {_type_name(value)}")
-        return value
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else '"' + key.replace('"', '\\"') + '"'
-
-
-def _type_name(value: object) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
-
-def _did_you_mean(key: str, allowed: tuple[str, ...]) -> str:
-    import difflib  # errors only
-
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean `{close[0]}`?"
-    return "allowed keys: " + ", ".join(allowed)
-
-
 Parser = Literal["tomlkit", "tomllib"]
 
 
@@ -320,7 +259,7 @@ def _parse_tomllib(text: str, path: Path) -> dict[str, Any]:
 
 
 def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest:
-    check = _Checker(path, lines)
+    check = Checker(path, lines, _MISPLACED)
     check.known_keys(document, (), _TOP_KEYS)
     version = document.get("version", MANIFEST_VERSION)
     if type(version) is not int or version != MANIFEST_VERSION:  # not 1.0, not true
@@ -347,7 +286,7 @@ def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest
     return Manifest(path=path, models=models, serve=serve, runtime=runtime)
 
 
-def _build_model(check: _Checker, name: str, value: object, base: Path) -> ModelSpec:
+def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelSpec:
     keys = ("models", name)
     if not validate.NAME_RE.fullmatch(name):
         raise check.fail(
@@ -364,13 +303,11 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
         )
     table = check.table(value, keys)
     check.known_keys(table, keys, _MODEL_KEYS)
-    if "api_label" not in table:
-        raise check.fail(
-            keys,
-            "missing api_label",
-            f'add api_label = "..." to [models.{name}]: the exact string clients send as "model"',
-        )
-    api_label = _label(check, table["api_label"], (*keys, "api_label"))
+    label_fix = (
+        f'add api_label = "..." to [models.{name}]: the exact string clients send as "model"'
+    )
+    raw_label = check.require(table, keys, "api_label", "missing api_label", label_fix)
+    api_label = _label(check, raw_label, (*keys, "api_label"))
     aliases_raw = table.get("aliases", [])
     if not isinstance(aliases_raw, list):
         raise check.fail(
@@ -379,13 +316,9 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
     aliases = tuple(_label(check, a, (*keys, "aliases")) for a in aliases_raw)
     host = _host(check, table.get("host", DEFAULT_HOST), (*keys, "host"))
     port = _port(check, table.get("port", DEFAULT_PORT), (*keys, "port"))
-    if "launch" not in table:
-        raise check.fail(
-            keys,
-            "missing [launch] table",
-            f'add [models.{name}.launch] with repo = "owner/name" (or path = "./dir")',
-        )
-    launch = _launch(check, table["launch"], (*keys, "launch"), base)
+    launch_fix = f'add [models.{name}.launch] with repo = "owner/name" (or path = "./dir")'
+    raw_launch = check.require(table, keys, "launch", "missing [launch] table", launch_fix)
+    launch = _launch(check, raw_launch, (*keys, "launch"), base)
     server = _server(check, table.get("server", {}), (*keys, "server"))
     distributed = None
     if "distributed" in table:
@@ -419,7 +352,7 @@ def _build_model(check: _Checker, name: str, value: object, base: Path) -> Model
     )
 
 
-def _label(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
+def _label(check: Checker, value: object, keys: tuple[str, ...]) -> str:
     label = check.string(value, keys)
     problem = validate.label_problem(label)
     if problem:
@@ -429,7 +362,7 @@ def _label(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
     return label
 
 
-def _host(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
+def _host(check: Checker, value: object, keys: tuple[str, ...]) -> str:
     host = check.string(value, keys)
     if host in ("127.0.0.1", "::1", "localhost", "0.0.0.0"):  # noqa: S104 (validated, not bound here)
         return host
@@ -445,7 +378,7 @@ def _host(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
     return host
 
 
-def _port(check: _Checker, value: object, keys: tuple[str, ...]) -> int:
+def _port(check: Checker, value: object, keys: tuple[str, ...]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise check.fail(
             keys,
@@ -455,17 +388,18 @@ def _port(check: _Checker, value: object, keys: tuple[str, ...]) -> int:
     return value
 
 
-def _launch(check: _Checker, value: object, keys: tuple[str, ...], base: Path) -> LaunchSpec:
+def _launch(check: Checker, value: object, keys: tuple[str, ...], base: Path) -> LaunchSpec:
     table = check.table(value, keys)
     check.known_keys(table, keys, _LAUNCH_KEYS)
-    if ("repo" in table) == ("path" in table):
-        raise check.fail(
-            keys,
-            "needs exactly one of `repo` (a Hub repo id) or `path` (a local directory)",
-            'e.g. repo = "mlx-community/gemma-4-31b-it-4bit"  or  path = "./models/tiny"',
-        )
+    which = check.exactly_one(
+        table,
+        keys,
+        ("repo", "path"),
+        "needs exactly one of `repo` (a Hub repo id) or `path` (a local directory)",
+        'e.g. repo = "mlx-community/gemma-4-31b-it-4bit"  or  path = "./models/tiny"',
+    )
     source: Source
-    if "repo" in table:
+    if which == "repo":
         repo = _repo(check, table["repo"], (*keys, "repo"))
         revision = check.string(table.get("revision", DEFAULT_REVISION), (*keys, "revision"))
         problem = validate.revision_problem(revision)
@@ -499,7 +433,7 @@ def _launch(check: _Checker, value: object, keys: tuple[str, ...], base: Path) -
     return LaunchSpec(source=source, files=files, draft=draft, adapter=adapter)
 
 
-def _repo(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
+def _repo(check: Checker, value: object, keys: tuple[str, ...]) -> str:
     repo = check.string(value, keys)
     problem = validate.repo_id_problem(repo)
     if problem is None:
@@ -524,7 +458,7 @@ def _repo(check: _Checker, value: object, keys: tuple[str, ...]) -> str:
     )
 
 
-def _files(check: _Checker, value: object, keys: tuple[str, ...]) -> tuple[str, ...] | None:
+def _files(check: Checker, value: object, keys: tuple[str, ...]) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not value:
@@ -543,7 +477,7 @@ def _files(check: _Checker, value: object, keys: tuple[str, ...]) -> tuple[str, 
     return tuple(patterns)
 
 
-def _reference(check: _Checker, value: object, keys: tuple[str, ...]) -> str | None:
+def _reference(check: Checker, value: object, keys: tuple[str, ...]) -> str | None:
     if value is None:
         return None
     name = check.string(value, keys)
@@ -553,14 +487,14 @@ def _reference(check: _Checker, value: object, keys: tuple[str, ...]) -> str | N
 
 
 def _server(
-    check: _Checker, value: object, keys: tuple[str, ...]
+    check: Checker, value: object, keys: tuple[str, ...]
 ) -> tuple[tuple[str, ServerValue], ...]:
     table = check.table(value, keys)
     allowed = tuple(SERVER_OPTIONS)
     options: list[tuple[str, ServerValue]] = []
     for key, raw in table.items():
         if key not in SERVER_OPTIONS:
-            fix = _did_you_mean(key, allowed)
+            fix = did_you_mean(key, allowed)
             if key in ("model", "host", "port", "adapter_path", "draft_model"):
                 fix = f"`{key}` is set by mlxpin itself (see [models.x] and [models.x.launch])"
             elif key == "pipeline":
@@ -577,7 +511,7 @@ def _server(
     return tuple(sorted(options, key=lambda item: item[0]))
 
 
-def _gateway(check: _Checker, value: object, keys: tuple[str, ...]) -> GatewaySpec:
+def _gateway(check: Checker, value: object, keys: tuple[str, ...]) -> GatewaySpec:
     table = check.table(value, keys)
     check.known_keys(table, keys, _GATEWAY_KEYS)
     spec = GatewaySpec()
@@ -602,22 +536,22 @@ def _gateway(check: _Checker, value: object, keys: tuple[str, ...]) -> GatewaySp
     )
 
 
-def _size(check: _Checker, value: object, keys: tuple[str, ...]) -> int:
-    """Bytes, from an integer or a string such as "8MiB" or "20 MB"."""
-    size: float | None = None
+def _size(check: Checker, value: object, keys: tuple[str, ...]) -> int:
+    """Bytes, from an integer or a string such as "8MiB" or "20 MB" (`parse_size`)."""
+    size: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
-    elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value)):
-        size = float(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()]
+    elif isinstance(value, str):
+        size = parse_size(value)
     if size is None or not 1 <= size <= 2**40:
         raise check.fail(
             keys, f"{value!r} is not a size in bytes", 'e.g. max_body = "8MiB" or 8388608'
         )
-    return int(size)
+    return size
 
 
 def _check_cross_references(
-    check: _Checker, models: tuple[ModelSpec, ...], explicit_ports: set[str]
+    check: Checker, models: tuple[ModelSpec, ...], explicit_ports: set[str]
 ) -> None:
     names = {m.name for m in models}
     owner_of_label: dict[str, str] = {}
@@ -666,11 +600,11 @@ def _check_cross_references(
                 raise check.fail(
                     keys,
                     f"no model named {target!r} in this manifest",
-                    _did_you_mean(target, tuple(sorted(names))),
+                    did_you_mean(target, tuple(sorted(names))),
                 )
 
 
-def _seconds(check: _Checker, value: object, keys: tuple[str, ...], *, allow_zero: bool) -> float:
+def _seconds(check: Checker, value: object, keys: tuple[str, ...], *, allow_zero: bool) -> float:
     least = "0" if allow_zero else "more than 0"
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise check.fail(
@@ -685,7 +619,7 @@ def _seconds(check: _Checker, value: object, keys: tuple[str, ...], *, allow_zer
     return float(value)
 
 
-def _serve_table(check: _Checker, value: object, models: tuple[ModelSpec, ...]) -> ServeTable:
+def _serve_table(check: Checker, value: object, models: tuple[ModelSpec, ...]) -> ServeTable:
     keys = ("serve",)
     table = check.table(value, keys)
     check.known_keys(table, keys, _SERVE_KEYS)
@@ -722,7 +656,7 @@ def _serve_table(check: _Checker, value: object, models: tuple[ModelSpec, ...]) 
             raise check.fail(
                 (*keys, "preload"),
                 f"no model named {name!r} in this manifest",
-                _did_you_mean(name, names),
+                did_you_mean(name, names),
             )
         if name not in preload:
             preload.append(name)
@@ -743,18 +677,19 @@ def _serve_table(check: _Checker, value: object, models: tuple[ModelSpec, ...]) 
     )
 
 
-def _runtime(check: _Checker, value: object) -> RuntimeSpec:
+def _runtime(check: Checker, value: object) -> RuntimeSpec:
     from mlxpin.project import requirements  # only manifests with [runtime] pay for it
 
     keys = ("runtime",)
     table = check.table(value, keys)
     check.known_keys(table, keys, _RUNTIME_KEYS)
-    if "mlx-lm" not in table:
-        raise check.fail(
-            keys,
-            "missing `mlx-lm`: the runtime exists to pin the server",
-            'add mlx-lm = ">=0.32,<0.33" (any PEP 440 range; the lock pins one version)',
-        )
+    check.require(
+        table,
+        keys,
+        "mlx-lm",
+        "missing `mlx-lm`: the runtime exists to pin the server",
+        'add mlx-lm = ">=0.32,<0.33" (any PEP 440 range; the lock pins one version)',
+    )
     specs: dict[str, str] = {}
     for key in ("python", "mlx-lm", "mlx"):
         default = DEFAULT_RUNTIME_PYTHON if key == "python" else ""

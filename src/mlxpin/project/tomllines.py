@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 _BARE = r"[A-Za-z0-9_-]+"
@@ -41,6 +41,37 @@ def split_key(dotted: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
+@dataclass(frozen=True)
+class ScannedLine:
+    """A table header or a `key = ...` line, outside any multi-line string."""
+
+    index: int  # 0-based line index
+    header: bool  # a [table] or [[array]] header, else an assignment
+    key: tuple[str, ...]  # the header's path, or the assignment's (dotted) key
+
+
+def scan_lines(lines: Sequence[str]) -> Iterator[ScannedLine]:
+    """Every header and assignment, in order, skipping the insides of multi-line strings."""
+    open_string: str | None = None
+    for index, line in enumerate(lines):
+        if open_string is not None:
+            if line.count(open_string) % 2 == 1:
+                open_string = None
+            continue
+        header = HEADER_RE.match(line)
+        if header:
+            yield ScannedLine(index, True, split_key(header.group(2)))
+            continue
+        assign = ASSIGN_RE.match(line)
+        if assign:
+            yield ScannedLine(index, False, split_key(assign.group(1)))
+            rest = line[assign.end() :]
+            for quote in ('"""', "'''"):
+                if rest.count(quote) % 2 == 1:
+                    open_string = quote
+                    break
+
+
 class KeyLines:
     """Key path → 1-based line number, for a document already known to parse."""
 
@@ -56,25 +87,12 @@ class KeyLines:
 
     def _scan(self, text: str) -> None:
         table: tuple[str, ...] = ()
-        open_string: str | None = None
-        for number, line in enumerate(text.splitlines(), start=1):
-            if open_string is not None:
-                if line.count(open_string) % 2 == 1:
-                    open_string = None
-                continue
-            header = HEADER_RE.match(line)
-            if header:
-                table = split_key(header.group(2))
-                self._record(table, number)
-                continue
-            assign = ASSIGN_RE.match(line)
-            if assign:
-                self._record(table + split_key(assign.group(1)), number)
-                rest = line[assign.end() :]
-                for quote in ('"""', "'''"):
-                    if rest.count(quote) % 2 == 1:
-                        open_string = quote
-                        break
+        for line in scan_lines(text.splitlines()):
+            if line.header:
+                table = line.key
+                self._record(table, line.index + 1)
+            else:
+                self._record(table + line.key, line.index + 1)
 
     def line_of(self, path: Sequence[str]) -> int | None:
         key = tuple(path)

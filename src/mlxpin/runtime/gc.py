@@ -1,7 +1,7 @@
 """Which installed runtimes `mlxpin gc` may delete: those no live lock dir's
 lock/runtime.toml names, and builds left aside by a crash (older than a day).
 
-Pure apart from reading the runtimes directory; deleting is `mlxpin.commands.gc`'s job,
+Pure apart from reading the runtimes directory; deleting is `mlxpin.store.gcsweep`'s job,
 under the runtime's own mutex (the one `fetch` holds while it builds), so a runtime being
 built is never deleted.
 """

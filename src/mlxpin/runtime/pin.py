@@ -38,7 +38,7 @@ from typing import Any
 from mlxpin.errors import LockCorruptError
 from mlxpin.project.lockfile import PinState
 from mlxpin.project.manifest import RuntimeSpec
-from mlxpin.util.atomic import write_atomic
+from mlxpin.util.atomic import write_if_changed
 
 RUNTIME_FORMAT = 1
 FILE_NAME = "runtime.toml"
@@ -194,15 +194,7 @@ def pin_path(lock_dir: Path) -> Path:
 
 def write_pin(lock_dir: Path, pin: RuntimePin) -> bool:
     """Write atomically; False (file untouched) when the bytes would not change."""
-    path = pin_path(lock_dir)
-    data = render(pin)
-    try:
-        if path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    write_atomic(path, data)
-    return True
+    return write_if_changed(pin_path(lock_dir), render(pin))
 
 
 # --- reading ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ __all__ = ["bind_public", "free_port", "private_socket_dir"]
 _MAX_SOCKET_PATH = 100
 
 
-def free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

@@ -13,8 +13,8 @@ It does not know how servers are started, restarted or evicted. It asks a
   (streams: after their last byte), so a pool never stops a server under a client.
 
 Plus :meth:`Backends.health` for ``GET /health`` and :meth:`Backends.status` for a status
-route. :class:`OneModel` is the ``launch`` case: one server, always routed to, whose
-health is the shared :class:`~mlxpin.serve.state.GatewayState`.
+route. `serve.pool.Pool` implements it, for `serve` (many models) and `launch` (one
+resident model); the gateway's own tests use a fixed upstream (tests/fixedgateway.py).
 
 This module imports nothing from aiohttp: a backend is plain data plus a protocol.
 """
@@ -25,16 +25,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from mlxpin.serve.state import GatewayState
-
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_REQUEST_TIMEOUT_S",
     "Backends",
     "Health",
     "Lease",
-    "OneModel",
-    "OneModelLease",
     "Route",
     "Unavailable",
     "Upstream",
@@ -133,66 +129,3 @@ class Backends(Protocol):
 
     def status(self) -> Mapping[str, object]:
         """A JSON-able snapshot for operators."""
-
-
-# --------------------------------------------------------------------------- one model
-
-
-class OneModelLease:
-    """A lease on the single server of :class:`OneModel`."""
-
-    __slots__ = ("_released", "_state", "upstream")
-
-    def __init__(self, upstream: Upstream, state: GatewayState) -> None:
-        self.upstream = upstream
-        self._state = state
-        self._released = False
-        state.in_flight += 1
-
-    def completed(self) -> None:
-        self._state.mark_healthy(self.upstream.epoch)
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._state.in_flight -= 1
-
-
-class OneModel:
-    """``launch``: one model, one server, always routed to (the gateway answers 503 when
-    it cannot be reached); healthy once a real completion succeeded since its last start."""
-
-    def __init__(self, route: Route, upstream: Upstream, state: GatewayState) -> None:
-        if upstream.label != route.api_label:
-            raise ValueError("the upstream must serve the route's api_label")
-        self.route = route
-        self.base = upstream
-        self.state = state
-        self._ok_body = {"status": "ok", "model": route.api_label}
-        self._loading_body = {"status": "loading"}
-
-    def routes(self) -> Sequence[Route]:
-        return (self.route,)
-
-    def current(self) -> Upstream:
-        """The upstream as of the current start (its epoch follows restarts)."""
-        if self.base.epoch != self.state.epoch:
-            self.base = Upstream(
-                self.base.label,
-                self.base.model,
-                self.base.url,
-                self.base.socket_path,
-                self.state.epoch,
-            )
-        return self.base
-
-    async def acquire(self, label: str) -> Lease:
-        return OneModelLease(self.current(), self.state)
-
-    def health(self) -> Health:
-        if self.state.healthy:
-            return Health(True, self._ok_body)
-        return Health(False, self._loading_body)
-
-    def status(self) -> Mapping[str, object]:
-        return {"models": [{"api_label": self.route.api_label, **self.state.as_dict()}]}

@@ -14,6 +14,7 @@ would fetch. The manifest decides weights, and ``launch`` promises no network, s
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any, Final
 
 from mlxpin.serve.apierrors import ApiError
@@ -39,25 +40,27 @@ def parse_body(raw: bytes) -> dict[str, Any] | ApiError:
     return body
 
 
-def remote_image_url(messages: object) -> str | None:
-    """The first image URL in chat messages that is not an inline data: URL."""
+def _content_parts(messages: object) -> Iterator[object]:
+    """Every part of every list-valued ``content`` of chat messages."""
     if not isinstance(messages, list):
-        return None
+        return
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, list):
+        if isinstance(content, list):
+            yield from content
+
+
+def remote_image_url(messages: object) -> str | None:
+    """The first image URL in chat messages that is not an inline data: URL."""
+    for part in _content_parts(messages):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(part, dict) or not isinstance(kind, str) or kind not in _IMAGE_PART_TYPES:
             continue
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            kind = part.get("type")
-            if not isinstance(kind, str) or kind not in _IMAGE_PART_TYPES:
-                continue
-            url = part.get("image_url", part.get("image"))
-            if isinstance(url, dict):
-                url = url.get("url")
-            if url is not None and not (isinstance(url, str) and url.startswith("data:")):
-                return url if isinstance(url, str) else json.dumps(url)[:200]
+        url = part.get("image_url", part.get("image"))
+        if isinstance(url, dict):
+            url = url.get("url")
+        if url is not None and not (isinstance(url, str) and url.startswith("data:")):
+            return url if isinstance(url, str) else json.dumps(url)[:200]
     return None
 
 
@@ -79,20 +82,14 @@ def _pinned_field(body: dict[str, Any]) -> ApiError | None:
 
 def _content_types(messages: object) -> ApiError | None:
     """Every content part's ``type`` must be a string (the server indexes on it)."""
-    if not isinstance(messages, list):
-        return None
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, list):
-            continue
-        for part in content:
-            if isinstance(part, dict) and not isinstance(part.get("type", ""), str):
-                return ApiError(
-                    400,
-                    'Every content part needs a string \'type\' (e.g. "text" or "image_url")',
-                    "invalid_value",
-                    "messages",
-                )
+    for part in _content_parts(messages):
+        if isinstance(part, dict) and not isinstance(part.get("type", ""), str):
+            return ApiError(
+                400,
+                'Every content part needs a string \'type\' (e.g. "text" or "image_url")',
+                "invalid_value",
+                "messages",
+            )
     return None
 
 

@@ -37,20 +37,15 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from mlxpin.serve.apierrors import ApiError, error_body
 from mlxpin.serve.backends import (
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_REQUEST_TIMEOUT_S,
     Backends,
     Lease,
-    OneModel,
     Route,
     Unavailable,
     Upstream,
@@ -65,24 +60,9 @@ from mlxpin.serve.upstream import (
     COMPLETIONS_PATH,
     UpstreamClient,
     classify_failure,
-    warm_up_status,
 )
 
-__all__ = [
-    "Gateway",
-    "GatewayConfig",
-    "GatewayState",
-    "build_app",
-    "error_response",
-    "serve",
-    "serve_gateway",
-    "start_gateway",
-    "warm_up",
-]
-
-# Kept importable from here: tests and older callers use these names.
-_Rewriter = Rewriter
-_SseRelay = SseRelay
+__all__ = ["Gateway", "GatewayState", "api_error_response", "error_response", "serve"]
 
 log = logging.getLogger("mlxpin.gateway")
 
@@ -96,70 +76,6 @@ _JSON_CT: Final = "application/json"
 _SSE_CT: Final = "text/event-stream"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    """Everything the gateway needs to know; built by ``launch`` from manifest + plan."""
-
-    api_label: str
-    """The canonical label clients send; put back in every response."""
-    aliases: tuple[str, ...]
-    """Extra labels that are accepted (and answered with the canonical label)."""
-    upstream_url: str
-    """Base URL of the private ``mlx_lm.server``, e.g. ``http://127.0.0.1:53121``."""
-    upstream_model: str
-    """The exact ``--model`` string the server was started with."""
-    host: str = "127.0.0.1"
-    port: int = 8080
-    api_key: str | None = None
-    """If set, every endpoint but ``/health`` requires ``Authorization: Bearer <key>``."""
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    upstream_connect_timeout_s: float = 5.0
-    upstream_read_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
-    """Longest silence between two reads from the upstream (generation can be slow)."""
-    upstream_socket: str | None = None
-    """If set, the upstream is reached over this Unix-domain socket (the URL's host is
-    then only what goes into the Host header)."""
-    limits: ListenerLimits = field(default_factory=ListenerLimits)
-    """Client connections and request-head time on the public port."""
-
-    def __post_init__(self) -> None:
-        if not self.api_label:
-            raise ValueError("api_label must not be empty")
-        if not isinstance(self.aliases, tuple):
-            raise TypeError("aliases must be a tuple of strings")
-        url = URL(self.upstream_url)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"upstream_url must be an http(s) URL, got {self.upstream_url!r}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
-        if self.max_body_bytes <= 0:
-            raise ValueError("max_body_bytes must be positive")
-        if self.upstream_connect_timeout_s <= 0 or self.upstream_read_timeout_s <= 0:
-            raise ValueError("upstream timeouts must be positive")
-        if self.api_key is not None and not self.api_key:
-            raise ValueError("api_key must be None or a non-empty string")
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """The canonical label first, then the aliases (without duplicates)."""
-        return tuple(dict.fromkeys((self.api_label, *self.aliases)))
-
-    def __repr__(self) -> str:  # never show the key, e.g. in a --dry-run or a log
-        key = None if self.api_key is None else "***"
-        return (
-            f"GatewayConfig(api_label={self.api_label!r}, aliases={self.aliases!r}, "
-            f"upstream_url={self.upstream_url!r}, upstream_model={self.upstream_model!r}, "
-            f"host={self.host!r}, port={self.port!r}, api_key={key!r}, "
-            f"max_body_bytes={self.max_body_bytes!r}, "
-            f"upstream_connect_timeout_s={self.upstream_connect_timeout_s!r}, "
-            f"upstream_read_timeout_s={self.upstream_read_timeout_s!r}, "
-            f"upstream_socket={self.upstream_socket!r}, limits={self.limits!r})"
-        )
 
 
 # --------------------------------------------------------------------------- responses
@@ -483,45 +399,6 @@ def _compact_dumps(obj: object) -> str:
 # --------------------------------------------------------------------------- entry points
 
 
-def _one_model(config: GatewayConfig, state: GatewayState) -> OneModel:
-    route = Route(
-        config.api_label,
-        config.aliases,
-        max_body_bytes=config.max_body_bytes,
-        request_timeout_s=config.upstream_read_timeout_s,
-    )
-    upstream = Upstream(
-        config.api_label,
-        config.upstream_model,
-        config.upstream_url,
-        config.upstream_socket,
-        state.epoch,
-    )
-    return OneModel(route, upstream, state)
-
-
-def build_app(config: GatewayConfig, state: GatewayState) -> web.Application:
-    """The one-model gateway as an aiohttp application (not yet bound)."""
-    gateway = Gateway(
-        _one_model(config, state),
-        state,
-        api_key=config.api_key,
-        connect_timeout_s=config.upstream_connect_timeout_s,
-    )
-    return gateway.app()
-
-
-def upstream_of(config: GatewayConfig, state: GatewayState) -> Upstream:
-    """The upstream of a one-model config, as of the state's current start."""
-    return _one_model(config, state).current()
-
-
-async def warm_up(config: GatewayConfig, state: GatewayState, *, timeout_s: float) -> bool:
-    """Send one 1-token chat completion straight to the upstream; True if it succeeded
-    (and the state is now healthy). Any failure returns False; the caller retries."""
-    return await warm_up_status(upstream_of(config, state), state, timeout_s=timeout_s) == "ok"
-
-
 async def serve(
     app: web.Application,
     host: str,
@@ -553,19 +430,4 @@ async def serve(
     except BaseException:
         await runner.cleanup()
         raise
-    return runner
-
-
-async def start_gateway(config: GatewayConfig, state: GatewayState) -> web.AppRunner:
-    """Serve the one-model gateway of ``config`` on ``config.host:config.port``."""
-    return await serve_gateway(config, state)
-
-
-async def serve_gateway(
-    config: GatewayConfig, state: GatewayState, sockets: Sequence[socket.socket] = ()
-) -> web.AppRunner:
-    """Serve the one-model gateway of ``config`` (on ``sockets`` if given)."""
-    app = build_app(config, state)
-    runner = await serve(app, config.host, config.port, config.limits, sockets)
-    log.info("gateway for %r listening on %s:%s", config.api_label, config.host, config.port)
     return runner

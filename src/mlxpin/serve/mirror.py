@@ -154,16 +154,25 @@ class _Vouched:
         return fd
 
 
-def build_mirror_app(config: MirrorConfig) -> web.Application:
-    by_repo: dict[str, list[LockedModel]] = {}
-    for lock in config.locks:
-        assert lock.original.repo is not None and lock.commit is not None
-        by_repo.setdefault(lock.original.repo, []).append(lock)
-    vouched = _Vouched(config.layout)
-    slots = asyncio.Semaphore(max(1, config.max_transfers))
+class Mirror:
+    """The routes of the mirror (module docstring), over the locks it serves."""
 
-    def find(repo: str, revision: str) -> LockedModel | web.Response:
-        locks = by_repo.get(repo)
+    def __init__(self, config: MirrorConfig) -> None:
+        self.config = config
+        self.by_repo: dict[str, list[LockedModel]] = {}
+        for lock in config.locks:
+            assert lock.original.repo is not None and lock.commit is not None
+            self.by_repo.setdefault(lock.original.repo, []).append(lock)
+        self.vouched = _Vouched(config.layout)
+        self.slots = asyncio.Semaphore(max(1, config.max_transfers))
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.route)
+        return app
+
+    def find(self, repo: str, revision: str) -> LockedModel | web.Response:
+        locks = self.by_repo.get(repo)
         if not locks:
             return _error(404, "Repository not found on this mirror", "RepoNotFound")
         for lock in locks:
@@ -171,12 +180,19 @@ def build_mirror_app(config: MirrorConfig) -> web.Application:
                 return lock
         return _error(404, f"Invalid rev id: {revision} (not locked here)", "RevisionNotFound")
 
-    def info(repo: str, revision: str) -> web.Response:
-        lock = find(repo, revision)
+    def verified(self, repo: str, revision: str) -> LockedModel | web.Response:
+        """The lock of ``repo@revision`` if every one of its files is vouched for now."""
+        lock = self.find(repo, revision)
         if isinstance(lock, web.Response):
             return lock
-        if not check_stamp(config.layout, lock).ok:  # every file, as of now
+        if not check_stamp(self.config.layout, lock).ok:  # every file, as of now
             return _error(404, "Repository not verified on this mirror", "RepoNotFound")
+        return lock
+
+    def info(self, repo: str, revision: str) -> web.Response:
+        lock = self.verified(repo, revision)
+        if isinstance(lock, web.Response):
+            return lock
         body: dict[str, object] = {
             "_id": hashlib.sha1(repo.encode(), usedforsecurity=False).hexdigest()[:24],
             "id": repo,
@@ -196,12 +212,10 @@ def build_mirror_app(config: MirrorConfig) -> web.Application:
             body["lastModified"] = lock.last_modified.replace("Z", ".000Z")
         return web.json_response(body, headers={MIRROR_HEADER: "1"})
 
-    def tree(repo: str, revision: str, prefix: str, recursive: bool) -> web.Response:
-        lock = find(repo, revision)
+    def tree(self, repo: str, revision: str, prefix: str, recursive: bool) -> web.Response:
+        lock = self.verified(repo, revision)
         if isinstance(lock, web.Response):
             return lock
-        if not check_stamp(config.layout, lock).ok:  # every file, as of now
-            return _error(404, "Repository not verified on this mirror", "RepoNotFound")
         prefix = prefix.strip("/")
         under = f"{prefix}/" if prefix else ""
         entries: list[dict[str, object]] = []
@@ -222,29 +236,19 @@ def build_mirror_app(config: MirrorConfig) -> web.Application:
         return web.json_response(entries, headers={MIRROR_HEADER: "1"})
 
     async def resolve(
-        request: web.Request, repo: str, revision: str, path: str
+        self, request: web.Request, repo: str, revision: str, path: str
     ) -> web.StreamResponse:
-        lock = find(repo, revision)
+        lock = self.find(repo, revision)
         if isinstance(lock, web.Response):
             return lock
         file = next((f for f in lock.files if f.path == path), None)
         if file is None:
             return _error(404, "Entry not found", "EntryNotFound")
-        fd = vouched.open(lock, file)
+        fd = self.vouched.open(lock, file)
         if fd is None:
             return _error(404, "Entry not verified on this mirror", "EntryNotFound")
         with os.fdopen(fd, "rb", buffering=0) as handle:
-            etag = f'"{oid_hex(file.oid)}"'
-            headers = {
-                "X-Repo-Commit": str(lock.commit),
-                "ETag": etag,
-                "Accept-Ranges": "bytes",
-                "Content-Type": "application/octet-stream",
-                MIRROR_HEADER: "1",
-            }
-            if oid_algorithm(file.oid) == "sha256":
-                headers["X-Linked-Etag"] = etag
-                headers["X-Linked-Size"] = str(file.size)
+            headers = _file_headers(lock, file)
             start, end, status = 0, file.size, 200
             wanted = request.headers.get("Range")
             if wanted is not None:
@@ -260,51 +264,69 @@ def build_mirror_app(config: MirrorConfig) -> web.Application:
             response = web.StreamResponse(status=status, headers=headers)
             response.content_length = end - start
             await response.prepare(request)
-            if request.method == "HEAD" or end == start:
-                await response.write_eof()
-                return response
-            transport = request.transport
-            if transport is None:
-                raise ConnectionResetError("client went away")
-            await asyncio.get_running_loop().sendfile(transport, handle, start, end - start)
+            if request.method != "HEAD" and end > start:
+                transport = request.transport
+                if transport is None:
+                    raise ConnectionResetError("client went away")
+                await asyncio.get_running_loop().sendfile(transport, handle, start, end - start)
             await response.write_eof()
             return response
 
-    async def route(request: web.Request) -> web.StreamResponse:
-        if config.api_key is not None:
-            sent = request.headers.get("Authorization", "")
-            scheme, _, value = sent.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                value.strip().encode(), config.api_key.encode()
-            ):
-                return _error(401, "This mirror needs its key: set HF_TOKEN to it")
+    def _authorized(self, request: web.Request) -> bool:
+        if self.config.api_key is None:
+            return True
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            value.strip().encode(), self.config.api_key.encode()
+        )
+
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return _error(401, "This mirror needs its key: set HF_TOKEN to it")
         segs = request.raw_path.split("?", 1)[0].split("/")[1:]
         names = [unquote(s) for s in segs]
         if len(segs) >= 4 and segs[:2] == ["api", "models"]:
-            repo, rest = f"{names[2]}/{names[3]}", segs[4:]
             if request.method not in {"GET", "HEAD"}:
                 return _error(405, "Method not allowed")
-            if not rest or rest == [""]:
-                return info(repo, "main")
-            if rest[0] == "revision" and len(rest) >= 2:
-                return info(repo, unquote("/".join(rest[1:])))
-            if rest[0] == "tree" and len(rest) >= 2:
-                recursive = request.query.get("recursive", "").lower() in ("1", "true")
-                path = "/".join(unquote(s) for s in rest[2:])
-                return tree(repo, unquote(rest[1]), path, recursive)
-            return _error(404, "Not Found")
+            return self._api(request, f"{names[2]}/{names[3]}", segs[4:])
         if len(segs) >= 5 and segs[2] == "resolve":
             if request.method not in ("GET", "HEAD"):
                 return _error(405, "Method not allowed")
-            async with slots:
-                return await resolve(
+            async with self.slots:
+                return await self.resolve(
                     request, f"{names[0]}/{names[1]}", names[3], "/".join(names[4:])
                 )
         return _error(404, "Not Found")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", route)
-    return app
+    def _api(self, request: web.Request, repo: str, rest: list[str]) -> web.Response:
+        if not rest or rest == [""]:
+            return self.info(repo, "main")
+        if rest[0] == "revision" and len(rest) >= 2:
+            return self.info(repo, unquote("/".join(rest[1:])))
+        if rest[0] == "tree" and len(rest) >= 2:
+            recursive = request.query.get("recursive", "").lower() in ("1", "true")
+            path = "/".join(unquote(s) for s in rest[2:])
+            return self.tree(repo, unquote(rest[1]), path, recursive)
+        return _error(404, "Not Found")
+
+
+def _file_headers(lock: LockedModel, file: LockedFile) -> dict[str, str]:
+    etag = f'"{oid_hex(file.oid)}"'
+    headers = {
+        "X-Repo-Commit": str(lock.commit),
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+        MIRROR_HEADER: "1",
+    }
+    if oid_algorithm(file.oid) == "sha256":
+        headers["X-Linked-Etag"] = etag
+        headers["X-Linked-Size"] = str(file.size)
+    return headers
+
+
+def build_mirror_app(config: MirrorConfig) -> web.Application:
+    return Mirror(config).app()
 
 
 async def serve_mirror(config: MirrorConfig, on_ready: Callable[[str], None]) -> None:

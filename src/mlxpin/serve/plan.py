@@ -253,7 +253,19 @@ def plan_launch(
     spec = choose_model(manifest, name, settings)
     run_dir = settings.state_dir / "run"  # the server's cwd and pid file go here
     require_writable_dir(run_dir, STATE_DIR_HINT)  # else a supervisor restarts us in a loop
-    layout = StoreLayout.of(settings)
+    return model_plan(
+        settings,
+        manifest,
+        spec,
+        public=(spec.host, spec.port),
+        cwd=run_dir / f"{spec.name}-{spec.port}",
+        api_key_required=read_api_key(environ) is not None,
+        verify=verify,
+    )
+
+
+def server_roles(manifest: Manifest, spec: ModelSpec) -> list[tuple[str, str, ModelSpec]]:
+    """(role, server flag, model) for the model, its draft and its adapter."""
     roles: list[tuple[str, str, ModelSpec]] = [("model", "--model", spec)]
     for role, flag, target in (
         ("draft", "--draft-model", spec.launch.draft),
@@ -262,8 +274,27 @@ def plan_launch(
         dependency = manifest.get(target) if target is not None else None
         if dependency is not None:  # the manifest parser checked every reference
             roles.append((role, flag, dependency))
+    return roles
+
+
+def model_plan(
+    settings: Settings,
+    manifest: Manifest,
+    spec: ModelSpec,
+    *,
+    public: tuple[str, int],
+    cwd: Path,
+    api_key_required: bool,
+    verify: bool,
+    runtime: ServerRuntime | None = None,
+) -> LaunchPlan:
+    """One model's server: its pinned snapshots (model, draft, adapter), argv and
+    environment. ``runtime`` is looked up when not given (`serve` looks it up once)."""
+    roles = server_roles(manifest, spec)
     locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])  # all problems at once
-    runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
+    if runtime is None:
+        runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
+    layout = StoreLayout.of(settings)
     snapshots = [
         pinned_snapshot(layout, lock, role, verify)
         for (role, _, _), lock in zip(roles, locks, strict=True)
@@ -279,16 +310,16 @@ def plan_launch(
         name=spec.name,
         api_label=spec.api_label,
         aliases=spec.aliases,
-        public_host=spec.host,
-        public_port=spec.port,
+        public_host=public[0],
+        public_port=public[1],
         private_host=PRIVATE_HOST,
         server_command=command,
         server_args=tuple(args),
         env_set=OFFLINE_ENV,
         env_unset=REMOVED_ENV,
-        cwd=run_dir / f"{spec.name}-{spec.port}",
+        cwd=cwd,
         snapshots=tuple(snapshots),
-        api_key_required=read_api_key(environ) is not None,
+        api_key_required=api_key_required,
         private_socket=command[-1] == UNIX_SERVER_MODULE,
         gateway=spec.gateway,
         runtime=runtime,

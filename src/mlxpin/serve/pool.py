@@ -243,7 +243,11 @@ class Pool:
             "host": self.plan.host,
             "port": self.plan.port,
             "time": now_wall,
-            "budget": {"used": used, "total": self.plan.budget, "source": self.plan.budget_source},
+            "budget": {
+                "used": used,
+                "total": None if self.plan.resident else self.plan.budget,
+                "source": self.plan.budget_source,
+            },
             "loaded": loaded,
             "max_loaded": self.plan.max_loaded,
             "models": models,

@@ -23,23 +23,16 @@ from mlxpin.errors import (
     OverBudgetError,
     PreflightError,
 )
-from mlxpin.project.lockfile import valid_locks
 from mlxpin.project.manifest import GatewaySpec, Manifest, ModelSpec, load_manifest
 from mlxpin.project.memory import physical_memory
 from mlxpin.project.selection import pick
-from mlxpin.project.serveropts import server_argv
 from mlxpin.runtime.server import ServerRuntime, server_runtime
 from mlxpin.serve.plan import (
-    OFFLINE_ENV,
-    PRIVATE_HOST,
-    REMOVED_ENV,
-    UNIX_SERVER_MODULE,
     LaunchPlan,
     find_server,
-    pinned_snapshot,
+    model_plan,
     read_api_key,
 )
-from mlxpin.store.layout import StoreLayout
 
 if TYPE_CHECKING:  # the boot path of a one-host launch never imports the distributed plan
     from mlxpin.serve.distributed import DistributedPlan
@@ -158,59 +151,6 @@ def launch_serve_plan(launch: LaunchPlan, group: DistributedPlan | None = None) 
     )
 
 
-def _roles(manifest: Manifest, spec: ModelSpec) -> list[tuple[str, str, ModelSpec]]:
-    roles: list[tuple[str, str, ModelSpec]] = [("model", "--model", spec)]
-    for role, flag, target in (
-        ("draft", "--draft-model", spec.launch.draft),
-        ("adapter", "--adapter-path", spec.launch.adapter),
-    ):
-        dependency = manifest.get(target) if target is not None else None
-        if dependency is not None:
-            roles.append((role, flag, dependency))
-    return roles
-
-
-def _model_plan(
-    settings: Settings,
-    manifest: Manifest,
-    spec: ModelSpec,
-    layout: StoreLayout,
-    server: tuple[str, ...],
-    port: int,
-    verify: bool,
-    api_key_required: bool,
-    runtime: ServerRuntime,
-) -> LaunchPlan:
-    roles = _roles(manifest, spec)
-    locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])
-    snapshots = [
-        pinned_snapshot(layout, lock, role, verify)
-        for (role, _, _), lock in zip(roles, locks, strict=True)
-    ]
-    args: list[str] = ["--host", PRIVATE_HOST]
-    for (_, flag, _), snapshot in zip(roles, snapshots, strict=True):
-        args += [flag, str(snapshot.path)]
-    args += server_argv(spec.server)
-    return LaunchPlan(
-        name=spec.name,
-        api_label=spec.api_label,
-        aliases=spec.aliases,
-        public_host=manifest.serve.host,
-        public_port=port,
-        private_host=PRIVATE_HOST,
-        server_command=server,
-        server_args=tuple(args),
-        env_set=OFFLINE_ENV,
-        env_unset=REMOVED_ENV,
-        cwd=settings.state_dir / "run" / f"serve-{port}" / spec.name,
-        snapshots=tuple(snapshots),
-        api_key_required=api_key_required,
-        private_socket=server[-1] == UNIX_SERVER_MODULE,
-        gateway=spec.gateway,
-        runtime=runtime,
-    )
-
-
 def plan_serve(
     settings: Settings,
     names: Sequence[str],
@@ -231,9 +171,9 @@ def plan_serve(
     # The pinned runtime (78 stale pin, 66 not installed) or this interpreter's mlx_lm; a
     # runtime's interpreter has no mlxpin in it, so its servers listen on loopback ports.
     runtime = server_runtime(settings, manifest)
-    server = runtime.command if runtime.pinned else find_server()
+    if not runtime.pinned:
+        find_server()  # 69 before any model's own problem: nothing can serve them
     api_key_required = read_api_key(environ) is not None
-    layout = StoreLayout.of(settings)
     physical = memory() if table.memory_budget.bytes is None else 0
     budget = table.memory_budget.resolve(physical)
     source = table.memory_budget.describe()
@@ -241,23 +181,17 @@ def plan_serve(
     stale: list[LockStaleError] = []
     models: list[PoolModelPlan] = []
     for spec in specs:
-        group: DistributedPlan | None = None
         try:
-            if spec.distributed is not None:
-                group = _group_plan(settings, spec.name, environ, verify, public_port)
-                launch = group.server
-            else:
-                launch = _model_plan(
-                    settings,
-                    manifest,
-                    spec,
-                    layout,
-                    server,
-                    public_port,
-                    verify,
-                    api_key_required,
-                    runtime,
-                )
+            launch, group = _server_plan(
+                settings,
+                manifest,
+                spec,
+                environ,
+                public=(public_host, public_port),
+                api_key_required=api_key_required,
+                verify=verify,
+                runtime=runtime,
+            )
         except LockStaleError as exc:
             stale.append(exc)
             continue
@@ -281,11 +215,7 @@ def plan_serve(
             )
         )
     if stale:  # one "run `mlxpin lock a b`" for every stale lock
-        merged = LockStaleError(
-            [p for e in stale for p in e.problems],
-            list(dict.fromkeys(n for e in stale for n in _names(e))),
-        )
-        problems.insert(0, merged)
+        problems.insert(0, _merged(stale))
     if problems:
         raise PreflightError.of(problems)
     if table.max_loaded is not None and table.preload:
@@ -307,6 +237,41 @@ def plan_serve(
         start_timeout=table.start_timeout,
         api_key_required=api_key_required,
         manifest=manifest.path,
+    )
+
+
+def _server_plan(
+    settings: Settings,
+    manifest: Manifest,
+    spec: ModelSpec,
+    environ: Mapping[str, str],
+    *,
+    public: tuple[str, int],
+    api_key_required: bool,
+    verify: bool,
+    runtime: ServerRuntime,
+) -> tuple[LaunchPlan, DistributedPlan | None]:
+    """One model's server in the pool (and its rank group, for a distributed model)."""
+    if spec.distributed is not None:
+        group = _group_plan(settings, spec.name, environ, verify, public[1])
+        return group.server, group
+    launch = model_plan(
+        settings,
+        manifest,
+        spec,
+        public=public,
+        cwd=settings.state_dir / "run" / f"serve-{public[1]}" / spec.name,
+        api_key_required=api_key_required,
+        verify=verify,
+        runtime=runtime,
+    )
+    return launch, None
+
+
+def _merged(stale: Sequence[LockStaleError]) -> LockStaleError:
+    return LockStaleError(
+        [p for e in stale for p in e.problems],
+        list(dict.fromkeys(n for e in stale for n in _names(e))),
     )
 
 

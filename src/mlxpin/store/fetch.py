@@ -41,7 +41,7 @@ from mlxpin.store.ranged import fill_ranged
 from mlxpin.store.sources import ByteSource
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name, write_atomic
 from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm
-from mlxpin.util.parallel import CANCEL, Cancelled, run_parallel
+from mlxpin.util.parallel import CancelToken, run_parallel
 
 log = logging.getLogger("mlxpin.fetch")
 
@@ -97,7 +97,9 @@ def _record_matches(layout: StoreLayout, file: LockedFile, blob: Path) -> FileSt
     return None
 
 
-def _hash_existing(path: Path, file: LockedFile, progress: Progress) -> FileStat | None:
+def _hash_existing(
+    path: Path, file: LockedFile, progress: Progress, cancel: CancelToken
+) -> FileStat | None:
     """Hash a file in place; its stat if it matches the lock, else None.
 
     The stat is taken from the open descriptor and compared with the path afterwards, so
@@ -114,8 +116,7 @@ def _hash_existing(path: Path, file: LockedFile, progress: Progress) -> FileStat
         if not stat_mod.S_ISREG(opened.st_mode):
             return None
         while chunk := handle.read(CHUNK):
-            if CANCEL.is_set():
-                raise Cancelled()
+            cancel.raise_if_cancelled()
             hasher.update(chunk)
             size += len(chunk)
             progress.advance(len(chunk))
@@ -174,20 +175,21 @@ def _transfer(
     file: LockedFile,
     partial: Path,
     progress: Progress,
+    cancel: CancelToken,
 ) -> int:
     """Fill `partial` with the file's bytes, resuming what a previous run left, and check
     them; returns the bytes received. Raises IntegrityError if the result is not the
     locked file (after one fresh attempt when the bytes came partly from an earlier run)."""
     received = 0
     for fresh in (False, True):
-        ranged = fill_ranged(source, lock, file, partial, progress)  # large files: in parallel
+        ranged = fill_ranged(source, lock, file, partial, progress, cancel)  # large: in parallel
         state = _read_partial(partial, file, progress if ranged is None else NoProgress())
         resumed = state.offset > 0 if ranged is None else ranged.resumed
         received += ranged.received if ranged is not None else 0
         if resumed:
             log.debug("%s: resuming %s at byte %d", lock.name, file.path, state.offset)
         try:
-            _fill(source, lock, file, partial, state, progress)
+            _fill(source, lock, file, partial, state, progress, cancel)
         finally:
             received += state.received
         if state.hasher.oid() == file.oid:
@@ -208,6 +210,7 @@ def _fill(
     partial: Path,
     state: _Partial,
     progress: Progress,
+    cancel: CancelToken,
 ) -> None:
     delay = RETRY_DELAY_S
     fd = os.open(partial, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o644)
@@ -216,7 +219,7 @@ def _fill(
             if state.offset == file.size:
                 break  # complete (possibly from an earlier run): nothing to ask for
             try:
-                _receive(source, lock, file, handle, state, progress)
+                _receive(source, lock, file, handle, state, progress, cancel)
                 if state.offset == file.size:
                     break
                 raise _Short()
@@ -231,8 +234,7 @@ def _fill(
                 if attempt == ATTEMPTS:
                     raise source.give_up(file, str(exc) or "connection closed early") from None
                 log.info("%s: %s interrupted (%s), retrying", lock.name, file.path, exc or "short")
-                if CANCEL.wait(delay):
-                    raise Cancelled() from None
+                cancel.wait(delay)
                 delay = min(delay * 2, 8.0)
         handle.flush()
         os.fsync(handle.fileno())
@@ -256,6 +258,7 @@ def _receive(
     handle: BinaryIO,
     state: _Partial,
     progress: Progress,
+    cancel: CancelToken,
 ) -> None:
     """Append what the source sends from `state.offset`; `state` always matches the file."""
     with source.open(file, state.offset) as (start, chunks):
@@ -264,8 +267,7 @@ def _receive(
                 raise source.give_up(file, "the server answered an unexpected range")
             raise _Restart()
         for chunk in chunks:
-            if CANCEL.is_set():
-                raise Cancelled()
+            cancel.raise_if_cancelled()
             if state.offset + len(chunk) > file.size:
                 handle.truncate(0)
                 raise source.mismatch_hint(
@@ -284,9 +286,12 @@ def ensure_blob(
     file: LockedFile,
     source: ByteSource,
     progress: Progress,
+    cancel: CancelToken | None = None,
 ) -> _BlobResult:
-    if CANCEL.is_set():
-        raise Cancelled()
+    """Put one locked file's verified blob in place (from its record, by hashing what is
+    there, or by downloading it); `cancel` stops it at the next chunk."""
+    cancel = CancelToken() if cancel is None else cancel
+    cancel.raise_if_cancelled()
     blob = layout.blob(lock, file)
     stat = _record_matches(layout, file, blob)
     if stat is not None:
@@ -310,7 +315,7 @@ def ensure_blob(
             if stat is not None:
                 progress.advance(file.size)
                 return _BlobResult(StampEntry(file.path, str(blob), stat), 0, 0)
-            stat = _hash_existing(blob, file, progress)
+            stat = _hash_existing(blob, file, progress, cancel)
             if stat is not None:
                 write_record(layout, blob, stat)
                 return _BlobResult(StampEntry(file.path, str(blob), stat), 0, file.size)
@@ -319,7 +324,7 @@ def ensure_blob(
             _remove_foreign(blob, file, lock)
         partial = blob.with_name(blob.name + ".mlxpin.incomplete")
         try:
-            downloaded = _transfer(source, lock, file, partial, progress)
+            downloaded = _transfer(source, lock, file, partial, progress, cancel)
             if lock.original.path is not None:
                 _chmod_own(partial, 0o444)
             partial.replace(blob)
@@ -475,7 +480,11 @@ def fetch_model(
     source: ByteSource,
     progress: Progress,
     workers: int = 8,
+    cancel: CancelToken | None = None,
 ) -> FetchOutcome:
+    """Fetch one pin: every blob (in `workers` threads), then its view and stamp. The
+    command's `cancel` token (a fresh one when not given) stops the workers on Ctrl-C."""
+    cancel = CancelToken() if cancel is None else cancel
     if check_stamp(layout, lock, in_this_cache=True).ok:
         try:
             link_hub_snapshot(layout, lock)  # refs another tool may have moved or removed
@@ -489,10 +498,9 @@ def fetch_model(
     progress.add_total(lock.total_size)
 
     def one(file: LockedFile) -> _BlobResult:
-        return ensure_blob(layout, lock, file, source, progress)
+        return ensure_blob(layout, lock, file, source, progress, cancel)
 
-    CANCEL.clear()
-    results = run_parallel(one, lock.files, workers=workers)
+    results = run_parallel(one, lock.files, workers=workers, cancel=cancel)
     view = publish(layout, lock, [r.entry for r in results], source.origin())
     return FetchOutcome(
         lock.name,
@@ -513,9 +521,15 @@ class VerifyOutcome:
     differs: tuple[str, ...] = ()  # the bad paths whose bytes differ (else: missing/extra)
 
 
-def verify_model(layout: StoreLayout, lock: LockedModel, progress: Progress) -> VerifyOutcome:
+def verify_model(
+    layout: StoreLayout,
+    lock: LockedModel,
+    progress: Progress,
+    cancel: CancelToken | None = None,
+) -> VerifyOutcome:
     """Re-hash every file of the view against the lock, and compare the view's listing
-    with the lock; refresh the stamp when all match."""
+    with the lock; refresh the stamp when all match. `cancel` stops the hashing."""
+    cancel = CancelToken() if cancel is None else cancel
     view = layout.view(lock)
     listing = list_view(view, frozenset(f.path for f in lock.files))
     if listing.missing:
@@ -544,14 +558,13 @@ def verify_model(layout: StoreLayout, lock: LockedModel, progress: Progress) -> 
             return file, f"not a regular file ({target} is not mlxpin's blob)", None
         if st.st_size != file.size:
             return file, f"size {st.st_size} differs from the locked {file.size}", None
-        stat = _hash_existing(Path(target), file, progress)
+        stat = _hash_existing(Path(target), file, progress, cancel)
         if stat is None:
             return file, "content hash differs from the lock", None
         write_record(layout, Path(target), stat)
         return file, None, StampEntry(file.path, target, stat)
 
-    CANCEL.clear()
-    for file, problem, entry in run_parallel(check, lock.files, workers=4):
+    for file, problem, entry in run_parallel(check, lock.files, workers=4, cancel=cancel):
         hashed += file.size
         if problem is not None:
             bad.append((file.path, problem))

@@ -26,8 +26,9 @@ Garbage (`plan`), and what is never touched:
   ref to a missing snapshot as a corrupt repo. Other refs and anything the planner does
   not recognise are never touched.
 
-Deleting (in `mlxpin.commands.gc`) holds the same lock `fetch` holds for that blob or
-view, so a concurrent fetch and gc never see each other's half-done work.
+Scanning the disk is `mlxpin.store.gcscan`; deleting (`mlxpin.store.gcsweep`) holds the
+same mutex `fetch` holds for that blob or view, so a concurrent fetch and gc never see each
+other's half-done work.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def live_set(layout: StoreLayout, locks: Iterable[LockedModel]) -> LiveSet:
     return LiveSet(frozenset(paths))
 
 
-# --- what is on disk (gathered by commands/gc.py) ----------------------------------------
+# --- what is on disk (gathered by mlxpin.store.gcscan) ------------------------------------
 
 
 @dataclass(frozen=True)
@@ -248,10 +249,8 @@ def _doomed_refs(inventory: Inventory, live: LiveSet, doomed: list[Doomed]) -> l
     return result
 
 
-def plan(inventory: Inventory, live: LiveSet, *, include_foreign: bool, now: float) -> GcPlan:
+def _plan_views(inventory: Inventory, live: LiveSet) -> list[Doomed]:
     doomed: list[Doomed] = []
-    kept: list[Kept] = []
-
     for view in inventory.views:
         if view.view in live or view.stamp in live:
             continue
@@ -273,7 +272,14 @@ def plan(inventory: Inventory, live: LiveSet, *, include_foreign: bool, now: flo
             )
         elif view.stamp is not None:
             doomed.append(Doomed("stamp", view.stamp, 0, "stamp without a snapshot", view.lock))
+    return doomed
 
+
+def _plan_blobs(
+    inventory: Inventory, live: LiveSet, *, include_foreign: bool
+) -> tuple[list[Doomed], list[Kept]]:
+    doomed: list[Doomed] = []
+    kept: list[Kept] = []
     copies = Counter(blob.oid.split(":", 1)[1] for blob in inventory.blobs)
     links_to: dict[Path, list[LinkOnDisk]] = {}
     for link in inventory.links:
@@ -326,7 +332,13 @@ def plan(inventory: Inventory, live: LiveSet, *, include_foreign: bool, now: flo
                 follow=tuple(follow),
             )
         )
+    return doomed, kept
 
+
+def _plan_leftovers(
+    inventory: Inventory, live: LiveSet, *, include_foreign: bool, now: float
+) -> list[Doomed]:
+    doomed: list[Doomed] = []
     for leftover in inventory.leftovers:
         if now - leftover.mtime < STALE_AFTER_S:
             continue
@@ -344,7 +356,11 @@ def plan(inventory: Inventory, live: LiveSet, *, include_foreign: bool, now: flo
                 leftover.lock,
             )
         )
+    return doomed
 
+
+def _plan_roots(inventory: Inventory) -> list[Doomed]:
+    doomed: list[Doomed] = []
     for root in inventory.roots:
         if root.exists and root.readable:
             continue
@@ -355,13 +371,24 @@ def plan(inventory: Inventory, live: LiveSet, *, include_foreign: bool, now: flo
         else:
             reason = f"gc root for {root.lock_dir}, which cannot be read"
         doomed.append(Doomed("root", root.path, 0, reason))
+    return doomed
 
+
+_ORDER = {
+    kind: i for i, kind in enumerate(("view", "stamp", "temp", "local_blob", "hub_blob", "partial"))
+}
+
+
+def plan(inventory: Inventory, live: LiveSet, *, include_foreign: bool, now: float) -> GcPlan:
+    """What to delete and what to keep, in deletion order (views before their blobs)."""
+    blobs, kept = _plan_blobs(inventory, live, include_foreign=include_foreign)
+    doomed = [
+        *_plan_views(inventory, live),
+        *blobs,
+        *_plan_leftovers(inventory, live, include_foreign=include_foreign, now=now),
+        *_plan_roots(inventory),
+    ]
     doomed.extend(_doomed_refs(inventory, live, doomed))
-
-    order = {
-        kind: i
-        for i, kind in enumerate(("view", "stamp", "temp", "local_blob", "hub_blob", "partial"))
-    }
-    doomed.sort(key=lambda d: (order.get(d.kind, len(order)), str(d.path)))
+    doomed.sort(key=lambda d: (_ORDER.get(d.kind, len(_ORDER)), str(d.path)))
     kept.sort(key=lambda k: str(k.path))
     return GcPlan(tuple(doomed), tuple(kept))

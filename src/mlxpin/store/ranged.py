@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, MlxpinError
 from mlxpin.project.lockfile import LockedFile, LockedModel
-from mlxpin.util.parallel import CANCEL, Cancelled, run_parallel
+from mlxpin.util.parallel import Cancelled, CancelToken, run_parallel
 
 log = logging.getLogger("mlxpin.fetch")
 
@@ -170,7 +170,12 @@ class _Saver:
 
 
 def fill_ranged(
-    source: object, lock: LockedModel, file: LockedFile, partial: Path, progress: Progress
+    source: object,
+    lock: LockedModel,
+    file: LockedFile,
+    partial: Path,
+    progress: Progress,
+    cancel: CancelToken,
 ) -> RangedFill | None:
     """Fill `partial` completely over several ranges; None when this file or source does
     not use ranges (the caller then streams it over one connection)."""
@@ -202,14 +207,14 @@ def fill_ranged(
         counter = threading.Lock()
 
         def pull(part: _Part) -> None:
-            got = _pull(source, lock, file, fd, part, progress, saver)
+            got = _pull(source, lock, file, fd, part, progress, saver, cancel)
             with counter:
                 received[0] += got
 
         pending = [p for p in parts if p.done < p.size]
         log.debug("%s: %s over %d ranges", lock.name, file.path, len(pending))
         try:
-            run_parallel(pull, pending, workers=len(pending))
+            run_parallel(pull, pending, workers=len(pending), cancel=cancel)
         finally:
             saver.save(force=True)
         os.fsync(fd)
@@ -251,6 +256,7 @@ def _pull(
     part: _Part,
     progress: Progress,
     saver: _Saver,
+    cancel: CancelToken,
 ) -> int:
     received = 0
     delay = 0.25
@@ -263,8 +269,7 @@ def _pull(
                 if start != wanted:
                     raise _NoRanges()
                 for chunk in chunks:
-                    if CANCEL.is_set():
-                        raise Cancelled()
+                    cancel.raise_if_cancelled()
                     if part.done + len(chunk) > part.size:
                         raise source.mismatch_hint(
                             lock, file, f"overran the range {part.start}-{part.end - 1}"
@@ -294,7 +299,6 @@ def _pull(
                 part.start + part.done,
                 exc,
             )
-            if CANCEL.wait(delay):
-                raise Cancelled() from None
+            cancel.wait(delay)
             delay = min(delay * 2, 8.0)
     return received

@@ -43,7 +43,7 @@ from mlxpin.store.layout import (
 )
 from mlxpin.store.sources import LocalSourceBytes
 from mlxpin.util.atomic import hold_mutex
-from mlxpin.util.parallel import CANCEL
+from mlxpin.util.parallel import CancelToken
 
 BUNDLE_ORIGIN = "bundle"
 
@@ -213,13 +213,15 @@ def import_bundle(
     reader: BundleReader,
     check_lock: LockCheck,
     progress: Progress,
+    cancel: CancelToken | None = None,
 ) -> ImportOutcome:
     """Read a whole bundle; place and verify every blob; publish every model.
 
     `check_lock` sees each of the bundle's locks before any byte is placed (to refuse a
-    bundle that pins other bytes than this project's lock).
+    bundle that pins other bytes than this project's lock). `cancel` (the command's token;
+    a fresh one when not given) stops placing bytes at the next chunk.
     """
-    CANCEL.clear()
+    cancel = CancelToken() if cancel is None else cancel
     locks = _read_head(reader)
     for lock in locks:
         check_lock(lock)
@@ -247,7 +249,7 @@ def import_bundle(
                     f"{member.name} ({lock.name}: {file.path})",
                     f"holds {member.size} bytes, the lock says {file.size}",
                 )
-            _place(layout, reader, member.name, users, created, entries, written, progress)
+            _place(layout, reader, member.name, users, created, entries, written, progress, cancel)
         missing = sorted(set(wanted) - seen)
         if missing:
             lock, file = wanted[missing[0]][0]
@@ -312,6 +314,7 @@ def _place(
     entries: dict[tuple[str, str], StampEntry],
     written: dict[str, int],
     progress: Progress,
+    cancel: CancelToken,
 ) -> None:
     """Put one member's bytes where every lock that names its oid wants them."""
     placed: dict[Path, StampEntry] = {}
@@ -330,7 +333,7 @@ def _place(
                 wanted = LockedFile(Path(first.blob).name, file.size, file.oid)
             if not existed:
                 created.append((lock, file))
-            result = ensure_blob(layout, lock, wanted, source, progress)
+            result = ensure_blob(layout, lock, wanted, source, progress, cancel)
             entry = result.entry
             placed[blob] = entry
             written[lock.name] = written.get(lock.name, 0) + result.downloaded

@@ -81,6 +81,18 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """`write_atomic` unless the file already holds exactly `data` (its mtime is then left
+    alone); True when it wrote."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    write_atomic(path, data)
+    return True
+
+
 @contextlib.contextmanager
 def hold_mutex(mutex_path: Path, timeout_s: float = 600.0, mode: int = 0o644) -> Iterator[None]:
     """A cross-process mutex (a file lock, never a pin); LockBusyError (exit 75) if it

@@ -1,4 +1,10 @@
-"""Thread pools that stop promptly on Ctrl-C, for downloads, hashing and Hub look-ups."""
+"""Thread pools that stop promptly on Ctrl-C, for downloads, hashing and Hub look-ups.
+
+Stopping is explicit: a command makes one `CancelToken`, passes it to `run_parallel` and
+to every worker; on Ctrl-C the pool cancels the token and the workers stop at their next
+chunk or retry pause (`raise_if_cancelled`, `wait`). There is no module-wide flag, so one
+command's interruption never leaks into the next.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +21,38 @@ class Cancelled(Exception):
     """The user interrupted the command; workers stop at their next chunk."""
 
 
-# Set by the main thread on Ctrl-C so that worker threads stop at their next chunk.
-CANCEL = threading.Event()
+class CancelToken:
+    """A one-way switch shared by one command's threads: once cancelled, always cancelled."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise Cancelled()
+
+    def wait(self, delay: float) -> None:
+        """Sleep `delay` seconds (a retry pause); raise Cancelled as soon as cancelled."""
+        if self._event.wait(delay):
+            raise Cancelled() from None
 
 
-def run_parallel(func: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+def run_parallel(
+    func: Callable[[T], R],
+    items: Sequence[T],
+    workers: int,
+    cancel: CancelToken | None = None,
+) -> list[R]:
     """Run `func` over `items` in threads, in order. Every item runs even if one fails
-    (the first failure is raised at the end); Ctrl-C stops the workers at their next
-    chunk and cancels what has not started."""
+    (the first failure is raised at the end); Ctrl-C cancels what has not started and
+    `cancel`, the token `func` watches, so the running ones stop at their next chunk."""
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))))
     futures = [pool.submit(func, item) for item in items]
     results: list[R] = []
@@ -35,7 +65,8 @@ def run_parallel(func: Callable[[T], R], items: Sequence[T], workers: int) -> li
                 failures.append(exc)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)  # drop the queue first ...
-        CANCEL.set()  # ... then stop the running ones, so none picks up a new item
+        if cancel is not None:
+            cancel.cancel()  # ... then stop the running ones, so none picks up a new item
         pool.shutdown(wait=True)
         raise
     pool.shutdown(wait=True)
