@@ -498,7 +498,8 @@ def deep_manifests(draw: st.DrawFn) -> tuple[str, int, int, int]:
     """A manifest nesting a value under [models.gemma.server.chat_template_args.k...].
 
     Returns (text, brackets, longest key, depth); depth counts as the readers' limit does:
-    header fragments + key fragments + inline table key fragments + one per inner array.
+    header fragments + key fragments + inline table key fragments + one per array or
+    inline table that is an element of an array.
     """
     header_frags = draw(st.integers(0, 110))
     key_frags = draw(st.integers(1, 110))
@@ -522,7 +523,7 @@ def deep_manifests(draw: st.DrawFn) -> tuple[str, int, int, int]:
             longest = max(longest, key.count(".") + 1)
             prefix += "{ " + f'"q[" = {draw(st.sampled_from(one_line))}, {key} = '
             suffix = " }" + suffix
-            depth += key.count(".") + 1
+            depth += key.count(".") + 1 + (1 if previous == "[" else 0)
             in_inline = True
         previous = kind
     value = prefix + draw(scalar if not in_inline else st.sampled_from(one_line)) + suffix

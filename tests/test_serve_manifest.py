@@ -92,6 +92,8 @@ def test_sizes_and_percentages() -> None:
     assert parse_size("1.5 GiB") == int(1.5 * 2**30)
     assert parse_size("100") == 100
     assert parse_size("lots") is None
+    assert parse_size("\u0668MiB") is None  # an Arabic-Indic eight is not a size
+    assert parse_budget("\u0665\u0660%")[0] is None
     assert parse_budget(4096) == (Budget(bytes=4096), None)
     assert parse_budget("75%") == (Budget(percent=75.0), None)
     assert Budget(percent=50).resolve(64 * 2**30) == 32 * 2**30

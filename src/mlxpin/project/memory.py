@@ -31,8 +31,8 @@ _UNITS = {
     "tb": 10**12,
     "tib": 2**40,
 }
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
-_PERCENT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
+_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", re.ASCII)
+_PERCENT_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*", re.ASCII)
 
 
 @dataclass(frozen=True)

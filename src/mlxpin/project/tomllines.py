@@ -137,7 +137,8 @@ def nesting_problem(text: str) -> NestingError | None:
     """The first place `text` nests deeper than the limits, or None.
 
     Depth counts containers from the root: a table header's key fragments (+1 for an
-    array of tables), a key's fragments below its table, one per array inside an array;
+    array of tables), a key's fragments below its table, one per array or inline table
+    that is an element of an array;
     brackets within one value and fragments of one key are limited as tomlkit limits them.
     Both readers (tomlkit, and tomllib on the boot path) run only after this check, so
     they refuse the same documents at the same line and cannot run out of stack. Text
