@@ -24,7 +24,7 @@ from mlxpin.project.lockfile import (
     write_lock,
 )
 from mlxpin.project.manifest import parse_manifest
-from mlxpin.project.validate import relpath_problem, revision_problem
+from mlxpin.project.validate import relpath_problem, revision_problem, tree_problem
 from mlxpin.util.hashing import hash_file, tree_hash
 
 FILE = Path("/p/lock/gemma.toml")
@@ -176,7 +176,10 @@ oids = st.one_of(
     st.text("0123456789abcdef", min_size=40, max_size=40).map(lambda h: "gitsha1:" + h),
     st.text("0123456789abcdef", min_size=64, max_size=64).map(lambda h: "sha256:" + h),
 )
-files = st.dictionaries(paths, st.tuples(st.integers(0, 2**50), oids), min_size=1, max_size=6)
+# A tree the parser accepts: not "0" beside "0/0", nor "FaLSE" beside "FALSE".
+files = st.dictionaries(
+    paths, st.tuples(st.integers(0, 2**50), oids), min_size=1, max_size=6
+).filter(lambda entries: tree_problem(entries) is None)
 
 
 @settings(max_examples=200, deadline=None)

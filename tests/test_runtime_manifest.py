@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -149,6 +149,8 @@ _PIECES = st.sampled_from(
 
 
 @given(st.lists(_PIECES, max_size=10).map("".join) | st.text(max_size=40))
+@example("0\r")  # found by hypothesis: \s let a carriage return through
+@example("mlx-lm\u00a0>=0.32")
 def test_what_the_boot_checker_accepts_packaging_accepts_too(text: str) -> None:
     """Soundness against the reference parser: never pass a requirement uv would refuse."""
     if requirement_problem(text) is None:

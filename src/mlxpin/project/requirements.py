@@ -38,6 +38,9 @@ _MARKER_TOKEN_RE = re.compile(
     r"|(?P<bool>and\b|or\b)|(?P<paren>[()])|(?P<var>[a-z_]+))"
 )
 _LOWER_BOUND_RE = re.compile(r"(?:>=|~=|==)\s*([0-9]+)\.([0-9]+)")
+#: PEP 508 separates with spaces and tabs only; a line break or a Unicode space is refused.
+_OTHER_SPACE_RE = re.compile(r"[^\S \t]")
+_OTHER_SPACE = "contains a line break or a space other than ' ' or a tab"
 
 
 def canonical_name(name: str) -> str:
@@ -47,6 +50,8 @@ def canonical_name(name: str) -> str:
 
 def specifier_problem(text: str) -> str | None:
     """`>=0.32,<0.33` (or "" for any version); None when acceptable."""
+    if _OTHER_SPACE_RE.search(text):
+        return _OTHER_SPACE
     if text.strip() in ("", "*"):
         return None
     for clause in text.split(","):
@@ -127,6 +132,8 @@ def _marker_atom(tokens: list[tuple[str, str]], index: int) -> int | None:
 
 def requirement_problem(text: str) -> str | None:
     """`name[extras] specifiers ; marker`; None when acceptable."""
+    if _OTHER_SPACE_RE.search(text):
+        return _OTHER_SPACE
     head, separator, marker = text.partition(";")
     if "@" in head or "://" in text:
         return "a direct URL cannot be hash-pinned from an index: name a package instead"
