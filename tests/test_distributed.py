@@ -583,6 +583,7 @@ def groups() -> Iterator[list[Group]]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # mlx.launch with two ranks: minutes on two cores; CI runs it
 def test_tensor_parallel_group_restarts_as_one_unit_and_stops_clean(
     project: Project, groups: list[Group]
 ) -> None:
@@ -637,6 +638,7 @@ def test_tensor_parallel_group_restarts_as_one_unit_and_stops_clean(
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # mlx.launch with two ranks: minutes on two cores; CI runs it
 def test_pipeline_parallel_qwen2_answers_by_label(project: Project, groups: list[Group]) -> None:
     port = write_project(project, arch="qwen2", pipeline=True)
     project.ok("fetch")
@@ -683,6 +685,7 @@ class Served(Group):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # mlx.launch with two ranks: minutes on two cores; CI runs it
 def test_serve_starts_a_rank_group_on_demand_restarts_it_and_stops_clean(
     project: Project, groups: list[Group]
 ) -> None:
@@ -728,6 +731,7 @@ def remote(tmp_path: Path) -> Iterator[SshHost]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # mlx.launch with two ranks: minutes on two cores; CI runs it
 def test_a_remote_host_over_ssh_is_checked_prepared_and_runs_rank_1(
     project: Project, remote: SshHost, groups: list[Group]
 ) -> None:

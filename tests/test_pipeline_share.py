@@ -381,6 +381,7 @@ def test_fetch_hosts_sends_a_pipeline_host_only_its_files_and_launch_checks_only
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # mlx.launch with two ranks: minutes on two cores; CI runs it
 def test_two_rank_pipeline_runs_with_rank_1_on_a_host_holding_only_its_files(
     project: Project,
     remote: SshHost,
