@@ -8,8 +8,6 @@ it to the pool engine. `status` is what `ps` shows: the running endpoint's
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +39,9 @@ def run(chosen: ServePlan, environ: Mapping[str, str], policy: RestartPolicy) ->
 
 def status(host: str, port: int, api_key: str | None, timeout: float = 5.0) -> Any:
     """The JSON of a running endpoint's status route; 69 when nothing answers there."""
+    import urllib.error  # only `ps` asks: the boot path of `serve` never loads urllib
+    import urllib.request
+
     shown = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):  # noqa: S104 (where a listener on every address answers)
         shown = "127.0.0.1"

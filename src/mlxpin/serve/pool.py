@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mlxpin.errors import MlxpinError, ServerCrashedError
+from mlxpin.serve.aio import import_aiohttp
 from mlxpin.serve.backends import Health, Lease, Route, Unavailable, Upstream
 from mlxpin.serve.pool_policy import (
     Already,
@@ -123,6 +124,7 @@ class Slot:
         """One 1-token completion straight to the server: "ok", "unreachable" or "error"."""
         # aiohttp is imported here, not at the top: a preloaded server is spawned
         # before the gateway's imports, so the two start-ups overlap.
+        import_aiohttp()
         from mlxpin.serve.upstream import warm_up_status
 
         return await warm_up_status(self.upstream(), self.health, timeout_s=timeout_s)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from mlxpin.errors import PortInUseError
 from mlxpin.serve.addresses import bind_public
+from mlxpin.serve.aio import import_aiohttp
 from mlxpin.serve.apierrors import ApiError
 from mlxpin.serve.backends import Unavailable
 from mlxpin.serve.plan import LaunchPlan, read_api_key
@@ -123,6 +124,7 @@ async def run_pool(
         # stopped (in begin), while a second run of the same endpoint failed just above.
         pool = Pool(plan, environ, policy, servers=servers, on_fatal=stopping.set)
         await pool.begin()  # preloaded servers are spawned now, while the gateway imports
+        import_aiohttp()
         from mlxpin.serve.gateway import Gateway, serve
         from mlxpin.serve.listener import ListenerLimits
 
