@@ -292,8 +292,12 @@ def test_serve_plans_a_distributed_model_beside_a_plain_one(project: Project) ->
     overhead = plan["budget"]["per_server_overhead"]
     assert models["tiny"]["cost"] == models["tiny"]["weights"] + 2 * overhead
     assert models["solo"]["cost"] == models["solo"]["weights"] + overhead
+    assert [(s["host"], s["ranks"], s["whole"]) for s in group["shares"]] == [
+        ("127.0.0.1", [0, 1], True)
+    ]
     text = project.ok("serve", "--dry-run").stdout
     assert "ranks    2 (tensor, ring) on 127.0.0.1" in text
+    assert "host     127.0.0.1 holds all " in text
 
 
 def test_pipeline_plan_says_which_files_each_rank_reads(project: Project) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlxpin.cli.boot import RunOptions, run_parser
-from mlxpin.cli.render import human_size
+from mlxpin.cli.render import human_size, share_text
 from mlxpin.serve.serveplan import SERVER_OVERHEAD_BYTES, ServePlan
 
 
@@ -48,6 +48,8 @@ def serve_plan_text(plan: ServePlan) -> str:
         hosts = ", ".join(h.host for h in m.group.hosts)
         mode = "pipeline" if m.group.pipeline else "tensor"
         lines.append(f"  ranks    {len(m.group.ranks)} ({mode}, {m.group.backend}) on {hosts}")
+        for share in m.group.shares:
+            lines.append(f"  host     {share.host} holds {share_text(share)}")
         lines.append("  argv     " + shlex.join(m.group.launch_argv("<private port>")))
     return "\n".join(lines)
 

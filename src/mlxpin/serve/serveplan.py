@@ -304,5 +304,6 @@ def _group_json(group: DistributedPlan) -> dict[str, Any]:
         "pipeline": group.pipeline,
         "ranks": len(group.ranks),
         "hosts": [h.host for h in group.hosts],
+        "shares": [share.to_json() for share in group.shares],  # what each host holds
         "argv": group.launch_argv("<private port>"),
     }
