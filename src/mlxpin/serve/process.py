@@ -181,17 +181,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def is_our_server(pid: int, model: str) -> bool:
-    """Is `pid` an mlx_lm server started on this snapshot? (`ps` works on Linux and macOS.)"""
+def ps(*args: str, timeout_s: float = 5.0) -> str | None:
+    """What `ps ARGS` prints (the same options read the same on Linux and macOS), or None
+    when it cannot be run."""
     try:
-        command = subprocess.run(
-            ["ps", "-o", "command=", "-p", str(pid)],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
+        return subprocess.run(
+            ["ps", *args], capture_output=True, text=True, timeout=timeout_s, check=False
         ).stdout
     except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def is_our_server(pid: int, model: str) -> bool:
+    """Is `pid` an mlx_lm server started on this snapshot?"""
+    command = ps("-o", "command=", "-p", str(pid))
+    if command is None:
         return False
     launcher = "mlx_lm" in command or "mlxpin.serve.uds_server" in command
     return launcher and model in command

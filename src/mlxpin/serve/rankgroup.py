@@ -33,7 +33,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from mlxpin.serve.addresses import free_port
 from mlxpin.serve.backends import Upstream
 from mlxpin.serve.distributed import DistributedPlan
 from mlxpin.serve.pool import ServerFactory, single_server
-from mlxpin.serve.process import Attempt, ServerProcess, ServerSpec, _die_with_parent
+from mlxpin.serve.process import Attempt, ServerProcess, ServerSpec, _die_with_parent, ps
 from mlxpin.serve.restart import RestartPolicy
 from mlxpin.serve.serveplan import PoolModelPlan, launch_serve_plan
 from mlxpin.serve.servers import ModelServer
@@ -65,15 +64,8 @@ def group_members(pgid: int) -> dict[int, str]:
 
     `ps -A -o pid=,pgid=,stat=,command=` reads the same on Linux and macOS.
     """
-    try:
-        out = subprocess.run(
-            ["ps", "-ww", "-A", "-o", "pid=,pgid=,stat=,command="],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    out = ps("-ww", "-A", "-o", "pid=,pgid=,stat=,command=", timeout_s=10.0)
+    if out is None:
         return {}
     members: dict[int, str] = {}
     for line in out.splitlines():
