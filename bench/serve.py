@@ -183,7 +183,7 @@ def status(port: int) -> dict[str, dict[str, object]]:
 def private_address(pid: int) -> int | str:
     """The server's Unix socket path (or loopback port), from its command line."""
     command = subprocess.run(
-        ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=True
+        ["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=True
     ).stdout.split()
     if "--unix-socket" in command:
         return command[command.index("--unix-socket") + 1]

@@ -7,7 +7,9 @@ what a crash budget, a failed model and a bounded wait look like is the same for
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +22,7 @@ from mlxpin.serve.gateway import Gateway
 from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
 from mlxpin.serve.pool import Pool, PoolPolicy
 from mlxpin.serve.poolserver import pool_app
+from mlxpin.serve.process import is_our_server
 from mlxpin.serve.serveplan import PoolModelPlan, ServePlan, launch_serve_plan
 from mlxpin.serve.state import GatewayState
 
@@ -263,3 +266,26 @@ def test_a_resident_model_is_preloaded_restarted_at_once_and_its_spent_budget_is
         await pool.close()
 
     asyncio.run(scenario())
+
+
+def test_a_leftover_server_is_recognised_whatever_columns_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ps` cuts its output at $COLUMNS: a long snapshot path would hide a leftover server
+    from the check, and a second server would load the same model."""
+    model = str(tmp_path / ("snapshots-" + "x" * 200))
+    leftover = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "mlx_lm", model],
+        start_new_session=True,
+    )
+    try:
+        monkeypatch.setenv("COLUMNS", "40")
+        for _ in range(50):  # until the child's command line is readable
+            if is_our_server(leftover.pid, model):
+                break
+            time.sleep(0.05)
+        assert is_our_server(leftover.pid, model)
+        assert not is_our_server(leftover.pid, model + "-other")
+    finally:
+        leftover.kill()
+        leftover.wait()

@@ -107,7 +107,7 @@ def main() -> int:
             left = [
                 line
                 for line in subprocess.run(
-                    ["ps", "-eo", "command"], capture_output=True, text=True, check=False
+                    ["ps", "-ww", "-eo", "command"], capture_output=True, text=True, check=False
                 ).stdout.splitlines()
                 if "mlx_lm" in line and workdir in line
             ]

@@ -194,7 +194,7 @@ def ps(*args: str, timeout_s: float = 5.0) -> str | None:
 
 def is_our_server(pid: int, model: str) -> bool:
     """Is `pid` an mlx_lm server started on this snapshot?"""
-    command = ps("-o", "command=", "-p", str(pid))
+    command = ps("-ww", "-o", "command=", "-p", str(pid))  # -ww: never cut at $COLUMNS
     if command is None:
         return False
     launcher = "mlx_lm" in command or "mlxpin.serve.uds_server" in command
