@@ -829,7 +829,7 @@ plan = LaunchPlan(
     server_command=(sys.executable, "-c", spec["server"]), server_args=(),
     env_set=(), env_unset=(), cwd=Path(spec["cwd"]),
     snapshots=(PinnedSnapshot("flood", "model", Path(spec["cwd"]), None, "sha256-x", 0, 0),),
-    api_key_required=False, gateway=GatewaySpec(header_timeout=3.0),
+    api_key_required=False, gateway=GatewaySpec(header_timeout=10.0),
 )
 from mlxpin.errors import MlxpinError
 try:
