@@ -253,7 +253,7 @@ def gateway(workdir: Path, env: dict[str, str], requests: int, stream_tokens: in
             "  (goal >= 0.98)"
         )
     print(
-        f"  RSS of `mlxpin launch` (gateway + supervisor): {rss_kb / 1024:.0f} MB  (goal < 100 MB)"
+        f"  RSS of `mlxpin launch` (gateway + pool): {rss_kb / 1024:.0f} MB  (goal < 100 MB)"
     )
 
 
