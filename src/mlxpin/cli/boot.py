@@ -14,12 +14,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlxpin.cli.output import CommandExit, Common, Output, run_guarded
 from mlxpin.cli.render import human_size, short_commit
 from mlxpin.serve.plan import LaunchPlan
-from mlxpin.serve.restart import RestartPolicy
+
+if TYPE_CHECKING:  # a --dry-run never builds one
+    from mlxpin.serve.restart import RestartPolicy
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class RunOptions(Common):
     ready_timeout: float = 900.0
 
     def policy(self) -> RestartPolicy:
+        from mlxpin.serve.restart import RestartPolicy
+
         return RestartPolicy(
             ready_timeout_s=self.ready_timeout,
             backoff_initial_s=self.restart_delay,

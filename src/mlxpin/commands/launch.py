@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from mlxpin.config import Settings
 from mlxpin.serve.plan import LaunchPlan, plan_launch
-from mlxpin.serve.restart import RestartPolicy
 
 if TYPE_CHECKING:  # a one-host boot never imports the distributed planner
     from mlxpin.serve.distributed import DistributedPlan
+    from mlxpin.serve.restart import RestartPolicy
 
 __all__ = ["Watchdog", "plan", "run"]
 

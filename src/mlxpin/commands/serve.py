@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, UnavailableError
-from mlxpin.serve.restart import RestartPolicy
 from mlxpin.serve.serveplan import ServePlan, plan_serve
+
+if TYPE_CHECKING:
+    from mlxpin.serve.restart import RestartPolicy
 
 __all__ = ["plan", "run", "status"]
 

@@ -18,7 +18,6 @@ reached over ssh. Rank 0 answers HTTP behind the gateway, so the first host is t
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +69,8 @@ class DistributedSpec:
 
 def is_ip(text: str) -> bool:
     try:
+        import ipaddress  # only for a hostfile or hosts list: not on a plain boot
+
         ipaddress.ip_address(text)
     except ValueError:
         return False
