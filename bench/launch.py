@@ -252,9 +252,7 @@ def gateway(workdir: Path, env: dict[str, str], requests: int, stream_tokens: in
             f"gateway {gateway_rate:.0f} chunks/s, ratio {gateway_rate / direct_rate:.3f}"
             "  (goal >= 0.98)"
         )
-    print(
-        f"  RSS of `mlxpin launch` (gateway + pool): {rss_kb / 1024:.0f} MB  (goal < 100 MB)"
-    )
+    print(f"  RSS of `mlxpin launch` (gateway + pool): {rss_kb / 1024:.0f} MB  (goal < 100 MB)")
 
 
 def first_answer(port: int, body: dict[str, object], deadline_s: float = 120.0) -> float:
