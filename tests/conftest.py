@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from sshhost import SshHost, find_sshd, ssh_host
+
 from hubserver import HubServer
 
 # The suite starts the CLI as a subprocess hundreds of times. Where the machine sets
@@ -136,3 +138,14 @@ def project(hf_env: dict[str, str], tmp_path: Path) -> Project:
     root = tmp_path / "project"
     root.mkdir()
     return Project(root=root, env=hf_env)
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[SshHost]:
+    """Another "host": an sshd on a loopback address with a throwaway key (tests/sshhost.py)."""
+    if find_sshd() is None:
+        pytest.skip("no sshd here (CI: apt-get install -y openssh-server)")
+    if os.geteuid() != 0:
+        pytest.skip("the test sshd needs root for its privilege separation")
+    with ssh_host(tmp_path / "ssh", Path(sys.executable).parent) as host:
+        yield host

@@ -37,7 +37,7 @@ from mlxpin.serve.distributed import (
     plan_distributed,
 )
 from mlxpin.serve.rankgroup import group_members, stop_group
-from sshhost import SshHost, find_sshd, ssh_host
+from sshhost import SshHost
 
 from conftest import Project
 
@@ -505,11 +505,17 @@ class Group:
     def text(self) -> str:
         return "".join(line for _, line in self.log)
 
-    def first(self, pattern: str, after: float = 0.0) -> float | None:
-        for at, line in list(self.log):
-            if at >= after and re.search(pattern, line):
-                return at
-        return None
+    def first(self, pattern: str, after: float = 0.0, wait_s: float = 10.0) -> float | None:
+        """When a log line matching `pattern` (logged after `after`) was read; the log
+        arrives through a pipe, so it is waited for up to `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            for at, line in list(self.log):
+                if at >= after and re.search(pattern, line):
+                    return at
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
 
     def wait_healthy(self, timeout_s: float = 240.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -624,7 +630,7 @@ def test_tensor_parallel_group_restarts_as_one_unit_and_stops_clean(
     frozen_at = time.monotonic()
     os.kill(second[1], signal.SIGSTOP)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not group.first(r"no progress", after=frozen_at):
+    while time.monotonic() < deadline and not group.first(r"no progress", frozen_at, 0):
         time.sleep(0.2)
     assert group.first(r"no progress: a 1-token probe", after=frozen_at), group.text()[-3000:]
     group.wait_unhealthy(10)
@@ -722,16 +728,6 @@ def test_serve_starts_a_rank_group_on_demand_restarts_it_and_stops_clean(
 
 
 # --- another host over ssh -------------------------------------------------------------------
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Iterator[SshHost]:
-    if find_sshd() is None:
-        pytest.skip("no sshd here (CI: apt-get install -y openssh-server)")
-    if os.geteuid() != 0:
-        pytest.skip("the test sshd needs root for its privilege separation")
-    with ssh_host(tmp_path / "ssh", PYTHON_BIN) as host:
-        yield host
 
 
 @pytest.mark.e2e

@@ -36,9 +36,8 @@ from mlxpin.store.fetch import NoProgress, fetch_model
 from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp
 from mlxpin.store.sources import LocalSourceBytes
 from mlxpin.store.subset import fetch_subset, need_of, verify_subset
-from sshhost import SshHost, find_sshd, ssh_host
+from sshhost import SshHost
 from test_distributed import (
-    PYTHON_BIN,
     Group,
     fake_ssh,
     groups,  # noqa: F401  (the fixture: registered here by name)
@@ -302,16 +301,6 @@ def test_a_pipeline_plan_needs_this_hosts_pin_first_it_says_which_files_the_othe
 
 
 # --- a real remote host over ssh ---------------------------------------------------------------
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Iterator[SshHost]:
-    if find_sshd() is None:
-        pytest.skip("no sshd here (CI: apt-get install -y openssh-server)")
-    if os.geteuid() != 0:
-        pytest.skip("the test sshd needs root for its privilege separation")
-    with ssh_host(tmp_path / "ssh", PYTHON_BIN) as host:
-        yield host
 
 
 def _remote_hosts(remote: SshHost) -> str:
