@@ -255,13 +255,16 @@ def gateway(workdir: Path, env: dict[str, str], requests: int, stream_tokens: in
     print(f"  RSS of `mlxpin launch` (gateway + pool): {rss_kb / 1024:.0f} MB  (goal < 100 MB)")
 
 
-def first_answer(port: int, body: dict[str, object], deadline_s: float = 120.0) -> float:
-    """Poll a 1-token completion every 5 ms until one is answered; the time it took."""
+def first_answer(
+    port: int, body: dict[str, object], started: float | None = None, deadline_s: float = 180.0
+) -> float:
+    """Poll a 1-token completion every 5 ms until one is answered: seconds since `started`
+    (default: now). `bench/serve.py` uses it too."""
     payload = json.dumps(body).encode()
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     while time.perf_counter() - started < deadline_s:
         try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             connection.request(
                 "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}
             )

@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from launch import first_answer  # bench/ is on sys.path when this runs
 from mlxpin.dev.tinymodel import generate
 from mlxpin.serve.addresses import free_port
 
@@ -111,28 +112,6 @@ def post(
     if response.status != 200:
         raise SystemExit(f"HTTP {response.status}: {data[:300]!r}")
     return elapsed
-
-
-def first_answer(
-    port: int, body: dict[str, object], started: float, deadline_s: float = 180.0
-) -> float:
-    """Poll a 1-token completion every 5 ms until one is answered: seconds since `started`."""
-    payload = json.dumps(body).encode()
-    while time.perf_counter() - started < deadline_s:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-            connection.request(
-                "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}
-            )
-            response = connection.getresponse()
-            response.read()
-            connection.close()
-            if response.status == 200:
-                return time.perf_counter() - started
-        except OSError:
-            pass
-        time.sleep(0.005)
-    raise SystemExit("no answer in time")
 
 
 def message(model: str) -> dict[str, object]:

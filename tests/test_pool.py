@@ -25,23 +25,9 @@ from mlxpin.serve.poolserver import pool_app
 from mlxpin.serve.process import is_our_server
 from mlxpin.serve.serveplan import PoolModelPlan, ServePlan, launch_serve_plan
 from mlxpin.serve.state import GatewayState
+from test_cli_launch import ANSWERING_SERVER
 
-ANSWERS = """
-import http.server, json, sys
-port = int(sys.argv[sys.argv.index("--port") + 1])
-class Answer(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        body = json.dumps({"choices": [{"message": {"content": "x"}}], "model": "m"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", port), Answer).serve_forever()
-"""
+ANSWERS = ANSWERING_SERVER  # a stand-in that answers every completion
 EXITS = "import sys; sys.exit(4)"
 
 
