@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from mlxpin.errors import DiskError, ExitCode, IntegrityError, MlxpinError
+from mlxpin.errors import DiskError, ExitCode, Hint, IntegrityError, MlxpinError
 
 
 def test_an_error_cannot_be_changed_after_it_is_built() -> None:
     error = IntegrityError("tiny", "model.safetensors", "size 3, expected 4")
     with pytest.raises(AttributeError, match="immutable"):
-        error.hint = "something else"
+        error.advice = Hint.of("something else")
+    with pytest.raises(AttributeError):
+        error.hint = "something else"  # type: ignore[misc]
     with pytest.raises(AttributeError, match="immutable"):
         error.path = "other"
 
