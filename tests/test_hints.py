@@ -23,20 +23,19 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mlxpin"
 CLI = SRC / "cli"
 PLACEHOLDER = "tiny"  # stands for a value the code computes (a model name, a host list)
 
-# Errors whose hint is their second argument (the base classes that take message, hint).
-MESSAGE_HINT_ERRORS = {
-    "MlxpinError",
-    "UsageError",
-    "DataError",
-    "NoInputError",
-    "UnavailableError",
-    "ServerCrashedError",
-    "AccessDeniedError",
-    "ConfigError",
-    "RepoNotFoundError",
-    "RevisionNotFoundError",
-    "ResolverUnavailableError",
-    "GiveUp",
+# Where a constructor takes its hint, by position (the base classes: message, hint).
+HINT_POSITION = {
+    "MlxpinError": 1,
+    "UsageError": 1,
+    "DataError": 1,
+    "NoInputError": 1,
+    "UnavailableError": 1,
+    "ConfigError": 1,
+    "ResolverUnavailableError": 1,
+    "GiveUp": 1,
+    "ServerCrashedError": 2,
+    "AccessDeniedError": 3,
+    "ManifestError": 4,
 }
 
 
@@ -137,10 +136,10 @@ def _hint_arguments(call: ast.Call, in_errors_module: bool) -> list[ast.expr]:
     hints: list[ast.expr] = [k.value for k in call.keywords if k.arg in {"hint", "fix"}]
     if callee == "Hint.of" or name == "with_hint":
         hints += call.args
-    elif name in MESSAGE_HINT_ERRORS or (callee == "super().__init__" and in_errors_module):
+    elif callee == "super().__init__" and in_errors_module:
         hints += call.args[1:2]
-    elif name == "ManifestError":
-        hints += call.args[4:5]
+    elif name in HINT_POSITION:
+        hints += call.args[HINT_POSITION[name] : HINT_POSITION[name] + 1]
     return hints
 
 

@@ -321,6 +321,10 @@ class ServerCrashedError(MlxpinError):
     exit_code = ExitCode.SOFTWARE
     kind = "server_crashed"
 
+    def __init__(self, model: str, message: str, hint: str | Hint | None) -> None:
+        self.model = model
+        super().__init__(message, hint)
+
 
 class DiskError(MlxpinError):
     exit_code = ExitCode.IO
@@ -348,8 +352,16 @@ class LockBusyError(MlxpinError):
 
 
 class AccessDeniedError(MlxpinError):
+    """The Hub refused a repo: gated, token refused or missing, or the repo disabled."""
+
     exit_code = ExitCode.NO_PERMISSION
     kind = "access_denied"
+
+    def __init__(self, repo: str, revision: str, problem: str, hint: str | Hint) -> None:
+        self.repo = repo
+        self.revision = revision
+        self.problem = problem
+        super().__init__(f"{repo}@{revision}: {problem}", hint)
 
 
 class ConfigError(MlxpinError):
@@ -398,9 +410,30 @@ class LockStaleError(ConfigError):
 class RepoNotFoundError(ConfigError):
     kind = "repo_not_found"
 
+    def __init__(self, repo: str, revision: str, endpoint: str, token_sent: bool) -> None:
+        self.repo = repo
+        self.revision = revision
+        self.endpoint = endpoint
+        self.token_sent = token_sent
+        token = "a token was sent" if token_sent else "no token was sent"
+        super().__init__(
+            f"{repo}@{revision}: repository not found at {endpoint} ({token})",
+            f"check the owner and name at {endpoint}/{repo}; a private repo needs HF_TOKEN "
+            "set to a token with read access",
+        )
+
 
 class RevisionNotFoundError(ConfigError):
     kind = "revision_not_found"
+
+    def __init__(self, repo: str, revision: str, existing: Sequence[str]) -> None:
+        self.repo = repo
+        self.revision = revision
+        self.existing = tuple(existing)  # the closest branches and tags the repo has
+        hint = "write an existing branch, tag or full commit in launch.revision"
+        if self.existing:
+            hint += "; the repo has: " + ", ".join(self.existing)
+        super().__init__(f"{repo}: revision {revision!r} not found", hint)
 
 
 class OverBudgetError(ConfigError):
