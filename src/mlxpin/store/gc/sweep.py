@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlxpin.errors import LockBusyError
-from mlxpin.store.gc import Doomed, LiveSet
+from mlxpin.store.gc.plan import Doomed, LiveSet
 from mlxpin.store.layout import FileStat
 from mlxpin.util.atomic import hold_mutex
 

@@ -1,5 +1,5 @@
 """What `mlxpin gc` finds on disk: the live lock dirs and what they pin, and an inventory
-of the store and the Hub cache (see `mlxpin.store.gc` for what becomes garbage).
+of the store and the Hub cache (see `mlxpin.store.gc.plan` for what becomes garbage).
 
 Scanning reads directory listings, stats and the small verification records; it never
 hashes and never writes.
@@ -15,7 +15,7 @@ from pathlib import Path
 from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError
 from mlxpin.project.lockfile import LockedModel, list_lock_dir, read_lock
-from mlxpin.store.gc import (
+from mlxpin.store.gc.plan import (
     HEX_RE,
     BlobOnDisk,
     Inventory,

@@ -26,9 +26,9 @@ Garbage (`plan`), and what is never touched:
   ref to a missing snapshot as a corrupt repo. Other refs and anything the planner does
   not recognise are never touched.
 
-Scanning the disk is `mlxpin.store.gcscan`; deleting (`mlxpin.store.gcsweep`) holds the
-same mutex `fetch` holds for that blob or view, so a concurrent fetch and gc never see each
-other's half-done work.
+Scanning the disk is `mlxpin.store.gc.inventory`; deleting (`mlxpin.store.gc.sweep`) holds
+the same mutex `fetch` holds for that blob or view, so a concurrent fetch and gc never see
+each other's half-done work.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ GarbageKind = Literal[
     "link",
     "root",
     "ref",
-    "runtime",  # an installed server runtime (planned by mlxpin.runtime.gc)
+    "runtime",  # an installed server runtime (planned by mlxpin.runtime.garbage)
 ]
 STALE_AFTER_S = 24 * 3600.0
 HEX_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -87,7 +87,7 @@ def live_set(layout: StoreLayout, locks: Iterable[LockedModel]) -> LiveSet:
     return LiveSet(frozenset(paths))
 
 
-# --- what is on disk (gathered by mlxpin.store.gcscan) ------------------------------------
+# --- what is on disk (gathered by mlxpin.store.gc.inventory) ----------------------------
 
 
 @dataclass(frozen=True)
