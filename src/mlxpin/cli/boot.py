@@ -121,10 +121,10 @@ def _show(chosen: Any, out: Output) -> None:
         out.line(plan_text(chosen))
         out.result({"ok": True, "plan": chosen.to_json()})
         return
-    from mlxpin.cli.distributed import distributed_json, distributed_text
+    from mlxpin.cli.distributed import distributed_text
 
     out.line(distributed_text(chosen))
-    out.result({"ok": True, "plan": distributed_json(chosen)})
+    out.result({"ok": True, "plan": chosen.to_json()})
 
 
 def at_least(kind: type[int] | type[float], minimum: float) -> Any:

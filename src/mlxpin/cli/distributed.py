@@ -1,45 +1,14 @@
-"""`mlxpin launch` for a distributed model: the plan as text/JSON, and running it."""
+"""`mlxpin launch` for a distributed model: the plan as text."""
 
 from __future__ import annotations
 
 import json
 import shlex
-from typing import Any
 
 from mlxpin.cli.boot import plan_text
 from mlxpin.cli.render import share_text
-from mlxpin.serve.distributed import DistributedPlan, HostShare
-
-PORT = "<private port>"
-
-
-def distributed_json(plan: DistributedPlan) -> dict[str, Any]:
-    data = plan.server.to_json()
-    data["argv"] = plan.launch_argv(PORT)
-    data["distributed"] = {
-        "backend": plan.backend,
-        "pipeline": plan.pipeline,
-        "starting_port": plan.starting_port,
-        "hostfile_path": str(plan.hostfile_path),
-        "hostfile": plan.hostfile(),
-        "ranks": [
-            {
-                "rank": r.rank,
-                "host": r.ssh,
-                "local": r.local,
-                "ips": list(r.ips),
-                "snapshot": plan.path_of(r.rank),
-                "argv": plan.rank_argv(r.rank, PORT),
-                "files": list(plan.rank_files[r.rank]) if plan.rank_files else None,
-            }
-            for r in plan.ranks
-        ],
-        "hosts": [
-            {**h.to_json(), **({"share": s.to_json()} if s is not None else {})}
-            for h, s in zip(plan.hosts, _shares(plan), strict=True)
-        ],
-    }
-    return data
+from mlxpin.serve.distributed import DistributedPlan
+from mlxpin.serve.plan import PRIVATE_PORT_SHOWN
 
 
 def distributed_text(plan: DistributedPlan) -> str:
@@ -47,7 +16,7 @@ def distributed_text(plan: DistributedPlan) -> str:
     lines = [
         plan_text(plan.server),
         f"ranks      {len(plan.ranks)} over {plan.backend}, {mode}; rank 0 serves HTTP here",
-        "launcher   " + shlex.join(plan.launch_argv(PORT)),
+        "launcher   " + shlex.join(plan.launch_argv(PRIVATE_PORT_SHOWN)),
         f"hostfile   {plan.hostfile_path}  (written at start)",
     ]
     lines += ["  " + line for line in json.dumps(plan.hostfile(), indent=2).splitlines()]
@@ -55,15 +24,10 @@ def distributed_text(plan: DistributedPlan) -> str:
         where = "this host" if rank.local else "over ssh"
         lines.append(f"rank {rank.rank:<5} {rank.ssh} ({where}, {', '.join(rank.ips) or 'no ip'})")
         lines.append(f"  snapshot {plan.path_of(rank.rank)}  (verified there)")
-        lines.append("  argv     " + shlex.join(plan.rank_argv(rank.rank, PORT)))
+        lines.append("  argv     " + shlex.join(plan.rank_argv(rank.rank, PRIVATE_PORT_SHOWN)))
         if plan.rank_files is not None:
             lines.append("  reads    " + ", ".join(plan.rank_files[rank.rank]))
-    for check, share in zip(plan.hosts, _shares(plan), strict=True):
+    for check, share in zip(plan.hosts, plan.host_shares(), strict=True):
         if share is not None:
             lines.append(f"host       {check.host} holds {share_text(share)}")
     return "\n".join(lines)
-
-
-def _shares(plan: DistributedPlan) -> list[HostShare | None]:
-    by_host = {s.host: s for s in plan.shares}
-    return [by_host.get(h.host) for h in plan.hosts]
