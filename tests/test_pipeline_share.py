@@ -263,7 +263,7 @@ def test_the_host_agent_stores_only_the_announced_share_and_the_preflight_checks
     assert here.whole and not there.whole and set(there.files) == share
 
     # The plan says who holds what, in text and JSON (as `launch --dry-run` prints it).
-    from mlxpin.cli.distributed import distributed_text
+    from mlxpin.cli.boot import distributed_text
 
     text = distributed_text(plan)
     assert "host       127.0.0.1 holds all 9 files" in text
