@@ -148,6 +148,23 @@ def test_duplicate_name_refused(env: Env) -> None:
     assert env.manifest.read_bytes() == before
 
 
+def test_a_model_needs_exactly_one_source_and_the_hint_names_the_options(
+    env: Env, tmp_path: Path
+) -> None:
+    before = env.manifest.read_bytes()
+    for argv in (
+        ("add", "two", "--repo", "o/n", "--path", str(tmp_path)),
+        ("add", "none"),
+        ("add", "local", "--path", str(tmp_path), "--revision", "v1"),
+    ):
+        result = env.run(*argv)
+        assert result.exit_code == 2, argv
+        hint = result.stderr.split("hint: ", 1)[1]
+        assert "--repo" in hint, argv
+    assert "give --repo owner/name or --path DIR" in env.run("add", "none").stderr
+    assert env.manifest.read_bytes() == before
+
+
 def test_remove_referenced_draft_refused(env: Env) -> None:
     before = env.manifest.read_bytes()
     result = env.run("remove", "drafter")

@@ -118,6 +118,92 @@ def test_every_next_step_is_a_command_line_mlxpin_accepts(
     assert problem is None, f"{place}: `mlxpin {' '.join(argv)}` does not parse: {problem}"
 
 
+def _command_at(path: str) -> typer.core.TyperCommand | typer.core.TyperGroup | None:
+    command: typer.core.TyperCommand | typer.core.TyperGroup | None = _root_command()
+    for word in path.split():
+        if not isinstance(command, typer.core.TyperGroup):
+            return None
+        found = command.commands.get(word)
+        assert found is None or isinstance(found, typer.core.TyperCommand | typer.core.TyperGroup)
+        command = found
+    return command
+
+
+def _options_of(command: typer.core.TyperCommand | typer.core.TyperGroup) -> dict[str, bool]:
+    """Each option's spellings -> whether it takes a value."""
+    return {
+        spelling: not getattr(param, "is_flag", False)
+        for param in command.params
+        for spelling in (*param.opts, *param.secondary_opts)
+        if spelling.startswith("-")
+    }
+
+
+def _every_long_option() -> set[str]:
+    options: set[str] = set()
+    pending: list[object] = [_root_command()]
+    while pending:
+        command = pending.pop()
+        if isinstance(command, typer.core.TyperCommand | typer.core.TyperGroup):
+            options |= {o for o in _options_of(command) if o.startswith("--")}
+        if isinstance(command, typer.core.TyperGroup):
+            pending += command.commands.values()
+    return options - {"--help", "--version"}
+
+
+def flag_problem(verb: str, option: str, value: str | None) -> str | None:
+    """Why `Flag(verb, option, value)` names no real option; None when it does.
+
+    A shared option (verb "") must be on some verb; a value needs an option that takes one.
+    """
+    if verb == "":
+        return None if option in _every_long_option() else f"no verb has the option {option}"
+    command = _command_at(verb)
+    if command is None:
+        return f"no such command: {verb!r}"
+    takes_value = _options_of(command).get(option)
+    if takes_value is None:
+        return f"`mlxpin {verb}` has no option {option}"
+    if value is not None and not takes_value:
+        return f"{option} of `mlxpin {verb}` takes no value"
+    return None
+
+
+def _built_flags() -> list[tuple[str, tuple[str, str, str | None]]]:
+    """Every `Flag(...)` in src/ (its verb and option are always written out)."""
+    flags = []
+    for path, module in _modules():
+        for node in ast.walk(module):
+            if isinstance(node, ast.Call) and _callee(node) == "Flag":
+                words = [
+                    a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else ""
+                    for a in node.args
+                ]
+                value = words[2] if len(words) > 2 else None
+                flags.append(
+                    (f"{path.relative_to(SRC)}:{node.lineno}", (words[0], words[1], value))
+                )
+    return flags
+
+
+@pytest.mark.parametrize(("place", "flag"), _built_flags(), ids=str)
+def test_every_option_a_hint_names_is_an_option_of_its_verb(
+    place: str, flag: tuple[str, str, str | None]
+) -> None:
+    problem = flag_problem(*flag)
+    assert problem is None, f"{place}: Flag{flag}: {problem}"
+
+
+def test_the_option_check_refuses_what_the_cli_lacks() -> None:
+    assert flag_problem("", "--manifest", None) is None
+    assert flag_problem("service install", "--platform", "linux") is None
+    assert "has no option --platfrom" in str(flag_problem("service install", "--platfrom", "x"))
+    assert flag_problem("mirror", "--port", None) is None  # named in words, no value given
+    assert "no verb has the option --cache-dri" in str(flag_problem("", "--cache-dri", None))
+    assert "takes no value" in str(flag_problem("service install", "--system", "yes"))
+    assert "no such command" in str(flag_problem("sevice install", "--system", None))
+
+
 def test_the_parser_check_refuses_what_the_cli_refuses() -> None:
     assert refusal(("fetch", "tiny", "--hosts")) is None
     assert refusal(("service", "install", "tiny")) is None
@@ -144,29 +230,35 @@ def _hint_arguments(call: ast.Call, in_errors_module: bool) -> list[ast.expr]:
 
 
 def _spelled_in_hints(module: ast.Module, in_errors_module: bool) -> list[tuple[int, str]]:
-    spelled = re.compile(r"mlxpin (" + "|".join(sorted(_verbs())) + r")\b")
+    verbs = "|".join(sorted(_verbs()))
+    options = "|".join(sorted(re.escape(o) for o in _every_long_option()))
+    spelled = re.compile(rf"mlxpin ({verbs})\b|(?<![\w-])({options})(?![\w-])")
     found = []
     for node in ast.walk(module):
         if isinstance(node, ast.Call):
             for argument in _hint_arguments(node, in_errors_module):
-                found += [
-                    (node.lineno, inner.value)
-                    for inner in ast.walk(argument)
-                    if isinstance(inner, ast.Constant)
-                    and isinstance(inner.value, str)
-                    and spelled.search(inner.value)
-                ]
+                found += [(node.lineno, text) for text in _words(argument) if spelled.search(text)]
     return found
 
 
-def test_no_error_outside_the_cli_spells_a_command_line_in_its_hint() -> None:
+def _words(node: ast.AST) -> Iterator[str]:
+    """The string constants of a hint, but not the arguments of its Run and Flag parts."""
+    if isinstance(node, ast.Call) and _callee(node) in {"Run.of", "Flag"}:
+        return
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        yield node.value
+    for child in ast.iter_child_nodes(node):
+        yield from _words(child)
+
+
+def test_no_error_outside_the_cli_spells_a_command_line_or_option_in_its_hint() -> None:
     found = [
         f"{path.relative_to(SRC)}:{line}: {text!r}"
         for path, module in _modules()
         if not path.is_relative_to(CLI)
         for line, text in _spelled_in_hints(module, path.name == "errors.py")
     ]
-    assert not found, "build these next steps with Run.of(...):\n" + "\n".join(found)
+    assert not found, "build these next steps with Run.of(...) and Flag(...):\n" + "\n".join(found)
 
 
 def test_the_hint_check_finds_a_command_line_written_as_words() -> None:
@@ -174,8 +266,10 @@ def test_the_hint_check_finds_a_command_line_written_as_words() -> None:
         "raise UsageError('no such model', f'run `mlxpin fetch {name}`')\n"
         "raise ConfigError('`mlxpin add` would append it', Hint.of('run ', Run.of('lock')))\n"
         "e.with_hint('then mlxpin gc --yes')\n"
+        "raise UsageError('bad', 'point --manifest at it')\n"
+        "raise UsageError('bad', Hint.of('point ', Flag('', '--manifest'), ' at it'))\n"
     )
-    assert [line for line, _ in _spelled_in_hints(planted, False)] == [1, 3]
+    assert [line for line, _ in _spelled_in_hints(planted, False)] == [1, 3, 4]
 
 
 def test_a_hint_reads_as_words_and_names_its_runs_as_data() -> None:

@@ -43,10 +43,11 @@ step makes a copy with `with_hint`, so an error caught and re-raised elsewhere n
 changes under another reader.
 
 The next step is data, not CLI wording: a `Hint` is advice in words with the mlxpin
-command lines to run as `Run` values. The core says *what* to run; `Run.spelled` is the
-one place that writes it as a user types it, and tests/test_hints.py parses every
-command line the code builds with the real CLI, so a hint never names a verb or an
-option that does not exist. `MlxpinError.next_runs` gives them to any other renderer.
+command lines to run as `Run` values and the options to use as `Flag` values. The core
+says *what* to run; their `spelled` is the one place that writes them as a user types
+them, and tests/test_hints.py parses every command line the code builds with the real
+CLI and finds every option on its verb, so a hint never names a verb or an option that
+does not exist. `MlxpinError.next_runs` gives the command lines to any other renderer.
 """
 
 from __future__ import annotations
@@ -87,18 +88,37 @@ class Run:
 
 
 @dataclass(frozen=True)
-class Hint:
-    """What to do next: words and the command lines to run, in reading order."""
+class Flag:
+    """An option of an mlxpin verb that a next step names (`--port`, `--platform linux`).
 
-    parts: tuple[str | Run, ...]
+    ``verb`` is the command it belongs to ("service install"), or "" for an option
+    every project verb shares (`--manifest`, `--cache-dir`)."""
+
+    verb: str
+    option: str
+    value: str | None = None
+
+    def spelled(self) -> str:
+        return self.option if self.value is None else f"{self.option} {self.value}"
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What to do next: words, and the command lines and options to use, in reading order."""
+
+    parts: tuple[str | Run | Flag, ...]
 
     @classmethod
-    def of(cls, *parts: str | Run) -> Hint:
+    def of(cls, *parts: str | Run | Flag) -> Hint:
         return cls(parts)
 
     @property
     def runs(self) -> tuple[Run, ...]:
         return tuple(part for part in self.parts if isinstance(part, Run))
+
+    @property
+    def flags(self) -> tuple[Flag, ...]:
+        return tuple(part for part in self.parts if isinstance(part, Flag))
 
     def text(self) -> str:
         return "".join(part if isinstance(part, str) else part.spelled() for part in self.parts)
@@ -330,7 +350,7 @@ class DiskError(MlxpinError):
     exit_code = ExitCode.IO
     kind = "disk"
 
-    def __init__(self, path: Path, detail: str, hint: str | None = None) -> None:
+    def __init__(self, path: Path, detail: str, hint: str | Hint | None = None) -> None:
         self.path = path
         super().__init__(
             f"cannot write {path}: {detail}",

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from mlxpin.config import Settings
-from mlxpin.errors import DataError, ExitCode, Hint, Run, UsageError
+from mlxpin.errors import DataError, ExitCode, Flag, Hint, Run, UsageError
 from mlxpin.project import validate
 from mlxpin.project.distributed import LOCAL_HOST
 from mlxpin.project.lockfile import LockedModel, parse_lock, render, write_lock
@@ -240,7 +240,7 @@ def prepare_hosts(settings: Settings, name: str, lock: LockedModel) -> HostsResu
     if not distributed or spec.distributed is None:
         raise UsageError(
             f"{name} is not a distributed model: it has no [models.{name}.distributed] table",
-            "drop --hosts, or add the table",
+            Hint.of("drop ", Flag("fetch", "--hosts"), ", or add the table"),
         )
     ranks, _, _ = ranks_of(spec.distributed)
     python = spec.distributed.python or sys.executable
@@ -285,7 +285,7 @@ def fetch_hosts(settings: Settings, names: Sequence[str]) -> tuple[HostsResult, 
             if spec.distributed is None:
                 raise UsageError(
                     f"{spec.name} is not a distributed model (no [models.{spec.name}.distributed])",
-                    "drop --hosts, or name only distributed models",
+                    Hint.of("drop ", Flag("fetch", "--hosts"), ", or name only distributed models"),
                 )
     specs = [s for s in chosen if s.distributed is not None]
     locks = locked_models(settings, manifest, specs) if specs else ()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mlxpin.config import Settings
-from mlxpin.errors import Hint, Run, UnavailableError, UsageError
+from mlxpin.errors import Flag, Hint, Run, UnavailableError, UsageError
 from mlxpin.project.selection import locked_models, manifest_of, pick
 from mlxpin.serve.mirror import MirrorConfig, serve_mirror
 from mlxpin.serve.plan import read_api_key
@@ -81,6 +81,11 @@ def run_mirror(plan: MirrorPlan, on_ready: Callable[[str], None]) -> None:
             where = f"{plan.config.host}:{plan.config.port}"
             raise UnavailableError(
                 f"mirror: cannot listen on {where}: {exc.strerror or exc}",
-                "stop whatever holds the port, or pass another --port / --host",
+                Hint.of(
+                    "stop whatever holds the port, or pass another ",
+                    Flag("mirror", "--port"),
+                    " / ",
+                    Flag("mirror", "--host"),
+                ),
             ) from None
         raise

@@ -32,7 +32,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from mlxpin.config import STATE_DIR_HINT, Settings
-from mlxpin.errors import ConfigError, Hint, ManifestError, Run, UsageError
+from mlxpin.errors import ConfigError, Flag, Hint, ManifestError, Run, UsageError
 from mlxpin.project.lockfile import lock_path
 from mlxpin.project.manifest import (
     DEFAULT_PORT,
@@ -354,9 +354,17 @@ def add(settings: Settings, request: AddRequest) -> AddResult:
     name, repo, path, revision = request.name, request.repo, request.path, request.revision
     label, port, files = request.label, request.port, request.files
     if (repo is None) == (path is None):
-        raise UsageError("give exactly one of --repo owner/name or --path DIR")
+        raise UsageError(
+            f"{name}: a model has exactly one source, a Hub repo or a local directory",
+            Hint.of(
+                "give ", Flag("add", "--repo", "owner/name"), " or ", Flag("add", "--path", "DIR")
+            ),
+        )
     if path is not None and revision is not None:
-        raise UsageError("--revision is for --repo; a local --path has no revision")
+        raise UsageError(
+            f"{name}: a revision is for a Hub repo; a local directory has none",
+            Hint.of("leave out ", Flag("add", "--revision"), ", or use ", Flag("add", "--repo")),
+        )
     manifest_path = settings.manifest_path
     require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
     with hold_mutex(_manifest_mutex(settings), 30.0):

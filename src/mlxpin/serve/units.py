@@ -38,12 +38,7 @@ from pathlib import Path
 from typing import Literal
 
 from mlxpin.config import Settings
-from mlxpin.errors import (
-    DiskError,
-    MlxpinError,
-    UnavailableError,
-    UsageError,
-)
+from mlxpin.errors import DiskError, Flag, Hint, MlxpinError, UnavailableError, UsageError
 from mlxpin.util.atomic import write_atomic
 
 Platform = Literal["linux", "macos"]
@@ -114,7 +109,13 @@ def detect_platform(sys_platform: str | None = None) -> Platform:
         return "linux"
     raise UsageError(
         f"boot units are written for Linux (systemd) and macOS (launchd), not {current!r}",
-        "pass --platform linux or --platform macos to generate one for another machine",
+        Hint.of(
+            "pass ",
+            Flag("service install", "--platform", "linux"),
+            " or ",
+            Flag("service install", "--platform", "macos"),
+            " to generate one for another machine",
+        ),
     )
 
 
@@ -458,7 +459,15 @@ def build_spec(
     else:
         model, description, warnings = _readiness_warnings(settings, name)
     if run_as is not None and not system:
-        raise UsageError("--run-as only applies to a --system unit (a user unit runs as you)")
+        raise UsageError(
+            "a user to run as only applies to a system unit (a user unit runs as you)",
+            Hint.of(
+                "add ",
+                Flag("service install", "--system"),
+                ", or leave out ",
+                Flag("service install", "--run-as"),
+            ),
+        )
     cwd = Path.cwd()
     user = (run_as or environ.get("SUDO_USER") or _account_name()) if system else None
     hf_home, hub_cache, state_dir = _caches_of(settings, user, environ)
@@ -531,7 +540,10 @@ def _run(argv: Sequence[str], *, tolerate: Sequence[int] = ()) -> CommandRun:
     except FileNotFoundError:
         raise ServiceManagerError(
             f"`{argv[0]}` is not installed or not on PATH",
-            "run the printed command on a machine with the service manager, or drop --enable",
+            Hint.of(
+                "run the printed command on a machine with the service manager, or drop ",
+                Flag("service install", "--enable"),
+            ),
         ) from None
     except subprocess.TimeoutExpired:
         raise ServiceManagerError(f"`{' '.join(argv)}` did not finish in 120 s") from None
