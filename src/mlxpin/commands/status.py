@@ -10,7 +10,7 @@ from typing import Any
 from mlxpin.config import Settings
 from mlxpin.errors import ExitCode, LockCorruptError, ServerMissingError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
-from mlxpin.project.manifest import Manifest
+from mlxpin.project.manifest import Manifest, ModelIdentity
 from mlxpin.project.selection import manifest_of, pick
 from mlxpin.runtime.layout import RuntimeLayout, check_runtime
 from mlxpin.runtime.pin import read_state
@@ -20,10 +20,7 @@ from mlxpin.util.jsonable import fields_json
 
 
 @dataclass(frozen=True)
-class ModelStatus:
-    name: str
-    api_label: str
-    aliases: tuple[str, ...]
+class ModelStatus(ModelIdentity):
     source: str
     endpoint: str
     lock_state: str  # ok | missing | stale | corrupt
