@@ -12,6 +12,7 @@ import typer
 
 from mlxpin.cli.app import (
     Common,
+    Group,
     Output,
     app,
     report_error,
@@ -148,8 +149,8 @@ def _warn(out: Output, warnings: tuple[str, ...]) -> None:
 def _request(
     name: str | None,
     serve: bool,
-    platform: PlatformChoice | None,
     system: bool,
+    platform: PlatformChoice | None,
     log_file: Path | None = None,
     env_file: Path | None = None,
     run_as: str | None = None,
@@ -160,17 +161,32 @@ def _request(
     return UnitRequest(unit, _platform(platform), system, log_file, env_file, run_as, serve)
 
 
-@verb("install", on=service_app)
+# Which unit (every service verb), and how it runs (`install` and `show`).
+UNIT = Group(
+    {
+        "name": (UnitNameArg, None),
+        "serve": (ServeOpt, False),
+        "system": (SystemOpt, False),
+        "platform": (PlatformOpt, None),
+    },
+    _request,
+)
+RUNNING_UNIT = Group(
+    {
+        **UNIT.options,
+        "log_file": (LogFileOpt, None),
+        "env_file": (EnvFileOpt, None),
+        "run_as": (RunAsOpt, None),
+    },
+    _request,
+)
+
+
+@verb("install", on=service_app, groups={"request": RUNNING_UNIT})
 def service_install(
-    name: UnitNameArg = None,
-    serve: ServeOpt = False,
-    system: SystemOpt = False,
-    platform: PlatformOpt = None,
+    request: UnitRequest,
     print_only: PrintOpt = False,
     enable: EnableOpt = False,
-    log_file: LogFileOpt = None,
-    env_file: EnvFileOpt = None,
-    run_as: RunAsOpt = None,
     *,
     common: Common,
 ) -> None:
@@ -185,11 +201,7 @@ def service_install(
     _refuse_with_print(print_only, enable, "--enable", "writes")
     out = common.output()
     installed = service.install(
-        common.settings(),
-        _request(name, serve, platform, system, log_file, env_file, run_as),
-        os.environ,
-        print_only=print_only,
-        enable=enable,
+        common.settings(), request, os.environ, print_only=print_only, enable=enable
     )
     result = installed.result
     _warn(out, result.warnings)
@@ -210,12 +222,9 @@ def service_install(
     out.result(installed.to_json())
 
 
-@verb("uninstall", on=service_app, uses=())
+@verb("uninstall", on=service_app, uses=(), groups={"request": UNIT})
 def service_uninstall(
-    name: UnitNameArg = None,
-    serve: ServeOpt = False,
-    system: SystemOpt = False,
-    platform: PlatformOpt = None,
+    request: UnitRequest,
     print_only: PrintOpt = False,
     disable: DisableOpt = False,
     *,
@@ -226,12 +235,7 @@ def service_uninstall(
 
     _refuse_with_print(print_only, disable, "--disable", "removes")
     out = common.output()
-    uninstalled = service.uninstall(
-        _request(name, serve, platform, system),
-        os.environ,
-        print_only=print_only,
-        disable=disable,
-    )
+    uninstalled = service.uninstall(request, os.environ, print_only=print_only, disable=disable)
     result = uninstalled.result
     name = result.name
     if print_only:
@@ -250,15 +254,9 @@ def service_uninstall(
     out.result(uninstalled.to_json())
 
 
-@verb("show", on=service_app)
+@verb("show", on=service_app, groups={"request": RUNNING_UNIT})
 def service_show(
-    name: UnitNameArg = None,
-    serve: ServeOpt = False,
-    system: SystemOpt = False,
-    platform: PlatformOpt = None,
-    log_file: LogFileOpt = None,
-    env_file: EnvFileOpt = None,
-    run_as: RunAsOpt = None,
+    request: UnitRequest,
     *,
     common: Common,
 ) -> None:
@@ -266,18 +264,14 @@ def service_show(
     from mlxpin.commands import service
 
     out = common.output()
-    shown = service.show(
-        common.settings(),
-        _request(name, serve, platform, system, log_file, env_file, run_as),
-        os.environ,
-    )
+    shown = service.show(common.settings(), request, os.environ)
     built = shown.built
     _warn(out, built.warnings)
     out.line(built.content.rstrip("\n"))
     if not shown.installed:
         out.note(f"mlxpin: {built.path} is not installed")
     elif not shown.up_to_date:
-        again = "--serve" if serve else name
+        again = "--serve" if request.serve else request.name
         out.note(f"mlxpin: {built.path} differs; `mlxpin service install {again}` updates it")
     out.result(shown.to_json())
 
