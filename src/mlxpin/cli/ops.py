@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -24,7 +25,7 @@ from mlxpin.errors import UsageError
 
 if TYPE_CHECKING:  # the modules themselves load lazily: `launch` registers this file too
     from mlxpin.commands.service import UnitRequest
-    from mlxpin.serve.units import Platform
+    from mlxpin.serve.units import CommandRun, Platform
 
 service_app = typer.Typer(
     name="service",
@@ -146,6 +147,16 @@ def _warn(out: Output, warnings: tuple[str, ...]) -> None:
         out.note(f"mlxpin: warning: {warning}")
 
 
+def _ran_then(out: Output, ran: tuple[CommandRun, ...], heading: str, steps: Sequence[str]) -> None:
+    """The systemctl/launchctl commands that ran, then the ones left to the user."""
+    for run in ran:
+        out.line(f"ran: {' '.join(run.argv)}")
+    if steps:
+        out.line(heading)
+        for step in steps:
+            out.line(f"  {step}")
+
+
 def _request(
     name: str | None,
     serve: bool,
@@ -213,12 +224,7 @@ def service_install(
             out.line(f"{result.name}: wrote {result.path}")
         else:
             out.line(f"{result.name}: {result.path} is already up to date")
-        for run in result.ran:
-            out.line(f"ran: {' '.join(run.argv)}")
-        if result.next_steps:
-            out.line("next:")
-            for step in result.next_steps:
-                out.line(f"  {step}")
+        _ran_then(out, result.ran, "next:", result.next_steps)
     out.result(installed.to_json())
 
 
@@ -245,12 +251,8 @@ def service_uninstall(
         out.line(f"{name}: removed {result.path}")
     else:
         out.line(f"{name}: not installed ({result.path} does not exist)")
-    for run in result.ran:
-        out.line(f"ran: {' '.join(run.argv)}")
-    if result.existed and result.next_steps:
-        out.line("if it is running, stop it with:" if not print_only else "then run:")
-        for step in result.next_steps:
-            out.line(f"  {step}")
+    heading = "if it is running, stop it with:" if not print_only else "then run:"
+    _ran_then(out, result.ran, heading, result.next_steps if result.existed else ())
     out.result(uninstalled.to_json())
 
 
