@@ -5,6 +5,7 @@ error (do not restart) from a temporary one (try again later)::
 
     MlxpinError                      base; never raised itself
     ├── UsageError               2   bad command line (unknown model name, bad flag value)
+    │   └── ModelNotChosenError      `launch` without a name, and several models to choose from
     ├── DataError               65   bytes that do not match what we trust
     │   ├── IntegrityError           a file's size or hash differs from the lock
     │   ├── LockCorruptError         a lock file that is not what `mlxpin lock` writes
@@ -40,11 +41,19 @@ Each class builds its message from its fields; the CLI renders `message` and
 MLXPIN_DEBUG=1. Errors are immutable once built: a caller that knows a better next
 step makes a copy with `with_hint`, so an error caught and re-raised elsewhere never
 changes under another reader.
+
+The next step is data, not CLI wording: a `Hint` is advice in words with the mlxpin
+command lines to run as `Run` values. The core says *what* to run; `Run.spelled` is the
+one place that writes it as a user types it, and tests/test_hints.py parses every
+command line the code builds with the real CLI, so a hint never names a verb or an
+option that does not exist. `MlxpinError.next_runs` gives them to any other renderer.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -63,6 +72,38 @@ class ExitCode(IntEnum):
     CONFIG = 78
 
 
+@dataclass(frozen=True)
+class Run:
+    """One mlxpin command line a user should run next, as its arguments after `mlxpin`."""
+
+    argv: tuple[str, ...]
+
+    @classmethod
+    def of(cls, *argv: str) -> Run:
+        return cls(argv)
+
+    def spelled(self) -> str:
+        return f"`mlxpin {shlex.join(self.argv)}`"
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What to do next: words and the command lines to run, in reading order."""
+
+    parts: tuple[str | Run, ...]
+
+    @classmethod
+    def of(cls, *parts: str | Run) -> Hint:
+        return cls(parts)
+
+    @property
+    def runs(self) -> tuple[Run, ...]:
+        return tuple(part for part in self.parts if isinstance(part, Run))
+
+    def text(self) -> str:
+        return "".join(part if isinstance(part, str) else part.spelled() for part in self.parts)
+
+
 class MlxpinError(Exception):
     """Base of every error a user can cause. Carries a message and a next step."""
 
@@ -70,13 +111,23 @@ class MlxpinError(Exception):
     kind: ClassVar[str] = "error"
 
     message: str
-    hint: str | None
+    advice: Hint | None
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | Hint | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.advice = Hint.of(hint) if isinstance(hint, str) else hint
         self._sealed = True
+
+    @property
+    def hint(self) -> str | None:
+        """The next step as one line of text (commands spelled as a user types them)."""
+        return None if self.advice is None else self.advice.text()
+
+    @property
+    def next_runs(self) -> tuple[Run, ...]:
+        """The mlxpin command lines the next step names, as data."""
+        return () if self.advice is None else self.advice.runs
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Fields are set while the subclass builds its message; afterwards they are fixed.
@@ -85,11 +136,11 @@ class MlxpinError(Exception):
             raise AttributeError(f"{type(self).__name__} is immutable; use with_hint()")
         super().__setattr__(name, value)
 
-    def with_hint(self, hint: str | None) -> Self:
+    def with_hint(self, hint: str | Hint | None) -> Self:
         """A copy of this error with another next step."""
         copy = type(self).__new__(type(self), *self.args)
         copy.__dict__.update(self.__dict__)
-        copy.__dict__["hint"] = hint
+        copy.__dict__["advice"] = Hint.of(hint) if isinstance(hint, str) else hint
         return copy
 
     def __str__(self) -> str:
@@ -109,6 +160,20 @@ class UsageError(MlxpinError):
     kind = "usage"
 
 
+class ModelNotChosenError(UsageError):
+    """`launch` without a name, and the manifest declares several models to choose from."""
+
+    kind = "usage"
+
+    def __init__(self, manifest: Path, names: Sequence[str]) -> None:
+        self.manifest = manifest
+        self.names = tuple(names)
+        super().__init__(
+            f"{manifest} declares {len(self.names)} models; say which to launch",
+            f"name one of: {', '.join(self.names)}, or set MLXPIN_MODEL",
+        )
+
+
 class DataError(MlxpinError):
     exit_code = ExitCode.DATA
     kind = "data"
@@ -123,9 +188,14 @@ class IntegrityError(DataError):
         self.problem = problem
         super().__init__(
             f"{model}: {path}: {problem}",
-            "the bytes differ from the lock, so they were refused. If the upstream repo "
-            "really changed, run `mlxpin lock --update "
-            f"{model}`; otherwise rerun `mlxpin fetch {model}` to download the file again",
+            Hint.of(
+                "the bytes differ from the lock, so they were refused. If the upstream repo "
+                "really changed, run ",
+                Run.of("lock", "--update", model),
+                "; otherwise rerun ",
+                Run.of("fetch", model),
+                " to download the file again",
+            ),
         )
 
 
@@ -137,8 +207,12 @@ class LockCorruptError(DataError):
         self.problem = problem
         super().__init__(
             f"{file}: {problem}",
-            "lock files are written by `mlxpin lock`; restore it from version control "
-            "or delete it and run `mlxpin lock`",
+            Hint.of(
+                "lock files are written by ",
+                Run.of("lock"),
+                "; restore it from version control or delete it and run ",
+                Run.of("lock"),
+            ),
         )
 
 
@@ -176,8 +250,12 @@ class BundleError(DataError):
         self.problem = problem
         super().__init__(
             f"{bundle}: {member}: {problem}",
-            "the bundle is damaged, truncated or was not written by `mlxpin export`; nothing "
-            "of the affected models was installed. Export it again and retry",
+            Hint.of(
+                "the bundle is damaged, truncated or not an mlxpin bundle; nothing of the "
+                "affected models was installed. Export it again (",
+                Run.of("export", "NAME", "--output", "FILE"),
+                ") and retry",
+            ),
         )
 
 
@@ -191,7 +269,7 @@ class SnapshotMissingError(NoInputError):
 
     def __init__(self, model: str, problem: str) -> None:
         self.model = model
-        super().__init__(f"{model}: {problem}", f"run `mlxpin fetch {model}`")
+        super().__init__(f"{model}: {problem}", Hint.of("run ", Run.of("fetch", model)))
 
 
 class UnavailableError(MlxpinError):
@@ -208,8 +286,13 @@ class HubUnreachableError(UnavailableError):
         self.revision = revision
         super().__init__(
             f"{repo}@{revision}: the Hub at {endpoint} is unreachable ({cause})",
-            "check the network or HF_ENDPOINT and try again; `mlxpin launch` itself "
-            "never needs the network once `mlxpin fetch` has run",
+            Hint.of(
+                "check the network or HF_ENDPOINT and try again; ",
+                Run.of("launch"),
+                " itself never needs the network once ",
+                Run.of("fetch"),
+                " has run",
+            ),
         )
 
 
@@ -238,6 +321,10 @@ class ServerCrashedError(MlxpinError):
     exit_code = ExitCode.SOFTWARE
     kind = "server_crashed"
 
+    def __init__(self, model: str, message: str, hint: str | Hint | None) -> None:
+        self.model = model
+        super().__init__(message, hint)
+
 
 class DiskError(MlxpinError):
     exit_code = ExitCode.IO
@@ -265,8 +352,16 @@ class LockBusyError(MlxpinError):
 
 
 class AccessDeniedError(MlxpinError):
+    """The Hub refused a repo: gated, token refused or missing, or the repo disabled."""
+
     exit_code = ExitCode.NO_PERMISSION
     kind = "access_denied"
+
+    def __init__(self, repo: str, revision: str, problem: str, hint: str | Hint) -> None:
+        self.repo = repo
+        self.revision = revision
+        self.problem = problem
+        super().__init__(f"{repo}@{revision}: {problem}", hint)
 
 
 class ConfigError(MlxpinError):
@@ -285,7 +380,7 @@ class ManifestError(ConfigError):
         line: int | None,
         key: str | None,
         problem: str,
-        fix: str | None = None,
+        fix: str | Hint | None = None,
     ) -> None:
         self.file = file
         self.line = line
@@ -308,16 +403,37 @@ class LockStaleError(ConfigError):
         self.problems = tuple(problems)
         super().__init__(
             "; ".join(problems),
-            "run `mlxpin lock" + "".join(f" {n}" for n in names) + "`",
+            Hint.of("run ", Run.of("lock", *names)),
         )
 
 
 class RepoNotFoundError(ConfigError):
     kind = "repo_not_found"
 
+    def __init__(self, repo: str, revision: str, endpoint: str, token_sent: bool) -> None:
+        self.repo = repo
+        self.revision = revision
+        self.endpoint = endpoint
+        self.token_sent = token_sent
+        token = "a token was sent" if token_sent else "no token was sent"
+        super().__init__(
+            f"{repo}@{revision}: repository not found at {endpoint} ({token})",
+            f"check the owner and name at {endpoint}/{repo}; a private repo needs HF_TOKEN "
+            "set to a token with read access",
+        )
+
 
 class RevisionNotFoundError(ConfigError):
     kind = "revision_not_found"
+
+    def __init__(self, repo: str, revision: str, existing: Sequence[str]) -> None:
+        self.repo = repo
+        self.revision = revision
+        self.existing = tuple(existing)  # the closest branches and tags the repo has
+        hint = "write an existing branch, tag or full commit in launch.revision"
+        if self.existing:
+            hint += "; the repo has: " + ", ".join(self.existing)
+        super().__init__(f"{repo}: revision {revision!r} not found", hint)
 
 
 class OverBudgetError(ConfigError):
@@ -332,8 +448,11 @@ class OverBudgetError(ConfigError):
         super().__init__(
             f"{model}: needs {cost} bytes (its locked files plus the per-server overhead), "
             f"more than the whole memory budget of {budget} bytes ({budget_source})",
-            "raise [serve] memory_budget in the manifest, or leave the model out of "
-            "`mlxpin serve NAME…`",
+            Hint.of(
+                "raise [serve] memory_budget in the manifest, or leave the model out of the "
+                "names given to ",
+                Run.of("serve"),
+            ),
         )
 
 
@@ -406,8 +525,11 @@ class PinMismatchError(ConfigError):
         self.model = model
         super().__init__(
             f"{model}: the bundle pins {theirs} but {lock_file} pins {ours}",
-            f"export the bundle from a project with the same lock, or run "
-            f"`mlxpin lock --update {model}` on one side so both pin the same commit",
+            Hint.of(
+                "export the bundle from a project with the same lock, or run ",
+                Run.of("lock", "--update", model),
+                " on one side so both pin the same commit",
+            ),
         )
 
 
@@ -417,9 +539,12 @@ class RuntimeIntegrityError(DataError):
     def __init__(self, detail: str) -> None:
         super().__init__(
             f"the package index served a file whose hash is not in lock/runtime.toml: {detail}",
-            "nothing was installed. If the index really changed a release, move the pin with "
-            "`mlxpin lock --update-runtime`; otherwise check UV_INDEX_URL/PIP_INDEX_URL "
-            "(a mirror or proxy may be serving other bytes)",
+            Hint.of(
+                "nothing was installed. If the index really changed a release, move the pin with ",
+                Run.of("lock", "--update-runtime"),
+                "; otherwise check UV_INDEX_URL/PIP_INDEX_URL "
+                "(a mirror or proxy may be serving other bytes)",
+            ),
         )
 
 
@@ -428,7 +553,9 @@ class RuntimeMissingError(NoInputError):
 
     def __init__(self, key: str, problem: str) -> None:
         self.key = key
-        super().__init__(f"the pinned server runtime {key[:12]} {problem}", "run `mlxpin fetch`")
+        super().__init__(
+            f"the pinned server runtime {key[:12]} {problem}", Hint.of("run ", Run.of("fetch"))
+        )
 
 
 class ResolverUnavailableError(UnavailableError):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.config import Settings, is_true, load_settings
-from mlxpin.errors import ExitCode, MlxpinError
+from mlxpin.errors import ExitCode, MlxpinError, ModelNotChosenError
 
 
 class Output:
@@ -50,7 +50,16 @@ def setup_logging(quiet: bool, verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def worded_for_the_command_line(error: MlxpinError) -> MlxpinError:
+    """The error with the next step the command line words itself: its usage lines."""
+    if isinstance(error, ModelNotChosenError):
+        names = ", ".join(error.names)
+        return error.with_hint(f"mlxpin launch NAME (one of: {names}), or set MLXPIN_MODEL")
+    return error
+
+
 def report_error(error: MlxpinError, as_json: bool) -> None:
+    error = worded_for_the_command_line(error)
     print(f"mlxpin: error: {error.message}", file=sys.stderr)
     if error.hint:
         print(f"  hint: {error.hint}", file=sys.stderr)

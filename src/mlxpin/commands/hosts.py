@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from mlxpin.config import Settings
-from mlxpin.errors import DataError, ExitCode, UsageError
+from mlxpin.errors import DataError, ExitCode, Hint, Run, UsageError
 from mlxpin.project import validate
 from mlxpin.project.distributed import LOCAL_HOST
 from mlxpin.project.lockfile import LockedModel, parse_lock, render, write_lock
@@ -153,7 +153,7 @@ def _unpack(stream: IO[bytes], workdir: Path) -> tuple[LockedModel, frozenset[st
     if missing:
         raise DataError(
             f"the stream ended before {missing[0]} arrived ({len(missing)} file(s) missing)",
-            f"run `mlxpin fetch {lock.name} --hosts` again on the sending host",
+            Hint.of("run ", Run.of("fetch", lock.name, "--hosts"), " again on the sending host"),
         )
     return lock, need
 

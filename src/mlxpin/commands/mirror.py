@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mlxpin.config import Settings
-from mlxpin.errors import UnavailableError, UsageError
+from mlxpin.errors import Hint, Run, UnavailableError, UsageError
 from mlxpin.project.selection import locked_models, manifest_of, pick
 from mlxpin.serve.mirror import MirrorConfig, serve_mirror
 from mlxpin.serve.plan import read_api_key
@@ -49,7 +49,10 @@ def plan_mirror(
     if not served:
         raise UsageError(
             "nothing to mirror: the chosen models are local `path` sources",
-            "a mirror serves Hub repos; carry local models with `mlxpin export`",
+            Hint.of(
+                "a mirror serves Hub repos; carry local models with ",
+                Run.of("export", "NAME", "--output", "FILE"),
+            ),
         )
     models = []
     for lock in served:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import ConfigError, UnavailableError
+from mlxpin.errors import ConfigError, Hint, Run, UnavailableError
 from mlxpin.serve.serveplan import ServePlan, plan_serve
 
 if TYPE_CHECKING:
@@ -68,5 +68,5 @@ def status(host: str, port: int, api_key: str | None, timeout: float = 5.0) -> A
         reason = getattr(exc, "reason", exc)
         raise UnavailableError(
             f"nothing answers at {url} ({reason})",
-            "start it with `mlxpin serve`, or point --host/--port at it",
+            Hint.of("start it with ", Run.of("serve"), ", or point --host/--port at it"),
         ) from None

@@ -180,25 +180,22 @@ class HubClient:
                 else "the repo is gated and no token was sent"
             )
             return errors.AccessDeniedError(
-                f"{repo}@{revision}: access refused: {why}",
+                repo,
+                revision,
+                f"access refused: {why}",
                 f"accept the licence at {page} with your account, then set HF_TOKEN "
                 "(or run `hf auth login`) with a token of that account",
             )
         if isinstance(exc, RepositoryNotFoundError):
-            return errors.RepoNotFoundError(
-                f"{repo}@{revision}: repository not found at {endpoint} ({token})",
-                f"check the owner and name at {page}; a private repo needs HF_TOKEN set to a "
-                "token with read access",
-            )
+            return errors.RepoNotFoundError(repo, revision, endpoint, self.config.token_present)
         if isinstance(exc, RevisionNotFoundError):
             close = self.revision_suggestions(repo, revision)
-            hint = "write an existing branch, tag or full commit in launch.revision"
-            if close:
-                hint += "; the repo has: " + ", ".join(close)
-            return errors.RevisionNotFoundError(f"{repo}: revision {revision!r} not found", hint)
+            return errors.RevisionNotFoundError(repo, revision, close)
         if isinstance(exc, DisabledRepoError):
             return errors.AccessDeniedError(
-                f"{repo}@{revision}: the Hub has disabled this repository",
+                repo,
+                revision,
+                "the Hub has disabled this repository",
                 "choose another repo in launch.repo",
             )
         if isinstance(exc, OfflineModeIsEnabled):
@@ -215,12 +212,16 @@ class HubClient:
             status = exc.response.status_code if exc.response is not None else None
             if status == 401:
                 return errors.AccessDeniedError(
-                    f"{repo}@{revision}: the Hub refused the token (401: invalid or expired)",
+                    repo,
+                    revision,
+                    "the Hub refused the token (401: invalid or expired)",
                     "set HF_TOKEN to a valid token, or unset it for public repos",
                 )
             if status == 403:
                 return errors.AccessDeniedError(
-                    f"{repo}@{revision}: access refused (403, {token})",
+                    repo,
+                    revision,
+                    f"access refused (403, {token})",
                     f"check your access to {page}",
                 )
             if status in RETRY_STATUS:

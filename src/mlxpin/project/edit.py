@@ -32,7 +32,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from mlxpin.config import STATE_DIR_HINT, Settings
-from mlxpin.errors import ConfigError, ManifestError, UsageError
+from mlxpin.errors import ConfigError, Hint, ManifestError, Run, UsageError
 from mlxpin.project.lockfile import lock_path
 from mlxpin.project.manifest import (
     DEFAULT_PORT,
@@ -366,7 +366,7 @@ def add(settings: Settings, request: AddRequest) -> AddResult:
         if isinstance(models, dict) and name in models:
             raise UsageError(
                 f"{manifest_path} already has a model named {name!r}",
-                f"pick another name, or `mlxpin remove {name}` first",
+                Hint.of("pick another name, or ", Run.of("remove", name), " first"),
             )
         written_path = _written_path(path, manifest_path) if path is not None else None
         model = NewModel(
@@ -497,7 +497,7 @@ def init(settings: Settings) -> InitResult:
     if path.exists() or path.is_symlink():
         raise UsageError(
             f"{path} already exists; `mlxpin init` never overwrites a manifest",
-            "edit it, or add a model with `mlxpin add NAME --repo owner/name`",
+            Hint.of("edit it, or add a model with ", Run.of("add", "NAME", "--repo", "owner/name")),
         )
     manifest = parse_manifest(STARTER.encode("utf-8"), path)
     write_atomic(path, STARTER.encode("utf-8"))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mlxpin.errors import ManifestError
+from mlxpin.errors import Hint, ManifestError, Run
 from mlxpin.project import validate
 from mlxpin.project.checker import Checker, did_you_mean
 from mlxpin.project.distributed import DISTRIBUTED_KEYS, DistributedSpec, parse_distributed
@@ -209,7 +209,11 @@ def load_manifest(path: Path, parser: Parser = "tomlkit") -> Manifest:
             None,
             None,
             "no manifest here",
-            "create one with `mlxpin init`, or point at it with --manifest or MLXPIN_MANIFEST",
+            Hint.of(
+                "create one with ",
+                Run.of("init"),
+                ", or point at it with --manifest or MLXPIN_MANIFEST",
+            ),
         ) from None
     except OSError as exc:
         raise ManifestError(path, None, None, f"cannot read it: {exc.strerror}") from None

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlxpin.errors import (
+    Hint,
     MlxpinError,
     ResolverUnavailableError,
+    Run,
     RuntimeIntegrityError,
     RuntimeResolutionError,
 )
@@ -137,7 +139,12 @@ def classify(stderr: str, what: str, index: str, manifest: Path | None = None) -
     if any(hint in lower for hint in _NETWORK_HINTS):
         return ResolverUnavailableError(
             f"{what}: the package index {index} is unreachable ({_tail(text, 3)})",
-            "check the network, UV_INDEX_URL or PIP_INDEX_URL and try again; "
-            "`mlxpin launch` never needs the index once `mlxpin fetch` has run",
+            Hint.of(
+                "check the network, UV_INDEX_URL or PIP_INDEX_URL and try again; ",
+                Run.of("launch"),
+                " never needs the index once ",
+                Run.of("fetch"),
+                " has run",
+            ),
         )
     return ResolverUnavailableError(f"{what}: uv failed: {_tail(text)}")

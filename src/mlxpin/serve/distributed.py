@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import ConfigError, ExitCode, MlxpinError, ServerMissingError
+from mlxpin.errors import ConfigError, ExitCode, Hint, MlxpinError, Run, ServerMissingError
 from mlxpin.project.distributed import LOCAL_HOST, DistributedSpec, is_ip
 from mlxpin.project.lockfile import LockedModel, render, valid_locks
 from mlxpin.project.manifest import ModelSpec, load_manifest
@@ -134,15 +134,18 @@ class HostsNotReadyError(MlxpinError):
         self.exit_code = ExitCode(failures[0].exit_code)  # type: ignore[misc]
         listed = "; ".join(f"{f.host}: {f.problem}" for f in failures)
         hosts = ",".join(f.host for f in failures if f.host != LOCAL_HOST)
-        hint = f"run `mlxpin fetch {name} --hosts` to prepare every host"
+        hint = Hint.of("run ", Run.of("fetch", name, "--hosts"), " to prepare every host")
         if any(f.exit_code == ExitCode.UNAVAILABLE for f in failures):
-            hint += (
-                "; check that `ssh HOST` works without a password and that mlxpin, mlx and "
-                "mlx-lm are installed there (the same versions as here)"
+            hint = Hint(
+                (
+                    *hint.parts,
+                    "; check that `ssh HOST` works without a password and that mlxpin, mlx and "
+                    "mlx-lm are installed there (the same versions as here)",
+                )
             )
         super().__init__(
             f"{name}: {len(failures)} host(s) not ready, no rank started: {listed}",
-            hint if hosts or len(failures) > 1 else f"run `mlxpin fetch {name}`",
+            hint if hosts or len(failures) > 1 else Hint.of("run ", Run.of("fetch", name)),
         )
 
     def to_json(self) -> dict[str, object]:

@@ -18,6 +18,7 @@ from mlxpin.config import STATE_DIR_HINT, Settings
 from mlxpin.errors import (
     ConfigError,
     IntegrityError,
+    ModelNotChosenError,
     ServerMissingError,
     SnapshotMissingError,
     UsageError,
@@ -173,10 +174,7 @@ def choose_model(manifest: Manifest, name: str | None, settings: Settings) -> Mo
     if chosen is None:
         if len(manifest.models) == 1:
             return manifest.models[0]
-        raise UsageError(
-            f"{manifest.path} declares {len(manifest.models)} models; say which to launch",
-            f"mlxpin launch NAME (one of: {', '.join(manifest.names)}), or set MLXPIN_MODEL",
-        )
+        raise ModelNotChosenError(manifest.path, manifest.names)
     spec = manifest.get(chosen)
     if spec is None:
         raise UsageError(

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from mlxpin.errors import Hint, Run
+
 __all__ = ["GiveUp", "Restart", "RestartBudget", "RestartPolicy"]
 
 
@@ -40,7 +42,7 @@ class GiveUp:
     """Stop trying: the budget is spent."""
 
     message: str
-    hint: str
+    hint: str | Hint
 
 
 class RestartBudget:
@@ -71,7 +73,11 @@ class RestartBudget:
             return GiveUp(
                 f"{name}: mlx_lm.server exited {len(self.crashes)} times within "
                 f"{policy.budget_window_s:.0f} s (last exit code {code}); giving up",
-                "read the server's log above; `mlxpin launch --verify` re-checks the files",
+                Hint.of(
+                    "read the server's log above; ",
+                    Run.of("launch", "--verify"),
+                    " re-checks the files",
+                ),
             )
         if now - started > policy.budget_window_s:
             self.delay = policy.backoff_initial_s
