@@ -290,7 +290,7 @@ def test_busy_blob_lock_is_skipped(env: Env) -> None:
     model = pin(env, lock_dir, "m", {"a.bin": b"aaa", "b.bin": b"bbb"}, repo="o/m")
     lock_path(lock_dir, "m").unlink()
     busy = model.files[0]
-    with hold_mutex(env.layout.blob_lock(model, busy), 1.0):
+    with hold_mutex(env.layout.blob_mutex(model, busy), 1.0):
         result = env.run("gc", "--yes")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

@@ -263,12 +263,12 @@ def test_the_host_agent_stores_only_the_announced_share_and_the_preflight_checks
     assert here.whole and not there.whole and set(there.files) == share
 
     # The plan says who holds what, in text and JSON (as `launch --dry-run` prints it).
-    from mlxpin.cli.distributed import distributed_json, distributed_text
+    from mlxpin.cli.boot import distributed_text
 
     text = distributed_text(plan)
     assert "host       127.0.0.1 holds all 9 files" in text
     assert "host       mac2 holds 8 of 9 files" in text and "(the layers of rank 1)" in text
-    hosts = distributed_json(plan)["distributed"]["hosts"]
+    hosts = plan.to_json()["distributed"]["hosts"]
     assert [h["share"]["whole"] for h in hosts] == [True, False]
     assert set(hosts[1]["share"]["files"]) == share and hosts[1]["share"]["size"] == sum(
         f.size for f in lock.files if f.path in share

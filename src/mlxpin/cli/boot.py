@@ -8,6 +8,7 @@ call the same `launch_main` / `serve_main`. A test keeps their options identical
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -17,10 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxpin.cli.output import CommandExit, Common, Output, run_guarded
-from mlxpin.cli.render import human_size, short_commit
-from mlxpin.serve.plan import LaunchPlan
+from mlxpin.cli.render import human_size, share_text, short_commit
+from mlxpin.serve.plan import PRIVATE_PORT_SHOWN, LaunchPlan
 
-if TYPE_CHECKING:  # a --dry-run never builds one
+if TYPE_CHECKING:  # a --dry-run builds no policy; a plain model needs no distributed code
+    from mlxpin.serve.distributed import DistributedPlan
     from mlxpin.serve.restart import RestartPolicy
 
 
@@ -116,15 +118,31 @@ def launch_main(options: LaunchOptions) -> int:
     return options.guarded(run)
 
 
-def _show(chosen: Any, out: Output) -> None:
-    if isinstance(chosen, LaunchPlan):
-        out.line(plan_text(chosen))
-        out.result({"ok": True, "plan": chosen.to_json()})
-        return
-    from mlxpin.cli.distributed import distributed_json, distributed_text
+def _show(chosen: LaunchPlan | DistributedPlan, out: Output) -> None:
+    out.line(plan_text(chosen) if isinstance(chosen, LaunchPlan) else distributed_text(chosen))
+    out.result({"ok": True, "plan": chosen.to_json()})
 
-    out.line(distributed_text(chosen))
-    out.result({"ok": True, "plan": distributed_json(chosen)})
+
+def distributed_text(plan: DistributedPlan) -> str:
+    mode = "pipeline-parallel" if plan.pipeline else "tensor-parallel"
+    lines = [
+        plan_text(plan.server),
+        f"ranks      {len(plan.ranks)} over {plan.backend}, {mode}; rank 0 serves HTTP here",
+        "launcher   " + shlex.join(plan.launch_argv(PRIVATE_PORT_SHOWN)),
+        f"hostfile   {plan.hostfile_path}  (written at start)",
+    ]
+    lines += ["  " + line for line in json.dumps(plan.hostfile(), indent=2).splitlines()]
+    for rank in plan.ranks:
+        where = "this host" if rank.local else "over ssh"
+        lines.append(f"rank {rank.rank:<5} {rank.ssh} ({where}, {', '.join(rank.ips) or 'no ip'})")
+        lines.append(f"  snapshot {plan.path_of(rank.rank)}  (verified there)")
+        lines.append("  argv     " + shlex.join(plan.rank_argv(rank.rank, PRIVATE_PORT_SHOWN)))
+        if plan.rank_files is not None:
+            lines.append("  reads    " + ", ".join(plan.rank_files[rank.rank]))
+    for check, share in zip(plan.hosts, plan.host_shares(), strict=True):
+        if share is not None:
+            lines.append(f"host       {check.host} holds {share_text(share)}")
+    return "\n".join(lines)
 
 
 def at_least(kind: type[int] | type[float], minimum: float) -> Any:

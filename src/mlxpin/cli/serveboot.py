@@ -15,6 +15,7 @@ from typing import Any
 
 from mlxpin.cli.boot import RunOptions, run_parser
 from mlxpin.cli.render import human_size, share_text
+from mlxpin.serve.plan import PRIVATE_PORT_SHOWN
 from mlxpin.serve.serveplan import SERVER_OVERHEAD_BYTES, ServePlan
 
 
@@ -50,7 +51,7 @@ def serve_plan_text(plan: ServePlan) -> str:
         lines.append(f"  ranks    {len(m.group.ranks)} ({mode}, {m.group.backend}) on {hosts}")
         for share in m.group.shares:
             lines.append(f"  host     {share.host} holds {share_text(share)}")
-        lines.append("  argv     " + shlex.join(m.group.launch_argv("<private port>")))
+        lines.append("  argv     " + shlex.join(m.group.launch_argv(PRIVATE_PORT_SHOWN)))
     return "\n".join(lines)
 
 

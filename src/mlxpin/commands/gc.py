@@ -1,8 +1,8 @@
 """`mlxpin gc`: find what no lock references and, with `yes`, delete it.
 
-The store floor does the work: `mlxpin.store.gcscan` reads the live lock dirs and the
-disk, `mlxpin.store.gc.plan` decides (purely) what is garbage, `mlxpin.store.gcsweep`
-deletes one item safely. This verb adds the installed runtimes (`mlxpin.runtime.gc`),
+The store floor does the work: `mlxpin.store.gc.inventory` reads the live lock dirs and the
+disk, `mlxpin.store.gc.plan` decides (purely) what is garbage, `mlxpin.store.gc.sweep`
+deletes one item safely. This verb adds the installed runtimes (`mlxpin.runtime.garbage`),
 refuses to delete while it cannot tell what a lock needs, and returns a frozen result.
 """
 
@@ -14,11 +14,11 @@ from typing import Any
 
 from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, ExitCode, Hint, LockCorruptError, Run
-from mlxpin.runtime.gc import live_runtime_keys, runtime_garbage
+from mlxpin.runtime.garbage import live_runtime_keys, runtime_garbage
 from mlxpin.runtime.layout import RuntimeLayout
-from mlxpin.store.gc import GcPlan, LiveSet, RootOnDisk, plan
-from mlxpin.store.gcscan import LiveRoot, LiveScan, collect_live, read_roots, scan
-from mlxpin.store.gcsweep import LOCK_TIMEOUT_S, ItemOutcome, sweep_item
+from mlxpin.store.gc.inventory import LiveRoot, LiveScan, collect_live, read_roots, scan
+from mlxpin.store.gc.plan import GcPlan, LiveSet, RootOnDisk, plan
+from mlxpin.store.gc.sweep import LOCK_TIMEOUT_S, ItemOutcome, sweep_item
 from mlxpin.store.layout import StoreLayout
 
 

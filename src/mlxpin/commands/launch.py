@@ -44,7 +44,8 @@ def run(
         from mlxpin.serve.poolserver import run_plan
 
         return run_plan(chosen, environ, policy)
-    from mlxpin.serve.rankgroup import WatchdogPolicy, run_distributed
+    from mlxpin.serve.poolserver import run_distributed
+    from mlxpin.serve.rankgroup import WatchdogPolicy
 
     interval, timeout = watchdog
     return run_distributed(chosen, environ, policy, WatchdogPolicy(interval, timeout))

@@ -66,7 +66,7 @@ def read_locks(
 
 
 def lock_dir_mutex(settings: Settings) -> Path:
-    """The cross-process lock guarding one lock directory (kept out of the project tree)."""
+    """The cross-process mutex guarding one lock directory (kept out of the project tree)."""
     digest = hashlib.sha256(str(settings.lock_dir).encode()).hexdigest()[:16]
     return settings.state_dir / "locks" / f"lockdir-{digest}.lock"
 

@@ -33,7 +33,7 @@ from mlxpin.errors import ConfigError, ExitCode, Hint, MlxpinError, Run, ServerM
 from mlxpin.project.distributed import LOCAL_HOST, DistributedSpec, is_ip
 from mlxpin.project.lockfile import LockedModel, render, valid_locks
 from mlxpin.project.manifest import ModelSpec, load_manifest
-from mlxpin.serve.plan import OFFLINE_ENV, LaunchPlan, choose_model, plan_launch
+from mlxpin.serve.plan import OFFLINE_ENV, PRIVATE_PORT_SHOWN, LaunchPlan, choose_model, plan_launch
 from mlxpin.store.layout import StoreLayout, check_stamp
 from mlxpin.util.jsonable import fields_json
 
@@ -230,6 +230,40 @@ class DistributedPlan:
             "--",
             *self.command(private_port),
         ]
+
+    def host_shares(self) -> list[HostShare | None]:
+        """What each checked host holds, in the order of `hosts` (None: the whole pin)."""
+        by_host = {s.host: s for s in self.shares}
+        return [by_host.get(h.host) for h in self.hosts]
+
+    def to_json(self) -> dict[str, Any]:
+        """What `launch --dry-run --json` prints as "plan" for a distributed model."""
+        data = self.server.to_json()
+        data["argv"] = self.launch_argv(PRIVATE_PORT_SHOWN)
+        data["distributed"] = {
+            "backend": self.backend,
+            "pipeline": self.pipeline,
+            "starting_port": self.starting_port,
+            "hostfile_path": str(self.hostfile_path),
+            "hostfile": self.hostfile(),
+            "ranks": [
+                {
+                    "rank": r.rank,
+                    "host": r.ssh,
+                    "local": r.local,
+                    "ips": list(r.ips),
+                    "snapshot": self.path_of(r.rank),
+                    "argv": self.rank_argv(r.rank, PRIVATE_PORT_SHOWN),
+                    "files": list(self.rank_files[r.rank]) if self.rank_files else None,
+                }
+                for r in self.ranks
+            ],
+            "hosts": [
+                {**h.to_json(), **({"share": s.to_json()} if s is not None else {})}
+                for h, s in zip(self.hosts, self.host_shares(), strict=True)
+            ],
+        }
+        return data
 
 
 # --- hosts ---------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from mlxpin.store.layout import StoreLayout, check_stamp
 from mlxpin.util.writable import require_writable_dir
 
 PRIVATE_HOST = "127.0.0.1"
+PRIVATE_PORT_SHOWN = "<private port>"  # in a plan: the port is chosen when the server starts
 API_KEY_VARIABLE = "MLXPIN_API_KEY"
 API_KEY_FILE_VARIABLE = "MLXPIN_API_KEY_FILE"  # for launchd, which has no EnvironmentFile
 
@@ -113,7 +114,7 @@ class LaunchPlan(ModelIdentity):
         """The argv with a placeholder for the private address chosen at start."""
         if self.private_socket:
             return self.argv_unix("<private socket>")
-        return [*self.server_command, *self.server_args, "--port", "<private port>"]
+        return [*self.server_command, *self.server_args, "--port", PRIVATE_PORT_SHOWN]
 
     def environment(self, base: Mapping[str, str]) -> dict[str, str]:
         env = {k: v for k, v in base.items() if k not in self.env_unset}

@@ -43,8 +43,7 @@ from mlxpin.serve.backends import Upstream
 from mlxpin.serve.distributed import DistributedPlan
 from mlxpin.serve.pool import ServerFactory, single_server
 from mlxpin.serve.process import Attempt, ServerProcess, ServerSpec, _die_with_parent, ps
-from mlxpin.serve.restart import RestartPolicy
-from mlxpin.serve.serveplan import PoolModelPlan, launch_serve_plan
+from mlxpin.serve.serveplan import PoolModelPlan
 from mlxpin.serve.servers import ModelServer
 from mlxpin.serve.state import GatewayState
 
@@ -261,20 +260,3 @@ def group_servers(watchdog: WatchdogPolicy) -> ServerFactory:
         return RankGroupServer(plan.group, environ, watchdog)
 
     return make
-
-
-def run_distributed(
-    plan: DistributedPlan,
-    environ: Mapping[str, str],
-    policy: RestartPolicy | None = None,
-    watchdog: WatchdogPolicy | None = None,
-) -> int:
-    """`mlxpin launch` of a distributed model: the group as the one resident model."""
-    from mlxpin.serve.poolserver import run_pool_plan
-
-    return run_pool_plan(
-        launch_serve_plan(plan.server, plan),
-        environ,
-        policy,
-        servers=group_servers(watchdog or WatchdogPolicy()),
-    )

@@ -28,6 +28,7 @@ from mlxpin.project.memory import physical_memory
 from mlxpin.project.selection import pick
 from mlxpin.runtime.server import ServerRuntime, server_runtime
 from mlxpin.serve.plan import (
+    PRIVATE_PORT_SHOWN,
     LaunchPlan,
     find_server,
     model_plan,
@@ -305,5 +306,5 @@ def _group_json(group: DistributedPlan) -> dict[str, Any]:
         "ranks": len(group.ranks),
         "hosts": [h.host for h in group.hosts],
         "shares": [share.to_json() for share in group.shares],  # what each host holds
-        "argv": group.launch_argv("<private port>"),
+        "argv": group.launch_argv(PRIVATE_PORT_SHOWN),
     }

@@ -299,7 +299,7 @@ def ensure_blob(
         return _BlobResult(StampEntry(file.path, str(blob), stat), 0, 0)
     blob.parent.mkdir(parents=True, exist_ok=True)
     # 0o664 like huggingface_hub, so other users sharing the cache can wait on it too.
-    with hold_mutex(layout.blob_lock(lock, file), BLOB_LOCK_TIMEOUT_S, mode=0o664):
+    with hold_mutex(layout.blob_mutex(lock, file), BLOB_LOCK_TIMEOUT_S, mode=0o664):
         hashed = 0
         try:
             st: os.stat_result | None = os.lstat(blob)
@@ -460,7 +460,7 @@ def publish(
     snapshot links, the exact view, then the stamp (what launch trusts) last."""
     try:
         link_hub_snapshot(layout, lock)
-        with hold_mutex(layout.view_lock(lock)):
+        with hold_mutex(layout.view_mutex(lock)):
             view = build_view(layout, lock, entries)
             write_stamp(layout, lock, entries, origin)
     except OSError as exc:
@@ -573,7 +573,7 @@ def verify_model(
         elif entry is not None:
             entries.append(entry)
     if not bad:
-        with hold_mutex(layout.view_lock(lock)):
+        with hold_mutex(layout.view_mutex(lock)):
             write_stamp(layout, lock, entries)
     else:
         with contextlib.suppress(FileNotFoundError):

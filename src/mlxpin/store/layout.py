@@ -56,7 +56,7 @@ class StoreLayout:
     def hub_blob(self, repo: str, oid: str) -> Path:
         return self.repo_dir(repo) / "blobs" / oid_hex(oid)
 
-    def hub_blob_lock(self, repo: str, oid: str) -> Path:
+    def hub_blob_mutex(self, repo: str, oid: str) -> Path:
         return (
             self.hub_cache
             / ".locks"
@@ -79,7 +79,7 @@ class StoreLayout:
     def local_blob(self, oid: str) -> Path:
         return self.state_dir / "blobs" / "sha256" / oid_hex(oid)
 
-    def local_blob_lock(self, oid: str) -> Path:
+    def local_blob_mutex(self, oid: str) -> Path:
         return self.state_dir / "locks" / "blobs" / (oid_hex(oid) + ".lock")
 
     def blob(self, lock: LockedModel, file: LockedFile) -> Path:
@@ -87,10 +87,10 @@ class StoreLayout:
             return self.hub_blob(lock.original.repo, file.oid)
         return self.local_blob(file.oid)
 
-    def blob_lock(self, lock: LockedModel, file: LockedFile) -> Path:
+    def blob_mutex(self, lock: LockedModel, file: LockedFile) -> Path:
         if lock.original.repo is not None:
-            return self.hub_blob_lock(lock.original.repo, file.oid)
-        return self.local_blob_lock(file.oid)
+            return self.hub_blob_mutex(lock.original.repo, file.oid)
+        return self.local_blob_mutex(file.oid)
 
     def view(self, lock: LockedModel) -> Path:
         return self.state_dir / "snapshots" / view_key(lock)
@@ -98,10 +98,10 @@ class StoreLayout:
     def stamp(self, lock: LockedModel) -> Path:
         return self.state_dir / "snapshots" / (view_key(lock) + ".stamp")
 
-    def view_lock(self, lock: LockedModel) -> Path:
-        return self.view_lock_for_key(view_key(lock))
+    def view_mutex(self, lock: LockedModel) -> Path:
+        return self.view_mutex_for_key(view_key(lock))
 
-    def view_lock_for_key(self, key: str) -> Path:
+    def view_mutex_for_key(self, key: str) -> Path:
         return self.state_dir / "locks" / f"view-{key}.lock"
 
     def root(self, lock_dir: Path) -> Path:

@@ -350,7 +350,7 @@ def _roll_back(layout: StoreLayout, created: list[tuple[LockedModel, LockedFile]
         blob = layout.blob(lock, file)
         partial = blob.with_name(blob.name + ".mlxpin.incomplete")
         try:
-            with hold_mutex(layout.blob_lock(lock, file), 30.0, mode=0o664):
+            with hold_mutex(layout.blob_mutex(lock, file), 30.0, mode=0o664):
                 for path in (partial, blob):
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()

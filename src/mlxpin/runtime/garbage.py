@@ -1,9 +1,9 @@
 """Which installed runtimes `mlxpin gc` may delete: those no live lock dir's
 lock/runtime.toml names, and builds left aside by a crash (older than a day).
 
-Pure apart from reading the runtimes directory; deleting is `mlxpin.store.gcsweep`'s job,
-under the runtime's own mutex (the one `fetch` holds while it builds), so a runtime being
-built is never deleted.
+Pure apart from reading the runtimes directory; deleting is `mlxpin.store.gc.sweep`'s
+job, under the runtime's own mutex (the one `fetch` holds while it builds), so a runtime
+being built is never deleted.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from mlxpin.errors import LockCorruptError
 from mlxpin.runtime.layout import RuntimeLayout
 from mlxpin.runtime.pin import read_pin
-from mlxpin.store.gc import STALE_AFTER_S, Doomed
+from mlxpin.store.gc.plan import STALE_AFTER_S, Doomed
 
 KEY_RE = re.compile(r"[0-9a-f]{32}")
 

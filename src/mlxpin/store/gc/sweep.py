@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlxpin.errors import LockBusyError
-from mlxpin.store.gc import Doomed, LiveSet
+from mlxpin.store.gc.plan import Doomed, LiveSet
 from mlxpin.store.layout import FileStat
 from mlxpin.util.atomic import hold_mutex
 
@@ -47,7 +47,7 @@ class ItemOutcome:
 
 
 @contextlib.contextmanager
-def _locked(path: Path | None, timeout_s: float) -> Iterator[None]:
+def _holding(path: Path | None, timeout_s: float) -> Iterator[None]:
     if path is None:
         yield
         return
@@ -108,7 +108,7 @@ def sweep_item(item: Doomed, live: LiveSet, timeout_s: float = LOCK_TIMEOUT_S) -
     if item.unless_exists is not None and os.path.lexists(item.unless_exists):
         return ItemOutcome(item, "changed", "its snapshot is still there")
     try:
-        with _locked(item.lock, timeout_s):
+        with _holding(item.mutex, timeout_s):
             if item.expect is not None:
                 try:
                     current = FileStat.of(item.path)

@@ -26,9 +26,9 @@ Garbage (`plan`), and what is never touched:
   ref to a missing snapshot as a corrupt repo. Other refs and anything the planner does
   not recognise are never touched.
 
-Scanning the disk is `mlxpin.store.gcscan`; deleting (`mlxpin.store.gcsweep`) holds the
-same mutex `fetch` holds for that blob or view, so a concurrent fetch and gc never see each
-other's half-done work.
+Scanning the disk is `mlxpin.store.gc.inventory`; deleting (`mlxpin.store.gc.sweep`) holds
+the same mutex `fetch` holds for that blob or view, so a concurrent fetch and gc never see
+each other's half-done work.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ GarbageKind = Literal[
     "link",
     "root",
     "ref",
-    "runtime",  # an installed server runtime (planned by mlxpin.runtime.gc)
+    "runtime",  # an installed server runtime (planned by mlxpin.runtime.garbage)
 ]
 STALE_AFTER_S = 24 * 3600.0
 HEX_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -87,7 +87,7 @@ def live_set(layout: StoreLayout, locks: Iterable[LockedModel]) -> LiveSet:
     return LiveSet(frozenset(paths))
 
 
-# --- what is on disk (gathered by mlxpin.store.gcscan) ------------------------------------
+# --- what is on disk (gathered by mlxpin.store.gc.inventory) ----------------------------
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class BlobOnDisk:
     local: bool  # mlxpin's own store (path sources) rather than the Hub cache
     stat: FileStat
     record: Record | None
-    lock: Path
+    mutex: Path
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class ViewOnDisk:
     view: Path | None  # the directory, when present
     stamp: Path | None  # the stamp, when present
     size: int
-    lock: Path
+    mutex: Path
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class LeftoverOnDisk:
     path: Path
     size: int
     mtime: float
-    lock: Path | None
+    mutex: Path | None
     becomes: Path | None  # the blob or view it would have become
     ours: bool = True  # False: another tool's partial download (huggingface_hub's)
 
@@ -170,7 +170,7 @@ class Doomed:
     path: Path
     size: int
     reason: str
-    lock: Path | None = None  # held while this item and its followers are deleted
+    mutex: Path | None = None  # held while this item and its followers are deleted
     expect: FileStat | None = None  # skip the blob if it changed since the scan
     follow: tuple[Doomed, ...] = ()  # removed only once this item is gone
     prune_to: Path | None = None  # links: remove emptied parents up to this directory
@@ -255,7 +255,7 @@ def _plan_views(inventory: Inventory, live: LiveSet) -> list[Doomed]:
         if view.view in live or view.stamp in live:
             continue
         stamp = (
-            (Doomed("stamp", view.stamp, 0, "stamp of an unreferenced snapshot", view.lock),)
+            (Doomed("stamp", view.stamp, 0, "stamp of an unreferenced snapshot", view.mutex),)
             if view.stamp is not None and view.view is not None
             else ()
         )
@@ -266,12 +266,12 @@ def _plan_views(inventory: Inventory, live: LiveSet) -> list[Doomed]:
                     view.view,
                     view.size,
                     "snapshot no lock references",
-                    view.lock,
+                    view.mutex,
                     follow=stamp,
                 )
             )
         elif view.stamp is not None:
-            doomed.append(Doomed("stamp", view.stamp, 0, "stamp without a snapshot", view.lock))
+            doomed.append(Doomed("stamp", view.stamp, 0, "stamp without a snapshot", view.mutex))
     return doomed
 
 
@@ -298,7 +298,7 @@ def _plan_blobs(
                     blob.path,
                     blob.stat.size,
                     "imported path-source file no lock references",
-                    blob.lock,
+                    blob.mutex,
                     expect=blob.stat,
                     follow=tuple(follow),
                 )
@@ -327,7 +327,7 @@ def _plan_blobs(
                 blob.path,
                 blob.stat.size,
                 reason,
-                blob.lock,
+                blob.mutex,
                 expect=blob.stat,
                 follow=tuple(follow),
             )
@@ -353,7 +353,7 @@ def _plan_leftovers(
                 leftover.path,
                 leftover.size,
                 f"{what} older than a day",
-                leftover.lock,
+                leftover.mutex,
             )
         )
     return doomed

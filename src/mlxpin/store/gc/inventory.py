@@ -1,5 +1,5 @@
 """What `mlxpin gc` finds on disk: the live lock dirs and what they pin, and an inventory
-of the store and the Hub cache (see `mlxpin.store.gc` for what becomes garbage).
+of the store and the Hub cache (see `mlxpin.store.gc.plan` for what becomes garbage).
 
 Scanning reads directory listings, stats and the small verification records; it never
 hashes and never writes.
@@ -15,7 +15,7 @@ from pathlib import Path
 from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError
 from mlxpin.project.lockfile import LockedModel, list_lock_dir, read_lock
-from mlxpin.store.gc import (
+from mlxpin.store.gc.plan import (
     HEX_RE,
     BlobOnDisk,
     Inventory,
@@ -156,7 +156,7 @@ def _scan_views(layout: StoreLayout) -> tuple[list[ViewOnDisk], list[LeftoverOnD
                         path,
                         size + _lstat_size(path),
                         _mtime(path),
-                        _view_lock(layout, key),
+                        _view_mutex(layout, key),
                         directory / key,
                     )
                 )
@@ -173,15 +173,15 @@ def _scan_views(layout: StoreLayout) -> tuple[list[ViewOnDisk], list[LeftoverOnD
             stamp,
             (_tree_size(view) + _lstat_size(view) if view else 0)
             + (_lstat_size(stamp) if stamp else 0),
-            _view_lock(layout, key),
+            _view_mutex(layout, key),
         )
         for key, (view, stamp) in sorted(views.items())
     ]
     return result, leftovers
 
 
-def _view_lock(layout: StoreLayout, key: str) -> Path:
-    return layout.view_lock_for_key(key)
+def _view_mutex(layout: StoreLayout, key: str) -> Path:
+    return layout.view_mutex_for_key(key)
 
 
 def _scan_blob_dir(
@@ -196,13 +196,17 @@ def _scan_blob_dir(
         if not HEX_RE.fullmatch(digest) or not entry.is_file(follow_symlinks=False):
             continue
         oid = oid_of_hex(digest) if repo is not None else "sha256:" + digest
-        lock = layout.hub_blob_lock(repo, oid) if repo is not None else layout.local_blob_lock(oid)
+        mutex = (
+            layout.hub_blob_mutex(repo, oid) if repo is not None else layout.local_blob_mutex(oid)
+        )
         if name == digest:
             try:
                 stat = FileStat.of(path)
             except OSError:
                 continue
-            blobs.append(BlobOnDisk(path, oid, repo is None, stat, read_record(layout, path), lock))
+            blobs.append(
+                BlobOnDisk(path, oid, repo is None, stat, read_record(layout, path), mutex)
+            )
         elif name.endswith(".incomplete"):
             leftovers.append(
                 LeftoverOnDisk(
@@ -210,7 +214,7 @@ def _scan_blob_dir(
                     path,
                     _lstat_size(path),
                     _mtime(path),
-                    lock,
+                    mutex,
                     directory / digest,
                     ours=repo is None or name.endswith(".mlxpin.incomplete"),
                 )
