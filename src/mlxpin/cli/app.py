@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +21,7 @@ from mlxpin.cli.output import (
     settings_for,
 )
 
-__all__ = ["Common", "Output", "report_error", "settings_for", "verb"]
+__all__ = ["Common", "Group", "Output", "report_error", "settings_for", "verb"]
 
 app = typer.Typer(
     name="mlxpin",
@@ -79,6 +80,7 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
     "verbose": (VerboseOpt, False),
 }
 PROJECT = ("cache_dir", "manifest", "lock_dir")
+KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 OUTPUT = ("as_json", "quiet", "verbose")
 
 
@@ -96,39 +98,70 @@ def _guarded(func: Callable[[], None], common: Common) -> None:
         raise typer.Exit(code)
 
 
+@dataclass(frozen=True)
+class Group:
+    """Options several verbs take, declared once; the function receives them as one value."""
+
+    options: Mapping[str, tuple[Any, Any]]  # name -> (annotation, default), in --help order
+    build: Callable[..., Any]  # the options by name -> the value
+
+
+def _signature(func: Callable[..., None], built: Collection[str]) -> inspect.Signature:
+    """``func``'s signature, evaluated; the types of the ``built`` parameters may be imported
+    for the type checker only (the command line never sees them: their options stand there)."""
+    raw = inspect.signature(func).parameters
+    only_typed = {str(raw[name].annotation): object for name in built}
+    return inspect.signature(func, eval_str=True, locals=only_typed)
+
+
+def _parameter(name: str, declared: tuple[Any, Any], kind: Any) -> inspect.Parameter:
+    annotation, default = declared
+    return inspect.Parameter(name, kind, default=default, annotation=annotation)
+
+
 def verb(
     name: str,
     *,
     on: typer.Typer | None = None,
     uses: Sequence[str] = PROJECT,
     guard: bool = True,
+    groups: Mapping[str, Group] | None = None,
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register `func(..., common: Common)` as the command NAME.
 
     The command line gets the function's own options, then the shared ones it `uses`
     (plus --json/-q/-v), each declared once in COMMON_OPTIONS; the function receives
-    them as one `Common`. With `guard`, errors become a message and an exit code.
+    them as one `Common`. A parameter named in `groups` stands for that group's options
+    on the command line and receives them built. With `guard`, errors become a message
+    and an exit code.
     """
     shared = (*uses, *OUTPUT)
+    grouped = groups or {}
 
     def register(func: Callable[..., None]) -> Callable[..., None]:
-        own = inspect.signature(func, eval_str=True)
-        params = [p for p in own.parameters.values() if p.name != "common"]
-        for key in shared:
-            annotation, default = COMMON_OPTIONS[key]
-            params.append(
-                inspect.Parameter(
-                    key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
-                )
-            )
+        own = _signature(func, grouped)
+        params: list[inspect.Parameter] = []
+        for p in own.parameters.values():
+            if p.name in grouped:
+                options = grouped[p.name].options
+                params += [_parameter(key, options[key], p.kind) for key in options]
+            elif p.name != "common":
+                params.append(p)
+        params += [_parameter(key, COMMON_OPTIONS[key], KEYWORD_ONLY) for key in shared]
 
         @functools.wraps(func)
         def command(**kwargs: Any) -> None:
             common = Common(**{key: kwargs.pop(key) for key in shared})
+            given = {p: {key: kwargs.pop(key) for key in grouped[p].options} for p in grouped}
+
+            def call() -> None:  # building a group may refuse the options: guarded too
+                built = {p: grouped[p].build(**options) for p, options in given.items()}
+                func(common=common, **kwargs, **built)
+
             if guard:
-                _guarded(lambda: func(common=common, **kwargs), common)
+                _guarded(call, common)
             else:
-                func(common=common, **kwargs)
+                call()
 
         command.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}

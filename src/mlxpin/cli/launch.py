@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from mlxpin.cli.app import Common, verb
+from mlxpin.cli.app import Common, Group, verb
 from mlxpin.cli.boot import LaunchOptions, launch_main
 
 DryRunOpt = Annotated[
@@ -37,9 +37,20 @@ ReadyTimeoutOpt = Annotated[
         "--ready-timeout", min=1.0, help="Seconds a server may take to answer its warm-up."
     ),
 ]
+# The options of `RunOptions`, which `launch` and `serve` share, by name.
+RUN = Group(
+    {
+        "dry_run": (DryRunOpt, False),
+        "verify": (VerifyOpt, False),
+        "max_restarts": (MaxRestartsOpt, 5),
+        "restart_delay": (RestartDelayOpt, 1.0),
+        "ready_timeout": (ReadyTimeoutOpt, 900.0),
+    },
+    dict,
+)
 
 
-@verb("launch", guard=False)
+@verb("launch", guard=False, groups={"run": RUN})
 def launch_command(
     name: Annotated[
         str | None,
@@ -48,11 +59,7 @@ def launch_command(
             show_default=False,
         ),
     ] = None,
-    dry_run: DryRunOpt = False,
-    verify: VerifyOpt = False,
-    max_restarts: MaxRestartsOpt = 5,
-    restart_delay: RestartDelayOpt = 1.0,
-    ready_timeout: ReadyTimeoutOpt = 900.0,
+    run: dict[str, Any] | None = None,
     probe_interval: Annotated[
         float,
         typer.Option(
@@ -79,13 +86,9 @@ def launch_command(
     """
     options = LaunchOptions(
         name=name,
-        dry_run=dry_run,
-        verify=verify,
-        max_restarts=max_restarts,
-        restart_delay=restart_delay,
-        ready_timeout=ready_timeout,
         probe_interval=probe_interval,
         probe_timeout=probe_timeout,
+        **(run or {}),
         **asdict(common),
     )
     raise typer.Exit(launch_main(options))

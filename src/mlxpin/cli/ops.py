@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -12,6 +13,7 @@ import typer
 
 from mlxpin.cli.app import (
     Common,
+    Group,
     Output,
     app,
     report_error,
@@ -23,7 +25,7 @@ from mlxpin.errors import UsageError
 
 if TYPE_CHECKING:  # the modules themselves load lazily: `launch` registers this file too
     from mlxpin.commands.service import UnitRequest
-    from mlxpin.serve.units import Platform
+    from mlxpin.serve.units import CommandRun, Platform
 
 service_app = typer.Typer(
     name="service",
@@ -145,11 +147,21 @@ def _warn(out: Output, warnings: tuple[str, ...]) -> None:
         out.note(f"mlxpin: warning: {warning}")
 
 
+def _ran_then(out: Output, ran: tuple[CommandRun, ...], heading: str, steps: Sequence[str]) -> None:
+    """The systemctl/launchctl commands that ran, then the ones left to the user."""
+    for run in ran:
+        out.line(f"ran: {' '.join(run.argv)}")
+    if steps:
+        out.line(heading)
+        for step in steps:
+            out.line(f"  {step}")
+
+
 def _request(
     name: str | None,
     serve: bool,
-    platform: PlatformChoice | None,
     system: bool,
+    platform: PlatformChoice | None,
     log_file: Path | None = None,
     env_file: Path | None = None,
     run_as: str | None = None,
@@ -160,17 +172,32 @@ def _request(
     return UnitRequest(unit, _platform(platform), system, log_file, env_file, run_as, serve)
 
 
-@verb("install", on=service_app)
+# Which unit (every service verb), and how it runs (`install` and `show`).
+UNIT = Group(
+    {
+        "name": (UnitNameArg, None),
+        "serve": (ServeOpt, False),
+        "system": (SystemOpt, False),
+        "platform": (PlatformOpt, None),
+    },
+    _request,
+)
+RUNNING_UNIT = Group(
+    {
+        **UNIT.options,
+        "log_file": (LogFileOpt, None),
+        "env_file": (EnvFileOpt, None),
+        "run_as": (RunAsOpt, None),
+    },
+    _request,
+)
+
+
+@verb("install", on=service_app, groups={"request": RUNNING_UNIT})
 def service_install(
-    name: UnitNameArg = None,
-    serve: ServeOpt = False,
-    system: SystemOpt = False,
-    platform: PlatformOpt = None,
+    request: UnitRequest,
     print_only: PrintOpt = False,
     enable: EnableOpt = False,
-    log_file: LogFileOpt = None,
-    env_file: EnvFileOpt = None,
-    run_as: RunAsOpt = None,
     *,
     common: Common,
 ) -> None:
@@ -185,11 +212,7 @@ def service_install(
     _refuse_with_print(print_only, enable, "--enable", "writes")
     out = common.output()
     installed = service.install(
-        common.settings(),
-        _request(name, serve, platform, system, log_file, env_file, run_as),
-        os.environ,
-        print_only=print_only,
-        enable=enable,
+        common.settings(), request, os.environ, print_only=print_only, enable=enable
     )
     result = installed.result
     _warn(out, result.warnings)
@@ -201,21 +224,13 @@ def service_install(
             out.line(f"{result.name}: wrote {result.path}")
         else:
             out.line(f"{result.name}: {result.path} is already up to date")
-        for run in result.ran:
-            out.line(f"ran: {' '.join(run.argv)}")
-        if result.next_steps:
-            out.line("next:")
-            for step in result.next_steps:
-                out.line(f"  {step}")
+        _ran_then(out, result.ran, "next:", result.next_steps)
     out.result(installed.to_json())
 
 
-@verb("uninstall", on=service_app, uses=())
+@verb("uninstall", on=service_app, uses=(), groups={"request": UNIT})
 def service_uninstall(
-    name: UnitNameArg = None,
-    serve: ServeOpt = False,
-    system: SystemOpt = False,
-    platform: PlatformOpt = None,
+    request: UnitRequest,
     print_only: PrintOpt = False,
     disable: DisableOpt = False,
     *,
@@ -226,12 +241,7 @@ def service_uninstall(
 
     _refuse_with_print(print_only, disable, "--disable", "removes")
     out = common.output()
-    uninstalled = service.uninstall(
-        _request(name, serve, platform, system),
-        os.environ,
-        print_only=print_only,
-        disable=disable,
-    )
+    uninstalled = service.uninstall(request, os.environ, print_only=print_only, disable=disable)
     result = uninstalled.result
     name = result.name
     if print_only:
@@ -241,24 +251,14 @@ def service_uninstall(
         out.line(f"{name}: removed {result.path}")
     else:
         out.line(f"{name}: not installed ({result.path} does not exist)")
-    for run in result.ran:
-        out.line(f"ran: {' '.join(run.argv)}")
-    if result.existed and result.next_steps:
-        out.line("if it is running, stop it with:" if not print_only else "then run:")
-        for step in result.next_steps:
-            out.line(f"  {step}")
+    heading = "if it is running, stop it with:" if not print_only else "then run:"
+    _ran_then(out, result.ran, heading, result.next_steps if result.existed else ())
     out.result(uninstalled.to_json())
 
 
-@verb("show", on=service_app)
+@verb("show", on=service_app, groups={"request": RUNNING_UNIT})
 def service_show(
-    name: UnitNameArg = None,
-    serve: ServeOpt = False,
-    system: SystemOpt = False,
-    platform: PlatformOpt = None,
-    log_file: LogFileOpt = None,
-    env_file: EnvFileOpt = None,
-    run_as: RunAsOpt = None,
+    request: UnitRequest,
     *,
     common: Common,
 ) -> None:
@@ -266,18 +266,14 @@ def service_show(
     from mlxpin.commands import service
 
     out = common.output()
-    shown = service.show(
-        common.settings(),
-        _request(name, serve, platform, system, log_file, env_file, run_as),
-        os.environ,
-    )
+    shown = service.show(common.settings(), request, os.environ)
     built = shown.built
     _warn(out, built.warnings)
     out.line(built.content.rstrip("\n"))
     if not shown.installed:
         out.note(f"mlxpin: {built.path} is not installed")
     elif not shown.up_to_date:
-        again = "--serve" if serve else name
+        again = "--serve" if request.serve else request.name
         out.note(f"mlxpin: {built.path} differs; `mlxpin service install {again}` updates it")
     out.result(shown.to_json())
 

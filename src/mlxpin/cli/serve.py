@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from mlxpin.cli.app import Common, verb
-from mlxpin.cli.launch import (
-    DryRunOpt,
-    MaxRestartsOpt,
-    ReadyTimeoutOpt,
-    RestartDelayOpt,
-    VerifyOpt,
-)
+from mlxpin.cli.launch import RUN
 from mlxpin.cli.serveboot import ServeOptions, ps_table, serve_main
 
 HostOpt = Annotated[
@@ -35,7 +29,7 @@ PortOpt = Annotated[
 ]
 
 
-@verb("serve", guard=False)
+@verb("serve", guard=False, groups={"run": RUN})
 def serve_command(
     names: Annotated[
         list[str] | None,
@@ -43,13 +37,9 @@ def serve_command(
             help="Models to serve (default: every model of the manifest).", show_default=False
         ),
     ] = None,
-    dry_run: DryRunOpt = False,
-    verify: VerifyOpt = False,
+    run: dict[str, Any] | None = None,
     host: HostOpt = None,
     port: PortOpt = None,
-    max_restarts: MaxRestartsOpt = 5,
-    restart_delay: RestartDelayOpt = 1.0,
-    ready_timeout: ReadyTimeoutOpt = 900.0,
     *,
     common: Common,
 ) -> None:
@@ -61,15 +51,7 @@ def serve_command(
     model larger than the budget, 66 not fetched, 69 port taken or mlx_lm.server missing.
     """
     options = ServeOptions(
-        names=tuple(names or ()),
-        dry_run=dry_run,
-        verify=verify,
-        host=host,
-        port=port,
-        max_restarts=max_restarts,
-        restart_delay=restart_delay,
-        ready_timeout=ready_timeout,
-        **asdict(common),
+        names=tuple(names or ()), host=host, port=port, **(run or {}), **asdict(common)
     )
     raise typer.Exit(serve_main(options))
 

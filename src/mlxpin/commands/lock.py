@@ -35,6 +35,7 @@ from mlxpin.project.selection import (
 from mlxpin.runtime.lock import Resolver, RuntimeChange, lock_runtime
 from mlxpin.runtime.pin import read_state
 from mlxpin.util.atomic import hold_mutex
+from mlxpin.util.jsonable import fields_json
 from mlxpin.util.parallel import run_parallel
 from mlxpin.util.writable import require_writable_dir
 
@@ -62,22 +63,7 @@ class LockChange:
     error: MlxpinError | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "action": self.action,
-            "source": self.source,
-            "reason": self.reason,
-            "revision": self.revision,
-            "old_commit": self.old_commit,
-            "old_date": self.old_date,
-            "new_commit": self.new_commit,
-            "new_date": self.new_date,
-            "files_changed": self.files_changed,
-            "size_delta": self.size_delta,
-            "total_size": self.total_size,
-            "gated": self.gated,
-            "error": self.error.to_json() if self.error else None,
-        }
+        return fields_json(self)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from mlxpin.config import Settings
 from mlxpin.errors import ExitCode
@@ -18,27 +18,37 @@ def ran_json(ran: tuple[CommandRun, ...]) -> list[dict[str, Any]]:
     return [{"argv": list(r.argv), "returncode": r.returncode, "output": r.output} for r in ran]
 
 
-def _unit_json(result: InstallResult | UninstallResult, own: dict[str, Any]) -> dict[str, Any]:
-    """What installing and uninstalling both report, around each one's own keys."""
-    return {
-        "ok": True,
-        "name": result.name,
-        **own,
-        "next_steps": list(result.next_steps),
-        "ran": ran_json(result.ran),
-    }
+_R = TypeVar("_R", InstallResult, UninstallResult)
 
 
 @dataclass(frozen=True)
-class Installed:
-    result: InstallResult
+class _UnitChange(Generic[_R]):
+    """Installing or uninstalling a unit: what both report, around each one's own keys."""
+
+    result: _R
     print_only: bool
 
     exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
         r = self.result
-        own = {
+        return {
+            "ok": True,
+            "name": r.name,
+            **self.own_json(),
+            "next_steps": list(r.next_steps),
+            "ran": ran_json(r.ran),
+        }
+
+    def own_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Installed(_UnitChange[InstallResult]):
+    def own_json(self) -> dict[str, Any]:
+        r = self.result
+        return {
             "platform": r.platform,
             "system": r.system,
             "path": str(r.path),
@@ -47,19 +57,13 @@ class Installed:
             "content": r.content,
             "warnings": list(r.warnings),
         }
-        return _unit_json(r, own)
 
 
 @dataclass(frozen=True)
-class Uninstalled:
-    result: UninstallResult
-    print_only: bool
-
-    exit_code = ExitCode.OK
-
-    def to_json(self) -> dict[str, Any]:
+class Uninstalled(_UnitChange[UninstallResult]):
+    def own_json(self) -> dict[str, Any]:
         r = self.result
-        return _unit_json(r, {"path": str(r.path), "existed": r.existed, "removed": r.removed})
+        return {"path": str(r.path), "existed": r.existed, "removed": r.removed}
 
 
 @dataclass(frozen=True)

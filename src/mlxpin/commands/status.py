@@ -10,19 +10,17 @@ from typing import Any
 from mlxpin.config import Settings
 from mlxpin.errors import ExitCode, LockCorruptError, ServerMissingError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
-from mlxpin.project.manifest import Manifest
+from mlxpin.project.manifest import Manifest, ModelIdentity
 from mlxpin.project.selection import manifest_of, pick
 from mlxpin.runtime.layout import RuntimeLayout, check_runtime
 from mlxpin.runtime.pin import read_state
 from mlxpin.runtime.server import unpinned_server
 from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp, size_on_disk
+from mlxpin.util.jsonable import fields_json
 
 
 @dataclass(frozen=True)
-class ModelStatus:
-    name: str
-    api_label: str
-    aliases: tuple[str, ...]
+class ModelStatus(ModelIdentity):
     source: str
     endpoint: str
     lock_state: str  # ok | missing | stale | corrupt
@@ -38,24 +36,7 @@ class ModelStatus:
     origin: str | None  # where the verified bytes came from: hub | mirror | bundle | path
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "api_label": self.api_label,
-            "aliases": list(self.aliases),
-            "source": self.source,
-            "endpoint": self.endpoint,
-            "lock": self.lock_state,
-            "lock_reason": self.lock_reason,
-            "commit": self.commit,
-            "last_modified": self.last_modified,
-            "files": self.files,
-            "total_size": self.total_size,
-            "fetch": self.fetch_state,
-            "fetch_reason": self.fetch_reason,
-            "size_on_disk": self.size_on_disk,
-            "snapshot": str(self.snapshot) if self.snapshot else None,
-            "origin": self.origin,
-        }
+        return fields_json(self, lock_state="lock", fetch_state="fetch")
 
 
 @dataclass(frozen=True)
@@ -72,18 +53,7 @@ class RuntimeStatus:
     python: str | None = None  # unpinned: the interpreter that runs the server
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "reason": self.reason,
-            "key": self.key,
-            "packages": self.packages,
-            "mlx_lm": self.mlx_lm,
-            "mlx": self.mlx,
-            "installed": self.installed,
-            "problem": self.problem,
-            "path": str(self.path) if self.path else None,
-            "python": self.python,
-        }
+        return fields_json(self)
 
 
 @dataclass(frozen=True)

@@ -104,10 +104,21 @@ class GatewaySpec:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelIdentity:
+    """Who a model is, wherever it is described (its spec, its launch plan, its status):
+    its name in the manifest, the label clients send, and the other labels accepted."""
+
     name: str
     api_label: str
     aliases: tuple[str, ...]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return (self.api_label, *self.aliases)
+
+
+@dataclass(frozen=True)
+class ModelSpec(ModelIdentity):
     host: str
     port: int
     launch: LaunchSpec
@@ -116,10 +127,6 @@ class ModelSpec:
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     idle_ttl: float | None = None  # `serve`: this model's own idle TTL (None: [serve]'s)
     distributed: DistributedSpec | None = None  # [models.x.distributed]: ranks over hosts
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return (self.api_label, *self.aliases)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 from mlxpin.errors import LockCorruptError, MlxpinError
 from mlxpin.project.manifest import Manifest, RuntimeSpec
 from mlxpin.runtime.pin import RuntimePin, pin_path, read_state, write_pin
+from mlxpin.util.jsonable import fields_json
 
 Resolver = Callable[[RuntimeSpec, Path, Mapping[str, str]], RuntimePin]
 
@@ -39,17 +40,7 @@ class RuntimeChange:
     error: MlxpinError | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "action": self.action,
-            "reason": self.reason,
-            "key": self.key,
-            "old_key": self.old_key,
-            "packages": self.packages,
-            "mlx_lm": self.mlx_lm,
-            "mlx": self.mlx,
-            "changes": [{"name": c.name, "old": c.old, "new": c.new} for c in self.changes],
-            "error": self.error.to_json() if self.error else None,
-        }
+        return fields_json(self)
 
 
 def _versions(pin: RuntimePin) -> dict[str, str]:

@@ -30,10 +30,10 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlxpin.errors import LockCorruptError
 from mlxpin.project.lockfile import PinState
@@ -97,6 +97,9 @@ class PinHead:
 
     original: RuntimeOriginal
     key: str
+
+
+_Pin = TypeVar("_Pin", RuntimePin, PinHead)
 
 
 def original_of(spec: RuntimeSpec) -> RuntimeOriginal:
@@ -341,18 +344,21 @@ def runtime_state(
     return PinState(STATE_NAME, "stale", "manifest changed: " + (", ".join(changed) or "order"))
 
 
-def read_state(spec: RuntimeSpec | None, lock_dir: Path) -> tuple[PinState, RuntimePin | None]:
+def _state_of(
+    spec: RuntimeSpec | None, read: Callable[[Path], _Pin | None], lock_dir: Path
+) -> tuple[PinState, _Pin | None]:
+    """What `read` finds in the lock dir, and its state against the manifest's [runtime]."""
     try:
-        pin = read_pin(lock_dir)
+        pin = read(lock_dir)
     except LockCorruptError as exc:
         return runtime_state(spec, exc), None
     return runtime_state(spec, pin), pin
 
 
+def read_state(spec: RuntimeSpec | None, lock_dir: Path) -> tuple[PinState, RuntimePin | None]:
+    return _state_of(spec, read_pin, lock_dir)
+
+
 def read_head_state(spec: RuntimeSpec | None, lock_dir: Path) -> tuple[PinState, PinHead | None]:
     """`read_state` for the boot path: reads only the pin's inputs and key."""
-    try:
-        head = read_head(lock_dir)
-    except LockCorruptError as exc:
-        return runtime_state(spec, exc), None
-    return runtime_state(spec, head), head
+    return _state_of(spec, read_head, lock_dir)

@@ -35,6 +35,7 @@ from mlxpin.project.lockfile import LockedModel, render, valid_locks
 from mlxpin.project.manifest import ModelSpec, load_manifest
 from mlxpin.serve.plan import OFFLINE_ENV, PRIVATE_PORT_SHOWN, LaunchPlan, choose_model, plan_launch
 from mlxpin.store.layout import StoreLayout, check_stamp
+from mlxpin.util.jsonable import fields_json
 
 HOSTFILE_NAME = "hostfile.json"
 MODEL_VARIABLE = "MLXPIN_RANK_MODEL_"  # + rank: each rank's own snapshot path, if they differ
@@ -120,14 +121,7 @@ class HostCheck:
     runtime: str | None = None  # "mlx 0.32.4, mlx-lm 0.32.2"
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "host": self.host,
-            "ok": self.ok,
-            "path": self.path,
-            "problem": self.problem,
-            "exit_code": self.exit_code,
-            "runtime": self.runtime,
-        }
+        return fields_json(self)
 
 
 class HostsNotReadyError(MlxpinError):

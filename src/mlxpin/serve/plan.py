@@ -24,7 +24,7 @@ from mlxpin.errors import (
     UsageError,
 )
 from mlxpin.project.lockfile import LockedModel, valid_locks
-from mlxpin.project.manifest import GatewaySpec, Manifest, ModelSpec, load_manifest
+from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelSpec, load_manifest
 from mlxpin.project.serveropts import server_argv
 from mlxpin.runtime.server import ServerRuntime, server_runtime
 from mlxpin.store.layout import StoreLayout, check_stamp
@@ -82,10 +82,7 @@ class PinnedSnapshot:
 
 
 @dataclass(frozen=True)
-class LaunchPlan:
-    name: str
-    api_label: str
-    aliases: tuple[str, ...]
+class LaunchPlan(ModelIdentity):
     public_host: str
     public_port: int
     private_host: str
