@@ -44,11 +44,12 @@ def run(
         from mlxpin.serve.poolserver import run_plan
 
         return run_plan(chosen, environ, policy)
-    from mlxpin.serve.poolserver import run_distributed
-    from mlxpin.serve.rankgroup import WatchdogPolicy
+    from mlxpin.serve.poolserver import run_pool_plan
+    from mlxpin.serve.rankgroup import WatchdogPolicy, group_servers
+    from mlxpin.serve.serveplan import launch_serve_plan
 
-    interval, timeout = watchdog
-    return run_distributed(chosen, environ, policy, WatchdogPolicy(interval, timeout))
+    group = group_servers(WatchdogPolicy(*watchdog))  # the group is the one resident model
+    return run_pool_plan(launch_serve_plan(chosen.server, chosen), environ, policy, group)
 
 
 def _is_distributed(settings: Settings, name: str | None) -> bool:

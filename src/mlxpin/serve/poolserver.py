@@ -33,9 +33,7 @@ from mlxpin.serve.state import GatewayState
 if TYPE_CHECKING:  # aiohttp is imported once the preloaded servers are spawned
     from aiohttp import web
 
-    from mlxpin.serve.distributed import DistributedPlan
     from mlxpin.serve.gateway import Gateway
-    from mlxpin.serve.rankgroup import WatchdogPolicy
 
 log = logging.getLogger("mlxpin.serve")
 
@@ -182,19 +180,6 @@ def run_pool_plan(
 
             servers = group_servers(WatchdogPolicy())
     return asyncio.run(run_pool(plan, environ, policy or PoolPolicy(), servers))
-
-
-def run_distributed(
-    plan: DistributedPlan,
-    environ: Mapping[str, str],
-    policy: PoolPolicy | None = None,
-    watchdog: WatchdogPolicy | None = None,
-) -> int:
-    """`mlxpin launch` of a distributed model: the group as the one resident model."""
-    from mlxpin.serve.rankgroup import WatchdogPolicy, group_servers
-
-    servers = group_servers(watchdog or WatchdogPolicy())
-    return run_pool_plan(launch_serve_plan(plan.server, plan), environ, policy, servers)
 
 
 def run_serve(plan: ServePlan, environ: Mapping[str, str], policy: PoolPolicy | None = None) -> int:
