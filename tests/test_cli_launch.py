@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -817,7 +818,7 @@ def test_the_server_listens_only_on_a_private_unix_socket(
 FLOOD_RUN_PLAN = """
 import json, resource, sys
 from pathlib import Path
-resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
+resource.setrlimit(resource.RLIMIT_NOFILE, tuple(json.loads(sys.argv[1]).get("nofile", (512, 512))))
 from mlxpin.project.manifest import GatewaySpec
 from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
 from mlxpin.serve.poolserver import run_plan
@@ -856,6 +857,41 @@ class Ok(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok).serve_forever()
 """
+
+
+def test_a_low_soft_open_files_limit_still_serves_many_clients(tmp_path: Path) -> None:
+    """A macOS terminal or launchd job starts with 256 open files (soft): the gateway's
+    reserves then left one client connection, so a second concurrent client got 503.
+    The runner lifts the soft limit toward the hard one first."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard open-files limit here is {hard}")
+    hard = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    port = free_port()
+    spec = {"port": port, "server": ANSWERING_SERVER, "cwd": str(tmp_path / "run")}
+    spec["nofile"] = (256, hard)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FLOOD_RUN_PLAN, json.dumps(spec)], stderr=subprocess.PIPE, text=True
+    )
+    idle: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(urllib.error.URLError, OSError):
+                if get(f"http://127.0.0.1:{port}/health")[0] == 200:
+                    break
+            time.sleep(0.05)
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
+        status, body = get(f"http://127.0.0.1:{port}/v1/models")
+        assert status == 200, body
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        soft_now = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert soft_now.split()[3] == str(hard)  # soft lifted to the hard limit
+    finally:
+        for sock in idle:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
 
 
 def test_a_connection_flood_neither_exhausts_fds_nor_breaks_a_restart(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import socket
 import stat
@@ -19,10 +20,26 @@ from pathlib import Path
 
 from mlxpin.errors import DiskError
 
-__all__ = ["bind_public", "free_port", "private_socket_dir"]
+__all__ = ["bind_public", "free_port", "private_socket_dir", "raise_open_files_limit"]
 
 #: Longest Unix socket path that fits sockaddr_un everywhere (macOS: 104 bytes with NUL).
 _MAX_SOCKET_PATH = 100
+#: The soft RLIMIT_NOFILE a runner asks for (macOS refuses more than OPEN_MAX, 10240).
+OPEN_FILES_TARGET = 10240
+
+
+def raise_open_files_limit(target: int = OPEN_FILES_TARGET) -> int:
+    """Lift the soft RLIMIT_NOFILE toward the hard limit; return the soft limit in force.
+
+    A macOS terminal or launchd job starts with a soft limit of 256, which after the
+    gateway's reserves (`mlxpin.serve.listener.connection_cap`) would leave it a single
+    client connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(hard, target)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

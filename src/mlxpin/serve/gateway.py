@@ -51,7 +51,7 @@ from mlxpin.serve.backends import (
     Upstream,
 )
 from mlxpin.serve.checks import check_request
-from mlxpin.serve.listener import LimitedRunner, ListenerLimits
+from mlxpin.serve.listener import ACCEPT_BURST, LimitedRunner, ListenerLimits
 from mlxpin.serve.rewrite import Rewriter, SseRelay, rewrite_json
 from mlxpin.serve.routing import RoutingTable
 from mlxpin.serve.state import GatewayState
@@ -421,9 +421,10 @@ async def serve(
         keepalive_timeout=75.0,  # idle client connections (aiohttp's default is an hour)
     )
     await runner.setup()
-    sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in sockets]
+    burst = ACCEPT_BURST  # asyncio accepts up to its backlog per wake-up, unseen
+    sites: list[web.BaseSite] = [web.SockSite(runner, sock, backlog=burst) for sock in sockets]
     if not sites:
-        sites.append(web.TCPSite(runner, host, port, backlog=512))
+        sites.append(web.TCPSite(runner, host, port, backlog=burst))
     try:
         for site in sites:
             await site.start()

@@ -8,8 +8,10 @@ client is locked out, and restarting the model server fails with EMFILE. Here:
 - a connection that has not sent a complete request head within ``header_timeout_s`` is
   closed;
 - past ``max_connections`` open client connections (clipped so that the upstream
-  connections and ``fd_reserve`` descriptors for the supervisor always fit under
-  RLIMIT_NOFILE), a new connection is answered ``503`` with an OpenAI-style body and
+  connections, two accept bursts and ``fd_reserve`` descriptors for the supervisor always
+  fit under RLIMIT_NOFILE, whose soft limit the runner first lifts toward the hard one:
+  `mlxpin.serve.addresses.raise_open_files_limit`),
+  a new connection is answered ``503`` with an OpenAI-style body and
   ``Retry-After``, then closed; at most ``SHED_BAND`` such answers are pending at once
   (the oldest is dropped for the newest, so a new client always gets its 503);
 - a request aiohttp's parser rejects (duplicate Content-Length, CL+TE...) is answered
@@ -36,7 +38,12 @@ from aiohttp.web_server import Server
 
 from mlxpin.serve.apierrors import ApiError
 
-__all__ = ["LimitedRunner", "ListenerLimits", "connection_cap"]
+__all__ = [
+    "ACCEPT_BURST",
+    "LimitedRunner",
+    "ListenerLimits",
+    "connection_cap",
+]
 
 log = logging.getLogger("mlxpin.gateway")
 
@@ -45,6 +52,10 @@ UPSTREAM_CONNECTIONS: Final = 256
 #: Extra connections that still get a 503 answer past the cap; beyond, closed at once.
 SHED_BAND: Final = 32
 SHED_LINGER_S: Final = 2.0
+#: Connections asyncio accepts in one go when the listening socket wakes (its backlog),
+#: before any of them is seen and shed. Budgeted twice: a burst can arrive while the one
+#: before it is still being closed (with aiohttp's default 128, a flood hit EMFILE).
+ACCEPT_BURST: Final = 64
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,7 @@ def connection_cap(limits: ListenerLimits, nofile: int | None = None) -> int:
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if nofile == resource.RLIM_INFINITY:
             return limits.max_connections
-    room = nofile - limits.fd_reserve - UPSTREAM_CONNECTIONS - SHED_BAND
+    room = nofile - limits.fd_reserve - UPSTREAM_CONNECTIONS - SHED_BAND - 2 * ACCEPT_BURST
     return max(1, min(limits.max_connections, room))
 
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from mlxpin.errors import PortInUseError
-from mlxpin.serve.addresses import bind_public
+from mlxpin.serve.addresses import bind_public, raise_open_files_limit
 from mlxpin.serve.aio import import_aiohttp
 from mlxpin.serve.apierrors import ApiError
 from mlxpin.serve.backends import Unavailable
@@ -112,6 +112,7 @@ async def run_pool(
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, stopping.set)
     api_key = read_api_key(environ)
+    raise_open_files_limit()  # before the gateway sizes its connection cap from it
     who = plan.models[0].name if plan.resident else "serve"
     try:
         listeners = bind_public(plan.host, plan.port)
