@@ -818,7 +818,7 @@ def test_the_server_listens_only_on_a_private_unix_socket(
 FLOOD_RUN_PLAN = """
 import json, resource, sys
 from pathlib import Path
-resource.setrlimit(resource.RLIMIT_NOFILE, tuple(json.loads(sys.argv[1]).get("nofile", (512, 512))))
+resource.setrlimit(resource.RLIMIT_NOFILE, tuple(json.loads(sys.argv[1])["nofile"]))
 from mlxpin.project.manifest import GatewaySpec
 from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
 from mlxpin.serve.poolserver import run_plan
@@ -859,6 +859,26 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok).serve_forever()
 """
 
 
+def start_answering_launch(
+    tmp_path: Path, nofile: tuple[int, int]
+) -> tuple[subprocess.Popen[str], int]:
+    """`run_plan` on an answering stand-in server, under RLIMIT_NOFILE ``nofile``; returns
+    once /health answers 200 (or after 30 s: the test's own requests then fail)."""
+    port = free_port()
+    spec = {"port": port, "server": ANSWERING_SERVER, "cwd": str(tmp_path / "run")}
+    spec["nofile"] = nofile
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FLOOD_RUN_PLAN, json.dumps(spec)], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            if get(f"http://127.0.0.1:{port}/health")[0] == 200:
+                break
+        time.sleep(0.05)
+    return proc, port
+
+
 def test_a_low_soft_open_files_limit_still_serves_many_clients(tmp_path: Path) -> None:
     """A macOS terminal or launchd job starts with 256 open files (soft): the gateway's
     reserves then left one client connection, so a second concurrent client got 503.
@@ -867,20 +887,9 @@ def test_a_low_soft_open_files_limit_still_serves_many_clients(tmp_path: Path) -
     if hard != resource.RLIM_INFINITY and hard < 2048:
         pytest.skip(f"the hard open-files limit here is {hard}")
     hard = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
-    port = free_port()
-    spec = {"port": port, "server": ANSWERING_SERVER, "cwd": str(tmp_path / "run")}
-    spec["nofile"] = (256, hard)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", FLOOD_RUN_PLAN, json.dumps(spec)], stderr=subprocess.PIPE, text=True
-    )
+    proc, port = start_answering_launch(tmp_path, nofile=(256, hard))
     idle: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                if get(f"http://127.0.0.1:{port}/health")[0] == 200:
-                    break
-            time.sleep(0.05)
         idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
         status, body = get(f"http://127.0.0.1:{port}/v1/models")
         assert status == 200, body
@@ -896,19 +905,9 @@ def test_a_low_soft_open_files_limit_still_serves_many_clients(tmp_path: Path) -
 
 def test_a_connection_flood_neither_exhausts_fds_nor_breaks_a_restart(tmp_path: Path) -> None:
     """Issue 8 item 10: ~1,000 idle connections made the server restart fail (EMFILE, 70)."""
-    port = free_port()
-    spec = json.dumps({"port": port, "server": ANSWERING_SERVER, "cwd": str(tmp_path / "run")})
-    proc = subprocess.Popen(
-        [sys.executable, "-c", FLOOD_RUN_PLAN, spec], stderr=subprocess.PIPE, text=True
-    )
+    proc, port = start_answering_launch(tmp_path, nofile=(512, 512))
     flood: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                if get(f"http://127.0.0.1:{port}/health")[0] == 200:
-                    break
-            time.sleep(0.05)
         for _ in range(700):  # more than the launch may open files
             with contextlib.suppress(OSError):
                 flood.append(socket.create_connection(("127.0.0.1", port), timeout=5))

@@ -28,8 +28,8 @@ _MAX_SOCKET_PATH = 100
 OPEN_FILES_TARGET = 10240
 
 
-def raise_open_files_limit(target: int = OPEN_FILES_TARGET) -> int:
-    """Lift the soft RLIMIT_NOFILE toward the hard limit; return the soft limit in force.
+def raise_open_files_limit(target: int = OPEN_FILES_TARGET) -> None:
+    """Lift the soft RLIMIT_NOFILE toward the hard limit (as far as ``target``).
 
     A macOS terminal or launchd job starts with a soft limit of 256, which after the
     gateway's reserves (`mlxpin.serve.listener.connection_cap`) would leave it a single
@@ -39,7 +39,6 @@ def raise_open_files_limit(target: int = OPEN_FILES_TARGET) -> int:
     if soft != resource.RLIM_INFINITY and soft < want:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
