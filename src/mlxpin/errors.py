@@ -116,10 +116,6 @@ class Hint:
     def runs(self) -> tuple[Run, ...]:
         return tuple(part for part in self.parts if isinstance(part, Run))
 
-    @property
-    def flags(self) -> tuple[Flag, ...]:
-        return tuple(part for part in self.parts if isinstance(part, Flag))
-
     def text(self) -> str:
         return "".join(part if isinstance(part, str) else part.spelled() for part in self.parts)
 

@@ -139,7 +139,7 @@ def distributed_text(plan: DistributedPlan) -> str:
         lines.append("  argv     " + shlex.join(plan.rank_argv(rank.rank, PRIVATE_PORT_SHOWN)))
         if plan.rank_files is not None:
             lines.append("  reads    " + ", ".join(plan.rank_files[rank.rank]))
-    for check, share in zip(plan.hosts, plan.host_shares(), strict=True):
+    for check, share in zip(plan.hosts, plan.shares_in_host_order(), strict=True):
         if share is not None:
             lines.append(f"host       {check.host} holds {share_text(share)}")
     return "\n".join(lines)

@@ -59,7 +59,8 @@ def launch_command(
             show_default=False,
         ),
     ] = None,
-    run: dict[str, Any] | None = None,
+    *,
+    run: dict[str, Any],
     probe_interval: Annotated[
         float,
         typer.Option(
@@ -76,7 +77,6 @@ def launch_command(
             help="Distributed: a 1-token probe slower than this restarts the whole group.",
         ),
     ] = 60.0,
-    *,
     common: Common,
 ) -> None:
     """Boot one locked, fetched model offline: mlx_lm.server behind a label-checking gateway.
@@ -88,7 +88,7 @@ def launch_command(
         name=name,
         probe_interval=probe_interval,
         probe_timeout=probe_timeout,
-        **(run or {}),
+        **run,
         **asdict(common),
     )
     raise typer.Exit(launch_main(options))

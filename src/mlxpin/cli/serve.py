@@ -37,10 +37,10 @@ def serve_command(
             help="Models to serve (default: every model of the manifest).", show_default=False
         ),
     ] = None,
-    run: dict[str, Any] | None = None,
+    *,
+    run: dict[str, Any],
     host: HostOpt = None,
     port: PortOpt = None,
-    *,
     common: Common,
 ) -> None:
     """Serve many pinned models behind one endpoint, each started on demand.
@@ -50,9 +50,7 @@ def serve_command(
     Refuses before starting anything (every model's problem at once): 78 stale lock or a
     model larger than the budget, 66 not fetched, 69 port taken or mlx_lm.server missing.
     """
-    options = ServeOptions(
-        names=tuple(names or ()), host=host, port=port, **(run or {}), **asdict(common)
-    )
+    options = ServeOptions(names=tuple(names or ()), host=host, port=port, **run, **asdict(common))
     raise typer.Exit(serve_main(options))
 
 

@@ -34,9 +34,9 @@ def plan(
 
 
 def run(chosen: ServePlan, environ: Mapping[str, str], policy: RestartPolicy) -> int:
-    from mlxpin.serve.poolserver import run_serve
+    from mlxpin.serve.poolserver import run_pool_plan
 
-    return run_serve(chosen, environ, policy)
+    return run_pool_plan(chosen, environ, policy)
 
 
 def status(host: str, port: int, api_key: str | None, timeout: float = 5.0) -> Any:

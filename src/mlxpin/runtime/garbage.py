@@ -8,7 +8,6 @@ being built is never deleted.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from mlxpin.errors import LockCorruptError
 from mlxpin.runtime.layout import RuntimeLayout
 from mlxpin.runtime.pin import read_pin
+from mlxpin.store.gc.inventory import tree_size
 from mlxpin.store.gc.plan import STALE_AFTER_S, Doomed
 
 KEY_RE = re.compile(r"[0-9a-f]{32}")
@@ -35,17 +35,6 @@ def live_runtime_keys(lock_dirs: Iterable[Path]) -> tuple[set[str], list[LockCor
     return keys, problems
 
 
-def _tree_size(path: Path) -> int:
-    total = 0
-    for directory, dirs, names in os.walk(path):
-        for name in (*dirs, *names):
-            try:
-                total += (Path(directory) / name).lstat().st_size
-            except OSError:
-                continue
-    return total
-
-
 def runtime_garbage(layout: RuntimeLayout, live: set[str], now: float) -> list[Doomed]:
     doomed: list[Doomed] = []
     try:
@@ -60,7 +49,7 @@ def runtime_garbage(layout: RuntimeLayout, live: set[str], now: float) -> list[D
                     Doomed(
                         "runtime",
                         entry,
-                        _tree_size(entry),
+                        tree_size(entry),
                         "server runtime no lock names",
                         layout.mutex(name),
                     )
@@ -77,7 +66,7 @@ def runtime_garbage(layout: RuntimeLayout, live: set[str], now: float) -> list[D
                     Doomed(
                         "temp",
                         entry,
-                        _tree_size(entry),
+                        tree_size(entry),
                         "runtime build left by an interrupted fetch",
                         layout.mutex(key),
                     )

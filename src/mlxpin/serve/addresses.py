@@ -24,6 +24,10 @@ __all__ = ["bind_public", "free_port", "private_socket_dir", "raise_open_files_l
 
 #: Longest Unix socket path that fits sockaddr_un everywhere (macOS: 104 bytes with NUL).
 _MAX_SOCKET_PATH = 100
+#: The listen backlog, which is also how many connections asyncio accepts in one go when
+#: the socket wakes, before any of them is seen and shed. The gateway budgets it twice: a
+#: burst can arrive while the one before is still being closed (at 128, a flood hit EMFILE).
+ACCEPT_BURST = 64
 #: The soft RLIMIT_NOFILE a runner asks for (macOS refuses more than OPEN_MAX, 10240).
 OPEN_FILES_TARGET = 10240
 
@@ -65,7 +69,7 @@ def bind_public(host: str, port: int) -> list[socket.socket]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-            sock.listen(512)
+            sock.listen(ACCEPT_BURST)
             sock.setblocking(False)
     except BaseException:
         for sock in bound:

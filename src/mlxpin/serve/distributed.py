@@ -231,10 +231,9 @@ class DistributedPlan:
             *self.command(private_port),
         ]
 
-    def host_shares(self) -> list[HostShare | None]:
-        """What each checked host holds, in the order of `hosts` (None: the whole pin)."""
-        by_host = {s.host: s for s in self.shares}
-        return [by_host.get(h.host) for h in self.hosts]
+    def shares_in_host_order(self) -> tuple[HostShare | None, ...]:
+        """What each of ``hosts`` holds (all None for a plan made without shares)."""
+        return self.shares or (None,) * len(self.hosts)
 
     def to_json(self) -> dict[str, Any]:
         """What `launch --dry-run --json` prints as "plan" for a distributed model."""
@@ -260,7 +259,7 @@ class DistributedPlan:
             ],
             "hosts": [
                 {**h.to_json(), **({"share": s.to_json()} if s is not None else {})}
-                for h, s in zip(self.hosts, self.host_shares(), strict=True)
+                for h, s in zip(self.hosts, self.shares_in_host_order(), strict=True)
             ],
         }
         return data

@@ -42,6 +42,7 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
+from mlxpin.serve.addresses import ACCEPT_BURST
 from mlxpin.serve.apierrors import ApiError, error_body
 from mlxpin.serve.backends import (
     Backends,
@@ -51,7 +52,7 @@ from mlxpin.serve.backends import (
     Upstream,
 )
 from mlxpin.serve.checks import check_request
-from mlxpin.serve.listener import ACCEPT_BURST, LimitedRunner, ListenerLimits
+from mlxpin.serve.listener import LimitedRunner, ListenerLimits
 from mlxpin.serve.rewrite import Rewriter, SseRelay, rewrite_json
 from mlxpin.serve.routing import RoutingTable
 from mlxpin.serve.state import GatewayState

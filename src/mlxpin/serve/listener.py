@@ -36,14 +36,10 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
+from mlxpin.serve.addresses import ACCEPT_BURST
 from mlxpin.serve.apierrors import ApiError
 
-__all__ = [
-    "ACCEPT_BURST",
-    "LimitedRunner",
-    "ListenerLimits",
-    "connection_cap",
-]
+__all__ = ["LimitedRunner", "ListenerLimits", "connection_cap"]
 
 log = logging.getLogger("mlxpin.gateway")
 
@@ -52,10 +48,6 @@ UPSTREAM_CONNECTIONS: Final = 256
 #: Extra connections that still get a 503 answer past the cap; beyond, closed at once.
 SHED_BAND: Final = 32
 SHED_LINGER_S: Final = 2.0
-#: Connections asyncio accepts in one go when the listening socket wakes (its backlog),
-#: before any of them is seen and shed. Budgeted twice: a burst can arrive while the one
-#: before it is still being closed (with aiohttp's default 128, a flood hit EMFILE).
-ACCEPT_BURST: Final = 64
 
 
 @dataclass(frozen=True)

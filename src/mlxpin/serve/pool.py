@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import time
@@ -117,8 +118,7 @@ class Slot:
         )
 
     def upstream(self) -> Upstream:
-        base = self.server.upstream
-        return Upstream(base.label, base.model, base.url, base.socket_path, self.health.epoch)
+        return dataclasses.replace(self.server.upstream, epoch=self.health.epoch)
 
     async def attempt(self, timeout_s: float) -> str:
         """One 1-token completion straight to the server: "ok", "unreachable" or "error"."""

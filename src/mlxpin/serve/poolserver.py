@@ -183,11 +183,6 @@ def run_pool_plan(
     return asyncio.run(run_pool(plan, environ, policy or PoolPolicy(), servers))
 
 
-def run_serve(plan: ServePlan, environ: Mapping[str, str], policy: PoolPolicy | None = None) -> int:
-    """`mlxpin serve`: every model of ``plan`` on demand behind one endpoint."""
-    return run_pool_plan(plan, environ, policy)
-
-
 def run_plan(plan: LaunchPlan, environ: Mapping[str, str], policy: PoolPolicy | None = None) -> int:
     """`mlxpin launch`: one model, resident, behind its own gateway (70 past its budget)."""
     return run_pool_plan(launch_serve_plan(plan), environ, policy)

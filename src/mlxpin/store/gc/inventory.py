@@ -31,9 +31,6 @@ from mlxpin.store.gc.plan import (
 )
 from mlxpin.store.layout import FileStat, StoreLayout, read_record
 
-VIEW_KEY_RE = HEX_RE
-
-
 # --- the live set -------------------------------------------------------------------------
 
 
@@ -115,7 +112,8 @@ def _lstat_size(path: Path) -> int:
         return 0
 
 
-def _tree_size(path: Path) -> int:
+def tree_size(path: Path) -> int:
+    """Bytes under ``path`` (every entry lstat'ed, links not followed; unreadable: 0)."""
     total = 0
     for directory, dirs, names in os.walk(path):
         for name in (*dirs, *names):
@@ -148,40 +146,36 @@ def _scan_views(layout: StoreLayout) -> tuple[list[ViewOnDisk], list[LeftoverOnD
         if name.startswith("."):
             # build_view's `.<key>.tmp-*` / `.<key>.old-*`, write_atomic's `.<key>.stamp.tmp-*`
             key = name[1:].split(".", 1)[0]
-            if VIEW_KEY_RE.fullmatch(key) and (".tmp-" in name or ".old-" in name):
-                size = _tree_size(path) if entry.is_dir(follow_symlinks=False) else 0
+            if HEX_RE.fullmatch(key) and (".tmp-" in name or ".old-" in name):
+                size = tree_size(path) if entry.is_dir(follow_symlinks=False) else 0
                 leftovers.append(
                     LeftoverOnDisk(
                         "temp",
                         path,
                         size + _lstat_size(path),
                         _mtime(path),
-                        _view_mutex(layout, key),
+                        layout.view_mutex_for_key(key),
                         directory / key,
                     )
                 )
             continue
-        if name.endswith(".stamp") and VIEW_KEY_RE.fullmatch(name.removesuffix(".stamp")):
+        if name.endswith(".stamp") and HEX_RE.fullmatch(name.removesuffix(".stamp")):
             key = name.removesuffix(".stamp")
             views[key] = (views.get(key, (None, None))[0], path)
-        elif VIEW_KEY_RE.fullmatch(name) and entry.is_dir(follow_symlinks=False):
+        elif HEX_RE.fullmatch(name) and entry.is_dir(follow_symlinks=False):
             views[name] = (path, views.get(name, (None, None))[1])
     result = [
         ViewOnDisk(
             key,
             view,
             stamp,
-            (_tree_size(view) + _lstat_size(view) if view else 0)
+            (tree_size(view) + _lstat_size(view) if view else 0)
             + (_lstat_size(stamp) if stamp else 0),
-            _view_mutex(layout, key),
+            layout.view_mutex_for_key(key),
         )
         for key, (view, stamp) in sorted(views.items())
     ]
     return result, leftovers
-
-
-def _view_mutex(layout: StoreLayout, key: str) -> Path:
-    return layout.view_mutex_for_key(key)
 
 
 def _scan_blob_dir(
