@@ -67,17 +67,15 @@ class GcResult:
         }
 
 
-def _with_runtimes(
-    live: LiveSet, runtimes: RuntimeLayout, settings: Settings, roots: tuple[LiveRoot, ...]
-) -> tuple[LiveSet, list[LockCorruptError]]:
-    """Add the runtimes the live lock dirs' lock/runtime.toml name to the live set."""
-    dirs = {settings.lock_dir, *(r.lock_dir for r in roots)}
-    keys, problems = live_runtime_keys(sorted(dirs))
-    return LiveSet(live.paths | {runtimes.path(k) for k in keys}), problems
+def _runtime_keys(
+    settings: Settings, roots: tuple[LiveRoot, ...]
+) -> tuple[set[str], list[LockCorruptError]]:
+    """The runtimes the live lock dirs' lock/runtime.toml name."""
+    return live_runtime_keys(sorted({settings.lock_dir, *(r.lock_dir for r in roots)}))
 
 
-def _keys(live: LiveSet, runtimes: RuntimeLayout) -> set[str]:
-    return {p.name for p in live.paths if p.parent == runtimes.root}
+def _with_runtimes(live: LiveSet, runtimes: RuntimeLayout, keys: set[str]) -> LiveSet:
+    return LiveSet(live.paths | {runtimes.path(k) for k in keys})
 
 
 def _refuse_unsafe(
@@ -148,18 +146,15 @@ def gc(
     moment = time.time() if now is None else now
     the_plan = plan(inventory, found.live, include_foreign=include_foreign, now=moment)
     runtimes = RuntimeLayout.of(settings)
-    live, runtime_problems = _with_runtimes(found.live, runtimes, settings, live_roots)
+    keys, runtime_problems = _runtime_keys(settings, live_roots)
     problems = (*problems, *runtime_problems)
-    the_plan = GcPlan(
-        (*the_plan.doomed, *runtime_garbage(runtimes, _keys(live, runtimes), moment)),
-        the_plan.kept,
-    )
+    the_plan = GcPlan((*the_plan.doomed, *runtime_garbage(runtimes, keys, moment)), the_plan.kept)
     if not yes:
         outcomes = tuple(ItemOutcome(item, "would_remove") for item in the_plan.doomed)
         return GcResult(True, include_foreign, the_plan, outcomes, live_roots, problems)
     _refuse_unsafe(settings, found, roots, problems, forget_missing=forget_missing)
     # A lock written since the scan may have made something live again: read them once more.
     again = collect_live(settings, layout, read_roots(layout))
-    live_again, _ = _with_runtimes(again.live, runtimes, settings, again.roots)
+    live_again = _with_runtimes(again.live, runtimes, _runtime_keys(settings, again.roots)[0])
     outcomes = tuple(sweep_item(item, live_again, lock_timeout_s) for item in the_plan.doomed)
     return GcResult(False, include_foreign, the_plan, outcomes, live_roots, problems)

@@ -18,7 +18,6 @@ from mlxpin.store.fetch import NoProgress, Progress
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.transfer import import_bundle, plan_export, write_bundle
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name
-from mlxpin.util.parallel import CancelToken
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,6 @@ def import_(
     """Import a bundle (a path, or `stdin` when None); no network, no token."""
     layout = StoreLayout.of(settings)
     progress = progress or NoProgress()
-    cancel = CancelToken()
 
     def check_lock(lock: LockedModel) -> None:
         ours = read_lock(settings.lock_dir, lock.name)
@@ -158,7 +156,7 @@ def import_(
 
     if source is None:
         label = "<stdin>"
-        outcome = import_bundle(layout, BundleReader(stdin, label), check_lock, progress, cancel)
+        outcome = import_bundle(layout, BundleReader(stdin, label), check_lock, progress)
     else:
         label = str(source)
         try:
@@ -168,9 +166,7 @@ def import_(
         except IsADirectoryError:
             raise UsageError(f"{source} is a directory, not a bundle") from None
         with handle:
-            outcome = import_bundle(
-                layout, BundleReader(handle, label), check_lock, progress, cancel
-            )
+            outcome = import_bundle(layout, BundleReader(handle, label), check_lock, progress)
     register_root(layout, settings.lock_dir)
     results: list[ImportedModelResult] = []
     with hold_mutex(lock_dir_mutex(settings)):

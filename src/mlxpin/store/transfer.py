@@ -43,7 +43,6 @@ from mlxpin.store.layout import (
 )
 from mlxpin.store.sources import LocalSourceBytes
 from mlxpin.util.atomic import hold_mutex
-from mlxpin.util.parallel import CancelToken
 
 BUNDLE_ORIGIN = "bundle"
 
@@ -217,15 +216,13 @@ def import_bundle(
     reader: BundleReader,
     check_lock: LockCheck,
     progress: Progress,
-    cancel: CancelToken | None = None,
 ) -> ImportOutcome:
     """Read a whole bundle; place and verify every blob; publish every model.
 
     `check_lock` sees each of the bundle's locks before any byte is placed (to refuse a
-    bundle that pins other bytes than this project's lock). `cancel` (the command's token;
-    a fresh one when not given) stops placing bytes at the next chunk.
+    bundle that pins other bytes than this project's lock). One member at a time, in the
+    bundle's order: no worker threads, so Ctrl-C stops it where it is.
     """
-    cancel = CancelToken() if cancel is None else cancel
     locks = _read_head(reader)
     for lock in locks:
         check_lock(lock)
@@ -253,7 +250,7 @@ def import_bundle(
                     f"{member.name} ({lock.name}: {file.path})",
                     f"holds {member.size} bytes, the lock says {file.size}",
                 )
-            _place(layout, reader, member.name, users, created, entries, written, progress, cancel)
+            _place(layout, reader, member.name, users, created, entries, written, progress)
         missing = sorted(set(wanted) - seen)
         if missing:
             lock, file = wanted[missing[0]][0]
@@ -318,7 +315,6 @@ def _place(
     entries: dict[tuple[str, str], StampEntry],
     written: dict[str, int],
     progress: Progress,
-    cancel: CancelToken,
 ) -> None:
     """Put one member's bytes where every lock that names its oid wants them."""
     placed: dict[Path, StampEntry] = {}
@@ -337,7 +333,7 @@ def _place(
                 wanted = LockedFile(Path(first.blob).name, file.size, file.oid)
             if not existed:
                 created.append((lock, file))
-            result = ensure_blob(layout, lock, wanted, source, progress, cancel)
+            result = ensure_blob(layout, lock, wanted, source, progress)
             entry = result.entry
             placed[blob] = entry
             written[lock.name] = written.get(lock.name, 0) + result.downloaded
