@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from mlxpin.config import Settings
+from mlxpin.project.manifest import parse_manifest
 from mlxpin.serve.plan import LaunchPlan, plan_launch
 
 if TYPE_CHECKING:  # a one-host boot never imports the distributed planner
@@ -26,12 +27,22 @@ Watchdog = tuple[float, float]
 def plan(
     settings: Settings, name: str | None, environ: Mapping[str, str], *, verify: bool
 ) -> LaunchPlan | DistributedPlan:
-    """The plan of ``name`` (or the manifest's only model); every problem is an error."""
-    if _is_distributed(settings, name):
-        from mlxpin.serve.distributed import plan_distributed
+    """The plan of ``name`` (or the manifest's only model); every problem is an error.
+    The manifest is read once, and the distributed planner imported only for a manifest
+    that says the word."""
+    try:
+        data = settings.manifest_path.read_bytes()
+    except OSError:  # plan_launch reads it again and says what is wrong
+        return plan_launch(settings, name, environ=environ, verify=verify)
+    manifest = parse_manifest(data, settings.manifest_path, parser="tomllib")
+    if b"distributed" in data:
+        from mlxpin.serve.distributed import distributed_spec, plan_distributed
 
-        return plan_distributed(settings, name, environ=environ, verify=verify)
-    return plan_launch(settings, name, environ=environ, verify=verify)
+        if distributed_spec(settings, name, manifest)[1]:
+            return plan_distributed(
+                settings, name, environ=environ, verify=verify, manifest=manifest
+            )
+    return plan_launch(settings, name, environ=environ, verify=verify, manifest=manifest)
 
 
 def run(
@@ -50,14 +61,3 @@ def run(
 
     group = group_servers(WatchdogPolicy(*watchdog))  # the group is the one resident model
     return run_pool_plan(launch_serve_plan(chosen.server, chosen), environ, policy, group)
-
-
-def _is_distributed(settings: Settings, name: str | None) -> bool:
-    try:  # most manifests never say the word: no second parse on the boot path
-        if b"distributed" not in settings.manifest_path.read_bytes():
-            return False
-    except OSError:
-        return False  # plan_launch reports the missing manifest
-    from mlxpin.serve.distributed import distributed_spec
-
-    return distributed_spec(settings, name)[1]

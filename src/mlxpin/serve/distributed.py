@@ -32,7 +32,7 @@ from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, ExitCode, Hint, MlxpinError, Run, ServerMissingError
 from mlxpin.project.distributed import LOCAL_HOST, DistributedSpec, is_ip
 from mlxpin.project.lockfile import LockedModel, render, valid_locks
-from mlxpin.project.manifest import ModelSpec, load_manifest
+from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
 from mlxpin.serve.plan import OFFLINE_ENV, PRIVATE_PORT_SHOWN, LaunchPlan, choose_model, plan_launch
 from mlxpin.store.layout import StoreLayout, check_stamp
 from mlxpin.util.jsonable import fields_json
@@ -554,9 +554,12 @@ def find_launcher(python: str) -> tuple[str, ...]:
     raise ServerMissingError(f"no `mlx.launch` beside {python} or on PATH (install mlx)")
 
 
-def distributed_spec(settings: Settings, name: str | None) -> tuple[ModelSpec, bool]:
+def distributed_spec(
+    settings: Settings, name: str | None, manifest: Manifest | None = None
+) -> tuple[ModelSpec, bool]:
     """The chosen model, and whether it is distributed (boot path: tomllib only)."""
-    manifest = load_manifest(settings.manifest_path, parser="tomllib")
+    if manifest is None:
+        manifest = load_manifest(settings.manifest_path, parser="tomllib")
     spec = choose_model(manifest, name, settings)
     return spec, spec.distributed is not None
 
@@ -568,9 +571,13 @@ def plan_distributed(
     environ: Mapping[str, str],
     verify: bool = False,
     ssh: SshRunner = run_over_ssh,
+    manifest: Manifest | None = None,
 ) -> DistributedPlan:
-    """Check every host, then plan; raise HostsNotReadyError naming each failing host."""
-    spec, distributed = distributed_spec(settings, name)
+    """Check every host, then plan; raise HostsNotReadyError naming each failing host.
+    ``manifest`` when the caller has read it already (it is read once per plan)."""
+    if manifest is None:
+        manifest = load_manifest(settings.manifest_path, parser="tomllib")
+    spec, distributed = distributed_spec(settings, name, manifest)
     assert distributed and spec.distributed is not None
     dist = spec.distributed
     ranks, backend, file_env = ranks_of(dist)
@@ -591,7 +598,8 @@ def plan_distributed(
     failures = [c for c in checks if not c.ok]
     if failures:
         raise HostsNotReadyError(spec.name, failures)
-    server = plan_launch(settings, spec.name, environ=environ)  # this host's half (re-checked)
+    # This host's half (its snapshot re-checked), from the same manifest.
+    server = plan_launch(settings, spec.name, environ=environ, manifest=manifest)
     env = (*OFFLINE_ENV, *file_env, *dist.env)
     return DistributedPlan(
         server=server,

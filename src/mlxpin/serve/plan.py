@@ -244,8 +244,11 @@ def plan_launch(
     *,
     environ: Mapping[str, str],
     verify: bool = False,
+    manifest: Manifest | None = None,
 ) -> LaunchPlan:
-    manifest = load_manifest(settings.manifest_path, parser="tomllib")
+    """The boot plan of ``name`` (or the only model); ``manifest`` when already read."""
+    if manifest is None:
+        manifest = load_manifest(settings.manifest_path, parser="tomllib")
     spec = choose_model(manifest, name, settings)
     run_dir = settings.state_dir / "run"  # the server's cwd and pid file go here
     require_writable_dir(run_dir, STATE_DIR_HINT)  # else a supervisor restarts us in a loop

@@ -254,7 +254,7 @@ def _server_plan(
 ) -> tuple[LaunchPlan, DistributedPlan | None]:
     """One model's server in the pool (and its rank group, for a distributed model)."""
     if spec.distributed is not None:
-        group = _group_plan(settings, spec.name, environ, verify, public[1])
+        group = _group_plan(settings, manifest, spec.name, environ, verify, public[1])
         return group.server, group
     launch = model_plan(
         settings,
@@ -281,13 +281,18 @@ def _names(error: LockStaleError) -> list[str]:
 
 
 def _group_plan(
-    settings: Settings, name: str, environ: Mapping[str, str], verify: bool, port: int
+    settings: Settings,
+    manifest: Manifest,
+    name: str,
+    environ: Mapping[str, str],
+    verify: bool,
+    port: int,
 ) -> DistributedPlan:
     """A distributed model in the pool: every host checked as `launch` checks them; its
     rank 0 runs here, in the pool's own run directory."""
     from mlxpin.serve.distributed import plan_distributed
 
-    group = plan_distributed(settings, name, environ=environ, verify=verify)
+    group = plan_distributed(settings, name, environ=environ, verify=verify, manifest=manifest)
     cwd = settings.state_dir / "run" / f"serve-{port}" / name
     return replace(group, server=replace(group.server, public_port=port, cwd=cwd))
 
