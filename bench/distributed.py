@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from mlxpin.dev.tinymodel import generate
-from mlxpin.serve.addresses import free_port
+from mlxpin.gateway.addresses import free_port
 
 
 def post(url: str, body: dict[str, object], timeout: float = 30.0) -> dict[str, object]:

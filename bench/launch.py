@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from mlxpin.dev.tinymodel import generate
-from mlxpin.serve.addresses import free_port
+from mlxpin.gateway.addresses import free_port
 
 MODELS = 50
 FILES_PER_MODEL = 100

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from launch import first_answer  # bench/ is on sys.path when this runs
 from mlxpin.dev.tinymodel import generate
-from mlxpin.serve.addresses import free_port
+from mlxpin.gateway.addresses import free_port
 
 NAMES = ("alpha", "beta", "gamma")
 

@@ -2,7 +2,7 @@
 
 Production runs the gateway over a `serve.pool.Pool` (launch and serve alike); these
 tests need a gateway whose one upstream they start, stop and break themselves, so they
-use this small :class:`~mlxpin.serve.backends.Backends`: one route, always routed to,
+use this small :class:`~mlxpin.gateway.backends.Backends`: one route, always routed to,
 healthy once a real completion succeeded since its last (re)start.
 """
 
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from yarl import URL
 
-from mlxpin.serve.backends import (
+from mlxpin.gateway.app import Gateway, serve
+from mlxpin.gateway.backends import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_REQUEST_TIMEOUT_S,
     Health,
@@ -23,10 +24,9 @@ from mlxpin.serve.backends import (
     Route,
     Upstream,
 )
-from mlxpin.serve.gateway import Gateway, serve
-from mlxpin.serve.listener import ListenerLimits
-from mlxpin.serve.state import GatewayState
-from mlxpin.serve.upstream import warm_up_status
+from mlxpin.gateway.listener import ListenerLimits
+from mlxpin.gateway.state import GatewayState
+from mlxpin.gateway.upstream import warm_up_status
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxpin.serve.addresses import free_port as _free_port
+from mlxpin.gateway.addresses import free_port as _free_port
 
 ALIAS = "testhost"
 

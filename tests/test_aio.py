@@ -13,7 +13,7 @@ def counting(self):
     loaded.append(1)
     return original(self)
 ssl.SSLContext.set_default_verify_paths = counting
-from mlxpin.serve.aio import import_aiohttp
+from mlxpin.gateway.aio import import_aiohttp
 import_aiohttp()
 import aiohttp.connector as connector
 assert loaded == [], loaded  # the CA store was not read while aiohttp was imported

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlxpin.errors import BundleError
+from mlxpin.mirror.server import blob_id, parse_range
 from mlxpin.project.lockfile import LockedFile, Original, make_locked
-from mlxpin.serve.mirror import blob_id, parse_range
 from mlxpin.store.bundle import (
     INDEX_MEMBER,
     BundleReader,

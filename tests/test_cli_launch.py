@@ -30,10 +30,10 @@ import pytest
 
 from mlxpin.dev.tinymodel import generate
 from mlxpin.errors import ServerCrashedError
-from mlxpin.serve.addresses import free_port
-from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
-from mlxpin.serve.poolserver import run_plan
-from mlxpin.serve.restart import RestartPolicy as SupervisorPolicy
+from mlxpin.gateway.addresses import free_port
+from mlxpin.plan.launch import LaunchPlan, PinnedSnapshot
+from mlxpin.supervise.restart import RestartPolicy as SupervisorPolicy
+from mlxpin.supervise.runner import run_plan
 
 from conftest import Project
 from hubserver import HubServer
@@ -631,9 +631,9 @@ while True:  # accept, never answer: a model that takes forever to load
 RUN_PLAN = """
 import json, sys
 from pathlib import Path
-from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
-from mlxpin.serve.poolserver import run_plan
-from mlxpin.serve.restart import RestartPolicy as SupervisorPolicy
+from mlxpin.plan.launch import LaunchPlan, PinnedSnapshot
+from mlxpin.supervise.runner import run_plan
+from mlxpin.supervise.restart import RestartPolicy as SupervisorPolicy
 spec = json.loads(sys.argv[1])
 plan = LaunchPlan(
     name="slow", api_label="slow", aliases=(), public_host="127.0.0.1",
@@ -820,9 +820,9 @@ import json, resource, sys
 from pathlib import Path
 resource.setrlimit(resource.RLIMIT_NOFILE, tuple(json.loads(sys.argv[1])["nofile"]))
 from mlxpin.project.manifest import GatewaySpec
-from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
-from mlxpin.serve.poolserver import run_plan
-from mlxpin.serve.restart import RestartPolicy as SupervisorPolicy
+from mlxpin.plan.launch import LaunchPlan, PinnedSnapshot
+from mlxpin.supervise.runner import run_plan
+from mlxpin.supervise.restart import RestartPolicy as SupervisorPolicy
 spec = json.loads(sys.argv[1])
 plan = LaunchPlan(
     name="flood", api_label="flood", aliases=(), public_host="127.0.0.1",

@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from mlxpin.dev.tinymodel import generate
-from mlxpin.serve.addresses import free_port
+from mlxpin.gateway.addresses import free_port
 
 from conftest import _HF_LEAKS, Project
 from hubserver import HubServer

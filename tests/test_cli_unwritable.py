@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxpin.serve.addresses import free_port
+from mlxpin.gateway.addresses import free_port
 
 from conftest import Project
 from hubserver import HubServer, LfsContent

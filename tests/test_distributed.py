@@ -28,15 +28,15 @@ import pytest
 from mlxpin.config import load_settings
 from mlxpin.dev.tinymodel import generate
 from mlxpin.errors import ConfigError, ManifestError
-from mlxpin.project.manifest import parse_manifest
-from mlxpin.serve.distributed import (
+from mlxpin.plan.distributed import (
     HostsNotReadyError,
     parse_remote_answer,
     pipeline_files,
     pipeline_layers,
     plan_distributed,
 )
-from mlxpin.serve.rankgroup import group_members, stop_group
+from mlxpin.project.manifest import parse_manifest
+from mlxpin.supervise.rankgroup import group_members, stop_group
 from sshhost import SshHost
 
 from conftest import Project

@@ -520,7 +520,7 @@ def test_import_on_an_offline_host_then_launch_serves_a_completion(
     import openai
 
     from mlxpin.dev.tinymodel import generate
-    from mlxpin.serve.addresses import free_port
+    from mlxpin.gateway.addresses import free_port
     from test_cli_launch import Launched, manifest
 
     files = generate(tmp_path / "tiny-model")

@@ -30,10 +30,10 @@ import pytest
 from aiohttp import web
 
 from fixedgateway import GatewayConfig, start_gateway, warm_up
-from mlxpin.serve.addresses import free_port as _free_port
-from mlxpin.serve.rewrite import Rewriter as _Rewriter
-from mlxpin.serve.rewrite import SseRelay as _SseRelay
-from mlxpin.serve.state import GatewayState
+from mlxpin.gateway.addresses import free_port as _free_port
+from mlxpin.gateway.rewrite import Rewriter as _Rewriter
+from mlxpin.gateway.rewrite import SseRelay as _SseRelay
+from mlxpin.gateway.state import GatewayState
 
 T = TypeVar("T")
 
@@ -816,7 +816,7 @@ def test_idle_connections_are_capped_timed_out_and_shed_with_503(
     make_gateway: Any, upstream: FakeUpstream
 ) -> None:
     """Issue 8 item 10: idle half-open connections locked every client out."""
-    from mlxpin.serve.listener import ListenerLimits
+    from mlxpin.gateway.listener import ListenerLimits
 
     gw: Gateway = make_gateway(limits=ListenerLimits(max_connections=8, header_timeout_s=1.0))
     port = _bound_port(gw.runner)

@@ -8,11 +8,15 @@ Floors, bottom to top; a module may import its own package and any floor below i
     store                   bytes on disk (layout, fetch, gc, bundles)
     hub                     the only huggingface_hub importer (client, resolve)
     runtime                 the pinned server runtime
-    serve, dev              everything that runs (plans, processes, gateway, units); tiny model
+    serve                   what runs inside an engine server process (the Unix-socket shim)
+    plan, gateway, mirror,  pure plans for launch/serve/distributed; the HTTP gateway; the
+    dev                     Hub-protocol mirror; tiny models and the demo
+    supervise, service      engine server processes, the pool and restarts; boot units
     commands                one module per verb; frozen results
     cli                     parsing and rendering; nothing imports it but the entry point
 
-Third-party seams: only ``hub`` imports huggingface_hub, only ``serve`` imports aiohttp,
+Third-party seams: only ``hub`` imports huggingface_hub, only ``gateway``, ``mirror`` and
+``supervise`` (the runner's operator routes) import aiohttp,
 only ``cli`` imports typer. Package ``__init__`` files stay empty so the boot path pays
 nothing for them.
 """
@@ -35,15 +39,24 @@ FLOORS: dict[str, int] = {
     "store": 3,
     "hub": 4,
     "runtime": 5,
-    "serve": 6,
+    "serve": 1,
+    "plan": 6,
+    "gateway": 6,
+    "mirror": 6,
     "dev": 6,
-    "commands": 7,
-    "cli": 8,
+    "supervise": 7,
+    "service": 7,
+    "commands": 8,
+    "cli": 9,
 }
 # The executable's entry points may reach every floor.
 ENTRY_POINTS = {"entry", "__main__", "__init__"}
 
-ONLY_IMPORTED_BY = {"huggingface_hub": "hub", "aiohttp": "serve", "typer": "cli"}
+ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {
+    "huggingface_hub": ("hub",),
+    "aiohttp": ("gateway", "mirror", "supervise"),
+    "typer": ("cli",),
+}
 
 
 def modules(root: Path = PACKAGE) -> Iterator[tuple[str, Path]]:
@@ -86,8 +99,9 @@ def violations(root: Path = PACKAGE) -> list[str]:
         rel = path.relative_to(root.parent.parent)
         for line, imported in imports_of(path, root):
             top = imported.split(".")[0]
-            if top in ONLY_IMPORTED_BY and own != ONLY_IMPORTED_BY[top]:
-                found.append(f"{rel}:{line}: {imported} belongs to {ONLY_IMPORTED_BY[top]}/")
+            if top in ONLY_IMPORTED_BY and own not in ONLY_IMPORTED_BY[top]:
+                owners = ", ".join(f"{o}/" for o in ONLY_IMPORTED_BY[top])
+                found.append(f"{rel}:{line}: {imported} belongs to {owners}")
             if top != "mlxpin" or imported == "mlxpin" or own in ENTRY_POINTS:
                 continue
             target = floor_of(imported.removeprefix("mlxpin."))
@@ -157,8 +171,8 @@ def test_the_rule_catches_a_module_that_reaches_up(tmp_path: Path) -> None:
     root = tmp_path / "src" / "mlxpin"
     (root / "project").mkdir(parents=True)
     (root / "project" / "bad.py").write_text(
-        "from mlxpin.serve.plan import x\nimport huggingface_hub\n", encoding="utf-8"
+        "from mlxpin.plan.launch import x\nimport huggingface_hub\n", encoding="utf-8"
     )
     found = violations(root)
-    assert any("project reaches up to mlxpin.serve.plan" in v for v in found)
+    assert any("project reaches up to mlxpin.plan.launch" in v for v in found)
     assert any("huggingface_hub belongs to hub/" in v for v in found)

@@ -24,14 +24,14 @@ import pytest
 from mlxpin.config import load_settings
 from mlxpin.dev.tinymodel import generate
 from mlxpin.errors import DataError
-from mlxpin.project.lockfile import LockedFile, LockedModel, Original, make_locked
-from mlxpin.serve.distributed import (
+from mlxpin.plan.distributed import (
     HostsNotReadyError,
     Rank,
     host_shares,
     plan_distributed,
     plan_pipeline,
 )
+from mlxpin.project.lockfile import LockedFile, LockedModel, Original, make_locked
 from mlxpin.store.fetch import NoProgress, fetch_model
 from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp
 from mlxpin.store.sources import LocalSourceBytes

@@ -17,14 +17,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mlxpin.cli.serveboot import ps_table
-from mlxpin.serve.backends import Unavailable
-from mlxpin.serve.gateway import Gateway
-from mlxpin.serve.plan import LaunchPlan, PinnedSnapshot
-from mlxpin.serve.pool import Pool, PoolPolicy
-from mlxpin.serve.poolserver import pool_app
-from mlxpin.serve.process import is_our_server
-from mlxpin.serve.serveplan import PoolModelPlan, ServePlan, launch_serve_plan
-from mlxpin.serve.state import GatewayState
+from mlxpin.gateway.app import Gateway
+from mlxpin.gateway.backends import Unavailable
+from mlxpin.gateway.state import GatewayState
+from mlxpin.plan.launch import LaunchPlan, PinnedSnapshot
+from mlxpin.plan.serve import PoolModelPlan, ServePlan, launch_serve_plan
+from mlxpin.supervise.pool import Pool, PoolPolicy
+from mlxpin.supervise.process import is_our_server
+from mlxpin.supervise.runner import pool_app
 from test_cli_launch import ANSWERING_SERVER
 
 ANSWERS = ANSWERING_SERVER  # a stand-in that answers every completion

@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlxpin.serve.pool_policy import (
+from mlxpin.supervise.policy import (
     Already,
     Evict,
     Limits,

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlxpin.serve.apierrors import ApiError
-from mlxpin.serve.backends import Route
-from mlxpin.serve.restart import GiveUp, Restart, RestartBudget, RestartPolicy
-from mlxpin.serve.routing import RoutingTable
+from mlxpin.gateway.apierrors import ApiError
+from mlxpin.gateway.backends import Route
+from mlxpin.gateway.routing import RoutingTable
+from mlxpin.supervise.restart import GiveUp, Restart, RestartBudget, RestartPolicy
 
 POLICY = RestartPolicy(backoff_initial_s=1, backoff_max_s=8, restart_budget=3, budget_window_s=100)
 

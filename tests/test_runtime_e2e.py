@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from mlxpin.dev.tinymodel import generate
-from mlxpin.serve.addresses import free_port
+from mlxpin.gateway.addresses import free_port
 
 from conftest import Project
 

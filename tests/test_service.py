@@ -297,7 +297,7 @@ def test_an_api_key_file_path_is_carried_but_never_the_key(tmp_path: Path) -> No
     import plistlib
 
     from mlxpin.config import load_settings
-    from mlxpin.serve.units import build_spec
+    from mlxpin.service.units import build_spec
 
     (tmp_path / "manifest.toml").write_text(
         'version = 1\n[models.m]\napi_label = "m"\n[models.m.launch]\nrepo = "o/n"\n'
@@ -321,7 +321,7 @@ def test_system_unit_under_sudo_runs_as_the_user_with_their_cache(tmp_path: Path
     import pwd
 
     from mlxpin.config import load_settings
-    from mlxpin.serve.units import build_spec
+    from mlxpin.service.units import build_spec
 
     other = next(
         (p for p in pwd.getpwall() if p.pw_uid != os.getuid() and p.pw_dir.startswith("/")),

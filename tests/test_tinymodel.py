@@ -17,7 +17,7 @@ from typing import Any, cast
 import pytest
 
 from mlxpin.dev import tinymodel
-from mlxpin.serve.addresses import free_port as any_free_port
+from mlxpin.gateway.addresses import free_port as any_free_port
 
 ARCHS = ("llama", "qwen2")
 FILES = (

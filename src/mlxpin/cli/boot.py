@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from mlxpin.cli.output import CommandExit, Common, Output, run_guarded
 from mlxpin.cli.render import human_size, share_text, short_commit
-from mlxpin.serve.plan import PRIVATE_PORT_SHOWN, LaunchPlan
+from mlxpin.plan.launch import PRIVATE_PORT_SHOWN, LaunchPlan
 
 if TYPE_CHECKING:  # a --dry-run builds no policy; a plain model needs no distributed code
-    from mlxpin.serve.distributed import DistributedPlan
-    from mlxpin.serve.restart import RestartPolicy
+    from mlxpin.plan.distributed import DistributedPlan
+    from mlxpin.supervise.restart import RestartPolicy
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class RunOptions(Common):
     ready_timeout: float = 900.0
 
     def policy(self) -> RestartPolicy:
-        from mlxpin.serve.restart import RestartPolicy
+        from mlxpin.supervise.restart import RestartPolicy
 
         return RestartPolicy(
             ready_timeout_s=self.ready_timeout,

@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     from mlxpin.commands.hosts import host_check, host_receive
-    from mlxpin.serve.distributed import HostCheck
+    from mlxpin.plan.distributed import HostCheck
 
     try:
         settings = settings_for(None, None, args.cache_dir)

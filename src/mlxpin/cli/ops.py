@@ -25,7 +25,7 @@ from mlxpin.errors import UsageError
 
 if TYPE_CHECKING:  # the modules themselves load lazily: `launch` registers this file too
     from mlxpin.commands.service import UnitRequest
-    from mlxpin.serve.units import CommandRun, Platform
+    from mlxpin.service.units import CommandRun, Platform
 
 service_app = typer.Typer(
     name="service",

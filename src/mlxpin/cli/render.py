@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mlxpin.serve.distributed import HostShare
+    from mlxpin.plan.distributed import HostShare
 
 
 def human_size(size: int, signed: bool = False) -> str:

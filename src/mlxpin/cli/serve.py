@@ -69,8 +69,8 @@ def ps_command(
     import os
 
     from mlxpin.commands.serve import status as endpoint_status
+    from mlxpin.plan.launch import read_api_key
     from mlxpin.project.manifest import load_manifest
-    from mlxpin.serve.plan import read_api_key
 
     out = common.output()
     chosen_host, chosen_port = host, port

@@ -15,8 +15,8 @@ from typing import Any
 
 from mlxpin.cli.boot import RunOptions, run_parser
 from mlxpin.cli.render import human_size, share_text
-from mlxpin.serve.plan import PRIVATE_PORT_SHOWN
-from mlxpin.serve.serveplan import SERVER_OVERHEAD_BYTES, ServePlan
+from mlxpin.plan.launch import PRIVATE_PORT_SHOWN
+from mlxpin.plan.serve import SERVER_OVERHEAD_BYTES, ServePlan
 
 
 @dataclass(frozen=True)

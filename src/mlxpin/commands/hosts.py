@@ -34,10 +34,7 @@ from typing import IO
 
 from mlxpin.config import Settings
 from mlxpin.errors import DataError, ExitCode, Flag, Hint, Run, UsageError
-from mlxpin.project import validate
-from mlxpin.project.distributed import LOCAL_HOST
-from mlxpin.project.lockfile import LockedModel, parse_lock, render, write_lock
-from mlxpin.serve.distributed import (
+from mlxpin.plan.distributed import (
     SSH_OPTIONS,
     HostCheck,
     HostShare,
@@ -50,6 +47,9 @@ from mlxpin.serve.distributed import (
     ranks_of,
     remote_mlxpin,
 )
+from mlxpin.project import validate
+from mlxpin.project.distributed import LOCAL_HOST
+from mlxpin.project.lockfile import LockedModel, parse_lock, render, write_lock
 from mlxpin.store.fetch import NoProgress
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.sources import LocalSourceBytes

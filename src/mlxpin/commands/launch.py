@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from mlxpin.config import Settings
+from mlxpin.plan.launch import LaunchPlan, plan_launch
 from mlxpin.project.manifest import parse_manifest
-from mlxpin.serve.plan import LaunchPlan, plan_launch
 
 if TYPE_CHECKING:  # a one-host boot never imports the distributed planner
-    from mlxpin.serve.distributed import DistributedPlan
-    from mlxpin.serve.restart import RestartPolicy
+    from mlxpin.plan.distributed import DistributedPlan
+    from mlxpin.supervise.restart import RestartPolicy
 
 __all__ = ["Watchdog", "plan", "run"]
 
@@ -36,7 +36,7 @@ def plan(
         return plan_launch(settings, name, environ=environ, verify=verify)
     manifest = parse_manifest(data, settings.manifest_path, parser="tomllib")
     if b"distributed" in data:
-        from mlxpin.serve.distributed import distributed_spec, plan_distributed
+        from mlxpin.plan.distributed import distributed_spec, plan_distributed
 
         if distributed_spec(settings, name, manifest)[1]:
             return plan_distributed(
@@ -52,12 +52,12 @@ def run(
     watchdog: Watchdog,
 ) -> int:
     if isinstance(chosen, LaunchPlan):
-        from mlxpin.serve.poolserver import run_plan
+        from mlxpin.supervise.runner import run_plan
 
         return run_plan(chosen, environ, policy)
-    from mlxpin.serve.poolserver import run_pool_plan
-    from mlxpin.serve.rankgroup import WatchdogPolicy, group_servers
-    from mlxpin.serve.serveplan import launch_serve_plan
+    from mlxpin.plan.serve import launch_serve_plan
+    from mlxpin.supervise.rankgroup import WatchdogPolicy, group_servers
+    from mlxpin.supervise.runner import run_pool_plan
 
     group = group_servers(WatchdogPolicy(*watchdog))  # the group is the one resident model
     return run_pool_plan(launch_serve_plan(chosen.server, chosen), environ, policy, group)

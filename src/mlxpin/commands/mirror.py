@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from mlxpin.config import Settings
 from mlxpin.errors import Flag, Hint, Run, UnavailableError, UsageError
+from mlxpin.mirror.server import MirrorConfig, serve_mirror
+from mlxpin.plan.launch import read_api_key
 from mlxpin.project.selection import locked_models, manifest_of, pick
-from mlxpin.serve.mirror import MirrorConfig, serve_mirror
-from mlxpin.serve.plan import read_api_key
 from mlxpin.store.layout import StoreLayout, check_stamp
 
 DEFAULT_PORT = 8765

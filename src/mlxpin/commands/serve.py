@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, Flag, Hint, Run, UnavailableError
-from mlxpin.serve.serveplan import ServePlan, plan_serve
+from mlxpin.plan.serve import ServePlan, plan_serve
 
 if TYPE_CHECKING:
-    from mlxpin.serve.restart import RestartPolicy
+    from mlxpin.supervise.restart import RestartPolicy
 
 __all__ = ["plan", "run", "status"]
 
@@ -34,7 +34,7 @@ def plan(
 
 
 def run(chosen: ServePlan, environ: Mapping[str, str], policy: RestartPolicy) -> int:
-    from mlxpin.serve.poolserver import run_pool_plan
+    from mlxpin.supervise.runner import run_pool_plan
 
     return run_pool_plan(chosen, environ, policy)
 

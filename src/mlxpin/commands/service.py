@@ -10,8 +10,8 @@ from typing import Any, Generic, TypeVar
 
 from mlxpin.config import Settings
 from mlxpin.errors import ExitCode
-from mlxpin.serve import units
-from mlxpin.serve.units import BuiltSpec, CommandRun, InstallResult, Platform, UninstallResult
+from mlxpin.service import units
+from mlxpin.service.units import BuiltSpec, CommandRun, InstallResult, Platform, UninstallResult
 
 
 def ran_json(ran: tuple[CommandRun, ...]) -> list[dict[str, Any]]:

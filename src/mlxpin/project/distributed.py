@@ -1,7 +1,7 @@
 """`[models.NAME.distributed]`: which hosts run the ranks of one model, and how.
 
 Parsed with the rest of the manifest (same checker, so every error names file:line and
-key); the hostfile it may point at is read later, at launch, by `mlxpin.serve.distributed`.
+key); the hostfile it may point at is read later, at launch, by `mlxpin.plan.distributed`.
 
     [models.big.distributed]
     hosts = ["127.0.0.1", { ssh = "mac2.local", ips = ["192.168.1.12"] }]   # or:

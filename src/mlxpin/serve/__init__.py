@@ -1,1 +1,1 @@
-"""Everything that runs: launch plans, server processes, the gateway, the mirror, boot units."""
+"""What runs inside an engine server process (its argv names this module path, so it stays)."""

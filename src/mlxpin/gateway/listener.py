@@ -10,7 +10,7 @@ client is locked out, and restarting the model server fails with EMFILE. Here:
 - past ``max_connections`` open client connections (clipped so that the upstream
   connections, two accept bursts and ``fd_reserve`` descriptors for the supervisor always
   fit under RLIMIT_NOFILE, whose soft limit the runner first lifts toward the hard one:
-  `mlxpin.serve.addresses.raise_open_files_limit`),
+  `mlxpin.gateway.addresses.raise_open_files_limit`),
   a new connection is answered ``503`` with an OpenAI-style body and
   ``Retry-After``, then closed; at most ``SHED_BAND`` such answers are pending at once
   (the oldest is dropped for the newest, so a new client always gets its 503);
@@ -36,8 +36,8 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
-from mlxpin.serve.addresses import ACCEPT_BURST
-from mlxpin.serve.apierrors import ApiError
+from mlxpin.gateway.addresses import ACCEPT_BURST
+from mlxpin.gateway.apierrors import ApiError
 
 __all__ = ["LimitedRunner", "ListenerLimits", "connection_cap"]
 

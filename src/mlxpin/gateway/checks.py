@@ -17,9 +17,9 @@ import json
 from collections.abc import Iterator
 from typing import Any, Final
 
-from mlxpin.serve.apierrors import ApiError
-from mlxpin.serve.backends import Route
-from mlxpin.serve.routing import RoutingTable
+from mlxpin.gateway.apierrors import ApiError
+from mlxpin.gateway.backends import Route
+from mlxpin.gateway.routing import RoutingTable
 
 __all__ = ["PINNED_FIELDS", "check_request", "parse_body", "remote_image_url"]
 

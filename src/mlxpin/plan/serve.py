@@ -1,6 +1,6 @@
 """`serve` preflight: manifest + locks + verified snapshots → a ServePlan (pure data).
 
-Like `launch`'s plan (`mlxpin.serve.plan`), but for every named model at once: each
+Like `launch`'s plan (`mlxpin.plan.launch`), but for every named model at once: each
 model's server argv, its cost (what its locked files weigh, plus a stated per-server
 overhead), and the pool's limits (memory budget, max_loaded, TTLs). Every model's problem
 -- stale lock, snapshot not fetched, larger than the whole budget -- is collected and
@@ -23,20 +23,20 @@ from mlxpin.errors import (
     OverBudgetError,
     PreflightError,
 )
-from mlxpin.project.manifest import GatewaySpec, Manifest, ModelSpec, load_manifest
-from mlxpin.project.memory import physical_memory
-from mlxpin.project.selection import pick
-from mlxpin.runtime.server import ServerRuntime, server_runtime
-from mlxpin.serve.plan import (
+from mlxpin.plan.launch import (
     PRIVATE_PORT_SHOWN,
     LaunchPlan,
     find_server,
     model_plan,
     read_api_key,
 )
+from mlxpin.project.manifest import GatewaySpec, Manifest, ModelSpec, load_manifest
+from mlxpin.project.memory import physical_memory
+from mlxpin.project.selection import pick
+from mlxpin.runtime.server import ServerRuntime, server_runtime
 
 if TYPE_CHECKING:  # the boot path of a one-host launch never imports the distributed plan
-    from mlxpin.serve.distributed import DistributedPlan
+    from mlxpin.plan.distributed import DistributedPlan
 
 #: What one mlx_lm.server holds on top of its weights: the Python interpreter, mlx and
 #: its kernels, the tokenizer, and a floor of KV cache and activations. Measured on the
@@ -290,7 +290,7 @@ def _group_plan(
 ) -> DistributedPlan:
     """A distributed model in the pool: every host checked as `launch` checks them; its
     rank 0 runs here, in the pool's own run directory."""
-    from mlxpin.serve.distributed import plan_distributed
+    from mlxpin.plan.distributed import plan_distributed
 
     group = plan_distributed(settings, name, environ=environ, verify=verify, manifest=manifest)
     cwd = settings.state_dir / "run" / f"serve-{port}" / name

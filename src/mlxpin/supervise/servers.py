@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from mlxpin.serve.addresses import free_port, private_socket_dir
-from mlxpin.serve.backends import Upstream
-from mlxpin.serve.plan import LaunchPlan
-from mlxpin.serve.process import Attempt, ServerProcess, ServerSpec, reap_leftover
-from mlxpin.serve.state import GatewayState
+from mlxpin.gateway.addresses import free_port, private_socket_dir
+from mlxpin.gateway.backends import Upstream
+from mlxpin.gateway.state import GatewayState
+from mlxpin.plan.launch import LaunchPlan
+from mlxpin.supervise.process import Attempt, ServerProcess, ServerSpec, reap_leftover
 
 __all__ = ["ModelServer", "SingleServer"]
 

@@ -1,7 +1,7 @@
 """Boot preflight: manifest + lock + verified snapshot → a LaunchPlan (pure data).
 
 This is the boot path: it reads the manifest, one or a few lock files and stats the
-snapshot; it never imports huggingface_hub or opens a socket. `mlxpin.serve.poolserver`
+snapshot; it never imports huggingface_hub or opens a socket. `mlxpin.supervise.runner`
 executes a plan.
 """
 

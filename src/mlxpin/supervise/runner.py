@@ -21,19 +21,19 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from mlxpin.errors import PortInUseError
-from mlxpin.serve.addresses import bind_public, raise_open_files_limit
-from mlxpin.serve.aio import import_aiohttp
-from mlxpin.serve.apierrors import ApiError
-from mlxpin.serve.backends import Unavailable
-from mlxpin.serve.plan import LaunchPlan, read_api_key
-from mlxpin.serve.pool import Pool, PoolPolicy, ServerFactory, Slot, single_server
-from mlxpin.serve.serveplan import ServePlan, launch_serve_plan
-from mlxpin.serve.state import GatewayState
+from mlxpin.gateway.addresses import bind_public, raise_open_files_limit
+from mlxpin.gateway.aio import import_aiohttp
+from mlxpin.gateway.apierrors import ApiError
+from mlxpin.gateway.backends import Unavailable
+from mlxpin.gateway.state import GatewayState
+from mlxpin.plan.launch import LaunchPlan, read_api_key
+from mlxpin.plan.serve import ServePlan, launch_serve_plan
+from mlxpin.supervise.pool import Pool, PoolPolicy, ServerFactory, Slot, single_server
 
 if TYPE_CHECKING:  # aiohttp is imported once the preloaded servers are spawned
     from aiohttp import web
 
-    from mlxpin.serve.gateway import Gateway
+    from mlxpin.gateway.app import Gateway
 
 log = logging.getLogger("mlxpin.serve")
 
@@ -50,7 +50,7 @@ def pool_app(gateway: Gateway, pool: Pool, *, operator: bool = True) -> web.Appl
     load/unload routes."""
     from aiohttp import web
 
-    from mlxpin.serve.gateway import api_error_response
+    from mlxpin.gateway.app import api_error_response
 
     app = gateway.app()
 
@@ -126,8 +126,8 @@ async def run_pool(
         pool = Pool(plan, environ, policy, servers=servers, on_fatal=stopping.set)
         await pool.begin()  # preloaded servers are spawned now, while the gateway imports
         import_aiohttp()
-        from mlxpin.serve.gateway import Gateway, serve
-        from mlxpin.serve.listener import ListenerLimits
+        from mlxpin.gateway.app import Gateway, serve
+        from mlxpin.gateway.listener import ListenerLimits
 
         gateway = Gateway(pool, GatewayState(), api_key=api_key)
         limits = ListenerLimits(plan.max_connections, plan.header_timeout)
@@ -177,7 +177,7 @@ def run_pool_plan(
     if servers is None:
         servers = single_server
         if any(m.group is not None for m in plan.models):
-            from mlxpin.serve.rankgroup import WatchdogPolicy, group_servers
+            from mlxpin.supervise.rankgroup import WatchdogPolicy, group_servers
 
             servers = group_servers(WatchdogPolicy())
     return asyncio.run(run_pool(plan, environ, policy or PoolPolicy(), servers))

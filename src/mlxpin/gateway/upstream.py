@@ -15,9 +15,9 @@ from typing import Any, Final
 import aiohttp
 from yarl import URL
 
-from mlxpin.serve.apierrors import ApiError
-from mlxpin.serve.backends import Upstream
-from mlxpin.serve.state import GatewayState
+from mlxpin.gateway.apierrors import ApiError
+from mlxpin.gateway.backends import Upstream
+from mlxpin.gateway.state import GatewayState
 
 __all__ = ["CHAT_PATH", "COMPLETIONS_PATH", "UpstreamClient", "classify_failure", "warm_up_status"]
 

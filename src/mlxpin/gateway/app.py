@@ -3,7 +3,7 @@
 ``mlx_lm.server`` treats any ``"model"`` it does not know as a repo id to download and
 load -- and unloads the pinned model first. So clients never talk to it directly: the
 gateway sits on the public host/port, in front of servers it reaches only through a
-:class:`~mlxpin.serve.backends.Backends`, and clients address a model by its API label::
+:class:`~mlxpin.gateway.backends.Backends`, and clients address a model by its API label::
 
     client ──"model": "gemma-4-31b-it"──▶ gateway ──"model": "<snapshot path>"──▶ mlx_lm.server
     client ◀─"model": "gemma-4-31b-it"─── gateway ◀─"model": "<snapshot path>"───
@@ -12,16 +12,16 @@ What it does, per route:
 
 - ``POST /v1/chat/completions`` and ``POST /v1/completions``: the body must be a JSON
   object whose ``"model"`` is an api_label, an alias, or absent/null (one model only).
-  Anything else is answered here (OpenAI-style 400/404, :mod:`~mlxpin.serve.checks`)
+  Anything else is answered here (OpenAI-style 400/404, :mod:`~mlxpin.gateway.checks`)
   without touching a server. The request is forwarded with ``"model"`` set to the exact
   ``--model`` string, and every response gets the canonical api_label back -- SSE
-  streams are relayed chunk by chunk (:mod:`~mlxpin.serve.rewrite`).
+  streams are relayed chunk by chunk (:mod:`~mlxpin.gateway.rewrite`).
 - ``GET /v1/models`` and ``GET /v1/models/{label}``: the labels (no upstream call).
 - ``GET /health``: what the backends say (launch: 200 only once a real completion
   succeeded since the last (re)start, else 503 ``{"status": "loading"}``).
 - anything else: OpenAI-style 404 / 405.
 
-Errors always come back as OpenAI-style JSON (:mod:`~mlxpin.serve.apierrors`); a client
+Errors always come back as OpenAI-style JSON (:mod:`~mlxpin.gateway.apierrors`); a client
 never sees a traceback. Upstream unreachable → 503 ``upstream_unavailable``; upstream
 timeout → 504 ``upstream_timeout``; a malformed upstream answer → 502 ``upstream_error``.
 
@@ -42,21 +42,21 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
-from mlxpin.serve.addresses import ACCEPT_BURST
-from mlxpin.serve.apierrors import ApiError, error_body
-from mlxpin.serve.backends import (
+from mlxpin.gateway.addresses import ACCEPT_BURST
+from mlxpin.gateway.apierrors import ApiError, error_body
+from mlxpin.gateway.backends import (
     Backends,
     Lease,
     Route,
     Unavailable,
     Upstream,
 )
-from mlxpin.serve.checks import check_request
-from mlxpin.serve.listener import LimitedRunner, ListenerLimits
-from mlxpin.serve.rewrite import Rewriter, SseRelay, rewrite_json
-from mlxpin.serve.routing import RoutingTable
-from mlxpin.serve.state import GatewayState
-from mlxpin.serve.upstream import (
+from mlxpin.gateway.checks import check_request
+from mlxpin.gateway.listener import LimitedRunner, ListenerLimits
+from mlxpin.gateway.rewrite import Rewriter, SseRelay, rewrite_json
+from mlxpin.gateway.routing import RoutingTable
+from mlxpin.gateway.state import GatewayState
+from mlxpin.gateway.upstream import (
     CHAT_PATH,
     COMPLETIONS_PATH,
     UpstreamClient,

@@ -38,14 +38,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxpin.serve.addresses import free_port
-from mlxpin.serve.backends import Upstream
-from mlxpin.serve.distributed import DistributedPlan
-from mlxpin.serve.pool import ServerFactory, single_server
-from mlxpin.serve.process import Attempt, ServerProcess, ServerSpec, _die_with_parent, ps
-from mlxpin.serve.serveplan import PoolModelPlan
-from mlxpin.serve.servers import ModelServer
-from mlxpin.serve.state import GatewayState
+from mlxpin.gateway.addresses import free_port
+from mlxpin.gateway.backends import Upstream
+from mlxpin.gateway.state import GatewayState
+from mlxpin.plan.distributed import DistributedPlan
+from mlxpin.plan.serve import PoolModelPlan
+from mlxpin.supervise.pool import ServerFactory, single_server
+from mlxpin.supervise.process import Attempt, ServerProcess, ServerSpec, _die_with_parent, ps
+from mlxpin.supervise.servers import ModelServer
 
 log = logging.getLogger("mlxpin.launch")
 DEFAULT_MODEL = "default_model"  # mlx_lm.server's name for its own --model
@@ -171,7 +171,7 @@ def group_pidfile(spec: ServerSpec) -> Path:
 
 
 class RankGroupServer:
-    """A :class:`~mlxpin.serve.servers.ModelServer`: `mlx.launch` and every rank it
+    """A :class:`~mlxpin.supervise.servers.ModelServer`: `mlx.launch` and every rank it
     starts, watched for a member that exits and for progress."""
 
     def __init__(

@@ -7,7 +7,7 @@ gateway; every rank loads its own host's verified snapshot, offline.
 
 A remote host is checked by running `mlxpin _host check` there over ssh with this host's
 lock on stdin: the remote only answers "where is this pin, and is it intact", it never
-decides what is pinned. `mlxpin.serve.rankgroup` runs the plan.
+decides what is pinned. `mlxpin.supervise.rankgroup` runs the plan.
 
 Pipeline mode: each rank reads only the weight files of its own layers (`pipeline_files`,
 from this host's verified index), so a remote host needs, and is checked for, only the
@@ -30,10 +30,16 @@ from typing import Any
 
 from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, ExitCode, Hint, MlxpinError, Run, ServerMissingError
+from mlxpin.plan.launch import (
+    OFFLINE_ENV,
+    PRIVATE_PORT_SHOWN,
+    LaunchPlan,
+    choose_model,
+    plan_launch,
+)
 from mlxpin.project.distributed import LOCAL_HOST, DistributedSpec, is_ip
 from mlxpin.project.lockfile import LockedModel, render, valid_locks
 from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
-from mlxpin.serve.plan import OFFLINE_ENV, PRIVATE_PORT_SHOWN, LaunchPlan, choose_model, plan_launch
 from mlxpin.store.layout import StoreLayout, check_stamp
 from mlxpin.util.jsonable import fields_json
 

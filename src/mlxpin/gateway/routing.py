@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from mlxpin.serve.apierrors import ApiError
-from mlxpin.serve.backends import Route
+from mlxpin.gateway.apierrors import ApiError
+from mlxpin.gateway.backends import Route
 
 __all__ = ["RoutingTable"]
 

@@ -36,7 +36,7 @@ def raise_open_files_limit(target: int = OPEN_FILES_TARGET) -> None:
     """Lift the soft RLIMIT_NOFILE toward the hard limit (as far as ``target``).
 
     A macOS terminal or launchd job starts with a soft limit of 256, which after the
-    gateway's reserves (`mlxpin.serve.listener.connection_cap`) would leave it a single
+    gateway's reserves (`mlxpin.gateway.listener.connection_cap`) would leave it a single
     client connection."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = target if hard == resource.RLIM_INFINITY else min(hard, target)

@@ -409,8 +409,8 @@ def _check_path(path: Path, what: str) -> Path:
 
 def _serve_readiness(settings: Settings) -> tuple[str, str, tuple[str, ...]]:
     """Like `_readiness_warnings`, for `mlxpin serve` (every model, one endpoint)."""
+    from mlxpin.plan.serve import plan_serve
     from mlxpin.project.selection import manifest_of
-    from mlxpin.serve.serveplan import plan_serve
 
     manifest = manifest_of(settings)
     warnings: list[str] = []
@@ -426,8 +426,8 @@ def _serve_readiness(settings: Settings) -> tuple[str, str, tuple[str, ...]]:
 def _readiness_warnings(settings: Settings, name: str) -> tuple[str, str, tuple[str, ...]]:
     """Validate the manifest and the model (errors), and say what is not ready (warnings):
     exactly what `mlxpin launch NAME` would refuse at boot, from the same preflight."""
+    from mlxpin.plan.launch import plan_launch
     from mlxpin.project.selection import manifest_of, pick
-    from mlxpin.serve.plan import plan_launch
 
     spec = pick(manifest_of(settings), [name])[0]
     warnings: list[str] = []

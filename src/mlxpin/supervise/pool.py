@@ -1,8 +1,8 @@
 """The pool runtime: many pinned models behind one gateway, each started on demand.
 
-Implements the gateway's :class:`~mlxpin.serve.backends.Backends`. The decisions --
+Implements the gateway's :class:`~mlxpin.gateway.backends.Backends`. The decisions --
 may this model start, which idle models must stop first, which are past their TTL -- are
-:mod:`mlxpin.serve.pool_policy`'s (pure); this module carries them out on one asyncio
+:mod:`mlxpin.supervise.policy`'s (pure); this module carries them out on one asyncio
 loop:
 
 - one shared start per model: concurrent first requests await the same task;
@@ -22,7 +22,7 @@ on its next request), and whose spent crash budget ends the run: :attr:`Pool.fat
 set and ``on_fatal`` called, and the runner exits 70.
 
 What a model runs -- one `mlx_lm.server`, or `mlx.launch` and its ranks -- is its
-:class:`~mlxpin.serve.servers.ModelServer`'s business; once a start is ready, that
+:class:`~mlxpin.supervise.servers.ModelServer`'s business; once a start is ready, that
 server's ``watch`` may give a reason to restart it (a rank group that stopped
 progressing), handled like a crash.
 """
@@ -39,9 +39,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mlxpin.errors import MlxpinError, ServerCrashedError
-from mlxpin.serve.aio import import_aiohttp
-from mlxpin.serve.backends import Health, Lease, Route, Unavailable, Upstream
-from mlxpin.serve.pool_policy import (
+from mlxpin.gateway.aio import import_aiohttp
+from mlxpin.gateway.backends import Health, Lease, Route, Unavailable, Upstream
+from mlxpin.gateway.state import GatewayState
+from mlxpin.plan.serve import PoolModelPlan, ServePlan
+from mlxpin.supervise.policy import (
     Already,
     Evict,
     Limits,
@@ -54,11 +56,9 @@ from mlxpin.serve.pool_policy import (
     next_expiry,
     plan_start,
 )
-from mlxpin.serve.process import ServerProcess, WarmUp, warm_up
-from mlxpin.serve.restart import GiveUp, RestartBudget, RestartPolicy
-from mlxpin.serve.serveplan import PoolModelPlan, ServePlan
-from mlxpin.serve.servers import ModelServer, SingleServer
-from mlxpin.serve.state import GatewayState
+from mlxpin.supervise.process import ServerProcess, WarmUp, warm_up
+from mlxpin.supervise.restart import GiveUp, RestartBudget, RestartPolicy
+from mlxpin.supervise.servers import ModelServer, SingleServer
 
 log = logging.getLogger("mlxpin.serve")
 
@@ -125,7 +125,7 @@ class Slot:
         # aiohttp is imported here, not at the top: a preloaded server is spawned
         # before the gateway's imports, so the two start-ups overlap.
         import_aiohttp()
-        from mlxpin.serve.upstream import warm_up_status
+        from mlxpin.gateway.upstream import warm_up_status
 
         return await warm_up_status(self.upstream(), self.health, timeout_s=timeout_s)
 
@@ -154,7 +154,7 @@ class PoolLease:
 
 
 class Pool:
-    """The :class:`~mlxpin.serve.backends.Backends` of `mlxpin serve` (module docstring)."""
+    """The :class:`~mlxpin.gateway.backends.Backends` of `mlxpin serve` (module docstring)."""
 
     def __init__(
         self,

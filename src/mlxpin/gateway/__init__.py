@@ -1,0 +1,1 @@
+"""The HTTP gateway: routing by label, request checks, relay and rewrite, limits, errors."""

@@ -1,0 +1,1 @@
+"""Boot units: systemd and launchd for `mlxpin launch` and `mlxpin serve`."""
