@@ -107,7 +107,7 @@ def _built_runs() -> list[tuple[str, tuple[str, ...]]]:
 def test_the_code_names_its_next_steps_as_runs() -> None:
     where = {place.split(":")[0] for place, _ in _built_runs()}
     # The stores, the hub-facing errors, the runtime and the server all name next steps.
-    assert {"errors.py", "commands/gc.py", "runtime/uv.py", "serve/restart.py"} <= where
+    assert {"errors.py", "commands/gc.py", "runtime/uv.py", "supervise/restart.py"} <= where
 
 
 @pytest.mark.parametrize(("place", "argv"), _built_runs(), ids=str)
