@@ -250,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         if not folder.is_dir():
             parser.error(f"{folder} is not a directory")
         repo = scan(args.repo, folder)
-        with _Server((args.host, args.port), repo) as server:
+        try:
+            server = _Server((args.host, args.port), repo)
+        except OSError as exc:
+            parser.exit(69, f"cannot listen on {args.host}:{args.port}: {exc.strerror}\n")
+        with server:
             size = sum(f.size for f in repo.files.values())
             print(f"serving {folder} as {repo.id}, main = {repo.commit}", flush=True)
             print(f"({len(repo.files)} files, {size:,} bytes); Ctrl-C stops. In another shell:")
