@@ -57,15 +57,15 @@ def hub() -> Iterator[HubServer]:
         yield server
 
 
-def isolated_hf_env(hub: HubServer, home: Path) -> dict[str, str]:
-    """Environment for a subprocess that must talk to ``hub`` only, anonymously, with its
-    Hugging Face home (token, cache, mlxpin state) in ``home``."""
+def isolated_hf_env(endpoint: str, home: Path) -> dict[str, str]:
+    """Environment for a subprocess that must talk to the hub at ``endpoint`` only,
+    anonymously, with its Hugging Face home (token, cache, mlxpin state) in ``home``."""
     env = {
         k: v for k, v in os.environ.items() if k not in _HF_LEAKS and not k.startswith("MLXPIN_")
     }
     home.mkdir(exist_ok=True)
     env.update(
-        HF_ENDPOINT=hub.url,
+        HF_ENDPOINT=endpoint,
         HF_HOME=str(home),
         HF_HUB_DISABLE_XET="1",
         HF_HUB_DISABLE_TELEMETRY="1",
@@ -77,7 +77,7 @@ def isolated_hf_env(hub: HubServer, home: Path) -> dict[str, str]:
 @pytest.fixture
 def hf_env(hub: HubServer, tmp_path: Path) -> dict[str, str]:
     """Environment for a subprocess that must talk to ``hub`` only, anonymously."""
-    return isolated_hf_env(hub, tmp_path / "hf_home")
+    return isolated_hf_env(hub.url, tmp_path / "hf_home")
 
 
 @dataclass

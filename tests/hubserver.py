@@ -30,7 +30,6 @@ import hashlib
 import html
 import json
 import random
-import re
 import socket
 import struct
 import sys
@@ -46,6 +45,9 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, BinaryIO, Literal, Self, TypeAlias, cast
 from urllib.parse import parse_qs, quote, unquote, urlencode
+
+# The hashes, the LFS pointer and Range parsing are the dev hub's (`python -m mlxpin.dev.hub`).
+from mlxpin.dev.hub import LFS_SUFFIXES, git_blob_sha1, lfs_pointer, parse_range
 
 __all__ = [
     "EPOCH",
@@ -74,15 +76,12 @@ __all__ = [
 GatedMode = Literal[False, "auto", "manual"]
 Origin = Literal["hub", "cdn"]
 
-#: Files stored with git-lfs unless forced otherwise (like the Hub's default .gitattributes).
-LFS_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin", ".gguf")
 #: First commit date when none is given; commit n of a repo is dated EPOCH + n days.
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 CHUNK_SIZE = 1 << 20
 _IN_MEMORY_LIMIT = 1 << 20
 _DEFAULT_AUTHOR = "hubserver"
 _API_SUBPATHS = frozenset({"revision", "tree", "refs", "commits", "paths-info", "treesize"})
-_RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------------------
@@ -90,19 +89,8 @@ _RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
 # --------------------------------------------------------------------------------------
 
 
-def git_blob_sha1(data: bytes) -> str:
-    """The git object id of a blob: sha1(b"blob <size>\\0" + content)."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-
-
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def lfs_pointer(sha256: str, size: int) -> bytes:
-    """The git-lfs pointer text git stores in place of an LFS file, byte for byte."""
-    text = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
-    return text.encode()
 
 
 def iso_date(moment: datetime) -> str:
@@ -1633,7 +1621,7 @@ class _App:
         headers = [*headers, ("Accept-Ranges", "bytes")]
         start, end, status = 0, blob.size, 200
         if req.range is not None:
-            parsed = _parse_range(req.range, blob.size)
+            parsed = parse_range(req.range, blob.size)
             if parsed == "unsatisfiable":
                 return _error(
                     416,
@@ -1666,23 +1654,3 @@ class _App:
             ("Content-Disposition", disposition),
         ]
         return self._serve(req, blob, headers)
-
-
-def _parse_range(header: str, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
-    """(start, end-exclusive) for a single ``bytes=`` range; None to ignore the header."""
-    match = _RANGE_RE.fullmatch(header)
-    if match is None:
-        return None
-    first, last = match.groups()
-    if not first:
-        if not last:
-            return None
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            return "unsatisfiable"
-        return max(0, size - suffix), size
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or start >= end:
-        return "unsatisfiable"
-    return start, end

@@ -174,7 +174,7 @@ def play(script: StoryScript, tmp: Path) -> Outcomes:
     with HubServer() as hub:
         root = tmp / "project"
         root.mkdir()
-        project = Project(root=root, env=isolated_hf_env(hub, tmp / "hf_home"))
+        project = Project(root=root, env=isolated_hf_env(hub.url, tmp / "hf_home"))
         volatile = [(hub.url, "<HUB>"), (sys.executable, "<PYTHON>")]
         volatile += [(path, "<TMP>") for path in {str(tmp), str(tmp.resolve())}]
         played = Story(hub, project, tmp, volatile)
