@@ -337,3 +337,15 @@ def test_add_still_cites_lines_the_user_wrote(env: Env) -> None:
     line = text[: text.index("port = 70000")].count("\n") + 1
     assert result.exit_code == 78
     assert f"{env.manifest}:{line}: models.small.port" in result.stderr
+
+
+def test_remove_takes_tables_that_are_not_adjacent_each_with_its_comments() -> None:
+    b = '[models.b]\napi_label = "b"\n[models.b.launch]\nrepo = "o/b"\n'
+    text = (
+        'version = 1\n\n[models.a]\napi_label = "a"\n\n'
+        + b
+        + '\n# a\'s server\n[models.a.server]\nmax_tokens = 1\n\n[models.a.launch]\nrepo = "o/a"\n'
+    )
+    out, removed = cut_model(text, "a", Path("manifest.toml"))
+    assert out == "version = 1\n\n" + b
+    assert removed == '\n[models.a]\napi_label = "a"\n' + text[text.index("\n# a's server") :]
