@@ -20,7 +20,6 @@ file's mode, go through a symlinked manifest to its target, and keep CRLF line e
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import re
@@ -104,8 +103,7 @@ def add_model_text(text: str, model: NewModel, path: Path) -> str:
     if lines and lines[-1].strip():
         out += nl
     out += block
-    before = read_toml(text, path)
-    expected = copy.deepcopy(before)
+    expected = read_toml(text, path)
     models = expected.setdefault("models", {})
     if not isinstance(models, dict):
         raise EditError(
@@ -216,8 +214,8 @@ def cut_model(text: str, name: str, path: Path) -> tuple[str, str]:
     _mark_cuts(pieces)
     marked = document.as_string()
     kept = _MARKED.sub("", marked)
-    after = _without_empty_models(read_toml(kept, path))
-    if not any(p.mine for p in pieces) or after != _without_empty_models(expected):
+    remaining = _without_empty_models(read_toml(kept, path))
+    if not any(p.mine for p in pieces) or remaining != _without_empty_models(expected):
         raise EditError(
             f"{path}: cannot find where [models.{name}] is written in a way mlxpin can remove "
             "safely",
@@ -232,22 +230,12 @@ def _without_empty_models(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def used_ports(document: dict[str, Any]) -> set[int]:
-    models = document.get("models")
-    ports: set[int] = set()
-    if not isinstance(models, dict):
-        return ports
-    for table in models.values():
-        if isinstance(table, dict):
-            port = table.get("port", DEFAULT_PORT)
-            if isinstance(port, int) and not isinstance(port, bool):
-                ports.add(port)
-    return ports
-
-
 def first_unused_manifest_port(document: dict[str, Any]) -> int:
     """The lowest port from 8080 up that no model of the manifest uses."""
-    used = used_ports(document)
+    models = document.get("models")
+    tables = models.values() if isinstance(models, dict) else ()
+    ports = (table.get("port", DEFAULT_PORT) for table in tables if isinstance(table, dict))
+    used = {port for port in ports if type(port) is int}
     port = DEFAULT_PORT
     while port in used:
         port += 1
