@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 from mlxpin.cli import app as cli
-from mlxpin.project.edit import NewModel, add_model_text, model_spans, remove_model_text
+from mlxpin.project.edit import NewModel, add_model_text, cut_model
 from mlxpin.project.manifest import parse_manifest
 from mlxpin.project.validate import label_problem
 
@@ -199,10 +199,11 @@ def test_remove_middle_and_last_table_layouts() -> None:
     # The small model ends the file: its comment preamble goes, the file's trailing comment
     # (set apart by a blank line) stays, and a header-like line inside a multi-line string
     # is not taken for a table.
-    out = remove_model_text(text, "small", path)
+    out, removed = cut_model(text, "small", path)
     assert out == text[: text.index("\n# the small one")] + "\n# end of file\n"
+    assert out[: -len("\n# end of file\n")] + removed + "\n# end of file\n" == text
     # drafter: its commented-out option (right below its values) goes with it.
-    out = remove_model_text(text, "drafter", path)
+    out, _ = cut_model(text, "drafter", path)
     expected = text[: text.index("\n# the drafter")] + text[text.index("\n# the small one") :]
     assert out == expected
 
@@ -212,7 +213,7 @@ def test_comment_blocks_between_tables() -> None:
     head = 'version = 1\n\n[models.a]\napi_label = "a"\n[models.a.launch]\nrepo = "o/a"\n'
     tail = '\n# a note on its own\n\n[models.b]\napi_label = "b"\n[models.b.launch]\nrepo = "o/b"\n'
     text = head + "\n# inside a, after a blank\n[models.a.server]\nmax_tokens = 1\n" + tail
-    out = remove_model_text(text, "a", path)
+    out, _ = cut_model(text, "a", path)
     assert out == "version = 1\n" + tail
 
 
@@ -277,23 +278,19 @@ def test_add_remove_round_trip_property(name: str, label: str, port: int) -> Non
     assert added.startswith(text)
     spec = parse_manifest(added.encode(), path).get(name)
     assert spec is not None and spec.api_label == label
-    assert model_spans(added, name)
-    assert remove_model_text(added, name, path) == text
+    assert cut_model(added, name, path) == (text, added[len(text) :])
 
 
-def test_remove_keeps_the_previous_tables_trailing_comment(tmp_path: Path) -> None:
-    from mlxpin.project.edit import model_spans
-
+def test_remove_keeps_the_previous_tables_trailing_comment() -> None:
     text = (
         "version = 1\n\n"
         '[models.b]\napi_label = "b"\nport = 9001\n[models.b.launch]\nrepo = "o/b"\n'
         '# revision = "v2"\n'
         '[models.a]\napi_label = "a"\n[models.a.launch]\nrepo = "o/a"\n'
     )
-    lines = text.splitlines(keepends=True)
-    removed = "".join("".join(lines[start:end]) for start, end in model_spans(text, "a"))
-    assert '# revision = "v2"' not in removed
-    assert removed.startswith("[models.a]")
+    out, removed = cut_model(text, "a", Path("manifest.toml"))
+    assert out == text[: text.index("[models.a]")]
+    assert removed == text[text.index("[models.a]") :]
 
 
 @pytest.mark.parametrize("command", [("add", "qwen", "--repo", "o/n"), ("remove", "drafter")])
@@ -340,3 +337,15 @@ def test_add_still_cites_lines_the_user_wrote(env: Env) -> None:
     line = text[: text.index("port = 70000")].count("\n") + 1
     assert result.exit_code == 78
     assert f"{env.manifest}:{line}: models.small.port" in result.stderr
+
+
+def test_remove_takes_tables_that_are_not_adjacent_each_with_its_comments() -> None:
+    b = '[models.b]\napi_label = "b"\n[models.b.launch]\nrepo = "o/b"\n'
+    text = (
+        'version = 1\n\n[models.a]\napi_label = "a"\n\n'
+        + b
+        + '\n# a\'s server\n[models.a.server]\nmax_tokens = 1\n\n[models.a.launch]\nrepo = "o/a"\n'
+    )
+    out, removed = cut_model(text, "a", Path("manifest.toml"))
+    assert out == "version = 1\n\n" + b
+    assert removed == '\n[models.a]\napi_label = "a"\n' + text[text.index("\n# a's server") :]

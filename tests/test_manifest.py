@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlxpin.errors import ManifestError, MlxpinError
-from mlxpin.project.manifest import HubSource, Parser, PathSource, load_manifest, parse_manifest
+from mlxpin.project.manifest import HubSource, PathSource, load_manifest, parse_manifest
 from mlxpin.project.serveropts import server_argv
 from mlxpin.project.tomllines import KeyLines
 
@@ -220,7 +220,7 @@ def test_bad_revisions_are_refused(revision: str) -> None:
     assert error.key == "models.gemma.launch.revision"
 
 
-def test_syntax_error_reports_tomlkit_line() -> None:
+def test_syntax_error_reports_its_line() -> None:
     error = error_of(GOOD.replace("port = 8080", "port = = 8080"))
     assert error.line == 7
     assert "TOML syntax error" in error.message
@@ -349,40 +349,6 @@ def test_any_text_gives_a_manifest_or_a_clean_error(text: str) -> None:
         parse_manifest(text.encode("utf-8", "surrogatepass"), FILE)
 
 
-def _outcome(data: bytes, parser: Parser) -> object:
-    try:
-        return parse_manifest(data, FILE, parser)
-    except ManifestError as error:
-        return ("error", error.key)
-
-
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(manifest_like())
-def test_the_fast_boot_reader_agrees_with_tomlkit(doc: dict[str, object]) -> None:
-    """launch reads the manifest with tomllib; everything else with tomlkit."""
-    try:
-        data = tomlkit.dumps(doc).encode()
-    except (ValueError, TypeError):
-        return
-    assert _outcome(data, "tomllib") == _outcome(data, "tomlkit")
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=200))
-def test_the_fast_boot_reader_never_crashes(data: bytes) -> None:
-    outcome = _outcome(data, "tomllib")
-    if not isinstance(outcome, tuple):
-        assert outcome == _outcome(data, "tomlkit")
-
-
-def test_the_fast_boot_reader_gives_the_same_manifest_and_lines() -> None:
-    assert parse_manifest(GOOD.encode(), FILE, "tomllib") == parse_manifest(GOOD.encode(), FILE)
-    bad = GOOD.replace("port = 8080", "port = = 8080").encode()
-    with pytest.raises(ManifestError) as info:
-        parse_manifest(bad, FILE, "tomllib")
-    assert info.value.line == 7
-
-
 def test_unknown_home_directory_in_a_path_is_a_clean_error() -> None:
     error = error_of(GOOD.replace('path = "./models/drafter"', 'path = "~nosuchuser-xyz/m"'))
     assert error.key == "models.drafter.launch.path"
@@ -400,14 +366,11 @@ DASH_VALUES = [
 
 
 @pytest.mark.parametrize(("option", "key"), DASH_VALUES)
-@pytest.mark.parametrize("parser", ["tomlkit", "tomllib"])
-def test_server_strings_starting_with_a_dash_are_refused(
-    option: str, key: str, parser: Parser
-) -> None:
+def test_server_strings_starting_with_a_dash_are_refused(option: str, key: str) -> None:
     """`--chat-template -x` makes every mlx_lm.server start fail (argparse reads a flag)."""
     text = GOOD.replace("max_tokens = 2048", option)
     with pytest.raises(ManifestError) as info:
-        parse_manifest(text.encode(), FILE, parser)
+        parse_manifest(text.encode(), FILE)
     assert info.value.key == f"models.gemma.server.{key}"
     assert info.value.line == 16
     assert "must not start with '-'" in info.value.message
@@ -431,7 +394,7 @@ def test_no_accepted_server_value_reads_as_a_flag(key: str, value: str) -> None:
     assert not any(arg.startswith("-") for arg in argv[1:]), argv
 
 
-# --- nesting: both readers refuse the same documents, at the same line, never crash -----------
+# --- nesting: refused at its line before tomllib runs, never a crash -----------------------
 
 NESTED_HEAD = """\
 version = 1
@@ -460,23 +423,14 @@ def nested(kind: str, depth: int) -> str:
 
 @pytest.mark.parametrize("kind", ["array", "inline", "key", "header"])
 @pytest.mark.parametrize("depth", [100, 101, 200, 300, 1000])
-def test_deep_nesting_is_a_clean_78_with_a_line_in_both_readers(kind: str, depth: int) -> None:
+def test_deep_nesting_is_a_clean_78_with_a_line(kind: str, depth: int) -> None:
     text = nested(kind, depth).encode()
-    outcomes: list[tuple[str, int | None, str | None]] = []
-    parsers: tuple[Parser, ...] = ("tomlkit", "tomllib")
-    for parser in parsers:
-        try:
-            parse_manifest(text, FILE, parser)
-            outcomes.append(("ok", None, None))
-        except ManifestError as error:
-            assert error.exit_code == 78
-            outcomes.append(("error", error.line, error.message))
-    assert outcomes[0] == outcomes[1], outcomes
     if depth <= 100:
-        assert outcomes[0][0] == "ok", outcomes
-    else:
-        assert outcomes[0][1] == 7, outcomes
-        assert "nested more than 100 levels deep" in str(outcomes[0][2])
+        parse_manifest(text, FILE)
+        return
+    error = error_of(nested(kind, depth))
+    assert error.exit_code == 78 and error.line == 7
+    assert "nested more than 100 levels deep" in error.message
 
 
 # Scalars whose text is full of brackets, quotes and dots: none of them nests anything.
@@ -534,37 +488,31 @@ def deep_manifests(draw: st.DrawFn) -> tuple[str, int, int, int]:
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(deep_manifests())
-def test_both_readers_agree_on_nesting_and_never_crash(
+def test_nesting_is_refused_past_the_limits_and_never_crashes(
     case: tuple[str, int, int, int],
 ) -> None:
     text, brackets, longest, depth = case
-    data = text.encode()
-    outcomes: list[tuple[str, int | None, str]] = []
-    parsers: tuple[Parser, ...] = ("tomlkit", "tomllib")
-    for parser in parsers:
-        try:
-            parse_manifest(data, FILE, parser)
-            outcomes.append(("ok", None, ""))
-        except ManifestError as error:
-            outcomes.append(("error", error.line, error.message))
-    assert outcomes[0] == outcomes[1]
-    refused_for_depth = "levels deep" in outcomes[0][2]
+    try:
+        parse_manifest(text.encode(), FILE)
+        line, message = None, ""
+    except ManifestError as error:
+        line, message = error.line, error.message
+    refused_for_depth = "levels deep" in message
     if brackets > 100 or longest > 100 or depth > 200:
-        assert refused_for_depth, (brackets, longest, depth, outcomes[0])
-        assert outcomes[0][1] is not None and 7 <= outcomes[0][1] <= text.count("\n")
+        assert refused_for_depth, (brackets, longest, depth, message)
+        assert line is not None and 7 <= line <= text.count("\n")
     elif brackets <= 100 and longest <= 100 and depth <= 195:
-        assert not refused_for_depth, (brackets, longest, depth, outcomes[0])
+        assert not refused_for_depth, (brackets, longest, depth, message)
 
 
 # --- messages ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("version", ["1.0", "1e0", "true", '"1"', "2"])
-@pytest.mark.parametrize("parser", ["tomlkit", "tomllib"])
-def test_version_must_be_the_integer_one(version: str, parser: Parser) -> None:
+def test_version_must_be_the_integer_one(version: str) -> None:
     text = GOOD.replace("version = 1", f"version = {version}").encode()
     with pytest.raises(ManifestError) as info:
-        parse_manifest(text, FILE, parser)
+        parse_manifest(text, FILE)
     assert info.value.line == 1 and info.value.key == "version"
     assert info.value.hint == "write version = 1"
 

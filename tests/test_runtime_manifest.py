@@ -89,11 +89,6 @@ def test_a_model_cannot_be_named_runtime() -> None:
     assert "reserved" in info.value.message and info.value.line == 3
 
 
-def test_the_fast_boot_reader_parses_runtime_the_same() -> None:
-    text = (MODEL + '\n[runtime]\nmlx-lm = ">=0.32"\npackages = ["tinypkg"]\n').encode()
-    assert parse_manifest(text, FILE, "tomllib") == parse_manifest(text, FILE, "tomlkit")
-
-
 @pytest.mark.parametrize(
     "good",
     [

@@ -27,13 +27,12 @@ repo = "o/coder"
 """
 
 
-def parse(text: str, parser: str = "tomlkit") -> object:
-    return parse_manifest(text.encode(), Path("/p/manifest.toml"), parser)  # type: ignore[arg-type]
+def parse(text: str) -> object:
+    return parse_manifest(text.encode(), Path("/p/manifest.toml"))
 
 
-@pytest.mark.parametrize("parser", ["tomlkit", "tomllib"])
-def test_serve_table_defaults_and_values(parser: str) -> None:
-    bare = parse_manifest(f"version = 1\n{MODELS}".encode(), Path("m.toml"), parser)  # type: ignore[arg-type]
+def test_serve_table_defaults_and_values() -> None:
+    bare = parse_manifest(f"version = 1\n{MODELS}".encode(), Path("m.toml"))
     assert bare.serve.host == "127.0.0.1"
     assert bare.serve.max_loaded is None
     assert bare.serve.memory_budget == Budget()
@@ -49,7 +48,6 @@ def test_serve_table_defaults_and_values(parser: str) -> None:
             'preload = ["coder"]\n' + MODELS
         ).encode(),
         Path("m.toml"),
-        parser,  # type: ignore[arg-type]
     )
     serve = full.serve
     assert (serve.host, serve.port, serve.max_loaded) == ("0.0.0.0", 9000, 2)

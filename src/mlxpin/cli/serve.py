@@ -75,7 +75,7 @@ def ps_command(
     out = common.output()
     chosen_host, chosen_port = host, port
     if chosen_host is None or chosen_port is None:
-        table = load_manifest(common.settings().manifest_path, "tomllib").serve
+        table = load_manifest(common.settings().manifest_path).serve
         chosen_host = chosen_host or table.host
         chosen_port = chosen_port or table.port
     status = endpoint_status(chosen_host, chosen_port, read_api_key(os.environ))

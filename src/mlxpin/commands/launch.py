@@ -34,7 +34,7 @@ def plan(
         data = settings.manifest_path.read_bytes()
     except OSError:  # plan_launch reads it again and says what is wrong
         return plan_launch(settings, name, environ=environ, verify=verify)
-    manifest = parse_manifest(data, settings.manifest_path, parser="tomllib")
+    manifest = parse_manifest(data, settings.manifest_path)
     if b"distributed" in data:
         from mlxpin.plan.distributed import distributed_spec, plan_distributed
 

@@ -565,7 +565,7 @@ def distributed_spec(
 ) -> tuple[ModelSpec, bool]:
     """The chosen model, and whether it is distributed (boot path: tomllib only)."""
     if manifest is None:
-        manifest = load_manifest(settings.manifest_path, parser="tomllib")
+        manifest = load_manifest(settings.manifest_path)
     spec = choose_model(manifest, name, settings)
     return spec, spec.distributed is not None
 
@@ -582,7 +582,7 @@ def plan_distributed(
     """Check every host, then plan; raise HostsNotReadyError naming each failing host.
     ``manifest`` when the caller has read it already (it is read once per plan)."""
     if manifest is None:
-        manifest = load_manifest(settings.manifest_path, parser="tomllib")
+        manifest = load_manifest(settings.manifest_path)
     spec, distributed = distributed_spec(settings, name, manifest)
     assert distributed and spec.distributed is not None
     dist = spec.distributed

@@ -248,7 +248,7 @@ def plan_launch(
 ) -> LaunchPlan:
     """The boot plan of ``name`` (or the only model); ``manifest`` when already read."""
     if manifest is None:
-        manifest = load_manifest(settings.manifest_path, parser="tomllib")
+        manifest = load_manifest(settings.manifest_path)
     spec = choose_model(manifest, name, settings)
     run_dir = settings.state_dir / "run"  # the server's cwd and pid file go here
     require_writable_dir(run_dir, STATE_DIR_HINT)  # else a supervisor restarts us in a loop

@@ -164,7 +164,7 @@ def plan_serve(
 ) -> ServePlan:
     """The plan for `mlxpin serve NAMES` (all models when none), or one error naming
     every model's problem (`PreflightError.of`)."""
-    manifest = load_manifest(settings.manifest_path, parser="tomllib")
+    manifest = load_manifest(settings.manifest_path)
     specs = pick(manifest, names)
     table = manifest.serve
     public_port = table.port if port is None else port

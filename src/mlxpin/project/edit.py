@@ -4,25 +4,25 @@ Every byte outside the edited model stays as it was:
 
 - `add` appends the model's tables at the end of the file (one blank separator line),
   rendered by tomlkit; nothing before them changes.
-- `remove` deletes the model's block: from the comment lines directly above its first
-  table header (no blank line between) to its last value line and the comment lines
-  directly below it, plus one blank separator line. Comment blocks set apart by blank
-  lines after the block, and the comments directly above the next table, belong to no
-  table or to that one, and stay. Tables of the model that are not adjacent are removed
-  the same way, each on its own.
+- `remove` cuts the model's block out of the file as tomlkit renders it (so a header-like
+  line inside a multi-line string is never taken for a table): from the comment lines
+  directly above its first table header (no blank line between) to its last value and
+  the comment lines directly below it, plus one blank separator line. Comment blocks set
+  apart by blank lines after the block, and the comments directly above the next table,
+  belong to no table or to that one, and stay. Tables of the model that are not adjacent
+  are removed the same way, each on its own.
 
-Both check the result twice before writing: tomlkit must read it as exactly the old
-document plus/minus that model (so a layout the line scanner misread is refused, not
-corrupted), and `mlxpin.project.manifest.parse_manifest` must accept it (so a bare repo id is
-refused with the manifest's own error). Writes are atomic, keep the file's mode, go
-through a symlinked manifest to its target, and keep CRLF line endings.
+Both check the result twice before writing: it must read as exactly the old document
+plus/minus that model, and `mlxpin.project.manifest.parse_manifest` must accept it (so a
+bare repo id is refused with the manifest's own error). Writes are atomic, keep the
+file's mode, go through a symlinked manifest to its target, and keep CRLF line endings.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Any
 
 import tomlkit
 import tomlkit.exceptions
+from tomlkit.items import Comment, Item, Key, Table, Whitespace
 
 from mlxpin.config import STATE_DIR_HINT, Settings
 from mlxpin.errors import ConfigError, Flag, Hint, ManifestError, Run, UsageError
@@ -38,11 +39,10 @@ from mlxpin.project.manifest import (
     DEFAULT_PORT,
     DEFAULT_REVISION,
     Manifest,
-    check_nesting,
     load_manifest,
     parse_manifest,
+    read_toml,
 )
-from mlxpin.project.tomllines import scan_lines
 from mlxpin.util.atomic import hold_mutex, write_atomic
 from mlxpin.util.writable import require_writable_dir
 
@@ -92,14 +92,6 @@ def render_model(model: NewModel) -> str:
     return tomlkit.dumps(document)
 
 
-def _unwrap(text: str, path: Path) -> dict[str, Any]:
-    check_nesting(text, path)
-    try:
-        return tomlkit.parse(text).unwrap()
-    except (tomlkit.exceptions.TOMLKitError, ValueError, TypeError, IndexError) as exc:
-        raise ManifestError(path, None, None, f"TOML error: {exc}") from None
-
-
 def add_model_text(text: str, model: NewModel, path: Path) -> str:
     """`text` with the model's tables appended; `text` itself is kept byte for byte."""
     nl = newline_of(text)
@@ -111,15 +103,14 @@ def add_model_text(text: str, model: NewModel, path: Path) -> str:
     if lines and lines[-1].strip():
         out += nl
     out += block
-    before = _unwrap(text, path)
-    expected = copy.deepcopy(before)
+    expected = read_toml(text, path)
     models = expected.setdefault("models", {})
     if not isinstance(models, dict):
         raise EditError(
             f"{path}: `models` is not a table", "write each model as [models.NAME] tables"
         )
-    models[model.name] = _unwrap(block, path)["models"][model.name]
-    if _unwrap(out, path) != expected:
+    models[model.name] = read_toml(block, path)["models"][model.name]
+    if read_toml(out, path) != expected:
         raise EditError(
             f"{path}: appending [models.{model.name}] would change other keys of the file",
             "add the model by hand; the file's layout is one mlxpin cannot extend safely",
@@ -127,99 +118,110 @@ def add_model_text(text: str, model: NewModel, path: Path) -> str:
     return out
 
 
-def _headers(lines: Sequence[str]) -> list[tuple[int, tuple[str, ...]]]:
-    """(line index, key path) of every table header, skipping multi-line strings."""
-    return [(line.index, line.key) for line in scan_lines(lines) if line.header]
+# Marks put into the rendered document (TOML text holds neither control character). The
+# end mark ends a line, as tomlkit expects of whatever comes before a table header.
+_CUT, _END = "\0", "\1\n"
+_MARKED = re.compile("\0([^\1]*)(?:\1\n)?")
 
 
-def _is_blank(line: str) -> bool:
-    return not line.strip()
+@dataclass(frozen=True)
+class _Piece:
+    """One rendered piece of a tomlkit document, in file order: a [table] header, a
+    `key = value`, a comment line, or blank lines."""
 
+    body: list[tuple[Key | None, Item]]  # the container holding it, at `index`
+    index: int
+    mine: bool  # part of the model being removed
 
-def _is_comment(line: str) -> bool:
-    return line.strip().startswith("#")
+    @property
+    def blank(self) -> bool:
+        return isinstance(self.body[self.index][1], Whitespace)
 
+    @property
+    def comment(self) -> bool:
+        return isinstance(self.body[self.index][1], Comment)
 
-def _preamble_start(lines: Sequence[str], header: int) -> int:
-    """First line of the comment block directly above a header (no blank line between).
-
-    A block glued to the previous table's last line (no blank line above it either) is
-    that table's trailing comment, e.g. a commented-out key: it is not claimed.
-    """
-    start = header
-    while start > 0 and _is_comment(lines[start - 1]):
-        start -= 1
-    if start > 0 and not _is_blank(lines[start - 1]):
-        return header
-    return start
-
-
-def _content_end(lines: Sequence[str], start: int, end: int) -> int:
-    """Pull `end` back over blank lines and over comment blocks set apart by a blank line
-    (those belong to no table); a comment block right below a value stays with it."""
-    while True:
-        while end > start and _is_blank(lines[end - 1]):
-            end -= 1
-        block = end
-        while block > start and _is_comment(lines[block - 1]):
-            block -= 1
-        if start < block < end and _is_blank(lines[block - 1]):
-            end = block
-            continue
-        return end
-
-
-def model_spans(text: str, name: str) -> list[tuple[int, int]]:
-    """Line ranges [start, end) of the model's blocks, as `remove` deletes them."""
-    lines = text.splitlines(keepends=True)
-    headers = _headers(lines)
-    spans: list[tuple[int, int]] = []
-    index = 0
-    while index < len(headers):
-        line, key = headers[index]
-        if key[:2] != ("models", name):
-            index += 1
-            continue
-        run_end = index
-        while run_end + 1 < len(headers) and headers[run_end + 1][1][:2] == ("models", name):
-            run_end += 1
-        start = _preamble_start(lines, line)
-        if run_end + 1 < len(headers):
-            end = _preamble_start(lines, headers[run_end + 1][0])
+    def mark(self, mark: str, line: int = 0) -> None:
+        """Put `mark` before the piece, or (blank lines) before line `line` of it."""
+        item = self.body[self.index][1]
+        if self.blank or self.comment:
+            lines = item.as_string().splitlines(keepends=True)
+            lines.insert(line, mark)
+            self.body[self.index] = (None, Whitespace("".join(lines)))
         else:
-            end = len(lines)
-        end = _content_end(lines, start, end)
-        # One blank separator goes with the block.
-        if (
-            start > 0
-            and _is_blank(lines[start - 1])
-            and (end == len(lines) or _is_blank(lines[end]))
+            item.trivia.indent = mark + item.trivia.indent
+
+
+def _pieces(body: list[tuple[Key | None, Item]], path: tuple[str, ...], name: str) -> list[_Piece]:
+    pieces: list[_Piece] = []
+    for index, (key, item) in enumerate(body):
+        here = path if key is None else (*path, key.key)
+        if not isinstance(item, Table) or not item.is_super_table():  # a super table shows nothing
+            pieces.append(_Piece(body, index, here[:2] == ("models", name)))
+        if isinstance(item, Table):
+            pieces += _pieces(item.value.body, here, name)
+    return pieces
+
+
+def _mark_cuts(pieces: Sequence[_Piece]) -> None:
+    """Mark, for each run of the model's pieces, what `remove` cuts (see the module doc)."""
+    count, run = len(pieces), 0
+    while run < count:
+        if not pieces[run].mine:
+            run += 1
+            continue
+        after = run  # the next piece that is not the model's, nor a comment or blank
+        while after < count and (
+            pieces[after].mine or pieces[after].blank or pieces[after].comment
         ):
+            after += 1
+        start = run
+        while start > 0 and pieces[start - 1].comment:
             start -= 1
-        elif start == 0 and end < len(lines) and _is_blank(lines[end]):
-            end += 1
-        spans.append((start, end))
-        index = run_end + 1
-    return spans
+        if start > 0 and not pieces[start - 1].blank:
+            start = run  # a comment glued to the previous value is that value's
+        end = after
+        while True:  # comment blocks set apart by a blank line belong to no table: they stay
+            while end > start and pieces[end - 1].blank:
+                end -= 1
+            block = end
+            while block > start and pieces[block - 1].comment:
+                block -= 1
+            if not (start < block < end and pieces[block - 1].blank):
+                break
+            end = block
+        # One blank separator line goes with the block.
+        if start > 0 and pieces[start - 1].blank and (end == count or pieces[end].blank):
+            pieces[start - 1].mark(_CUT, -1)
+        else:
+            pieces[start].mark(_CUT)
+        if end < count:
+            pieces[end].mark(_END, 1 if start == 0 and pieces[end].blank else 0)
+        run = after
 
 
-def remove_model_text(text: str, name: str, path: Path) -> str:
-    """`text` without the model's block; every other line kept byte for byte."""
-    lines = text.splitlines(keepends=True)
-    spans = model_spans(text, name)
-    drop = {i for start, end in spans for i in range(start, end)}
-    out = "".join(line for i, line in enumerate(lines) if i not in drop)
-    expected = _unwrap(text, path)
+def cut_model(text: str, name: str, path: Path) -> tuple[str, str]:
+    """(`text` without the model's block, that block); every other byte kept."""
+    expected = read_toml(text, path)
     models = expected.get("models")
     if isinstance(models, dict):
         models.pop(name, None)
-    if not spans or _without_empty_models(_unwrap(out, path)) != _without_empty_models(expected):
+    try:
+        document = tomlkit.parse(text)
+    except (tomlkit.exceptions.TOMLKitError, ValueError, TypeError, IndexError):
+        document = tomlkit.document()  # refused below
+    pieces = _pieces(document.body, (), name)
+    _mark_cuts(pieces)
+    marked = document.as_string()
+    kept = _MARKED.sub("", marked)
+    remaining = _without_empty_models(read_toml(kept, path))
+    if not any(p.mine for p in pieces) or remaining != _without_empty_models(expected):
         raise EditError(
             f"{path}: cannot find where [models.{name}] is written in a way mlxpin can remove "
-            "safely (dotted keys or inline tables?)",
+            "safely",
             f"remove the [models.{name}] tables by hand",
         )
-    return out
+    return kept, "".join(_MARKED.findall(marked))
 
 
 def _without_empty_models(document: dict[str, Any]) -> dict[str, Any]:
@@ -228,22 +230,12 @@ def _without_empty_models(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def used_ports(document: dict[str, Any]) -> set[int]:
-    models = document.get("models")
-    ports: set[int] = set()
-    if not isinstance(models, dict):
-        return ports
-    for table in models.values():
-        if isinstance(table, dict):
-            port = table.get("port", DEFAULT_PORT)
-            if isinstance(port, int) and not isinstance(port, bool):
-                ports.add(port)
-    return ports
-
-
 def first_unused_manifest_port(document: dict[str, Any]) -> int:
     """The lowest port from 8080 up that no model of the manifest uses."""
-    used = used_ports(document)
+    models = document.get("models")
+    tables = models.values() if isinstance(models, dict) else ()
+    ports = (table.get("port", DEFAULT_PORT) for table in tables if isinstance(table, dict))
+    used = {port for port in ports if type(port) is int}
     port = DEFAULT_PORT
     while port in used:
         port += 1
@@ -369,7 +361,7 @@ def add(settings: Settings, request: AddRequest) -> AddResult:
     require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
     with hold_mutex(_manifest_mutex(settings), 30.0):
         text = _read(manifest_path)
-        document = _unwrap(text, manifest_path)
+        document = read_toml(text, manifest_path)
         models = document.get("models")
         if isinstance(models, dict) and name in models:
             raise UsageError(
@@ -439,12 +431,8 @@ def remove(settings: Settings, name: str) -> RemoveResult:
                 f"{name} is used by {', '.join(users)} in {manifest_path}",
                 "remove or change those references first, then remove the model",
             )
-        new_text = remove_model_text(text, name, manifest_path)
+        new_text, removed = cut_model(text, name, manifest_path)
         parse_manifest(new_text.encode("utf-8"), manifest_path)
-        lines = text.splitlines(keepends=True)
-        removed = "".join(
-            line for start, end in model_spans(text, name) for line in lines[start:end]
-        )
         _write(manifest_path, new_text)
     lock_file: Path | None = None
     with hold_mutex(lock_dir_mutex(settings), 30.0):

@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from mlxpin.errors import Flag, Hint, ManifestError, Run
 from mlxpin.project import validate
@@ -195,12 +195,8 @@ _MISPLACED = {
 }
 
 
-Parser = Literal["tomlkit", "tomllib"]
-
-
-def load_manifest(path: Path, parser: Parser = "tomlkit") -> Manifest:
-    """Read and validate a manifest. `parser="tomllib"` is the fast reader for the boot
-    path; both readers accept the same documents (a property test holds them to it)."""
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate a manifest."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -219,49 +215,27 @@ def load_manifest(path: Path, parser: Parser = "tomlkit") -> Manifest:
         ) from None
     except OSError as exc:
         raise ManifestError(path, None, None, f"cannot read it: {exc.strerror}") from None
-    return parse_manifest(data, path, parser)
+    return parse_manifest(data, path)
 
 
-def parse_manifest(data: bytes, path: Path, parser: Parser = "tomlkit") -> Manifest:
+def parse_manifest(data: bytes, path: Path) -> Manifest:
     """Bytes → Manifest, or a ManifestError. Never anything else."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ManifestError(path, line, None, "is not valid UTF-8") from None
-    check_nesting(text, path)  # before either reader: both refuse it, at the same line
-    read = _parse_tomllib if parser == "tomllib" else _parse_tomlkit
-    try:
-        document = read(text, path)
-    except RecursionError:  # the check above makes this unreachable; never a traceback
-        raise ManifestError(path, None, None, "TOML document nested too deeply") from None
-    return _build(document, path, KeyLines(text))
+    return _build(read_toml(text, path), path, KeyLines(text))
 
 
-def check_nesting(text: str, path: Path) -> None:
-    """Refuse (78, file:line) TOML nested deeper than the readers can take (before parsing)."""
+def read_toml(text: str, path: Path) -> dict[str, Any]:
+    """TOML text → data, or a ManifestError at file:line. Nesting is limited first, so
+    tomllib (which recurses) never runs out of stack."""
     too_deep = nesting_problem(text)
     if too_deep is not None:
         raise ManifestError(
             path, too_deep.line, None, too_deep.problem, "a manifest needs only a few levels"
         )
-
-
-def _parse_tomlkit(text: str, path: Path) -> dict[str, Any]:
-    import tomlkit
-    import tomlkit.exceptions
-
-    try:
-        document: dict[str, Any] = tomlkit.parse(text).unwrap()
-    except tomlkit.exceptions.ParseError as exc:
-        reason = re.sub(r" at line \d+ col \d+$", "", str(exc))
-        raise ManifestError(path, exc.line, None, f"TOML syntax error: {reason}") from None
-    except (tomlkit.exceptions.TOMLKitError, ValueError, TypeError, IndexError) as exc:
-        raise ManifestError(path, None, None, f"TOML error: {exc}") from None
-    return document
-
-
-def _parse_tomllib(text: str, path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -269,6 +243,8 @@ def _parse_tomllib(text: str, path: Path) -> dict[str, Any]:
         reason = re.sub(r" \(at line \d+, column \d+\)$|\(at end of document\)$", "", str(exc))
         line = int(match.group(1)) if match else None
         raise ManifestError(path, line, None, f"TOML syntax error: {reason.strip()}") from None
+    except RecursionError:  # the check above makes this unreachable; never a traceback
+        raise ManifestError(path, None, None, "TOML document nested too deeply") from None
 
 
 def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest:

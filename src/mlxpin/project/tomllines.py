@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _BARE = r"[A-Za-z0-9_-]+"
@@ -20,11 +20,11 @@ _LITERAL = r"'[^']*'"
 _KEY = rf"(?:{_BARE}|{_BASIC}|{_LITERAL})"
 _DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
 _KEY_PART_RE = re.compile(_KEY)
-HEADER_RE = re.compile(rf"\s*(\[\[?)\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
-ASSIGN_RE = re.compile(rf"\s*({_DOTTED})\s*=")
+_HEADER_RE = re.compile(rf"\s*\[\[?\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
+_ASSIGN_RE = re.compile(rf"\s*({_DOTTED})\s*=")
 
 
-def split_key(dotted: str) -> tuple[str, ...]:
+def _split_key(dotted: str) -> tuple[str, ...]:
     """`a."b.c".'d'` → ("a", "b.c", "d")."""
     parts: list[str] = []
     for match in _KEY_PART_RE.finditer(dotted):
@@ -41,58 +41,34 @@ def split_key(dotted: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
-@dataclass(frozen=True)
-class ScannedLine:
-    """A table header or a `key = ...` line, outside any multi-line string."""
-
-    index: int  # 0-based line index
-    header: bool  # a [table] or [[array]] header, else an assignment
-    key: tuple[str, ...]  # the header's path, or the assignment's (dotted) key
-
-
-def scan_lines(lines: Sequence[str]) -> Iterator[ScannedLine]:
-    """Every header and assignment, in order, skipping the insides of multi-line strings."""
-    open_string: str | None = None
-    for index, line in enumerate(lines):
-        if open_string is not None:
-            if line.count(open_string) % 2 == 1:
-                open_string = None
-            continue
-        header = HEADER_RE.match(line)
-        if header:
-            yield ScannedLine(index, True, split_key(header.group(2)))
-            continue
-        assign = ASSIGN_RE.match(line)
-        if assign:
-            yield ScannedLine(index, False, split_key(assign.group(1)))
-            rest = line[assign.end() :]
-            for quote in ('"""', "'''"):
-                if rest.count(quote) % 2 == 1:
-                    open_string = quote
-                    break
-
-
 class KeyLines:
     """Key path → 1-based line number, for a document already known to parse."""
 
     def __init__(self, text: str) -> None:
         self._explicit: dict[tuple[str, ...], int] = {}
         self._implicit: dict[tuple[str, ...], int] = {}
-        self._scan(text)
+        table: tuple[str, ...] = ()
+        open_string: str | None = None  # the quotes of a multi-line string being skipped
+        for number, line in enumerate(text.splitlines(), 1):
+            if open_string is not None:
+                if line.count(open_string) % 2 == 1:
+                    open_string = None
+                continue
+            header = _HEADER_RE.match(line)
+            if header:
+                table = _split_key(header.group(1))
+                self._record(table, number)
+                continue
+            assign = _ASSIGN_RE.match(line)
+            if assign:
+                self._record(table + _split_key(assign.group(1)), number)
+                rest = line[assign.end() :]
+                open_string = next((q for q in ('"""', "'''") if rest.count(q) % 2 == 1), None)
 
     def _record(self, path: tuple[str, ...], line: int) -> None:
         self._explicit.setdefault(path, line)
         for depth in range(1, len(path)):
             self._implicit.setdefault(path[:depth], line)
-
-    def _scan(self, text: str) -> None:
-        table: tuple[str, ...] = ()
-        for line in scan_lines(text.splitlines()):
-            if line.header:
-                table = line.key
-                self._record(table, line.index + 1)
-            else:
-                self._record(table + line.key, line.index + 1)
 
     def line_of(self, path: Sequence[str]) -> int | None:
         key = tuple(path)
@@ -105,9 +81,9 @@ class KeyLines:
         return None
 
 
-# --- nesting limits, checked on the text before either TOML reader runs ---------------------
+# --- nesting limits, checked on the text before tomllib (which recurses) runs -------------
 
-MAX_NESTING = 100  # brackets within one value, or fragments of one dotted key (as tomlkit)
+MAX_NESTING = 100  # brackets within one value, or fragments of one dotted key
 MAX_DEPTH = 200  # tables, keys and values together
 
 # Only what shapes the structure: strings and comments (skipped whole), newlines and
@@ -139,10 +115,10 @@ def nesting_problem(text: str) -> NestingError | None:
     Depth counts containers from the root: a table header's key fragments (+1 for an
     array of tables), a key's fragments below its table, one per array or inline table
     that is an element of an array;
-    brackets within one value and fragments of one key are limited as tomlkit limits them.
-    Both readers (tomlkit, and tomllib on the boot path) run only after this check, so
-    they refuse the same documents at the same line and cannot run out of stack. Text
-    that is not TOML is scanned without complaint: the reader then says what is wrong.
+    brackets within one value and fragments of one key are limited too. tomllib runs only
+    after this check, so it cannot run out of stack (and `remove` hands tomlkit only
+    documents within these limits). Text that is not TOML is scanned without complaint:
+    the reader then says what is wrong.
     """
     if text.count(".") + 2 * (text.count("[") + text.count("{")) + 2 <= MAX_NESTING:
         return None  # cannot nest that deep, no need to scan
