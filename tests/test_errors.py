@@ -1,36 +1,40 @@
-"""Errors are immutable values: a hint added in one place never changes another reader's copy."""
+"""Errors are plain data: a message, a hint and a stable exit code."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from mlxpin.errors import DiskError, ExitCode, Hint, IntegrityError, MlxpinError
+from mlxpin.errors import (
+    ConfigError,
+    DataError,
+    DiskError,
+    ExitCode,
+    MlxpinError,
+    NoInputError,
+    PreflightError,
+    UsageError,
+)
 
 
-def test_an_error_cannot_be_changed_after_it_is_built() -> None:
-    error = IntegrityError("tiny", "model.safetensors", "size 3, expected 4")
-    with pytest.raises(AttributeError, match="immutable"):
-        error.advice = Hint.of("something else")
-    with pytest.raises(AttributeError):
-        error.hint = "something else"  # type: ignore[misc]
-    with pytest.raises(AttributeError, match="immutable"):
-        error.path = "other"
+def test_a_hint_given_where_the_error_is_raised_replaces_the_default() -> None:
+    default = DiskError(Path("/x/y"), "read-only file system")
+    assert default.hint is not None and default.hint.startswith("free some space")
+    chosen = DiskError(Path("/x/y"), "read-only file system", "rerun with sudo")
+    assert (chosen.message, chosen.exit_code) == (default.message, ExitCode.IO)
+    assert str(chosen) == f"{default.message}\n  hint: rerun with sudo"
 
 
-def test_with_hint_copies_and_keeps_the_fields() -> None:
-    from pathlib import Path
-
-    original = DiskError(Path("/x/y"), "read-only file system")
-    changed = original.with_hint("rerun with sudo")
-    assert changed.hint == "rerun with sudo"
-    assert original.hint != "rerun with sudo"
-    assert (changed.path, changed.message, changed.exit_code) == (
-        original.path,
-        original.message,
-        ExitCode.IO,
-    )
-    assert type(changed) is DiskError
-    assert str(changed) == f"{original.message}\n  hint: rerun with sudo"
+def test_several_problems_exit_with_the_code_of_the_earliest_step() -> None:
+    lone = NoInputError("a: not fetched")
+    assert PreflightError.of([lone]) is lone
+    data, missing = DataError("b: bad bytes"), NoInputError("a: not fetched")
+    assert PreflightError.of([missing, data]).exit_code == ExitCode.DATA
+    assert PreflightError.of([data, ConfigError("c: stale")]).exit_code == ExitCode.CONFIG
+    other = PreflightError.of([UsageError("x"), DiskError(Path("/"), "y")])
+    assert other.exit_code == ExitCode.SOFTWARE  # none of the preflight steps: 70
+    assert type(other) is PreflightError and other.to_json()["exit_code"] == 70
 
 
 def test_python_can_still_chain_and_trace_an_error() -> None:
@@ -46,16 +50,15 @@ def test_python_can_still_chain_and_trace_an_error() -> None:
     assert caught.value.__traceback__ is not None
 
 
-def test_hub_refusals_carry_the_repo_and_revision_as_fields() -> None:
+def test_hub_refusals_name_the_repo_and_revision() -> None:
     from mlxpin.errors import AccessDeniedError, RepoNotFoundError, RevisionNotFoundError
 
     missing = RepoNotFoundError("gemma-4-31b-it", "main", "https://hub.example", False)
-    assert (missing.repo, missing.revision, missing.token_sent) == ("gemma-4-31b-it", "main", False)
     assert missing.message.startswith("gemma-4-31b-it@main: repository not found")
     assert "no token was sent" in missing.message
     assert missing.hint is not None and "https://hub.example/gemma-4-31b-it" in missing.hint
     revision = RevisionNotFoundError("o/r", "mian", ["main"])
-    assert revision.existing == ("main",) and revision.hint is not None
-    assert revision.hint.endswith("the repo has: main")
+    assert revision.message == "o/r: revision 'mian' not found"
+    assert revision.hint is not None and revision.hint.endswith("the repo has: main")
     denied = AccessDeniedError("o/r", "v1", "access refused (403, a token was sent)", "check")
-    assert (denied.repo, denied.revision, denied.exit_code) == ("o/r", "v1", ExitCode.NO_PERMISSION)
+    assert denied.message.startswith("o/r@v1: ") and denied.exit_code == ExitCode.NO_PERMISSION

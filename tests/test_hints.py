@@ -1,13 +1,14 @@
-"""A next step is data: the core names the mlxpin command line to run, the CLI spells it.
+"""A hint names the mlxpin command lines to run with `Run.of(...)` and options with `Flag(...)`.
 
-Every `Run.of(...)` the code builds is parsed here by the real command line, so a hint
-can never send a user to a verb or an option that does not exist (rename a flag and
+Every `Run.of(...)` in the source is read here and parsed by the real command line, so a
+hint can never send a user to a verb or an option that does not exist (rename a flag and
 this fails). And no error outside `cli/` writes a command line into its hint as words.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import typer.core
 import typer.main
 
 from mlxpin.cli.app import _register, app
-from mlxpin.errors import Hint, IntegrityError, ModelNotChosenError, Run, SnapshotMissingError
+from mlxpin.errors import IntegrityError, ModelNotChosenError, Run, SnapshotMissingError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mlxpin"
 CLI = SRC / "cli"
@@ -33,7 +34,7 @@ HINT_POSITION = {
     "ConfigError": 1,
     "ResolverUnavailableError": 1,
     "GiveUp": 1,
-    "ServerCrashedError": 2,
+    "ServerCrashedError": 1,
     "AccessDeniedError": 3,
     "ManifestError": 4,
 }
@@ -220,9 +221,7 @@ def _hint_arguments(call: ast.Call, in_errors_module: bool) -> list[ast.expr]:
     callee = _callee(call)
     name = callee.rsplit(".", 1)[-1]
     hints: list[ast.expr] = [k.value for k in call.keywords if k.arg in {"hint", "fix"}]
-    if callee == "Hint.of" or name == "with_hint":
-        hints += call.args
-    elif callee == "super().__init__" and in_errors_module:
+    if callee == "super().__init__" and in_errors_module:
         hints += call.args[1:2]
     elif name in HINT_POSITION:
         hints += call.args[HINT_POSITION[name] : HINT_POSITION[name] + 1]
@@ -264,32 +263,31 @@ def test_no_error_outside_the_cli_spells_a_command_line_or_option_in_its_hint() 
 def test_the_hint_check_finds_a_command_line_written_as_words() -> None:
     planted = ast.parse(
         "raise UsageError('no such model', f'run `mlxpin fetch {name}`')\n"
-        "raise ConfigError('`mlxpin add` would append it', Hint.of('run ', Run.of('lock')))\n"
-        "e.with_hint('then mlxpin gc --yes')\n"
+        "raise ConfigError('`mlxpin add` would append it', f\"run {Run.of('lock')}\")\n"
+        "raise IntegrityError(m, p, 'bad', hint='then mlxpin gc --yes')\n"
         "raise UsageError('bad', 'point --manifest at it')\n"
-        "raise UsageError('bad', Hint.of('point ', Flag('', '--manifest'), ' at it'))\n"
+        "raise UsageError('bad', f\"point {Flag('', '--manifest')} at it\")\n"
     )
     assert [line for line, _ in _spelled_in_hints(planted, False)] == [1, 3, 4]
 
 
-def test_a_hint_reads_as_words_and_names_its_runs_as_data() -> None:
+def test_a_hint_spells_its_command_lines_as_a_user_types_them() -> None:
     error = IntegrityError("tiny", "model.safetensors", "size 3, expected 4")
-    assert error.next_runs == (Run(("lock", "--update", "tiny")), Run(("fetch", "tiny")))
     assert error.hint is not None
     assert "run `mlxpin lock --update tiny`; otherwise rerun `mlxpin fetch tiny`" in error.hint
     assert SnapshotMissingError("tiny", "not fetched").hint == "run `mlxpin fetch tiny`"
     # A name the shell would split is quoted, so the line can be pasted as it is.
-    assert Run.of("fetch", "my model").spelled() == "`mlxpin fetch 'my model'`"
-    assert Hint.of("no command here").runs == ()
+    assert Run.of("fetch", "my model") == "`mlxpin fetch 'my model'`"
 
 
 def test_the_command_line_words_its_own_usage_for_a_launch_without_a_name(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mlxpin.cli.output import worded_for_the_command_line
+    from mlxpin.cli.output import report_error
 
     error = ModelNotChosenError(tmp_path / "manifest.toml", ("a", "b"))
-    assert error.hint == "name one of: a, b, or set MLXPIN_MODEL"
-    worded = worded_for_the_command_line(error)
-    assert worded.hint == "mlxpin launch NAME (one of: a, b), or set MLXPIN_MODEL"
-    assert worded.message == error.message and error.hint != worded.hint
+    report_error(error, as_json=True)
+    usage = "mlxpin launch NAME (one of: a, b), or set MLXPIN_MODEL"
+    out, err = capsys.readouterr()
+    assert err.endswith(f"say which to launch\n  hint: {usage}\n")
+    assert json.loads(out)["error"]["hint"] == usage

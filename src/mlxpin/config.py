@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxpin.errors import Flag, Hint
+from mlxpin.errors import Flag
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 HUB_DEADLINE_VARIABLE = "MLXPIN_HUB_DEADLINE"
@@ -21,10 +21,10 @@ STATE_DIR_HINT = (
     "mlxpin keeps its state (locks, snapshots, run directories) in MLXPIN_HOME "
     "(default: $HF_HOME/mlxpin): point it at a writable directory or fix the permissions"
 )
-HUB_CACHE_HINT = Hint.of(
-    "downloads go to the Hub cache, HF_HUB_CACHE (default: $HF_HOME/hub; ",
-    Flag("", "--cache-dir"),
-    " overrides it): point it at a writable directory or fix the permissions",
+HUB_CACHE_HINT = (
+    "downloads go to the Hub cache, HF_HUB_CACHE (default: $HF_HOME/hub; "
+    f"{Flag('', '--cache-dir')} overrides it): point it at a writable directory or fix the "
+    "permissions"
 )
 _TRUE = {"1", "ON", "YES", "TRUE"}
 

@@ -36,28 +36,23 @@ error (do not restart) from a temporary one (try again later)::
     └── PreflightError     (varies)  several problems at once, with the code of the
                                      earliest step to fix (78 before 65 before 66 ...)
 
-Each class builds its message from its fields; the CLI renders `message` and
-`hint` and exits with `exit_code`. A traceback is only ever shown with
-MLXPIN_DEBUG=1. Errors are immutable once built: a caller that knows a better next
-step makes a copy with `with_hint`, so an error caught and re-raised elsewhere never
-changes under another reader.
+Each error is plain data: a message and a hint (the next step, one line of text),
+built where it is raised; the CLI renders both and exits with `exit_code`. A
+traceback is only ever shown with MLXPIN_DEBUG=1.
 
-The next step is data, not CLI wording: a `Hint` is advice in words with the mlxpin
-command lines to run as `Run` values and the options to use as `Flag` values. The core
-says *what* to run; their `spelled` is the one place that writes them as a user types
-them, and tests/test_hints.py parses every command line the code builds with the real
-CLI and finds every option on its verb, so a hint never names a verb or an option that
-does not exist. `MlxpinError.next_runs` gives the command lines to any other renderer.
+A hint names the mlxpin command lines to run with `Run.of(...)` and the options to use
+with `Flag(...)`, which spell them as a user types them; tests/test_hints.py reads every
+such call from the source, parses each command line with the real CLI and finds every
+option on its verb, so a hint never names a verb or an option that does not exist.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import ClassVar
 
 
 class ExitCode(IntEnum):
@@ -73,91 +68,32 @@ class ExitCode(IntEnum):
     CONFIG = 78
 
 
-@dataclass(frozen=True)
 class Run:
-    """One mlxpin command line a user should run next, as its arguments after `mlxpin`."""
+    """An mlxpin command line a hint tells the user to run."""
 
-    argv: tuple[str, ...]
-
-    @classmethod
-    def of(cls, *argv: str) -> Run:
-        return cls(argv)
-
-    def spelled(self) -> str:
-        return f"`mlxpin {shlex.join(self.argv)}`"
+    @staticmethod
+    def of(*argv: str) -> str:
+        """`mlxpin ARGV`, quoted so that it can be pasted into a shell as it is."""
+        return f"`mlxpin {shlex.join(argv)}`"
 
 
-@dataclass(frozen=True)
-class Flag:
-    """An option of an mlxpin verb that a next step names (`--port`, `--platform linux`).
-
-    ``verb`` is the command it belongs to ("service install"), or "" for an option
-    every project verb shares (`--manifest`, `--cache-dir`)."""
-
-    verb: str
-    option: str
-    value: str | None = None
-
-    def spelled(self) -> str:
-        return self.option if self.value is None else f"{self.option} {self.value}"
-
-
-@dataclass(frozen=True)
-class Hint:
-    """What to do next: words, and the command lines and options to use, in reading order."""
-
-    parts: tuple[str | Run | Flag, ...]
-
-    @classmethod
-    def of(cls, *parts: str | Run | Flag) -> Hint:
-        return cls(parts)
-
-    @property
-    def runs(self) -> tuple[Run, ...]:
-        return tuple(part for part in self.parts if isinstance(part, Run))
-
-    def text(self) -> str:
-        return "".join(part if isinstance(part, str) else part.spelled() for part in self.parts)
+def Flag(verb: str, option: str, value: str | None = None) -> str:
+    """An option a hint names, as typed (`--platform linux`). ``verb`` is the command it
+    belongs to ("service install"), or "" for one every project verb shares; only
+    tests/test_hints.py reads it, to find the option on that verb."""
+    return option if value is None else f"{option} {value}"
 
 
 class MlxpinError(Exception):
     """Base of every error a user can cause. Carries a message and a next step."""
 
-    exit_code: ClassVar[ExitCode] = ExitCode.SOFTWARE
+    exit_code: ExitCode = ExitCode.SOFTWARE
     kind: ClassVar[str] = "error"
 
-    message: str
-    advice: Hint | None
-
-    def __init__(self, message: str, hint: str | Hint | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.advice = Hint.of(hint) if isinstance(hint, str) else hint
-        self._sealed = True
-
-    @property
-    def hint(self) -> str | None:
-        """The next step as one line of text (commands spelled as a user types them)."""
-        return None if self.advice is None else self.advice.text()
-
-    @property
-    def next_runs(self) -> tuple[Run, ...]:
-        """The mlxpin command lines the next step names, as data."""
-        return () if self.advice is None else self.advice.runs
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Fields are set while the subclass builds its message; afterwards they are fixed.
-        # Dunder attributes (__cause__, __traceback__, notes) belong to Python itself.
-        if self.__dict__.get("_sealed") and not name.startswith("__"):
-            raise AttributeError(f"{type(self).__name__} is immutable; use with_hint()")
-        super().__setattr__(name, value)
-
-    def with_hint(self, hint: str | Hint | None) -> Self:
-        """A copy of this error with another next step."""
-        copy = type(self).__new__(type(self), *self.args)
-        copy.__dict__.update(self.__dict__)
-        copy.__dict__["advice"] = Hint.of(hint) if isinstance(hint, str) else hint
-        return copy
+        self.hint = hint
 
     def __str__(self) -> str:
         return self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}"
@@ -177,17 +113,13 @@ class UsageError(MlxpinError):
 
 
 class ModelNotChosenError(UsageError):
-    """`launch` without a name, and the manifest declares several models to choose from."""
+    """`launch` without a name, and the manifest declares several models to choose from.
 
-    kind = "usage"
+    The command line words the hint itself: its usage line (cli/output.py)."""
 
     def __init__(self, manifest: Path, names: Sequence[str]) -> None:
-        self.manifest = manifest
         self.names = tuple(names)
-        super().__init__(
-            f"{manifest} declares {len(self.names)} models; say which to launch",
-            f"name one of: {', '.join(self.names)}, or set MLXPIN_MODEL",
-        )
+        super().__init__(f"{manifest} declares {len(self.names)} models; say which to launch")
 
 
 class DataError(MlxpinError):
@@ -198,37 +130,27 @@ class DataError(MlxpinError):
 class IntegrityError(DataError):
     kind = "integrity"
 
-    def __init__(self, model: str, path: str, problem: str) -> None:
-        self.model = model
-        self.path = path
-        self.problem = problem
+    def __init__(self, model: str, path: str, problem: str, hint: str | None = None) -> None:
         super().__init__(
             f"{model}: {path}: {problem}",
-            Hint.of(
-                "the bytes differ from the lock, so they were refused. If the upstream repo "
-                "really changed, run ",
-                Run.of("lock", "--update", model),
-                "; otherwise rerun ",
-                Run.of("fetch", model),
-                " to download the file again",
-            ),
+            hint
+            or "the bytes differ from the lock, so they were refused. If the upstream repo "
+            f"really changed, run {Run.of('lock', '--update', model)}; otherwise rerun "
+            f"{Run.of('fetch', model)} to download the file again",
         )
 
 
 class LockCorruptError(DataError):
     kind = "lock_corrupt"
 
-    def __init__(self, file: Path, problem: str) -> None:
+    def __init__(self, file: Path, problem: str, hint: str | None = None) -> None:
         self.file = file
         self.problem = problem
         super().__init__(
             f"{file}: {problem}",
-            Hint.of(
-                "lock files are written by ",
-                Run.of("lock"),
-                "; restore it from version control or delete it and run ",
-                Run.of("lock"),
-            ),
+            hint
+            or f"lock files are written by {Run.of('lock')}; restore it from version control "
+            f"or delete it and run {Run.of('lock')}",
         )
 
 
@@ -236,8 +158,6 @@ class HubProtocolError(DataError):
     kind = "hub_protocol"
 
     def __init__(self, repo: str, revision: str, problem: str) -> None:
-        self.repo = repo
-        self.revision = revision
         super().__init__(
             f"{repo}@{revision}: the Hub answered with unsafe or malformed data: {problem}",
             "check HF_ENDPOINT: a mirror or proxy may be misbehaving; nothing was written",
@@ -248,8 +168,6 @@ class UnstorableFilesError(DataError):
     kind = "unstorable_files"
 
     def __init__(self, model: str, where: str, problem: str) -> None:
-        self.model = model
-        self.problem = problem
         super().__init__(
             f"{model}: {where}: {problem}",
             "leave those files out with `files` in the model's [launch] table (patterns "
@@ -261,17 +179,11 @@ class BundleError(DataError):
     kind = "bundle"
 
     def __init__(self, bundle: str, member: str, problem: str) -> None:
-        self.bundle = bundle
-        self.member = member
-        self.problem = problem
         super().__init__(
             f"{bundle}: {member}: {problem}",
-            Hint.of(
-                "the bundle is damaged, truncated or not an mlxpin bundle; nothing of the "
-                "affected models was installed. Export it again (",
-                Run.of("export", "NAME", "--output", "FILE"),
-                ") and retry",
-            ),
+            "the bundle is damaged, truncated or not an mlxpin bundle; nothing of the "
+            f"affected models was installed. Export it again "
+            f"({Run.of('export', 'NAME', '--output', 'FILE')}) and retry",
         )
 
 
@@ -284,8 +196,7 @@ class SnapshotMissingError(NoInputError):
     kind = "snapshot_missing"
 
     def __init__(self, model: str, problem: str) -> None:
-        self.model = model
-        super().__init__(f"{model}: {problem}", Hint.of("run ", Run.of("fetch", model)))
+        super().__init__(f"{model}: {problem}", f"run {Run.of('fetch', model)}")
 
 
 class UnavailableError(MlxpinError):
@@ -297,18 +208,10 @@ class HubUnreachableError(UnavailableError):
     kind = "hub_unreachable"
 
     def __init__(self, endpoint: str, repo: str, revision: str, cause: str) -> None:
-        self.endpoint = endpoint
-        self.repo = repo
-        self.revision = revision
         super().__init__(
             f"{repo}@{revision}: the Hub at {endpoint} is unreachable ({cause})",
-            Hint.of(
-                "check the network or HF_ENDPOINT and try again; ",
-                Run.of("launch"),
-                " itself never needs the network once ",
-                Run.of("fetch"),
-                " has run",
-            ),
+            f"check the network or HF_ENDPOINT and try again; {Run.of('launch')} itself "
+            f"never needs the network once {Run.of('fetch')} has run",
         )
 
 
@@ -337,17 +240,12 @@ class ServerCrashedError(MlxpinError):
     exit_code = ExitCode.SOFTWARE
     kind = "server_crashed"
 
-    def __init__(self, model: str, message: str, hint: str | Hint | None) -> None:
-        self.model = model
-        super().__init__(message, hint)
-
 
 class DiskError(MlxpinError):
     exit_code = ExitCode.IO
     kind = "disk"
 
-    def __init__(self, path: Path, detail: str, hint: str | Hint | None = None) -> None:
-        self.path = path
+    def __init__(self, path: Path, detail: str, hint: str | None = None) -> None:
         super().__init__(
             f"cannot write {path}: {detail}",
             hint
@@ -373,10 +271,7 @@ class AccessDeniedError(MlxpinError):
     exit_code = ExitCode.NO_PERMISSION
     kind = "access_denied"
 
-    def __init__(self, repo: str, revision: str, problem: str, hint: str | Hint) -> None:
-        self.repo = repo
-        self.revision = revision
-        self.problem = problem
+    def __init__(self, repo: str, revision: str, problem: str, hint: str) -> None:
         super().__init__(f"{repo}@{revision}: {problem}", hint)
 
 
@@ -391,12 +286,7 @@ class ManifestError(ConfigError):
     kind = "manifest"
 
     def __init__(
-        self,
-        file: Path,
-        line: int | None,
-        key: str | None,
-        problem: str,
-        fix: str | Hint | None = None,
+        self, file: Path, line: int | None, key: str | None, problem: str, fix: str | None = None
     ) -> None:
         self.file = file
         self.line = line
@@ -417,20 +307,14 @@ class LockStaleError(ConfigError):
 
     def __init__(self, problems: Sequence[str], names: Sequence[str]) -> None:
         self.problems = tuple(problems)
-        super().__init__(
-            "; ".join(problems),
-            Hint.of("run ", Run.of("lock", *names)),
-        )
+        self.names = tuple(names)  # the models whose lock `mlxpin lock` would write
+        super().__init__("; ".join(problems), f"run {Run.of('lock', *names)}")
 
 
 class RepoNotFoundError(ConfigError):
     kind = "repo_not_found"
 
     def __init__(self, repo: str, revision: str, endpoint: str, token_sent: bool) -> None:
-        self.repo = repo
-        self.revision = revision
-        self.endpoint = endpoint
-        self.token_sent = token_sent
         token = "a token was sent" if token_sent else "no token was sent"
         super().__init__(
             f"{repo}@{revision}: repository not found at {endpoint} ({token})",
@@ -443,12 +327,9 @@ class RevisionNotFoundError(ConfigError):
     kind = "revision_not_found"
 
     def __init__(self, repo: str, revision: str, existing: Sequence[str]) -> None:
-        self.repo = repo
-        self.revision = revision
-        self.existing = tuple(existing)  # the closest branches and tags the repo has
         hint = "write an existing branch, tag or full commit in launch.revision"
-        if self.existing:
-            hint += "; the repo has: " + ", ".join(self.existing)
+        if existing:  # the closest branches and tags the repo has
+            hint += "; the repo has: " + ", ".join(existing)
         super().__init__(f"{repo}: revision {revision!r} not found", hint)
 
 
@@ -458,17 +339,11 @@ class OverBudgetError(ConfigError):
     kind = "over_budget"
 
     def __init__(self, model: str, cost: int, budget: int, budget_source: str) -> None:
-        self.model = model
-        self.cost = cost
-        self.budget = budget
         super().__init__(
             f"{model}: needs {cost} bytes (its locked files plus the per-server overhead), "
             f"more than the whole memory budget of {budget} bytes ({budget_source})",
-            Hint.of(
-                "raise [serve] memory_budget in the manifest, or leave the model out of the "
-                "names given to ",
-                Run.of("serve"),
-            ),
+            "raise [serve] memory_budget in the manifest, or leave the model out of the "
+            f"names given to {Run.of('serve')}",
         )
 
 
@@ -476,7 +351,7 @@ class PreflightError(MlxpinError):
     """Several models cannot start; every problem is named at once.
 
     Its exit code is the one of the earliest step to fix: 78 (manifest, lock, budget)
-    before 65 (bad bytes) before 66 (not fetched) before anything else.
+    before 65 (bad bytes) before 66 (not fetched) before 69, else 70.
     """
 
     kind = "preflight"
@@ -489,6 +364,8 @@ class PreflightError(MlxpinError):
 
     def __init__(self, problems: Sequence[MlxpinError]) -> None:
         self.problems = tuple(problems)
+        codes = {p.exit_code for p in self.problems}
+        self.exit_code = next((c for c in self.ORDER if c in codes), ExitCode.SOFTWARE)
         hints = list(dict.fromkeys(p.hint for p in self.problems if p.hint))
         super().__init__(
             f"{len(self.problems)} problems: " + "; ".join(p.message for p in self.problems),
@@ -497,12 +374,8 @@ class PreflightError(MlxpinError):
 
     @staticmethod
     def of(problems: Sequence[MlxpinError]) -> MlxpinError:
-        """One problem as itself; several as the PreflightError of the earliest step."""
-        if len(problems) == 1:
-            return problems[0]
-        codes = {p.exit_code for p in problems}
-        code = next((c for c in PreflightError.ORDER if c in codes), min(codes))
-        return _PREFLIGHT_BY_CODE.get(code, PreflightError)(problems)
+        """One problem as itself; several as one PreflightError."""
+        return problems[0] if len(problems) == 1 else PreflightError(problems)
 
     def to_json(self) -> dict[str, object]:
         data = super().to_json()
@@ -510,42 +383,14 @@ class PreflightError(MlxpinError):
         return data
 
 
-class _PreflightConfig(PreflightError):
-    exit_code = ExitCode.CONFIG
-
-
-class _PreflightData(PreflightError):
-    exit_code = ExitCode.DATA
-
-
-class _PreflightNoInput(PreflightError):
-    exit_code = ExitCode.NO_INPUT
-
-
-class _PreflightUnavailable(PreflightError):
-    exit_code = ExitCode.UNAVAILABLE
-
-
-_PREFLIGHT_BY_CODE: dict[ExitCode, type[PreflightError]] = {
-    ExitCode.CONFIG: _PreflightConfig,
-    ExitCode.DATA: _PreflightData,
-    ExitCode.NO_INPUT: _PreflightNoInput,
-    ExitCode.UNAVAILABLE: _PreflightUnavailable,
-}
-
-
 class PinMismatchError(ConfigError):
     kind = "pin_mismatch"
 
     def __init__(self, model: str, ours: str, theirs: str, lock_file: Path) -> None:
-        self.model = model
         super().__init__(
             f"{model}: the bundle pins {theirs} but {lock_file} pins {ours}",
-            Hint.of(
-                "export the bundle from a project with the same lock, or run ",
-                Run.of("lock", "--update", model),
-                " on one side so both pin the same commit",
-            ),
+            "export the bundle from a project with the same lock, or run "
+            f"{Run.of('lock', '--update', model)} on one side so both pin the same commit",
         )
 
 
@@ -555,12 +400,9 @@ class RuntimeIntegrityError(DataError):
     def __init__(self, detail: str) -> None:
         super().__init__(
             f"the package index served a file whose hash is not in lock/runtime.toml: {detail}",
-            Hint.of(
-                "nothing was installed. If the index really changed a release, move the pin with ",
-                Run.of("lock", "--update-runtime"),
-                "; otherwise check UV_INDEX_URL/PIP_INDEX_URL "
-                "(a mirror or proxy may be serving other bytes)",
-            ),
+            "nothing was installed. If the index really changed a release, move the pin with "
+            f"{Run.of('lock', '--update-runtime')}; otherwise check UV_INDEX_URL/PIP_INDEX_URL "
+            "(a mirror or proxy may be serving other bytes)",
         )
 
 
@@ -568,9 +410,8 @@ class RuntimeMissingError(NoInputError):
     kind = "runtime_missing"
 
     def __init__(self, key: str, problem: str) -> None:
-        self.key = key
         super().__init__(
-            f"the pinned server runtime {key[:12]} {problem}", Hint.of("run ", Run.of("fetch"))
+            f"the pinned server runtime {key[:12]} {problem}", f"run {Run.of('fetch')}"
         )
 
 
@@ -582,7 +423,6 @@ class RuntimeResolutionError(ConfigError):
     kind = "runtime_resolution"
 
     def __init__(self, file: Path, detail: str) -> None:
-        self.file = file
         super().__init__(
             f"{file}: [runtime] cannot be satisfied: {detail}",
             "widen the ranges in [runtime] (mlx-lm, mlx, python, packages)",

@@ -50,16 +50,9 @@ def setup_logging(quiet: bool, verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def worded_for_the_command_line(error: MlxpinError) -> MlxpinError:
-    """The error with the next step the command line words itself: its usage lines."""
-    if isinstance(error, ModelNotChosenError):
-        names = ", ".join(error.names)
-        return error.with_hint(f"mlxpin launch NAME (one of: {names}), or set MLXPIN_MODEL")
-    return error
-
-
 def report_error(error: MlxpinError, as_json: bool) -> None:
-    error = worded_for_the_command_line(error)
+    if isinstance(error, ModelNotChosenError):  # the command line words its own usage line
+        error.hint = f"mlxpin launch NAME (one of: {', '.join(error.names)}), or set MLXPIN_MODEL"
     print(f"mlxpin: error: {error.message}", file=sys.stderr)
     if error.hint:
         print(f"  hint: {error.hint}", file=sys.stderr)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import HUB_CACHE_HINT, STATE_DIR_HINT, Settings
-from mlxpin.errors import ExitCode, Hint, IntegrityError, LockCorruptError, LockStaleError, Run
+from mlxpin.errors import ExitCode, IntegrityError, LockCorruptError, LockStaleError, Run
 from mlxpin.hub.source import HubSourceBytes
 from mlxpin.project.lockfile import LockedModel
 from mlxpin.project.manifest import Manifest, PathSource
@@ -156,13 +156,12 @@ class VerifyResult:
                 return IntegrityError(model.name, path, dict(model.bad)[path])
         for model in self.models:  # only missing or extra files: fetch rebuilds the view
             for path, problem in model.bad:
-                return IntegrityError(model.name, path, problem).with_hint(
-                    Hint.of(
-                        "the snapshot lacks locked files or holds files the lock does not "
-                        "list; run ",
-                        Run.of("fetch", model.name),
-                        " to rebuild it",
-                    )
+                return IntegrityError(
+                    model.name,
+                    path,
+                    problem,
+                    hint="the snapshot lacks locked files or holds files the lock does not "
+                    f"list; run {Run.of('fetch', model.name)} to rebuild it",
                 )
         return None
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import ConfigError, ExitCode, Hint, LockCorruptError, Run
+from mlxpin.errors import ConfigError, ExitCode, LockCorruptError, Run
 from mlxpin.runtime.garbage import live_runtime_keys, runtime_garbage
 from mlxpin.runtime.layout import RuntimeLayout
 from mlxpin.store.gc.inventory import LiveRoot, LiveScan, collect_live, read_roots, scan
@@ -89,13 +89,12 @@ def _refuse_unsafe(
     """Raise when gc cannot tell what some lock needs, so deleting could lose a live file."""
     if problems:
         first = problems[0]
-        raise LockCorruptError(first.file, first.problem).with_hint(
-            Hint.of(
-                "gc deletes nothing while a lock it must keep alive is unreadable (it cannot "
-                "tell what that lock needs); fix or delete that file, then run ",
-                Run.of("gc", "--yes"),
-                " again",
-            )
+        raise LockCorruptError(
+            first.file,
+            first.problem,
+            hint="gc deletes nothing while a lock it must keep alive is unreadable (it cannot "
+            "tell what that lock needs); fix or delete that file, then run "
+            f"{Run.of('gc', '--yes')} again",
         )
     if settings.lock_dir in found.unreadable:
         raise ConfigError(
@@ -108,20 +107,16 @@ def _refuse_unsafe(
         raise ConfigError(
             f"{unreadable[0]} fetched into this store but cannot be read "
             f"({found.unreadable[unreadable[0]]}), so gc cannot tell which files it still needs",
-            Hint.of(
-                "fix its permissions or run gc as its owner; if it is gone for good: ",
-                Run.of("gc", "--yes", "--forget-missing"),
-            ),
+            "fix its permissions or run gc as its owner; if it is gone for good: "
+            + Run.of("gc", "--yes", "--forget-missing"),
         )
     missing = [r.lock_dir for r in roots if r.lock_dir is not None and not r.exists]
     if missing and not forget_missing:
         raise ConfigError(
             f"{missing[0]} fetched into this store but cannot be found now (moved, deleted, "
             "or on a disk that is not mounted), so gc cannot tell which files it still needs",
-            Hint.of(
-                "mount or restore it, or if it is gone for good: ",
-                Run.of("gc", "--yes", "--forget-missing"),
-            ),
+            "mount or restore it, or if it is gone for good: "
+            + Run.of("gc", "--yes", "--forget-missing"),
         )
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from mlxpin.config import Settings
-from mlxpin.errors import DataError, ExitCode, Flag, Hint, Run, UsageError
+from mlxpin.errors import DataError, ExitCode, Flag, Run, UsageError
 from mlxpin.plan.distributed import (
     SSH_OPTIONS,
     HostCheck,
@@ -153,7 +153,7 @@ def _unpack(stream: IO[bytes], workdir: Path) -> tuple[LockedModel, frozenset[st
     if missing:
         raise DataError(
             f"the stream ended before {missing[0]} arrived ({len(missing)} file(s) missing)",
-            Hint.of("run ", Run.of("fetch", lock.name, "--hosts"), " again on the sending host"),
+            f"run {Run.of('fetch', lock.name, '--hosts')} again on the sending host",
         )
     return lock, need
 
@@ -240,7 +240,7 @@ def prepare_hosts(settings: Settings, name: str, lock: LockedModel) -> HostsResu
     if not distributed or spec.distributed is None:
         raise UsageError(
             f"{name} is not a distributed model: it has no [models.{name}.distributed] table",
-            Hint.of("drop ", Flag("fetch", "--hosts"), ", or add the table"),
+            f"drop {Flag('fetch', '--hosts')}, or add the table",
         )
     ranks, _, _ = ranks_of(spec.distributed)
     python = spec.distributed.python or sys.executable
@@ -285,7 +285,7 @@ def fetch_hosts(settings: Settings, names: Sequence[str]) -> tuple[HostsResult, 
             if spec.distributed is None:
                 raise UsageError(
                     f"{spec.name} is not a distributed model (no [models.{spec.name}.distributed])",
-                    Hint.of("drop ", Flag("fetch", "--hosts"), ", or name only distributed models"),
+                    f"drop {Flag('fetch', '--hosts')}, or name only distributed models",
                 )
     specs = [s for s in chosen if s.distributed is not None]
     locks = locked_models(settings, manifest, specs) if specs else ()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mlxpin.config import Settings
-from mlxpin.errors import Flag, Hint, Run, UnavailableError, UsageError
+from mlxpin.errors import Flag, Run, UnavailableError, UsageError
 from mlxpin.mirror.server import MirrorConfig, serve_mirror
 from mlxpin.plan.launch import read_api_key
 from mlxpin.project.selection import locked_models, manifest_of, pick
@@ -49,10 +49,8 @@ def plan_mirror(
     if not served:
         raise UsageError(
             "nothing to mirror: the chosen models are local `path` sources",
-            Hint.of(
-                "a mirror serves Hub repos; carry local models with ",
-                Run.of("export", "NAME", "--output", "FILE"),
-            ),
+            "a mirror serves Hub repos; carry local models with "
+            + Run.of("export", "NAME", "--output", "FILE"),
         )
     models = []
     for lock in served:
@@ -81,11 +79,7 @@ def run_mirror(plan: MirrorPlan, on_ready: Callable[[str], None]) -> None:
             where = f"{plan.config.host}:{plan.config.port}"
             raise UnavailableError(
                 f"mirror: cannot listen on {where}: {exc.strerror or exc}",
-                Hint.of(
-                    "stop whatever holds the port, or pass another ",
-                    Flag("mirror", "--port"),
-                    " / ",
-                    Flag("mirror", "--host"),
-                ),
+                f"stop whatever holds the port, or pass another {Flag('mirror', '--port')} / "
+                + Flag("mirror", "--host"),
             ) from None
         raise

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import ConfigError, Flag, Hint, Run, UnavailableError
+from mlxpin.errors import ConfigError, Flag, Run, UnavailableError
 from mlxpin.plan.serve import ServePlan, plan_serve
 
 if TYPE_CHECKING:
@@ -62,21 +62,12 @@ def status(host: str, port: int, api_key: str | None, timeout: float = 5.0) -> A
             ) from None
         raise UnavailableError(
             f"{url}: answered {exc.code}; is this an `mlxpin serve` endpoint?",
-            Hint.of(
-                "check ", Flag("ps", "--host"), "/", Flag("ps", "--port"), ", or the [serve] table"
-            ),
+            f"check {Flag('ps', '--host')}/{Flag('ps', '--port')}, or the [serve] table",
         ) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UnavailableError(
             f"nothing answers at {url} ({reason})",
-            Hint.of(
-                "start it with ",
-                Run.of("serve"),
-                ", or point ",
-                Flag("ps", "--host"),
-                "/",
-                Flag("ps", "--port"),
-                " at it",
-            ),
+            f"start it with {Run.of('serve')}, or point {Flag('ps', '--host')}/"
+            f"{Flag('ps', '--port')} at it",
         ) from None

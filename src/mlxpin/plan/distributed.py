@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import ConfigError, ExitCode, Hint, MlxpinError, Run, ServerMissingError
+from mlxpin.errors import ConfigError, ExitCode, MlxpinError, Run, ServerMissingError
 from mlxpin.plan.launch import (
     OFFLINE_ENV,
     PRIVATE_PORT_SHOWN,
@@ -137,21 +137,18 @@ class HostsNotReadyError(MlxpinError):
 
     def __init__(self, name: str, failures: Sequence[HostCheck]) -> None:
         self.failures = tuple(failures)
-        self.exit_code = ExitCode(failures[0].exit_code)  # type: ignore[misc]
+        self.exit_code = ExitCode(failures[0].exit_code)
         listed = "; ".join(f"{f.host}: {f.problem}" for f in failures)
         hosts = ",".join(f.host for f in failures if f.host != LOCAL_HOST)
-        hint = Hint.of("run ", Run.of("fetch", name, "--hosts"), " to prepare every host")
+        hint = f"run {Run.of('fetch', name, '--hosts')} to prepare every host"
         if any(f.exit_code == ExitCode.UNAVAILABLE for f in failures):
-            hint = Hint(
-                (
-                    *hint.parts,
-                    "; check that `ssh HOST` works without a password and that mlxpin, mlx and "
-                    "mlx-lm are installed there (the same versions as here)",
-                )
+            hint += (
+                "; check that `ssh HOST` works without a password and that mlxpin, mlx and "
+                "mlx-lm are installed there (the same versions as here)"
             )
         super().__init__(
             f"{name}: {len(failures)} host(s) not ready, no rank started: {listed}",
-            hint if hosts or len(failures) > 1 else Hint.of("run ", Run.of("fetch", name)),
+            hint if hosts or len(failures) > 1 else f"run {Run.of('fetch', name)}",
         )
 
     def to_json(self) -> dict[str, object]:

@@ -272,12 +272,8 @@ def _server_plan(
 def _merged(stale: Sequence[LockStaleError]) -> LockStaleError:
     return LockStaleError(
         [p for e in stale for p in e.problems],
-        list(dict.fromkeys(n for e in stale for n in _names(e))),
+        list(dict.fromkeys(n for e in stale for n in e.names)),
     )
-
-
-def _names(error: LockStaleError) -> list[str]:
-    return [p.split(":", 1)[0] for p in error.problems]
 
 
 def _group_plan(

@@ -33,7 +33,7 @@ import tomlkit.exceptions
 from tomlkit.items import Comment, Item, Key, Table, Whitespace
 
 from mlxpin.config import STATE_DIR_HINT, Settings
-from mlxpin.errors import ConfigError, Flag, Hint, ManifestError, Run, UsageError
+from mlxpin.errors import ConfigError, Flag, ManifestError, Run, UsageError
 from mlxpin.project.lockfile import lock_path
 from mlxpin.project.manifest import (
     DEFAULT_PORT,
@@ -348,14 +348,12 @@ def add(settings: Settings, request: AddRequest) -> AddResult:
     if (repo is None) == (path is None):
         raise UsageError(
             f"{name}: a model has exactly one source, a Hub repo or a local directory",
-            Hint.of(
-                "give ", Flag("add", "--repo", "owner/name"), " or ", Flag("add", "--path", "DIR")
-            ),
+            f"give {Flag('add', '--repo', 'owner/name')} or {Flag('add', '--path', 'DIR')}",
         )
     if path is not None and revision is not None:
         raise UsageError(
             f"{name}: a revision is for a Hub repo; a local directory has none",
-            Hint.of("leave out ", Flag("add", "--revision"), ", or use ", Flag("add", "--repo")),
+            f"leave out {Flag('add', '--revision')}, or use {Flag('add', '--repo')}",
         )
     manifest_path = settings.manifest_path
     require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
@@ -366,7 +364,7 @@ def add(settings: Settings, request: AddRequest) -> AddResult:
         if isinstance(models, dict) and name in models:
             raise UsageError(
                 f"{manifest_path} already has a model named {name!r}",
-                Hint.of("pick another name, or ", Run.of("remove", name), " first"),
+                f"pick another name, or {Run.of('remove', name)} first",
             )
         written_path = _written_path(path, manifest_path) if path is not None else None
         model = NewModel(
@@ -493,7 +491,7 @@ def init(settings: Settings) -> InitResult:
     if path.exists() or path.is_symlink():
         raise UsageError(
             f"{path} already exists; `mlxpin init` never overwrites a manifest",
-            Hint.of("edit it, or add a model with ", Run.of("add", "NAME", "--repo", "owner/name")),
+            f"edit it, or add a model with {Run.of('add', 'NAME', '--repo', 'owner/name')}",
         )
     manifest = parse_manifest(STARTER.encode("utf-8"), path)
     write_atomic(path, STARTER.encode("utf-8"))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlxpin.errors import Flag, Hint, ManifestError, Run
+from mlxpin.errors import Flag, ManifestError, Run
 from mlxpin.project import validate
 from mlxpin.project.checker import Checker, did_you_mean
 from mlxpin.project.distributed import DISTRIBUTED_KEYS, DistributedSpec, parse_distributed
@@ -205,13 +205,8 @@ def load_manifest(path: Path) -> Manifest:
             None,
             None,
             "no manifest here",
-            Hint.of(
-                "create one with ",
-                Run.of("init"),
-                ", or point at it with ",
-                Flag("", "--manifest"),
-                " or MLXPIN_MANIFEST",
-            ),
+            f"create one with {Run.of('init')}, or point at it with {Flag('', '--manifest')} "
+            "or MLXPIN_MANIFEST",
         ) from None
     except OSError as exc:
         raise ManifestError(path, None, None, f"cannot read it: {exc.strerror}") from None

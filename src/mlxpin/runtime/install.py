@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlxpin.errors import Hint, ResolverUnavailableError, Run
+from mlxpin.errors import ResolverUnavailableError, Run
 from mlxpin.runtime.dists import dist_versions
 from mlxpin.runtime.layout import (
     InstalledRuntime,
@@ -201,10 +201,7 @@ def _build(
         if "mlx-lm" not in dist_versions(site_packages):
             raise ResolverUnavailableError(
                 f"the runtime {pin.short_key} installed without mlx-lm for this platform",
-                Hint.of(
-                    "check the markers of lock/runtime.toml; run ",
-                    Run.of("lock", "--update-runtime"),
-                ),
+                "check the markers of lock/runtime.toml; run " + Run.of("lock", "--update-runtime"),
             )
         version = (tmp / "pyvenv.cfg").read_text(encoding="utf-8")
         python_version = _pyvenv_version(version)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlxpin.errors import (
-    Hint,
     MlxpinError,
     ResolverUnavailableError,
     Run,
@@ -139,12 +138,7 @@ def classify(stderr: str, what: str, index: str, manifest: Path | None = None) -
     if any(hint in lower for hint in _NETWORK_HINTS):
         return ResolverUnavailableError(
             f"{what}: the package index {index} is unreachable ({_tail(text, 3)})",
-            Hint.of(
-                "check the network, UV_INDEX_URL or PIP_INDEX_URL and try again; ",
-                Run.of("launch"),
-                " never needs the index once ",
-                Run.of("fetch"),
-                " has run",
-            ),
+            "check the network, UV_INDEX_URL or PIP_INDEX_URL and try again; "
+            f"{Run.of('launch')} never needs the index once {Run.of('fetch')} has run",
         )
     return ResolverUnavailableError(f"{what}: uv failed: {_tail(text)}")

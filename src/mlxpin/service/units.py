@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Literal
 
 from mlxpin.config import Settings
-from mlxpin.errors import DiskError, Flag, Hint, MlxpinError, UnavailableError, UsageError
+from mlxpin.errors import DiskError, Flag, MlxpinError, UnavailableError, UsageError
 from mlxpin.util.atomic import write_atomic
 
 Platform = Literal["linux", "macos"]
@@ -109,13 +109,8 @@ def detect_platform(sys_platform: str | None = None) -> Platform:
         return "linux"
     raise UsageError(
         f"boot units are written for Linux (systemd) and macOS (launchd), not {current!r}",
-        Hint.of(
-            "pass ",
-            Flag("service install", "--platform", "linux"),
-            " or ",
-            Flag("service install", "--platform", "macos"),
-            " to generate one for another machine",
-        ),
+        f"pass {Flag('service install', '--platform', 'linux')} or "
+        f"{Flag('service install', '--platform', 'macos')} to generate one for another machine",
     )
 
 
@@ -461,12 +456,8 @@ def build_spec(
     if run_as is not None and not system:
         raise UsageError(
             "a user to run as only applies to a system unit (a user unit runs as you)",
-            Hint.of(
-                "add ",
-                Flag("service install", "--system"),
-                ", or leave out ",
-                Flag("service install", "--run-as"),
-            ),
+            f"add {Flag('service install', '--system')}, or leave out "
+            + Flag("service install", "--run-as"),
         )
     cwd = Path.cwd()
     user = (run_as or environ.get("SUDO_USER") or _account_name()) if system else None
@@ -540,10 +531,8 @@ def _run(argv: Sequence[str], *, tolerate: Sequence[int] = ()) -> CommandRun:
     except FileNotFoundError:
         raise ServiceManagerError(
             f"`{argv[0]}` is not installed or not on PATH",
-            Hint.of(
-                "run the printed command on a machine with the service manager, or drop ",
-                Flag("service install", "--enable"),
-            ),
+            "run the printed command on a machine with the service manager, or drop "
+            + Flag("service install", "--enable"),
         ) from None
     except subprocess.TimeoutExpired:
         raise ServiceManagerError(f"`{' '.join(argv)}` did not finish in 120 s") from None
@@ -589,9 +578,7 @@ def install(
                 write_atomic(path, data, mode=0o644)
             except DiskError as exc:
                 if spec.system:
-                    raise exc.with_hint(
-                        f"writing to {path.parent} needs root: rerun with sudo"
-                    ) from None
+                    exc.hint = f"writing to {path.parent} needs root: rerun with sudo"
                 raise
             except PermissionError as exc:
                 raise DiskError(path, exc.strerror or str(exc)) from None
@@ -607,9 +594,10 @@ def install(
                 for argv in enable_commands(spec, path, restart=changed, uid=uid):
                     ran.append(_run(argv))
             except ServiceManagerError as exc:
-                raise exc.with_hint(
+                raise ServiceManagerError(
+                    exc.message,
                     f"the unit file is in place at {path}; fix the cause and run: "
-                    + shell_line(enable_commands(spec, path, restart=changed, uid=None), False)
+                    + shell_line(enable_commands(spec, path, restart=changed, uid=None), False),
                 ) from None
     return InstallResult(
         name=spec.name,
@@ -680,11 +668,8 @@ def uninstall(
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                error = DiskError(path, exc.strerror or str(exc))
-                if system:
-                    hint = f"removing from {path.parent} needs root: rerun with sudo"
-                    error = error.with_hint(hint)
-                raise error from None
+                hint = f"removing from {path.parent} needs root: rerun with sudo"
+                raise DiskError(path, exc.strerror or str(exc), hint if system else None) from None
             removed = True
         if disable and existed:
             for argv in after_removal_commands(stub):

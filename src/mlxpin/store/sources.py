@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from mlxpin.errors import Hint, IntegrityError, MlxpinError, Run
+from mlxpin.errors import IntegrityError, MlxpinError, Run
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.util.hashing import CHUNK
 
@@ -67,10 +67,10 @@ class LocalSourceBytes:
         return self._changed(file, f"the local file {problem}")
 
     def _changed(self, file: LockedFile, problem: str) -> IntegrityError:
-        return IntegrityError(self.name, file.path, problem).with_hint(
-            Hint.of(
-                f"{self.root / file.path} changed since it was locked; restore it, or if the "
-                "change is intended, run ",
-                Run.of("lock", "--update", self.name),
-            )
+        return IntegrityError(
+            self.name,
+            file.path,
+            problem,
+            hint=f"{self.root / file.path} changed since it was locked; restore it, or if the "
+            f"change is intended, run {Run.of('lock', '--update', self.name)}",
         )

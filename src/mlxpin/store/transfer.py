@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from mlxpin.errors import BundleError, Hint, IntegrityError, MlxpinError, Run, SnapshotMissingError
+from mlxpin.errors import BundleError, IntegrityError, MlxpinError, Run, SnapshotMissingError
 from mlxpin.project.lockfile import LockedFile, LockedModel, parse_lock, render
 from mlxpin.store.bundle import (
     INDEX_MEMBER,
@@ -112,10 +112,11 @@ def write_bundle(plan: ExportPlan, out: BinaryIO, progress: Progress) -> int:
 
 def _changed(blob: ExportBlob) -> IntegrityError:
     model, path = blob.owner.split(": ", 1)
-    return IntegrityError(model, path, "changed since it was verified").with_hint(
-        Hint.of(
-            "run ", Run.of("verify", model), " to see what changed, then ", Run.of("fetch", model)
-        )
+    return IntegrityError(
+        model,
+        path,
+        "changed since it was verified",
+        hint=f"run {Run.of('verify', model)} to see what changed, then {Run.of('fetch', model)}",
     )
 
 

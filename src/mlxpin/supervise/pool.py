@@ -434,7 +434,7 @@ class Pool:
             slot.state = "failed"
             if slot.resident:
                 slot.failed_reason = decision.message
-                self.fatal = ServerCrashedError(slot.name, decision.message, decision.hint)
+                self.fatal = ServerCrashedError(decision.message, decision.hint)
                 if self._on_fatal is not None:
                     self._on_fatal()
             else:

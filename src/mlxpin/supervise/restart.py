@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from mlxpin.errors import Hint, Run
+from mlxpin.errors import Run
 
 __all__ = ["GiveUp", "Restart", "RestartBudget", "RestartPolicy"]
 
@@ -42,7 +42,7 @@ class GiveUp:
     """Stop trying: the budget is spent."""
 
     message: str
-    hint: str | Hint
+    hint: str
 
 
 class RestartBudget:
@@ -73,11 +73,7 @@ class RestartBudget:
             return GiveUp(
                 f"{name}: mlx_lm.server exited {len(self.crashes)} times within "
                 f"{policy.budget_window_s:.0f} s (last exit code {code}); giving up",
-                Hint.of(
-                    "read the server's log above; ",
-                    Run.of("launch", "--verify"),
-                    " re-checks the files",
-                ),
+                f"read the server's log above; {Run.of('launch', '--verify')} re-checks the files",
             )
         if now - started > policy.budget_window_s:
             self.delay = policy.backoff_initial_s

@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from mlxpin.errors import DiskError, Hint
+from mlxpin.errors import DiskError
 
 
 def _nearest_existing(path: Path) -> tuple[Path, os.stat_result | None]:
@@ -53,7 +53,7 @@ def writable_dir_problem(path: Path) -> str | None:
     return "Permission denied" + where
 
 
-def require_writable_dir(path: Path, hint: str | Hint) -> None:
+def require_writable_dir(path: Path, hint: str) -> None:
     """Raise DiskError (74) naming `path` unless it is a directory we can write into."""
     problem = writable_dir_problem(path)
     if problem is not None:
