@@ -7,8 +7,6 @@ executes a plan.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +17,13 @@ from mlxpin.errors import (
     ConfigError,
     IntegrityError,
     ModelNotChosenError,
-    ServerMissingError,
     SnapshotMissingError,
     UsageError,
 )
 from mlxpin.project.lockfile import LockedModel, valid_locks
 from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelSpec, load_manifest
 from mlxpin.project.serveropts import server_argv
-from mlxpin.runtime.server import ServerRuntime, server_runtime
+from mlxpin.runtime.server import UNIX_SERVER_MODULE, ServerRuntime, server_runtime
 from mlxpin.store.layout import StoreLayout, check_stamp
 from mlxpin.util.writable import require_writable_dir
 
@@ -185,26 +182,6 @@ def choose_model(manifest: Manifest, name: str | None, settings: Settings) -> Mo
     return spec
 
 
-UNIX_SERVER_MODULE = "mlxpin.serve.uds_server"
-
-
-def find_server() -> tuple[str, ...]:
-    """The mlx_lm.server entry point, preferring this interpreter's own installation.
-
-    With this interpreter's mlx_lm, the server runs through mlxpin's launcher, which
-    serves it on a Unix socket (see `mlxpin.serve.uds_server`); an mlx_lm.server found on
-    PATH belongs to another interpreter and can only listen on a loopback port.
-    """
-    if importlib.util.find_spec("mlx_lm") is not None:
-        return (sys.executable, "-m", UNIX_SERVER_MODULE)
-    import shutil
-
-    script = shutil.which("mlx_lm.server")
-    if script is not None:
-        return (script,)
-    raise ServerMissingError(f"no `mlx_lm` module for {sys.executable} and none on PATH")
-
-
 def pinned_snapshot(
     layout: StoreLayout, lock: LockedModel, role: str, verify: bool
 ) -> PinnedSnapshot:
@@ -302,9 +279,6 @@ def model_plan(
     for (_, flag, _), snapshot in zip(roles, snapshots, strict=True):
         args += [flag, str(snapshot.path)]
     args += server_argv(spec.server)
-    # A pinned runtime's interpreter has no mlxpin in it, so its server listens on a
-    # loopback port; this interpreter's own mlx_lm is served on a Unix socket.
-    command = runtime.command if runtime.pinned else find_server()
     return LaunchPlan(
         name=spec.name,
         api_label=spec.api_label,
@@ -312,14 +286,14 @@ def model_plan(
         public_host=public[0],
         public_port=public[1],
         private_host=PRIVATE_HOST,
-        server_command=command,
+        server_command=runtime.command,
         server_args=tuple(args),
         env_set=OFFLINE_ENV,
         env_unset=REMOVED_ENV,
         cwd=cwd,
         snapshots=tuple(snapshots),
         api_key_required=api_key_required,
-        private_socket=command[-1] == UNIX_SERVER_MODULE,
+        private_socket=runtime.command[-1] == UNIX_SERVER_MODULE,
         gateway=spec.gateway,
         runtime=runtime,
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from mlxpin.config import Settings
@@ -26,7 +25,6 @@ from mlxpin.errors import (
 from mlxpin.plan.launch import (
     PRIVATE_PORT_SHOWN,
     LaunchPlan,
-    find_server,
     model_plan,
     read_api_key,
 )
@@ -70,7 +68,6 @@ class ServePlan:
     max_loaded: int | None
     start_timeout: float
     api_key_required: bool
-    manifest: Path
     resident: bool = False  # launch: one model, preloaded, never evicted, restarted at once
     max_connections: int = GatewaySpec().max_connections  # the listener's limits
     header_timeout: float = GatewaySpec().header_timeout
@@ -145,7 +142,6 @@ def launch_serve_plan(launch: LaunchPlan, group: DistributedPlan | None = None) 
         max_loaded=None,
         start_timeout=LAUNCH_REQUEST_WAIT_S,
         api_key_required=launch.api_key_required,
-        manifest=Path(),
         resident=True,
         max_connections=launch.gateway.max_connections,
         header_timeout=launch.gateway.header_timeout,
@@ -169,11 +165,9 @@ def plan_serve(
     table = manifest.serve
     public_port = table.port if port is None else port
     public_host = table.host if host is None else host
-    # The pinned runtime (78 stale pin, 66 not installed) or this interpreter's mlx_lm; a
-    # runtime's interpreter has no mlxpin in it, so its servers listen on loopback ports.
+    # The pinned runtime (78 stale pin, 66 not installed) or this interpreter's mlx_lm (69
+    # when there is none), before any model's own problem: nothing could serve them.
     runtime = server_runtime(settings, manifest)
-    if not runtime.pinned:
-        find_server()  # 69 before any model's own problem: nothing can serve them
     api_key_required = read_api_key(environ) is not None
     physical = memory() if table.memory_budget.bytes is None else 0
     budget = table.memory_budget.resolve(physical)
@@ -237,7 +231,6 @@ def plan_serve(
         max_loaded=table.max_loaded,
         start_timeout=table.start_timeout,
         api_key_required=api_key_required,
-        manifest=manifest.path,
     )
 
 

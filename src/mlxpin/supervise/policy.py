@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 State = Literal["stopped", "starting", "ready", "stopping", "failed"]
-STATES: tuple[State, ...] = ("stopped", "starting", "ready", "stopping", "failed")
 HOLDING: frozenset[State] = frozenset({"starting", "ready", "stopping"})
 
 

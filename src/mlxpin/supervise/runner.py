@@ -25,7 +25,6 @@ from mlxpin.gateway.addresses import bind_public, raise_open_files_limit
 from mlxpin.gateway.aio import import_aiohttp
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Unavailable
-from mlxpin.gateway.state import GatewayState
 from mlxpin.plan.launch import LaunchPlan, read_api_key
 from mlxpin.plan.serve import ServePlan, launch_serve_plan
 from mlxpin.supervise.pool import Pool, PoolPolicy, ServerFactory, Slot, single_server
@@ -129,7 +128,7 @@ async def run_pool(
         from mlxpin.gateway.app import Gateway, serve
         from mlxpin.gateway.listener import ListenerLimits
 
-        gateway = Gateway(pool, GatewayState(), api_key=api_key)
+        gateway = Gateway(pool, api_key=api_key)
         limits = ListenerLimits(plan.max_connections, plan.header_timeout)
         app = pool_app(gateway, pool, operator=not plan.resident)
         runner = await serve(app, plan.host, plan.port, limits, sockets=listeners)
