@@ -44,7 +44,6 @@ def model(tmp_path: Path, name: str, server: str, cost: int = 1) -> PoolModelPla
         env_unset=(),
         cwd=tmp_path / "run" / name,
         snapshots=(PinnedSnapshot(name, "model", tmp_path / name, None, "sha256-x", 0, 0),),
-        api_key_required=False,
     )
     return PoolModelPlan(launch=launch, weights=0, cost=cost, idle_ttl=0.0, preload=False)
 
@@ -59,7 +58,6 @@ def plan(*models: PoolModelPlan, max_loaded: int | None = None, wait: float = 30
         physical_memory=0,
         max_loaded=max_loaded,
         start_timeout=wait,
-        api_key_required=False,
     )
 
 

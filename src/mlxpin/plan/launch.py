@@ -7,7 +7,7 @@ executes a plan.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from mlxpin.errors import (
     UsageError,
 )
 from mlxpin.project.lockfile import LockedModel, valid_locks
-from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelSpec, load_manifest
+from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelSpec
 from mlxpin.project.serveropts import server_argv
 from mlxpin.runtime.server import UNIX_SERVER_MODULE, ServerRuntime, server_runtime
 from mlxpin.store.layout import StoreLayout, check_stamp
@@ -89,12 +89,16 @@ class LaunchPlan(ModelIdentity):
     env_unset: tuple[str, ...]
     cwd: Path
     snapshots: tuple[PinnedSnapshot, ...]
-    api_key_required: bool
+    api_key: str | None = field(default=None, repr=False)  # the gateway's bearer key
     private_socket: bool = False
     """True: the server listens on a Unix socket in a private directory (``argv_unix``),
     reachable only by this user; False: on a loopback port (``argv``)."""
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     runtime: ServerRuntime | None = None  # which interpreter, mlx-lm and mlx will run
+
+    @property
+    def api_key_required(self) -> bool:
+        return self.api_key is not None
 
     @property
     def upstream_model(self) -> str:
@@ -217,16 +221,14 @@ def _verify(layout: StoreLayout, lock: LockedModel) -> None:
 
 def plan_launch(
     settings: Settings,
-    name: str | None,
+    manifest: Manifest,
+    spec: ModelSpec,
     *,
     environ: Mapping[str, str],
     verify: bool = False,
-    manifest: Manifest | None = None,
+    locks: Sequence[LockedModel] | None = None,
 ) -> LaunchPlan:
-    """The boot plan of ``name`` (or the only model); ``manifest`` when already read."""
-    if manifest is None:
-        manifest = load_manifest(settings.manifest_path, parser="tomllib")
-    spec = choose_model(manifest, name, settings)
+    """The boot plan of ``spec``; ``locks`` when the caller has read them (distributed)."""
     run_dir = settings.state_dir / "run"  # the server's cwd and pid file go here
     require_writable_dir(run_dir, STATE_DIR_HINT)  # else a supervisor restarts us in a loop
     return model_plan(
@@ -235,8 +237,9 @@ def plan_launch(
         spec,
         public=(spec.host, spec.port),
         cwd=run_dir / f"{spec.name}-{spec.port}",
-        api_key_required=read_api_key(environ) is not None,
+        api_key=read_api_key(environ),
         verify=verify,
+        locks=locks,
     )
 
 
@@ -260,14 +263,16 @@ def model_plan(
     *,
     public: tuple[str, int],
     cwd: Path,
-    api_key_required: bool,
+    api_key: str | None,
     verify: bool,
     runtime: ServerRuntime | None = None,
+    locks: Sequence[LockedModel] | None = None,
 ) -> LaunchPlan:
     """One model's server: its pinned snapshots (model, draft, adapter), argv and
-    environment. ``runtime`` is looked up when not given (`serve` looks it up once)."""
+    environment. ``runtime`` and ``locks`` are read when not given."""
     roles = server_roles(manifest, spec)
-    locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])  # all problems at once
+    if locks is None:  # all problems at once
+        locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])
     if runtime is None:
         runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
     layout = StoreLayout.of(settings)
@@ -292,8 +297,8 @@ def model_plan(
         env_unset=REMOVED_ENV,
         cwd=cwd,
         snapshots=tuple(snapshots),
-        api_key_required=api_key_required,
-        private_socket=runtime.command[-1] == UNIX_SERVER_MODULE,
+        api_key=api_key,
+        private_socket=runtime.command[-1] == UNIX_SERVER_MODULE,  # else a loopback port
         gateway=spec.gateway,
         runtime=runtime,
     )
