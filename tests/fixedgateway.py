@@ -9,7 +9,7 @@ healthy once a real completion succeeded since its last (re)start.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -93,21 +93,17 @@ class GatewayConfig:
 class OneModelLease:
     """A lease on the single server of :class:`OneModel`."""
 
-    __slots__ = ("_released", "_state", "upstream")
+    __slots__ = ("_state", "upstream")
 
     def __init__(self, upstream: Upstream, state: GatewayState) -> None:
         self.upstream = upstream
         self._state = state
-        self._released = False
-        state.in_flight += 1
 
     def completed(self) -> None:
         self._state.mark_healthy(self.upstream.epoch)
 
     def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._state.in_flight -= 1
+        pass
 
 
 class OneModel:
@@ -146,9 +142,6 @@ class OneModel:
             return Health(True, self._ok_body)
         return Health(False, self._loading_body)
 
-    def status(self) -> Mapping[str, object]:
-        return {"models": [{"api_label": self.route.api_label, **self.state.as_dict()}]}
-
 
 def _one_model(config: GatewayConfig, state: GatewayState) -> OneModel:
     route = Route(
@@ -171,7 +164,6 @@ def build_app(config: GatewayConfig, state: GatewayState) -> web.Application:
     """The one-model gateway as an aiohttp application (not yet bound)."""
     gateway = Gateway(
         _one_model(config, state),
-        state,
         api_key=config.api_key,
         connect_timeout_s=config.upstream_connect_timeout_s,
     )

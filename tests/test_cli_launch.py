@@ -283,7 +283,6 @@ def _stand_in_plan(tmp_path: Path, server: str) -> LaunchPlan:
         env_unset=(),
         cwd=tmp_path / "run",
         snapshots=(PinnedSnapshot("crashy", "model", tmp_path, None, "sha256-x", 0, 0),),
-        api_key_required=False,
     )
 
 
@@ -641,7 +640,6 @@ plan = LaunchPlan(
     server_command=(sys.executable, "-c", spec["server"]), server_args=(),
     env_set=(), env_unset=(), cwd=Path(spec["cwd"]),
     snapshots=(PinnedSnapshot("slow", "model", Path(spec["cwd"]), None, "sha256-x", 0, 0),),
-    api_key_required=False,
 )
 from mlxpin.errors import MlxpinError
 try:
@@ -830,7 +828,7 @@ plan = LaunchPlan(
     server_command=(sys.executable, "-c", spec["server"]), server_args=(),
     env_set=(), env_unset=(), cwd=Path(spec["cwd"]),
     snapshots=(PinnedSnapshot("flood", "model", Path(spec["cwd"]), None, "sha256-x", 0, 0),),
-    api_key_required=False, gateway=GatewaySpec(header_timeout=10.0),
+    gateway=GatewaySpec(header_timeout=10.0),
 )
 from mlxpin.errors import MlxpinError
 try:

@@ -21,27 +21,37 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
-from mlxpin.config import load_settings
+from mlxpin.config import Settings, load_settings
 from mlxpin.dev.tinymodel import generate
 from mlxpin.errors import ConfigError, ManifestError
 from mlxpin.plan.distributed import (
+    DistributedPlan,
     HostsNotReadyError,
     parse_remote_answer,
     pipeline_files,
     pipeline_layers,
     plan_distributed,
 )
-from mlxpin.project.manifest import parse_manifest
+from mlxpin.project.manifest import load_manifest, parse_manifest
 from mlxpin.supervise.rankgroup import group_members, stop_group
 from sshhost import SshHost
 
 from conftest import Project
 
 PYTHON_BIN = Path(sys.executable).parent
+
+
+def plan_tiny(settings: Settings, **options: Any) -> DistributedPlan:
+    """The plan of the project's model "tiny", from its manifest as it is now."""
+    manifest = load_manifest(settings.manifest_path)
+    spec = manifest.get("tiny")
+    assert spec is not None
+    return plan_distributed(settings, manifest, spec, environ={}, **options)
 
 
 def free_ports(count: int) -> int:
@@ -356,12 +366,7 @@ def test_every_failing_host_is_named_before_any_rank_starts(
     project.ok("fetch", env={**project.env, "HF_HOME": str(mac3)})  # mac3 holds the pin
     settings = load_settings(project.env, cwd=project.root)
     with pytest.raises(HostsNotReadyError) as info:
-        plan_distributed(
-            settings,
-            "tiny",
-            environ={},
-            ssh=fake_ssh({"mac2": mac2, "mac3": mac3}),  # type: ignore[arg-type]
-        )
+        plan_tiny(settings, ssh=fake_ssh({"mac2": mac2, "mac3": mac3}))
     error = info.value
     assert [(f.host, f.exit_code) for f in error.failures] == [("mac2", 66), ("gone", 69)]
     assert "mac2: snapshot not fetched" in error.message
@@ -372,12 +377,7 @@ def test_every_failing_host_is_named_before_any_rank_starts(
     # With every host ready, each rank gets its own host's path: mlx.launch gives every
     # rank one command, so the command picks the path named for its MLX_RANK.
     project.ok("fetch", env={**project.env, "HF_HOME": str(mac2)})
-    plan = plan_distributed(
-        settings,
-        "tiny",
-        environ={},
-        ssh=fake_ssh({"mac2": mac2, "mac3": mac3, "gone": mac3}),  # type: ignore[arg-type]
-    )
+    plan = plan_tiny(settings, ssh=fake_ssh({"mac2": mac2, "mac3": mac3, "gone": mac3}))
     paths = [plan.path_of(r) for r in range(4)]
     assert (
         paths[0] != paths[1] and paths[1].startswith(str(mac2)) and paths[2].startswith(str(mac3))
@@ -421,7 +421,7 @@ def test_a_hostfile_must_start_with_this_host(project: Project) -> None:
     settings = load_settings(project.env, cwd=project.root)
     hostfile.write_text("{not json")
     with pytest.raises(ConfigError):
-        plan_distributed(settings, "tiny", environ={})
+        plan_tiny(settings)
 
 
 def test_remote_answers_are_told_apart() -> None:

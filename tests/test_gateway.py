@@ -293,7 +293,6 @@ def test_chat_completion_answers_with_the_label(
     assert answer.choices[0].message.content == "".join(TOKENS)
     assert [r.body["model"] for r in upstream.requests] == [UPSTREAM_MODEL]
     assert upstream.requests[0].body["messages"] == _messages()
-    assert gateway.state.forwarded == 1
     assert gateway.state.healthy
 
 
@@ -344,8 +343,6 @@ def test_unknown_model_is_404_and_never_reaches_the_server(
     assert "mlx-community/some-other-repo" in err.message
     assert f"Available: {LABEL}, tiny, tiny-latest" in err.message
     assert upstream.requests == []
-    assert gateway.state.rejected == 1
-    assert gateway.state.forwarded == 0
 
 
 @pytest.mark.parametrize("field", ["draft_model", "adapters"])
@@ -503,16 +500,13 @@ def test_client_disconnect_mid_stream_is_harmless(gateway: Gateway, upstream: Fa
         next(iter(stream))
         stream.close()  # hang up while the upstream is still holding the rest
         upstream.gate.set()
+        # The gateway dropped its upstream connection too (so the server stops generating).
         deadline = time.monotonic() + 5
-        while gateway.state.in_flight and time.monotonic() < deadline:
+        while upstream.aborted == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert gateway.state.in_flight == 0
+        assert upstream.aborted == 1
         answer = client.chat.completions.create(model=LABEL, messages=_messages())
     assert answer.model == LABEL
-    # The gateway dropped its upstream connection too (so the server stops generating).
-    while upstream.aborted == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert upstream.aborted == 1
     assert gateway.state.completions_ok == 1  # only the second request completed
 
 
@@ -558,7 +552,7 @@ def test_a_completion_from_before_a_restart_does_not_mark_healthy() -> None:
     assert state.mark_healthy(epoch) is False
     assert not state.healthy
     assert state.mark_healthy(state.epoch) is True
-    assert state.as_dict()["healthy"] is True
+    assert state.healthy
 
 
 def test_other_paths_and_methods_are_openai_errors(gateway: Gateway) -> None:
@@ -583,7 +577,6 @@ def test_upstream_down_is_503(make_gateway: Any) -> None:
         with pytest.raises(openai.InternalServerError) as caught:
             client.chat.completions.create(model=LABEL, messages=_messages(), stream=True)
         assert caught.value.status_code == 503
-    assert gw.state.upstream_errors == 2
 
 
 def test_upstream_timeout_is_504(make_gateway: Any, upstream: FakeUpstream) -> None:
@@ -637,7 +630,6 @@ def test_bearer_key_is_required_when_configured(make_gateway: Any, upstream: Fak
     assert body["error"]["code"] == "invalid_api_key"
     assert _raw(gw.url + "/health")[0] == 503  # open, and honest
     assert upstream.requests == []
-    assert gw.state.rejected == 3
 
     with gw.client("s3cret") as client:
         assert client.chat.completions.create(model=LABEL, messages=_messages()).model == LABEL

@@ -28,7 +28,6 @@ from mlxpin.plan.distributed import (
     HostsNotReadyError,
     Rank,
     host_shares,
-    plan_distributed,
     plan_pipeline,
 )
 from mlxpin.project.lockfile import LockedFile, LockedModel, Original, make_locked
@@ -41,6 +40,7 @@ from test_distributed import (
     Group,
     fake_ssh,
     groups,  # noqa: F401  (the fixture: registered here by name)
+    plan_tiny,
     processes_using,
     write_project,
 )
@@ -257,7 +257,7 @@ def test_the_host_agent_stores_only_the_announced_share_and_the_preflight_checks
     assert remote_view.is_relative_to(mac2) and listing(remote_view) == sorted(share)
 
     settings = load_settings(project.env, cwd=project.root)
-    plan = plan_distributed(settings, "tiny", environ={}, ssh=fake_ssh({"mac2": mac2}))  # type: ignore[arg-type]
+    plan = plan_tiny(settings, ssh=fake_ssh({"mac2": mac2}))
     assert plan.path_of(1) == str(remote_view)
     here, there = plan.shares
     assert here.whole and not there.whole and set(there.files) == share
@@ -277,7 +277,7 @@ def test_the_host_agent_stores_only_the_announced_share_and_the_preflight_checks
     # Its own file gone on the remote: refused before any rank starts, naming host and file.
     (remote_view / LAYER0).unlink()
     with pytest.raises(HostsNotReadyError) as info:
-        plan_distributed(settings, "tiny", environ={}, ssh=fake_ssh({"mac2": mac2}))  # type: ignore[arg-type]
+        plan_tiny(settings, ssh=fake_ssh({"mac2": mac2}))
     assert info.value.exit_code == 66
     assert info.value.message.endswith(f"mac2: {LAYER0} is missing from the snapshot")
 
@@ -286,7 +286,7 @@ def test_the_host_agent_stores_only_the_announced_share_and_the_preflight_checks
     manifest = project.root / "manifest.toml"
     manifest.write_text(manifest.read_text().replace("pipeline = true", "pipeline = false"))
     with pytest.raises(HostsNotReadyError) as info:
-        plan_distributed(settings, "tiny", environ={}, ssh=fake_ssh({"mac2": mac2}))  # type: ignore[arg-type]
+        plan_tiny(settings, ssh=fake_ssh({"mac2": mac2}))
     assert "mac2: the snapshot holds only 8 of the 9 locked files" in info.value.message
 
 

@@ -19,7 +19,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from mlxpin.cli.serveboot import ps_table
 from mlxpin.gateway.app import Gateway
 from mlxpin.gateway.backends import Unavailable
-from mlxpin.gateway.state import GatewayState
 from mlxpin.plan.launch import LaunchPlan, PinnedSnapshot
 from mlxpin.plan.serve import PoolModelPlan, ServePlan, launch_serve_plan
 from mlxpin.supervise.pool import Pool, PoolPolicy
@@ -45,7 +44,6 @@ def model(tmp_path: Path, name: str, server: str, cost: int = 1) -> PoolModelPla
         env_unset=(),
         cwd=tmp_path / "run" / name,
         snapshots=(PinnedSnapshot(name, "model", tmp_path / name, None, "sha256-x", 0, 0),),
-        api_key_required=False,
     )
     return PoolModelPlan(launch=launch, weights=0, cost=cost, idle_ttl=0.0, preload=False)
 
@@ -60,8 +58,6 @@ def plan(*models: PoolModelPlan, max_loaded: int | None = None, wait: float = 30
         physical_memory=0,
         max_loaded=max_loaded,
         start_timeout=wait,
-        api_key_required=False,
-        manifest=Path("manifest.toml"),
     )
 
 
@@ -106,7 +102,7 @@ def test_when_every_loaded_model_is_busy_the_wait_is_bounded_then_503_retry_afte
     async def scenario() -> None:
         models = (model(tmp_path, "a", ANSWERS), model(tmp_path, "b", ANSWERS))
         pool = Pool(plan(*models, max_loaded=1, wait=0.5), ENV, POLICY)
-        gateway = Gateway(pool, GatewayState())
+        gateway = Gateway(pool)
         async with TestClient(TestServer(pool_app(gateway, pool))) as client:
             await pool.load(pool.slots["a"])  # (a start may take longer than the 0.5 s wait)
             busy = await pool.acquire("a-chat")  # a request in flight on a: never evicted
@@ -158,7 +154,7 @@ def test_concurrent_first_requests_share_one_start(tmp_path: Path) -> None:
 def test_unknown_label_on_operator_routes_is_404(tmp_path: Path) -> None:
     async def scenario() -> None:
         pool = Pool(plan(model(tmp_path, "a", ANSWERS)), ENV, POLICY)
-        async with TestClient(TestServer(pool_app(Gateway(pool, GatewayState()), pool))) as c:
+        async with TestClient(TestServer(pool_app(Gateway(pool), pool))) as c:
             response = await c.post("/mlxpin/models/nope/load")
             assert response.status == 404
             assert (await response.json())["error"]["code"] == "model_not_found"
@@ -207,7 +203,7 @@ def test_a_resident_model_is_preloaded_restarted_at_once_and_its_spent_budget_is
         resident = launch_serve_plan(model(tmp_path, "a", ANSWERS).launch)
         told: list[bool] = []
         pool = Pool(resident, ENV, POLICY, on_fatal=lambda: told.append(True))
-        gateway = Gateway(pool, GatewayState())
+        gateway = Gateway(pool)
         async with TestClient(TestServer(pool_app(gateway, pool, operator=False))) as client:
             assert (await client.get("/health")).status == 503
             await pool.begin()  # preloads it

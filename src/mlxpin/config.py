@@ -44,7 +44,6 @@ class Settings:
     endpoint: str
     offline: bool
     token_present: bool
-    debug: bool
     # MLXPIN_HUB_DEADLINE as written; checked only by the commands that use the Hub, so a
     # bad value never stops an offline `launch`.
     hub_deadline: str | None = None
@@ -119,7 +118,6 @@ def load_settings(
         endpoint=(environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
         offline=is_true(environ.get("HF_HUB_OFFLINE") or environ.get("TRANSFORMERS_OFFLINE")),
         token_present=token_present(environ),
-        debug=is_true(environ.get("MLXPIN_DEBUG")),
         hub_deadline=environ.get(HUB_DEADLINE_VARIABLE) or None,
         fetch_connections=environ.get("MLXPIN_FETCH_CONNECTIONS", "").strip(),
         ranged_min_mb=environ.get("MLXPIN_RANGED_MIN_MB", "").strip(),

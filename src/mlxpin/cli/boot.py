@@ -112,8 +112,10 @@ def launch_main(options: LaunchOptions) -> int:
         if options.dry_run:
             _show(chosen, options.output())
             return 0
+        from mlxpin.supervise.runner import run_plan
+
         watchdog = (options.probe_interval, options.probe_timeout)
-        return launch.run(chosen, os.environ, options.policy(), watchdog)
+        return run_plan(chosen, os.environ, options.policy(), watchdog)
 
     return options.guarded(run)
 

@@ -30,7 +30,7 @@ def serve_plan_text(plan: ServePlan) -> str:
     limit = plan.max_loaded if plan.max_loaded is not None else "unlimited"
     lines = [
         f"endpoint   http://{plan.host}:{plan.port}/v1  ({len(plan.models)} models)",
-        f"budget     {human_size(plan.budget)} ({plan.budget_source}); max_loaded {limit}; "
+        f"budget     {human_size(plan.budget or 0)} ({plan.budget_source}); max_loaded {limit}; "
         f"start_timeout {plan.start_timeout:g} s",
         f"overhead   {human_size(SERVER_OVERHEAD_BYTES)} per server, added to each cost",
     ]

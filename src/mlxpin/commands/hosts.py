@@ -40,16 +40,17 @@ from mlxpin.plan.distributed import (
     HostShare,
     check_here,
     check_remote,
-    distributed_spec,
     host_shares,
     parse_remote_answer,
     plan_pipeline,
     ranks_of,
     remote_mlxpin,
 )
+from mlxpin.plan.launch import choose_model
 from mlxpin.project import validate
 from mlxpin.project.distributed import LOCAL_HOST
 from mlxpin.project.lockfile import LockedModel, parse_lock, render, write_lock
+from mlxpin.project.manifest import load_manifest
 from mlxpin.store.fetch import NoProgress
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.sources import LocalSourceBytes
@@ -236,8 +237,8 @@ def prepare_hosts(settings: Settings, name: str, lock: LockedModel) -> HostsResu
     pin, or in pipeline mode the files of its ranks), or says why not. This host's
     snapshot must already be fetched (whole): its bytes are what is sent, and its index
     says which files each pipeline rank reads."""
-    spec, distributed = distributed_spec(settings, name)
-    if not distributed or spec.distributed is None:
+    spec = choose_model(load_manifest(settings.manifest_path), name, settings)
+    if spec.distributed is None:
         raise UsageError(
             f"{name} is not a distributed model: it has no [models.{name}.distributed] table",
             f"drop {Flag('fetch', '--hosts')}, or add the table",

@@ -26,7 +26,6 @@ class _UnitChange(Generic[_R]):
     """Installing or uninstalling a unit: what both report, around each one's own keys."""
 
     result: _R
-    print_only: bool
 
     exit_code = ExitCode.OK
 
@@ -128,7 +127,7 @@ def install(
     enable: bool,
 ) -> Installed:
     built = build(settings, request, environ)
-    return Installed(units.install(built, print_only=print_only, enable=enable), print_only)
+    return Installed(units.install(built, print_only=print_only, enable=enable))
 
 
 def uninstall(
@@ -142,7 +141,7 @@ def uninstall(
         print_only=print_only,
         disable=disable,
     )
-    return Uninstalled(result, print_only)
+    return Uninstalled(result)
 
 
 def show(settings: Settings, request: UnitRequest, environ: Mapping[str, str]) -> Shown:

@@ -55,7 +55,6 @@ from mlxpin.gateway.checks import check_request
 from mlxpin.gateway.listener import LimitedRunner, ListenerLimits
 from mlxpin.gateway.rewrite import Rewriter, SseRelay, rewrite_json
 from mlxpin.gateway.routing import RoutingTable
-from mlxpin.gateway.state import GatewayState
 from mlxpin.gateway.upstream import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -63,7 +62,7 @@ from mlxpin.gateway.upstream import (
     classify_failure,
 )
 
-__all__ = ["Gateway", "GatewayState", "api_error_response", "error_response", "serve"]
+__all__ = ["Gateway", "api_error_response", "error_response", "serve"]
 
 log = logging.getLogger("mlxpin.gateway")
 
@@ -146,13 +145,11 @@ class Gateway:
     def __init__(
         self,
         backends: Backends,
-        state: GatewayState,
         *,
         api_key: str | None = None,
         connect_timeout_s: float = 5.0,
     ) -> None:
         self.backends = backends
-        self.state = state
         self.table = RoutingTable(backends.routes())
         self.client = UpstreamClient(connect_timeout_s)
         self.expected_auth = None if api_key is None else ("Bearer " + api_key).encode("utf-8")
@@ -191,7 +188,6 @@ class Gateway:
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             if not self._authorized(request):
-                self.state.rejected += 1
                 return error_response(
                     401,
                     "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
@@ -200,8 +196,6 @@ class Gateway:
                 )
             return await handler(request)
         except web.HTTPException as exc:
-            if exc.status < 500:
-                self.state.rejected += 1
             return api_error_response(from_http_exception(exc))
         except Exception:  # a bug of ours: log it, never show it
             log.exception("internal error on %s %s", request.method, request.path)
@@ -223,10 +217,6 @@ class Gateway:
             )
         return response
 
-    def _refuse(self, error: ApiError) -> web.Response:
-        self.state.rejected += 1
-        return api_error_response(error)
-
     # ---------------------------------------------------------------- simple routes
 
     async def models(self, _request: web.Request) -> web.Response:
@@ -235,7 +225,7 @@ class Gateway:
     async def model(self, request: web.Request) -> web.Response:
         body = self.table.model_body(request.match_info["label"])
         if isinstance(body, ApiError):
-            return self._refuse(body)
+            return api_error_response(body)
         return web.Response(body=body, content_type=_JSON_CT)
 
     async def health(self, _request: web.Request) -> web.Response:
@@ -253,10 +243,12 @@ class Gateway:
         try:
             raw = await asyncio.wait_for(request.read(), timeout=BODY_TIMEOUT_S)
         except TimeoutError:
-            return self._refuse(ApiError(408, "The request body was not sent in time", "timeout"))
+            return api_error_response(
+                ApiError(408, "The request body was not sent in time", "timeout")
+            )
         checked = check_request(raw, self.table)
         if isinstance(checked, ApiError):
-            return self._refuse(checked)
+            return api_error_response(checked)
         route, body = checked
         try:
             lease = await self.backends.acquire(route.api_label)
@@ -282,7 +274,7 @@ class Gateway:
         try:
             data = _compact_dumps(body).encode()
         except (ValueError, RecursionError):
-            return self._refuse(
+            return api_error_response(
                 ApiError(400, "The request body is nested too deeply", "invalid_json")
             )
         headers = {
@@ -290,7 +282,6 @@ class Gateway:
             "Accept": request.headers.get("Accept", "*/*"),
             "Accept-Encoding": "identity",
         }
-        self.state.forwarded += 1
         try:
             async with self.client.post(
                 upstream, request.path, data, headers, route.request_timeout_s
@@ -299,7 +290,6 @@ class Gateway:
                     return await self._relay_sse(request, answer, lease)
                 return await self._relay_json(answer, lease)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.state.upstream_errors += 1
             error = classify_failure(exc)
             log.warning(
                 "upstream request failed (%d %s): %s: %s",
@@ -314,7 +304,6 @@ class Gateway:
         raw = await answer.read()
         body = rewrite_json(answer.status, raw, lease.upstream.label)
         if body is None:
-            self.state.upstream_errors += 1
             log.warning("upstream answered %d with a non-JSON body", answer.status)
             if answer.status < 400:
                 return api_error_response(
@@ -356,7 +345,6 @@ class Gateway:
             if failure is not None:
                 # The status line is gone already: tell the client in-band (the openai
                 # client raises APIError on a data event that carries "error").
-                self.state.upstream_errors += 1
                 error = classify_failure(failure)
                 log.warning("upstream failed mid-stream: %s: %s", type(failure).__name__, failure)
                 await response.write(b"data: " + error.body() + b"\n\n")

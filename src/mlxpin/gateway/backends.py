@@ -12,9 +12,9 @@ It does not know how servers are started, restarted or evicted. It asks a
   the request and is told when a real completion succeeded and when the request is over
   (streams: after their last byte), so a pool never stops a server under a client.
 
-Plus :meth:`Backends.health` for ``GET /health`` and :meth:`Backends.status` for a status
-route. `serve.pool.Pool` implements it, for `serve` (many models) and `launch` (one
-resident model); the gateway's own tests use a fixed upstream (tests/fixedgateway.py).
+Plus :meth:`Backends.health` for ``GET /health``. `supervise.pool.Pool` implements it, for
+`serve` (many models) and `launch` (one model); the gateway's own tests use a fixed
+upstream (tests/fixedgateway.py).
 
 This module imports nothing from aiohttp: a backend is plain data plus a protocol.
 """
@@ -126,6 +126,3 @@ class Backends(Protocol):
 
     def health(self) -> Health:
         """Ready when the endpoint can answer completions."""
-
-    def status(self) -> Mapping[str, object]:
-        """A JSON-able snapshot for operators."""

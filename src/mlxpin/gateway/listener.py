@@ -116,7 +116,6 @@ class _Handler(RequestHandler):
         # No force_close(): aiohttp's request loop would close the transport before the
         # 503 is out; it waits for a request that data_received never parses.
         self._shed = True
-        server.shed += 1
         if len(server.shedding) >= SHED_BAND:
             oldest = server.shedding.popleft()
             if oldest.transport is not None:
@@ -173,7 +172,6 @@ class _Server(Server):
 
     cap: int
     header_timeout_s: float
-    shed: int
     shedding: deque[_Handler]
 
     def __call__(self) -> RequestHandler:
@@ -193,6 +191,5 @@ class LimitedRunner(web.AppRunner):
         assert isinstance(server, _Server)
         server.cap = connection_cap(self.limits)
         server.header_timeout_s = self.limits.header_timeout_s
-        server.shed = 0
         server.shedding = deque()
         return server

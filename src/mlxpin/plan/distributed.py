@@ -34,12 +34,11 @@ from mlxpin.plan.launch import (
     OFFLINE_ENV,
     PRIVATE_PORT_SHOWN,
     LaunchPlan,
-    choose_model,
     plan_launch,
 )
 from mlxpin.project.distributed import LOCAL_HOST, DistributedSpec, is_ip
 from mlxpin.project.lockfile import LockedModel, render, valid_locks
-from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
+from mlxpin.project.manifest import Manifest, ModelSpec
 from mlxpin.store.layout import StoreLayout, check_stamp
 from mlxpin.util.jsonable import fields_json
 
@@ -557,34 +556,21 @@ def find_launcher(python: str) -> tuple[str, ...]:
     raise ServerMissingError(f"no `mlx.launch` beside {python} or on PATH (install mlx)")
 
 
-def distributed_spec(
-    settings: Settings, name: str | None, manifest: Manifest | None = None
-) -> tuple[ModelSpec, bool]:
-    """The chosen model, and whether it is distributed (boot path: tomllib only)."""
-    if manifest is None:
-        manifest = load_manifest(settings.manifest_path)
-    spec = choose_model(manifest, name, settings)
-    return spec, spec.distributed is not None
-
-
 def plan_distributed(
     settings: Settings,
-    name: str | None,
+    manifest: Manifest,
+    spec: ModelSpec,
     *,
     environ: Mapping[str, str],
     verify: bool = False,
     ssh: SshRunner = run_over_ssh,
-    manifest: Manifest | None = None,
 ) -> DistributedPlan:
-    """Check every host, then plan; raise HostsNotReadyError naming each failing host.
-    ``manifest`` when the caller has read it already (it is read once per plan)."""
-    if manifest is None:
-        manifest = load_manifest(settings.manifest_path)
-    spec, distributed = distributed_spec(settings, name, manifest)
-    assert distributed and spec.distributed is not None
+    """Check every host, then plan; raise HostsNotReadyError naming each failing host."""
     dist = spec.distributed
+    assert dist is not None
     ranks, backend, file_env = ranks_of(dist)
-    (lock,) = valid_locks(settings.lock_dir, [spec])  # 78 for a stale/missing lock
+    locks = valid_locks(settings.lock_dir, [spec])  # 78 for a stale/missing lock
+    (lock,) = locks  # no draft or adapter: the manifest refuses them here
     layout = StoreLayout.of(settings)
     python = dist.python or sys.executable
     launcher = find_launcher(sys.executable)
@@ -602,7 +588,7 @@ def plan_distributed(
     if failures:
         raise HostsNotReadyError(spec.name, failures)
     # This host's half (its snapshot re-checked), from the same manifest.
-    server = plan_launch(settings, spec.name, environ=environ, manifest=manifest)
+    server = plan_launch(settings, manifest, spec, environ=environ, locks=locks)
     env = (*OFFLINE_ENV, *file_env, *dist.env)
     return DistributedPlan(
         server=server,

@@ -7,9 +7,7 @@ executes a plan.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +17,13 @@ from mlxpin.errors import (
     ConfigError,
     IntegrityError,
     ModelNotChosenError,
-    ServerMissingError,
     SnapshotMissingError,
     UsageError,
 )
 from mlxpin.project.lockfile import LockedModel, valid_locks
-from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelSpec, load_manifest
+from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelSpec
 from mlxpin.project.serveropts import server_argv
-from mlxpin.runtime.server import ServerRuntime, server_runtime
+from mlxpin.runtime.server import UNIX_SERVER_MODULE, ServerRuntime, server_runtime
 from mlxpin.store.layout import StoreLayout, check_stamp
 from mlxpin.util.writable import require_writable_dir
 
@@ -92,12 +89,16 @@ class LaunchPlan(ModelIdentity):
     env_unset: tuple[str, ...]
     cwd: Path
     snapshots: tuple[PinnedSnapshot, ...]
-    api_key_required: bool
+    api_key: str | None = field(default=None, repr=False)  # the gateway's bearer key
     private_socket: bool = False
     """True: the server listens on a Unix socket in a private directory (``argv_unix``),
     reachable only by this user; False: on a loopback port (``argv``)."""
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     runtime: ServerRuntime | None = None  # which interpreter, mlx-lm and mlx will run
+
+    @property
+    def api_key_required(self) -> bool:
+        return self.api_key is not None
 
     @property
     def upstream_model(self) -> str:
@@ -185,26 +186,6 @@ def choose_model(manifest: Manifest, name: str | None, settings: Settings) -> Mo
     return spec
 
 
-UNIX_SERVER_MODULE = "mlxpin.serve.uds_server"
-
-
-def find_server() -> tuple[str, ...]:
-    """The mlx_lm.server entry point, preferring this interpreter's own installation.
-
-    With this interpreter's mlx_lm, the server runs through mlxpin's launcher, which
-    serves it on a Unix socket (see `mlxpin.serve.uds_server`); an mlx_lm.server found on
-    PATH belongs to another interpreter and can only listen on a loopback port.
-    """
-    if importlib.util.find_spec("mlx_lm") is not None:
-        return (sys.executable, "-m", UNIX_SERVER_MODULE)
-    import shutil
-
-    script = shutil.which("mlx_lm.server")
-    if script is not None:
-        return (script,)
-    raise ServerMissingError(f"no `mlx_lm` module for {sys.executable} and none on PATH")
-
-
 def pinned_snapshot(
     layout: StoreLayout, lock: LockedModel, role: str, verify: bool
 ) -> PinnedSnapshot:
@@ -240,16 +221,14 @@ def _verify(layout: StoreLayout, lock: LockedModel) -> None:
 
 def plan_launch(
     settings: Settings,
-    name: str | None,
+    manifest: Manifest,
+    spec: ModelSpec,
     *,
     environ: Mapping[str, str],
     verify: bool = False,
-    manifest: Manifest | None = None,
+    locks: Sequence[LockedModel] | None = None,
 ) -> LaunchPlan:
-    """The boot plan of ``name`` (or the only model); ``manifest`` when already read."""
-    if manifest is None:
-        manifest = load_manifest(settings.manifest_path)
-    spec = choose_model(manifest, name, settings)
+    """The boot plan of ``spec``; ``locks`` when the caller has read them (distributed)."""
     run_dir = settings.state_dir / "run"  # the server's cwd and pid file go here
     require_writable_dir(run_dir, STATE_DIR_HINT)  # else a supervisor restarts us in a loop
     return model_plan(
@@ -258,8 +237,9 @@ def plan_launch(
         spec,
         public=(spec.host, spec.port),
         cwd=run_dir / f"{spec.name}-{spec.port}",
-        api_key_required=read_api_key(environ) is not None,
+        api_key=read_api_key(environ),
         verify=verify,
+        locks=locks,
     )
 
 
@@ -283,14 +263,16 @@ def model_plan(
     *,
     public: tuple[str, int],
     cwd: Path,
-    api_key_required: bool,
+    api_key: str | None,
     verify: bool,
     runtime: ServerRuntime | None = None,
+    locks: Sequence[LockedModel] | None = None,
 ) -> LaunchPlan:
     """One model's server: its pinned snapshots (model, draft, adapter), argv and
-    environment. ``runtime`` is looked up when not given (`serve` looks it up once)."""
+    environment. ``runtime`` and ``locks`` are read when not given."""
     roles = server_roles(manifest, spec)
-    locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])  # all problems at once
+    if locks is None:  # all problems at once
+        locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])
     if runtime is None:
         runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
     layout = StoreLayout.of(settings)
@@ -302,9 +284,6 @@ def model_plan(
     for (_, flag, _), snapshot in zip(roles, snapshots, strict=True):
         args += [flag, str(snapshot.path)]
     args += server_argv(spec.server)
-    # A pinned runtime's interpreter has no mlxpin in it, so its server listens on a
-    # loopback port; this interpreter's own mlx_lm is served on a Unix socket.
-    command = runtime.command if runtime.pinned else find_server()
     return LaunchPlan(
         name=spec.name,
         api_label=spec.api_label,
@@ -312,14 +291,14 @@ def model_plan(
         public_host=public[0],
         public_port=public[1],
         private_host=PRIVATE_HOST,
-        server_command=command,
+        server_command=runtime.command,
         server_args=tuple(args),
         env_set=OFFLINE_ENV,
         env_unset=REMOVED_ENV,
         cwd=cwd,
         snapshots=tuple(snapshots),
-        api_key_required=api_key_required,
-        private_socket=command[-1] == UNIX_SERVER_MODULE,
+        api_key=api_key,
+        private_socket=runtime.command[-1] == UNIX_SERVER_MODULE,  # else a loopback port
         gateway=spec.gateway,
         runtime=runtime,
     )

@@ -9,10 +9,8 @@ reported together before anything starts. No network, no socket, no huggingface_
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from mlxpin.config import Settings
@@ -26,7 +24,6 @@ from mlxpin.errors import (
 from mlxpin.plan.launch import (
     PRIVATE_PORT_SHOWN,
     LaunchPlan,
-    find_server,
     model_plan,
     read_api_key,
 )
@@ -46,6 +43,19 @@ SERVER_OVERHEAD_BYTES: Final = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
+class ModelPolicy:
+    """How the pool treats one model once it runs."""
+
+    evictable: bool  # may be stopped to make room, for idleness or by an operator
+    restart_at_once: bool  # after a crash (else: on its next request)
+    fatal_when_spent: bool  # its spent restart budget ends the run (exit 70)
+
+
+ON_DEMAND = ModelPolicy(evictable=True, restart_at_once=False, fatal_when_spent=False)  # serve
+RESIDENT = ModelPolicy(evictable=False, restart_at_once=True, fatal_when_spent=True)  # launch
+
+
+@dataclass(frozen=True)
 class PoolModelPlan:
     launch: LaunchPlan  # the server's argv, environment, cwd and snapshots
     weights: int  # locked bytes of the model, its draft and its adapter
@@ -53,6 +63,7 @@ class PoolModelPlan:
     idle_ttl: float  # seconds; 0 = never stopped for idleness
     preload: bool
     group: DistributedPlan | None = None  # set: `mlx.launch` runs it over several hosts
+    policy: ModelPolicy = ON_DEMAND
 
     @property
     def name(self) -> str:
@@ -64,16 +75,25 @@ class ServePlan:
     host: str
     port: int
     models: tuple[PoolModelPlan, ...]
-    budget: int  # bytes
+    budget: int | None  # bytes; None: no memory budget (launch)
     budget_source: str  # how the budget was chosen, for messages
     physical_memory: int
     max_loaded: int | None
     start_timeout: float
-    api_key_required: bool
-    manifest: Path
-    resident: bool = False  # launch: one model, preloaded, never evicted, restarted at once
+    api_key: str | None = field(default=None, repr=False)  # the gateway's bearer key
     max_connections: int = GatewaySpec().max_connections  # the listener's limits
     header_timeout: float = GatewaySpec().header_timeout
+
+    @property
+    def api_key_required(self) -> bool:
+        return self.api_key is not None
+
+    @property
+    def launched(self) -> PoolModelPlan | None:
+        """`launch`'s one model, which is never evicted: the endpoint is its own (named
+        after it, healthy with it, no operator routes). None for `serve`."""
+        only = self.models[0] if len(self.models) == 1 else None
+        return only if only is not None and not only.policy.evictable else None
 
     def get(self, name: str) -> PoolModelPlan | None:
         return next((m for m in self.models if m.name == name), None)
@@ -124,8 +144,10 @@ class ServePlan:
 LAUNCH_REQUEST_WAIT_S: Final = 30.0
 
 
-def launch_serve_plan(launch: LaunchPlan, group: DistributedPlan | None = None) -> ServePlan:
-    """`mlxpin launch` as a pool: its one model, resident, with no memory budget."""
+def launch_serve_plan(chosen: LaunchPlan | DistributedPlan) -> ServePlan:
+    """`mlxpin launch` as a pool: its one model (a rank group when distributed), resident,
+    with no memory budget."""
+    launch, group = (chosen, None) if isinstance(chosen, LaunchPlan) else (chosen.server, chosen)
     weights = sum(s.total_size for s in launch.snapshots)
     model = PoolModelPlan(
         launch=launch,
@@ -134,19 +156,18 @@ def launch_serve_plan(launch: LaunchPlan, group: DistributedPlan | None = None) 
         idle_ttl=0.0,
         preload=True,
         group=group,
+        policy=RESIDENT,
     )
     return ServePlan(
         host=launch.public_host,
         port=launch.public_port,
         models=(model,),
-        budget=sys.maxsize,
+        budget=None,
         budget_source="launch: one model, no budget",
         physical_memory=0,
         max_loaded=None,
         start_timeout=LAUNCH_REQUEST_WAIT_S,
-        api_key_required=launch.api_key_required,
-        manifest=Path(),
-        resident=True,
+        api_key=launch.api_key,
         max_connections=launch.gateway.max_connections,
         header_timeout=launch.gateway.header_timeout,
     )
@@ -169,12 +190,10 @@ def plan_serve(
     table = manifest.serve
     public_port = table.port if port is None else port
     public_host = table.host if host is None else host
-    # The pinned runtime (78 stale pin, 66 not installed) or this interpreter's mlx_lm; a
-    # runtime's interpreter has no mlxpin in it, so its servers listen on loopback ports.
+    # The pinned runtime (78 stale pin, 66 not installed) or this interpreter's mlx_lm (69
+    # when there is none), before any model's own problem: nothing could serve them.
     runtime = server_runtime(settings, manifest)
-    if not runtime.pinned:
-        find_server()  # 69 before any model's own problem: nothing can serve them
-    api_key_required = read_api_key(environ) is not None
+    api_key = read_api_key(environ)
     physical = memory() if table.memory_budget.bytes is None else 0
     budget = table.memory_budget.resolve(physical)
     source = table.memory_budget.describe()
@@ -189,7 +208,7 @@ def plan_serve(
                 spec,
                 environ,
                 public=(public_host, public_port),
-                api_key_required=api_key_required,
+                api_key=api_key,
                 verify=verify,
                 runtime=runtime,
             )
@@ -236,8 +255,7 @@ def plan_serve(
         physical_memory=physical,
         max_loaded=table.max_loaded,
         start_timeout=table.start_timeout,
-        api_key_required=api_key_required,
-        manifest=manifest.path,
+        api_key=api_key,
     )
 
 
@@ -248,13 +266,13 @@ def _server_plan(
     environ: Mapping[str, str],
     *,
     public: tuple[str, int],
-    api_key_required: bool,
+    api_key: str | None,
     verify: bool,
     runtime: ServerRuntime,
 ) -> tuple[LaunchPlan, DistributedPlan | None]:
     """One model's server in the pool (and its rank group, for a distributed model)."""
     if spec.distributed is not None:
-        group = _group_plan(settings, manifest, spec.name, environ, verify, public[1])
+        group = _group_plan(settings, manifest, spec, environ, verify, public[1])
         return group.server, group
     launch = model_plan(
         settings,
@@ -262,7 +280,7 @@ def _server_plan(
         spec,
         public=public,
         cwd=settings.state_dir / "run" / f"serve-{public[1]}" / spec.name,
-        api_key_required=api_key_required,
+        api_key=api_key,
         verify=verify,
         runtime=runtime,
     )
@@ -279,7 +297,7 @@ def _merged(stale: Sequence[LockStaleError]) -> LockStaleError:
 def _group_plan(
     settings: Settings,
     manifest: Manifest,
-    name: str,
+    spec: ModelSpec,
     environ: Mapping[str, str],
     verify: bool,
     port: int,
@@ -288,8 +306,8 @@ def _group_plan(
     rank 0 runs here, in the pool's own run directory."""
     from mlxpin.plan.distributed import plan_distributed
 
-    group = plan_distributed(settings, name, environ=environ, verify=verify, manifest=manifest)
-    cwd = settings.state_dir / "run" / f"serve-{port}" / name
+    group = plan_distributed(settings, manifest, spec, environ=environ, verify=verify)
+    cwd = settings.state_dir / "run" / f"serve-{port}" / spec.name
     return replace(group, server=replace(group.server, public_port=port, cwd=cwd))
 
 

@@ -72,8 +72,16 @@ def server_runtime(settings: Settings, manifest: Manifest) -> ServerRuntime:
     )
 
 
+UNIX_SERVER_MODULE = "mlxpin.serve.uds_server"
+
+
 def unpinned_server() -> ServerRuntime:
-    """The mlx_lm.server entry point, preferring this interpreter's own installation."""
+    """The mlx_lm.server entry point, preferring this interpreter's own installation.
+
+    With this interpreter's mlx_lm, the server runs through mlxpin's launcher, which
+    serves it on a Unix socket (see `mlxpin.serve.uds_server`); an mlx_lm.server found on
+    PATH belongs to another interpreter and can only listen on a loopback port.
+    """
     spec = importlib.util.find_spec("mlx_lm")
     if spec is not None:
         versions: dict[str, str] = {}
@@ -82,7 +90,7 @@ def unpinned_server() -> ServerRuntime:
             if versions:
                 break
         return ServerRuntime(
-            command=(sys.executable, "-m", "mlx_lm", "server"),
+            command=(sys.executable, "-m", UNIX_SERVER_MODULE),
             pinned=False,
             key=None,
             path=None,

@@ -424,10 +424,11 @@ def _readiness_warnings(settings: Settings, name: str) -> tuple[str, str, tuple[
     from mlxpin.plan.launch import plan_launch
     from mlxpin.project.selection import manifest_of, pick
 
-    spec = pick(manifest_of(settings), [name])[0]
+    manifest = manifest_of(settings)
+    spec = pick(manifest, [name])[0]
     warnings: list[str] = []
     try:
-        plan_launch(settings, spec.name, environ={})
+        plan_launch(settings, manifest, spec, environ={})
     except MlxpinError as exc:  # stale lock, not fetched, mlx_lm missing, ...
         warnings.append(exc.message + (f"; {exc.hint} before boot" if exc.hint else ""))
     description = f"{spec.api_label} on {spec.host}:{spec.port}"

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 State = Literal["stopped", "starting", "ready", "stopping", "failed"]
-STATES: tuple[State, ...] = ("stopped", "starting", "ready", "stopping", "failed")
 HOLDING: frozenset[State] = frozenset({"starting", "ready", "stopping"})
 
 
@@ -54,7 +53,7 @@ class ModelView:
 
 @dataclass(frozen=True)
 class Limits:
-    budget: int  # bytes
+    budget: int | None  # bytes; None: no budget
     max_loaded: int | None = None  # None: no limit on the number of servers
 
 
@@ -100,7 +99,7 @@ def loaded(models: Iterable[ModelView]) -> tuple[int, int]:
 
 def fits(count: int, cost: int, limits: Limits) -> bool:
     within_count = limits.max_loaded is None or count <= limits.max_loaded
-    return within_count and cost <= limits.budget
+    return within_count and (limits.budget is None or cost <= limits.budget)
 
 
 def plan_start(models: Mapping[str, ModelView], target: str, limits: Limits) -> Decision:
@@ -110,7 +109,7 @@ def plan_start(models: Mapping[str, ModelView], target: str, limits: Limits) -> 
         return Already()
     if model.state == "failed":
         return Refuse(f"{target} failed and is not restarted")
-    if model.cost > limits.budget:
+    if limits.budget is not None and model.cost > limits.budget:
         return Refuse(
             f"{target} needs {model.cost} bytes, more than the whole budget of {limits.budget}"
         )

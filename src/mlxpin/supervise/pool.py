@@ -16,10 +16,10 @@ loop:
   while every other model keeps serving;
 - idle models stop after their TTL; ``preload`` models start at boot.
 
-A *resident* plan (``ServePlan.resident``: what `mlxpin launch` runs) is the special
-case of one model that is preloaded, never evicted, restarted at once after a crash (not
-on its next request), and whose spent crash budget ends the run: :attr:`Pool.fatal` is
-set and ``on_fatal`` called, and the runner exits 70.
+Each model's :class:`~mlxpin.plan.serve.ModelPolicy` says whether it may be evicted,
+whether a crash restarts it at once (not on its next request), and whether its spent
+crash budget ends the run (:attr:`Pool.fatal` is set and ``on_fatal`` called; the runner
+exits 70). `mlxpin launch` is a pool of one preloaded model with the resident policy.
 
 What a model runs -- one `mlx_lm.server`, or `mlx.launch` and its ranks -- is its
 :class:`~mlxpin.supervise.servers.ModelServer`'s business; once a start is ready, that
@@ -80,19 +80,11 @@ class StartFailed(Exception):
 class Slot:
     """One model of the pool: its plan, state and server process."""
 
-    def __init__(
-        self,
-        plan: PoolModelPlan,
-        server: ModelServer,
-        policy: RestartPolicy,
-        *,
-        resident: bool = False,
-    ) -> None:
+    def __init__(self, plan: PoolModelPlan, server: ModelServer, policy: RestartPolicy) -> None:
         self.plan = plan
         self.name = plan.name
         self.state: State = "stopped"
         self.server = server
-        self.resident = resident  # never evicted (launch)
         self.process: ServerProcess | None = None
         self.health = GatewayState()  # epochs: a late answer from an old start proves nothing
         self.in_flight = 0
@@ -114,7 +106,7 @@ class Slot:
             self.plan.cost,
             self.in_flight,
             self.last_used,
-            pinned=self.resident,
+            pinned=not self.plan.policy.evictable,
         )
 
     def upstream(self) -> Upstream:
@@ -169,11 +161,8 @@ class Pool:
         self.environ = environ
         self.policy = policy or PoolPolicy()
         self.limits = Limits(budget=plan.budget, max_loaded=plan.max_loaded)
-        self.slots = {
-            m.name: Slot(m, servers(m, environ), self.policy, resident=plan.resident)
-            for m in plan.models
-        }
-        self.fatal: MlxpinError | None = None  # a resident model's crash budget is spent
+        self.slots = {m.name: Slot(m, servers(m, environ), self.policy) for m in plan.models}
+        self.fatal: MlxpinError | None = None  # a fatal_when_spent model's budget is spent
         self._on_fatal = on_fatal
         self.by_label = {m.launch.api_label: self.slots[m.name] for m in plan.models}
         self.admission = asyncio.Lock()
@@ -207,8 +196,8 @@ class Pool:
         return PoolLease(self, slot)
 
     def health(self) -> Health:
-        if self.plan.resident:  # launch: healthy once a completion succeeded since its start
-            slot = next(iter(self.slots.values()))
+        if self.plan.launched is not None:  # healthy once a completion succeeded since start
+            slot = self.slots[self.plan.launched.name]
             if slot.state == "ready" and slot.health.healthy:
                 return Health(True, {"status": "ok", "model": slot.plan.launch.api_label})
             return Health(False, {"status": "loading"})
@@ -247,7 +236,7 @@ class Pool:
             "time": now_wall,
             "budget": {
                 "used": used,
-                "total": None if self.plan.resident else self.plan.budget,
+                "total": self.plan.budget,
                 "source": self.plan.budget_source,
             },
             "loaded": loaded,
@@ -300,8 +289,8 @@ class Pool:
             except Unavailable:
                 raise
             except StartFailed as exc:
-                if slot.failed_reason is not None or slot.resident:
-                    continue  # failed for good (answered above), or launch restarts it now
+                if slot.failed_reason is not None or slot.plan.policy.restart_at_once:
+                    continue  # failed for good (answered above), or restarting already
                 raise Unavailable(
                     f"The model '{slot.plan.launch.api_label}' could not start: {exc}",
                     code="model_unavailable",
@@ -432,7 +421,7 @@ class Pool:
         )
         if isinstance(decision, GiveUp):
             slot.state = "failed"
-            if slot.resident:
+            if slot.plan.policy.fatal_when_spent:
                 slot.failed_reason = decision.message
                 self.fatal = ServerCrashedError(decision.message, decision.hint)
                 if self._on_fatal is not None:
@@ -446,16 +435,10 @@ class Pool:
         else:
             slot.state = "stopped"
             slot.not_before = now + decision.delay_s
-            when = "in" if slot.resident else "on its next request (not before"
-            log.warning(
-                "%s: %s; restarting %s %.4g s%s",
-                slot.name,
-                why,
-                when,
-                decision.delay_s,
-                "" if slot.resident else ")",
-            )
-            if slot.resident:  # launch: back up at once, not on the next request
+            at_once, delay = slot.plan.policy.restart_at_once, f"{decision.delay_s:.4g} s"
+            when = f"in {delay}" if at_once else f"on its next request (not before {delay})"
+            log.warning("%s: %s; restarting %s", slot.name, why, when)
+            if at_once:
                 slot.start_task = asyncio.create_task(self._start(slot))
                 slot.start_task.add_done_callback(_reported)
         self.notify()

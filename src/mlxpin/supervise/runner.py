@@ -25,8 +25,7 @@ from mlxpin.gateway.addresses import bind_public, raise_open_files_limit
 from mlxpin.gateway.aio import import_aiohttp
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Unavailable
-from mlxpin.gateway.state import GatewayState
-from mlxpin.plan.launch import LaunchPlan, read_api_key
+from mlxpin.plan.launch import LaunchPlan
 from mlxpin.plan.serve import ServePlan, launch_serve_plan
 from mlxpin.supervise.pool import Pool, PoolPolicy, ServerFactory, Slot, single_server
 
@@ -34,6 +33,7 @@ if TYPE_CHECKING:  # aiohttp is imported once the preloaded servers are spawned
     from aiohttp import web
 
     from mlxpin.gateway.app import Gateway
+    from mlxpin.plan.distributed import DistributedPlan
 
 log = logging.getLogger("mlxpin.serve")
 
@@ -99,21 +99,18 @@ def pool_app(gateway: Gateway, pool: Pool, *, operator: bool = True) -> web.Appl
 
 
 async def run_pool(
-    plan: ServePlan,
-    environ: Mapping[str, str],
-    policy: PoolPolicy,
-    servers: ServerFactory = single_server,
+    plan: ServePlan, environ: Mapping[str, str], policy: PoolPolicy, servers: ServerFactory
 ) -> int:
     """Bind the public port (taken: exit 69 before anything starts), start the pool and
-    the gateway, run until a signal -- or, for a resident model (launch), until its crash
-    budget is spent (raises ServerCrashedError, exit 70)."""
+    the gateway, run until a signal -- or until a model whose policy says so has spent
+    its crash budget (raises ServerCrashedError, exit 70)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, stopping.set)
-    api_key = read_api_key(environ)
     raise_open_files_limit()  # before the gateway sizes its connection cap from it
-    who = plan.models[0].name if plan.resident else "serve"
+    launched = plan.launched
+    who = "serve" if launched is None else launched.name
     try:
         listeners = bind_public(plan.host, plan.port)
     except OSError as exc:
@@ -129,9 +126,9 @@ async def run_pool(
         from mlxpin.gateway.app import Gateway, serve
         from mlxpin.gateway.listener import ListenerLimits
 
-        gateway = Gateway(pool, GatewayState(), api_key=api_key)
+        gateway = Gateway(pool, api_key=plan.api_key)
         limits = ListenerLimits(plan.max_connections, plan.header_timeout)
-        app = pool_app(gateway, pool, operator=not plan.resident)
+        app = pool_app(gateway, pool, operator=launched is None)
         runner = await serve(app, plan.host, plan.port, limits, sockets=listeners)
         _log_listening(plan)
         await stopping.wait()
@@ -149,13 +146,9 @@ async def run_pool(
 
 
 def _log_listening(plan: ServePlan) -> None:
-    if plan.resident:
-        log.info(
-            "gateway for %r listening on %s:%s",
-            plan.models[0].launch.api_label,
-            plan.host,
-            plan.port,
-        )
+    if plan.launched is not None:
+        label = plan.launched.launch.api_label
+        log.info("gateway for %r listening on %s:%s", label, plan.host, plan.port)
         return
     log.info(
         "serving %d models on http://%s:%d/v1 (budget %d bytes, max_loaded %s)",
@@ -170,19 +163,24 @@ def _log_listening(plan: ServePlan) -> None:
 def run_pool_plan(
     plan: ServePlan,
     environ: Mapping[str, str],
-    policy: PoolPolicy | None = None,
-    servers: ServerFactory | None = None,
+    policy: PoolPolicy,
+    watchdog: tuple[float, ...] = (),
 ) -> int:
-    """Run ``plan`` on a fresh event loop; a distributed model runs as a rank group."""
-    if servers is None:
-        servers = single_server
-        if any(m.group is not None for m in plan.models):
-            from mlxpin.supervise.rankgroup import WatchdogPolicy, group_servers
+    """Run ``plan`` on a fresh event loop. A distributed model runs as a rank group,
+    probed as ``watchdog`` says: (interval, timeout) in seconds, or () for the defaults."""
+    servers: ServerFactory = single_server
+    if any(m.group is not None for m in plan.models):
+        from mlxpin.supervise.rankgroup import WatchdogPolicy, group_servers
 
-            servers = group_servers(WatchdogPolicy())
-    return asyncio.run(run_pool(plan, environ, policy or PoolPolicy(), servers))
+        servers = group_servers(WatchdogPolicy(*watchdog))
+    return asyncio.run(run_pool(plan, environ, policy, servers))
 
 
-def run_plan(plan: LaunchPlan, environ: Mapping[str, str], policy: PoolPolicy | None = None) -> int:
+def run_plan(
+    plan: LaunchPlan | DistributedPlan,
+    environ: Mapping[str, str],
+    policy: PoolPolicy,
+    watchdog: tuple[float, ...] = (),
+) -> int:
     """`mlxpin launch`: one model, resident, behind its own gateway (70 past its budget)."""
-    return run_pool_plan(launch_serve_plan(plan), environ, policy)
+    return run_pool_plan(launch_serve_plan(plan), environ, policy, watchdog)
