@@ -17,7 +17,7 @@ from mlxpin.errors import ConfigError, ExitCode, LockCorruptError, Run
 from mlxpin.runtime.garbage import live_runtime_keys, runtime_garbage
 from mlxpin.runtime.layout import RuntimeLayout
 from mlxpin.store.gc.inventory import LiveRoot, LiveScan, collect_live, read_roots, scan
-from mlxpin.store.gc.plan import GcPlan, LiveSet, RootOnDisk, plan
+from mlxpin.store.gc.plan import GcPlan, RootOnDisk, plan
 from mlxpin.store.gc.sweep import LOCK_TIMEOUT_S, ItemOutcome, sweep_item
 from mlxpin.store.layout import StoreLayout
 
@@ -72,10 +72,6 @@ def _runtime_keys(
 ) -> tuple[set[str], list[LockCorruptError]]:
     """The runtimes the live lock dirs' lock/runtime.toml name."""
     return live_runtime_keys(sorted({settings.lock_dir, *(r.lock_dir for r in roots)}))
-
-
-def _with_runtimes(live: LiveSet, runtimes: RuntimeLayout, keys: set[str]) -> LiveSet:
-    return LiveSet(live.paths | {runtimes.path(k) for k in keys})
 
 
 def _refuse_unsafe(
@@ -150,6 +146,6 @@ def gc(
     _refuse_unsafe(settings, found, roots, problems, forget_missing=forget_missing)
     # A lock written since the scan may have made something live again: read them once more.
     again = collect_live(settings, layout, read_roots(layout))
-    live_again = _with_runtimes(again.live, runtimes, _runtime_keys(settings, again.roots)[0])
+    live_again = again.live | {runtimes.path(k) for k in _runtime_keys(settings, again.roots)[0]}
     outcomes = tuple(sweep_item(item, live_again, lock_timeout_s) for item in the_plan.doomed)
     return GcResult(False, include_foreign, the_plan, outcomes, live_roots, problems)

@@ -228,7 +228,9 @@ def lock(
                 resolution = resolve(spec, client)
                 write_lock(settings.lock_dir, resolution.lock)
             except MlxpinError as exc:
-                return LockChange(spec.name, "failed", _describe(spec), reason, error=exc)
+                return LockChange(
+                    spec.name, "failed", spec.launch.source.describe(), reason, error=exc
+                )
             return _changed(spec, old, resolution, reason)
 
         if todo:
@@ -246,15 +248,11 @@ def lock(
     return LockResult(tuple(changes), runtime)
 
 
-def _describe(spec: ModelSpec) -> str:
-    return spec.launch.source.describe()
-
-
 def _kept(spec: ModelSpec, old: LockedModel) -> LockChange:
     return LockChange(
         spec.name,
         "kept",
-        _describe(spec),
+        spec.launch.source.describe(),
         revision=old.original.revision,
         old_commit=old.commit,
         old_date=old.last_modified,
@@ -277,7 +275,7 @@ def _changed(
     return LockChange(
         spec.name,
         action,
-        _describe(spec),
+        spec.launch.source.describe(),
         reason,
         revision=new.original.revision,
         old_commit=old.commit if old else None,

@@ -43,13 +43,13 @@ class ModelStatus(ModelIdentity):
 class RuntimeStatus:
     state: str  # lock/runtime.toml: ok | missing | stale | corrupt | orphan; or "unpinned"
     reason: str | None
-    key: str | None
-    packages: int
-    mlx_lm: str | None  # pinned versions
-    mlx: str | None
-    installed: bool
-    problem: str | None  # why it is not installed
-    path: Path | None
+    key: str | None = None
+    packages: int = 0
+    mlx_lm: str | None = None  # pinned versions
+    mlx: str | None = None
+    installed: bool = False
+    problem: str | None = None  # why it is not installed
+    path: Path | None = None
     python: str | None = None  # unpinned: the interpreter that runs the server
 
     def to_json(self) -> dict[str, Any]:
@@ -77,23 +77,17 @@ def runtime_status(settings: Settings, manifest: Manifest) -> RuntimeStatus:
         try:
             server = unpinned_server()
         except ServerMissingError as exc:
-            return RuntimeStatus(
-                "unpinned", "no [runtime]", None, 0, None, None, False, exc.message, None
-            )
+            return RuntimeStatus("unpinned", "no [runtime]", problem=exc.message)
         return RuntimeStatus(
             "unpinned",
             "no [runtime]",
-            None,
-            0,
-            server.mlx_lm,
-            server.mlx,
-            True,
-            None,
-            None,
-            server.python,
+            mlx_lm=server.mlx_lm,
+            mlx=server.mlx,
+            installed=True,
+            python=server.python,
         )
     if pin is None:
-        return RuntimeStatus(state.state, state.reason, None, 0, None, None, False, None, None)
+        return RuntimeStatus(state.state, state.reason)
     layout = RuntimeLayout.of(settings)
     check = check_runtime(layout, pin.key)
     return RuntimeStatus(

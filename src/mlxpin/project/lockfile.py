@@ -145,12 +145,32 @@ def write_lock(lock_dir: Path, lock: LockedModel) -> bool:
 # --- reading ---------------------------------------------------------------------------
 
 
-class _Reader:
+def read_file(path: Path) -> bytes | None:
+    """A lock file's bytes; None when there is none (LockCorruptError if unreadable)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LockCorruptError(path, f"cannot read it: {exc.strerror}") from None
+
+
+class Reader:
+    """Checks one lock file's fields; every problem is a LockCorruptError naming it."""
+
     def __init__(self, file: Path) -> None:
         self.file = file
 
     def fail(self, problem: str) -> LockCorruptError:
         return LockCorruptError(self.file, problem)
+
+    def toml(self, data: bytes) -> dict[str, Any]:
+        try:
+            return tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise self.fail(f"not valid TOML ({exc})") from None
+        except RecursionError:  # hostile nesting; mlxpin writes three levels at most
+            raise self.fail("not valid TOML (nested too deeply)") from None
 
     def table(self, data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
         value = data.get(key)
@@ -158,13 +178,14 @@ class _Reader:
             raise self.fail(f"[{key}] is missing")
         return value
 
-    def string(self, data: Mapping[str, Any], key: str, *, optional: bool = False) -> str | None:
+    def string(self, data: Mapping[str, Any], key: str, where: str = "") -> str:
         value = data.get(key)
-        if value is None and optional:
-            return None
         if not isinstance(value, str):
-            raise self.fail(f"`{key}` must be a string")
+            raise self.fail(f"{where}`{key}` must be a string")
         return value
+
+    def optional_string(self, data: Mapping[str, Any], key: str) -> str | None:
+        return None if data.get(key) is None else self.string(data, key)
 
     def size(self, data: Mapping[str, Any], key: str) -> int:
         value = data.get(key)
@@ -179,18 +200,12 @@ class _Reader:
 
 
 def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> LockedModel:
-    reader = _Reader(file)
-    try:
-        document = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise reader.fail(f"not valid TOML ({exc})") from None
-    except RecursionError:  # hostile nesting; mlxpin writes three levels at most
-        raise reader.fail("not valid TOML (nested too deeply)") from None
+    reader = Reader(file)
+    document = reader.toml(data)
     reader.keys(document, {"format", "name", "original", "locked", "files"}, "the file")
     if document.get("format") != LOCK_FORMAT:
         raise reader.fail(f"unsupported format {document.get('format')!r} (expected {LOCK_FORMAT})")
     name = reader.string(document, "name")
-    assert name is not None
     if expected_name is not None and name != expected_name:
         raise reader.fail(f"records model {name!r} but the file is named {expected_name}.toml")
     original_table = reader.table(document, "original")
@@ -201,9 +216,9 @@ def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> Loc
     ):
         raise reader.fail("[original] files must be an array of strings")
     original = Original(
-        repo=reader.string(original_table, "repo", optional=True),
-        path=reader.string(original_table, "path", optional=True),
-        revision=reader.string(original_table, "revision", optional=True),
+        repo=reader.optional_string(original_table, "repo"),
+        path=reader.optional_string(original_table, "path"),
+        revision=reader.optional_string(original_table, "revision"),
         files=tuple(files_patterns) if files_patterns is not None else None,
     )
     if (original.repo is None) == (original.path is None):
@@ -216,14 +231,14 @@ def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> Loc
         raise reader.fail("[original] path is not a valid path")
     locked = reader.table(document, "locked")
     reader.keys(locked, {"commit", "last_modified", "tree_hash", "total_size"}, "[locked]")
-    commit = reader.string(locked, "commit", optional=True)
+    commit = reader.optional_string(locked, "commit")
     if original.repo is not None and (commit is None or not validate.is_commit(commit)):
         raise reader.fail("[locked] commit must be a 40-hex commit for a Hub source")
     if original.path is not None and commit is not None:
         raise reader.fail("[locked] a local path source has no commit")
     files = _parse_files(reader, document.get("files", []))
     lock = make_locked(
-        name, original, commit, reader.string(locked, "last_modified", optional=True), files
+        name, original, commit, reader.optional_string(locked, "last_modified"), files
     )
     if reader.string(locked, "tree_hash") != lock.tree_hash:
         raise reader.fail("tree_hash does not match the files listed (was the file edited?)")
@@ -232,7 +247,7 @@ def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> Loc
     return lock
 
 
-def _parse_files(reader: _Reader, raw: object) -> list[LockedFile]:
+def _parse_files(reader: Reader, raw: object) -> list[LockedFile]:
     if not isinstance(raw, list):
         raise reader.fail("[[files]] must be an array of tables")
     files: list[LockedFile] = []
@@ -243,7 +258,6 @@ def _parse_files(reader: _Reader, raw: object) -> list[LockedFile]:
         reader.keys(entry, {"path", "size", "oid"}, "[[files]]")
         path = reader.string(entry, "path")
         oid = reader.string(entry, "oid")
-        assert path is not None and oid is not None
         problem = validate.relpath_problem(path)
         if problem:
             raise reader.fail(f"file path {path!r} {problem}")
@@ -263,13 +277,8 @@ def _parse_files(reader: _Reader, raw: object) -> list[LockedFile]:
 def read_lock(lock_dir: Path, name: str) -> LockedModel | None:
     """The lock of one model; None if it has none. Raises LockCorruptError."""
     path = lock_path(lock_dir, name)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise LockCorruptError(path, f"cannot read it: {exc.strerror}") from None
-    return parse_lock(data, path, expected_name=name)
+    data = read_file(path)
+    return None if data is None else parse_lock(data, path, expected_name=name)
 
 
 def is_lock_file(path: Path) -> bool | None:

@@ -15,21 +15,11 @@ from dataclasses import dataclass
 
 DEFAULT_BUDGET_PERCENT = 75.0
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "kib": 2**10,
-    "m": 10**6,
-    "mb": 10**6,
-    "mib": 2**20,
-    "g": 10**9,
-    "gb": 10**9,
-    "gib": 2**30,
-    "t": 10**12,
-    "tb": 10**12,
-    "tib": 2**40,
+# "", "b": bytes; "k"/"kb" = 10**3 ... "t"/"tb" = 10**12; "kib" = 2**10 ... "tib" = 2**40
+_UNITS = {"": 1, "b": 1} | {
+    prefix + suffix: (1024 if suffix == "ib" else 1000) ** power
+    for power, prefix in enumerate("kmgt", 1)
+    for suffix in ("", "b", "ib")
 }
 _SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", re.ASCII)
 _PERCENT_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*", re.ASCII)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 ServerValue = bool | int | float | str | tuple[str, ...] | dict[str, object]
 
@@ -18,7 +18,7 @@ ServerValue = bool | int | float | str | tuple[str, ...] | dict[str, object]
 @dataclass(frozen=True)
 class ServerOption:
     flag: str
-    kind: str  # "int", "float", "bool", "str", "json_object", "str_list", "choice"
+    kind: Literal["int", "float", "bool", "str", "json_object", "str_list", "choice"]
     help: str
     minimum: float | None = None
     maximum: float | None = None
@@ -64,14 +64,6 @@ SERVER_OPTIONS: dict[str, ServerOption] = {
 }
 
 
-def _check_number(option: ServerOption, value: float) -> str | None:
-    if option.minimum is not None and value < option.minimum:
-        return f"must be ≥ {option.minimum:g}"
-    if option.maximum is not None and value > option.maximum:
-        return f"must be ≤ {option.maximum:g}"
-    return None
-
-
 def _json_safe(value: object) -> bool:
     try:
         json.dumps(value, allow_nan=False)
@@ -80,23 +72,11 @@ def _json_safe(value: object) -> bool:
     return True
 
 
-def _check_int(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None, "must be an integer"
-    return int(value), _check_number(option, value)
-
-
-def _check_float(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None, "must be a number"
-    if not math.isfinite(value):
-        return None, "must be a finite number"
-    return float(value), _check_number(option, float(value))
-
-
-def _check_bool(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
-    if not isinstance(value, bool):
-        return None, "must be true or false"
+def _in_range(option: ServerOption, value: float) -> tuple[ServerValue | None, str | None]:
+    if option.minimum is not None and value < option.minimum:
+        return None, f"must be ≥ {option.minimum:g}"
+    if option.maximum is not None and value > option.maximum:
+        return None, f"must be ≤ {option.maximum:g}"
     return value, None
 
 
@@ -105,29 +85,34 @@ def _check_bool(option: ServerOption, value: object) -> tuple[ServerValue | None
 _DASH = "must not start with '-' (mlx_lm.server would read it as a flag)"
 
 
-def _check_str(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
-    if not isinstance(value, str) or not value or "\0" in value:
-        return None, "must be a non-empty string"
-    if value.startswith("-"):
-        return None, _DASH
-    return value, None
-
-
-def _check_choice(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
-    if not isinstance(value, str) or value.upper() not in option.choices:
-        return None, "must be one of " + ", ".join(option.choices)
-    return value.upper(), None
-
-
-def _check_json_object(
-    option: ServerOption, value: object
-) -> tuple[ServerValue | None, str | None]:
-    if not isinstance(value, dict) or not _json_safe(value):
-        return None, "must be a table of plain values, e.g. { enable_thinking = false }"
-    return dict(value), None
-
-
-def _check_str_list(option: ServerOption, value: object) -> tuple[ServerValue | None, str | None]:
+def check_server_value(key: str, value: object) -> tuple[ServerValue | None, str | None]:
+    """Validate one option; returns (normalised value, None) or (None, problem)."""
+    option = SERVER_OPTIONS[key]
+    kind = option.kind
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, "must be an integer"
+        return _in_range(option, int(value))
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None, "must be a number"
+        if not math.isfinite(value):
+            return None, "must be a finite number"
+        return _in_range(option, float(value))
+    if kind == "bool":
+        return (value, None) if isinstance(value, bool) else (None, "must be true or false")
+    if kind == "choice":
+        if not isinstance(value, str) or value.upper() not in option.choices:
+            return None, "must be one of " + ", ".join(option.choices)
+        return value.upper(), None
+    if kind == "json_object":
+        if not isinstance(value, dict) or not _json_safe(value):
+            return None, "must be a table of plain values, e.g. { enable_thinking = false }"
+        return dict(value), None
+    if kind == "str":
+        if not isinstance(value, str) or not value or "\0" in value:
+            return None, "must be a non-empty string"
+        return (None, _DASH) if value.startswith("-") else (value, None)
     if (
         not isinstance(value, list)
         or not value
@@ -135,27 +120,7 @@ def _check_str_list(option: ServerOption, value: object) -> tuple[ServerValue | 
     ):
         return None, 'must be a non-empty list of strings without commas, e.g. ["*"]'
     dashed = [v for v in value if v.startswith("-")]
-    if dashed:
-        return None, f"{dashed[0]!r} {_DASH}"
-    return tuple(value), None
-
-
-_CHECKERS: dict[str, Callable[[ServerOption, object], tuple[ServerValue | None, str | None]]] = {
-    "int": _check_int,
-    "float": _check_float,
-    "bool": _check_bool,
-    "str": _check_str,
-    "choice": _check_choice,
-    "json_object": _check_json_object,
-    "str_list": _check_str_list,
-}
-
-
-def check_server_value(key: str, value: object) -> tuple[ServerValue | None, str | None]:
-    """Validate one option; returns (normalised value, None) or (None, problem)."""
-    option = SERVER_OPTIONS[key]
-    normalised, problem = _CHECKERS[option.kind](option, value)
-    return (None, problem) if problem else (normalised, None)
+    return (None, f"{dashed[0]!r} {_DASH}") if dashed else (tuple(value), None)
 
 
 def server_argv(options: tuple[tuple[str, ServerValue], ...]) -> list[str]:

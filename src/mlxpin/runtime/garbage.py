@@ -16,7 +16,7 @@ from mlxpin.errors import LockCorruptError
 from mlxpin.runtime.layout import RuntimeLayout
 from mlxpin.runtime.pin import read_pin
 from mlxpin.store.gc.inventory import tree_size
-from mlxpin.store.gc.plan import STALE_AFTER_S, Doomed
+from mlxpin.store.gc.plan import STALE_AFTER_S, Doomed, GarbageKind
 
 KEY_RE = re.compile(r"[0-9a-f]{32}")
 
@@ -41,34 +41,24 @@ def runtime_garbage(layout: RuntimeLayout, live: set[str], now: float) -> list[D
         entries = sorted(layout.root.iterdir())
     except OSError:
         return doomed
+    kind: GarbageKind
     for entry in entries:
         name = entry.name
+        key = name[1:].split(".", 1)[0]  # of a build left aside: `.<key>.tmp-*`, `.<key>.old-*`
         if KEY_RE.fullmatch(name) and entry.is_dir() and not entry.is_symlink():
-            if name not in live:
-                doomed.append(
-                    Doomed(
-                        "runtime",
-                        entry,
-                        tree_size(entry),
-                        "server runtime no lock names",
-                        layout.mutex(name),
-                    )
-                )
-            continue
-        key = name[1:].split(".", 1)[0]
-        if name.startswith(".") and KEY_RE.fullmatch(key) and (".tmp-" in name or ".old-" in name):
+            if name in live:
+                continue
+            kind, key, reason = "runtime", name, "server runtime no lock names"
+        elif (
+            name.startswith(".") and KEY_RE.fullmatch(key) and (".tmp-" in name or ".old-" in name)
+        ):
             try:
-                age = now - entry.lstat().st_mtime
+                if now - entry.lstat().st_mtime <= STALE_AFTER_S:
+                    continue
             except OSError:
                 continue
-            if age > STALE_AFTER_S:
-                doomed.append(
-                    Doomed(
-                        "temp",
-                        entry,
-                        tree_size(entry),
-                        "runtime build left by an interrupted fetch",
-                        layout.mutex(key),
-                    )
-                )
+            kind, reason = "temp", "runtime build left by an interrupted fetch"
+        else:
+            continue
+        doomed.append(Doomed(kind, entry, tree_size(entry), reason, layout.mutex(key)))
     return doomed

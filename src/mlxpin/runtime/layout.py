@@ -57,7 +57,6 @@ class InstalledRuntime:
     path: Path
     python: Path  # the runtime's interpreter (what runs mlx_lm.server)
     python_version: str
-    site_packages: Path
     dists: Mapping[str, str]  # canonical name -> version
 
 
@@ -95,29 +94,21 @@ def check_runtime(layout: RuntimeLayout, key: str) -> RuntimeCheck:
         return RuntimeCheck(False, f"lost its interpreter ({python} does not run)")
     if dist_versions(site_packages) != dists:
         return RuntimeCheck(False, "changed since it was installed (packages added or removed)")
-    return RuntimeCheck(
-        True,
-        installed=InstalledRuntime(
-            key, layout.path(key), python, python_version, site_packages, dists
-        ),
-    )
+    installed = InstalledRuntime(key, layout.path(key), python, python_version, dists)
+    return RuntimeCheck(True, installed=installed)
 
 
-def write_stamp(
-    path: Path, key: str, python_version: str, site_packages: Path
-) -> Mapping[str, str]:
+def write_stamp(path: Path, key: str, python_version: str, site_packages: Path) -> None:
     """Record a finished build (inside the directory, before it is renamed into place)."""
-    dists = dist_versions(site_packages)
     data = {
         "format": STAMP_FORMAT,
         "key": key,
         "python_version": python_version,
         "site_packages": str(site_packages.relative_to(path)),
-        "dists": dict(sorted(dists.items())),
+        "dists": dict(sorted(dist_versions(site_packages).items())),
     }
     stamp = path / STAMP_NAME
     with open(stamp, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=1, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
-    return dists

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mlxpin.errors import LockCorruptError
-from mlxpin.project.lockfile import PinState
+from mlxpin.project.lockfile import PinState, Reader, read_file
 from mlxpin.project.manifest import RuntimeSpec
 from mlxpin.util.atomic import write_if_changed
 
@@ -203,118 +202,86 @@ def write_pin(lock_dir: Path, pin: RuntimePin) -> bool:
 # --- reading ---------------------------------------------------------------------------
 
 
-def _fail(file: Path, problem: str) -> LockCorruptError:
-    return LockCorruptError(file, problem)
-
-
-def _keys(file: Path, data: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    extra = set(data) - allowed
-    if extra:
-        raise _fail(file, f"unexpected key(s) in {where}: {', '.join(sorted(extra))}")
-
-
-def _str(file: Path, data: Mapping[str, Any], key: str, where: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str):
-        raise _fail(file, f"{where} `{key}` must be a string")
-    return value
-
-
-def _head(file: Path, document: Mapping[str, Any]) -> tuple[RuntimeOriginal, Mapping[str, Any]]:
-    _keys(file, document, {"format", "original", "locked", "packages"}, "the file")
+def _head(reader: Reader, document: Mapping[str, Any]) -> tuple[RuntimeOriginal, Mapping[str, Any]]:
+    reader.keys(document, {"format", "original", "locked", "packages"}, "the file")
     if document.get("format") != RUNTIME_FORMAT:
-        raise _fail(file, f"unsupported format {document.get('format')!r}")
+        raise reader.fail(f"unsupported format {document.get('format')!r}")
     original_table = document.get("original")
     locked = document.get("locked")
     if not isinstance(original_table, dict) or not isinstance(locked, dict):
-        raise _fail(file, "[original] and [locked] are required")
-    _keys(file, original_table, {"python", "requirements"}, "[original]")
-    _keys(file, locked, {"key", "requires_python"}, "[locked]")
+        raise reader.fail("[original] and [locked] are required")
+    reader.keys(original_table, {"python", "requirements"}, "[original]")
+    reader.keys(locked, {"key", "requires_python"}, "[locked]")
     requirements = original_table.get("requirements")
     if not isinstance(requirements, list) or not all(isinstance(r, str) for r in requirements):
-        raise _fail(file, "[original] requirements must be an array of strings")
-    if not _KEY_RE.fullmatch(_str(file, locked, "key", "[locked]")):
-        raise _fail(file, "[locked] key must be 32 hex digits")
-    python = _str(file, original_table, "python", "[original]")
+        raise reader.fail("[original] requirements must be an array of strings")
+    if not _KEY_RE.fullmatch(reader.string(locked, "key", "[locked] ")):
+        raise reader.fail("[locked] key must be 32 hex digits")
+    python = reader.string(original_table, "python", "[original] ")
     return RuntimeOriginal(python, tuple(requirements)), locked
-
-
-def _toml(data: bytes, file: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise _fail(file, f"not valid TOML ({exc})") from None
 
 
 def parse_head(data: bytes, file: Path) -> PinHead:
     """Only the inputs and the key (the boot path): the text before the first package.
     `fetch` checked the whole file against its key before it installed that key."""
+    reader = Reader(file)
     end = data.find(b"\n[[packages]]")
-    original, locked = _head(file, _toml(data if end < 0 else data[:end], file))
+    original, locked = _head(reader, reader.toml(data if end < 0 else data[:end]))
     return PinHead(original, str(locked["key"]))
 
 
 def parse_pin(data: bytes, file: Path) -> RuntimePin:
-    document = _toml(data, file)
-    original, locked = _head(file, document)
+    reader = Reader(file)
+    document = reader.toml(data)
+    original, locked = _head(reader, document)
     raw = document.get("packages", [])
     if not isinstance(raw, list) or not raw:
-        raise _fail(file, "[[packages]] must list the pinned distributions")
-    packages = [_parse_dist(file, entry) for entry in raw]
-    pin = make_pin(original, _str(file, locked, "requires_python", "[locked]"), packages)
-    if _str(file, locked, "key", "[locked]") != pin.key:
-        raise _fail(file, "key does not match the packages listed (was the file edited?)")
+        raise reader.fail("[[packages]] must list the pinned distributions")
+    packages = [_parse_dist(reader, entry) for entry in raw]
+    pin = make_pin(original, reader.string(locked, "requires_python", "[locked] "), packages)
+    if reader.string(locked, "key", "[locked] ") != pin.key:
+        raise reader.fail("key does not match the packages listed (was the file edited?)")
     return pin
 
 
-def _parse_dist(file: Path, entry: object) -> LockedDist:
+def _parse_dist(reader: Reader, entry: object) -> LockedDist:
     if not isinstance(entry, dict):
-        raise _fail(file, "each [[packages]] entry must be a table")
-    _keys(file, entry, {"name", "version", "marker", "files"}, "[[packages]]")
-    name = _str(file, entry, "name", "[[packages]]")
-    version = _str(file, entry, "version", "[[packages]]")
+        raise reader.fail("each [[packages]] entry must be a table")
+    reader.keys(entry, {"name", "version", "marker", "files"}, "[[packages]]")
+    name = reader.string(entry, "name", "[[packages]] ")
+    version = reader.string(entry, "version", "[[packages]] ")
     if not NAME_RE.fullmatch(name) or not _VERSION_RE.fullmatch(version):
-        raise _fail(file, f"package {name!r} {version!r} is not a valid name and version")
+        raise reader.fail(f"package {name!r} {version!r} is not a valid name and version")
     marker = entry.get("marker")
     if marker is not None and not isinstance(marker, str):
-        raise _fail(file, f"{name}: marker must be a string")
+        raise reader.fail(f"{name}: marker must be a string")
     files_raw = entry.get("files")
     if not isinstance(files_raw, list) or not files_raw:
-        raise _fail(file, f"{name}: files must list at least one distribution file")
+        raise reader.fail(f"{name}: files must list at least one distribution file")
     files: list[DistFile] = []
     for item in files_raw:
         if not isinstance(item, dict):
-            raise _fail(file, f"{name}: each file must be a table")
-        _keys(file, item, {"name", "size", "sha256"}, f"{name} files")
-        file_name = _str(file, item, "name", f"{name} file")
-        digest = _str(file, item, "sha256", f"{name} file")
+            raise reader.fail(f"{name}: each file must be a table")
+        reader.keys(item, {"name", "size", "sha256"}, f"{name} files")
+        file_name = reader.string(item, "name", f"{name} file ")
+        digest = reader.string(item, "sha256", f"{name} file ")
         size = item.get("size")
         if not _FILE_RE.fullmatch(file_name) or not _SHA256_RE.fullmatch(digest):
-            raise _fail(file, f"{name}: file {file_name!r} has no valid name and sha256")
+            raise reader.fail(f"{name}: file {file_name!r} has no valid name and sha256")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-            raise _fail(file, f"{name}: size of {file_name!r} must be a non-negative integer")
+            raise reader.fail(f"{name}: size of {file_name!r} must be a non-negative integer")
         files.append(DistFile(file_name, size, digest))
     return LockedDist(name, version, marker, tuple(files))
 
 
-def _read(lock_dir: Path) -> bytes | None:
-    path = pin_path(lock_dir)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise LockCorruptError(path, f"cannot read it: {exc.strerror}") from None
-
-
 def read_pin(lock_dir: Path) -> RuntimePin | None:
     """The runtime pin of a lock dir; None if it has none. Raises LockCorruptError."""
-    data = _read(lock_dir)
+    data = read_file(pin_path(lock_dir))
     return None if data is None else parse_pin(data, pin_path(lock_dir))
 
 
 def read_head(lock_dir: Path) -> PinHead | None:
-    data = _read(lock_dir)
+    data = read_file(pin_path(lock_dir))
     return None if data is None else parse_head(data, pin_path(lock_dir))
 
 

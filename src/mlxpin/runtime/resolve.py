@@ -95,16 +95,13 @@ def _file(entry: Mapping[str, Any]) -> DistFile | None:
 
 
 def _dist(entry: Mapping[str, Any]) -> LockedDist:
-    files: list[DistFile] = []
     sdist = entry.get("sdist")
-    for item in [*([sdist] if isinstance(sdist, dict) else []), *entry.get("wheels", [])]:
-        found = _file(item)
-        if found is not None:
-            files.append(found)
+    items = [*([sdist] if isinstance(sdist, dict) else []), *entry.get("wheels", [])]
+    files = tuple(found for found in map(_file, items) if found is not None)
     marker = entry.get("marker")
     return LockedDist(
         name=canonical_name(str(entry["name"])),
         version=str(entry["version"]),
         marker=str(marker) if marker else None,
-        files=tuple(files),
+        files=files,
     )

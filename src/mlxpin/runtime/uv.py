@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlxpin.errors import (
@@ -71,11 +70,6 @@ def index_of(environ: Mapping[str, str]) -> str:
     return env.get("UV_INDEX_URL") or env.get("UV_DEFAULT_INDEX") or "uv's default index (PyPI)"
 
 
-@dataclass(frozen=True)
-class UvRun:
-    stderr: str
-
-
 def run_uv(
     args: Sequence[str],
     environ: Mapping[str, str],
@@ -84,7 +78,7 @@ def run_uv(
     cwd: Path | None = None,
     on_line: Callable[[str], None] | None = None,
     manifest: Path | None = None,
-) -> UvRun:
+) -> None:
     """Run `uv ARGS`; a failure becomes the typed error its message says it is.
     Each line uv writes to stderr also goes to `on_line` as it comes (progress)."""
     argv = [find_uv(), *args]
@@ -108,10 +102,8 @@ def run_uv(
             code = process.wait()
     except OSError as exc:
         raise ResolverUnavailableError(f"cannot run uv ({exc.strerror})") from None
-    stderr = "".join(lines)
     if code != 0:
-        raise classify(stderr, what, index_of(environ), manifest)
-    return UvRun(stderr)
+        raise classify("".join(lines), what, index_of(environ), manifest)
 
 
 def _tail(text: str, lines: int = 6) -> str:

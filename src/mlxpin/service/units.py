@@ -2,26 +2,18 @@
 launchd plist (macOS).
 
 Rendering is pure: a frozen `ServiceSpec` → the unit's text. The spec holds only absolute
-paths (this interpreter, the manifest, the lock dir, the caches, the log file) and the
-variables that say where the caches are, so that at boot `launch` finds exactly the
-snapshots `fetch` filled. It never holds a secret: no `HF_TOKEN`, no `MLXPIN_API_KEY`
-(systemd reads the key from an optional `EnvironmentFile=` the user creates; launchd has
+paths and the variables that say where the caches are, so that at boot `launch` finds
+exactly the snapshots `fetch` filled. It never holds a secret: no `HF_TOKEN`, no
+`MLXPIN_API_KEY` (systemd reads the key from an optional `EnvironmentFile=`; launchd has
 no such thing, see the plist's comment).
 
-Restart policy, written so that a supervisor never loops on a permanent error:
+The restart policy never loops on a permanent error: systemd is told which exit codes not
+to restart; launchd cannot exclude exit codes, so it restarts any failure at most once per
+`ThrottleInterval`, and `mlxpin launch` refuses a permanent error in its preflight (no
+network, no server), so each retry is cheap and succeeds once the user runs the fix.
 
-- systemd: `Restart=on-failure` with `RestartPreventExitStatus=65 66 77 78` (bad data,
-  snapshot not fetched, access denied, configuration), a start limit as a backstop for
-  temporary failures, `KillMode=mixed` (SIGTERM to `mlxpin launch`, which stops its
-  server; SIGKILL to whatever is left after `TimeoutStopSec`).
-- launchd cannot exclude exit codes: `KeepAlive = {SuccessfulExit = false}` restarts on
-  any failure, at most once per `ThrottleInterval`. `mlxpin launch` refuses a permanent
-  error in its preflight (no network, no server started, one line on stderr), so each
-  throttled retry is cheap, and it succeeds by itself once the user runs the fix.
-
-The second half of the module (`build_spec`, `install`, `uninstall`) does the side
-effects: validating the manifest, writing the file atomically and, only when asked,
-running systemctl/launchctl.
+`build_spec`, `install` and `uninstall` do the side effects: validating the manifest,
+writing the file atomically and, only when asked, running systemctl/launchctl.
 """
 
 from __future__ import annotations
@@ -43,33 +35,37 @@ from mlxpin.util.atomic import write_atomic
 
 Platform = Literal["linux", "macos"]
 
-LABEL_PREFIX = "io.mlxpin."
-UNIT_PREFIX = "mlxpin-"
-# sysexits codes `mlxpin launch` uses for errors a restart cannot fix.
-PERMANENT_EXIT_CODES = (65, 66, 77, 78)
-RESTART_SEC = 5
-START_LIMIT_INTERVAL_SEC = 600
-START_LIMIT_BURST = 5
-STOP_TIMEOUT_SEC = 30
-THROTTLE_INTERVAL_SEC = 30
 SERVE_UNIT_NAME = "serve"  # `mlxpin service install --serve`: mlxpin-serve / io.mlxpin.serve
 # Variables whose values must never reach a unit file.
 SECRET_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MLXPIN_API_KEY")
+# launchctl bootout's exit codes for a job that is not loaded.
+_NOT_LOADED = (3, 5, 36, 113)
 
 
 @dataclass(frozen=True)
-class ServiceSpec:
-    """Everything a boot unit says; every path is absolute."""
+class Unit:
+    """Which unit: all that the systemctl/launchctl commands need."""
 
     name: str
     platform: Platform
     system: bool  # system-wide (boot, no login) rather than the user's own manager
+
+    @property
+    def label(self) -> str:
+        """launchd Label / systemd unit name (without .service)."""
+        return ("io.mlxpin." if self.platform == "macos" else "mlxpin-") + self.name
+
+
+@dataclass(frozen=True)
+class ServiceSpec(Unit):
+    """Everything a boot unit says; every path is absolute."""
+
     python: Path
     manifest: Path
     lock_dir: Path
-    environment: tuple[tuple[str, str], ...]
     log_file: Path
     working_dir: Path
+    environment: tuple[tuple[str, str], ...]
     env_file: Path | None  # systemd EnvironmentFile= (optional, may not exist)
     user: str | None  # the account a system-wide unit runs as
     description: str
@@ -80,74 +76,49 @@ class ServiceSpec:
         """The command the unit boots, as a user would type it."""
         return "mlxpin serve" if self.command == "serve" else f"mlxpin launch {self.name}"
 
-    @property
-    def label(self) -> str:
-        """launchd Label / systemd unit name (without .service)."""
-        return LABEL_PREFIX + self.name if self.platform == "macos" else UNIT_PREFIX + self.name
-
     def argv(self) -> tuple[str, ...]:
-        return (
-            str(self.python),
-            "-m",
-            "mlxpin",
-            *((self.command,) if self.command == "serve" else (self.command, self.name)),
-            "--manifest",
-            str(self.manifest),
-            "--lock-dir",
-            str(self.lock_dir),
-        )
+        command = (self.command,) if self.command == "serve" else (self.command, self.name)
+        files = ("--manifest", str(self.manifest), "--lock-dir", str(self.lock_dir))
+        return (str(self.python), "-m", "mlxpin", *command, *files)
 
 
 # --- where units live ---------------------------------------------------------------------
 
 
-def detect_platform(sys_platform: str | None = None) -> Platform:
-    current = sys_platform or sys.platform
-    if current == "darwin":
+def detect_platform() -> Platform:
+    if sys.platform == "darwin":
         return "macos"
-    if current.startswith("linux"):
+    if sys.platform.startswith("linux"):
         return "linux"
     raise UsageError(
-        f"boot units are written for Linux (systemd) and macOS (launchd), not {current!r}",
+        f"boot units are written for Linux (systemd) and macOS (launchd), not {sys.platform!r}",
         f"pass {Flag('service install', '--platform', 'linux')} or "
         f"{Flag('service install', '--platform', 'macos')} to generate one for another machine",
     )
 
 
-def unit_file_name(name: str, platform: Platform) -> str:
-    if platform == "macos":
-        return f"{LABEL_PREFIX}{name}.plist"
-    return f"{UNIT_PREFIX}{name}.service"
-
-
-def unit_dir(platform: Platform, system: bool, environ: Mapping[str, str]) -> Path:
-    """The directory the service manager reads units from (user or system scope)."""
-    if platform == "macos":
-        if system:
-            return Path("/Library/LaunchDaemons")
-        return _home(environ) / "Library" / "LaunchAgents"
-    if system:
-        return Path("/etc/systemd/system")
-    config = environ.get("XDG_CONFIG_HOME")
-    base = Path(config) if config and Path(config).is_absolute() else _home(environ) / ".config"
-    return base / "systemd" / "user"
-
-
-def unit_path(name: str, platform: Platform, system: bool, environ: Mapping[str, str]) -> Path:
-    return unit_dir(platform, system, environ) / unit_file_name(name, platform)
-
-
-def default_env_file(name: str, system: bool, environ: Mapping[str, str]) -> Path:
-    if system:
-        return Path("/etc/mlxpin") / f"{name}.env"
-    config = environ.get("XDG_CONFIG_HOME")
-    base = Path(config) if config and Path(config).is_absolute() else _home(environ) / ".config"
-    return base / "mlxpin" / f"{name}.env"
-
-
 def _home(environ: Mapping[str, str]) -> Path:
     home = environ.get("HOME")
     return Path(home) if home else Path.home()
+
+
+def _config_home(environ: Mapping[str, str]) -> Path:
+    config = environ.get("XDG_CONFIG_HOME")
+    return Path(config) if config and Path(config).is_absolute() else _home(environ) / ".config"
+
+
+def unit_path(unit: Unit, environ: Mapping[str, str]) -> Path:
+    """Where the service manager (user or system scope) reads this unit from."""
+    if unit.platform == "macos":
+        agents = _home(environ) / "Library/LaunchAgents"
+        return (Path("/Library/LaunchDaemons") if unit.system else agents) / f"{unit.label}.plist"
+    folder = Path("/etc/systemd/system") if unit.system else _config_home(environ) / "systemd/user"
+    return folder / f"{unit.label}.service"
+
+
+def default_env_file(name: str, system: bool, environ: Mapping[str, str]) -> Path:
+    folder = Path("/etc/mlxpin") if system else _config_home(environ) / "mlxpin"
+    return folder / f"{name}.env"
 
 
 # --- rendering (pure) ---------------------------------------------------------------------
@@ -157,115 +128,105 @@ def render(spec: ServiceSpec) -> str:
     return render_launchd(spec) if spec.platform == "macos" else render_systemd(spec)
 
 
-def _systemd_escape(value: str) -> str:
+def _systemd_escape(value: object) -> str:
     """Specifiers (`%`) are expanded in every setting we write."""
-    return value.replace("%", "%%")
+    return str(value).replace("%", "%%")
 
 
-def _systemd_quote(arg: str) -> str:
+def _systemd_quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _systemd_word(arg: str) -> str:
     """One ExecStart= word: `%` and `$` escaped, quoted when it holds special characters."""
     escaped = _systemd_escape(arg).replace("$", "$$")
     if escaped and not any(c in escaped for c in " \t\"'\\;"):
         return escaped
-    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _systemd_env(key: str, value: str) -> str:
-    """One Environment= assignment, always quoted (no `$` expansion happens there)."""
-    text = _systemd_escape(f"{key}={value}")
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return _systemd_quoted(escaped)
 
 
 def render_systemd(spec: ServiceSpec) -> str:
     manager = "systemctl" if spec.system else "systemctl --user"
-    env_file = spec.env_file
-    lines = [
-        f"# Generated by `mlxpin service install {spec.name}{' --system' if spec.system else ''}`.",
-        "# Regenerate it (same command) after moving the project, the venv or the caches.",
-        "#",
-        f"# Boots `{spec.what}` offline: no network, the pinned "
-        + ("snapshots only." if spec.command == "serve" else "snapshot only."),
-        "# Exit codes 65/66/77/78 are permanent (bad data, snapshot not fetched, access denied,",
-        "# invalid manifest or stale lock): systemd does not restart them. Fix the cause, then",
-        f"#   {manager} restart {spec.label}",
-        f"# After {START_LIMIT_BURST} failed starts within {START_LIMIT_INTERVAL_SEC} s it stays",
-        f"# failed until `{manager} reset-failed {spec.label}`.",
-        "#",
-        "# No secret is written here. To make the gateway require a bearer key, put",
-        "#   MLXPIN_API_KEY=<key>",
-    ]
-    if env_file is not None:
-        lines += [
-            f"# into {_systemd_escape(str(env_file))} (chmod 600); it is read if it exists.",
-        ]
+    log = _systemd_escape(spec.log_file)
+    head = ""
+    settings = "".join(
+        f"Environment={_systemd_quoted(_systemd_escape(f'{key}={value}'))}\n"
+        for key, value in spec.environment  # always quoted: no `$` expansion happens there
+    )
+    if spec.env_file is not None:
+        env_file = _systemd_escape(spec.env_file)
+        head += f"# into {env_file} (chmod 600); it is read if it exists.\n"
+        settings += f"EnvironmentFile=-{env_file}\n"
     if not spec.system:
-        lines += [
-            "#",
-            "# A user unit starts at boot only with lingering: loginctl enable-linger $USER",
-        ]
-    lines += [
-        f"# Logs: {_systemd_escape(str(spec.log_file))} (rotate with copytruncate).",
-        "",
-        "[Unit]",
-        f"Description=mlxpin: {_systemd_escape(spec.description)}",
-        f"StartLimitIntervalSec={START_LIMIT_INTERVAL_SEC}",
-        f"StartLimitBurst={START_LIMIT_BURST}",
-        "",
-        "[Service]",
-        "Type=simple",
-        "ExecStart=" + " ".join(_systemd_quote(a) for a in spec.argv()),
-        f"WorkingDirectory={_systemd_escape(str(spec.working_dir))}",
-    ]
-    for key, value in spec.environment:
-        lines.append("Environment=" + _systemd_env(key, value))
-    if env_file is not None:
-        lines.append(f"EnvironmentFile=-{_systemd_escape(str(env_file))}")
+        head += (
+            "#\n# A user unit starts at boot only with lingering: loginctl enable-linger $USER\n"
+        )
     if spec.user is not None:
-        lines.append(f"User={spec.user}")
-    log = _systemd_escape(str(spec.log_file))
-    lines += [
-        f"StandardOutput=append:{log}",
-        f"StandardError=append:{log}",
-        "Restart=on-failure",
-        f"RestartSec={RESTART_SEC}",
-        "RestartPreventExitStatus=" + " ".join(str(c) for c in PERMANENT_EXIT_CODES),
-        "KillMode=mixed",
-        "KillSignal=SIGTERM",
-        f"TimeoutStopSec={STOP_TIMEOUT_SEC}",
-        "NoNewPrivileges=yes",
-        "",
-        "[Install]",
-        f"WantedBy={'multi-user.target' if spec.system else 'default.target'}",
-        "",
-    ]
-    return "\n".join(lines)
+        settings += f"User={spec.user}\n"
+    return f"""\
+# Generated by `mlxpin service install {spec.name}{" --system" if spec.system else ""}`.
+# Regenerate it (same command) after moving the project, the venv or the caches.
+#
+# Boots `{spec.what}` offline: no network, the pinned \
+{"snapshots" if spec.command == "serve" else "snapshot"} only.
+# Exit codes 65/66/77/78 are permanent (bad data, snapshot not fetched, access denied,
+# invalid manifest or stale lock): systemd does not restart them. Fix the cause, then
+#   {manager} restart {spec.label}
+# After 5 failed starts within 600 s it stays
+# failed until `{manager} reset-failed {spec.label}`.
+#
+# No secret is written here. To make the gateway require a bearer key, put
+#   MLXPIN_API_KEY=<key>
+{head}# Logs: {log} (rotate with copytruncate).
+
+[Unit]
+Description=mlxpin: {_systemd_escape(spec.description)}
+StartLimitIntervalSec=600
+StartLimitBurst=5
+
+[Service]
+Type=simple
+ExecStart={" ".join(_systemd_word(a) for a in spec.argv())}
+WorkingDirectory={_systemd_escape(spec.working_dir)}
+{settings}StandardOutput=append:{log}
+StandardError=append:{log}
+Restart=on-failure
+RestartSec=5
+RestartPreventExitStatus=65 66 77 78
+KillMode=mixed
+KillSignal=SIGTERM
+TimeoutStopSec=30
+NoNewPrivileges=yes
+
+[Install]
+WantedBy={"multi-user.target" if spec.system else "default.target"}
+"""
 
 
 def _plist_comment(spec: ServiceSpec) -> str:
     """Text of the XML comment (which may not contain a double hyphen, so no flags)."""
     domain = "system" if spec.system else "gui/$(id -u)"
     scope = "a system-wide LaunchDaemon" if spec.system else "a LaunchAgent of this user"
-    lines = [
-        f"Generated by `mlxpin service install {spec.name}` as {scope}.",
-        "Regenerate it after moving the project, the venv or the caches.",
-        "",
-        f"Boots `{spec.what}` offline. launchd cannot exclude exit codes, so",
-        "KeepAlive restarts any failure, at most once per ThrottleInterval seconds. On a",
-        "permanent error (exit 65/66/77/78: bad data, snapshot not fetched, access denied,",
-        "invalid manifest or stale lock) `mlxpin launch` stops in its preflight at once,",
-        "without network or server, so each retry is cheap; it comes up by itself once the",
-        "printed fix has been run. To stop retrying:",
-        f"  launchctl bootout {domain}/{spec.label}",
-        "",
-        "No secret is written here. launchd has no environment file: to make the gateway",
-        "require a bearer key, put the key in a file only you can read (chmod 600) and",
-        "install with MLXPIN_API_KEY_FILE=<that file>; its path (not the key) goes under",
-        "EnvironmentVariables, and reinstalling keeps it.",
-    ]
-    if not spec.system:
-        lines += ["", "A LaunchAgent starts at login; a system-wide install starts at boot."]
-    lines += [f"Logs: {spec.log_file} (rotate with newsyslog)."]
-    text = "\n".join("  " + line if line else "" for line in lines)
+    login = "A LaunchAgent starts at login; a system-wide install starts at boot."
+    agent = "" if spec.system else f"\n{login}\n"
+    text = f"""\
+Generated by `mlxpin service install {spec.name}` as {scope}.
+Regenerate it after moving the project, the venv or the caches.
+
+Boots `{spec.what}` offline. launchd cannot exclude exit codes, so
+KeepAlive restarts any failure, at most once per ThrottleInterval seconds. On a
+permanent error (exit 65/66/77/78: bad data, snapshot not fetched, access denied,
+invalid manifest or stale lock) `mlxpin launch` stops in its preflight at once,
+without network or server, so each retry is cheap; it comes up by itself once the
+printed fix has been run. To stop retrying:
+  launchctl bootout {domain}/{spec.label}
+
+No secret is written here. launchd has no environment file: to make the gateway
+require a bearer key, put the key in a file only you can read (chmod 600) and
+install with MLXPIN_API_KEY_FILE=<that file>; its path (not the key) goes under
+EnvironmentVariables, and reinstalling keeps it.
+{agent}Logs: {spec.log_file} (rotate with newsyslog)."""
+    text = "\n".join("  " + line if line else "" for line in text.split("\n"))
     # A path could still hold "--", which an XML comment may not.
     return text.replace("--", "-\N{ZERO WIDTH SPACE}-")
 
@@ -278,8 +239,8 @@ def render_launchd(spec: ServiceSpec) -> str:
         "WorkingDirectory": str(spec.working_dir),
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},
-        "ThrottleInterval": THROTTLE_INTERVAL_SEC,
-        "ExitTimeOut": STOP_TIMEOUT_SEC,
+        "ThrottleInterval": 30,
+        "ExitTimeOut": 30,
         "StandardOutPath": str(spec.log_file),
         "StandardErrorPath": str(spec.log_file),
     }
@@ -293,40 +254,40 @@ def render_launchd(spec: ServiceSpec) -> str:
 # --- what to run afterwards ---------------------------------------------------------------
 
 
-def _systemctl(spec: ServiceSpec) -> tuple[str, ...]:
-    return ("systemctl",) if spec.system else ("systemctl", "--user")
+def _systemctl(unit: Unit) -> tuple[str, ...]:
+    return ("systemctl",) if unit.system else ("systemctl", "--user")
 
 
-def _launchd_domain(spec: ServiceSpec, uid: int | None) -> str:
-    if spec.system:
+def _launchd_target(unit: Unit, uid: int | None) -> str:
+    if unit.system:
         return "system"
     return f"gui/{uid}" if uid is not None else "gui/$(id -u)"
 
 
 def enable_commands(
-    spec: ServiceSpec, path: Path, *, restart: bool, uid: int | None
+    spec: Unit, path: Path, *, restart: bool, uid: int | None
 ) -> tuple[tuple[str, ...], ...]:
     """What `--enable` runs (and what `install` tells the user to run)."""
     if spec.platform == "macos":
-        domain = _launchd_domain(spec, uid)
-        return (("launchctl", "bootstrap", domain, str(path)),)
+        return (("launchctl", "bootstrap", _launchd_target(spec, uid), str(path)),)
     ctl = _systemctl(spec)
-    unit = spec.label
     if restart:
-        return ((*ctl, "daemon-reload"), (*ctl, "enable", unit), (*ctl, "restart", unit))
-    return ((*ctl, "daemon-reload"), (*ctl, "enable", "--now", unit))
+        return (
+            (*ctl, "daemon-reload"),
+            (*ctl, "enable", spec.label),
+            (*ctl, "restart", spec.label),
+        )
+    return ((*ctl, "daemon-reload"), (*ctl, "enable", "--now", spec.label))
 
 
-def disable_commands(spec: ServiceSpec, uid: int | None) -> tuple[tuple[str, ...], ...]:
-    if spec.platform == "macos":
-        return (("launchctl", "bootout", f"{_launchd_domain(spec, uid)}/{spec.label}"),)
-    return ((*_systemctl(spec), "disable", "--now", spec.label),)
+def disable_commands(unit: Unit, uid: int | None) -> tuple[tuple[str, ...], ...]:
+    if unit.platform == "macos":
+        return (("launchctl", "bootout", f"{_launchd_target(unit, uid)}/{unit.label}"),)
+    return ((*_systemctl(unit), "disable", "--now", unit.label),)
 
 
-def after_removal_commands(spec: ServiceSpec) -> tuple[tuple[str, ...], ...]:
-    if spec.platform == "macos":
-        return ()
-    return ((*_systemctl(spec), "daemon-reload"),)
+def after_removal_commands(unit: Unit) -> tuple[tuple[str, ...], ...]:
+    return () if unit.platform == "macos" else ((*_systemctl(unit), "daemon-reload"),)
 
 
 def shell_line(commands: Sequence[Sequence[str]], sudo: bool) -> str:
@@ -402,37 +363,29 @@ def _check_path(path: Path, what: str) -> Path:
     return path
 
 
-def _serve_readiness(settings: Settings) -> tuple[str, str, tuple[str, ...]]:
-    """Like `_readiness_warnings`, for `mlxpin serve` (every model, one endpoint)."""
-    from mlxpin.plan.serve import plan_serve
-    from mlxpin.project.selection import manifest_of
-
-    manifest = manifest_of(settings)
-    warnings: list[str] = []
-    try:
-        plan_serve(settings, (), environ={})
-    except MlxpinError as exc:  # stale locks, not fetched, over budget, ...
-        warnings.append(exc.message + (f"; {exc.hint} before boot" if exc.hint else ""))
-    table = manifest.serve
-    description = f"{len(manifest.models)} models on {table.host}:{table.port}"
-    return SERVE_UNIT_NAME, description, tuple(warnings)
-
-
-def _readiness_warnings(settings: Settings, name: str) -> tuple[str, str, tuple[str, ...]]:
+def _readiness(settings: Settings, name: str, serve: bool) -> tuple[str, str, tuple[str, ...]]:
     """Validate the manifest and the model (errors), and say what is not ready (warnings):
-    exactly what `mlxpin launch NAME` would refuse at boot, from the same preflight."""
+    exactly what `mlxpin launch NAME` (or `mlxpin serve`) would refuse at boot, from the
+    same preflight."""
     from mlxpin.plan.launch import plan_launch
+    from mlxpin.plan.serve import plan_serve
     from mlxpin.project.selection import manifest_of, pick
 
     manifest = manifest_of(settings)
-    spec = pick(manifest, [name])[0]
-    warnings: list[str] = []
+    if serve:
+        unit, table = SERVE_UNIT_NAME, manifest.serve
+        description = f"{len(manifest.models)} models on {table.host}:{table.port}"
+    else:
+        spec = pick(manifest, [name])[0]
+        unit, description = spec.name, f"{spec.api_label} on {spec.host}:{spec.port}"
     try:
-        plan_launch(settings, manifest, spec, environ={})
-    except MlxpinError as exc:  # stale lock, not fetched, mlx_lm missing, ...
-        warnings.append(exc.message + (f"; {exc.hint} before boot" if exc.hint else ""))
-    description = f"{spec.api_label} on {spec.host}:{spec.port}"
-    return spec.name, description, tuple(warnings)
+        if serve:
+            plan_serve(settings, (), environ={})
+        else:
+            plan_launch(settings, manifest, spec, environ={})
+    except MlxpinError as exc:  # stale locks, not fetched, over budget, mlx_lm missing, ...
+        return unit, description, (exc.message + (f"; {exc.hint} before boot" if exc.hint else ""),)
+    return unit, description, ()
 
 
 def build_spec(
@@ -450,10 +403,7 @@ def build_spec(
     """Validate (manifest parses, the model exists) and render; warnings say what to run.
     With ``serve``, the unit boots `mlxpin serve` (every model behind one endpoint)."""
     chosen = platform or detect_platform()
-    if serve:
-        model, description, warnings = _serve_readiness(settings)
-    else:
-        model, description, warnings = _readiness_warnings(settings, name)
+    model, description, warnings = _readiness(settings, name, serve)
     if run_as is not None and not system:
         raise UsageError(
             "a user to run as only applies to a system unit (a user unit runs as you)",
@@ -512,8 +462,7 @@ def build_spec(
     )
     content = render(spec)
     _refuse_secrets(content, environ)
-    path = unit_path(model, chosen, system, environ)
-    return BuiltSpec(spec, path, content, warnings)
+    return BuiltSpec(spec, unit_path(spec, environ), content, warnings)
 
 
 def _refuse_secrets(content: str, environ: Mapping[str, str]) -> None:
@@ -591,7 +540,7 @@ def install(
             try:
                 if spec.platform == "macos":
                     # A loaded job keeps its old definition: unload first (absent is fine).
-                    ran.append(_run(disable_commands(spec, uid)[0], tolerate=(3, 5, 36, 113)))
+                    ran.append(_run(disable_commands(spec, uid)[0], tolerate=_NOT_LOADED))
                 for argv in enable_commands(spec, path, restart=changed, uid=uid):
                     ran.append(_run(argv))
             except ServiceManagerError as exc:
@@ -638,47 +587,27 @@ def uninstall(
 
     if not validate.NAME_RE.fullmatch(name):
         raise UsageError(f"{name!r} is not a model name (lowercase letters, digits, '.', '_', '-')")
-    chosen = platform or detect_platform()
-    path = unit_path(name, chosen, system, environ)
-    # Only the label matters for the commands; the rest of the spec is not read.
-    stub = ServiceSpec(
-        name=name,
-        platform=chosen,
-        system=system,
-        python=Path(sys.executable),
-        manifest=Path("/"),
-        lock_dir=Path("/"),
-        environment=(),
-        log_file=Path("/"),
-        working_dir=Path("/"),
-        env_file=None,
-        user=None,
-        description=name,
-    )
+    unit = Unit(name, platform or detect_platform(), system)
+    path = unit_path(unit, environ)
     existed = path.exists()
     ran: list[CommandRun] = []
     removed = False
-    if not print_only:
-        if disable and existed:
-            tolerate = (3, 5, 36, 113) if chosen == "macos" else ()
-            for argv in disable_commands(stub, os.getuid()):
-                ran.append(_run(argv, tolerate=tolerate))
-        if existed:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                hint = f"removing from {path.parent} needs root: rerun with sudo"
-                raise DiskError(path, exc.strerror or str(exc), hint if system else None) from None
-            removed = True
-        if disable and existed:
-            for argv in after_removal_commands(stub):
-                ran.append(_run(argv))
+    if existed and not print_only:
+        if disable:
+            tolerate = _NOT_LOADED if unit.platform == "macos" else ()
+            ran += [_run(argv, tolerate=tolerate) for argv in disable_commands(unit, os.getuid())]
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            hint = f"removing from {path.parent} needs root: rerun with sudo"
+            raise DiskError(path, exc.strerror or str(exc), hint if system else None) from None
+        removed = True
+        if disable:
+            ran += [_run(argv) for argv in after_removal_commands(unit)]
     steps: tuple[str, ...] = ()
     if not disable:
-        commands = disable_commands(stub, None)
-        steps = (shell_line(commands, system),)
-        if after_removal_commands(stub):
-            steps += (shell_line(after_removal_commands(stub), system),)
+        commands = (disable_commands(unit, None), after_removal_commands(unit))
+        steps = tuple(shell_line(argvs, system) for argvs in commands if argvs)
     return UninstallResult(name, path, existed, removed, tuple(ran), steps)

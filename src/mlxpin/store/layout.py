@@ -57,12 +57,7 @@ class StoreLayout:
         return self.repo_dir(repo) / "blobs" / oid_hex(oid)
 
     def hub_blob_mutex(self, repo: str, oid: str) -> Path:
-        return (
-            self.hub_cache
-            / ".locks"
-            / ("models--" + repo.replace("/", "--"))
-            / (oid_hex(oid) + ".lock")
-        )
+        return self.hub_cache / ".locks" / self.repo_dir(repo).name / (oid_hex(oid) + ".lock")
 
     def hub_snapshot(self, repo: str, commit: str) -> Path:
         return self.repo_dir(repo) / "snapshots" / commit

@@ -52,14 +52,12 @@ def read_roots(layout: StoreLayout) -> tuple[RootOnDisk, ...]:
         try:
             text = entry.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError):
-            roots.append(RootOnDisk(entry, None, False))
-            continue
+            text = ""
         lock_dir = Path(text)
-        valid = bool(text) and "\n" not in text and lock_dir.is_absolute()
-        if not valid:
+        if text and "\n" not in text and lock_dir.is_absolute():
+            roots.append(RootOnDisk(entry, lock_dir, lock_dir.is_dir()))
+        else:
             roots.append(RootOnDisk(entry, None, False))
-            continue
-        roots.append(RootOnDisk(entry, lock_dir, lock_dir.is_dir()))
     return tuple(roots)
 
 
@@ -263,13 +261,11 @@ def _scan_refs(repo_dir: Path) -> list[RefOnDisk]:
 
 def scan(layout: StoreLayout, roots: tuple[RootOnDisk, ...]) -> Inventory:
     views, leftovers = _scan_views(layout)
-    blobs: list[BlobOnDisk] = []
+    blobs, more = _scan_blob_dir(layout, layout.state_dir / "blobs" / "sha256", None)
+    leftovers += more
     links: list[LinkOnDisk] = []
     refs: list[RefOnDisk] = []
     snapshots: list[SnapshotOnDisk] = []
-    local, local_leftovers = _scan_blob_dir(layout, layout.state_dir / "blobs" / "sha256", None)
-    blobs += local
-    leftovers += local_leftovers
     for entry in _listdir(layout.hub_cache):
         if not entry.name.startswith("models--") or not entry.is_dir(follow_symlinks=False):
             continue
@@ -278,9 +274,9 @@ def scan(layout: StoreLayout, roots: tuple[RootOnDisk, ...]) -> Inventory:
         repo = entry.name.removeprefix("models--").replace("--", "/")
         if layout.repo_dir(repo) != repo_dir:
             continue
-        hub, hub_leftovers = _scan_blob_dir(layout, repo_dir / "blobs", repo)
+        hub, more = _scan_blob_dir(layout, repo_dir / "blobs", repo)
         blobs += hub
-        leftovers += hub_leftovers
+        leftovers += more
         repo_links, repo_snapshots = _scan_links(repo_dir)
         links += repo_links
         snapshots += repo_snapshots

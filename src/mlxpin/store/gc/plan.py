@@ -65,12 +65,7 @@ def oid_of_hex(digest: str) -> str:
     return ("gitsha1:" if len(digest) == 40 else "sha256:") + digest
 
 
-@dataclass(frozen=True)
-class LiveSet:
-    paths: frozenset[Path]
-
-    def __contains__(self, path: object) -> bool:
-        return path in self.paths
+LiveSet = frozenset[Path]
 
 
 def live_set(layout: StoreLayout, locks: Iterable[LockedModel]) -> LiveSet:
@@ -84,7 +79,7 @@ def live_set(layout: StoreLayout, locks: Iterable[LockedModel]) -> LiveSet:
         if ref is not None and lock.original.repo is not None and lock.commit is not None:
             paths.add(ref)
             paths.add(layout.hub_snapshot(lock.original.repo, lock.commit))
-    return LiveSet(frozenset(paths))
+    return frozenset(paths)
 
 
 # --- what is on disk (gathered by mlxpin.store.gc.inventory) ----------------------------
@@ -202,10 +197,6 @@ class GcPlan:
         return sum(k.size for k in self.kept)
 
 
-def _record_describes(record: Record | None, blob: BlobOnDisk) -> bool:
-    return record is not None and record.stat == blob.stat
-
-
 def _origin_problem(blob: BlobOnDisk, copies: int) -> str | None:
     """None when mlxpin provably downloaded this blob, else why it is kept."""
     record = blob.record
@@ -227,25 +218,12 @@ def _doomed_refs(inventory: Inventory, live: LiveSet, doomed: list[Doomed]) -> l
     result: list[Doomed] = []
     for ref in inventory.refs:
         if ref.ours and ref.path not in live:
-            result.append(
-                Doomed(
-                    "ref",
-                    ref.path,
-                    0,
-                    "mlxpin's ref for a pin no lock has",
-                    prune_to=ref.snapshot.parent.parent / "refs",
-                )
-            )
+            refs = ref.snapshot.parent.parent / "refs"
+            why = "mlxpin's ref for a pin no lock has"
+            result.append(Doomed("ref", ref.path, 0, why, prune_to=refs))
         elif ref.snapshot in emptied and ref.snapshot not in live:
-            result.append(
-                Doomed(
-                    "ref",
-                    ref.path,
-                    0,
-                    "ref to a snapshot gc empties",
-                    unless_exists=ref.snapshot,
-                )
-            )
+            why = "ref to a snapshot gc empties"
+            result.append(Doomed("ref", ref.path, 0, why, unless_exists=ref.snapshot))
     return result
 
 
@@ -260,16 +238,8 @@ def _plan_views(inventory: Inventory, live: LiveSet) -> list[Doomed]:
             else ()
         )
         if view.view is not None:
-            doomed.append(
-                Doomed(
-                    "view",
-                    view.view,
-                    view.size,
-                    "snapshot no lock references",
-                    view.mutex,
-                    follow=stamp,
-                )
-            )
+            reason = "snapshot no lock references"
+            doomed.append(Doomed("view", view.view, view.size, reason, view.mutex, follow=stamp))
         elif view.stamp is not None:
             doomed.append(Doomed("stamp", view.stamp, 0, "stamp without a snapshot", view.mutex))
     return doomed
@@ -287,50 +257,26 @@ def _plan_blobs(
     for blob in inventory.blobs:
         if blob.path in live:
             continue
+        record = blob.record
         follow: list[Doomed] = []
-        if _record_describes(blob.record, blob):
-            assert blob.record is not None
-            follow.append(Doomed("record", blob.record.path, 0, "record of a deleted blob"))
-        if blob.local:
-            doomed.append(
-                Doomed(
-                    "local_blob",
-                    blob.path,
-                    blob.stat.size,
-                    "imported path-source file no lock references",
-                    blob.mutex,
-                    expect=blob.stat,
-                    follow=tuple(follow),
-                )
-            )
-            continue
-        problem = _origin_problem(blob, copies[blob.oid.split(":", 1)[1]])
-        if problem is not None and not include_foreign:
-            kept.append(Kept(blob.path, blob.stat.size, problem))
-            continue
-        follow.extend(
-            Doomed(
-                "link",
-                link.path,
-                0,
-                "Hub snapshot link to a deleted blob",
-                prune_to=link.snapshots_dir,
-            )
-            for link in sorted(links_to.get(blob.path, ()), key=lambda item: item.path)
-        )
-        reason = "downloaded by mlxpin, no lock references it"
-        if problem is not None:
-            reason = f"no lock references it ({problem}; --all)"
+        if record is not None and record.stat == blob.stat:
+            follow.append(Doomed("record", record.path, 0, "record of a deleted blob"))
+        kind: GarbageKind = "local_blob"
+        reason = "imported path-source file no lock references"
+        if not blob.local:
+            problem = _origin_problem(blob, copies[blob.oid.split(":", 1)[1]])
+            if problem is not None and not include_foreign:
+                kept.append(Kept(blob.path, blob.stat.size, problem))
+                continue
+            for link in sorted(links_to.get(blob.path, ()), key=lambda item: item.path):
+                why = "Hub snapshot link to a deleted blob"
+                follow.append(Doomed("link", link.path, 0, why, prune_to=link.snapshots_dir))
+            kind = "hub_blob"
+            reason = "downloaded by mlxpin, no lock references it"
+            if problem is not None:
+                reason = f"no lock references it ({problem}; --all)"
         doomed.append(
-            Doomed(
-                "hub_blob",
-                blob.path,
-                blob.stat.size,
-                reason,
-                blob.mutex,
-                expect=blob.stat,
-                follow=tuple(follow),
-            )
+            Doomed(kind, blob.path, blob.stat.size, reason, blob.mutex, blob.stat, tuple(follow))
         )
     return doomed, kept
 
@@ -344,18 +290,11 @@ def _plan_leftovers(
             continue
         if not leftover.ours and not include_foreign:
             continue  # another tool's resumable download
-        if leftover.becomes is not None and leftover.becomes in live:
+        if leftover.becomes in live:
             continue  # an interrupted fetch of a live pin resumes from it
         what = "partial download" if leftover.kind == "partial" else "temporary file"
-        doomed.append(
-            Doomed(
-                leftover.kind,
-                leftover.path,
-                leftover.size,
-                f"{what} older than a day",
-                leftover.mutex,
-            )
-        )
+        reason = f"{what} older than a day"
+        doomed.append(Doomed(leftover.kind, leftover.path, leftover.size, reason, leftover.mutex))
     return doomed
 
 

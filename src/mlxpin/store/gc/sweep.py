@@ -12,7 +12,6 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,15 +43,6 @@ class ItemOutcome:
             "detail": self.detail,
             "with": [{"kind": f.kind, "path": str(f.path)} for f in doomed.follow],
         }
-
-
-@contextlib.contextmanager
-def _holding(path: Path | None, timeout_s: float) -> Iterator[None]:
-    if path is None:
-        yield
-        return
-    with hold_mutex(path, timeout_s):
-        yield
 
 
 def _unlink(path: Path) -> bool:
@@ -108,7 +98,8 @@ def sweep_item(item: Doomed, live: LiveSet, timeout_s: float = LOCK_TIMEOUT_S) -
     if item.unless_exists is not None and os.path.lexists(item.unless_exists):
         return ItemOutcome(item, "changed", "its snapshot is still there")
     try:
-        with _holding(item.mutex, timeout_s):
+        mutex = item.mutex
+        with contextlib.nullcontext() if mutex is None else hold_mutex(mutex, timeout_s):
             if item.expect is not None:
                 try:
                     current = FileStat.of(item.path)
