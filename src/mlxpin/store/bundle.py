@@ -23,7 +23,7 @@ import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from mlxpin.errors import BundleError
 from mlxpin.project.lockfile import LockedModel
@@ -182,11 +182,59 @@ class BundleWriter:
 # --- reading -----------------------------------------------------------------------------
 
 
-@dataclass
+class _Refused(Exception):
+    """Raised inside tarfile (which would take a HeaderError for the end of the archive)."""
+
+    def __init__(self, member: str | None, problem: str) -> None:
+        super().__init__(problem)
+        self.member = member
+        self.problem = problem
+
+
+class _End(Exception):
+    """Both end-of-archive blocks were read."""
+
+
+class _StrictInfo(tarfile.TarInfo):
+    """Only what the writer writes: regular files, each after at most one pax header."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> _StrictInfo:
+        stream = tar.fileobj
+        assert stream is not None
+        after_pax = stream.tell() != tar.offset  # called back by the pax header's reader
+        block = stream.read(BLOCK)
+        if len(block) < BLOCK:
+            raise _Refused(None, "the bundle ends early (truncated)")
+        if block == bytes(BLOCK):
+            if after_pax:
+                raise _Refused(None, "an extended header without a member")
+            if len(stream.read(BLOCK)) < BLOCK:  # the second end-of-archive block
+                raise _Refused(None, "the bundle ends early (truncated)")
+            raise _End
+        try:
+            info = cls.frombuf(block, tar.encoding, tar.errors)
+        except (tarfile.HeaderError, UnicodeError) as exc:
+            raise _Refused(None, f"a damaged tar header ({exc})") from None
+        info.offset = stream.tell() - BLOCK
+        if info.type == tarfile.XHDTYPE and (after_pax or info.size > 64 * 1024):
+            raise _Refused(None, "an oversized or repeated extended header")
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.XHDTYPE):
+            raise _Refused(info.name, "is not a regular file (links are refused)")
+        try:
+            member = info._proc_member(tar)  # type: ignore[attr-defined]
+        except (tarfile.HeaderError, ValueError) as exc:
+            raise _Refused(None, f"a malformed extended header ({exc})") from None
+        if member.size < 0 or member.sparse is not None:
+            raise _Refused(member.name, "a malformed extended header")
+        return member  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
 class Member:
     name: str
     size: int
-    consumed: int = 0
+    data: IO[bytes]
 
 
 class BundleReader:
@@ -199,62 +247,50 @@ class BundleReader:
     def __init__(self, stream: BinaryIO, label: str) -> None:
         self.stream = stream
         self.label = label
-        self.received = 0
+        self._tar: tarfile.TarFile | None = None
         self._current: Member | None = None
 
-    def _read_exact(self, size: int, member: str) -> bytes:
-        data = self.stream.read(size)
-        if data is None:
-            data = b""
-        while len(data) < size:
-            more = self.stream.read(size - len(data))
-            if not more:
-                raise BundleError(self.label, member, "the bundle ends early (truncated)")
-            data += more
-        self.received += size
-        return data
-
-    def _finish_current(self) -> None:
-        member = self._current
-        if member is None:
-            return
-        for _ in self.chunks(member):
-            pass
-        self._read_exact(-member.size % BLOCK, member.name)
-        self._current = None
+    @property
+    def received(self) -> int:
+        """Bytes of the archive read so far (all of it, after the last `next`)."""
+        return 0 if self._tar is None or self._tar.fileobj is None else self._tar.fileobj.tell()
 
     def next(self) -> Member | None:
         """The next member, or None at the end of the archive."""
-        where = "the start" if self._current is None else f"the member after {self._current.name}"
-        self._finish_current()
-        pax: dict[str, str] = {}
-        while True:
-            block = self._read_exact(BLOCK, where)
-            if block == b"\0" * BLOCK:
-                if pax:
-                    raise BundleError(self.label, where, "an extended header without a member")
-                self._read_exact(BLOCK, where)  # the second end-of-archive block
-                return None
-            try:
-                info = tarfile.TarInfo.frombuf(block, "utf-8", "strict")
-            except (tarfile.HeaderError, UnicodeDecodeError) as exc:
-                raise BundleError(self.label, where, f"a damaged tar header ({exc})") from None
-            if info.type == tarfile.XHDTYPE and not pax:
-                if info.size > 64 * 1024:
-                    raise BundleError(self.label, where, "an oversized extended header")
-                raw = self._read_exact(info.size + (-info.size % BLOCK), where)[: info.size]
-                pax = _parse_pax(raw, self.label, where)
-                continue
-            name = pax.get("path", info.name)
-            size = int(pax["size"]) if "size" in pax else info.size
-            if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-                raise BundleError(self.label, name, "is not a regular file (links are refused)")
-            if name != INDEX_MEMBER and not _BLOB_RE.fullmatch(name):
-                match = _LOCK_RE.fullmatch(name)
-                if match is None or not NAME_RE.fullmatch(match.group(1)):
-                    raise BundleError(self.label, name, "is not a member an mlxpin bundle can hold")
-            self._current = Member(name, size)
-            return self._current
+        current, self._current = self._current, None
+        where = "the start" if current is None else f"the member after {current.name}"
+        try:
+            if self._tar is None:
+                self._tar = tarfile.open(  # noqa: SIM115 - read until the end by `next`
+                    fileobj=self.stream,
+                    mode="r|",
+                    bufsize=CHUNK,
+                    tarinfo=_StrictInfo,
+                    encoding="utf-8",
+                    errors="strict",
+                )
+            info = self._tar.next()
+        except _End:
+            return None
+        except _Refused as exc:
+            raise BundleError(self.label, exc.member or where, exc.problem) from None
+        except tarfile.ReadError:  # skipping the rest of `current` hit the end of the stream
+            name = current.name if current else where
+            raise BundleError(self.label, name, "the bundle ends early (truncated)") from None
+        except tarfile.TarError as exc:
+            raise BundleError(self.label, where, f"a damaged tar header ({exc})") from None
+        if info is None:
+            return None
+        if info.name != INDEX_MEMBER and not _BLOB_RE.fullmatch(info.name):
+            match = _LOCK_RE.fullmatch(info.name)
+            if match is None or not NAME_RE.fullmatch(match.group(1)):
+                raise BundleError(
+                    self.label, info.name, "is not a member an mlxpin bundle can hold"
+                )
+        data = self._tar.extractfile(info)
+        assert data is not None
+        self._current = Member(info.name, info.size, data)
+        return self._current
 
     @property
     def current(self) -> Member | None:
@@ -263,34 +299,18 @@ class BundleReader:
 
     def chunks(self, member: Member) -> Iterator[bytes]:
         """The rest of the member's bytes, in chunks of at most CHUNK."""
-        while member.consumed < member.size:
-            want = min(CHUNK, member.size - member.consumed)
-            data = self.stream.read(want)
+        while True:
+            try:
+                data = member.data.read(CHUNK)
+            except tarfile.ReadError:
+                raise BundleError(
+                    self.label, member.name, "the bundle ends early (truncated)"
+                ) from None
             if not data:
-                raise BundleError(self.label, member.name, "the bundle ends early (truncated)")
-            member.consumed += len(data)
-            self.received += len(data)
+                return
             yield data
 
     def read_small(self, member: Member, limit: int) -> bytes:
         if member.size > limit:
             raise BundleError(self.label, member.name, f"is larger than {limit} bytes")
         return b"".join(self.chunks(member))
-
-
-def _parse_pax(raw: bytes, label: str, where: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    pos = 0
-    try:
-        while pos < len(raw):
-            space = raw.index(b" ", pos)
-            length = int(raw[pos:space])
-            record = raw[space + 1 : pos + length - 1].decode("utf-8")
-            key, _, value = record.partition("=")
-            fields[key] = value
-            pos += length
-        if "size" in fields and (not fields["size"].isdigit()):
-            raise ValueError("size")
-    except (ValueError, UnicodeDecodeError):
-        raise BundleError(label, where, "a malformed extended header") from None
-    return {k: v for k, v in fields.items() if k in ("path", "size")}
