@@ -18,6 +18,7 @@ member's name choose where bytes go: blobs are placed by the oid in the lock.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import tarfile
@@ -38,6 +39,7 @@ MAX_LOCK_BYTES = 64 << 20
 BLOCK = 512
 _BLOB_RE = re.compile(r"blobs/(?:sha256/[0-9a-f]{64}|gitsha1/[0-9a-f]{40})")
 _LOCK_RE = re.compile(r"locks/([^/]+)\.toml")
+_TRUNCATED = "the bundle ends early (truncated)"
 
 
 def blob_member(oid: str) -> str:
@@ -140,42 +142,33 @@ def _header(name: str, size: int, mode: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
 
 
-def _padding(size: int) -> bytes:
-    return b"\0" * (-size % BLOCK)
-
-
 class BundleWriter:
     """Appends members to a tar stream; `close` writes the end-of-archive blocks."""
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.written = 0
-        self._buffer = bytearray(CHUNK)
-
-    def _write(self, data: bytes | memoryview) -> None:
-        self.out.write(data)
-        self.written += len(data)
 
     def add_bytes(self, name: str, data: bytes) -> None:
-        self._write(_header(name, len(data), 0o644))
-        self._write(data)
-        self._write(_padding(len(data)))
+        self.add_file(name, io.BytesIO(data), len(data), 0o644)
 
-    def add_file(self, name: str, handle: BinaryIO, size: int) -> None:
+    def add_file(self, name: str, handle: BinaryIO, size: int, mode: int = 0o444) -> None:
         """Copy exactly `size` bytes from `handle` (ValueError if it holds fewer)."""
-        self._write(_header(name, size, 0o444))
+        header, padding = _header(name, size, mode), bytes(-size % BLOCK)
+        self.out.write(header)
         remaining = size
-        view = memoryview(self._buffer)
         while remaining:
-            count = handle.readinto(view[: min(CHUNK, remaining)])  # type: ignore[attr-defined]
-            if not count:
+            data = handle.read(min(CHUNK, remaining))
+            if not data:
                 raise ValueError(f"{name}: file ended {remaining} bytes early")
-            self._write(view[:count])
-            remaining -= count
-        self._write(_padding(size))
+            self.out.write(data)
+            remaining -= len(data)
+        self.out.write(padding)
+        self.written += len(header) + size + len(padding)
 
     def close(self) -> None:
-        self._write(b"\0" * (2 * BLOCK))
+        self.out.write(bytes(2 * BLOCK))
+        self.written += 2 * BLOCK
         self.out.flush()
 
 
@@ -183,12 +176,7 @@ class BundleWriter:
 
 
 class _Refused(Exception):
-    """Raised inside tarfile (which would take a HeaderError for the end of the archive)."""
-
-    def __init__(self, member: str | None, problem: str) -> None:
-        super().__init__(problem)
-        self.member = member
-        self.problem = problem
+    """(member or None, problem), raised through tarfile, which takes a HeaderError for the end."""
 
 
 class _End(Exception):
@@ -205,12 +193,12 @@ class _StrictInfo(tarfile.TarInfo):
         after_pax = stream.tell() != tar.offset  # called back by the pax header's reader
         block = stream.read(BLOCK)
         if len(block) < BLOCK:
-            raise _Refused(None, "the bundle ends early (truncated)")
+            raise _Refused(None, _TRUNCATED)
         if block == bytes(BLOCK):
             if after_pax:
                 raise _Refused(None, "an extended header without a member")
             if len(stream.read(BLOCK)) < BLOCK:  # the second end-of-archive block
-                raise _Refused(None, "the bundle ends early (truncated)")
+                raise _Refused(None, _TRUNCATED)
             raise _End
         try:
             info = cls.frombuf(block, tar.encoding, tar.errors)
@@ -241,42 +229,37 @@ class BundleReader:
     """Reads members in order from a stream (a file or a pipe); strict about what it takes.
 
     Anything but regular files with our member names, a bad header checksum or a stream
-    that ends early raises BundleError naming the member.
+    that ends early raises BundleError naming the member. `current` is the member being
+    read, if any.
     """
 
     def __init__(self, stream: BinaryIO, label: str) -> None:
         self.stream = stream
         self.label = label
-        self._tar: tarfile.TarFile | None = None
-        self._current: Member | None = None
+        self.tar: tarfile.TarFile | None = None
+        self.current: Member | None = None
 
     @property
     def received(self) -> int:
         """Bytes of the archive read so far (all of it, after the last `next`)."""
-        return 0 if self._tar is None or self._tar.fileobj is None else self._tar.fileobj.tell()
+        return 0 if self.tar is None or self.tar.fileobj is None else self.tar.fileobj.tell()
 
     def next(self) -> Member | None:
         """The next member, or None at the end of the archive."""
-        current, self._current = self._current, None
+        current, self.current = self.current, None
         where = "the start" if current is None else f"the member after {current.name}"
         try:
-            if self._tar is None:
-                self._tar = tarfile.open(  # noqa: SIM115 - read until the end by `next`
-                    fileobj=self.stream,
-                    mode="r|",
-                    bufsize=CHUNK,
-                    tarinfo=_StrictInfo,
-                    encoding="utf-8",
-                    errors="strict",
+            if self.tar is None:
+                self.tar = tarfile.open(  # noqa: SIM115 - read until the end by `next`
+                    fileobj=self.stream, mode="r|", bufsize=CHUNK, tarinfo=_StrictInfo
                 )
-            info = self._tar.next()
+            info = self.tar.next()
         except _End:
             return None
         except _Refused as exc:
-            raise BundleError(self.label, exc.member or where, exc.problem) from None
+            raise BundleError(self.label, exc.args[0] or where, exc.args[1]) from None
         except tarfile.ReadError:  # skipping the rest of `current` hit the end of the stream
-            name = current.name if current else where
-            raise BundleError(self.label, name, "the bundle ends early (truncated)") from None
+            raise BundleError(self.label, current.name if current else where, _TRUNCATED) from None
         except tarfile.TarError as exc:
             raise BundleError(self.label, where, f"a damaged tar header ({exc})") from None
         if info is None:
@@ -287,28 +270,18 @@ class BundleReader:
                 raise BundleError(
                     self.label, info.name, "is not a member an mlxpin bundle can hold"
                 )
-        data = self._tar.extractfile(info)
+        data = self.tar.extractfile(info)
         assert data is not None
-        self._current = Member(info.name, info.size, data)
-        return self._current
-
-    @property
-    def current(self) -> Member | None:
-        """The member being read (its bytes not yet all consumed), if any."""
-        return self._current
+        self.current = Member(info.name, info.size, data)
+        return self.current
 
     def chunks(self, member: Member) -> Iterator[bytes]:
         """The rest of the member's bytes, in chunks of at most CHUNK."""
-        while True:
-            try:
-                data = member.data.read(CHUNK)
-            except tarfile.ReadError:
-                raise BundleError(
-                    self.label, member.name, "the bundle ends early (truncated)"
-                ) from None
-            if not data:
-                return
-            yield data
+        try:
+            while data := member.data.read(CHUNK):
+                yield data
+        except tarfile.ReadError:
+            raise BundleError(self.label, member.name, _TRUNCATED) from None
 
     def read_small(self, member: Member, limit: int) -> bytes:
         if member.size > limit:
