@@ -22,15 +22,10 @@ def run(failures: list[Exception], attempts: int = 4) -> tuple[str, list[float],
             raise failures.pop(0)
         return "ok"
 
-    result = retry(
-        attempt,
-        attempts,
-        0.25,
-        retryable=lambda exc: isinstance(exc, Flaky),
-        give_up=lambda exc: RuntimeError(f"gave up: {exc}"),
-        pause=lambda exc, delay: pauses.append(delay),
-        max_delay=0.6,
-    )
+    def failure(exc: Exception) -> Exception | None:
+        return RuntimeError(f"gave up: {exc}") if isinstance(exc, Flaky | RetryAtOnce) else None
+
+    result = retry(attempt, attempts, 0.25, failure, lambda exc, delay: pauses.append(delay), 0.6)
     return result, pauses, calls
 
 

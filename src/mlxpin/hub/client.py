@@ -151,14 +151,11 @@ class HubClient:
                 raise self._too_slow(repo, revision)
             self._sleep(delay)
 
-        return retry(
-            attempt,
-            self.config.attempts,
-            self.config.backoff_s,
-            retryable=lambda exc: isinstance(exc, _NETWORK_ERRORS),
-            give_up=lambda exc: self.translate(exc, repo, revision),
-            pause=pause,
-        )
+        def failure(exc: Exception) -> errors.MlxpinError | None:
+            network = isinstance(exc, _NETWORK_ERRORS)
+            return self.translate(exc, repo, revision) if network else None
+
+        return retry(attempt, self.config.attempts, self.config.backoff_s, failure, pause)
 
     def _too_slow(self, repo: str, revision: str) -> errors.HubUnreachableError:
         return errors.HubUnreachableError(

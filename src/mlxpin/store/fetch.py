@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from mlxpin.errors import DiskError, IntegrityError, SnapshotMissingError
+from mlxpin.errors import DiskError, IntegrityError, MlxpinError, SnapshotMissingError
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.project.validate import is_commit
 from mlxpin.store.layout import (
@@ -42,7 +42,7 @@ from mlxpin.store.sources import ByteSource
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name, write_atomic
 from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm
 from mlxpin.util.parallel import CancelToken, run_parallel
-from mlxpin.util.retry import RetryAtOnce, retry
+from mlxpin.util.retry import ClosedEarly, RetryAtOnce, retry
 
 log = logging.getLogger("mlxpin.fetch")
 
@@ -227,28 +227,20 @@ def _fill(
                     state.offset = 0
                     raise
                 if state.offset != file.size:
-                    raise _Short()
+                    raise ClosedEarly()
+
+        def failure(exc: Exception) -> MlxpinError | None:
+            if isinstance(exc, ClosedEarly | _Restart) or source.interrupted(exc):
+                return source.give_up(file, str(exc) or "connection closed early")
+            return None
 
         def pause(exc: Exception, delay: float) -> None:
             log.info("%s: %s interrupted (%s), retrying", lock.name, file.path, exc)
             cancel.wait(delay)
 
-        retry(
-            attempt,
-            ATTEMPTS,
-            RETRY_DELAY_S,
-            retryable=lambda exc: isinstance(exc, _Short) or source.interrupted(exc),
-            give_up=lambda exc: source.give_up(file, str(exc) or "connection closed early"),
-            pause=pause,
-            max_delay=8.0,
-        )
+        retry(attempt, ATTEMPTS, RETRY_DELAY_S, failure, pause, max_delay=8.0)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-class _Short(Exception):
-    def __str__(self) -> str:
-        return "connection closed early"
 
 
 class _Restart(RetryAtOnce):

@@ -31,7 +31,7 @@ from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, MlxpinError
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.util.parallel import Cancelled, CancelToken, run_parallel
-from mlxpin.util.retry import retry
+from mlxpin.util.retry import ClosedEarly, retry
 
 log = logging.getLogger("mlxpin.fetch")
 
@@ -113,11 +113,6 @@ class RangedFill:
 
 class _NoRanges(Exception):
     """The server ignored a Range request: fall back to one connection."""
-
-
-class _Short(Exception):
-    def __str__(self) -> str:
-        return "connection closed early"
 
 
 def split(size: int, prefix: int, count: int) -> list[_Part]:
@@ -284,25 +279,19 @@ def _pull(
                 progress.advance(len(chunk))
                 saver.save()
         if part.done != part.size:
-            raise _Short()
+            raise ClosedEarly()
 
-    def retryable(exc: Exception) -> bool:
+    def failure(exc: Exception) -> MlxpinError | None:
         if isinstance(exc, _NoRanges | Cancelled | MlxpinError):
-            return False
-        return isinstance(exc, _Short) or source.interrupted(exc)
+            return None
+        if isinstance(exc, ClosedEarly) or source.interrupted(exc):
+            return source.give_up(file, str(exc) or "connection closed early")
+        return None
 
     def pause(exc: Exception, delay: float) -> None:
         where = part.start + part.done
         log.info("%s: %s range %d- interrupted (%s), retrying", lock.name, file.path, where, exc)
         cancel.wait(delay)
 
-    retry(
-        attempt,
-        ATTEMPTS,
-        0.25,
-        retryable=retryable,
-        give_up=lambda exc: source.give_up(file, str(exc) or "connection closed early"),
-        pause=pause,
-        max_delay=8.0,
-    )
+    retry(attempt, ATTEMPTS, 0.25, failure, pause, max_delay=8.0)
     return received

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+class ClosedEarly(Exception):
+    """A transfer ended before all its bytes came."""
+
+    def __str__(self) -> str:
+        return "connection closed early"
 
 
 class RetryAtOnce(Exception):
@@ -17,24 +23,23 @@ def retry(
     attempt: Callable[[], T],
     attempts: int,
     delay: float,
-    *,
-    retryable: Callable[[Exception], bool],
-    give_up: Callable[[Exception], BaseException],
+    failure: Callable[[Exception], BaseException | None],
     pause: Callable[[Exception, float], None],
-    max_delay: float = math.inf,
+    max_delay: float = float("inf"),
 ) -> T:
-    """`attempt()` up to `attempts` times. An exception `retryable` refuses is raised as it
-    is; after the last attempt, `give_up(exc)` is raised; else `pause(exc, delay)` (which
-    sleeps, or raises to stop early) and the next delay is twice this one, at most
+    """`attempt()` up to `attempts` times. `failure(exc)` is None for an exception not worth
+    retrying (raised as it is), else the error to raise when no attempt is left; between
+    two, `pause(exc, delay)` sleeps (or raises to stop) and the delay doubles, at most to
     `max_delay`."""
     for number in range(1, attempts + 1):
         try:
             return attempt()
         except Exception as exc:
-            if not isinstance(exc, RetryAtOnce) and not retryable(exc):
+            error = failure(exc)
+            if error is None:
                 raise
             if number == attempts:
-                raise give_up(exc) from None
+                raise error from None
             if not isinstance(exc, RetryAtOnce):
                 pause(exc, delay)
                 delay = min(delay * 2, max_delay)
