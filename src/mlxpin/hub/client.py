@@ -152,8 +152,7 @@ class HubClient:
             self._sleep(delay)
 
         def failure(exc: Exception) -> errors.MlxpinError | None:
-            network = isinstance(exc, _NETWORK_ERRORS)
-            return self.translate(exc, repo, revision) if network else None
+            return self.translate(exc, repo, revision) if isinstance(exc, _NETWORK_ERRORS) else None
 
         return retry(attempt, self.config.attempts, self.config.backoff_s, failure, pause)
 
