@@ -1,4 +1,4 @@
-"""`[runtime]` in manifest.toml, and the stdlib requirement checker the boot path uses."""
+"""`[runtime]` in manifest.toml, and its requirement checks (by `packaging`)."""
 
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ from huggingface_hub.errors import (
 from mlxpin import errors
 from mlxpin.config import DEFAULT_HUB_DEADLINE_S, HUB_DEADLINE_VARIABLE
 from mlxpin.project import validate
+from mlxpin.util.retry import retry
 
 T = TypeVar("T")
 #: Sent by `mlxpin mirror` on every answer, so fetch can record where bytes came from.
@@ -122,8 +123,8 @@ class HubClient:
 
     def _call(self, repo: str, revision: str, deadline: float, request: Callable[[float], T]) -> T:
         """`request(timeout)` with retries, all of it before `deadline` (monotonic)."""
-        delay = self.config.backoff_s
-        for attempt in range(1, self.config.attempts + 1):
+
+        def attempt() -> T:
             remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:
@@ -140,15 +141,20 @@ class HubClient:
                 raise self._not_a_hub(repo, revision, exc) from None
             except (ValueError, KeyError, TypeError) as exc:
                 raise self._not_a_hub(repo, revision, exc) from None
-            except (HfHubHTTPError, httpx2.HTTPError, OfflineModeIsEnabled, OSError) as exc:
-                retryable = _is_retryable(exc)
-                if not retryable or attempt == self.config.attempts:
+            except _NETWORK_ERRORS as exc:
+                if not _is_retryable(exc):
                     raise self.translate(exc, repo, revision) from None
+                raise
+
+        def pause(exc: Exception, delay: float) -> None:
             if time.monotonic() + delay >= deadline:
                 raise self._too_slow(repo, revision)
             self._sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+
+        def failure(exc: Exception) -> errors.MlxpinError | None:
+            return self.translate(exc, repo, revision) if isinstance(exc, _NETWORK_ERRORS) else None
+
+        return retry(attempt, self.config.attempts, self.config.backoff_s, failure, pause)
 
     def _too_slow(self, repo: str, revision: str) -> errors.HubUnreachableError:
         return errors.HubUnreachableError(
@@ -230,6 +236,9 @@ class HubClient:
                 )
             return errors.HubProtocolError(repo, revision, f"unexpected HTTP {status}")
         return errors.HubUnreachableError(endpoint, repo, revision, _network_cause(exc))
+
+
+_NETWORK_ERRORS = (HfHubHTTPError, httpx2.HTTPError, OfflineModeIsEnabled, OSError)
 
 
 class _DeadlinePassed(Exception):

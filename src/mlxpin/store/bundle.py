@@ -18,12 +18,13 @@ member's name choose where bytes go: blobs are placed by the oid in the lock.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from mlxpin.errors import BundleError
 from mlxpin.project.lockfile import LockedModel
@@ -38,6 +39,7 @@ MAX_LOCK_BYTES = 64 << 20
 BLOCK = 512
 _BLOB_RE = re.compile(r"blobs/(?:sha256/[0-9a-f]{64}|gitsha1/[0-9a-f]{40})")
 _LOCK_RE = re.compile(r"locks/([^/]+)\.toml")
+_TRUNCATED = "the bundle ends early (truncated)"
 
 
 def blob_member(oid: str) -> str:
@@ -140,157 +142,148 @@ def _header(name: str, size: int, mode: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
 
 
-def _padding(size: int) -> bytes:
-    return b"\0" * (-size % BLOCK)
-
-
 class BundleWriter:
     """Appends members to a tar stream; `close` writes the end-of-archive blocks."""
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.written = 0
-        self._buffer = bytearray(CHUNK)
-
-    def _write(self, data: bytes | memoryview) -> None:
-        self.out.write(data)
-        self.written += len(data)
 
     def add_bytes(self, name: str, data: bytes) -> None:
-        self._write(_header(name, len(data), 0o644))
-        self._write(data)
-        self._write(_padding(len(data)))
+        self.add_file(name, io.BytesIO(data), len(data), 0o644)
 
-    def add_file(self, name: str, handle: BinaryIO, size: int) -> None:
+    def add_file(self, name: str, handle: BinaryIO, size: int, mode: int = 0o444) -> None:
         """Copy exactly `size` bytes from `handle` (ValueError if it holds fewer)."""
-        self._write(_header(name, size, 0o444))
+        header, padding = _header(name, size, mode), bytes(-size % BLOCK)
+        self.out.write(header)
         remaining = size
-        view = memoryview(self._buffer)
         while remaining:
-            count = handle.readinto(view[: min(CHUNK, remaining)])  # type: ignore[attr-defined]
-            if not count:
+            data = handle.read(min(CHUNK, remaining))
+            if not data:
                 raise ValueError(f"{name}: file ended {remaining} bytes early")
-            self._write(view[:count])
-            remaining -= count
-        self._write(_padding(size))
+            self.out.write(data)
+            remaining -= len(data)
+        self.out.write(padding)
+        self.written += len(header) + size + len(padding)
 
     def close(self) -> None:
-        self._write(b"\0" * (2 * BLOCK))
+        self.out.write(bytes(2 * BLOCK))
+        self.written += 2 * BLOCK
         self.out.flush()
 
 
 # --- reading -----------------------------------------------------------------------------
 
 
-@dataclass
+class _Refused(Exception):
+    """(member or None, problem), raised through tarfile, which takes a HeaderError for the end."""
+
+
+class _End(Exception):
+    """Both end-of-archive blocks were read."""
+
+
+class _StrictInfo(tarfile.TarInfo):
+    """Only what the writer writes: regular files, each after at most one pax header."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> _StrictInfo:
+        stream = tar.fileobj
+        assert stream is not None
+        after_pax = stream.tell() != tar.offset  # called back by the pax header's reader
+        block = stream.read(BLOCK)
+        if len(block) < BLOCK:
+            raise _Refused(None, _TRUNCATED)
+        if block == bytes(BLOCK):
+            if after_pax:
+                raise _Refused(None, "an extended header without a member")
+            if len(stream.read(BLOCK)) < BLOCK:  # the second end-of-archive block
+                raise _Refused(None, _TRUNCATED)
+            raise _End
+        try:
+            info = cls.frombuf(block, tar.encoding, tar.errors)
+        except (tarfile.HeaderError, UnicodeError) as exc:
+            raise _Refused(None, f"a damaged tar header ({exc})") from None
+        info.offset = stream.tell() - BLOCK
+        if info.type == tarfile.XHDTYPE and (after_pax or info.size > 64 * 1024):
+            raise _Refused(None, "an oversized or repeated extended header")
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.XHDTYPE):
+            raise _Refused(info.name, "is not a regular file (links are refused)")
+        try:
+            member = info._proc_member(tar)  # type: ignore[attr-defined]
+        except (tarfile.HeaderError, ValueError) as exc:
+            raise _Refused(None, f"a malformed extended header ({exc})") from None
+        if member.size < 0 or member.sparse is not None:
+            raise _Refused(member.name, "a malformed extended header")
+        return member  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
 class Member:
     name: str
     size: int
-    consumed: int = 0
+    data: IO[bytes]
 
 
 class BundleReader:
     """Reads members in order from a stream (a file or a pipe); strict about what it takes.
 
     Anything but regular files with our member names, a bad header checksum or a stream
-    that ends early raises BundleError naming the member.
+    that ends early raises BundleError naming the member. `current` is the member being
+    read, if any.
     """
 
     def __init__(self, stream: BinaryIO, label: str) -> None:
         self.stream = stream
         self.label = label
-        self.received = 0
-        self._current: Member | None = None
+        self.tar: tarfile.TarFile | None = None
+        self.current: Member | None = None
 
-    def _read_exact(self, size: int, member: str) -> bytes:
-        data = self.stream.read(size)
-        if data is None:
-            data = b""
-        while len(data) < size:
-            more = self.stream.read(size - len(data))
-            if not more:
-                raise BundleError(self.label, member, "the bundle ends early (truncated)")
-            data += more
-        self.received += size
-        return data
-
-    def _finish_current(self) -> None:
-        member = self._current
-        if member is None:
-            return
-        for _ in self.chunks(member):
-            pass
-        self._read_exact(-member.size % BLOCK, member.name)
-        self._current = None
+    @property
+    def received(self) -> int:
+        """Bytes of the archive read so far (all of it, after the last `next`)."""
+        return 0 if self.tar is None or self.tar.fileobj is None else self.tar.fileobj.tell()
 
     def next(self) -> Member | None:
         """The next member, or None at the end of the archive."""
-        where = "the start" if self._current is None else f"the member after {self._current.name}"
-        self._finish_current()
-        pax: dict[str, str] = {}
-        while True:
-            block = self._read_exact(BLOCK, where)
-            if block == b"\0" * BLOCK:
-                if pax:
-                    raise BundleError(self.label, where, "an extended header without a member")
-                self._read_exact(BLOCK, where)  # the second end-of-archive block
-                return None
-            try:
-                info = tarfile.TarInfo.frombuf(block, "utf-8", "strict")
-            except (tarfile.HeaderError, UnicodeDecodeError) as exc:
-                raise BundleError(self.label, where, f"a damaged tar header ({exc})") from None
-            if info.type == tarfile.XHDTYPE and not pax:
-                if info.size > 64 * 1024:
-                    raise BundleError(self.label, where, "an oversized extended header")
-                raw = self._read_exact(info.size + (-info.size % BLOCK), where)[: info.size]
-                pax = _parse_pax(raw, self.label, where)
-                continue
-            name = pax.get("path", info.name)
-            size = int(pax["size"]) if "size" in pax else info.size
-            if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-                raise BundleError(self.label, name, "is not a regular file (links are refused)")
-            if name != INDEX_MEMBER and not _BLOB_RE.fullmatch(name):
-                match = _LOCK_RE.fullmatch(name)
-                if match is None or not NAME_RE.fullmatch(match.group(1)):
-                    raise BundleError(self.label, name, "is not a member an mlxpin bundle can hold")
-            self._current = Member(name, size)
-            return self._current
-
-    @property
-    def current(self) -> Member | None:
-        """The member being read (its bytes not yet all consumed), if any."""
-        return self._current
+        current, self.current = self.current, None
+        where = "the start" if current is None else f"the member after {current.name}"
+        try:
+            if self.tar is None:
+                self.tar = tarfile.open(  # noqa: SIM115 - read until the end by `next`
+                    fileobj=self.stream, mode="r|", bufsize=CHUNK, tarinfo=_StrictInfo
+                )
+            info = self.tar.next()
+        except _End:
+            return None
+        except _Refused as exc:
+            raise BundleError(self.label, exc.args[0] or where, exc.args[1]) from None
+        except tarfile.ReadError:  # skipping the rest of `current` hit the end of the stream
+            raise BundleError(self.label, current.name if current else where, _TRUNCATED) from None
+        except tarfile.TarError as exc:
+            raise BundleError(self.label, where, f"a damaged tar header ({exc})") from None
+        if info is None:
+            return None
+        if info.name != INDEX_MEMBER and not _BLOB_RE.fullmatch(info.name):
+            match = _LOCK_RE.fullmatch(info.name)
+            if match is None or not NAME_RE.fullmatch(match.group(1)):
+                raise BundleError(
+                    self.label, info.name, "is not a member an mlxpin bundle can hold"
+                )
+        data = self.tar.extractfile(info)
+        assert data is not None
+        self.current = Member(info.name, info.size, data)
+        return self.current
 
     def chunks(self, member: Member) -> Iterator[bytes]:
         """The rest of the member's bytes, in chunks of at most CHUNK."""
-        while member.consumed < member.size:
-            want = min(CHUNK, member.size - member.consumed)
-            data = self.stream.read(want)
-            if not data:
-                raise BundleError(self.label, member.name, "the bundle ends early (truncated)")
-            member.consumed += len(data)
-            self.received += len(data)
-            yield data
+        try:
+            while data := member.data.read(CHUNK):
+                yield data
+        except tarfile.ReadError:
+            raise BundleError(self.label, member.name, _TRUNCATED) from None
 
     def read_small(self, member: Member, limit: int) -> bytes:
         if member.size > limit:
             raise BundleError(self.label, member.name, f"is larger than {limit} bytes")
         return b"".join(self.chunks(member))
-
-
-def _parse_pax(raw: bytes, label: str, where: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    pos = 0
-    try:
-        while pos < len(raw):
-            space = raw.index(b" ", pos)
-            length = int(raw[pos:space])
-            record = raw[space + 1 : pos + length - 1].decode("utf-8")
-            key, _, value = record.partition("=")
-            fields[key] = value
-            pos += length
-        if "size" in fields and (not fields["size"].isdigit()):
-            raise ValueError("size")
-    except (ValueError, UnicodeDecodeError):
-        raise BundleError(label, where, "a malformed extended header") from None
-    return {k: v for k, v in fields.items() if k in ("path", "size")}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from mlxpin.errors import DiskError, IntegrityError, SnapshotMissingError
+from mlxpin.errors import DiskError, IntegrityError, MlxpinError, SnapshotMissingError
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.project.validate import is_commit
 from mlxpin.store.layout import (
@@ -42,6 +42,7 @@ from mlxpin.store.sources import ByteSource
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name, write_atomic
 from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm
 from mlxpin.util.parallel import CancelToken, run_parallel
+from mlxpin.util.retry import ClosedEarly, RetryAtOnce, retry
 
 log = logging.getLogger("mlxpin.fetch")
 
@@ -212,43 +213,41 @@ def _fill(
     progress: Progress,
     cancel: CancelToken,
 ) -> None:
-    delay = RETRY_DELAY_S
     fd = os.open(partial, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o644)
     with os.fdopen(fd, "ab") as handle:
-        for attempt in range(1, ATTEMPTS + 1):
-            if state.offset == file.size:
-                break  # complete (possibly from an earlier run): nothing to ask for
-            try:
-                _receive(source, lock, file, handle, state, progress, cancel)
-                if state.offset == file.size:
-                    break
-                raise _Short()
-            except _Restart:
-                state.hasher = OidHasher(oid_algorithm(file.oid), file.size)
-                handle.seek(0)
-                handle.truncate()
-                state.offset = 0
-            except (_Short, Exception) as exc:
-                if not isinstance(exc, _Short) and not source.interrupted(exc):
+
+        def attempt() -> None:
+            if state.offset < file.size:  # else complete (possibly from an earlier run)
+                try:
+                    _receive(source, lock, file, handle, state, progress, cancel)
+                except _Restart:
+                    state.hasher = OidHasher(oid_algorithm(file.oid), file.size)
+                    handle.seek(0)
+                    handle.truncate()
+                    state.offset = 0
                     raise
-                if attempt == ATTEMPTS:
-                    raise source.give_up(file, str(exc) or "connection closed early") from None
-                log.info("%s: %s interrupted (%s), retrying", lock.name, file.path, exc or "short")
-                cancel.wait(delay)
-                delay = min(delay * 2, 8.0)
+                if state.offset != file.size:
+                    raise ClosedEarly()
+
+        def failure(exc: Exception) -> MlxpinError | None:
+            if isinstance(exc, ClosedEarly | _Restart) or source.interrupted(exc):
+                return source.give_up(file, str(exc) or "connection closed early")
+            return None
+
+        def pause(exc: Exception, delay: float) -> None:
+            log.info("%s: %s interrupted (%s), retrying", lock.name, file.path, exc)
+            cancel.wait(delay)
+
+        retry(attempt, ATTEMPTS, RETRY_DELAY_S, failure, pause, max_delay=8.0)
         handle.flush()
         os.fsync(handle.fileno())
-    if state.offset != file.size:
-        raise source.give_up(file, "the transfer never completed")
 
 
-class _Short(Exception):
-    def __str__(self) -> str:
-        return "connection closed early"
-
-
-class _Restart(Exception):
+class _Restart(RetryAtOnce):
     """The server ignored our Range request: start the file over."""
+
+    def __str__(self) -> str:
+        return "the transfer never completed"
 
 
 def _receive(

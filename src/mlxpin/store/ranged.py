@@ -31,6 +31,7 @@ from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, MlxpinError
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.util.parallel import Cancelled, CancelToken, run_parallel
+from mlxpin.util.retry import ClosedEarly, retry
 
 log = logging.getLogger("mlxpin.fetch")
 
@@ -112,11 +113,6 @@ class RangedFill:
 
 class _NoRanges(Exception):
     """The server ignored a Range request: fall back to one connection."""
-
-
-class _Short(Exception):
-    def __str__(self) -> str:
-        return "connection closed early"
 
 
 def split(size: int, prefix: int, count: int) -> list[_Part]:
@@ -259,46 +255,43 @@ def _pull(
     cancel: CancelToken,
 ) -> int:
     received = 0
-    delay = 0.25
-    for attempt in range(1, ATTEMPTS + 1):
+
+    def attempt() -> None:
+        nonlocal received
         if part.done == part.size:
-            break
-        try:
-            wanted = part.start + part.done
-            with source.open_range(file, wanted, part.end) as (start, chunks):
-                if start != wanted:
-                    raise _NoRanges()
-                for chunk in chunks:
-                    cancel.raise_if_cancelled()
-                    if part.done + len(chunk) > part.size:
-                        raise source.mismatch_hint(
-                            lock, file, f"overran the range {part.start}-{part.end - 1}"
-                        )
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.pwrite(fd, view, part.start + part.done)
-                        view = view[written:]
-                        part.done += written
-                    received += len(chunk)
-                    progress.advance(len(chunk))
-                    saver.save()
-            if part.done == part.size:
-                break
-            raise _Short()
-        except (_Short, Exception) as exc:
-            if isinstance(exc, _NoRanges | Cancelled | MlxpinError):
-                raise
-            if not isinstance(exc, _Short) and not source.interrupted(exc):
-                raise
-            if attempt == ATTEMPTS:
-                raise source.give_up(file, str(exc) or "connection closed early") from None
-            log.info(
-                "%s: %s range %d- interrupted (%s), retrying",
-                lock.name,
-                file.path,
-                part.start + part.done,
-                exc,
-            )
-            cancel.wait(delay)
-            delay = min(delay * 2, 8.0)
+            return
+        wanted = part.start + part.done
+        with source.open_range(file, wanted, part.end) as (start, chunks):
+            if start != wanted:
+                raise _NoRanges()
+            for chunk in chunks:
+                cancel.raise_if_cancelled()
+                if part.done + len(chunk) > part.size:
+                    raise source.mismatch_hint(
+                        lock, file, f"overran the range {part.start}-{part.end - 1}"
+                    )
+                view = memoryview(chunk)
+                while view:
+                    written = os.pwrite(fd, view, part.start + part.done)
+                    view = view[written:]
+                    part.done += written
+                received += len(chunk)
+                progress.advance(len(chunk))
+                saver.save()
+        if part.done != part.size:
+            raise ClosedEarly()
+
+    def failure(exc: Exception) -> MlxpinError | None:
+        if isinstance(exc, _NoRanges | Cancelled | MlxpinError):
+            return None
+        if isinstance(exc, ClosedEarly) or source.interrupted(exc):
+            return source.give_up(file, str(exc) or "connection closed early")
+        return None
+
+    def pause(exc: Exception, delay: float) -> None:
+        where = part.start + part.done
+        log.info("%s: %s range %d- interrupted (%s), retrying", lock.name, file.path, where, exc)
+        cancel.wait(delay)
+
+    retry(attempt, ATTEMPTS, 0.25, failure, pause, max_delay=8.0)
     return received

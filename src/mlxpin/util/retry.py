@@ -1,0 +1,46 @@
+"""One retry loop, with pauses that double: Hub look-ups, downloads and their ranges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class ClosedEarly(Exception):
+    """A transfer ended before all its bytes came."""
+
+    def __str__(self) -> str:
+        return "connection closed early"
+
+
+class RetryAtOnce(Exception):
+    """An attempt failed in a way that needs no pause (e.g. start a file over)."""
+
+
+def retry(
+    attempt: Callable[[], T],
+    attempts: int,
+    delay: float,
+    failure: Callable[[Exception], BaseException | None],
+    pause: Callable[[Exception, float], None],
+    max_delay: float = float("inf"),
+) -> T:
+    """`attempt()` up to `attempts` times. `failure(exc)` is None for an exception not worth
+    retrying (raised as it is), else the error to raise when no attempt is left; between
+    two, `pause(exc, delay)` sleeps (or raises to stop) and the delay doubles, at most to
+    `max_delay`."""
+    for number in range(1, attempts + 1):
+        try:
+            return attempt()
+        except Exception as exc:
+            error = failure(exc)
+            if error is None:
+                raise
+            if number == attempts:
+                raise error from None
+            if not isinstance(exc, RetryAtOnce):
+                pause(exc, delay)
+                delay = min(delay * 2, max_delay)
+    raise AssertionError("unreachable")
