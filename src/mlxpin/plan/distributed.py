@@ -1,18 +1,12 @@
 """Distributed launch plan: one model, its ranks spread over hosts by MLX's own `mlx.launch`.
 
-mlxpin never starts a rank itself: it writes a hostfile, checks every host first (the
-snapshot present and stamped there, the same mlx/mlx-lm), and hands `mlx.launch` one
-command. Rank 0 runs on this host and serves HTTP on a private loopback port behind the
-gateway; every rank loads its own host's verified snapshot, offline.
-
-A remote host is checked by running `mlxpin _host check` there over ssh with this host's
-lock on stdin: the remote only answers "where is this pin, and is it intact", it never
-decides what is pinned. `mlxpin.supervise.rankgroup` runs the plan.
-
-Pipeline mode: each rank reads only the weight files of its own layers (`pipeline_files`,
-from this host's verified index), so a remote host needs, and is checked for, only the
-union over its ranks (`HostShare`); this host keeps the whole pin (it is what `fetch`
-makes and what `fetch --hosts` sends from). Tensor mode: every host holds every file.
+mlxpin never starts a rank itself: it writes a hostfile, checks every host first (its
+share of the pin present and stamped, the same mlx/mlx-lm) and hands `mlx.launch` one
+command; rank 0 serves HTTP here, behind the gateway. A remote host is checked with
+`mlxpin _host check` over ssh, this host's lock on stdin: it only answers "where is this
+pin, and is it intact", never decides what is pinned. In pipeline mode a remote host
+needs only the files of its ranks' layers (`pipeline_files`, from this host's verified
+index); this host keeps the whole pin.
 """
 
 from __future__ import annotations
@@ -208,19 +202,19 @@ class DistributedPlan:
         tail = [*args, "--port", str(private_port)]
         return [*tail, "--pipeline"] if self.pipeline else tail
 
-    def command(self, private_port: int | str) -> list[str]:
-        """The one command `mlx.launch` runs on every host (it sets MLX_RANK)."""
-        tail = self._server_tail(private_port)
-        if self.same_paths:
-            return [self.python, "-m", "mlx_lm", "server", "--model", self.path_of(0), *tail]
-        # mlx.launch gives every rank the same command: each picks its own host's path.
-        script = f'v={MODEL_VARIABLE}$MLX_RANK; exec "$0" "$@" --model "${{!v}}"'
-        return ["/bin/bash", "-c", script, self.python, "-m", "mlx_lm", "server", *tail]
-
     def rank_argv(self, rank: int, private_port: int | str) -> list[str]:
         """What rank `rank` ends up running (for the plan; mlx.launch does the running)."""
         tail = self._server_tail(private_port)
         return [self.python, "-m", "mlx_lm", "server", "--model", self.path_of(rank), *tail]
+
+    def command(self, private_port: int | str) -> list[str]:
+        """The one command `mlx.launch` runs on every host (it sets MLX_RANK)."""
+        if self.same_paths:
+            return self.rank_argv(0, private_port)
+        # mlx.launch gives every rank the same command: each picks its own host's path.
+        script = f'v={MODEL_VARIABLE}$MLX_RANK; exec "$0" "$@" --model "${{!v}}"'
+        tail = self._server_tail(private_port)
+        return ["/bin/bash", "-c", script, self.python, "-m", "mlx_lm", "server", *tail]
 
     def launch_argv(self, private_port: int | str) -> list[str]:
         return [
