@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,7 @@ def host_shares(
     pipeline mode (this host: the whole pin), else the whole pin everywhere."""
     sizes = {f.path: f.size for f in lock.files}
     shares = []
-    for host in distinct_hosts(ranks):
+    for host in dict.fromkeys(r.ssh for r in ranks):
         mine = tuple(r.rank for r in ranks if r.ssh == host)
         if rank_files is None or host == LOCAL_HOST:
             files = tuple(sizes)
@@ -325,10 +325,6 @@ def ranks_of(spec: DistributedSpec) -> tuple[tuple[Rank, ...], str, tuple[tuple[
     return ranks, backend, tuple((k, v) for k, v in env)
 
 
-def distinct_hosts(ranks: Sequence[Rank]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(r.ssh for r in ranks))
-
-
 # --- preflight -----------------------------------------------------------------------------
 
 
@@ -392,11 +388,6 @@ def remote_mlxpin(python: str) -> list[str]:
     return [python, "-m", "mlxpin", "_host"]
 
 
-def file_args(need: frozenset[str] | None) -> list[str]:
-    """`--file=PATH` per needed file (`=`: a path may start with a dash)."""
-    return [f"--file={path}" for path in sorted(need or ())]
-
-
 def check_remote(
     host: str,
     lock: LockedModel,
@@ -406,7 +397,8 @@ def check_remote(
     timeout_s: float = 120.0,
     need: frozenset[str] | None = None,
 ) -> HostCheck:
-    argv = [*remote_mlxpin(python), "check", *(["--verify"] if verify else []), *file_args(need)]
+    files = [f"--file={path}" for path in sorted(need or ())]  # `=`: a path may start with -
+    argv = [*remote_mlxpin(python), "check", *(["--verify"] if verify else []), *files]
     try:
         done = ssh(host, argv, render(lock), timeout_s)
     except subprocess.TimeoutExpired:
@@ -460,22 +452,14 @@ def preflight(
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(shares)))) as pool:
         checks = list(pool.map(one, shares))
     local = checks[0].runtime if checks and checks[0].host == LOCAL_HOST else runtime_versions()
-    result: list[HostCheck] = []
-    for check in checks:
+
+    def same_runtime(check: HostCheck) -> HostCheck:
         if check.ok and local is not None and check.runtime not in (None, local):
-            result.append(
-                HostCheck(
-                    check.host,
-                    False,
-                    check.path,
-                    f"runs {check.runtime}, this host {local}: every rank needs the same",
-                    ExitCode.UNAVAILABLE,
-                    check.runtime,
-                )
-            )
-        else:
-            result.append(check)
-    return tuple(result)
+            problem = f"runs {check.runtime}, this host {local}: every rank needs the same"
+            return replace(check, ok=False, problem=problem, exit_code=ExitCode.UNAVAILABLE)
+        return check
+
+    return tuple(map(same_runtime, checks))
 
 
 # --- pipeline ------------------------------------------------------------------------------

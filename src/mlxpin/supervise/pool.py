@@ -34,6 +34,7 @@ from mlxpin.supervise.policy import (
     State,
     Wait,
     expired,
+    loaded,
     next_expiry,
     plan_start,
 )
@@ -96,6 +97,25 @@ class Slot:
         self.last_used = time.monotonic()
         self.last_used_wall = time.time()
 
+    def status(self) -> dict[str, object]:
+        """This model's entry in ``GET /mlxpin/status`` (what `mlxpin ps` prints)."""
+        idle_s = round(time.monotonic() - self.last_used, 3) if self.last_used_wall else None
+        return {
+            "name": self.name,
+            "api_label": self.plan.launch.api_label,
+            "aliases": list(self.plan.launch.aliases),
+            "state": self.state,
+            "pid": self.process.pid if self.process and self.process.process else None,
+            "cost": self.plan.cost,
+            "last_used": self.last_used_wall,
+            "idle_s": idle_s,
+            "in_flight": self.in_flight,
+            "restarts": self.restarts,
+            "idle_ttl": self.plan.idle_ttl,
+            "preload": self.plan.preload,
+            "reason": self.failed_reason,
+        }
+
 
 class Pool:
     """The :class:`~mlxpin.gateway.backends.Backends` of `mlxpin serve` (module docstring)."""
@@ -110,7 +130,6 @@ class Pool:
         on_fatal: Callable[[], None] | None = None,
     ) -> None:
         self.plan = plan
-        self.environ = environ
         self.policy = policy or RestartPolicy()
         self.limits = Limits(budget=plan.budget, max_loaded=plan.max_loaded)
         self.slots = {
@@ -164,28 +183,8 @@ class Pool:
         return Health(self.preloaded, body)
 
     def status(self) -> Mapping[str, object]:
-        now_mono, now_wall = time.monotonic(), time.time()
-        used = sum(s.plan.cost for s in self.slots.values() if s.view().holds_memory)
-        models: list[dict[str, object]] = []
-        for s in self.slots.values():
-            models.append(
-                {
-                    "name": s.name,
-                    "api_label": s.plan.launch.api_label,
-                    "aliases": list(s.plan.launch.aliases),
-                    "state": s.state,
-                    "pid": s.process.pid if s.process and s.process.process else None,
-                    "cost": s.plan.cost,
-                    "last_used": s.last_used_wall,
-                    "idle_s": round(now_mono - s.last_used, 3) if s.last_used_wall else None,
-                    "in_flight": s.in_flight,
-                    "restarts": s.restarts,
-                    "idle_ttl": s.plan.idle_ttl,
-                    "preload": s.plan.preload,
-                    "reason": s.failed_reason,
-                }
-            )
-        loaded = sum(1 for s in self.slots.values() if s.view().holds_memory)
+        now_wall = time.time()
+        count, used = loaded(self.views().values())
         return {
             "host": self.plan.host,
             "port": self.plan.port,
@@ -195,9 +194,9 @@ class Pool:
                 "total": self.plan.budget,
                 "source": self.plan.budget_source,
             },
-            "loaded": loaded,
+            "loaded": count,
             "max_loaded": self.plan.max_loaded,
-            "models": models,
+            "models": [s.status() for s in self.slots.values()],
         }
 
     # ------------------------------------------------------------------ bookkeeping
@@ -486,7 +485,8 @@ class Pool:
         """Stop every server (SIGTERM, then SIGKILL after the stop timeout)."""
         self.closing = True
         self.notify()
-        for task in (self._ttl_task, self._preload_task, *self._start_tasks()):
+        starts = [s.start_task for s in self.slots.values()]
+        for task in (self._ttl_task, self._preload_task, *starts):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -497,9 +497,6 @@ class Pool:
                 slot.watcher.cancel()
             slot.state = "stopped"
             slot.server.close()
-
-    def _start_tasks(self) -> list[asyncio.Task[Any]]:
-        return [s.start_task for s in self.slots.values() if s.start_task is not None]
 
 
 def _reported(task: asyncio.Task[None]) -> None:

@@ -65,8 +65,7 @@ def pool_app(gateway: Gateway, pool: Pool, *, operator: bool = True) -> web.Appl
             return api_error_response(
                 ApiError(404, f"Unknown action {what!r}: use load or unload", "not_found")
             )
-        model = next(m for m in pool.status()["models"] if m["name"] == slot.name)  # type: ignore[attr-defined]
-        return web.json_response({"ok": True, "model": model}, dumps=compact_dumps)
+        return web.json_response({"ok": True, "model": slot.status()}, dumps=compact_dumps)
 
     app.router.add_get(STATUS_PATH, status)
     if operator:
