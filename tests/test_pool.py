@@ -23,7 +23,7 @@ from mlxpin.plan.launch import LaunchPlan, PinnedSnapshot
 from mlxpin.plan.serve import PoolModelPlan, ServePlan, launch_serve_plan
 from mlxpin.supervise.pool import Pool
 from mlxpin.supervise.process import is_our_server
-from mlxpin.supervise.restart import RestartPolicy as PoolPolicy
+from mlxpin.supervise.restart import RestartPolicy
 from mlxpin.supervise.runner import pool_app
 from test_cli_launch import ANSWERING_SERVER
 
@@ -62,7 +62,7 @@ def plan(*models: PoolModelPlan, max_loaded: int | None = None, wait: float = 30
     )
 
 
-POLICY = PoolPolicy(backoff_initial_s=0.01, restart_budget=2, ready_timeout_s=20)
+POLICY = RestartPolicy(backoff_initial_s=0.01, restart_budget=2, ready_timeout_s=20)
 ENV = {"PATH": "/usr/bin:/bin"}
 
 
