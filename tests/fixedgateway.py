@@ -19,13 +19,13 @@ from mlxpin.gateway.app import Gateway, serve
 from mlxpin.gateway.backends import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_REQUEST_TIMEOUT_S,
+    GatewayState,
     Health,
     Lease,
     Route,
     Upstream,
 )
 from mlxpin.gateway.listener import ListenerLimits
-from mlxpin.gateway.state import GatewayState
 from mlxpin.gateway.upstream import warm_up_status
 
 
@@ -90,22 +90,6 @@ class GatewayConfig:
         )
 
 
-class OneModelLease:
-    """A lease on the single server of :class:`OneModel`."""
-
-    __slots__ = ("_state", "upstream")
-
-    def __init__(self, upstream: Upstream, state: GatewayState) -> None:
-        self.upstream = upstream
-        self._state = state
-
-    def completed(self) -> None:
-        self._state.mark_healthy(self.upstream.epoch)
-
-    def release(self) -> None:
-        pass
-
-
 class OneModel:
     """``launch``: one model, one server, always routed to (the gateway answers 503 when
     it cannot be reached); healthy once a real completion succeeded since its last start."""
@@ -135,7 +119,7 @@ class OneModel:
         return self.base
 
     async def acquire(self, label: str) -> Lease:
-        return OneModelLease(self.current(), self.state)
+        return Lease(self.current(), self.state)
 
     def health(self) -> Health:
         if self.state.healthy:

@@ -31,9 +31,9 @@ from aiohttp import web
 
 from fixedgateway import GatewayConfig, start_gateway, warm_up
 from mlxpin.gateway.addresses import free_port as _free_port
+from mlxpin.gateway.backends import GatewayState
 from mlxpin.gateway.rewrite import Rewriter as _Rewriter
 from mlxpin.gateway.rewrite import SseRelay as _SseRelay
-from mlxpin.gateway.state import GatewayState
 
 T = TypeVar("T")
 

@@ -21,8 +21,9 @@ from mlxpin.gateway.app import Gateway
 from mlxpin.gateway.backends import Unavailable
 from mlxpin.plan.launch import LaunchPlan, PinnedSnapshot
 from mlxpin.plan.serve import PoolModelPlan, ServePlan, launch_serve_plan
-from mlxpin.supervise.pool import Pool, PoolPolicy
+from mlxpin.supervise.pool import Pool
 from mlxpin.supervise.process import is_our_server
+from mlxpin.supervise.restart import RestartPolicy
 from mlxpin.supervise.runner import pool_app
 from test_cli_launch import ANSWERING_SERVER
 
@@ -61,7 +62,7 @@ def plan(*models: PoolModelPlan, max_loaded: int | None = None, wait: float = 30
     )
 
 
-POLICY = PoolPolicy(backoff_initial_s=0.01, restart_budget=2, ready_timeout_s=20)
+POLICY = RestartPolicy(backoff_initial_s=0.01, restart_budget=2, ready_timeout_s=20)
 ENV = {"PATH": "/usr/bin:/bin"}
 
 
@@ -81,10 +82,10 @@ def test_past_its_crash_budget_a_model_fails_with_its_reason_and_others_keep_ser
             assert pool.slots["bad"].state == "failed"
             with pytest.raises(Unavailable) as info:
                 await pool.acquire("bad-chat")
-            assert info.value.code == "model_failed"
-            assert info.value.status == 503
-            assert "failed 3 starts in a row" in info.value.message
-            assert "last exit code 4" in info.value.message
+            assert info.value.error.code == "model_failed"
+            assert info.value.error.status == 503
+            assert "failed 3 starts in a row" in info.value.error.message
+            assert "last exit code 4" in info.value.error.message
             lease = await pool.acquire("good-chat")  # the other model is not affected
             assert pool.slots["good"].state == "ready"
             lease.release()

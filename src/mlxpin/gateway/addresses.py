@@ -1,11 +1,6 @@
-"""Where the endpoint and its servers listen: the public sockets, a private address each.
-
-- :func:`bind_public` binds the gateway's ``host:port`` before anything starts, so a
-  taken port is exit 69 with no server spawned;
-- :func:`private_socket_dir` makes the 0700 directory a server's Unix socket lives in;
-- :func:`free_port` picks a loopback port for a server that cannot use a socket (a
-  pinned runtime without mlxpin in it, or rank 0 of `mlx.launch`).
-"""
+"""Where the endpoint and its servers listen: the public sockets (bound before anything
+starts, so a taken port is exit 69 with no server spawned), and a private address per
+server (a Unix socket in a 0700 directory, or a loopback port)."""
 
 from __future__ import annotations
 

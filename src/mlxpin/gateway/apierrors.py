@@ -1,8 +1,5 @@
-"""OpenAI-style error answers (pure data; the gateway turns them into HTTP responses).
-
-Every refusal and failure a client sees has the shape OpenAI's clients parse::
-
-    {"error": {"message": "...", "type": "invalid_request_error", "param": null, "code": "..."}}
+"""OpenAI-style error answers (pure data; the gateway turns them into HTTP responses):
+``{"error": {"message": "...", "type": "invalid_request_error", "param": null, "code": "..."}}``
 """
 
 from __future__ import annotations
@@ -10,13 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-__all__ = ["ApiError", "error_body"]
-
-
-def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
-    """The JSON bytes of one OpenAI-style error."""
-    err = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return json.dumps(err, separators=(",", ":")).encode()
+__all__ = ["ApiError"]
 
 
 @dataclass(frozen=True)
@@ -35,4 +26,12 @@ class ApiError:
         return "server_error" if self.status >= 500 else "invalid_request_error"
 
     def body(self) -> bytes:
-        return error_body(self.message, self.type, self.code, self.param)
+        err = {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+        return json.dumps(err, separators=(",", ":")).encode()

@@ -1,38 +1,18 @@
 """The gateway: the only door to pinned models (design §5).
 
 ``mlx_lm.server`` treats any ``"model"`` it does not know as a repo id to download and
-load -- and unloads the pinned model first. So clients never talk to it directly: the
-gateway sits on the public host/port, in front of servers it reaches only through a
-:class:`~mlxpin.gateway.backends.Backends`, and clients address a model by its API label::
-
-    client ──"model": "gemma-4-31b-it"──▶ gateway ──"model": "<snapshot path>"──▶ mlx_lm.server
-    client ◀─"model": "gemma-4-31b-it"─── gateway ◀─"model": "<snapshot path>"───
-
-What it does, per route:
-
-- ``POST /v1/chat/completions`` and ``POST /v1/completions``: the body must be a JSON
-  object whose ``"model"`` is an api_label, an alias, or absent/null (one model only).
-  Anything else is answered here (OpenAI-style 400/404, :mod:`~mlxpin.gateway.checks`)
-  without touching a server. The request is forwarded with ``"model"`` set to the exact
-  ``--model`` string, and every response gets the canonical api_label back -- SSE
-  streams are relayed chunk by chunk (:mod:`~mlxpin.gateway.rewrite`).
-- ``GET /v1/models`` and ``GET /v1/models/{label}``: the labels (no upstream call).
-- ``GET /health``: what the backends say (launch: 200 only once a real completion
-  succeeded since the last (re)start, else 503 ``{"status": "loading"}``).
-- anything else: OpenAI-style 404 / 405.
-
-Errors always come back as OpenAI-style JSON (:mod:`~mlxpin.gateway.apierrors`); a client
-never sees a traceback. Upstream unreachable → 503 ``upstream_unavailable``; upstream
-timeout → 504 ``upstream_timeout``; a malformed upstream answer → 502 ``upstream_error``.
-
-Built on aiohttp (server, and client sessions per upstream); no HTTP parsing of our own.
-Request bodies and the api key are never logged.
+load -- and unloads the pinned model first. So clients never reach it directly: the
+gateway answers bad requests itself (:mod:`~mlxpin.gateway.checks`), forwards the rest
+with ``"model"`` set to the exact ``--model`` string, and puts the api_label back into
+every answer, SSE streams included (:mod:`~mlxpin.gateway.rewrite`). Errors are always
+OpenAI-style JSON, never a traceback; request bodies and the api key are never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import socket
 import time
@@ -43,26 +23,15 @@ import aiohttp
 from aiohttp import web
 
 from mlxpin.gateway.addresses import ACCEPT_BURST
-from mlxpin.gateway.apierrors import ApiError, error_body
-from mlxpin.gateway.backends import (
-    Backends,
-    Lease,
-    Route,
-    Unavailable,
-    Upstream,
-)
+from mlxpin.gateway.apierrors import ApiError
+from mlxpin.gateway.backends import Backends, Lease, Route, Unavailable, Upstream
 from mlxpin.gateway.checks import check_request
 from mlxpin.gateway.listener import LimitedRunner, ListenerLimits
 from mlxpin.gateway.rewrite import Rewriter, SseRelay, rewrite_json
 from mlxpin.gateway.routing import RoutingTable
-from mlxpin.gateway.upstream import (
-    CHAT_PATH,
-    COMPLETIONS_PATH,
-    UpstreamClient,
-    classify_failure,
-)
+from mlxpin.gateway.upstream import CHAT_PATH, COMPLETIONS_PATH, classify_failure, connector, url_of
 
-__all__ = ["Gateway", "api_error_response", "error_response", "serve"]
+__all__ = ["Gateway", "api_error_response", "compact_dumps", "serve"]
 
 log = logging.getLogger("mlxpin.gateway")
 
@@ -74,38 +43,34 @@ _MAX_QUOTED_ERROR: Final = 500
 
 _JSON_CT: Final = "application/json"
 _SSE_CT: Final = "text/event-stream"
+_SSE_HEADERS: Final = {
+    "Content-Type": _SSE_CT,
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_UNAUTHORIZED: Final = ApiError(
+    401,
+    "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+    "invalid_api_key",
+    headers=(("WWW-Authenticate", "Bearer"),),
+)
+_MALFORMED: Final = ApiError(
+    502, "The model server sent an incomplete or malformed answer", "upstream_error"
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-# --------------------------------------------------------------------------- responses
-
-
-def error_response(
-    status: int,
-    message: str,
-    *,
-    type_: str = "invalid_request_error",
-    code: str,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    """An OpenAI-style error response."""
-    return web.Response(
-        status=status,
-        body=error_body(message, type_, code, param),
-        content_type=_JSON_CT,
-        headers=headers,
-    )
+def compact_dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))
 
 
 def api_error_response(error: ApiError) -> web.Response:
-    return error_response(
-        error.status,
-        error.message,
-        type_=error.type,
-        code=error.code,
-        param=error.param,
+    """An OpenAI-style error response."""
+    return web.Response(
+        status=error.status,
+        body=error.body(),
+        content_type=_JSON_CT,
         headers=dict(error.headers) or None,
     )
 
@@ -129,40 +94,25 @@ def from_http_exception(exc: web.HTTPException) -> ApiError:
     return ApiError(status, exc.reason or "Error", f"http_{status}")
 
 
-def _unavailable(exc: Unavailable) -> ApiError:
-    headers: tuple[tuple[str, str], ...] = ()
-    if exc.retry_after_s is not None:
-        headers = (("Retry-After", str(max(1, round(exc.retry_after_s)))),)
-    return ApiError(exc.status, exc.message, exc.code, headers=headers)
-
-
-# --------------------------------------------------------------------------- the gateway
-
-
 class Gateway:
     """The aiohttp application over a :class:`Backends` (see the module docstring)."""
 
     def __init__(
-        self,
-        backends: Backends,
-        *,
-        api_key: str | None = None,
-        connect_timeout_s: float = 5.0,
+        self, backends: Backends, *, api_key: str | None = None, connect_timeout_s: float = 5.0
     ) -> None:
         self.backends = backends
         self.table = RoutingTable(backends.routes())
-        self.client = UpstreamClient(connect_timeout_s)
+        self.connect_timeout_s = connect_timeout_s
         self.expected_auth = None if api_key is None else ("Bearer " + api_key).encode("utf-8")
-        self.rewriters: dict[tuple[str, str], Rewriter] = {}
-
-    # ---------------------------------------------------------------- plumbing
+        # One keep-alive client session per upstream address, opened on first use.
+        self.sessions: dict[tuple[str, str | None], aiohttp.ClientSession] = {}
 
     def app(self) -> web.Application:
         """The application (not yet bound; see :func:`serve`)."""
         app = web.Application(
             middlewares=[self._middleware], client_max_size=self.table.max_body_bytes
         )
-        app.cleanup_ctx.append(self._client_ctx)
+        app.cleanup_ctx.append(self._sessions_ctx)
         app.router.add_post(CHAT_PATH, self.completions)
         app.router.add_post(COMPLETIONS_PATH, self.completions)
         app.router.add_get(MODELS_PATH, self.models)
@@ -170,11 +120,13 @@ class Gateway:
         app.router.add_get(HEALTH_PATH, self.health)
         return app
 
-    async def _client_ctx(self, _app: web.Application) -> AsyncIterator[None]:
+    async def _sessions_ctx(self, _app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await self.client.close()
+            sessions, self.sessions = list(self.sessions.values()), {}
+            for session in sessions:
+                await session.close()
 
     def _authorized(self, request: web.Request) -> bool:
         if self.expected_auth is None or request.path == HEALTH_PATH:
@@ -185,28 +137,20 @@ class Gateway:
             got = "Bearer " + got[7:].strip()
         return hmac.compare_digest(got.encode("utf-8", "surrogateescape"), self.expected_auth)
 
-    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            if not self._authorized(request):
-                return error_response(
-                    401,
-                    "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
-                    code="invalid_api_key",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            return await handler(request)
-        except web.HTTPException as exc:
-            return api_error_response(from_http_exception(exc))
-        except Exception:  # a bug of ours: log it, never show it
-            log.exception("internal error on %s %s", request.method, request.path)
-            return error_response(
-                500, "Internal gateway error", type_="server_error", code="internal_error"
-            )
-
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        response = await self._answer(request, handler)
+        response: web.StreamResponse
+        try:
+            if self._authorized(request):
+                response = await handler(request)
+            else:
+                response = api_error_response(_UNAUTHORIZED)
+        except web.HTTPException as exc:
+            response = api_error_response(from_http_exception(exc))
+        except Exception:  # a bug of ours: log it, never show it
+            log.exception("internal error on %s %s", request.method, request.path)
+            response = api_error_response(ApiError(500, "Internal gateway error", "internal_error"))
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s %s -> %d in %.1f ms",
@@ -216,8 +160,6 @@ class Gateway:
                 (time.perf_counter() - started) * 1000,
             )
         return response
-
-    # ---------------------------------------------------------------- simple routes
 
     async def models(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.table.models_body, content_type=_JSON_CT)
@@ -230,11 +172,8 @@ class Gateway:
 
     async def health(self, _request: web.Request) -> web.Response:
         health = self.backends.health()
-        return web.json_response(
-            dict(health.body), status=200 if health.ready else 503, dumps=_compact_dumps
-        )
-
-    # ---------------------------------------------------------------- completions
+        status = 200 if health.ready else 503
+        return web.json_response(dict(health.body), status=status, dumps=compact_dumps)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         limit = self.table.max_body_bytes
@@ -253,18 +192,31 @@ class Gateway:
         try:
             lease = await self.backends.acquire(route.api_label)
         except Unavailable as exc:
-            return api_error_response(_unavailable(exc))
+            return api_error_response(exc.error)
         try:
             return await self._forward(request, route, body, lease)
         finally:
             lease.release()
 
-    def _rewriter(self, upstream: Upstream) -> Rewriter:
-        key = (upstream.label, upstream.model)
-        rewriter = self.rewriters.get(key)
-        if rewriter is None:
-            rewriter = self.rewriters[key] = Rewriter(upstream.label, upstream.model)
-        return rewriter
+    def _post(
+        self,
+        upstream: Upstream,
+        path: str,
+        data: bytes,
+        headers: dict[str, str],
+        read_timeout_s: float,
+    ) -> Any:
+        key = (upstream.url, upstream.socket_path)
+        session = self.sessions.get(key)
+        if session is None:
+            session = aiohttp.ClientSession(
+                connector=connector(upstream), skip_auto_headers=("User-Agent",)
+            )
+            self.sessions[key] = session
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.connect_timeout_s, sock_read=read_timeout_s
+        )
+        return session.post(url_of(upstream, path), data=data, headers=headers, timeout=timeout)
 
     async def _forward(
         self, request: web.Request, route: Route, body: dict[str, Any], lease: Lease
@@ -272,7 +224,7 @@ class Gateway:
         upstream = lease.upstream
         body["model"] = upstream.model
         try:
-            data = _compact_dumps(body).encode()
+            data = compact_dumps(body).encode()
         except (ValueError, RecursionError):
             return api_error_response(
                 ApiError(400, "The request body is nested too deeply", "invalid_json")
@@ -283,7 +235,7 @@ class Gateway:
             "Accept-Encoding": "identity",
         }
         try:
-            async with self.client.post(
+            async with self._post(
                 upstream, request.path, data, headers, route.request_timeout_s
             ) as answer:
                 if answer.content_type == _SSE_CT:
@@ -306,13 +258,7 @@ class Gateway:
         if body is None:
             log.warning("upstream answered %d with a non-JSON body", answer.status)
             if answer.status < 400:
-                return api_error_response(
-                    ApiError(
-                        502,
-                        "The model server sent an incomplete or malformed answer",
-                        "upstream_error",
-                    )
-                )
+                return api_error_response(_MALFORMED)
             quoted = raw[:_MAX_QUOTED_ERROR].decode("utf-8", "replace")
             error = ApiError(answer.status, quoted or answer.reason or "Error", "upstream_error")
             return api_error_response(error)
@@ -323,23 +269,26 @@ class Gateway:
     async def _relay_sse(
         self, request: web.Request, answer: aiohttp.ClientResponse, lease: Lease
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=answer.status,
-            headers={
-                "Content-Type": _SSE_CT,
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            },
-        )
+        response = web.StreamResponse(status=answer.status, headers=_SSE_HEADERS)
         # The server finished the completion once it sends [DONE]: that marks it healthy
         # before the client can see it (and perhaps hang up right away).
         relay = SseRelay(
-            self._rewriter(lease.upstream),
+            Rewriter(lease.upstream.label, lease.upstream.model),
             on_done=lease.completed if answer.status == 200 else None,
         )
+        failure: BaseException | None = None
         try:
             await response.prepare(request)
-            failure = await _pump(answer, relay, response)
+            try:
+                async for chunk in answer.content.iter_any():
+                    out = relay.feed(chunk)
+                    if out:
+                        await response.write(out)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failure = exc
+            tail = relay.finish()
+            if tail:
+                await response.write(tail)
             if failure is None and answer.status == 200 and not relay.done:
                 failure = aiohttp.ClientPayloadError("stream ended before data: [DONE]")
             if failure is not None:
@@ -356,38 +305,6 @@ class Gateway:
         return response
 
 
-async def _pump(
-    answer: aiohttp.ClientResponse, relay: SseRelay, response: web.StreamResponse
-) -> BaseException | None:
-    """Relay the upstream's SSE bytes until it ends; the failure that ended it, if any."""
-    read = answer.content.readany
-    failure: BaseException | None = None
-    while True:
-        try:
-            chunk = await read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            failure = exc
-            break
-        if not chunk:
-            break
-        out = relay.feed(chunk)
-        if out:
-            await response.write(out)
-    tail = relay.finish()
-    if tail:
-        await response.write(tail)
-    return failure
-
-
-def _compact_dumps(obj: object) -> str:
-    import json
-
-    return json.dumps(obj, separators=(",", ":"))
-
-
-# --------------------------------------------------------------------------- entry points
-
-
 async def serve(
     app: web.Application,
     host: str,
@@ -395,12 +312,8 @@ async def serve(
     limits: ListenerLimits | None = None,
     sockets: Sequence[socket.socket] = (),
 ) -> web.AppRunner:
-    """Serve ``app`` on ``sockets`` (already bound and listening), or else bind
-    ``host:port`` (raises OSError if the address is taken).
-
-    Stop it with ``await runner.cleanup()``. With ``port=0`` the bound port is in
-    ``runner.addresses``.
-    """
+    """Serve ``app`` on ``sockets`` (bound and listening), or else bind ``host:port``
+    (OSError if taken). Stop it with ``await runner.cleanup()``."""
     runner = LimitedRunner(
         app,
         limits or ListenerLimits(),

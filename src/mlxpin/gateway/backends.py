@@ -1,34 +1,26 @@
 """The seam between the gateway and the model servers behind it.
 
-The gateway knows HTTP: labels, request checks, rewriting, the SSE relay, error bodies.
-It does not know how servers are started, restarted or evicted. It asks a
-:class:`Backends` for two things:
-
-- :meth:`Backends.routes`: which labels exist (api_label + aliases) and each model's
-  request limits -- the gateway builds its routing table from them once;
-- :meth:`Backends.acquire`: "give me a ready upstream for this label" -- it may wait (a
-  pool starts the model, evicting idle ones), or raise :class:`Unavailable` (an
-  OpenAI-style 503 with ``Retry-After``). The :class:`Lease` it returns says where to send
-  the request and is told when a real completion succeeded and when the request is over
-  (streams: after their last byte), so a pool never stops a server under a client.
-
-Plus :meth:`Backends.health` for ``GET /health``. `supervise.pool.Pool` implements it, for
-`serve` (many models) and `launch` (one model); the gateway's own tests use a fixed
-upstream (tests/fixedgateway.py).
-
-This module imports nothing from aiohttp: a backend is plain data plus a protocol.
+The gateway knows HTTP; a :class:`Backends` knows how servers start, restart and stop.
+The gateway builds its routing table from :meth:`Backends.routes` once, and asks
+:meth:`Backends.acquire` for a ready upstream per request (it may wait, or raise
+:class:`Unavailable`); the :class:`Lease` is released after the last byte, so a pool never
+stops a server under a client. `supervise.pool.Pool` is the one production backend; the
+gateway's own tests use a fixed upstream (tests/fixedgateway.py). No aiohttp here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
+
+from mlxpin.gateway.apierrors import ApiError
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_REQUEST_TIMEOUT_S",
     "Backends",
+    "GatewayState",
     "Health",
     "Lease",
     "Route",
@@ -46,13 +38,10 @@ DEFAULT_REQUEST_TIMEOUT_S: Final = 600.0
 class Route:
     """One model as clients see it: its labels and its request limits."""
 
-    api_label: str
-    """The canonical label; put back into every response."""
-    aliases: tuple[str, ...] = ()
-    """Other labels that are accepted (and answered with the canonical one)."""
+    api_label: str  # the canonical label, put back into every response
+    aliases: tuple[str, ...] = ()  # also accepted, answered with the canonical one
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
-    """Longest silence between two reads from this model's server."""
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -64,16 +53,40 @@ class Route:
 class Upstream:
     """Where one request goes: a server that was started on one snapshot."""
 
-    label: str
-    """The canonical api_label of the model it serves."""
-    model: str
-    """The exact ``--model`` string the server was started with (sent as ``"model"``)."""
-    url: str
-    """Base URL, e.g. ``http://127.0.0.1:53121`` (with a socket: any host, path matters)."""
-    socket_path: str | None = None
-    """If set, connect over this Unix-domain socket instead of TCP."""
+    label: str  # the canonical api_label of the model it serves
+    model: str  # the exact --model string the server was started with (sent as "model")
+    url: str  # e.g. http://127.0.0.1:53121 (with a socket: any host, the path matters)
+    socket_path: str | None = None  # connect over this Unix-domain socket instead of TCP
+    epoch: int = 0  # which start of the server; a late answer from an older one proves nothing
+
+
+@dataclass(eq=False)
+class GatewayState:
+    """Health of one served model (one asyncio loop, no locks).
+
+    ``healthy`` turns True only when a real completion succeeds; ``mark_restarting`` turns
+    it False and starts a new *epoch*, so that a completion which began against the old
+    server process cannot mark the new one healthy when it finishes late.
+    """
+
+    healthy: bool = False
     epoch: int = 0
-    """Which start of the server this is; a late answer from an older one proves nothing."""
+    completions_ok: int = 0
+    """Upstream 200 completions relayed in full (warm-ups included): a rank group's
+    watchdog reads it as proof of progress."""
+
+    def mark_restarting(self) -> None:
+        self.healthy = False
+        self.epoch += 1
+
+    def mark_healthy(self, epoch: int | None = None) -> bool:
+        """Record a completion started in ``epoch`` (default: the current one); False,
+        changing nothing, if a restart happened since."""
+        if epoch is not None and epoch != self.epoch:
+            return False
+        self.healthy = True
+        self.completions_ok += 1
+        return True
 
 
 @dataclass(frozen=True)
@@ -85,34 +98,38 @@ class Health:
 
 
 class Unavailable(Exception):
-    """No upstream for this request now: answered as an OpenAI-style error (default 503)."""
+    """No upstream for this request now: answered as an OpenAI-style 503."""
 
     def __init__(
-        self,
-        message: str,
-        *,
-        code: str = "model_unavailable",
-        status: int = 503,
-        retry_after_s: float | None = None,
+        self, message: str, *, code: str = "model_unavailable", retry_after_s: float | None = None
     ) -> None:
         super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status = status
-        self.retry_after_s = retry_after_s
+        headers = (
+            () if retry_after_s is None else (("Retry-After", f"{max(1, round(retry_after_s))}"),)
+        )
+        self.error = ApiError(503, message, code, headers=headers)
 
 
-class Lease(Protocol):
+def _nothing() -> None:
+    pass
+
+
+@dataclass(eq=False)
+class Lease:
     """One request's hold on an upstream, from :meth:`Backends.acquire` until release."""
 
-    @property
-    def upstream(self) -> Upstream: ...
+    upstream: Upstream
+    health: GatewayState
+    on_release: Callable[[], None] = _nothing
 
     def completed(self) -> None:
         """A real completion succeeded on this upstream (evidence it is healthy)."""
+        self.health.mark_healthy(self.upstream.epoch)
 
     def release(self) -> None:
-        """The request is over (streams: after their last byte). Called exactly once."""
+        """The request is over (streams: after their last byte); only the first call counts."""
+        release, self.on_release = self.on_release, _nothing
+        release()
 
 
 class Backends(Protocol):

@@ -1,14 +1,8 @@
 """Request checks: what the gateway refuses before any server sees it (pure).
 
-``mlx_lm.server`` resolves several request fields to weights it would load or URLs it
-would fetch. The manifest decides weights, and ``launch`` promises no network, so:
-
-- the body must be a JSON object (deep nesting included: a 400, never a traceback);
-- ``draft_model`` / ``adapters`` (and spellings of it) are refused: per-request weights;
-- image parts that point at a URL are refused: the server would fetch it with urlopen;
-  inline ``data:`` URLs pass.
-
-:func:`check_request` returns the parsed body and its route, or the error to answer.
+``mlx_lm.server`` resolves some request fields to weights it would load (``draft_model``,
+``adapters``...) or URLs it would fetch (image parts): the manifest decides weights and
+``launch`` promises no network, so those are refused; inline ``data:`` images pass.
 """
 
 from __future__ import annotations

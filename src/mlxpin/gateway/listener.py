@@ -1,24 +1,14 @@
-"""The gateway's listening socket under hostile clients: bounded connections and header
-read time, load shed with 503, file descriptors kept in reserve, parse errors as JSON.
+"""The gateway's listening socket under hostile clients.
 
-aiohttp accepts every connection and waits for a first request as long as its keep-alive
-timeout allows; ~1,000 idle connections then use up the process's file descriptors, every
-client is locked out, and restarting the model server fails with EMFILE. Here:
-
-- a connection that has not sent a complete request head within ``header_timeout_s`` is
-  closed;
-- past ``max_connections`` open client connections (clipped so that the upstream
-  connections, two accept bursts and ``fd_reserve`` descriptors for the supervisor always
-  fit under RLIMIT_NOFILE, whose soft limit the runner first lifts toward the hard one:
-  `mlxpin.gateway.addresses.raise_open_files_limit`),
-  a new connection is answered ``503`` with an OpenAI-style body and
-  ``Retry-After``, then closed; at most ``SHED_BAND`` such answers are pending at once
-  (the oldest is dropped for the newest, so a new client always gets its 503);
-- a request aiohttp's parser rejects (duplicate Content-Length, CL+TE...) is answered
-  with an OpenAI-style JSON 400 instead of aiohttp's text page, and logged as one line.
-
-This reaches into aiohttp's ``RequestHandler`` (connection_made, data_received,
-handle_error); the tests pin the behaviour so an aiohttp upgrade that changes them fails.
+aiohttp waits for a first request as long as its keep-alive allows, so ~1,000 idle
+connections use up the file descriptors: every client is locked out and restarting the
+model server fails with EMFILE. Here a connection gets ``header_timeout_s`` to send a
+request head; past :func:`connection_cap` (clipped so that upstream connections, two
+accept bursts and ``fd_reserve`` descriptors always fit under RLIMIT_NOFILE), a new one
+is answered 503 + ``Retry-After`` and closed (at most ``SHED_BAND`` pending, oldest
+dropped first, so a new client always gets its 503); a request aiohttp's parser rejects
+is answered with an OpenAI-style 400. This reaches into aiohttp's ``RequestHandler``; the
+tests pin the behaviour so an aiohttp upgrade that changes it fails.
 """
 
 from __future__ import annotations

@@ -52,12 +52,10 @@ class RoutingTable:
                 "model",
             )
         if isinstance(model, str):
-            route = self.by_label.get(model)
-            if route is not None:
-                return route
-            shown = model
-        else:
-            shown = json.dumps(model)
+            return self.by_label.get(model) or self.not_found(model)
+        return self.not_found(json.dumps(model))
+
+    def not_found(self, shown: str) -> ApiError:
         return ApiError(
             404,
             f"The model '{shown[:200]}' does not exist. Available: {self.available}",
@@ -68,10 +66,5 @@ class RoutingTable:
     def model_body(self, label: str) -> bytes | ApiError:
         """The answer to ``GET /v1/models/{label}`` (OpenAI's ``models.retrieve``)."""
         if label not in self.by_label:
-            return ApiError(
-                404,
-                f"The model '{label[:200]}' does not exist. Available: {self.available}",
-                "model_not_found",
-                "model",
-            )
+            return self.not_found(label)
         return json.dumps(_model_object(label), separators=(",", ":")).encode()

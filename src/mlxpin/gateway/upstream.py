@@ -1,25 +1,26 @@
-"""Talking to model servers: one keep-alive client session per upstream, the warm-up,
-and what a failure to reach one means for the client (503, 504 or 502).
-
-An upstream is reached over TCP or, when it has a ``socket_path``, over its Unix-domain
-socket (aiohttp's ``UnixConnector``); either way the HTTP is aiohttp's.
-"""
+"""Talking to model servers: the connector (TCP, or the server's Unix socket), the
+warm-up, and what a failure to reach one means for the client (503, 504 or 502)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 from yarl import URL
 
 from mlxpin.gateway.apierrors import ApiError
-from mlxpin.gateway.backends import Upstream
-from mlxpin.gateway.state import GatewayState
+from mlxpin.gateway.backends import GatewayState, Upstream
 
-__all__ = ["CHAT_PATH", "COMPLETIONS_PATH", "UpstreamClient", "classify_failure", "warm_up_status"]
+__all__ = [
+    "CHAT_PATH",
+    "COMPLETIONS_PATH",
+    "classify_failure",
+    "connector",
+    "url_of",
+    "warm_up_status",
+]
 
 log = logging.getLogger("mlxpin.gateway")
 
@@ -32,52 +33,10 @@ def url_of(upstream: Upstream, path: str) -> URL:
     return base.with_path(base.path.rstrip("/") + path)
 
 
-def _connector(upstream: Upstream, limit: int = 256) -> aiohttp.BaseConnector:
+def connector(upstream: Upstream, limit: int = 256) -> aiohttp.BaseConnector:
     if upstream.socket_path is not None:
         return aiohttp.UnixConnector(upstream.socket_path, limit=limit, keepalive_timeout=30.0)
     return aiohttp.TCPConnector(limit=limit, keepalive_timeout=30.0)
-
-
-class UpstreamClient:
-    """Client sessions, one per upstream address, opened on first use, closed together."""
-
-    def __init__(self, connect_timeout_s: float) -> None:
-        self.connect_timeout_s = connect_timeout_s
-        self.sessions: dict[tuple[str, str | None], aiohttp.ClientSession] = {}
-
-    def session(self, upstream: Upstream) -> aiohttp.ClientSession:
-        key = (upstream.url, upstream.socket_path)
-        session = self.sessions.get(key)
-        if session is None:
-            session = aiohttp.ClientSession(
-                connector=_connector(upstream),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s),
-                auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
-                raise_for_status=False,
-            )
-            self.sessions[key] = session
-        return session
-
-    def post(
-        self,
-        upstream: Upstream,
-        path: str,
-        data: bytes,
-        headers: Mapping[str, str],
-        read_timeout_s: float,
-    ) -> Any:  # the request context manager
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.connect_timeout_s, sock_read=read_timeout_s
-        )
-        return self.session(upstream).post(
-            url_of(upstream, path), data=data, headers=headers, timeout=timeout
-        )
-
-    async def close(self) -> None:
-        sessions, self.sessions = list(self.sessions.values()), {}
-        for session in sessions:
-            await session.close()
 
 
 def classify_failure(exc: BaseException) -> ApiError:
@@ -111,7 +70,7 @@ async def warm_up_status(upstream: Upstream, state: GatewayState, *, timeout_s: 
     url = url_of(upstream, CHAT_PATH)
     try:
         async with (
-            aiohttp.ClientSession(connector=_connector(upstream, 1), timeout=timeout) as session,
+            aiohttp.ClientSession(connector=connector(upstream, 1), timeout=timeout) as session,
             session.post(url, json=payload, headers={"Accept-Encoding": "identity"}) as resp,
         ):
             raw = await resp.read()

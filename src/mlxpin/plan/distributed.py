@@ -1,18 +1,12 @@
 """Distributed launch plan: one model, its ranks spread over hosts by MLX's own `mlx.launch`.
 
-mlxpin never starts a rank itself: it writes a hostfile, checks every host first (the
-snapshot present and stamped there, the same mlx/mlx-lm), and hands `mlx.launch` one
-command. Rank 0 runs on this host and serves HTTP on a private loopback port behind the
-gateway; every rank loads its own host's verified snapshot, offline.
-
-A remote host is checked by running `mlxpin _host check` there over ssh with this host's
-lock on stdin: the remote only answers "where is this pin, and is it intact", it never
-decides what is pinned. `mlxpin.supervise.rankgroup` runs the plan.
-
-Pipeline mode: each rank reads only the weight files of its own layers (`pipeline_files`,
-from this host's verified index), so a remote host needs, and is checked for, only the
-union over its ranks (`HostShare`); this host keeps the whole pin (it is what `fetch`
-makes and what `fetch --hosts` sends from). Tensor mode: every host holds every file.
+mlxpin never starts a rank itself: it writes a hostfile, checks every host first (its
+share of the pin present and stamped, the same mlx/mlx-lm) and hands `mlx.launch` one
+command; rank 0 serves HTTP here, behind the gateway. A remote host is checked with
+`mlxpin _host check` over ssh, this host's lock on stdin: it only answers "where is this
+pin, and is it intact", never decides what is pinned. In pipeline mode a remote host
+needs only the files of its ranks' layers (`pipeline_files`, from this host's verified
+index); this host keeps the whole pin.
 """
 
 from __future__ import annotations
@@ -24,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +97,7 @@ def host_shares(
     pipeline mode (this host: the whole pin), else the whole pin everywhere."""
     sizes = {f.path: f.size for f in lock.files}
     shares = []
-    for host in distinct_hosts(ranks):
+    for host in dict.fromkeys(r.ssh for r in ranks):
         mine = tuple(r.rank for r in ranks if r.ssh == host)
         if rank_files is None or host == LOCAL_HOST:
             files = tuple(sizes)
@@ -208,19 +202,19 @@ class DistributedPlan:
         tail = [*args, "--port", str(private_port)]
         return [*tail, "--pipeline"] if self.pipeline else tail
 
-    def command(self, private_port: int | str) -> list[str]:
-        """The one command `mlx.launch` runs on every host (it sets MLX_RANK)."""
-        tail = self._server_tail(private_port)
-        if self.same_paths:
-            return [self.python, "-m", "mlx_lm", "server", "--model", self.path_of(0), *tail]
-        # mlx.launch gives every rank the same command: each picks its own host's path.
-        script = f'v={MODEL_VARIABLE}$MLX_RANK; exec "$0" "$@" --model "${{!v}}"'
-        return ["/bin/bash", "-c", script, self.python, "-m", "mlx_lm", "server", *tail]
-
     def rank_argv(self, rank: int, private_port: int | str) -> list[str]:
         """What rank `rank` ends up running (for the plan; mlx.launch does the running)."""
         tail = self._server_tail(private_port)
         return [self.python, "-m", "mlx_lm", "server", "--model", self.path_of(rank), *tail]
+
+    def command(self, private_port: int | str) -> list[str]:
+        """The one command `mlx.launch` runs on every host (it sets MLX_RANK)."""
+        if self.same_paths:
+            return self.rank_argv(0, private_port)
+        # mlx.launch gives every rank the same command: each picks its own host's path.
+        script = f'v={MODEL_VARIABLE}$MLX_RANK; exec "$0" "$@" --model "${{!v}}"'
+        tail = self._server_tail(private_port)
+        return ["/bin/bash", "-c", script, self.python, "-m", "mlx_lm", "server", *tail]
 
     def launch_argv(self, private_port: int | str) -> list[str]:
         return [
@@ -331,10 +325,6 @@ def ranks_of(spec: DistributedSpec) -> tuple[tuple[Rank, ...], str, tuple[tuple[
     return ranks, backend, tuple((k, v) for k, v in env)
 
 
-def distinct_hosts(ranks: Sequence[Rank]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(r.ssh for r in ranks))
-
-
 # --- preflight -----------------------------------------------------------------------------
 
 
@@ -398,11 +388,6 @@ def remote_mlxpin(python: str) -> list[str]:
     return [python, "-m", "mlxpin", "_host"]
 
 
-def file_args(need: frozenset[str] | None) -> list[str]:
-    """`--file=PATH` per needed file (`=`: a path may start with a dash)."""
-    return [f"--file={path}" for path in sorted(need or ())]
-
-
 def check_remote(
     host: str,
     lock: LockedModel,
@@ -412,7 +397,8 @@ def check_remote(
     timeout_s: float = 120.0,
     need: frozenset[str] | None = None,
 ) -> HostCheck:
-    argv = [*remote_mlxpin(python), "check", *(["--verify"] if verify else []), *file_args(need)]
+    files = [f"--file={path}" for path in sorted(need or ())]  # `=`: a path may start with -
+    argv = [*remote_mlxpin(python), "check", *(["--verify"] if verify else []), *files]
     try:
         done = ssh(host, argv, render(lock), timeout_s)
     except subprocess.TimeoutExpired:
@@ -466,22 +452,14 @@ def preflight(
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(shares)))) as pool:
         checks = list(pool.map(one, shares))
     local = checks[0].runtime if checks and checks[0].host == LOCAL_HOST else runtime_versions()
-    result: list[HostCheck] = []
-    for check in checks:
+
+    def same_runtime(check: HostCheck) -> HostCheck:
         if check.ok and local is not None and check.runtime not in (None, local):
-            result.append(
-                HostCheck(
-                    check.host,
-                    False,
-                    check.path,
-                    f"runs {check.runtime}, this host {local}: every rank needs the same",
-                    ExitCode.UNAVAILABLE,
-                    check.runtime,
-                )
-            )
-        else:
-            result.append(check)
-    return tuple(result)
+            problem = f"runs {check.runtime}, this host {local}: every rank needs the same"
+            return replace(check, ok=False, problem=problem, exit_code=ExitCode.UNAVAILABLE)
+        return check
+
+    return tuple(map(same_runtime, checks))
 
 
 # --- pipeline ------------------------------------------------------------------------------

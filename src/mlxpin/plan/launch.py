@@ -1,8 +1,7 @@
 """Boot preflight: manifest + lock + verified snapshot → a LaunchPlan (pure data).
 
-This is the boot path: it reads the manifest, one or a few lock files and stats the
-snapshot; it never imports huggingface_hub or opens a socket. `mlxpin.supervise.runner`
-executes a plan.
+The boot path: it reads the manifest and lock files and stats the snapshot; it never
+imports huggingface_hub or opens a socket. `mlxpin.supervise.runner` runs a plan.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelS
 from mlxpin.project.serveropts import server_argv
 from mlxpin.runtime.server import UNIX_SERVER_MODULE, ServerRuntime, server_runtime
 from mlxpin.store.layout import StoreLayout, check_stamp
+from mlxpin.util.jsonable import fields_json
 from mlxpin.util.writable import require_writable_dir
 
 PRIVATE_HOST = "127.0.0.1"
@@ -105,7 +105,7 @@ class LaunchPlan(ModelIdentity):
         """The exact --model string; the gateway sends it as "model" to the server."""
         return str(self.snapshots[0].path)
 
-    def argv(self, private_port: int) -> list[str]:
+    def argv(self, private_port: int | str) -> list[str]:
         return [*self.server_command, *self.server_args, "--port", str(private_port)]
 
     def argv_unix(self, socket_path: str) -> list[str]:
@@ -115,7 +115,7 @@ class LaunchPlan(ModelIdentity):
         """The argv with a placeholder for the private address chosen at start."""
         if self.private_socket:
             return self.argv_unix("<private socket>")
-        return [*self.server_command, *self.server_args, "--port", PRIVATE_PORT_SHOWN]
+        return self.argv(PRIVATE_PORT_SHOWN)
 
     def environment(self, base: Mapping[str, str]) -> dict[str, str]:
         env = {k: v for k, v in base.items() if k not in self.env_unset}
@@ -140,34 +140,11 @@ class LaunchPlan(ModelIdentity):
             "cwd": str(self.cwd),
             "upstream_model": self.upstream_model,
             "api_key_required": self.api_key_required,
-            "gateway": {
-                "request_timeout": self.gateway.request_timeout,
-                "max_body": self.gateway.max_body,
-                "max_connections": self.gateway.max_connections,
-                "header_timeout": self.gateway.header_timeout,
-            },
+            "gateway": fields_json(self.gateway),
             "runtime": None
             if self.runtime is None
-            else {
-                "pinned": self.runtime.pinned,
-                "key": self.runtime.key,
-                "path": str(self.runtime.path) if self.runtime.path else None,
-                "python": self.runtime.python,
-                "mlx_lm": self.runtime.mlx_lm,
-                "mlx": self.runtime.mlx,
-            },
-            "snapshots": [
-                {
-                    "name": s.name,
-                    "role": s.role,
-                    "path": str(s.path),
-                    "commit": s.commit,
-                    "tree_hash": s.tree_hash,
-                    "files": s.files,
-                    "total_size": s.total_size,
-                }
-                for s in self.snapshots
-            ],
+            else {k: v for k, v in fields_json(self.runtime).items() if k != "command"},
+            "snapshots": [fields_json(s) for s in self.snapshots],
         }
 
 

@@ -1,10 +1,8 @@
 """`serve` preflight: manifest + locks + verified snapshots → a ServePlan (pure data).
 
-Like `launch`'s plan (`mlxpin.plan.launch`), but for every named model at once: each
-model's server argv, its cost (what its locked files weigh, plus a stated per-server
-overhead), and the pool's limits (memory budget, max_loaded, TTLs). Every model's problem
--- stale lock, snapshot not fetched, larger than the whole budget -- is collected and
-reported together before anything starts. No network, no socket, no huggingface_hub.
+`launch`'s plan for every named model at once, with each model's cost (locked bytes plus
+a per-server overhead) and the pool's limits. Every model's problem is collected and
+reported together before anything starts. `launch` itself runs as a pool of one.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from mlxpin.project.manifest import GatewaySpec, Manifest, ModelSpec, load_manif
 from mlxpin.project.memory import physical_memory
 from mlxpin.project.selection import pick
 from mlxpin.runtime.server import ServerRuntime, server_runtime
+from mlxpin.util.jsonable import fields_json
 
 if TYPE_CHECKING:  # the boot path of a one-host launch never imports the distributed plan
     from mlxpin.plan.distributed import DistributedPlan
@@ -68,6 +67,23 @@ class PoolModelPlan:
     @property
     def name(self) -> str:
         return self.launch.name
+
+    @classmethod
+    def of(
+        cls,
+        launch: LaunchPlan,
+        group: DistributedPlan | None,
+        *,
+        idle_ttl: float,
+        preload: bool,
+        policy: ModelPolicy = ON_DEMAND,
+    ) -> PoolModelPlan:
+        """Its cost: locked bytes plus one server's overhead for each rank on this host (a
+        group's ranks each hold part of the weights; together, on one host, at most all)."""
+        weights = sum(s.total_size for s in launch.snapshots)
+        local_ranks = 1 if group is None else max(1, sum(1 for r in group.ranks if r.local))
+        cost = weights + SERVER_OVERHEAD_BYTES * local_ranks
+        return cls(launch, weights, cost, idle_ttl, preload, group, policy)
 
 
 @dataclass(frozen=True)
@@ -125,13 +141,7 @@ class ServePlan:
                     "preload": m.preload,
                     "distributed": None if m.group is None else _group_json(m.group),
                     "snapshots": [
-                        {
-                            "name": s.name,
-                            "role": s.role,
-                            "path": str(s.path),
-                            "commit": s.commit,
-                            "total_size": s.total_size,
-                        }
+                        {k: v for k, v in fields_json(s).items() if k in _SNAPSHOT_KEYS}
                         for s in m.launch.snapshots
                     ],
                 }
@@ -140,6 +150,7 @@ class ServePlan:
         }
 
 
+_SNAPSHOT_KEYS: Final = ("name", "role", "path", "commit", "total_size")
 #: How long a request waits for `launch`'s model while it (re)starts, before a 503.
 LAUNCH_REQUEST_WAIT_S: Final = 30.0
 
@@ -148,16 +159,7 @@ def launch_serve_plan(chosen: LaunchPlan | DistributedPlan) -> ServePlan:
     """`mlxpin launch` as a pool: its one model (a rank group when distributed), resident,
     with no memory budget."""
     launch, group = (chosen, None) if isinstance(chosen, LaunchPlan) else (chosen.server, chosen)
-    weights = sum(s.total_size for s in launch.snapshots)
-    model = PoolModelPlan(
-        launch=launch,
-        weights=weights,
-        cost=weights + SERVER_OVERHEAD_BYTES,
-        idle_ttl=0.0,
-        preload=True,
-        group=group,
-        policy=RESIDENT,
-    )
+    model = PoolModelPlan.of(launch, group, idle_ttl=0.0, preload=True, policy=RESIDENT)
     return ServePlan(
         host=launch.public_host,
         port=launch.public_port,
@@ -218,22 +220,12 @@ def plan_serve(
         except MlxpinError as exc:
             problems.append(exc)
             continue
-        weights = sum(s.total_size for s in launch.snapshots)
-        cost = _cost(weights, group)
-        if cost > budget:
-            problems.append(OverBudgetError(spec.name, cost, budget, source))
-            continue
         ttl = spec.idle_ttl if spec.idle_ttl is not None else table.idle_ttl
-        models.append(
-            PoolModelPlan(
-                launch=launch,
-                weights=weights,
-                cost=cost,
-                idle_ttl=ttl,
-                preload=spec.name in table.preload,
-                group=group,
-            )
-        )
+        model = PoolModelPlan.of(launch, group, idle_ttl=ttl, preload=spec.name in table.preload)
+        if model.cost > budget:
+            problems.append(OverBudgetError(spec.name, model.cost, budget, source))
+            continue
+        models.append(model)
     if stale:  # one "run `mlxpin lock a b`" for every stale lock
         problems.insert(0, _merged(stale))
     if problems:
@@ -270,16 +262,21 @@ def _server_plan(
     verify: bool,
     runtime: ServerRuntime,
 ) -> tuple[LaunchPlan, DistributedPlan | None]:
-    """One model's server in the pool (and its rank group, for a distributed model)."""
+    """One model's server in the pool, in the pool's run directory (and its rank group,
+    every host checked as `launch` checks them, for a distributed model)."""
+    cwd = settings.state_dir / "run" / f"serve-{public[1]}" / spec.name
     if spec.distributed is not None:
-        group = _group_plan(settings, manifest, spec, environ, verify, public[1])
+        from mlxpin.plan.distributed import plan_distributed
+
+        group = plan_distributed(settings, manifest, spec, environ=environ, verify=verify)
+        group = replace(group, server=replace(group.server, public_port=public[1], cwd=cwd))
         return group.server, group
     launch = model_plan(
         settings,
         manifest,
         spec,
         public=public,
-        cwd=settings.state_dir / "run" / f"serve-{public[1]}" / spec.name,
+        cwd=cwd,
         api_key=api_key,
         verify=verify,
         runtime=runtime,
@@ -292,30 +289,6 @@ def _merged(stale: Sequence[LockStaleError]) -> LockStaleError:
         [p for e in stale for p in e.problems],
         list(dict.fromkeys(n for e in stale for n in e.names)),
     )
-
-
-def _group_plan(
-    settings: Settings,
-    manifest: Manifest,
-    spec: ModelSpec,
-    environ: Mapping[str, str],
-    verify: bool,
-    port: int,
-) -> DistributedPlan:
-    """A distributed model in the pool: every host checked as `launch` checks them; its
-    rank 0 runs here, in the pool's own run directory."""
-    from mlxpin.plan.distributed import plan_distributed
-
-    group = plan_distributed(settings, manifest, spec, environ=environ, verify=verify)
-    cwd = settings.state_dir / "run" / f"serve-{port}" / spec.name
-    return replace(group, server=replace(group.server, public_port=port, cwd=cwd))
-
-
-def _cost(weights: int, group: DistributedPlan | None) -> int:
-    """Locked bytes plus one server's overhead for each rank on this host (a group's
-    ranks each hold part of the weights; together, on one host, at most all of them)."""
-    local_ranks = 1 if group is None else max(1, sum(1 for r in group.ranks if r.local))
-    return weights + SERVER_OVERHEAD_BYTES * local_ranks
 
 
 def _group_json(group: DistributedPlan) -> dict[str, Any]:

@@ -1,24 +1,11 @@
-"""The pool's decisions, pure: which models to stop so that another one may start.
+"""The pool's decisions, pure (no clock, no process, no I/O; tested alone): may a model
+start, and which idle models must stop first (design §9).
 
-`mlxpin serve` keeps several pinned models behind one endpoint and starts each on demand
-(design §9). Whether a start may proceed, and what must be stopped first, depends only on
-each model's state, cost, requests in flight and last use -- so it is decided here, with
-no clock, no process and no I/O, and tested alone (tests/test_pool_policy.py).
-
-A model *holds memory* while it is ``starting``, ``ready`` or ``stopping`` (a stopping
-server has not given its memory back until it exits). The invariants, for every decision
-the runtime carries out:
-
-- the models holding memory never number more than ``max_loaded``;
-- their costs never add up to more than ``budget``;
-- a model with a request in flight, or one that is ``pinned`` (``launch``'s single model),
-  is never chosen for eviction; nor is one still ``starting`` (someone is waiting for it).
-
-`plan_start` answers "start it" (nothing to stop), "stop these first" (least recently used
-idle models, oldest first, as few as needed), "wait" (the room is held by busy, starting or
-stopping models, which will free it later) or "refuse" (it can never fit, or it failed).
-The runtime stops what it is told, waits for those to exit and asks again, so the
-invariants hold between every two steps, not just in the end.
+A model *holds memory* while ``starting``, ``ready`` or ``stopping`` (until it exits). For
+every decision: the models holding memory never number more than ``max_loaded`` nor cost
+more than ``budget``; a model with a request in flight, a ``pinned`` one or a starting
+one is never evicted. The runtime stops what it is told, waits for those to exit and
+asks again, so the invariants hold between every two steps, not just in the end.
 """
 
 from __future__ import annotations

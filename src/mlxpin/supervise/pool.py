@@ -1,30 +1,12 @@
-"""The pool runtime: many pinned models behind one gateway, each started on demand.
+"""The pool: pinned models behind one gateway, each started on demand (its Backends).
 
-Implements the gateway's :class:`~mlxpin.gateway.backends.Backends`. The decisions --
-may this model start, which idle models must stop first, which are past their TTL -- are
-:mod:`mlxpin.supervise.policy`'s (pure); this module carries them out on one asyncio
-loop:
-
-- one shared start per model: concurrent first requests await the same task;
-- starts are admitted one at a time, first come first served; evictions stop only
-  ready models with nothing in flight (a request waiting for a model counts as in flight,
-  so a model is never stopped between its warm-up and its first request);
-- a request waits at most ``start_timeout`` for its model (then 503 + ``Retry-After``);
-  the start itself goes on until its own readiness deadline;
-- a crash marks the model stopped; its next request restarts it after a capped backoff;
-  past its crash budget it is ``failed`` and its requests get a 503 naming the reason,
-  while every other model keeps serving;
-- idle models stop after their TTL; ``preload`` models start at boot.
-
-Each model's :class:`~mlxpin.plan.serve.ModelPolicy` says whether it may be evicted,
-whether a crash restarts it at once (not on its next request), and whether its spent
-crash budget ends the run (:attr:`Pool.fatal` is set and ``on_fatal`` called; the runner
-exits 70). `mlxpin launch` is a pool of one preloaded model with the resident policy.
-
-What a model runs -- one `mlx_lm.server`, or `mlx.launch` and its ranks -- is its
-:class:`~mlxpin.supervise.servers.ModelServer`'s business; once a start is ready, that
-server's ``watch`` may give a reason to restart it (a rank group that stopped
-progressing), handled like a crash.
+The decisions (may it start, which idle models stop first, which are past their TTL) are
+:mod:`mlxpin.supervise.policy`'s; this module carries them out on one asyncio loop. One
+shared start per model; starts admitted one at a time; a request waiting for a model
+counts as in flight, so a model is never stopped between its warm-up and its first
+request. A crash marks it stopped (restarted after a capped backoff, at once or on its
+next request as its :class:`~mlxpin.plan.serve.ModelPolicy` says); past its crash budget
+it is ``failed`` -- or, for `launch`'s resident model, :attr:`Pool.fatal` ends the run.
 """
 
 from __future__ import annotations
@@ -40,8 +22,7 @@ from typing import Any
 
 from mlxpin.errors import MlxpinError, ServerCrashedError
 from mlxpin.gateway.aio import import_aiohttp
-from mlxpin.gateway.backends import Health, Lease, Route, Unavailable, Upstream
-from mlxpin.gateway.state import GatewayState
+from mlxpin.gateway.backends import GatewayState, Health, Lease, Route, Unavailable, Upstream
 from mlxpin.plan.serve import PoolModelPlan, ServePlan
 from mlxpin.supervise.policy import (
     Already,
@@ -53,24 +34,15 @@ from mlxpin.supervise.policy import (
     State,
     Wait,
     expired,
+    loaded,
     next_expiry,
     plan_start,
 )
-from mlxpin.supervise.process import ServerProcess, WarmUp, warm_up
+from mlxpin.supervise.process import ServerProcess, warm_up
 from mlxpin.supervise.restart import GiveUp, RestartBudget, RestartPolicy
-from mlxpin.supervise.servers import ModelServer, SingleServer
+from mlxpin.supervise.servers import ModelServer, WatchdogPolicy, model_server
 
 log = logging.getLogger("mlxpin.serve")
-
-PoolPolicy = RestartPolicy
-"""Per model: readiness deadline, backoff, crash budget (then `failed`), stop timeout."""
-
-ServerFactory = Callable[[PoolModelPlan, Mapping[str, str]], ModelServer]
-"""Makes the :class:`ModelServer` of one model (rank groups come from `serve.rankgroup`)."""
-
-
-def single_server(plan: PoolModelPlan, environ: Mapping[str, str]) -> ModelServer:
-    return SingleServer(plan.launch, environ)
 
 
 class StartFailed(Exception):
@@ -125,24 +97,24 @@ class Slot:
         self.last_used = time.monotonic()
         self.last_used_wall = time.time()
 
-
-class PoolLease:
-    __slots__ = ("_pool", "_released", "slot", "upstream")
-
-    def __init__(self, pool: Pool, slot: Slot) -> None:
-        # The slot's in_flight was raised when the request began waiting; it is ours now.
-        self._pool = pool
-        self.slot = slot
-        self.upstream = slot.upstream()
-        self._released = False
-
-    def completed(self) -> None:
-        self.slot.health.mark_healthy(self.upstream.epoch)
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._pool.leave(self.slot)
+    def status(self) -> dict[str, object]:
+        """This model's entry in ``GET /mlxpin/status`` (what `mlxpin ps` prints)."""
+        idle_s = round(time.monotonic() - self.last_used, 3) if self.last_used_wall else None
+        return {
+            "name": self.name,
+            "api_label": self.plan.launch.api_label,
+            "aliases": list(self.plan.launch.aliases),
+            "state": self.state,
+            "pid": self.process.pid if self.process and self.process.process else None,
+            "cost": self.plan.cost,
+            "last_used": self.last_used_wall,
+            "idle_s": idle_s,
+            "in_flight": self.in_flight,
+            "restarts": self.restarts,
+            "idle_ttl": self.plan.idle_ttl,
+            "preload": self.plan.preload,
+            "reason": self.failed_reason,
+        }
 
 
 class Pool:
@@ -152,16 +124,18 @@ class Pool:
         self,
         plan: ServePlan,
         environ: Mapping[str, str],
-        policy: PoolPolicy | None = None,
+        policy: RestartPolicy | None = None,
         *,
-        servers: ServerFactory = single_server,
+        watchdog: WatchdogPolicy | None = None,
         on_fatal: Callable[[], None] | None = None,
     ) -> None:
         self.plan = plan
-        self.environ = environ
-        self.policy = policy or PoolPolicy()
+        self.policy = policy or RestartPolicy()
         self.limits = Limits(budget=plan.budget, max_loaded=plan.max_loaded)
-        self.slots = {m.name: Slot(m, servers(m, environ), self.policy) for m in plan.models}
+        self.slots = {
+            m.name: Slot(m, model_server(m, environ, watchdog or WatchdogPolicy()), self.policy)
+            for m in plan.models
+        }
         self.fatal: MlxpinError | None = None  # a fatal_when_spent model's budget is spent
         self._on_fatal = on_fatal
         self.by_label = {m.launch.api_label: self.slots[m.name] for m in plan.models}
@@ -193,7 +167,8 @@ class Pool:
         except BaseException:
             self.leave(slot)
             raise
-        return PoolLease(self, slot)
+        # The slot's in_flight was raised above; the lease gives it back.
+        return Lease(slot.upstream(), slot.health, lambda: self.leave(slot))
 
     def health(self) -> Health:
         if self.plan.launched is not None:  # healthy once a completion succeeded since start
@@ -208,28 +183,8 @@ class Pool:
         return Health(self.preloaded, body)
 
     def status(self) -> Mapping[str, object]:
-        now_mono, now_wall = time.monotonic(), time.time()
-        used = sum(s.plan.cost for s in self.slots.values() if s.view().holds_memory)
-        models: list[dict[str, object]] = []
-        for s in self.slots.values():
-            models.append(
-                {
-                    "name": s.name,
-                    "api_label": s.plan.launch.api_label,
-                    "aliases": list(s.plan.launch.aliases),
-                    "state": s.state,
-                    "pid": s.process.pid if s.process and s.process.process else None,
-                    "cost": s.plan.cost,
-                    "last_used": s.last_used_wall,
-                    "idle_s": round(now_mono - s.last_used, 3) if s.last_used_wall else None,
-                    "in_flight": s.in_flight,
-                    "restarts": s.restarts,
-                    "idle_ttl": s.plan.idle_ttl,
-                    "preload": s.plan.preload,
-                    "reason": s.failed_reason,
-                }
-            )
-        loaded = sum(1 for s in self.slots.values() if s.view().holds_memory)
+        now_wall = time.time()
+        count, used = loaded(self.views().values())
         return {
             "host": self.plan.host,
             "port": self.plan.port,
@@ -239,9 +194,9 @@ class Pool:
                 "total": self.plan.budget,
                 "source": self.plan.budget_source,
             },
-            "loaded": loaded,
+            "loaded": count,
             "max_loaded": self.plan.max_loaded,
-            "models": models,
+            "models": [s.status() for s in self.slots.values()],
         }
 
     # ------------------------------------------------------------------ bookkeeping
@@ -367,12 +322,13 @@ class Pool:
         await process.start()
         self.notify()  # spawned (begin() waits for the preloaded ones)
         exited: asyncio.Future[Any] = asyncio.ensure_future(process.wait())
-        warm = WarmUp(slot.attempt, self.policy.ready_timeout_s, self.policy.warm_up_errors)
-        never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        try:
-            outcome = await warm_up(slot.name, warm, exited, never)
-        finally:
-            never.cancel()
+        outcome = await warm_up(
+            slot.name,
+            slot.attempt,
+            exited,
+            ready_timeout_s=self.policy.ready_timeout_s,
+            max_errors=self.policy.warm_up_errors,
+        )
         if outcome != "ready":
             code = exited.result() if exited.done() else None
             raise StartFailed(
@@ -529,7 +485,8 @@ class Pool:
         """Stop every server (SIGTERM, then SIGKILL after the stop timeout)."""
         self.closing = True
         self.notify()
-        for task in (self._ttl_task, self._preload_task, *self._start_tasks()):
+        starts = [s.start_task for s in self.slots.values()]
+        for task in (self._ttl_task, self._preload_task, *starts):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -540,9 +497,6 @@ class Pool:
                 slot.watcher.cancel()
             slot.state = "stopped"
             slot.server.close()
-
-    def _start_tasks(self) -> list[asyncio.Task[Any]]:
-        return [s.start_task for s in self.slots.values() if s.start_task is not None]
 
 
 def _reported(task: asyncio.Task[None]) -> None:

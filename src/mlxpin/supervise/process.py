@@ -1,17 +1,9 @@
 """One model server process: start it, warm it up, stop it, reap one left behind.
 
-- **start**: ``argv`` in a fresh, empty ``cwd`` with exactly ``env``, stdin closed, in a
-  process group of its own that dies with mlxpin on Linux (PR_SET_PDEATHSIG); its pid
-  goes into a pid file.
-- **warm-up**: 1-token completions until one succeeds. A server is polled from the moment
-  it is spawned with a short, growing pause (5 ms → 50 ms) while it is not listening yet,
-  so readiness is noticed within a few ms of the server binding, not on a fixed tick. The
-  first completion loads the model and may take minutes; the server exiting, a stop
-  request or the deadline end the wait at once.
-- **stop**: SIGTERM to the process group, SIGKILL after ``stop_timeout_s``.
-- **reap**: a server an earlier ``mlxpin launch`` left (killed with -9 on macOS, which
-  has no parent-death signal) is found by its pid file and stopped, if its command line
-  is an mlx_lm server on the same snapshot.
+A server runs in a fresh, empty ``cwd`` with exactly ``env``, in a process group of its
+own that dies with mlxpin on Linux (PR_SET_PDEATHSIG); it is stopped with SIGTERM to the
+group, then SIGKILL. Warm-up polls from the moment of the spawn with a short, growing
+pause, so readiness is noticed within ms of the server binding, not on a fixed tick.
 """
 
 from __future__ import annotations
@@ -30,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Attempt", "ServerProcess", "ServerSpec", "WarmUp", "reap_leftover"]
+__all__ = ["Attempt", "ServerProcess", "ServerSpec", "reap_leftover", "warm_up"]
 
 log = logging.getLogger("mlxpin.launch")
 
@@ -71,6 +63,8 @@ def _die_with_parent() -> None:
 class ServerProcess:
     """One start of a server: spawn, wait, stop."""
 
+    stdin: int = asyncio.subprocess.DEVNULL
+
     def __init__(self, spec: ServerSpec, stop_timeout_s: float) -> None:
         self.spec = spec
         self.stop_timeout_s = stop_timeout_s
@@ -81,20 +75,26 @@ class ServerProcess:
         assert self.process is not None
         return self.process.pid
 
+    @property
+    def pidfile(self) -> Path:
+        return self.spec.pidfile
+
+    def announce(self) -> None:
+        log.info("%s: starting %s", self.spec.name, " ".join(self.spec.argv))
+
     async def start(self) -> None:
         spec = self.spec
-        if spec.cwd.exists():
-            shutil.rmtree(spec.cwd, ignore_errors=True)
+        shutil.rmtree(spec.cwd, ignore_errors=True)
         spec.cwd.mkdir(parents=True, exist_ok=True)
-        log.info("%s: starting %s", spec.name, " ".join(spec.argv))
+        self.announce()
         self.process = await asyncio.create_subprocess_exec(
             *spec.argv,
             cwd=spec.cwd,
             env=dict(spec.env),
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=self.stdin,
             preexec_fn=_die_with_parent,
         )
-        spec.pidfile.write_text(str(self.process.pid))
+        self.pidfile.write_text(str(self.process.pid))
 
     async def wait(self) -> int:
         assert self.process is not None
@@ -115,56 +115,52 @@ class ServerProcess:
             await process.wait()
 
     def forget(self) -> None:
-        self.spec.pidfile.unlink(missing_ok=True)
+        self.pidfile.unlink(missing_ok=True)
 
 
 Attempt = Callable[[float], Awaitable[str]]
 """One warm-up completion with a timeout: "ok", "unreachable" or "error"."""
 
 
-@dataclass(frozen=True)
-class WarmUp:
-    """How a start is judged ready (see the module docstring)."""
-
-    attempt: Attempt
-    ready_timeout_s: float
-    max_errors: int
-    """Error answers in a row before the start counts as failed."""
-
-
 async def warm_up(
-    name: str, warm: WarmUp, exited: asyncio.Future[Any], stop: asyncio.Future[Any]
+    name: str,
+    attempt: Attempt,
+    exited: asyncio.Future[Any],
+    *,
+    ready_timeout_s: float,
+    max_errors: int,
 ) -> str:
-    """Warm the server up: "ready"; "gone" (it exited or we were told to stop); or
-    "failed" (deadline passed or it answers only errors: the caller stops it)."""
-    deadline = time.monotonic() + warm.ready_timeout_s
+    """1-token completions until one succeeds: "ready"; "gone" (the server exited); or
+    "failed" (deadline passed, or ``max_errors`` error answers in a row: the caller stops
+    it). The first completion loads the model and may take minutes."""
+    deadline = time.monotonic() + ready_timeout_s
     errors_in_a_row = 0
     pause = POLL_FIRST_S
-    while not exited.done() and not stop.done():
+    while not exited.done():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            log.error("%s: not ready after %.0f s", name, warm.ready_timeout_s)
+            log.error("%s: not ready after %.0f s", name, ready_timeout_s)
             return "failed"
-        attempt: asyncio.Future[str] = asyncio.ensure_future(warm.attempt(remaining))
-        await asyncio.wait({attempt, exited, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if not attempt.done():
-            attempt.cancel()
+        trying: asyncio.Future[str] = asyncio.ensure_future(attempt(remaining))
+        await asyncio.wait({trying, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not trying.done():
+            trying.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await attempt
+                await trying
             return "gone"
-        status = attempt.result()
+        status = trying.result()
         if status == "ok":
             return "ready"
         if status == "error":
             errors_in_a_row += 1
-            if errors_in_a_row >= warm.max_errors:
+            if errors_in_a_row >= max_errors:
                 log.error("%s: the server answers every warm-up with an error; restarting it", name)
                 return "failed"
             wait_s = ERROR_PAUSE_S
         else:
             errors_in_a_row = 0
             wait_s, pause = pause, min(pause * 2, POLL_MAX_S)
-        await asyncio.wait({exited, stop}, timeout=wait_s)
+        await asyncio.wait({exited}, timeout=wait_s)
     return "gone"
 
 

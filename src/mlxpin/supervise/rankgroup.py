@@ -1,27 +1,16 @@
-"""Run a DistributedPlan: `mlx.launch` and all its ranks as ONE unit behind the gateway.
+"""Run a DistributedPlan: `mlx.launch` and all its ranks as ONE server of the pool.
 
 What `mlx.launch` does not do, and this module does:
-- **One process group.** `mlx.launch` starts in a session of its own; its local ranks
-  and its ssh clients (one per remote rank) share that process group. A SIGTERM to
-  `mlx.launch` alone leaves local ranks serving (re-parented to init), so the group is
-  always stopped with `killpg` (SIGTERM, then SIGKILL), and stopping waits until no
-  member is left. A remote rank dies with its ssh connection (the pty hangs up).
-- **Any exit is a crash.** `mlx.launch` exits 0 when a rank dies, and a rank that exits
-  0 leaves it waiting: once the group is ready, the members are watched, and the first
-  one to go (or `mlx.launch` returning, whatever its code) stops and restarts the whole
-  group under the pool's crash budget (exit 70 past it).
+- **One process group.** Its local ranks and ssh clients share `mlx.launch`'s process
+  group; a SIGTERM to `mlx.launch` alone leaves local ranks serving, so the group is
+  stopped with `killpg` (SIGTERM, then SIGKILL) until no member is left. A remote rank
+  dies with its ssh connection.
+- **Any exit is a crash.** `mlx.launch` exits 0 when a rank dies, and a rank that exits 0
+  leaves it waiting: the first member to go restarts the whole group (pool's budget).
 - **A progress watchdog.** A group can hang with every port open (mlx #3862, #4278):
-  unless a completion went through the gateway since the last look, a 1-token probe is
-  sent every `probe_interval_s`; one that does not complete within `probe_timeout_s`
-  kills the group (SIGKILL to the group if SIGTERM is ignored, e.g. a SIGSTOPped rank)
-  and restarts it.
-
-Restart budget (`serve.restart`), gateway, warm-up and the runner are the pool's
-(`serve.pool`): :class:`RankGroupProcess` is another kind of server process (the
-interface of `ServerProcess`), and :class:`RankGroupServer` only says how to make one,
-reap one and watch one -- so `launch` runs a group as its one resident model, and
-`serve` hosts one beside other models. Rank 0 listens on a loopback TCP port
-(mlx.launch's ranks are not started through mlxpin's Unix socket wrapper).
+  unless a completion went through since the last look, a 1-token probe is sent every
+  `probe_interval_s`; one not done within `probe_timeout_s` restarts the group.
+Rank 0 listens on a loopback port (ranks are not started through mlxpin's socket wrapper).
 """
 
 from __future__ import annotations
@@ -31,31 +20,19 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlxpin.gateway.addresses import free_port
-from mlxpin.gateway.backends import Upstream
-from mlxpin.gateway.state import GatewayState
+from mlxpin.gateway.backends import GatewayState, Upstream
 from mlxpin.plan.distributed import DistributedPlan
-from mlxpin.plan.serve import PoolModelPlan
-from mlxpin.supervise.pool import ServerFactory, single_server
-from mlxpin.supervise.process import Attempt, ServerProcess, ServerSpec, _die_with_parent, ps
-from mlxpin.supervise.servers import ModelServer
+from mlxpin.supervise.process import Attempt, ServerProcess, ServerSpec, ps
+from mlxpin.supervise.servers import WatchdogPolicy
 
 log = logging.getLogger("mlxpin.launch")
 DEFAULT_MODEL = "default_model"  # mlx_lm.server's name for its own --model
-
-
-@dataclass(frozen=True)
-class WatchdogPolicy:
-    probe_interval_s: float = 30.0
-    probe_timeout_s: float = 60.0
-    member_poll_s: float = 0.5
 
 
 def group_members(pgid: int) -> dict[int, str]:
@@ -115,31 +92,29 @@ class RankGroupProcess(ServerProcess):
         self.dplan = dplan
         self.pgid: int | None = None
 
-    async def start(self) -> None:
-        spec = self.spec
-        if spec.cwd.exists():
-            shutil.rmtree(spec.cwd, ignore_errors=True)
-        spec.cwd.mkdir(parents=True, exist_ok=True)
+    # An open pipe that never carries data: mlx.launch polls its stdin to forward it to the
+    # ranks, and on /dev/null (always readable, at EOF) that loop spins a whole core, which
+    # the ranks then lack (enough, on a small machine, to miss the ring backend's ~15 s
+    # connect window).
+    stdin = asyncio.subprocess.PIPE
+
+    @property
+    def pidfile(self) -> Path:
+        return group_pidfile(self.spec)
+
+    def announce(self) -> None:
         self.dplan.hostfile_path.write_text(json.dumps(self.dplan.hostfile(), indent=2) + "\n")
         log.info(
             "%s: starting %d ranks with mlx.launch: %s",
-            spec.name,
+            self.spec.name,
             len(self.dplan.ranks),
-            " ".join(spec.argv),
+            " ".join(self.spec.argv),
         )
-        self.process = await asyncio.create_subprocess_exec(
-            *spec.argv,
-            cwd=spec.cwd,
-            env=dict(spec.env),
-            # An open pipe that never carries data: mlx.launch polls its stdin to forward
-            # it to the ranks, and on /dev/null (always readable, at EOF) that loop spins a
-            # whole core, which the ranks then lack (enough, on a small machine, to miss
-            # the ring backend's ~15 s connect window).
-            stdin=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,  # setsid: mlx.launch leads a new process group
-        )
-        self.pgid = self.process.pid
-        group_pidfile(spec).write_text(str(self.pgid))
+
+    async def start(self) -> None:
+        await super().start()
+        assert self.process is not None
+        self.pgid = self.process.pid  # setsid: mlx.launch leads a new process group
 
     async def stop(self) -> None:
         """Stop the whole group (whether or not mlx.launch is still running)."""
@@ -161,9 +136,6 @@ class RankGroupProcess(ServerProcess):
         if process.stdin is not None:
             process.stdin.close()
         self.pgid = None
-
-    def forget(self) -> None:
-        group_pidfile(self.spec).unlink(missing_ok=True)
 
 
 def group_pidfile(spec: ServerSpec) -> Path:
@@ -249,14 +221,3 @@ class RankGroupServer:
 
     def close(self) -> None:
         """Nothing to remove: rank 0 listens on a loopback port."""
-
-
-def group_servers(watchdog: WatchdogPolicy) -> ServerFactory:
-    """The pool's server factory: a rank group for a distributed model, else one server."""
-
-    def make(plan: PoolModelPlan, environ: Mapping[str, str]) -> ModelServer:
-        if plan.group is None:
-            return single_server(plan, environ)
-        return RankGroupServer(plan.group, environ, watchdog)
-
-    return make

@@ -1,20 +1,12 @@
 """Run a pool behind its gateway: `mlxpin serve` (many models on demand) and `mlxpin
-launch` (one resident model), with the operator routes, signals and a clean exit.
-
-Routes on top of the gateway's (all need the API key when one is set):
-
-- ``GET /mlxpin/status``: every model's name, label, state, pid, cost, last use, requests
-  in flight, restarts, and the budget used/total (what `mlxpin ps` prints);
-- ``POST /mlxpin/models/{label}/load``: start it now (waits for its warm-up);
-- ``POST /mlxpin/models/{label}/unload``: stop it once its requests in flight are done.
-
-SIGTERM/SIGINT/SIGHUP stop the gateway and every server's process group.
+launch` (one resident model), with the operator routes (``GET /mlxpin/status``, what
+`mlxpin ps` prints; ``POST /mlxpin/models/{label}/load|unload``; all behind the API key),
+signals (SIGTERM/SIGINT/SIGHUP stop every server's process group) and a clean exit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 from collections.abc import Mapping
@@ -27,7 +19,9 @@ from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Unavailable
 from mlxpin.plan.launch import LaunchPlan
 from mlxpin.plan.serve import ServePlan, launch_serve_plan
-from mlxpin.supervise.pool import Pool, PoolPolicy, ServerFactory, Slot, single_server
+from mlxpin.supervise.pool import Pool
+from mlxpin.supervise.restart import RestartPolicy
+from mlxpin.supervise.servers import WatchdogPolicy
 
 if TYPE_CHECKING:  # aiohttp is imported once the preloaded servers are spawned
     from aiohttp import web
@@ -41,56 +35,37 @@ STATUS_PATH = "/mlxpin/status"
 MODEL_ACTION_PATH = "/mlxpin/models/{label}/{action}"
 
 
-def _dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"))
-
-
 def pool_app(gateway: Gateway, pool: Pool, *, operator: bool = True) -> web.Application:
     """The gateway's application plus the pool's status route and (``operator``) its
     load/unload routes."""
     from aiohttp import web
 
-    from mlxpin.gateway.app import api_error_response
+    from mlxpin.gateway.app import api_error_response, compact_dumps
 
     app = gateway.app()
 
     async def status(_request: web.Request) -> web.Response:
-        return web.json_response(dict(pool.status()), dumps=_dumps)
-
-    def slot_of(label: str) -> Slot | ApiError:
-        route = gateway.table.by_label.get(label)
-        if route is None:
-            return ApiError(
-                404,
-                f"The model '{label[:200]}' does not exist. Available: {gateway.table.available}",
-                "model_not_found",
-                "model",
-            )
-        return pool.by_label[route.api_label]
+        return web.json_response(dict(pool.status()), dumps=compact_dumps)
 
     async def action(request: web.Request) -> web.StreamResponse:
-        slot = slot_of(request.match_info["label"])
-        if isinstance(slot, ApiError):
-            return api_error_response(slot)
+        label = request.match_info["label"]
+        route = gateway.table.by_label.get(label)
+        if route is None:
+            return api_error_response(gateway.table.not_found(label))
+        slot = pool.by_label[route.api_label]
         what = request.match_info["action"]
         if what == "load":
             try:
                 await pool.load(slot)
             except Unavailable as exc:
-                headers: tuple[tuple[str, str], ...] = ()
-                if exc.retry_after_s is not None:
-                    headers = (("Retry-After", str(max(1, round(exc.retry_after_s)))),)
-                return api_error_response(
-                    ApiError(exc.status, exc.message, exc.code, headers=headers)
-                )
+                return api_error_response(exc.error)
         elif what == "unload":
             await pool.unload(slot)
         else:
             return api_error_response(
                 ApiError(404, f"Unknown action {what!r}: use load or unload", "not_found")
             )
-        model = next(m for m in pool.status()["models"] if m["name"] == slot.name)  # type: ignore[attr-defined]
-        return web.json_response({"ok": True, "model": model}, dumps=_dumps)
+        return web.json_response({"ok": True, "model": slot.status()}, dumps=compact_dumps)
 
     app.router.add_get(STATUS_PATH, status)
     if operator:
@@ -99,7 +74,7 @@ def pool_app(gateway: Gateway, pool: Pool, *, operator: bool = True) -> web.Appl
 
 
 async def run_pool(
-    plan: ServePlan, environ: Mapping[str, str], policy: PoolPolicy, servers: ServerFactory
+    plan: ServePlan, environ: Mapping[str, str], policy: RestartPolicy, watchdog: WatchdogPolicy
 ) -> int:
     """Bind the public port (taken: exit 69 before anything starts), start the pool and
     the gateway, run until a signal -- or until a model whose policy says so has spent
@@ -120,7 +95,7 @@ async def run_pool(
     try:
         # Only once the public port is ours: a server left behind by a run that died is
         # stopped (in begin), while a second run of the same endpoint failed just above.
-        pool = Pool(plan, environ, policy, servers=servers, on_fatal=stopping.set)
+        pool = Pool(plan, environ, policy, watchdog=watchdog, on_fatal=stopping.set)
         await pool.begin()  # preloaded servers are spawned now, while the gateway imports
         import_aiohttp()
         from mlxpin.gateway.app import Gateway, serve
@@ -163,23 +138,18 @@ def _log_listening(plan: ServePlan) -> None:
 def run_pool_plan(
     plan: ServePlan,
     environ: Mapping[str, str],
-    policy: PoolPolicy,
+    policy: RestartPolicy,
     watchdog: tuple[float, ...] = (),
 ) -> int:
     """Run ``plan`` on a fresh event loop. A distributed model runs as a rank group,
     probed as ``watchdog`` says: (interval, timeout) in seconds, or () for the defaults."""
-    servers: ServerFactory = single_server
-    if any(m.group is not None for m in plan.models):
-        from mlxpin.supervise.rankgroup import WatchdogPolicy, group_servers
-
-        servers = group_servers(WatchdogPolicy(*watchdog))
-    return asyncio.run(run_pool(plan, environ, policy, servers))
+    return asyncio.run(run_pool(plan, environ, policy, WatchdogPolicy(*watchdog)))
 
 
 def run_plan(
     plan: LaunchPlan | DistributedPlan,
     environ: Mapping[str, str],
-    policy: PoolPolicy,
+    policy: RestartPolicy,
     watchdog: tuple[float, ...] = (),
 ) -> int:
     """`mlxpin launch`: one model, resident, behind its own gateway (70 past its budget)."""

@@ -1,10 +1,7 @@
-"""What a model of the pool runs: one `mlx_lm.server`, or (rankgroup) a group of ranks.
-
-The pool (`serve.pool`) decides when a model starts and stops; a :class:`ModelServer`
-says how: the process to spawn, where it answers (a private Unix socket or loopback
-port), how to stop one an earlier run left behind, and what to watch once it is ready
-(a reason to restart a server that still runs: never, for one server; a rank that
-exited or stopped making progress, for a rank group).
+"""What a model of the pool runs: one `mlx_lm.server`, or (rankgroup) `mlx.launch` and its
+ranks. The pool decides when; a :class:`ModelServer` says how: the process to spawn,
+where it answers, how to stop one an earlier run left behind, and what to watch once it
+is ready (for a rank group: a member that exits, or no progress).
 """
 
 from __future__ import annotations
@@ -12,16 +9,26 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from mlxpin.gateway.addresses import free_port, private_socket_dir
-from mlxpin.gateway.backends import Upstream
-from mlxpin.gateway.state import GatewayState
+from mlxpin.gateway.backends import GatewayState, Upstream
 from mlxpin.plan.launch import LaunchPlan
+from mlxpin.plan.serve import PoolModelPlan
 from mlxpin.supervise.process import Attempt, ServerProcess, ServerSpec, reap_leftover
 
-__all__ = ["ModelServer", "SingleServer"]
+__all__ = ["ModelServer", "SingleServer", "WatchdogPolicy", "model_server"]
+
+
+@dataclass(frozen=True)
+class WatchdogPolicy:
+    """How a rank group is probed for progress (see `supervise.rankgroup`)."""
+
+    probe_interval_s: float = 30.0
+    probe_timeout_s: float = 60.0
+    member_poll_s: float = 0.5
 
 
 class ModelServer(Protocol):
@@ -42,6 +49,17 @@ class ModelServer(Protocol):
 
     def close(self) -> None:
         """Remove what the server's address needed (its private socket directory)."""
+
+
+def model_server(
+    plan: PoolModelPlan, environ: Mapping[str, str], watchdog: WatchdogPolicy
+) -> ModelServer:
+    """A rank group for a distributed model (imported only then), else one server."""
+    if plan.group is None:
+        return SingleServer(plan.launch, environ)
+    from mlxpin.supervise.rankgroup import RankGroupServer
+
+    return RankGroupServer(plan.group, environ, watchdog)
 
 
 class SingleServer:
