@@ -16,6 +16,13 @@ def test_the_parser_declares_the_lock_commands_default() -> None:
     assert build_parser().parse_args(["lock"]).jobs == MAX_PARALLEL
 
 
+def test_names_around_options_and_values_that_start_with_a_dash() -> None:
+    parse = build_parser().parse_args
+    assert parse(["fetch", "a", "--hosts", "b"]).names == ["a", "b"]
+    assert parse(["add", "x", "--revision", "-x", "--label", "-"]).revision == "-x"
+    assert parse(["export", "-o", "-", "a"]).output == "-"
+
+
 def imported_by(*argv: str) -> set[str]:
     """The modules `mlxpin ARGV` imports, in a fresh interpreter."""
     code = (

@@ -17,8 +17,9 @@ from mlxpin import __version__
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but an option that needs a value takes the next word even when it starts
-    with "-" (`--revision -x`), as the command line always has."""
+    """argparse as the command line has always parsed: an option that needs a value takes
+    the next word even when it starts with "-" (`--revision -x`), and names may stand on
+    both sides of an option."""
 
     def parse_known_args(
         self, args: Iterable[str] | None = None, namespace: Any = None
@@ -30,7 +31,12 @@ class Parser(argparse.ArgumentParser):
             if word in valued and words and words[0].startswith("-") and words[0] != "-":
                 word = f"{word}={words.pop(0)}"
             glued.append(word)
-        return super().parse_known_args(glued + words, namespace)
+        args, extra = super().parse_known_args(glued + words, namespace)
+        names = getattr(args, "names", None)
+        if isinstance(names, list) and extra and not any(w.startswith("-") for w in extra):
+            names += extra  # `lock a --update b`: names on both sides of an option
+            extra = []
+        return args, extra
 
 
 PROJECT = ("cache_dir", "manifest", "lock_dir")
