@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any
 
 from mlxpin import __version__
+
+TYPE_CHECKING = False  # `typing` and `pathlib` cost `--version` more than all the rest
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,6 +41,14 @@ class Parser(argparse.ArgumentParser):
         return args, extra
 
 
+class Version(argparse.Action):
+    """`--version`, without argparse's formatter (which asks the terminal its size)."""
+
+    def __call__(self, *_: object) -> None:
+        print(f"mlxpin {__version__}")
+        raise SystemExit(0)
+
+
 PROJECT = ("cache_dir", "manifest", "lock_dir")
 WHERE = {
     "cache_dir": (
@@ -58,6 +68,8 @@ WHERE = {
 
 def shared(p: Parser, uses: Sequence[str] = PROJECT) -> None:
     """The options every verb shares: where things are (those it `uses`), and output."""
+    from pathlib import Path
+
     for name in uses:
         flags, text = WHERE[name]
         p.add_argument(*flags, type=Path, dest=name, help=text)
@@ -393,6 +405,8 @@ def init(p: Parser) -> None:
 
 def unit(p: Parser, running: bool = True) -> None:
     """Which boot unit (every `service` verb) and, when `running`, how it runs."""
+    from pathlib import Path
+
     p.add_argument("name", nargs="?", help="Model name from the manifest (or --serve).")
     p.add_argument(
         "--serve",
@@ -505,11 +519,13 @@ def _text(declare: Declare) -> str:
 
 
 def subcommands(p: Parser, verbs: dict[str, Declare], only: str | None = None) -> None:
-    """Add ``verbs`` under ``p``; with ``only``, just that one gets its arguments (the
-    others are listed, for help and errors, but cost nothing to declare)."""
+    """Add ``verbs`` under ``p``, or with ``only`` (a verb), just that one. Other words
+    for ``only`` list the verbs (for help and errors) without declaring their arguments."""
     p.set_defaults(handler=None, usage=p)  # no verb: the usage, as a usage error
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
     for name, declare in verbs.items():
+        if only in verbs and name != only:
+            continue  # one verb runs: the others need not exist
         text = _text(declare)
         summary = text.split("\n\n")[0].replace("\n", " ")
         verb = sub.add_parser(
@@ -524,7 +540,7 @@ def subcommands(p: Parser, verbs: dict[str, Declare], only: str | None = None) -
 
 
 def build_parser(only: str | None = None) -> Parser:
-    """The whole command line; with ``only`` (the verb about to run) the others are bare."""
+    """The whole command line, or what ``only`` (the first word) needs of it."""
     root = Parser(
         prog="mlxpin",
         description=(
@@ -535,9 +551,7 @@ def build_parser(only: str | None = None) -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    root.add_argument(
-        "--version", action="version", version=f"mlxpin {__version__}", help="Print the version."
-    )
+    root.add_argument("--version", action=Version, nargs=0, help="Print the version.")
     subcommands(root, VERBS, only)
     return root
 
