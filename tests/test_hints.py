@@ -130,7 +130,7 @@ def _options_of(command: argparse.ArgumentParser) -> dict[str, bool]:
 
 def _every_long_option() -> set[str]:
     options: set[str] = set()
-    pending = [build_parser()]
+    pending: list[argparse.ArgumentParser] = [build_parser()]
     while pending:
         command = pending.pop()
         options |= {o for o in _options_of(command) if o.startswith("--")}
