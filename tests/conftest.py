@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -18,7 +21,7 @@ from sshhost import SshHost, find_sshd, ssh_host
 from hubserver import HubServer
 
 # The suite starts the CLI as a subprocess hundreds of times. Where the machine sets
-# PYTHONDONTWRITEBYTECODE, every one of them would compile mlxpin, typer and
+# PYTHONDONTWRITEBYTECODE, every one of them would compile mlxpin and
 # huggingface_hub from source again; caching bytecode keeps the run short.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
@@ -48,6 +51,37 @@ _HF_LEAKS = (
     "HF_XET_CACHE",
     "HF_ASSETS_CACHE",
 )
+
+
+@dataclass(frozen=True)
+class Invoked:
+    """What `mlxpin ARGV` did in this process: its exit code and its output."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def invoke(argv: Sequence[str], env: Mapping[str, str | None] | None = None) -> Invoked:
+    """Run `mlxpin ARGV` through the real CLI in this process, ``env`` set (None: unset)."""
+    from mlxpin.cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ), redirect_stdout(out), redirect_stderr(err):
+        for key, value in (env or {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        try:
+            code = main(list(argv))
+        except SystemExit as exit:  # argparse: usage errors and --help
+            code = exit.code if isinstance(exit.code, int) else 1
+    return Invoked(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -160,7 +160,7 @@ def test_server_value_that_reads_as_a_flag_is_refused_at_validation_with_78(
 def test_a_manifest_nested_too_deep_is_78_with_its_line_for_launch_and_lock(
     project: Project, depth: int
 ) -> None:
-    """launch (boot path) and lock (typer): the same refusal, never a RecursionError."""
+    """launch (boot path) and lock: the same refusal, never a RecursionError."""
     nested = "{ a = " * depth + "1" + " }" * depth
     project.write_manifest(manifest(free_port(), f"chat_template_args = {nested}"))
     where = f"{project.root / 'manifest.toml'}:13: "

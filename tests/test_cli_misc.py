@@ -1,35 +1,53 @@
-"""The command line itself: help, version, the two launch parsers, error rendering."""
+"""The command line itself: help, version, what each verb imports, error rendering."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
-import pytest
-import typer.main
+from mlxpin.cli.app import build_parser
+from mlxpin.commands.lock import MAX_PARALLEL
 
-from mlxpin.cli import boot as bootcli
-from mlxpin.cli import serveboot as servecli
-from mlxpin.cli.app import _register, app
-
-from conftest import Project
+from conftest import Project, invoke
 
 
-@pytest.mark.parametrize("name", ["launch", "serve"])
-def test_the_lean_boot_parsers_have_exactly_the_typer_options(name: str) -> None:
-    _register()
-    command = typer.main.get_command(app)
-    typed = command.commands[name]  # type: ignore[attr-defined]
-    typer_flags = {opt for param in typed.params for opt in param.opts if opt.startswith("-")}
-    typer_flags -= {"--help", "-h"}
-    lean = bootcli.parser() if name == "launch" else servecli.parser()
-    lean_flags = {opt for action in lean._actions for opt in action.option_strings}
-    assert lean_flags == typer_flags
-    typer_defaults = {param.name: param.default for param in typed.params}
-    lean_defaults = vars(lean.parse_args([]))
-    if name == "serve":
-        assert lean_defaults.pop("names") == [] and typer_defaults.pop("names") is None
-    assert lean_defaults == typer_defaults
+def test_the_parser_declares_the_lock_commands_default() -> None:
+    assert build_parser().parse_args(["lock"]).jobs == MAX_PARALLEL
+
+
+def test_names_around_options_and_values_that_start_with_a_dash() -> None:
+    parse = build_parser().parse_args
+    assert parse(["fetch", "a", "--hosts", "b"]).names == ["a", "b"]
+    assert parse(["add", "x", "--revision", "-x", "--label", "-"]).revision == "-x"
+    assert parse(["export", "-o", "-", "a"]).output == "-"
+
+
+def imported_by(*argv: str) -> set[str]:
+    """The modules `mlxpin ARGV` imports, in a fresh interpreter."""
+    code = (
+        "import sys\nfrom mlxpin.cli.app import main\n"
+        f"try:\n    main({list(argv)!r})\nexcept SystemExit:\n    pass\n"
+        "print(' '.join(sys.modules), file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(done.stderr.splitlines()[-1].split())
+
+
+def test_only_the_verb_that_runs_is_imported(tmp_path: Path) -> None:
+    ours = {m for m in imported_by("--version") if m.startswith("mlxpin")}
+    assert ours == {"mlxpin", "mlxpin.cli", "mlxpin.cli.app"}
+    status = imported_by("status", "--manifest", str(tmp_path / "manifest.toml"))
+    assert "mlxpin.commands.status" in status
+    assert not {"huggingface_hub", "filelock", "mlxpin.commands.lock", "mlxpin.cli.ops"} & status
+
+
+def test_no_verb_prints_the_usage_as_a_usage_error() -> None:
+    for argv in ([], ["service"]):
+        result = invoke(argv)
+        assert result.exit_code == 2 and "COMMAND" in result.stdout, argv
+    refused = invoke(["lock", "--update-runtim"])  # no abbreviations
+    assert refused.exit_code == 2 and "mlxpin lock: error: unrecognized" in refused.stderr
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

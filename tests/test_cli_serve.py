@@ -246,7 +246,7 @@ def test_a_model_over_budget_and_every_other_problem_refused_at_preflight(
 
 
 def test_serve_boot_path_needs_only_the_standard_library(project: Project) -> None:
-    """`python -S` (no site-packages: no aiohttp, typer, huggingface_hub, mlx_lm)."""
+    """`python -S` (no site-packages: no aiohttp, huggingface_hub, mlx_lm)."""
     env = {**project.env, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
     result = subprocess.run(
         [sys.executable, "-S", "-m", "mlxpin", "serve", "--dry-run"],

@@ -10,14 +10,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner, Result
 
-from mlxpin.cli import app as cli
 from mlxpin.project.edit import NewModel, add_model_text, cut_model
 from mlxpin.project.manifest import parse_manifest
 from mlxpin.project.validate import label_problem
 
-cli._register()
+from conftest import Invoked, invoke
 
 MANIFEST = """\
 # My models. Keep this comment.
@@ -70,9 +68,9 @@ class Env:
     manifest: Path
     environ: dict[str, str | None]
 
-    def run(self, *args: str) -> Result:
+    def run(self, *args: str) -> Invoked:
         argv = [*args, "--manifest", str(self.manifest)]
-        return CliRunner().invoke(cli.app, argv, env=self.environ)
+        return invoke(argv, self.environ)
 
     def json(self, *args: str) -> dict[str, Any]:
         result = self.run(*args, "--json")
@@ -241,14 +239,13 @@ def test_add_lock_locks_a_path_model(env: Env, monkeypatch: pytest.MonkeyPatch) 
 
 def test_init_writes_a_parseable_starter_and_never_overwrites(tmp_path: Path) -> None:
     manifest = tmp_path / "new" / "manifest.toml"
-    runner = CliRunner()
-    result = runner.invoke(cli.app, ["init", "--manifest", str(manifest), "--json"])
+    result = invoke(["init", "--manifest", str(manifest), "--json"])
     assert result.exit_code == 0, result.output
     text = manifest.read_text()
     parsed = parse_manifest(text.encode(), manifest)
     assert parsed.names == ("gemma",)
     assert "api_label" in text and "launch.repo" in text and "# path = " in text
-    again = runner.invoke(cli.app, ["init", "--manifest", str(manifest)])
+    again = invoke(["init", "--manifest", str(manifest)])
     assert again.exit_code == 2 and "never overwrites" in again.stderr
     assert manifest.read_text() == text
 

@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from mlxpin.cli import app as cli
 from mlxpin.config import Settings, load_settings
 from mlxpin.project.lockfile import (
     HEADER,
@@ -32,7 +30,8 @@ from mlxpin.store.layout import StoreLayout, check_stamp, register_root
 from mlxpin.store.sources import LocalSourceBytes
 from mlxpin.util.atomic import hold_mutex
 
-cli._register()
+from conftest import Invoked, invoke
+
 DAY = 24 * 3600
 
 
@@ -43,9 +42,9 @@ class Env:
     settings: Settings
     layout: StoreLayout
 
-    def run(self, *args: str, lock_dir: Path | None = None) -> Result:
+    def run(self, *args: str, lock_dir: Path | None = None) -> Invoked:
         argv = [*args, "--lock-dir", str(lock_dir or self.settings.lock_dir), "--json"]
-        return CliRunner().invoke(cli.app, argv, env=self.environ)
+        return invoke(argv, self.environ)
 
     def gc(self, *args: str, lock_dir: Path | None = None) -> dict[str, Any]:
         result = self.run("gc", *args, lock_dir=lock_dir)
@@ -344,7 +343,7 @@ def test_text_output_reports_sizes(env: Env) -> None:
     lock_dir = env.settings.lock_dir
     pin(env, lock_dir, "m", {"w.bin": b"x" * 5000}, repo="o/m", commit="a" * 40)
     pin(env, lock_dir, "m", {"w.bin": b"y" * 10}, repo="o/m", commit="b" * 40)
-    result = CliRunner().invoke(cli.app, ["gc", "--lock-dir", str(lock_dir)], env=env.environ)
+    result = invoke(["gc", "--lock-dir", str(lock_dir)], env.environ)
     assert result.exit_code == 0, result.output
     assert "5.0 kB" in result.stdout
     assert "would free" in result.stdout and "mlxpin gc --yes" in result.stdout

@@ -7,17 +7,18 @@ this fails). And no error outside `cli/` writes a command line into its hint as 
 
 from __future__ import annotations
 
+import argparse
 import ast
+import contextlib
+import io
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import typer.core
-import typer.main
 
-from mlxpin.cli.app import _register, app
+from mlxpin.cli.app import build_parser
 from mlxpin.errors import IntegrityError, ModelNotChosenError, Run, SnapshotMissingError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mlxpin"
@@ -40,33 +41,26 @@ HINT_POSITION = {
 }
 
 
-def _root_command() -> typer.core.TyperGroup:
-    _register()  # what `mlxpin` does before it parses: every verb on the app
-    root = typer.main.get_command(app)
-    assert isinstance(root, typer.core.TyperGroup)
-    return root
+def _verbs_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommands under ``parser`` by name (none for a verb)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def refusal(argv: tuple[str, ...]) -> str | None:
     """What the real CLI says against `mlxpin ARGV` before running it; None if it parses."""
-    command: typer.core.TyperCommand | typer.core.TyperGroup = _root_command()
-    context = command.make_context("mlxpin", [], resilient_parsing=True)  # groups: no checks
-    words = list(argv)
+    said = io.StringIO()
     try:
-        while isinstance(command, typer.core.TyperGroup):
-            if not words or words[0] not in command.commands:
-                return f"no such command: {words[:1]}"
-            name = words.pop(0)
-            found = command.get_command(context, name)
-            assert isinstance(found, typer.core.TyperCommand | typer.core.TyperGroup)
-            command = found
-            if isinstance(command, typer.core.TyperGroup):
-                context = command.make_context(name, [], parent=context, resilient_parsing=True)
-        command.make_context(name, words, parent=context, resilient_parsing=False)
-    except Exception as exc:
-        if not hasattr(exc, "format_message"):  # click's own refusals carry one
-            raise
-        return str(exc.format_message())
+        with contextlib.redirect_stderr(said):
+            args, extra = build_parser().parse_known_args(argv)
+    except SystemExit:
+        return said.getvalue().strip().splitlines()[-1]
+    if extra:
+        return f"unrecognized arguments: {' '.join(extra)}"
+    if args.handler is None:
+        return f"no such command: {argv!r} names no verb"
     return None
 
 
@@ -119,36 +113,29 @@ def test_every_next_step_is_a_command_line_mlxpin_accepts(
     assert problem is None, f"{place}: `mlxpin {' '.join(argv)}` does not parse: {problem}"
 
 
-def _command_at(path: str) -> typer.core.TyperCommand | typer.core.TyperGroup | None:
-    command: typer.core.TyperCommand | typer.core.TyperGroup | None = _root_command()
+def _command_at(path: str) -> argparse.ArgumentParser | None:
+    command: argparse.ArgumentParser | None = build_parser()
     for word in path.split():
-        if not isinstance(command, typer.core.TyperGroup):
-            return None
-        found = command.commands.get(word)
-        assert found is None or isinstance(found, typer.core.TyperCommand | typer.core.TyperGroup)
-        command = found
+        command = _verbs_of(command).get(word) if command is not None else None
     return command
 
 
-def _options_of(command: typer.core.TyperCommand | typer.core.TyperGroup) -> dict[str, bool]:
+def _options_of(command: argparse.ArgumentParser) -> dict[str, bool]:
     """Each option's spellings -> whether it takes a value."""
     return {
-        spelling: not getattr(param, "is_flag", False)
-        for param in command.params
-        for spelling in (*param.opts, *param.secondary_opts)
-        if spelling.startswith("-")
+        spelling: action.nargs != 0
+        for action in command._actions
+        for spelling in action.option_strings
     }
 
 
 def _every_long_option() -> set[str]:
     options: set[str] = set()
-    pending: list[object] = [_root_command()]
+    pending: list[argparse.ArgumentParser] = [build_parser()]
     while pending:
         command = pending.pop()
-        if isinstance(command, typer.core.TyperCommand | typer.core.TyperGroup):
-            options |= {o for o in _options_of(command) if o.startswith("--")}
-        if isinstance(command, typer.core.TyperGroup):
-            pending += command.commands.values()
+        options |= {o for o in _options_of(command) if o.startswith("--")}
+        pending += _verbs_of(command).values()
     return options - {"--help", "--version"}
 
 
@@ -209,12 +196,12 @@ def test_the_parser_check_refuses_what_the_cli_refuses() -> None:
     assert refusal(("fetch", "tiny", "--hosts")) is None
     assert refusal(("service", "install", "tiny")) is None
     assert "--no-such-option" in str(refusal(("fetch", "--no-such-option")))
-    assert "no such command" in str(refusal(("no-such-verb",)))
+    assert "invalid choice: 'no-such-verb'" in str(refusal(("no-such-verb",)))
     assert "--forget-missin" in str(refusal(("gc", "--yes", "--forget-missin")))
 
 
 def _verbs() -> set[str]:
-    return set(_root_command().commands)
+    return set(_verbs_of(build_parser()))
 
 
 def _hint_arguments(call: ast.Call, in_errors_module: bool) -> list[ast.expr]:

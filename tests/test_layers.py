@@ -16,9 +16,8 @@ Floors, bottom to top; a module may import its own package and any floor below i
     cli                     parsing and rendering; nothing imports it but the entry point
 
 Third-party seams: only ``hub`` imports huggingface_hub, only ``gateway``, ``mirror`` and
-``supervise`` (the runner's operator routes) import aiohttp,
-only ``cli`` imports typer. Package ``__init__`` files stay empty so the boot path pays
-nothing for them.
+``supervise`` (the runner's operator routes) import aiohttp. Package ``__init__`` files
+stay empty so the boot path pays nothing for them.
 """
 
 from __future__ import annotations
@@ -55,7 +54,6 @@ ENTRY_POINTS = {"entry", "__main__", "__init__"}
 ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {
     "huggingface_hub": ("hub",),
     "aiohttp": ("gateway", "mirror", "supervise"),
-    "typer": ("cli",),
 }
 
 

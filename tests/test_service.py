@@ -14,11 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from mlxpin.cli import app as cli
-
-cli._register()
+from conftest import Invoked, invoke
 
 HF_TOKEN = "hf_secretTOKENvalue1234567890"
 API_KEY = "sk-mlxpin-secret-key-0987654321"
@@ -41,8 +38,8 @@ class Env:
     manifest: Path
     environ: dict[str, str | None]
 
-    def run(self, *args: str) -> Result:
-        return CliRunner().invoke(cli.app, list(args), env=self.environ)
+    def run(self, *args: str) -> Invoked:
+        return invoke(list(args), self.environ)
 
     def json(self, *args: str, code: int = 0) -> dict[str, Any]:
         result = self.run(*args, "--manifest", str(self.manifest), "--json")

@@ -1,1 +1,1 @@
-"""Parsing and rendering: the lean boot parser, the typer app, a module per verb group."""
+"""Parsing and rendering: one argparse parser (app), a module per verb group."""

@@ -1,201 +1,586 @@
-"""The command line: parse, call the core, render. No logic of its own."""
+"""The command line: one argparse parser; only the verb that runs is imported.
+
+Each verb is a function here that declares its arguments (its docstring is the verb's
+help) and names its handler, `module:function` in this package, called with the parsed
+arguments and their `Common`. Stdlib only: `launch` and `serve` boot through here.
+"""
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+import argparse
+import sys
+from collections.abc import Callable, Iterable, Sequence
 
 from mlxpin import __version__
-from mlxpin.cli.output import (
-    CommandExit,
-    Common,
-    Output,
-    report_error,
-    run_guarded,
-    settings_for,
-)
 
-__all__ = ["Common", "Group", "Output", "report_error", "settings_for", "verb"]
-
-app = typer.Typer(
-    name="mlxpin",
-    help=(
-        "Reproducible model manifest, lock and offline launcher for mlx_lm.server.\n\n"
-        "manifest.toml declares models (api_label + launch.repo); `lock` pins them, "
-        "`fetch` downloads and verifies them, `launch` boots one offline."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-ManifestOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--manifest",
-        "-m",
-        help="manifest.toml to use (default: $MLXPIN_MANIFEST, else ./manifest.toml).",
-        show_default=False,
-    ),
-]
-LockDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--lock-dir",
-        help="Lock directory (default: $MLXPIN_LOCK_DIR, else lock/ beside the manifest).",
-        show_default=False,
-    ),
-]
-CacheDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--cache-dir",
-        help="Hugging Face hub cache to use (default: $HF_HUB_CACHE, else $HF_HOME/hub).",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Print debug logs.")]
-NamesArg = Annotated[
-    list[str] | None,
-    typer.Argument(help="Model names from the manifest (default: all).", show_default=False),
-]
+TYPE_CHECKING = False  # `typing` and `pathlib` cost `--version` more than all the rest
+if TYPE_CHECKING:
+    from typing import Any
 
 
-# The options every verb shares, by the name its function would give them.
-COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "cache_dir": (CacheDirOpt, None),
-    "manifest": (ManifestOpt, None),
-    "lock_dir": (LockDirOpt, None),
-    "as_json": (JsonOpt, False),
-    "quiet": (QuietOpt, False),
-    "verbose": (VerboseOpt, False),
-}
-PROJECT = ("cache_dir", "manifest", "lock_dir")
-KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
-OUTPUT = ("as_json", "quiet", "verbose")
+class Parser(argparse.ArgumentParser):
+    """argparse as the command line has always parsed: an option that needs a value takes
+    the next word even when it starts with "-" (`--revision -x`), and names may stand on
+    both sides of an option."""
+
+    def parse_known_args(
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        valued = {o for a in self._actions if a.nargs is None for o in a.option_strings}
+        words, glued = list(sys.argv[1:] if args is None else args), []
+        while words and words[0] != "--":
+            word = words.pop(0)
+            if word in valued and words and words[0].startswith("-") and words[0] != "-":
+                word = f"{word}={words.pop(0)}"
+            glued.append(word)
+        args, extra = super().parse_known_args(glued + words, namespace)
+        names = getattr(args, "names", None)
+        if isinstance(names, list) and extra and not any(w.startswith("-") for w in extra):
+            names += extra  # `lock a --update b`: names on both sides of an option
+            extra = []
+        return args, extra
 
 
-def _guarded(func: Callable[[], None], common: Common) -> None:
-    """Turn mlxpin errors into a message and an exit code; tracebacks only when debugging."""
+class Version(argparse.Action):
+    """`--version`, without argparse's formatter (which asks the terminal its size)."""
 
-    def call() -> None:
-        try:
-            func()
-        except typer.Exit as request:
-            raise CommandExit(int(request.exit_code)) from None
-
-    code = run_guarded(call, as_json=common.as_json, quiet=common.quiet, verbose=common.verbose)
-    if code != 0:
-        raise typer.Exit(code)
-
-
-@dataclass(frozen=True)
-class Group:
-    """Options several verbs take, declared once; the function receives them as one value."""
-
-    options: Mapping[str, tuple[Any, Any]]  # name -> (annotation, default), in --help order
-    build: Callable[..., Any]  # the options by name -> the value
-
-
-def _signature(func: Callable[..., None], built: Collection[str]) -> inspect.Signature:
-    """``func``'s signature, evaluated; the types of the ``built`` parameters may be imported
-    for the type checker only (the command line never sees them: their options stand there)."""
-    raw = inspect.signature(func).parameters
-    only_typed = {str(raw[name].annotation): object for name in built}
-    return inspect.signature(func, eval_str=True, locals=only_typed)
-
-
-def _parameter(name: str, declared: tuple[Any, Any], kind: Any) -> inspect.Parameter:
-    annotation, default = declared
-    return inspect.Parameter(name, kind, default=default, annotation=annotation)
-
-
-def verb(
-    name: str,
-    *,
-    on: typer.Typer | None = None,
-    uses: Sequence[str] = PROJECT,
-    guard: bool = True,
-    groups: Mapping[str, Group] | None = None,
-) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register `func(..., common: Common)` as the command NAME.
-
-    The command line gets the function's own options, then the shared ones it `uses`
-    (plus --json/-q/-v), each declared once in COMMON_OPTIONS; the function receives
-    them as one `Common`. A parameter named in `groups` stands for that group's options
-    on the command line and receives them built. With `guard`, errors become a message
-    and an exit code.
-    """
-    shared = (*uses, *OUTPUT)
-    grouped = groups or {}
-
-    def register(func: Callable[..., None]) -> Callable[..., None]:
-        own = _signature(func, grouped)
-        params: list[inspect.Parameter] = []
-        for p in own.parameters.values():
-            if p.name in grouped:
-                options = grouped[p.name].options
-                params += [_parameter(key, options[key], p.kind) for key in options]
-            elif p.name != "common":
-                params.append(p)
-        params += [_parameter(key, COMMON_OPTIONS[key], KEYWORD_ONLY) for key in shared]
-
-        @functools.wraps(func)
-        def command(**kwargs: Any) -> None:
-            common = Common(**{key: kwargs.pop(key) for key in shared})
-            given = {p: {key: kwargs.pop(key) for key in grouped[p].options} for p in grouped}
-
-            def call() -> None:  # building a group may refuse the options: guarded too
-                built = {p: grouped[p].build(**options) for p, options in given.items()}
-                func(common=common, **kwargs, **built)
-
-            if guard:
-                _guarded(call, common)
-            else:
-                call()
-
-        command.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        (on or app).command(name)(command)
-        return func
-
-    return register
-
-
-def _version(value: bool) -> None:
-    if value:
+    def __call__(self, *_: object) -> None:
         print(f"mlxpin {__version__}")
-        raise typer.Exit(0)
+        raise SystemExit(0)
 
 
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
-    ] = False,
-) -> None:
-    """Reproducible model manifest, lock and offline launcher for mlx_lm.server."""
+PROJECT = ("cache_dir", "manifest", "lock_dir")
+WHERE = {
+    "cache_dir": (
+        ("--cache-dir",),
+        "Hugging Face hub cache to use (default: $HF_HUB_CACHE, else $HF_HOME/hub).",
+    ),
+    "manifest": (
+        ("--manifest", "-m"),
+        "manifest.toml to use (default: $MLXPIN_MANIFEST, else ./manifest.toml).",
+    ),
+    "lock_dir": (
+        ("--lock-dir",),
+        "Lock directory (default: $MLXPIN_LOCK_DIR, else lock/ beside the manifest).",
+    ),
+}
 
 
-def _register() -> None:
-    # Each verb's CLI lives beside its renderer; importing registers it on `app`, and the
-    # import order is the order of `mlxpin --help`: the main job first.
+def shared(p: Parser, uses: Sequence[str] = PROJECT) -> None:
+    """The options every verb shares: where things are (those it `uses`), and output."""
+    from pathlib import Path
+
+    for name in uses:
+        flags, text = WHERE[name]
+        p.add_argument(*flags, type=Path, dest=name, help=text)
+    p.add_argument(
+        "--json",
+        dest="as_json",
+        action="store_true",
+        help="Print a machine-readable result on stdout.",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="Print only errors.")
+    p.add_argument("--verbose", "-v", action="store_true", help="Print debug logs.")
+
+
+def handler(p: Parser, run: str, *, guard: bool = True) -> None:
+    """`run` (`module:function`) handles the verb; with `guard`, errors become exit codes."""
+    p.set_defaults(handler=run, guard=guard, usage=p)
+
+
+def number(kind: type[int] | type[float], least: float, most: float | None = None) -> Any:
+    """An argparse type: a number from ``least`` (to ``most``)."""
+
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if most is not None and not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be from {least:g} to {most:g}")
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least:g}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names it: "invalid int value"
+    return parse
+
+
+def names(p: Parser, text: str = "Model names from the manifest (default: all).") -> None:
+    p.add_argument("names", nargs="*", help=text)
+
+
+# --------------------------------------------------------------------------- the verbs
+
+
+def lock(p: Parser) -> None:
+    """Pin every model's revision to a commit and its files' sizes and hashes in lock/.
+
+    Keeps valid pins untouched (no network for them), locks what is missing or stale,
+    and deletes lock files of models no longer in the manifest.
+    """
+    names(p)
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="Re-resolve the named models (default: all) to the newest commit of their "
+        "revision, and print what changed.",
+    )
+    p.add_argument(
+        "--update-runtime",
+        action="store_true",
+        help="Re-resolve the [runtime] pin to the newest versions its ranges allow, "
+        "and print old → new versions.",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="No network, no writes: exit 78 listing what is missing, stale or orphaned.",
+    )
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=number(int, 1),
+        default=32,  # commands.lock.MAX_PARALLEL (a test keeps them equal)
+        help="Resolve at most this many models at once. [default: 32]",
+    )
+    shared(p, ("manifest", "lock_dir"))
+    handler(p, "lock:lock_command")
+
+
+def fetch(p: Parser) -> None:
+    """Download exactly the locked files into the Hugging Face cache and verify every byte.
+
+    Safe to interrupt (a rerun resumes) and to run in parallel. A second run on an
+    unchanged cache makes no request and hashes nothing.
+    """
+    names(p)
+    p.add_argument(
+        "--connections",
+        type=number(int, 1, 64),
+        help="Ranged connections per large file (default: $MLXPIN_FETCH_CONNECTIONS, "
+        "else 8; files under $MLXPIN_RANGED_MIN_MB, default 64 MB, use one).",
+    )
+    p.add_argument(
+        "--hosts",
+        action="store_true",
+        help="Also prepare every other host of a distributed model over ssh "
+        "(this host's lock and verified bytes are sent; the host verifies them).",
+    )
+    shared(p)
+    handler(p, "store:fetch_command")
+
+
+def verify(p: Parser) -> None:
+    """Re-hash every fetched file against the lock (exit 65 naming each bad file)."""
+    names(p)
+    shared(p)
+    handler(p, "store:verify_command")
+
+
+def status(p: Parser) -> None:
+    """Show each model's label, source, locked commit, fetch state and size on disk."""
+    names(p)
+    shared(p)
+    handler(p, "store:status_command")
+
+
+def run_options(p: Parser) -> None:
+    """The options of `boot.RunOptions`, which `launch` and `serve` share."""
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Print the plan (argv, snapshots, ...) offline and exit.",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="Re-hash every file against the lock before starting.",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=number(int, 0),
+        default=5,
+        help="Crashes of a model within 10 minutes before giving up on it "
+        "(launch exits 70; serve marks it failed). [default: 5]",
+    )
+    p.add_argument(
+        "--restart-delay",
+        type=number(float, 0.0),
+        default=1.0,
+        help="First restart delay in seconds (doubles, max 60). [default: 1.0]",
+    )
+    p.add_argument(
+        "--ready-timeout",
+        type=number(float, 1.0),
+        default=900.0,
+        help="Seconds a server may take to answer its warm-up. [default: 900.0]",
+    )
+
+
+def launch(p: Parser) -> None:
+    """Boot one locked, fetched model offline: mlx_lm.server behind a label-checking gateway.
+
+    Makes no network request. Refuses with exit 78 if the lock is stale or missing, 66 if
+    the snapshot is not fetched, 69 if mlx_lm.server is missing or the port is taken.
+    """
+    p.add_argument(
+        "name",
+        nargs="?",
+        help="Model to launch (default: $MLXPIN_MODEL, else the manifest's only model).",
+    )
+    run_options(p)
+    p.add_argument(
+        "--probe-interval",
+        type=number(float, 0.1),
+        default=30.0,
+        help="Distributed: seconds between progress probes when no request completed. "
+        "[default: 30.0]",
+    )
+    p.add_argument(
+        "--probe-timeout",
+        type=number(float, 0.1),
+        default=60.0,
+        help="Distributed: a 1-token probe slower than this restarts the whole group. "
+        "[default: 60.0]",
+    )
+    shared(p)
+    handler(p, "boot:launch_command", guard=False)
+
+
+def endpoint(p: Parser) -> None:
+    """`--host` and `--port` of the `serve` endpoint (`serve` and `ps`)."""
+    p.add_argument("--host", help="Listen address (default: [serve] host, else 127.0.0.1).")
+    p.add_argument(
+        "--port", type=number(int, 1, 65535), help="Port (default: [serve] port, else 8080)."
+    )
+
+
+def serve(p: Parser) -> None:
+    """Serve many pinned models behind one endpoint, each started on demand.
+
+    Within [serve] memory_budget and max_loaded, least recently used idle models are
+    stopped to make room; idle models stop after idle_ttl. Makes no network request.
+    Refuses before starting anything (every model's problem at once): 78 stale lock or a
+    model larger than the budget, 66 not fetched, 69 port taken or mlx_lm.server missing.
+    """
+    names(p, "Models to serve (default: every model of the manifest).")
+    run_options(p)
+    endpoint(p)
+    shared(p)
+    handler(p, "serveboot:serve_command", guard=False)
+
+
+def ps(p: Parser) -> None:
+    """Show what a running `mlxpin serve` is doing: each model's state, pid, cost, use.
+
+    Asks the endpoint of the manifest's [serve] table (or --host/--port) on its
+    /mlxpin/status route, with MLXPIN_API_KEY when it is set.
+    """
+    endpoint(p)
+    shared(p, ("manifest",))
+    handler(p, "serveboot:ps_command")
+
+
+def export(p: Parser) -> None:
+    """Write the named models' locks and verified files as one bundle (an uncompressed tar).
+
+    Drafts and adapters come along. Refuses (66) unless every model is fetched and
+    verified. Nothing is read from the network.
+    """
+    names(p)
+    p.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        help="Bundle file to write, or - for stdout (e.g. `-o - | ssh mac2 mlxpin import -`).",
+    )
+    shared(p)
+    handler(p, "transfer:export_command")
+
+
+def import_(p: Parser) -> None:
+    """Install a bundle into the Hugging Face cache, verifying every byte (no network).
+
+    A model whose lock differs from this project's lock is refused (78). A damaged,
+    truncated or foreign bundle installs nothing and exits 65 naming the file.
+    """
+    p.add_argument("bundle", help="Bundle file to import, or - for stdin.")
+    p.add_argument(
+        "--write-locks",
+        action="store_true",
+        help="Adopt the bundle's lock files where this project has none.",
+    )
+    shared(p)
+    handler(p, "transfer:import_command")
+
+
+def mirror(p: Parser) -> None:
+    """Serve this host's locked, verified models read-only over the Hub's download protocol.
+
+    Other hosts set HF_ENDPOINT=http://HOST:PORT and run `mlxpin fetch` (or `hf download
+    REPO --revision COMMIT`). Only locked and verified files are served; MLXPIN_API_KEY
+    makes it require that key (clients send it as HF_TOKEN). Stops on SIGTERM/Ctrl-C.
+    """
+    names(p)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="Address to listen on (default: loopback only). [default: 127.0.0.1]",
+    )
+    p.add_argument(
+        "--port", type=int, default=8765, help="TCP port (0: any free port). [default: 8765]"
+    )
+    p.add_argument(
+        "--max-transfers",
+        type=int,
+        default=64,
+        help="Files served at once; more requests wait their turn. [default: 64]",
+    )
+    shared(p)
+    handler(p, "transfer:mirror_command")
+
+
+def gc(p: Parser) -> None:
+    """Delete snapshots and blobs that no lock of any project references (dry run by default).
+
+    Keeps everything the locks of this project and of every project that ran `mlxpin
+    fetch` use, and every Hub-cache file mlxpin did not download itself (unless --all).
+    """
+    p.add_argument(
+        "--yes", "-y", action="store_true", help="Delete (without it: only list what would go)."
+    )
+    p.add_argument(
+        "--all",
+        dest="include_foreign",
+        action="store_true",
+        help="Also delete Hub-cache blobs mlxpin did not download (other tools' files) "
+        "that no mlxpin lock references.",
+    )
+    p.add_argument(
+        "--forget-missing",
+        action="store_true",
+        help="Forget projects that fetched here but whose lock dir is gone for good "
+        "(without it, --yes refuses while one is missing: it may be on an unmounted disk).",
+    )
+    shared(p)
+    handler(p, "ops:gc_command")
+
+
+def add(p: Parser) -> None:
+    """Add model NAME to the manifest, keeping every comment and line of the file.
+
+    The result is validated before anything is written (a bare repo id such as
+    `gemma-4-31b-it` is refused: that is an api_label; the repo needs its owner).
+    """
+    p.add_argument("name", help="Model name from the manifest.")
+    p.add_argument("--repo", help="Hub repo id, owner/name.")
+    p.add_argument("--path", help="A local model directory instead of --repo.")
+    p.add_argument("--revision", help="Branch, tag or 40-hex commit (default: main).")
+    p.add_argument("--label", help="api_label clients send (default: NAME).")
+    p.add_argument(
+        "--port", type=int, help="Public port (default: the lowest from 8080 no other model uses)."
+    )
+    p.add_argument("--files", action="append", help="Allow-list glob; repeat for several.")
+    p.add_argument(
+        "--lock", dest="then_lock", action="store_true", help="Lock the new model right away."
+    )
+    shared(p, ("manifest", "lock_dir"))
+    handler(p, "ops:add_command")
+
+
+def remove(p: Parser) -> None:
+    """Remove model NAME from the manifest, and its lock file.
+
+    Refused while another model uses it as draft or adapter. Its files stay on disk until
+    `mlxpin gc --yes`.
+    """
+    p.add_argument("name", help="Model name from the manifest.")
+    shared(p, ("manifest", "lock_dir"))
+    handler(p, "ops:remove_command")
+
+
+def init(p: Parser) -> None:
+    """Write a commented starter manifest.toml (never over an existing file)."""
+    shared(p, ("manifest",))
+    handler(p, "ops:init_command")
+
+
+def unit(p: Parser, running: bool = True) -> None:
+    """Which boot unit (every `service` verb) and, when `running`, how it runs."""
+    from pathlib import Path
+
+    p.add_argument("name", nargs="?", help="Model name from the manifest (or --serve).")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="The unit boots `mlxpin serve` (every model behind one endpoint) instead of "
+        "`mlxpin launch NAME`; it is named mlxpin-serve (io.mlxpin.serve on macOS).",
+    )
+    p.add_argument(
+        "--system",
+        action="store_true",
+        help="System-wide unit (/etc/systemd/system, /Library/LaunchDaemons; needs root) "
+        "that starts at boot without a login, instead of the user's own.",
+    )
+    p.add_argument(
+        "--platform",
+        choices=("linux", "macos"),
+        help="Write the unit for this platform instead of the current one.",
+    )
+    if not running:
+        return
+    p.add_argument(
+        "--log-file",
+        type=Path,
+        help="Where the service's output goes (default: <state dir>/logs/NAME.log).",
+    )
+    p.add_argument(
+        "--env-file",
+        type=Path,
+        help="systemd only: optional file with MLXPIN_API_KEY=... read at start "
+        "(default: ~/.config/mlxpin/NAME.env, /etc/mlxpin/NAME.env with --system).",
+    )
+    p.add_argument(
+        "--run-as", help="With --system: the account the service runs as (default: you)."
+    )
+
+
+PRINT_HELP = "Only print what would be done; write nothing."
+
+
+def service_install(p: Parser) -> None:
+    """Write a boot unit running `mlxpin launch NAME` (or, with --serve, `mlxpin serve`)
+    offline, with absolute paths.
+
+    Validates the manifest first; warns when the lock or the snapshot is not ready. The
+    unit holds no secret and never restarts on a permanent error (exit 65/66/77/78).
+    """
+    unit(p)
+    p.add_argument("--print", dest="print_only", action="store_true", help=PRINT_HELP)
+    p.add_argument(
+        "--enable",
+        action="store_true",
+        help="Also run systemctl/launchctl to enable and start it now (else print how).",
+    )
+    shared(p)
+    handler(p, "ops:service_install")
+
+
+def service_uninstall(p: Parser) -> None:
+    """Remove the boot unit of NAME (nothing to do when it is not installed)."""
+    unit(p, running=False)
+    p.add_argument("--print", dest="print_only", action="store_true", help=PRINT_HELP)
+    p.add_argument(
+        "--disable",
+        action="store_true",
+        help="First stop and disable it with systemctl/launchctl (else print how).",
+    )
+    shared(p, ())
+    handler(p, "ops:service_uninstall")
+
+
+def service_show(p: Parser) -> None:
+    """Print the unit `install` would write, and whether the installed one matches it."""
+    unit(p)
+    shared(p)
+    handler(p, "ops:service_show")
+
+
+def service(p: Parser) -> None:
+    """Boot units that run `mlxpin launch NAME` at boot: a systemd user unit on Linux, a
+    launchd agent on macOS (--system: system-wide)."""
+    subcommands(
+        p, {"install": service_install, "uninstall": service_uninstall, "show": service_show}
+    )
+
+
+Declare = Callable[[Parser], None]
+# The order of `mlxpin --help`: the main job first.
+VERBS: dict[str, Declare] = {
+    "lock": lock,
+    "fetch": fetch,
+    "verify": verify,
+    "status": status,
+    "launch": launch,
+    "serve": serve,
+    "ps": ps,
+    "export": export,
+    "import": import_,
+    "mirror": mirror,
+    "gc": gc,
+    "add": add,
+    "remove": remove,
+    "init": init,
+    "service": service,
+}
+
+
+def _text(declare: Declare) -> str:
+    lines = (declare.__doc__ or "").strip().splitlines()
+    return "\n".join(line.removeprefix("    ") for line in lines)
+
+
+def subcommands(p: Parser, verbs: dict[str, Declare], only: str | None = None) -> None:
+    """Add ``verbs`` under ``p``, or with ``only`` (a verb), just that one. Other words
+    for ``only`` list the verbs (for help and errors) without declaring their arguments."""
+    p.set_defaults(handler=None, usage=p)  # no verb: the usage, as a usage error
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    for name, declare in verbs.items():
+        if only in verbs and name != only:
+            continue  # one verb runs: the others need not exist
+        text = _text(declare)
+        summary = text.split("\n\n")[0].replace("\n", " ")
+        verb = sub.add_parser(
+            name,
+            help=summary,
+            description=text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,  # --forget-missin is no --forget-missing
+        )
+        if only in (None, name):
+            declare(verb)
+
+
+def build_parser(only: str | None = None) -> Parser:
+    """The whole command line, or what ``only`` (the first word) needs of it."""
+    root = Parser(
+        prog="mlxpin",
+        description=(
+            "Reproducible model manifest, lock and offline launcher for mlx_lm.server.\n\n"
+            "manifest.toml declares models (api_label + launch.repo); `lock` pins them,\n"
+            "`fetch` downloads and verifies them, `launch` boots one offline."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    root.add_argument("--version", action=Version, nargs=0, help="Print the version.")
+    subcommands(root, VERBS, only)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `mlxpin ARGV`; the exit code. Usage errors exit 2 (argparse's SystemExit)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    args, extra = build_parser(words[0] if words else "").parse_known_args(words)
+    if extra:  # said by the verb's parser, which names the verb in its usage line
+        args.usage.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.handler is None:
+        args.usage.print_help()
+        return 2
+    import dataclasses
     import importlib
 
-    for module in ("lock", "store", "launch", "serve", "transfer", "ops"):
-        importlib.import_module(f"mlxpin.cli.{module}")
+    from mlxpin.cli.output import Common, run_guarded
 
-
-def main() -> None:
-    _register()
-    app()
+    module, _, function = args.handler.partition(":")
+    command = getattr(importlib.import_module(f"mlxpin.cli.{module}"), function)
+    given: dict[str, Any] = {
+        f.name: getattr(args, f.name, None) for f in dataclasses.fields(Common)
+    }
+    common = Common(**given)
+    if not args.guard:
+        return int(command(args, common))
+    return run_guarded(
+        lambda: command(args, common),
+        as_json=common.as_json,
+        quiet=common.quiet,
+        verbose=common.verbose,
+    )

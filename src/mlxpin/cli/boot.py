@@ -1,21 +1,14 @@
-"""`mlxpin launch` and `mlxpin serve` without the command-line framework: boot stays fast.
-
-`mlxpin launch|serve ...` is dispatched here by `mlxpin.entry` (argparse, stdlib only);
-the typer commands in `mlxpin.cli.launch` and `mlxpin.cli.serve` exist for `--help` and
-call the same `launch_main` / `serve_main`. A test keeps their options identical.
-"""
+"""`mlxpin launch` (and the options it shares with `serve`): the boot path, kept light."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
-import sys
+from argparse import Namespace
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, TypeVar
 
 from mlxpin.cli.output import CommandExit, Common, Output, run_guarded
 from mlxpin.cli.render import human_size, share_text, short_commit
@@ -147,48 +140,13 @@ def distributed_text(plan: DistributedPlan) -> str:
     return "\n".join(lines)
 
 
-def at_least(kind: type[int] | type[float], minimum: float) -> Any:
-    """An argparse type: a number no smaller than ``minimum``."""
-
-    def parse(text: str) -> int | float:
-        value = kind(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}")
-        return value
-
-    return parse
+Options = TypeVar("Options", bound=Common)
 
 
-def run_parser(prog: str) -> argparse.ArgumentParser:
-    """A parser with the options of :class:`RunOptions` (the caller adds its own)."""
-    p = argparse.ArgumentParser(prog=prog, add_help=False)
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--verify", action="store_true")
-    p.add_argument("--max-restarts", type=at_least(int, 0), default=5)
-    p.add_argument("--restart-delay", type=at_least(float, 0.0), default=1.0)
-    p.add_argument("--ready-timeout", type=at_least(float, 1.0), default=900.0)
-    p.add_argument("--cache-dir", type=Path)
-    p.add_argument("--manifest", "-m", type=Path)
-    p.add_argument("--lock-dir", type=Path)
-    p.add_argument("--json", dest="as_json", action="store_true")
-    p.add_argument("--quiet", "-q", action="store_true")
-    p.add_argument("--verbose", "-v", action="store_true")
-    return p
+def options_from(args: Namespace, kind: type[Options]) -> Options:
+    """The parsed arguments as ``kind`` (every field of it is an argument)."""
+    return kind(**{f.name: getattr(args, f.name) for f in fields(kind)})
 
 
-def parser() -> argparse.ArgumentParser:
-    p = run_parser("mlxpin launch")
-    p.add_argument("name", nargs="?")
-    p.add_argument("--probe-interval", type=at_least(float, 0.1), default=30.0)
-    p.add_argument("--probe-timeout", type=at_least(float, 0.1), default=60.0)
-    return p
-
-
-def main(argv: list[str]) -> int:
-    """Entry for `mlxpin launch ARGS` (argv without the `launch` word)."""
-    namespace = parser().parse_args(argv)  # exits 2 with a usage line on a bad flag
-    return launch_main(LaunchOptions(**vars(namespace)))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+def launch_command(args: Namespace, common: Common) -> int:
+    return launch_main(options_from(args, LaunchOptions))

@@ -3,8 +3,8 @@
 Run over ssh by the host that launches or prepares the model, with its lock (and for
 `receive`, the files) on stdin; `check --file=PATH ...` checks only a pipeline host's
 share. Prints one JSON line (`HostCheck`) on stdout, always, so the caller can name this
-host's problem; the exit code is that answer's. Lean (argparse, no typer) because the
-launch preflight waits for it.
+host's problem; the exit code is that answer's. Lean (its own argparse parser)
+because the launch preflight waits for it.
 """
 
 from __future__ import annotations

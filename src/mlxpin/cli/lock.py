@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from argparse import Namespace
 
-import typer
-
-from mlxpin.cli.app import (
-    Common,
-    NamesArg,
-    report_error,
-    verb,
-)
+from mlxpin.cli.output import CommandExit, Common, report_error
 from mlxpin.cli.render import human_size, short_commit, short_date
 from mlxpin.commands import lock as lock_cmd
 from mlxpin.errors import UsageError
@@ -68,48 +61,12 @@ def describe_runtime(change: RuntimeChange) -> str | None:
     return None
 
 
-@verb("lock", uses=("manifest", "lock_dir"))
-def lock_command(
-    names: NamesArg = None,
-    update: Annotated[
-        bool,
-        typer.Option(
-            "--update",
-            help="Re-resolve the named models (default: all) to the newest commit of their "
-            "revision, and print what changed.",
-        ),
-    ] = False,
-    update_runtime: Annotated[
-        bool,
-        typer.Option(
-            "--update-runtime",
-            help="Re-resolve the [runtime] pin to the newest versions its ranges allow, "
-            "and print old → new versions.",
-        ),
-    ] = False,
-    check: Annotated[
-        bool,
-        typer.Option(
-            "--check",
-            help="No network, no writes: exit 78 listing what is missing, stale or orphaned.",
-        ),
-    ] = False,
-    jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=1, help="Resolve at most this many models at once.")
-    ] = lock_cmd.MAX_PARALLEL,
-    *,
-    common: Common,
-) -> None:
-    """Pin every model's revision to a commit and its files' sizes and hashes in lock/.
-
-    Keeps valid pins untouched (no network for them), locks what is missing or stale,
-    and deletes lock files of models no longer in the manifest.
-    """
+def lock_command(args: Namespace, common: Common) -> None:
     out = common.output()
     settings = common.settings()
-    selected = list(names or ())
-    if check:
-        if update or update_runtime:
+    selected = args.names
+    if args.check:
+        if args.update or args.update_runtime:
             raise UsageError(
                 "--check cannot be combined with --update or --update-runtime",
                 "--check only reads; run `mlxpin lock --update` (or --update-runtime) on its "
@@ -125,10 +82,10 @@ def lock_command(
         if checked.problem is not None:
             if not common.as_json:
                 report_error(checked.problem, False)
-            raise typer.Exit(int(checked.exit_code))
+            raise CommandExit(int(checked.exit_code))
         return
     result = lock_cmd.lock(
-        settings, selected, update=update, jobs=jobs, update_runtime=update_runtime
+        settings, selected, update=args.update, jobs=args.jobs, update_runtime=args.update_runtime
     )
     for change in result.changes:
         text = describe_change(change)
@@ -142,4 +99,4 @@ def lock_command(
     if result.errors:
         for failure in result.errors:
             report_error(failure, False)
-        raise typer.Exit(int(result.exit_code))
+        raise CommandExit(int(result.exit_code))

@@ -4,128 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
+from argparse import Namespace
 from collections.abc import Sequence
-from enum import StrEnum
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-from mlxpin.cli.app import (
-    Common,
-    Group,
-    Output,
-    app,
-    report_error,
-    verb,
-)
 from mlxpin.cli.lock import describe_change
+from mlxpin.cli.output import CommandExit, Common, Output, report_error
 from mlxpin.cli.render import human_size
 from mlxpin.errors import UsageError
 
-if TYPE_CHECKING:  # the modules themselves load lazily: `launch` registers this file too
+if TYPE_CHECKING:
     from mlxpin.commands.service import UnitRequest
-    from mlxpin.service.units import CommandRun, Platform
-
-service_app = typer.Typer(
-    name="service",
-    help=(
-        "Boot units that run `mlxpin launch NAME` at boot: a systemd user unit on Linux, "
-        "a launchd agent on macOS (--system: system-wide)."
-    ),
-    no_args_is_help=True,
-)
-app.add_typer(service_app, name="service")
-
-
-class PlatformChoice(StrEnum):
-    linux = "linux"
-    macos = "macos"
-
-
-NameArg = Annotated[str, typer.Argument(help="Model name from the manifest.", show_default=False)]
-UnitNameArg = Annotated[
-    str | None,
-    typer.Argument(help="Model name from the manifest (or --serve).", show_default=False),
-]
-ServeOpt = Annotated[
-    bool,
-    typer.Option(
-        "--serve",
-        help="The unit boots `mlxpin serve` (every model behind one endpoint) instead of "
-        "`mlxpin launch NAME`; it is named mlxpin-serve (io.mlxpin.serve on macOS).",
-    ),
-]
-
-
-def _unit_name(name: str | None, serve: bool) -> str:
-    from mlxpin.errors import UsageError
-
-    if serve and name is not None:
-        raise UsageError("give a model NAME or --serve, not both")
-    if not serve and name is None:
-        raise UsageError("say which model: NAME, or --serve for the `mlxpin serve` unit")
-    return name or "serve"
-
-
-SystemOpt = Annotated[
-    bool,
-    typer.Option(
-        "--system",
-        help="System-wide unit (/etc/systemd/system, /Library/LaunchDaemons; needs root) "
-        "that starts at boot without a login, instead of the user's own.",
-    ),
-]
-PlatformOpt = Annotated[
-    PlatformChoice | None,
-    typer.Option(
-        "--platform",
-        help="Write the unit for this platform instead of the current one.",
-        show_default=False,
-    ),
-]
-PrintOpt = Annotated[
-    bool, typer.Option("--print", help="Only print what would be done; write nothing.")
-]
-LogFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--log-file",
-        help="Where the service's output goes (default: <state dir>/logs/NAME.log).",
-        show_default=False,
-    ),
-]
-EnvFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--env-file",
-        help="systemd only: optional file with MLXPIN_API_KEY=... read at start "
-        "(default: ~/.config/mlxpin/NAME.env, /etc/mlxpin/NAME.env with --system).",
-        show_default=False,
-    ),
-]
-EnableOpt = Annotated[
-    bool,
-    typer.Option(
-        "--enable",
-        help="Also run systemctl/launchctl to enable and start it now (else print how).",
-    ),
-]
-DisableOpt = Annotated[
-    bool,
-    typer.Option(
-        "--disable",
-        help="First stop and disable it with systemctl/launchctl (else print how).",
-    ),
-]
-RunAsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--run-as",
-        help="With --system: the account the service runs as (default: you).",
-        show_default=False,
-    ),
-]
+    from mlxpin.service.units import CommandRun
 
 
 def _refuse_with_print(print_only: bool, flag: bool, option: str, does: str) -> None:
@@ -134,12 +24,6 @@ def _refuse_with_print(print_only: bool, flag: bool, option: str, does: str) -> 
         raise UsageError(
             f"--print and {option} cannot be combined", f"--print {does} and runs nothing"
         )
-
-
-def _platform(choice: PlatformChoice | None) -> Platform | None:
-    if choice is None:
-        return None
-    return "macos" if choice is PlatformChoice.macos else "linux"
 
 
 def _warn(out: Output, warnings: tuple[str, ...]) -> None:
@@ -157,62 +41,28 @@ def _ran_then(out: Output, ran: tuple[CommandRun, ...], heading: str, steps: Seq
             out.line(f"  {step}")
 
 
-def _request(
-    name: str | None,
-    serve: bool,
-    system: bool,
-    platform: PlatformChoice | None,
-    log_file: Path | None = None,
-    env_file: Path | None = None,
-    run_as: str | None = None,
-) -> UnitRequest:
+def _request(args: Namespace) -> UnitRequest:
+    """The unit the arguments name: a model's, or with --serve the `mlxpin serve` one."""
     from mlxpin.commands.service import UnitRequest
 
-    unit = _unit_name(name, serve)
-    return UnitRequest(unit, _platform(platform), system, log_file, env_file, run_as, serve)
+    if args.serve and args.name is not None:
+        raise UsageError("give a model NAME or --serve, not both")
+    if not args.serve and args.name is None:
+        raise UsageError("say which model: NAME, or --serve for the `mlxpin serve` unit")
+    how: dict[str, Any] = {
+        key: getattr(args, key, None) for key in ("log_file", "env_file", "run_as")
+    }
+    return UnitRequest(args.name or "serve", args.platform, args.system, serve=args.serve, **how)
 
 
-# Which unit (every service verb), and how it runs (`install` and `show`).
-UNIT = Group(
-    {
-        "name": (UnitNameArg, None),
-        "serve": (ServeOpt, False),
-        "system": (SystemOpt, False),
-        "platform": (PlatformOpt, None),
-    },
-    _request,
-)
-RUNNING_UNIT = Group(
-    {
-        **UNIT.options,
-        "log_file": (LogFileOpt, None),
-        "env_file": (EnvFileOpt, None),
-        "run_as": (RunAsOpt, None),
-    },
-    _request,
-)
-
-
-@verb("install", on=service_app, groups={"request": RUNNING_UNIT})
-def service_install(
-    request: UnitRequest,
-    print_only: PrintOpt = False,
-    enable: EnableOpt = False,
-    *,
-    common: Common,
-) -> None:
-    """Write a boot unit running `mlxpin launch NAME` (or, with --serve, `mlxpin serve`)
-    offline, with absolute paths.
-
-    Validates the manifest first; warns when the lock or the snapshot is not ready. The
-    unit holds no secret and never restarts on a permanent error (exit 65/66/77/78).
-    """
+def service_install(args: Namespace, common: Common) -> None:
     from mlxpin.commands import service
 
-    _refuse_with_print(print_only, enable, "--enable", "writes")
+    request, print_only = _request(args), args.print_only
+    _refuse_with_print(print_only, args.enable, "--enable", "writes")
     out = common.output()
     installed = service.install(
-        common.settings(), request, os.environ, print_only=print_only, enable=enable
+        common.settings(), request, os.environ, print_only=print_only, enable=args.enable
     )
     result = installed.result
     _warn(out, result.warnings)
@@ -228,20 +78,15 @@ def service_install(
     out.result(installed.to_json())
 
 
-@verb("uninstall", on=service_app, uses=(), groups={"request": UNIT})
-def service_uninstall(
-    request: UnitRequest,
-    print_only: PrintOpt = False,
-    disable: DisableOpt = False,
-    *,
-    common: Common,
-) -> None:
-    """Remove the boot unit of NAME (nothing to do when it is not installed)."""
+def service_uninstall(args: Namespace, common: Common) -> None:
     from mlxpin.commands import service
 
-    _refuse_with_print(print_only, disable, "--disable", "removes")
+    request, print_only = _request(args), args.print_only
+    _refuse_with_print(print_only, args.disable, "--disable", "removes")
     out = common.output()
-    uninstalled = service.uninstall(request, os.environ, print_only=print_only, disable=disable)
+    uninstalled = service.uninstall(
+        request, os.environ, print_only=print_only, disable=args.disable
+    )
     result = uninstalled.result
     name = result.name
     if print_only:
@@ -256,16 +101,11 @@ def service_uninstall(
     out.result(uninstalled.to_json())
 
 
-@verb("show", on=service_app, groups={"request": RUNNING_UNIT})
-def service_show(
-    request: UnitRequest,
-    *,
-    common: Common,
-) -> None:
-    """Print the unit `install` would write, and whether the installed one matches it."""
+def service_show(args: Namespace, common: Common) -> None:
     from mlxpin.commands import service
 
     out = common.output()
+    request = _request(args)
     shown = service.show(common.settings(), request, os.environ)
     built = shown.built
     _warn(out, built.warnings)
@@ -281,41 +121,14 @@ def service_show(
 # --- gc -----------------------------------------------------------------------------------
 
 
-@verb("gc")
-def gc_command(
-    yes: Annotated[
-        bool, typer.Option("--yes", "-y", help="Delete (without it: only list what would go).")
-    ] = False,
-    include_foreign: Annotated[
-        bool,
-        typer.Option(
-            "--all",
-            help="Also delete Hub-cache blobs mlxpin did not download (other tools' files) "
-            "that no mlxpin lock references.",
-        ),
-    ] = False,
-    forget_missing: Annotated[
-        bool,
-        typer.Option(
-            "--forget-missing",
-            help="Forget projects that fetched here but whose lock dir is gone for good "
-            "(without it, --yes refuses while one is missing: it may be on an unmounted disk).",
-        ),
-    ] = False,
-    *,
-    common: Common,
-) -> None:
-    """Delete snapshots and blobs that no lock of any project references (dry run by default).
-
-    Keeps everything the locks of this project and of every project that ran `mlxpin
-    fetch` use, and every Hub-cache file mlxpin did not download itself (unless --all).
-    """
+def gc_command(args: Namespace, common: Common) -> None:
     from mlxpin.commands import gc as gc_cmd
 
     out = common.output()
     settings = common.settings()
+    include_foreign = args.include_foreign
     result = gc_cmd.gc(
-        settings, yes=yes, include_foreign=include_foreign, forget_missing=forget_missing
+        settings, yes=args.yes, include_foreign=include_foreign, forget_missing=args.forget_missing
     )
     for problem in result.problems:
         out.note(f"mlxpin: warning: {problem.message} (its files are unknown, so kept)")
@@ -363,64 +176,22 @@ def gc_command(
             f"(first: {failed[0].item.path}: {failed[0].detail})",
             file=sys.stderr,
         )
-        raise typer.Exit(int(result.exit_code))
+        raise CommandExit(int(result.exit_code))
 
 
 # --- manifest edits -------------------------------------------------------------------------
 
 
-@verb("add", uses=("manifest", "lock_dir"))
-def add_command(
-    name: NameArg,
-    repo: Annotated[
-        str | None,
-        typer.Option("--repo", help="Hub repo id, owner/name.", show_default=False),
-    ] = None,
-    path: Annotated[
-        str | None,
-        typer.Option(
-            "--path", help="A local model directory instead of --repo.", show_default=False
-        ),
-    ] = None,
-    revision: Annotated[
-        str | None,
-        typer.Option(
-            "--revision", help="Branch, tag or 40-hex commit (default: main).", show_default=False
-        ),
-    ] = None,
-    label: Annotated[
-        str | None,
-        typer.Option("--label", help="api_label clients send (default: NAME).", show_default=False),
-    ] = None,
-    port: Annotated[
-        int | None,
-        typer.Option(
-            "--port",
-            help="Public port (default: the lowest from 8080 no other model uses).",
-            show_default=False,
-        ),
-    ] = None,
-    files: Annotated[
-        list[str] | None,
-        typer.Option("--files", help="Allow-list glob; repeat for several.", show_default=False),
-    ] = None,
-    then_lock: Annotated[
-        bool, typer.Option("--lock", help="Lock the new model right away.")
-    ] = False,
-    *,
-    common: Common,
-) -> None:
-    """Add model NAME to the manifest, keeping every comment and line of the file.
-
-    The result is validated before anything is written (a bare repo id such as
-    `gemma-4-31b-it` is refused: that is an api_label; the repo needs its owner).
-    """
+def add_command(args: Namespace, common: Common) -> None:
     from mlxpin.commands import edit
     from mlxpin.project.edit import AddRequest
 
     out = common.output()
-    request = AddRequest(name, repo, path, revision, label, port, tuple(files) if files else None)
-    result = edit.add(common.settings(), request, then_lock=then_lock)
+    files = tuple(args.files) if args.files else None
+    request = AddRequest(
+        args.name, args.repo, args.path, args.revision, args.label, args.port, files
+    )
+    result = edit.add(common.settings(), request, then_lock=args.then_lock)
     added = result.added
     _warn(out, added.warnings)
     out.line(
@@ -440,24 +211,14 @@ def add_command(
         for failure in result.locked.errors:
             report_error(failure, False)
         out.note(f"mlxpin: {added.name} stays in the manifest; fix the cause and run mlxpin lock")
-        raise typer.Exit(int(result.exit_code))
+        raise CommandExit(int(result.exit_code))
 
 
-@verb("remove", uses=("manifest", "lock_dir"))
-def remove_command(
-    name: NameArg,
-    *,
-    common: Common,
-) -> None:
-    """Remove model NAME from the manifest, and its lock file.
-
-    Refused while another model uses it as draft or adapter. Its files stay on disk until
-    `mlxpin gc --yes`.
-    """
+def remove_command(args: Namespace, common: Common) -> None:
     from mlxpin.commands import edit
 
     out = common.output()
-    result = edit.remove(common.settings(), name)
+    result = edit.remove(common.settings(), args.name)
     removed = result.removed
     out.line(f"{removed.name}: removed from {removed.manifest}")
     if removed.lock_file is not None:
@@ -466,12 +227,7 @@ def remove_command(
     out.result(result.to_json())
 
 
-@verb("init", uses=("manifest",))
-def init_command(
-    *,
-    common: Common,
-) -> None:
-    """Write a commented starter manifest.toml (never over an existing file)."""
+def init_command(args: Namespace, common: Common) -> None:
     from mlxpin.commands import edit
 
     out = common.output()

@@ -1,8 +1,4 @@
-"""How every command reports: results on stdout, messages on stderr, typed exit codes.
-
-Kept free of typer so that the boot path (`mlxpin launch`) can use it without paying
-for the full command-line framework.
-"""
+"""How every command reports: results on stdout, messages on stderr, typed exit codes."""
 
 from __future__ import annotations
 

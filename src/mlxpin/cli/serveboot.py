@@ -1,19 +1,15 @@
-"""`mlxpin serve` and `mlxpin ps` without the command-line framework (boot path).
-
-`mlxpin serve ...` is dispatched here by `mlxpin.entry`, like `launch` (`cli.boot`,
-whose options it shares); the typer commands in `mlxpin.cli.serve` exist for `--help`
-and call the same functions.
-"""
+"""`mlxpin serve` (many models behind one endpoint; the boot path, like `launch`) and `ps`."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
+from argparse import Namespace
 from dataclasses import dataclass
 from typing import Any
 
-from mlxpin.cli.boot import RunOptions, run_parser
+from mlxpin.cli.boot import RunOptions, options_from
+from mlxpin.cli.output import Common
 from mlxpin.cli.render import human_size, share_text
 from mlxpin.plan.launch import PRIVATE_PORT_SHOWN
 from mlxpin.plan.serve import SERVER_OVERHEAD_BYTES, ServePlan
@@ -77,29 +73,24 @@ def serve_main(options: ServeOptions) -> int:
     return options.guarded(run)
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError("must be from 1 to 65535")
-    return value
+def serve_command(args: Namespace, common: Common) -> int:
+    args.names = tuple(args.names)
+    return serve_main(options_from(args, ServeOptions))
 
 
-def parser() -> argparse.ArgumentParser:
-    p = run_parser("mlxpin serve")
-    p.add_argument("names", nargs="*")
-    p.add_argument("--host")
-    p.add_argument("--port", type=_port)
-    return p
+def ps_command(args: Namespace, common: Common) -> None:
+    from mlxpin.commands.serve import status as endpoint_status
+    from mlxpin.plan.launch import read_api_key
+    from mlxpin.project.manifest import load_manifest
 
-
-def main(argv: list[str]) -> int:
-    """Entry for `mlxpin serve ARGS` (argv without the `serve` word)."""
-    namespace = vars(parser().parse_args(argv))
-    namespace["names"] = tuple(namespace["names"])
-    return serve_main(ServeOptions(**namespace))
-
-
-# --------------------------------------------------------------------------- ps
+    host, port = args.host, args.port
+    if host is None or port is None:
+        table = load_manifest(common.settings().manifest_path).serve
+        host, port = host or table.host, port or table.port
+    status = endpoint_status(host, port, read_api_key(os.environ))
+    out = common.output()
+    out.line(ps_table(status))
+    out.result(status)
 
 
 def ps_table(status: dict[str, Any]) -> str:

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import TYPE_CHECKING, Annotated
+from argparse import Namespace
+from typing import TYPE_CHECKING
 
-import typer
-
-from mlxpin.cli.app import (
-    Common,
-    NamesArg,
-    verb,
-)
-from mlxpin.cli.output import CommandExit, Output
+from mlxpin.cli.output import CommandExit, Common, Output
 from mlxpin.cli.render import human_size, share_text, short_commit, short_date
-from mlxpin.commands import fetch as fetch_cmd
-from mlxpin.commands import status as status_cmd
-from mlxpin.store.fetch import NoProgress, Progress
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # `status` runs without the fetch code
     from mlxpin.commands.hosts import HostsResult
     from mlxpin.config import Settings
+    from mlxpin.store.fetch import Progress
 
 
 class BarProgress:
@@ -51,6 +43,8 @@ class Bars:
         self.bars: list[BarProgress] = []
 
     def __call__(self, label: str) -> Progress:
+        from mlxpin.store.fetch import NoProgress
+
         if not self.enabled:
             return NoProgress()
         for bar in self.bars:
@@ -64,50 +58,24 @@ class Bars:
             bar.close()
 
 
-def _bars(as_json: bool, quiet: bool) -> Bars:
+def bars_for(as_json: bool, quiet: bool) -> Bars:
     return Bars(sys.stderr.isatty() and not as_json and not quiet)
 
 
-@verb("fetch")
-def fetch_command(
-    names: NamesArg = None,
-    connections: Annotated[
-        int | None,
-        typer.Option(
-            "--connections",
-            min=1,
-            max=64,
-            help="Ranged connections per large file (default: $MLXPIN_FETCH_CONNECTIONS, "
-            "else 8; files under $MLXPIN_RANGED_MIN_MB, default 64 MB, use one).",
-            show_default=False,
-        ),
-    ] = None,
-    hosts: Annotated[
-        bool,
-        typer.Option(
-            "--hosts",
-            help="Also prepare every other host of a distributed model over ssh "
-            "(this host's lock and verified bytes are sent; the host verifies them).",
-        ),
-    ] = False,
-    *,
-    common: Common,
-) -> None:
-    """Download exactly the locked files into the Hugging Face cache and verify every byte.
+def fetch_command(args: Namespace, common: Common) -> None:
+    from mlxpin.commands import fetch as fetch_cmd
 
-    Safe to interrupt (a rerun resumes) and to run in parallel. A second run on an
-    unchanged cache makes no request and hashes nothing.
-    """
     out = common.output()
     settings = common.settings()
-    if connections is not None:
-        settings = dataclasses.replace(settings, fetch_connections=str(connections))
-    bars = _bars(common.as_json, common.quiet)
+    names = args.names
+    if args.connections is not None:
+        settings = dataclasses.replace(settings, fetch_connections=str(args.connections))
+    bars = bars_for(common.as_json, common.quiet)
     try:
-        result = fetch_cmd.fetch(settings, list(names or ()), bars, runtime_report=out.note)
+        result = fetch_cmd.fetch(settings, names, bars, runtime_report=out.note)
     finally:
         bars.close()
-    prepared = _prepare_hosts(settings, list(names or ()), out) if hosts else ()
+    prepared = _prepare_hosts(settings, names, out) if args.hosts else ()
     for model in result.models:
         if model.up_to_date:
             out.line(
@@ -127,7 +95,7 @@ def fetch_command(
         state = "installed" if runtime.built else "up to date"
         out.line(f"runtime: {state} ({versions}) at {runtime.path}")
     data = result.to_json()
-    if hosts:
+    if args.hosts:
         data["hosts"] = [r.to_json() for r in prepared]
     out.result(data)
     failed = [h for r in prepared for h in r.hosts if not h.ok]
@@ -151,18 +119,14 @@ def _prepare_hosts(settings: Settings, names: list[str], out: Output) -> tuple[H
     return prepared
 
 
-@verb("verify")
-def verify_command(
-    names: NamesArg = None,
-    *,
-    common: Common,
-) -> None:
-    """Re-hash every fetched file against the lock (exit 65 naming each bad file)."""
+def verify_command(args: Namespace, common: Common) -> None:
+    from mlxpin.commands import fetch as fetch_cmd
+
     out = common.output()
     settings = common.settings()
-    bars = _bars(common.as_json, common.quiet)
+    bars = bars_for(common.as_json, common.quiet)
     try:
-        result = fetch_cmd.verify(settings, list(names or ()), bars)
+        result = fetch_cmd.verify(settings, args.names, bars)
     finally:
         bars.close()
     for model in result.models:
@@ -174,19 +138,15 @@ def verify_command(
     failure = result.first_problem
     if failure is not None:
         print(f"mlxpin: error: verification failed\n  hint: {failure.hint}", file=sys.stderr)
-        raise typer.Exit(int(result.exit_code))
+        raise CommandExit(int(result.exit_code))
 
 
-@verb("status")
-def status_command(
-    names: NamesArg = None,
-    *,
-    common: Common,
-) -> None:
-    """Show each model's label, source, locked commit, fetch state and size on disk."""
+def status_command(args: Namespace, common: Common) -> None:
+    from mlxpin.commands import status as status_cmd
+
     out = common.output()
     settings = common.settings()
-    result = status_cmd.status(settings, list(names or ()))
+    result = status_cmd.status(settings, args.names)
     for row in result.models:
         if row.lock_state != "ok":
             lock = f"lock {row.lock_state}"
