@@ -9,7 +9,7 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +38,8 @@ _MODEL_KEYS = (
     "idle_ttl",
     "distributed",
 )
-_SERVE_KEYS = (
-    "host",
-    "port",
-    "max_loaded",
-    "memory_budget",
-    "idle_ttl",
-    "start_timeout",
-    "preload",
-)
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_BUDGET = Budget()
-_GATEWAY_KEYS = ("request_timeout", "max_body", "max_connections", "header_timeout")
 _LAUNCH_KEYS = ("repo", "path", "revision", "files", "draft", "adapter")
 _RUNTIME_KEYS = ("python", "mlx-lm", "mlx", "packages")
 DEFAULT_RUNTIME_PYTHON = ">=3.11"
@@ -144,6 +134,8 @@ class ServeTable:
 
 
 DEFAULT_SERVE = ServeTable()
+_GATEWAY_KEYS = tuple(f.name for f in fields(GatewaySpec))
+_SERVE_KEYS = tuple(f.name for f in fields(ServeTable) if f.name != "line")
 
 
 @dataclass(frozen=True)
@@ -292,12 +284,9 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
     )
     raw_label = check.require(table, keys, "api_label", "missing api_label", label_fix)
     api_label = _label(check, raw_label, (*keys, "api_label"))
-    aliases_raw = table.get("aliases", [])
-    if not isinstance(aliases_raw, list):
-        raise check.fail(
-            (*keys, "aliases"), "must be an array of strings", 'e.g. aliases = ["gemma4"]'
-        )
-    aliases = tuple(_label(check, a, (*keys, "aliases")) for a in aliases_raw)
+    where, fix = (*keys, "aliases"), 'e.g. aliases = ["gemma4"]'
+    aliases_raw = check.array(table.get("aliases", []), where, "must be an array of strings", fix)
+    aliases = tuple(_label(check, a, where) for a in aliases_raw)
     host = _host(check, table.get("host", DEFAULT_HOST), (*keys, "host"))
     port = _port(check, table.get("port", DEFAULT_PORT), (*keys, "port"))
     launch_fix = f'add [models.{name}.launch] with repo = "owner/name" (or path = "./dir")'
@@ -316,11 +305,9 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
                     f"remove `{role}`, or remove [models.{name}.distributed]",
                 )
     gateway = _gateway(check, table.get("gateway", {}), (*keys, "gateway"))
-    idle_ttl = (
-        _seconds(check, table["idle_ttl"], (*keys, "idle_ttl"), allow_zero=True)
-        if "idle_ttl" in table
-        else None
-    )
+    idle_ttl = None
+    if "idle_ttl" in table:
+        idle_ttl = _seconds(check, table["idle_ttl"], (*keys, "idle_ttl"), allow_zero=True)
     return ModelSpec(
         name=name,
         api_label=api_label,
@@ -363,24 +350,16 @@ def _host(check: Checker, value: object, keys: tuple[str, ...]) -> str:
 
 
 def _port(check: Checker, value: object, keys: tuple[str, ...]) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise check.fail(
-            keys,
-            f"{value!r} is not a port number",
-            "use an integer from 1 to 65535, e.g. port = 8080",
-        )
-    return value
+    fix = "use an integer from 1 to 65535, e.g. port = 8080"
+    return int(check.number(value, keys, "a port number", fix, within=(0, 65536)))
 
 
 def _launch(check: Checker, value: object, keys: tuple[str, ...], base: Path) -> LaunchSpec:
     table = check.table(value, keys)
     check.known_keys(table, keys, _LAUNCH_KEYS)
+    source_fix = 'e.g. repo = "mlx-community/gemma-4-31b-it-4bit"  or  path = "./models/tiny"'
     which = check.exactly_one(
-        table,
-        keys,
-        ("repo", "path"),
-        "needs exactly one of `repo` (a Hub repo id) or `path` (a local directory)",
-        'e.g. repo = "mlx-community/gemma-4-31b-it-4bit"  or  path = "./models/tiny"',
+        table, keys, ("repo", "a Hub repo id"), ("path", "a local directory"), fix=source_fix
     )
     source: Source
     if which == "repo":
@@ -498,26 +477,23 @@ def _server(
 def _gateway(check: Checker, value: object, keys: tuple[str, ...]) -> GatewaySpec:
     table = check.table(value, keys)
     check.known_keys(table, keys, _GATEWAY_KEYS)
-    spec = GatewaySpec()
-    numbers: dict[str, float] = {}
-    for key in ("request_timeout", "header_timeout", "max_connections"):
+    found: dict[str, Any] = {}
+    for key in ("request_timeout", "header_timeout", "max_connections", "max_body"):
         if key not in table:
             continue
-        raw = table[key]
-        whole = key == "max_connections"
-        kinds = (int,) if whole else (int, float)
-        if isinstance(raw, bool) or not isinstance(raw, kinds) or not 0 < raw < 10**7:
-            example = "max_connections = 1000" if whole else f"{key} = 600"
-            what = "a positive integer" if whole else "a positive number of seconds"
-            raise check.fail((*keys, key), f"{raw!r} is not {what}", f"e.g. {example}")
-        numbers[key] = raw
-    max_body = _size(check, table["max_body"], (*keys, "max_body")) if "max_body" in table else None
-    return GatewaySpec(
-        request_timeout=float(numbers.get("request_timeout", spec.request_timeout)),
-        max_body=max_body if max_body is not None else spec.max_body,
-        max_connections=int(numbers.get("max_connections", spec.max_connections)),
-        header_timeout=float(numbers.get("header_timeout", spec.header_timeout)),
-    )
+        raw, where = table[key], (*keys, key)
+        if key == "max_body":
+            found[key] = _size(check, raw, where)
+        elif key == "max_connections":
+            found[key] = check.number(
+                raw, where, "a positive integer", "e.g. max_connections = 1000", (0, 10**7)
+            )
+        else:
+            seconds = "a positive number of seconds"
+            found[key] = float(
+                check.number(raw, where, seconds, f"e.g. {key} = 600", (0, 10**7), whole=False)
+            )
+    return GatewaySpec(**found)
 
 
 def _size(check: Checker, value: object, keys: tuple[str, ...]) -> int:
@@ -609,14 +585,9 @@ def _serve_table(check: Checker, value: object, models: tuple[ModelSpec, ...]) -
     check.known_keys(table, keys, _SERVE_KEYS)
     max_loaded: int | None = None
     if "max_loaded" in table:
-        raw = table["max_loaded"]
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-            raise check.fail(
-                (*keys, "max_loaded"),
-                f"{raw!r} is not a positive number of servers",
-                "e.g. max_loaded = 2; leave it out for no limit",
-            )
-        max_loaded = raw
+        fix = "e.g. max_loaded = 2; leave it out for no limit"
+        where = (*keys, "max_loaded")
+        max_loaded = check.number(table["max_loaded"], where, "a positive number of servers", fix)
     budget = DEFAULT_BUDGET
     if "memory_budget" in table:
         parsed, problem = parse_budget(table["memory_budget"])
@@ -627,11 +598,12 @@ def _serve_table(check: Checker, value: object, models: tuple[ModelSpec, ...]) -
                 'e.g. memory_budget = "48GB" or "75%" (of physical memory)',
             )
         budget = parsed
-    preload_raw = table.get("preload", [])
-    if not isinstance(preload_raw, list):
-        raise check.fail(
-            (*keys, "preload"), "must be an array of model names", 'e.g. preload = ["gemma"]'
-        )
+    preload_raw = check.array(
+        table.get("preload", []),
+        (*keys, "preload"),
+        "must be an array of model names",
+        'e.g. preload = ["gemma"]',
+    )
     names = tuple(m.name for m in models)
     preload: list[str] = []
     for item in preload_raw:
@@ -688,13 +660,12 @@ def _runtime(check: Checker, value: object) -> RuntimeSpec:
             f"{specs['python']!r} has no lower bound",
             'write the oldest Python the runtime may use, e.g. python = ">=3.11"',
         )
-    raw = table.get("packages", [])
-    if not isinstance(raw, list):
-        raise check.fail(
-            (*keys, "packages"),
-            "must be an array of requirement strings",
-            'e.g. packages = ["sentencepiece>=0.2"]',
-        )
+    raw = check.array(
+        table.get("packages", []),
+        (*keys, "packages"),
+        "must be an array of requirement strings",
+        'e.g. packages = ["sentencepiece>=0.2"]',
+    )
     packages: list[str] = []
     seen = {"mlx-lm": "mlx-lm", "mlx": "mlx"}
     for item in raw:
