@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 from mlxpin.cli import app as cli
-from mlxpin.project.edit import NewModel, add_model_text, cut_model
+from mlxpin.project.edit import AddRequest, add_model_text, cut_model
 from mlxpin.project.manifest import parse_manifest
 from mlxpin.project.validate import label_problem
 
@@ -273,7 +273,7 @@ def test_add_remove_round_trip_property(name: str, label: str, port: int) -> Non
         return
     if label in ("drafter", "small"):
         return
-    model = NewModel(name=name, api_label=label, port=port, repo="o/n", revision="v1")
+    model = AddRequest(name=name, label=label, port=port, repo="o/n", revision="v1")
     added = add_model_text(text, model, path)
     assert added.startswith(text)
     spec = parse_manifest(added.encode(), path).get(name)

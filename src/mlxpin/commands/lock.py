@@ -35,7 +35,7 @@ from mlxpin.project.selection import (
 from mlxpin.runtime.lock import Resolver, RuntimeChange, lock_runtime
 from mlxpin.runtime.pin import read_state
 from mlxpin.util.atomic import hold_mutex
-from mlxpin.util.jsonable import fields_json
+from mlxpin.util.jsonable import fields_json, json_value
 from mlxpin.util.parallel import run_parallel
 from mlxpin.util.writable import require_writable_dir
 
@@ -83,11 +83,7 @@ class LockResult:
         return self.errors[0].exit_code if self.errors else ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": not self.errors,
-            "models": [c.to_json() for c in self.changes],
-            "runtime": self.runtime.to_json() if self.runtime is not None else None,
-        }
+        return {"ok": not self.errors, **fields_json(self, changes="models")}
 
 
 @dataclass(frozen=True)
@@ -125,7 +121,7 @@ class CheckResult:
         runtime = self.runtime
         return {
             "ok": self.ok,
-            "models": [{"name": s.name, "state": s.state, "reason": s.reason} for s in self.states],
+            "models": json_value(self.states),
             "runtime": None
             if runtime is None
             else {"state": runtime.state, "reason": runtime.reason},

@@ -18,6 +18,7 @@ from mlxpin.store.fetch import NoProgress, Progress
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.transfer import import_bundle, plan_export, write_bundle
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name
+from mlxpin.util.jsonable import fields_json
 
 
 @dataclass(frozen=True)
@@ -31,14 +32,7 @@ class ExportResult:
     exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": True,
-            "output": self.output,
-            "models": list(self.models),
-            "blobs": self.blobs,
-            "total_size": self.total_size,
-            "bytes": self.written_bytes,
-        }
+        return {"ok": True, **fields_json(self, written_bytes="bytes")}
 
 
 def export(
@@ -93,17 +87,6 @@ class ImportedModelResult:
     commit: str | None
     lock: str  # "same" (the project pins the same) | "written" | "absent" (not adopted)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "snapshot": str(self.snapshot),
-            "files": self.files,
-            "total_size": self.total_size,
-            "written_bytes": self.written_bytes,
-            "commit": self.commit,
-            "lock": self.lock,
-        }
-
 
 @dataclass(frozen=True)
 class ImportResult:
@@ -114,12 +97,7 @@ class ImportResult:
     exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": True,
-            "source": self.source,
-            "received_bytes": self.received_bytes,
-            "models": [m.to_json() for m in self.models],
-        }
+        return {"ok": True, **fields_json(self)}
 
 
 def _pin(lock: LockedModel) -> str:
