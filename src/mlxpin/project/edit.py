@@ -27,8 +27,9 @@ from mlxpin.project.manifest import (
     DEFAULT_PORT,
     DEFAULT_REVISION,
     Manifest,
-    load_manifest,
     parse_manifest,
+    parse_text,
+    read_text,
     read_toml,
 )
 from mlxpin.util.atomic import hold_mutex, write_atomic
@@ -251,7 +252,7 @@ def _parse_added(new_text: str, old_lines: int, name: str, path: Path) -> Manife
     """Validate the manifest `add` would write. A problem in the appended tables has no
     line in the file on disk yet: it is named by its key, never by a line number."""
     try:
-        return parse_manifest(new_text.encode("utf-8"), path)
+        return parse_text(new_text, path)
     except ManifestError as error:
         if error.line is None or error.line <= old_lines:
             raise  # a line the user wrote, still where the message says
@@ -268,21 +269,6 @@ def _parse_added(new_text: str, old_lines: int, name: str, path: Path) -> Manife
 def _manifest_mutex(settings: Settings) -> Path:
     digest = hashlib.sha256(str(settings.manifest_path).encode()).hexdigest()[:16]
     return settings.state_dir / "locks" / f"manifest-{digest}.lock"
-
-
-def _read(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        load_manifest(path)  # raises the manifest's own "no manifest here" error
-        raise
-    except OSError as exc:
-        raise ManifestError(path, None, None, f"cannot read it: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        parse_manifest(data, path)  # raises the manifest's own error
-        raise
 
 
 def _write(path: Path, text: str) -> None:
@@ -333,7 +319,7 @@ def add(settings: Settings, request: AddRequest) -> AddResult:
     manifest_path = settings.manifest_path
     require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
     with hold_mutex(_manifest_mutex(settings), 30.0):
-        text = _read(manifest_path)
+        text = read_text(manifest_path)
         document = read_toml(text, manifest_path)
         models = document.get("models")
         if isinstance(models, dict) and name in models:
@@ -393,8 +379,8 @@ def remove(settings: Settings, name: str) -> RemoveResult:
     manifest_path = settings.manifest_path
     require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
     with hold_mutex(_manifest_mutex(settings), 30.0):
-        text = _read(manifest_path)
-        manifest = parse_manifest(text.encode("utf-8"), manifest_path)
+        text = read_text(manifest_path)
+        manifest = parse_text(text, manifest_path)
         pick(manifest, [name])  # a usage error naming the models when unknown
         users = references_to(manifest, name)
         if users:
@@ -403,7 +389,7 @@ def remove(settings: Settings, name: str) -> RemoveResult:
                 "remove or change those references first, then remove the model",
             )
         new_text, removed = cut_model(text, name, manifest_path)
-        parse_manifest(new_text.encode("utf-8"), manifest_path)
+        parse_text(new_text, manifest_path)
         _write(manifest_path, new_text)
     lock_file: Path | None = None
     with hold_mutex(lock_dir_mutex(settings), 30.0):

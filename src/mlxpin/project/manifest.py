@@ -189,8 +189,13 @@ _MISPLACED = {
 
 def load_manifest(path: Path) -> Manifest:
     """Read and validate a manifest."""
+    return parse_text(read_text(path), path)
+
+
+def read_text(path: Path) -> str:
+    """The manifest's text, or the ManifestError saying why there is none."""
     try:
-        data = path.read_bytes()
+        return _decode(path.read_bytes(), path)
     except FileNotFoundError:
         raise ManifestError(
             path,
@@ -202,17 +207,23 @@ def load_manifest(path: Path) -> Manifest:
         ) from None
     except OSError as exc:
         raise ManifestError(path, None, None, f"cannot read it: {exc.strerror}") from None
-    return parse_manifest(data, path)
 
 
 def parse_manifest(data: bytes, path: Path) -> Manifest:
     """Bytes → Manifest, or a ManifestError. Never anything else."""
+    return parse_text(_decode(data, path), path)
+
+
+def parse_text(text: str, path: Path) -> Manifest:
+    return _build(read_toml(text, path), path, KeyLines(text))
+
+
+def _decode(data: bytes, path: Path) -> str:
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ManifestError(path, line, None, "is not valid UTF-8") from None
-    return _build(read_toml(text, path), path, KeyLines(text))
 
 
 def read_toml(text: str, path: Path) -> dict[str, Any]:
