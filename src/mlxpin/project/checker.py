@@ -86,6 +86,18 @@ class Checker:
             raise self.fail(keys, problem, fix)
         return value
 
+    def local_path(
+        self, value: object, keys: tuple[str, ...], problem: str, base: Path
+    ) -> tuple[str, Path]:
+        """A path as written (`problem` if empty), and absolute (a relative one from `base`)."""
+        written = self.string(value, keys)
+        if not written or "\0" in written:
+            raise self.fail(keys, problem)
+        try:
+            return written, (base / Path(written).expanduser()).absolute()
+        except RuntimeError:
+            raise self.fail(keys, f"cannot expand the home directory in {written!r}") from None
+
     def string(self, value: object, keys: tuple[str, ...]) -> str:
         if not isinstance(value, str):
             raise self.fail(keys, f"must be a string, not {type_name(value)}")

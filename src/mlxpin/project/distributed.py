@@ -87,10 +87,9 @@ def parse_distributed(
     if which == "hosts":
         hosts = _hosts(check, table["hosts"], (*keys, "hosts"), backend)
     else:
-        written = check.string(table["hostfile"], (*keys, "hostfile"))
-        if not written or "\0" in written:
-            raise check.fail((*keys, "hostfile"), "must be a file path")
-        hostfile = (base / Path(written).expanduser()).absolute()
+        _, hostfile = check.local_path(
+            table["hostfile"], (*keys, "hostfile"), "must be a file path", base
+        )
     pipeline = table.get("pipeline", False)
     if not isinstance(pipeline, bool):
         raise check.fail((*keys, "pipeline"), "must be true or false")

@@ -391,16 +391,9 @@ def _launch(check: Checker, value: object, keys: tuple[str, ...], base: Path) ->
                 "a local `path` has no revision",
                 "remove `revision`, or use `repo` for a Hub source",
             )
-        written = check.string(table["path"], (*keys, "path"))
-        if not written or "\0" in written:
-            raise check.fail((*keys, "path"), "must be a non-empty directory path")
-        try:
-            expanded = Path(written).expanduser()
-        except RuntimeError:
-            raise check.fail(
-                (*keys, "path"), f"cannot expand the home directory in {written!r}"
-            ) from None
-        source = PathSource(written=written, path=(base / expanded).absolute())
+        problem = "must be a non-empty directory path"
+        written, absolute = check.local_path(table["path"], (*keys, "path"), problem, base)
+        source = PathSource(written=written, path=absolute)
     files = _files(check, table.get("files"), (*keys, "files"))
     draft = _reference(check, table.get("draft"), (*keys, "draft"))
     adapter = _reference(check, table.get("adapter"), (*keys, "adapter"))
