@@ -110,15 +110,7 @@ def parse_distributed(
                 'e.g. python = "/Users/me/mlxpin/.venv/bin/python" (the same on every host)',
             )
     env = _env(check, table.get("env", {}), (*keys, "env"))
-    return DistributedSpec(
-        hosts=hosts,
-        hostfile=hostfile,
-        backend=backend,
-        pipeline=pipeline,
-        starting_port=port,
-        python=python,
-        env=env,
-    )
+    return DistributedSpec(hosts, hostfile, backend, pipeline, port, python, env)
 
 
 def _hosts(

@@ -353,15 +353,9 @@ def add(settings: Settings, request: AddRequest) -> AddResult:
                 "they cannot run at the same time"
             )
         _write(manifest_path, new_text)
-    return AddResult(
-        name=name,
-        manifest=manifest_path,
-        added=render_model(model),
-        api_label=spec.api_label,
-        port=spec.port,
-        source=spec.launch.source.describe(),
-        warnings=tuple(warnings),
-    )
+    source = spec.launch.source.describe()
+    added = render_model(model)
+    return AddResult(name, manifest_path, added, spec.api_label, spec.port, source, (*warnings,))
 
 
 @dataclass(frozen=True)
