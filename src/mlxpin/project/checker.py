@@ -98,6 +98,13 @@ class Checker:
         except RuntimeError:
             raise self.fail(keys, f"cannot expand the home directory in {written!r}") from None
 
+    def refuse(
+        self, keys: tuple[str, ...], problem: str | None, prefix: str, fix: str | None = None
+    ) -> None:
+        """Fail with `prefix + problem` when a `*_problem` check found one."""
+        if problem:
+            raise self.fail(keys, prefix + problem, fix)
+
     def string(self, value: object, keys: tuple[str, ...]) -> str:
         if not isinstance(value, str):
             raise self.fail(keys, f"must be a string, not {type_name(value)}")

@@ -16,7 +16,12 @@ from typing import Any
 from mlxpin.errors import Flag, ManifestError, Run
 from mlxpin.project import validate
 from mlxpin.project.checker import Checker, did_you_mean
-from mlxpin.project.distributed import DISTRIBUTED_KEYS, DistributedSpec, parse_distributed
+from mlxpin.project.distributed import (
+    DISTRIBUTED_KEYS,
+    DistributedSpec,
+    is_ip,
+    parse_distributed,
+)
 from mlxpin.project.memory import Budget, parse_budget, parse_size
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines, nesting_problem
@@ -327,27 +332,17 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
 
 def _label(check: Checker, value: object, keys: tuple[str, ...]) -> str:
     label = check.string(value, keys)
-    problem = validate.label_problem(label)
-    if problem:
-        raise check.fail(
-            keys, f"label {label!r} {problem}", "use a short printable name such as gemma-4-31b-it"
-        )
+    fix = "use a short printable name such as gemma-4-31b-it"
+    check.refuse(keys, validate.label_problem(label), f"label {label!r} ", fix)
     return label
 
 
 def _host(check: Checker, value: object, keys: tuple[str, ...]) -> str:
     host = check.string(value, keys)
-    if host in ("127.0.0.1", "::1", "localhost", "0.0.0.0"):  # noqa: S104 (validated, not bound here)
-        return host
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _HOSTNAME_RE.fullmatch(host):
-            raise check.fail(
-                keys, f"{host!r} is not an IP address or host name", 'e.g. host = "127.0.0.1"'
-            ) from None
+    if not _HOSTNAME_RE.fullmatch(host) and not is_ip(host):  # names first: no ipaddress import
+        raise check.fail(
+            keys, f"{host!r} is not an IP address or host name", 'e.g. host = "127.0.0.1"'
+        )
     return host
 
 
@@ -367,13 +362,9 @@ def _launch(check: Checker, value: object, keys: tuple[str, ...], base: Path) ->
     if which == "repo":
         repo = _repo(check, table["repo"], (*keys, "repo"))
         revision = check.string(table.get("revision", DEFAULT_REVISION), (*keys, "revision"))
+        fix = 'write a branch, a tag or a full 40-hex commit, e.g. revision = "main"'
         problem = validate.revision_problem(revision)
-        if problem:
-            raise check.fail(
-                (*keys, "revision"),
-                f"revision {revision!r} {problem}",
-                'write a branch, a tag or a full 40-hex commit, e.g. revision = "main"',
-            )
+        check.refuse((*keys, "revision"), problem, f"revision {revision!r} ", fix)
         source = HubSource(repo=repo, revision=revision)
     else:
         if "revision" in table:
@@ -428,9 +419,7 @@ def _files(check: Checker, value: object, keys: tuple[str, ...]) -> tuple[str, .
     patterns: list[str] = []
     for item in value:
         pattern = check.string(item, keys)
-        problem = validate.pattern_problem(pattern)
-        if problem:
-            raise check.fail(keys, f"pattern {pattern!r} {problem}")
+        check.refuse(keys, validate.pattern_problem(pattern), f"pattern {pattern!r} ")
         patterns.append(pattern)
     return tuple(patterns)
 
@@ -532,17 +521,16 @@ def _check_cross_references(
                     "every api_label and alias must be unique across the manifest",
                 )
             owner_of_label[label] = model.name
+        # A default port may be shared by models never launched together.
         endpoint = (model.host, model.port)
-        if model.name not in explicit_ports:
-            pass  # a default port may be shared by models never launched together
-        elif endpoint in owner_of_port:
+        if model.name in explicit_ports and endpoint in owner_of_port:
             raise check.fail(
                 ("models", model.name, "port"),
                 f"{model.host}:{model.port} is already the endpoint of "
                 f"model {owner_of_port[endpoint]!r}",
                 "give each model its own port",
             )
-        else:
+        if model.name in explicit_ports:
             owner_of_port[endpoint] = model.name
         for role in ("draft", "adapter"):
             target = getattr(model.launch, role)
