@@ -212,7 +212,7 @@ def lock(
             state = states[spec.name]
             if state.state == "ok" and spec.name not in moving:
                 assert old is not None
-                changes.append(_kept(spec, old))
+                changes.append(_change(spec, "kept", old, old))
             else:
                 todo.append((spec, old, state.reason))
         needs_hub = any(isinstance(spec.launch.source, HubSource) for spec, _, _ in todo)
@@ -244,20 +244,6 @@ def lock(
     return LockResult(tuple(changes), runtime)
 
 
-def _kept(spec: ModelSpec, old: LockedModel) -> LockChange:
-    return LockChange(
-        spec.name,
-        "kept",
-        spec.launch.source.describe(),
-        revision=old.original.revision,
-        old_commit=old.commit,
-        old_date=old.last_modified,
-        new_commit=old.commit,
-        new_date=old.last_modified,
-        total_size=old.total_size,
-    )
-
-
 def _changed(
     spec: ModelSpec, old: LockedModel | None, resolution: Resolution, reason: str | None
 ) -> LockChange:
@@ -268,6 +254,17 @@ def _changed(
         action = "unchanged"
     else:
         action = "updated"
+    return _change(spec, action, old, new, reason, resolution.gated)
+
+
+def _change(
+    spec: ModelSpec,
+    action: str,
+    old: LockedModel | None,
+    new: LockedModel,
+    reason: str | None = None,
+    gated: bool = False,
+) -> LockChange:
     return LockChange(
         spec.name,
         action,
@@ -281,7 +278,7 @@ def _changed(
         files_changed=files_changed(old, new),
         size_delta=new.total_size - (old.total_size if old else 0),
         total_size=new.total_size,
-        gated=resolution.gated,
+        gated=gated,
     )
 
 

@@ -309,11 +309,10 @@ def list_lock_dir(lock_dir: Path) -> LockDirListing:
     names: list[str] = []
     unreadable: list[str] = []
     for entry in entries:
-        stem, dot, suffix = entry.name.rpartition(".")
-        if not dot or suffix != "toml" or not validate.NAME_RE.fullmatch(stem):
+        stem = entry.name.removesuffix(".toml")
+        # lock/runtime.toml pins the server runtime: never a model's, nor an orphan.
+        if stem == entry.name or not validate.NAME_RE.fullmatch(stem) or stem in RESERVED_NAMES:
             continue
-        if stem in RESERVED_NAMES:
-            continue  # lock/runtime.toml pins the server runtime: never a model's, nor an orphan
         try:
             if not entry.is_file():
                 continue
