@@ -64,10 +64,7 @@ def export(
             tmp.replace(target)
             fsync_dir(target.parent)
         except OSError as exc:
-            error = disk_error(target, exc)
-            if error is None:
-                error = DiskError(target, exc.strerror or str(exc))
-            raise error from None
+            raise disk_error(target, exc) or DiskError(target, exc.strerror or str(exc)) from None
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -105,13 +102,8 @@ def _pin(lock: LockedModel) -> str:
     return f"{where}@{lock.commit}" if lock.commit else f"{where} ({lock.tree_hash})"
 
 
-def _same_pin(a: LockedModel, b: LockedModel) -> bool:
-    return (a.original.repo, a.original.path, a.commit, a.tree_hash) == (
-        b.original.repo,
-        b.original.path,
-        b.commit,
-        b.tree_hash,
-    )
+def _pin_key(lock: LockedModel) -> tuple[str | None, str | None, str | None, str]:
+    return lock.original.repo, lock.original.path, lock.commit, lock.tree_hash
 
 
 def import_(
@@ -127,7 +119,7 @@ def import_(
 
     def check_lock(lock: LockedModel) -> None:
         ours = read_lock(settings.lock_dir, lock.name)
-        if ours is not None and not _same_pin(ours, lock):
+        if ours is not None and _pin_key(ours) != _pin_key(lock):
             raise PinMismatchError(
                 lock.name, _pin(ours), _pin(lock), lock_path(settings.lock_dir, lock.name)
             )

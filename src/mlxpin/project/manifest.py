@@ -88,14 +88,10 @@ class LaunchSpec:
 class GatewaySpec:
     """[models.X.gateway]: what the gateway allows this model's clients."""
 
-    request_timeout: float = 600.0
-    """Seconds of silence from the server before a request fails with 504."""
-    max_body: int = 8 * 1024 * 1024
-    """Largest request body in bytes (inline images count)."""
-    max_connections: int = 1000
-    """Client connections at once; past it, new ones get 503."""
-    header_timeout: float = 10.0
-    """Seconds a new connection has to send its request head."""
+    request_timeout: float = 600.0  # seconds of silence from the server before a 504
+    max_body: int = 8 * 1024 * 1024  # largest request body in bytes (inline images count)
+    max_connections: int = 1000  # client connections at once; past it, new ones get 503
+    header_timeout: float = 10.0  # seconds a new connection has to send its request head
 
 
 @dataclass(frozen=True)
