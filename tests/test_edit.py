@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlxpin.project.edit import NewModel, add_model_text, cut_model
+from mlxpin.project.edit import AddRequest, add_model_text, cut_model
 from mlxpin.project.manifest import parse_manifest
 from mlxpin.project.validate import label_problem
 
@@ -270,7 +270,7 @@ def test_add_remove_round_trip_property(name: str, label: str, port: int) -> Non
         return
     if label in ("drafter", "small"):
         return
-    model = NewModel(name=name, api_label=label, port=port, repo="o/n", revision="v1")
+    model = AddRequest(name=name, label=label, port=port, repo="o/n", revision="v1")
     added = add_model_text(text, model, path)
     assert added.startswith(text)
     spec = parse_manifest(added.encode(), path).get(name)

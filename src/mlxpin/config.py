@@ -1,8 +1,5 @@
-"""Settings, read once from an explicit environment mapping (never at import time).
-
-Only `MLXPIN_*` variables and the Hub's own `HF_*` variables are read; nothing else
-in the environment can change what is locked, fetched or launched.
-"""
+"""Settings, read once from an explicit environment mapping (never at import time): only
+`MLXPIN_*` and the Hub's `HF_*` variables can change what is locked, fetched or launched."""
 
 from __future__ import annotations
 

@@ -1,49 +1,9 @@
-"""Every failure a user can cause, as a typed error with a stable exit code.
+"""Every failure a user can cause, as a typed error: a message, a hint (the next step)
+and an exit code from sysexits(3), so a supervisor can tell a permanent error (do not
+restart) from a temporary one. The CLI renders both lines; a traceback needs MLXPIN_DEBUG=1.
 
-The exit codes follow sysexits(3) so that a supervisor can tell a permanent
-error (do not restart) from a temporary one (try again later)::
-
-    MlxpinError                      base; never raised itself
-    ├── UsageError               2   bad command line (unknown model name, bad flag value)
-    │   └── ModelNotChosenError      `launch` without a name, and several models to choose from
-    ├── DataError               65   bytes that do not match what we trust
-    │   ├── IntegrityError           a file's size or hash differs from the lock
-    │   ├── LockCorruptError         a lock file that is not what `mlxpin lock` writes
-    │   ├── HubProtocolError         a Hub/mirror answered with hostile or malformed data
-    │   ├── UnstorableFilesError     a source's file names cannot be laid out on disk
-    │   ├── BundleError              a bundle that is damaged, truncated or not ours
-    │   └── RuntimeIntegrityError    a runtime distribution's hash differs from lock/runtime.toml
-    ├── NoInputError            66   something to read is absent
-    │   ├── SnapshotMissingError     a locked model was never fetched, or changed since
-    │   └── RuntimeMissingError      the pinned server runtime is not installed (or damaged)
-    ├── UnavailableError        69   a service is not there
-    │   ├── HubUnreachableError      the Hub endpoint cannot be reached or keeps failing
-    │   ├── ServerMissingError       mlx_lm.server is not installed
-    │   ├── ResolverUnavailableError uv, the package index or a matching Python is missing
-    │   └── PortInUseError           the public port is taken
-    ├── ServerCrashedError      70   mlx_lm.server crashed past its restart budget
-    ├── DiskError               74   the disk refused a write (full, read-only, ...)
-    ├── LockBusyError           75   another mlxpin holds a lock for too long (retry later)
-    ├── AccessDeniedError       77   gated repo, token refused or missing
-    ├── ConfigError             78   the manifest or the lock does not allow the command
-    │   ├── ManifestError            manifest.toml is invalid (file:line, key, fix)
-    │   ├── LockStaleError           lock missing, stale or orphaned for a command
-    │   ├── RepoNotFoundError        the Hub has no such repo (or it is private)
-    │   ├── RevisionNotFoundError    the repo has no such branch, tag or commit
-    │   ├── OverBudgetError          `serve`: a model larger than the whole memory budget
-    │   ├── PinMismatchError         `import`: the bundle pins other bytes than our lock
-    │   └── RuntimeResolutionError   no versions satisfy the manifest's [runtime]
-    └── PreflightError     (varies)  several problems at once, with the code of the
-                                     earliest step to fix (78 before 65 before 66 ...)
-
-Each error is plain data: a message and a hint (the next step, one line of text),
-built where it is raised; the CLI renders both and exits with `exit_code`. A
-traceback is only ever shown with MLXPIN_DEBUG=1.
-
-A hint names the mlxpin command lines to run with `Run.of(...)` and the options to use
-with `Flag(...)`, which spell them as a user types them; tests/test_hints.py reads every
-such call from the source, parses each command line with the real CLI and finds every
-option on its verb, so a hint never names a verb or an option that does not exist.
+Hints spell command lines with `Run.of(...)` and options with `Flag(...)`: tests/test_hints.py
+parses each with the real CLI, so a hint never names a verb or option that does not exist.
 """
 
 from __future__ import annotations
@@ -78,9 +38,8 @@ class Run:
 
 
 def Flag(verb: str, option: str, value: str | None = None) -> str:
-    """An option a hint names, as typed (`--platform linux`). ``verb`` is the command it
-    belongs to ("service install"), or "" for one every project verb shares; only
-    tests/test_hints.py reads it, to find the option on that verb."""
+    """An option a hint names, as typed. ``verb`` ("service install", or "" for every
+    project verb) is read only by tests/test_hints.py, to find the option on it."""
     return option if value is None else f"{option} {value}"
 
 
@@ -113,9 +72,7 @@ class UsageError(MlxpinError):
 
 
 class ModelNotChosenError(UsageError):
-    """`launch` without a name, and the manifest declares several models to choose from.
-
-    The command line words the hint itself: its usage line (cli/output.py)."""
+    """`launch` without a name among several models; cli/output.py words the hint."""
 
     def __init__(self, manifest: Path, names: Sequence[str]) -> None:
         self.names = tuple(names)
@@ -348,11 +305,7 @@ class OverBudgetError(ConfigError):
 
 
 class PreflightError(MlxpinError):
-    """Several models cannot start; every problem is named at once.
-
-    Its exit code is the one of the earliest step to fix: 78 (manifest, lock, budget)
-    before 65 (bad bytes) before 66 (not fetched) before 69, else 70.
-    """
+    """Several problems at once, exiting with the code of the earliest step to fix."""
 
     kind = "preflight"
     ORDER: ClassVar[tuple[ExitCode, ...]] = (

@@ -10,6 +10,7 @@ from mlxpin.config import Settings
 from mlxpin.errors import ExitCode
 from mlxpin.project import edit
 from mlxpin.project.edit import AddRequest, AddResult, InitResult, RemoveResult
+from mlxpin.util.jsonable import fields_json, json_value
 
 
 @dataclass(frozen=True)
@@ -22,18 +23,9 @@ class Added:
         return ExitCode.OK if self.locked is None else self.locked.exit_code
 
     def to_json(self) -> dict[str, Any]:
-        a = self.added
-        return {
-            "ok": self.locked is None or not self.locked.errors,
-            "name": a.name,
-            "manifest": str(a.manifest),
-            "api_label": a.api_label,
-            "port": a.port,
-            "source": a.source,
-            "added": a.added,
-            "warnings": list(a.warnings),
-            "lock": None if self.locked is None else [c.to_json() for c in self.locked.changes],
-        }
+        ok = self.locked is None or not self.locked.errors
+        lock = None if self.locked is None else json_value(self.locked.changes)
+        return {"ok": ok, **fields_json(self.added), "lock": lock}
 
 
 @dataclass(frozen=True)
@@ -43,14 +35,7 @@ class Removed:
     exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        r = self.removed
-        return {
-            "ok": True,
-            "name": r.name,
-            "manifest": str(r.manifest),
-            "removed": r.removed_text,
-            "lock_file": str(r.lock_file) if r.lock_file else None,
-        }
+        return {"ok": True, **fields_json(self.removed, removed_text="removed")}
 
 
 @dataclass(frozen=True)
@@ -60,11 +45,7 @@ class Initialised:
     exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": True,
-            "manifest": str(self.created.manifest),
-            "models": list(self.created.models),
-        }
+        return {"ok": True, **fields_json(self.created)}
 
 
 def add(settings: Settings, request: AddRequest, *, then_lock: bool = False) -> Added:

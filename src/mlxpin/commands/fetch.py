@@ -28,6 +28,7 @@ from mlxpin.store.fetch import (
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.ranged import RangePolicy
 from mlxpin.store.sources import ByteSource, LocalSourceBytes
+from mlxpin.util.jsonable import fields_json, json_value
 from mlxpin.util.parallel import CancelToken
 from mlxpin.util.writable import require_writable_dir
 
@@ -49,19 +50,8 @@ class FetchResult:
         return {
             "ok": True,
             "seconds": round(self.seconds, 3),
-            "models": [
-                {
-                    "name": m.name,
-                    "snapshot": str(m.view),
-                    "files": m.files,
-                    "total_size": m.total_size,
-                    "up_to_date": m.up_to_date,
-                    "downloaded_bytes": m.downloaded_bytes,
-                    "hashed_bytes": m.hashed_bytes,
-                }
-                for m in self.models
-            ],
-            "runtime": self.runtime.to_json() if self.runtime is not None else None,
+            "models": [fields_json(m, view="snapshot") for m in self.models],
+            "runtime": json_value(self.runtime),
         }
 
 

@@ -20,6 +20,7 @@ from mlxpin.store.gc.inventory import LiveRoot, LiveScan, collect_live, read_roo
 from mlxpin.store.gc.plan import GcPlan, RootOnDisk, plan
 from mlxpin.store.gc.sweep import LOCK_TIMEOUT_S, ItemOutcome, sweep_item
 from mlxpin.store.layout import StoreLayout
+from mlxpin.util.jsonable import json_value
 
 
 @dataclass(frozen=True)
@@ -54,16 +55,11 @@ class GcResult:
             "all": self.include_foreign,
             "bytes": self.plan.size,
             "freed_bytes": self.freed,
-            "items": [o.to_json() for o in self.outcomes],
-            "kept": [
-                {"path": str(k.path), "size": k.size, "reason": k.reason} for k in self.plan.kept
-            ],
+            "items": json_value(self.outcomes),
+            "kept": json_value(self.plan.kept),
             "kept_bytes": self.plan.kept_size,
-            "roots": [
-                {"lock_dir": str(r.lock_dir), "registered": r.registered, "locks": r.locks}
-                for r in self.roots
-            ],
-            "problems": [p.to_json() for p in self.problems],
+            "roots": json_value(self.roots),
+            "problems": json_value(self.problems),
         }
 
 

@@ -1,18 +1,9 @@
 """Preparing the other hosts of a distributed model, and what mlxpin answers on them.
 
-This host decides what is pinned: `fetch --hosts` sends the lock (and the verified bytes)
-over ssh; the remote `mlxpin _host receive` stores them only after checking every byte
-against that lock, exactly as a local fetch would. `mlxpin _host check` answers the
-launch preflight ("is this pin here, verified, and which mlx runs it?").
-
-The stream sent to `_host receive` is a plain tar (weights do not compress): `lock.toml`
-first (always the whole lock), then, for a pipeline host's share, `subset.json` (the JSON
-list of the paths that follow), then `files/<path>` for each of them (every locked file
-without `subset.json`), read from this host's verified snapshot. The remote refuses a
-member it was not told of and a stream that ends before every announced file arrived.
-
-The remote keeps the lock it received in `<state>/received/` and registers that directory
-as a gc root, so `mlxpin gc` there keeps the pin (whole or share) in use.
+This host decides what is pinned: `fetch --hosts` sends the lock and verified bytes over
+ssh as a plain tar (`lock.toml`, then for a pipeline share `subset.json`, then
+`files/<path>`); the remote `_host receive` stores them only after checking every byte
+against the lock, refuses members it was not told of, and keeps the lock as a gc root.
 """
 
 from __future__ import annotations

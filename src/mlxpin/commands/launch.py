@@ -1,9 +1,4 @@
-"""`mlxpin launch`: plan one model's boot offline (`supervise.runner.run_plan` runs it as
-a pool of one resident model).
-
-`plan` reads the manifest, the lock and the snapshot (or, for a distributed model, asks
-every host).
-"""
+"""`mlxpin launch`: plan one model's boot offline; `supervise.runner.run_plan` runs it."""
 
 from __future__ import annotations
 
@@ -23,9 +18,7 @@ __all__ = ["plan"]
 def plan(
     settings: Settings, name: str | None, environ: Mapping[str, str], *, verify: bool
 ) -> LaunchPlan | DistributedPlan:
-    """The plan of ``name`` (or the manifest's only model); every problem is an error.
-    The manifest is read and the model chosen once; the distributed planner is imported
-    only for a distributed model."""
+    """The plan of ``name`` (or the manifest's only model); every problem is an error."""
     manifest = load_manifest(settings.manifest_path)
     spec = choose_model(manifest, name, settings)
     if spec.distributed is not None:

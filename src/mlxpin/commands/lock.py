@@ -35,7 +35,7 @@ from mlxpin.project.selection import (
 from mlxpin.runtime.lock import Resolver, RuntimeChange, lock_runtime
 from mlxpin.runtime.pin import read_state
 from mlxpin.util.atomic import hold_mutex
-from mlxpin.util.jsonable import fields_json
+from mlxpin.util.jsonable import fields_json, json_value
 from mlxpin.util.parallel import run_parallel
 from mlxpin.util.writable import require_writable_dir
 
@@ -83,11 +83,7 @@ class LockResult:
         return self.errors[0].exit_code if self.errors else ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": not self.errors,
-            "models": [c.to_json() for c in self.changes],
-            "runtime": self.runtime.to_json() if self.runtime is not None else None,
-        }
+        return {"ok": not self.errors, **fields_json(self, changes="models")}
 
 
 @dataclass(frozen=True)
@@ -125,7 +121,7 @@ class CheckResult:
         runtime = self.runtime
         return {
             "ok": self.ok,
-            "models": [{"name": s.name, "state": s.state, "reason": s.reason} for s in self.states],
+            "models": json_value(self.states),
             "runtime": None
             if runtime is None
             else {"state": runtime.state, "reason": runtime.reason},
@@ -216,7 +212,7 @@ def lock(
             state = states[spec.name]
             if state.state == "ok" and spec.name not in moving:
                 assert old is not None
-                changes.append(_kept(spec, old))
+                changes.append(_change(spec, "kept", old, old))
             else:
                 todo.append((spec, old, state.reason))
         needs_hub = any(isinstance(spec.launch.source, HubSource) for spec, _, _ in todo)
@@ -248,20 +244,6 @@ def lock(
     return LockResult(tuple(changes), runtime)
 
 
-def _kept(spec: ModelSpec, old: LockedModel) -> LockChange:
-    return LockChange(
-        spec.name,
-        "kept",
-        spec.launch.source.describe(),
-        revision=old.original.revision,
-        old_commit=old.commit,
-        old_date=old.last_modified,
-        new_commit=old.commit,
-        new_date=old.last_modified,
-        total_size=old.total_size,
-    )
-
-
 def _changed(
     spec: ModelSpec, old: LockedModel | None, resolution: Resolution, reason: str | None
 ) -> LockChange:
@@ -272,6 +254,17 @@ def _changed(
         action = "unchanged"
     else:
         action = "updated"
+    return _change(spec, action, old, new, reason, resolution.gated)
+
+
+def _change(
+    spec: ModelSpec,
+    action: str,
+    old: LockedModel | None,
+    new: LockedModel,
+    reason: str | None = None,
+    gated: bool = False,
+) -> LockChange:
     return LockChange(
         spec.name,
         action,
@@ -285,7 +278,7 @@ def _changed(
         files_changed=files_changed(old, new),
         size_delta=new.total_size - (old.total_size if old else 0),
         total_size=new.total_size,
-        gated=resolution.gated,
+        gated=gated,
     )
 
 

@@ -1,9 +1,4 @@
-"""`mlxpin serve` and `mlxpin ps`: plan the pool offline and run it; ask a running one.
-
-`plan` is the preflight of every named model at once (`serve.serveplan`); `run` hands
-it to the pool engine. `status` is what `ps` shows: the running endpoint's
-``/mlxpin/status``, with the API key when one is set.
-"""
+"""`mlxpin serve` and `mlxpin ps`: plan the pool offline and run it; ask a running one."""
 
 from __future__ import annotations
 

@@ -11,58 +11,30 @@ from typing import Any, Generic, TypeVar
 from mlxpin.config import Settings
 from mlxpin.errors import ExitCode
 from mlxpin.service import units
-from mlxpin.service.units import BuiltSpec, CommandRun, InstallResult, Platform, UninstallResult
-
-
-def ran_json(ran: tuple[CommandRun, ...]) -> list[dict[str, Any]]:
-    return [{"argv": list(r.argv), "returncode": r.returncode, "output": r.output} for r in ran]
-
+from mlxpin.service.units import BuiltSpec, InstallResult, Platform, UninstallResult
+from mlxpin.util.jsonable import fields_json
 
 _R = TypeVar("_R", InstallResult, UninstallResult)
 
 
 @dataclass(frozen=True)
 class _UnitChange(Generic[_R]):
-    """Installing or uninstalling a unit: what both report, around each one's own keys."""
+    """Installing or uninstalling a unit: its result's fields."""
 
     result: _R
 
     exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        r = self.result
-        return {
-            "ok": True,
-            "name": r.name,
-            **self.own_json(),
-            "next_steps": list(r.next_steps),
-            "ran": ran_json(r.ran),
-        }
-
-    def own_json(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return {"ok": True, **fields_json(self.result)}
 
 
-@dataclass(frozen=True)
 class Installed(_UnitChange[InstallResult]):
-    def own_json(self) -> dict[str, Any]:
-        r = self.result
-        return {
-            "platform": r.platform,
-            "system": r.system,
-            "path": str(r.path),
-            "written": r.written,
-            "changed": r.changed,
-            "content": r.content,
-            "warnings": list(r.warnings),
-        }
+    pass
 
 
-@dataclass(frozen=True)
 class Uninstalled(_UnitChange[UninstallResult]):
-    def own_json(self) -> dict[str, Any]:
-        r = self.result
-        return {"path": str(r.path), "existed": r.existed, "removed": r.removed}
+    pass
 
 
 @dataclass(frozen=True)

@@ -64,11 +64,7 @@ class StatusResult:
     exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": True,
-            "models": [m.to_json() for m in self.models],
-            "runtime": self.runtime.to_json() if self.runtime is not None else None,
-        }
+        return {"ok": True, **fields_json(self)}
 
 
 def runtime_status(settings: Settings, manifest: Manifest) -> RuntimeStatus:

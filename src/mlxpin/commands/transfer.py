@@ -18,6 +18,7 @@ from mlxpin.store.fetch import NoProgress, Progress
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.transfer import import_bundle, plan_export, write_bundle
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name
+from mlxpin.util.jsonable import fields_json
 
 
 @dataclass(frozen=True)
@@ -31,14 +32,7 @@ class ExportResult:
     exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": True,
-            "output": self.output,
-            "models": list(self.models),
-            "blobs": self.blobs,
-            "total_size": self.total_size,
-            "bytes": self.written_bytes,
-        }
+        return {"ok": True, **fields_json(self, written_bytes="bytes")}
 
 
 def export(
@@ -70,10 +64,7 @@ def export(
             tmp.replace(target)
             fsync_dir(target.parent)
         except OSError as exc:
-            error = disk_error(target, exc)
-            if error is None:
-                error = DiskError(target, exc.strerror or str(exc))
-            raise error from None
+            raise disk_error(target, exc) or DiskError(target, exc.strerror or str(exc)) from None
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -93,17 +84,6 @@ class ImportedModelResult:
     commit: str | None
     lock: str  # "same" (the project pins the same) | "written" | "absent" (not adopted)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "snapshot": str(self.snapshot),
-            "files": self.files,
-            "total_size": self.total_size,
-            "written_bytes": self.written_bytes,
-            "commit": self.commit,
-            "lock": self.lock,
-        }
-
 
 @dataclass(frozen=True)
 class ImportResult:
@@ -114,12 +94,7 @@ class ImportResult:
     exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": True,
-            "source": self.source,
-            "received_bytes": self.received_bytes,
-            "models": [m.to_json() for m in self.models],
-        }
+        return {"ok": True, **fields_json(self)}
 
 
 def _pin(lock: LockedModel) -> str:
@@ -127,13 +102,8 @@ def _pin(lock: LockedModel) -> str:
     return f"{where}@{lock.commit}" if lock.commit else f"{where} ({lock.tree_hash})"
 
 
-def _same_pin(a: LockedModel, b: LockedModel) -> bool:
-    return (a.original.repo, a.original.path, a.commit, a.tree_hash) == (
-        b.original.repo,
-        b.original.path,
-        b.commit,
-        b.tree_hash,
-    )
+def _pin_key(lock: LockedModel) -> tuple[str | None, str | None, str | None, str]:
+    return lock.original.repo, lock.original.path, lock.commit, lock.tree_hash
 
 
 def import_(
@@ -149,7 +119,7 @@ def import_(
 
     def check_lock(lock: LockedModel) -> None:
         ours = read_lock(settings.lock_dir, lock.name)
-        if ours is not None and not _same_pin(ours, lock):
+        if ours is not None and _pin_key(ours) != _pin_key(lock):
             raise PinMismatchError(
                 lock.name, _pin(ours), _pin(lock), lock_path(settings.lock_dir, lock.name)
             )

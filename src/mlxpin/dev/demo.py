@@ -1,11 +1,5 @@
-"""`make demo`: the main job end to end, offline, on the embedded tiny model.
-
-Generates the tiny model into ./models/tiny, then runs the real CLI against this
-repository's manifest.toml — lock, fetch, status, launch — calls the launched model by
-its api_label with the `openai` client (plain and streaming), shows that an unknown
-label is refused without touching the server, and stops it with SIGTERM. Locks and
-cache go to a temporary directory, so the checkout and ~/.cache stay untouched.
-"""
+"""`make demo`: lock, fetch, launch and call the embedded tiny model offline, through the
+real CLI; locks and cache go to a temporary directory, so the checkout stays untouched."""
 
 from __future__ import annotations
 

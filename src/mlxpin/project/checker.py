@@ -1,11 +1,9 @@
-"""The manifest's checker: every type or key problem becomes a ManifestError that names
-the file, the line (from `KeyLines`), the dotted key, and what to write instead.
-
-Shared by `mlxpin.project.manifest` and the tables it delegates (`distributed`).
-"""
+"""The manifest's checks, shared by its tables: every problem is a ManifestError naming
+the file, the line (from `KeyLines`), the dotted key, and what to write instead."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,18 +54,56 @@ class Checker:
         return table[key]
 
     def exactly_one(
-        self,
-        table: Mapping[str, Any],
-        keys: tuple[str, ...],
-        pair: tuple[str, str],
-        problem: str,
-        fix: str,
+        self, table: Mapping[str, Any], keys: tuple[str, ...], *pair: tuple[str, str], fix: str
     ) -> str:
-        """Which key of `pair` the table has; `problem` when it has neither or both."""
-        first, second = pair
+        """Which key of `pair` ((key, what it is), twice) the table has; never neither or both."""
+        (first, first_is), (second, second_is) = pair
         if (first in table) == (second in table):
+            problem = f"needs exactly one of `{first}` ({first_is}) or `{second}` ({second_is})"
             raise self.fail(keys, problem, fix)
         return first if first in table else second
+
+    def number(
+        self,
+        value: object,
+        keys: tuple[str, ...],
+        what: str,
+        fix: str,
+        within: tuple[float, float] = (0, math.inf),
+        whole: bool = True,
+    ) -> Any:
+        """`value` when it is a number (an integer if `whole`) strictly between `within`."""
+        kinds = int if whole else (int, float)
+        low, high = within
+        if isinstance(value, bool) or not isinstance(value, kinds) or not low < value < high:
+            raise self.fail(keys, f"{value!r} is not {what}", fix)
+        return value
+
+    def array(
+        self, value: object, keys: tuple[str, ...], problem: str, fix: str | None = None
+    ) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(keys, problem, fix)
+        return value
+
+    def local_path(
+        self, value: object, keys: tuple[str, ...], problem: str, base: Path
+    ) -> tuple[str, Path]:
+        """A path as written (`problem` if empty), and absolute (a relative one from `base`)."""
+        written = self.string(value, keys)
+        if not written or "\0" in written:
+            raise self.fail(keys, problem)
+        try:
+            return written, (base / Path(written).expanduser()).absolute()
+        except RuntimeError:
+            raise self.fail(keys, f"cannot expand the home directory in {written!r}") from None
+
+    def refuse(
+        self, keys: tuple[str, ...], problem: str | None, prefix: str, fix: str | None = None
+    ) -> None:
+        """Fail with `prefix + problem` when a `*_problem` check found one."""
+        if problem:
+            raise self.fail(keys, prefix + problem, fix)
 
     def string(self, value: object, keys: tuple[str, ...]) -> str:
         if not isinstance(value, str):

@@ -1,19 +1,7 @@
 """`[models.NAME.distributed]`: which hosts run the ranks of one model, and how.
 
-Parsed with the rest of the manifest (same checker, so every error names file:line and
-key); the hostfile it may point at is read later, at launch, by `mlxpin.plan.distributed`.
-
-    [models.big.distributed]
-    hosts = ["127.0.0.1", { ssh = "mac2.local", ips = ["192.168.1.12"] }]   # or:
-    hostfile = "hosts.json"         # mlx's JSON hostfile (mlx.distributed_config writes one)
-    backend = "ring"                # ring | jaccl
-    pipeline = false                # true: pipeline-parallel (each rank holds some layers)
-    starting_port = 32323           # ring/jaccl ports start here, +1 per rank and IP
-    python = "/opt/mlxpin/bin/python"  # the interpreter on every host (default: this one's)
-    env = { MLX_METAL_FAST_SYNCH = "1" }
-
-`"127.0.0.1"` is this host, exactly as `mlx.launch` treats it; every other ssh name is
-reached over ssh. Rank 0 answers HTTP behind the gateway, so the first host is this one.
+The hostfile it may name is read at launch (`mlxpin.plan.distributed`). `"127.0.0.1"` is
+this host, as `mlx.launch` treats it; rank 0 answers HTTP behind the gateway, so it is first.
 """
 
 from __future__ import annotations
@@ -82,12 +70,10 @@ def parse_distributed(
 ) -> DistributedSpec:
     table = check.table(value, keys)
     check.known_keys(table, keys, DISTRIBUTED_KEYS)
+    fix = 'e.g. hosts = ["127.0.0.1", "192.168.1.12"]  or  hostfile = "hosts.json"'
+    hostfile_is = "mlx's JSON hostfile"
     which = check.exactly_one(
-        table,
-        keys,
-        ("hosts", "hostfile"),
-        "needs exactly one of `hosts` (ssh names) or `hostfile` (mlx's JSON hostfile)",
-        'e.g. hosts = ["127.0.0.1", "192.168.1.12"]  or  hostfile = "hosts.json"',
+        table, keys, ("hosts", "ssh names"), ("hostfile", hostfile_is), fix=fix
     )
     backend = check.string(table["backend"], (*keys, "backend")) if "backend" in table else None
     if backend is not None and backend not in BACKENDS:
@@ -101,20 +87,19 @@ def parse_distributed(
     if which == "hosts":
         hosts = _hosts(check, table["hosts"], (*keys, "hosts"), backend)
     else:
-        written = check.string(table["hostfile"], (*keys, "hostfile"))
-        if not written or "\0" in written:
-            raise check.fail((*keys, "hostfile"), "must be a file path")
-        hostfile = (base / Path(written).expanduser()).absolute()
+        _, hostfile = check.local_path(
+            table["hostfile"], (*keys, "hostfile"), "must be a file path", base
+        )
     pipeline = table.get("pipeline", False)
     if not isinstance(pipeline, bool):
         raise check.fail((*keys, "pipeline"), "must be true or false")
-    port = table.get("starting_port", DEFAULT_STARTING_PORT)
-    if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65000:
-        raise check.fail(
-            (*keys, "starting_port"),
-            f"{port!r} is not a usable starting port",
-            "use an integer from 1024 to 65000; each rank and IP takes the next one",
-        )
+    port = check.number(
+        table.get("starting_port", DEFAULT_STARTING_PORT),
+        (*keys, "starting_port"),
+        "a usable starting port",
+        "use an integer from 1024 to 65000; each rank and IP takes the next one",
+        within=(1023, 65001),
+    )
     python: str | None = None
     if "python" in table:
         python = check.string(table["python"], (*keys, "python"))
@@ -125,15 +110,7 @@ def parse_distributed(
                 'e.g. python = "/Users/me/mlxpin/.venv/bin/python" (the same on every host)',
             )
     env = _env(check, table.get("env", {}), (*keys, "env"))
-    return DistributedSpec(
-        hosts=hosts,
-        hostfile=hostfile,
-        backend=backend,
-        pipeline=pipeline,
-        starting_port=port,
-        python=python,
-        env=env,
-    )
+    return DistributedSpec(hosts, hostfile, backend, pipeline, port, python, env)
 
 
 def _hosts(
@@ -163,9 +140,8 @@ def _hosts(
                 raise check.fail(keys, "a host table needs `ssh`", '{ ssh = "mac2.local", ... }')
             ssh = check.string(item["ssh"], keys)
             raw_ips = item.get("ips", [ssh] if is_ip(ssh) else [])
-            if not isinstance(raw_ips, list):
-                raise check.fail(keys, "`ips` must be an array of IP addresses")
-            ips = tuple(check.string(ip, keys) for ip in raw_ips)
+            problem = "`ips` must be an array of IP addresses"
+            ips = tuple(check.string(ip, keys) for ip in check.array(raw_ips, keys, problem))
             for ip in ips:
                 if not is_ip(ip):
                     raise check.fail(keys, f"{ip!r} is not an IP address")

@@ -1,21 +1,9 @@
-"""Edit manifest.toml without disturbing the person who wrote it: `add`, `remove`, `init`.
+"""Edit manifest.toml without disturbing its author: `add`, `remove`, `init`.
 
-Every byte outside the edited model stays as it was:
-
-- `add` appends the model's tables at the end of the file (one blank separator line),
-  rendered by tomlkit; nothing before them changes.
-- `remove` cuts the model's block out of the file as tomlkit renders it (so a header-like
-  line inside a multi-line string is never taken for a table): from the comment lines
-  directly above its first table header (no blank line between) to its last value and
-  the comment lines directly below it, plus one blank separator line. Comment blocks set
-  apart by blank lines after the block, and the comments directly above the next table,
-  belong to no table or to that one, and stay. Tables of the model that are not adjacent
-  are removed the same way, each on its own.
-
-Both check the result twice before writing: it must read as exactly the old document
-plus/minus that model, and `mlxpin.project.manifest.parse_manifest` must accept it (so a
-bare repo id is refused with the manifest's own error). Writes are atomic, keep the
-file's mode, go through a symlinked manifest to its target, and keep CRLF line endings.
+`add` appends the model's tables (rendered by tomlkit); `remove` cuts its block out
+(see `_mark_cuts`). Every other byte stays, and the result must read as the old document
+plus/minus that model and pass `parse_manifest` before it is written (atomically, keeping
+the mode, through a symlink, with CRLF kept).
 """
 
 from __future__ import annotations
@@ -24,7 +12,7 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +27,9 @@ from mlxpin.project.manifest import (
     DEFAULT_PORT,
     DEFAULT_REVISION,
     Manifest,
-    load_manifest,
     parse_manifest,
+    parse_text,
+    read_text,
     read_toml,
 )
 from mlxpin.util.atomic import hold_mutex, write_atomic
@@ -54,13 +43,15 @@ class EditError(ConfigError):
 
 
 @dataclass(frozen=True)
-class NewModel:
+class AddRequest:
+    """What `mlxpin add NAME` was asked; `add` fills in the defaults before rendering it."""
+
     name: str
-    api_label: str
-    port: int
     repo: str | None = None
     path: str | None = None
     revision: str | None = None
+    label: str | None = None  # default: NAME
+    port: int | None = None  # default: the lowest free one from 8080
     files: tuple[str, ...] | None = None
 
 
@@ -71,10 +62,10 @@ def newline_of(text: str) -> str:
     return "\r\n" if "\r\n" in text else "\n"
 
 
-def render_model(model: NewModel) -> str:
+def render_model(model: AddRequest) -> str:
     """The model's tables as TOML (rendered by tomlkit, so every value is quoted right)."""
     entry = tomlkit.table()
-    entry["api_label"] = model.api_label
+    entry["api_label"] = model.label
     entry["port"] = model.port
     launch = tomlkit.table()
     if model.repo is not None:
@@ -92,7 +83,7 @@ def render_model(model: NewModel) -> str:
     return tomlkit.dumps(document)
 
 
-def add_model_text(text: str, model: NewModel, path: Path) -> str:
+def add_model_text(text: str, model: AddRequest, path: Path) -> str:
     """`text` with the model's tables appended; `text` itself is kept byte for byte."""
     nl = newline_of(text)
     block = render_model(model).replace("\n", nl)
@@ -164,7 +155,10 @@ def _pieces(body: list[tuple[Key | None, Item]], path: tuple[str, ...], name: st
 
 
 def _mark_cuts(pieces: Sequence[_Piece]) -> None:
-    """Mark, for each run of the model's pieces, what `remove` cuts (see the module doc)."""
+    """Mark, for each run of the model's pieces, what `remove` cuts: from the comments
+    directly above its first header to its last value and the comments directly below,
+    plus one blank separator line. Comments set apart by blank lines, and those directly
+    above the next table, stay (they belong to no table, or to that one)."""
     count, run = len(pieces), 0
     while run < count:
         if not pieces[run].mine:
@@ -258,7 +252,7 @@ def _parse_added(new_text: str, old_lines: int, name: str, path: Path) -> Manife
     """Validate the manifest `add` would write. A problem in the appended tables has no
     line in the file on disk yet: it is named by its key, never by a line number."""
     try:
-        return parse_manifest(new_text.encode("utf-8"), path)
+        return parse_text(new_text, path)
     except ManifestError as error:
         if error.line is None or error.line <= old_lines:
             raise  # a line the user wrote, still where the message says
@@ -275,21 +269,6 @@ def _parse_added(new_text: str, old_lines: int, name: str, path: Path) -> Manife
 def _manifest_mutex(settings: Settings) -> Path:
     digest = hashlib.sha256(str(settings.manifest_path).encode()).hexdigest()[:16]
     return settings.state_dir / "locks" / f"manifest-{digest}.lock"
-
-
-def _read(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        load_manifest(path)  # raises the manifest's own "no manifest here" error
-        raise
-    except OSError as exc:
-        raise ManifestError(path, None, None, f"cannot read it: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        parse_manifest(data, path)  # raises the manifest's own error
-        raise
 
 
 def _write(path: Path, text: str) -> None:
@@ -324,33 +303,15 @@ class AddResult:
     warnings: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class AddRequest:
-    """What `mlxpin add NAME` was asked, before the defaults are filled in."""
-
-    name: str
-    repo: str | None = None
-    path: str | None = None
-    revision: str | None = None
-    label: str | None = None  # default: NAME
-    port: int | None = None  # default: the lowest free one from 8080
-    files: tuple[str, ...] | None = None
-
-
 def add(settings: Settings, request: AddRequest) -> AddResult:
-    """Append [models.NAME] (+ .launch) to the manifest, validated before it is written.
-
-    Defaults: the api_label is NAME (clients then send the name you chose; pass --label
-    for anything else), the port is the lowest one from 8080 up no other model uses.
-    """
-    name, repo, path, revision = request.name, request.repo, request.path, request.revision
-    label, port, files = request.label, request.port, request.files
-    if (repo is None) == (path is None):
+    """Append [models.NAME] (+ .launch) to the manifest, validated before it is written."""
+    name, path = request.name, request.path
+    if (request.repo is None) == (path is None):
         raise UsageError(
             f"{name}: a model has exactly one source, a Hub repo or a local directory",
             f"give {Flag('add', '--repo', 'owner/name')} or {Flag('add', '--path', 'DIR')}",
         )
-    if path is not None and revision is not None:
+    if path is not None and request.revision is not None:
         raise UsageError(
             f"{name}: a revision is for a Hub repo; a local directory has none",
             f"leave out {Flag('add', '--revision')}, or use {Flag('add', '--repo')}",
@@ -358,7 +319,7 @@ def add(settings: Settings, request: AddRequest) -> AddResult:
     manifest_path = settings.manifest_path
     require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
     with hold_mutex(_manifest_mutex(settings), 30.0):
-        text = _read(manifest_path)
+        text = read_text(manifest_path)
         document = read_toml(text, manifest_path)
         models = document.get("models")
         if isinstance(models, dict) and name in models:
@@ -367,14 +328,12 @@ def add(settings: Settings, request: AddRequest) -> AddResult:
                 f"pick another name, or {Run.of('remove', name)} first",
             )
         written_path = _written_path(path, manifest_path) if path is not None else None
-        model = NewModel(
-            name=name,
-            api_label=label if label is not None else name,
-            port=port if port is not None else first_unused_manifest_port(document),
-            repo=repo,
+        model = replace(
+            request,
+            label=name if request.label is None else request.label,
+            port=first_unused_manifest_port(document) if request.port is None else request.port,
             path=written_path,
-            revision=revision,
-            files=tuple(files) if files else None,
+            files=tuple(request.files) if request.files else None,
         )
         new_text = add_model_text(text, model, manifest_path)
         manifest = _parse_added(new_text, len(text.splitlines()), name, manifest_path)
@@ -394,15 +353,9 @@ def add(settings: Settings, request: AddRequest) -> AddResult:
                 "they cannot run at the same time"
             )
         _write(manifest_path, new_text)
-    return AddResult(
-        name=name,
-        manifest=manifest_path,
-        added=render_model(model),
-        api_label=spec.api_label,
-        port=spec.port,
-        source=spec.launch.source.describe(),
-        warnings=tuple(warnings),
-    )
+    source = spec.launch.source.describe()
+    added = render_model(model)
+    return AddResult(name, manifest_path, added, spec.api_label, spec.port, source, (*warnings,))
 
 
 @dataclass(frozen=True)
@@ -420,8 +373,8 @@ def remove(settings: Settings, name: str) -> RemoveResult:
     manifest_path = settings.manifest_path
     require_writable_dir(_manifest_mutex(settings).parent, STATE_DIR_HINT)
     with hold_mutex(_manifest_mutex(settings), 30.0):
-        text = _read(manifest_path)
-        manifest = parse_manifest(text.encode("utf-8"), manifest_path)
+        text = read_text(manifest_path)
+        manifest = parse_text(text, manifest_path)
         pick(manifest, [name])  # a usage error naming the models when unknown
         users = references_to(manifest, name)
         if users:
@@ -430,7 +383,7 @@ def remove(settings: Settings, name: str) -> RemoveResult:
                 "remove or change those references first, then remove the model",
             )
         new_text, removed = cut_model(text, name, manifest_path)
-        parse_manifest(new_text.encode("utf-8"), manifest_path)
+        parse_text(new_text, manifest_path)
         _write(manifest_path, new_text)
     lock_file: Path | None = None
     with hold_mutex(lock_dir_mutex(settings), 30.0):

@@ -1,9 +1,5 @@
-"""lock/<name>.toml: the pinned identity of each model.
-
-Rendering is deterministic (fixed key order, files sorted, no clock), reading uses the
-fast stdlib parser and checks every field, and `diff` is pure: it says which pins are
-missing, stale or orphaned without touching the network or the disk.
-"""
+"""lock/<name>.toml: the pinned identity of each model. Rendering is deterministic (fixed
+key order, files sorted, no clock); reading checks every field; `diff` touches nothing."""
 
 from __future__ import annotations
 
@@ -110,20 +106,15 @@ def _string(value: str) -> str:
 def render(lock: LockedModel) -> bytes:
     out = [HEADER, f"format = {LOCK_FORMAT}\n", f"name = {_string(lock.name)}\n", "\n[original]\n"]
     original = lock.original
-    if original.repo is not None:
-        out.append(f"repo = {_string(original.repo)}\n")
-    if original.path is not None:
-        out.append(f"path = {_string(original.path)}\n")
-    if original.revision is not None:
-        out.append(f"revision = {_string(original.revision)}\n")
+    for key in ("repo", "path", "revision"):
+        if getattr(original, key) is not None:
+            out.append(f"{key} = {_string(getattr(original, key))}\n")
     if original.files is not None:
         out.append("files = [" + ", ".join(_string(p) for p in original.files) + "]\n")
     out.append("\n[locked]\n")
-    if lock.commit is not None:
-        out.append(f"commit = {_string(lock.commit)}\n")
-    if lock.last_modified is not None:
-        out.append(f"last_modified = {_string(lock.last_modified)}\n")
-    out.append(f"tree_hash = {_string(lock.tree_hash)}\n")
+    for key in ("commit", "last_modified", "tree_hash"):
+        if getattr(lock, key) is not None:
+            out.append(f"{key} = {_string(getattr(lock, key))}\n")
     out.append(f"total_size = {lock.total_size}\n")
     for file in lock.files:
         out.append(
@@ -282,11 +273,9 @@ def read_lock(lock_dir: Path, name: str) -> LockedModel | None:
 
 
 def is_lock_file(path: Path) -> bool | None:
-    """The one definition of "this file is a lock", for every reader that lists a lock dir
-    (lock's orphan removal, gc's live set): True when it starts with the header comment
-    (any line ending) or, without it, when it is TOML with a `[locked]` table — anything
-    `read_lock` could accept. False for other files (a manifest, a pyproject.toml); None
-    when it cannot be read (it may be a lock: gc must not assume it is not)."""
+    """The one definition of "this file is a lock" (orphan removal, gc's live set): it
+    starts with the header comment, or is TOML with a `[locked]` table. None when it cannot
+    be read: it may be a lock, and gc must not assume it is not."""
     try:
         data = path.read_bytes()
     except OSError:
@@ -320,11 +309,10 @@ def list_lock_dir(lock_dir: Path) -> LockDirListing:
     names: list[str] = []
     unreadable: list[str] = []
     for entry in entries:
-        stem, dot, suffix = entry.name.rpartition(".")
-        if not dot or suffix != "toml" or not validate.NAME_RE.fullmatch(stem):
+        stem = entry.name.removesuffix(".toml")
+        # lock/runtime.toml pins the server runtime: never a model's, nor an orphan.
+        if stem == entry.name or not validate.NAME_RE.fullmatch(stem) or stem in RESERVED_NAMES:
             continue
-        if stem in RESERVED_NAMES:
-            continue  # lock/runtime.toml pins the server runtime: never a model's, nor an orphan
         try:
             if not entry.is_file():
                 continue
@@ -339,8 +327,6 @@ def list_lock_dir(lock_dir: Path) -> LockDirListing:
 
 
 def lock_names_on_disk(lock_dir: Path) -> tuple[str, ...]:
-    """Names of the lock files in a directory, so a manifest or pyproject.toml sharing the
-    directory is never touched."""
     return list_lock_dir(lock_dir).names
 
 

@@ -9,14 +9,19 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mlxpin.errors import Flag, ManifestError, Run
 from mlxpin.project import validate
 from mlxpin.project.checker import Checker, did_you_mean
-from mlxpin.project.distributed import DISTRIBUTED_KEYS, DistributedSpec, parse_distributed
+from mlxpin.project.distributed import (
+    DISTRIBUTED_KEYS,
+    DistributedSpec,
+    is_ip,
+    parse_distributed,
+)
 from mlxpin.project.memory import Budget, parse_budget, parse_size
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines, nesting_problem
@@ -38,18 +43,8 @@ _MODEL_KEYS = (
     "idle_ttl",
     "distributed",
 )
-_SERVE_KEYS = (
-    "host",
-    "port",
-    "max_loaded",
-    "memory_budget",
-    "idle_ttl",
-    "start_timeout",
-    "preload",
-)
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_BUDGET = Budget()
-_GATEWAY_KEYS = ("request_timeout", "max_body", "max_connections", "header_timeout")
 _LAUNCH_KEYS = ("repo", "path", "revision", "files", "draft", "adapter")
 _RUNTIME_KEYS = ("python", "mlx-lm", "mlx", "packages")
 DEFAULT_RUNTIME_PYTHON = ">=3.11"
@@ -93,14 +88,10 @@ class LaunchSpec:
 class GatewaySpec:
     """[models.X.gateway]: what the gateway allows this model's clients."""
 
-    request_timeout: float = 600.0
-    """Seconds of silence from the server before a request fails with 504."""
-    max_body: int = 8 * 1024 * 1024
-    """Largest request body in bytes (inline images count)."""
-    max_connections: int = 1000
-    """Client connections at once; past it, new ones get 503."""
-    header_timeout: float = 10.0
-    """Seconds a new connection has to send its request head."""
+    request_timeout: float = 600.0  # seconds of silence from the server before a 504
+    max_body: int = 8 * 1024 * 1024  # largest request body in bytes (inline images count)
+    max_connections: int = 1000  # client connections at once; past it, new ones get 503
+    header_timeout: float = 10.0  # seconds a new connection has to send its request head
 
 
 @dataclass(frozen=True)
@@ -144,6 +135,8 @@ class ServeTable:
 
 
 DEFAULT_SERVE = ServeTable()
+_GATEWAY_KEYS = tuple(f.name for f in fields(GatewaySpec))
+_SERVE_KEYS = tuple(f.name for f in fields(ServeTable) if f.name != "line")
 
 
 @dataclass(frozen=True)
@@ -197,8 +190,13 @@ _MISPLACED = {
 
 def load_manifest(path: Path) -> Manifest:
     """Read and validate a manifest."""
+    return parse_text(read_text(path), path)
+
+
+def read_text(path: Path) -> str:
+    """The manifest's text, or the ManifestError saying why there is none."""
     try:
-        data = path.read_bytes()
+        return _decode(path.read_bytes(), path)
     except FileNotFoundError:
         raise ManifestError(
             path,
@@ -210,17 +208,23 @@ def load_manifest(path: Path) -> Manifest:
         ) from None
     except OSError as exc:
         raise ManifestError(path, None, None, f"cannot read it: {exc.strerror}") from None
-    return parse_manifest(data, path)
 
 
 def parse_manifest(data: bytes, path: Path) -> Manifest:
     """Bytes → Manifest, or a ManifestError. Never anything else."""
+    return parse_text(_decode(data, path), path)
+
+
+def parse_text(text: str, path: Path) -> Manifest:
+    return _build(read_toml(text, path), path, KeyLines(text))
+
+
+def _decode(data: bytes, path: Path) -> str:
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ManifestError(path, line, None, "is not valid UTF-8") from None
-    return _build(read_toml(text, path), path, KeyLines(text))
 
 
 def read_toml(text: str, path: Path) -> dict[str, Any]:
@@ -292,12 +296,9 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
     )
     raw_label = check.require(table, keys, "api_label", "missing api_label", label_fix)
     api_label = _label(check, raw_label, (*keys, "api_label"))
-    aliases_raw = table.get("aliases", [])
-    if not isinstance(aliases_raw, list):
-        raise check.fail(
-            (*keys, "aliases"), "must be an array of strings", 'e.g. aliases = ["gemma4"]'
-        )
-    aliases = tuple(_label(check, a, (*keys, "aliases")) for a in aliases_raw)
+    where, fix = (*keys, "aliases"), 'e.g. aliases = ["gemma4"]'
+    aliases_raw = check.array(table.get("aliases", []), where, "must be an array of strings", fix)
+    aliases = tuple(_label(check, a, where) for a in aliases_raw)
     host = _host(check, table.get("host", DEFAULT_HOST), (*keys, "host"))
     port = _port(check, table.get("port", DEFAULT_PORT), (*keys, "port"))
     launch_fix = f'add [models.{name}.launch] with repo = "owner/name" (or path = "./dir")'
@@ -316,83 +317,50 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
                     f"remove `{role}`, or remove [models.{name}.distributed]",
                 )
     gateway = _gateway(check, table.get("gateway", {}), (*keys, "gateway"))
-    idle_ttl = (
-        _seconds(check, table["idle_ttl"], (*keys, "idle_ttl"), allow_zero=True)
-        if "idle_ttl" in table
-        else None
-    )
+    idle_ttl = None
+    if "idle_ttl" in table:
+        idle_ttl = _seconds(check, table["idle_ttl"], (*keys, "idle_ttl"), allow_zero=True)
+    line = check.lines.line_of(keys)
     return ModelSpec(
-        name=name,
-        api_label=api_label,
-        aliases=aliases,
-        host=host,
-        port=port,
-        launch=launch,
-        server=server,
-        line=check.lines.line_of(keys),
-        distributed=distributed,
-        gateway=gateway,
-        idle_ttl=idle_ttl,
+        name, api_label, aliases, host, port, launch, server, line, gateway, idle_ttl, distributed
     )
 
 
 def _label(check: Checker, value: object, keys: tuple[str, ...]) -> str:
     label = check.string(value, keys)
-    problem = validate.label_problem(label)
-    if problem:
-        raise check.fail(
-            keys, f"label {label!r} {problem}", "use a short printable name such as gemma-4-31b-it"
-        )
+    fix = "use a short printable name such as gemma-4-31b-it"
+    check.refuse(keys, validate.label_problem(label), f"label {label!r} ", fix)
     return label
 
 
 def _host(check: Checker, value: object, keys: tuple[str, ...]) -> str:
     host = check.string(value, keys)
-    if host in ("127.0.0.1", "::1", "localhost", "0.0.0.0"):  # noqa: S104 (validated, not bound here)
-        return host
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _HOSTNAME_RE.fullmatch(host):
-            raise check.fail(
-                keys, f"{host!r} is not an IP address or host name", 'e.g. host = "127.0.0.1"'
-            ) from None
+    if not _HOSTNAME_RE.fullmatch(host) and not is_ip(host):  # names first: no ipaddress import
+        raise check.fail(
+            keys, f"{host!r} is not an IP address or host name", 'e.g. host = "127.0.0.1"'
+        )
     return host
 
 
 def _port(check: Checker, value: object, keys: tuple[str, ...]) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise check.fail(
-            keys,
-            f"{value!r} is not a port number",
-            "use an integer from 1 to 65535, e.g. port = 8080",
-        )
-    return value
+    fix = "use an integer from 1 to 65535, e.g. port = 8080"
+    return int(check.number(value, keys, "a port number", fix, within=(0, 65536)))
 
 
 def _launch(check: Checker, value: object, keys: tuple[str, ...], base: Path) -> LaunchSpec:
     table = check.table(value, keys)
     check.known_keys(table, keys, _LAUNCH_KEYS)
+    source_fix = 'e.g. repo = "mlx-community/gemma-4-31b-it-4bit"  or  path = "./models/tiny"'
     which = check.exactly_one(
-        table,
-        keys,
-        ("repo", "path"),
-        "needs exactly one of `repo` (a Hub repo id) or `path` (a local directory)",
-        'e.g. repo = "mlx-community/gemma-4-31b-it-4bit"  or  path = "./models/tiny"',
+        table, keys, ("repo", "a Hub repo id"), ("path", "a local directory"), fix=source_fix
     )
     source: Source
     if which == "repo":
         repo = _repo(check, table["repo"], (*keys, "repo"))
         revision = check.string(table.get("revision", DEFAULT_REVISION), (*keys, "revision"))
+        fix = 'write a branch, a tag or a full 40-hex commit, e.g. revision = "main"'
         problem = validate.revision_problem(revision)
-        if problem:
-            raise check.fail(
-                (*keys, "revision"),
-                f"revision {revision!r} {problem}",
-                'write a branch, a tag or a full 40-hex commit, e.g. revision = "main"',
-            )
+        check.refuse((*keys, "revision"), problem, f"revision {revision!r} ", fix)
         source = HubSource(repo=repo, revision=revision)
     else:
         if "revision" in table:
@@ -401,16 +369,9 @@ def _launch(check: Checker, value: object, keys: tuple[str, ...], base: Path) ->
                 "a local `path` has no revision",
                 "remove `revision`, or use `repo` for a Hub source",
             )
-        written = check.string(table["path"], (*keys, "path"))
-        if not written or "\0" in written:
-            raise check.fail((*keys, "path"), "must be a non-empty directory path")
-        try:
-            expanded = Path(written).expanduser()
-        except RuntimeError:
-            raise check.fail(
-                (*keys, "path"), f"cannot expand the home directory in {written!r}"
-            ) from None
-        source = PathSource(written=written, path=(base / expanded).absolute())
+        problem = "must be a non-empty directory path"
+        written, absolute = check.local_path(table["path"], (*keys, "path"), problem, base)
+        source = PathSource(written=written, path=absolute)
     files = _files(check, table.get("files"), (*keys, "files"))
     draft = _reference(check, table.get("draft"), (*keys, "draft"))
     adapter = _reference(check, table.get("adapter"), (*keys, "adapter"))
@@ -454,9 +415,7 @@ def _files(check: Checker, value: object, keys: tuple[str, ...]) -> tuple[str, .
     patterns: list[str] = []
     for item in value:
         pattern = check.string(item, keys)
-        problem = validate.pattern_problem(pattern)
-        if problem:
-            raise check.fail(keys, f"pattern {pattern!r} {problem}")
+        check.refuse(keys, validate.pattern_problem(pattern), f"pattern {pattern!r} ")
         patterns.append(pattern)
     return tuple(patterns)
 
@@ -498,26 +457,23 @@ def _server(
 def _gateway(check: Checker, value: object, keys: tuple[str, ...]) -> GatewaySpec:
     table = check.table(value, keys)
     check.known_keys(table, keys, _GATEWAY_KEYS)
-    spec = GatewaySpec()
-    numbers: dict[str, float] = {}
-    for key in ("request_timeout", "header_timeout", "max_connections"):
+    found: dict[str, Any] = {}
+    for key in ("request_timeout", "header_timeout", "max_connections", "max_body"):
         if key not in table:
             continue
-        raw = table[key]
-        whole = key == "max_connections"
-        kinds = (int,) if whole else (int, float)
-        if isinstance(raw, bool) or not isinstance(raw, kinds) or not 0 < raw < 10**7:
-            example = "max_connections = 1000" if whole else f"{key} = 600"
-            what = "a positive integer" if whole else "a positive number of seconds"
-            raise check.fail((*keys, key), f"{raw!r} is not {what}", f"e.g. {example}")
-        numbers[key] = raw
-    max_body = _size(check, table["max_body"], (*keys, "max_body")) if "max_body" in table else None
-    return GatewaySpec(
-        request_timeout=float(numbers.get("request_timeout", spec.request_timeout)),
-        max_body=max_body if max_body is not None else spec.max_body,
-        max_connections=int(numbers.get("max_connections", spec.max_connections)),
-        header_timeout=float(numbers.get("header_timeout", spec.header_timeout)),
-    )
+        raw, where = table[key], (*keys, key)
+        if key == "max_body":
+            found[key] = _size(check, raw, where)
+        elif key == "max_connections":
+            found[key] = check.number(
+                raw, where, "a positive integer", "e.g. max_connections = 1000", (0, 10**7)
+            )
+        else:
+            seconds = "a positive number of seconds"
+            found[key] = float(
+                check.number(raw, where, seconds, f"e.g. {key} = 600", (0, 10**7), whole=False)
+            )
+    return GatewaySpec(**found)
 
 
 def _size(check: Checker, value: object, keys: tuple[str, ...]) -> int:
@@ -561,17 +517,16 @@ def _check_cross_references(
                     "every api_label and alias must be unique across the manifest",
                 )
             owner_of_label[label] = model.name
+        # A default port may be shared by models never launched together.
         endpoint = (model.host, model.port)
-        if model.name not in explicit_ports:
-            pass  # a default port may be shared by models never launched together
-        elif endpoint in owner_of_port:
+        if model.name in explicit_ports and endpoint in owner_of_port:
             raise check.fail(
                 ("models", model.name, "port"),
                 f"{model.host}:{model.port} is already the endpoint of "
                 f"model {owner_of_port[endpoint]!r}",
                 "give each model its own port",
             )
-        else:
+        if model.name in explicit_ports:
             owner_of_port[endpoint] = model.name
         for role in ("draft", "adapter"):
             target = getattr(model.launch, role)
@@ -609,14 +564,9 @@ def _serve_table(check: Checker, value: object, models: tuple[ModelSpec, ...]) -
     check.known_keys(table, keys, _SERVE_KEYS)
     max_loaded: int | None = None
     if "max_loaded" in table:
-        raw = table["max_loaded"]
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-            raise check.fail(
-                (*keys, "max_loaded"),
-                f"{raw!r} is not a positive number of servers",
-                "e.g. max_loaded = 2; leave it out for no limit",
-            )
-        max_loaded = raw
+        fix = "e.g. max_loaded = 2; leave it out for no limit"
+        where = (*keys, "max_loaded")
+        max_loaded = check.number(table["max_loaded"], where, "a positive number of servers", fix)
     budget = DEFAULT_BUDGET
     if "memory_budget" in table:
         parsed, problem = parse_budget(table["memory_budget"])
@@ -627,11 +577,12 @@ def _serve_table(check: Checker, value: object, models: tuple[ModelSpec, ...]) -
                 'e.g. memory_budget = "48GB" or "75%" (of physical memory)',
             )
         budget = parsed
-    preload_raw = table.get("preload", [])
-    if not isinstance(preload_raw, list):
-        raise check.fail(
-            (*keys, "preload"), "must be an array of model names", 'e.g. preload = ["gemma"]'
-        )
+    preload_raw = check.array(
+        table.get("preload", []),
+        (*keys, "preload"),
+        "must be an array of model names",
+        'e.g. preload = ["gemma"]',
+    )
     names = tuple(m.name for m in models)
     preload: list[str] = []
     for item in preload_raw:
@@ -688,13 +639,12 @@ def _runtime(check: Checker, value: object) -> RuntimeSpec:
             f"{specs['python']!r} has no lower bound",
             'write the oldest Python the runtime may use, e.g. python = ">=3.11"',
         )
-    raw = table.get("packages", [])
-    if not isinstance(raw, list):
-        raise check.fail(
-            (*keys, "packages"),
-            "must be an array of requirement strings",
-            'e.g. packages = ["sentencepiece>=0.2"]',
-        )
+    raw = check.array(
+        table.get("packages", []),
+        (*keys, "packages"),
+        "must be an array of requirement strings",
+        'e.g. packages = ["sentencepiece>=0.2"]',
+    )
     packages: list[str] = []
     seen = {"mlx-lm": "mlx-lm", "mlx": "mlx"}
     for item in raw:

@@ -1,10 +1,5 @@
-"""Memory sizes for `[serve] memory_budget`: bytes, "48GB", "512MiB" or "75%" of the machine;
-`parse_size` is also the one parser of every other size the manifest takes (`max_body`).
-
-Parsing is pure (`parse_budget`); a percentage becomes bytes only when a plan is made,
-against `physical_memory()` -- `os.sysconf` on Linux, `sysctl hw.memsize` on macOS --
-which callers (and tests) may replace with any number.
-"""
+"""Sizes the manifest takes (`parse_size`) and `[serve] memory_budget`: bytes, "48GB",
+"512MiB" or "75%", a share that becomes bytes only when a plan is made."""
 
 from __future__ import annotations
 

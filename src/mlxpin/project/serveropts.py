@@ -1,9 +1,5 @@
-"""The explicit table of `[models.x.server]` keys and the `mlx_lm.server` flags they become.
-
-Only these keys are accepted, so a manifest can never inject arbitrary argv. Flags that
-mlxpin controls itself (--model, --host, --port, --adapter-path, --draft-model) are not
-here on purpose.
-"""
+"""The `[models.x.server]` keys and the `mlx_lm.server` flags they become. Only these are
+accepted, so a manifest never injects argv; the flags mlxpin sets itself are left out."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Find the line on which a key of a (valid) TOML document is written.
-
-TOML parsers do not report positions of keys, but an error message must say
-`manifest.toml:12`. This scanner reads the text line by line, tracking table headers
-and multi-line strings, and maps each key path to the line where it appears. Inline
-tables and arrays map to the line of their key; `line_of` falls back to the nearest
-ancestor that was found.
-"""
+"""The line on which a key of a valid TOML document is written (tomllib gives none, but an
+error must say `manifest.toml:12`), and the nesting limits checked before tomllib runs."""
 
 from __future__ import annotations
 
@@ -110,16 +104,10 @@ _DOCUMENT_TOO_DEEP = f"TOML document nested more than {MAX_DEPTH} levels deep"
 
 
 def nesting_problem(text: str) -> NestingError | None:
-    """The first place `text` nests deeper than the limits, or None.
-
-    Depth counts containers from the root: a table header's key fragments (+1 for an
-    array of tables), a key's fragments below its table, one per array or inline table
-    that is an element of an array;
-    brackets within one value and fragments of one key are limited too. tomllib runs only
-    after this check, so it cannot run out of stack (and `remove` hands tomlkit only
-    documents within these limits). Text that is not TOML is scanned without complaint:
-    the reader then says what is wrong.
-    """
+    """The first place `text` nests deeper than the limits, or None, so tomllib (and
+    tomlkit in `remove`) cannot run out of stack. Depth counts header and key fragments
+    (+1 for an array of tables) and each array or inline table within an array. Text that
+    is not TOML passes: the reader then says what is wrong."""
     if text.count(".") + 2 * (text.count("[") + text.count("{")) + 2 <= MAX_NESTING:
         return None  # cannot nest that deep, no need to scan
     line = 1

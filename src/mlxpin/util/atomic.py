@@ -30,30 +30,34 @@ def disk_error(path: Path, exc: OSError) -> DiskError | None:
     return None
 
 
-def make_dirs(directory: Path) -> None:
-    """`mkdir -p`, with a refused write (or a file in the way) as DiskError (74)."""
+@contextlib.contextmanager
+def refused_as_disk_error(path: Path) -> Iterator[None]:
+    """An OSError the disk answers to a write (see `disk_error`) becomes DiskError (74)."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise DiskError(directory, "a file, not a directory, is in the way") from None
+        yield
     except OSError as exc:
-        error = disk_error(directory, exc)
+        error = disk_error(path, exc)
         if error is None:
             raise
         raise error from None
 
 
+def make_dirs(directory: Path) -> None:
+    """`mkdir -p`, with a refused write (or a file in the way) as DiskError (74)."""
+    try:
+        with refused_as_disk_error(directory):
+            directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DiskError(directory, "a file, not a directory, is in the way") from None
+
+
 def fsync_dir(directory: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def temp_name(path: Path) -> Path:
@@ -64,20 +68,18 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Readers see the old bytes or the new bytes, never a mix, even after a crash."""
     make_dirs(path.parent)
     tmp = temp_name(path)
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        error = disk_error(path, exc)
-        if error is None:
+    with refused_as_disk_error(path):
+        try:
+            with open(tmp, "xb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
             raise
-        raise error from None
     fsync_dir(path.parent)
 
 
@@ -105,14 +107,10 @@ def hold_mutex(mutex_path: Path, timeout_s: float = 600.0, mode: int = 0o644) ->
             mutex_path.unlink()  # the link, never its target
     mutex = filelock.FileLock(str(mutex_path), mode=mode)
     try:
-        mutex.acquire(timeout=timeout_s)
+        with refused_as_disk_error(mutex_path):
+            mutex.acquire(timeout=timeout_s)
     except filelock.Timeout:
         raise LockBusyError(mutex_path, timeout_s) from None
-    except OSError as exc:
-        error = disk_error(mutex_path, exc)
-        if error is None:
-            raise
-        raise error from None
     try:
         yield
     finally:

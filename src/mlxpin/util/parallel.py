@@ -1,10 +1,6 @@
-"""Thread pools that stop promptly on Ctrl-C, for downloads, hashing and Hub look-ups.
-
-Stopping is explicit: a command makes one `CancelToken`, passes it to `run_parallel` and
-to every worker; on Ctrl-C the pool cancels the token and the workers stop at their next
-chunk or retry pause (`raise_if_cancelled`, `wait`). There is no module-wide flag, so one
-command's interruption never leaks into the next.
-"""
+"""Thread pools that stop promptly on Ctrl-C: one `CancelToken` per command (never a
+module-wide flag, so an interruption never leaks into the next command), which workers
+check at each chunk or retry pause."""
 
 from __future__ import annotations
 

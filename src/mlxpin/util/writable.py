@@ -1,10 +1,5 @@
 """Refuse early, with exit 74, a directory this process will have to write but cannot.
-
-The check has no side effects (a dry run may call it): it finds the nearest existing
-ancestor of the directory and asks whether this process could create entries in it.
-It binds root too where root is bound: a read-only file system, or a regular file
-where a directory must be.
-"""
+No side effects (a dry run may call it): it asks the nearest existing ancestor."""
 
 from __future__ import annotations
 
