@@ -279,6 +279,20 @@ def ps(p: Parser) -> None:
     handler(p, "serveboot:ps_command")
 
 
+def logs(p: Parser) -> None:
+    """Print a model server's own output (<state dir>/logs/models/NAME.log, rotated).
+
+    `launch` and `serve` write it, and copy each line to their own stderr as `[label] ...`.
+    """
+    p.add_argument("name", help="The model's name in the manifest.")
+    p.add_argument("--follow", "-f", action="store_true", help="Keep printing new lines.")
+    p.add_argument(
+        "-n", "--lines", type=number(int, 0), default=50, help="Lines to print first (default: 50)."
+    )
+    shared(p, ("manifest",))
+    handler(p, "serveboot:logs_command")
+
+
 def export(p: Parser) -> None:
     """Write the named models' locks and verified files as one bundle (an uncompressed tar).
 
@@ -502,6 +516,7 @@ VERBS: dict[str, Declare] = {
     "launch": launch,
     "serve": serve,
     "ps": ps,
+    "logs": logs,
     "export": export,
     "import": import_,
     "mirror": mirror,
