@@ -103,6 +103,16 @@ def number(kind: type[int] | type[float], least: float, most: float | None = Non
     return parse
 
 
+def progress(p: Parser) -> None:
+    p.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines", "json"),
+        default="auto",
+        help="How long work reports progress on stderr: a bar (auto on a terminal), a line "
+        "every 2 s (auto when piped), or JSON events (one object a line).",
+    )
+
+
 def names(p: Parser, text: str = "Model names from the manifest (default: all).") -> None:
     p.add_argument("names", nargs="*", help=text)
 
@@ -164,6 +174,7 @@ def fetch(p: Parser) -> None:
         help="Also prepare every other host of a distributed model over ssh "
         "(this host's lock and verified bytes are sent; the host verifies them).",
     )
+    progress(p)
     shared(p)
     handler(p, "store:fetch_command")
 
@@ -306,6 +317,7 @@ def export(p: Parser) -> None:
         required=True,
         help="Bundle file to write, or - for stdout (e.g. `-o - | ssh mac2 mlxpin import -`).",
     )
+    progress(p)
     shared(p)
     handler(p, "transfer:export_command")
 
@@ -323,6 +335,7 @@ def import_(p: Parser) -> None:
         help="Adopt the bundle's lock files where this project has none.",
     )
     shared(p)
+    progress(p)
     handler(p, "transfer:import_command")
 
 
