@@ -145,7 +145,7 @@ Options = TypeVar("Options", bound=Common)
 
 def options_from(args: Namespace, kind: type[Options]) -> Options:
     """The parsed arguments as ``kind`` (every field of it is an argument)."""
-    return kind(**{f.name: getattr(args, f.name) for f in fields(kind)})
+    return kind(**{f.name: getattr(args, f.name, f.default) for f in fields(kind)})
 
 
 def launch_command(args: Namespace, common: Common) -> int:

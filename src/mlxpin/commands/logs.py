@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlxpin.config import Settings
-from mlxpin.errors import NoInputError
+from mlxpin.errors import NoInputError, Run
 from mlxpin.plan.launch import model_log
 from mlxpin.util.logtail import read_from, tail
 
@@ -32,8 +32,8 @@ def show_log(
     except FileNotFoundError:
         raise NoInputError(
             f"{name}: no model log at {path}",
-            "the log is written once `mlxpin launch` or `mlxpin serve` starts the model; "
-            "check the model name (not its api_label)",
+            f"it is written once {Run.of('launch', name)} or {Run.of('serve')} starts the "
+            "model; name the model as the manifest does (not its api_label)",
         ) from None
     write(data)
     while follow:
