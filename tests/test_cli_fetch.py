@@ -804,3 +804,47 @@ def test_refs_follow_the_pin_and_gc_leaves_no_dangling_ref(
     assert refs == {"main": new, f"mlxpin/tiny/{new}": new}
     assert not (cache(project) / "refs" / "mlxpin" / "tiny" / old).exists()
     assert project.run("launch", "--dry-run").returncode == 0
+
+
+def test_a_piped_fetch_prints_progress_lines(hub: HubServer, project: Project) -> None:
+    """stderr is a pipe: a line every 2 s (bytes, rate, ETA) instead of nothing."""
+    locked(hub, project, big=100 * 1000 * 1000)
+    hub.throttle_bps = 1.5 * 1024 * 1024  # per connection: ~8 s over 8 connections
+    try:
+        result = project.run("fetch", "--connections", "8")
+    finally:
+        hub.throttle_bps = None
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tiny: ")]
+    assert len(lines) >= 3, result.stderr
+    assert "/s, ETA " in lines[0]
+    assert lines[-1].endswith("done")
+
+
+def test_progress_json_events() -> None:
+    import io
+    from contextlib import redirect_stderr
+
+    from mlxpin.cli.store import LineProgress
+
+    now = [0.0]
+    progress = LineProgress("tiny", as_json=True)
+    progress.clock = lambda: now[0]
+    progress.started = progress.last = 0.0
+    progress.add_total(300)
+    err = io.StringIO()
+    with redirect_stderr(err):
+        for _ in range(3):
+            now[0] += 2.5
+            progress.advance(100)
+        progress.close()
+    events = [json.loads(line) for line in err.getvalue().splitlines()]
+    assert [e["event"] for e in events] == ["progress"] * 3 + ["done"]
+    assert events[0] == {
+        "event": "progress",
+        "label": "tiny",
+        "bytes": 100,
+        "total": 300,
+        "rate": 40,
+        "eta_s": 5.0,
+    }

@@ -54,6 +54,7 @@ ENTRY_POINTS = {"entry", "__main__", "__init__"}
 ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {
     "huggingface_hub": ("hub",),
     "aiohttp": ("gateway", "mirror", "supervise"),
+    "prometheus_client": ("supervise",),
 }
 
 

@@ -103,6 +103,16 @@ def number(kind: type[int] | type[float], least: float, most: float | None = Non
     return parse
 
 
+def progress(p: Parser) -> None:
+    p.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines", "json"),
+        default="auto",
+        help="How long work reports progress on stderr: a bar (auto on a terminal), a line "
+        "every 2 s (auto when piped), or JSON events (one object a line).",
+    )
+
+
 def names(p: Parser, text: str = "Model names from the manifest (default: all).") -> None:
     p.add_argument("names", nargs="*", help=text)
 
@@ -164,6 +174,7 @@ def fetch(p: Parser) -> None:
         help="Also prepare every other host of a distributed model over ssh "
         "(this host's lock and verified bytes are sent; the host verifies them).",
     )
+    progress(p)
     shared(p)
     handler(p, "store:fetch_command")
 
@@ -279,6 +290,20 @@ def ps(p: Parser) -> None:
     handler(p, "serveboot:ps_command")
 
 
+def logs(p: Parser) -> None:
+    """Print a model server's own output (<state dir>/logs/models/NAME.log, rotated).
+
+    `launch` and `serve` write it, and copy each line to their own stderr as `[label] ...`.
+    """
+    p.add_argument("name", help="The model's name in the manifest.")
+    p.add_argument("--follow", "-f", action="store_true", help="Keep printing new lines.")
+    p.add_argument(
+        "-n", "--lines", type=number(int, 0), default=50, help="Lines to print first (default: 50)."
+    )
+    shared(p, ("manifest",))
+    handler(p, "serveboot:logs_command")
+
+
 def export(p: Parser) -> None:
     """Write the named models' locks and verified files as one bundle (an uncompressed tar).
 
@@ -292,6 +317,7 @@ def export(p: Parser) -> None:
         required=True,
         help="Bundle file to write, or - for stdout (e.g. `-o - | ssh mac2 mlxpin import -`).",
     )
+    progress(p)
     shared(p)
     handler(p, "transfer:export_command")
 
@@ -309,6 +335,7 @@ def import_(p: Parser) -> None:
         help="Adopt the bundle's lock files where this project has none.",
     )
     shared(p)
+    progress(p)
     handler(p, "transfer:import_command")
 
 
@@ -502,6 +529,7 @@ VERBS: dict[str, Declare] = {
     "launch": launch,
     "serve": serve,
     "ps": ps,
+    "logs": logs,
     "export": export,
     "import": import_,
     "mirror": mirror,

@@ -8,7 +8,7 @@ import shlex
 from argparse import Namespace
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlxpin.cli.output import CommandExit, Common, Output, run_guarded
 from mlxpin.cli.render import human_size, share_text, short_commit
@@ -145,7 +145,8 @@ Options = TypeVar("Options", bound=Common)
 
 def options_from(args: Namespace, kind: type[Options]) -> Options:
     """The parsed arguments as ``kind`` (every field of it is an argument)."""
-    return kind(**{f.name: getattr(args, f.name) for f in fields(kind)})
+    given: dict[str, Any] = {f.name: getattr(args, f.name, f.default) for f in fields(kind)}
+    return kind(**given)
 
 
 def launch_command(args: Namespace, common: Common) -> int:

@@ -75,6 +75,7 @@ class Common:
     as_json: bool = False
     quiet: bool = False
     verbose: bool = False
+    progress: str | None = None  # --progress, for verbs with long work
 
     def settings(self) -> Settings:
         return settings_for(self.manifest, self.lock_dir, self.cache_dir)

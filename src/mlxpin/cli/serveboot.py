@@ -93,6 +93,20 @@ def ps_command(args: Namespace, common: Common) -> None:
     out.result(status)
 
 
+def logs_command(args: Namespace, common: Common) -> None:
+    import contextlib
+    import sys
+
+    from mlxpin.commands.logs import show_log
+
+    def write(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        show_log(common.settings(), args.name, args.lines, write, follow=args.follow)
+
+
 def ps_table(status: dict[str, Any]) -> str:
     import time
 

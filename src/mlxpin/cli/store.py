@@ -20,10 +20,19 @@ class BarProgress:
     """A tqdm bar on stderr, thread-safe (tqdm locks internally)."""
 
     def __init__(self, label: str) -> None:
+        import shutil
+
         from tqdm import tqdm
 
+        width = None if shutil.get_terminal_size().columns > 0 else 80  # a 0-column tty
         self._bar = tqdm(
-            total=0, unit="B", unit_scale=True, unit_divisor=1000, desc=label, file=sys.stderr
+            total=0,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1000,
+            desc=label,
+            file=sys.stderr,
+            ncols=width,
         )
 
     def add_total(self, nbytes: int) -> None:
@@ -37,19 +46,79 @@ class BarProgress:
         self._bar.close()
 
 
+class LineProgress:
+    """Piped stderr: a line (or a JSON event) every INTERVAL_S while bytes move, and a
+    last one at the end -- only for work that lasted that long, so quick jobs stay quiet."""
+
+    INTERVAL_S = 2.0
+
+    def __init__(self, label: str, as_json: bool) -> None:
+        import threading
+        import time
+
+        self.label, self.as_json, self.clock = label, as_json, time.monotonic
+        self.total = self.done = 0
+        self.started = self.last = self.clock()
+        self.lines = 0
+        self.lock = threading.Lock()
+
+    def add_total(self, nbytes: int) -> None:
+        with self.lock:
+            self.total += nbytes
+
+    def advance(self, nbytes: int) -> None:
+        with self.lock:
+            self.done += nbytes
+            now = self.clock()
+            if now - self.last >= self.INTERVAL_S:
+                self.last = now
+                self._emit(now, final=False)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.lines > 0:
+                self._emit(self.clock(), final=True)
+                self.lines = -1  # closed: once
+
+    def _emit(self, now: float, *, final: bool) -> None:
+        self.lines += 1
+        rate = self.done / max(now - self.started, 1e-6)
+        eta = max(self.total - self.done, 0) / rate if rate > 0 else None
+        if self.as_json:
+            import json
+
+            event = {
+                "event": "done" if final else "progress",
+                "label": self.label,
+                "bytes": self.done,
+                "total": self.total,
+                "rate": round(rate),
+                "eta_s": None if eta is None else round(eta, 1),
+            }
+            print(json.dumps(event), file=sys.stderr, flush=True)
+            return
+        percent = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        tail = "done" if final else f"ETA {'?' if eta is None else f'{eta:.0f} s'}"
+        print(
+            f"{self.label}: {human_size(self.done)} of {human_size(self.total)}{percent}, "
+            f"{human_size(round(rate))}/s, {tail}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 class Bars:
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bars: list[BarProgress] = []
+    def __init__(self, mode: str) -> None:
+        self.mode = mode  # bar | lines | json | off
+        self.bars: list[BarProgress | LineProgress] = []
 
     def __call__(self, label: str) -> Progress:
         from mlxpin.store.fetch import NoProgress
 
-        if not self.enabled:
+        if self.mode == "off":
             return NoProgress()
-        for bar in self.bars:
-            bar.close()
-        bar = BarProgress(label)
+        self.close()
+        bar = BarProgress(label) if self.mode == "bar" else LineProgress(label, self.mode == "json")
         self.bars.append(bar)
         return bar
 
@@ -58,8 +127,12 @@ class Bars:
             bar.close()
 
 
-def bars_for(as_json: bool, quiet: bool) -> Bars:
-    return Bars(sys.stderr.isatty() and not as_json and not quiet)
+def bars_for(as_json: bool, quiet: bool, mode: str | None = None) -> Bars:
+    """--progress: given, as it says; else a bar on a terminal, lines when piped, and
+    nothing with --json or -q."""
+    if mode in (None, "auto"):
+        mode = "off" if as_json or quiet else "bar" if sys.stderr.isatty() else "lines"
+    return Bars(mode)
 
 
 def fetch_command(args: Namespace, common: Common) -> None:
@@ -70,7 +143,7 @@ def fetch_command(args: Namespace, common: Common) -> None:
     names = args.names
     if args.connections is not None:
         settings = dataclasses.replace(settings, fetch_connections=str(args.connections))
-    bars = bars_for(common.as_json, common.quiet)
+    bars = bars_for(common.as_json, common.quiet, common.progress)
     try:
         result = fetch_cmd.fetch(settings, names, bars, runtime_report=out.note)
     finally:
@@ -124,7 +197,7 @@ def verify_command(args: Namespace, common: Common) -> None:
 
     out = common.output()
     settings = common.settings()
-    bars = bars_for(common.as_json, common.quiet)
+    bars = bars_for(common.as_json, common.quiet, common.progress)
     try:
         result = fetch_cmd.verify(settings, args.names, bars)
     finally:

@@ -26,7 +26,7 @@ def export_command(args: Namespace, common: Common) -> None:
     # With -o -, stdout carries the bundle: every message goes to stderr.
     out = Output(as_json, quiet or to_stdout)
     settings = common.settings()
-    bars = bars_for(as_json, quiet)
+    bars = bars_for(as_json, quiet, common.progress)
     try:
         result = transfer.export(
             settings,
@@ -53,7 +53,7 @@ def import_command(args: Namespace, common: Common) -> None:
 
     out = common.output()
     settings = common.settings()
-    bars = bars_for(common.as_json, common.quiet)
+    bars = bars_for(common.as_json, common.quiet, common.progress)
     try:
         result = transfer.import_(
             settings,

@@ -27,6 +27,7 @@ from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Backends, Lease, Route, Unavailable, Upstream
 from mlxpin.gateway.checks import check_request
 from mlxpin.gateway.listener import LimitedRunner, ListenerLimits
+from mlxpin.gateway.observe import Exchange
 from mlxpin.gateway.rewrite import Rewriter, SseRelay, rewrite_json
 from mlxpin.gateway.routing import RoutingTable
 from mlxpin.gateway.upstream import CHAT_PATH, COMPLETIONS_PATH, classify_failure, connector, url_of
@@ -59,6 +60,8 @@ _MALFORMED: Final = ApiError(
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The request's :class:`Exchange`, when someone observes them.
+EXCHANGE: Final = "mlxpin.exchange"
 
 
 def compact_dumps(obj: object) -> str:
@@ -98,9 +101,18 @@ class Gateway:
     """The aiohttp application over a :class:`Backends` (see the module docstring)."""
 
     def __init__(
-        self, backends: Backends, *, api_key: str | None = None, connect_timeout_s: float = 5.0
+        self,
+        backends: Backends,
+        *,
+        api_key: str | None = None,
+        connect_timeout_s: float = 5.0,
+        on_exchange: Callable[[Exchange], None] | None = None,
     ) -> None:
         self.backends = backends
+        self.on_exchange = on_exchange
+        #: Paths open without the key; ``allow`` decides the others' other ways in.
+        self.public_paths: set[str] = {HEALTH_PATH}
+        self.allow: Callable[[web.Request], bool] = lambda _request: False
         self.table = RoutingTable(backends.routes())
         self.connect_timeout_s = connect_timeout_s
         self.expected_auth = None if api_key is None else ("Bearer " + api_key).encode("utf-8")
@@ -128,8 +140,13 @@ class Gateway:
             for session in sessions:
                 await session.close()
 
-    def _authorized(self, request: web.Request) -> bool:
-        if self.expected_auth is None or request.path == HEALTH_PATH:
+    def authorized(self, request: web.Request) -> bool:
+        if self.expected_auth is None or request.path in self.public_paths:
+            return True
+        return self.bearer_ok(request) or self.allow(request)
+
+    def bearer_ok(self, request: web.Request) -> bool:
+        if self.expected_auth is None:
             return True
         got = request.headers.get("Authorization", "")
         # The scheme is case-insensitive (RFC 7235); the key is compared in constant time.
@@ -140,9 +157,12 @@ class Gateway:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
+        exchange: Exchange | None = None
+        if self.on_exchange is not None and request.path in (CHAT_PATH, COMPLETIONS_PATH):
+            exchange = request[EXCHANGE] = Exchange(request.path, started)
         response: web.StreamResponse
         try:
-            if self._authorized(request):
+            if self.authorized(request):
                 response = await handler(request)
             else:
                 response = api_error_response(_UNAUTHORIZED)
@@ -151,6 +171,10 @@ class Gateway:
         except Exception:  # a bug of ours: log it, never show it
             log.exception("internal error on %s %s", request.method, request.path)
             response = api_error_response(ApiError(500, "Internal gateway error", "internal_error"))
+        if exchange is not None and self.on_exchange is not None:
+            exchange.status = response.status
+            exchange.duration_s = time.perf_counter() - started
+            self.on_exchange(exchange)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s %s -> %d in %.1f ms",
@@ -189,6 +213,9 @@ class Gateway:
         if isinstance(checked, ApiError):
             return api_error_response(checked)
         route, body = checked
+        exchange: Exchange | None = request.get(EXCHANGE)
+        if exchange is not None:
+            exchange.label, exchange.stream = route.api_label, body.get("stream") is True
         try:
             lease = await self.backends.acquire(route.api_label)
         except Unavailable as exc:
@@ -240,7 +267,11 @@ class Gateway:
             ) as answer:
                 if answer.content_type == _SSE_CT:
                     return await self._relay_sse(request, answer, lease)
-                return await self._relay_json(answer, lease)
+                response = await self._relay_json(answer, lease)
+                exchange: Exchange | None = request.get(EXCHANGE)
+                if exchange is not None and answer.status == 200 and response.body:
+                    exchange.json_body(response.body)  # type: ignore[arg-type]
+                return response
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = classify_failure(exc)
             log.warning(
@@ -277,6 +308,7 @@ class Gateway:
             on_done=lease.completed if answer.status == 200 else None,
         )
         failure: BaseException | None = None
+        exchange: Exchange | None = request.get(EXCHANGE)
         try:
             await response.prepare(request)
             try:
@@ -284,6 +316,11 @@ class Gateway:
                     out = relay.feed(chunk)
                     if out:
                         await response.write(out)
+                        if exchange is not None:
+                            if exchange.first_byte is None:
+                                exchange.first_byte = time.perf_counter()
+                            if b'"usage"' in out:
+                                exchange.sse_block(out)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failure = exc
             tail = relay.finish()

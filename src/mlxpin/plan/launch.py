@@ -95,6 +95,7 @@ class LaunchPlan(ModelIdentity):
     reachable only by this user; False: on a loopback port (``argv``)."""
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     runtime: ServerRuntime | None = None  # which interpreter, mlx-lm and mlx will run
+    log_file: Path | None = None  # the server's own output (rotated); None: inherit stderr
 
     @property
     def api_key_required(self) -> bool:
@@ -278,4 +279,10 @@ def model_plan(
         private_socket=runtime.command[-1] == UNIX_SERVER_MODULE,  # else a loopback port
         gateway=spec.gateway,
         runtime=runtime,
+        log_file=model_log(settings.state_dir, spec.name),
     )
+
+
+def model_log(state_dir: Path, name: str) -> Path:
+    """Where a model server's own output goes (``logs/NAME.log`` is a service's)."""
+    return state_dir / "logs" / "models" / f"{name}.log"

@@ -60,9 +60,13 @@ class Slot:
         self.process: ServerProcess | None = None
         self.health = GatewayState()  # epochs: a late answer from an old start proves nothing
         self.in_flight = 0
+        self.queued = 0  # of in_flight: client requests waiting for it to be ready
         self.last_used = 0.0  # monotonic
         self.last_used_wall: float | None = None
         self.restarts = 0
+        self.starts = 0  # spawns; their durations until ready, for /metrics:
+        self.start_seconds: list[float] = []
+        self.evictions = {"room": 0, "idle": 0, "unload": 0}
         self.budget = RestartBudget(policy)
         self.started_at = 0.0
         self.not_before = 0.0  # monotonic time before which it is not restarted
@@ -162,11 +166,14 @@ class Pool:
     async def acquire(self, label: str) -> Lease:
         slot = self.by_label[label]
         slot.in_flight += 1  # from now on it is never evicted under this request
+        slot.queued += 1
         try:
             await self.ensure_ready(slot, self.plan.start_timeout)
         except BaseException:
             self.leave(slot)
             raise
+        finally:
+            slot.queued -= 1
         # The slot's in_flight was raised above; the lease gives it back.
         return Lease(slot.upstream(), slot.health, lambda: self.leave(slot))
 
@@ -282,6 +289,7 @@ class Pool:
                 if isinstance(decision, Evict):
                     for name in decision.names:
                         log.info("%s: stopping idle %s to make room", slot.name, name)
+                        self.slots[name].evictions["room"] += 1
                     await asyncio.gather(*(self.stop(self.slots[n]) for n in decision.names))
                     continue
                 if isinstance(decision, Refuse):
@@ -319,6 +327,7 @@ class Pool:
         slot.process = process
         slot.stopping_by_us = False
         slot.started_at = time.monotonic()
+        slot.starts += 1
         await process.start()
         self.notify()  # spawned (begin() waits for the preloaded ones)
         exited: asyncio.Future[Any] = asyncio.ensure_future(process.wait())
@@ -337,6 +346,7 @@ class Pool:
                 else "mlx_lm.server did not answer its warm-up"
             )
         slot.state = "ready"
+        slot.start_seconds.append(time.monotonic() - slot.started_at)
         slot.touch()
         log.info("%s: ready: a warm-up completion succeeded (pid %d)", slot.name, process.pid)
         slot.watcher = asyncio.create_task(self._watch(slot, process, exited))
@@ -428,6 +438,7 @@ class Pool:
             if slot.state in ("stopped", "failed"):
                 return
             if slot.state == "ready" and slot.in_flight == 0:
+                slot.evictions["unload"] += 1
                 await self.stop(slot)
                 return
             await self.wait_change(1.0)
@@ -477,6 +488,7 @@ class Pool:
                 slot = self.slots[name]
                 if slot.view().evictable:
                     log.info("%s: idle for %.0f s: stopping", name, ttl[name])
+                    slot.evictions["idle"] += 1
                     await self.stop(slot)
             wait = next_expiry([s.view() for s in self.slots.values()], time.monotonic(), ttl)
             await self.wait_change(None if wait is None else wait + 0.01)

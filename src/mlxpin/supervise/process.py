@@ -43,6 +43,9 @@ class ServerSpec:
     cwd: Path
     model: str
     """The exact --model string (recognises a leftover server of the same snapshot)."""
+    log_file: Path | None = None
+    """Where its output also goes (rotated), each line copied to our stderr as ``[label]``."""
+    label: str = ""
 
     @property
     def pidfile(self) -> Path:
@@ -69,6 +72,7 @@ class ServerProcess:
         self.spec = spec
         self.stop_timeout_s = stop_timeout_s
         self.process: asyncio.subprocess.Process | None = None
+        self.pump: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
@@ -87,18 +91,30 @@ class ServerProcess:
         shutil.rmtree(spec.cwd, ignore_errors=True)
         spec.cwd.mkdir(parents=True, exist_ok=True)
         self.announce()
+        piped = spec.log_file is not None
         self.process = await asyncio.create_subprocess_exec(
             *spec.argv,
             cwd=spec.cwd,
             env=dict(spec.env),
             stdin=self.stdin,
+            stdout=asyncio.subprocess.PIPE if piped else None,
+            stderr=asyncio.subprocess.STDOUT if piped else None,
             preexec_fn=_die_with_parent,
         )
         self.pidfile.write_text(str(self.process.pid))
+        if piped and self.process.stdout is not None:
+            assert spec.log_file is not None
+            self.pump = asyncio.create_task(
+                pump_output(self.process.stdout, spec.log_file, spec.label or spec.name)
+            )
 
     async def wait(self) -> int:
         assert self.process is not None
-        return await self.process.wait()
+        code = await self.process.wait()
+        if self.pump is not None:  # its last lines, before anyone reports the exit
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.pump), 1.0)
+        return code
 
     async def stop(self) -> None:
         """SIGTERM to its process group, SIGKILL after the timeout."""
@@ -116,6 +132,44 @@ class ServerProcess:
 
     def forget(self) -> None:
         self.pidfile.unlink(missing_ok=True)
+
+
+#: A model log is rotated at this size, keeping this many old files (NAME.log.1, ...).
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+
+
+async def pump_output(stream: asyncio.StreamReader, path: Path, label: str) -> None:
+    """Copy a server's output line by line to its rotating ``path`` and, prefixed with
+    ``[label]``, to our stderr (the combined stream a service unit logs)."""
+    from logging.handlers import RotatingFileHandler
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler: RotatingFileHandler | None = RotatingFileHandler(
+            path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+        )
+    except OSError as exc:
+        log.warning("%s: cannot write its log %s: %s", label, path, exc)
+        handler = None
+    prefix, rest = f"[{label}] ", b""
+
+    def emit(lines: list[bytes]) -> None:
+        for line in filter(None, lines):
+            text = line.decode("utf-8", "replace")
+            if handler is not None:
+                handler.emit(logging.makeLogRecord({"msg": text}))
+            sys.stderr.write(prefix + text + "\n")
+        sys.stderr.flush()
+
+    try:
+        while chunk := await stream.read(65536):  # not readline: a \r-only bar has no end
+            *lines, rest = (rest + chunk).replace(b"\r", b"\n").split(b"\n")
+            emit(lines)
+        emit([rest])
+    finally:
+        if handler is not None:
+            handler.close()
 
 
 Attempt = Callable[[float], Awaitable[str]]

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from mlxpin.config import is_true
 from mlxpin.errors import PortInUseError
 from mlxpin.gateway.addresses import bind_public, raise_open_files_limit
 from mlxpin.gateway.aio import import_aiohttp
@@ -28,23 +29,32 @@ if TYPE_CHECKING:  # aiohttp is imported once the preloaded servers are spawned
 
     from mlxpin.gateway.app import Gateway
     from mlxpin.plan.distributed import DistributedPlan
+    from mlxpin.supervise.console import Console
 
 log = logging.getLogger("mlxpin.serve")
 
 STATUS_PATH = "/mlxpin/status"
+#: Set (1/true/yes): `GET /metrics` needs no API key, so a scraper can do without it.
+METRICS_PUBLIC = "MLXPIN_METRICS_PUBLIC"
 MODEL_ACTION_PATH = "/mlxpin/models/{label}/{action}"
 
 
-def pool_app(gateway: Gateway, pool: Pool, *, operator: bool = True) -> web.Application:
-    """The gateway's application plus the pool's status route and (``operator``) its
-    load/unload routes."""
+def pool_app(
+    gateway: Gateway, pool: Pool, *, operator: bool = True, console: Console | None = None
+) -> web.Application:
+    """The gateway's application plus the pool's status route, (``operator``) its
+    load/unload routes and (``console``) metrics, the status page and logs."""
     from aiohttp import web
 
     from mlxpin.gateway.app import api_error_response, compact_dumps
+    from mlxpin.supervise.console import OPERATOR, status_json
 
     app = gateway.app()
+    app[OPERATOR] = operator
 
-    async def status(_request: web.Request) -> web.Response:
+    async def status(request: web.Request) -> web.Response:
+        if console is not None and request.query.get("detail") == "1":
+            return web.json_response(text=status_json(console, operator))
         return web.json_response(dict(pool.status()), dumps=compact_dumps)
 
     async def action(request: web.Request) -> web.StreamResponse:
@@ -68,6 +78,8 @@ def pool_app(gateway: Gateway, pool: Pool, *, operator: bool = True) -> web.Appl
         return web.json_response({"ok": True, "model": slot.status()}, dumps=compact_dumps)
 
     app.router.add_get(STATUS_PATH, status)
+    if console is not None:
+        console.routes(app)
     if operator:
         app.router.add_post(MODEL_ACTION_PATH, action)
     return app
@@ -100,10 +112,13 @@ async def run_pool(
         import_aiohttp()
         from mlxpin.gateway.app import Gateway, serve
         from mlxpin.gateway.listener import ListenerLimits
+        from mlxpin.supervise.console import Console
 
         gateway = Gateway(pool, api_key=plan.api_key)
+        public = is_true(environ.get(METRICS_PUBLIC))
+        console = Console(gateway, pool, plan.api_key, metrics_public=public)
         limits = ListenerLimits(plan.max_connections, plan.header_timeout)
-        app = pool_app(gateway, pool, operator=launched is None)
+        app = pool_app(gateway, pool, operator=launched is None, console=console)
         runner = await serve(app, plan.host, plan.port, limits, sockets=listeners)
         _log_listening(plan)
         await stopping.wait()

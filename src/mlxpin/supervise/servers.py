@@ -79,7 +79,13 @@ class SingleServer:
             url = f"http://{launch.private_host}:{port}"
             argv = launch.argv(port)
         self.spec = ServerSpec(
-            launch.name, tuple(argv), launch.environment(environ), launch.cwd, launch.upstream_model
+            launch.name,
+            tuple(argv),
+            launch.environment(environ),
+            launch.cwd,
+            launch.upstream_model,
+            launch.log_file,
+            launch.api_label,
         )
         self.upstream = Upstream(launch.api_label, launch.upstream_model, url, socket_path)
 
