@@ -79,9 +79,9 @@ def run_uv(
     on_line: Callable[[str], None] | None = None,
     manifest: Path | None = None,
 ) -> None:
-    """Run `uv ARGS`; a failure becomes the typed error its message says it is.
-    Each line uv writes to stderr also goes to `on_line` as it comes (progress)."""
-    argv = [find_uv(), *args]
+    """Run `uv ARGS --color never`; a failure becomes the typed error its message says it
+    is. Each line uv writes to stderr also goes to `on_line` as it comes (progress)."""
+    argv = [find_uv(), *args, "--color", "never"]
     env = uv_environment(environ)
     lines: list[str] = []
     try:
