@@ -65,11 +65,6 @@ def uv_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def index_of(environ: Mapping[str, str]) -> str:
-    env = uv_environment(environ)
-    return env.get("UV_INDEX_URL") or env.get("UV_DEFAULT_INDEX") or "uv's default index (PyPI)"
-
-
 def run_uv(
     args: Sequence[str],
     environ: Mapping[str, str],
@@ -103,7 +98,8 @@ def run_uv(
     except OSError as exc:
         raise ResolverUnavailableError(f"cannot run uv ({exc.strerror})") from None
     if code != 0:
-        raise classify("".join(lines), what, index_of(environ), manifest)
+        index = env.get("UV_INDEX_URL") or env.get("UV_DEFAULT_INDEX")
+        raise classify("".join(lines), what, index or "uv's default index (PyPI)", manifest)
 
 
 def _tail(text: str, lines: int = 6) -> str:
