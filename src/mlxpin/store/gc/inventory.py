@@ -164,7 +164,6 @@ def _scan_views(layout: StoreLayout) -> tuple[list[ViewOnDisk], list[LeftoverOnD
             views[name] = (path, views.get(name, (None, None))[1])
     result = [
         ViewOnDisk(
-            key,
             view,
             stamp,
             (tree_size(view) + _lstat_size(view) if view else 0)
