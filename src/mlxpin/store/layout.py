@@ -297,16 +297,10 @@ def check_stamp(
     in_this_cache: bool = False,
     need: frozenset[str] | None = None,
 ) -> StampCheck:
-    """Stat-only: is the view present, exactly the lock's files, and unchanged since it
-    was verified?
-
-    With `in_this_cache`, the view must also point into this layout's cache (fetch wants
-    the files where HF_HUB_CACHE/--cache-dir says; launch only needs them verified).
-
-    A subset stamp (the files of a host's pipeline ranks, `mlxpin.store.subset`) lists
-    only some of the lock's files; it passes only when `need` (paths of the lock) is
-    given and it holds all of them. Every file the view holds is checked either way.
-    """
+    """Stat-only: is the view present, exactly the lock's files, unchanged since verified?
+    `in_this_cache`: it must also point into this layout's cache (fetch wants the files
+    where HF_HUB_CACHE says; launch only needs them verified). A subset stamp
+    (`mlxpin.store.subset`) passes only when it holds every path of `need`."""
     view = layout.view(lock)
     try:
         raw = layout.stamp(lock).read_bytes()

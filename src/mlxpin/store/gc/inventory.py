@@ -1,9 +1,5 @@
 """What `mlxpin gc` finds on disk: the live lock dirs and what they pin, and an inventory
-of the store and the Hub cache (see `mlxpin.store.gc.plan` for what becomes garbage).
-
-Scanning reads directory listings, stats and the small verification records; it never
-hashes and never writes.
-"""
+of the store and the Hub cache (listings, stats and records; it never hashes or writes)."""
 
 from __future__ import annotations
 
