@@ -52,22 +52,13 @@ def plan_mirror(
             "a mirror serves Hub repos; carry local models with "
             + Run.of("export", "NAME", "--output", "FILE"),
         )
-    models = []
-    for lock in served:
-        check = check_stamp(layout, lock)
-        assert lock.original.repo is not None and lock.commit is not None
-        models.append(
-            MirrorModel(lock.name, lock.original.repo, lock.commit, check.ok, check.problem)
-        )
-    config = MirrorConfig(
-        host=host,
-        port=port,
-        layout=layout,
-        locks=served,
-        api_key=read_api_key(environ),
-        max_transfers=max_transfers,
+    models = tuple(
+        MirrorModel(lock.name, str(lock.original.repo), str(lock.commit), check.ok, check.problem)
+        for lock in served
+        for check in [check_stamp(layout, lock)]
     )
-    return MirrorPlan(config, tuple(models))
+    config = MirrorConfig(host, port, layout, served, read_api_key(environ), max_transfers)
+    return MirrorPlan(config, models)
 
 
 def run_mirror(plan: MirrorPlan, on_ready: Callable[[str], None]) -> None:

@@ -4,8 +4,8 @@ It serves one folder (by default a freshly generated tiny model) as the repo OWN
 one commit on branch ``main``, on 127.0.0.1, over the part of the Hub's protocol that
 `mlxpin lock`/`fetch` and `hf download` use: model info (revision → commit, every file's
 size and hash), refs, tree and paths-info listings, and file downloads with ``ETag``,
-``X-Repo-Commit`` and ``Range``. Standard library only. ``tests/hubserver.py`` is the full
-test hub (commits, branches, faults); it reuses the helpers below.
+``X-Repo-Commit`` and ``Range``, on the standard library's HTTP server.
+``tests/hubserver.py`` is the full test hub (commits, branches, faults).
 """
 
 from __future__ import annotations
@@ -18,47 +18,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from mlxpin.hub import source as wire
 from mlxpin.util.hashing import hash_file, oid_hex
+
+# Shared with the mirror; tests/hubserver.py imports them from here.
+git_blob_sha1, lfs_pointer, parse_range = wire.git_blob_sha1, wire.lfs_pointer, wire.parse_range
 
 #: Files stored with git-lfs (like the Hub's default .gitattributes).
 LFS_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin", ".gguf")
 CHUNK = 1 << 20
-_RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
-
-
-def git_blob_sha1(data: bytes) -> str:
-    """The git object id of a blob: sha1(b"blob <size>\\0" + content)."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-
-
-def lfs_pointer(sha256: str, size: int) -> bytes:
-    """The git-lfs pointer text git stores in place of an LFS file, byte for byte."""
-    return (
-        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
-    )
-
-
-def parse_range(header: str, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
-    """(start, end-exclusive) for a single ``bytes=`` range; None to ignore the header."""
-    match = _RANGE_RE.fullmatch(header)
-    if match is None:
-        return None
-    first, last = match.groups()
-    if not first:
-        if not last:
-            return None
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            return "unsatisfiable"
-        return max(0, size - suffix), size
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or start >= end:
-        return "unsatisfiable"
-    return start, end
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,11 @@ class Resolution:
     gated: bool = False
 
 
-def _normalise_pattern(pattern: str) -> str:
-    return pattern + "*" if pattern.endswith("/") else pattern
-
-
 def selected(path: str, patterns: tuple[str, ...] | None) -> bool:
     """The same allow-list rule as huggingface_hub (fnmatchcase; 'dir/' means 'dir/*')."""
     if patterns is None:
         return True
-    return any(fnmatchcase(path, _normalise_pattern(p)) for p in patterns)
+    return any(fnmatchcase(path, p + "*" if p.endswith("/") else p) for p in patterns)
 
 
 def _nothing_selected(spec: ModelSpec, where: str) -> ConfigError:

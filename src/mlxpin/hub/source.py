@@ -1,10 +1,13 @@
-"""The Hub as a ByteSource for fetch."""
+"""The Hub as a ByteSource for fetch, and the protocol details the mirror and the dev hub
+serve (git blob ids, LFS pointers, byte ranges)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import re
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from mlxpin.errors import IntegrityError, MlxpinError
 from mlxpin.project.lockfile import LockedFile, LockedModel
@@ -12,6 +15,39 @@ from mlxpin.store.ranged import RangePolicy
 
 if TYPE_CHECKING:
     from mlxpin.hub.client import HubDownloader
+
+_RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git object id of a blob: sha1(b"blob <size>\\0" + content)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    """The git-lfs pointer text git stores in place of an LFS file, byte for byte."""
+    return (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    )
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
+    """(start, end-exclusive) for a single ``bytes=`` range; None to ignore the header."""
+    match = _RANGE_RE.fullmatch(header)
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first:
+        if not last:
+            return None
+        if int(last) == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - int(last)), size
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if start >= size or start >= end:
+        return "unsatisfiable"
+    return start, end
 
 
 class HubSourceBytes:

@@ -1,22 +1,16 @@
-"""`mlxpin mirror`: this host's locked, verified snapshots over the Hub's download protocol.
+"""`mlxpin mirror`: this host's locked, verified snapshots over the Hub's read-only
+download protocol (hub-protocol.md), for `HF_ENDPOINT` on other hosts::
 
-Another host points `HF_ENDPOINT` here and runs `mlxpin fetch`, `hf download` or
-`snapshot_download`; the real client needs only this read-only subset of the Hub
-(see hub-protocol.md)::
-
-    GET  /api/models/{repo}                         model info at the locked "main"
-    GET  /api/models/{repo}/revision/{rev}          model info (sha, siblings, lfs)
+    GET  /api/models/{repo}[/revision/{rev}]        model info (sha, siblings, lfs)
     GET  /api/models/{repo}/tree/{rev}[/{path}]     the file listing (recursive)
-    HEAD /{repo}/resolve/{rev}/{path}               X-Repo-Commit, ETag (the oid),
-    GET  /{repo}/resolve/{rev}/{path}               X-Linked-Size/-Etag, Range (206)
+    HEAD|GET /{repo}/resolve/{rev}/{path}           X-Repo-Commit, ETag, X-Linked-*, Range
 
-`rev` is the locked commit or the locked revision name. Nothing else is served (404 with
-the Hub's `X-Error-Code`), no `X-Xet-Hash` is ever sent (so clients use plain HTTP), and a
-file is served only while its snapshot's stamp vouches for it: the stamp is re-checked
-when it changes, and every blob is opened without following links and must have the
-stat the stamp recorded, or the answer is a 404. Binds loopback by default, requires
-`Authorization: Bearer <key>` when a key is set (clients send it as HF_TOKEN), and
-serves at most `max_transfers` requests at once (the rest wait their turn).
+`rev` is the locked commit or revision name; anything else is a 404 with the Hub's
+`X-Error-Code`. No `X-Xet-Hash` is sent (clients use plain HTTP). A file is served only
+while its snapshot's stamp vouches for it: the stamp is re-checked when it changes, and
+every blob is opened without following links and must have the stamped stat, or 404.
+Loopback by default; `Authorization: Bearer <key>` when a key is set (clients send it as
+HF_TOKEN); at most `max_transfers` downloads at once (the rest wait).
 """
 
 from __future__ import annotations
@@ -27,7 +21,6 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,14 +29,15 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from mlxpin.hub import source as wire
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.store.layout import FileStat, Stamp, StoreLayout, check_stamp, read_stamp
 from mlxpin.util.hashing import oid_algorithm, oid_hex
 
 log = logging.getLogger("mlxpin.mirror")
 
+parse_range = wire.parse_range  # (tests import it from here)
 MIRROR_HEADER: Final = "X-Mlxpin-Mirror"  # hub/client.py reads it to record the origin
-_RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -56,18 +50,11 @@ class MirrorConfig:
     max_transfers: int = 64
 
 
-def lfs_pointer(sha256: str, size: int) -> bytes:
-    return (
-        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
-    )
-
-
 def blob_id(file: LockedFile) -> str:
     """The git blob id the Hub lists: the file's own for plain files, its pointer's for LFS."""
     if oid_algorithm(file.oid) == "gitsha1":
         return oid_hex(file.oid)
-    pointer = lfs_pointer(oid_hex(file.oid), file.size)
-    return hashlib.sha1(b"blob %d\0" % len(pointer) + pointer, usedforsecurity=False).hexdigest()
+    return wire.git_blob_sha1(wire.lfs_pointer(oid_hex(file.oid), file.size))
 
 
 def file_json(file: LockedFile, *, tree: bool) -> dict[str, object]:
@@ -77,27 +64,10 @@ def file_json(file: LockedFile, *, tree: bool) -> dict[str, object]:
     else:
         out = {"rfilename": file.path, "size": file.size, "blobId": blob_id(file)}
     if oid_algorithm(file.oid) == "sha256":
-        pointer_size = len(lfs_pointer(oid_hex(file.oid), file.size))
+        pointer_size = len(wire.lfs_pointer(oid_hex(file.oid), file.size))
         key = "oid" if tree else "sha256"
         out["lfs"] = {key: oid_hex(file.oid), "size": file.size, "pointerSize": pointer_size}
     return out
-
-
-def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
-    """(start, end-exclusive); None to send it all; "unsatisfiable"."""
-    match = _RANGE_RE.fullmatch(header)
-    if match is None:
-        return None
-    first, last = match.groups()
-    if not first:
-        if not last or int(last) == 0 or size == 0:
-            return None if not last else "unsatisfiable"
-        return max(0, size - int(last)), size
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or start >= end:
-        return "unsatisfiable"
-    return start, end
 
 
 def _error(status: int, message: str, code: str | None = None) -> web.Response:
@@ -165,11 +135,6 @@ class Mirror:
             self.by_repo.setdefault(lock.original.repo, []).append(lock)
         self.vouched = _Vouched(config.layout)
         self.slots = asyncio.Semaphore(max(1, config.max_transfers))
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.route)
-        return app
 
     def find(self, repo: str, revision: str) -> LockedModel | web.Response:
         locks = self.by_repo.get(repo)
@@ -285,18 +250,17 @@ class Mirror:
             return _error(401, "This mirror needs its key: set HF_TOKEN to it")
         segs = request.raw_path.split("?", 1)[0].split("/")[1:]
         names = [unquote(s) for s in segs]
-        if len(segs) >= 4 and segs[:2] == ["api", "models"]:
-            if request.method not in {"GET", "HEAD"}:
-                return _error(405, "Method not allowed")
+        api = len(segs) >= 4 and segs[:2] == ["api", "models"]
+        if not api and not (len(segs) >= 5 and segs[2] == "resolve"):
+            return _error(404, "Not Found")
+        if request.method not in ("GET", "HEAD"):
+            return _error(405, "Method not allowed")
+        if api:
             return self._api(request, f"{names[2]}/{names[3]}", segs[4:])
-        if len(segs) >= 5 and segs[2] == "resolve":
-            if request.method not in ("GET", "HEAD"):
-                return _error(405, "Method not allowed")
-            async with self.slots:
-                return await self.resolve(
-                    request, f"{names[0]}/{names[1]}", names[3], "/".join(names[4:])
-                )
-        return _error(404, "Not Found")
+        async with self.slots:
+            return await self.resolve(
+                request, f"{names[0]}/{names[1]}", names[3], "/".join(names[4:])
+            )
 
     def _api(self, request: web.Request, repo: str, rest: list[str]) -> web.Response:
         if not rest or rest == [""]:
@@ -325,14 +289,12 @@ def _file_headers(lock: LockedModel, file: LockedFile) -> dict[str, str]:
     return headers
 
 
-def build_mirror_app(config: MirrorConfig) -> web.Application:
-    return Mirror(config).app()
-
-
 async def serve_mirror(config: MirrorConfig, on_ready: Callable[[str], None]) -> None:
     """Serve until SIGTERM/SIGINT; `on_ready` gets the URL once the socket listens."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", Mirror(config).route)
     runner = web.AppRunner(
-        build_mirror_app(config),
+        app,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=2.0,

@@ -1,10 +1,6 @@
-"""Which installed runtimes `mlxpin gc` may delete: those no live lock dir's
-lock/runtime.toml names, and builds left aside by a crash (older than a day).
-
-Pure apart from reading the runtimes directory; deleting is `mlxpin.store.gc.sweep`'s
-job, under the runtime's own mutex (the one `fetch` holds while it builds), so a runtime
-being built is never deleted.
-"""
+"""Which installed runtimes `mlxpin gc` may delete: those no live lock/runtime.toml names,
+and builds a crash left aside (older than a day). `mlxpin.store.gc.sweep` deletes them
+under the runtime's mutex (which `fetch` holds while it builds)."""
 
 from __future__ import annotations
 

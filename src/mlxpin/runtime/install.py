@@ -1,20 +1,12 @@
 """Install a pinned runtime: a virtual environment built by uv with every hash checked.
 
-Atomicity. A venv embeds paths, so it cannot simply be built anywhere and moved: mlxpin
-builds it with `uv venv --relocatable` (its scripts and activators find their directory
-at run time; the interpreter link points at the base Python by absolute path, which a
-rename does not change), in a sibling temporary directory `runtimes/.<key>.tmp-*` on the
-same file system, installs the closure there with `uv pip sync --require-hashes`, writes
-the stamp inside, and only then renames it to `runtimes/<key>`. (Bytecode is not
-compiled ahead: that took two minutes for mlx-lm's closure here, against seconds for the
-install; Python writes `__pycache__` on first use as in any venv, which the stamp
-ignores.) Readers trust a directory only with its stamp, and it only exists once
-complete; a crash leaves a temporary directory that the next install of that key (or
-`gc`) removes. A hash mismatch aborts uv before
-anything is renamed, and the temporary directory is deleted.
-
-Parallel installs of one key serialise on `locks/runtime-<key>.lock`; whoever waited
-finds the stamp and builds nothing. A present runtime is a stamp check: no uv, no network.
+A venv embeds paths, so it is built `--relocatable` (the interpreter link is absolute,
+which a rename keeps) in a sibling `runtimes/.<key>.tmp-*`, filled with `uv pip sync
+--require-hashes`, stamped, and only then renamed to `runtimes/<key>`: readers trust a
+directory only with its stamp, so a crash leaves a temporary directory that the next
+install of that key (or `gc`) removes. No bytecode is compiled ahead (minutes, against
+seconds for the install). Installs of one key serialise on its mutex; whoever waited finds
+the stamp and builds nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +35,8 @@ from mlxpin.runtime.uv import run_uv
 from mlxpin.util.atomic import fsync_dir, hold_mutex
 
 BUILD_TIMEOUT_S = 3600.0
+_VENV = ("venv", "--relocatable", "--no-project", "--no-python-downloads", "--quiet")
+_SYNC = ("pip", "sync", "--require-hashes", "--no-progress")
 Report = Callable[[str], None]
 
 
@@ -71,10 +65,6 @@ class InstallOutcome:
         }
 
 
-def _quiet(_: str) -> None:
-    pass
-
-
 def choose_python(python_range: str) -> str:
     """This interpreter when it fits the range (the common case), else the range itself
     for uv to find an installed Python (it never downloads one for mlxpin)."""
@@ -91,7 +81,7 @@ def install_runtime(
     layout: RuntimeLayout,
     pin: RuntimePin,
     environ: Mapping[str, str],
-    report: Report = _quiet,
+    report: Report = lambda _: None,
 ) -> InstallOutcome:
     started = time.monotonic()
     key = pin.key
@@ -136,41 +126,21 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _sweep_leftovers(layout: RuntimeLayout, key: str) -> None:
-    """Temporary builds of this key (we hold its lock, so none is in progress)."""
-    try:
-        entries = list(layout.root.iterdir())
-    except OSError:
-        return
-    for entry in entries:
-        if entry.name.startswith((f".{key}.tmp-", f".{key}.old-")):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
 def _build(
     layout: RuntimeLayout, pin: RuntimePin, environ: Mapping[str, str], report: Report
 ) -> None:
     key = pin.key
     final = layout.path(key)
     layout.root.mkdir(parents=True, exist_ok=True)
-    _sweep_leftovers(layout, key)
+    # Builds of this key left by a crash (we hold its mutex, so none is in progress).
+    for leftover in [*layout.root.glob(f".{key}.tmp-*"), *layout.root.glob(f".{key}.old-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp = layout.root / f".{key}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     python = choose_python(pin.original.python)
     report(f"runtime {pin.short_key}: creating a virtual environment ({python})")
     try:
         run_uv(
-            [
-                "venv",
-                "--relocatable",
-                "--no-project",
-                "--python",
-                python,
-                "--no-python-downloads",
-                "--color",
-                "never",
-                "--quiet",
-                str(tmp),
-            ],
+            [*_VENV, "--python", python, str(tmp)],
             environ,
             what="creating the runtime's virtual environment",
         )
@@ -181,17 +151,7 @@ def _build(
             "(hash-checked)"
         )
         run_uv(
-            [
-                "pip",
-                "sync",
-                "--python",
-                str(tmp / "bin" / "python"),
-                "--require-hashes",
-                "--no-progress",
-                "--color",
-                "never",
-                str(requirements),
-            ],
+            [*_SYNC, "--python", str(tmp / "bin" / "python"), str(requirements)],
             environ,
             what="installing the runtime",
             on_line=lambda line: report(f"runtime {pin.short_key}: {line.strip()}"),
@@ -203,11 +163,8 @@ def _build(
                 f"the runtime {pin.short_key} installed without mlx-lm for this platform",
                 "check the markers of lock/runtime.toml; run " + Run.of("lock", "--update-runtime"),
             )
-        version = (tmp / "pyvenv.cfg").read_text(encoding="utf-8")
-        python_version = _pyvenv_version(version)
-        write_stamp(tmp, key, python_version, site_packages)
-        if final.exists() or final.is_symlink():
-            _remove_tree(final)  # an incomplete or damaged install of this key
+        write_stamp(tmp, key, _pyvenv_version(tmp / "pyvenv.cfg"), site_packages)
+        _remove_tree(final)  # an incomplete or damaged install of this key
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -223,8 +180,8 @@ def _site_packages(venv: Path) -> Path:
     return found[0]
 
 
-def _pyvenv_version(text: str) -> str:
-    for line in text.splitlines():
+def _pyvenv_version(cfg: Path) -> str:
+    for line in cfg.read_text(encoding="utf-8").splitlines():
         name, _, value = line.partition("=")
         if name.strip() in ("version_info", "version"):
             return value.strip()

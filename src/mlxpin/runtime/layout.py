@@ -5,10 +5,9 @@
     <state>/runtimes/.<key>.tmp-*              a build in progress (or a crashed one)
     <state>/locks/runtime-<key>.lock           held while a runtime is built or deleted
 
-`<key>` is the hash of the pinned closure (lock/runtime.toml's `key`), so every project
-that pins the same closure shares one install. A runtime directory only ever appears by
-a rename of a finished build whose stamp is already inside it. Checking it costs one
-small read, one stat of the interpreter and one directory listing: no uv, no hashing.
+`<key>` hashes the pinned closure, so projects pinning the same closure share one install.
+A runtime directory only appears by renaming a finished, stamped build; checking it is one
+small read, one stat and one directory listing (no uv, no hashing).
 """
 
 from __future__ import annotations

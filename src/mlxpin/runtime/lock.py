@@ -45,11 +45,9 @@ class RuntimeChange:
 
 def _versions(pin: RuntimePin) -> dict[str, str]:
     """name -> version(s); a package pinned twice under markers shows both."""
-    found: dict[str, list[str]] = {}
+    found: dict[str, dict[str, None]] = {}
     for dist in pin.packages:
-        found.setdefault(dist.name, [])
-        if dist.version not in found[dist.name]:
-            found[dist.name].append(dist.version)
+        found.setdefault(dist.name, {})[dist.version] = None
     return {name: " | ".join(versions) for name, versions in found.items()}
 
 

@@ -61,8 +61,6 @@ def resolve_runtime(spec: RuntimeSpec, manifest: Path, environ: Mapping[str, str
                 f"{lowest[0]}.{lowest[1]}",
                 "--no-header",
                 "--no-progress",
-                "--color",
-                "never",
                 "--quiet",
                 "-o",
                 str(output),

@@ -1,10 +1,7 @@
-"""Which interpreter runs `mlx_lm.server`, and which mlx-lm/mlx versions that means
-(boot path: reads lock/runtime.toml and a stamp; never runs uv, never starts Python).
-
-With `[runtime]` in the manifest: the pinned runtime's own interpreter, only if its lock
-answers the manifest (else 78: run `mlxpin lock`) and it is installed and intact (else 66:
-run `mlxpin fetch`). Without it: mlxpin's own interpreter, as before, or `mlx_lm.server`
-on PATH.
+"""Which interpreter runs `mlx_lm.server`, and which mlx-lm/mlx versions that means (boot
+path: reads lock/runtime.toml and a stamp, never runs uv or Python). With `[runtime]`: the
+pinned runtime's interpreter, if its lock answers the manifest and it is installed intact;
+without: mlxpin's own interpreter, or `mlx_lm.server` on PATH.
 """
 
 from __future__ import annotations
@@ -76,12 +73,8 @@ UNIX_SERVER_MODULE = "mlxpin.serve.uds_server"
 
 
 def unpinned_server() -> ServerRuntime:
-    """The mlx_lm.server entry point, preferring this interpreter's own installation.
-
-    With this interpreter's mlx_lm, the server runs through mlxpin's launcher, which
-    serves it on a Unix socket (see `mlxpin.serve.uds_server`); an mlx_lm.server found on
-    PATH belongs to another interpreter and can only listen on a loopback port.
-    """
+    """This interpreter's mlx_lm, run through mlxpin's Unix-socket launcher; else an
+    mlx_lm.server on PATH (another interpreter's: it can only listen on a loopback port)."""
     spec = importlib.util.find_spec("mlx_lm")
     if spec is not None:
         versions: dict[str, str] = {}

@@ -65,11 +65,6 @@ def uv_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def index_of(environ: Mapping[str, str]) -> str:
-    env = uv_environment(environ)
-    return env.get("UV_INDEX_URL") or env.get("UV_DEFAULT_INDEX") or "uv's default index (PyPI)"
-
-
 def run_uv(
     args: Sequence[str],
     environ: Mapping[str, str],
@@ -79,9 +74,9 @@ def run_uv(
     on_line: Callable[[str], None] | None = None,
     manifest: Path | None = None,
 ) -> None:
-    """Run `uv ARGS`; a failure becomes the typed error its message says it is.
-    Each line uv writes to stderr also goes to `on_line` as it comes (progress)."""
-    argv = [find_uv(), *args]
+    """Run `uv ARGS --color never`; a failure becomes the typed error its message says it
+    is. Each line uv writes to stderr also goes to `on_line` as it comes (progress)."""
+    argv = [find_uv(), *args, "--color", "never"]
     env = uv_environment(environ)
     lines: list[str] = []
     try:
@@ -103,7 +98,8 @@ def run_uv(
     except OSError as exc:
         raise ResolverUnavailableError(f"cannot run uv ({exc.strerror})") from None
     if code != 0:
-        raise classify("".join(lines), what, index_of(environ), manifest)
+        index = env.get("UV_INDEX_URL") or env.get("UV_DEFAULT_INDEX")
+        raise classify("".join(lines), what, index or "uv's default index (PyPI)", manifest)
 
 
 def _tail(text: str, lines: int = 6) -> str:

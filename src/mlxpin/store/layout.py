@@ -1,25 +1,23 @@
 """Where pinned files live on disk, and the cheap (stat-only) check that they are intact.
-
-Layout (nothing here imports huggingface_hub; `launch` uses this module at boot):
+Nothing here imports huggingface_hub: `launch` uses this module at boot.
 
     $HF_HUB_CACHE/models--OWNER--NAME/blobs/<hex>            the Hub's standard cache,
     $HF_HUB_CACHE/models--OWNER--NAME/snapshots/<commit>/..  shared with other tools
     $HF_HUB_CACHE/.locks/models--OWNER--NAME/<hex>.lock      the client's own blob locks
+    $HF_HUB_CACHE/models--OWNER--NAME/refs/mlxpin/<name>/<commit>   keeps a Hub pin
+                                                             from `hf cache prune`
     <state>/blobs/sha256/<hex>                               local `path` sources (read-only)
     <state>/snapshots/<key>/<path> -> blob                   one exact view per pin
     <state>/snapshots/<key>.stamp                            verification stamp of the view
     <state>/verified/<h[:2]>/<h>, h = sha256(blob path)      per-blob verification record
     <state>/roots/<key>                                      lock dirs that fetched (gc roots)
-    $HF_HUB_CACHE/models--OWNER--NAME/refs/mlxpin/<name>/<commit>   one ref per Hub pin,
-                                                             so `hf cache prune` keeps it
 
-A view holds exactly the files of one pin (nothing else: `mlx_lm` loads every weight file
-in the directory), is a real directory (never a symlink), is created complete in a
-temporary directory and renamed into place, so a half-built snapshot is never visible. A
-stamp records, for every file, the blob it points at and that blob's size, mtime, inode,
-device and ctime when it was last hashed; checking a stamp is one listing of the view and
-one readlink and one lstat per file. Blobs are regular files: a symlink or anything else
-where a blob belongs is foreign and never trusted or followed.
+A view holds exactly one pin's files (`mlx_lm` loads every weight file in the directory),
+is a real directory, and is built in a temporary directory and renamed into place, so a
+half-built one is never visible. Its stamp records each file's blob and that blob's size,
+mtime, inode, device and ctime when it was last hashed: checking it is one listing of the
+view, one readlink and one lstat per file. A blob must be a regular file: a symlink or
+anything else where a blob belongs is foreign, never trusted or followed.
 """
 
 from __future__ import annotations
@@ -116,10 +114,6 @@ def view_key(lock: LockedModel) -> str:
     return hashlib.sha256(f"{home}\n{lock.tree_hash}".encode()).hexdigest()
 
 
-class NotRegularFile(OSError):
-    """A symlink, directory or other non-regular file where a regular file belongs."""
-
-
 @dataclass(frozen=True)
 class FileStat:
     size: int
@@ -130,14 +124,14 @@ class FileStat:
 
     @classmethod
     def of(cls, path: Path | str) -> FileStat:
-        """The file's own stat, never a link's target's; NotRegularFile for anything but a
-        regular file."""
+        """The file's own stat, never a link's target's; OSError for anything but a regular
+        file."""
         return cls.of_result(os.lstat(path), path)
 
     @classmethod
     def of_result(cls, st: os.stat_result, path: Path | str = "") -> FileStat:
         if not stat_mod.S_ISREG(st.st_mode):
-            raise NotRegularFile(0, "not a regular file", str(path))
+            raise OSError(0, "not a regular file", str(path))
         return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
 
     def as_list(self) -> list[int]:
@@ -303,16 +297,10 @@ def check_stamp(
     in_this_cache: bool = False,
     need: frozenset[str] | None = None,
 ) -> StampCheck:
-    """Stat-only: is the view present, exactly the lock's files, and unchanged since it
-    was verified?
-
-    With `in_this_cache`, the view must also point into this layout's cache (fetch wants
-    the files where HF_HUB_CACHE/--cache-dir says; launch only needs them verified).
-
-    A subset stamp (the files of a host's pipeline ranks, `mlxpin.store.subset`) lists
-    only some of the lock's files; it passes only when `need` (paths of the lock) is
-    given and it holds all of them. Every file the view holds is checked either way.
-    """
+    """Stat-only: is the view present, exactly the lock's files, unchanged since verified?
+    `in_this_cache`: it must also point into this layout's cache (fetch wants the files
+    where HF_HUB_CACHE says; launch only needs them verified). A subset stamp
+    (`mlxpin.store.subset`) passes only when it holds every path of `need`."""
     view = layout.view(lock)
     try:
         raw = layout.stamp(lock).read_bytes()

@@ -1,20 +1,13 @@
 """A host's share of a pin: only some of its files, verified and stamped as such.
 
-In pipeline mode a rank reads only the weight files of its own layers (plus every
-non-weight file and the weight files with the embeddings, final norm and head), so a
-host that runs no other rank needs only those. Such a host holds a *subset*:
-
-- the same view as the whole pin (`layout.view(lock)`: same key, same path), holding
-  only the subset's links, and the Hub cache's snapshot dir for the locked commit linking
-  the same files;
-- a stamp listing exactly the files it verified. `check_stamp(..., need=paths)` accepts
-  it when it holds every path of `need`; without `need` (one-host launch, serve, export,
-  mirror, status) it is "not the whole pin", so those still demand every file.
-
-A subset is a lock with fewer files and the same tree hash (`sub_lock`), so fetch and
-verify run unchanged on it: the tree hash keys the view, the stamp and gc's live set.
-A subset fetch never shrinks what a host holds (files still intact stay); a whole fetch
-replaces a subset with the whole pin.
+A pipeline rank reads only its own layers' weight files (plus every non-weight file and
+those with the embeddings, final norm and head), so a host running no other rank holds a
+*subset*: the whole pin's view (same key and path) with only the subset's links, and a
+stamp listing exactly the files it verified. `check_stamp(..., need=paths)` accepts it
+when it holds every needed path; without `need` (one-host launch, serve, export, mirror,
+status) it is "not the whole pin". A subset is a lock with fewer files and the same tree
+hash (`sub_lock`), so fetch and verify run on it unchanged. A subset fetch never drops
+what a host holds; a whole fetch replaces a subset with the whole pin.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
 """What `mlxpin gc` finds on disk: the live lock dirs and what they pin, and an inventory
-of the store and the Hub cache (see `mlxpin.store.gc.plan` for what becomes garbage).
-
-Scanning reads directory listings, stats and the small verification records; it never
-hashes and never writes.
-"""
+of the store and the Hub cache (listings, stats and records; it never hashes or writes)."""
 
 from __future__ import annotations
 
@@ -136,7 +132,8 @@ def _listdir(path: Path) -> list[os.DirEntry[str]]:
 
 def _scan_views(layout: StoreLayout) -> tuple[list[ViewOnDisk], list[LeftoverOnDisk]]:
     directory = layout.state_dir / "snapshots"
-    views: dict[str, tuple[Path | None, Path | None]] = {}
+    views: dict[str, Path] = {}
+    stamps: dict[str, Path] = {}
     leftovers: list[LeftoverOnDisk] = []
     for entry in _listdir(directory):
         name = entry.name
@@ -158,21 +155,16 @@ def _scan_views(layout: StoreLayout) -> tuple[list[ViewOnDisk], list[LeftoverOnD
                 )
             continue
         if name.endswith(".stamp") and HEX_RE.fullmatch(name.removesuffix(".stamp")):
-            key = name.removesuffix(".stamp")
-            views[key] = (views.get(key, (None, None))[0], path)
+            stamps[name.removesuffix(".stamp")] = path
         elif HEX_RE.fullmatch(name) and entry.is_dir(follow_symlinks=False):
-            views[name] = (path, views.get(name, (None, None))[1])
-    result = [
-        ViewOnDisk(
-            key,
-            view,
-            stamp,
-            (tree_size(view) + _lstat_size(view) if view else 0)
-            + (_lstat_size(stamp) if stamp else 0),
-            layout.view_mutex_for_key(key),
+            views[name] = path
+    result = []
+    for key in sorted(views.keys() | stamps.keys()):
+        view, stamp = views.get(key), stamps.get(key)
+        size = (tree_size(view) + _lstat_size(view) if view else 0) + (
+            _lstat_size(stamp) if stamp else 0
         )
-        for key, (view, stamp) in sorted(views.items())
-    ]
+        result.append(ViewOnDisk(view, stamp, size, layout.view_mutex_for_key(key)))
     return result, leftovers
 
 

@@ -1,34 +1,26 @@
 """What `mlxpin gc` may delete: a pure plan from an inventory of the disk and a live set.
 
-Live set: every blob, view and stamp referenced by a lock file in a live lock dir, and
-every Hub pin's snapshot dir and `refs/mlxpin/<name>/<commit>`. The live lock dirs are
-the current project's and every registered gc root's (`<state>/roots/*`, written by
-`fetch`) that still exists. Every lock file in such a dir counts (`is_lock_file`: what
-launch would read), including orphans `mlxpin lock` has not removed yet.
+Live: every blob, view and stamp a lock file in a live lock dir references (orphans
+included), and every Hub pin's snapshot dir and `refs/mlxpin/<name>/<commit>`. Live lock
+dirs: the current project's and every gc root's (`<state>/roots/*`, written by `fetch`).
 
-Garbage (`plan`), and what is never touched:
+Garbage; anything the planner does not recognise is never touched:
 
-- views `<state>/snapshots/<key>` and their `.stamp` whose key no live lock has;
+- views `<state>/snapshots/<key>` and their `.stamp` no live lock has;
 - mlxpin's own blobs `<state>/blobs/sha256/<hex>` (path sources) no live lock uses;
-- Hub cache blobs `models--*/blobs/<hex>` no live lock uses, **only** when mlxpin
-  downloaded them: the blob's verification record says `fetched` and describes this
-  very file (size, mtime, inode, device), and — extra caution — no other copy of the
-  same content exists in the cache. Everything else in the Hub cache (adopted from another tool,
-  never verified, ambiguous) is kept unless `include_foreign` (`--all`);
-- with a deleted blob: its verification record (when the record describes it) and the
-  Hub `snapshots/<commit>/<path>` symlinks that point at it, then emptied snapshot dirs;
-- partial downloads (`*.incomplete`) and temporary views older than a day, unless the
-  blob they would become is live (a later fetch resumes it);
-- gc roots whose lock dir no longer exists or cannot be read (`--yes` refuses these
-  unless `--forget-missing`);
-- refs: mlxpin's own `refs/mlxpin/<name>/<commit>` of pins no live lock has, and any
-  ref (another tool's too) to a snapshot dir this gc empties — huggingface_hub treats a
-  ref to a missing snapshot as a corrupt repo. Other refs and anything the planner does
-  not recognise are never touched.
+- Hub cache blobs no live lock uses **only** when mlxpin downloaded them: the record
+  says `fetched` and describes this very file, and no other copy of the content exists
+  in the cache (else kept, unless `include_foreign`, i.e. `--all`);
+- with a deleted blob: its record (if it describes it), the Hub snapshot links to it,
+  then emptied snapshot dirs;
+- partial downloads and temporary views older than a day, unless they would become a
+  live blob (a later fetch resumes them);
+- gc roots whose lock dir is gone or unreadable (`--yes` refuses unless `--forget-missing`);
+- mlxpin's refs of pins no live lock has, and any ref to a snapshot dir this gc empties
+  (huggingface_hub treats a ref to a missing snapshot as a corrupt repo).
 
-Scanning the disk is `mlxpin.store.gc.inventory`; deleting (`mlxpin.store.gc.sweep`) holds
-the same mutex `fetch` holds for that blob or view, so a concurrent fetch and gc never see
-each other's half-done work.
+Deleting (`sweep`) holds the mutex `fetch` holds for that blob or view, so a concurrent
+fetch and gc never see each other's half-done work.
 """
 
 from __future__ import annotations
@@ -97,7 +89,6 @@ class BlobOnDisk:
 
 @dataclass(frozen=True)
 class ViewOnDisk:
-    key: str
     view: Path | None  # the directory, when present
     stamp: Path | None  # the stamp, when present
     size: int

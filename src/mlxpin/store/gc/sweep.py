@@ -1,10 +1,7 @@
-"""How `mlxpin gc` deletes a planned item (a `Doomed`) safely.
-
-Deleting holds the per-blob / per-view mutex that `fetch` takes (briefly: a busy mutex
-means a fetch is at work, and that item is skipped), re-checks that the item did not
-become live or change meanwhile, and removes a view's stamp before its directory, so a
-crash half-way leaves nothing that looks verified.
-"""
+"""How `mlxpin gc` deletes a planned item safely: under the blob's or view's mutex that
+`fetch` takes (busy: a fetch is at work, the item is skipped), after re-checking it did not
+become live or change, and a view's stamp before its directory (so a crash half-way leaves
+nothing that looks verified)."""
 
 from __future__ import annotations
 
