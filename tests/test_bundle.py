@@ -107,7 +107,7 @@ def test_ranges_split_in_halves_and_hash_in_order(tmp_path: Path) -> None:
     job.catch_up()  # the earlier run's prefix
     assert job.hashed == 30
     assert job.write(job.parts[0], data[30:50_015]) == 25_023 - 30
-    assert job.hashed == 100_000 and job.hasher.oid() == file.oid
+    assert job.hashed == 100_000 and job.hash.oid() == file.oid
     os.close(fd)
     policy = RangePolicy(connections=8, min_size=64 << 20)
     assert policy.parts_for(10 << 20) == 1

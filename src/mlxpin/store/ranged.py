@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import stat as stat_mod
 import threading
 import time
@@ -50,8 +51,9 @@ ATTEMPTS = 5
 RETRY_DELAY_S = 0.25  # doubles per attempt: 0.25 + 0.5 + 1 + 2 s before giving up
 SAVE_EVERY_S = 1.0
 WINDOW_S = 0.1  # how long the throughput of one level of connections is measured
-GAIN = 1.3  # doubling the connections must raise the throughput at least this much
-READ_BACK = 4 << 20
+GAIN = 1.5  # doubling the connections must raise the throughput at least this much
+READ_BACK = 1 << 20
+PIPELINE_MIN = 4 << 20  # files at least this large are hashed on a thread of their own
 MiB = 1024 * 1024
 # Extra connections for the whole process (the HTTP client pools at most 100).
 _EXTRA = threading.BoundedSemaphore(48)
@@ -128,6 +130,39 @@ class _NoRanges(Exception):
     """The server ignored a Range request: start over on one connection."""
 
 
+class _Hash:
+    """A file's hash, computed on a thread of its own for a large file, so that receiving
+    and writing go on meanwhile (hashlib releases the GIL); updates keep their order."""
+
+    def __init__(self, file: LockedFile) -> None:
+        self.hasher = OidHasher(oid_algorithm(file.oid), file.size)
+        self.queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=16)
+        self.thread: threading.Thread | None = None
+        if file.size >= PIPELINE_MIN:
+            self.thread = threading.Thread(target=self._run, name="mlxpin-hash", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            self.hasher.update(data)
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self.thread is None:
+            self.hasher.update(data)
+        else:
+            self.queue.put(data)  # never a buffer that is written to again
+
+    def oid(self) -> str:
+        self.close()
+        return self.hasher.oid()
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+
+
 class _Job:
     """One file's transfer: its ranges, the partial file, and the in-order hash."""
 
@@ -137,7 +172,7 @@ class _Job:
         self.parts = parts  # in file order, covering it
         self.sidecar = sidecar
         self.lock = threading.Lock()
-        self.hasher = OidHasher(oid_algorithm(file.oid), file.size)
+        self.hash = _Hash(file)
         self.hashed = 0  # the hash covers [0, hashed)
         self.hashing = False  # a thread is extending the hash
         self.received = 0
@@ -158,7 +193,7 @@ class _Job:
             mine = not self.hashing and self.hashed == at
             self.hashing |= mine
         if mine:
-            self.hasher.update(view)
+            self.hash.update(view)
             self.catch_up(at + len(view))
         if len(self.parts) > 1:
             self.save()
@@ -172,7 +207,6 @@ class _Job:
                 if self.hashing:
                     return
                 self.hashing, at = True, self.hashed
-        buffer = None
         while True:
             with self.lock:
                 self.hashed = at
@@ -180,13 +214,12 @@ class _Job:
                 if end == at:
                     self.hashing = False
                     return
-            buffer = buffer or bytearray(READ_BACK)
             while at < end:
-                got = os.preadv(self.fd, [memoryview(buffer)[: min(READ_BACK, end - at)]], at)
-                if got <= 0:
+                data = os.pread(self.fd, min(READ_BACK, end - at), at)
+                if not data:
                     raise OSError(0, "the partial file shrank", str(self.sidecar.with_suffix("")))
-                self.hasher.update(memoryview(buffer)[:got])
-                at += got
+                self.hash.update(data)
+                at += len(data)
 
     def _written_from(self, at: int) -> int:
         """The end of the bytes written without a gap from `at` (held under the lock)."""
@@ -262,6 +295,7 @@ def _fill(
     if parts is None:
         parts = [_Part(0, file.size, _prefix(partial, file.size))]
     fd = os.open(partial, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
+    job: _Job | None = None
     try:
         st = os.fstat(fd)
         if not stat_mod.S_ISREG(st.st_mode):
@@ -282,12 +316,15 @@ def _fill(
             assert policy is not None
             _drive(source, lock, job, progress, cancel, limit, policy.min_part())
         job.catch_up()
+        oid = job.hash.oid()
         os.fsync(fd)
     finally:
+        if job is not None:
+            job.hash.close()
         os.close(fd)
     with contextlib.suppress(FileNotFoundError):
         sidecar.unlink()
-    return Filled(job.hasher.oid(), job.received, already > 0)
+    return Filled(oid, job.received, already > 0)
 
 
 def _drive(
@@ -350,9 +387,11 @@ def _drive(
                     window = (now, job.received)  # every connection is flowing
             elif now - window[0] >= WINDOW_S:
                 measured = (job.received - window[1]) / (now - window[0])
+                log.debug(
+                    "%s: %s: %.0f MB/s on %d", lock.name, job.file.path, measured / 1e6, level
+                )
                 if measured >= rate * GAIN:
                     rate, level, window = measured, min(limit, level * 2), None
-                    log.debug("%s: %s on %d connections", lock.name, job.file.path, level)
                 else:
                     level, growing = max(1, level // 2), False
                 growing = growing and level < limit
