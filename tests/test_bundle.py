@@ -1,9 +1,12 @@
-"""The bundle format, ranged splitting and the mirror's Range parsing, without processes."""
+"""The bundle format, ranged splitting, in-order hashing and Range parsing, without processes."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import tarfile
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,7 +22,9 @@ from mlxpin.store.bundle import (
     parse_index,
     render_index,
 )
-from mlxpin.store.ranged import RangePolicy, split
+from mlxpin.store.ranged import RangePolicy, _Job, _Part
+
+from hubserver import pseudo_random_bytes
 
 LOCK = make_locked(
     "tiny",
@@ -82,14 +87,28 @@ def test_any_damage_is_a_bundle_error_never_a_crash(noise: bytes, at: int) -> No
         pass
 
 
-def test_ranges_cover_the_file_and_respect_a_prefix() -> None:
-    parts = split(100, 30, 4)
-    assert [(p.start, p.end, p.done) for p in parts] == [
-        (0, 25, 25),
-        (25, 50, 5),
-        (50, 75, 0),
-        (75, 100, 0),
+def test_ranges_split_in_halves_and_hash_in_order(tmp_path: Path) -> None:
+    data = pseudo_random_bytes(100_000, seed=3)
+    file = LockedFile("w", len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+    fd = os.open(tmp_path / "w", os.O_RDWR | os.O_CREAT)
+    os.pwrite(fd, data[:30], 0)  # an earlier run's prefix
+    job = _Job(file, fd, [_Part(0, 100_000, 30)], tmp_path / "w.ranges")
+    back = job.split(min_part=10_000)
+    assert back is not None and [(p.start, p.end, p.done) for p in job.parts] == [
+        (0, 50_015, 30),
+        (50_015, 100_000, 0),
     ]
+    middle = job.split(min_part=10_000)
+    assert middle is not None and (middle.start, middle.end) == (25_023, 50_015)
+    assert job.split(min_part=25_000) is None  # what is left is too small to split
+    for part in (middle, back):  # ahead of the prefix: on disk, hashed later
+        assert job.write(part, data[part.start : part.end + 5]) == part.end - part.start
+    assert job.hashed == 0
+    job.catch_up()  # the earlier run's prefix
+    assert job.hashed == 30
+    assert job.write(job.parts[0], data[30:50_015]) == 25_023 - 30
+    assert job.hashed == 100_000 and job.hash.oid() == file.oid
+    os.close(fd)
     policy = RangePolicy(connections=8, min_size=64 << 20)
     assert policy.parts_for(10 << 20) == 1
     assert policy.parts_for(64 << 20) == 8

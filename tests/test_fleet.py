@@ -579,10 +579,13 @@ def test_large_files_come_over_several_ranges_and_are_verified(
     repo = seed(hub)
     project.write_manifest(MANIFEST)
     project.ok("lock")
+    hub.throttle_bps = 2_000_000  # per connection: more connections pay, so fetch opens them
     data = project.json("fetch", env=ranged_env(project))
+    hub.throttle_bps = None
     assert data["ok"] is True, data
     ranges = [r.range for r in hub.matching("GET", ".safetensors")]
-    assert len(ranges) == 4 and all(r and r.startswith("bytes=") for r in ranges), ranges
+    assert len(ranges) >= 3 and ranges[0] is None, ranges  # starts on one plain GET
+    assert all(r and r.startswith("bytes=") for r in ranges[1:]), ranges
     assert len(hub.matching("GET", "config.json")) == 1  # small files: one plain GET
     view = Path(data["models"][0]["snapshot"])
     for entry in repo.files().values():

@@ -18,13 +18,16 @@ member's name choose where bytes go: blobs are placed by the oid in the lock.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
+import os
 import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 from mlxpin.errors import BundleError
 from mlxpin.project.lockfile import LockedModel
@@ -129,6 +132,12 @@ def parse_index(data: bytes, label: str) -> BundleIndex:
     return BundleIndex(VERSION, tuple(models), blobs, nbytes)
 
 
+def _widen_pipe(stream: BinaryIO) -> None:
+    """A pipe of 1 MiB instead of 64 KiB: 16 times fewer reads, writes and wake-ups."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)  # Linux only
+
+
 # --- writing -----------------------------------------------------------------------------
 
 
@@ -148,6 +157,7 @@ class BundleWriter:
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.written = 0
+        _widen_pipe(out)
 
     def add_bytes(self, name: str, data: bytes) -> None:
         self.add_file(name, io.BytesIO(data), len(data), 0o644)
@@ -156,7 +166,7 @@ class BundleWriter:
         """Copy exactly `size` bytes from `handle` (ValueError if it holds fewer)."""
         header, padding = _header(name, size, mode), bytes(-size % BLOCK)
         self.out.write(header)
-        remaining = size
+        remaining = size - self._send(handle, size)
         while remaining:
             data = handle.read(min(CHUNK, remaining))
             if not data:
@@ -165,6 +175,21 @@ class BundleWriter:
             remaining -= len(data)
         self.out.write(padding)
         self.written += len(header) + size + len(padding)
+
+    def _send(self, handle: BinaryIO, size: int) -> int:
+        """Copy what the kernel can copy without us (sendfile: a file to a pipe or file);
+        returns the bytes sent, 0 where it does not apply."""
+        try:
+            out, source, start = self.out.fileno(), handle.fileno(), handle.tell()
+            self.out.flush()
+        except (OSError, ValueError):  # no descriptor (a buffer in memory)
+            return 0
+        sent = 0
+        with contextlib.suppress(OSError):  # not supported here: the loop copies
+            while sent < size and (step := os.sendfile(out, source, start + sent, size - sent)):
+                sent += step
+        handle.seek(start + sent)
+        return sent
 
     def close(self) -> None:
         self.out.write(bytes(2 * BLOCK))
@@ -175,113 +200,106 @@ class BundleWriter:
 # --- reading -----------------------------------------------------------------------------
 
 
-class _Refused(Exception):
-    """(member or None, problem), raised through tarfile, which takes a HeaderError for the end."""
-
-
-class _End(Exception):
-    """Both end-of-archive blocks were read."""
-
-
-class _StrictInfo(tarfile.TarInfo):
-    """Only what the writer writes: regular files, each after at most one pax header."""
-
-    @classmethod
-    def fromtarfile(cls, tar: tarfile.TarFile) -> _StrictInfo:
-        stream = tar.fileobj
-        assert stream is not None
-        after_pax = stream.tell() != tar.offset  # called back by the pax header's reader
-        block = stream.read(BLOCK)
-        if len(block) < BLOCK:
-            raise _Refused(None, _TRUNCATED)
-        if block == bytes(BLOCK):
-            if after_pax:
-                raise _Refused(None, "an extended header without a member")
-            if len(stream.read(BLOCK)) < BLOCK:  # the second end-of-archive block
-                raise _Refused(None, _TRUNCATED)
-            raise _End
-        try:
-            info = cls.frombuf(block, tar.encoding, tar.errors)
-        except (tarfile.HeaderError, UnicodeError) as exc:
-            raise _Refused(None, f"a damaged tar header ({exc})") from None
-        info.offset = stream.tell() - BLOCK
-        if info.type == tarfile.XHDTYPE and (after_pax or info.size > 64 * 1024):
-            raise _Refused(None, "an oversized or repeated extended header")
-        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.XHDTYPE):
-            raise _Refused(info.name, "is not a regular file (links are refused)")
-        try:
-            member = info._proc_member(tar)  # type: ignore[attr-defined]
-        except (tarfile.HeaderError, ValueError) as exc:
-            raise _Refused(None, f"a malformed extended header ({exc})") from None
-        if member.size < 0 or member.sparse is not None:
-            raise _Refused(member.name, "a malformed extended header")
-        return member  # type: ignore[no-any-return]
-
-
 @dataclass(frozen=True)
 class Member:
     name: str
     size: int
-    data: IO[bytes]
+
+
+def _pax(data: bytes) -> dict[str, str]:
+    """The records of a pax extended header ("<length> <key>=<value>\n" each)."""
+    fields: dict[str, str] = {}
+    while data:
+        length = int(data[: data.index(b" ")])
+        if length < 1:
+            raise ValueError("not a pax record")
+        record, data = data[:length], data[length:]
+        key, equals, value = record[record.index(b" ") + 1 :].partition(b"=")
+        if not equals or not value.endswith(b"\n"):
+            raise ValueError("not a pax record")
+        fields[key.decode()] = value[:-1].decode()
+    return fields
 
 
 class BundleReader:
-    """Reads members in order from a stream (a file or a pipe); strict about what it takes.
-
-    Anything but regular files with our member names, a bad header checksum or a stream
-    that ends early raises BundleError naming the member. `current` is the member being
-    read, if any.
+    """Reads members in order from a stream (a file or a pipe); strict about what it takes:
+    only what the writer writes, regular files each after at most one pax header, with
+    our member names. Anything else, a bad header checksum or a stream that ends early
+    raises BundleError naming the member. `current` is the member being read, if any.
     """
 
     def __init__(self, stream: BinaryIO, label: str) -> None:
         self.stream = stream
         self.label = label
-        self.tar: tarfile.TarFile | None = None
+        _widen_pipe(stream)
         self.current: Member | None = None
+        self.received = 0  # bytes of the archive read so far
+        self._left = 0  # of the current member's bytes and padding
 
-    @property
-    def received(self) -> int:
-        """Bytes of the archive read so far (all of it, after the last `next`)."""
-        return 0 if self.tar is None or self.tar.fileobj is None else self.tar.fileobj.tell()
+    def _read(self, size: int, where: str) -> bytes:
+        data = self.stream.read(size)
+        self.received += len(data)
+        if len(data) < size:
+            raise BundleError(self.label, where, _TRUNCATED)
+        return data
+
+    def _header(self, where: str) -> tarfile.TarInfo | None:
+        block = self._read(BLOCK, where)
+        if block == bytes(BLOCK):
+            return None
+        try:
+            return tarfile.TarInfo.frombuf(block, "utf-8", "strict")
+        except (tarfile.HeaderError, UnicodeError) as exc:
+            raise BundleError(self.label, where, f"a damaged tar header ({exc})") from None
 
     def next(self) -> Member | None:
         """The next member, or None at the end of the archive."""
         current, self.current = self.current, None
         where = "the start" if current is None else f"the member after {current.name}"
-        try:
-            if self.tar is None:
-                self.tar = tarfile.open(  # noqa: SIM115 - read until the end by `next`
-                    fileobj=self.stream, mode="r|", bufsize=CHUNK, tarinfo=_StrictInfo
-                )
-            info = self.tar.next()
-        except _End:
-            return None
-        except _Refused as exc:
-            raise BundleError(self.label, exc.args[0] or where, exc.args[1]) from None
-        except tarfile.ReadError:  # skipping the rest of `current` hit the end of the stream
-            raise BundleError(self.label, current.name if current else where, _TRUNCATED) from None
-        except tarfile.TarError as exc:
-            raise BundleError(self.label, where, f"a damaged tar header ({exc})") from None
+        while self._left:  # what the caller did not read of the last member
+            self._left -= len(
+                self._read(min(CHUNK, self._left), current.name if current else where)
+            )
+        info = self._header(where)
         if info is None:
+            self._read(BLOCK, where)  # the second end-of-archive block
             return None
+        if info.type == tarfile.XHDTYPE:
+            if info.size > 64 * 1024:
+                raise BundleError(self.label, where, "an oversized or repeated extended header")
+            data = self._read(info.size + -info.size % BLOCK, where)[: info.size]
+            extended = self._header(where)
+            if extended is None:
+                raise BundleError(self.label, where, "an extended header without a member")
+            if extended.type == tarfile.XHDTYPE:
+                raise BundleError(self.label, where, "an oversized or repeated extended header")
+            try:
+                fields = _pax(data)
+                extended.name = fields.get("path", extended.name)
+                extended.size = int(fields.get("size", extended.size))
+            except (ValueError, UnicodeError):
+                raise BundleError(self.label, where, "a malformed extended header") from None
+            info = extended
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            raise BundleError(self.label, info.name, "is not a regular file (links are refused)")
+        if info.size < 0:
+            raise BundleError(self.label, where, "a malformed extended header")
         if info.name != INDEX_MEMBER and not _BLOB_RE.fullmatch(info.name):
             match = _LOCK_RE.fullmatch(info.name)
             if match is None or not NAME_RE.fullmatch(match.group(1)):
                 raise BundleError(
                     self.label, info.name, "is not a member an mlxpin bundle can hold"
                 )
-        data = self.tar.extractfile(info)
-        assert data is not None
-        self.current = Member(info.name, info.size, data)
+        self.current = Member(info.name, info.size)
+        self._left = info.size + -info.size % BLOCK
         return self.current
 
     def chunks(self, member: Member) -> Iterator[bytes]:
         """The rest of the member's bytes, in chunks of at most CHUNK."""
-        try:
-            while data := member.data.read(CHUNK):
-                yield data
-        except tarfile.ReadError:
-            raise BundleError(self.label, member.name, _TRUNCATED) from None
+        while self.current is member and self._left > -member.size % BLOCK:
+            data = self._read(min(CHUNK, self._left - -member.size % BLOCK), member.name)
+            self._left -= len(data)
+            yield data
 
     def read_small(self, member: Member, limit: int) -> bytes:
         if member.size > limit:

@@ -21,9 +21,9 @@ import shutil
 import stat as stat_mod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
-from mlxpin.errors import DiskError, IntegrityError, MlxpinError, SnapshotMissingError
+from mlxpin.errors import DiskError, IntegrityError, SnapshotMissingError
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.project.validate import is_commit
 from mlxpin.store.layout import (
@@ -37,18 +37,15 @@ from mlxpin.store.layout import (
     write_record,
     write_stamp,
 )
-from mlxpin.store.ranged import fill_ranged
+from mlxpin.store.ranged import fill
 from mlxpin.store.sources import ByteSource
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name, write_atomic
 from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm
 from mlxpin.util.parallel import CancelToken, run_parallel
-from mlxpin.util.retry import ClosedEarly, RetryAtOnce, retry
 
 log = logging.getLogger("mlxpin.fetch")
 
 BLOB_LOCK_TIMEOUT_S = 6 * 3600.0
-ATTEMPTS = 5
-RETRY_DELAY_S = 0.25  # doubles per attempt: 0.25 + 0.5 + 1 + 2 s before giving up
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -140,36 +137,6 @@ def _hash_existing(
 # --- one blob ----------------------------------------------------------------------------
 
 
-@dataclass
-class _Partial:
-    """What is in the partial file so far: its hash state and length."""
-
-    hasher: OidHasher
-    offset: int = 0
-    received: int = 0  # bytes that came over the wire in this run
-
-
-def _read_partial(partial: Path, file: LockedFile, progress: Progress) -> _Partial:
-    state = _Partial(OidHasher(oid_algorithm(file.oid), file.size))
-    try:
-        st = os.lstat(partial)
-    except FileNotFoundError:
-        return state
-    if not stat_mod.S_ISREG(st.st_mode):
-        log.warning("%s is not a regular file; removing it (not what it points at)", partial)
-        _remove_foreign(partial, file)
-        return state
-    if st.st_size > file.size:
-        partial.unlink()
-        return state
-    with os.fdopen(os.open(partial, os.O_RDONLY | NOFOLLOW), "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            state.hasher.update(chunk)
-            state.offset += len(chunk)
-    progress.advance(state.offset)
-    return state
-
-
 def _transfer(
     source: ByteSource,
     lock: LockedModel,
@@ -183,100 +150,23 @@ def _transfer(
     locked file (after one fresh attempt when the bytes came partly from an earlier run)."""
     received = 0
     for fresh in (False, True):
-        ranged = fill_ranged(source, lock, file, partial, progress, cancel)  # large: in parallel
-        state = _read_partial(partial, file, progress if ranged is None else NoProgress())
-        resumed = state.offset > 0 if ranged is None else ranged.resumed
-        received += ranged.received if ranged is not None else 0
-        if resumed:
-            log.debug("%s: resuming %s at byte %d", lock.name, file.path, state.offset)
-        try:
-            _fill(source, lock, file, partial, state, progress, cancel)
-        finally:
-            received += state.received
-        if state.hasher.oid() == file.oid:
+        with contextlib.suppress(FileNotFoundError):
+            if not stat_mod.S_ISREG(os.lstat(partial).st_mode):
+                log.warning(
+                    "%s is not a regular file; removing it (not what it points at)", partial
+                )
+                _remove_foreign(partial, file)
+        filled = fill(source, lock, file, partial, progress, cancel)
+        received += filled.received
+        if filled.oid == file.oid:
             return received
         partial.unlink()
-        if not resumed or fresh:
+        if not filled.resumed or fresh:
             raise source.mismatch_hint(
-                lock, file, f"hash to {state.hasher.oid()}, the lock says {file.oid}"
+                lock, file, f"hash to {filled.oid}, the lock says {file.oid}"
             )
         log.info("%s: %s did not match after resuming; downloading it afresh", lock.name, file.path)
     raise AssertionError("unreachable")
-
-
-def _fill(
-    source: ByteSource,
-    lock: LockedModel,
-    file: LockedFile,
-    partial: Path,
-    state: _Partial,
-    progress: Progress,
-    cancel: CancelToken,
-) -> None:
-    fd = os.open(partial, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o644)
-    with os.fdopen(fd, "ab") as handle:
-
-        def attempt() -> None:
-            if state.offset < file.size:  # else complete (possibly from an earlier run)
-                try:
-                    _receive(source, lock, file, handle, state, progress, cancel)
-                except _Restart:
-                    state.hasher = OidHasher(oid_algorithm(file.oid), file.size)
-                    handle.seek(0)
-                    handle.truncate()
-                    state.offset = 0
-                    raise
-                if state.offset != file.size:
-                    raise ClosedEarly()
-
-        def failure(exc: Exception) -> MlxpinError | None:
-            if isinstance(exc, ClosedEarly | _Restart) or source.interrupted(exc):
-                return source.give_up(file, str(exc) or "connection closed early")
-            return None
-
-        def pause(exc: Exception, delay: float) -> None:
-            log.info("%s: %s interrupted (%s), retrying", lock.name, file.path, exc)
-            cancel.wait(delay)
-
-        retry(attempt, ATTEMPTS, RETRY_DELAY_S, failure, pause, max_delay=8.0)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-class _Restart(RetryAtOnce):
-    """The server ignored our Range request: start the file over."""
-
-    def __str__(self) -> str:
-        return "the transfer never completed"
-
-
-def _receive(
-    source: ByteSource,
-    lock: LockedModel,
-    file: LockedFile,
-    handle: BinaryIO,
-    state: _Partial,
-    progress: Progress,
-    cancel: CancelToken,
-) -> None:
-    """Append what the source sends from `state.offset`; `state` always matches the file."""
-    with source.open(file, state.offset) as (start, chunks):
-        if start != state.offset:
-            if state.offset == 0:
-                raise source.give_up(file, "the server answered an unexpected range")
-            raise _Restart()
-        for chunk in chunks:
-            cancel.raise_if_cancelled()
-            if state.offset + len(chunk) > file.size:
-                handle.truncate(0)
-                raise source.mismatch_hint(
-                    lock, file, f"are longer than the locked {file.size} bytes"
-                )
-            handle.write(chunk)
-            state.hasher.update(chunk)
-            state.offset += len(chunk)
-            state.received += len(chunk)
-            progress.advance(len(chunk))
 
 
 def ensure_blob(
@@ -331,8 +221,9 @@ def ensure_blob(
             stat = FileStat.of(blob)  # we hold the blob lock: nobody replaces it meanwhile
             write_record(layout, blob, stat, FETCHED)
         except IntegrityError:
-            with contextlib.suppress(OSError):
-                partial.unlink()
+            for path in (partial, partial.with_name(partial.name + ".ranges")):
+                with contextlib.suppress(OSError):
+                    path.unlink()
             raise
         except OSError as exc:
             error = disk_error(blob, exc)

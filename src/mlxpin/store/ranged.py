@@ -1,24 +1,33 @@
-"""Fetch one large file over several ranged connections at once.
+"""Fill a partial file from a ByteSource, hashing the bytes as they arrive.
 
-A CDN or a peer often caps each connection well below the link; `hf_transfer` and
-`hf_xet` exist for that reason. Here a file of at least `min_size` bytes is split into up
-to `connections` byte ranges, each pulled on its own connection straight into its place
-in the partial file (`pwrite`), each retried and resumed on its own. What every range
-has received is kept beside the partial (`<partial>.ranges`, rewritten at most once a
-second), so an interrupted fetch resumes every range where it stopped.
+Every file starts on one connection. A file of at least `min_size` bytes from a source
+that can send byte ranges (the Hub, a mirror) may get more, adaptively: after each
+measuring window the connections double, up to `connections`, for as long as doubling
+raised the throughput (a CDN or a peer that caps each connection); when it did not,
+fetch goes back to the last level that paid. A new connection takes the back half of the
+largest range still to come, and a range that finishes early hands its connection half
+of the largest one left, so every connection stays busy to the end.
 
-Nothing is trusted because it arrived: once every range is complete, fetch hashes the
-whole partial file against the lock before the blob is published, exactly as for a
-single-connection download (and starts afresh once when resumed bytes do not match).
+Each range is written in place (`pwrite`). The hash covers the file in order, while it
+downloads: the connection at the end of the hashed prefix hashes its bytes from memory
+as they arrive, and bytes that came ahead of the prefix are read back (from the page
+cache) when the prefix reaches them. So the hash is ready with the last byte, without a
+second pass over the file.
+
+Without `<partial>.ranges` the partial file is a prefix of the file and resumes at its
+end. Once a file is split, every range's progress is kept there (written before a new
+range writes anything, then at most once a second), so a killed fetch resumes every
+range where it stopped. Nothing is trusted because it arrived: fetch compares the hash
+with the lock before the blob is published.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import os
+import queue
 import stat as stat_mod
 import threading
 import time
@@ -30,20 +39,29 @@ from typing import Protocol, runtime_checkable
 from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, MlxpinError
 from mlxpin.project.lockfile import LockedFile, LockedModel
-from mlxpin.util.parallel import Cancelled, CancelToken, run_parallel
+from mlxpin.store.sources import ByteSource
+from mlxpin.util.hashing import OidHasher, oid_algorithm
+from mlxpin.util.parallel import Cancelled, CancelToken
 from mlxpin.util.retry import ClosedEarly, retry
 
 log = logging.getLogger("mlxpin.fetch")
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 ATTEMPTS = 5
+RETRY_DELAY_S = 0.25  # doubles per attempt: 0.25 + 0.5 + 1 + 2 s before giving up
 SAVE_EVERY_S = 1.0
+WINDOW_S = 0.1  # how long the throughput of one level of connections is measured
+GAIN = 1.5  # doubling the connections must raise the throughput at least this much
+READ_BACK = 1 << 20
+PIPELINE_MIN = 4 << 20  # files at least this large are hashed on a thread of their own
 MiB = 1024 * 1024
+# Extra connections for the whole process (the HTTP client pools at most 100).
+_EXTRA = threading.BoundedSemaphore(48)
 
 
 @dataclass(frozen=True)
 class RangePolicy:
-    connections: int = 8  # ranges (and connections) per large file
+    connections: int = 8  # at most this many ranges (and connections) per large file
     min_size: int = 64 * MiB  # smaller files come over one connection
 
     @classmethod
@@ -54,12 +72,14 @@ class RangePolicy:
         )
 
     def parts_for(self, size: int) -> int:
-        """How many ranges: up to `connections`, none smaller than min_size/connections
-        (nor than 16 MiB when min_size is larger)."""
+        """The most ranges for a file: up to `connections`, none smaller than
+        min_size/connections (nor than 16 MiB when min_size is larger)."""
         if self.connections < 2 or size < self.min_size:
             return 1
-        min_part = max(1, min(16 * MiB, self.min_size // self.connections))
-        return max(1, min(self.connections, size // min_part))
+        return max(1, min(self.connections, size // self.min_part()))
+
+    def min_part(self) -> int:
+        return max(1, min(16 * MiB, self.min_size // self.connections))
 
 
 def _count(name: str, raw: str, default: int, high: int) -> int:
@@ -78,7 +98,7 @@ class Progress(Protocol):
 
 
 @runtime_checkable
-class RangedSource(Protocol):
+class RangedSource(ByteSource, Protocol):
     """A ByteSource that can also send a byte range [start, end) of a file."""
 
     ranges: RangePolicy | None
@@ -87,41 +107,303 @@ class RangedSource(Protocol):
         self, file: LockedFile, start: int, end: int
     ) -> contextlib.AbstractContextManager[tuple[int, Iterator[bytes]]]: ...
 
-    def interrupted(self, exc: Exception) -> bool: ...
-
-    def give_up(self, file: LockedFile, cause: str) -> MlxpinError: ...
-
-    def mismatch_hint(self, lock: LockedModel, file: LockedFile, problem: str) -> MlxpinError: ...
-
 
 @dataclass
 class _Part:
     start: int
-    end: int
+    end: int  # lowered when a new range takes the back of this one
     done: int = 0
 
     @property
-    def size(self) -> int:
-        return self.end - self.start
+    def left(self) -> int:
+        return self.end - self.start - self.done
 
 
 @dataclass(frozen=True)
-class RangedFill:
+class Filled:
+    oid: str  # the hash of what the partial file now holds
     received: int  # bytes that came over the wire in this run
     resumed: bool  # some bytes came from an earlier run
 
 
 class _NoRanges(Exception):
-    """The server ignored a Range request: fall back to one connection."""
+    """The server ignored a Range request: start over on one connection."""
 
 
-def split(size: int, prefix: int, count: int) -> list[_Part]:
-    """`count` ranges over [0, size); bytes before `prefix` are already there."""
-    bounds = [size * i // count for i in range(count + 1)]
-    parts = []
-    for start, end in itertools.pairwise(bounds):
-        parts.append(_Part(start, end, max(0, min(prefix, end) - start)))
-    return parts
+class _Hash:
+    """A file's hash, computed on a thread of its own for a large file, so that receiving
+    and writing go on meanwhile (hashlib releases the GIL); updates keep their order."""
+
+    def __init__(self, file: LockedFile) -> None:
+        self.hasher = OidHasher(oid_algorithm(file.oid), file.size)
+        self.queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=16)
+        self.thread: threading.Thread | None = None
+        if file.size >= PIPELINE_MIN:
+            self.thread = threading.Thread(target=self._run, name="mlxpin-hash", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            self.hasher.update(data)
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self.thread is None:
+            self.hasher.update(data)
+        else:
+            self.queue.put(data)  # never a buffer that is written to again
+
+    def oid(self) -> str:
+        self.close()
+        return self.hasher.oid()
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+
+
+class _Job:
+    """One file's transfer: its ranges, the partial file, and the in-order hash."""
+
+    def __init__(self, file: LockedFile, fd: int, parts: list[_Part], sidecar: Path) -> None:
+        self.file = file
+        self.fd = fd
+        self.parts = parts  # in file order, covering it
+        self.sidecar = sidecar
+        self.lock = threading.Lock()
+        self.hash = _Hash(file)
+        self.hashed = 0  # the hash covers [0, hashed)
+        self.hashing = False  # a thread is extending the hash
+        self.received = 0
+        self.saved = 0.0
+
+    def write(self, part: _Part, chunk: bytes) -> int:
+        """Write the next bytes of `part` (as many as still belong to it); hash them at
+        once if they extend the hashed prefix. Returns how many were taken."""
+        view = memoryview(chunk)
+        with self.lock:
+            at = part.start + part.done
+            view = view[: max(0, part.end - at)]
+            written = 0
+            while written < len(view):
+                written += os.pwrite(self.fd, view[written:], at + written)
+            part.done += len(view)
+            self.received += len(view)
+            mine = not self.hashing and self.hashed == at
+            self.hashing |= mine
+        if mine:
+            self.hash.update(view)
+            self.catch_up(at + len(view))
+        if len(self.parts) > 1:
+            self.save()
+        return len(view)
+
+    def catch_up(self, at: int | None = None) -> None:
+        """Hash what lies written past the hashed prefix. With `at`, the caller holds the
+        turn and has hashed up to `at`; without, it takes the turn if it is free."""
+        if at is None:
+            with self.lock:
+                if self.hashing:
+                    return
+                self.hashing, at = True, self.hashed
+        while True:
+            with self.lock:
+                self.hashed = at
+                end = self._written_from(at)
+                if end == at:
+                    self.hashing = False
+                    return
+            while at < end:
+                data = os.pread(self.fd, min(READ_BACK, end - at), at)
+                if not data:
+                    raise OSError(0, "the partial file shrank", str(self.sidecar.with_suffix("")))
+                self.hash.update(data)
+                at += len(data)
+
+    def _written_from(self, at: int) -> int:
+        """The end of the bytes written without a gap from `at` (held under the lock)."""
+        for part in self.parts:
+            if part.end <= at:
+                continue
+            at = max(at, part.start + part.done)
+            if part.left:
+                break
+        return at
+
+    def split(self, min_part: int) -> _Part | None:
+        """A new range: the back half of the largest one left, if that is worth it."""
+        with self.lock:
+            largest = max(self.parts, key=lambda p: p.left)
+            if largest.left < 2 * min_part:
+                return None
+            middle = largest.end - largest.left // 2
+            new = _Part(middle, largest.end)
+            largest.end = middle
+            self.parts.insert(self.parts.index(largest) + 1, new)
+        self.save(force=True)  # before the new range writes a byte
+        return new
+
+    def save(self, force: bool = False) -> None:
+        """Keep every range's progress beside the partial (at most once a second)."""
+        now = time.monotonic()
+        if not force and now - self.saved < SAVE_EVERY_S:
+            return
+        with self.lock:
+            self.saved = now
+            data = {"size": self.file.size, "parts": [[p.start, p.end, p.done] for p in self.parts]}
+            tmp = self.sidecar.with_name(f"{self.sidecar.name}.tmp-{threading.get_ident()}")
+            # Not fsync'd: after a power cut the hash check catches stale progress.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(data, handle)
+            os.replace(tmp, self.sidecar)
+
+
+def fill(
+    source: ByteSource,
+    lock: LockedModel,
+    file: LockedFile,
+    partial: Path,
+    progress: Progress,
+    cancel: CancelToken,
+) -> Filled:
+    """Fill `partial` with the file's bytes, resuming what an earlier run left; returns
+    the hash of what it holds (the caller compares it with the lock)."""
+    policy = source.ranges if isinstance(source, RangedSource) else None
+    try:
+        return _fill(source, lock, file, partial, progress, cancel, policy)
+    except _NoRanges:
+        log.info("%s: the server ignores ranges; %s on one connection", lock.name, file.path)
+        for path in (partial, partial.with_name(partial.name + ".ranges")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return _fill(source, lock, file, partial, progress, cancel, None)
+
+
+def _fill(
+    source: ByteSource,
+    lock: LockedModel,
+    file: LockedFile,
+    partial: Path,
+    progress: Progress,
+    cancel: CancelToken,
+    policy: RangePolicy | None,
+) -> Filled:
+    sidecar = partial.with_name(partial.name + ".ranges")
+    parts = _load(sidecar, file.size) if policy is not None else None
+    if parts is None:
+        parts = [_Part(0, file.size, _prefix(partial, file.size))]
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
+    job: _Job | None = None
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise OSError(0, "not a regular file", str(partial))
+        if any(p.start + p.done > st.st_size for p in parts):  # progress without its bytes
+            parts = [_Part(0, file.size)]
+        if st.st_size > file.size:
+            os.ftruncate(fd, file.size)
+        job = _Job(file, fd, parts, sidecar)
+        already = sum(p.done for p in parts)
+        progress.advance(already)
+        if already:
+            log.debug("%s: resuming %s with %d bytes there", lock.name, file.path, already)
+        limit = 1 if policy is None else policy.parts_for(file.size)
+        if limit < 2 and len(parts) == 1:
+            _pull(source, lock, job, parts[0], progress, cancel)
+        else:
+            assert policy is not None
+            _drive(source, lock, job, progress, cancel, limit, policy.min_part())
+        job.catch_up()
+        oid = job.hash.oid()
+        os.fsync(fd)
+    finally:
+        if job is not None:
+            job.hash.close()
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        sidecar.unlink()
+    return Filled(oid, job.received, already > 0)
+
+
+def _drive(
+    source: ByteSource,
+    lock: LockedModel,
+    job: _Job,
+    progress: Progress,
+    cancel: CancelToken,
+    limit: int,
+    min_part: int,
+) -> None:
+    """Run the ranges' connections; double them while that raises the throughput."""
+    stop = CancelToken()  # this file's: a failed range stops the others
+    wake = threading.Event()
+    failures: list[BaseException] = []
+    running: list[tuple[_Part, threading.Thread]] = []
+
+    def run(part: _Part, extra: bool) -> None:
+        try:
+            _pull(source, lock, job, part, progress, stop)
+        except BaseException as exc:  # handed to the driving thread
+            failures.append(exc)
+            stop.cancel()
+        finally:
+            if extra:
+                _EXTRA.release()
+            wake.set()
+
+    def start(part: _Part, extra: bool) -> None:
+        thread = threading.Thread(target=run, args=(part, extra), name="mlxpin-range")
+        running.append((part, thread))
+        thread.start()
+
+    for part in job.parts:
+        if part.left:
+            start(part, False)
+    level = max(1, len(running))
+    rate = 0.0  # of the last level that paid
+    window: tuple[float, int] | None = None  # (start, bytes received by then)
+    growing = limit > level
+    try:
+        while any(thread.is_alive() for _, thread in running):
+            wake.wait(0.01)
+            wake.clear()
+            if failures or cancel.cancelled:
+                break
+            busy = sum(1 for part, thread in running if thread.is_alive() and part.left)
+            while busy < level and _EXTRA.acquire(blocking=False):
+                new = job.split(min_part)
+                if new is None:
+                    _EXTRA.release()
+                    break
+                start(new, True)
+                busy += 1
+            if not growing:
+                continue
+            now = time.monotonic()
+            if window is None:
+                if all(p.done or not p.left for p, t in running if t.is_alive()):
+                    window = (now, job.received)  # every connection is flowing
+            elif now - window[0] >= WINDOW_S:
+                measured = (job.received - window[1]) / (now - window[0])
+                log.debug(
+                    "%s: %s: %.0f MB/s on %d", lock.name, job.file.path, measured / 1e6, level
+                )
+                if measured >= rate * GAIN:
+                    rate, level, window = measured, min(limit, level * 2), None
+                else:
+                    level, growing = max(1, level // 2), False
+                growing = growing and level < limit
+    finally:
+        stop.cancel()
+        for _, thread in running:
+            thread.join()
+        if len(job.parts) > 1:
+            job.save(force=True)
+    cancel.raise_if_cancelled()
+    if failures:
+        raise next((f for f in failures if not isinstance(f, Cancelled)), failures[0])
 
 
 def _load(sidecar: Path, size: int) -> list[_Part] | None:
@@ -134,102 +416,10 @@ def _load(sidecar: Path, size: int) -> list[_Part] | None:
         return None
     position = 0
     for part in parts:  # contiguous, in order, covering the file
-        if part.start != position or not 0 <= part.done <= part.size:
+        if part.start != position or not 0 <= part.done <= part.end - part.start:
             return None
         position = part.end
     return parts if position == size else None
-
-
-class _Saver:
-    """Writes the ranges' progress beside the partial, at most once a second."""
-
-    def __init__(self, sidecar: Path, size: int, parts: list[_Part]) -> None:
-        self.sidecar = sidecar
-        self.size = size
-        self.parts = parts
-        self.lock = threading.Lock()
-        self.last = 0.0
-
-    def save(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < SAVE_EVERY_S:
-            return
-        with self.lock:
-            self.last = now
-            data = {"size": self.size, "parts": [[p.start, p.end, p.done] for p in self.parts]}
-            tmp = self.sidecar.with_name(self.sidecar.name + f".tmp-{threading.get_ident()}")
-            # Not fsync'd: after a power cut the final hash check catches stale progress.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o644)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle)
-            os.replace(tmp, self.sidecar)
-
-
-def fill_ranged(
-    source: object,
-    lock: LockedModel,
-    file: LockedFile,
-    partial: Path,
-    progress: Progress,
-    cancel: CancelToken,
-) -> RangedFill | None:
-    """Fill `partial` completely over several ranges; None when this file or source does
-    not use ranges (the caller then streams it over one connection)."""
-    if not isinstance(source, RangedSource) or source.ranges is None:
-        return None
-    count = source.ranges.parts_for(file.size)
-    if count < 2:
-        return None
-    sidecar = partial.with_name(partial.name + ".ranges")
-    parts = _load(sidecar, file.size)
-    if parts is None:
-        prefix = _prefix(partial, file.size)
-        parts = split(file.size, prefix, count)
-    saver = _Saver(sidecar, file.size, parts)
-    already = sum(p.done for p in parts)
-    if already == file.size:
-        with contextlib.suppress(FileNotFoundError):
-            sidecar.unlink()
-        return RangedFill(0, True)
-    saver.save(force=True)  # before the partial grows to full size
-    fd = os.open(partial, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
-    try:
-        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(0, "not a regular file", str(partial))
-        if os.fstat(fd).st_size != file.size:
-            os.ftruncate(fd, file.size)
-        progress.advance(already)
-        received = [0]
-        counter = threading.Lock()
-
-        def pull(part: _Part) -> None:
-            got = _pull(source, lock, file, fd, part, progress, saver, cancel)
-            with counter:
-                received[0] += got
-
-        pending = [p for p in parts if p.done < p.size]
-        log.debug("%s: %s over %d ranges", lock.name, file.path, len(pending))
-        try:
-            run_parallel(pull, pending, workers=len(pending), cancel=cancel)
-        finally:
-            saver.save(force=True)
-        os.fsync(fd)
-    except _NoRanges:
-        log.info(
-            "%s: the server ignores ranges; fetching %s over one connection", lock.name, file.path
-        )
-        os.close(fd)
-        fd = -1
-        for path in (partial, sidecar):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        return None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        sidecar.unlink()
-    return RangedFill(received[0], already > 0)
 
 
 def _prefix(partial: Path, size: int) -> int:
@@ -245,53 +435,55 @@ def _prefix(partial: Path, size: int) -> int:
 
 
 def _pull(
-    source: RangedSource,
+    source: ByteSource,
     lock: LockedModel,
-    file: LockedFile,
-    fd: int,
+    job: _Job,
     part: _Part,
     progress: Progress,
-    saver: _Saver,
-    cancel: CancelToken,
-) -> int:
-    received = 0
+    stop: CancelToken,
+) -> None:
+    """Receive one range, retrying and resuming it where it stopped."""
+    file = job.file
+    job.catch_up()  # resumed bytes at the front: hash them before more arrive
 
     def attempt() -> None:
-        nonlocal received
-        if part.done == part.size:
+        if not part.left:
             return
-        wanted = part.start + part.done
-        with source.open_range(file, wanted, part.end) as (start, chunks):
-            if start != wanted:
+        at, asked = part.start + part.done, part.end
+        if asked == file.size or not isinstance(source, RangedSource):
+            opened = source.open(file, at)  # to the end: a plain GET from 0
+        else:
+            opened = source.open_range(file, at, asked)
+        with opened as (start, chunks):
+            if start != at:
+                if at == 0:
+                    raise source.give_up(file, "the server answered an unexpected range")
                 raise _NoRanges()
             for chunk in chunks:
-                cancel.raise_if_cancelled()
-                if part.done + len(chunk) > part.size:
-                    raise source.mismatch_hint(
-                        lock, file, f"overran the range {part.start}-{part.end - 1}"
-                    )
-                view = memoryview(chunk)
-                while view:
-                    written = os.pwrite(fd, view, part.start + part.done)
-                    view = view[written:]
-                    part.done += written
-                received += len(chunk)
-                progress.advance(len(chunk))
-                saver.save()
-        if part.done != part.size:
+                stop.raise_if_cancelled()
+                taken = job.write(part, chunk)
+                progress.advance(taken)
+                if taken < len(chunk) and part.end == asked:
+                    raise source.mismatch_hint(lock, file, _overrun(file, asked))
+                if not part.left:
+                    break  # done, or the rest of this range went to another connection
+        if part.left:
             raise ClosedEarly()
 
     def failure(exc: Exception) -> MlxpinError | None:
-        if isinstance(exc, _NoRanges | Cancelled | MlxpinError):
-            return None
         if isinstance(exc, ClosedEarly) or source.interrupted(exc):
             return source.give_up(file, str(exc) or "connection closed early")
         return None
 
     def pause(exc: Exception, delay: float) -> None:
         where = part.start + part.done
-        log.info("%s: %s range %d- interrupted (%s), retrying", lock.name, file.path, where, exc)
-        cancel.wait(delay)
+        log.info("%s: %s interrupted at byte %d (%s), retrying", lock.name, file.path, where, exc)
+        stop.wait(delay)
 
-    retry(attempt, ATTEMPTS, 0.25, failure, pause, max_delay=8.0)
-    return received
+    retry(attempt, ATTEMPTS, RETRY_DELAY_S, failure, pause, max_delay=8.0)
+
+
+def _overrun(file: LockedFile, end: int) -> str:
+    if end == file.size:
+        return f"are longer than the locked {file.size} bytes"
+    return f"run past the requested range's end (byte {end})"

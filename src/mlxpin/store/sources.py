@@ -61,7 +61,7 @@ class LocalSourceBytes:
         return "path"
 
     def give_up(self, file: LockedFile, cause: str) -> MlxpinError:
-        raise AssertionError("local copies are not retried")
+        return self._changed(file, "the local file is shorter than locked")
 
     def mismatch_hint(self, lock: LockedModel, file: LockedFile, problem: str) -> MlxpinError:
         return self._changed(file, f"the local file {problem}")

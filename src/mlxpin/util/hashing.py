@@ -12,7 +12,7 @@ CHUNK = 1024 * 1024
 
 
 class _Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | memoryview, /) -> None: ...
     def hexdigest(self) -> str: ...
 
 
@@ -34,7 +34,7 @@ class OidHasher:
         else:
             raise ValueError(f"unknown oid algorithm {algorithm!r}")
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
 
     def oid(self) -> str:

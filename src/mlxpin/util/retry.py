@@ -15,10 +15,6 @@ class ClosedEarly(Exception):
         return "connection closed early"
 
 
-class RetryAtOnce(Exception):
-    """An attempt failed in a way that needs no pause (e.g. start a file over)."""
-
-
 def retry(
     attempt: Callable[[], T],
     attempts: int,
@@ -40,7 +36,6 @@ def retry(
                 raise
             if number == attempts:
                 raise error from None
-            if not isinstance(exc, RetryAtOnce):
-                pause(exc, delay)
-                delay = min(delay * 2, max_delay)
+            pause(exc, delay)
+            delay = min(delay * 2, max_delay)
     raise AssertionError("unreachable")
