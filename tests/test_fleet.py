@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import shutil
@@ -12,6 +13,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
+from mlxpin.project.lockfile import LockedFile, make_locked, parse_lock, render
+from mlxpin.store.bundle import BundleWriter, blob_member, render_index
 
 from conftest import Project
 from hubserver import HubServer, LfsContent, Repo, pseudo_random_bytes
@@ -290,14 +294,56 @@ def test_write_locks_adopts_the_bundle_locks(
     host_a(hub, project)
     data = _bundle(project, tmp_path)
     b = other_host(project, tmp_path, locks=False)
-    plain = json.loads(run_with_input(b, data, "import", "-", "--json").stdout)
-    assert plain["models"][0]["lock"] == "absent"
+    plain = run_with_input(b, data, "import", "-", "--json")
+    assert plain.returncode == 78, plain.stderr  # a bundle vouches only for itself
+    assert "--write-locks" in plain.stdout.decode()
     assert not (b.lock_dir / "tiny.toml").exists()
+    assert cache_files(b) == []
     adopted = json.loads(run_with_input(b, data, "import", "-", "--json", "--write-locks").stdout)
     assert adopted["models"][0]["lock"] == "written"
     assert (b.lock_dir / "tiny.toml").read_text() == project.lock_text("tiny")
     b.ok("lock", "--check")
     b.ok("verify")
+
+
+def _planted(project: Project, name: str) -> bytes:
+    """A bundle whose lock (named `name`) pins the same commit with other config bytes."""
+    good = parse_lock(project.lock_text("tiny").encode(), Path("tiny.toml"))
+    config = b'{"model_type": "evil"}\n'
+    oid = "gitsha1:" + hashlib.sha1(b"blob %d\0" % len(config) + config).hexdigest()  # noqa: S324
+    files = [
+        LockedFile(f.path, len(config), oid) if f.path == "config.json" else f for f in good.files
+    ]
+    lock = make_locked(name, good.original, good.commit, good.last_modified, files)
+    view = Path(project.json("status")["models"][0]["snapshot"])
+    blobs = {blob_member(f.oid): f for f in lock.files}
+    out = io.BytesIO()
+    writer = BundleWriter(out)
+    total = sum(f.size for f in blobs.values())
+    writer.add_bytes("mlxpin-bundle.json", render_index((lock,), len(blobs), total))
+    writer.add_bytes(f"locks/{name}.toml", render(lock))
+    for member, file in blobs.items():
+        data = config if file.oid == oid else (view / file.path).read_bytes()
+        writer.add_file(member, io.BytesIO(data), len(data))
+    writer.close()
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", ["evil", "runtime"])
+def test_import_never_replaces_a_pinned_commit(
+    hub: HubServer, project: Project, tmp_path: Path, name: str
+) -> None:
+    repo = host_a(hub, project)
+    data = _planted(project, name)
+    snapshot = (
+        project.hf_home / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / repo.head()
+    )
+    before = (snapshot / "config.json").read_bytes()
+    result = run_with_input(project, data, "import", "-", "--write-locks")
+    assert result.returncode in (65, 78), result.stderr
+    assert (snapshot / "config.json").read_bytes() == before
+    assert not (project.lock_dir / f"{name}.toml").exists()
+    project.ok("verify")
 
 
 def test_export_refuses_what_is_not_verified(

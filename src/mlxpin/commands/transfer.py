@@ -10,11 +10,30 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mlxpin.config import Settings
-from mlxpin.errors import DiskError, ExitCode, NoInputError, PinMismatchError, UsageError
-from mlxpin.project.lockfile import LockedModel, lock_path, read_lock, write_lock
+from mlxpin.errors import (
+    ConfigError,
+    DataError,
+    DiskError,
+    ExitCode,
+    Flag,
+    MlxpinError,
+    NoInputError,
+    PinMismatchError,
+    UsageError,
+)
+from mlxpin.project.lockfile import (
+    LockedModel,
+    lock_names_on_disk,
+    lock_path,
+    read_lock,
+    write_lock,
+)
+from mlxpin.project.manifest import RESERVED_NAMES
 from mlxpin.project.selection import lock_dir_mutex, locked_models, manifest_of, pick
+from mlxpin.project.validate import is_commit
 from mlxpin.store.bundle import BundleReader
 from mlxpin.store.fetch import NoProgress, Progress
+from mlxpin.store.gc.inventory import read_roots
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.transfer import import_bundle, plan_export, write_bundle
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name
@@ -106,6 +125,28 @@ def _pin_key(lock: LockedModel) -> tuple[str | None, str | None, str | None, str
     return lock.original.repo, lock.original.path, lock.commit, lock.tree_hash
 
 
+def _locks_everywhere(settings: Settings, layout: StoreLayout) -> list[LockedModel]:
+    """Every lock of this project and of every project registered with the cache."""
+    dirs = {settings.lock_dir, *(r.lock_dir for r in read_roots(layout) if r.lock_dir)}
+    locks: list[LockedModel] = []
+    for lock_dir in dirs:
+        for name in lock_names_on_disk(lock_dir):
+            with contextlib.suppress(MlxpinError, OSError):
+                locks.extend(lock for lock in [read_lock(lock_dir, name)] if lock is not None)
+    return locks
+
+
+def _clashes(new: LockedModel, old: LockedModel) -> bool:
+    """Would publishing `new` move a ref or replace a snapshot file that `old` pins?"""
+    if new.original.repo is None or new.original.repo != old.original.repo:
+        return False
+    if new.commit == old.commit:
+        theirs = {f.path: f.oid for f in old.files}
+        return any(theirs.get(f.path, f.oid) != f.oid for f in new.files)
+    revision = new.original.revision
+    return revision is not None and not is_commit(revision) and revision == old.original.revision
+
+
 def import_(
     settings: Settings,
     source: Path | None,
@@ -117,11 +158,29 @@ def import_(
     layout = StoreLayout.of(settings)
     progress = progress or NoProgress()
 
+    pinned = _locks_everywhere(settings, layout)
+
     def check_lock(lock: LockedModel) -> None:
+        """The project's locks are the trust anchor: a bundle's lock vouches only for itself."""
+        if lock.name in RESERVED_NAMES:
+            raise DataError(f"{lock.name}: the bundle uses a reserved model name")
         ours = read_lock(settings.lock_dir, lock.name)
         if ours is not None and _pin_key(ours) != _pin_key(lock):
             raise PinMismatchError(
                 lock.name, _pin(ours), _pin(lock), lock_path(settings.lock_dir, lock.name)
+            )
+        if ours is None and not write_locks:
+            raise ConfigError(
+                f"{lock.name}: this project has no lock for {_pin(lock)}",
+                "lock it here, or adopt the bundle's lock with "
+                f"{Flag('import', '--write-locks')} if you trust where the bundle came from",
+            )
+        clash = None if ours else next((o for o in pinned if _clashes(lock, o)), None)
+        if clash is not None:
+            raise ConfigError(
+                f"{lock.name}: the bundle's {_pin(lock)} would change what the lock of "
+                f"{clash.name} pins ({_pin(clash)}) in the shared cache",
+                "nothing was imported",
             )
 
     if source is None:
