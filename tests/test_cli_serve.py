@@ -394,6 +394,23 @@ def test_kill_9_of_one_server_while_another_keeps_answering(served: Served) -> N
     assert "restarting on its next request" in "".join(served.log)
 
 
+def test_a_model_changed_after_boot_is_never_started(served: Served, project: Project) -> None:
+    status = {m["name"]: m for m in project.json("status")["models"]}
+    view = Path(status["gamma"]["snapshot"])
+    blob = max(view.iterdir(), key=lambda p: p.stat().st_size).resolve()
+    info = blob.stat()
+    os.utime(blob, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))  # stat-only, as at boot
+    try:
+        with pytest.raises(openai.APIStatusError) as error:
+            served.chat("gamma")
+        assert error.value.status_code == 503
+        assert served.starts("gamma") == 0
+        assert served.states()["gamma"] == "failed"
+        assert "gamma: " in "".join(served.log)
+    finally:
+        project.ok("fetch", "gamma")  # re-hashes the blob and stamps it again
+
+
 @pytest.mark.e2e
 def test_load_and_unload_routes_and_sigterm_leaves_no_process(served: Served) -> None:
     code, body = get(served.base + "/mlxpin/models/gamma-chat/load", "POST")

@@ -15,6 +15,7 @@ from mlxpin.config import STATE_DIR_HINT, Settings
 from mlxpin.errors import (
     ConfigError,
     IntegrityError,
+    MlxpinError,
     ModelNotChosenError,
     SnapshotMissingError,
     UsageError,
@@ -79,6 +80,28 @@ class PinnedSnapshot:
 
 
 @dataclass(frozen=True)
+class StartCheck:
+    """What every start of a server re-checks, stat-only as at boot: bytes verified hours
+    ago may have changed since."""
+
+    layout: StoreLayout
+    locks: tuple[LockedModel, ...]
+    runtime: tuple[Settings, Manifest] | None = None  # a pinned runtime: its lock and stamp
+
+    def problem(self) -> str | None:
+        for lock in self.locks:
+            check = check_stamp(self.layout, lock)
+            if not check.ok:
+                return f"{lock.name}: {check.problem}"
+        if self.runtime is not None:
+            try:
+                server_runtime(*self.runtime)
+            except MlxpinError as exc:
+                return exc.message
+        return None
+
+
+@dataclass(frozen=True)
 class LaunchPlan(ModelIdentity):
     public_host: str
     public_port: int
@@ -96,6 +119,7 @@ class LaunchPlan(ModelIdentity):
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     runtime: ServerRuntime | None = None  # which interpreter, mlx-lm and mlx will run
     log_file: Path | None = None  # the server's own output (rotated); None: inherit stderr
+    start_check: StartCheck | None = field(default=None, repr=False, compare=False)
 
     @property
     def api_key_required(self) -> bool:
@@ -280,6 +304,9 @@ def model_plan(
         gateway=spec.gateway,
         runtime=runtime,
         log_file=model_log(settings.state_dir, spec.name),
+        start_check=StartCheck(
+            layout, tuple(locks), (settings, manifest) if runtime.pinned else None
+        ),
     )
 
 

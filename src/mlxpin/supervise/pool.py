@@ -270,6 +270,11 @@ class Pool:
 
     async def _start(self, slot: Slot) -> None:
         """Admit ``slot`` (evicting idle models as the policy says), then spawn and warm up."""
+        check = slot.plan.launch.start_check
+        changed = check.problem() if check is not None else None
+        if changed is not None:  # bytes verified at boot changed since: never load them
+            self._give_up(slot, changed, "run `mlxpin verify`, then `mlxpin fetch` to repair it")
+            raise StartFailed(changed)
         async with self.admission:
             admitted_by = time.monotonic() + max(self.plan.start_timeout, 1.0)
             while True:
@@ -386,18 +391,7 @@ class Pool:
             slot.name, code, started=slot.started_at, now=now, was_ready=was_ready
         )
         if isinstance(decision, GiveUp):
-            slot.state = "failed"
-            if slot.plan.policy.fatal_when_spent:
-                slot.failed_reason = decision.message
-                self.fatal = ServerCrashedError(decision.message, decision.hint)
-                if self._on_fatal is not None:
-                    self._on_fatal()
-            else:
-                slot.failed_reason = (
-                    f"{decision.message}; not restarted until "
-                    f"POST /mlxpin/models/{slot.plan.launch.api_label}/load"
-                )
-            log.error("%s: failed: %s", slot.name, slot.failed_reason)
+            self._give_up(slot, decision.message, decision.hint)
         else:
             slot.state = "stopped"
             slot.not_before = now + decision.delay_s
@@ -407,6 +401,21 @@ class Pool:
             if at_once:
                 slot.start_task = asyncio.create_task(self._start(slot))
                 slot.start_task.add_done_callback(_reported)
+        self.notify()
+
+    def _give_up(self, slot: Slot, message: str, hint: str | None) -> None:
+        slot.state = "failed"
+        if slot.plan.policy.fatal_when_spent:
+            slot.failed_reason = message
+            self.fatal = ServerCrashedError(message, hint)
+            if self._on_fatal is not None:
+                self._on_fatal()
+        else:
+            slot.failed_reason = (
+                f"{message}; not restarted until "
+                f"POST /mlxpin/models/{slot.plan.launch.api_label}/load"
+            )
+        log.error("%s: failed: %s", slot.name, slot.failed_reason)
         self.notify()
 
     # ------------------------------------------------------------------ stopping
