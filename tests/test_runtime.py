@@ -256,6 +256,25 @@ def test_fetch_installs_once_and_launch_runs_its_interpreter(
     shared = rt.json("fetch", "--manifest", str(other / "manifest.toml"))
     assert shared["runtime"]["built"] is False and shared["runtime"]["path"] == str(path)
 
+    # An edited file inside it, or an edited hash in its lock, never boots.
+    module = next(path.glob("lib/python*/site-packages/tinypkg/*.py"))
+    info = module.stat()
+    module.write_bytes(module.read_bytes().replace(b"1", b"2"))  # same size and mtime
+    os.utime(module, ns=(info.st_atime_ns, info.st_mtime_ns))
+    damaged = rt.run("verify")
+    assert damaged.returncode == 65 and "changed since it was installed" in damaged.stderr
+    edited = rt.run("launch", "--dry-run")
+    assert edited.returncode == 66, edited.stderr
+    assert "changed since it was installed" in edited.stderr
+    assert rt.json("status")["runtime"]["installed"] is False
+    assert rt.json("fetch")["runtime"]["built"] is True  # fetch repairs it
+    lock = rt.root / "lock" / "runtime.toml"
+    text = lock.read_text()
+    digest = text.split('sha256 = "', 1)[1][:64]
+    lock.write_text(text.replace(digest, "0" * 64, 1))
+    assert rt.run("launch", "--dry-run").returncode == 65
+    lock.write_text(text)
+
     # Damaged or missing: launch refuses with 66 and says what to run.
     shutil.rmtree(path / "lib")
     missing = rt.run("launch", "--dry-run")

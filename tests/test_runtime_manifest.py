@@ -19,7 +19,6 @@ from mlxpin.runtime.pin import (
     LockedDist,
     RuntimeOriginal,
     make_pin,
-    parse_head,
     parse_pin,
     render,
     runtime_state,
@@ -186,21 +185,10 @@ def test_runtime_pin_round_trips_and_refuses_edits() -> None:
         parse_pin(data.replace(b"sha256", b"md5", 1), Path("runtime.toml"))
 
 
-def test_the_boot_path_reads_only_the_head() -> None:
-    pin = _pin()
-    data = render(pin)  # type: ignore[arg-type]
-    head = parse_head(data, Path("runtime.toml"))
-    assert (head.original, head.key) == (pin.original, pin.key)  # type: ignore[attr-defined]
-    with pytest.raises(LockCorruptError, match="32 hex"):
-        parse_head(data.replace(b'key = "', b'key = "z'), Path("runtime.toml"))
-
-
 @given(st.binary(max_size=300))
 def test_any_bytes_give_a_pin_or_a_clean_error(data: bytes) -> None:
     with contextlib.suppress(LockCorruptError):
         parse_pin(data, Path("runtime.toml"))
-    with contextlib.suppress(LockCorruptError):
-        parse_head(data, Path("runtime.toml"))
 
 
 def test_runtime_state_is_pure_and_names_what_changed() -> None:

@@ -9,13 +9,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import HUB_CACHE_HINT, STATE_DIR_HINT, Settings
-from mlxpin.errors import ExitCode, IntegrityError, LockCorruptError, LockStaleError, Run
+from mlxpin.errors import (
+    DataError,
+    ExitCode,
+    IntegrityError,
+    LockCorruptError,
+    LockStaleError,
+    Run,
+)
 from mlxpin.hub.source import HubSourceBytes
 from mlxpin.project.lockfile import LockedModel
 from mlxpin.project.manifest import Manifest, PathSource
 from mlxpin.project.selection import locked_models, manifest_of, pick
 from mlxpin.runtime.install import InstallOutcome, install_runtime
-from mlxpin.runtime.layout import RuntimeLayout
+from mlxpin.runtime.layout import RuntimeLayout, check_runtime
 from mlxpin.runtime.pin import RuntimePin, pin_path, read_state
 from mlxpin.store.fetch import (
     FetchOutcome,
@@ -181,6 +188,15 @@ def verify(
 ) -> VerifyResult:
     manifest = manifest_of(settings)
     locks: tuple[LockedModel, ...] = locked_models(settings, manifest, pick(manifest, names))
+    pin = pinned_runtime(settings, manifest)
+    runtime = RuntimeLayout.of(settings)
+    if pin is not None and runtime.path(pin.key).exists():  # re-hash every file it holds
+        check = check_runtime(runtime, pin.key, deep=True)
+        if check.problem is not None:
+            raise DataError(
+                f"runtime {pin.short_key}: {check.problem}",
+                f"run {Run.of('fetch')} to install it again",
+            )
     layout = StoreLayout.of(settings)
     cancel = CancelToken()
     return VerifyResult(

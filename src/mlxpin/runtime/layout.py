@@ -6,12 +6,14 @@
     <state>/locks/runtime-<key>.lock           held while a runtime is built or deleted
 
 `<key>` hashes the pinned closure, so projects pinning the same closure share one install.
-A runtime directory only appears by renaming a finished, stamped build; checking it is one
-small read, one stat and one directory listing (no uv, no hashing).
+A runtime directory only appears by renaming a finished, stamped build. The stamp lists
+every file (size, mtime, ctime, sha256; `__pycache__` aside): checking it stats them all
+(no uv, no hashing; `deep` re-hashes them), so an edited or added file is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -21,7 +23,7 @@ from pathlib import Path
 from mlxpin.config import Settings
 from mlxpin.runtime.dists import dist_versions
 
-STAMP_FORMAT = 1
+STAMP_FORMAT = 2
 STAMP_NAME = ".mlxpin-runtime.json"
 
 
@@ -66,7 +68,31 @@ class RuntimeCheck:
     installed: InstalledRuntime | None = None
 
 
-def check_runtime(layout: RuntimeLayout, key: str) -> RuntimeCheck:
+def _files(root: Path, deep: bool) -> dict[str, list[object]]:
+    """Every file and link under `root` but the stamp and bytecode caches: its stat, and
+    with `deep` its sha256 (a link: its target)."""
+    out: dict[str, list[object]] = {}
+    for top, dirs, names in os.walk(root):
+        linked = [d for d in dirs if os.path.islink(Path(top, d))]
+        dirs[:] = [d for d in dirs if d != "__pycache__" and d not in linked]
+        for name in [*names, *linked]:
+            path = Path(top, name)
+            rel = str(path.relative_to(root))
+            if rel == STAMP_NAME:
+                continue
+            st = os.lstat(path)
+            row: list[object] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+            if deep:
+                row.append(
+                    os.readlink(path)
+                    if os.path.islink(path)
+                    else hashlib.sha256(path.read_bytes()).hexdigest()
+                )
+            out[rel] = row
+    return out
+
+
+def check_runtime(layout: RuntimeLayout, key: str, deep: bool = False) -> RuntimeCheck:
     """Is the runtime of this key installed, complete and unchanged since it was built?"""
     try:
         raw = layout.stamp(key).read_bytes()
@@ -82,6 +108,7 @@ def check_runtime(layout: RuntimeLayout, key: str) -> RuntimeCheck:
         site_packages = layout.path(key) / str(data["site_packages"])
         dists = {str(k): str(v) for k, v in dict(data["dists"]).items()}
         python_version = str(data["python_version"])
+        files = {str(k): list(v)[: None if deep else 3] for k, v in dict(data["files"]).items()}
     except (ValueError, KeyError, TypeError):
         return RuntimeCheck(False, "has an unreadable stamp")
     if not ok_format:
@@ -93,6 +120,13 @@ def check_runtime(layout: RuntimeLayout, key: str) -> RuntimeCheck:
         return RuntimeCheck(False, f"lost its interpreter ({python} does not run)")
     if dist_versions(site_packages) != dists:
         return RuntimeCheck(False, "changed since it was installed (packages added or removed)")
+    try:
+        found = _files(layout.path(key), deep)
+    except OSError as exc:
+        return RuntimeCheck(False, f"cannot be read ({exc.strerror})")
+    changed = sorted(set(found) ^ set(files)) or sorted(p for p in found if found[p] != files[p])
+    if changed:
+        return RuntimeCheck(False, f"changed since it was installed ({changed[0]})")
     installed = InstalledRuntime(key, layout.path(key), python, python_version, dists)
     return RuntimeCheck(True, installed=installed)
 
@@ -105,6 +139,7 @@ def write_stamp(path: Path, key: str, python_version: str, site_packages: Path) 
         "python_version": python_version,
         "site_packages": str(site_packages.relative_to(path)),
         "dists": dict(sorted(dist_versions(site_packages).items())),
+        "files": _files(path, deep=True),
     }
     stamp = path / STAMP_NAME
     with open(stamp, "w", encoding="utf-8") as handle:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from mlxpin.errors import LockCorruptError
 from mlxpin.project.lockfile import PinState, Reader, read_file
@@ -71,17 +71,6 @@ class RuntimePin:
     @property
     def short_key(self) -> str:
         return self.key[:12]
-
-
-@dataclass(frozen=True)
-class PinHead:
-    """What the boot path reads of a pin: its inputs and its key (not the 100 kB of files)."""
-
-    original: RuntimeOriginal
-    key: str
-
-
-_Pin = TypeVar("_Pin", RuntimePin, PinHead)
 
 
 def original_of(spec: RuntimeSpec) -> RuntimeOriginal:
@@ -194,15 +183,6 @@ def _head(reader: Reader, document: Mapping[str, Any]) -> tuple[RuntimeOriginal,
     return RuntimeOriginal(python, tuple(requirements)), locked
 
 
-def parse_head(data: bytes, file: Path) -> PinHead:
-    """Only the inputs and the key (the boot path): the text before the first package.
-    `fetch` checked the whole file against its key before it installed that key."""
-    reader = Reader(file)
-    end = data.find(b"\n[[packages]]")
-    original, locked = _head(reader, reader.toml(data if end < 0 else data[:end]))
-    return PinHead(original, str(locked["key"]))
-
-
 def parse_pin(data: bytes, file: Path) -> RuntimePin:
     reader = Reader(file)
     document = reader.toml(data)
@@ -253,17 +233,10 @@ def read_pin(lock_dir: Path) -> RuntimePin | None:
     return None if data is None else parse_pin(data, pin_path(lock_dir))
 
 
-def read_head(lock_dir: Path) -> PinHead | None:
-    data = read_file(pin_path(lock_dir))
-    return None if data is None else parse_head(data, pin_path(lock_dir))
-
-
 # --- state -----------------------------------------------------------------------------
 
 
-def runtime_state(
-    spec: RuntimeSpec | None, pin: RuntimePin | PinHead | LockCorruptError | None
-) -> PinState:
+def runtime_state(spec: RuntimeSpec | None, pin: RuntimePin | LockCorruptError | None) -> PinState:
     """ok | missing | stale | corrupt | orphan (a pin without `[runtime]`); pure."""
     if isinstance(pin, LockCorruptError):
         return PinState(STATE_NAME, "corrupt", pin.problem)
@@ -284,21 +257,10 @@ def runtime_state(
     return PinState(STATE_NAME, "stale", "manifest changed: " + (", ".join(changed) or "order"))
 
 
-def _state_of(
-    spec: RuntimeSpec | None, read: Callable[[Path], _Pin | None], lock_dir: Path
-) -> tuple[PinState, _Pin | None]:
-    """What `read` finds in the lock dir, and its state against the manifest's [runtime]."""
+def read_state(spec: RuntimeSpec | None, lock_dir: Path) -> tuple[PinState, RuntimePin | None]:
+    """The whole pin (every hash checked against its key) and its state against `[runtime]`."""
     try:
-        pin = read(lock_dir)
+        pin = read_pin(lock_dir)
     except LockCorruptError as exc:
         return runtime_state(spec, exc), None
     return runtime_state(spec, pin), pin
-
-
-def read_state(spec: RuntimeSpec | None, lock_dir: Path) -> tuple[PinState, RuntimePin | None]:
-    return _state_of(spec, read_pin, lock_dir)
-
-
-def read_head_state(spec: RuntimeSpec | None, lock_dir: Path) -> tuple[PinState, PinHead | None]:
-    """`read_state` for the boot path: reads only the pin's inputs and key."""
-    return _state_of(spec, read_head, lock_dir)

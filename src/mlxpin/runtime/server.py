@@ -45,9 +45,9 @@ def server_runtime(settings: Settings, manifest: Manifest) -> ServerRuntime:
         return unpinned_server()
     # Only a pinned runtime pays for reading its pin and stamp.
     from mlxpin.runtime.layout import RuntimeLayout, check_runtime
-    from mlxpin.runtime.pin import pin_path, read_head_state
+    from mlxpin.runtime.pin import pin_path, read_state
 
-    state, pin = read_head_state(manifest.runtime, settings.lock_dir)
+    state, pin = read_state(manifest.runtime, settings.lock_dir)
     if state.state == "corrupt":
         raise LockCorruptError(pin_path(settings.lock_dir), state.reason or "unreadable")
     if state.state != "ok" or pin is None:
