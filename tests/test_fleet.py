@@ -10,7 +10,9 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,8 +36,8 @@ repo = "{REPO}"
 """
 
 
-def seed(hub: HubServer, big: int = BIG) -> Repo:
-    repo = hub.create_repo(REPO)
+def seed(hub: HubServer, big: int = BIG, **options: Any) -> Repo:
+    repo = hub.create_repo(REPO, **options)
     repo.commit(
         {
             "config.json": b'{"model_type": "llama"}\n',
@@ -546,6 +548,25 @@ def test_a_blob_corrupted_on_the_mirror_is_never_taken_as_good(
     assert result.returncode == 65, result.stderr
     assert "is not on the Hub at this commit" in result.stderr or "hash to" in result.stderr
     assert b.json("status")["models"][0]["fetch"] == "missing"
+
+
+def test_a_gated_pin_is_recorded_and_mirrored_only_when_allowed(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    seed(hub, gated="manual")
+    project.write_manifest(MANIFEST)
+    project.ok("lock")
+    assert 'access = "gated"' in project.lock_text("tiny")
+    hub.add_token("hf_reader", can_read=[REPO])
+    project.ok("fetch", env={**project.env, "HF_TOKEN": "hf_reader"})
+    refused = project.run("mirror", "--port", "0")
+    assert refused.returncode == 78 and "--allow-gated" in refused.stderr
+    open_lan = project.run("mirror", "--port", "0", "--allow-gated", "--host", "0.0.0.0")
+    assert open_lan.returncode == 78 and "--api-key-file" in open_lan.stderr
+    with Mirror(project, "--allow-gated") as mirror:
+        url = f"{mirror.url}/api/models/{REPO}"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            assert json.loads(answer.read())["gated"] == "manual"
 
 
 def test_mirror_requires_its_key_when_set(hub: HubServer, project: Project, tmp_path: Path) -> None:

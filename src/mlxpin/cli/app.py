@@ -361,6 +361,16 @@ def mirror(p: Parser) -> None:
         default=64,
         help="Files served at once; more requests wait their turn. [default: 64]",
     )
+    p.add_argument(
+        "--allow-gated",
+        action="store_true",
+        help="Also serve models that are gated or private upstream (refused by default).",
+    )
+    p.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="Require the key in FILE (clients send it as HF_TOKEN); as MLXPIN_API_KEY_FILE.",
+    )
     shared(p)
     handler(p, "transfer:mirror_command")
 

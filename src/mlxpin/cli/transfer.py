@@ -80,11 +80,22 @@ def import_command(args: Namespace, common: Common) -> None:
 
 def mirror_command(args: Namespace, common: Common) -> None:
     from mlxpin.commands import mirror
+    from mlxpin.plan.launch import API_KEY_FILE_VARIABLE, API_KEY_VARIABLE
 
     out = common.output()
     settings = common.settings()
+    environ = dict(os.environ)
+    if args.api_key_file:
+        environ.pop(API_KEY_VARIABLE, None)
+        environ[API_KEY_FILE_VARIABLE] = args.api_key_file
     plan = mirror.plan_mirror(
-        settings, os.environ, args.names, args.host, args.port, args.max_transfers
+        settings,
+        environ,
+        args.names,
+        args.host,
+        args.port,
+        args.max_transfers,
+        args.allow_gated,
     )
     for model in plan.models:
         state = "verified" if model.verified else f"not served until fetched ({model.problem})"

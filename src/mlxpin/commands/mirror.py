@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mlxpin.config import Settings
-from mlxpin.errors import Flag, Run, UnavailableError, UsageError
+from mlxpin.errors import ConfigError, Flag, Run, UnavailableError, UsageError
 from mlxpin.mirror.server import MirrorConfig, serve_mirror
 from mlxpin.plan.launch import read_api_key
 from mlxpin.project.selection import locked_models, manifest_of, pick
@@ -39,6 +40,7 @@ def plan_mirror(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     max_transfers: int = 64,
+    allow_gated: bool = False,
 ) -> MirrorPlan:
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a TCP port")
@@ -52,13 +54,33 @@ def plan_mirror(
             "a mirror serves Hub repos; carry local models with "
             + Run.of("export", "NAME", "--output", "FILE"),
         )
+    guarded = [lock.name for lock in served if lock.access is not None]
+    if guarded and not allow_gated:
+        raise ConfigError(
+            f"{', '.join(guarded)}: gated or private upstream; a mirror would serve it to anyone",
+            f"name only the other models, or pass {Flag('mirror', '--allow-gated')} "
+            "if every client of this mirror may have it",
+        )
+    api_key = read_api_key(environ)
+    if guarded and api_key is None and not _loopback(host):
+        raise ConfigError(
+            f"{', '.join(guarded)}: gated or private; off loopback the mirror needs a key",
+            f"pass {Flag('mirror', '--api-key-file', 'FILE')} (clients send it as HF_TOKEN)",
+        )
     models = tuple(
         MirrorModel(lock.name, str(lock.original.repo), str(lock.commit), check.ok, check.problem)
         for lock in served
         for check in [check_stamp(layout, lock)]
     )
-    config = MirrorConfig(host, port, layout, served, read_api_key(environ), max_transfers)
+    config = MirrorConfig(host, port, layout, served, api_key, max_transfers)
     return MirrorPlan(config, models)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def run_mirror(plan: MirrorPlan, on_ready: Callable[[str], None]) -> None:

@@ -58,7 +58,7 @@ class RemoteRevision:
     revision: str
     commit: str
     last_modified: str | None
-    gated: bool
+    access: str | None  # "gated" | "private" (a token was needed), None: public
     files: tuple[RemoteFile, ...]
 
 
@@ -321,13 +321,16 @@ def _validated(repo: str, revision: str, info: Any) -> RemoteRevision:
         if validate.oid_problem(oid):
             raise bad(f"{path}: content hash {oid!r} is malformed")
         files.append(RemoteFile(path=path, size=size, oid=oid))
-    gated = getattr(info, "gated", False)
     return RemoteRevision(
         repo=repo,
         revision=revision,
         commit=commit,
         last_modified=iso_utc(getattr(info, "last_modified", None)),
-        gated=bool(gated),
+        access="private"
+        if getattr(info, "private", False)
+        else "gated"
+        if getattr(info, "gated", False)
+        else None,
         files=tuple(sorted(files, key=lambda f: f.path)),
     )
 

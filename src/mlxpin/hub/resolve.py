@@ -54,8 +54,10 @@ def resolve_hub(spec: ModelSpec, client: HubClient) -> Resolution:
     problem = validate.tree_problem(f.path for f in files)
     if problem:
         raise UnstorableFilesError(spec.name, f"{source.repo}@{remote.commit[:7]}", problem)
-    lock = make_locked(spec.name, original_of(spec), remote.commit, remote.last_modified, files)
-    return Resolution(lock=lock, gated=remote.gated)
+    lock = make_locked(
+        spec.name, original_of(spec), remote.commit, remote.last_modified, files, remote.access
+    )
+    return Resolution(lock=lock, gated=remote.access is not None)
 
 
 def local_files(root: Path) -> Iterable[str]:

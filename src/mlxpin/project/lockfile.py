@@ -46,6 +46,7 @@ class LockedModel:
     tree_hash: str
     total_size: int
     files: tuple[LockedFile, ...]  # sorted by path
+    access: str | None = None  # "gated" | "private" upstream: a mirror refuses it by default
 
     @property
     def short_commit(self) -> str | None:
@@ -67,6 +68,7 @@ def make_locked(
     commit: str | None,
     last_modified: str | None,
     files: Iterable[LockedFile],
+    access: str | None = None,
 ) -> LockedModel:
     ordered = tuple(sorted(files, key=lambda f: f.path))
     return LockedModel(
@@ -77,6 +79,7 @@ def make_locked(
         tree_hash=tree_hash((f.path, f.size, f.oid) for f in ordered),
         total_size=sum(f.size for f in ordered),
         files=ordered,
+        access=access,
     )
 
 
@@ -116,6 +119,8 @@ def render(lock: LockedModel) -> bytes:
         if getattr(lock, key) is not None:
             out.append(f"{key} = {_string(getattr(lock, key))}\n")
     out.append(f"total_size = {lock.total_size}\n")
+    if lock.access is not None:  # only then: the lock of a public model stays as it was
+        out.append(f"access = {_string(lock.access)}\n")
     for file in lock.files:
         out.append(
             f"\n[[files]]\npath = {_string(file.path)}\nsize = {file.size}\n"
@@ -221,7 +226,12 @@ def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> Loc
     if original.path is not None and (not original.path or "\0" in original.path):
         raise reader.fail("[original] path is not a valid path")
     locked = reader.table(document, "locked")
-    reader.keys(locked, {"commit", "last_modified", "tree_hash", "total_size"}, "[locked]")
+    reader.keys(
+        locked, {"commit", "last_modified", "tree_hash", "total_size", "access"}, "[locked]"
+    )
+    access = reader.optional_string(locked, "access")
+    if access not in (None, "gated", "private"):
+        raise reader.fail(f"[locked] access {access!r} is not gated or private")
     commit = reader.optional_string(locked, "commit")
     if original.repo is not None and (commit is None or not validate.is_commit(commit)):
         raise reader.fail("[locked] commit must be a 40-hex commit for a Hub source")
@@ -229,7 +239,7 @@ def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> Loc
         raise reader.fail("[locked] a local path source has no commit")
     files = _parse_files(reader, document.get("files", []))
     lock = make_locked(
-        name, original, commit, reader.optional_string(locked, "last_modified"), files
+        name, original, commit, reader.optional_string(locked, "last_modified"), files, access
     )
     if reader.string(locked, "tree_hash") != lock.tree_hash:
         raise reader.fail("tree_hash does not match the files listed (was the file edited?)")
