@@ -757,3 +757,65 @@ def test_a_killed_import_leaves_nothing_visible_and_a_rerun_completes(
     result = run_with_input(b, data, "import", "-")
     assert result.returncode == 0, result.stderr
     b.ok("verify")
+
+
+def test_gc_during_an_import_keeps_what_it_placed(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    import time
+
+    host_a(hub, project)
+    data = _bundle(project, tmp_path)
+    b = other_host(project, tmp_path, locks=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlxpin", "import", "-", "--write-locks"],
+        cwd=b.root,
+        env=b.env,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(data[: len(data) // 2])
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not [
+        p for p in blob_files(b) if "." not in p.name and p.stat().st_size
+    ]:
+        time.sleep(0.05)
+    assert b.json("gc", "--yes")["ok"] is True
+    proc.stdin.write(data[len(data) // 2 :])
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
+    b.ok("verify")
+
+
+def test_a_failed_import_keeps_a_blob_another_import_placed_meanwhile(
+    hub: HubServer, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlxpin.errors import BundleError
+    from mlxpin.store import transfer
+    from mlxpin.store.bundle import BundleReader
+    from mlxpin.store.fetch import NoProgress
+    from mlxpin.store.layout import StoreLayout
+    from mlxpin.store.sources import LocalSourceBytes
+
+    host_a(hub, project)
+    view = Path(project.json("status")["models"][0]["snapshot"])
+    data = _rebuild(_bundle(project, tmp_path), "missing")
+    b = other_host(project, tmp_path)
+    layout = StoreLayout(hub_cache=b.hf_home / "hub", state_dir=b.state_dir)
+    real = transfer.ensure_blob
+    raced: list[Path] = []
+
+    def racing(layout: StoreLayout, lock: Any, file: Any, source: Any, progress: Any) -> Any:
+        if not raced:  # another import publishes this blob just before we take its mutex
+            real(layout, lock, file, LocalSourceBytes(view, lock.name), progress)
+            raced.append(layout.blob(lock, file))
+        return real(layout, lock, file, source, progress)
+
+    monkeypatch.setattr(transfer, "ensure_blob", racing)
+    with pytest.raises(BundleError):
+        transfer.import_bundle(
+            layout, BundleReader(io.BytesIO(data), "x"), lambda _: None, NoProgress()
+        )
+    assert raced and raced[0].is_file()

@@ -19,6 +19,7 @@ from mlxpin.runtime.layout import RuntimeLayout
 from mlxpin.store.gc.inventory import LiveRoot, LiveScan, collect_live, read_roots, scan
 from mlxpin.store.gc.plan import GcPlan, RootOnDisk, plan
 from mlxpin.store.gc.sweep import LOCK_TIMEOUT_S, ItemOutcome, sweep_item
+from mlxpin.store.inuse import remove_stale
 from mlxpin.store.layout import StoreLayout
 from mlxpin.util.jsonable import json_value
 
@@ -140,6 +141,7 @@ def gc(
         outcomes = tuple(ItemOutcome(item, "would_remove") for item in the_plan.doomed)
         return GcResult(True, include_foreign, the_plan, outcomes, live_roots, problems)
     _refuse_unsafe(settings, found, roots, problems, forget_missing=forget_missing)
+    remove_stale(layout)  # in-use records of processes that are gone
     # A lock written since the scan may have made something live again: read them once more.
     again = collect_live(settings, layout, read_roots(layout))
     live_again = again.live | {runtimes.path(k) for k in _runtime_keys(settings, again.roots)[0]}

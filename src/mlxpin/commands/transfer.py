@@ -34,6 +34,7 @@ from mlxpin.project.validate import is_commit
 from mlxpin.store.bundle import BundleReader
 from mlxpin.store.fetch import NoProgress, Progress
 from mlxpin.store.gc.inventory import read_roots
+from mlxpin.store.inuse import InUse
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.transfer import import_bundle, plan_export, write_bundle
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name
@@ -159,7 +160,20 @@ def import_(
     progress = progress or NoProgress()
 
     pinned = _locks_everywhere(settings, layout)
+    with InUse(layout) as in_use:  # gc keeps what it places, until its locks are written
+        return _import(settings, layout, source, stdin, write_locks, progress, in_use, pinned)
 
+
+def _import(
+    settings: Settings,
+    layout: StoreLayout,
+    source: Path | None,
+    stdin: BinaryIO,
+    write_locks: bool,
+    progress: Progress,
+    in_use: InUse,
+    pinned: list[LockedModel],
+) -> ImportResult:
     def check_lock(lock: LockedModel) -> None:
         """The project's locks are the trust anchor: a bundle's lock vouches only for itself."""
         if lock.name in RESERVED_NAMES:
@@ -182,6 +196,7 @@ def import_(
                 f"{clash.name} pins ({_pin(clash)}) in the shared cache",
                 "nothing was imported",
             )
+        in_use.add(lock)
 
     if source is None:
         label = "<stdin>"

@@ -78,6 +78,7 @@ class _BlobResult:
     entry: StampEntry
     downloaded: int
     hashed: int
+    created: bool = False  # this call placed the blob (decided under its mutex)
 
 
 # --- verification records --------------------------------------------------------------
@@ -232,7 +233,9 @@ def ensure_blob(
             with contextlib.suppress(OSError):
                 partial.unlink()
             raise error from None
-    return _BlobResult(StampEntry(file.path, str(blob), stat), downloaded, hashed + file.size)
+    return _BlobResult(
+        StampEntry(file.path, str(blob), stat), downloaded, hashed + file.size, created=True
+    )
 
 
 def _chmod_own(path: Path, mode: int) -> None:

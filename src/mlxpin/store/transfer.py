@@ -232,7 +232,7 @@ def import_bundle(
         for file in lock.files:
             wanted.setdefault(blob_member(file.oid), []).append((lock, file))
     progress.add_total(sum(lock.total_size for lock in locks))
-    created: list[tuple[LockedModel, LockedFile]] = []
+    created: list[tuple[LockedModel, LockedFile, bool]] = []
     entries: dict[tuple[str, str], StampEntry] = {}  # (model, path) -> entry
     written: dict[str, int] = {}
     try:
@@ -312,7 +312,7 @@ def _place(
     reader: BundleReader,
     member: str,
     users: list[tuple[LockedModel, LockedFile]],
-    created: list[tuple[LockedModel, LockedFile]],
+    created: list[tuple[LockedModel, LockedFile, bool]],
     entries: dict[tuple[str, str], StampEntry],
     written: dict[str, int],
     progress: Progress,
@@ -323,7 +323,6 @@ def _place(
         blob = layout.blob(lock, file)
         entry = placed.get(blob)
         if entry is None:
-            existed = blob.exists()
             source: _MemberSource | LocalSourceBytes
             wanted = file
             if not placed:
@@ -332,26 +331,26 @@ def _place(
                 first = next(iter(placed.values()))
                 source = LocalSourceBytes(Path(first.blob).parent, lock.name)
                 wanted = LockedFile(Path(first.blob).name, file.size, file.oid)
-            if not existed:
-                created.append((lock, file))
+            created.append((lock, file, False))  # on failure: only its partial file goes
             result = ensure_blob(layout, lock, wanted, source, progress)
+            created[-1] = (lock, file, result.created)
             entry = result.entry
             placed[blob] = entry
             written[lock.name] = written.get(lock.name, 0) + result.downloaded
         entries[(lock.name, file.path)] = StampEntry(file.path, entry.blob, entry.stat)
 
 
-def _roll_back(layout: StoreLayout, created: list[tuple[LockedModel, LockedFile]]) -> None:
-    """Remove the blobs (and partial files) this import created, under their locks."""
-    for lock, file in created:
+def _roll_back(layout: StoreLayout, created: list[tuple[LockedModel, LockedFile, bool]]) -> None:
+    """Remove the blobs this import placed (and its partial files), under their locks; a
+    blob another import placed meanwhile stays."""
+    for lock, file, placed in created:
         blob = layout.blob(lock, file)
         partial = blob.with_name(blob.name + ".mlxpin.incomplete")
         try:
             with hold_mutex(layout.blob_mutex(lock, file), 30.0, mode=0o664):
-                for path in (partial, blob):
+                doomed = (partial, blob, layout.verified_record(blob)) if placed else (partial,)
+                for path in doomed:
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
-                with contextlib.suppress(FileNotFoundError):
-                    layout.verified_record(blob).unlink()
         except (OSError, MlxpinError):
             continue

@@ -25,6 +25,7 @@ from mlxpin.store.gc.plan import (
     live_set,
     oid_of_hex,
 )
+from mlxpin.store.inuse import locks_in_use
 from mlxpin.store.layout import FileStat, StoreLayout, read_record
 
 # --- the live set -------------------------------------------------------------------------
@@ -93,6 +94,7 @@ def collect_live(
                 count += 1
         if registered or lock_dir.is_dir():
             live_roots.append(LiveRoot(lock_dir, registered, count))
+    locks += locks_in_use(layout)  # what running imports and servers use
     return LiveScan(live_set(layout, locks), tuple(live_roots), tuple(problems), unreadable)
 
 
