@@ -411,6 +411,17 @@ def test_a_model_changed_after_boot_is_never_started(served: Served, project: Pr
         project.ok("fetch", "gamma")  # re-hashes the blob and stamps it again
 
 
+def test_gc_keeps_what_a_running_serve_booted_with(served: Served, project: Project) -> None:
+    lock = project.lock_dir / "gamma.toml"
+    aside = project.root / "gamma.toml.aside"
+    lock.rename(aside)  # as after `lock --update`: no lock names what gamma booted with
+    try:
+        assert project.json("gc", "--yes")["ok"] is True
+    finally:
+        aside.rename(lock)
+    assert served.chat("gamma").model == "gamma-chat"
+
+
 @pytest.mark.e2e
 def test_load_and_unload_routes_and_sigterm_leaves_no_process(served: Served) -> None:
     code, body = get(served.base + "/mlxpin/models/gamma-chat/load", "POST")

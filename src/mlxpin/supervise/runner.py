@@ -7,6 +7,7 @@ signals (SIGTERM/SIGINT/SIGHUP stop every server's process group) and a clean ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Unavailable
 from mlxpin.plan.launch import LaunchPlan
 from mlxpin.plan.serve import ServePlan, launch_serve_plan
+from mlxpin.store.inuse import InUse
 from mlxpin.supervise.pool import Pool
 from mlxpin.supervise.restart import RestartPolicy
 from mlxpin.supervise.servers import WatchdogPolicy
@@ -158,7 +160,13 @@ def run_pool_plan(
 ) -> int:
     """Run ``plan`` on a fresh event loop. A distributed model runs as a rank group,
     probed as ``watchdog`` says: (interval, timeout) in seconds, or () for the defaults."""
-    return asyncio.run(run_pool(plan, environ, policy, WatchdogPolicy(*watchdog)))
+    checks = [m.launch.start_check for m in plan.models if m.launch.start_check is not None]
+    with contextlib.ExitStack() as stack:
+        if checks:  # gc keeps what the servers booted with while they may start
+            in_use = stack.enter_context(InUse(checks[0].layout))
+            for lock in (lock for check in checks for lock in check.locks):
+                in_use.add(lock)
+        return asyncio.run(run_pool(plan, environ, policy, WatchdogPolicy(*watchdog)))
 
 
 def run_plan(
