@@ -290,6 +290,37 @@ def test_the_host_agent_stores_only_the_announced_share_and_the_preflight_checks
     assert "mac2: the snapshot holds only 8 of the 9 locked files" in info.value.message
 
 
+def test_a_rank_host_keeps_received_pins_apart_and_gc_clears_dead_receives(
+    pipeline_project: tuple[Project, LockedModel, Path], tmp_path: Path
+) -> None:
+    project, lock, view = pipeline_project
+    mac2 = tmp_path / "mac2"
+    assert receive(project, mac2, stream_for(lock, view, None)).returncode == 0
+    # Another controller's model of the same name: another pin.
+    theirs = Original(repo="acme/other", path=None, revision=None, files=None)
+    other = make_locked(lock.name, theirs, "1" * 40, None, lock.files)
+    assert receive(project, mac2, stream_for(other, view, None)).returncode == 0
+    pid = "import os; print(os.getpid())"
+    dead = subprocess.run([sys.executable, "-c", pid], capture_output=True, text=True, check=True)
+    stale = mac2 / "mlxpin" / "incoming" / f"{int(dead.stdout)}-killed"
+    stale.mkdir(parents=True)
+    (stale / "half.bin").write_bytes(b"x" * 1000)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    gc = subprocess.run(
+        [sys.executable, "-m", "mlxpin", "gc", "--yes"],
+        cwd=elsewhere,
+        env=host_env(project, mac2),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert gc.returncode == 0, gc.stderr
+    layout = StoreLayout(hub_cache=mac2 / "hub", state_dir=mac2 / "mlxpin")
+    assert check_stamp(layout, lock).ok and check_stamp(layout, other).ok
+    assert not stale.exists()
+
+
 def test_a_pipeline_plan_needs_this_hosts_pin_first_it_says_which_files_the_others_need(
     project: Project,
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -43,7 +44,7 @@ from mlxpin.project.distributed import LOCAL_HOST
 from mlxpin.project.lockfile import LockedModel, parse_lock, render, write_lock
 from mlxpin.project.manifest import load_manifest
 from mlxpin.store.fetch import NoProgress
-from mlxpin.store.layout import StoreLayout, register_root
+from mlxpin.store.layout import StoreLayout, register_root, view_key
 from mlxpin.store.sources import LocalSourceBytes
 from mlxpin.store.subset import fetch_subset, need_of
 
@@ -51,7 +52,7 @@ LOCK_MEMBER = "lock.toml"
 SUBSET_MEMBER = "subset.json"
 FILES_PREFIX = "files/"
 STDIN_NAME = Path("<stdin>")
-RECEIVED_DIR = "received"  # under the state dir: the locks this host was sent (a gc root)
+RECEIVED_DIR = "received"  # under the state dir: received/<pin>/NAME.toml, each a gc root
 
 
 # --- on the remote host --------------------------------------------------------------------
@@ -72,12 +73,14 @@ def host_receive(settings: Settings, stream: IO[bytes]) -> HostCheck:
     layout = StoreLayout.of(settings)
     incoming = settings.state_dir / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="receive-", dir=incoming))
+    # Named by our pid: gc removes it once we are gone (a receive killed half-way).
+    workdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=incoming))
     try:
         lock, need = _unpack(stream, workdir)
         source = LocalSourceBytes(workdir / "files", lock.name)
         fetch_subset(layout, lock, need, source, NoProgress())
-        received = settings.state_dir / RECEIVED_DIR
+        # One lock dir per pin: another controller's model of the same name is another pin.
+        received = settings.state_dir / RECEIVED_DIR / view_key(lock)
         write_lock(received, lock)
         register_root(layout, received)
         return check_here(layout, lock, LOCAL_HOST, verify=False, need=need)

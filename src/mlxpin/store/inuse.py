@@ -49,10 +49,10 @@ def _alive(name: str) -> bool:
     return True
 
 
-def in_use_dirs(layout: StoreLayout) -> Iterator[tuple[Path, bool]]:
-    """Every in-use directory, and whether its process is alive."""
+def in_use_dirs(layout: StoreLayout, kind: str = "inuse") -> Iterator[tuple[Path, bool]]:
+    """Every in-use directory (or `incoming` receive), and whether its process is alive."""
     try:
-        entries = sorted((layout.state_dir / "inuse").iterdir())
+        entries = sorted((layout.state_dir / kind).iterdir())
     except OSError:
         return
     for entry in entries:
@@ -69,6 +69,7 @@ def locks_in_use(layout: StoreLayout) -> list[LockedModel]:
 
 
 def remove_stale(layout: StoreLayout) -> None:
-    for path, alive in in_use_dirs(layout):
+    """In-use records and half-received copies of processes that are gone."""
+    for path, alive in (*in_use_dirs(layout), *in_use_dirs(layout, "incoming")):
         if not alive:
             shutil.rmtree(path, ignore_errors=True)
