@@ -795,7 +795,7 @@ def test_a_failed_import_keeps_a_blob_another_import_placed_meanwhile(
     from mlxpin.errors import BundleError
     from mlxpin.store import transfer
     from mlxpin.store.bundle import BundleReader
-    from mlxpin.store.fetch import NoProgress
+    from mlxpin.store.fetch import NoProgress, ensure_blob
     from mlxpin.store.layout import StoreLayout
     from mlxpin.store.sources import LocalSourceBytes
 
@@ -804,7 +804,7 @@ def test_a_failed_import_keeps_a_blob_another_import_placed_meanwhile(
     data = _rebuild(_bundle(project, tmp_path), "missing")
     b = other_host(project, tmp_path)
     layout = StoreLayout(hub_cache=b.hf_home / "hub", state_dir=b.state_dir)
-    real = transfer.ensure_blob
+    real = ensure_blob
     raced: list[Path] = []
 
     def racing(layout: StoreLayout, lock: Any, file: Any, source: Any, progress: Any) -> Any:
