@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mlxpin.cli.app import build_parser
 from mlxpin.commands.lock import MAX_PARALLEL
 
@@ -66,6 +68,15 @@ def test_help_and_version() -> None:
     assert launch_help.returncode == 0
     assert "--dry-run" in launch_help.stdout
     assert run("lock", "--no-such-flag").returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("verb", "table"), [("serve", "[serve] port"), ("ps", "[serve] host"), ("lock", "[runtime]")]
+)
+def test_help_keeps_the_manifest_tables_it_names(verb: str, table: str) -> None:
+    """Help text naming a manifest table keeps the brackets (a markup layer once ate them)."""
+    text = " ".join(run(verb, "--help").stdout.split())
+    assert table in text
 
 
 def test_user_errors_never_show_a_traceback(project: Project) -> None:
