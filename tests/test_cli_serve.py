@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -456,3 +457,17 @@ def test_api_key_guards_completions_and_operator_routes(project: Project) -> Non
         assert "sk-serve-SECRET" not in ps.stdout + ps.stderr + "".join(running.log)
     finally:
         assert running.stop() == 0
+
+
+def test_a_taken_serve_port_points_at_the_serve_table(fetched: tuple[Project, HubServer]) -> None:
+    """serve's port is [serve]'s (or --port), not a model's: the hint says which to change."""
+    project, _ = fetched
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = project.run("serve", "--port", str(port), timeout=60)
+    assert result.returncode == 69, result.stderr
+    assert f"serve: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "`port` in [serve] (or --port)" in result.stderr
+    assert "for the model" not in result.stderr

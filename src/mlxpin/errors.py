@@ -186,10 +186,12 @@ class ServerMissingError(UnavailableError):
 class PortInUseError(UnavailableError):
     kind = "port_in_use"
 
-    def __init__(self, model: str, host: str, port: int, detail: str) -> None:
+    def __init__(self, model: str | None, host: str, port: int, detail: str) -> None:
+        """``model`` None: the port is `serve`'s own, set in [serve] (or --port)."""
+        where = "`port` in [serve] (or --port)" if model is None else "another `port` for the model"
         super().__init__(
-            f"{model}: cannot listen on {host}:{port}: {detail}",
-            "stop whatever holds the port, or set another `port` for the model in the manifest",
+            f"{model or 'serve'}: cannot listen on {host}:{port}: {detail}",
+            f"stop whatever holds the port, or set {where} in the manifest",
         )
 
 

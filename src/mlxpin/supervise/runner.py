@@ -99,10 +99,10 @@ async def run_pool(
         loop.add_signal_handler(signum, stopping.set)
     raise_open_files_limit()  # before the gateway sizes its connection cap from it
     launched = plan.launched
-    who = "serve" if launched is None else launched.name
     try:
         listeners = bind_public(plan.host, plan.port)
     except OSError as exc:
+        who = None if launched is None else launched.name
         raise PortInUseError(who, plan.host, plan.port, exc.strerror or str(exc)) from None
     pool: Pool | None = None
     runner = None
