@@ -25,11 +25,12 @@ from aiohttp import web
 from mlxpin.gateway.addresses import ACCEPT_BURST
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Backends, Lease, Route, Unavailable, Upstream
-from mlxpin.gateway.checks import check_request
+from mlxpin.gateway.checks import check_form, check_request, encode_form
 from mlxpin.gateway.listener import LimitedRunner, ListenerLimits
 from mlxpin.gateway.rewrite import Rewriter, SseRelay, rewrite_json
 from mlxpin.gateway.routing import RoutingTable
-from mlxpin.gateway.upstream import CHAT_PATH, COMPLETIONS_PATH, classify_failure, connector, url_of
+from mlxpin.gateway.upstream import classify_failure, connector, url_of
+from mlxpin.project.engines import ALL_ENDPOINTS, TRANSCRIPTIONS_PATH
 
 __all__ = ["Gateway", "api_error_response", "compact_dumps", "serve"]
 
@@ -87,8 +88,9 @@ def from_http_exception(exc: web.HTTPException) -> ApiError:
     if status == 404:
         return ApiError(
             404,
-            f"Not found. This endpoint serves POST {CHAT_PATH}, POST {COMPLETIONS_PATH}, "
-            f"GET {MODELS_PATH} and GET {HEALTH_PATH}",
+            "Not found. This endpoint serves "
+            + "".join(f"POST {path}, " for path in ALL_ENDPOINTS)
+            + f"GET {MODELS_PATH} and GET {HEALTH_PATH}",
             "not_found",
         )
     return ApiError(status, exc.reason or "Error", f"http_{status}")
@@ -113,8 +115,8 @@ class Gateway:
             middlewares=[self._middleware], client_max_size=self.table.max_body_bytes
         )
         app.cleanup_ctx.append(self._sessions_ctx)
-        app.router.add_post(CHAT_PATH, self.completions)
-        app.router.add_post(COMPLETIONS_PATH, self.completions)
+        for path in ALL_ENDPOINTS:
+            app.router.add_post(path, self.completions)
         app.router.add_get(MODELS_PATH, self.models)
         app.router.add_get(MODELS_PATH + "/{label}", self.model)
         app.router.add_get(HEALTH_PATH, self.health)
@@ -185,7 +187,11 @@ class Gateway:
             return api_error_response(
                 ApiError(408, "The request body was not sent in time", "timeout")
             )
-        checked = check_request(raw, self.table)
+        checked = (
+            check_form(raw, request.headers.get("Content-Type", ""), self.table, request.path)
+            if request.path == TRANSCRIPTIONS_PATH
+            else check_request(raw, self.table, request.path)
+        )
         if isinstance(checked, ApiError):
             return api_error_response(checked)
         route, body = checked
@@ -219,18 +225,23 @@ class Gateway:
         return session.post(url_of(upstream, path), data=data, headers=headers, timeout=timeout)
 
     async def _forward(
-        self, request: web.Request, route: Route, body: dict[str, Any], lease: Lease
+        self, request: web.Request, route: Route, body: Any, lease: Lease
     ) -> web.StreamResponse:
+        """Send the checked request with the server's own ``model`` string, relay the answer."""
         upstream = lease.upstream
-        body["model"] = upstream.model
-        try:
-            data = compact_dumps(body).encode()
-        except (ValueError, RecursionError):
-            return api_error_response(
-                ApiError(400, "The request body is nested too deeply", "invalid_json")
-            )
+        content_type = _JSON_CT
+        if isinstance(body, list):  # a multipart form's parts
+            data, content_type = encode_form(body, upstream.model)
+        else:
+            body["model"] = upstream.model
+            try:
+                data = compact_dumps(body).encode()
+            except (ValueError, RecursionError):
+                return api_error_response(
+                    ApiError(400, "The request body is nested too deeply", "invalid_json")
+                )
         headers = {
-            "Content-Type": _JSON_CT,
+            "Content-Type": content_type,
             "Accept": request.headers.get("Accept", "*/*"),
             "Accept-Encoding": "identity",
         }
@@ -240,7 +251,9 @@ class Gateway:
             ) as answer:
                 if answer.content_type == _SSE_CT:
                     return await self._relay_sse(request, answer, lease)
-                return await self._relay_json(answer, lease)
+                if answer.content_type == _JSON_CT or answer.status >= 400:
+                    return await self._relay_json(answer, lease)
+                return await self._relay_raw(request, answer, lease)
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = classify_failure(exc)
             log.warning(
@@ -265,6 +278,25 @@ class Gateway:
         if answer.status == 200:
             lease.completed()
         return web.Response(status=answer.status, body=body, content_type=_JSON_CT)
+
+    async def _relay_raw(
+        self, request: web.Request, answer: aiohttp.ClientResponse, lease: Lease
+    ) -> web.StreamResponse:
+        """Audio, text and ndjson answers, chunk by chunk as they come (no label in them)."""
+        response = web.StreamResponse(
+            status=answer.status, headers={"Content-Type": answer.headers.get("Content-Type", "")}
+        )
+        try:
+            await response.prepare(request)
+            async for chunk in answer.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionError as exc:
+            log.debug("client disconnected mid-answer: %s", type(exc).__name__)
+            return response
+        if answer.status == 200:
+            lease.completed()
+        return response
 
     async def _relay_sse(
         self, request: web.Request, answer: aiohttp.ClientResponse, lease: Lease

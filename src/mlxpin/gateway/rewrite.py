@@ -31,10 +31,11 @@ class Rewriter:
     ``json.loads`` + ``json.dumps``. Both paths are tested to agree.
     """
 
-    __slots__ = ("label", "label_json", "needle", "replacement")
+    __slots__ = ("label", "label_json", "model", "needle", "replacement")
 
     def __init__(self, label: str, upstream_model: str) -> None:
         self.label = label
+        self.model = upstream_model
         self.needle = b'"model": ' + json.dumps(upstream_model).encode()
         self.label_json = json.dumps(label).encode()
         self.replacement = b'"model": ' + self.label_json
@@ -52,7 +53,19 @@ class Rewriter:
         if isinstance(obj, dict) and "model" in obj:
             obj["model"] = self.label
             return json.dumps(obj, separators=(",", ":")).encode()
+        if isinstance(obj, dict) and self._nested(obj):
+            return json.dumps(obj, separators=(",", ":")).encode()
         return payload
+
+    def _nested(self, obj: dict[str, object]) -> bool:
+        """Relabel the server's path one level down (Responses and Messages events carry
+        it in ``response.model`` / ``message.model``); True if anything changed."""
+        changed = False
+        for value in obj.values():
+            if isinstance(value, dict) and value.get("model") == self.model:
+                value["model"] = self.label
+                changed = True
+        return changed
 
     def sse_block(self, block: bytes) -> bytes:
         """Rewrite a run of complete SSE lines (``block`` ends with a newline)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.errors import Flag, ManifestError, Run
-from mlxpin.project import validate
+from mlxpin.project import engines, validate
 from mlxpin.project.checker import Checker, did_you_mean
 from mlxpin.project.distributed import DISTRIBUTED_KEYS, DistributedSpec, parse_distributed
 from mlxpin.project.memory import Budget, parse_budget, parse_size
@@ -37,6 +37,8 @@ _MODEL_KEYS = (
     "gateway",
     "idle_ttl",
     "distributed",
+    "engine",
+    "role",
 )
 _SERVE_KEYS = (
     "host",
@@ -127,6 +129,8 @@ class ModelSpec(ModelIdentity):
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     idle_ttl: float | None = None  # `serve`: this model's own idle TTL (None: [serve]'s)
     distributed: DistributedSpec | None = None  # [models.x.distributed]: ranks over hosts
+    engine: str = engines.MLX_LM  # which server program runs it (project.engines)
+    role: str = "chat"  # what it serves: chat, embedding, transcription, speech, rerank
 
 
 @dataclass(frozen=True)
@@ -303,7 +307,18 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
     launch_fix = f'add [models.{name}.launch] with repo = "owner/name" (or path = "./dir")'
     raw_launch = check.require(table, keys, "launch", "missing [launch] table", launch_fix)
     launch = _launch(check, raw_launch, (*keys, "launch"), base)
-    server = _server(check, table.get("server", {}), (*keys, "server"))
+    engine, role = _engine(check, table, keys)
+    server = _server(check, table.get("server", {}), (*keys, "server"), engine)
+    if engine != engines.MLX_LM:
+        for key in ("draft", "adapter"):
+            if getattr(launch, key) is not None:
+                raise check.fail(
+                    (*keys, "launch", key),
+                    f"engine {engine!r} cannot have a {key} (only mlx-lm serves them)",
+                    f'remove `{key}`, or use engine = "mlx-lm"',
+                )
+        if "distributed" in table:
+            raise check.fail((*keys, "distributed"), "only mlx-lm models can be distributed")
     distributed = None
     if "distributed" in table:
         distributed = parse_distributed(check, table["distributed"], (*keys, "distributed"), base)
@@ -333,7 +348,29 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
         distributed=distributed,
         gateway=gateway,
         idle_ttl=idle_ttl,
+        engine=engine,
+        role=role,
     )
+
+
+def _engine(check: Checker, table: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, str]:
+    engine = check.string(table.get("engine", engines.MLX_LM), (*keys, "engine"))
+    if engine not in engines.ENGINES:
+        raise check.fail(
+            (*keys, "engine"), f"unknown engine {engine!r}", did_you_mean(engine, engines.ENGINES)
+        )
+    role = check.string(table.get("role", "chat"), (*keys, "role"))
+    if role not in engines.ROLES:
+        raise check.fail(
+            (*keys, "role"), f"unknown role {role!r}", "one of: " + ", ".join(engines.ROLES)
+        )
+    if not engines.endpoints(engine, role):
+        raise check.fail(
+            (*keys, "role"),
+            f"engine {engine!r} serves only chat",
+            'use engine = "mlx-vlm" for embedding, transcription, speech and rerank models',
+        )
+    return engine, role
 
 
 def _label(check: Checker, value: object, keys: tuple[str, ...]) -> str:
@@ -471,25 +508,27 @@ def _reference(check: Checker, value: object, keys: tuple[str, ...]) -> str | No
 
 
 def _server(
-    check: Checker, value: object, keys: tuple[str, ...]
+    check: Checker, value: object, keys: tuple[str, ...], engine: str
 ) -> tuple[tuple[str, ServerValue], ...]:
     table = check.table(value, keys)
-    allowed = tuple(SERVER_OPTIONS)
+    known = engines.SERVER_TABLES[engine]
+    allowed = tuple(known)
     options: list[tuple[str, ServerValue]] = []
     for key, raw in table.items():
-        if key not in SERVER_OPTIONS:
+        if key not in known:
             fix = did_you_mean(key, allowed)
             if key in ("model", "host", "port", "adapter_path", "draft_model"):
                 fix = f"`{key}` is set by mlxpin itself (see [models.x] and [models.x.launch])"
             elif key == "pipeline":
                 fix = f"`pipeline` belongs in [models.{keys[1]}.distributed] (mlxpin passes it)"
-            raise check.fail((*keys, key), "not a supported mlx_lm.server option", fix)
-        normalised, problem = check_server_value(key, raw)
+            server = "mlx_lm.server" if engine == engines.MLX_LM else "mlx_vlm.server"
+            raise check.fail((*keys, key), f"not a supported {server} option", fix)
+        normalised, problem = check_server_value(key, raw, known)
         if problem or normalised is None:
             raise check.fail(
                 (*keys, key),
                 problem or "invalid value",
-                f"--{key.replace('_', '-')}: {SERVER_OPTIONS[key].help}",
+                f"--{key.replace('_', '-')}: {known[key].help}",
             )
         options.append((key, normalised))
     return tuple(sorted(options, key=lambda item: item[0]))

@@ -35,6 +35,7 @@ class ServerRuntime:
     python: str  # the interpreter (or script) that will run
     mlx_lm: str | None  # versions that will run; None when unknown
     mlx: str | None
+    mlx_vlm: str | None = None  # engine mlx-vlm only
 
     def describe(self) -> str:
         versions = f"mlx-lm {self.mlx_lm or 'unknown'}, mlx {self.mlx or 'unknown'}"
@@ -73,6 +74,33 @@ def server_runtime(settings: Settings, manifest: Manifest) -> ServerRuntime:
 
 
 UNIX_SERVER_MODULE = "mlxpin.serve.uds_server"
+VLM_SERVER_MODULE = "mlxpin.serve.vlm_server"  # mlx_vlm.server's app, on a Unix socket
+SOCKET_SERVERS = (UNIX_SERVER_MODULE, VLM_SERVER_MODULE)
+
+
+def vlm_server() -> ServerRuntime:
+    """mlx_vlm.server from this interpreter, through mlxpin's Unix-socket launcher."""
+    spec = importlib.util.find_spec("mlx_vlm")
+    if spec is None:
+        raise ServerMissingError(
+            f"no `mlx_vlm` module for {sys.executable}: engine mlx-vlm needs it "
+            "(pip install 'mlxpin[vlm]')"
+        )
+    versions: dict[str, str] = {}
+    for location in spec.submodule_search_locations or ():
+        versions = dist_versions(Path(location).parent, prefix="mlx")
+        if versions:
+            break
+    return ServerRuntime(
+        command=(sys.executable, "-m", VLM_SERVER_MODULE),
+        pinned=False,
+        key=None,
+        path=None,
+        python=sys.executable,
+        mlx_lm=versions.get("mlx-lm"),
+        mlx=versions.get("mlx"),
+        mlx_vlm=versions.get("mlx-vlm"),
+    )
 
 
 def unpinned_server() -> ServerRuntime:

@@ -81,7 +81,9 @@ class SingleServer:
         self.spec = ServerSpec(
             launch.name, tuple(argv), launch.environment(environ), launch.cwd, launch.upstream_model
         )
-        self.upstream = Upstream(launch.api_label, launch.upstream_model, url, socket_path)
+        self.upstream = Upstream(
+            launch.api_label, launch.upstream_model, url, socket_path, role=launch.role
+        )
 
     def new_process(self, stop_timeout_s: float) -> ServerProcess:
         return ServerProcess(self.spec, stop_timeout_s)
