@@ -21,8 +21,8 @@ KEEP_ALIVE_S = 60  # above the gateway connector's 30 s
 def main(argv: list[str]) -> None:
     path, rest = split_socket(argv)
     sock = bind_private_socket(path)
-    import uvicorn
     import mlx_vlm.server.cli
+    import uvicorn
 
     cli: Any = mlx_vlm.server.cli
     run = uvicorn.run
