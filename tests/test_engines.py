@@ -25,6 +25,10 @@ import pytest
 
 from mlxpin.dev import tinymodel, tinymodel_embedding, tinymodel_vision
 from mlxpin.gateway.addresses import free_port
+from mlxpin.gateway.apierrors import ApiError
+from mlxpin.gateway.backends import Route
+from mlxpin.gateway.checks import FormPart, check_form, check_request, encode_form, parse_form
+from mlxpin.gateway.routing import RoutingTable
 from test_tinymodel_kinds import tiny_png
 
 from conftest import Project
@@ -307,6 +311,28 @@ def test_launch_a_vision_model_answers_a_chat_with_a_png(
         model=VISION_LABEL, max_tokens=3, messages=[{"role": "user", "content": content}]
     )
     assert reply.model == VISION_LABEL and reply.choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(
+            model=VISION_LABEL,
+            max_tokens=3,
+            stream=True,
+            messages=[{"role": "user", "content": "count"}],
+        )
+    )
+    assert len(chunks) >= 3 and {c.model for c in chunks} == {VISION_LABEL}
+    response = client.responses.create(model=VISION_LABEL, input="hi", max_output_tokens=2)
+    assert response.model == VISION_LABEL
+    status, message = _request(
+        running.base + "/v1/messages",
+        {"model": VISION_LABEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert status == 200 and message["model"] == VISION_LABEL, message
+    streamed = list(
+        client.responses.create(model=VISION_LABEL, input="hi", max_output_tokens=2, stream=True)
+    )
+    assert streamed and str(running.descendants()) not in str(streamed)
+    models = {getattr(getattr(e, "response", None), "model", None) for e in streamed} - {None}
+    assert models == {VISION_LABEL}, streamed
     remote = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
     status, body = _request(
         running.base + "/v1/chat/completions",
@@ -353,3 +379,99 @@ def test_no_engine_runs_under_this_interpreter_without_mlx_vlm(fetched: Project)
         pytest.skip("mlx_vlm is importable here")
     result = fetched.run("launch", "vision", "--dry-run")
     assert result.returncode == 69 and "mlxpin[vlm]" in result.stderr
+
+
+# --- the gateway's checks (pure) ---------------------------------------------------------
+
+VLM_CHAT = Route("vlm-chat", engine="mlx-vlm", role="chat")
+VLM_EMBED = Route("vlm-embed", engine="mlx-vlm", role="embedding")
+VLM_STT = Route("vlm-stt", engine="mlx-vlm", role="transcription")
+LM_CHAT = Route("lm-chat")
+TABLE = RoutingTable([VLM_CHAT, VLM_EMBED, VLM_STT, LM_CHAT])
+
+
+def _check(path: str, body: dict[str, Any]) -> Any:
+    return check_request(json.dumps(body).encode(), TABLE, path)
+
+
+@pytest.mark.parametrize(
+    "media",
+    [
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+        {"type": "image_url", "image_url": "/etc/passwd"},
+        {"type": "input_image", "image_url": "file:///etc/passwd"},
+        {"type": "input_audio", "input_audio": {"data": "/tmp/a.wav", "format": "wav"}},
+        {"type": "input_audio", "input_audio": {"data": "https://x/a.wav", "format": "wav"}},
+        {"type": "video_url", "video_url": {"url": "rtsp://camera/1"}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},
+        {"type": "audio_url", "audio_url": {"url": "./a.mp3"}},
+    ],
+)
+def test_media_that_is_not_inline_is_refused_for_mlx_vlm(media: dict[str, Any]) -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, media]}]
+    refused = _check("/v1/chat/completions", {"model": "vlm-chat", "messages": messages})
+    assert isinstance(refused, ApiError) and refused.status == 400
+    assert refused.code == "unsupported_parameter"
+
+
+def test_inline_media_passes_and_pinned_fields_are_stripped() -> None:
+    png = "data:image/png;base64,iVBORw0KGgo="
+    content = [
+        {"type": "image_url", "image_url": {"url": png}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZF", "format": "wav"}},
+        {"type": "text", "text": "see https://example.com/a.png"},
+    ]
+    body = {
+        "model": "vlm-chat",
+        "adapter_path": "/tmp/evil",
+        "messages": [{"role": "user", "content": content}],
+        "response_format": {"type": "json_schema", "json_schema": {"schema": {"url": "x"}}},
+    }
+    route, checked = _check("/v1/chat/completions", body)
+    assert route is VLM_CHAT and "adapter_path" not in checked
+    route, _ = _check("/v1/embeddings", {"model": "vlm-embed", "input": [png, "text"]})
+    assert route is VLM_EMBED
+
+
+def test_an_endpoint_the_label_does_not_serve_is_404_naming_both() -> None:
+    for path, label in (
+        ("/v1/embeddings", "vlm-chat"),
+        ("/v1/chat/completions", "vlm-embed"),
+        ("/v1/responses", "lm-chat"),
+        ("/v1/audio/speech", "vlm-stt"),
+    ):
+        refused = _check(path, {"model": label, "input": "x"})
+        assert isinstance(refused, ApiError) and refused.status == 404
+        assert path in refused.message and label in refused.message
+    assert isinstance(_check("/v1/embeddings", {"model": "nope"}), ApiError)
+
+
+def test_a_transcription_form_is_relabelled_with_the_servers_path() -> None:
+    parts = [
+        FormPart("model", None, None, b"vlm-stt"),
+        FormPart("file", 'a "b".wav', "audio/wav", b"RIFF\r\n--x\x00"),
+        FormPart("language", None, None, "é".encode()),
+    ]
+    raw, content_type = encode_form(parts[1:], "vlm-stt")
+    result = check_form(raw, content_type, TABLE, "/v1/audio/transcriptions")
+    assert not isinstance(result, ApiError)
+    route, checked = result
+    assert route is VLM_STT
+    assert [(p.name, p.data) for p in checked] == [(p.name, p.data) for p in parts[1:]]
+    upstream, ctype = encode_form(checked, "/models/stt")
+    again = parse_form(upstream, ctype)
+    assert not isinstance(again, ApiError)
+    assert (again[0].name, again[0].data) == ("model", b"/models/stt")
+    refused = check_form(raw, content_type, TABLE, "/v1/embeddings")
+    assert isinstance(refused, ApiError) and refused.status == 404
+    assert isinstance(check_form(b"{}", "application/json", TABLE, "/v1/x"), ApiError)
+
+
+def test_models_lists_every_label_with_its_kind() -> None:
+    listing = json.loads(TABLE.models_body)["data"]
+    assert [(m["id"], m["kind"]) for m in listing] == [
+        ("vlm-chat", "chat"),
+        ("vlm-embed", "embedding"),
+        ("vlm-stt", "transcription"),
+        ("lm-chat", "chat"),
+    ]

@@ -59,6 +59,9 @@ _MALFORMED: Final = ApiError(
     502, "The model server sent an incomplete or malformed answer", "upstream_error"
 )
 
+#: Streams that end with ``data: [DONE]`` (OpenAI chat and text completions).
+_DONE_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -322,7 +325,10 @@ class Gateway:
             if tail:
                 await response.write(tail)
             if failure is None and answer.status == 200 and not relay.done:
-                failure = aiohttp.ClientPayloadError("stream ended before data: [DONE]")
+                if request.path in _DONE_PATHS:
+                    failure = aiohttp.ClientPayloadError("stream ended before data: [DONE]")
+                else:  # Responses and Messages streams end with an event, not [DONE]
+                    lease.completed()
             if failure is not None:
                 # The status line is gone already: tell the client in-band (the openai
                 # client raises APIError on a data event that carries "error").
