@@ -29,6 +29,7 @@ from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Route
 from mlxpin.gateway.checks import FormPart, check_form, check_request, encode_form, parse_form
 from mlxpin.gateway.routing import RoutingTable
+from mlxpin.project.manifest import parse_manifest
 from test_tinymodel_kinds import tiny_png
 
 from conftest import Project
@@ -474,4 +475,15 @@ def test_models_lists_every_label_with_its_kind() -> None:
         ("vlm-embed", "embedding"),
         ("vlm-stt", "transcription"),
         ("lm-chat", "chat"),
+    ]
+
+
+def test_the_documented_serve_example_parses(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[1] / "docs" / "engines.md").read_text()
+    toml = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    manifest = parse_manifest(toml.encode(), tmp_path / "manifest.toml")
+    assert [(m.api_label, m.engine, m.role) for m in manifest.models] == [
+        ("gemma-4-31b-it", "mlx-lm", "chat"),
+        ("qwen2.5-vl-7b", "mlx-vlm", "chat"),
+        ("text-embedding-qwen3-embedding-8b", "mlx-vlm", "embedding"),
     ]
