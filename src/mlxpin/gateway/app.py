@@ -270,7 +270,10 @@ class Gateway:
 
     async def _relay_json(self, answer: aiohttp.ClientResponse, lease: Lease) -> web.Response:
         raw = await answer.read()
-        body = rewrite_json(answer.status, raw, lease.upstream.label)
+        upstream = lease.upstream
+        body = rewrite_json(
+            answer.status, raw, upstream.label, Rewriter(upstream.label, upstream.model)
+        )
         if body is None:
             log.warning("upstream answered %d with a non-JSON body", answer.status)
             if answer.status < 400:
