@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from test_tinymodel_kinds import tiny_png
 
 from conftest import Project
 from hubserver import HubServer
+from pyindex import PyIndex, build_wheel
 
 NEEDS_MLX_VLM = pytest.mark.skipif(
     importlib.util.find_spec("mlx_vlm") is None,
@@ -487,3 +489,52 @@ def test_the_documented_serve_example_parses(tmp_path: Path) -> None:
         ("qwen2.5-vl-7b", "mlx-vlm", "chat"),
         ("text-embedding-qwen3-embedding-8b", "mlx-vlm", "embedding"),
     ]
+
+
+# --- the engine's runtime pinned ([engines.mlx-vlm]) ----------------------------------------
+
+
+def test_an_engine_runtime_is_locked_installed_and_run(tmp_path: Path) -> None:
+    """[engines.mlx-vlm] pins mlx-vlm's closure like [runtime] pins mlx-lm's (against a
+    local index of stand-in wheels): lock/engines/mlx-vlm/runtime.toml, one install, the
+    plan runs that interpreter, gc keeps it."""
+    with PyIndex(tmp_path / "wheels") as index:
+        build_wheel(index.directory, "mlx-vlm", "0.7.1", requires=["mlx-lm>=0.1"])
+        build_wheel(index.directory, "mlx-lm", "0.1.0")
+        build_wheel(index.directory, "mlx", "0.1.0", extras=["cpu"])
+        root = tmp_path / "project"
+        tinymodel_embedding.generate(root / "emb")
+        leaks = ("UV_", "PIP_", "MLXPIN_", "VIRTUAL_ENV", "HF_TOKEN", "HF_HUB_OFFLINE")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(leaks)}
+        env.update(
+            HF_HOME=str(tmp_path / "hf_home"),
+            UV_INDEX_URL=index.url,
+            UV_CACHE_DIR=str(tmp_path / "uv-cache"),
+            UV_NO_CONFIG="1",
+        )
+        project = Project(root=root, env=env)
+        project.write_manifest(
+            'version = 1\n[models.embed]\napi_label = "e"\nengine = "mlx-vlm"\n'
+            'role = "embedding"\n[models.embed.launch]\npath = "./emb"\n'
+            '[engines.mlx-vlm]\nmlx-vlm = ">=0.7"\n'
+        )
+        locked = project.json("lock")
+        assert [e["action"] for e in locked["engines"]] == ["locked"]
+        assert locked["runtime"] is None
+        pin = project.lock_dir / "engines" / "mlx-vlm" / "runtime.toml"
+        assert "mlx-vlm>=0.7" in pin.read_text()
+        fetched = project.json("fetch")
+        assert [e["built"] for e in fetched["engines"]] == [True]
+        python = Path(fetched["engines"][0]["path"]) / "bin" / "python"
+        plan = project.json("launch", "--dry-run")["plan"]
+        assert plan["argv"][:3] == [str(python), "-m", "mlx_vlm.server"]
+        assert plan["argv"][-2] == "--port" and "--embedding-model" in plan["argv"]
+        assert plan["runtime"]["pinned"] and plan["runtime"]["mlx_vlm"] == "0.7.1"
+        assert project.json("fetch")["engines"][0]["built"] is False  # a stamp check
+        project.ok("gc")
+        assert python.exists()  # gc keeps what an engine's pin names
+        project.write_manifest(
+            project.root.joinpath("manifest.toml").read_text().replace(">=0.7", ">=0.7.1")
+        )
+        stale = project.run("launch", "--dry-run")
+        assert stale.returncode == 78 and "engines.mlx-vlm" in stale.stderr

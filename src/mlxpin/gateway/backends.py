@@ -67,6 +67,7 @@ class Upstream:
     socket_path: str | None = None  # connect over this Unix-domain socket instead of TCP
     epoch: int = 0  # which start of the server; a late answer from an older one proves nothing
     role: str = "chat"  # what its warm-up asks for (project.engines)
+    keepalive_s: float = 30.0  # idle pooled connections live this long (below the server's)
 
 
 @dataclass(eq=False)

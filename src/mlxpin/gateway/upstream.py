@@ -37,7 +37,7 @@ def url_of(upstream: Upstream, path: str) -> URL:
 def connector(upstream: Upstream, limit: int = 256) -> aiohttp.BaseConnector:
     if upstream.socket_path is not None:
         return aiohttp.UnixConnector(upstream.socket_path, limit=limit, keepalive_timeout=30.0)
-    return aiohttp.TCPConnector(limit=limit, keepalive_timeout=30.0)
+    return aiohttp.TCPConnector(limit=limit, keepalive_timeout=upstream.keepalive_s)
 
 
 def classify_failure(exc: BaseException) -> ApiError:

@@ -259,7 +259,7 @@ def model_plan(
     if locks is None:  # all problems at once
         locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])
     if spec.engine == MLX_VLM:
-        runtime = vlm_server()
+        runtime = vlm_server(settings, manifest)
     elif runtime is None:
         runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
     layout = StoreLayout.of(settings)

@@ -26,7 +26,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_REVISION = "main"
 
-_TOP_KEYS = ("version", "models", "serve", "runtime")
+_TOP_KEYS = ("version", "models", "serve", "runtime", "engines")
 _MODEL_KEYS = (
     "api_label",
     "aliases",
@@ -159,13 +159,14 @@ class RuntimeSpec:
     mlx: str
     packages: tuple[str, ...]  # extra PEP 508 requirements, as written
     line: int | None
+    server: str = "mlx-lm"  # the engine's package; `mlx_lm` is then its specifier
 
     @property
     def requirements(self) -> tuple[str, ...]:
         """What the resolver is asked for. `mlx` comes with its CPU backend on Linux
         (`mlx[cpu]`) and with Metal on macOS, so one lock boots on both."""
         return (
-            f"mlx-lm{self.mlx_lm}",
+            f"{self.server}{self.mlx_lm}",
             f"mlx{self.mlx}; sys_platform == 'darwin'",
             f"mlx[cpu]{self.mlx}; sys_platform == 'linux'",
             *self.packages,
@@ -178,6 +179,13 @@ class Manifest:
     models: tuple[ModelSpec, ...]
     serve: ServeTable = DEFAULT_SERVE
     runtime: RuntimeSpec | None = None
+    engines: tuple[RuntimeSpec, ...] = ()  # [engines.<engine>]: other engines' runtimes
+
+    def engine_runtime(self, engine: str) -> RuntimeSpec | None:
+        """The pinned runtime spec of ``engine`` (mlx-lm's is [runtime])."""
+        if engine == engines.MLX_LM:
+            return self.runtime
+        return next((spec for spec in self.engines if spec.server == engine), None)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -271,7 +279,13 @@ def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest
     _check_cross_references(check, models, explicit_ports)
     serve = _serve_table(check, document.get("serve", {}), models)
     runtime = _runtime(check, document["runtime"]) if "runtime" in document else None
-    return Manifest(path=path, models=models, serve=serve, runtime=runtime)
+    pinned = check.table(document.get("engines", {}), ("engines",))
+    for name in pinned:
+        if name not in engines.ENGINES[1:]:
+            fix = "[runtime] pins mlx-lm" if name == engines.MLX_LM else "one of: mlx-vlm"
+            raise check.fail(("engines", name), f"no engine {name!r} to pin here", fix)
+    runtimes = tuple(_runtime(check, v, ("engines", k), k) for k, v in pinned.items())
+    return Manifest(path=path, models=models, serve=serve, runtime=runtime, engines=runtimes)
 
 
 def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelSpec:
@@ -700,21 +714,23 @@ def _serve_table(check: Checker, value: object, models: tuple[ModelSpec, ...]) -
     )
 
 
-def _runtime(check: Checker, value: object) -> RuntimeSpec:
+def _runtime(
+    check: Checker, value: object, keys: tuple[str, ...] = ("runtime",), server: str = "mlx-lm"
+) -> RuntimeSpec:
+    """[runtime] (mlx-lm's) or [engines.<server>]: the server package and its closure."""
     from mlxpin.project import requirements  # only manifests with [runtime] pay for it
 
-    keys = ("runtime",)
     table = check.table(value, keys)
-    check.known_keys(table, keys, _RUNTIME_KEYS)
+    check.known_keys(table, keys, (*_RUNTIME_KEYS[:1], server, *_RUNTIME_KEYS[2:]))
     check.require(
         table,
         keys,
-        "mlx-lm",
-        "missing `mlx-lm`: the runtime exists to pin the server",
-        'add mlx-lm = ">=0.32,<0.33" (any PEP 440 range; the lock pins one version)',
+        server,
+        f"missing `{server}`: the runtime exists to pin the server",
+        f'add {server} = ">=0.32,<0.33" (any PEP 440 range; the lock pins one version)',
     )
     specs: dict[str, str] = {}
-    for key in ("python", "mlx-lm", "mlx"):
+    for key in ("python", server, "mlx"):
         default = DEFAULT_RUNTIME_PYTHON if key == "python" else ""
         text = check.string(table.get(key, default), (*keys, key))
         problem = requirements.specifier_problem(text)
@@ -735,7 +751,7 @@ def _runtime(check: Checker, value: object) -> RuntimeSpec:
             'e.g. packages = ["sentencepiece>=0.2"]',
         )
     packages: list[str] = []
-    seen = {"mlx-lm": "mlx-lm", "mlx": "mlx"}
+    seen = {server: server, "mlx": "mlx"}
     for item in raw:
         text = check.string(item, (*keys, "packages")).strip()
         problem = requirements.requirement_problem(text)
@@ -743,18 +759,19 @@ def _runtime(check: Checker, value: object) -> RuntimeSpec:
             raise check.fail((*keys, "packages"), f"{text!r}: {problem}")
         name = requirements.requirement_name(text)
         if name in seen:
-            where = f"the `{name}` key" if name in ("mlx-lm", "mlx") else f"{seen[name]!r}"
+            where = f"the `{name}` key" if name in (server, "mlx") else f"{seen[name]!r}"
             raise check.fail(
                 (*keys, "packages"),
                 f"{text!r} names {name!r} again (already in {where})",
-                "name each package once; put mlx-lm and mlx ranges in their own keys",
+                f"name each package once; put {server} and mlx ranges in their own keys",
             )
         seen[name] = text
         packages.append(text)
     return RuntimeSpec(
         python=specs["python"],
-        mlx_lm=specs["mlx-lm"],
+        mlx_lm=specs[server],
         mlx=specs["mlx"],
         packages=tuple(packages),
         line=check.lines.line_of(keys),
+        server=server,
     )

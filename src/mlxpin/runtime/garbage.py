@@ -1,5 +1,6 @@
 """Which installed runtimes `mlxpin gc` may delete: those no live lock dir's
-lock/runtime.toml names, and builds left aside by a crash (older than a day).
+lock/runtime.toml (or lock/engines/*/runtime.toml) names, and builds left aside by a
+crash (older than a day).
 
 Pure apart from reading the runtimes directory; deleting is `mlxpin.store.gc.sweep`'s
 job, under the runtime's own mutex (the one `fetch` holds while it builds), so a runtime
@@ -24,7 +25,8 @@ KEY_RE = re.compile(r"[0-9a-f]{32}")
 def live_runtime_keys(lock_dirs: Iterable[Path]) -> tuple[set[str], list[LockCorruptError]]:
     keys: set[str] = set()
     problems: list[LockCorruptError] = []
-    for lock_dir in lock_dirs:
+    # Each lock dir's runtime.toml, and its engines' (lock/engines/<engine>/runtime.toml).
+    for lock_dir in [d for top in lock_dirs for d in (top, *sorted(top.glob("engines/*")))]:
         try:
             pin = read_pin(lock_dir)
         except LockCorruptError as exc:

@@ -22,7 +22,7 @@ from mlxpin.errors import (
     RuntimeMissingError,
     ServerMissingError,
 )
-from mlxpin.project.manifest import Manifest
+from mlxpin.project.manifest import Manifest, RuntimeSpec
 from mlxpin.runtime.dists import dist_versions
 
 
@@ -47,29 +47,42 @@ class ServerRuntime:
 def server_runtime(settings: Settings, manifest: Manifest) -> ServerRuntime:
     if manifest.runtime is None:
         return unpinned_server()
+    return _pinned(settings, manifest.runtime, settings.lock_dir, ("-m", "mlx_lm", "server"))
+
+
+def engine_lock_dir(lock_dir: Path, engine: str) -> Path:
+    """Where [engines.<engine>]'s pin lives: its own runtime.toml, read by runtime/ as is."""
+    return lock_dir / "engines" / engine
+
+
+def _pinned(
+    settings: Settings, spec: RuntimeSpec, lock_dir: Path, module: tuple[str, ...]
+) -> ServerRuntime:
     # Only a pinned runtime pays for reading its pin and stamp.
     from mlxpin.runtime.layout import RuntimeLayout, check_runtime
     from mlxpin.runtime.pin import pin_path, read_head_state
 
-    state, pin = read_head_state(manifest.runtime, settings.lock_dir)
+    state, pin = read_head_state(spec, lock_dir)
+    name = "runtime" if spec.server == "mlx-lm" else f"engines.{spec.server}"
     if state.state == "corrupt":
-        raise LockCorruptError(pin_path(settings.lock_dir), state.reason or "unreadable")
+        raise LockCorruptError(pin_path(lock_dir), state.reason or "unreadable")
     if state.state != "ok" or pin is None:
-        raise LockStaleError([f"runtime: lock is {state.state} ({state.reason})"], [])
+        raise LockStaleError([f"{name}: lock is {state.state} ({state.reason})"], [])
     check = check_runtime(RuntimeLayout.of(settings), pin.key)
     if check.installed is None:
         raise RuntimeMissingError(pin.key, check.problem or "is not installed")
     installed = check.installed
-    if "mlx-lm" not in installed.dists:
-        raise ServerMissingError(f"the pinned runtime {pin.key[:12]} has no mlx-lm")
+    if spec.server not in installed.dists:
+        raise ServerMissingError(f"the pinned runtime {pin.key[:12]} has no {spec.server}")
     return ServerRuntime(
-        command=(str(installed.python), "-m", "mlx_lm", "server"),
+        command=(str(installed.python), *module),
         pinned=True,
         key=pin.key,
         path=installed.path,
         python=str(installed.python),
         mlx_lm=installed.dists.get("mlx-lm"),
         mlx=installed.dists.get("mlx"),
+        mlx_vlm=installed.dists.get("mlx-vlm"),
     )
 
 
@@ -78,8 +91,14 @@ VLM_SERVER_MODULE = "mlxpin.serve.vlm_server"  # mlx_vlm.server's app, on a Unix
 SOCKET_SERVERS = (UNIX_SERVER_MODULE, VLM_SERVER_MODULE)
 
 
-def vlm_server() -> ServerRuntime:
-    """mlx_vlm.server from this interpreter, through mlxpin's Unix-socket launcher."""
+def vlm_server(settings: Settings, manifest: Manifest) -> ServerRuntime:
+    """[engines.mlx-vlm]'s pinned interpreter (on a loopback port, like a pinned mlx-lm:
+    mlxpin's socket launcher is not in that runtime), else this interpreter's mlx_vlm
+    through mlxpin's Unix-socket launcher."""
+    pinned = manifest.engine_runtime("mlx-vlm")
+    if pinned is not None:
+        lock_dir = engine_lock_dir(settings.lock_dir, "mlx-vlm")
+        return _pinned(settings, pinned, lock_dir, ("-m", "mlx_vlm.server"))
     spec = importlib.util.find_spec("mlx_vlm")
     if spec is None:
         raise ServerMissingError(
