@@ -538,3 +538,40 @@ def test_an_engine_runtime_is_locked_installed_and_run(tmp_path: Path) -> None:
         )
         stale = project.run("launch", "--dry-run")
         assert stale.returncode == 78 and "engines.mlx-vlm" in stale.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.registry
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_pinned_mlx_vlm_runtime_from_the_registry_serves_embeddings(tmp_path: Path) -> None:
+    """The real thing: mlx-vlm locked from PyPI, installed, and the engine server run by
+    that runtime's interpreter (not this one's) answers through the gateway."""
+    root = tmp_path / "project"
+    tinymodel_embedding.generate(root / "emb")
+    leaks = ("UV_INDEX", "UV_DEFAULT_INDEX", "UV_EXTRA", "PIP_INDEX", "PIP_EXTRA", "MLXPIN_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(leaks) and k != "VIRTUAL_ENV"}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
+    project = Project(root=root, env=env)
+    port = free_port()
+    project.write_manifest(
+        f'version = 1\n[models.embed]\napi_label = "{EMBED_LABEL}"\nport = {port}\n'
+        'engine = "mlx-vlm"\nrole = "embedding"\n[models.embed.launch]\npath = "./emb"\n'
+        '[engines.mlx-vlm]\nmlx-vlm = ">=0.7,<0.8"\n'
+    )
+    locked = project.run("lock", "--json", timeout=900)
+    assert locked.returncode == 0, locked.stderr
+    fetched = project.run("fetch", "--json", timeout=1500)
+    assert fetched.returncode == 0, fetched.stderr
+    python = Path(json.loads(fetched.stdout)["engines"][0]["python"])
+    running = Running(project, "launch")
+    try:
+        running.wait_healthy(600)
+        vector = running.client().embeddings.create(model=EMBED_LABEL, input="hi")
+        assert len(vector.data[0].embedding) == 64
+        server = running.descendants()[0]
+        cmdline = Path(f"/proc/{server}/cmdline").read_text().split("\0")
+        assert cmdline[:3] == [str(python), "-m", "mlx_vlm.server"]
+        assert os.path.realpath(f"/proc/{server}/exe") == os.path.realpath(python)
+    finally:
+        running.stop()
