@@ -38,10 +38,15 @@ class ServerRuntime:
     mlx_vlm: str | None = None  # engine mlx-vlm only
 
     def describe(self) -> str:
-        versions = f"mlx-lm {self.mlx_lm or 'unknown'}, mlx {self.mlx or 'unknown'}"
+        server, version, table = (
+            ("mlx-lm", self.mlx_lm, "[runtime]")
+            if self.mlx_vlm is None
+            else ("mlx-vlm", self.mlx_vlm, "[engines.mlx-vlm]")
+        )
+        versions = f"{server} {version or 'unknown'}, mlx {self.mlx or 'unknown'}"
         if self.pinned and self.key is not None:
             return f"{versions} (pinned runtime {self.key[:12]}, {self.python})"
-        return f"{versions} (not pinned: {self.python}; add [runtime] to pin it)"
+        return f"{versions} (not pinned: {self.python}; add {table} to pin it)"
 
 
 def server_runtime(settings: Settings, manifest: Manifest) -> ServerRuntime:
