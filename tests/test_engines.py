@@ -533,11 +533,14 @@ def test_an_engine_runtime_is_locked_installed_and_run(tmp_path: Path) -> None:
         assert project.json("fetch")["engines"][0]["built"] is False  # a stamp check
         project.ok("gc")
         assert python.exists()  # gc keeps what an engine's pin names
+        assert project.json("lock", "--check")["engines"][0]["state"] == "ok"
         project.write_manifest(
             project.root.joinpath("manifest.toml").read_text().replace(">=0.7", ">=0.7.1")
         )
         stale = project.run("launch", "--dry-run")
         assert stale.returncode == 78 and "engines.mlx-vlm" in stale.stderr
+        checked = project.run("lock", "--check")
+        assert checked.returncode == 78 and "engines.mlx-vlm is stale" in checked.stderr
 
 
 @pytest.mark.e2e

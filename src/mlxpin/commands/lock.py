@@ -99,10 +99,12 @@ class LockResult:
 class CheckResult:
     states: tuple[PinState, ...]
     runtime: PinState | None = None  # None: neither a [runtime] nor lock/runtime.toml
+    engines: tuple[PinState, ...] = ()  # [engines.x]'s pins, named engines.x
 
     @property
     def all_states(self) -> tuple[PinState, ...]:
-        return (*self.states, *([self.runtime] if self.runtime is not None else []))
+        runtime = [self.runtime] if self.runtime is not None else []
+        return (*self.states, *runtime, *self.engines)
 
     @property
     def ok(self) -> bool:
@@ -116,7 +118,7 @@ class CheckResult:
             return None
         return LockStaleError(
             [f"{s.name} is {s.state}" for s in bad],
-            [s.name for s in bad if s.state != "orphan" and s is not self.runtime],
+            [s.name for s in bad if s.state != "orphan" and s in self.states],
         )
 
     @property
@@ -134,6 +136,15 @@ class CheckResult:
             "runtime": None
             if runtime is None
             else {"state": runtime.state, "reason": runtime.reason},
+            **(
+                {
+                    "engines": [
+                        {"name": e.name, "state": e.state, "reason": e.reason} for e in self.engines
+                    ]
+                }
+                if self.engines
+                else {}
+            ),
         }
 
 
@@ -157,9 +168,17 @@ def check(settings: Settings, names: Sequence[str] = ()) -> CheckResult:
     states = diff(manifest, locks, lock_names_on_disk(settings.lock_dir))
     wanted = {s.name for s in specs}
     runtime, _ = read_state(manifest.runtime, settings.lock_dir)
+    engines = tuple(
+        replace(
+            read_state(spec, engine_lock_dir(settings.lock_dir, spec.server))[0],
+            name=f"engines.{spec.server}",
+        )
+        for spec in manifest.engines
+    )
     return CheckResult(
         tuple(s for s in states if s.name in wanted or s.state == "orphan"),
         None if runtime.reason == "not pinned" else runtime,
+        engines,
     )
 
 
