@@ -104,26 +104,34 @@ def vlm_server(settings: Settings, manifest: Manifest) -> ServerRuntime:
     if pinned is not None:
         lock_dir = engine_lock_dir(settings.lock_dir, "mlx-vlm")
         return _pinned(settings, pinned, lock_dir, ("-m", "mlx_vlm.server"))
-    spec = importlib.util.find_spec("mlx_vlm")
-    if spec is None:
+    runtime = _this_interpreter("mlx_vlm", VLM_SERVER_MODULE)
+    if runtime is None:
         raise ServerMissingError(
             f"no `mlx_vlm` module for {sys.executable}: engine mlx-vlm needs it "
             "(pip install 'mlxpin[vlm]')"
         )
+    return runtime
+
+
+def _this_interpreter(module: str, launcher: str) -> ServerRuntime | None:
+    """``module``'s server from this interpreter, through mlxpin's ``launcher``."""
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        return None
     versions: dict[str, str] = {}
     for location in spec.submodule_search_locations or ():
         versions = dist_versions(Path(location).parent, prefix="mlx")
         if versions:
             break
     return ServerRuntime(
-        command=(sys.executable, "-m", VLM_SERVER_MODULE),
+        command=(sys.executable, "-m", launcher),
         pinned=False,
         key=None,
         path=None,
         python=sys.executable,
         mlx_lm=versions.get("mlx-lm"),
         mlx=versions.get("mlx"),
-        mlx_vlm=versions.get("mlx-vlm"),
+        mlx_vlm=versions.get("mlx-vlm") if module == "mlx_vlm" else None,
     )
 
 
@@ -134,22 +142,9 @@ def unpinned_server() -> ServerRuntime:
     serves it on a Unix socket (see `mlxpin.serve.uds_server`); an mlx_lm.server found on
     PATH belongs to another interpreter and can only listen on a loopback port.
     """
-    spec = importlib.util.find_spec("mlx_lm")
-    if spec is not None:
-        versions: dict[str, str] = {}
-        for location in spec.submodule_search_locations or ():
-            versions = dist_versions(Path(location).parent, prefix="mlx")
-            if versions:
-                break
-        return ServerRuntime(
-            command=(sys.executable, "-m", UNIX_SERVER_MODULE),
-            pinned=False,
-            key=None,
-            path=None,
-            python=sys.executable,
-            mlx_lm=versions.get("mlx-lm"),
-            mlx=versions.get("mlx"),
-        )
+    runtime = _this_interpreter("mlx_lm", UNIX_SERVER_MODULE)
+    if runtime is not None:
+        return runtime
     script = shutil.which("mlx_lm.server")
     if script is not None:
         return ServerRuntime((script,), False, None, None, script, None, None)
