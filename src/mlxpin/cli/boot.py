@@ -65,10 +65,11 @@ class LaunchOptions(RunOptions):
 def plan_text(plan: LaunchPlan) -> str:
     aliases = f" (aliases: {', '.join(plan.aliases)})" if plan.aliases else ""
     argv = plan.shown_argv()
+    server = plan.engine.replace("-", "_") + ".server"
     private = (
-        "unix socket in a private 0700 directory  (mlx_lm.server)"
+        f"unix socket in a private 0700 directory  ({server})"
         if plan.private_socket
-        else f"http://{plan.private_host}:<free port>  (mlx_lm.server)"
+        else f"http://{plan.private_host}:<free port>  ({server})"
     )
     key = "required (bearer key from the environment)" if plan.api_key_required else "not required"
     lines = [

@@ -91,10 +91,10 @@ def lock_command(args: Namespace, common: Common) -> None:
         text = describe_change(change)
         if text and not (common.quiet and change.action == "kept"):
             out.line(text)
-    if result.runtime is not None:
-        text = describe_runtime(result.runtime)
-        if text and not (common.quiet and result.runtime.action == "kept"):
-            out.line(text)
+    for runtime, engine in ((result.runtime, None), *((e, e) for e in result.engines)):
+        text = describe_runtime(runtime) if runtime is not None else None
+        if text and not (common.quiet and runtime is not None and runtime.action == "kept"):
+            out.line(text if engine is None else "engine " + text)
     out.result(result.to_json())
     if result.errors:
         for failure in result.errors:

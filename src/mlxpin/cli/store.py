@@ -159,14 +159,19 @@ def fetch_command(args: Namespace, common: Common) -> None:
                 f"{model.name}: fetched and verified {model.files} files, "
                 f"{human_size(model.total_size)} (downloaded {human_size(model.downloaded_bytes)})"
             )
-    runtime = result.runtime
-    if runtime is not None:
+    for runtime in (result.runtime, *result.engines):
+        if runtime is None:
+            continue
         versions = (
             f"mlx-lm {runtime.dists.get('mlx-lm')}, mlx {runtime.dists.get('mlx')}, "
             f"{runtime.packages} packages installed, Python {runtime.python_version}"
         )
+        vlm = runtime.dists.get("mlx-vlm")
         state = "installed" if runtime.built else "up to date"
-        out.line(f"runtime: {state} ({versions}) at {runtime.path}")
+        what = (
+            f"engine runtime mlx-vlm {vlm}" if vlm and runtime is not result.runtime else "runtime"
+        )
+        out.line(f"{what}: {state} ({versions}) at {runtime.path}")
     data = result.to_json()
     if args.hosts:
         data["hosts"] = [r.to_json() for r in prepared]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import HUB_CACHE_HINT, STATE_DIR_HINT, Settings
@@ -24,6 +24,7 @@ from mlxpin.project.selection import locked_models, manifest_of, pick
 from mlxpin.runtime.install import InstallOutcome, install_runtime
 from mlxpin.runtime.layout import RuntimeLayout, check_runtime
 from mlxpin.runtime.pin import RuntimePin, pin_path, read_state
+from mlxpin.runtime.server import engine_lock_dir
 from mlxpin.store.fetch import (
     FetchOutcome,
     NoProgress,
@@ -50,6 +51,7 @@ class FetchResult:
     models: tuple[FetchOutcome, ...]
     seconds: float
     runtime: InstallOutcome | None = None  # None: the manifest has no [runtime]
+    engines: tuple[InstallOutcome, ...] = ()  # [engines.x]'s runtimes
 
     exit_code = ExitCode.OK
 
@@ -59,6 +61,7 @@ class FetchResult:
             "seconds": round(self.seconds, 3),
             "models": [fields_json(m, view="snapshot") for m in self.models],
             "runtime": json_value(self.runtime),
+            **({"engines": [e.to_json() for e in self.engines]} if self.engines else {}),
         }
 
 
@@ -95,6 +98,13 @@ def fetch(
     manifest = manifest_of(settings)
     locks = locked_models(settings, manifest, pick(manifest, names))
     runtime_pin = pinned_runtime(settings, manifest)
+    engine_pins = [
+        pinned_runtime(
+            replace(settings, lock_dir=engine_lock_dir(settings.lock_dir, s.server)),
+            replace(manifest, runtime=s),
+        )
+        for s in manifest.engines
+    ]
     layout = StoreLayout.of(settings)
     require_writable_dir(layout.state_dir, STATE_DIR_HINT)
     if any(lock.original.repo is not None for lock in locks):
@@ -126,15 +136,18 @@ def fetch(
         else:
             source = HubSourceBytes(lock, downloader, ranges)
         outcomes.append(fetch_model(layout, lock, source, progress(lock.name), cancel=cancel))
-    runtime = None
-    if runtime_pin is not None:
-        runtime = install_runtime(
+    installed = [
+        install_runtime(
             RuntimeLayout.of(settings),
-            runtime_pin,
+            pin,
             os.environ if environ is None else environ,
             runtime_report,
         )
-    return FetchResult(tuple(outcomes), time.monotonic() - started, runtime)
+        for pin in (runtime_pin, *engine_pins)
+        if pin is not None
+    ]
+    runtime = installed.pop(0) if runtime_pin is not None else None
+    return FetchResult(tuple(outcomes), time.monotonic() - started, runtime, tuple(installed))
 
 
 @dataclass(frozen=True)

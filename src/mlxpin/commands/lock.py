@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import (
@@ -24,7 +25,7 @@ from mlxpin.project.lockfile import (
     lock_path,
     write_lock,
 )
-from mlxpin.project.manifest import HubSource, ModelSpec
+from mlxpin.project.manifest import HubSource, Manifest, ModelSpec, RuntimeSpec
 from mlxpin.project.selection import (
     lock_dir_mutex,
     manifest_of,
@@ -34,6 +35,7 @@ from mlxpin.project.selection import (
 )
 from mlxpin.runtime.lock import Resolver, RuntimeChange, lock_runtime
 from mlxpin.runtime.pin import read_state
+from mlxpin.runtime.server import engine_lock_dir
 from mlxpin.util.atomic import hold_mutex
 from mlxpin.util.jsonable import fields_json, json_value
 from mlxpin.util.parallel import run_parallel
@@ -70,12 +72,14 @@ class LockChange:
 class LockResult:
     changes: tuple[LockChange, ...]
     runtime: RuntimeChange | None = None  # lock/runtime.toml (None: no [runtime], no pin)
+    engines: tuple[RuntimeChange, ...] = ()  # lock/engines/<engine>/runtime.toml
 
     @property
     def errors(self) -> tuple[MlxpinError, ...]:
         found = [c.error for c in self.changes if c.error is not None]
-        if self.runtime is not None and self.runtime.error is not None:
-            found.append(self.runtime.error)
+        for runtime in (self.runtime, *self.engines):
+            if runtime is not None and runtime.error is not None:
+                found.append(runtime.error)
         return tuple(found)
 
     @property
@@ -83,17 +87,22 @@ class LockResult:
         return self.errors[0].exit_code if self.errors else ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": not self.errors, **fields_json(self, changes="models")}
+        data = {"ok": not self.errors, **fields_json(self, changes="models")}
+        if not self.engines:  # the key is there only when the manifest pins an engine
+            del data["engines"]
+        return data
 
 
 @dataclass(frozen=True)
 class CheckResult:
     states: tuple[PinState, ...]
     runtime: PinState | None = None  # None: neither a [runtime] nor lock/runtime.toml
+    engines: tuple[PinState, ...] = ()  # [engines.x]'s pins, named engines.x
 
     @property
     def all_states(self) -> tuple[PinState, ...]:
-        return (*self.states, *([self.runtime] if self.runtime is not None else []))
+        runtime = [self.runtime] if self.runtime is not None else []
+        return (*self.states, *runtime, *self.engines)
 
     @property
     def ok(self) -> bool:
@@ -107,7 +116,7 @@ class CheckResult:
             return None
         return LockStaleError(
             [f"{s.name} is {s.state}" for s in bad],
-            [s.name for s in bad if s.state != "orphan" and s is not self.runtime],
+            [s.name for s in bad if s.state != "orphan" and s in self.states],
         )
 
     @property
@@ -125,6 +134,15 @@ class CheckResult:
             "runtime": None
             if runtime is None
             else {"state": runtime.state, "reason": runtime.reason},
+            **(
+                {
+                    "engines": [
+                        {"name": e.name, "state": e.state, "reason": e.reason} for e in self.engines
+                    ]
+                }
+                if self.engines
+                else {}
+            ),
         }
 
 
@@ -148,9 +166,17 @@ def check(settings: Settings, names: Sequence[str] = ()) -> CheckResult:
     states = diff(manifest, locks, lock_names_on_disk(settings.lock_dir))
     wanted = {s.name for s in specs}
     runtime, _ = read_state(manifest.runtime, settings.lock_dir)
+    engines = tuple(
+        replace(
+            read_state(spec, engine_lock_dir(settings.lock_dir, spec.server))[0],
+            name=f"engines.{spec.server}",
+        )
+        for spec in manifest.engines
+    )
     return CheckResult(
         tuple(s for s in states if s.name in wanted or s.state == "orphan"),
         None if runtime.reason == "not pinned" else runtime,
+        engines,
     )
 
 
@@ -232,16 +258,32 @@ def lock(
         if todo:
             changes.extend(run_parallel(work, todo, workers=jobs))
         changes.extend(_remove_orphans(settings, set(manifest.names)))
-        runtime = lock_runtime(
-            manifest,
-            settings.lock_dir,
-            os.environ if environ is None else environ,
-            update=update_runtime,
-            resolver=resolver or default_runtime_resolver(),
-        )
+        # mlx-lm's [runtime] in lock/; each [engines.x] in its own directory, read as is.
+        runtimes = [
+            lock_runtime(
+                replace(manifest, runtime=spec),
+                lock_dir,
+                os.environ if environ is None else environ,
+                update=update_runtime,
+                resolver=resolver or default_runtime_resolver(),
+            )
+            for spec, lock_dir in (
+                (manifest.runtime, settings.lock_dir),
+                *_engine_dirs(settings, manifest),
+            )
+        ]
     order = {s.name: i for i, s in enumerate(manifest.models)}
     changes.sort(key=lambda c: (order.get(c.name, len(order)), c.name))
-    return LockResult(tuple(changes), runtime)
+    engines = tuple(change for change in runtimes[1:] if change is not None)
+    return LockResult(tuple(changes), runtimes[0], engines)
+
+
+def _engine_dirs(settings: Settings, manifest: Manifest) -> list[tuple[RuntimeSpec, Path]]:
+    """[engines.x]'s pin directories (created: runtime/ writes into them as is)."""
+    dirs = [(spec, engine_lock_dir(settings.lock_dir, spec.server)) for spec in manifest.engines]
+    for _, path in dirs:
+        path.mkdir(parents=True, exist_ok=True)
+    return dirs
 
 
 def _changed(

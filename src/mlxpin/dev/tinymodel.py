@@ -25,16 +25,20 @@ whole-word token of the corpus to the next one of a seeded cycle through those w
 decoding thus produces a deterministic stream of words ("per message the an you ...") that
 never hits an end-of-sequence token, instead of one token repeated. Plumbing, not prose.
 
-Usage: ``python -m mlxpin.dev.tinymodel OUT_DIR [--arch llama|qwen2] [--seed N]``.
+Usage: ``python -m mlxpin.dev.tinymodel OUT_DIR [--kind chat|vision|embedding]
+[--arch llama|qwen2] [--seed N] [--sharded]``; the vision (Qwen2-VL) and embedding (Qwen3)
+kinds, for mlx-vlm, live in `tinymodel_vision` and `tinymodel_embedding` and reuse the
+tokenizer, weights and writers here.
 numpy and tokenizers are imported lazily: importing this module is cheap.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
@@ -44,6 +48,8 @@ if TYPE_CHECKING:
 
 Arch = Literal["llama", "qwen2"]
 ARCHS: Final[tuple[str, ...]] = get_args(Arch)
+Kind = Literal["chat", "vision", "embedding"]  # the other two: tinymodel_vision, _embedding
+KINDS: Final[tuple[str, ...]] = get_args(Kind)
 
 HIDDEN_SIZE: Final = 64
 NUM_LAYERS: Final = 2
@@ -120,23 +126,28 @@ def generate(
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, not {seed}")
-    tokenizer = _tokenizer_json()
+    tokenizer = tokenizer_json()
     vocab: dict[str, int] = tokenizer["model"]["vocab"]
-    config = _config(arch, len(vocab))
-    weights = _weights(arch, vocab, seed)
+    config = chat_config(arch, len(vocab))
+    weights = chat_weights(arch, vocab, seed)
     files: dict[str, bytes] = {
-        "config.json": _json_bytes(config),
-        "generation_config.json": _json_bytes(_generation_config()),
-        **(_shards(weights) if sharded else {"model.safetensors": _safetensors_bytes(weights)}),
-        "special_tokens_map.json": _json_bytes(_special_tokens_map()),
-        "tokenizer.json": _json_bytes(tokenizer),
-        "tokenizer_config.json": _json_bytes(_tokenizer_config()),
+        "config.json": json_bytes(config),
+        "generation_config.json": json_bytes(generation_config()),
+        **(shards(weights) if sharded else {"model.safetensors": safetensors_bytes(weights)}),
+        "special_tokens_map.json": json_bytes(special_tokens_map()),
+        "tokenizer.json": json_bytes(tokenizer),
+        "tokenizer_config.json": json_bytes(tokenizer_config()),
     }
+    return write_files(out_dir, files)
+
+
+def write_files(out_dir: Path, files: Mapping[str, bytes]) -> tuple[Path, ...]:
+    """Write each file (a relative path) atomically under ``out_dir``; return them, sorted."""
     from mlxpin.util.atomic import write_atomic
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out_dir / name, data)
     return tuple(sorted(out_dir / name for name in files))
 
@@ -144,11 +155,11 @@ def generate(
 # --- tokenizer ---------------------------------------------------------------------------
 
 
-def _tokenizer_json() -> dict[str, Any]:
+def tokenizer_json() -> dict[str, Any]:
     """Train the byte-level BPE on the corpus; return tokenizer.json in a fixed layout."""
     from tokenizers import Tokenizer, pre_tokenizers, trainers
 
-    tokenizer = Tokenizer.from_str(json.dumps(_tokenizer_document({}, [])))
+    tokenizer = Tokenizer.from_str(json.dumps(tokenizer_document({}, [])))
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
         min_frequency=1,
@@ -166,10 +177,10 @@ def _tokenizer_json() -> dict[str, Any]:
     merges = [
         m.split(" ") if isinstance(m, str) else [str(x) for x in m] for m in trained["merges"]
     ]
-    return _tokenizer_document(vocab, merges)
+    return tokenizer_document(vocab, merges)
 
 
-def _tokenizer_document(vocab: dict[str, int], merges: list[list[str]]) -> dict[str, Any]:
+def tokenizer_document(vocab: dict[str, int], merges: list[list[str]]) -> dict[str, Any]:
     """tokenizer.json: NFC, Qwen2 split + byte-level BPE, the special tokens if in ``vocab``."""
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True}
     return {
@@ -219,7 +230,7 @@ def _tokenizer_document(vocab: dict[str, int], merges: list[list[str]]) -> dict[
     }
 
 
-def _special_tokens_map() -> dict[str, Any]:
+def special_tokens_map() -> dict[str, Any]:
     return {
         "additional_special_tokens": [IM_START, IM_END],
         "bos_token": ENDOFTEXT,
@@ -228,9 +239,9 @@ def _special_tokens_map() -> dict[str, Any]:
     }
 
 
-def _tokenizer_config() -> dict[str, Any]:
+def tokenizer_config() -> dict[str, Any]:
     return {
-        **_special_tokens_map(),
+        **special_tokens_map(),
         "added_tokens_decoder": {
             str(i): {
                 "content": token,
@@ -252,7 +263,7 @@ def _tokenizer_config() -> dict[str, Any]:
 # --- config ------------------------------------------------------------------------------
 
 
-def _config(arch: Arch, vocab_size: int) -> dict[str, Any]:
+def chat_config(arch: Arch, vocab_size: int) -> dict[str, Any]:
     common: dict[str, Any] = {
         "attention_dropout": 0.0,
         "bos_token_id": SPECIAL_TOKENS.index(ENDOFTEXT),
@@ -294,7 +305,7 @@ def _config(arch: Arch, vocab_size: int) -> dict[str, Any]:
     }
 
 
-def _generation_config() -> dict[str, Any]:
+def generation_config() -> dict[str, Any]:
     return {
         "bos_token_id": SPECIAL_TOKENS.index(ENDOFTEXT),
         "eos_token_id": [SPECIAL_TOKENS.index(IM_END), SPECIAL_TOKENS.index(ENDOFTEXT)],
@@ -305,7 +316,7 @@ def _generation_config() -> dict[str, Any]:
 # --- weights -----------------------------------------------------------------------------
 
 
-def _weights(arch: Arch, vocab: Mapping[str, int], seed: int) -> dict[str, npt.NDArray[Any]]:
+def chat_weights(arch: Arch, vocab: Mapping[str, int], seed: int) -> dict[str, npt.NDArray[Any]]:
     """float32 tensors by name, drawn in sorted-name order from ``default_rng(seed)``."""
     import numpy as np
 
@@ -337,14 +348,7 @@ def _weights(arch: Arch, vocab: Mapping[str, int], seed: int) -> dict[str, npt.N
             }
 
     rng = np.random.default_rng(seed)
-    tensors: dict[str, npt.NDArray[Any]] = {}
-    for name in sorted(shapes):
-        shape = shapes[name]
-        if name.endswith("norm.weight"):
-            tensors[name] = np.ones(shape, dtype=np.float32)
-        else:
-            std = 1.0 if name == "model.embed_tokens.weight" else _INIT_STD
-            tensors[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+    tensors = random_tensors(shapes, rng, ones=lambda name: name.endswith("norm.weight"))
 
     # With small layer weights the final hidden state is close to the last token's embedding,
     # so lm_head row `nxt` = that of its predecessor makes greedy decoding walk the cycle.
@@ -352,6 +356,28 @@ def _weights(arch: Arch, vocab: Mapping[str, int], seed: int) -> dict[str, npt.N
     cycle = _word_cycle(vocab, rng)
     for prev, nxt in zip(cycle, cycle[1:] + cycle[:1], strict=True):
         lm_head[nxt] = embed[prev] * np.float32(_LM_HEAD_SCALE)
+    return tensors
+
+
+def random_tensors(
+    shapes: Mapping[str, tuple[int, ...]],
+    rng: np.random.Generator,
+    *,
+    ones: Callable[[str], bool],
+    unit: str = "model.embed_tokens.weight",
+) -> dict[str, npt.NDArray[Any]]:
+    """float32 tensors drawn in sorted-name order: ``ones(name)`` ones (norm scales, no draw),
+    ``unit`` (the embeddings) N(0, 1), everything else N(0, 0.02)."""
+    import numpy as np
+
+    tensors: dict[str, npt.NDArray[Any]] = {}
+    for name in sorted(shapes):
+        shape = shapes[name]
+        if ones(name):
+            tensors[name] = np.ones(shape, dtype=np.float32)
+        else:
+            std = 1.0 if name == unit else _INIT_STD
+            tensors[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
     return tensors
 
 
@@ -371,7 +397,7 @@ def _bf16(array: npt.NDArray[Any]) -> bytes:
     return rounded.astype("<u2").tobytes()
 
 
-def _safetensors_bytes(tensors: Mapping[str, npt.NDArray[Any]]) -> bytes:
+def safetensors_bytes(tensors: Mapping[str, npt.NDArray[Any]]) -> bytes:
     """The safetensors format: u64-le header length, JSON header (8-byte padded), raw data."""
     header: dict[str, Any] = {"__metadata__": {"format": "mlx"}}
     chunks: list[bytes] = []
@@ -390,27 +416,27 @@ def _safetensors_bytes(tensors: Mapping[str, npt.NDArray[Any]]) -> bytes:
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
-def _shards(tensors: Mapping[str, npt.NDArray[Any]]) -> dict[str, bytes]:
+def shards(tensors: Mapping[str, npt.NDArray[Any]]) -> dict[str, bytes]:
     """One safetensors file per layer, one for everything else, and the index."""
     count = NUM_LAYERS + 1
 
     def file_of(name: str) -> str:
-        match = re.match(r"model\.layers\.(\d+)\.", name)
+        match = re.search(r"model\.layers\.(\d+)\.", name)
         number = int(match.group(1)) + 1 if match else count
         return f"model-{number:05d}-of-{count:05d}.safetensors"
 
     groups: dict[str, dict[str, npt.NDArray[Any]]] = {}
     for name in sorted(tensors):
         groups.setdefault(file_of(name), {})[name] = tensors[name]
-    out = {file: _safetensors_bytes(group) for file, group in sorted(groups.items())}
+    out = {file: safetensors_bytes(group) for file, group in sorted(groups.items())}
     index = {
         "metadata": {"total_size": sum(t.size * 2 for t in tensors.values())},
         "weight_map": {name: file_of(name) for name in sorted(tensors)},
     }
-    return {**out, "model.safetensors.index.json": _json_bytes(index)}
+    return {**out, "model.safetensors.index.json": json_bytes(index)}
 
 
-def _json_bytes(obj: Any) -> bytes:
+def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
 
@@ -422,16 +448,26 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m mlxpin.dev.tinymodel",
-        description="Write a tiny random-weight model for mlx_lm, offline and reproducibly.",
+        description="Write a tiny random-weight model, offline and reproducibly: chat (for "
+        "mlx_lm), vision (a Qwen2-VL) or embedding (a Qwen3) for mlx-vlm.",
     )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
-    parser.add_argument("--arch", choices=ARCHS, default="llama")
+    parser.add_argument("--kind", choices=KINDS, default="chat")
+    parser.add_argument("--arch", choices=ARCHS, help="chat only (default: llama)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sharded", action="store_true", help="one weight file per layer")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error("--seed must be >= 0")
-    for path in generate(args.out_dir, arch=args.arch, seed=args.seed, sharded=args.sharded):
+    if args.arch is not None and args.kind != "chat":
+        parser.error("--arch applies to --kind chat only")
+    if args.kind == "vision":
+        from mlxpin.dev.tinymodel_vision import generate as generate_kind
+    elif args.kind == "embedding":
+        from mlxpin.dev.tinymodel_embedding import generate as generate_kind
+    else:
+        generate_kind = functools.partial(generate, arch=args.arch or "llama")
+    for path in generate_kind(args.out_dir, seed=args.seed, sharded=args.sharded):
         print(path)
     return 0
 

@@ -25,12 +25,13 @@ from aiohttp import web
 from mlxpin.gateway.addresses import ACCEPT_BURST
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Backends, Lease, Route, Unavailable, Upstream
-from mlxpin.gateway.checks import check_request
+from mlxpin.gateway.checks import check_form, check_request, encode_form
 from mlxpin.gateway.listener import LimitedRunner, ListenerLimits
 from mlxpin.gateway.observe import Exchange
 from mlxpin.gateway.rewrite import Rewriter, SseRelay, rewrite_json
 from mlxpin.gateway.routing import RoutingTable
-from mlxpin.gateway.upstream import CHAT_PATH, COMPLETIONS_PATH, classify_failure, connector, url_of
+from mlxpin.gateway.upstream import classify_failure, connector, url_of
+from mlxpin.project.engines import ALL_ENDPOINTS, TRANSCRIPTIONS_PATH
 
 __all__ = ["Gateway", "api_error_response", "compact_dumps", "serve"]
 
@@ -58,6 +59,9 @@ _UNAUTHORIZED: Final = ApiError(
 _MALFORMED: Final = ApiError(
     502, "The model server sent an incomplete or malformed answer", "upstream_error"
 )
+
+#: Streams that end with ``data: [DONE]`` (OpenAI chat and text completions).
+_DONE_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: The request's :class:`Exchange`, when someone observes them.
@@ -90,8 +94,9 @@ def from_http_exception(exc: web.HTTPException) -> ApiError:
     if status == 404:
         return ApiError(
             404,
-            f"Not found. This endpoint serves POST {CHAT_PATH}, POST {COMPLETIONS_PATH}, "
-            f"GET {MODELS_PATH} and GET {HEALTH_PATH}",
+            "Not found. This endpoint serves "
+            + "".join(f"POST {path}, " for path in ALL_ENDPOINTS)
+            + f"GET {MODELS_PATH} and GET {HEALTH_PATH}",
             "not_found",
         )
     return ApiError(status, exc.reason or "Error", f"http_{status}")
@@ -125,8 +130,8 @@ class Gateway:
             middlewares=[self._middleware], client_max_size=self.table.max_body_bytes
         )
         app.cleanup_ctx.append(self._sessions_ctx)
-        app.router.add_post(CHAT_PATH, self.completions)
-        app.router.add_post(COMPLETIONS_PATH, self.completions)
+        for path in ALL_ENDPOINTS:
+            app.router.add_post(path, self.completions)
         app.router.add_get(MODELS_PATH, self.models)
         app.router.add_get(MODELS_PATH + "/{label}", self.model)
         app.router.add_get(HEALTH_PATH, self.health)
@@ -158,7 +163,7 @@ class Gateway:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         exchange: Exchange | None = None
-        if self.on_exchange is not None and request.path in (CHAT_PATH, COMPLETIONS_PATH):
+        if self.on_exchange is not None and request.path in ALL_ENDPOINTS:
             exchange = request[EXCHANGE] = Exchange(request.path, started)
         response: web.StreamResponse
         try:
@@ -209,13 +214,18 @@ class Gateway:
             return api_error_response(
                 ApiError(408, "The request body was not sent in time", "timeout")
             )
-        checked = check_request(raw, self.table)
+        checked = (
+            check_form(raw, request.headers.get("Content-Type", ""), self.table, request.path)
+            if request.path == TRANSCRIPTIONS_PATH
+            else check_request(raw, self.table, request.path)
+        )
         if isinstance(checked, ApiError):
             return api_error_response(checked)
         route, body = checked
         exchange: Exchange | None = request.get(EXCHANGE)
         if exchange is not None:
-            exchange.label, exchange.stream = route.api_label, body.get("stream") is True
+            exchange.label = route.api_label
+            exchange.stream = isinstance(body, dict) and body.get("stream") is True
         try:
             lease = await self.backends.acquire(route.api_label)
         except Unavailable as exc:
@@ -246,18 +256,23 @@ class Gateway:
         return session.post(url_of(upstream, path), data=data, headers=headers, timeout=timeout)
 
     async def _forward(
-        self, request: web.Request, route: Route, body: dict[str, Any], lease: Lease
+        self, request: web.Request, route: Route, body: Any, lease: Lease
     ) -> web.StreamResponse:
+        """Send the checked request with the server's own ``model`` string, relay the answer."""
         upstream = lease.upstream
-        body["model"] = upstream.model
-        try:
-            data = compact_dumps(body).encode()
-        except (ValueError, RecursionError):
-            return api_error_response(
-                ApiError(400, "The request body is nested too deeply", "invalid_json")
-            )
+        content_type = _JSON_CT
+        if isinstance(body, list):  # a multipart form's parts
+            data, content_type = encode_form(body, upstream.model)
+        else:
+            body["model"] = upstream.model
+            try:
+                data = compact_dumps(body).encode()
+            except (ValueError, RecursionError):
+                return api_error_response(
+                    ApiError(400, "The request body is nested too deeply", "invalid_json")
+                )
         headers = {
-            "Content-Type": _JSON_CT,
+            "Content-Type": content_type,
             "Accept": request.headers.get("Accept", "*/*"),
             "Accept-Encoding": "identity",
         }
@@ -267,6 +282,8 @@ class Gateway:
             ) as answer:
                 if answer.content_type == _SSE_CT:
                     return await self._relay_sse(request, answer, lease)
+                if answer.content_type != _JSON_CT and answer.status < 400:
+                    return await self._relay_raw(request, answer, lease)
                 response = await self._relay_json(answer, lease)
                 exchange: Exchange | None = request.get(EXCHANGE)
                 if exchange is not None and answer.status == 200 and response.body:
@@ -285,7 +302,10 @@ class Gateway:
 
     async def _relay_json(self, answer: aiohttp.ClientResponse, lease: Lease) -> web.Response:
         raw = await answer.read()
-        body = rewrite_json(answer.status, raw, lease.upstream.label)
+        upstream = lease.upstream
+        body = rewrite_json(
+            answer.status, raw, upstream.label, Rewriter(upstream.label, upstream.model)
+        )
         if body is None:
             log.warning("upstream answered %d with a non-JSON body", answer.status)
             if answer.status < 400:
@@ -296,6 +316,25 @@ class Gateway:
         if answer.status == 200:
             lease.completed()
         return web.Response(status=answer.status, body=body, content_type=_JSON_CT)
+
+    async def _relay_raw(
+        self, request: web.Request, answer: aiohttp.ClientResponse, lease: Lease
+    ) -> web.StreamResponse:
+        """Audio, text and ndjson answers, chunk by chunk as they come (no label in them)."""
+        response = web.StreamResponse(
+            status=answer.status, headers={"Content-Type": answer.headers.get("Content-Type", "")}
+        )
+        try:
+            await response.prepare(request)
+            async for chunk in answer.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionError as exc:
+            log.debug("client disconnected mid-answer: %s", type(exc).__name__)
+            return response
+        if answer.status == 200:
+            lease.completed()
+        return response
 
     async def _relay_sse(
         self, request: web.Request, answer: aiohttp.ClientResponse, lease: Lease
@@ -327,7 +366,10 @@ class Gateway:
             if tail:
                 await response.write(tail)
             if failure is None and answer.status == 200 and not relay.done:
-                failure = aiohttp.ClientPayloadError("stream ended before data: [DONE]")
+                if request.path in _DONE_PATHS:
+                    failure = aiohttp.ClientPayloadError("stream ended before data: [DONE]")
+                else:  # Responses and Messages streams end with an event, not [DONE]
+                    lease.completed()
             if failure is not None:
                 # The status line is gone already: tell the client in-band (the openai
                 # client raises APIError on a data event that carries "error").

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from mlxpin.gateway.apierrors import ApiError
+from mlxpin.project.engines import MLX_LM, endpoints
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -42,6 +43,13 @@ class Route:
     aliases: tuple[str, ...] = ()  # also accepted, answered with the canonical one
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    engine: str = MLX_LM
+    role: str = "chat"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The POST paths this model serves."""
+        return endpoints(self.engine, self.role)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -58,6 +66,8 @@ class Upstream:
     url: str  # e.g. http://127.0.0.1:53121 (with a socket: any host, the path matters)
     socket_path: str | None = None  # connect over this Unix-domain socket instead of TCP
     epoch: int = 0  # which start of the server; a late answer from an older one proves nothing
+    role: str = "chat"  # what its warm-up asks for (project.engines)
+    keepalive_s: float = 30.0  # idle pooled connections live this long (below the server's)
 
 
 @dataclass(eq=False)

@@ -31,20 +31,33 @@ class Rewriter:
     ``json.loads`` + ``json.dumps``. Both paths are tested to agree.
     """
 
-    __slots__ = ("label", "label_json", "needle", "replacement")
+    __slots__ = ("label", "label_json", "model", "needle", "replacement")
 
     def __init__(self, label: str, upstream_model: str) -> None:
         self.label = label
+        self.model = upstream_model
         self.needle = b'"model": ' + json.dumps(upstream_model).encode()
         self.label_json = json.dumps(label).encode()
         self.replacement = b'"model": ' + self.label_json
 
+    def fast(self, payload: bytes) -> bytes | None:
+        """The payload with its one ``"model": <path>`` pair relabelled (also written
+        compactly, as pydantic does), or None when that is not certain."""
+        for needle, replacement in (
+            (self.needle, self.replacement),
+            (self.needle.replace(b": ", b":", 1), self.replacement.replace(b": ", b":", 1)),
+        ):
+            if payload.count(needle) == 1:
+                at = payload.find(needle)
+                if at > 0 and payload[at - 1] != 0x5C:  # not preceded by a backslash
+                    return payload.replace(needle, replacement, 1)
+        return None
+
     def event_payload(self, payload: bytes) -> bytes:
         """Rewrite one SSE ``data:`` payload (without the ``data:`` prefix)."""
-        if payload.count(self.needle) == 1:
-            at = payload.find(self.needle)
-            if at > 0 and payload[at - 1] != 0x5C:  # not preceded by a backslash
-                return payload.replace(self.needle, self.replacement, 1)
+        fast = self.fast(payload)
+        if fast is not None:
+            return fast
         try:
             obj = json.loads(payload)
         except (ValueError, RecursionError):
@@ -52,7 +65,19 @@ class Rewriter:
         if isinstance(obj, dict) and "model" in obj:
             obj["model"] = self.label
             return json.dumps(obj, separators=(",", ":")).encode()
+        if isinstance(obj, dict) and self._nested(obj):
+            return json.dumps(obj, separators=(",", ":")).encode()
         return payload
+
+    def _nested(self, obj: dict[str, object]) -> bool:
+        """Relabel the server's path one level down (Responses and Messages events carry
+        it in ``response.model`` / ``message.model``); True if anything changed."""
+        changed = False
+        for value in obj.values():
+            if isinstance(value, dict) and value.get("model") == self.model:
+                value["model"] = self.label
+                changed = True
+        return changed
 
     def sse_block(self, block: bytes) -> bytes:
         """Rewrite a run of complete SSE lines (``block`` ends with a newline)."""
@@ -123,8 +148,16 @@ def has_done_line(block: bytes) -> bool:
     )
 
 
-def rewrite_json(status: int, raw: bytes, label: str) -> bytes | None:
-    """The upstream JSON answer with the canonical label, or None if it is not JSON."""
+def rewrite_json(
+    status: int, raw: bytes, label: str, rewriter: Rewriter | None = None
+) -> bytes | None:
+    """The upstream JSON answer with the canonical label, or None if it is not JSON.
+    With a ``rewriter``, a 2xx answer naming the server's path once is relabelled by bytes
+    (an embeddings answer is mostly floats: parsing it would cost more than the relay)."""
+    if rewriter is not None and status < 400:
+        fast = rewriter.fast(raw)
+        if fast is not None:
+            return fast
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError):

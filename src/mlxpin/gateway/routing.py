@@ -18,8 +18,8 @@ __all__ = ["RoutingTable"]
 _OWNER = "mlxpin"
 
 
-def _model_object(label: str) -> dict[str, object]:
-    return {"id": label, "object": "model", "created": 0, "owned_by": _OWNER}
+def _model_object(label: str, route: Route) -> dict[str, object]:
+    return {"id": label, "object": "model", "created": 0, "owned_by": _OWNER, "kind": route.role}
 
 
 class RoutingTable:
@@ -37,7 +37,10 @@ class RoutingTable:
         self.default = self.routes[0] if len(self.routes) == 1 else None
         self.available = ", ".join(self.by_label)
         self.max_body_bytes = max(route.max_body_bytes for route in self.routes)
-        listing = {"object": "list", "data": [_model_object(label) for label in self.by_label]}
+        listing = {
+            "object": "list",
+            "data": [_model_object(k, r) for k, r in self.by_label.items()],
+        }
         self.models_body = json.dumps(listing, separators=(",", ":")).encode()
 
     def resolve(self, model: object) -> Route | ApiError:
@@ -55,6 +58,19 @@ class RoutingTable:
             return self.by_label.get(model) or self.not_found(model)
         return self.not_found(json.dumps(model))
 
+    def served(self, route: Route, path: str, label: object) -> ApiError | None:
+        """None if ``route`` serves POST ``path``, else the 404 that says what it serves."""
+        if path in route.endpoints:
+            return None
+        serves = ", ".join(f"POST {p}" for p in route.endpoints)
+        return ApiError(
+            404,
+            f"The model '{label}' ({route.engine} {route.role}) does not serve POST {path}; "
+            f"it serves {serves}",
+            "not_found",
+            "model",
+        )
+
     def not_found(self, shown: str) -> ApiError:
         return ApiError(
             404,
@@ -65,6 +81,7 @@ class RoutingTable:
 
     def model_body(self, label: str) -> bytes | ApiError:
         """The answer to ``GET /v1/models/{label}`` (OpenAI's ``models.retrieve``)."""
-        if label not in self.by_label:
+        route = self.by_label.get(label)
+        if route is None:
             return self.not_found(label)
-        return json.dumps(_model_object(label), separators=(",", ":")).encode()
+        return json.dumps(_model_object(label, route), separators=(",", ":")).encode()

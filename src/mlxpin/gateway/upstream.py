@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Final
+import struct
+from typing import Any, Final
 
 import aiohttp
 from yarl import URL
 
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import GatewayState, Upstream
+from mlxpin.project.engines import CHAT_PATH, EMBEDDINGS_PATH, TRANSCRIPTIONS_PATH
 
 __all__ = [
     "CHAT_PATH",
@@ -24,7 +26,6 @@ __all__ = [
 
 log = logging.getLogger("mlxpin.gateway")
 
-CHAT_PATH: Final = "/v1/chat/completions"
 COMPLETIONS_PATH: Final = "/v1/completions"
 
 
@@ -36,7 +37,7 @@ def url_of(upstream: Upstream, path: str) -> URL:
 def connector(upstream: Upstream, limit: int = 256) -> aiohttp.BaseConnector:
     if upstream.socket_path is not None:
         return aiohttp.UnixConnector(upstream.socket_path, limit=limit, keepalive_timeout=30.0)
-    return aiohttp.TCPConnector(limit=limit, keepalive_timeout=30.0)
+    return aiohttp.TCPConnector(limit=limit, keepalive_timeout=upstream.keepalive_s)
 
 
 def classify_failure(exc: BaseException) -> ApiError:
@@ -54,37 +55,65 @@ def classify_failure(exc: BaseException) -> ApiError:
     )
 
 
+# Per role: where the warm-up goes, what it sends besides "model", and the key a real
+# answer has ("": any 200 -- speech answers audio). mlx_vlm.server's /health stays 200
+# after a failed preload: only a real request proves the model serves.
+_PROBES: Final[dict[str, tuple[str, dict[str, object], str]]] = {
+    "chat": (
+        CHAT_PATH,
+        {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "stream": False},
+        "choices",
+    ),
+    "embedding": (EMBEDDINGS_PATH, {"input": "Hi"}, "data"),
+    "rerank": ("/v1/rerank", {"query": "Hi", "documents": ["Hi"]}, "results"),
+    "speech": ("/v1/audio/speech", {"input": "Hi", "response_format": "wav"}, ""),
+    "transcription": (TRANSCRIPTIONS_PATH, {}, "text"),
+}
+
+
+def _silent_wav(seconds: float = 0.1, rate: int = 16000) -> bytes:
+    frames = int(seconds * rate)
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + 2 * frames, b"WAVE", b"fmt ", 16, 1, 1, rate,
+        2 * rate, 2, 16, b"data", 2 * frames,
+    )  # fmt: skip
+    return header + bytes(2 * frames)
+
+
 async def warm_up_status(upstream: Upstream, state: GatewayState, *, timeout_s: float) -> str:
-    """Send one 1-token chat completion straight to the upstream: "ok" (and the state is
+    """Send one real request for its role (chat: a 1-token completion) straight to the
+    upstream: "ok" (and the state is
     marked healthy, unless a restart happened meanwhile); "unreachable" (not listening yet,
     or no answer in time); "error" (it answered, but not with a completion -- a server that
     cannot load its model says so at once and will not recover by waiting)."""
     epoch = state.epoch
-    payload = {
-        "model": upstream.model,
-        "messages": [{"role": "user", "content": "Hi"}],
-        "max_tokens": 1,
-        "stream": False,
-    }
+    path, payload, expected = _PROBES[upstream.role]
+    data: Any = {"model": upstream.model, **payload}
+    if path == TRANSCRIPTIONS_PATH:
+        data = aiohttp.FormData({"model": upstream.model})
+        data.add_field("file", _silent_wav(), filename="probe.wav", content_type="audio/wav")
+        kwargs: dict[str, Any] = {"data": data}
+    else:
+        kwargs = {"json": data}
     timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 5.0))
-    url = url_of(upstream, CHAT_PATH)
+    url = url_of(upstream, path)
     try:
         async with (
             aiohttp.ClientSession(connector=connector(upstream, 1), timeout=timeout) as session,
-            session.post(url, json=payload, headers={"Accept-Encoding": "identity"}) as resp,
+            session.post(url, headers={"Accept-Encoding": "identity"}, **kwargs) as resp,
         ):
             raw = await resp.read()
             if resp.status != 200:
                 log.debug("warm-up: upstream answered %d: %s", resp.status, raw[:200])
                 return "error"
-            answer = json.loads(raw)
+            answer = json.loads(raw) if expected else {}
     except ValueError as exc:
         log.debug("warm-up: not JSON: %s", exc)
         return "error"
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.debug("warm-up failed: %s: %s", type(exc).__name__, exc)
         return "unreachable"
-    if not isinstance(answer, dict) or "choices" not in answer:
+    if not isinstance(answer, dict) or (expected and expected not in answer):
         log.warning("warm-up: upstream 200 without a completion")
         return "error"
     return "ok" if state.mark_healthy(epoch) else "unreachable"

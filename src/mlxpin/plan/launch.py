@@ -20,10 +20,11 @@ from mlxpin.errors import (
     SnapshotMissingError,
     UsageError,
 )
+from mlxpin.project.engines import MLX_LM, MLX_VLM, SERVER_TABLES, VLM_ROLE_FLAGS
 from mlxpin.project.lockfile import LockedModel, valid_locks
 from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelSpec
 from mlxpin.project.serveropts import server_argv
-from mlxpin.runtime.server import UNIX_SERVER_MODULE, ServerRuntime, server_runtime
+from mlxpin.runtime.server import SOCKET_SERVERS, ServerRuntime, server_runtime, vlm_server
 from mlxpin.store.layout import StoreLayout, check_stamp
 from mlxpin.util.jsonable import fields_json
 from mlxpin.util.writable import require_writable_dir
@@ -120,6 +121,8 @@ class LaunchPlan(ModelIdentity):
     runtime: ServerRuntime | None = None  # which interpreter, mlx-lm and mlx will run
     log_file: Path | None = None  # the server's own output (rotated); None: inherit stderr
     start_check: StartCheck | None = field(default=None, repr=False, compare=False)
+    engine: str = MLX_LM  # the server program (project.engines)
+    role: str = "chat"  # what it serves
 
     @property
     def api_key_required(self) -> bool:
@@ -168,8 +171,13 @@ class LaunchPlan(ModelIdentity):
             "gateway": fields_json(self.gateway),
             "runtime": None
             if self.runtime is None
-            else {k: v for k, v in fields_json(self.runtime).items() if k != "command"},
+            else {
+                k: v
+                for k, v in fields_json(self.runtime).items()
+                if k != "command" and (k != "mlx_vlm" or v is not None)
+            },
             "snapshots": [fields_json(s) for s in self.snapshots],
+            **({} if self.engine == MLX_LM else {"engine": self.engine, "role": self.role}),
         }
 
 
@@ -275,7 +283,9 @@ def model_plan(
     roles = server_roles(manifest, spec)
     if locks is None:  # all problems at once
         locks = valid_locks(settings.lock_dir, [s for _, _, s in roles])
-    if runtime is None:
+    if spec.engine == MLX_VLM:
+        runtime = vlm_server(settings, manifest)
+    elif runtime is None:
         runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
     layout = StoreLayout.of(settings)
     snapshots = [
@@ -284,8 +294,8 @@ def model_plan(
     ]
     args: list[str] = ["--host", PRIVATE_HOST]
     for (_, flag, _), snapshot in zip(roles, snapshots, strict=True):
-        args += [flag, str(snapshot.path)]
-    args += server_argv(spec.server)
+        args += [VLM_ROLE_FLAGS[spec.role] if spec.engine == MLX_VLM else flag, str(snapshot.path)]
+    args += server_argv(spec.server, SERVER_TABLES[spec.engine])
     return LaunchPlan(
         name=spec.name,
         api_label=spec.api_label,
@@ -300,13 +310,15 @@ def model_plan(
         cwd=cwd,
         snapshots=tuple(snapshots),
         api_key=api_key,
-        private_socket=runtime.command[-1] == UNIX_SERVER_MODULE,  # else a loopback port
+        private_socket=runtime.command[-1] in SOCKET_SERVERS,  # else a loopback port
         gateway=spec.gateway,
         runtime=runtime,
         log_file=model_log(settings.state_dir, spec.name),
         start_check=StartCheck(
             layout, tuple(locks), (settings, manifest) if runtime.pinned else None
         ),
+        engine=spec.engine,
+        role=spec.role,
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.errors import Flag, ManifestError, Run
-from mlxpin.project import validate
+from mlxpin.project import engines, validate
 from mlxpin.project.checker import Checker, did_you_mean
 from mlxpin.project.distributed import (
     DISTRIBUTED_KEYS,
@@ -31,7 +31,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_REVISION = "main"
 
-_TOP_KEYS = ("version", "models", "serve", "runtime")
+_TOP_KEYS = ("version", "models", "serve", "runtime", "engines")
 _MODEL_KEYS = (
     "api_label",
     "aliases",
@@ -42,6 +42,8 @@ _MODEL_KEYS = (
     "gateway",
     "idle_ttl",
     "distributed",
+    "engine",
+    "role",
 )
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_BUDGET = Budget()
@@ -118,6 +120,8 @@ class ModelSpec(ModelIdentity):
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     idle_ttl: float | None = None  # `serve`: this model's own idle TTL (None: [serve]'s)
     distributed: DistributedSpec | None = None  # [models.x.distributed]: ranks over hosts
+    engine: str = engines.MLX_LM  # which server program runs it (project.engines)
+    role: str = "chat"  # what it serves: chat, embedding, transcription, speech, rerank
 
 
 @dataclass(frozen=True)
@@ -148,13 +152,14 @@ class RuntimeSpec:
     mlx: str
     packages: tuple[str, ...]  # extra PEP 508 requirements, as written
     line: int | None
+    server: str = "mlx-lm"  # the engine's package; `mlx_lm` is then its specifier
 
     @property
     def requirements(self) -> tuple[str, ...]:
         """What the resolver is asked for. `mlx` comes with its CPU backend on Linux
         (`mlx[cpu]`) and with Metal on macOS, so one lock boots on both."""
         return (
-            f"mlx-lm{self.mlx_lm}",
+            f"{self.server}{self.mlx_lm}",
             f"mlx{self.mlx}; sys_platform == 'darwin'",
             f"mlx[cpu]{self.mlx}; sys_platform == 'linux'",
             *self.packages,
@@ -167,6 +172,13 @@ class Manifest:
     models: tuple[ModelSpec, ...]
     serve: ServeTable = DEFAULT_SERVE
     runtime: RuntimeSpec | None = None
+    engines: tuple[RuntimeSpec, ...] = ()  # [engines.<engine>]: other engines' runtimes
+
+    def engine_runtime(self, engine: str) -> RuntimeSpec | None:
+        """The pinned runtime spec of ``engine`` (mlx-lm's is [runtime])."""
+        if engine == engines.MLX_LM:
+            return self.runtime
+        return next((spec for spec in self.engines if spec.server == engine), None)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -271,7 +283,13 @@ def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest
     _check_cross_references(check, models, explicit_ports)
     serve = _serve_table(check, document.get("serve", {}), models)
     runtime = _runtime(check, document["runtime"]) if "runtime" in document else None
-    return Manifest(path=path, models=models, serve=serve, runtime=runtime)
+    pinned = check.table(document.get("engines", {}), ("engines",))
+    for name in pinned:
+        if name not in engines.ENGINES[1:]:
+            fix = "[runtime] pins mlx-lm" if name == engines.MLX_LM else "one of: mlx-vlm"
+            raise check.fail(("engines", name), f"no engine {name!r} to pin here", fix)
+    runtimes = tuple(_runtime(check, v, ("engines", k), k) for k, v in pinned.items())
+    return Manifest(path=path, models=models, serve=serve, runtime=runtime, engines=runtimes)
 
 
 def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelSpec:
@@ -304,7 +322,18 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
     launch_fix = f'add [models.{name}.launch] with repo = "owner/name" (or path = "./dir")'
     raw_launch = check.require(table, keys, "launch", "missing [launch] table", launch_fix)
     launch = _launch(check, raw_launch, (*keys, "launch"), base)
-    server = _server(check, table.get("server", {}), (*keys, "server"))
+    engine, role = _engine(check, table, keys)
+    server = _server(check, table.get("server", {}), (*keys, "server"), engine)
+    if engine != engines.MLX_LM:
+        for key in ("draft", "adapter"):
+            if getattr(launch, key) is not None:
+                raise check.fail(
+                    (*keys, "launch", key),
+                    f"engine {engine!r} cannot have a {key} (only mlx-lm serves them)",
+                    f'remove `{key}`, or use engine = "mlx-lm"',
+                )
+        if "distributed" in table:
+            raise check.fail((*keys, "distributed"), "only mlx-lm models can be distributed")
     distributed = None
     if "distributed" in table:
         distributed = parse_distributed(check, table["distributed"], (*keys, "distributed"), base)
@@ -322,8 +351,40 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
         idle_ttl = _seconds(check, table["idle_ttl"], (*keys, "idle_ttl"), allow_zero=True)
     line = check.lines.line_of(keys)
     return ModelSpec(
-        name, api_label, aliases, host, port, launch, server, line, gateway, idle_ttl, distributed
+        name=name,
+        api_label=api_label,
+        aliases=aliases,
+        host=host,
+        port=port,
+        launch=launch,
+        server=server,
+        line=line,
+        distributed=distributed,
+        gateway=gateway,
+        idle_ttl=idle_ttl,
+        engine=engine,
+        role=role,
     )
+
+
+def _engine(check: Checker, table: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, str]:
+    engine = check.string(table.get("engine", engines.MLX_LM), (*keys, "engine"))
+    if engine not in engines.ENGINES:
+        raise check.fail(
+            (*keys, "engine"), f"unknown engine {engine!r}", did_you_mean(engine, engines.ENGINES)
+        )
+    role = check.string(table.get("role", "chat"), (*keys, "role"))
+    if role not in engines.ROLES:
+        raise check.fail(
+            (*keys, "role"), f"unknown role {role!r}", "one of: " + ", ".join(engines.ROLES)
+        )
+    if not engines.endpoints(engine, role):
+        raise check.fail(
+            (*keys, "role"),
+            f"engine {engine!r} serves only chat",
+            'use engine = "mlx-vlm" for embedding, transcription, speech and rerank models',
+        )
+    return engine, role
 
 
 def _label(check: Checker, value: object, keys: tuple[str, ...]) -> str:
@@ -430,25 +491,27 @@ def _reference(check: Checker, value: object, keys: tuple[str, ...]) -> str | No
 
 
 def _server(
-    check: Checker, value: object, keys: tuple[str, ...]
+    check: Checker, value: object, keys: tuple[str, ...], engine: str
 ) -> tuple[tuple[str, ServerValue], ...]:
     table = check.table(value, keys)
-    allowed = tuple(SERVER_OPTIONS)
+    known = engines.SERVER_TABLES[engine]
+    allowed = tuple(known)
     options: list[tuple[str, ServerValue]] = []
     for key, raw in table.items():
-        if key not in SERVER_OPTIONS:
+        if key not in known:
             fix = did_you_mean(key, allowed)
             if key in ("model", "host", "port", "adapter_path", "draft_model"):
                 fix = f"`{key}` is set by mlxpin itself (see [models.x] and [models.x.launch])"
             elif key == "pipeline":
                 fix = f"`pipeline` belongs in [models.{keys[1]}.distributed] (mlxpin passes it)"
-            raise check.fail((*keys, key), "not a supported mlx_lm.server option", fix)
-        normalised, problem = check_server_value(key, raw)
+            server = "mlx_lm.server" if engine == engines.MLX_LM else "mlx_vlm.server"
+            raise check.fail((*keys, key), f"not a supported {server} option", fix)
+        normalised, problem = check_server_value(key, raw, known)
         if problem or normalised is None:
             raise check.fail(
                 (*keys, key),
                 problem or "invalid value",
-                f"--{key.replace('_', '-')}: {SERVER_OPTIONS[key].help}",
+                f"--{key.replace('_', '-')}: {known[key].help}",
             )
         options.append((key, normalised))
     return tuple(sorted(options, key=lambda item: item[0]))
@@ -612,21 +675,23 @@ def _serve_table(check: Checker, value: object, models: tuple[ModelSpec, ...]) -
     )
 
 
-def _runtime(check: Checker, value: object) -> RuntimeSpec:
+def _runtime(
+    check: Checker, value: object, keys: tuple[str, ...] = ("runtime",), server: str = "mlx-lm"
+) -> RuntimeSpec:
+    """[runtime] (mlx-lm's) or [engines.<server>]: the server package and its closure."""
     from mlxpin.project import requirements  # only manifests with [runtime] pay for it
 
-    keys = ("runtime",)
     table = check.table(value, keys)
-    check.known_keys(table, keys, _RUNTIME_KEYS)
+    check.known_keys(table, keys, (*_RUNTIME_KEYS[:1], server, *_RUNTIME_KEYS[2:]))
     check.require(
         table,
         keys,
-        "mlx-lm",
-        "missing `mlx-lm`: the runtime exists to pin the server",
-        'add mlx-lm = ">=0.32,<0.33" (any PEP 440 range; the lock pins one version)',
+        server,
+        f"missing `{server}`: the runtime exists to pin the server",
+        f'add {server} = ">=0.32,<0.33" (any PEP 440 range; the lock pins one version)',
     )
     specs: dict[str, str] = {}
-    for key in ("python", "mlx-lm", "mlx"):
+    for key in ("python", server, "mlx"):
         default = DEFAULT_RUNTIME_PYTHON if key == "python" else ""
         text = check.string(table.get(key, default), (*keys, key))
         problem = requirements.specifier_problem(text)
@@ -646,7 +711,7 @@ def _runtime(check: Checker, value: object) -> RuntimeSpec:
         'e.g. packages = ["sentencepiece>=0.2"]',
     )
     packages: list[str] = []
-    seen = {"mlx-lm": "mlx-lm", "mlx": "mlx"}
+    seen = {server: server, "mlx": "mlx"}
     for item in raw:
         text = check.string(item, (*keys, "packages")).strip()
         problem = requirements.requirement_problem(text)
@@ -654,18 +719,19 @@ def _runtime(check: Checker, value: object) -> RuntimeSpec:
             raise check.fail((*keys, "packages"), f"{text!r}: {problem}")
         name = requirements.requirement_name(text)
         if name in seen:
-            where = f"the `{name}` key" if name in ("mlx-lm", "mlx") else f"{seen[name]!r}"
+            where = f"the `{name}` key" if name in (server, "mlx") else f"{seen[name]!r}"
             raise check.fail(
                 (*keys, "packages"),
                 f"{text!r} names {name!r} again (already in {where})",
-                "name each package once; put mlx-lm and mlx ranges in their own keys",
+                f"name each package once; put {server} and mlx ranges in their own keys",
             )
         seen[name] = text
         packages.append(text)
     return RuntimeSpec(
         python=specs["python"],
-        mlx_lm=specs["mlx-lm"],
+        mlx_lm=specs[server],
         mlx=specs["mlx"],
         packages=tuple(packages),
         line=check.lines.line_of(keys),
+        server=server,
     )

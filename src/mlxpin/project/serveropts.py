@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,9 +82,11 @@ def _in_range(option: ServerOption, value: float) -> tuple[ServerValue | None, s
 _DASH = "must not start with '-' (mlx_lm.server would read it as a flag)"
 
 
-def check_server_value(key: str, value: object) -> tuple[ServerValue | None, str | None]:
+def check_server_value(
+    key: str, value: object, table: Mapping[str, ServerOption] = SERVER_OPTIONS
+) -> tuple[ServerValue | None, str | None]:
     """Validate one option; returns (normalised value, None) or (None, problem)."""
-    option = SERVER_OPTIONS[key]
+    option = table[key]
     kind = option.kind
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
@@ -119,11 +122,13 @@ def check_server_value(key: str, value: object) -> tuple[ServerValue | None, str
     return (None, f"{dashed[0]!r} {_DASH}") if dashed else (tuple(value), None)
 
 
-def server_argv(options: tuple[tuple[str, ServerValue], ...]) -> list[str]:
-    """Turn validated options into mlx_lm.server flags, in a stable order."""
+def server_argv(
+    options: tuple[tuple[str, ServerValue], ...], table: Mapping[str, ServerOption] = SERVER_OPTIONS
+) -> list[str]:
+    """Turn validated options into server flags, in a stable order."""
     argv: list[str] = []
     for key, value in sorted(options):
-        option = SERVER_OPTIONS[key]
+        option = table[key]
         if option.kind == "bool":
             if value:
                 argv.append(option.flag)

@@ -1,6 +1,7 @@
-"""Which installed runtimes `mlxpin gc` may delete: those no live lock/runtime.toml names,
-and builds a crash left aside (older than a day). `mlxpin.store.gc.sweep` deletes them
-under the runtime's mutex (which `fetch` holds while it builds)."""
+"""Which installed runtimes `mlxpin gc` may delete: those no live lock/runtime.toml (or
+lock/engines/*/runtime.toml) names, and builds a crash left aside (older than a day).
+`mlxpin.store.gc.sweep` deletes them under the runtime's mutex (which `fetch` holds while it
+builds)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ KEY_RE = re.compile(r"[0-9a-f]{32}")
 def live_runtime_keys(lock_dirs: Iterable[Path]) -> tuple[set[str], list[LockCorruptError]]:
     keys: set[str] = set()
     problems: list[LockCorruptError] = []
-    for lock_dir in lock_dirs:
+    # Each lock dir's runtime.toml, and its engines' (lock/engines/<engine>/runtime.toml).
+    for lock_dir in [d for top in lock_dirs for d in (top, *sorted(top.glob("engines/*")))]:
         try:
             pin = read_pin(lock_dir)
         except LockCorruptError as exc:

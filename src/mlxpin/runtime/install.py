@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -158,9 +159,11 @@ def _build(
         )
         requirements.unlink()
         site_packages = _site_packages(tmp)
-        if "mlx-lm" not in dist_versions(site_packages):
+        # The server package is the first requirement: mlx-lm, or an engine's (mlx-vlm).
+        server = re.split(r"[^A-Za-z0-9._-]", pin.original.requirements[0], maxsplit=1)[0]
+        if server not in dist_versions(site_packages):
             raise ResolverUnavailableError(
-                f"the runtime {pin.short_key} installed without mlx-lm for this platform",
+                f"the runtime {pin.short_key} installed without {server} for this platform",
                 "check the markers of lock/runtime.toml; run " + Run.of("lock", "--update-runtime"),
             )
         write_stamp(tmp, key, _pyvenv_version(tmp / "pyvenv.cfg"), site_packages)

@@ -24,7 +24,7 @@ import sys
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-__all__ = ["UnixHTTPServer", "main"]
+__all__ = ["UnixHTTPServer", "bind_private_socket", "main", "split_socket"]
 
 
 class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -53,7 +53,22 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
         return conn, ("unix", 0)  # handlers log client_address[0]
 
 
-def _split(argv: list[str]) -> tuple[str, list[str]]:
+def bind_private_socket(path: str) -> socket.socket:
+    """A listening-ready Unix socket at ``path``, created 0600 (for uvicorn's ``fd=``)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
+def split_socket(argv: list[str]) -> tuple[str, list[str]]:
     if "--unix-socket" not in argv:
         raise SystemExit("usage: python -m mlxpin.serve.uds_server --unix-socket PATH [options]")
     at = argv.index("--unix-socket")
@@ -63,7 +78,7 @@ def _split(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str]) -> None:
-    path, rest = _split(argv)
+    path, rest = split_socket(argv)
     import mlx_lm.server
 
     mlx_server: Any = mlx_lm.server

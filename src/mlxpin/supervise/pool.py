@@ -159,6 +159,8 @@ class Pool:
                 m.launch.aliases,
                 max_body_bytes=m.launch.gateway.max_body,
                 request_timeout_s=m.launch.gateway.request_timeout,
+                engine=m.launch.engine,
+                role=m.launch.role,
             )
             for m in self.plan.models
         )

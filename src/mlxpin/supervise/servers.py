@@ -87,7 +87,16 @@ class SingleServer:
             launch.log_file,
             launch.api_label,
         )
-        self.upstream = Upstream(launch.api_label, launch.upstream_model, url, socket_path)
+        # A pinned mlx_vlm.server is uvicorn on a port: it drops idle connections after 5 s.
+        keepalive = 30.0 if socket_path or launch.engine == "mlx-lm" else 4.0
+        self.upstream = Upstream(
+            launch.api_label,
+            launch.upstream_model,
+            url,
+            socket_path,
+            role=launch.role,
+            keepalive_s=keepalive,
+        )
 
     def new_process(self, stop_timeout_s: float) -> ServerProcess:
         return ServerProcess(self.spec, stop_timeout_s)
