@@ -34,6 +34,7 @@ from mlxpin.store.layout import (
     check_stamp,
     list_view,
     read_record,
+    write_failed_stamp,
     write_record,
     write_stamp,
 )
@@ -469,8 +470,8 @@ def verify_model(
         with hold_mutex(layout.view_mutex(lock)):
             write_stamp(layout, lock, entries)
     else:
-        with contextlib.suppress(FileNotFoundError):
-            layout.stamp(lock).unlink()
+        with hold_mutex(layout.view_mutex(lock)):
+            write_failed_stamp(layout, lock, bad)
         for path in differs:
             with contextlib.suppress(OSError):
                 layout.verified_record(Path(listing.links[path])).unlink()

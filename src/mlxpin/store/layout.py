@@ -208,6 +208,13 @@ def write_stamp(
     write_atomic(layout.stamp(lock), json.dumps(data, separators=(",", ":")).encode())
 
 
+def write_failed_stamp(layout: StoreLayout, lock: LockedModel, bad: list[tuple[str, str]]) -> None:
+    """What `verify` leaves when bytes changed: a stamp that vouches for nothing and says
+    why, so that `launch` names the failure instead of "never verified"."""
+    data = {"format": STAMP_FORMAT, "tree_hash": lock.tree_hash, "failed": sorted(map(list, bad))}
+    write_atomic(layout.stamp(lock), json.dumps(data, separators=(",", ":")).encode())
+
+
 @dataclass(frozen=True)
 class Stamp:
     """A stamp as written: which blob and stat each file had when it was verified."""
@@ -221,6 +228,8 @@ def read_stamp(layout: StoreLayout, lock: LockedModel) -> Stamp | None:
     try:
         data = json.loads(layout.stamp(lock).read_bytes())
         if data.get("format") != STAMP_FORMAT or data.get("tree_hash") != lock.tree_hash:
+            return None
+        if "failed" in data:
             return None
         files = {str(r[0]): (str(r[1]), FileStat(*(int(v) for v in r[2:7]))) for r in data["files"]}
         origin = data.get("origin")
@@ -312,6 +321,10 @@ def check_stamp(
         return StampCheck(False, f"the snapshot's stamp cannot be read: {exc.strerror}")
     try:
         data = json.loads(raw)
+        if data.get("failed"):
+            (path, problem), *others = data["failed"]
+            more = f" (and {len(others)} more files)" if others else ""
+            return StampCheck(False, f"`verify` found {path}: {problem}{more}")
         rows = data["files"]
         if data.get("format") != STAMP_FORMAT:
             return StampCheck(False, "the snapshot was verified by another mlxpin version")
