@@ -272,3 +272,37 @@ def test_a_leftover_server_is_recognised_whatever_columns_says(
     finally:
         leftover.kill()
         leftover.wait()
+
+
+def test_past_its_engine_slots_a_request_waits_in_a_bounded_queue_then_503(
+    tmp_path: Path,
+) -> None:
+    """Issue #26 item 1: queue, don't refuse; 503 + Retry-After only past the limits."""
+
+    async def scenario() -> None:
+        env = {**ENV, "MLXPIN_ENGINE_SLOTS": "1", "MLXPIN_QUEUE_LIMIT": "1"}
+        env["MLXPIN_QUEUE_TIMEOUT"] = "0.5"
+        pool = Pool(plan(model(tmp_path, "a", ANSWERS)), env, POLICY)
+        try:
+            first = await pool.acquire("a-chat")
+            second = asyncio.create_task(pool.acquire("a-chat"))  # waits for the slot
+            await asyncio.sleep(0.05)
+            assert pool.status()["models"][0]["waiting"] == 1  # type: ignore[index]
+            with pytest.raises(Unavailable) as info:  # past the queue limit: at once
+                await pool.acquire("a-chat")
+            assert info.value.error.code == "queue_full"
+            first.release()  # the waiting one gets the slot
+            (await asyncio.wait_for(second, 1.0)).release()
+            held = await pool.acquire("a-chat")
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as info:  # waited the queue timeout
+                await pool.acquire("a-chat")
+            assert 0.4 < time.monotonic() - started < 3
+            assert info.value.error.code == "queue_timeout"
+            assert dict(info.value.error.headers)["Retry-After"] == "1"
+            held.release()
+            assert pool.slots["a"].in_flight == 0
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())

@@ -39,6 +39,7 @@ from mlxpin.supervise.policy import (
     plan_start,
 )
 from mlxpin.supervise.process import ServerProcess, warm_up
+from mlxpin.supervise.queue import EngineQueue, queue_from_env
 from mlxpin.supervise.restart import GiveUp, RestartBudget, RestartPolicy
 from mlxpin.supervise.servers import ModelServer, WatchdogPolicy, model_server
 
@@ -52,8 +53,11 @@ class StartFailed(Exception):
 class Slot:
     """One model of the pool: its plan, state and server process."""
 
-    def __init__(self, plan: PoolModelPlan, server: ModelServer, policy: RestartPolicy) -> None:
+    def __init__(
+        self, plan: PoolModelPlan, server: ModelServer, policy: RestartPolicy, queue: EngineQueue
+    ) -> None:
         self.plan = plan
+        self.queue = queue  # engine slots; requests waiting for one
         self.name = plan.name
         self.state: State = "stopped"
         self.server = server
@@ -114,6 +118,7 @@ class Slot:
             "last_used": self.last_used_wall,
             "idle_s": idle_s,
             "in_flight": self.in_flight,
+            "waiting": self.queue.waiting,
             "restarts": self.restarts,
             "idle_ttl": self.plan.idle_ttl,
             "preload": self.plan.preload,
@@ -137,7 +142,12 @@ class Pool:
         self.policy = policy or RestartPolicy()
         self.limits = Limits(budget=plan.budget, max_loaded=plan.max_loaded)
         self.slots = {
-            m.name: Slot(m, model_server(m, environ, watchdog or WatchdogPolicy()), self.policy)
+            m.name: Slot(
+                m,
+                model_server(m, environ, watchdog or WatchdogPolicy()),
+                self.policy,
+                queue_from_env(environ),
+            )
             for m in plan.models
         }
         self.fatal: MlxpinError | None = None  # a fatal_when_spent model's budget is spent
@@ -169,13 +179,19 @@ class Pool:
         slot.queued += 1
         try:
             await self.ensure_ready(slot, self.plan.start_timeout)
+            await slot.queue.enter(label)
         except BaseException:
             self.leave(slot)
             raise
         finally:
             slot.queued -= 1
+
+        def release() -> None:
+            slot.queue.leave()
+            self.leave(slot)
+
         # The slot's in_flight was raised above; the lease gives it back.
-        return Lease(slot.upstream(), slot.health, lambda: self.leave(slot))
+        return Lease(slot.upstream(), slot.health, release)
 
     def health(self) -> Health:
         if self.plan.launched is not None:  # healthy once a completion succeeded since start
