@@ -42,6 +42,7 @@ class Route:
     aliases: tuple[str, ...] = ()  # also accepted, answered with the canonical one
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    vocab_size: int | None = None  # token ids in logit_bias must be below it
 
     @property
     def labels(self) -> tuple[str, ...]:

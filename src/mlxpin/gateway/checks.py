@@ -14,6 +14,7 @@ from typing import Any, Final
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Route
 from mlxpin.gateway.routing import RoutingTable
+from mlxpin.gateway.values import check_values
 
 __all__ = ["PINNED_FIELDS", "check_request", "parse_body", "remote_image_url"]
 
@@ -98,7 +99,7 @@ def check_request(raw: bytes, table: RoutingTable) -> tuple[Route, dict[str, Any
     if len(raw) > route.max_body_bytes:
         return ApiError(413, "Request body is too large", "request_too_large")
     messages = body.get("messages")
-    problem = _content_types(messages)
+    problem = check_values(body, route.vocab_size) or _content_types(messages)
     if problem is not None:
         return problem
     remote = remote_image_url(messages)

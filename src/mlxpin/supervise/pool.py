@@ -22,6 +22,7 @@ from typing import Any
 
 from mlxpin.errors import MlxpinError, ServerCrashedError
 from mlxpin.gateway.aio import import_aiohttp
+from mlxpin.gateway.values import read_vocab_size
 from mlxpin.gateway.backends import GatewayState, Health, Lease, Route, Unavailable, Upstream
 from mlxpin.plan.serve import PoolModelPlan, ServePlan
 from mlxpin.supervise.policy import (
@@ -169,6 +170,10 @@ class Pool:
                 m.launch.aliases,
                 max_body_bytes=m.launch.gateway.max_body,
                 request_timeout_s=m.launch.gateway.request_timeout,
+                vocab_size=next(
+                    (read_vocab_size(s.path) for s in m.launch.snapshots if s.role == "model"),
+                    None,
+                ),
             )
             for m in self.plan.models
         )
@@ -399,7 +404,12 @@ class Pool:
         now = time.monotonic()
         slot.restarts += 1
         decision = slot.budget.after_exit(
-            slot.name, code, started=slot.started_at, now=now, was_ready=was_ready
+            slot.name,
+            code,
+            started=slot.started_at,
+            now=now,
+            was_ready=was_ready,
+            during_request=slot.queue.busy(),
         )
         if isinstance(decision, GiveUp):
             slot.state = "failed"

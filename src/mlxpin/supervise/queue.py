@@ -10,6 +10,7 @@ model lets ``slots`` requests through to its engine and queues the rest, FIFO: p
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Final
 
@@ -30,6 +31,13 @@ class EngineQueue:
         self.slots, self.limit, self.timeout_s = slots, limit, timeout_s
         self.free = asyncio.Semaphore(slots)
         self.waiting = 0
+        self.active = 0  # requests through to the engine now
+        self.busy_until = 0.0  # monotonic: when the last of them ended
+
+    def busy(self, grace_s: float = 2.0) -> bool:
+        """Was a request through to the engine now or within ``grace_s``? (A client sees
+        the engine's death at about the moment its process is reaped.)"""
+        return self.active > 0 or time.monotonic() - self.busy_until < grace_s
 
     async def enter(self, label: str) -> None:
         """Take a slot, waiting in line if none is free; Unavailable past the limits."""
@@ -50,8 +58,11 @@ class EngineQueue:
             ) from None
         finally:
             self.waiting -= 1
+        self.active += 1
 
     def leave(self) -> None:
+        self.active -= 1
+        self.busy_until = time.monotonic()
         self.free.release()
 
 
