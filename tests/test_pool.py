@@ -306,3 +306,64 @@ def test_past_its_engine_slots_a_request_waits_in_a_bounded_queue_then_503(
             await pool.close()
 
     asyncio.run(scenario())
+
+
+UDS_ANSWERS = ANSWERS.replace(
+    'port = int(sys.argv[sys.argv.index("--port") + 1])',
+    'import os, socketserver\npath = sys.argv[sys.argv.index("--unix-socket") + 1]\n'
+    "os.path.exists(path) and os.unlink(path)",
+).replace(
+    'http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok).serve_forever()',
+    "class U(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):\n"
+    "    def get_request(self):\n"
+    "        return self.socket.accept()[0], ('unix', 0)\n"
+    "U(path, Ok).serve_forever()",
+)
+
+
+@pytest.mark.parametrize("fault", ["hang", "socket gone"])
+def test_a_hung_server_or_one_whose_socket_vanished_is_noticed_and_replaced(
+    tmp_path: Path, fault: str
+) -> None:
+    """Issue #26 items 4 and 5: /health said ok and nothing restarted, forever."""
+    import dataclasses
+    import os
+    import signal
+
+    from mlxpin.supervise.liveness import Liveness
+    from mlxpin.supervise.servers import WatchdogPolicy
+
+    async def scenario() -> None:
+        launch = model(tmp_path, "a", UDS_ANSWERS).launch
+        launch = dataclasses.replace(launch, private_socket=True)
+        watchdog = WatchdogPolicy(single=Liveness(interval_s=0.1, timeout_s=0.3, failures=3))
+        policy = dataclasses.replace(POLICY, stop_timeout_s=2.0)
+        pool = Pool(launch_serve_plan(launch), ENV, policy, watchdog=watchdog)
+        slot = pool.slots["a"]
+        try:
+            await pool.begin()
+            for _ in range(200):
+                if pool.health().ready:
+                    break
+                await asyncio.sleep(0.05)
+            assert pool.health().ready and slot.process is not None
+            first = slot.process.pid
+            socket_path = pool.slots["a"].upstream().socket_path
+            assert socket_path is not None
+            if fault == "hang":
+                os.kill(first, signal.SIGSTOP)
+            else:
+                os.unlink(socket_path)
+            seen_down = False
+            for _ in range(300):
+                seen_down = seen_down or not pool.health().ready
+                if slot.process is not None and slot.process.pid != first and pool.health().ready:
+                    break
+                await asyncio.sleep(0.02)
+            assert seen_down
+            assert slot.process is not None and slot.process.pid != first
+            assert pool.health().ready and slot.restarts == 1
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())

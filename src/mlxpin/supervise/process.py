@@ -123,6 +123,7 @@ class ServerProcess:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGCONT)  # a stopped (hung) one acts on it now
         try:
             await asyncio.wait_for(process.wait(), timeout=self.stop_timeout_s)
         except TimeoutError:
