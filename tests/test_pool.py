@@ -367,3 +367,26 @@ def test_a_hung_server_or_one_whose_socket_vanished_is_noticed_and_replaced(
             await pool.close()
 
     asyncio.run(scenario())
+
+
+def test_a_pid_file_that_cannot_be_written_does_not_stop_the_server(tmp_path: Path) -> None:
+    """Issue #26 item 6: on a full state disk the server was killed, never retried, and
+    `launch` answered /health 503 forever."""
+
+    async def scenario() -> None:
+        resident = launch_serve_plan(model(tmp_path, "a", ANSWERS).launch)
+        pool = Pool(resident, ENV, POLICY)
+        slot = pool.slots["a"]
+        (tmp_path / "run").mkdir()
+        slot.server.new_process(1).pidfile.mkdir()  # every write to it fails
+        try:
+            await pool.begin()
+            for _ in range(200):
+                if pool.health().ready or pool.fatal is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert pool.health().ready, slot.failed_reason
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())

@@ -349,7 +349,10 @@ class Pool:
         slot.stopping_by_us = False
         slot.started_at = time.monotonic()
         slot.starts += 1
-        await process.start()
+        try:
+            await process.start()
+        except OSError as exc:  # a full or read-only state disk: retried with backoff
+            raise StartFailed(f"cannot start mlx_lm.server: {exc}") from exc
         self.notify()  # spawned (begin() waits for the preloaded ones)
         exited: asyncio.Future[Any] = asyncio.ensure_future(process.wait())
         outcome = await warm_up(
