@@ -100,10 +100,10 @@ def test_closed_or_full_stdio_is_a_normal_end_or_74_never_a_traceback(tmp_path: 
     """Issue #26 item 13: `mlxpin ... | head`, `2>&-`, `<&-` and `>/dev/full`."""
     import os
 
-    def with_stdout(fd: int, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def with_stdout(fd: int, *args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "mlxpin", *args]
-        return subprocess.run(  # type: ignore[call-overload, no-any-return]
-            command, stdout=fd, stderr=subprocess.PIPE, text=True, cwd=tmp_path, **kwargs
+        return subprocess.run(
+            command, stdout=fd, stderr=subprocess.PIPE, text=True, cwd=tmp_path, check=False
         )
 
     for args in (("--version",), ("status", "--json")):
@@ -116,6 +116,8 @@ def test_closed_or_full_stdio_is_a_normal_end_or_74_never_a_traceback(tmp_path: 
     with open("/dev/full", "w") as full:
         assert with_stdout(full.fileno(), "status", "--json").returncode == 74
     shell = f"{sys.executable} -m mlxpin import - <&- ; {sys.executable} -m mlxpin status 2>&-"
-    both = subprocess.run(["sh", "-c", shell], capture_output=True, text=True, cwd=tmp_path)
+    both = subprocess.run(
+        ["sh", "-c", shell], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
     assert "internal error" not in both.stderr and "Traceback" not in both.stderr
     assert both.returncode == 78  # status: no manifest here (said to a closed stderr)

@@ -82,7 +82,7 @@ def test_routing_table_labels_default_and_errors() -> None:
 def test_exits_during_a_request_restart_at_once_without_spending_the_budget() -> None:
     """Issue #26 item 3: six bad requests ended `launch` for good (exit 70)."""
     budget = RestartBudget(RestartPolicy(backoff_initial_s=1, restart_budget=2))
-    for now in range(10):
+    for now in map(float, range(10)):
         decision = budget.after_exit(
             "m", -11, started=now - 0.5, now=now, was_ready=True, during_request=True
         )

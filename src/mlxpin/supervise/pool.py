@@ -22,8 +22,8 @@ from typing import Any
 
 from mlxpin.errors import MlxpinError, ServerCrashedError
 from mlxpin.gateway.aio import import_aiohttp
-from mlxpin.gateway.values import read_vocab_size
 from mlxpin.gateway.backends import GatewayState, Health, Lease, Route, Unavailable, Upstream
+from mlxpin.gateway.values import read_vocab_size
 from mlxpin.plan.serve import PoolModelPlan, ServePlan
 from mlxpin.supervise.policy import (
     Already,

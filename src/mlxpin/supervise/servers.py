@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +29,7 @@ class WatchdogPolicy:
     probe_interval_s: float = 30.0
     probe_timeout_s: float = 60.0
     member_poll_s: float = 0.5
-    single: Liveness = Liveness()  # a single server's watchdog
+    single: Liveness = field(default_factory=Liveness, kw_only=True)  # one server's watchdog
 
 
 class ModelServer(Protocol):
@@ -68,9 +68,9 @@ class SingleServer:
     cannot serve on a socket)."""
 
     def __init__(
-        self, launch: LaunchPlan, environ: Mapping[str, str], liveness: Liveness = Liveness()
+        self, launch: LaunchPlan, environ: Mapping[str, str], liveness: Liveness | None = None
     ) -> None:
-        self.liveness = liveness
+        self.liveness = liveness or Liveness()
         self.private_dir: Path | None = None
         socket_path: str | None = None
         if launch.private_socket:  # a Unix socket in a 0700 directory: only we can reach it
