@@ -4,7 +4,8 @@ A server that stops making progress (a GPU hang; SIGSTOP stands in for one) stil
 process, so its exit never comes: every request would wait ``request_timeout`` and 504
 while ``/health`` said ok. So every ``interval_s`` a cheap ``GET /health`` goes to the
 server (it is answered on a handler thread, beside any generation). While it gets no
-answer within ``timeout_s`` the model's health is down (``/health`` 503); ``failures``
+answer within ``timeout_s`` (and no completion finished meanwhile: a busy engine may
+answer late) the model's health is down (``/health`` 503); ``failures``
 in a row, and the pool replaces the server. A socket file that is gone, or that nobody
 listens on, is a dead server at once: nothing will ever answer on it again.
 """
@@ -41,7 +42,7 @@ async def watch_liveness(
     import_aiohttp()
     from mlxpin.gateway.upstream import liveness
 
-    silent = 0
+    silent, done = 0, health.completions_ok
     while True:
         await asyncio.sleep(policy.interval_s)
         status = await liveness(upstream(), policy.timeout_s)
@@ -52,6 +53,9 @@ async def watch_liveness(
                 log.warning("%s: answers its liveness probe again", name)
                 health.healthy = True  # it was ready and healthy before the silence
             silent = 0
+            continue
+        if health.completions_ok != done:  # busy, not hung: completions still finish
+            done = health.completions_ok
             continue
         silent += 1
         health.healthy = False  # /health says so while it is silent
