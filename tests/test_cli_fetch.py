@@ -848,3 +848,22 @@ def test_progress_json_events() -> None:
         "rate": 40,
         "eta_s": 5.0,
     }
+
+
+def test_verify_rewrites_nothing_that_did_not_change(hub: HubServer, project: Project) -> None:
+    """Issue #26 item 2: verify rewrote every file's record (two fsyncs each) and the
+    stamp, unchanged: 25x the time of sha256sum on 5,000 small files."""
+    locked(hub, project)
+    project.ok("fetch")
+
+    def written() -> dict[Path, tuple[int, int]]:
+        files = [p for p in project.state_dir.rglob("*") if p.is_file()]
+        return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files}
+
+    before = written()
+    assert any("verified" in p.parts for p in before)
+    assert "tiny: ok" in project.ok("verify").stdout
+    after = written()
+    changed = [p for p in before if after.get(p) != before[p] and "verified" in p.parts]
+    changed += [p for p in before if after.get(p) != before[p] and p.suffix == ".stamp"]
+    assert changed == []

@@ -934,3 +934,27 @@ def test_a_connection_flood_neither_exhausts_fds_nor_breaks_a_restart(tmp_path: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_engine_socket_queues_a_burst_of_connects_instead_of_refusing_them(
+    tmp_path: Path,
+) -> None:
+    """Issue #26 item 1: the private socket had Python's backlog of 5, and a connect to a
+    full Unix socket is refused at once (the gateway answered 503)."""
+    from http.server import BaseHTTPRequestHandler
+
+    from mlxpin.serve.uds_server import UnixHTTPServer
+
+    path = str(tmp_path / "s.sock")
+    server = UnixHTTPServer(path, BaseHTTPRequestHandler)  # listening, never accepting
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(64):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)
+            clients.append(client)
+            client.connect(path)  # BlockingIOError past the backlog
+    finally:
+        for client in clients:
+            client.close()
+        server.server_close()

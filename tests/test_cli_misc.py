@@ -105,3 +105,30 @@ def test_json_errors_are_json(project: Project) -> None:
     assert data["ok"] is False
     assert data["error"]["exit_code"] == 78
     assert data["error"]["line"] == 3
+
+
+def test_closed_or_full_stdio_is_a_normal_end_or_74_never_a_traceback(tmp_path: Path) -> None:
+    """Issue #26 item 13: `mlxpin ... | head`, `2>&-`, `<&-` and `>/dev/full`."""
+    import os
+
+    def with_stdout(fd: int, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "mlxpin", *args]
+        return subprocess.run(
+            command, stdout=fd, stderr=subprocess.PIPE, text=True, cwd=tmp_path, check=False
+        )
+
+    for args in (("--version",), ("status", "--json")):
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the first byte
+        closed = with_stdout(write, *args)
+        os.close(write)
+        assert closed.returncode == 141, closed.stderr
+        assert "Traceback" not in closed.stderr and "internal error" not in closed.stderr
+    with open("/dev/full", "w") as full:
+        assert with_stdout(full.fileno(), "status", "--json").returncode == 74
+    shell = f"{sys.executable} -m mlxpin import - <&- ; {sys.executable} -m mlxpin status 2>&-"
+    both = subprocess.run(
+        ["sh", "-c", shell], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert "internal error" not in both.stderr and "Traceback" not in both.stderr
+    assert both.returncode == 78  # status: no manifest here (said to a closed stderr)

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import openai
@@ -31,6 +32,7 @@ from aiohttp import web
 
 from fixedgateway import GatewayConfig, start_gateway, warm_up
 from mlxpin.gateway.addresses import free_port as _free_port
+from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import GatewayState
 from mlxpin.gateway.rewrite import Rewriter as _Rewriter
 from mlxpin.gateway.rewrite import SseRelay as _SseRelay
@@ -841,3 +843,43 @@ def test_per_model_limits_come_from_the_route(make_gateway: Any, upstream: FakeU
     with large.client() as client:
         assert client.chat.completions.create(model=LABEL, messages=messages).model == LABEL
     assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("logit_bias", {"10": 5}),  # past the vocabulary: SIGSEGV in mlx_lm.server
+        ("logit_bias", {"-1": 5}),
+        ("logit_bias", {"3": "x"}),
+        ("temperature", -0.5),
+        ("top_p", 0),
+        ("max_tokens", 0),
+        ("max_tokens", True),
+        ("n", 2),
+        ("top_k", 1.5),
+        ("seed", -1),
+    ],
+)
+def test_values_the_engine_cannot_survive_are_400_naming_the_field(
+    field: str, value: object
+) -> None:
+    """Issue #26 item 3: check values, not only types; token ids within the vocabulary."""
+    from mlxpin.gateway.backends import Route
+    from mlxpin.gateway.checks import check_request
+    from mlxpin.gateway.routing import RoutingTable
+
+    table = RoutingTable([Route("m", vocab_size=10)])
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], field: value}
+    error = check_request(json.dumps(body).encode(), table)
+    assert isinstance(error, ApiError)
+    assert (error.status, error.param, error.code) == (400, field, "invalid_value")
+    body[field] = {"9": -100} if field == "logit_bias" else 1
+    assert not isinstance(check_request(json.dumps(body).encode(), table), ApiError)
+
+
+def test_the_vocabulary_size_is_read_from_the_models_config(tmp_path: Path) -> None:
+    from mlxpin.gateway.values import read_vocab_size
+
+    (tmp_path / "config.json").write_text('{"text_config": {"vocab_size": 32000}}')
+    assert read_vocab_size(tmp_path) == 32000
+    assert read_vocab_size(tmp_path / "nowhere") is None

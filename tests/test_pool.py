@@ -272,3 +272,121 @@ def test_a_leftover_server_is_recognised_whatever_columns_says(
     finally:
         leftover.kill()
         leftover.wait()
+
+
+def test_past_its_engine_slots_a_request_waits_in_a_bounded_queue_then_503(
+    tmp_path: Path,
+) -> None:
+    """Issue #26 item 1: queue, don't refuse; 503 + Retry-After only past the limits."""
+
+    async def scenario() -> None:
+        env = {**ENV, "MLXPIN_ENGINE_SLOTS": "1", "MLXPIN_QUEUE_LIMIT": "1"}
+        env["MLXPIN_QUEUE_TIMEOUT"] = "0.5"
+        pool = Pool(plan(model(tmp_path, "a", ANSWERS)), env, POLICY)
+        try:
+            first = await pool.acquire("a-chat")
+            second = asyncio.create_task(pool.acquire("a-chat"))  # waits for the slot
+            await asyncio.sleep(0.05)
+            assert pool.status()["models"][0]["waiting"] == 1  # type: ignore[index]
+            with pytest.raises(Unavailable) as info:  # past the queue limit: at once
+                await pool.acquire("a-chat")
+            assert info.value.error.code == "queue_full"
+            first.release()  # the waiting one gets the slot
+            (await asyncio.wait_for(second, 1.0)).release()
+            held = await pool.acquire("a-chat")
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as info:  # waited the queue timeout
+                await pool.acquire("a-chat")
+            assert 0.4 < time.monotonic() - started < 3
+            assert info.value.error.code == "queue_timeout"
+            assert dict(info.value.error.headers)["Retry-After"] == "1"
+            held.release()
+            assert pool.slots["a"].in_flight == 0
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+UDS_ANSWERS = ANSWERS.replace(
+    'port = int(sys.argv[sys.argv.index("--port") + 1])',
+    'import os, socketserver\npath = sys.argv[sys.argv.index("--unix-socket") + 1]\n'
+    "os.path.exists(path) and os.unlink(path)",
+).replace(
+    'http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok).serve_forever()',
+    "class U(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):\n"
+    "    def get_request(self):\n"
+    "        return self.socket.accept()[0], ('unix', 0)\n"
+    "U(path, Ok).serve_forever()",
+)
+
+
+@pytest.mark.parametrize("fault", ["hang", "socket gone"])
+def test_a_hung_server_or_one_whose_socket_vanished_is_noticed_and_replaced(
+    tmp_path: Path, fault: str
+) -> None:
+    """Issue #26 items 4 and 5: /health said ok and nothing restarted, forever."""
+    import dataclasses
+    import os
+    import signal
+
+    from mlxpin.supervise.liveness import Liveness
+    from mlxpin.supervise.servers import WatchdogPolicy
+
+    async def scenario() -> None:
+        launch = model(tmp_path, "a", UDS_ANSWERS).launch
+        launch = dataclasses.replace(launch, private_socket=True)
+        watchdog = WatchdogPolicy(single=Liveness(interval_s=0.1, timeout_s=0.3, failures=3))
+        policy = dataclasses.replace(POLICY, stop_timeout_s=2.0)
+        pool = Pool(launch_serve_plan(launch), ENV, policy, watchdog=watchdog)
+        slot = pool.slots["a"]
+        try:
+            await pool.begin()
+            for _ in range(200):
+                if pool.health().ready:
+                    break
+                await asyncio.sleep(0.05)
+            assert pool.health().ready and slot.process is not None
+            first = slot.process.pid
+            socket_path = pool.slots["a"].upstream().socket_path
+            assert socket_path is not None
+            if fault == "hang":
+                os.kill(first, signal.SIGSTOP)
+            else:
+                os.unlink(socket_path)
+            seen_down = False
+            for _ in range(300):
+                seen_down = seen_down or not pool.health().ready
+                if slot.process is not None and slot.process.pid != first and pool.health().ready:
+                    break
+                await asyncio.sleep(0.02)
+            assert seen_down
+            assert slot.process is not None and slot.process.pid != first
+            assert pool.health().ready and slot.restarts == 1
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_pid_file_that_cannot_be_written_does_not_stop_the_server(tmp_path: Path) -> None:
+    """Issue #26 item 6: on a full state disk the server was killed, never retried, and
+    `launch` answered /health 503 forever."""
+
+    async def scenario() -> None:
+        resident = launch_serve_plan(model(tmp_path, "a", ANSWERS).launch)
+        pool = Pool(resident, ENV, POLICY)
+        slot = pool.slots["a"]
+        (tmp_path / "run").mkdir()
+        slot.server.new_process(1).pidfile.mkdir()  # every write to it fails
+        try:
+            await pool.begin()
+            for _ in range(200):
+                if pool.health().ready or pool.fatal is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert pool.health().ready, slot.failed_reason
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())

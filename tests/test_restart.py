@@ -77,3 +77,16 @@ def test_routing_table_labels_default_and_errors() -> None:
     assert two.max_body_bytes == 20
     with pytest.raises(ValueError, match="used by two models"):
         RoutingTable([Route("a"), Route("b", ("a",))])
+
+
+def test_exits_during_a_request_restart_at_once_without_spending_the_budget() -> None:
+    """Issue #26 item 3: six bad requests ended `launch` for good (exit 70)."""
+    budget = RestartBudget(RestartPolicy(backoff_initial_s=1, restart_budget=2))
+    for now in map(float, range(10)):
+        decision = budget.after_exit(
+            "m", -11, started=now - 0.5, now=now, was_ready=True, during_request=True
+        )
+        assert decision == Restart(1)
+    for now in (20.0, 21.0):  # crashes at rest still count
+        assert isinstance(budget.after_exit("m", 1, started=0, now=now, was_ready=True), Restart)
+    assert isinstance(budget.after_exit("m", 1, started=0, now=22.0, was_ready=True), GiveUp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -101,13 +102,45 @@ def _refused_write(error: Exception) -> MlxpinError | None:
     return disk_error(Path(error.filename or "?"), error)
 
 
+#: A reader that went away (`mlxpin export -o - | head`): ended as `cat` is by SIGPIPE,
+#: quietly, with the status a shell shows for that (128 + 13).
+PIPE_CLOSED = 141
+
+
+def discard_stdout() -> None:
+    """Later writes (the interpreter's last flush) go nowhere instead of failing again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def run_guarded(
     func: Callable[[], None], *, as_json: bool, quiet: bool, verbose: bool, logs: bool = True
 ) -> int:
     """Run a command; turn mlxpin errors into a message and an exit code.
 
-    No traceback for anything a user can cause; MLXPIN_DEBUG=1 shows one.
+    No traceback for anything a user can cause; MLXPIN_DEBUG=1 shows one. A full
+    stdout is 74; a closed one is raised on (BrokenPipeError) to mlxpin.entry.
     """
+    try:
+        code = _guarded(func, as_json=as_json, quiet=quiet, verbose=verbose, logs=logs)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        raise  # mlxpin.entry ends the run as `cat` (PIPE_CLOSED)
+    except OSError as error:
+        from mlxpin.util.atomic import disk_error
+
+        refused = disk_error(Path("standard output"), error)
+        if refused is None:
+            raise
+        discard_stdout()
+        with contextlib.suppress(OSError):
+            report_error(refused, as_json=False)
+        return int(refused.exit_code)
+
+
+def _guarded(
+    func: Callable[[], None], *, as_json: bool, quiet: bool, verbose: bool, logs: bool
+) -> int:
     if logs or verbose:
         setup_logging(quiet, verbose)
     debug = is_true(os.environ.get("MLXPIN_DEBUG"))
@@ -125,6 +158,8 @@ def run_guarded(
     except KeyboardInterrupt:
         print("mlxpin: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # run_guarded's
     except Exception as error:
         if debug:
             raise

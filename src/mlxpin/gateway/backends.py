@@ -45,6 +45,7 @@ class Route:
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     engine: str = MLX_LM
     role: str = "chat"
+    vocab_size: int | None = None  # token ids in logit_bias must be below it
 
     @property
     def endpoints(self) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from typing import Any, Final
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Route
 from mlxpin.gateway.routing import RoutingTable
+from mlxpin.gateway.values import check_values
 
 __all__ = [
     "PINNED_FIELDS",
@@ -121,7 +122,7 @@ def check_request(
             body.pop(name, None)
         return _remote_media(body) or (route, body)
     messages = body.get("messages")
-    problem = _content_types(messages)
+    problem = check_values(body, route.vocab_size) or _content_types(messages)
     if problem is not None:
         return problem
     remote = remote_image_url(messages)

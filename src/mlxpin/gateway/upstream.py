@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 from typing import Any, Final
 
@@ -20,6 +21,7 @@ __all__ = [
     "COMPLETIONS_PATH",
     "classify_failure",
     "connector",
+    "liveness",
     "url_of",
     "warm_up_status",
 ]
@@ -117,3 +119,24 @@ async def warm_up_status(upstream: Upstream, state: GatewayState, *, timeout_s: 
         log.warning("warm-up: upstream 200 without a completion")
         return "error"
     return "ok" if state.mark_healthy(epoch) else "unreachable"
+
+
+async def liveness(upstream: Upstream, timeout_s: float) -> str:
+    """One cheap ``GET /health`` to the server: "ok" (any HTTP answer: it is alive);
+    "gone" (its socket file is missing, or nothing listens: it will never answer again);
+    "silent" (no answer in time: hung, or too busy to accept)."""
+    if upstream.socket_path is not None and not os.path.exists(upstream.socket_path):
+        return "gone"
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    try:
+        async with (
+            aiohttp.ClientSession(connector=connector(upstream, 1), timeout=timeout) as session,
+            session.get(url_of(upstream, "/health")) as resp,
+        ):
+            await resp.read()
+            return "ok"
+    except aiohttp.ClientConnectorError as exc:
+        refused = isinstance(exc.os_error, FileNotFoundError | ConnectionRefusedError)
+        return "gone" if refused else "silent"
+    except (aiohttp.ClientError, TimeoutError):
+        return "silent"

@@ -32,6 +32,11 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
 
     daemon_threads = True
     allow_reuse_address = False
+    # Python's default backlog is 5, and a connect to a full Unix socket is refused at
+    # once: while generation holds the GIL, the accept loop falls behind a burst of
+    # clients. The gateway sends at most MLXPIN_ENGINE_SLOTS at once; the kernel clips
+    # this to its somaxconn (4096 on Linux, 128 on macOS).
+    request_queue_size = 4096
 
     def server_bind(self) -> None:
         path = str(self.server_address)

@@ -23,6 +23,7 @@ from typing import Any
 from mlxpin.errors import MlxpinError, ServerCrashedError
 from mlxpin.gateway.aio import import_aiohttp
 from mlxpin.gateway.backends import GatewayState, Health, Lease, Route, Unavailable, Upstream
+from mlxpin.gateway.values import read_vocab_size
 from mlxpin.plan.serve import PoolModelPlan, ServePlan
 from mlxpin.supervise.policy import (
     Already,
@@ -39,6 +40,7 @@ from mlxpin.supervise.policy import (
     plan_start,
 )
 from mlxpin.supervise.process import ServerProcess, warm_up
+from mlxpin.supervise.queue import EngineQueue, queue_from_env
 from mlxpin.supervise.restart import GiveUp, RestartBudget, RestartPolicy
 from mlxpin.supervise.servers import ModelServer, WatchdogPolicy, model_server
 
@@ -52,8 +54,11 @@ class StartFailed(Exception):
 class Slot:
     """One model of the pool: its plan, state and server process."""
 
-    def __init__(self, plan: PoolModelPlan, server: ModelServer, policy: RestartPolicy) -> None:
+    def __init__(
+        self, plan: PoolModelPlan, server: ModelServer, policy: RestartPolicy, queue: EngineQueue
+    ) -> None:
         self.plan = plan
+        self.queue = queue  # engine slots; requests waiting for one
         self.name = plan.name
         self.state: State = "stopped"
         self.server = server
@@ -114,6 +119,7 @@ class Slot:
             "last_used": self.last_used_wall,
             "idle_s": idle_s,
             "in_flight": self.in_flight,
+            "waiting": self.queue.waiting,
             "restarts": self.restarts,
             "idle_ttl": self.plan.idle_ttl,
             "preload": self.plan.preload,
@@ -137,7 +143,12 @@ class Pool:
         self.policy = policy or RestartPolicy()
         self.limits = Limits(budget=plan.budget, max_loaded=plan.max_loaded)
         self.slots = {
-            m.name: Slot(m, model_server(m, environ, watchdog or WatchdogPolicy()), self.policy)
+            m.name: Slot(
+                m,
+                model_server(m, environ, watchdog or WatchdogPolicy()),
+                self.policy,
+                queue_from_env(environ),
+            )
             for m in plan.models
         }
         self.fatal: MlxpinError | None = None  # a fatal_when_spent model's budget is spent
@@ -161,6 +172,10 @@ class Pool:
                 request_timeout_s=m.launch.gateway.request_timeout,
                 engine=m.launch.engine,
                 role=m.launch.role,
+                vocab_size=next(
+                    (read_vocab_size(s.path) for s in m.launch.snapshots if s.role == "model"),
+                    None,
+                ),
             )
             for m in self.plan.models
         )
@@ -171,13 +186,19 @@ class Pool:
         slot.queued += 1
         try:
             await self.ensure_ready(slot, self.plan.start_timeout)
+            await slot.queue.enter(label)
         except BaseException:
             self.leave(slot)
             raise
         finally:
             slot.queued -= 1
+
+        def release() -> None:
+            slot.queue.leave()
+            self.leave(slot)
+
         # The slot's in_flight was raised above; the lease gives it back.
-        return Lease(slot.upstream(), slot.health, lambda: self.leave(slot))
+        return Lease(slot.upstream(), slot.health, release)
 
     def health(self) -> Health:
         if self.plan.launched is not None:  # healthy once a completion succeeded since start
@@ -335,7 +356,10 @@ class Pool:
         slot.stopping_by_us = False
         slot.started_at = time.monotonic()
         slot.starts += 1
-        await process.start()
+        try:
+            await process.start()
+        except OSError as exc:  # a full or read-only state disk: retried with backoff
+            raise StartFailed(f"cannot start mlx_lm.server: {exc}") from exc
         self.notify()  # spawned (begin() waits for the preloaded ones)
         exited: asyncio.Future[Any] = asyncio.ensure_future(process.wait())
         outcome = await warm_up(
@@ -390,7 +414,12 @@ class Pool:
         now = time.monotonic()
         slot.restarts += 1
         decision = slot.budget.after_exit(
-            slot.name, code, started=slot.started_at, now=now, was_ready=was_ready
+            slot.name,
+            code,
+            started=slot.started_at,
+            now=now,
+            was_ready=was_ready,
+            during_request=slot.queue.busy(),
         )
         if isinstance(decision, GiveUp):
             self._give_up(slot, decision.message, decision.hint)

@@ -101,7 +101,10 @@ class ServerProcess:
             stderr=asyncio.subprocess.STDOUT if piped else None,
             preexec_fn=_die_with_parent,
         )
-        self.pidfile.write_text(str(self.process.pid))
+        try:  # best-effort: it only helps reap a server left behind (macOS)
+            self.pidfile.write_text(str(self.process.pid))
+        except OSError as exc:
+            log.warning("%s: cannot write %s: %s", spec.name, self.pidfile, exc)
         if piped and self.process.stdout is not None:
             assert spec.log_file is not None
             self.pump = asyncio.create_task(
@@ -123,6 +126,7 @@ class ServerProcess:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGCONT)  # a stopped (hung) one acts on it now
         try:
             await asyncio.wait_for(process.wait(), timeout=self.stop_timeout_s)
         except TimeoutError:
@@ -131,7 +135,8 @@ class ServerProcess:
             await process.wait()
 
     def forget(self) -> None:
-        self.pidfile.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.pidfile.unlink(missing_ok=True)
 
 
 #: A model log is rotated at this size, keeping this many old files (NAME.log.1, ...).
@@ -270,4 +275,5 @@ async def reap_leftover(spec: ServerSpec, stop_timeout_s: float) -> None:
             await asyncio.sleep(0.1)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-    spec.pidfile.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        spec.pidfile.unlink(missing_ok=True)

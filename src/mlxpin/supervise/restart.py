@@ -7,6 +7,10 @@ budgets end it (``launch`` then exits 70, so a boot unit does not loop forever):
 - more than ``restart_budget`` exits within ``budget_window_s``;
 - more than ``restart_budget`` starts in a row that never answered a warm-up (a model
   that cannot load crashes slowly, so the window alone would not catch it).
+
+An exit while a client's request was in flight is restarted after ``backoff_initial_s``
+and spends neither budget: a request the gateway let through (a value it does not know
+to refuse) must not let six clients end the run for good (issue #26 item 3).
 """
 
 from __future__ import annotations
@@ -55,10 +59,20 @@ class RestartBudget:
         self.delay = policy.backoff_initial_s
 
     def after_exit(
-        self, name: str, code: int | None, *, started: float, now: float, was_ready: bool
+        self,
+        name: str,
+        code: int | None,
+        *,
+        started: float,
+        now: float,
+        was_ready: bool,
+        during_request: bool = False,
     ) -> Restart | GiveUp:
         """What to do after the server (started at ``started``) exited at ``now``."""
         policy = self.policy
+        if was_ready and during_request:
+            self.never_ready = 0
+            return Restart(policy.backoff_initial_s)
         self.crashes.append(now)
         while self.crashes and now - self.crashes[0] > policy.budget_window_s:
             self.crashes.popleft()

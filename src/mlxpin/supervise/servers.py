@@ -6,10 +6,9 @@ is ready (for a rank group: a member that exits, or no progress).
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +16,7 @@ from mlxpin.gateway.addresses import free_port, private_socket_dir
 from mlxpin.gateway.backends import GatewayState, Upstream
 from mlxpin.plan.launch import LaunchPlan
 from mlxpin.plan.serve import PoolModelPlan
+from mlxpin.supervise.liveness import Liveness, watch_liveness
 from mlxpin.supervise.process import Attempt, ServerProcess, ServerSpec, reap_leftover
 
 __all__ = ["ModelServer", "SingleServer", "WatchdogPolicy", "model_server"]
@@ -29,6 +29,7 @@ class WatchdogPolicy:
     probe_interval_s: float = 30.0
     probe_timeout_s: float = 60.0
     member_poll_s: float = 0.5
+    single: Liveness = field(default_factory=Liveness, kw_only=True)  # one server's watchdog
 
 
 class ModelServer(Protocol):
@@ -56,7 +57,7 @@ def model_server(
 ) -> ModelServer:
     """A rank group for a distributed model (imported only then), else one server."""
     if plan.group is None:
-        return SingleServer(plan.launch, environ)
+        return SingleServer(plan.launch, environ, watchdog.single)
     from mlxpin.supervise.rankgroup import RankGroupServer
 
     return RankGroupServer(plan.group, environ, watchdog)
@@ -66,7 +67,10 @@ class SingleServer:
     """One `mlx_lm.server` on a private socket (or a loopback port, where the runtime
     cannot serve on a socket)."""
 
-    def __init__(self, launch: LaunchPlan, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, launch: LaunchPlan, environ: Mapping[str, str], liveness: Liveness | None = None
+    ) -> None:
+        self.liveness = liveness or Liveness()
         self.private_dir: Path | None = None
         socket_path: str | None = None
         if launch.private_socket:  # a Unix socket in a 0700 directory: only we can reach it
@@ -105,8 +109,7 @@ class SingleServer:
         await reap_leftover(self.spec, stop_timeout_s)
 
     async def watch(self, process: ServerProcess, health: GatewayState, probe: Attempt) -> str:
-        await asyncio.Event().wait()  # one server: its exit is all there is to watch
-        return ""
+        return await watch_liveness(self.spec.name, lambda: self.upstream, health, self.liveness)
 
     def close(self) -> None:
         if self.private_dir is not None:
