@@ -130,6 +130,9 @@ starting_port = 40000
 env = { ZED = "1", MLX_METAL_FAST_SYNCH = "1" }
 """
     )
+    # a distributed model is a chat model of mlx-lm like any other (the gateway routes by role)
+    model = manifest.models[0]  # type: ignore[attr-defined]
+    assert (model.engine, model.role) == ("mlx-lm", "chat")
     spec = manifest.models[0].distributed  # type: ignore[attr-defined]
     assert [(h.ssh, h.ips, h.local) for h in spec.hosts] == [
         ("127.0.0.1", ("127.0.0.1",), True),

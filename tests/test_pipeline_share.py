@@ -159,7 +159,8 @@ def test_a_share_is_stamped_as_such_grows_and_a_whole_fetch_upgrades_it(tmp_path
     assert damaged.problem == f"{LAYER0} changed since it was verified"
     bad = verify_subset(layout, lock, share, NoProgress())
     assert [path for path, _ in bad.bad] == [LAYER0]
-    assert check_stamp(layout, lock, need=share).problem == "the snapshot was never verified"
+    failed = check_stamp(layout, lock, need=share).problem
+    assert failed == f"`verify` found {LAYER0}: content hash differs from the lock"
     fetch_subset(layout, lock, share, source, NoProgress())  # sent again: repaired
     assert verify_subset(layout, lock, share, NoProgress()).bad == ()
     assert check_stamp(layout, lock, need=share).ok and listing(view) == sorted(share)

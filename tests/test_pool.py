@@ -357,7 +357,8 @@ def test_a_hung_server_or_one_whose_socket_vanished_is_noticed_and_replaced(
             seen_down = False
             for _ in range(300):
                 seen_down = seen_down or not pool.health().ready
-                if slot.process is not None and slot.process.pid != first and pool.health().ready:
+                running = slot.process  # a restarted one may not have spawned yet
+                if running and running.process and running.pid != first and pool.health().ready:
                     break
                 await asyncio.sleep(0.02)
             assert seen_down

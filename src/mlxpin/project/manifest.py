@@ -337,13 +337,13 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
     distributed = None
     if "distributed" in table:
         distributed = parse_distributed(check, table["distributed"], (*keys, "distributed"), base)
-        for role in ("draft", "adapter"):
-            if getattr(launch, role) is not None:
+        for part in ("draft", "adapter"):
+            if getattr(launch, part) is not None:
                 raise check.fail(
-                    (*keys, "launch", role),
-                    f"a distributed model cannot have a {role} "
+                    (*keys, "launch", part),
+                    f"a distributed model cannot have a {part} "
                     "(mlx_lm.server refuses them in distributed mode)",
-                    f"remove `{role}`, or remove [models.{name}.distributed]",
+                    f"remove `{part}`, or remove [models.{name}.distributed]",
                 )
     gateway = _gateway(check, table.get("gateway", {}), (*keys, "gateway"))
     idle_ttl = None
