@@ -155,6 +155,19 @@ def write_files(out_dir: Path, files: Mapping[str, bytes]) -> tuple[Path, ...]:
 # --- tokenizer ---------------------------------------------------------------------------
 
 
+def added_token(token: str, token_id: int) -> dict[str, Any]:
+    """A special token as `tokenizer.json` lists it."""
+    return {
+        "id": token_id,
+        "content": token,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": True,
+    }
+
+
 def tokenizer_json() -> dict[str, Any]:
     """Train the byte-level BPE on the corpus; return tokenizer.json in a fixed layout."""
     from tokenizers import Tokenizer, pre_tokenizers, trainers
@@ -188,17 +201,7 @@ def tokenizer_document(vocab: dict[str, int], merges: list[list[str]]) -> dict[s
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {
-                "id": vocab[token],
-                "content": token,
-                "single_word": False,
-                "lstrip": False,
-                "rstrip": False,
-                "normalized": False,
-                "special": True,
-            }
-            for token in SPECIAL_TOKENS
-            if token in vocab
+            added_token(token, vocab[token]) for token in SPECIAL_TOKENS if token in vocab
         ],
         "normalizer": {"type": "NFC"},
         "pre_tokenizer": {

@@ -69,13 +69,13 @@ def generate(out_dir: Path, *, seed: int = 0, sharded: bool = False) -> tuple[Pa
     tokenizer = core.tokenizer_json()
     vocab: dict[str, int] = tokenizer["model"]["vocab"]
     ids = {token: len(vocab) + i for i, token in enumerate(VISION_TOKENS)}
-    tokenizer["added_tokens"] += [_added_token(token, i) for token, i in ids.items()]
+    tokenizer["added_tokens"] += [core.added_token(token, i) for token, i in ids.items()]
     weights = _weights(vocab, seed)
     special = core.special_tokens_map()
     special["additional_special_tokens"] += list(VISION_TOKENS)
     tokenizer_config = {**core.tokenizer_config(), **special, "chat_template": CHAT_TEMPLATE}
     tokenizer_config["added_tokens_decoder"] |= {
-        str(i): {k: v for k, v in _added_token(token, i).items() if k != "id"}
+        str(i): {k: v for k, v in core.added_token(token, i).items() if k != "id"}
         for token, i in ids.items()
     }
     files: dict[str, bytes] = {
@@ -92,18 +92,6 @@ def generate(out_dir: Path, *, seed: int = 0, sharded: bool = False) -> tuple[Pa
         "tokenizer_config.json": core.json_bytes(tokenizer_config),
     }
     return core.write_files(out_dir, files)
-
-
-def _added_token(token: str, token_id: int) -> dict[str, Any]:
-    return {
-        "id": token_id,
-        "content": token,
-        "single_word": False,
-        "lstrip": False,
-        "rstrip": False,
-        "normalized": False,
-        "special": True,
-    }
 
 
 def _config(vocab_size: int, ids: dict[str, int]) -> dict[str, Any]:
