@@ -167,6 +167,22 @@ def test_unknown_label_on_operator_routes_is_404(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_health_without_the_api_key_names_no_model(tmp_path: Path) -> None:
+    """Issue #20 item 9: /health listed every label and state to anyone."""
+
+    async def scenario() -> None:
+        pool = Pool(plan(model(tmp_path, "a", ANSWERS)), ENV, POLICY)
+        gateway = Gateway(pool, api_key="k3y")
+        async with TestClient(TestServer(pool_app(gateway, pool))) as c:
+            response = await c.get("/health")
+            assert (response.status, await response.json()) == (200, {"status": "ok"})
+            authorised = await c.get("/health", headers={"Authorization": "Bearer k3y"})
+            assert (await authorised.json())["models"] == {"a-chat": "stopped"}
+        await pool.close()
+
+    asyncio.run(scenario())
+
+
 def test_unload_waits_for_requests_in_flight_and_idle_ttl_stops(tmp_path: Path) -> None:
     async def scenario() -> None:
         quick = model(tmp_path, "a", ANSWERS)
