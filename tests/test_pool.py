@@ -385,6 +385,64 @@ def test_a_hung_server_or_one_whose_socket_vanished_is_noticed_and_replaced(
     asyncio.run(scenario())
 
 
+# mlx_lm.server once its generation thread died: /health 503, every completion a 404.
+DIES = ANSWERS.replace(
+    "    def do_POST(self):\n",
+    "    dead = False\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(503 if Ok.dead else 200)\n"
+    "        self.send_header('Content-Length', '0')\n"
+    "        self.end_headers()\n"
+    "    def do_POST(self):\n"
+    "        if b'die' in self.rfile.peek(1 << 16) or Ok.dead:\n"
+    "            Ok.dead = True\n"
+    "            self.rfile.read(int(self.headers['Content-Length']))\n"
+    "            body = b'{\"error\": \"generation thread died\"}'\n"
+    "            self.send_response(404)\n"
+    "            self.send_header('Content-Type', 'application/json')\n"
+    "            self.send_header('Content-Length', str(len(body)))\n"
+    "            self.end_headers()\n"
+    "            self.wfile.write(body)\n"
+    "            return\n",
+)
+
+
+def test_an_engine_whose_generation_thread_died_is_restarted(tmp_path: Path) -> None:
+    """Issue #20 item 6: its /health stayed 200 for mlxpin and every request failed."""
+    import dataclasses
+
+    from mlxpin.supervise.liveness import Liveness
+    from mlxpin.supervise.servers import WatchdogPolicy
+
+    async def scenario() -> None:
+        watchdog = WatchdogPolicy(single=Liveness(interval_s=0.1, timeout_s=1, failures=3))
+        launch = launch_serve_plan(model(tmp_path, "a", DIES).launch)
+        pool = Pool(launch, ENV, dataclasses.replace(POLICY, stop_timeout_s=2.0), watchdog=watchdog)
+        slot = pool.slots["a"]
+        try:
+            await pool.begin()
+            async with TestClient(TestServer(pool_app(Gateway(pool), pool))) as c:
+                for _ in range(200):
+                    if pool.health().ready:
+                        break
+                    await asyncio.sleep(0.05)
+                assert slot.process is not None
+                first = slot.process.pid
+                ask = {"model": "a-chat", "messages": [{"role": "user", "content": "die"}]}
+                answer = await c.post("/v1/chat/completions", json=ask)
+                assert answer.status == 503  # not the engine's 404
+                for _ in range(300):
+                    if slot.process is not None and slot.process.pid != first:
+                        break
+                    await asyncio.sleep(0.02)
+                assert slot.process is not None and slot.process.pid != first
+                assert slot.restarts == 1
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_pid_file_that_cannot_be_written_does_not_stop_the_server(tmp_path: Path) -> None:
     """Issue #26 item 6: on a full state disk the server was killed, never retried, and
     `launch` answered /health 503 forever."""
