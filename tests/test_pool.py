@@ -397,7 +397,7 @@ DIES = ANSWERS.replace(
     "        if b'die' in self.rfile.peek(1 << 16) or Ok.dead:\n"
     "            Ok.dead = True\n"
     "            self.rfile.read(int(self.headers['Content-Length']))\n"
-    "            body = b'{\"error\": \"generation thread died\"}'\n"
+    '            body = b\'{"error": "generation thread died"}\'\n'
     "            self.send_response(404)\n"
     "            self.send_header('Content-Type', 'application/json')\n"
     "            self.send_header('Content-Length', str(len(body)))\n"
