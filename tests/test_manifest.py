@@ -149,6 +149,17 @@ def test_labels_and_aliases_are_unique_across_models() -> None:
     assert error.key == "models.drafter.api_label"
 
 
+@pytest.mark.parametrize("label", ["Gemma4", "GEMMA4", "g\u0435mma4", "\uff47emma4"])
+def test_labels_that_only_look_different_are_refused_naming_both(label: str) -> None:
+    """Issue #20 item 11: case, Unicode form or a lookalike script made 'another' model."""
+    error = error_of(GOOD.replace('api_label = "gemma-drafter"', f'api_label = "{label}"'))
+    assert repr(label) in error.message and "'gemma4'" in error.message
+    assert "model 'gemma'" in error.message
+    assert error.key == "models.drafter.api_label"
+    alias = error_of(GOOD.replace('aliases = ["gemma4"]', 'aliases = ["caf\u00e9", "cafe\u0301"]'))
+    assert alias.key == "models.gemma.aliases"
+
+
 @pytest.mark.parametrize("label", ["/abs", "a/../b", "", " padded", "x" * 97, "tab\there"])
 def test_unsafe_labels_are_refused(label: str) -> None:
     error = error_of(GOOD.replace('"gemma-4-31b-it"', tomlkit.string(label).as_string()))
