@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Final
 from collections.abc import Iterable
+from typing import Final
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _REPO_PART_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
