@@ -538,3 +538,21 @@ def test_an_alias_equal_to_its_own_label_says_so() -> None:
     assert "listed twice" in error.message and "used by model" not in error.message
     error = error_of(GOOD.replace('aliases = ["gemma4"]', 'aliases = ["gemma-drafter"]'))
     assert "already used by model 'gemma'" in error.message  # the other model's own
+
+
+def test_a_label_where_a_name_is_expected_names_the_model() -> None:
+    """Issue #20 item 19: `mlxpin fetch gemma-4-31b-it` said only 'no model named'."""
+    from mlxpin.config import load_settings
+    from mlxpin.errors import UsageError
+    from mlxpin.plan.launch import choose_model
+    from mlxpin.project.selection import pick
+
+    manifest = parse_manifest(GOOD.encode(), FILE)
+    for label in ("gemma-4-31b-it", "gemma4"):
+        with pytest.raises(UsageError) as picked:
+            pick(manifest, [label])
+        assert "that is gemma's label" in picked.value.message
+        assert picked.value.hint == "use the name: gemma"
+        with pytest.raises(UsageError) as chosen:
+            choose_model(manifest, label, load_settings({}, cwd=Path("/")))
+        assert "that is gemma's label" in chosen.value.message

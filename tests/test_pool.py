@@ -161,6 +161,8 @@ def test_unknown_label_on_operator_routes_is_404(tmp_path: Path) -> None:
             assert (await response.json())["error"]["code"] == "model_not_found"
             response = await c.post("/mlxpin/models/a-chat/unload")  # stopped: nothing to do
             assert response.status == 200
+            by_name = await c.post("/mlxpin/models/a/unload")  # the manifest name (#20 item 19)
+            assert by_name.status == 200
         await pool.close()
 
     assert aiohttp  # the test client is aiohttp's own
