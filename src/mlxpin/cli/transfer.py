@@ -8,9 +8,9 @@ from argparse import Namespace
 from pathlib import Path
 
 from mlxpin.cli.output import Common, Output
-from mlxpin.cli.render import human_size, short_commit
+from mlxpin.cli.render import short_commit
 from mlxpin.cli.store import bars_for
-from mlxpin.errors import UsageError
+from mlxpin.errors import UsageError, human_size
 
 
 def export_command(args: Namespace, common: Common) -> None:
