@@ -115,6 +115,15 @@ def test_ranges_split_in_halves_and_hash_in_order(tmp_path: Path) -> None:
     assert RangePolicy(connections=1).parts_for(1 << 30) == 1
 
 
+def test_an_invalid_range_is_ignored_and_a_huge_one_is_no_crash() -> None:
+    """Issue #20 item 10: a huge number was a 500 with a traceback, bytes=5-2 a 416."""
+    huge = "9" * 5000  # past int()'s default digit limit
+    assert parse_range("bytes=5-2", 100) is None  # RFC 9110: ignored, the full body
+    assert parse_range(f"bytes={huge}-", 100) == "unsatisfiable"
+    assert parse_range(f"bytes=0-{huge}", 100) == (0, 100)
+    assert parse_range(f"bytes=-{huge}", 100) == (0, 100)
+
+
 def test_mirror_range_parsing_and_pointer_blob_id() -> None:
     assert parse_range("bytes=10-19", 100) == (10, 20)
     assert parse_range("bytes=90-", 100) == (90, 100)

@@ -394,6 +394,22 @@ def test_path_source_is_imported_read_only_and_checked(project: Project) -> None
     assert "mlxpin lock --update local" in result.stderr
 
 
+def test_import_of_a_path_model_names_no_commit(project: Project) -> None:
+    """Issue #20 item 14: it printed 'at -'."""
+    source = project.root / "models" / "local"
+    source.mkdir(parents=True)
+    (source / "config.json").write_text("{}\n")
+    project.write_manifest(
+        'version = 1\n[models.local]\napi_label = "local"\n'
+        '[models.local.launch]\npath = "./models/local"\n'
+    )
+    project.ok("lock")
+    project.ok("fetch")
+    project.ok("export", "--output", str(project.root / "b.tar"))
+    line = project.ok("import", str(project.root / "b.tar")).stdout
+    assert "local: imported and verified 1 files, 3 B (wrote 0 B)" in line
+
+
 def test_cache_dir_flag_and_hf_hub_cache(hub: HubServer, project: Project) -> None:
     locked(hub, project)
     other = project.root / "other-cache"

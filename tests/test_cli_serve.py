@@ -219,7 +219,7 @@ def test_a_model_over_budget_and_every_other_problem_refused_at_preflight(
     assert result.returncode == 78, result.stderr
     for name in MODELS:
         assert f"{name}: needs" in result.stderr
-    assert "1000000 bytes" in result.stderr
+    assert "budget of 1.0 MB" in result.stderr
     assert "memory_budget" in result.stderr
     # stale lock (78) and missing snapshot (66) for different models: both named, 78 first
     broken = project.root / "broken.toml"

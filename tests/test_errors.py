@@ -62,3 +62,12 @@ def test_hub_refusals_name_the_repo_and_revision() -> None:
     assert revision.hint is not None and revision.hint.endswith("the repo has: main")
     denied = AccessDeniedError("o/r", "v1", "access refused (403, a token was sent)", "check")
     assert denied.message.startswith("o/r@v1: ") and denied.exit_code == ExitCode.NO_PERMISSION
+
+
+def test_over_budget_is_said_in_human_units() -> None:
+    """Issue #20 item 19: 'needs 1500000000 bytes ... budget of 1000000 bytes'."""
+    from mlxpin.errors import OverBudgetError
+
+    error = OverBudgetError("gemma", 1_500_000_000, 1_000_000, "[serve] memory_budget")
+    assert "needs 1.5 GB" in error.message and "budget of 1.0 MB" in error.message
+    assert "bytes" not in error.message

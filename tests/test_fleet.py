@@ -7,9 +7,11 @@ import hashlib
 import io
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -567,6 +569,52 @@ def test_a_gated_pin_is_recorded_and_mirrored_only_when_allowed(
         url = f"{mirror.url}/api/models/{REPO}"
         with urllib.request.urlopen(url, timeout=10) as answer:
             assert json.loads(answer.read())["gated"] == "manual"
+
+
+def _ask(port: int, request: bytes, source: str = "127.0.0.1", rcvbuf: int = 0) -> socket.socket:
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request)
+    return sock
+
+
+def _read_all(sock: socket.socket, timeout_s: float) -> bytes:
+    sock.settimeout(timeout_s)
+    out = bytearray()
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(1 << 20):
+            out += chunk
+    sock.close()
+    return bytes(out)
+
+
+def test_clients_that_stop_reading_hold_no_transfer_slot_for_long(
+    hub: HubServer, project: Project
+) -> None:
+    """Issue #20 item 8: four clients that never read held every slot; even a HEAD waited."""
+    big = 16 << 20  # far past what the socket buffers take
+    repo = seed(hub, big=big)
+    project.write_manifest(MANIFEST)
+    project.ok("lock")
+    project.ok("fetch")
+    resolve = f"/{REPO}/resolve/{repo.head()}"
+    env = dict(project.env, MLXPIN_MIRROR_SEND_TIMEOUT="2")
+    with Mirror(project, "--max-transfers", "4", env=env) as mirror:
+        port = int(mirror.url.rsplit(":", 1)[1])
+        get = f"GET {resolve}/model.safetensors HTTP/1.1\r\nHost: m\r\n\r\n".encode()
+        hogs = [_ask(port, get, rcvbuf=4096) for _ in range(4)]
+        time.sleep(0.5)
+        for method, path in [("HEAD", "model.safetensors"), ("GET", "config.json")]:
+            ask = f"{method} {resolve}/{path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n"
+            answer = _read_all(_ask(port, ask.encode(), source="127.0.0.2"), 5)
+            assert answer.startswith(b"HTTP/1.1 200"), (method, answer[:200])
+        time.sleep(3)  # past the send timeout: the first hog's transfer was cut
+        assert len(_read_all(hogs[0], 10)) < big
+        for hog in hogs[1:]:
+            hog.close()
 
 
 def test_mirror_requires_its_key_when_set(hub: HubServer, project: Project, tmp_path: Path) -> None:

@@ -877,6 +877,37 @@ def test_values_the_engine_cannot_survive_are_400_naming_the_field(
     assert not isinstance(check_request(json.dumps(body).encode(), table), ApiError)
 
 
+@pytest.mark.parametrize(
+    ("field", "bad", "good"),
+    [
+        ("stop", 5, "\n"),  # kills mlx_lm.server's generation thread
+        ("stop", ["x", 1], ["x", "y"]),
+        ("stream", "yes", False),
+        ("logprobs", 1, True),
+        ("stream_options", {"include_usage": "yes"}, {"include_usage": True}),
+        ("chat_template_kwargs", "x", {"enable_thinking": False}),
+        ("xtc_probability", "0.5", 0.5),
+        ("num_draft_tokens", 1.5, 2),
+        ("tools", "x", []),
+        ("role_mapping", {"user": 1}, {"user": "U: "}),
+        ("messages", [1], [{"role": "user", "content": "x"}]),
+    ],
+)
+def test_badly_typed_fields_are_400_naming_the_field(field: str, bad: object, good: object) -> None:
+    """Issue #20 item 6: one badly typed field killed the engine for every later request."""
+    from mlxpin.gateway.backends import Route
+    from mlxpin.gateway.checks import check_request
+    from mlxpin.gateway.routing import RoutingTable
+
+    table = RoutingTable([Route("m")])
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], field: bad}
+    error = check_request(json.dumps(body).encode(), table)
+    assert isinstance(error, ApiError)
+    assert (error.status, error.param, error.code) == (400, field, "invalid_value")
+    body[field] = good
+    assert not isinstance(check_request(json.dumps(body).encode(), table), ApiError)
+
+
 def test_the_vocabulary_size_is_read_from_the_models_config(tmp_path: Path) -> None:
     from mlxpin.gateway.values import read_vocab_size
 

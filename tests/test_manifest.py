@@ -149,6 +149,17 @@ def test_labels_and_aliases_are_unique_across_models() -> None:
     assert error.key == "models.drafter.api_label"
 
 
+@pytest.mark.parametrize("label", ["Gemma4", "GEMMA4", "g\u0435mma4", "\uff47emma4"])
+def test_labels_that_only_look_different_are_refused_naming_both(label: str) -> None:
+    """Issue #20 item 11: case, Unicode form or a lookalike script made 'another' model."""
+    error = error_of(GOOD.replace('api_label = "gemma-drafter"', f'api_label = "{label}"'))
+    assert repr(label) in error.message and "'gemma4'" in error.message
+    assert "model 'gemma'" in error.message
+    assert error.key == "models.drafter.api_label"
+    alias = error_of(GOOD.replace('aliases = ["gemma4"]', 'aliases = ["caf\u00e9", "cafe\u0301"]'))
+    assert alias.key == "models.gemma.aliases"
+
+
 @pytest.mark.parametrize("label", ["/abs", "a/../b", "", " padded", "x" * 97, "tab\there"])
 def test_unsafe_labels_are_refused(label: str) -> None:
     error = error_of(GOOD.replace('"gemma-4-31b-it"', tomlkit.string(label).as_string()))
@@ -527,3 +538,21 @@ def test_an_alias_equal_to_its_own_label_says_so() -> None:
     assert "listed twice" in error.message and "used by model" not in error.message
     error = error_of(GOOD.replace('aliases = ["gemma4"]', 'aliases = ["gemma-drafter"]'))
     assert "already used by model 'gemma'" in error.message  # the other model's own
+
+
+def test_a_label_where_a_name_is_expected_names_the_model() -> None:
+    """Issue #20 item 19: `mlxpin fetch gemma-4-31b-it` said only 'no model named'."""
+    from mlxpin.config import load_settings
+    from mlxpin.errors import UsageError
+    from mlxpin.plan.launch import choose_model
+    from mlxpin.project.selection import pick
+
+    manifest = parse_manifest(GOOD.encode(), FILE)
+    for label in ("gemma-4-31b-it", "gemma4"):
+        with pytest.raises(UsageError) as picked:
+            pick(manifest, [label])
+        assert "that is gemma's label" in picked.value.message
+        assert picked.value.hint == "use the name: gemma"
+        with pytest.raises(UsageError) as chosen:
+            choose_model(manifest, label, load_settings({}, cwd=Path("/")))
+        assert "that is gemma's label" in chosen.value.message

@@ -161,9 +161,27 @@ def test_unknown_label_on_operator_routes_is_404(tmp_path: Path) -> None:
             assert (await response.json())["error"]["code"] == "model_not_found"
             response = await c.post("/mlxpin/models/a-chat/unload")  # stopped: nothing to do
             assert response.status == 200
+            by_name = await c.post("/mlxpin/models/a/unload")  # the manifest name (#20 item 19)
+            assert by_name.status == 200
         await pool.close()
 
     assert aiohttp  # the test client is aiohttp's own
+    asyncio.run(scenario())
+
+
+def test_health_without_the_api_key_names_no_model(tmp_path: Path) -> None:
+    """Issue #20 item 9: /health listed every label and state to anyone."""
+
+    async def scenario() -> None:
+        pool = Pool(plan(model(tmp_path, "a", ANSWERS)), ENV, POLICY)
+        gateway = Gateway(pool, api_key="k3y")
+        async with TestClient(TestServer(pool_app(gateway, pool))) as c:
+            response = await c.get("/health")
+            assert (response.status, await response.json()) == (200, {"status": "ok"})
+            authorised = await c.get("/health", headers={"Authorization": "Bearer k3y"})
+            assert (await authorised.json())["models"] == {"a-chat": "stopped"}
+        await pool.close()
+
     asyncio.run(scenario())
 
 
@@ -364,6 +382,64 @@ def test_a_hung_server_or_one_whose_socket_vanished_is_noticed_and_replaced(
             assert seen_down
             assert slot.process is not None and slot.process.pid != first
             assert pool.health().ready and slot.restarts == 1
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+# mlx_lm.server once its generation thread died: /health 503, every completion a 404.
+DIES = ANSWERS.replace(
+    "    def do_POST(self):\n",
+    "    dead = False\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(503 if Ok.dead else 200)\n"
+    "        self.send_header('Content-Length', '0')\n"
+    "        self.end_headers()\n"
+    "    def do_POST(self):\n"
+    "        if b'die' in self.rfile.peek(1 << 16) or Ok.dead:\n"
+    "            Ok.dead = True\n"
+    "            self.rfile.read(int(self.headers['Content-Length']))\n"
+    '            body = b\'{"error": "generation thread died"}\'\n'
+    "            self.send_response(404)\n"
+    "            self.send_header('Content-Type', 'application/json')\n"
+    "            self.send_header('Content-Length', str(len(body)))\n"
+    "            self.end_headers()\n"
+    "            self.wfile.write(body)\n"
+    "            return\n",
+)
+
+
+def test_an_engine_whose_generation_thread_died_is_restarted(tmp_path: Path) -> None:
+    """Issue #20 item 6: its /health stayed 200 for mlxpin and every request failed."""
+    import dataclasses
+
+    from mlxpin.supervise.liveness import Liveness
+    from mlxpin.supervise.servers import WatchdogPolicy
+
+    async def scenario() -> None:
+        watchdog = WatchdogPolicy(single=Liveness(interval_s=0.1, timeout_s=1, failures=3))
+        launch = launch_serve_plan(model(tmp_path, "a", DIES).launch)
+        pool = Pool(launch, ENV, dataclasses.replace(POLICY, stop_timeout_s=2.0), watchdog=watchdog)
+        slot = pool.slots["a"]
+        try:
+            await pool.begin()
+            async with TestClient(TestServer(pool_app(Gateway(pool), pool))) as c:
+                for _ in range(200):
+                    if pool.health().ready:
+                        break
+                    await asyncio.sleep(0.05)
+                assert slot.process is not None
+                first = slot.process.pid
+                ask = {"model": "a-chat", "messages": [{"role": "user", "content": "die"}]}
+                answer = await c.post("/v1/chat/completions", json=ask)
+                assert answer.status == 503  # not the engine's 404
+                for _ in range(300):
+                    if slot.process is not None and slot.process.pid != first:
+                        break
+                    await asyncio.sleep(0.02)
+                assert slot.process is not None and slot.process.pid != first
+                assert slot.restarts == 1
         finally:
             await pool.close()
 

@@ -75,7 +75,9 @@ def test_refusals_and_nothing_to_do() -> None:
         ModelView("pin", "ready", 3 * GB, pinned=True),
         ModelView("two", "stopped", 2 * GB),
     )
-    assert isinstance(plan_start(models, "huge", limits), Refuse)
+    huge = plan_start(models, "huge", limits)
+    assert isinstance(huge, Refuse)
+    assert huge.reason == "huge needs 5.4 GB, more than the whole memory budget of 4.3 GB"
     assert isinstance(plan_start(models, "dead", limits), Refuse)
     assert plan_start(models, "up", limits) == Already()
     assert isinstance(plan_start(models, "two", limits), Refuse)  # never beside the pinned one

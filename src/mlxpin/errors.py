@@ -292,6 +292,20 @@ class RevisionNotFoundError(ConfigError):
         super().__init__(f"{repo}: revision {revision!r} not found", hint)
 
 
+def human_size(size: int, signed: bool = False) -> str:
+    """1500000000 -> '1.5 GB' (decimal units, as `ls -h --si`)."""
+    sign = ""
+    if signed:
+        sign = "+" if size >= 0 else "-"
+    value = float(abs(size))
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            text = f"{value:.0f} {unit}" if unit == "B" or value >= 100 else f"{value:.1f} {unit}"
+            return sign + text
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
 class OverBudgetError(ConfigError):
     """`serve`: a model that alone needs more memory than the whole budget."""
 
@@ -299,8 +313,9 @@ class OverBudgetError(ConfigError):
 
     def __init__(self, model: str, cost: int, budget: int, budget_source: str) -> None:
         super().__init__(
-            f"{model}: needs {cost} bytes (its locked files plus the per-server overhead), "
-            f"more than the whole memory budget of {budget} bytes ({budget_source})",
+            f"{model}: needs {human_size(cost)} (its locked files plus the per-server "
+            f"overhead), more than the whole memory budget of {human_size(budget)} "
+            f"({budget_source})",
             "raise [serve] memory_budget in the manifest, or leave the model out of the "
             f"names given to {Run.of('serve')}",
         )

@@ -15,7 +15,7 @@ from mlxpin import __version__
 
 TYPE_CHECKING = False  # `typing` and `pathlib` cost `--version` more than all the rest
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,6 +39,18 @@ class Parser(argparse.ArgumentParser):
             names += extra  # `lock a --update b`: names on both sides of an option
             extra = []
         return args, extra
+
+    json = False  # --json was given: a usage error is also said on stdout, as JSON
+
+    def error(self, message: str) -> NoReturn:
+        if self.json:
+            import json
+
+            from mlxpin.errors import UsageError
+
+            error = UsageError(message, f"see {self.prog} --help").to_json()
+            print(json.dumps({"ok": False, "error": error}, indent=2, sort_keys=True))
+        super().error(message)
 
 
 class Version(argparse.Action):
@@ -597,6 +609,7 @@ def build_parser(only: str | None = None) -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `mlxpin ARGV`; the exit code. Usage errors exit 2 (argparse's SystemExit)."""
     words = list(sys.argv[1:] if argv is None else argv)
+    Parser.json = "--json" in words
     args, extra = build_parser(words[0] if words else "").parse_known_args(words)
     if extra:  # said by the verb's parser, which names the verb in its usage line
         args.usage.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlxpin.cli.output import CommandExit, Common, Output, run_guarded
-from mlxpin.cli.render import human_size, share_text, short_commit
+from mlxpin.cli.render import share_text, short_commit
+from mlxpin.errors import human_size
 from mlxpin.plan.launch import PRIVATE_PORT_SHOWN, LaunchPlan
 
 if TYPE_CHECKING:  # a --dry-run builds no policy; a plain model needs no distributed code

@@ -5,9 +5,9 @@ from __future__ import annotations
 from argparse import Namespace
 
 from mlxpin.cli.output import CommandExit, Common, report_error
-from mlxpin.cli.render import human_size, short_commit, short_date
+from mlxpin.cli.render import short_commit, short_date
 from mlxpin.commands import lock as lock_cmd
-from mlxpin.errors import UsageError
+from mlxpin.errors import UsageError, human_size
 from mlxpin.runtime.lock import RuntimeChange
 
 

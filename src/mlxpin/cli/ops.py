@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlxpin.cli.lock import describe_change
 from mlxpin.cli.output import CommandExit, Common, Output, report_error
-from mlxpin.cli.render import human_size
-from mlxpin.errors import UsageError
+from mlxpin.errors import UsageError, human_size
 
 if TYPE_CHECKING:
     from mlxpin.commands.service import UnitRequest

@@ -10,7 +10,8 @@ from typing import Any
 
 from mlxpin.cli.boot import RunOptions, options_from
 from mlxpin.cli.output import Common
-from mlxpin.cli.render import human_size, share_text
+from mlxpin.cli.render import share_text
+from mlxpin.errors import human_size
 from mlxpin.plan.launch import PRIVATE_PORT_SHOWN
 from mlxpin.plan.serve import SERVER_OVERHEAD_BYTES, ServePlan
 

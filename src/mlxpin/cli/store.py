@@ -8,7 +8,8 @@ from argparse import Namespace
 from typing import TYPE_CHECKING
 
 from mlxpin.cli.output import CommandExit, Common, Output
-from mlxpin.cli.render import human_size, share_text, short_commit, short_date
+from mlxpin.cli.render import share_text, short_commit, short_date
+from mlxpin.errors import human_size
 
 if TYPE_CHECKING:  # `status` runs without the fetch code
     from mlxpin.commands.hosts import HostsResult

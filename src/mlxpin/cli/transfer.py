@@ -8,9 +8,9 @@ from argparse import Namespace
 from pathlib import Path
 
 from mlxpin.cli.output import Common, Output
-from mlxpin.cli.render import human_size, short_commit
+from mlxpin.cli.render import short_commit
 from mlxpin.cli.store import bars_for
-from mlxpin.errors import UsageError
+from mlxpin.errors import UsageError, human_size
 
 
 def export_command(args: Namespace, common: Common) -> None:
@@ -70,9 +70,10 @@ def import_command(args: Namespace, common: Common) -> None:
             "written": f"; lock written to {settings.lock_dir}",
             "absent": "; this project has no lock for it (adopt it with --write-locks)",
         }[model.lock]
+        at = f" at {short_commit(model.commit)}" if model.commit else ""  # path models: none
         out.line(
             f"{model.name}: imported and verified {model.files} files, "
-            f"{human_size(model.total_size)} at {short_commit(model.commit)} "
+            f"{human_size(model.total_size)}{at} "
             f"(wrote {human_size(model.written_bytes)}){note}"
         )
     out.result(result.to_json())

@@ -25,7 +25,10 @@ class Added:
     def to_json(self) -> dict[str, Any]:
         ok = self.locked is None or not self.locked.errors
         lock = None if self.locked is None else json_value(self.locked.changes)
-        return {"ok": ok, **fields_json(self.added), "lock": lock}
+        data = {"ok": ok, **fields_json(self.added), "lock": lock}
+        if not ok and self.locked is not None:
+            data["error"] = self.locked.to_json()["error"]
+        return data
 
 
 @dataclass(frozen=True)

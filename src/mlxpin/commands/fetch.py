@@ -181,8 +181,10 @@ class VerifyResult:
         return ExitCode.OK if problem is None else problem.exit_code
 
     def to_json(self) -> dict[str, Any]:
+        problem = self.first_problem
         return {
             "ok": self.ok,
+            **({} if problem is None else {"error": problem.to_json()}),
             "models": [
                 {
                     "name": m.name,

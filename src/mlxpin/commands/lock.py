@@ -15,7 +15,7 @@ from mlxpin.config import (
     STATE_DIR_HINT,
     Settings,
 )
-from mlxpin.errors import ConfigError, ExitCode, LockStaleError, MlxpinError
+from mlxpin.errors import ConfigError, ExitCode, LockStaleError, MlxpinError, PreflightError
 from mlxpin.hub.resolve import Resolution, resolve
 from mlxpin.project.lockfile import (
     LockedModel,
@@ -90,6 +90,8 @@ class LockResult:
         data = {"ok": not self.errors, **fields_json(self, changes="models")}
         if not self.engines:  # the key is there only when the manifest pins an engine
             del data["engines"]
+        if self.errors:
+            data["error"] = PreflightError.of(self.errors).to_json()
         return data
 
 
@@ -128,8 +130,10 @@ class CheckResult:
 
     def to_json(self) -> dict[str, Any]:
         runtime = self.runtime
+        problem = self.problem
         return {
             "ok": self.ok,
+            **({} if problem is None else {"error": problem.to_json()}),
             "models": json_value(self.states),
             "runtime": None
             if runtime is None

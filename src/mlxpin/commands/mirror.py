@@ -27,6 +27,10 @@ class MirrorModel:
     problem: str | None
 
 
+#: Seconds a client may take no bytes before its transfer is cut (default 60).
+SEND_TIMEOUT_VARIABLE = "MLXPIN_MIRROR_SEND_TIMEOUT"
+
+
 @dataclass(frozen=True)
 class MirrorPlan:
     config: MirrorConfig
@@ -72,7 +76,12 @@ def plan_mirror(
         for lock in served
         for check in [check_stamp(layout, lock)]
     )
-    config = MirrorConfig(host, port, layout, served, api_key, max_transfers)
+    timeout = environ.get(SEND_TIMEOUT_VARIABLE) or "60"
+    try:
+        send_timeout_s = float(timeout)
+    except ValueError:
+        raise UsageError(f"{SEND_TIMEOUT_VARIABLE}={timeout!r} is not seconds") from None
+    config = MirrorConfig(host, port, layout, served, api_key, max_transfers, send_timeout_s)
     return MirrorPlan(config, models)
 
 

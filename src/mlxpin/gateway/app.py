@@ -59,6 +59,7 @@ _UNAUTHORIZED: Final = ApiError(
 _MALFORMED: Final = ApiError(
     502, "The model server sent an incomplete or malformed answer", "upstream_error"
 )
+_ENGINE_DIED: Final = "The model's engine failed and is being restarted; retry shortly"
 
 #: Streams that end with ``data: [DONE]`` (OpenAI chat and text completions).
 _DONE_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -199,10 +200,12 @@ class Gateway:
             return api_error_response(body)
         return web.Response(body=body, content_type=_JSON_CT)
 
-    async def health(self, _request: web.Request) -> web.Response:
+    async def health(self, request: web.Request) -> web.Response:
         health = self.backends.health()
-        status = 200 if health.ready else 503
-        return web.json_response(dict(health.body), status=status, dumps=compact_dumps)
+        body = dict(health.body)
+        if not (self.bearer_ok(request) or self.allow(request)):  # open, but names no model
+            body = {"status": body["status"]}
+        return web.json_response(body, status=200 if health.ready else 503, dumps=compact_dumps)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         limit = self.table.max_body_bytes
@@ -315,6 +318,9 @@ class Gateway:
             return api_error_response(error)
         if answer.status == 200:
             lease.completed()
+        elif answer.status == 404 and b"generation thread died" in raw:  # mlx_lm.server's
+            lease.health.healthy = False  # the liveness probe has it restarted
+            return api_error_response(Unavailable(_ENGINE_DIED, retry_after_s=5).error)
         return web.Response(status=answer.status, body=body, content_type=_JSON_CT)
 
     async def _relay_raw(

@@ -122,7 +122,8 @@ async def warm_up_status(upstream: Upstream, state: GatewayState, *, timeout_s: 
 
 
 async def liveness(upstream: Upstream, timeout_s: float) -> str:
-    """One cheap ``GET /health`` to the server: "ok" (any HTTP answer: it is alive);
+    """One cheap ``GET /health`` to the server: "ok" (any HTTP answer but 503: it is alive);
+    "dead" (503: mlx_lm.server's generation thread died, it will never generate again);
     "gone" (its socket file is missing, or nothing listens: it will never answer again);
     "silent" (no answer in time: hung, or too busy to accept)."""
     if upstream.socket_path is not None and not os.path.exists(upstream.socket_path):
@@ -134,7 +135,7 @@ async def liveness(upstream: Upstream, timeout_s: float) -> str:
             session.get(url_of(upstream, "/health")) as resp,
         ):
             await resp.read()
-            return "ok"
+            return "dead" if resp.status == 503 else "ok"
     except aiohttp.ClientConnectorError as exc:
         refused = isinstance(exc.os_error, FileNotFoundError | ConnectionRefusedError)
         return "gone" if refused else "silent"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,6 +38,36 @@ _RANGES: Final[dict[str, tuple[float, float, bool, str]]] = {
     "frequency_context_size": (0, _INF, True, "a whole number of at least 0"),
     "top_logprobs": (-1, 11, True, "a whole number from 0 to 11"),
     "seed": (0, 2**64 - 1, True, "a whole number from 0 to 2**64-1"),
+    "xtc_probability": (0, 1, False, "a number from 0 to 1"),
+    "xtc_threshold": (0, 1, False, "a number from 0 to 1"),
+    "num_draft_tokens": (0, _INF, True, "a whole number of at least 0"),
+}
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+#: field: (its type is right, what the message says). The engine checks some of these
+#: only on its generation thread, which a wrong one kills for every later request.
+_TYPES: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "stop": (lambda v: isinstance(v, str) or _strings(v), "a string or a list of strings"),
+    "stream": (lambda v: isinstance(v, bool), "true or false"),
+    "logprobs": (lambda v: isinstance(v, bool), "true or false"),
+    "stream_options": (
+        lambda v: isinstance(v, dict) and isinstance(v.get("include_usage", False), bool),
+        'an object such as {"include_usage": true}',
+    ),
+    "chat_template_kwargs": (lambda v: isinstance(v, dict), "an object"),
+    "tools": (lambda v: isinstance(v, list), "a list"),
+    "role_mapping": (
+        lambda v: isinstance(v, dict) and _strings(list(v.values())),
+        "an object of strings",
+    ),
+    "messages": (
+        lambda v: isinstance(v, list) and all(isinstance(m, dict) for m in v),
+        "a list of message objects",
+    ),
 }
 
 
@@ -70,6 +101,9 @@ def check_values(body: dict[str, Any], vocab_size: int | None) -> ApiError | Non
     for field, (low, high, whole, rule) in _RANGES.items():
         value = body.get(field)
         if value is not None and not _number_ok(value, low, high, whole):
+            return ApiError(400, f"'{field}' must be {rule}", "invalid_value", field)
+    for field, (right, rule) in _TYPES.items():
+        if body.get(field) is not None and not right(body[field]):
             return ApiError(400, f"'{field}' must be {rule}", "invalid_value", field)
     if body.get("logit_bias") is not None:
         problem = _logit_bias(body["logit_bias"], vocab_size)

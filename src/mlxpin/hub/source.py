@@ -32,22 +32,21 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
-    """(start, end-exclusive) for a single ``bytes=`` range; None to ignore the header."""
+    """(start, end-exclusive) for a single ``bytes=`` range; None to ignore the header
+    (RFC 9110: also an invalid one, such as ``bytes=5-2``)."""
     match = _RANGE_RE.fullmatch(header)
     if match is None:
         return None
-    first, last = match.groups()
-    if not first:
+    # Past 19 digits a number is larger than any file (and int() may refuse its length).
+    first, last = (None if not g else int(g) if len(g) < 20 else 1 << 64 for g in match.groups())
+    if first is None:
         if not last:
-            return None
-        if int(last) == 0 or size == 0:
-            return "unsatisfiable"
-        return max(0, size - int(last)), size
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or start >= end:
-        return "unsatisfiable"
-    return start, end
+            return None if last is None else "unsatisfiable"
+        return (max(0, size - last), size) if size else "unsatisfiable"
+    if last is not None and last < first:
+        return None
+    end = size if last is None else min(last + 1, size)
+    return "unsatisfiable" if first >= size else (first, end)
 
 
 class HubSourceBytes:

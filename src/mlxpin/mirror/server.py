@@ -10,7 +10,9 @@ download protocol (hub-protocol.md), for `HF_ENDPOINT` on other hosts::
 while its snapshot's stamp vouches for it: the stamp is re-checked when it changes, and
 every blob is opened without following links and must have the stamped stat, or 404.
 Loopback by default; `Authorization: Bearer <key>` when a key is set (clients send it as
-HF_TOKEN); at most `max_transfers` downloads at once (the rest wait).
+HF_TOKEN); at most `max_transfers` downloads at once, a quarter of them per client address
+(the rest wait; HEAD and API requests never do). A transfer that sends nothing for
+`send_timeout_s` (a client that stopped reading) is cut, so it frees its slot.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import hmac
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import IO, Final
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -48,6 +50,10 @@ class MirrorConfig:
     locks: tuple[LockedModel, ...]  # Hub-sourced locks only
     api_key: str | None = field(default=None, repr=False)
     max_transfers: int = 64
+    send_timeout_s: float = 60.0
+
+
+_CHUNK: Final = 1 << 20  # each must be taken by the client within send_timeout_s
 
 
 def blob_id(file: LockedFile) -> str:
@@ -135,6 +141,21 @@ class Mirror:
             self.by_repo.setdefault(lock.original.repo, []).append(lock)
         self.vouched = _Vouched(config.layout)
         self.slots = asyncio.Semaphore(max(1, config.max_transfers))
+        self.clients: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}  # (slots, users)
+
+    @contextlib.asynccontextmanager
+    async def transfer_slot(self, peer: str) -> AsyncIterator[None]:
+        """One of the client's own slots first, then one of the mirror's."""
+        limit = max(1, self.config.max_transfers // 4)
+        mine, users = self.clients.setdefault(peer, (asyncio.Semaphore(limit), [0]))
+        users[0] += 1
+        try:
+            async with mine, self.slots:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self.clients[peer]
 
     def find(self, repo: str, revision: str) -> LockedModel | web.Response:
         locks = self.by_repo.get(repo)
@@ -233,7 +254,11 @@ class Mirror:
                 transport = request.transport
                 if transport is None:
                     raise ConnectionResetError("client went away")
-                await asyncio.get_running_loop().sendfile(transport, handle, start, end - start)
+                if not await _send(transport, handle, start, end, self.config.send_timeout_s):
+                    timeout = self.config.send_timeout_s
+                    log.info("%s stopped reading %s for %g s: cut", request.remote, path, timeout)
+                    transport.abort()
+                    return response
             await response.write_eof()
             return response
 
@@ -257,10 +282,11 @@ class Mirror:
             return _error(405, "Method not allowed")
         if api:
             return self._api(request, f"{names[2]}/{names[3]}", segs[4:])
-        async with self.slots:
-            return await self.resolve(
-                request, f"{names[0]}/{names[1]}", names[3], "/".join(names[4:])
-            )
+        args = (request, f"{names[0]}/{names[1]}", names[3], "/".join(names[4:]))
+        if request.method == "HEAD":  # no bytes to send: no slot to wait for
+            return await self.resolve(*args)
+        async with self.transfer_slot(request.remote or ""):
+            return await self.resolve(*args)
 
     def _api(self, request: web.Request, repo: str, rest: list[str]) -> web.Response:
         if not rest or rest == [""]:
@@ -272,6 +298,20 @@ class Mirror:
             path = "/".join(unquote(s) for s in rest[2:])
             return self.tree(repo, unquote(rest[1]), path, recursive)
         return _error(404, "Not Found")
+
+
+async def _send(
+    transport: asyncio.WriteTransport, handle: IO[bytes], start: int, end: int, timeout_s: float
+) -> bool:
+    """Send bytes [start, end) of ``handle``; False once a chunk is not taken in time."""
+    loop = asyncio.get_running_loop()
+    for offset in range(start, end, _CHUNK):
+        count = min(_CHUNK, end - offset)
+        try:
+            await asyncio.wait_for(loop.sendfile(transport, handle, offset, count), timeout_s)
+        except TimeoutError:
+            return False
+    return True
 
 
 def _file_headers(lock: LockedModel, file: LockedFile) -> dict[str, str]:

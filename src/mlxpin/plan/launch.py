@@ -23,6 +23,7 @@ from mlxpin.errors import (
 from mlxpin.project.engines import MLX_LM, MLX_VLM, SERVER_TABLES, VLM_ROLE_FLAGS
 from mlxpin.project.lockfile import LockedModel, valid_locks
 from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelSpec
+from mlxpin.project.selection import label_not_name
 from mlxpin.project.serveropts import server_argv
 from mlxpin.runtime.server import SOCKET_SERVERS, ServerRuntime, server_runtime, vlm_server
 from mlxpin.store.layout import StoreLayout, check_stamp
@@ -189,7 +190,7 @@ def choose_model(manifest: Manifest, name: str | None, settings: Settings) -> Mo
         raise ModelNotChosenError(manifest.path, manifest.names)
     spec = manifest.get(chosen)
     if spec is None:
-        raise UsageError(
+        raise label_not_name(manifest, chosen) or UsageError(
             f"no model named {chosen!r} in {manifest.path}",
             f"one of: {', '.join(manifest.names)}",
         )

@@ -557,18 +557,20 @@ def _check_cross_references(
     check: Checker, models: tuple[ModelSpec, ...], explicit_ports: set[str]
 ) -> None:
     names = {m.name for m in models}
-    owner_of_label: dict[str, str] = {}
+    owner_of_label: dict[str, tuple[str, str]] = {}  # label_key -> (model, label)
     owner_of_port: dict[tuple[str, int], str] = {}
     for model in models:
         for index, label in enumerate(model.labels):
             key = "api_label" if index == 0 else "aliases"
-            other = owner_of_label.get(label)
+            other, seen = owner_of_label.get(validate.label_key(label), (None, label))
+            alike = "" if seen == label else f" (looks the same as {seen!r})"
             if other == model.name:
-                own = label == model.api_label
+                own = seen == model.api_label
                 raise check.fail(
                     ("models", model.name, key),
                     f"alias {label!r} "
-                    + ("repeats this model's own api_label" if own else "is listed twice"),
+                    + ("repeats this model's own api_label" if own else "is listed twice")
+                    + alike,
                     "remove it from aliases: the api_label is always accepted"
                     if own
                     else "list each alias once",
@@ -576,10 +578,10 @@ def _check_cross_references(
             if other is not None:
                 raise check.fail(
                     ("models", model.name, key),
-                    f"label {label!r} is already used by model {other!r}",
+                    f"label {label!r} is already used by model {other!r}{alike}",
                     "every api_label and alias must be unique across the manifest",
                 )
-            owner_of_label[label] = model.name
+            owner_of_label[validate.label_key(label)] = (model.name, label)
         # A default port may be shared by models never launched together.
         endpoint = (model.host, model.port)
         if model.name in explicit_ports and endpoint in owner_of_port:

@@ -17,6 +17,17 @@ def manifest_of(settings: Settings) -> Manifest:
     return load_manifest(settings.manifest_path)
 
 
+def label_not_name(manifest: Manifest, name: str) -> UsageError | None:
+    """When ``name`` is a model's label (or alias): an error that names the model."""
+    owner = next((m for m in manifest.models if name in m.labels), None)
+    if owner is None:
+        return None
+    return UsageError(
+        f"{name!r} is not a model name: that is {owner.name}'s label",
+        f"use the name: {owner.name}",
+    )
+
+
 def pick(manifest: Manifest, names: Sequence[str]) -> tuple[ModelSpec, ...]:
     """The named models (all when none are named); unknown names are a usage error."""
     if not names:
@@ -25,6 +36,8 @@ def pick(manifest: Manifest, names: Sequence[str]) -> tuple[ModelSpec, ...]:
     for name in names:
         spec = manifest.get(name)
         if spec is None:
+            if (label := label_not_name(manifest, name)) is not None:
+                raise label
             close = difflib.get_close_matches(name, manifest.names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else None
             raise UsageError(

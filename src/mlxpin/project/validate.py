@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from typing import Final
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _REPO_PART_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
@@ -101,6 +102,18 @@ def _folded(path: str) -> str:
     if path.isascii():
         return path.lower()
     return unicodedata.normalize("NFC", path).casefold()
+
+
+# Latin lookalikes in Cyrillic and Greek (the common ones; NFKC takes care of fullwidth).
+_LOOKALIKES: Final = str.maketrans(
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u04cf\u03bf\u03b1\u03b9\u03ba\u03bd\u03c1\u03c4\u03c5",
+    "aeopcyxijsloaikvptu",
+)
+
+
+def label_key(label: str) -> str:
+    """Labels with the same key differ only in case, Unicode form or a lookalike script."""
+    return _folded(unicodedata.normalize("NFKC", label)).translate(_LOOKALIKES)
 
 
 def tree_problem(paths: Iterable[str]) -> str | None:

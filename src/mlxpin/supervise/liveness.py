@@ -48,6 +48,8 @@ async def watch_liveness(
         status = await liveness(upstream(), policy.timeout_s)
         if status == "gone":
             return "its private socket is gone or refuses connections"
+        if status == "dead":
+            return "its generation thread died (its /health answers 503)"
         if status == "ok":
             if silent:
                 log.warning("%s: answers its liveness probe again", name)

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from mlxpin.errors import human_size
+
 State = Literal["stopped", "starting", "ready", "stopping", "failed"]
 HOLDING: frozenset[State] = frozenset({"starting", "ready", "stopping"})
 
@@ -98,7 +100,8 @@ def plan_start(models: Mapping[str, ModelView], target: str, limits: Limits) -> 
         return Refuse(f"{target} failed and is not restarted")
     if limits.budget is not None and model.cost > limits.budget:
         return Refuse(
-            f"{target} needs {model.cost} bytes, more than the whole budget of {limits.budget}"
+            f"{target} needs {human_size(model.cost)}, more than the whole memory budget "
+            f"of {human_size(limits.budget)}"
         )
     if limits.max_loaded is not None and limits.max_loaded < 1:
         return Refuse("max_loaded is 0: no model may run")

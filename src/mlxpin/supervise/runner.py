@@ -1,6 +1,6 @@
 """Run a pool behind its gateway: `mlxpin serve` (many models on demand) and `mlxpin
 launch` (one resident model), with the operator routes (``GET /mlxpin/status``, what
-`mlxpin ps` prints; ``POST /mlxpin/models/{label}/load|unload``; all behind the API key),
+`mlxpin ps` prints; ``POST /mlxpin/models/{label or name}/load|unload``; all behind the API key),
 signals (SIGTERM/SIGINT/SIGHUP stop every server's process group) and a clean exit.
 """
 
@@ -60,11 +60,11 @@ def pool_app(
         return web.json_response(dict(pool.status()), dumps=compact_dumps)
 
     async def action(request: web.Request) -> web.StreamResponse:
-        label = request.match_info["label"]
+        label = request.match_info["label"]  # or the model's manifest name
         route = gateway.table.by_label.get(label)
-        if route is None:
+        slot = pool.by_label[route.api_label] if route is not None else pool.slots.get(label)
+        if slot is None:
             return api_error_response(gateway.table.not_found(label))
-        slot = pool.by_label[route.api_label]
         what = request.match_info["action"]
         if what == "load":
             try:
