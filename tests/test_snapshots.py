@@ -502,7 +502,8 @@ def test_every_snapshot_file_has_one_scenario(played_stories: PlayedStories) -> 
 
 def test_every_json_failure_has_one_shape() -> None:
     """Issue #20 item 18: `lock --check`, a failed lock, `verify` and usage errors said
-    `"ok": false` without an error (or nothing at all). The kind is error.error."""
+    `"ok": false` without an error (or nothing at all). The kind is error.kind (and, as
+    before, error.error)."""
     for path in sorted(SNAPSHOT_DIR.glob("*.json")):
         snapshot = json.loads(path.read_text())
         if snapshot["exit_code"] == 0:
@@ -511,5 +512,6 @@ def test_every_json_failure_has_one_shape() -> None:
         assert isinstance(stdout, dict) and stdout["ok"] is False, path.name
         error = stdout.get("error")
         assert isinstance(error, dict), path.name
-        assert {"error", "exit_code", "message", "hint"} <= set(error), path.name
+        assert {"kind", "error", "exit_code", "message", "hint"} <= set(error), path.name
+        assert error["kind"] == error["error"], path.name
         assert error["exit_code"] == snapshot["exit_code"], path.name

@@ -59,7 +59,8 @@ class MlxpinError(Exception):
 
     def to_json(self) -> dict[str, object]:
         return {
-            "error": self.kind,
+            "kind": self.kind,
+            "error": self.kind,  # the kind's first name, kept for scripts that read it
             "exit_code": int(self.exit_code),
             "message": self.message,
             "hint": self.hint,
