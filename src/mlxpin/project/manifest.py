@@ -325,26 +325,17 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
     engine, role = _engine(check, table, keys)
     server = _server(check, table.get("server", {}), (*keys, "server"), engine)
     if engine != engines.MLX_LM:
-        for key in ("draft", "adapter"):
-            if getattr(launch, key) is not None:
-                raise check.fail(
-                    (*keys, "launch", key),
-                    f"engine {engine!r} cannot have a {key} (only mlx-lm serves them)",
-                    f'remove `{key}`, or use engine = "mlx-lm"',
-                )
+        why = f"engine {engine!r} cannot have a {{}} (only mlx-lm serves them)"
+        _refuse_parts(check, keys, launch, why, 'use engine = "mlx-lm"')
         if "distributed" in table:
             raise check.fail((*keys, "distributed"), "only mlx-lm models can be distributed")
     distributed = None
     if "distributed" in table:
         distributed = parse_distributed(check, table["distributed"], (*keys, "distributed"), base)
-        for part in ("draft", "adapter"):
-            if getattr(launch, part) is not None:
-                raise check.fail(
-                    (*keys, "launch", part),
-                    f"a distributed model cannot have a {part} "
-                    "(mlx_lm.server refuses them in distributed mode)",
-                    f"remove `{part}`, or remove [models.{name}.distributed]",
-                )
+        why = (
+            "a distributed model cannot have a {} (mlx_lm.server refuses them in distributed mode)"
+        )
+        _refuse_parts(check, keys, launch, why, f"remove [models.{name}.distributed]")
     gateway = _gateway(check, table.get("gateway", {}), (*keys, "gateway"))
     idle_ttl = None
     if "idle_ttl" in table:
@@ -365,6 +356,17 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
         engine=engine,
         role=role,
     )
+
+
+def _refuse_parts(
+    check: Checker, keys: tuple[str, ...], launch: LaunchSpec, why: str, fix: str
+) -> None:
+    """A draft or an adapter where the model cannot take one."""
+    for part in ("draft", "adapter"):
+        if getattr(launch, part) is not None:
+            raise check.fail(
+                (*keys, "launch", part), why.format(part), f"remove `{part}`, or {fix}"
+            )
 
 
 def _engine(check: Checker, table: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, str]:
