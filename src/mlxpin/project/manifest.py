@@ -342,19 +342,19 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
         idle_ttl = _seconds(check, table["idle_ttl"], (*keys, "idle_ttl"), allow_zero=True)
     line = check.lines.line_of(keys)
     return ModelSpec(
-        name=name,
-        api_label=api_label,
-        aliases=aliases,
-        host=host,
-        port=port,
-        launch=launch,
-        server=server,
-        line=line,
-        distributed=distributed,
-        gateway=gateway,
-        idle_ttl=idle_ttl,
-        engine=engine,
-        role=role,
+        name,
+        api_label,
+        aliases,
+        host,
+        port,
+        launch,
+        server,
+        line,
+        gateway,
+        idle_ttl,
+        distributed,
+        engine,
+        role,
     )
 
 
