@@ -176,10 +176,10 @@ class Gateway:
         except Exception:  # a bug of ours: log it, never show it
             log.exception("internal error on %s %s", request.method, request.path)
             response = api_error_response(ApiError(500, "Internal gateway error", "internal_error"))
-        if exchange is not None and self.on_exchange is not None:
-            exchange.status = response.status
-            exchange.duration_s = time.perf_counter() - started
-            self.on_exchange(exchange)
+        except asyncio.CancelledError:  # the client hung up: counted as nginx's 499
+            self._observed(exchange, 499, started)
+            raise
+        self._observed(exchange, response.status, started)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s %s -> %d in %.1f ms",
@@ -189,6 +189,12 @@ class Gateway:
                 (time.perf_counter() - started) * 1000,
             )
         return response
+
+    def _observed(self, exchange: Exchange | None, status: int, started: float) -> None:
+        if exchange is not None and self.on_exchange is not None:
+            exchange.status = status
+            exchange.duration_s = time.perf_counter() - started
+            self.on_exchange(exchange)
 
     async def models(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.table.models_body, content_type=_JSON_CT)
@@ -400,6 +406,9 @@ async def serve(
         handle_signals=False,  # the runner (poolserver) owns signals
         shutdown_timeout=2.0,
         keepalive_timeout=75.0,  # idle client connections (aiohttp's default is an hour)
+        # A client that hangs up cancels its handler: the upstream request is dropped and
+        # the lease released at once, not after the read timeout (issue #20 item 7).
+        handler_cancellation=True,
     )
     await runner.setup()
     burst = ACCEPT_BURST  # asyncio accepts up to its backlog per wake-up, unseen
