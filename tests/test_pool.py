@@ -10,6 +10,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +22,7 @@ from mlxpin.gateway.app import Gateway
 from mlxpin.gateway.backends import Unavailable
 from mlxpin.plan.launch import LaunchPlan, PinnedSnapshot
 from mlxpin.plan.serve import PoolModelPlan, ServePlan, launch_serve_plan
+from mlxpin.supervise.metrics import pin_of
 from mlxpin.supervise.pool import Pool
 from mlxpin.supervise.process import is_our_server
 from mlxpin.supervise.restart import RestartPolicy
@@ -390,3 +392,12 @@ def test_a_pid_file_that_cannot_be_written_does_not_stop_the_server(tmp_path: Pa
             await pool.close()
 
     asyncio.run(scenario())
+
+
+def test_the_pin_names_the_models_real_engine(tmp_path: Path) -> None:
+    chat = model(tmp_path, "a", ANSWERS)
+    vlm = model(tmp_path, "b", ANSWERS)
+    vlm = replace(vlm, launch=replace(vlm.launch, engine="mlx-vlm", role="embedding"))
+    pool = Pool(plan(chat, vlm), ENV, POLICY)
+    engines = {name: pin_of(slot)["engine"] for name, slot in pool.slots.items()}
+    assert engines == {"a": "mlx_lm.server", "b": "mlx_vlm.server"}
