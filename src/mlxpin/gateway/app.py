@@ -215,7 +215,8 @@ class Gateway:
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(limit, request.content_length)
         try:
-            raw = await asyncio.wait_for(request.read(), timeout=BODY_TIMEOUT_S)
+            async with asyncio.timeout(BODY_TIMEOUT_S):  # no task, unlike wait_for
+                raw = await request.read()
         except TimeoutError:
             return api_error_response(
                 ApiError(408, "The request body was not sent in time", "timeout")
