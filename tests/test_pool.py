@@ -401,3 +401,24 @@ def test_the_pin_names_the_models_real_engine(tmp_path: Path) -> None:
     pool = Pool(plan(chat, vlm), ENV, POLICY)
     engines = {name: pin_of(slot)["engine"] for name, slot in pool.slots.items()}
     assert engines == {"a": "mlx_lm.server", "b": "mlx_vlm.server"}
+
+
+def test_an_unload_whose_client_hangs_up_still_stops_the_model(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pool = Pool(plan(model(tmp_path, "a", ANSWERS)), ENV, POLICY)
+        slot = pool.slots["a"]
+        try:
+            await pool.load(slot)
+            unload = asyncio.create_task(pool.unload(slot))
+            while slot.state != "stopping":
+                await asyncio.sleep(0)
+            unload.cancel()  # the operator route's handler, cancelled by a hang-up
+            for _ in range(500):
+                if slot.state != "stopping":
+                    break
+                await asyncio.sleep(0.01)
+            assert slot.state == "stopped"
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
