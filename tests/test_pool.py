@@ -417,7 +417,7 @@ def test_an_unload_whose_client_hangs_up_still_stops_the_model(tmp_path: Path) -
                 if slot.state != "stopping":
                     break
                 await asyncio.sleep(0.01)
-            assert slot.state == "stopped"
+            assert pool.views()["a"].state == "stopped"
         finally:
             await pool.close()
 

@@ -176,8 +176,9 @@ class Gateway:
         except Exception:  # a bug of ours: log it, never show it
             log.exception("internal error on %s %s", request.method, request.path)
             response = api_error_response(ApiError(500, "Internal gateway error", "internal_error"))
-        except asyncio.CancelledError:  # the client hung up: counted as nginx's 499
-            self._observed(exchange, 499, started)
+        except asyncio.CancelledError:  # the client hung up: nginx's 499 unless a stream's
+            # status line went out already (it may hang up right after [DONE])
+            self._observed(exchange, exchange.status or 499 if exchange else 499, started)
             raise
         self._observed(exchange, response.status, started)
         if log.isEnabledFor(logging.DEBUG):
@@ -331,8 +332,11 @@ class Gateway:
         response = web.StreamResponse(
             status=answer.status, headers={"Content-Type": answer.headers.get("Content-Type", "")}
         )
+        exchange: Exchange | None = request.get(EXCHANGE)
         try:
             await response.prepare(request)
+            if exchange is not None:
+                exchange.status = response.status
             async for chunk in answer.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
@@ -357,6 +361,8 @@ class Gateway:
         exchange: Exchange | None = request.get(EXCHANGE)
         try:
             await response.prepare(request)
+            if exchange is not None:
+                exchange.status = response.status
             try:
                 async for chunk in answer.content.iter_any():
                     out = relay.feed(chunk)
