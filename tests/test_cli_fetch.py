@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from huggingface_hub import snapshot_download
 
 from conftest import Project
@@ -864,6 +865,25 @@ def test_progress_json_events() -> None:
         "rate": 40,
         "eta_s": 5.0,
     }
+
+
+def test_a_stalled_transfer_still_prints_progress_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    from contextlib import redirect_stderr
+
+    from mlxpin.cli.store import LineProgress
+
+    monkeypatch.setattr(LineProgress, "INTERVAL_S", 0.2)
+    err = io.StringIO()
+    with redirect_stderr(err):
+        progress = LineProgress("tiny", as_json=True)
+        progress.add_total(300)
+        progress.advance(100)
+        time.sleep(1.0)  # not one byte more
+        progress.close()
+    events = [json.loads(line) for line in err.getvalue().splitlines()]
+    assert [e["event"] for e in events[-2:]] == ["progress", "done"]
+    assert len(events) >= 3 and {e["bytes"] for e in events} == {100}
 
 
 def test_verify_rewrites_nothing_that_did_not_change(hub: HubServer, project: Project) -> None:

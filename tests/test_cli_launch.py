@@ -444,6 +444,33 @@ def test_real_server_by_label_plain_streaming_and_unknown(
     assert hub.count() == 0  # the hub was down the whole time and never asked
 
 
+def metrics_of(base: str) -> str:
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+@pytest.mark.e2e
+def test_launch_serves_metrics_and_q_turns_the_access_log_off(
+    fetched: tuple[Project, int],
+) -> None:
+    project, port = fetched
+    for flags, logged in (((), True), (("-q",), False)):
+        running = Launched(project, port, project.env, *flags)
+        try:
+            running.wait_healthy()
+            client = openai.OpenAI(base_url=running.base + "/v1", api_key="unused")
+            client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+            )
+            metrics = metrics_of(running.base)
+            assert 'model="tiny-chat"' in metrics and "mlxpin_requests_total" in metrics
+            assert "mlxpin_model_info" in metrics and 'engine="mlx_lm.server"' in metrics
+        finally:
+            running.stop()
+        access = [line for line in running.log if "tiny-chat /v1/chat/completions 200" in line]
+        assert bool(access) is logged, "".join(running.log)
+
+
 @pytest.mark.e2e
 def test_real_server_runs_offline_clean_and_without_secrets(
     launched: tuple[Launched, Project],

@@ -99,7 +99,9 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.completion)
         app.router.add_post("/v1/completions", self.completion)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+        self.runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=0.2, handler_cancellation=True
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
@@ -127,7 +129,11 @@ class FakeUpstream:
         if mode == "fail":
             return web.json_response({"error": "boom"}, status=500)
         if mode == "slow":
-            await asyncio.sleep(3)
+            try:
+                await asyncio.sleep(3)
+            except asyncio.CancelledError:
+                self.aborted += 1  # the gateway hung up on us
+                raise
         chat = request.path == "/v1/chat/completions"
         base = {
             "id": "chatcmpl-1",
@@ -187,6 +193,9 @@ class FakeUpstream:
             await response.write_eof()
         except ConnectionError:
             self.aborted += 1  # the gateway hung up on us (its client left, or it timed out)
+        except asyncio.CancelledError:
+            self.aborted += 1
+            raise
         return response
 
 
@@ -510,6 +519,26 @@ def test_client_disconnect_mid_stream_is_harmless(gateway: Gateway, upstream: Fa
         answer = client.chat.completions.create(model=LABEL, messages=_messages())
     assert answer.model == LABEL
     assert gateway.state.completions_ok == 1  # only the second request completed
+
+
+def test_a_client_that_hangs_up_cancels_its_request_upstream(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    # Else the request stays in flight until the read timeout and pins the model (#20.7).
+    body = json.dumps({"model": LABEL, "messages": _messages("mode:slow")}).encode()
+    port = int(gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        deadline = time.monotonic() + 2
+        while not upstream.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+    deadline = time.monotonic() + 2  # the upstream answers after 3 s
+    while upstream.aborted == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert upstream.aborted == 1
 
 
 # --------------------------------------------------------------------------- other routes

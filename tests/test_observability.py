@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import test_cli_serve
 from browser import CHROMIUM, Browser
+from mlxpin.gateway.observe import Exchange
 from test_cli_serve import Served
 
 from conftest import Project
@@ -192,3 +193,26 @@ async def _browse(base: str) -> None:
             "document.querySelector('tr[data-label=\"alpha-chat\"] td.state')"
             ".textContent === 'stopped'"
         )
+
+
+@pytest.mark.parametrize(
+    ("body", "tokens"),
+    [
+        (
+            b'{"data": [{"embedding": [0.5, 1.5]}], "usage": {"prompt_tokens": 3, '
+            b'"completion_tokens": 0}}',
+            (3, 0),
+        ),
+        (b'{"usage":{"prompt_tokens":2,"completion_tokens":5},"choices":[]}', (2, 5)),
+        (b'{"choices": [], "usage": null, "x": {"prompt_tokens": 1}}', (None, None)),
+        (b'{"content": "say \\"usage\\": {}", "usage": {"prompt_tokens": 1}}', (None, None)),
+        (b'{"choices": []}', (None, None)),
+        (b'not json "usage": {"prompt_tokens": 1, "completion_tokens": 1', (None, None)),
+    ],
+)
+def test_usage_is_read_from_a_json_answer_without_parsing_all_of_it(
+    body: bytes, tokens: tuple[int | None, int | None]
+) -> None:
+    exchange = Exchange("/v1/embeddings", 0.0)
+    exchange.json_body(body)
+    assert (exchange.prompt_tokens, exchange.completion_tokens) == tokens

@@ -10,6 +10,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +22,7 @@ from mlxpin.gateway.app import Gateway
 from mlxpin.gateway.backends import Unavailable
 from mlxpin.plan.launch import LaunchPlan, PinnedSnapshot
 from mlxpin.plan.serve import PoolModelPlan, ServePlan, launch_serve_plan
+from mlxpin.supervise.metrics import pin_of
 from mlxpin.supervise.pool import Pool
 from mlxpin.supervise.process import is_our_server
 from mlxpin.supervise.restart import RestartPolicy
@@ -463,6 +465,36 @@ def test_a_pid_file_that_cannot_be_written_does_not_stop_the_server(tmp_path: Pa
                     break
                 await asyncio.sleep(0.05)
             assert pool.health().ready, slot.failed_reason
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_pin_names_the_models_real_engine(tmp_path: Path) -> None:
+    chat = model(tmp_path, "a", ANSWERS)
+    vlm = model(tmp_path, "b", ANSWERS)
+    vlm = replace(vlm, launch=replace(vlm.launch, engine="mlx-vlm", role="embedding"))
+    pool = Pool(plan(chat, vlm), ENV, POLICY)
+    engines = {name: pin_of(slot)["engine"] for name, slot in pool.slots.items()}
+    assert engines == {"a": "mlx_lm.server", "b": "mlx_vlm.server"}
+
+
+def test_an_unload_whose_client_hangs_up_still_stops_the_model(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pool = Pool(plan(model(tmp_path, "a", ANSWERS)), ENV, POLICY)
+        slot = pool.slots["a"]
+        try:
+            await pool.load(slot)
+            unload = asyncio.create_task(pool.unload(slot))
+            while slot.state != "stopping":
+                await asyncio.sleep(0)
+            unload.cancel()  # the operator route's handler, cancelled by a hang-up
+            for _ in range(500):
+                if slot.state != "stopping":
+                    break
+                await asyncio.sleep(0.01)
+            assert pool.views()["a"].state == "stopped"
         finally:
             await pool.close()
 

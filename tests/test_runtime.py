@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from mlxpin.project.lockfile import lock_names_on_disk
+from mlxpin.runtime import uv
 from mlxpin.runtime.resolve import platform_fits
 from mlxpin.runtime.uv import classify, uv_environment
 
@@ -404,3 +405,18 @@ def test_pip_index_variables_reach_uv_unless_uv_has_its_own() -> None:
 def test_uv_failures_become_typed_errors(stderr: str, code: int) -> None:
     error = classify(stderr, "resolving [runtime]", "https://index.test", Path("manifest.toml"))
     assert int(error.exit_code) == code
+
+
+def test_a_quiet_uv_still_reports_that_it_is_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Piped, uv prints nothing while it downloads: the install looked hung (#23).
+    fake = tmp_path / "uv"
+    fake.write_text("#!/bin/sh\nsleep 0.7\necho Installed 3 packages >&2\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(uv, "find_uv", lambda: str(fake))
+    monkeypatch.setattr(uv, "HEARTBEAT_S", 0.2)
+    lines: list[str] = []
+    uv.run_uv(["pip", "sync"], {"PATH": "/usr/bin:/bin"}, what="installing", on_line=lines.append)
+    assert lines[-1] == "Installed 3 packages"
+    assert len(lines) >= 3 and lines[0].startswith("still working (")

@@ -48,8 +48,9 @@ class BarProgress:
 
 
 class LineProgress:
-    """Piped stderr: a line (or a JSON event) every INTERVAL_S while bytes move, and a
-    last one at the end -- only for work that lasted that long, so quick jobs stay quiet."""
+    """Piped stderr: a line (or a JSON event) every INTERVAL_S, bytes moving or not (a
+    timer: a stalled transfer still says so), and a last one at the end -- only for work
+    that lasted that long, so quick jobs stay quiet."""
 
     INTERVAL_S = 2.0
 
@@ -62,6 +63,12 @@ class LineProgress:
         self.started = self.last = self.clock()
         self.lines = 0
         self.lock = threading.Lock()
+        self.closed = threading.Event()
+        threading.Thread(target=self._tick, daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self.closed.wait(self.INTERVAL_S / 4):
+            self.advance(0)
 
     def add_total(self, nbytes: int) -> None:
         with self.lock:
@@ -76,6 +83,7 @@ class LineProgress:
                 self._emit(now, final=False)
 
     def close(self) -> None:
+        self.closed.set()
         with self.lock:
             if self.lines > 0:
                 self._emit(self.clock(), final=True)

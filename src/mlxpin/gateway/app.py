@@ -177,10 +177,11 @@ class Gateway:
         except Exception:  # a bug of ours: log it, never show it
             log.exception("internal error on %s %s", request.method, request.path)
             response = api_error_response(ApiError(500, "Internal gateway error", "internal_error"))
-        if exchange is not None and self.on_exchange is not None:
-            exchange.status = response.status
-            exchange.duration_s = time.perf_counter() - started
-            self.on_exchange(exchange)
+        except asyncio.CancelledError:  # the client hung up: nginx's 499 unless a stream's
+            # status line went out already (it may hang up right after [DONE])
+            self._observed(exchange, exchange.status or 499 if exchange else 499, started)
+            raise
+        self._observed(exchange, response.status, started)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s %s -> %d in %.1f ms",
@@ -190,6 +191,12 @@ class Gateway:
                 (time.perf_counter() - started) * 1000,
             )
         return response
+
+    def _observed(self, exchange: Exchange | None, status: int, started: float) -> None:
+        if exchange is not None and self.on_exchange is not None:
+            exchange.status = status
+            exchange.duration_s = time.perf_counter() - started
+            self.on_exchange(exchange)
 
     async def models(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.table.models_body, content_type=_JSON_CT)
@@ -212,7 +219,8 @@ class Gateway:
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(limit, request.content_length)
         try:
-            raw = await asyncio.wait_for(request.read(), timeout=BODY_TIMEOUT_S)
+            async with asyncio.timeout(BODY_TIMEOUT_S):  # no task, unlike wait_for
+                raw = await request.read()
         except TimeoutError:
             return api_error_response(
                 ApiError(408, "The request body was not sent in time", "timeout")
@@ -330,8 +338,11 @@ class Gateway:
         response = web.StreamResponse(
             status=answer.status, headers={"Content-Type": answer.headers.get("Content-Type", "")}
         )
+        exchange: Exchange | None = request.get(EXCHANGE)
         try:
             await response.prepare(request)
+            if exchange is not None:
+                exchange.status = response.status
             async for chunk in answer.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
@@ -356,6 +367,8 @@ class Gateway:
         exchange: Exchange | None = request.get(EXCHANGE)
         try:
             await response.prepare(request)
+            if exchange is not None:
+                exchange.status = response.status
             try:
                 async for chunk in answer.content.iter_any():
                     out = relay.feed(chunk)
@@ -406,6 +419,9 @@ async def serve(
         handle_signals=False,  # the runner (poolserver) owns signals
         shutdown_timeout=2.0,
         keepalive_timeout=75.0,  # idle client connections (aiohttp's default is an hour)
+        # A client that hangs up cancels its handler: the upstream request is dropped and
+        # the lease released at once, not after the read timeout (issue #20 item 7).
+        handler_cancellation=True,
     )
     await runner.setup()
     burst = ACCEPT_BURST  # asyncio accepts up to its backlog per wake-up, unseen

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 __all__ = ["Exchange"]
 
+_DECODER = json.JSONDecoder()
+
 
 @dataclass(slots=True)
 class Exchange:
@@ -49,14 +51,22 @@ class Exchange:
                 self.prompt_tokens, self.completion_tokens = prompt, completion
 
     def json_body(self, body: bytes) -> None:
+        """Take ``usage`` from a JSON answer, parsing only that object: an embeddings
+        answer is mostly floats, and parsing it all cost more than relaying it."""
+        at = body.rfind(b'"usage"')
+        start = body.find(b"{", at)
+        if at < 0 or start < 0 or body[at + 7 : start].strip() != b":":
+            return
         with contextlib.suppress(ValueError, RecursionError):
-            self.take_usage(json.loads(body))
+            usage, _ = _DECODER.raw_decode(body[start:].decode("utf-8", "replace"))
+            self.take_usage({"usage": usage})
 
     def sse_block(self, block: bytes) -> None:
         """Look for ``usage`` in relayed SSE lines (called only when they mention it)."""
         for line in block.split(b"\n"):
             if line.startswith(b"data:") and b'"usage"' in line:
-                self.json_body(line[5:])
+                with contextlib.suppress(ValueError, RecursionError):
+                    self.take_usage(json.loads(line[5:]))
 
     def access_line(self) -> str:
         tokens = (

@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -75,7 +77,8 @@ def run_uv(
     manifest: Path | None = None,
 ) -> None:
     """Run `uv ARGS --color never`; a failure becomes the typed error its message says it
-    is. Each line uv writes to stderr also goes to `on_line` as it comes (progress)."""
+    is. Each line uv writes to stderr also goes to `on_line` as it comes, and a "still
+    working" line every HEARTBEAT_S (uv shows no progress when piped: installs look hung)."""
     argv = [find_uv(), *args, "--color", "never"]
     env = uv_environment(environ)
     lines: list[str] = []
@@ -90,16 +93,31 @@ def run_uv(
             text=True,
         ) as process:
             assert process.stderr is not None
-            for line in process.stderr:
-                lines.append(line)
-                if on_line is not None and line.strip():
-                    on_line(line.rstrip())
-            code = process.wait()
+            done = threading.Event()
+            if on_line is not None:
+                threading.Thread(target=_heartbeat, args=(done, on_line), daemon=True).start()
+            try:
+                for line in process.stderr:
+                    lines.append(line)
+                    if on_line is not None and line.strip():
+                        on_line(line.rstrip())
+                code = process.wait()
+            finally:
+                done.set()
     except OSError as exc:
         raise ResolverUnavailableError(f"cannot run uv ({exc.strerror})") from None
     if code != 0:
         index = env.get("UV_INDEX_URL") or env.get("UV_DEFAULT_INDEX")
         raise classify("".join(lines), what, index or "uv's default index (PyPI)", manifest)
+
+
+HEARTBEAT_S = 5.0
+
+
+def _heartbeat(done: threading.Event, on_line: Callable[[str], None]) -> None:
+    started = time.monotonic()
+    while not done.wait(HEARTBEAT_S):
+        on_line(f"still working ({time.monotonic() - started:.0f} s)")
 
 
 def _tail(text: str, lines: int = 6) -> str:

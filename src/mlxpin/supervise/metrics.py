@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from mlxpin import __version__
 from mlxpin.gateway.observe import Exchange
+from mlxpin.project.engines import MLX_VLM
 from mlxpin.supervise.policy import State
 from mlxpin.supervise.pool import Pool, Slot
 
@@ -189,7 +190,7 @@ def pin_of(slot: Slot) -> dict[str, str]:
     return {
         "name": slot.name,
         "commit": commit or "",
-        "engine": "mlx_lm.server",
+        "engine": "mlx_vlm.server" if launch.engine == MLX_VLM else "mlx_lm.server",
         "runtime": (runtime.key or "")[:12] if runtime and runtime.pinned else "unpinned",
         "mlx_lm": (runtime and runtime.mlx_lm) or "unknown",
         "mlx": (runtime and runtime.mlx) or "unknown",

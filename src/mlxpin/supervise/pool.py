@@ -479,7 +479,9 @@ class Pool:
                 return
             if slot.state == "ready" and slot.in_flight == 0:
                 slot.evictions["unload"] += 1
-                await self.stop(slot)
+                # Shielded: a client that hangs up cancels its handler; a half-done stop
+                # would leave the slot "stopping" for good.
+                await asyncio.shield(self.stop(slot))
                 return
             await self.wait_change(1.0)
 
