@@ -361,7 +361,8 @@ def main() -> int:
         env.update(HF_HOME=str(workdir / "hf"), HF_HUB_OFFLINE="1")
         preflight(workdir, env, args.runs)
         gateway(workdir, env, args.requests, args.stream_tokens)
-        cold_start(workdir, env, args.cold_starts)
+        if args.cold_starts > 0:  # 0 skips it
+            cold_start(workdir, env, args.cold_starts)
     return 0
 
 
