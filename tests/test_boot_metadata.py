@@ -95,3 +95,11 @@ def test_a_missing_cache_root_at_boot_is_temporary(fetched: Project, tmp_path: P
     assert f"{fetched.hf_home / 'mlxpin'}" in result.stderr
     assert "not mounted?" in result.stderr
     assert "mlxpin fetch" not in result.stderr
+
+
+def test_a_hub_cache_on_its_own_disk_missing_at_boot_is_temporary(fetched: Project) -> None:
+    hub = fetched.hf_home / "hub"
+    hub.rename(fetched.hf_home / "elsewhere")
+    result = fetched.run("launch", "--dry-run")
+    assert result.returncode == 75, result.stderr
+    assert f"{hub} (the Hub cache, HF_HUB_CACHE) does not exist: not mounted?" in result.stderr

@@ -298,8 +298,8 @@ def model_plan(
         runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
     layout = StoreLayout.of(settings)
     roots = [(layout.state_dir, "mlxpin's state, MLXPIN_HOME")]
-    if any(lock.original.repo is not None for lock in locks):
-        roots.append((layout.hub_cache, "the Hub cache, HF_HUB_CACHE"))
+    if any(lock.original.repo and layout.stamp(lock).exists() for lock in locks):
+        roots.append((layout.hub_cache, "the Hub cache, HF_HUB_CACHE"))  # fetched there
     for root, what in roots:
         if not root.is_dir():
             raise NotMountedError(root, what)
