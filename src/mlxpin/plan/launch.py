@@ -26,7 +26,7 @@ from mlxpin.project.lockfile import LockedModel, valid_locks
 from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelSpec
 from mlxpin.project.serveropts import server_argv
 from mlxpin.runtime.server import SOCKET_SERVERS, ServerRuntime, server_runtime, vlm_server
-from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp
+from mlxpin.store.layout import CHANGED, StoreLayout, check_stamp, read_stamp
 from mlxpin.util.jsonable import fields_json
 from mlxpin.util.writable import require_writable_dir
 
@@ -221,7 +221,7 @@ def boot_check(layout: StoreLayout, lock: LockedModel) -> None:
     stamp = check_stamp(layout, lock)
     if stamp.ok:
         return
-    if read_stamp(layout, lock) is None:
+    if not (stamp.problem or "").endswith(CHANGED) or read_stamp(layout, lock) is None:
         raise SnapshotMissingError(lock.name, stamp.problem or "snapshot not verified")
     _verify(layout, lock, only_changed=True)
 

@@ -36,6 +36,7 @@ from mlxpin.util.atomic import write_atomic
 from mlxpin.util.hashing import oid_hex
 
 STAMP_FORMAT = 2  # 2: ctime recorded, the view's listing compared
+CHANGED = "changed since it was verified"  # stat only: launch re-hashes it
 OUTSIDE_CACHE = "points outside this cache (a copied HF_HOME still linking to the old one?)"
 
 
@@ -396,14 +397,14 @@ def check_stamp(
         if target not in (relative[file.path], blob):
             return StampCheck(False, f"{file.path} {OUTSIDE_CACHE}")
         if stamped != blob:
-            return StampCheck(False, f"{file.path} changed since it was verified")
+            return StampCheck(False, f"{file.path} {CHANGED}")
         try:
             st = os.lstat(blob)
         except OSError:
             return StampCheck(False, f"{file.path} is missing")
         actual = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
         if actual != expected or st.st_size != file.size or not stat_mod.S_ISREG(st.st_mode):
-            return StampCheck(False, f"{file.path} changed since it was verified")
+            return StampCheck(False, f"{file.path} {CHANGED}")
     return StampCheck(True)
 
 
