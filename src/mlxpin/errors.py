@@ -188,6 +188,17 @@ class HubUnreachableError(UnavailableError):
         )
 
 
+class HubRateLimitedError(UnavailableError):
+    kind = "hub_rate_limited"
+
+    def __init__(self, endpoint: str, repo: str, revision: str, cause: str) -> None:
+        super().__init__(
+            f"{repo}@{revision}: the Hub at {endpoint} rate limited us ({cause})",
+            "wait and try again (a token, HF_TOKEN, gets higher limits); MLXPIN_HUB_DEADLINE "
+            "sets how long mlxpin waits as asked",
+        )
+
+
 class ServerMissingError(UnavailableError):
     kind = "server_missing"
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from mlxpin.config import Settings
+from mlxpin.config import DEFAULT_HUB_DEADLINE_S, Settings
 from mlxpin.errors import ConfigError, MlxpinError
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.store.sources import ByteSource
@@ -475,12 +475,23 @@ def _pull(
             return source.give_up(file, str(exc) or "connection closed early")
         return None
 
+    limited_until = time.monotonic() + getattr(source, "deadline_s", DEFAULT_HUB_DEADLINE_S)
+
     def pause(exc: Exception, delay: float) -> None:
+        if asked(exc) is not None and time.monotonic() + delay >= limited_until:
+            raise source.give_up(file, str(exc))
         where = part.start + part.done
-        log.info("%s: %s interrupted at byte %d (%s), retrying", lock.name, file.path, where, exc)
+        said = log.debug if said_once else log.info  # one line per range, not per retry
+        said("%s: %s interrupted at byte %d (%s), retrying", lock.name, file.path, where, exc)
+        said_once.append(True)
         stop.wait(delay)
 
-    retry(attempt, ATTEMPTS, RETRY_DELAY_S, failure, pause, max_delay=8.0)
+    def asked(exc: Exception) -> float | None:
+        wait = getattr(exc, "retry_after", None)
+        return wait if isinstance(wait, float) else None
+
+    said_once: list[bool] = []
+    retry(attempt, ATTEMPTS, RETRY_DELAY_S, failure, pause, max_delay=8.0, asked=asked)
 
 
 def _overrun(file: LockedFile, end: int) -> str:
