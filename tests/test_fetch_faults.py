@@ -77,7 +77,7 @@ def test_a_trickling_peer_is_ended_with_69_and_the_resume_point_kept(
 ) -> None:
     locked(hub, project)
     hub.drip("model.safetensors", interval_s=0.5)
-    env = {**project.env, "MLXPIN_MIN_RATE": "1000:2"}  # bytes/s over 2 s windows
+    env = {**project.env, "MLXPIN_FETCH_MIN_RATE": "1000:2"}  # bytes/s over 2 s windows
     started = time.monotonic()
     result = project.run("fetch", env=env)
     assert result.returncode == 69, result.stderr

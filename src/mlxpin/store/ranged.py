@@ -63,12 +63,20 @@ _EXTRA = threading.BoundedSemaphore(48)
 class RangePolicy:
     connections: int = 8  # at most this many ranges (and connections) per large file
     min_size: int = 64 * MiB  # smaller files come over one connection
+    # A connection slower than this (bytes/s, averaged over the window) is given up on,
+    # its resume point kept: a peer trickling a byte every 30 s never ends otherwise.
+    min_rate: tuple[int, int] = (1024, 120)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RangePolicy:
+        rate, _, window = settings.fetch_min_rate.partition(":")
         return cls(
             connections=_count("MLXPIN_FETCH_CONNECTIONS", settings.fetch_connections, 8, 64),
             min_size=_count("MLXPIN_RANGED_MIN_MB", settings.ranged_min_mb, 64, 1 << 30) * MiB,
+            min_rate=(
+                _count("MLXPIN_FETCH_MIN_RATE", rate, 1024, 1 << 30),
+                _count("MLXPIN_FETCH_MIN_RATE (window)", window, 120, 86400),
+            ),
         )
 
     def parts_for(self, size: int) -> int:
@@ -459,8 +467,15 @@ def _pull(
                 if at == 0:
                     raise source.give_up(file, "the server answered an unexpected range")
                 raise _NoRanges()
+            since, got = time.monotonic(), 0
             for chunk in chunks:
                 stop.raise_if_cancelled()
+                got += len(chunk)
+                if time.monotonic() - since >= window:
+                    if got < rate * window:
+                        job.save(force=True)
+                        raise source.give_up(file, f"too slow: {got} bytes in {window} s")
+                    since, got = time.monotonic(), 0
                 taken = job.write(part, chunk)
                 progress.advance(taken)
                 if taken < len(chunk) and part.end == asked:
@@ -475,6 +490,9 @@ def _pull(
             return source.give_up(file, str(exc) or "connection closed early")
         return None
 
+    rate, window = (source.ranges or RangePolicy()).min_rate if isinstance(
+        source, RangedSource
+    ) else RangePolicy().min_rate
     limited_until = time.monotonic() + getattr(source, "deadline_s", DEFAULT_HUB_DEADLINE_S)
 
     def pause(exc: Exception, delay: float) -> None:
