@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 from conftest import Project
@@ -98,4 +100,6 @@ def test_non_utf8_paths_lock_and_fetch(hub: HubServer, project: Project) -> None
     odd = Project(root, env)
     odd.ok("lock")
     odd.ok("fetch")
-    odd.ok("launch", "--dry-run")
+    launch = [sys.executable, "-m", "mlxpin", "launch", "--dry-run"]
+    result = subprocess.run(launch, cwd=root, env=env, capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr

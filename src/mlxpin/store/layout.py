@@ -101,12 +101,12 @@ class StoreLayout:
         return self.state_dir / "locks" / f"view-{key}.lock"
 
     def root(self, lock_dir: Path) -> Path:
-        key = hashlib.sha256(str(lock_dir).encode()).hexdigest()[:32]
+        key = hashlib.sha256(os.fsencode(lock_dir)).hexdigest()[:32]
         return self.state_dir / "roots" / key
 
     def verified_record(self, blob: Path) -> Path:
         """One record per blob file (the same content may sit in several repos' blobs)."""
-        digest = hashlib.sha256(str(blob).encode()).hexdigest()
+        digest = hashlib.sha256(os.fsencode(blob)).hexdigest()
         return self.state_dir / "verified" / digest[:2] / digest
 
 
@@ -421,7 +421,7 @@ def size_on_disk(layout: StoreLayout, lock: LockedModel) -> int:
 def register_root(layout: StoreLayout, lock_dir: Path) -> None:
     """Remember this project's lock dir, so `mlxpin gc` keeps what its locks use."""
     root = layout.root(lock_dir)
-    data = str(lock_dir).encode()
+    data = os.fsencode(lock_dir)
     try:
         if root.read_bytes() == data:
             return
