@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from mlxpin.gateway.addresses import free_port
+from test_cli_launch import manifest, publish_tiny_model
 
 from conftest import Project
 from hubserver import HubServer
-from test_cli_launch import manifest, publish_tiny_model
 
 
 @pytest.fixture

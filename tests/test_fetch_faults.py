@@ -7,9 +7,10 @@ import subprocess
 import sys
 import time
 
+from test_cli_fetch import MANIFEST, REPO, locked, seed
+
 from conftest import Project
 from hubserver import HubServer
-from test_cli_fetch import MANIFEST, REPO, locked, seed
 
 
 def test_a_redirect_loop_on_a_file_is_69_not_a_bug(hub: HubServer, project: Project) -> None:
@@ -45,9 +46,7 @@ def test_429_with_retry_after_is_honoured_by_fetch(hub: HubServer, project: Proj
     project.ok("fetch")
 
 
-def test_429_on_fetch_past_the_deadline_says_rate_limited(
-    hub: HubServer, project: Project
-) -> None:
+def test_429_on_fetch_past_the_deadline_says_rate_limited(hub: HubServer, project: Project) -> None:
     locked(hub, project)
     hub.fail_next(1000, 429, "/resolve/", headers={"Retry-After": "30"})
     result = project.run("fetch", env={**project.env, "MLXPIN_HUB_DEADLINE": "3"})

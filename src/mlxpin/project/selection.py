@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import difflib
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 

@@ -490,9 +490,7 @@ def _pull(
             return source.give_up(file, str(exc) or "connection closed early")
         return None
 
-    rate, window = (source.ranges or RangePolicy()).min_rate if isinstance(
-        source, RangedSource
-    ) else RangePolicy().min_rate
+    rate, window = (getattr(source, "ranges", None) or RangePolicy()).min_rate
     limited_until = time.monotonic() + getattr(source, "deadline_s", DEFAULT_HUB_DEADLINE_S)
 
     def pause(exc: Exception, delay: float) -> None:
