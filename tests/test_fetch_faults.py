@@ -42,7 +42,7 @@ def test_429_past_the_deadline_says_rate_limited(hub: HubServer, project: Projec
 
 def test_429_with_retry_after_is_honoured_by_fetch(hub: HubServer, project: Project) -> None:
     locked(hub, project)
-    hub.fail_next(8, 429, "/resolve/", headers={"Retry-After": "1"})
+    hub.fail_next(6, 429, "config.json", headers={"Retry-After": "0.5"})  # > 5 attempts
     project.ok("fetch")
 
 
