@@ -20,16 +20,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from mlxpin.gateway.addresses import free_port
 from serve import mlxpin, setup, stop  # bench/ is on sys.path when this runs
 
+MODEL = ["alpha-chat"]  # the bare server is asked for the snapshot path instead
+
 
 def one(port: int, stream: bool) -> tuple[int, float]:
     body = {
-        "model": "alpha-chat",
+        "model": MODEL[0],
         "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 1,
         "stream": stream,
@@ -79,7 +80,7 @@ def load(port: int, clients: int, requests: int, stream: bool) -> dict[str, floa
 
 
 def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"exited with {process.returncode}")
@@ -112,16 +113,19 @@ def main() -> None:
     def bare(p: int) -> list[str]:
         return [sys.executable, "-m", "mlx_lm", "server", *server_args, "--port", str(p)]
 
-    def ours(verb: str) -> Callable[[int], list[str]]:
-        return lambda p: [sys.executable, "-m", "mlxpin", verb, "alpha", *lockdir, "--port", str(p)]
+    def launch(p: int) -> list[str]:  # launch takes its port from the manifest
+        text = manifest.read_text().replace('"alpha-chat"\n', f'"alpha-chat"\nport = {p}\n', 1)
+        (workdir / "launch.toml").write_text(text)
+        mine = ["--manifest", str(workdir / "launch.toml"), "--lock-dir", "lock"]
+        return [sys.executable, "-m", "mlxpin", "launch", "alpha", *mine]
 
-    runs = {
-        "bare mlx_lm.server": bare,
-        "mlxpin launch": ours("launch"),
-        "mlxpin serve": ours("serve"),
-    }
+    def serve(p: int) -> list[str]:
+        return [sys.executable, "-m", "mlxpin", "serve", "alpha", *lockdir, "--port", str(p)]
+
+    runs = {"bare mlx_lm.server": bare, "mlxpin launch": launch, "mlxpin serve": serve}
     print(f"{'':20} clients stream  503  err   req/s   p50 ms   p99 ms")
     for name, argv in runs.items():
+        MODEL[0] = plan["plan"]["upstream_model"] if name.startswith("bare") else "alpha-chat"
         port = free_port()
         process = subprocess.Popen(
             argv(port), env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
