@@ -735,8 +735,8 @@ def test_in_place_rewrite_with_mtime_restored_is_caught_by_the_stamp(
     os.utime(blob, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert project.json("status")["models"][0]["fetch"] == "unverified"
     result = project.run("launch", "--dry-run")
-    assert result.returncode == 66
-    assert "config.json changed since it was verified" in result.stderr
+    assert result.returncode == 65  # re-hashed at boot: the bytes changed
+    assert "config.json: content hash differs from the lock" in result.stderr
     data = project.json("fetch")
     assert data["models"][0]["up_to_date"] is False
     assert blob.read_bytes() == repo.files()["config.json"].content()

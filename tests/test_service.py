@@ -115,6 +115,9 @@ def test_systemd_unit(env: Env) -> None:
     assert "TimeoutStopSec" in service and "User" not in service
     assert "StartLimitIntervalSec" in keys["Unit"] and "StartLimitBurst" in keys["Unit"]
     assert "After" not in keys["Unit"]
+    # a cache on a disk that mounts late: wait for it (#26 item 9)
+    state = env.tmp / "state"
+    assert keys["Unit"]["RequiresMountsFor"] == [f'"{hf_home / "hub"}" {state}']
     assert keys["Install"]["WantedBy"] == ["default.target"]
     assert "MLXPIN_API_KEY=" in text  # documented in a comment, without a value
     assert data["installed"] is False
@@ -168,6 +171,7 @@ def test_launchd_plist(env: Env) -> None:
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert plist["ThrottleInterval"] >= 10
     assert plist["RunAtLoad"] is True
+    assert "RequiresMountsFor has no equivalent" in text  # KeepAlive retries the 75
     log = str(env.tmp / "state" / "logs" / "tiny.log")
     assert plist["StandardOutPath"] == log and plist["StandardErrorPath"] == log
     assert plist["EnvironmentVariables"]["HF_HOME"] == str(env.tmp / "hf home")

@@ -47,6 +47,7 @@ class Settings:
     # Ranged fetch, as written (parsed and checked by store.ranged.RangePolicy):
     fetch_connections: str = ""  # MLXPIN_FETCH_CONNECTIONS: connections per large file
     ranged_min_mb: str = ""  # MLXPIN_RANGED_MIN_MB: files at least this large use ranges
+    fetch_min_rate: str = ""  # MLXPIN_FETCH_MIN_RATE: BYTES_PER_S[:WINDOW_S] per connection
 
 
 def _expand(value: str) -> Path:
@@ -118,4 +119,5 @@ def load_settings(
         hub_deadline=environ.get(HUB_DEADLINE_VARIABLE) or None,
         fetch_connections=environ.get("MLXPIN_FETCH_CONNECTIONS", "").strip(),
         ranged_min_mb=environ.get("MLXPIN_RANGED_MIN_MB", "").strip(),
+        fetch_min_rate=environ.get("MLXPIN_FETCH_MIN_RATE", "").strip(),
     )

@@ -157,6 +157,22 @@ class SnapshotMissingError(NoInputError):
         super().__init__(f"{model}: {problem}", f"run {Run.of('fetch', model)}")
 
 
+class NotMountedError(MlxpinError):
+    """A cache or state root that is missing at boot: most likely a disk not mounted yet,
+    so a temporary code (the service retries) instead of "fetch" into an empty mount point."""
+
+    exit_code = ExitCode.TEMP_FAIL
+    kind = "not_mounted"
+
+    def __init__(self, directory: Path, what: str) -> None:
+        super().__init__(
+            f"{directory} ({what}) does not exist: not mounted?",
+            "mount it and start again (a service retries by itself); if it was never "
+            "created, the models were never fetched there: check HF_HOME, HF_HUB_CACHE "
+            "and MLXPIN_HOME",
+        )
+
+
 class UnavailableError(MlxpinError):
     exit_code = ExitCode.UNAVAILABLE
     kind = "unavailable"
@@ -170,6 +186,17 @@ class HubUnreachableError(UnavailableError):
             f"{repo}@{revision}: the Hub at {endpoint} is unreachable ({cause})",
             f"check the network or HF_ENDPOINT and try again; {Run.of('launch')} itself "
             f"never needs the network once {Run.of('fetch')} has run",
+        )
+
+
+class HubRateLimitedError(UnavailableError):
+    kind = "hub_rate_limited"
+
+    def __init__(self, endpoint: str, repo: str, revision: str, cause: str) -> None:
+        super().__init__(
+            f"{repo}@{revision}: the Hub at {endpoint} rate limited us ({cause})",
+            "wait and try again (a token, HF_TOKEN, gets higher limits); MLXPIN_HUB_DEADLINE "
+            "sets how long mlxpin waits as asked",
         )
 
 

@@ -114,12 +114,14 @@ def fetch(
 
     def downloader() -> HubDownloader:
         if not downloaders:
+            from mlxpin.commands.lock import hub_deadline_s
             from mlxpin.hub.client import HubConfig, HubDownloader
 
             config = HubConfig(
                 endpoint=settings.endpoint,
                 token_present=settings.token_present,
                 offline=settings.offline,
+                deadline_s=hub_deadline_s(settings),
             )
             downloaders.append(HubDownloader(config))
         return downloaders[0]

@@ -148,13 +148,17 @@ class HubClient:
 
         def pause(exc: Exception, delay: float) -> None:
             if time.monotonic() + delay >= deadline:
+                if asked_wait(exc) is not None:
+                    raise self.translate(exc, repo, revision)
                 raise self._too_slow(repo, revision)
             self._sleep(delay)
 
         def failure(exc: Exception) -> errors.MlxpinError | None:
             return self.translate(exc, repo, revision) if isinstance(exc, _NETWORK_ERRORS) else None
 
-        return retry(attempt, self.config.attempts, self.config.backoff_s, failure, pause)
+        return retry(
+            attempt, self.config.attempts, self.config.backoff_s, failure, pause, asked=asked_wait
+        )
 
     def _too_slow(self, repo: str, revision: str) -> errors.HubUnreachableError:
         return errors.HubUnreachableError(
@@ -230,6 +234,10 @@ class HubClient:
                     f"access refused (403, {token})",
                     f"check your access to {page}",
                 )
+            if status == 429:
+                return errors.HubRateLimitedError(
+                    endpoint, repo, revision, _rate_cause(exc, self.config.deadline_s)
+                )
             if status in RETRY_STATUS:
                 return errors.HubUnreachableError(
                     endpoint, repo, revision, f"HTTP {status} after {self.config.attempts} attempts"
@@ -271,8 +279,31 @@ def _before(deadline: float, call: Callable[[], T]) -> T:
     raise value
 
 
+def asked_wait(exc: BaseException) -> float | None:
+    """The seconds a 429 answer's Retry-After asked us to wait (None: it did not)."""
+    if isinstance(exc, TransferInterrupted):
+        return exc.retry_after
+    response = getattr(exc, "response", None)
+    if response is None or response.status_code != 429:
+        return None
+    return _seconds(response.headers.get("Retry-After"))
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: rare enough to treat as no advice
+
+
+def _rate_cause(exc: BaseException, deadline_s: float) -> str:
+    wait = asked_wait(exc)
+    asked = "" if wait is None else f", asked to wait {wait:g} s"
+    return f"HTTP 429{asked}; waited within the {deadline_s:g} s deadline"
+
+
 def _is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, OfflineModeIsEnabled):
+    if isinstance(exc, OfflineModeIsEnabled | httpx2.UnsupportedProtocol):
         return False
     if isinstance(exc, HfHubHTTPError):
         response = exc.response
@@ -336,7 +367,11 @@ def _validated(repo: str, revision: str, info: Any) -> RemoteRevision:
 
 
 class TransferInterrupted(Exception):
-    """A download stopped early for a reason worth retrying (network, 5xx)."""
+    """A download stopped early for a reason worth retrying (network, 5xx, 429)."""
+
+    def __init__(self, cause: str, retry_after: float | None = None) -> None:
+        super().__init__(cause)
+        self.retry_after = retry_after  # a 429's Retry-After, seconds
 
 
 class HubDownloader:
@@ -378,7 +413,10 @@ class HubDownloader:
                 if response.status_code >= 400:
                     response.read()
                     if response.status_code in RETRY_STATUS:
-                        raise TransferInterrupted(f"HTTP {response.status_code}")
+                        wait = None
+                        if response.status_code == 429:
+                            wait = _seconds(response.headers.get("Retry-After"))
+                        raise TransferInterrupted(f"HTTP {response.status_code}", wait)
                     hf_raise_for_status(response)
             except RemoteEntryNotFoundError:
                 raise errors.HubProtocolError(
@@ -389,6 +427,8 @@ class HubDownloader:
                 ) from None
             except (HfHubHTTPError, OfflineModeIsEnabled) as exc:
                 raise self._client.translate(exc, repo, commit) from None
+            except (httpx2.UnsupportedProtocol, httpx2.TooManyRedirects) as exc:
+                raise self.unreachable(repo, commit, f"{path}: {_network_cause(exc)}") from None
             except (httpx2.TransportError, OSError) as exc:
                 raise TransferInterrupted(_network_cause(exc)) from None
             served_commit = response.headers.get("X-Repo-Commit")
@@ -404,6 +444,9 @@ class HubDownloader:
             yield start, _network_chunks(response)
 
     def unreachable(self, repo: str, commit: str, cause: str) -> errors.MlxpinError:
+        if cause.endswith("HTTP 429"):
+            cause += f" for the {self.config.deadline_s:g} s deadline"
+            return errors.HubRateLimitedError(self.config.endpoint, repo, commit, cause)
         return errors.HubUnreachableError(self.config.endpoint, repo, commit, cause)
 
 

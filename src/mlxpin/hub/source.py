@@ -87,6 +87,11 @@ class HubSourceBytes:
 
         return isinstance(exc, TransferInterrupted)
 
+    @property
+    def deadline_s(self) -> float:
+        """How long a 429's Retry-After is honoured (MLXPIN_HUB_DEADLINE)."""
+        return self.downloader.config.deadline_s
+
     def give_up(self, file: LockedFile, cause: str) -> MlxpinError:
         return self.downloader.unreachable(self.repo, self.commit, f"{file.path}: {cause}")
 

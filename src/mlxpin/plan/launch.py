@@ -17,6 +17,7 @@ from mlxpin.errors import (
     IntegrityError,
     MlxpinError,
     ModelNotChosenError,
+    NotMountedError,
     SnapshotMissingError,
     UsageError,
 )
@@ -26,7 +27,7 @@ from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelS
 from mlxpin.project.selection import label_not_name
 from mlxpin.project.serveropts import server_argv
 from mlxpin.runtime.server import SOCKET_SERVERS, ServerRuntime, server_runtime, vlm_server
-from mlxpin.store.layout import StoreLayout, check_stamp
+from mlxpin.store.layout import CHANGED, StoreLayout, check_stamp, read_stamp
 from mlxpin.util.jsonable import fields_json
 from mlxpin.util.writable import require_writable_dir
 
@@ -91,15 +92,13 @@ class StartCheck:
     runtime: tuple[Settings, Manifest] | None = None  # a pinned runtime: its lock and stamp
 
     def problem(self) -> str | None:
-        for lock in self.locks:
-            check = check_stamp(self.layout, lock)
-            if not check.ok:
-                return f"{lock.name}: {check.problem}"
-        if self.runtime is not None:
-            try:
+        try:
+            for lock in self.locks:
+                boot_check(self.layout, lock)
+            if self.runtime is not None:
                 server_runtime(*self.runtime)
-            except MlxpinError as exc:
-                return exc.message
+        except MlxpinError as exc:
+            return exc.message
         return None
 
 
@@ -204,9 +203,7 @@ def pinned_snapshot(
     if verify:
         _verify(layout, lock)
     else:
-        stamp = check_stamp(layout, lock)
-        if not stamp.ok:
-            raise SnapshotMissingError(lock.name, stamp.problem or "snapshot not verified")
+        boot_check(layout, lock)
     return PinnedSnapshot(
         name=lock.name,
         role=role,
@@ -218,10 +215,22 @@ def pinned_snapshot(
     )
 
 
-def _verify(layout: StoreLayout, lock: LockedModel) -> None:
+def boot_check(layout: StoreLayout, lock: LockedModel) -> None:
+    """The stat-only check; when it fails on a verified snapshot (a `touch`, `chmod`,
+    hard-link backup or `cp -a` moves only metadata), re-hash just the files whose stat
+    changed, offline, and restamp: only changed bytes are refused."""
+    stamp = check_stamp(layout, lock)
+    if stamp.ok:
+        return
+    if not (stamp.problem or "").endswith(CHANGED) or read_stamp(layout, lock) is None:
+        raise SnapshotMissingError(lock.name, stamp.problem or "snapshot not verified")
+    _verify(layout, lock, only_changed=True)
+
+
+def _verify(layout: StoreLayout, lock: LockedModel, only_changed: bool = False) -> None:
     from mlxpin.store.fetch import NoProgress, verify_model
 
-    outcome = verify_model(layout, lock, NoProgress())
+    outcome = verify_model(layout, lock, NoProgress(), only_changed=only_changed)
     if outcome.differs:
         path = outcome.differs[0]
         raise IntegrityError(lock.name, path, dict(outcome.bad)[path])
@@ -289,6 +298,12 @@ def model_plan(
     elif runtime is None:
         runtime = server_runtime(settings, manifest)  # 78 stale runtime pin, 66 not installed
     layout = StoreLayout.of(settings)
+    roots = [(layout.state_dir, "mlxpin's state, MLXPIN_HOME")]
+    if any(lock.original.repo and layout.stamp(lock).exists() for lock in locks):
+        roots.append((layout.hub_cache, "the Hub cache, HF_HUB_CACHE"))  # fetched there
+    for root, what in roots:
+        if not root.is_dir():
+            raise NotMountedError(root, what)
     snapshots = [
         pinned_snapshot(layout, lock, role, verify)
         for (role, _, _), lock in zip(roles, locks, strict=True)

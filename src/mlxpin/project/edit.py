@@ -267,7 +267,7 @@ def _parse_added(new_text: str, old_lines: int, name: str, path: Path) -> Manife
 
 
 def _manifest_mutex(settings: Settings) -> Path:
-    digest = hashlib.sha256(str(settings.manifest_path).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(os.fsencode(settings.manifest_path)).hexdigest()[:16]
     return settings.state_dir / "locks" / f"manifest-{digest}.lock"
 
 

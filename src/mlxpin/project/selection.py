@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def read_locks(
 
 def lock_dir_mutex(settings: Settings) -> Path:
     """The cross-process mutex guarding one lock directory (kept out of the project tree)."""
-    digest = hashlib.sha256(str(settings.lock_dir).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(os.fsencode(settings.lock_dir)).hexdigest()[:16]
     return settings.state_dir / "locks" / f"lockdir-{digest}.lock"
 
 

@@ -28,12 +28,15 @@ from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.project.validate import is_commit
 from mlxpin.store.layout import (
     FETCHED,
+    OUTSIDE_CACHE,
     FileStat,
     StampEntry,
     StoreLayout,
     check_stamp,
     list_view,
     read_record,
+    read_stamp,
+    view_links,
     write_failed_stamp,
     write_record,
     write_stamp,
@@ -323,17 +326,18 @@ def link_hub_snapshot(layout: StoreLayout, lock: LockedModel) -> None:
 def build_view(layout: StoreLayout, lock: LockedModel, entries: list[StampEntry]) -> Path:
     """Publish the exact set of files as one directory, atomically."""
     view = layout.view(lock)
-    wanted = {e.path: e.blob for e in entries}
+    links = view_links(layout, lock)
+    wanted = {e.path: links[e.path] for e in entries}
     listing = list_view(view, frozenset(wanted))
     if listing.problem is None and not listing.foreign and listing.links == wanted:
         return view
     view.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(view)
     tmp.mkdir()
-    for path, blob in wanted.items():
+    for path, target in wanted.items():
         link = tmp / path
         link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(blob, link)
+        os.symlink(target, link)
     old = None
     if view.is_symlink() or (os.path.lexists(view) and not view.is_dir()):
         view.unlink()  # a link to elsewhere: the link goes, what it points at stays
@@ -379,7 +383,7 @@ def fetch_model(
     """Fetch one pin: every blob (in `workers` threads), then its view and stamp. The
     command's `cancel` token (a fresh one when not given) stops the workers on Ctrl-C."""
     cancel = CancelToken() if cancel is None else cancel
-    if check_stamp(layout, lock, in_this_cache=True).ok:
+    if check_stamp(layout, lock).ok:
         try:
             link_hub_snapshot(layout, lock)  # refs another tool may have moved or removed
         except OSError as exc:
@@ -420,9 +424,12 @@ def verify_model(
     lock: LockedModel,
     progress: Progress,
     cancel: CancelToken | None = None,
+    only_changed: bool = False,
 ) -> VerifyOutcome:
     """Re-hash every file of the view against the lock, and compare the view's listing
-    with the lock; refresh the stamp when all match. `cancel` stops the hashing."""
+    with the lock; refresh the stamp when all match. `cancel` stops the hashing.
+    `only_changed` (boot): files whose stat is the stamp's are not hashed again, so a
+    backup or restore that touched only metadata costs a hash of what it touched."""
     cancel = CancelToken() if cancel is None else cancel
     view = layout.view(lock)
     listing = list_view(view, frozenset(f.path for f in lock.files))
@@ -439,11 +446,22 @@ def verify_model(
     differs: list[str] = []
     entries: list[StampEntry] = []
     hashed = 0
+    links = view_links(layout, lock)
+    stamp = read_stamp(layout, lock) if only_changed else None
 
     def check(file: LockedFile) -> tuple[LockedFile, str | None, StampEntry | None]:
-        target = listing.links.get(file.path)
-        if target is None:
+        link = listing.links.get(file.path)
+        if link is None:
             return file, "missing", None
+        target = str(layout.blob(lock, file))
+        if link not in (links[file.path], target):
+            return file, OUTSIDE_CACHE, None
+        stamped = stamp.files.get(file.path) if stamp is not None else None
+        try:
+            if stamped is not None and stamped == (target, FileStat.of(target)):
+                return file, None, StampEntry(file.path, target, stamped[1])
+        except OSError:
+            pass
         try:
             st = os.lstat(target)
         except OSError:
@@ -458,6 +476,7 @@ def verify_model(
         write_record(layout, Path(target), stat)
         return file, None, StampEntry(file.path, target, stat)
 
+    by_path = {f.path: f for f in lock.files}
     for file, problem, entry in run_parallel(check, lock.files, workers=4, cancel=cancel):
         hashed += file.size
         if problem is not None:
@@ -474,5 +493,5 @@ def verify_model(
             write_failed_stamp(layout, lock, bad)
         for path in differs:
             with contextlib.suppress(OSError):
-                layout.verified_record(Path(listing.links[path])).unlink()
+                layout.verified_record(layout.blob(lock, by_path[path])).unlink()
     return VerifyOutcome(lock.name, tuple(sorted(bad)), hashed, tuple(differs))

@@ -7,7 +7,7 @@ Nothing here imports huggingface_hub: `launch` uses this module at boot.
     $HF_HUB_CACHE/models--OWNER--NAME/refs/mlxpin/<name>/<commit>   keeps a Hub pin
                                                              from `hf cache prune`
     <state>/blobs/sha256/<hex>                               local `path` sources (read-only)
-    <state>/snapshots/<key>/<path> -> blob                   one exact view per pin
+    <state>/snapshots/<key>/<path> -> blob (relative link)   one exact view per pin
     <state>/snapshots/<key>.stamp                            verification stamp of the view
     <state>/verified/<h[:2]>/<h>, h = sha256(blob path)      per-blob verification record
     <state>/roots/<key>                                      lock dirs that fetched (gc roots)
@@ -36,6 +36,8 @@ from mlxpin.util.atomic import write_atomic
 from mlxpin.util.hashing import oid_hex
 
 STAMP_FORMAT = 2  # 2: ctime recorded, the view's listing compared
+CHANGED = "changed since it was verified"  # stat only: launch re-hashes it
+OUTSIDE_CACHE = "points outside this cache (a copied HF_HOME still linking to the old one?)"
 
 
 @dataclass(frozen=True)
@@ -99,13 +101,31 @@ class StoreLayout:
         return self.state_dir / "locks" / f"view-{key}.lock"
 
     def root(self, lock_dir: Path) -> Path:
-        key = hashlib.sha256(str(lock_dir).encode()).hexdigest()[:32]
+        key = hashlib.sha256(os.fsencode(lock_dir)).hexdigest()[:32]
         return self.state_dir / "roots" / key
 
     def verified_record(self, blob: Path) -> Path:
         """One record per blob file (the same content may sit in several repos' blobs)."""
-        digest = hashlib.sha256(str(blob).encode()).hexdigest()
+        digest = hashlib.sha256(os.fsencode(blob)).hexdigest()
         return self.state_dir / "verified" / digest[:2] / digest
+
+
+def view_links(layout: StoreLayout, lock: LockedModel) -> dict[str, str]:
+    """Each file's link text in the view: relative, as the Hub's own snapshots link, so a
+    copied HF_HOME (`cp -a`, `rsync -a`) points into itself, not into the old copy. Built
+    from the real directories, so a symlinked parent does not change where `..` leads."""
+    if not lock.files:
+        return {}
+    view = os.path.join(os.path.realpath(layout.view(lock).parent), view_key(lock))
+    blobs = os.path.realpath(layout.blob(lock, lock.files[0]).parent)
+    ups: dict[str, str] = {}
+    links = {}
+    for file in lock.files:
+        sub = os.path.dirname(file.path)
+        if sub not in ups:
+            ups[sub] = os.path.relpath(blobs, os.path.join(view, sub))
+        links[file.path] = os.path.join(ups[sub], oid_hex(file.oid))
+    return links
 
 
 def view_key(lock: LockedModel) -> str:
@@ -310,12 +330,10 @@ def check_stamp(
     layout: StoreLayout,
     lock: LockedModel,
     *,
-    in_this_cache: bool = False,
     need: frozenset[str] | None = None,
 ) -> StampCheck:
-    """Stat-only: is the view present, exactly the lock's files, unchanged since verified?
-    `in_this_cache`: it must also point into this layout's cache (fetch wants the files
-    where HF_HUB_CACHE says; launch only needs them verified). A subset stamp
+    """Stat-only: is the view present, exactly the lock's files, pointing into this
+    layout's cache, unchanged since verified? A subset stamp
     (`mlxpin.store.subset`) passes only when it holds every path of `need`."""
     view = layout.view(lock)
     try:
@@ -366,25 +384,27 @@ def check_stamp(
             return StampCheck(False, f"{path} is in the snapshot but its stamp does not list it")
         return StampCheck(False, f"{path} is not in the lock (an extra file in the snapshot)")
     blob_dir = str(layout.blob(lock, lock.files[0]).parent) + os.sep if lock.files else ""
+    relative = view_links(layout, lock)
     for file in lock.files:
         entry = recorded.get(file.path)
         if entry is None:
             continue  # a subset stamp: this file is not held here (and not needed)
-        blob, expected = entry
-        if in_this_cache and blob != blob_dir + oid_hex(file.oid):
-            return StampCheck(False, f"{file.path} is in another cache")
+        stamped, expected = entry
+        blob = blob_dir + oid_hex(file.oid)
         target = listing.links.get(file.path)
         if target is None:
             return StampCheck(False, f"{file.path} is missing from the snapshot")
-        if target != blob:
-            return StampCheck(False, f"{file.path} points at another file")
+        if target not in (relative[file.path], blob):
+            return StampCheck(False, f"{file.path} {OUTSIDE_CACHE}")
+        if stamped != blob:
+            return StampCheck(False, f"{file.path} {CHANGED}")
         try:
             st = os.lstat(blob)
         except OSError:
             return StampCheck(False, f"{file.path} is missing")
         actual = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
         if actual != expected or st.st_size != file.size or not stat_mod.S_ISREG(st.st_mode):
-            return StampCheck(False, f"{file.path} changed since it was verified")
+            return StampCheck(False, f"{file.path} {CHANGED}")
     return StampCheck(True)
 
 
@@ -401,7 +421,7 @@ def size_on_disk(layout: StoreLayout, lock: LockedModel) -> int:
 def register_root(layout: StoreLayout, lock_dir: Path) -> None:
     """Remember this project's lock dir, so `mlxpin gc` keeps what its locks use."""
     root = layout.root(lock_dir)
-    data = str(lock_dir).encode()
+    data = os.fsencode(lock_dir)
     try:
         if root.read_bytes() == data:
             return

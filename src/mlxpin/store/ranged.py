@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from mlxpin.config import Settings
+from mlxpin.config import DEFAULT_HUB_DEADLINE_S, Settings
 from mlxpin.errors import ConfigError, MlxpinError
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.store.sources import ByteSource
@@ -63,12 +63,20 @@ _EXTRA = threading.BoundedSemaphore(48)
 class RangePolicy:
     connections: int = 8  # at most this many ranges (and connections) per large file
     min_size: int = 64 * MiB  # smaller files come over one connection
+    # A connection slower than this (bytes/s, averaged over the window) is given up on,
+    # its resume point kept: a peer trickling a byte every 30 s never ends otherwise.
+    min_rate: tuple[int, int] = (1024, 120)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RangePolicy:
+        rate, _, window = settings.fetch_min_rate.partition(":")
         return cls(
             connections=_count("MLXPIN_FETCH_CONNECTIONS", settings.fetch_connections, 8, 64),
             min_size=_count("MLXPIN_RANGED_MIN_MB", settings.ranged_min_mb, 64, 1 << 30) * MiB,
+            min_rate=(
+                _count("MLXPIN_FETCH_MIN_RATE", rate, 1024, 1 << 30),
+                _count("MLXPIN_FETCH_MIN_RATE (window)", window, 120, 86400),
+            ),
         )
 
     def parts_for(self, size: int) -> int:
@@ -459,8 +467,15 @@ def _pull(
                 if at == 0:
                     raise source.give_up(file, "the server answered an unexpected range")
                 raise _NoRanges()
+            since, got = time.monotonic(), 0
             for chunk in chunks:
                 stop.raise_if_cancelled()
+                got += len(chunk)
+                if time.monotonic() - since >= window:
+                    if got < rate * window:
+                        job.save(force=True)
+                        raise source.give_up(file, f"too slow: {got} bytes in {window} s")
+                    since, got = time.monotonic(), 0
                 taken = job.write(part, chunk)
                 progress.advance(taken)
                 if taken < len(chunk) and part.end == asked:
@@ -475,12 +490,24 @@ def _pull(
             return source.give_up(file, str(exc) or "connection closed early")
         return None
 
+    rate, window = (getattr(source, "ranges", None) or RangePolicy()).min_rate
+    limited_until = time.monotonic() + getattr(source, "deadline_s", DEFAULT_HUB_DEADLINE_S)
+
     def pause(exc: Exception, delay: float) -> None:
+        if asked(exc) is not None and time.monotonic() + delay >= limited_until:
+            raise source.give_up(file, str(exc))
         where = part.start + part.done
-        log.info("%s: %s interrupted at byte %d (%s), retrying", lock.name, file.path, where, exc)
+        said = log.debug if said_once else log.info  # one line per range, not per retry
+        said("%s: %s interrupted at byte %d (%s), retrying", lock.name, file.path, where, exc)
+        said_once.append(True)
         stop.wait(delay)
 
-    retry(attempt, ATTEMPTS, RETRY_DELAY_S, failure, pause, max_delay=8.0)
+    def asked(exc: Exception) -> float | None:
+        wait = getattr(exc, "retry_after", None)
+        return wait if isinstance(wait, float) else None
+
+    said_once: list[bool] = []
+    retry(attempt, ATTEMPTS, RETRY_DELAY_S, failure, pause, max_delay=8.0, asked=asked)
 
 
 def _overrun(file: LockedFile, end: int) -> str:

@@ -22,20 +22,25 @@ def retry(
     failure: Callable[[Exception], BaseException | None],
     pause: Callable[[Exception, float], None],
     max_delay: float = float("inf"),
+    asked: Callable[[Exception], float | None] = lambda exc: None,
 ) -> T:
     """`attempt()` up to `attempts` times. `failure(exc)` is None for an exception not worth
     retrying (raised as it is), else the error to raise when no attempt is left; between
     two, `pause(exc, delay)` sleeps (or raises to stop) and the delay doubles, at most to
-    `max_delay`."""
-    for number in range(1, attempts + 1):
+    `max_delay`. `asked(exc)`: the wait a server asked for (429 Retry-After); such a
+    retry pauses that long and does not count (`pause` enforces any deadline)."""
+    number = 1
+    while True:
         try:
             return attempt()
         except Exception as exc:
             error = failure(exc)
             if error is None:
                 raise
-            if number == attempts:
+            wait = asked(exc)
+            if wait is None and number == attempts:
                 raise error from None
-            pause(exc, delay)
-            delay = min(delay * 2, max_delay)
-    raise AssertionError("unreachable")
+            pause(exc, delay if wait is None else wait)
+            if wait is None:
+                number += 1
+                delay = min(delay * 2, max_delay)

@@ -47,7 +47,7 @@ def read_roots(layout: StoreLayout) -> tuple[RootOnDisk, ...]:
     roots: list[RootOnDisk] = []
     for entry in entries:
         try:
-            text = entry.read_bytes().decode("utf-8")
+            text = os.fsdecode(entry.read_bytes())
         except (OSError, UnicodeDecodeError):
             text = ""
         lock_dir = Path(text)

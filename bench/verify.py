@@ -1,0 +1,51 @@
+"""Benchmark: `mlxpin verify` on a pin of 5,000 small files vs `sha256sum` of the same
+blobs (the hashing floor). Goal: within 3x.
+
+Usage: python bench/verify.py [--files N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=5000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mlxpin-bench-verify-"))
+    model = work / "many"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}\n')
+    for i in range(args.files):
+        (model / f"f{i:05}.txt").write_bytes(os.urandom(2048))
+    (work / "manifest.toml").write_text(
+        'version = 1\n[models.many]\napi_label = "many"\n[models.many.launch]\npath = "./many"\n'
+    )
+    env = {**os.environ, "HF_HOME": str(work / "hf"), "HF_HUB_OFFLINE": "1"}
+    mlxpin = [sys.executable, "-m", "mlxpin"]
+    subprocess.run([*mlxpin, "lock", "-q"], env=env, cwd=work, check=True)
+    subprocess.run([*mlxpin, "fetch", "-q"], env=env, cwd=work, check=True)
+    blobs = sorted(str(p) for p in (work / "hf").rglob("blobs/sha256/*"))
+    floor = min(timed(["sha256sum", *blobs], env, work) for _ in range(3))
+    ours = min(timed([*mlxpin, "verify", "-q"], env, work) for _ in range(3))
+    print(
+        f"files {len(blobs)}  sha256sum {floor:.2f} s  mlxpin verify {ours:.2f} s  "
+        f"ratio {ours / floor:.1f}x (goal <= 3x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
