@@ -35,6 +35,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/fetch.py
 	$(BIN)/python bench/launch.py
 	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/transfer.py
+	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/engines.py
+	$(BIN)/python bench/concurrency.py
+	$(BIN)/python bench/verify.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
