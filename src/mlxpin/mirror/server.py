@@ -33,7 +33,14 @@ from aiohttp import web
 
 from mlxpin.hub import source as wire
 from mlxpin.project.lockfile import LockedFile, LockedModel
-from mlxpin.store.layout import FileStat, Stamp, StoreLayout, check_stamp, read_stamp
+from mlxpin.store.layout import (
+    FileStat,
+    Stamp,
+    StoreLayout,
+    check_stamp,
+    read_stamp,
+    view_links,
+)
 from mlxpin.util.hashing import oid_algorithm, oid_hex
 
 log = logging.getLogger("mlxpin.mirror")
@@ -89,6 +96,7 @@ class _Vouched:
     def __init__(self, layout: StoreLayout) -> None:
         self.layout = layout
         self._cache: dict[str, tuple[tuple[int, int, int], Stamp]] = {}
+        self._links: dict[str, dict[str, str]] = {}  # each view's relative link texts
 
     def stamp(self, lock: LockedModel) -> Stamp | None:
         path = self.layout.stamp(lock)
@@ -113,8 +121,12 @@ class _Vouched:
         if stamp is None or file.path not in stamp.files:
             return None
         blob, stat = stamp.files[file.path]
+        view = self.layout.view(lock)
+        links = self._links.get(str(view))
+        if links is None:
+            links = self._links[str(view)] = view_links(self.layout, lock)
         try:
-            if os.readlink(self.layout.view(lock) / file.path) != blob:
+            if os.readlink(view / file.path) not in (links.get(file.path), blob):
                 return None
             fd = os.open(blob, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
