@@ -229,7 +229,7 @@ def test_a_model_over_budget_and_every_other_problem_refused_at_preflight(
     for name in MODELS:
         (lock_copy / f"{name}.toml").write_text(project.lock_text(name))
     empty = project.root / "empty-home"
-    empty.mkdir(exist_ok=True)
+    (empty / "mlxpin").mkdir(parents=True, exist_ok=True)  # mounted, never fetched (no root: 75)
     result = project.run(
         "serve",
         "--manifest",
@@ -399,8 +399,11 @@ def test_a_model_changed_after_boot_is_never_started(served: Served, project: Pr
     status = {m["name"]: m for m in project.json("status")["models"]}
     view = Path(status["gamma"]["snapshot"])
     blob = max(view.iterdir(), key=lambda p: p.stat().st_size).resolve()
-    info = blob.stat()
-    os.utime(blob, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))  # stat-only, as at boot
+    original = blob.read_bytes()
+    data = bytearray(original)
+    data[-1] ^= 1  # changed bytes (a metadata-only change is re-hashed and boots: #26 item 7)
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes(data))
     try:
         with pytest.raises(openai.APIStatusError) as error:
             served.chat("gamma")
@@ -409,7 +412,8 @@ def test_a_model_changed_after_boot_is_never_started(served: Served, project: Pr
         assert served.states()["gamma"] == "failed"
         assert "gamma: " in "".join(served.log)
     finally:
-        project.ok("fetch", "gamma")  # re-hashes the blob and stamps it again
+        blob.write_bytes(original)  # the hub is down: put the bytes back, then
+        project.ok("fetch", "gamma")  # fetch re-hashes the blob and stamps it again
 
 
 def test_gc_keeps_what_a_running_serve_booted_with(served: Served, project: Project) -> None:
