@@ -291,6 +291,45 @@ def test_the_host_agent_stores_only_the_announced_share_and_the_preflight_checks
     assert "mac2: the snapshot holds only 8 of the 9 locked files" in info.value.message
 
 
+class _Watched(io.BytesIO):
+    """The stream, noting what the receiving host holds while it reads: any file under
+    incoming/, and each blob's inode once every file is read."""
+
+    def __init__(self, data: bytes, state: Path, layout: StoreLayout, lock: LockedModel) -> None:
+        super().__init__(data)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            last = tar.getmembers()[-1]
+        self.end = last.offset_data + last.size + -last.size % 512  # the end-of-archive
+        self.state, self.layout, self.lock = state, layout, lock
+        self.copies: set[Path] = set()
+        self.inodes: dict[str, int] | None = None
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.copies |= {p for p in (self.state / "incoming").rglob("*") if p.is_file()}
+        if self.tell() >= self.end and self.inodes is None:
+            blobs = {f.path: self.layout.blob(self.lock, f) for f in self.lock.files}
+            self.inodes = {p: b.stat().st_ino for p, b in blobs.items() if b.exists()}
+        return super().read(size)
+
+
+def test_a_receive_writes_each_file_once_straight_into_its_blob(
+    pipeline_project: tuple[Project, LockedModel, Path], tmp_path: Path
+) -> None:
+    from mlxpin.commands.hosts import host_receive
+
+    project, lock, view = pipeline_project
+    settings = load_settings(host_env(project, tmp_path / "mac2"), cwd=tmp_path)
+    layout = StoreLayout.of(settings)
+    stream = _Watched(stream_for(lock, view, None), settings.state_dir, layout, lock)
+    assert host_receive(settings, stream).ok
+    # No copy ever waits under incoming/: by the end of the stream every file is its
+    # blob already, and the stamped blob is that very file (not a second copy of it).
+    assert stream.copies == set()
+    assert stream.inodes is not None and sorted(stream.inodes) == sorted(f.path for f in lock.files)
+    assert {f.path: layout.blob(lock, f).stat().st_ino for f in lock.files} == stream.inodes
+    assert check_stamp(layout, lock).ok
+
+
 def test_a_rank_host_keeps_received_pins_apart_and_gc_clears_dead_receives(
     pipeline_project: tuple[Project, LockedModel, Path], tmp_path: Path
 ) -> None:

@@ -11,21 +11,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import shlex
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from mlxpin.config import Settings
-from mlxpin.errors import DataError, ExitCode, Flag, Run, UsageError
+from mlxpin.errors import BundleError, DataError, ExitCode, Flag, Run, UsageError
 from mlxpin.plan.distributed import (
     SSH_OPTIONS,
     HostCheck,
@@ -39,14 +36,15 @@ from mlxpin.plan.distributed import (
     remote_mlxpin,
 )
 from mlxpin.plan.launch import choose_model
-from mlxpin.project import validate
 from mlxpin.project.distributed import LOCAL_HOST
 from mlxpin.project.lockfile import LockedModel, parse_lock, render, write_lock
 from mlxpin.project.manifest import load_manifest
-from mlxpin.store.fetch import NoProgress
+from mlxpin.store.bundle import MAX_INDEX_BYTES, MAX_LOCK_BYTES, BundleReader
+from mlxpin.store.fetch import NoProgress, ensure_blob
+from mlxpin.store.inuse import InUse
 from mlxpin.store.layout import StoreLayout, register_root, view_key
-from mlxpin.store.sources import LocalSourceBytes
 from mlxpin.store.subset import fetch_subset, need_of
+from mlxpin.store.transfer import MemberSource
 
 LOCK_MEMBER = "lock.toml"
 SUBSET_MEMBER = "subset.json"
@@ -67,25 +65,33 @@ def host_check(
     return check_here(StoreLayout.of(settings), lock, LOCAL_HOST, verify, need)
 
 
-def host_receive(settings: Settings, stream: IO[bytes]) -> HostCheck:
-    """Read a lock and its files (all, or the announced share) from a tar stream; store
-    them verified; remember the lock (a gc root); answer as check."""
+def host_receive(settings: Settings, stream: BinaryIO) -> HostCheck:
+    """Read a lock and its files (all, or the announced share) from a tar stream; stream
+    each file straight into its blob, verified; remember the lock (a gc root); answer as
+    check."""
     layout = StoreLayout.of(settings)
-    incoming = settings.state_dir / "incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
-    # Named by our pid: gc removes it once we are gone (a receive killed half-way).
-    workdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=incoming))
-    try:
-        lock, need = _unpack(stream, workdir)
-        source = LocalSourceBytes(workdir / "files", lock.name)
-        fetch_subset(layout, lock, need, source, NoProgress())
+    reader = BundleReader(stream, "the stream", _receivable)
+    with InUse(layout) as in_use:  # gc keeps the blobs placed, until the lock is a root
+        try:
+            lock, need = _receive(layout, reader, in_use)
+            # Every file is in place: this only builds the view and (subset) stamp.
+            source = MemberSource(reader, "", lock.name)
+            fetch_subset(layout, lock, need, source, NoProgress())
+        except BundleError as exc:
+            raise DataError(exc.message, _again("NAME")) from None
         # One lock dir per pin: another controller's model of the same name is another pin.
         received = settings.state_dir / RECEIVED_DIR / view_key(lock)
         write_lock(received, lock)
         register_root(layout, received)
-        return check_here(layout, lock, LOCAL_HOST, verify=False, need=need)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return check_here(layout, lock, LOCAL_HOST, verify=False, need=need)
+
+
+def _again(name: str) -> str:
+    return f"run {Run.of('fetch', name, '--hosts')} again on the sending host"
+
+
+def _receivable(name: str) -> bool:
+    return name in (LOCK_MEMBER, SUBSET_MEMBER) or name.startswith(FILES_PREFIX)
 
 
 def _read_subset(data: bytes, lock: LockedModel) -> frozenset[str] | None:
@@ -98,57 +104,32 @@ def _read_subset(data: bytes, lock: LockedModel) -> frozenset[str] | None:
     return need_of(lock, paths)
 
 
-def _unpack(stream: IO[bytes], workdir: Path) -> tuple[LockedModel, frozenset[str] | None]:
-    lock: LockedModel | None = None
+def _receive(
+    layout: StoreLayout, reader: BundleReader, in_use: InUse
+) -> tuple[LockedModel, frozenset[str] | None]:
+    member = reader.next()
+    if member is None or member.name != LOCK_MEMBER:
+        raise DataError(f"the stream must start with {LOCK_MEMBER}")
+    lock = parse_lock(reader.read_small(member, MAX_LOCK_BYTES), STDIN_NAME)
+    in_use.add(lock)
     need: frozenset[str] | None = None
-    expected: dict[str, int] = {}
-    arrived: set[str] = set()
-    first_file = True
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
-            for member in archive:
-                if lock is None:
-                    if member.name != LOCK_MEMBER or not member.isfile():
-                        raise DataError(f"the stream must start with {LOCK_MEMBER}")
-                    handle = archive.extractfile(member)
-                    assert handle is not None
-                    lock = parse_lock(handle.read(), STDIN_NAME)
-                    expected = {f.path: f.size for f in lock.files}
-                    continue
-                if first_file and member.name == SUBSET_MEMBER and member.isfile():
-                    handle = archive.extractfile(member)
-                    assert handle is not None
-                    need = _read_subset(handle.read(), lock)
-                    if need is not None:
-                        expected = {p: s for p, s in expected.items() if p in need}
-                    first_file = False
-                    continue
-                first_file = False
-                path = member.name.removeprefix(FILES_PREFIX)
-                if (
-                    not member.name.startswith(FILES_PREFIX)
-                    or not member.isfile()
-                    or validate.relpath_problem(path)
-                    or expected.get(path) != member.size
-                    or path in arrived
-                ):
-                    raise DataError(f"unexpected member {member.name!r} in the stream")
-                arrived.add(path)
-                target = workdir / "files" / path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                handle = archive.extractfile(member)
-                assert handle is not None
-                with target.open("wb") as out:
-                    shutil.copyfileobj(handle, out, 1 << 20)
-    except tarfile.TarError as exc:
-        raise DataError(f"the stream is not a readable tar ({exc})") from None
-    if lock is None:
-        raise DataError("the stream was empty")
-    missing = sorted(expected.keys() - arrived)
-    if missing:
+    member = reader.next()
+    if member is not None and member.name == SUBSET_MEMBER:
+        need = _read_subset(reader.read_small(member, MAX_INDEX_BYTES), lock)
+        member = reader.next()
+    expected = {f.path: f for f in lock.files if need is None or f.path in need}
+    while member is not None:
+        file = expected.pop(member.name.removeprefix(FILES_PREFIX), None)
+        if not member.name.startswith(FILES_PREFIX) or file is None or file.size != member.size:
+            raise DataError(f"unexpected member {member.name!r} in the stream")
+        source = MemberSource(reader, member.name, f"{lock.name}: {file.path}")
+        ensure_blob(layout, lock, file, source, NoProgress())  # the stream's bytes, verified
+        member = reader.next()
+    if expected:
+        missing = sorted(expected)
         raise DataError(
             f"the stream ended before {missing[0]} arrived ({len(missing)} file(s) missing)",
-            f"run {Run.of('fetch', lock.name, '--hosts')} again on the sending host",
+            _again(lock.name),
         )
     return lock, need
 

@@ -25,7 +25,7 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -51,6 +51,13 @@ def blob_member(oid: str) -> str:
 
 def lock_member(name: str) -> str:
     return f"locks/{name}.toml"
+
+
+def _bundle_member(name: str) -> bool:
+    if name == INDEX_MEMBER or _BLOB_RE.fullmatch(name):
+        return True
+    match = _LOCK_RE.fullmatch(name)
+    return match is not None and NAME_RE.fullmatch(match.group(1)) is not None
 
 
 # --- the index ---------------------------------------------------------------------------
@@ -224,13 +231,17 @@ def _pax(data: bytes) -> dict[str, str]:
 class BundleReader:
     """Reads members in order from a stream (a file or a pipe); strict about what it takes:
     only what the writer writes, regular files each after at most one pax header, with
-    our member names. Anything else, a bad header checksum or a stream that ends early
-    raises BundleError naming the member. `current` is the member being read, if any.
+    our member names (or those `accepts` takes). Anything else, a bad header checksum or
+    a stream that ends early raises BundleError naming the member. `current` is the member
+    being read, if any.
     """
 
-    def __init__(self, stream: BinaryIO, label: str) -> None:
+    def __init__(
+        self, stream: BinaryIO, label: str, accepts: Callable[[str], bool] = _bundle_member
+    ) -> None:
         self.stream = stream
         self.label = label
+        self.accepts = accepts
         _widen_pipe(stream)
         self.current: Member | None = None
         self.received = 0  # bytes of the archive read so far
@@ -284,12 +295,8 @@ class BundleReader:
             raise BundleError(self.label, info.name, "is not a regular file (links are refused)")
         if info.size < 0:
             raise BundleError(self.label, where, "a malformed extended header")
-        if info.name != INDEX_MEMBER and not _BLOB_RE.fullmatch(info.name):
-            match = _LOCK_RE.fullmatch(info.name)
-            if match is None or not NAME_RE.fullmatch(match.group(1)):
-                raise BundleError(
-                    self.label, info.name, "is not a member an mlxpin bundle can hold"
-                )
+        if not self.accepts(info.name):
+            raise BundleError(self.label, info.name, "is not a member an mlxpin bundle can hold")
         self.current = Member(info.name, info.size)
         self._left = info.size + -info.size % BLOCK
         return self.current

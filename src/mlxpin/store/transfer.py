@@ -159,7 +159,7 @@ class ImportOutcome:
     received_bytes: int
 
 
-class _MemberSource:
+class MemberSource:
     """One bundle member as a ByteSource for `ensure_blob`: read once, forward only."""
 
     def __init__(self, reader: BundleReader, member_name: str, owner: str) -> None:
@@ -323,10 +323,10 @@ def _place(
         blob = layout.blob(lock, file)
         entry = placed.get(blob)
         if entry is None:
-            source: _MemberSource | LocalSourceBytes
+            source: MemberSource | LocalSourceBytes
             wanted = file
             if not placed:
-                source = _MemberSource(reader, member, f"{lock.name}: {file.path}")
+                source = MemberSource(reader, member, f"{lock.name}: {file.path}")
             else:  # the same bytes in another repo's blobs: copy the verified one
                 first = next(iter(placed.values()))
                 source = LocalSourceBytes(Path(first.blob).parent, lock.name)
