@@ -4,8 +4,11 @@ client): navigate, evaluate JavaScript, click at an element's centre like a mous
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -34,11 +37,16 @@ class Browser:
 
     def __init__(self) -> None:
         assert CHROMIUM is not None
-        self.profile = tempfile.TemporaryDirectory(prefix="mlxpin-chromium-")
+        # Chromium's helper processes may still write the profile for a moment after it
+        # exits: they are ended as a group, and a late file never fails the cleanup.
+        self.profile = tempfile.TemporaryDirectory(
+            prefix="mlxpin-chromium-", ignore_cleanup_errors=True
+        )
         self.process = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile.name}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.next_id = 0
 
@@ -65,8 +73,11 @@ class Browser:
     ) -> None:
         await self.ws.close()
         await self.session.close()
-        self.process.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
         self.process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # any helper that outlived it
         self.profile.cleanup()
 
     async def send(self, method: str, **params: Any) -> dict[str, Any]:

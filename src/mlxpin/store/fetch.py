@@ -419,6 +419,9 @@ class VerifyOutcome:
     differs: tuple[str, ...] = ()  # the bad paths whose bytes differ (else: missing/extra)
 
 
+INLINE_HASH_BYTES = 1 << 20  # verify hashes smaller files without the thread pool
+
+
 def verify_model(
     layout: StoreLayout,
     lock: LockedModel,
@@ -477,7 +480,12 @@ def verify_model(
         return file, None, StampEntry(file.path, target, stat)
 
     by_path = {f.path: f for f in lock.files}
-    for file, problem, entry in run_parallel(check, lock.files, workers=4, cancel=cancel):
+    # Small files are hashed here: a thread pool's hand-offs cost more than their hashing.
+    small = [file for file in lock.files if file.size < INLINE_HASH_BYTES]
+    large = [file for file in lock.files if file.size >= INLINE_HASH_BYTES]
+    checked = [check(file) for file in small]
+    checked += run_parallel(check, large, workers=4, cancel=cancel)
+    for file, problem, entry in checked:
         hashed += file.size
         if problem is not None:
             bad.append((file.path, problem))
