@@ -395,8 +395,8 @@ def test_path_source_is_imported_read_only_and_checked(project: Project) -> None
     assert "mlxpin lock --update local" in result.stderr
 
 
-def test_import_of_a_path_model_names_no_commit(project: Project) -> None:
-    """Issue #20 item 14: it printed 'at -'."""
+def local_model_project(project: Project) -> Path:
+    """A manifest with one local-path model `local` (a lone config.json); its folder."""
     source = project.root / "models" / "local"
     source.mkdir(parents=True)
     (source / "config.json").write_text("{}\n")
@@ -404,6 +404,12 @@ def test_import_of_a_path_model_names_no_commit(project: Project) -> None:
         'version = 1\n[models.local]\napi_label = "local"\n'
         '[models.local.launch]\npath = "./models/local"\n'
     )
+    return source
+
+
+def test_import_of_a_path_model_names_no_commit(project: Project) -> None:
+    """Issue #20 item 14: it printed 'at -'."""
+    local_model_project(project)
     project.ok("lock")
     project.ok("fetch")
     project.ok("export", "--output", str(project.root / "b.tar"))
@@ -504,13 +510,7 @@ def test_ctrl_c_stops_a_fetch_promptly_and_a_rerun_completes(
 
 
 def test_missing_local_source_file_is_a_clean_error(project: Project) -> None:
-    source = project.root / "models" / "local"
-    source.mkdir(parents=True)
-    (source / "config.json").write_text("{}\n")
-    project.write_manifest(
-        'version = 1\n[models.local]\napi_label = "local"\n'
-        '[models.local.launch]\npath = "./models/local"\n'
-    )
+    source = local_model_project(project)
     project.ok("lock")
     (source / "config.json").unlink()
     result = project.run("fetch")

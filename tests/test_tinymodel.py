@@ -74,8 +74,9 @@ def _generate_in_subprocess(out: Path, arch: str, seed: int, env_extra: dict[str
 
 def test_import_is_cheap() -> None:
     code = (
-        "import sys, mlxpin.dev.tinymodel; "
-        "print(sorted(m for m in ('numpy', 'tokenizers', 'mlx', 'mlx_lm', 'transformers') "
+        "import sys, mlxpin.dev.tinymodel, mlxpin.dev.tinymodel_vision, "
+        "mlxpin.dev.tinymodel_embedding; print(sorted(m for m in "
+        "('numpy', 'tokenizers', 'mlx', 'mlx_lm', 'mlx_vlm', 'transformers') "
         "if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -58,16 +58,6 @@ def _cli(out: Path, *args: str) -> list[str]:
 # --- reproducibility ----------------------------------------------------------------------
 
 
-def test_import_is_cheap() -> None:
-    code = (
-        "import sys, mlxpin.dev.tinymodel_vision, mlxpin.dev.tinymodel_embedding; "
-        "print(sorted(m for m in ('numpy', 'tokenizers', 'mlx', 'mlx_vlm', 'transformers') "
-        "if m in sys.modules))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_same_arguments_give_identical_bytes(kind: str, tmp_path: Path) -> None:
     first = GENERATORS[kind](tmp_path / "a", seed=3)
