@@ -25,12 +25,14 @@ def main() -> None:
 
         raise SystemExit(host_agent(argv[1:]))
     from mlxpin.cli.app import main as cli
-    from mlxpin.cli.output import PIPE_CLOSED, discard_stdout
 
     try:
         code = cli(argv)
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away: a normal end, as for `cat`
+        # imported here: `--version` and `--help` must not pay for the rendering layer
+        from mlxpin.cli.output import PIPE_CLOSED, discard_stdout
+
         discard_stdout()
         code = PIPE_CLOSED
     raise SystemExit(code)
