@@ -10,7 +10,7 @@ Floors, bottom to top; a module may import its own package and any floor below i
     runtime                 the pinned server runtime
     serve                   what runs inside an engine server process (the Unix-socket shim)
     plan, gateway, mirror,  pure plans for launch/serve/distributed; the HTTP gateway; the
-    dev                     Hub-protocol mirror; tiny models and the demo
+    build, dev              Hub-protocol mirror; model builds; tiny models and the demo
     supervise, service      engine server processes, the pool and restarts; boot units
     commands                one module per verb; frozen results
     cli                     parsing and rendering; nothing imports it but the entry point
@@ -40,6 +40,7 @@ FLOORS: dict[str, int] = {
     "runtime": 5,
     "serve": 1,
     "plan": 6,
+    "build": 6,
     "gateway": 6,
     "mirror": 6,
     "dev": 6,

@@ -425,3 +425,39 @@ class RuntimeResolutionError(ConfigError):
             f"{file}: [runtime] cannot be satisfied: {detail}",
             "widen the ranges in [runtime] (mlx-lm, mlx, python, packages)",
         )
+
+
+class BuildMismatchError(DataError):
+    """A build whose bytes differ from the output its lock records (nothing installed)."""
+
+    kind = "build_mismatch"
+
+    def __init__(self, model: str, differing: Sequence[str], platforms: str | None) -> None:
+        self.differing = tuple(differing)
+        shown = ", ".join(self.differing[:5])
+        more = f" (and {len(self.differing) - 5} more)" if len(self.differing) > 5 else ""
+        if platforms is not None:
+            hint = (
+                f"the recorded output was built on {platforms}: builds on other platforms "
+                "may differ (Metal vs CPU). Take the recorded output from a bundle "
+                f"({Run.of('import', 'FILE')}) or a mirror (HF_ENDPOINT) instead of building"
+            )
+        else:
+            hint = (
+                "the build is not reproducible with this builder, or the recorded output "
+                f"came from elsewhere; nothing was installed. To accept the new bytes, run "
+                f"{Run.of('lock', '--update', model)} and build again"
+            )
+        super().__init__(
+            f"{model}: the build differs from the recorded output in {shown}{more}", hint
+        )
+
+
+class BuildFailedError(MlxpinError):
+    """The builder (mlx_lm convert/fuse) failed; its last lines and its log say why."""
+
+    kind = "build_failed"
+
+    def __init__(self, model: str, problem: str, hint: str, *, temporary: bool) -> None:
+        self.exit_code = ExitCode.TEMP_FAIL if temporary else ExitCode.CONFIG
+        super().__init__(f"{model}: {problem}", hint)

@@ -191,6 +191,25 @@ def fetch(p: Parser) -> None:
     handler(p, "store:fetch_command")
 
 
+def build(p: Parser) -> None:
+    """Make built models ([models.X.build]) from their locked recipes, offline.
+
+    Runs the step (mlx_lm convert or fuse) in the pinned builder from the verified input
+    snapshots. The first build records its output's hashes in lock/NAME.toml; later builds
+    must give the same bytes (else 65, nothing installed). `fetch` builds them too.
+    """
+    names(p, "Built models from the manifest (default: all built models).")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="Build again and compare with the recorded output; install nothing "
+        "(exit 65 naming each file that differs).",
+    )
+    progress(p)
+    shared(p)
+    handler(p, "store:build_command")
+
+
 def verify(p: Parser) -> None:
     """Re-hash every fetched file against the lock (exit 65 naming each bad file)."""
     names(p)
@@ -546,6 +565,7 @@ Declare = Callable[[Parser], None]
 VERBS: dict[str, Declare] = {
     "lock": lock,
     "fetch": fetch,
+    "build": build,
     "verify": verify,
     "status": status,
     "launch": launch,

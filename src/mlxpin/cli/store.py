@@ -206,6 +206,34 @@ def _prepare_hosts(settings: Settings, names: list[str], out: Output) -> tuple[H
     return prepared
 
 
+def build_command(args: Namespace, common: Common) -> None:
+    from mlxpin.commands import build as build_cmd
+
+    out = common.output()
+    bars = bars_for(common.as_json, common.quiet, common.progress)
+    try:
+        result = build_cmd.build(common.settings(), args.names, check=args.check, progress=bars)
+    finally:
+        bars.close()
+    for model in result.models:
+        size = f"{model.files} files, {human_size(model.total_size)}"
+        seconds = f"{model.seconds:.1f} s"
+        if model.action == "up to date":
+            out.line(f"{model.name}: up to date ({size}); --check rebuilds and compares")
+        elif model.action == "checked":
+            out.line(
+                f"{model.name}: rebuilt in {seconds}: identical to the recorded output ({size})"
+            )
+        elif model.action == "recorded":
+            out.line(
+                f"{model.name}: built in {seconds} on {model.built_on}; output recorded in "
+                f"the lock and installed ({size})"
+            )
+        else:
+            out.line(f"{model.name}: built in {seconds}: matches the lock; installed ({size})")
+    out.result(result.to_json())
+
+
 def verify_command(args: Namespace, common: Common) -> None:
     from mlxpin.commands import fetch as fetch_cmd
 
@@ -244,7 +272,11 @@ def status_command(args: Namespace, common: Common) -> None:
         fetched = row.fetch_state
         if row.fetch_reason and row.fetch_state != "unknown":
             fetched += f" ({row.fetch_reason})"
-        if row.origin:
+        if row.origin == "build":
+            fetched += " (built here)"
+        elif row.origin and row.source.startswith("build "):
+            fetched += f" (substituted from a {row.origin})"
+        elif row.origin:
             fetched += f" from {row.origin}"
         out.line(
             f"{row.name}: label {row.api_label} on {row.endpoint}; {row.source}; {lock}; "

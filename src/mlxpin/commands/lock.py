@@ -15,17 +15,32 @@ from mlxpin.config import (
     STATE_DIR_HINT,
     Settings,
 )
-from mlxpin.errors import ConfigError, ExitCode, LockStaleError, MlxpinError, PreflightError
+from mlxpin.errors import (
+    ConfigError,
+    ExitCode,
+    LockCorruptError,
+    LockStaleError,
+    MlxpinError,
+    PreflightError,
+)
 from mlxpin.hub.resolve import Resolution, resolve
 from mlxpin.project.lockfile import (
+    BuildInput,
+    BuildPin,
     LockedModel,
     PinState,
+    build_inputs,
     diff,
     lock_names_on_disk,
     lock_path,
+    make_locked,
+    original_of,
+    pin_state,
+    read_lock,
     write_lock,
 )
 from mlxpin.project.manifest import HubSource, Manifest, ModelSpec, RuntimeSpec
+from mlxpin.project.recipe import BuildSpec
 from mlxpin.project.selection import (
     lock_dir_mutex,
     manifest_of,
@@ -165,9 +180,10 @@ def files_changed(old: LockedModel | None, new: LockedModel) -> int:
 def check(settings: Settings, names: Sequence[str] = ()) -> CheckResult:
     """No network, no writes: what `mlxpin lock` would have to do."""
     manifest = manifest_of(settings)
-    specs = with_dependencies(manifest, pick(manifest, names))
+    specs = with_dependencies(manifest, pick(manifest, names), builds=True)
     locks = read_locks(settings.lock_dir, [s.name for s in specs])
-    states = diff(manifest, locks, lock_names_on_disk(settings.lock_dir))
+    builder = builder_of(settings, manifest, specs)
+    states = diff(manifest, locks, lock_names_on_disk(settings.lock_dir), builder)
     wanted = {s.name for s in specs}
     runtime, _ = read_state(manifest.runtime, settings.lock_dir)
     engines = tuple(
@@ -182,6 +198,19 @@ def check(settings: Settings, names: Sequence[str] = ()) -> CheckResult:
         None if runtime.reason == "not pinned" else runtime,
         engines,
     )
+
+
+def builder_of(settings: Settings, manifest: Manifest, specs: Sequence[ModelSpec]) -> str | None:
+    """What would build the built models among ``specs`` now (None: there are none, or
+    the runtime pin that runs them is not valid: its own state says so)."""
+    if not any(isinstance(s.launch.source, BuildSpec) for s in specs):
+        return None
+    from mlxpin.build.identity import builder_identity
+
+    try:
+        return builder_identity(settings, manifest)
+    except MlxpinError:
+        return None
 
 
 def hub_deadline_s(settings: Settings) -> float:
@@ -228,7 +257,9 @@ def lock(
     The runtime pin is kept, locked when missing or stale, moved with `update_runtime`."""
     manifest = manifest_of(settings)
     picked = pick(manifest, names)
-    specs = with_dependencies(manifest, picked)
+    specs = with_dependencies(manifest, picked, builds=True)
+    built = [s for s in specs if isinstance(s.launch.source, BuildSpec)]
+    specs = tuple(s for s in specs if s not in built)
     moving = {s.name for s in picked} if update else set()
     require_writable_dir(lock_dir_mutex(settings).parent, STATE_DIR_HINT)
     with hold_mutex(lock_dir_mutex(settings)):
@@ -276,10 +307,80 @@ def lock(
                 *_engine_dirs(settings, manifest),
             )
         ]
+        # Built models last: their locks record their inputs' pins and the builder.
+        changes.extend(_lock_builds(settings, manifest, built, moving))
     order = {s.name: i for i, s in enumerate(manifest.models)}
     changes.sort(key=lambda c: (order.get(c.name, len(order)), c.name))
     engines = tuple(change for change in runtimes[1:] if change is not None)
     return LockResult(tuple(changes), runtimes[0], engines)
+
+
+def _lock_builds(
+    settings: Settings, manifest: Manifest, built: Sequence[ModelSpec], moving: set[str]
+) -> list[LockChange]:
+    """Pin each built model's recipe to its inputs' current pins and the builder; a lock
+    that already answers all three keeps its recorded output."""
+    if not built:
+        return []
+    from mlxpin.build.identity import builder_identity
+
+    changes: list[LockChange] = []
+    try:
+        builder = builder_identity(settings, manifest)
+    except MlxpinError as exc:
+        for spec in built:
+            describe = spec.launch.source.describe()
+            changes.append(LockChange(spec.name, "failed", describe, "builder", error=exc))
+        return changes
+    for spec in _inputs_first(manifest, built):
+        describe = spec.launch.source.describe()
+        try:
+            old = read_lock(settings.lock_dir, spec.name)
+        except LockCorruptError:
+            old = None
+        inputs = build_inputs(settings.lock_dir, spec)
+        state = pin_state(spec, old, inputs, builder)
+        if state.state == "ok" and old is not None:
+            changes.append(_change(spec, "kept", old, old))
+            continue
+        missing = [name for name, lock in inputs.items() if not isinstance(lock, LockedModel)]
+        if missing:
+            error = LockStaleError(
+                [f"{spec.name}: its input {missing[0]} has no valid lock"], [missing[0]]
+            )
+            changes.append(LockChange(spec.name, "failed", describe, state.reason, error=error))
+            continue
+        pins = tuple(
+            BuildInput(name, lock.tree_hash, lock.commit)
+            for name, lock in inputs.items()
+            if isinstance(lock, LockedModel)
+        )
+        new = make_locked(
+            spec.name, original_of(spec), None, None, (), None, BuildPin(pins, builder)
+        )
+        write_lock(settings.lock_dir, new)
+        action = "locked" if old is None or state.state != "ok" else "unchanged"
+        changes.append(_change(spec, action, old, new, state.reason))
+    return changes
+
+
+def _inputs_first(manifest: Manifest, built: Sequence[ModelSpec]) -> list[ModelSpec]:
+    """Built models ordered so one built from another comes after it."""
+    ordered: list[ModelSpec] = []
+
+    def visit(spec: ModelSpec) -> None:
+        if spec in ordered:
+            return
+        source = spec.launch.source
+        for name in source.inputs if isinstance(source, BuildSpec) else ():
+            dependency = manifest.get(name)
+            if dependency is not None and dependency in built:
+                visit(dependency)
+        ordered.append(spec)
+
+    for spec in built:
+        visit(spec)
+    return ordered
 
 
 def _engine_dirs(settings: Settings, manifest: Manifest) -> list[tuple[RuntimeSpec, Path]]:

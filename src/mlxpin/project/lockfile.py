@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.errors import LockCorruptError, LockStaleError
-from mlxpin.project import validate
-from mlxpin.project.manifest import RESERVED_NAMES, HubSource, Manifest, ModelSpec
+from mlxpin.project import recipe, validate
+from mlxpin.project.manifest import RESERVED_NAMES, HubSource, Manifest, ModelSpec, PathSource
+from mlxpin.project.recipe import BuildSpec
 from mlxpin.util.atomic import write_if_changed
 from mlxpin.util.hashing import tree_hash
 
@@ -35,6 +36,26 @@ class Original:
     path: str | None
     revision: str | None
     files: tuple[str, ...] | None
+    build: BuildSpec | None = None  # a built model: its recipe (and no repo or path)
+
+
+@dataclass(frozen=True)
+class BuildInput:
+    """The pin of a model a build read, as it was when the build was locked."""
+
+    name: str
+    tree_hash: str
+    commit: str | None
+
+
+@dataclass(frozen=True)
+class BuildPin:
+    """A built model's derivation beyond its recipe: the pins it reads, the builder that
+    runs it, and (once built) the platform that made the recorded output."""
+
+    inputs: tuple[BuildInput, ...]  # the source, then the adapter (fuse)
+    builder: str  # "runtime <key>" or "mlx-lm <version>, mlx <version>"
+    built_on: str | None = None  # None: no output recorded yet (the lock lists no files)
 
 
 @dataclass(frozen=True)
@@ -47,6 +68,12 @@ class LockedModel:
     total_size: int
     files: tuple[LockedFile, ...]  # sorted by path
     access: str | None = None  # "gated" | "private" upstream: a mirror refuses it by default
+    build: BuildPin | None = None  # built models only
+
+    @property
+    def unbuilt(self) -> bool:
+        """A built model whose lock records no output yet (`mlxpin build` writes it)."""
+        return self.build is not None and self.build.built_on is None
 
     @property
     def short_commit(self) -> str | None:
@@ -59,7 +86,9 @@ def original_of(spec: ModelSpec) -> Original:
         return Original(
             repo=source.repo, path=None, revision=source.revision, files=spec.launch.files
         )
-    return Original(repo=None, path=source.written, revision=None, files=spec.launch.files)
+    if isinstance(source, PathSource):
+        return Original(repo=None, path=source.written, revision=None, files=spec.launch.files)
+    return Original(repo=None, path=None, revision=None, files=None, build=source)
 
 
 def make_locked(
@@ -69,9 +98,11 @@ def make_locked(
     last_modified: str | None,
     files: Iterable[LockedFile],
     access: str | None = None,
+    build: BuildPin | None = None,
 ) -> LockedModel:
     ordered = tuple(sorted(files, key=lambda f: f.path))
     return LockedModel(
+        build=build,
         name=name,
         original=original,
         commit=commit,
@@ -114,6 +145,8 @@ def render(lock: LockedModel) -> bytes:
             out.append(f"{key} = {_string(getattr(original, key))}\n")
     if original.files is not None:
         out.append("files = [" + ", ".join(_string(p) for p in original.files) + "]\n")
+    if original.build is not None:
+        out.append(_render_build(original.build, lock.build))
     out.append("\n[locked]\n")
     for key in ("commit", "last_modified", "tree_hash"):
         if getattr(lock, key) is not None:
@@ -127,6 +160,27 @@ def render(lock: LockedModel) -> bytes:
             f"oid = {_string(file.oid)}\n"
         )
     return "".join(out).encode("ascii")
+
+
+def _value(value: recipe.Param) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int) else _string(value)
+
+
+def _render_build(spec: BuildSpec, pin: BuildPin | None) -> str:
+    out = [f"from = {_string(spec.source)}\n", f"step = {_string(spec.step)}\n"]
+    out += [f"{key} = {_value(value)}\n" for key, value in spec.params]
+    assert pin is not None, "a built model's lock always records its build"
+    out.append(f"\n[build]\nbuilder = {_string(pin.builder)}\n")
+    if pin.built_on is not None:
+        out.append(f"built_on = {_string(pin.built_on)}\n")
+    for given in pin.inputs:
+        out.append(f"\n[[build.inputs]]\nname = {_string(given.name)}\n")
+        if given.commit is not None:
+            out.append(f"commit = {_string(given.commit)}\n")
+        out.append(f"tree_hash = {_string(given.tree_hash)}\n")
+    return "".join(out)
 
 
 def lock_path(lock_dir: Path, name: str) -> Path:
@@ -198,13 +252,15 @@ class Reader:
 def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> LockedModel:
     reader = Reader(file)
     document = reader.toml(data)
-    reader.keys(document, {"format", "name", "original", "locked", "files"}, "the file")
+    reader.keys(document, {"format", "name", "original", "locked", "files", "build"}, "the file")
     if document.get("format") != LOCK_FORMAT:
         raise reader.fail(f"unsupported format {document.get('format')!r} (expected {LOCK_FORMAT})")
     name = reader.string(document, "name")
     if expected_name is not None and name != expected_name:
         raise reader.fail(f"records model {name!r} but the file is named {expected_name}.toml")
     original_table = reader.table(document, "original")
+    if "from" in original_table:
+        return _parse_built(reader, document, name, original_table)
     reader.keys(original_table, {"repo", "path", "revision", "files"}, "[original]")
     files_patterns = original_table.get("files")
     if files_patterns is not None and (
@@ -241,6 +297,53 @@ def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> Loc
     lock = make_locked(
         name, original, commit, reader.optional_string(locked, "last_modified"), files, access
     )
+    if reader.string(locked, "tree_hash") != lock.tree_hash:
+        raise reader.fail("tree_hash does not match the files listed (was the file edited?)")
+    if reader.size(locked, "total_size") != lock.total_size:
+        raise reader.fail("total_size does not match the files listed (was the file edited?)")
+    return lock
+
+
+def _parse_built(
+    reader: Reader, document: Mapping[str, Any], name: str, original: Mapping[str, Any]
+) -> LockedModel:
+    step = reader.string(original, "step", "[original] ")
+    if step not in recipe.STEPS:
+        raise reader.fail(f"[original] step {step!r} is not one of {', '.join(recipe.STEPS)}")
+    allowed = recipe.step_params(step)
+    reader.keys(original, {"from", "step", *allowed}, "[original]")
+    params = tuple(sorted((k, v) for k, v in original.items() if k in allowed))
+    if any(not isinstance(v, str | int) for _, v in params):
+        raise reader.fail("[original] build parameters must be strings, integers or booleans")
+    spec = BuildSpec(reader.string(original, "from", "[original] "), step, params)
+    table = reader.table(document, "build")
+    reader.keys(table, {"builder", "built_on", "inputs"}, "[build]")
+    raw_inputs = table.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise reader.fail("[[build.inputs]] must list the pins the build reads")
+    inputs: list[BuildInput] = []
+    for entry in raw_inputs:
+        if not isinstance(entry, dict):
+            raise reader.fail("each [[build.inputs]] entry must be a table")
+        reader.keys(entry, {"name", "commit", "tree_hash"}, "[[build.inputs]]")
+        commit = reader.optional_string(entry, "commit")
+        if commit is not None and not validate.is_commit(commit):
+            raise reader.fail("[[build.inputs]] commit must be a 40-hex commit")
+        inputs.append(
+            BuildInput(reader.string(entry, "name"), reader.string(entry, "tree_hash"), commit)
+        )
+    if tuple(i.name for i in inputs) != spec.inputs:
+        raise reader.fail("[[build.inputs]] do not name the models the recipe reads")
+    pin = BuildPin(
+        tuple(inputs), reader.string(table, "builder"), reader.optional_string(table, "built_on")
+    )
+    locked = reader.table(document, "locked")
+    reader.keys(locked, {"tree_hash", "total_size"}, "[locked]")
+    files = _parse_files(reader, document.get("files", []))
+    if (pin.built_on is None) != (not files):
+        raise reader.fail("a built model lists output files exactly when it records built_on")
+    empty = Original(None, None, None, None, spec)
+    lock = make_locked(name, empty, None, None, files, None, pin)
     if reader.string(locked, "tree_hash") != lock.tree_hash:
         raise reader.fail("tree_hash does not match the files listed (was the file edited?)")
     if reader.size(locked, "total_size") != lock.total_size:
@@ -350,7 +453,15 @@ class PinState:
     reason: str | None = None
 
 
-def pin_state(spec: ModelSpec, lock: LockedModel | None) -> PinState:
+def pin_state(
+    spec: ModelSpec,
+    lock: LockedModel | None,
+    inputs: Mapping[str, LockedModel | LockCorruptError | None] | None = None,
+    builder: str | None = None,
+) -> PinState:
+    """Does this lock answer the manifest? For a built model, also: are the pins it read
+    still its inputs' (``inputs``: their locks by name; None skips the check), and is the
+    builder the same (``builder``: what would build it now; None skips the check)?"""
     if lock is None:
         return PinState(spec.name, "missing", "no lock file")
     wanted = original_of(spec)
@@ -363,10 +474,63 @@ def pin_state(spec: ModelSpec, lock: LockedModel | None) -> PinState:
         and lock.commit != source.revision
     ):
         return PinState(spec.name, "stale", "locked commit differs from the revision")
+    if lock.build is not None:
+        reason = _build_change(lock.build, inputs, builder)
+        if reason is not None:
+            return PinState(spec.name, "stale", reason)
     return PinState(spec.name, "ok")
 
 
+def _build_change(
+    pin: BuildPin,
+    inputs: Mapping[str, LockedModel | LockCorruptError | None] | None,
+    builder: str | None,
+) -> str | None:
+    for given in pin.inputs if inputs is not None else ():
+        assert inputs is not None
+        now = inputs.get(given.name)
+        if not isinstance(now, LockedModel):
+            return f"its input {given.name} is not locked"
+        if (now.tree_hash, now.commit) != (given.tree_hash, given.commit):
+            old = given.commit or given.tree_hash
+            new = now.commit or now.tree_hash
+            return f"its input {given.name} changed: {old[:12]} → {new[:12]}"
+    if builder is not None and builder != pin.builder:
+        return f"the builder changed: {pin.builder} → {builder}"
+    return None
+
+
+def build_inputs(
+    lock_dir: Path, spec: ModelSpec
+) -> dict[str, LockedModel | LockCorruptError | None]:
+    """The current locks of the models a built model reads (none for other models)."""
+    source = spec.launch.source
+    found: dict[str, LockedModel | LockCorruptError | None] = {}
+    for name in source.inputs if isinstance(source, BuildSpec) else ():
+        try:
+            found[name] = read_lock(lock_dir, name)
+        except LockCorruptError as exc:
+            found[name] = exc
+    return found
+
+
 def _difference(old: Original, new: Original) -> str:
+    if old.build is not None and new.build is not None:
+        before, after = dict(old.build.params), dict(new.build.params)
+        changed = [
+            f"{key} {before.get(key)!r} → {after.get(key)!r}"
+            for key in sorted(before.keys() | after.keys())
+            if before.get(key) != after.get(key)
+        ]
+        for key in ("source", "step"):
+            if getattr(old.build, key) != getattr(new.build, key):
+                shown = "from" if key == "source" else key
+                changed.insert(
+                    0, f"{shown} {getattr(old.build, key)!r} → {getattr(new.build, key)!r}"
+                )
+        return "build changed: " + ", ".join(changed)
+    if (old.build is None) != (new.build is None):
+        return "manifest changed: " + ("now built" if new.build else "no longer built")
     changed = [
         f"{field} {getattr(old, field)!r} → {getattr(new, field)!r}"
         for field in ("repo", "path", "revision", "files")
@@ -383,7 +547,7 @@ def valid_locks(lock_dir: Path, specs: Iterable[ModelSpec]) -> tuple[LockedModel
     locks: list[LockedModel] = []
     for spec in specs:
         lock = read_lock(lock_dir, spec.name)
-        state = pin_state(spec, lock)
+        state = pin_state(spec, lock, build_inputs(lock_dir, spec))
         if state.state != "ok" or lock is None:
             problems.append(f"{spec.name}: lock is {state.state} ({state.reason})")
             names.append(spec.name)
@@ -398,15 +562,17 @@ def diff(
     manifest: Manifest,
     locks: Mapping[str, LockedModel | LockCorruptError | None],
     on_disk: Iterable[str],
+    builder: str | None = None,
 ) -> tuple[PinState, ...]:
-    """Pure: the state of every manifest model plus every orphaned lock file."""
+    """Pure: the state of every manifest model plus every orphaned lock file. A built
+    model's inputs are checked when ``locks`` holds them; its builder when one is given."""
     states: list[PinState] = []
     for spec in manifest.models:
         lock = locks.get(spec.name)
         if isinstance(lock, LockCorruptError):
             states.append(PinState(spec.name, "corrupt", lock.problem))
         else:
-            states.append(pin_state(spec, lock))
+            states.append(pin_state(spec, lock, locks, builder))
     names = set(manifest.names)
     states.extend(
         PinState(name, "orphan", "not in the manifest") for name in sorted(set(on_disk) - names)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.errors import Flag, ManifestError, Run
-from mlxpin.project import engines, validate
+from mlxpin.project import engines, recipe, validate
 from mlxpin.project.checker import Checker, did_you_mean
 from mlxpin.project.distributed import (
     DISTRIBUTED_KEYS,
@@ -23,6 +23,7 @@ from mlxpin.project.distributed import (
     parse_distributed,
 )
 from mlxpin.project.memory import Budget, parse_budget, parse_size
+from mlxpin.project.recipe import BuildSpec, parse_build
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines, nesting_problem
 
@@ -44,6 +45,7 @@ _MODEL_KEYS = (
     "distributed",
     "engine",
     "role",
+    "build",
 )
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_BUDGET = Budget()
@@ -75,7 +77,7 @@ class PathSource:
         return f"path {self.written}"
 
 
-Source = HubSource | PathSource
+Source = HubSource | PathSource | BuildSpec  # a built model's source is its recipe
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ class Manifest:
 
 # Keys people put in the wrong table, and where they belong.
 _MISPLACED = {
+    **{k: "build" for k in recipe.KEYS},
     **{k: "launch" for k in _LAUNCH_KEYS},
     **{k: "server" for k in SERVER_OPTIONS},
     **{k: "gateway" for k in _GATEWAY_KEYS},
@@ -319,9 +322,22 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
     aliases = tuple(_label(check, a, where) for a in aliases_raw)
     host = _host(check, table.get("host", DEFAULT_HOST), (*keys, "host"))
     port = _port(check, table.get("port", DEFAULT_PORT), (*keys, "port"))
-    launch_fix = f'add [models.{name}.launch] with repo = "owner/name" (or path = "./dir")'
-    raw_launch = check.require(table, keys, "launch", "missing [launch] table", launch_fix)
-    launch = _launch(check, raw_launch, (*keys, "launch"), base)
+    if "build" in table:
+        if "launch" in table:
+            raise check.fail(
+                (*keys, "launch"),
+                "a built model has no [launch]: its files are what its build makes",
+                f"remove [models.{name}.launch], or remove [models.{name}.build]",
+            )
+        built = parse_build(check, table["build"], (*keys, "build"))
+        launch = LaunchSpec(source=built, files=None, draft=None, adapter=None)
+    else:
+        launch_fix = (
+            f'add [models.{name}.launch] with repo = "owner/name" (or path = "./dir"), '
+            f"or [models.{name}.build] to derive it from another model"
+        )
+        raw_launch = check.require(table, keys, "launch", "missing [launch] table", launch_fix)
+        launch = _launch(check, raw_launch, (*keys, "launch"), base)
     engine, role = _engine(check, table, keys)
     server = _server(check, table.get("server", {}), (*keys, "server"), engine)
     if engine != engines.MLX_LM:
@@ -595,6 +611,8 @@ def _check_cross_references(
             )
         if model.name in explicit_ports:
             owner_of_port[endpoint] = model.name
+        if isinstance(model.launch.source, BuildSpec):
+            _check_build_inputs(check, model.name, model.launch.source, models)
         for role in ("draft", "adapter"):
             target = getattr(model.launch, role)
             if target is None:
@@ -608,6 +626,35 @@ def _check_cross_references(
                     f"no model named {target!r} in this manifest",
                     did_you_mean(target, tuple(sorted(names))),
                 )
+
+
+def _check_build_inputs(
+    check: Checker, name: str, build: BuildSpec, models: tuple[ModelSpec, ...]
+) -> None:
+    """`from` and `adapter` name other models, and following `from` never comes back."""
+    by_name = {m.name: m for m in models}
+    for key, target in zip(("from", "adapter"), build.inputs, strict=False):
+        keys = ("models", name, "build", key)
+        if target == name:
+            raise check.fail(keys, f"a model cannot be built from itself ({key} = {target!r})")
+        if target not in by_name:
+            raise check.fail(
+                keys,
+                f"no model named {target!r} in this manifest",
+                did_you_mean(target, tuple(sorted(by_name))),
+            )
+    seen = [name]
+    source = by_name[build.source].launch.source
+    while isinstance(source, BuildSpec) and source.source in by_name:
+        if source.source in seen:
+            chain = " → ".join([*seen, source.source])
+            raise check.fail(
+                ("models", name, "build", "from"),
+                f"builds go round in a circle: {chain}",
+                "one model of the circle must come from a repo or a path",
+            )
+        seen.append(source.source)
+        source = by_name[source.source].launch.source
 
 
 def _seconds(check: Checker, value: object, keys: tuple[str, ...], *, allow_zero: bool) -> float:

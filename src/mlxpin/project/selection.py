@@ -12,6 +12,7 @@ from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError, UsageError
 from mlxpin.project.lockfile import LockedModel, read_lock, valid_locks
 from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
+from mlxpin.project.recipe import BuildSpec
 
 
 def manifest_of(settings: Settings) -> Manifest:
@@ -50,8 +51,11 @@ def pick(manifest: Manifest, names: Sequence[str]) -> tuple[ModelSpec, ...]:
     return tuple(picked)
 
 
-def with_dependencies(manifest: Manifest, specs: Sequence[ModelSpec]) -> tuple[ModelSpec, ...]:
-    """Add the draft and adapter models the given models launch with."""
+def with_dependencies(
+    manifest: Manifest, specs: Sequence[ModelSpec], *, builds: bool = False
+) -> tuple[ModelSpec, ...]:
+    """Add the draft and adapter models the given models launch with; with ``builds``,
+    also the models a built model is built from (`lock` pins them first)."""
     result: list[ModelSpec] = []
     pending = list(specs)
     while pending:
@@ -59,7 +63,9 @@ def with_dependencies(manifest: Manifest, specs: Sequence[ModelSpec]) -> tuple[M
         if spec in result:
             continue
         result.append(spec)
-        for dependency in (spec.launch.draft, spec.launch.adapter):
+        source = spec.launch.source
+        inputs = source.inputs if builds and isinstance(source, BuildSpec) else ()
+        for dependency in (spec.launch.draft, spec.launch.adapter, *inputs):
             if dependency is not None:
                 target = manifest.get(dependency)
                 if target is not None:

@@ -88,7 +88,7 @@ class _BlobResult:
 # --- verification records --------------------------------------------------------------
 
 
-def _record_matches(layout: StoreLayout, file: LockedFile, blob: Path) -> FileStat | None:
+def record_matches(layout: StoreLayout, file: LockedFile, blob: Path) -> FileStat | None:
     """The blob's stat if its verification record still describes it, else None."""
     record = read_record(layout, blob)
     try:
@@ -187,7 +187,7 @@ def ensure_blob(
     cancel = CancelToken() if cancel is None else cancel
     cancel.raise_if_cancelled()
     blob = layout.blob(lock, file)
-    stat = _record_matches(layout, file, blob)
+    stat = record_matches(layout, file, blob)
     if stat is not None:
         progress.advance(file.size)
         return _BlobResult(StampEntry(file.path, str(blob), stat), 0, 0)
@@ -205,7 +205,7 @@ def ensure_blob(
             )
             _remove_foreign(blob, file, lock)
         elif st is not None:
-            stat = _record_matches(layout, file, blob)
+            stat = record_matches(layout, file, blob)
             if stat is not None:
                 progress.advance(file.size)
                 return _BlobResult(StampEntry(file.path, str(blob), stat), 0, 0)

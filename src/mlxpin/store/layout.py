@@ -335,6 +335,8 @@ def check_stamp(
     """Stat-only: is the view present, exactly the lock's files, pointing into this
     layout's cache, unchanged since verified? A subset stamp
     (`mlxpin.store.subset`) passes only when it holds every path of `need`."""
+    if lock.unbuilt:
+        return StampCheck(False, "not built yet")
     view = layout.view(lock)
     try:
         raw = layout.stamp(lock).read_bytes()
