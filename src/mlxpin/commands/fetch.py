@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from mlxpin.config import HUB_CACHE_HINT, STATE_DIR_HINT, Settings
+from mlxpin.build.fetch import fetch_built
+from mlxpin.config import DEFAULT_ENDPOINT, HUB_CACHE_HINT, STATE_DIR_HINT, Settings
 from mlxpin.errors import (
     DataError,
     ExitCode,
@@ -18,8 +19,9 @@ from mlxpin.errors import (
     Run,
 )
 from mlxpin.hub.source import HubSourceBytes
-from mlxpin.project.lockfile import LockedModel
+from mlxpin.project.lockfile import LockedModel, served_as
 from mlxpin.project.manifest import Manifest, PathSource
+from mlxpin.project.recipe import BuildSpec
 from mlxpin.project.selection import locked_models, manifest_of, pick
 from mlxpin.runtime.install import InstallOutcome, install_runtime
 from mlxpin.runtime.layout import RuntimeLayout, check_runtime
@@ -97,6 +99,8 @@ def fetch(
     started = time.monotonic()
     manifest = manifest_of(settings)
     locks = locked_models(settings, manifest, pick(manifest, names))
+    # Built models after what they may be built from (the sort is stable).
+    locks = tuple(sorted(locks, key=lambda lock: _build_depth(manifest, lock.name)))
     runtime_pin = pinned_runtime(settings, manifest)
     engine_pins = [
         pinned_runtime(
@@ -133,6 +137,16 @@ def fetch(
         spec = manifest.get(lock.name)
         assert spec is not None
         source: ByteSource
+        if lock.build is not None:
+            substitute = None
+            served = served_as(lock)
+            if served is not None and _may_substitute(settings):
+                pretend = replace(lock, original=replace(lock.original, repo=served[0]))
+                substitute = HubSourceBytes(replace(pretend, commit=served[1]), downloader, ranges)
+            outcomes.append(
+                fetch_built(settings, manifest, lock, substitute, progress(lock.name), cancel)
+            )
+            continue
         if isinstance(spec.launch.source, PathSource):
             source = LocalSourceBytes(spec.launch.source.path, spec.name)
         else:
@@ -150,6 +164,20 @@ def fetch(
     ]
     runtime = installed.pop(0) if runtime_pin is not None else None
     return FetchResult(tuple(outcomes), time.monotonic() - started, runtime, tuple(installed))
+
+
+def _build_depth(manifest: Manifest, name: str) -> int:
+    """0 for a repo or path model; 1 + its source's depth for a built one."""
+    spec = manifest.get(name)
+    source = spec.launch.source if spec is not None else None
+    if not isinstance(source, BuildSpec):
+        return 0
+    return 1 + _build_depth(manifest, source.source)
+
+
+def _may_substitute(settings: Settings) -> bool:
+    """A built output is asked of HF_ENDPOINT only when it names a mirror, not the Hub."""
+    return not settings.offline and settings.endpoint != DEFAULT_ENDPOINT
 
 
 @dataclass(frozen=True)

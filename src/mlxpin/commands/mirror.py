@@ -12,6 +12,7 @@ from mlxpin.config import Settings
 from mlxpin.errors import ConfigError, Flag, Run, UnavailableError, UsageError
 from mlxpin.mirror.server import MirrorConfig, serve_mirror
 from mlxpin.plan.launch import read_api_key
+from mlxpin.project.lockfile import served_as
 from mlxpin.project.selection import locked_models, manifest_of, pick
 from mlxpin.store.layout import StoreLayout, check_stamp
 
@@ -51,11 +52,11 @@ def plan_mirror(
     manifest = manifest_of(settings)
     locks = locked_models(settings, manifest, pick(manifest, names))
     layout = StoreLayout.of(settings)
-    served = tuple(x for x in locks if x.original.repo is not None and x.commit is not None)
+    served = tuple(x for x in locks if served_as(x) is not None)
     if not served:
         raise UsageError(
-            "nothing to mirror: the chosen models are local `path` sources",
-            "a mirror serves Hub repos; carry local models with "
+            "nothing to mirror: the chosen models are local `path` sources (or unbuilt)",
+            "a mirror serves Hub repos and built outputs; carry local models with "
             + Run.of("export", "NAME", "--output", "FILE"),
         )
     guarded = [lock.name for lock in served if lock.access is not None]
@@ -72,9 +73,9 @@ def plan_mirror(
             f"pass {Flag('mirror', '--api-key-file', 'FILE')} (clients send it as HF_TOKEN)",
         )
     models = tuple(
-        MirrorModel(lock.name, str(lock.original.repo), str(lock.commit), check.ok, check.problem)
+        MirrorModel(lock.name, *identity, check.ok, check.problem)
         for lock in served
-        for check in [check_stamp(layout, lock)]
+        for identity, check in [(served_as(lock) or ("", ""), check_stamp(layout, lock))]
     )
     timeout = environ.get(SEND_TIMEOUT_VARIABLE) or "60"
     try:

@@ -32,7 +32,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from mlxpin.hub import source as wire
-from mlxpin.project.lockfile import LockedFile, LockedModel
+from mlxpin.project.lockfile import LockedFile, LockedModel, served_as
 from mlxpin.store.layout import (
     FileStat,
     Stamp,
@@ -54,7 +54,7 @@ class MirrorConfig:
     host: str
     port: int
     layout: StoreLayout
-    locks: tuple[LockedModel, ...]  # Hub-sourced locks only
+    locks: tuple[LockedModel, ...]  # Hub pins and built outputs (`served_as`)
     api_key: str | None = field(default=None, repr=False)
     max_transfers: int = 64
     send_timeout_s: float = 60.0
@@ -148,9 +148,12 @@ class Mirror:
     def __init__(self, config: MirrorConfig) -> None:
         self.config = config
         self.by_repo: dict[str, list[LockedModel]] = {}
+        self.commit: dict[str, str] = {}  # by lock name: the commit it is served at
         for lock in config.locks:
-            assert lock.original.repo is not None and lock.commit is not None
-            self.by_repo.setdefault(lock.original.repo, []).append(lock)
+            served = served_as(lock)
+            assert served is not None
+            self.by_repo.setdefault(served[0], []).append(lock)
+            self.commit[lock.name] = served[1]
         self.vouched = _Vouched(config.layout)
         self.slots = asyncio.Semaphore(max(1, config.max_transfers))
         self.clients: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}  # (slots, users)
@@ -174,7 +177,7 @@ class Mirror:
         if not locks:
             return _error(404, "Repository not found on this mirror", "RepoNotFound")
         for lock in locks:
-            if revision in (lock.commit, lock.original.revision):
+            if revision in (self.commit[lock.name], lock.original.revision):
                 return lock
         return _error(404, f"Invalid rev id: {revision} (not locked here)", "RevisionNotFound")
 
@@ -195,7 +198,7 @@ class Mirror:
             "_id": hashlib.sha1(repo.encode(), usedforsecurity=False).hexdigest()[:24],
             "id": repo,
             "modelId": repo,
-            "sha": lock.commit,
+            "sha": self.commit[lock.name],
             "private": lock.access == "private",
             "gated": "manual" if lock.access == "gated" else False,
             "disabled": False,
@@ -246,7 +249,7 @@ class Mirror:
         if fd is None:
             return _error(404, "Entry not verified on this mirror", "EntryNotFound")
         with os.fdopen(fd, "rb", buffering=0) as handle:
-            headers = _file_headers(lock, file)
+            headers = _file_headers(self.commit[lock.name], file)
             start, end, status = 0, file.size, 200
             wanted = request.headers.get("Range")
             if wanted is not None:
@@ -326,10 +329,10 @@ async def _send(
     return True
 
 
-def _file_headers(lock: LockedModel, file: LockedFile) -> dict[str, str]:
+def _file_headers(commit: str, file: LockedFile) -> dict[str, str]:
     etag = f'"{oid_hex(file.oid)}"'
     headers = {
-        "X-Repo-Commit": str(lock.commit),
+        "X-Repo-Commit": commit,
         "ETag": etag,
         "Accept-Ranges": "bytes",
         "Content-Type": "application/octet-stream",

@@ -80,6 +80,23 @@ class LockedModel:
         return self.commit[:7] if self.commit else None
 
 
+BUILT_OWNER = "mlxpin-build"  # the mirror serves built outputs as mlxpin-build/<name>
+
+
+def served_as(lock: LockedModel) -> tuple[str, str] | None:
+    """The (repo, commit) under which a mirror serves this pin and `fetch` asks for it: a
+    Hub pin's own; for a built model's recorded output, ``mlxpin-build/<name>`` at a
+    commit-shaped digest of its tree hash (the same on every host with the same lock)."""
+    if lock.original.repo is not None and lock.commit is not None:
+        return lock.original.repo, lock.commit
+    if lock.build is None or lock.unbuilt:
+        return None
+    import hashlib
+
+    digest = hashlib.sha1(f"{lock.name}\n{lock.tree_hash}".encode(), usedforsecurity=False)
+    return f"{BUILT_OWNER}/{lock.name}", digest.hexdigest()
+
+
 def original_of(spec: ModelSpec) -> Original:
     source = spec.launch.source
     if isinstance(source, HubSource):

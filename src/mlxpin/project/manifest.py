@@ -643,7 +643,7 @@ def _check_build_inputs(
                 f"no model named {target!r} in this manifest",
                 did_you_mean(target, tuple(sorted(by_name))),
             )
-    seen = [name]
+    seen = [name, build.source]
     source = by_name[build.source].launch.source
     while isinstance(source, BuildSpec) and source.source in by_name:
         if source.source in seen:
