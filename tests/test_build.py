@@ -7,10 +7,13 @@ the same manifest and lock and no input, taking the output from A's bundle or A'
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import shutil
+import sys
 import threading
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,9 +28,14 @@ from mlxpin.project.lockfile import (
     served_as,
 )
 from mlxpin.project.manifest import parse_text
+from mlxpin.project.recipe import BuildSpec
+from mlxpin.store.fetch import NoProgress
+from test_cli_launch import REPO as TINY_REPO
+from test_cli_launch import Launched
 from test_fleet import Mirror, other_host
 
 from conftest import Project
+from hubserver import HubServer
 
 MANIFEST = """version = 1
 
@@ -124,8 +132,8 @@ step = "convert"
 def test_defaults_are_written_out_so_the_lock_records_what_ran() -> None:
     manifest = parse_text(MANIFEST, Path("/p/manifest.toml"))
     spec = manifest.get("tiny-q4")
-    assert spec is not None
-    assert dict(spec.launch.source.params) == {"bits": 4, "group_size": 32, "mode": "affine"}  # type: ignore[union-attr]
+    assert spec is not None and isinstance(spec.launch.source, BuildSpec)
+    assert dict(spec.launch.source.params) == {"bits": 4, "group_size": 32, "mode": "affine"}
 
 
 # --- lock, build, check ------------------------------------------------------------------
@@ -241,6 +249,85 @@ def test_a_build_that_differs_from_the_recorded_output_installs_nothing(
     assert "differs from the recorded output in config.json" in refused.stderr
     assert project.json("status", "tiny-q4")["models"][0]["fetch"] != "verified"
     assert project.run("build", "--check").returncode == 65
+
+
+def test_a_quantized_build_of_a_hub_model_launches_offline_and_answers_by_label(
+    hub: HubServer, project: Project, tmp_path: Path
+) -> None:
+    from mlxpin.gateway.addresses import free_port
+
+    files = generate(tmp_path / "upstream")
+    hub.create_repo(TINY_REPO).commit({p.name: p.read_bytes() for p in files})
+    port = free_port()
+    project.write_manifest(
+        f"""version = 1
+[models.upstream]
+api_label = "upstream"
+[models.upstream.launch]
+repo = "{TINY_REPO}"
+[models.q4]
+api_label = "tiny-q4-chat"
+port = {port}
+[models.q4.build]
+from = "upstream"
+step = "quantize"
+[models.q4.server]
+max_tokens = 8
+"""
+    )
+    project.ok("lock")
+    assert tomllib.loads(project.lock_text("q4"))["build"]["inputs"][0]["commit"]
+    project.ok("fetch")  # the input from the loopback Hub, then the build
+    hub.stop()  # from here on, no network at all
+    project.ok("build", "--check")
+    offline = dict(project.env, HF_HUB_OFFLINE="1")
+    running = Launched(project, port, offline, "q4")
+    try:
+        running.wait_healthy(120)
+        request = urllib.request.Request(
+            f"{running.base}/v1/chat/completions",
+            data=json.dumps(
+                {"model": "tiny-q4-chat", "messages": [{"role": "user", "content": "hi"}]}
+            ).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+        assert answer["model"] == "tiny-q4-chat"
+        assert answer["choices"][0]["message"]["content"]
+    finally:
+        assert running.stop() == 0
+
+
+def test_a_build_needs_its_input_plus_its_output_in_memory(project: Project) -> None:
+    from mlxpin.build.derive import Builder, build_model
+    from mlxpin.config import load_settings
+    from mlxpin.errors import BuildFailedError, ExitCode
+
+    built_a(project)
+    settings = load_settings(project.env, cwd=project.root)
+    path = project.lock_dir / "tiny-q4.toml"
+    lock = parse_lock(path.read_bytes(), path)
+    builder = Builder(lock.build.builder if lock.build else "", sys.executable)
+    with pytest.raises(BuildFailedError) as caught:
+        build_model(settings, lock, builder, NoProgress(), check_only=True, memory=lambda: 1000)
+    assert caught.value.exit_code == ExitCode.CONFIG
+    assert (
+        "needs about" in caught.value.message and "more than this machine's" in caught.value.message
+    )
+    assert not list((project.state_dir / "builds").iterdir())  # nothing started, nothing left
+
+
+def test_gc_keeps_a_built_output_and_its_input_while_a_lock_names_them(
+    project: Project,
+) -> None:
+    built_a(project)
+    assert project.json("gc")["items"] == []
+    project.ok("remove", "tiny-q4")
+    project.ok("lock")
+    freed = project.json("gc")["items"]
+    assert freed  # the output's blobs, no longer named by a lock
+    project.ok("verify", "tiny")  # the input is still named by its own lock
 
 
 # --- substitution: host B has the lock, not the input --------------------------------------

@@ -118,6 +118,7 @@ def build_model(
     check_only: bool = False,
     environ: Mapping[str, str] | None = None,
     memory: Callable[[], int] = physical_memory,
+    note: Callable[[str], None] = lambda _: None,
 ) -> BuildOutcome:
     """Build ``lock`` (a built model's valid lock). Raises BuildMismatchError (65) when the
     bytes differ from a recorded output: nothing is installed then."""
@@ -150,6 +151,7 @@ def build_model(
         argv = step_argv(builder.python, spec, inputs, out)
         log_path = layout.state_dir / "logs" / "builds" / f"{lock.name}.log"
         env = environ_for_build(environ)
+        note(f"{lock.name}: {spec.describe()}, by {builder.identity}; its log: {log_path}")
         run_step(lock.name, argv, env, out, log_path, progress)
         files = hash_output(lock.name, out)
         platform = this_platform()

@@ -18,6 +18,12 @@ def describe_change(change: lock_cmd.LockChange) -> str | None:
         if change.new_commit is None:
             return f"{change.name}: kept {change.source} ({human_size(change.total_size)})"
         return f"{change.name}: kept {rev} {new}"
+    if change.action == "locked" and change.source.startswith("build ") and not change.total_size:
+        why = f" [{change.reason}]" if change.reason else ""
+        return (
+            f"{change.name}: locked {change.source} → its input pins and builder; "
+            f"`mlxpin build {change.name}` (or fetch) makes and records the output{why}"
+        )
     if change.action == "locked":
         target = new if change.new_commit else "content hashes"
         why = f" [{change.reason}]" if change.reason else ""

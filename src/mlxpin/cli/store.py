@@ -212,7 +212,9 @@ def build_command(args: Namespace, common: Common) -> None:
     out = common.output()
     bars = bars_for(common.as_json, common.quiet, common.progress)
     try:
-        result = build_cmd.build(common.settings(), args.names, check=args.check, progress=bars)
+        result = build_cmd.build(
+            common.settings(), args.names, check=args.check, progress=bars, note=out.note
+        )
     finally:
         bars.close()
     for model in result.models:

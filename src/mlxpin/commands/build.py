@@ -81,6 +81,7 @@ def build(
     check: bool = False,
     progress: Callable[[str], StepProgress] = lambda _: _Silent(),
     environ: Mapping[str, str] | None = None,
+    note: Callable[[str], None] = lambda _: None,
 ) -> BuildResult:
     started = time.monotonic()
     manifest = manifest_of(settings)
@@ -96,7 +97,13 @@ def build(
         (lock,) = valid_locks(settings.lock_dir, [spec])
         outcomes.append(
             build_model(
-                settings, lock, builder, progress(spec.name), check_only=check, environ=environ
+                settings,
+                lock,
+                builder,
+                progress(spec.name),
+                check_only=check,
+                environ=environ,
+                note=note,
             )
         )
     return BuildResult(tuple(outcomes), time.monotonic() - started, check)
