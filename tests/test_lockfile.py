@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from mlxpin.errors import LockCorruptError
 from mlxpin.project.lockfile import (
     HEADER,
+    BuildInput,
+    BuildPin,
     LockedFile,
     LockedModel,
     Original,
@@ -24,6 +26,7 @@ from mlxpin.project.lockfile import (
     write_lock,
 )
 from mlxpin.project.manifest import parse_manifest
+from mlxpin.project.recipe import STEPS, BuildSpec
 from mlxpin.project.validate import relpath_problem, revision_problem, tree_problem
 from mlxpin.util.hashing import hash_file, tree_hash
 
@@ -197,6 +200,53 @@ def test_any_lock_roundtrips_byte_for_byte(
     data = render(lock)
     assert parse_lock(data, FILE) == lock
     assert render(parse_lock(data, FILE)) == data
+
+
+def _recipe(step: str, bits: int, group: int, dtype: str | None) -> BuildSpec:
+    params: dict[str, str | int | bool] = {}
+    if step == "quantize":
+        params = {"bits": bits, "group_size": group, "mode": "affine"}
+    if step == "fuse":
+        params = {"adapter": "lora", "dequantize": bits > 4}
+    if dtype is not None and step != "fuse":
+        params["dtype"] = dtype
+    return BuildSpec("base", step, tuple(sorted(params.items())))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(st.none(), files),
+    st.sampled_from(STEPS),
+    st.sampled_from((2, 3, 4, 6, 8)),
+    st.sampled_from((32, 64, 128)),
+    st.one_of(st.none(), st.sampled_from(("float16", "bfloat16"))),
+    st.text(min_size=1, max_size=40),
+)
+def test_any_built_lock_roundtrips_byte_for_byte(
+    entries: dict[str, tuple[int, str]] | None,
+    step: str,
+    bits: int,
+    group: int,
+    dtype: str | None,
+    builder: str,
+) -> None:
+    spec = _recipe(step, bits, group, dtype)
+    inputs = tuple(BuildInput(n, "sha256-x", COMMIT if n == "base" else None) for n in spec.inputs)
+    built_on = None if entries is None else "darwin-arm64"
+    locked = [LockedFile(p, s, o) for p, (s, o) in (entries or {}).items()]
+    lock = make_locked(
+        "q",
+        Original(None, None, None, None, spec),
+        None,
+        None,
+        locked,
+        None,
+        BuildPin(inputs, builder, built_on),
+    )
+    data = render(lock)
+    assert parse_lock(data, FILE) == lock
+    assert render(parse_lock(data, FILE)) == data
+    assert lock.unbuilt == (entries is None)
 
 
 @settings(max_examples=300, deadline=None)

@@ -195,6 +195,30 @@ def test_update_runtime_moves_the_pin_and_prints_old_to_new(rt: Project, index: 
     assert again["action"] == "unchanged" and again["changes"] == []
 
 
+def test_a_build_is_pinned_to_the_runtime_and_runs_its_interpreter(
+    rt: Project, index: PyIndex
+) -> None:
+    publish_base(index.directory)
+    rt.write_manifest(
+        manifest() + '\n[models.q]\napi_label = "q"\n[models.q.build]\nfrom = "tiny"\n'
+        'step = "convert"\ndtype = "float16"\n'
+    )
+    rt.ok("lock")
+    old_key = key_of(rt)
+    assert f'builder = "runtime {old_key}"' in rt.lock_dir.joinpath("q.toml").read_text()
+    # A moved runtime is another builder: the built model is re-pinned with it.
+    publish_tinypkg_11(index.directory)
+    out = rt.ok("lock", "--update-runtime").stdout
+    assert f"the builder changed: runtime {old_key} → runtime {key_of(rt)}" in out
+    rt.ok("fetch", "tiny")
+    # The pinned interpreter runs the step (its stand-in mlx_lm has no converter: 78).
+    failed = rt.run("build")
+    assert failed.returncode == 78, failed.stderr
+    python = rt.state_dir / "runtimes" / key_of(rt) / "bin" / "python"
+    assert f"by runtime {key_of(rt)} ({python})" in failed.stderr
+    assert "the builder exited with" in failed.stderr
+
+
 # --- fetch, launch, status, gc -------------------------------------------------------------
 
 

@@ -151,7 +151,10 @@ def build_model(
         argv = step_argv(builder.python, spec, inputs, out)
         log_path = layout.state_dir / "logs" / "builds" / f"{lock.name}.log"
         env = environ_for_build(environ)
-        note(f"{lock.name}: {spec.describe()}, by {builder.identity}; its log: {log_path}")
+        note(
+            f"{lock.name}: {spec.describe()}, by {builder.identity} ({builder.python}); "
+            f"its log: {log_path}"
+        )
         run_step(lock.name, argv, env, out, log_path, progress)
         files = hash_output(lock.name, out)
         platform = this_platform()
