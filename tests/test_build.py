@@ -179,6 +179,12 @@ def test_lock_pins_the_recipe_then_build_records_and_installs_the_output(
     assert project.json("status", "tiny-q4")["models"][0]["origin"] == "build"
     # Again: nothing to do. --check rebuilds and compares, installing nothing.
     assert "up to date" in project.ok("build").stdout
+    piped = project.ok("build", "--check")  # stderr is a pipe: progress as lines
+    assert (
+        "tiny-q4: build quantize of tiny (bits=4, group_size=32, mode=affine), by" in piped.stderr
+    )
+    assert piped.stderr.rstrip().endswith("done")
+    assert "identical to the recorded output" in piped.stdout
     checked = project.json("build", "--check")
     assert checked["models"][0]["action"] == "checked"
     assert project.ok("verify", "tiny-q4").returncode == 0
