@@ -139,10 +139,8 @@ def fetch(
         source: ByteSource
         if lock.build is not None:
             substitute = None
-            served = served_as(lock)
-            if served is not None and _may_substitute(settings):
-                pretend = replace(lock, original=replace(lock.original, repo=served[0]))
-                substitute = HubSourceBytes(replace(pretend, commit=served[1]), downloader, ranges)
+            if served_as(lock) is not None and _may_substitute(settings):
+                substitute = HubSourceBytes(lock, downloader, ranges)
             outcomes.append(
                 fetch_built(settings, manifest, lock, substitute, progress(lock.name), cancel)
             )

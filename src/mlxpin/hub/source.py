@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 from mlxpin.errors import IntegrityError, MlxpinError
-from mlxpin.project.lockfile import LockedFile, LockedModel
+from mlxpin.project.lockfile import LockedFile, LockedModel, served_as
 from mlxpin.store.ranged import RangePolicy
 
 if TYPE_CHECKING:
@@ -59,9 +59,9 @@ class HubSourceBytes:
         downloader: Callable[[], HubDownloader],
         ranges: RangePolicy | None = None,
     ) -> None:
-        assert lock.original.repo is not None and lock.commit is not None
-        self.repo = lock.original.repo
-        self.commit = lock.commit
+        served = served_as(lock)  # a Hub pin's repo and commit, or a built output's
+        assert served is not None
+        self.repo, self.commit = served
         self._downloader = downloader
         self._opened = False
         self.ranges = ranges  # large files over several ranged connections

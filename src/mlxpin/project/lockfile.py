@@ -3,6 +3,7 @@ key order, files sorted, no clock); reading checks every field; `diff` touches n
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -91,8 +92,6 @@ def served_as(lock: LockedModel) -> tuple[str, str] | None:
         return lock.original.repo, lock.commit
     if lock.build is None or lock.unbuilt:
         return None
-    import hashlib
-
     digest = hashlib.sha1(f"{lock.name}\n{lock.tree_hash}".encode(), usedforsecurity=False)
     return f"{BUILT_OWNER}/{lock.name}", digest.hexdigest()
 
