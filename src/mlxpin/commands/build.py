@@ -16,7 +16,7 @@ from mlxpin.errors import ExitCode, UsageError
 from mlxpin.project.lockfile import valid_locks
 from mlxpin.project.manifest import Manifest, ModelSpec
 from mlxpin.project.recipe import BuildSpec
-from mlxpin.project.selection import manifest_of, pick
+from mlxpin.project.selection import inputs_first, manifest_of, pick
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.util.jsonable import fields_json
 from mlxpin.util.writable import require_writable_dir
@@ -58,20 +58,7 @@ def built_models(manifest: Manifest, names: Sequence[str]) -> tuple[ModelSpec, .
             f"{manifest.path} declares no built model",
             'add one: [models.q4.build] from = "gemma", step = "quantize", bits = 4',
         )
-    ordered: list[ModelSpec] = []
-
-    def visit(spec: ModelSpec) -> None:
-        source = spec.launch.source
-        for name in source.inputs if isinstance(source, BuildSpec) else ():
-            dependency = manifest.get(name)
-            if dependency is not None and dependency in chosen:
-                visit(dependency)
-        if spec not in ordered:
-            ordered.append(spec)
-
-    for spec in chosen:
-        visit(spec)
-    return tuple(ordered)
+    return inputs_first(manifest, chosen)
 
 
 def build(

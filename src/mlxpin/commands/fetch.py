@@ -21,8 +21,7 @@ from mlxpin.errors import (
 from mlxpin.hub.source import HubSourceBytes
 from mlxpin.project.lockfile import LockedModel, served_as
 from mlxpin.project.manifest import Manifest, PathSource
-from mlxpin.project.recipe import BuildSpec
-from mlxpin.project.selection import locked_models, manifest_of, pick
+from mlxpin.project.selection import inputs_first, locked_models, manifest_of, pick
 from mlxpin.runtime.install import InstallOutcome, install_runtime
 from mlxpin.runtime.layout import RuntimeLayout, check_runtime
 from mlxpin.runtime.pin import RuntimePin, pin_path, read_state
@@ -99,8 +98,9 @@ def fetch(
     started = time.monotonic()
     manifest = manifest_of(settings)
     locks = locked_models(settings, manifest, pick(manifest, names))
-    # Built models after what they may be built from (the sort is stable).
-    locks = tuple(sorted(locks, key=lambda lock: _build_depth(manifest, lock.name)))
+    by_name = {lock.name: lock for lock in locks}
+    specs = [spec for lock in locks if (spec := manifest.get(lock.name)) is not None]
+    locks = tuple(by_name[spec.name] for spec in inputs_first(manifest, specs))
     runtime_pin = pinned_runtime(settings, manifest)
     engine_pins = [
         pinned_runtime(
@@ -162,15 +162,6 @@ def fetch(
     ]
     runtime = installed.pop(0) if runtime_pin is not None else None
     return FetchResult(tuple(outcomes), time.monotonic() - started, runtime, tuple(installed))
-
-
-def _build_depth(manifest: Manifest, name: str) -> int:
-    """0 for a repo or path model; 1 + its source's depth for a built one."""
-    spec = manifest.get(name)
-    source = spec.launch.source if spec is not None else None
-    if not isinstance(source, BuildSpec):
-        return 0
-    return 1 + _build_depth(manifest, source.source)
 
 
 def _may_substitute(settings: Settings) -> bool:

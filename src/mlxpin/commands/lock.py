@@ -42,6 +42,7 @@ from mlxpin.project.lockfile import (
 from mlxpin.project.manifest import HubSource, Manifest, ModelSpec, RuntimeSpec
 from mlxpin.project.recipe import BuildSpec
 from mlxpin.project.selection import (
+    inputs_first,
     lock_dir_mutex,
     manifest_of,
     pick,
@@ -332,7 +333,7 @@ def _lock_builds(
             describe = spec.launch.source.describe()
             changes.append(LockChange(spec.name, "failed", describe, "builder", error=exc))
         return changes
-    for spec in _inputs_first(manifest, built):
+    for spec in inputs_first(manifest, built):
         describe = spec.launch.source.describe()
         try:
             old = read_lock(settings.lock_dir, spec.name)
@@ -362,25 +363,6 @@ def _lock_builds(
         action = "locked" if old is None or state.state != "ok" else "unchanged"
         changes.append(_change(spec, action, old, new, state.reason))
     return changes
-
-
-def _inputs_first(manifest: Manifest, built: Sequence[ModelSpec]) -> list[ModelSpec]:
-    """Built models ordered so one built from another comes after it."""
-    ordered: list[ModelSpec] = []
-
-    def visit(spec: ModelSpec) -> None:
-        if spec in ordered:
-            return
-        source = spec.launch.source
-        for name in source.inputs if isinstance(source, BuildSpec) else ():
-            dependency = manifest.get(name)
-            if dependency is not None and dependency in built:
-                visit(dependency)
-        ordered.append(spec)
-
-    for spec in built:
-        visit(spec)
-    return ordered
 
 
 def _engine_dirs(settings: Settings, manifest: Manifest) -> list[tuple[RuntimeSpec, Path]]:

@@ -73,6 +73,25 @@ def with_dependencies(
     return tuple(result)
 
 
+def inputs_first(manifest: Manifest, specs: Sequence[ModelSpec]) -> tuple[ModelSpec, ...]:
+    """``specs`` in their order, except that a built model comes after those of ``specs``
+    it is built from (`lock`, `fetch` and `build` make inputs first)."""
+    ordered: list[ModelSpec] = []
+
+    def visit(spec: ModelSpec) -> None:
+        source = spec.launch.source
+        for name in source.inputs if isinstance(source, BuildSpec) else ():
+            dependency = manifest.get(name)
+            if dependency is not None and dependency in specs:
+                visit(dependency)
+        if spec not in ordered:
+            ordered.append(spec)
+
+    for spec in specs:
+        visit(spec)
+    return tuple(ordered)
+
+
 def read_locks(
     lock_dir: Path, names: Sequence[str]
 ) -> dict[str, LockedModel | LockCorruptError | None]:
