@@ -196,6 +196,16 @@ def test_lock_pins_the_recipe_then_build_records_and_installs_the_output(
     assert b.json("status", "tiny-q4")["models"][0]["origin"] == "build"
 
 
+def test_fetch_makes_inputs_first_whatever_the_manifest_order(project: Project) -> None:
+    head, built = MANIFEST.split("[models.tiny-q4]\n")
+    host_a(
+        project, "version = 1\n\n[models.tiny-q4]\n" + built + head.removeprefix("version = 1\n")
+    )
+    fetched = project.json("fetch")
+    assert [m["name"] for m in fetched["models"]] == ["tiny", "tiny-q4"], fetched
+    assert project.json("status", "tiny-q4")["models"][0]["origin"] == "build"
+
+
 def test_a_changed_recipe_or_input_makes_the_lock_stale(project: Project) -> None:
     built_a(project)
     manifest = project.root / "manifest.toml"
