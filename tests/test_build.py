@@ -129,6 +129,15 @@ step = "convert"
         parse_text(misplaced, Path("manifest.toml"))
 
 
+def test_removing_an_input_is_refused_while_a_build_reads_it(project: Project) -> None:
+    host_a(project)
+    before = (project.root / "manifest.toml").read_text()
+    refused = project.run("remove", "tiny")
+    assert refused.returncode == 78
+    assert "tiny is used by tiny-q4 (build.from)" in refused.stderr
+    assert (project.root / "manifest.toml").read_text() == before
+
+
 def test_defaults_are_written_out_so_the_lock_records_what_ran() -> None:
     manifest = parse_text(MANIFEST, Path("/p/manifest.toml"))
     spec = manifest.get("tiny-q4")

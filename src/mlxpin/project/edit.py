@@ -32,6 +32,7 @@ from mlxpin.project.manifest import (
     read_text,
     read_toml,
 )
+from mlxpin.project.recipe import BuildSpec
 from mlxpin.util.atomic import hold_mutex, write_atomic
 from mlxpin.util.writable import require_writable_dir
 
@@ -237,12 +238,18 @@ def first_unused_manifest_port(document: dict[str, Any]) -> int:
 
 
 def references_to(manifest: Manifest, name: str) -> list[str]:
-    return [
+    found = [
         f"{model.name} (launch.{role})"
         for model in manifest.models
         for role in ("draft", "adapter")
         if getattr(model.launch, role) == name and model.name != name
     ]
+    for model in manifest.models:
+        source = model.launch.source
+        if isinstance(source, BuildSpec) and name in source.inputs:
+            key = "from" if source.source == name else "adapter"
+            found.append(f"{model.name} (build.{key})")
+    return found
 
 
 # --- side effects -----------------------------------------------------------------------------
