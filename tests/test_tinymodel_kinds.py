@@ -27,11 +27,15 @@ from typing import Any
 
 import pytest
 
-from mlxpin.dev import tinymodel, tinymodel_embedding, tinymodel_vision
+from mlxpin.dev import tinymodel, tinymodel_embedding, tinymodel_rerank, tinymodel_vision
 from mlxpin.gateway.addresses import free_port
 
-KINDS = ("vision", "embedding")
-GENERATORS = {"vision": tinymodel_vision.generate, "embedding": tinymodel_embedding.generate}
+KINDS = ("vision", "embedding", "rerank")
+GENERATORS = {
+    "vision": tinymodel_vision.generate,
+    "embedding": tinymodel_embedding.generate,
+    "rerank": tinymodel_rerank.generate,
+}
 NO_MLX_VLM = importlib.util.find_spec("mlx_vlm") is None
 NEEDS_MLX_VLM = pytest.mark.skipif(
     NO_MLX_VLM,
@@ -109,6 +113,22 @@ def test_vision_config_agrees_with_its_tokenizer(tmp_path: Path) -> None:
     assert config["vision_start_token_id"] == added["<|vision_start|>"]
     assert config["vocab_size"] == len(tokenizer["model"]["vocab"]) + 4 == max(added.values()) + 1
     assert isinstance(config["vision_config"]["mlp_ratio"], int)
+
+
+def test_rerank_answers_are_single_tokens_and_the_template_a_file(tmp_path: Path) -> None:
+    """mlx-vlm scores logit("yes") - logit("no") and falls back to chat_template.jinja."""
+    from tokenizers import Tokenizer
+
+    tinymodel_rerank.generate(tmp_path)
+    tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    vocab = tokenizer.get_vocab()
+    assert [tokenizer.encode(word).ids for word in ("yes", "no")] == [[vocab["yes"]], [vocab["no"]]]
+    assert "yes" not in tinymodel.tokenizer_json()["model"]["vocab"]
+    config = json.loads((tmp_path / "config.json").read_bytes())
+    assert (config["model_type"], config["tie_word_embeddings"]) == ("qwen3", True)
+    assert config["vocab_size"] == len(vocab)
+    assert (tmp_path / "chat_template.jinja").read_text() == tinymodel.CHAT_TEMPLATE + "\n"
+    assert "chat_template" not in json.loads((tmp_path / "tokenizer_config.json").read_bytes())
 
 
 # --- the real engine ----------------------------------------------------------------------
