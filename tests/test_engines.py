@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from mlxpin.dev import tinymodel, tinymodel_embedding, tinymodel_vision
+from mlxpin.dev import tinymodel, tinymodel_embedding, tinymodel_rerank, tinymodel_vision
 from mlxpin.gateway.addresses import free_port
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Route
@@ -44,10 +44,12 @@ NEEDS_MLX_VLM = pytest.mark.skipif(
 EMBED_LABEL = "text-embedding-qwen3-embedding-8b"
 VISION_LABEL = "tiny-vision"
 CHAT_LABEL = "gemma-4-31b-it"
+RERANK_LABEL = "qwen3-reranker-0.6b"
 GENERATORS: dict[str, Callable[..., Any]] = {
     "chat": tinymodel.generate,
     "vision": tinymodel_vision.generate,
     "embedding": tinymodel_embedding.generate,
+    "rerank": tinymodel_rerank.generate,
 }
 
 MANIFEST = """version = 1
@@ -79,6 +81,14 @@ engine = "mlx-vlm"
 role = "embedding"
 [models.embed.launch]
 repo = "tiny/embedding"
+
+[models.rerank]
+api_label = "{RERANK_LABEL}"
+port = {ports[3]}
+engine = "mlx-vlm"
+role = "rerank"
+[models.rerank.launch]
+repo = "tiny/rerank"
 """
 
 
@@ -91,16 +101,14 @@ def _publish(hub: HubServer, workdir: Path, kind: str) -> None:
 
 @pytest.fixture
 def fetched(hub: HubServer, project: Project, tmp_path: Path) -> Project:
-    """Three tiny models locked and fetched; the hub then stops (any later request fails
+    """Four tiny models locked and fetched; the hub then stops (any later request fails
     and is counted)."""
     for kind in GENERATORS:
         _publish(hub, tmp_path / "models", kind)
-    ports = [free_port() for _ in range(3)]
-    project.write_manifest(
-        MANIFEST.format(
-            ports=ports, CHAT_LABEL=CHAT_LABEL, VISION_LABEL=VISION_LABEL, EMBED_LABEL=EMBED_LABEL
-        )
-    )
+    ports = [free_port() for _ in range(4)]
+    labels = {"CHAT_LABEL": CHAT_LABEL, "VISION_LABEL": VISION_LABEL}
+    labels |= {"EMBED_LABEL": EMBED_LABEL, "RERANK_LABEL": RERANK_LABEL}
+    project.write_manifest(MANIFEST.format(ports=ports, **labels))
     project.ok("lock")
     project.ok("fetch")
     hub.clear_requests()
@@ -373,6 +381,78 @@ def test_serve_an_mlx_lm_chat_and_an_mlx_vlm_embedding_model_on_demand(
     assert after["budget"]["used"] <= after["budget"]["total"]
     status, body = _request(running.base + "/v1/embeddings", {"model": CHAT_LABEL, "input": "x"})
     assert status == 404 and "POST /v1/chat/completions" in body["error"]["message"]
+    _stops_clean(running, hub)
+
+
+RERANK = {
+    "query": "What is the capital of France?",
+    "documents": ["Paris is the capital of France.", "The quick brown fox.", "yes"],
+}
+
+
+def _scores_every_document(base: str, label: str = RERANK_LABEL) -> dict[str, Any]:
+    status, body = _request(base + "/v1/rerank", {"model": label, **RERANK})
+    assert status == 200 and body["model"] == label, body
+    results = body["results"]
+    assert sorted(r["index"] for r in results) == [0, 1, 2]
+    assert all(0.0 <= r["relevance_score"] <= 1.0 for r in results)
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert body["usage"]["prompt_tokens"] > 0
+    return body
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@NEEDS_MLX_VLM
+def test_launch_a_rerank_model_scores_every_document(
+    fetched: Project, run: Callable[..., Running], hub: HubServer
+) -> None:
+    plan = fetched.json("launch", "rerank", "--dry-run")["plan"]
+    assert plan["argv"][plan["argv"].index("--reranker-model") + 1] == plan["upstream_model"]
+    running = run("launch", "rerank")
+    running.wait_healthy()
+    first = _scores_every_document(running.base)
+    assert _scores_every_document(running.base) == first  # the pinned model, deterministic
+    status, top = _request(
+        running.base + "/v1/rerank",
+        {"model": RERANK_LABEL, **RERANK, "top_n": 1, "return_documents": True},
+    )
+    assert status == 200 and len(top["results"]) == 1, top
+    best = first["results"][0]
+    assert top["results"][0] == {**best, "document": RERANK["documents"][best["index"]]}
+    one = {"query": "q", "documents": ["d"]}
+    status, body = _request(running.base + "/v1/rerank", {"model": "nope", **one})
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+    status, body = _request(
+        running.base + "/v1/chat/completions",
+        {"model": RERANK_LABEL, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert status == 404 and "POST /v1/rerank" in body["error"]["message"], body
+    status, body = _request(running.base + "/v1/embeddings", {"model": RERANK_LABEL, "input": "x"})
+    assert status == 404 and "does not serve POST /v1/embeddings" in body["error"]["message"]
+    status, models = _request(running.base + "/v1/models")
+    assert [(m["id"], m["kind"]) for m in models["data"]] == [(RERANK_LABEL, "rerank")]
+    _stops_clean(running, hub)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@NEEDS_MLX_VLM
+def test_serve_an_mlx_lm_chat_beside_an_mlx_vlm_reranker(
+    fetched: Project, run: Callable[..., Running], hub: HubServer
+) -> None:
+    running = run("serve", "chat", "rerank")
+    running.wait_healthy()
+    _scores_every_document(running.base)
+    reply = running.client().chat.completions.create(
+        model=CHAT_LABEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert reply.model == CHAT_LABEL and reply.choices[0].message.content
+    status, body = _request(running.base + "/v1/rerank", {"model": CHAT_LABEL, **RERANK})
+    assert status == 404 and "POST /v1/chat/completions" in body["error"]["message"], body
+    status, after = _request(running.base + "/mlxpin/status")
+    assert {m["state"] for m in after["models"]} == {"ready"}
     _stops_clean(running, hub)
 
 
