@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import math
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -24,7 +26,13 @@ from typing import Any
 
 import pytest
 
-from mlxpin.dev import tinymodel, tinymodel_embedding, tinymodel_rerank, tinymodel_vision
+from mlxpin.dev import (
+    tinymodel,
+    tinymodel_embedding,
+    tinymodel_rerank,
+    tinymodel_transcription,
+    tinymodel_vision,
+)
 from mlxpin.gateway.addresses import free_port
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Route
@@ -45,11 +53,13 @@ EMBED_LABEL = "text-embedding-qwen3-embedding-8b"
 VISION_LABEL = "tiny-vision"
 CHAT_LABEL = "gemma-4-31b-it"
 RERANK_LABEL = "qwen3-reranker-0.6b"
+STT_LABEL = "parakeet-ctc-0.6b"
 GENERATORS: dict[str, Callable[..., Any]] = {
     "chat": tinymodel.generate,
     "vision": tinymodel_vision.generate,
     "embedding": tinymodel_embedding.generate,
     "rerank": tinymodel_rerank.generate,
+    "transcription": tinymodel_transcription.generate,
 }
 
 MANIFEST = """version = 1
@@ -89,6 +99,14 @@ engine = "mlx-vlm"
 role = "rerank"
 [models.rerank.launch]
 repo = "tiny/rerank"
+
+[models.stt]
+api_label = "{STT_LABEL}"
+port = {ports[4]}
+engine = "mlx-vlm"
+role = "transcription"
+[models.stt.launch]
+repo = "tiny/transcription"
 """
 
 
@@ -101,13 +119,13 @@ def _publish(hub: HubServer, workdir: Path, kind: str) -> None:
 
 @pytest.fixture
 def fetched(hub: HubServer, project: Project, tmp_path: Path) -> Project:
-    """Four tiny models locked and fetched; the hub then stops (any later request fails
+    """Five tiny models locked and fetched; the hub then stops (any later request fails
     and is counted)."""
     for kind in GENERATORS:
         _publish(hub, tmp_path / "models", kind)
-    ports = [free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(5)]
     labels = {"CHAT_LABEL": CHAT_LABEL, "VISION_LABEL": VISION_LABEL}
-    labels |= {"EMBED_LABEL": EMBED_LABEL, "RERANK_LABEL": RERANK_LABEL}
+    labels |= {"EMBED_LABEL": EMBED_LABEL, "RERANK_LABEL": RERANK_LABEL, "STT_LABEL": STT_LABEL}
     project.write_manifest(MANIFEST.format(ports=ports, **labels))
     project.ok("lock")
     project.ok("fetch")
@@ -453,6 +471,61 @@ def test_serve_an_mlx_lm_chat_beside_an_mlx_vlm_reranker(
     assert status == 404 and "POST /v1/chat/completions" in body["error"]["message"], body
     status, after = _request(running.base + "/mlxpin/status")
     assert {m["state"] for m in after["models"]} == {"ready"}
+    _stops_clean(running, hub)
+
+
+def _tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
+    """A 16-bit mono WAV of a 440 Hz tone."""
+    frames = int(seconds * rate)
+    samples = [round(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(frames)]
+    data = struct.pack(f"<{frames}h", *samples)
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, 1, 1, rate,
+        2 * rate, 2, 16, b"data", len(data),
+    )  # fmt: skip
+    return header + data
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@NEEDS_MLX_VLM
+def test_launch_a_transcription_model_transcribes_a_wav(
+    fetched: Project, run: Callable[..., Running], hub: HubServer
+) -> None:
+    plan = fetched.json("launch", "stt", "--dry-run")["plan"]
+    assert plan["argv"][plan["argv"].index("--stt-model") + 1] == plan["upstream_model"]
+    running = run("launch", "stt")
+    running.wait_healthy()
+    client = running.client()
+    wav = ("tone.wav", _tone_wav(), "audio/wav")
+    first = client.audio.transcriptions.create(model=STT_LABEL, file=wav)
+    words = {w.lstrip("▁") for w in tinymodel_transcription.VOCABULARY}
+    assert first.text and set(first.text.replace(".", " ").split()) <= words, first.text
+    assert client.audio.transcriptions.create(model=STT_LABEL, file=wav).text == first.text
+    form = [FormPart("file", "tone.wav", "audio/wav", _tone_wav())]
+    for label, status_wanted, said in (
+        ("nope", 404, "model_not_found"),
+        (STT_LABEL, 200, first.text),
+    ):
+        body, content_type = encode_form(form, label)
+        request = urllib.request.Request(
+            running.base + "/v1/audio/transcriptions",
+            data=body,
+            headers={"Content-Type": content_type},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                status, answer = response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            status, answer = error.code, error.read().decode()
+        assert status == status_wanted and said in answer, answer
+    status, answer = _request(
+        running.base + "/v1/chat/completions",
+        {"model": STT_LABEL, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert status == 404 and "POST /v1/audio/transcriptions" in answer["error"]["message"]
+    status, models = _request(running.base + "/v1/models")
+    assert [(m["id"], m["kind"]) for m in models["data"]] == [(STT_LABEL, "transcription")]
     _stops_clean(running, hub)
 
 
