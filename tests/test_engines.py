@@ -417,7 +417,7 @@ def _scores_every_document(base: str, label: str = RERANK_LABEL) -> dict[str, An
     scores = [r["relevance_score"] for r in results]
     assert scores == sorted(scores, reverse=True)
     assert body["usage"]["prompt_tokens"] > 0
-    return body
+    return dict(body)
 
 
 @pytest.mark.e2e

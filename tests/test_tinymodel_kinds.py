@@ -159,7 +159,8 @@ def test_transcription_tensors_are_the_ones_mlx_audio_builds(tmp_path: Path) -> 
 
     tinymodel_transcription.generate(tmp_path)
     model = Model.from_config(json.loads((tmp_path / "config.json").read_bytes()))
-    built = {name: tuple(array.shape) for name, array in tree_flatten(model.parameters())}
+    flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    built = {name: tuple(array.shape) for name, array in flat}
     assert built == tinymodel_transcription.shapes()
     data = (tmp_path / "model.safetensors").read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
