@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import math
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -24,7 +26,13 @@ from typing import Any
 
 import pytest
 
-from mlxpin.dev import tinymodel, tinymodel_embedding, tinymodel_vision
+from mlxpin.dev import (
+    tinymodel,
+    tinymodel_embedding,
+    tinymodel_rerank,
+    tinymodel_transcription,
+    tinymodel_vision,
+)
 from mlxpin.gateway.addresses import free_port
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Route
@@ -44,10 +52,14 @@ NEEDS_MLX_VLM = pytest.mark.skipif(
 EMBED_LABEL = "text-embedding-qwen3-embedding-8b"
 VISION_LABEL = "tiny-vision"
 CHAT_LABEL = "gemma-4-31b-it"
+RERANK_LABEL = "qwen3-reranker-0.6b"
+STT_LABEL = "parakeet-ctc-0.6b"
 GENERATORS: dict[str, Callable[..., Any]] = {
     "chat": tinymodel.generate,
     "vision": tinymodel_vision.generate,
     "embedding": tinymodel_embedding.generate,
+    "rerank": tinymodel_rerank.generate,
+    "transcription": tinymodel_transcription.generate,
 }
 
 MANIFEST = """version = 1
@@ -79,6 +91,22 @@ engine = "mlx-vlm"
 role = "embedding"
 [models.embed.launch]
 repo = "tiny/embedding"
+
+[models.rerank]
+api_label = "{RERANK_LABEL}"
+port = {ports[3]}
+engine = "mlx-vlm"
+role = "rerank"
+[models.rerank.launch]
+repo = "tiny/rerank"
+
+[models.stt]
+api_label = "{STT_LABEL}"
+port = {ports[4]}
+engine = "mlx-vlm"
+role = "transcription"
+[models.stt.launch]
+repo = "tiny/transcription"
 """
 
 
@@ -91,16 +119,14 @@ def _publish(hub: HubServer, workdir: Path, kind: str) -> None:
 
 @pytest.fixture
 def fetched(hub: HubServer, project: Project, tmp_path: Path) -> Project:
-    """Three tiny models locked and fetched; the hub then stops (any later request fails
+    """Five tiny models locked and fetched; the hub then stops (any later request fails
     and is counted)."""
     for kind in GENERATORS:
         _publish(hub, tmp_path / "models", kind)
-    ports = [free_port() for _ in range(3)]
-    project.write_manifest(
-        MANIFEST.format(
-            ports=ports, CHAT_LABEL=CHAT_LABEL, VISION_LABEL=VISION_LABEL, EMBED_LABEL=EMBED_LABEL
-        )
-    )
+    ports = [free_port() for _ in range(5)]
+    labels = {"CHAT_LABEL": CHAT_LABEL, "VISION_LABEL": VISION_LABEL}
+    labels |= {"EMBED_LABEL": EMBED_LABEL, "RERANK_LABEL": RERANK_LABEL, "STT_LABEL": STT_LABEL}
+    project.write_manifest(MANIFEST.format(ports=ports, **labels))
     project.ok("lock")
     project.ok("fetch")
     hub.clear_requests()
@@ -373,6 +399,133 @@ def test_serve_an_mlx_lm_chat_and_an_mlx_vlm_embedding_model_on_demand(
     assert after["budget"]["used"] <= after["budget"]["total"]
     status, body = _request(running.base + "/v1/embeddings", {"model": CHAT_LABEL, "input": "x"})
     assert status == 404 and "POST /v1/chat/completions" in body["error"]["message"]
+    _stops_clean(running, hub)
+
+
+RERANK = {
+    "query": "What is the capital of France?",
+    "documents": ["Paris is the capital of France.", "The quick brown fox.", "yes"],
+}
+
+
+def _scores_every_document(base: str, label: str = RERANK_LABEL) -> dict[str, Any]:
+    status, body = _request(base + "/v1/rerank", {"model": label, **RERANK})
+    assert status == 200 and body["model"] == label, body
+    results = body["results"]
+    assert sorted(r["index"] for r in results) == [0, 1, 2]
+    assert all(0.0 <= r["relevance_score"] <= 1.0 for r in results)
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert body["usage"]["prompt_tokens"] > 0
+    return dict(body)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@NEEDS_MLX_VLM
+def test_launch_a_rerank_model_scores_every_document(
+    fetched: Project, run: Callable[..., Running], hub: HubServer
+) -> None:
+    plan = fetched.json("launch", "rerank", "--dry-run")["plan"]
+    assert plan["argv"][plan["argv"].index("--reranker-model") + 1] == plan["upstream_model"]
+    running = run("launch", "rerank")
+    running.wait_healthy()
+    first = _scores_every_document(running.base)
+    assert _scores_every_document(running.base) == first  # the pinned model, deterministic
+    status, top = _request(
+        running.base + "/v1/rerank",
+        {"model": RERANK_LABEL, **RERANK, "top_n": 1, "return_documents": True},
+    )
+    assert status == 200 and len(top["results"]) == 1, top
+    best = first["results"][0]
+    assert top["results"][0] == {**best, "document": RERANK["documents"][best["index"]]}
+    one = {"query": "q", "documents": ["d"]}
+    status, body = _request(running.base + "/v1/rerank", {"model": "nope", **one})
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+    status, body = _request(
+        running.base + "/v1/chat/completions",
+        {"model": RERANK_LABEL, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert status == 404 and "POST /v1/rerank" in body["error"]["message"], body
+    status, body = _request(running.base + "/v1/embeddings", {"model": RERANK_LABEL, "input": "x"})
+    assert status == 404 and "does not serve POST /v1/embeddings" in body["error"]["message"]
+    status, models = _request(running.base + "/v1/models")
+    assert [(m["id"], m["kind"]) for m in models["data"]] == [(RERANK_LABEL, "rerank")]
+    _stops_clean(running, hub)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@NEEDS_MLX_VLM
+def test_serve_an_mlx_lm_chat_beside_an_mlx_vlm_reranker(
+    fetched: Project, run: Callable[..., Running], hub: HubServer
+) -> None:
+    running = run("serve", "chat", "rerank")
+    running.wait_healthy()
+    _scores_every_document(running.base)
+    reply = running.client().chat.completions.create(
+        model=CHAT_LABEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert reply.model == CHAT_LABEL and reply.choices[0].message.content
+    status, body = _request(running.base + "/v1/rerank", {"model": CHAT_LABEL, **RERANK})
+    assert status == 404 and "POST /v1/chat/completions" in body["error"]["message"], body
+    status, after = _request(running.base + "/mlxpin/status")
+    assert {m["state"] for m in after["models"]} == {"ready"}
+    _stops_clean(running, hub)
+
+
+def _tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
+    """A 16-bit mono WAV of a 440 Hz tone."""
+    frames = int(seconds * rate)
+    samples = [round(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(frames)]
+    data = struct.pack(f"<{frames}h", *samples)
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, 1, 1, rate,
+        2 * rate, 2, 16, b"data", len(data),
+    )  # fmt: skip
+    return header + data
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@NEEDS_MLX_VLM
+def test_launch_a_transcription_model_transcribes_a_wav(
+    fetched: Project, run: Callable[..., Running], hub: HubServer
+) -> None:
+    plan = fetched.json("launch", "stt", "--dry-run")["plan"]
+    assert plan["argv"][plan["argv"].index("--stt-model") + 1] == plan["upstream_model"]
+    running = run("launch", "stt")
+    running.wait_healthy()
+    client = running.client()
+    wav = ("tone.wav", _tone_wav(), "audio/wav")
+    first = client.audio.transcriptions.create(model=STT_LABEL, file=wav)
+    words = {w.lstrip("▁") for w in tinymodel_transcription.VOCABULARY}
+    assert first.text and set(first.text.replace(".", " ").split()) <= words, first.text
+    assert client.audio.transcriptions.create(model=STT_LABEL, file=wav).text == first.text
+    form = [FormPart("file", "tone.wav", "audio/wav", _tone_wav())]
+    for label, status_wanted, said in (
+        ("nope", 404, "model_not_found"),
+        (STT_LABEL, 200, first.text),
+    ):
+        body, content_type = encode_form(form, label)
+        request = urllib.request.Request(
+            running.base + "/v1/audio/transcriptions",
+            data=body,
+            headers={"Content-Type": content_type},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                status, answer = response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            status, answer = error.code, error.read().decode()
+        assert status == status_wanted and said in answer, answer
+    status, answer = _request(
+        running.base + "/v1/chat/completions",
+        {"model": STT_LABEL, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert status == 404 and "POST /v1/audio/transcriptions" in answer["error"]["message"]
+    status, models = _request(running.base + "/v1/models")
+    assert [(m["id"], m["kind"]) for m in models["data"]] == [(STT_LABEL, "transcription")]
     _stops_clean(running, hub)
 
 

@@ -27,11 +27,22 @@ from typing import Any
 
 import pytest
 
-from mlxpin.dev import tinymodel, tinymodel_embedding, tinymodel_vision
+from mlxpin.dev import (
+    tinymodel,
+    tinymodel_embedding,
+    tinymodel_rerank,
+    tinymodel_transcription,
+    tinymodel_vision,
+)
 from mlxpin.gateway.addresses import free_port
 
-KINDS = ("vision", "embedding")
-GENERATORS = {"vision": tinymodel_vision.generate, "embedding": tinymodel_embedding.generate}
+KINDS = ("vision", "embedding", "rerank", "transcription")
+GENERATORS = {
+    "vision": tinymodel_vision.generate,
+    "embedding": tinymodel_embedding.generate,
+    "rerank": tinymodel_rerank.generate,
+    "transcription": tinymodel_transcription.generate,
+}
 NO_MLX_VLM = importlib.util.find_spec("mlx_vlm") is None
 NEEDS_MLX_VLM = pytest.mark.skipif(
     NO_MLX_VLM,
@@ -70,7 +81,7 @@ def test_same_arguments_give_identical_bytes(kind: str, tmp_path: Path) -> None:
     assert differ == {"model.safetensors"}
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ("vision", "embedding", "rerank"))
 def test_sharded_holds_the_same_tensors(kind: str, tmp_path: Path) -> None:
     GENERATORS[kind](tmp_path / "one")
     paths = GENERATORS[kind](tmp_path / "many", sharded=True)
@@ -109,6 +120,52 @@ def test_vision_config_agrees_with_its_tokenizer(tmp_path: Path) -> None:
     assert config["vision_start_token_id"] == added["<|vision_start|>"]
     assert config["vocab_size"] == len(tokenizer["model"]["vocab"]) + 4 == max(added.values()) + 1
     assert isinstance(config["vision_config"]["mlp_ratio"], int)
+
+
+def test_rerank_answers_are_single_tokens_and_the_template_a_file(tmp_path: Path) -> None:
+    """mlx-vlm scores logit("yes") - logit("no") and falls back to chat_template.jinja."""
+    from tokenizers import Tokenizer
+
+    tinymodel_rerank.generate(tmp_path)
+    tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    vocab = tokenizer.get_vocab()
+    assert [tokenizer.encode(word).ids for word in ("yes", "no")] == [[vocab["yes"]], [vocab["no"]]]
+    assert "yes" not in tinymodel.tokenizer_json()["model"]["vocab"]
+    config = json.loads((tmp_path / "config.json").read_bytes())
+    assert (config["model_type"], config["tie_word_embeddings"]) == ("qwen3", True)
+    assert config["vocab_size"] == len(vocab)
+    assert (tmp_path / "chat_template.jinja").read_text() == tinymodel.CHAT_TEMPLATE + "\n"
+    assert "chat_template" not in json.loads((tmp_path / "tokenizer_config.json").read_bytes())
+
+
+def test_transcription_has_one_weight_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="single weight file"):
+        tinymodel_transcription.generate(tmp_path, sharded=True)
+    cmd = [sys.executable, "-m", "mlxpin.dev.tinymodel", str(tmp_path), "--sharded"]
+    done = subprocess.run(
+        [*cmd, "--kind", "transcription"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2 and "--sharded does not apply" in done.stderr
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mlx_audio") is None, reason="mlx_audio is not importable here"
+)
+def test_transcription_tensors_are_the_ones_mlx_audio_builds(tmp_path: Path) -> None:
+    """Same names and shapes as mlx-audio's Parakeet-CTC from the written config (its
+    loader is not strict: a missing or misnamed tensor would stay silently random)."""
+    from mlx.utils import tree_flatten
+    from mlx_audio.stt.models.parakeet.parakeet import Model
+
+    tinymodel_transcription.generate(tmp_path)
+    model = Model.from_config(json.loads((tmp_path / "config.json").read_bytes()))
+    flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    built = {name: tuple(array.shape) for name, array in flat}
+    assert built == tinymodel_transcription.shapes()
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    assert {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"} == built
 
 
 # --- the real engine ----------------------------------------------------------------------

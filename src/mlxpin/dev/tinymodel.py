@@ -25,10 +25,10 @@ whole-word token of the corpus to the next one of a seeded cycle through those w
 decoding thus produces a deterministic stream of words ("per message the an you ...") that
 never hits an end-of-sequence token, instead of one token repeated. Plumbing, not prose.
 
-Usage: ``python -m mlxpin.dev.tinymodel OUT_DIR [--kind chat|vision|embedding]
-[--arch llama|qwen2] [--seed N] [--sharded]``; the vision (Qwen2-VL) and embedding (Qwen3)
-kinds, for mlx-vlm, live in `tinymodel_vision` and `tinymodel_embedding` and reuse the
-tokenizer, weights and writers here.
+Usage: ``python -m mlxpin.dev.tinymodel OUT_DIR [--kind KIND] [--arch llama|qwen2]
+[--seed N] [--sharded]``, KIND one of chat, vision, embedding, rerank, transcription; the
+kinds for mlx-vlm -- vision (Qwen2-VL), embedding and rerank (Qwen3), transcription
+(Parakeet-CTC) -- live in `tinymodel_<kind>` and reuse the writers here.
 numpy and tokenizers are imported lazily: importing this module is cheap.
 """
 
@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 
 Arch = Literal["llama", "qwen2"]
 ARCHS: Final[tuple[str, ...]] = get_args(Arch)
-Kind = Literal["chat", "vision", "embedding"]  # the other two: tinymodel_vision, _embedding
+Kind = Literal[
+    "chat", "vision", "embedding", "rerank", "transcription"
+]  # the others: tinymodel_<kind>
 KINDS: Final[tuple[str, ...]] = get_args(Kind)
 
 HIDDEN_SIZE: Final = 64
@@ -168,8 +170,9 @@ def added_token(token: str, token_id: int) -> dict[str, Any]:
     }
 
 
-def tokenizer_json() -> dict[str, Any]:
-    """Train the byte-level BPE on the corpus; return tokenizer.json in a fixed layout."""
+def tokenizer_json(extra_corpus: str = "") -> dict[str, Any]:
+    """Train the byte-level BPE on the corpus (plus ``extra_corpus``, for a kind that needs
+    more whole-word tokens); return tokenizer.json in a fixed layout."""
     from tokenizers import Tokenizer, pre_tokenizers, trainers
 
     tokenizer = Tokenizer.from_str(json.dumps(tokenizer_document({}, [])))
@@ -180,7 +183,9 @@ def tokenizer_json() -> dict[str, Any]:
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator(_CORPUS.splitlines(keepends=True), trainer=trainer)
+    tokenizer.train_from_iterator(
+        (_CORPUS + extra_corpus).splitlines(keepends=True), trainer=trainer
+    )
     trained = json.loads(tokenizer.to_str())["model"]
     vocab = {str(token): int(i) for token, i in trained["vocab"].items()}
     if sorted(vocab.values()) != list(range(VOCAB_SIZE)):
@@ -452,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mlxpin.dev.tinymodel",
         description="Write a tiny random-weight model, offline and reproducibly: chat (for "
-        "mlx_lm), vision (a Qwen2-VL) or embedding (a Qwen3) for mlx-vlm.",
+        "mlx_lm); for mlx-vlm vision (a Qwen2-VL), embedding or rerank (a Qwen3), "
+        "transcription (a Parakeet-CTC, through mlx-audio).",
     )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     parser.add_argument("--kind", choices=KINDS, default="chat")
@@ -464,10 +470,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seed must be >= 0")
     if args.arch is not None and args.kind != "chat":
         parser.error("--arch applies to --kind chat only")
+    if args.sharded and args.kind == "transcription":
+        parser.error("--sharded does not apply to --kind transcription")
     if args.kind == "vision":
         from mlxpin.dev.tinymodel_vision import generate as generate_kind
     elif args.kind == "embedding":
         from mlxpin.dev.tinymodel_embedding import generate as generate_kind
+    elif args.kind == "rerank":
+        from mlxpin.dev.tinymodel_rerank import generate as generate_kind
+    elif args.kind == "transcription":
+        from mlxpin.dev.tinymodel_transcription import generate as generate_kind
     else:
         generate_kind = functools.partial(generate, arch=args.arch or "llama")
     for path in generate_kind(args.out_dir, seed=args.seed, sharded=args.sharded):

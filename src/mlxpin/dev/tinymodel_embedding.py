@@ -33,10 +33,10 @@ def generate(out_dir: Path, *, seed: int = 0, sharded: bool = False) -> tuple[Pa
         raise ValueError(f"seed must be >= 0, not {seed}")
     tokenizer = core.tokenizer_json()
     vocab: dict[str, int] = tokenizer["model"]["vocab"]
-    weights = _weights(vocab, seed)
+    weights = qwen3_weights(vocab, seed)
     files: dict[str, bytes] = {
         "1_Pooling/config.json": core.json_bytes(_pooling()),
-        "config.json": core.json_bytes(_config(len(vocab))),
+        "config.json": core.json_bytes(qwen3_config(len(vocab))),
         **(
             core.shards(weights)
             if sharded
@@ -52,7 +52,7 @@ def generate(out_dir: Path, *, seed: int = 0, sharded: bool = False) -> tuple[Pa
     return core.write_files(out_dir, files)
 
 
-def _config(vocab_size: int) -> dict[str, Any]:
+def qwen3_config(vocab_size: int) -> dict[str, Any]:
     chat = core.chat_config("llama", vocab_size)
     return {
         **{k: v for k, v in chat.items() if k != "mlp_bias"},
@@ -95,7 +95,7 @@ def _modules() -> list[dict[str, Any]]:
     ]
 
 
-def _weights(vocab: dict[str, int], seed: int) -> dict[str, npt.NDArray[Any]]:
+def qwen3_weights(vocab: dict[str, int], seed: int) -> dict[str, npt.NDArray[Any]]:
     """The llama chat weights without the head, plus Qwen3's per-head q/k norms (ones)."""
     import numpy as np
 
