@@ -27,8 +27,9 @@ never hits an end-of-sequence token, instead of one token repeated. Plumbing, no
 
 Usage: ``python -m mlxpin.dev.tinymodel OUT_DIR [--kind chat|vision|embedding]
 [--arch llama|qwen2] [--seed N] [--sharded]``; the vision (Qwen2-VL) and embedding (Qwen3)
-kinds, for mlx-vlm, live in `tinymodel_vision` and `tinymodel_embedding` and reuse the
-tokenizer, weights and writers here.
+kinds, for mlx-vlm, live in `tinymodel_vision` and `tinymodel_embedding`, and a LoRA adapter
+for the llama chat model (``--kind adapter``, for `mlx_lm fuse`) in `tinymodel_adapter`; they
+reuse the tokenizer, weights and writers here.
 numpy and tokenizers are imported lazily: importing this module is cheap.
 """
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 Arch = Literal["llama", "qwen2"]
 ARCHS: Final[tuple[str, ...]] = get_args(Arch)
-Kind = Literal["chat", "vision", "embedding"]  # the other two: tinymodel_vision, _embedding
+Kind = Literal["chat", "vision", "embedding", "adapter"]  # the others: tinymodel_<kind>
 KINDS: Final[tuple[str, ...]] = get_args(Kind)
 
 HIDDEN_SIZE: Final = 64
@@ -400,15 +401,20 @@ def _bf16(array: npt.NDArray[Any]) -> bytes:
     return rounded.astype("<u2").tobytes()
 
 
-def safetensors_bytes(tensors: Mapping[str, npt.NDArray[Any]]) -> bytes:
+def safetensors_bytes(
+    tensors: Mapping[str, npt.NDArray[Any]], *, dtype: Literal["BF16", "F32"] = "BF16"
+) -> bytes:
     """The safetensors format: u64-le header length, JSON header (8-byte padded), raw data."""
+    import numpy as np
+
     header: dict[str, Any] = {"__metadata__": {"format": "mlx"}}
     chunks: list[bytes] = []
     offset = 0
     for name in sorted(tensors):
-        data = _bf16(tensors[name])
+        array = tensors[name]
+        data = _bf16(array) if dtype == "BF16" else np.ascontiguousarray(array, "<f4").tobytes()
         header[name] = {
-            "dtype": "BF16",
+            "dtype": dtype,
             "shape": list(tensors[name].shape),
             "data_offsets": [offset, offset + len(data)],
         }
@@ -452,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mlxpin.dev.tinymodel",
         description="Write a tiny random-weight model, offline and reproducibly: chat (for "
-        "mlx_lm), vision (a Qwen2-VL) or embedding (a Qwen3) for mlx-vlm.",
+        "mlx_lm), vision (a Qwen2-VL) or embedding (a Qwen3) for mlx-vlm, or a LoRA adapter "
+        "for the llama chat model (mlx_lm fuse).",
     )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     parser.add_argument("--kind", choices=KINDS, default="chat")
@@ -464,13 +471,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seed must be >= 0")
     if args.arch is not None and args.kind != "chat":
         parser.error("--arch applies to --kind chat only")
-    if args.kind == "vision":
-        from mlxpin.dev.tinymodel_vision import generate as generate_kind
-    elif args.kind == "embedding":
-        from mlxpin.dev.tinymodel_embedding import generate as generate_kind
+    if args.sharded and args.kind == "adapter":
+        parser.error("--sharded does not apply to --kind adapter")
+    if args.kind == "adapter":
+        from mlxpin.dev.tinymodel_adapter import generate as generate_adapter
+
+        paths = generate_adapter(args.out_dir, seed=args.seed)
     else:
-        generate_kind = functools.partial(generate, arch=args.arch or "llama")
-    for path in generate_kind(args.out_dir, seed=args.seed, sharded=args.sharded):
+        if args.kind == "vision":
+            from mlxpin.dev.tinymodel_vision import generate as generate_kind
+        elif args.kind == "embedding":
+            from mlxpin.dev.tinymodel_embedding import generate as generate_kind
+        else:
+            generate_kind = functools.partial(generate, arch=args.arch or "llama")
+        paths = generate_kind(args.out_dir, seed=args.seed, sharded=args.sharded)
+    for path in paths:
         print(path)
     return 0
 
