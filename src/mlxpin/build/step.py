@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -93,8 +92,12 @@ def run_step(
         )
         written = 0
         try:
-            while process.poll() is None:
-                time.sleep(POLL_S)
+            while True:
+                try:
+                    process.wait(timeout=POLL_S)  # returns as soon as the builder ends
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
                 now = _bytes_under(out)
                 if now > written:
                     progress.advance(now - written)

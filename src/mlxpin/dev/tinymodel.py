@@ -26,9 +26,10 @@ decoding thus produces a deterministic stream of words ("per message the an you 
 never hits an end-of-sequence token, instead of one token repeated. Plumbing, not prose.
 
 Usage: ``python -m mlxpin.dev.tinymodel OUT_DIR [--kind KIND] [--arch llama|qwen2]
-[--seed N] [--sharded]``, KIND one of chat, vision, embedding, rerank, transcription; the
-kinds for mlx-vlm -- vision (Qwen2-VL), embedding and rerank (Qwen3), transcription
-(Parakeet-CTC) -- live in `tinymodel_<kind>` and reuse the writers here.
+[--seed N] [--sharded]``, KIND one of chat, vision, embedding, rerank, transcription,
+adapter; the kinds for mlx-vlm -- vision (Qwen2-VL), embedding and rerank (Qwen3),
+transcription (Parakeet-CTC) -- and the LoRA adapter for the llama chat model (for
+`mlx_lm fuse`) live in `tinymodel_<kind>` and reuse the writers here.
 numpy and tokenizers are imported lazily: importing this module is cheap.
 """
 
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 Arch = Literal["llama", "qwen2"]
 ARCHS: Final[tuple[str, ...]] = get_args(Arch)
 Kind = Literal[
-    "chat", "vision", "embedding", "rerank", "transcription"
+    "chat", "vision", "embedding", "rerank", "transcription", "adapter"
 ]  # the others: tinymodel_<kind>
 KINDS: Final[tuple[str, ...]] = get_args(Kind)
 
@@ -405,15 +406,20 @@ def _bf16(array: npt.NDArray[Any]) -> bytes:
     return rounded.astype("<u2").tobytes()
 
 
-def safetensors_bytes(tensors: Mapping[str, npt.NDArray[Any]]) -> bytes:
+def safetensors_bytes(
+    tensors: Mapping[str, npt.NDArray[Any]], *, dtype: Literal["BF16", "F32"] = "BF16"
+) -> bytes:
     """The safetensors format: u64-le header length, JSON header (8-byte padded), raw data."""
+    import numpy as np
+
     header: dict[str, Any] = {"__metadata__": {"format": "mlx"}}
     chunks: list[bytes] = []
     offset = 0
     for name in sorted(tensors):
-        data = _bf16(tensors[name])
+        array = tensors[name]
+        data = _bf16(array) if dtype == "BF16" else np.ascontiguousarray(array, "<f4").tobytes()
         header[name] = {
-            "dtype": "BF16",
+            "dtype": dtype,
             "shape": list(tensors[name].shape),
             "data_offsets": [offset, offset + len(data)],
         }
@@ -458,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m mlxpin.dev.tinymodel",
         description="Write a tiny random-weight model, offline and reproducibly: chat (for "
         "mlx_lm); for mlx-vlm vision (a Qwen2-VL), embedding or rerank (a Qwen3), "
-        "transcription (a Parakeet-CTC, through mlx-audio).",
+        "transcription (a Parakeet-CTC, through mlx-audio); a LoRA adapter for the llama "
+        "chat model (mlx_lm fuse).",
     )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     parser.add_argument("--kind", choices=KINDS, default="chat")
@@ -470,19 +477,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seed must be >= 0")
     if args.arch is not None and args.kind != "chat":
         parser.error("--arch applies to --kind chat only")
-    if args.sharded and args.kind == "transcription":
-        parser.error("--sharded does not apply to --kind transcription")
-    if args.kind == "vision":
-        from mlxpin.dev.tinymodel_vision import generate as generate_kind
-    elif args.kind == "embedding":
-        from mlxpin.dev.tinymodel_embedding import generate as generate_kind
-    elif args.kind == "rerank":
-        from mlxpin.dev.tinymodel_rerank import generate as generate_kind
-    elif args.kind == "transcription":
-        from mlxpin.dev.tinymodel_transcription import generate as generate_kind
+    if args.sharded and args.kind in ("transcription", "adapter"):
+        parser.error(f"--sharded does not apply to --kind {args.kind}")
+    if args.kind == "adapter":
+        from mlxpin.dev.tinymodel_adapter import generate as generate_adapter
+
+        paths = generate_adapter(args.out_dir, seed=args.seed)
     else:
-        generate_kind = functools.partial(generate, arch=args.arch or "llama")
-    for path in generate_kind(args.out_dir, seed=args.seed, sharded=args.sharded):
+        if args.kind == "vision":
+            from mlxpin.dev.tinymodel_vision import generate as generate_kind
+        elif args.kind == "embedding":
+            from mlxpin.dev.tinymodel_embedding import generate as generate_kind
+        elif args.kind == "rerank":
+            from mlxpin.dev.tinymodel_rerank import generate as generate_kind
+        elif args.kind == "transcription":
+            from mlxpin.dev.tinymodel_transcription import generate as generate_kind
+        else:
+            generate_kind = functools.partial(generate, arch=args.arch or "llama")
+        paths = generate_kind(args.out_dir, seed=args.seed, sharded=args.sharded)
+    for path in paths:
         print(path)
     return 0
 
