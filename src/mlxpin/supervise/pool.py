@@ -79,6 +79,7 @@ class Slot:
         self.start_task: asyncio.Task[None] | None = None
         self.watcher: asyncio.Task[None] | None = None
         self.stopping_by_us = False
+        self._upstream = (server.upstream, server.upstream)  # (its base, with our epoch)
 
     def view(self) -> ModelView:
         return ModelView(
@@ -91,7 +92,10 @@ class Slot:
         )
 
     def upstream(self) -> Upstream:
-        return dataclasses.replace(self.server.upstream, epoch=self.health.epoch)
+        base, epoch = self.server.upstream, self.health.epoch
+        if self._upstream[0] is not base or self._upstream[1].epoch != epoch:  # once a start
+            self._upstream = (base, dataclasses.replace(base, epoch=epoch))
+        return self._upstream[1]
 
     async def attempt(self, timeout_s: float) -> str:
         """One 1-token completion straight to the server: "ok", "unreachable" or "error"."""
@@ -185,7 +189,8 @@ class Pool:
         slot.in_flight += 1  # from now on it is never evicted under this request
         slot.queued += 1
         try:
-            await self.ensure_ready(slot, self.plan.start_timeout)
+            if self.closing or slot.state != "ready":
+                await self.ensure_ready(slot, self.plan.start_timeout)
             await slot.queue.enter(label)
         except BaseException:
             self.leave(slot)
