@@ -529,6 +529,9 @@ class Pool:
 
     async def _ttl_loop(self) -> None:
         ttl = {s.name: s.plan.idle_ttl for s in self.slots.values()}
+        shortest = min((t for t in ttl.values() if t > 0), default=None)
+        if shortest is None:
+            return  # no model is ever stopped for idleness
         while not self.closing:
             views = [s.view() for s in self.slots.values()]
             for name in expired(views, time.monotonic(), ttl):
@@ -538,7 +541,10 @@ class Pool:
                     slot.evictions["idle"] += 1
                     await self.stop(slot)
             wait = next_expiry([s.view() for s in self.slots.values()], time.monotonic(), ttl)
-            await self.wait_change(None if wait is None else wait + 0.01)
+            # A timer, not wait_change: a model that turns idle from now on expires no
+            # sooner than `shortest` from now (a request ends with a touch), and waking
+            # as each request ended cost the gateway a loop turn per request.
+            await asyncio.sleep(min(shortest, shortest if wait is None else wait) + 0.01)
 
     async def close(self) -> None:
         """Stop every server (SIGTERM, then SIGKILL after the stop timeout)."""
