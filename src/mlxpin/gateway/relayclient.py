@@ -31,6 +31,8 @@ __all__ = ["Answer", "RelayClient"]
 _READ_SIZE: Final = 256 * 1024
 _HEAD_LIMIT: Final = 64 * 1024  # the StreamReader's line limit: an answer head must fit
 _MAX_IDLE: Final = 64
+#: Connections opened ahead for a server that closes each one (HTTP/1.0, mlx_lm.server).
+_SPARES: Final = 8
 
 
 def _clean(value: str) -> str:
@@ -138,7 +140,8 @@ class Answer:
         """Keep the connection for the next request if the answer was read to its end and
         the server keeps it open; otherwise drop it (the server sees the hang-up)."""
         keep = self.finished and self.reusable and not self.reader.at_eof()
-        self.client.done(self.reader, self.writer, keep=keep)
+        one_shot = self.finished and not self.reusable
+        self.client.done(self.reader, self.writer, keep=keep, one_shot=one_shot)
 
 
 class RelayClient:
@@ -155,6 +158,10 @@ class RelayClient:
         self.prefix = url.path.rstrip("/")
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.open = asyncio.Semaphore(limit)  # at most `limit` connections in use
+        # The server closes every connection (mlx_lm.server is HTTP/1.0): connect ahead,
+        # so that connect, accept and its handler thread's start are off the request's path.
+        self.one_shot = False
+        self.opening: set[asyncio.Task[None]] = set()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
         """A connection, and whether it is a kept one (the server may have closed it)."""
@@ -163,6 +170,10 @@ class RelayClient:
             if expires > time.monotonic() and not reader.at_eof() and not writer.is_closing():
                 return reader, writer, True
             writer.close()
+        reader, writer = await self._fresh()
+        return reader, writer, False
+
+    async def _fresh(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 if self.socket_path is not None:
@@ -175,7 +186,20 @@ class RelayClient:
             raise
         except OSError as exc:
             raise aiohttp.ClientOSError(exc.errno, f"cannot reach the server: {exc}") from exc
-        return streams[0], streams[1], False
+        return streams
+
+    def _open_spare(self) -> None:
+        if len(self.idle) + len(self.opening) < _SPARES:
+            task = asyncio.get_running_loop().create_task(self._spare())
+            self.opening.add(task)
+            task.add_done_callback(self.opening.discard)
+
+    async def _spare(self) -> None:
+        try:
+            reader, writer = await self._fresh()
+        except (TimeoutError, aiohttp.ClientError):
+            return  # the next request connects (and fails) itself
+        self.idle.append((reader, writer, time.monotonic() + self.keepalive_s))
 
     async def post(
         self, path: str, data: bytes, headers: Mapping[str, str], read_timeout_s: float
@@ -191,6 +215,8 @@ class RelayClient:
                 reader, writer, kept = await self._connect()
                 try:
                     writer.write(request)
+                    if self.one_shot:
+                        self._open_spare()
                     async with asyncio.timeout(read_timeout_s):
                         answer_head = await reader.readuntil(b"\r\n\r\n")
                     return Answer(self, (reader, writer), answer_head[:-4], read_timeout_s)
@@ -210,10 +236,17 @@ class RelayClient:
             raise
 
     def done(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, keep: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        keep: bool,
+        one_shot: bool,
     ) -> None:
-        """An answer is over: keep its connection for the next request, or drop it."""
+        """An answer is over: keep its connection for the next request, or drop it.
+        ``one_shot``: it was read to its end, and the server closes connections."""
         self.open.release()
+        self.one_shot = one_shot or (self.one_shot and not keep)
         if keep and len(self.idle) < _MAX_IDLE:
             self.idle.append((reader, writer, time.monotonic() + self.keepalive_s))
         else:
@@ -224,3 +257,5 @@ class RelayClient:
         idle, self.idle = self.idle, []
         for _reader, writer, _expires in idle:
             writer.close()
+        for task in self.opening:
+            task.cancel()
