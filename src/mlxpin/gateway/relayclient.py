@@ -68,7 +68,9 @@ class Answer:
         self.chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
         length = self.headers.get("content-length")
         self.remaining: int | None = None  # bytes still to read (None: chunked or to EOF)
-        if not self.chunked and length is not None:
+        if self.status in (204, 304):
+            self.chunked, self.remaining = False, 0  # never a body
+        elif not self.chunked and length is not None:
             if not length.isdigit():
                 raise aiohttp.ClientPayloadError(f"bad Content-Length {length[:40]!r}")
             self.remaining = int(length)
