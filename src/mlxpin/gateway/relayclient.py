@@ -5,7 +5,9 @@ response objects, URL handling, cookie jar, tracing hooks, connector bookkeeping
 ``mlx_lm.server`` speaks HTTP/1.0, so every request also opens a new connection. This
 client writes the request head in one ``write`` and parses the answer's head itself:
 bodies framed by Content-Length, chunked, or by the server closing (HTTP/1.0). Connections
-an HTTP/1.1 server keeps open (uvicorn's, for mlx_vlm) are reused for ``keepalive_s``.
+an HTTP/1.1 server keeps open (uvicorn's, for mlx_vlm) are reused for ``keepalive_s``; for
+a server that closes each one, the next few are opened ahead (the server's thread for
+each waits on it), so a request does not wait for connect and accept.
 
 Failures are aiohttp's exception types, so :func:`~mlxpin.gateway.upstream.classify_failure`
 sorts them as before: no connection or an early close: ClientConnectionError (503);
