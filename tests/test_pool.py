@@ -24,7 +24,7 @@ from mlxpin.plan.launch import LaunchPlan, PinnedSnapshot
 from mlxpin.plan.serve import PoolModelPlan, ServePlan, launch_serve_plan
 from mlxpin.supervise.metrics import pin_of
 from mlxpin.supervise.pool import Pool
-from mlxpin.supervise.process import is_our_server
+from mlxpin.supervise.process import RotatingLog, is_our_server, pump_output
 from mlxpin.supervise.restart import RestartPolicy
 from mlxpin.supervise.runner import pool_app
 from test_cli_launch import ANSWERING_SERVER
@@ -499,3 +499,26 @@ def test_an_unload_whose_client_hangs_up_still_stops_the_model(tmp_path: Path) -
             await pool.close()
 
     asyncio.run(scenario())
+
+
+def test_server_log_is_copied_and_rotated(tmp_path: Path) -> None:
+    """The server's output goes to its log (bad UTF-8 replaced, \\r as a line end) and is
+    rotated past the size, keeping the backups like logging's RotatingFileHandler."""
+    path = tmp_path / "logs" / "m.log"
+
+    async def pump() -> None:
+        stream = asyncio.StreamReader()
+        stream.feed_data(b"one\ntwo\r\xffthree")
+        stream.feed_eof()
+        await pump_output(stream, path, "m")
+
+    asyncio.run(pump())
+    assert path.read_text() == "one\ntwo\n\ufffdthree\n"  # no empty lines
+    log = RotatingLog(path, max_bytes=30, backups=2)
+    for line in (b"a" * 20 + b"\n", b"b" * 20 + b"\n", b"c" * 20 + b"\n", b"d\n"):
+        log.write(line)
+    log.close()
+    assert path.read_bytes() == b"c" * 20 + b"\nd\n"
+    assert (tmp_path / "logs" / "m.log.1").read_bytes() == b"b" * 20 + b"\n"
+    assert (tmp_path / "logs" / "m.log.2").read_bytes() == b"a" * 20 + b"\n"
+    assert not (tmp_path / "logs" / "m.log.3").exists()

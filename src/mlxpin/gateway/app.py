@@ -28,9 +28,10 @@ from mlxpin.gateway.backends import Backends, Lease, Route, Unavailable, Upstrea
 from mlxpin.gateway.checks import check_form, check_request, encode_form
 from mlxpin.gateway.listener import LimitedRunner, ListenerLimits
 from mlxpin.gateway.observe import Exchange
+from mlxpin.gateway.relayclient import Answer, RelayClient
 from mlxpin.gateway.rewrite import Rewriter, SseRelay, rewrite_json
 from mlxpin.gateway.routing import RoutingTable
-from mlxpin.gateway.upstream import classify_failure, connector, url_of
+from mlxpin.gateway.upstream import classify_failure
 from mlxpin.project.engines import ALL_ENDPOINTS, TRANSCRIPTIONS_PATH
 
 __all__ = ["Gateway", "api_error_response", "compact_dumps", "serve"]
@@ -122,15 +123,15 @@ class Gateway:
         self.table = RoutingTable(backends.routes())
         self.connect_timeout_s = connect_timeout_s
         self.expected_auth = None if api_key is None else ("Bearer " + api_key).encode("utf-8")
-        # One keep-alive client session per upstream address, opened on first use.
-        self.sessions: dict[tuple[str, str | None], aiohttp.ClientSession] = {}
+        # One client per upstream address (its kept connections), made on first use.
+        self.clients: dict[tuple[str, str | None], RelayClient] = {}
 
     def app(self) -> web.Application:
         """The application (not yet bound; see :func:`serve`)."""
         app = web.Application(
             middlewares=[self._middleware], client_max_size=self.table.max_body_bytes
         )
-        app.cleanup_ctx.append(self._sessions_ctx)
+        app.cleanup_ctx.append(self._clients_ctx)
         for path in ALL_ENDPOINTS:
             app.router.add_post(path, self.completions)
         app.router.add_get(MODELS_PATH, self.models)
@@ -138,13 +139,13 @@ class Gateway:
         app.router.add_get(HEALTH_PATH, self.health)
         return app
 
-    async def _sessions_ctx(self, _app: web.Application) -> AsyncIterator[None]:
+    async def _clients_ctx(self, _app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            sessions, self.sessions = list(self.sessions.values()), {}
-            for session in sessions:
-                await session.close()
+            clients, self.clients = list(self.clients.values()), {}
+            for client in clients:
+                client.close()
 
     def authorized(self, request: web.Request) -> bool:
         if self.expected_auth is None or request.path in self.public_paths:
@@ -246,25 +247,12 @@ class Gateway:
         finally:
             lease.release()
 
-    def _post(
-        self,
-        upstream: Upstream,
-        path: str,
-        data: bytes,
-        headers: dict[str, str],
-        read_timeout_s: float,
-    ) -> Any:
+    def _client(self, upstream: Upstream) -> RelayClient:
         key = (upstream.url, upstream.socket_path)
-        session = self.sessions.get(key)
-        if session is None:
-            session = aiohttp.ClientSession(
-                connector=connector(upstream), skip_auto_headers=("User-Agent",)
-            )
-            self.sessions[key] = session
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.connect_timeout_s, sock_read=read_timeout_s
-        )
-        return session.post(url_of(upstream, path), data=data, headers=headers, timeout=timeout)
+        client = self.clients.get(key)
+        if client is None:
+            client = self.clients[key] = RelayClient(upstream, self.connect_timeout_s)
+        return client
 
     async def _forward(
         self, request: web.Request, route: Route, body: Any, lease: Lease
@@ -288,18 +276,21 @@ class Gateway:
             "Accept-Encoding": "identity",
         }
         try:
-            async with self._post(
-                upstream, request.path, data, headers, route.request_timeout_s
-            ) as answer:
+            answer = await self._client(upstream).post(
+                request.path, data, headers, route.request_timeout_s
+            )
+            try:
                 if answer.content_type == _SSE_CT:
                     return await self._relay_sse(request, answer, lease)
                 if answer.content_type != _JSON_CT and answer.status < 400:
                     return await self._relay_raw(request, answer, lease)
                 response = await self._relay_json(answer, lease)
-                exchange: Exchange | None = request.get(EXCHANGE)
-                if exchange is not None and answer.status == 200 and response.body:
-                    exchange.json_body(response.body)  # type: ignore[arg-type]
-                return response
+            finally:
+                answer.close()  # a relay that did not reach the end drops the connection
+            exchange: Exchange | None = request.get(EXCHANGE)
+            if exchange is not None and answer.status == 200 and response.body:
+                exchange.json_body(response.body)  # type: ignore[arg-type]
+            return response
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = classify_failure(exc)
             log.warning(
@@ -311,7 +302,7 @@ class Gateway:
             )
             return api_error_response(error)
 
-    async def _relay_json(self, answer: aiohttp.ClientResponse, lease: Lease) -> web.Response:
+    async def _relay_json(self, answer: Answer, lease: Lease) -> web.Response:
         raw = await answer.read()
         upstream = lease.upstream
         body = rewrite_json(
@@ -332,18 +323,18 @@ class Gateway:
         return web.Response(status=answer.status, body=body, content_type=_JSON_CT)
 
     async def _relay_raw(
-        self, request: web.Request, answer: aiohttp.ClientResponse, lease: Lease
+        self, request: web.Request, answer: Answer, lease: Lease
     ) -> web.StreamResponse:
         """Audio, text and ndjson answers, chunk by chunk as they come (no label in them)."""
         response = web.StreamResponse(
-            status=answer.status, headers={"Content-Type": answer.headers.get("Content-Type", "")}
+            status=answer.status, headers={"Content-Type": answer.headers.get("content-type", "")}
         )
         exchange: Exchange | None = request.get(EXCHANGE)
         try:
             await response.prepare(request)
             if exchange is not None:
                 exchange.status = response.status
-            async for chunk in answer.content.iter_any():
+            async for chunk in answer.iter_any():
                 await response.write(chunk)
             await response.write_eof()
         except ConnectionError as exc:
@@ -354,7 +345,7 @@ class Gateway:
         return response
 
     async def _relay_sse(
-        self, request: web.Request, answer: aiohttp.ClientResponse, lease: Lease
+        self, request: web.Request, answer: Answer, lease: Lease
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=answer.status, headers=_SSE_HEADERS)
         # The server finished the completion once it sends [DONE]: that marks it healthy
@@ -370,7 +361,7 @@ class Gateway:
             if exchange is not None:
                 exchange.status = response.status
             try:
-                async for chunk in answer.content.iter_any():
+                async for chunk in answer.iter_any():
                     out = relay.feed(chunk)
                     if out:
                         await response.write(out)

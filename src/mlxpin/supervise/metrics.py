@@ -8,7 +8,7 @@ for its own few increments. Imported once the gateway is built, never on the boo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import get_args
+from typing import Any, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -85,20 +85,30 @@ class Metrics:
             registry=registry,
         )
         registry.register(PoolCollector(pool))
+        self.children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once (labels() takes a lock and validates
+        every call; the label values are the few models, endpoints and statuses)."""
+        key = (metric, *labels)
+        found = self.children.get(key)
+        if found is None:
+            found = self.children[key] = metric.labels(*labels)
+        return found
 
     def observe(self, exchange: Exchange) -> None:
-        label, endpoint = exchange.label, exchange.endpoint
-        self.requests.labels(label, endpoint, str(exchange.status)).inc()
-        self.duration.labels(label, endpoint).observe(exchange.duration_s)
+        label, endpoint, child = exchange.label, exchange.endpoint, self.child
+        child(self.requests, label, endpoint, str(exchange.status)).inc()
+        child(self.duration, label, endpoint).observe(exchange.duration_s)
         ttft = exchange.ttft_s
         if ttft is not None:
-            self.ttft.labels(label).observe(ttft)
+            child(self.ttft, label).observe(ttft)
         if exchange.completion_tokens is not None:
-            self.prompt.labels(label).inc(exchange.prompt_tokens or 0)
-            self.generated.labels(label).inc(exchange.completion_tokens)
+            child(self.prompt, label).inc(exchange.prompt_tokens or 0)
+            child(self.generated, label).inc(exchange.completion_tokens)
             tps = exchange.tokens_per_s
             if tps is not None:
-                self.tps.labels(label).observe(tps)
+                child(self.tps, label).observe(tps)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

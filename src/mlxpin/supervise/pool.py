@@ -79,6 +79,7 @@ class Slot:
         self.start_task: asyncio.Task[None] | None = None
         self.watcher: asyncio.Task[None] | None = None
         self.stopping_by_us = False
+        self._upstream = (server.upstream, server.upstream)  # (its base, with our epoch)
 
     def view(self) -> ModelView:
         return ModelView(
@@ -91,7 +92,10 @@ class Slot:
         )
 
     def upstream(self) -> Upstream:
-        return dataclasses.replace(self.server.upstream, epoch=self.health.epoch)
+        base, epoch = self.server.upstream, self.health.epoch
+        if self._upstream[0] is not base or self._upstream[1].epoch != epoch:  # once a start
+            self._upstream = (base, dataclasses.replace(base, epoch=epoch))
+        return self._upstream[1]
 
     async def attempt(self, timeout_s: float) -> str:
         """One 1-token completion straight to the server: "ok", "unreachable" or "error"."""
@@ -185,7 +189,8 @@ class Pool:
         slot.in_flight += 1  # from now on it is never evicted under this request
         slot.queued += 1
         try:
-            await self.ensure_ready(slot, self.plan.start_timeout)
+            if self.closing or slot.state != "ready":
+                await self.ensure_ready(slot, self.plan.start_timeout)
             await slot.queue.enter(label)
         except BaseException:
             self.leave(slot)
@@ -524,6 +529,9 @@ class Pool:
 
     async def _ttl_loop(self) -> None:
         ttl = {s.name: s.plan.idle_ttl for s in self.slots.values()}
+        shortest = min((t for t in ttl.values() if t > 0), default=None)
+        if shortest is None:
+            return  # no model is ever stopped for idleness
         while not self.closing:
             views = [s.view() for s in self.slots.values()]
             for name in expired(views, time.monotonic(), ttl):
@@ -533,7 +541,10 @@ class Pool:
                     slot.evictions["idle"] += 1
                     await self.stop(slot)
             wait = next_expiry([s.view() for s in self.slots.values()], time.monotonic(), ttl)
-            await self.wait_change(None if wait is None else wait + 0.01)
+            # A timer, not wait_change: a model that turns idle from now on expires no
+            # sooner than `shortest` from now (a request ends with a touch), and waking
+            # as each request ended cost the gateway a loop turn per request.
+            await asyncio.sleep(min(shortest, shortest if wait is None else wait) + 0.01)
 
     async def close(self) -> None:
         """Stop every server (SIGTERM, then SIGKILL after the stop timeout)."""

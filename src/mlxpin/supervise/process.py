@@ -144,27 +144,60 @@ LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3
 
 
+class RotatingLog:
+    """A server's log file, rotated as logging's RotatingFileHandler would (NAME.log.1, ...)
+    but written a chunk at a time: no LogRecord, format, seek and two stats per line (the
+    engine logs a line per request, and that cost ~0.1 ms of the gateway's loop each)."""
+
+    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS):
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("ab")
+        self.size = self.file.tell()
+
+    def write(self, data: bytes) -> None:
+        if self.size and self.size + len(data) >= self.max_bytes:
+            self.rotate()
+        self.file.write(data)
+        self.file.flush()
+        self.size += len(data)
+
+    def rotate(self) -> None:
+        self.file.close()
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        self.file = self.path.open("ab")
+        self.size = 0
+
+    def close(self) -> None:
+        self.file.close()
+
+
 async def pump_output(stream: asyncio.StreamReader, path: Path, label: str) -> None:
     """Copy a server's output line by line to its rotating ``path`` and, prefixed with
     ``[label]``, to our stderr (the combined stream a service unit logs)."""
-    from logging.handlers import RotatingFileHandler
-
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler: RotatingFileHandler | None = RotatingFileHandler(
-            path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
-        )
+        logfile: RotatingLog | None = RotatingLog(path)
     except OSError as exc:
         log.warning("%s: cannot write its log %s: %s", label, path, exc)
-        handler = None
+        logfile = None
     prefix, rest = f"[{label}] ", b""
 
     def emit(lines: list[bytes]) -> None:
-        for line in filter(None, lines):
-            text = line.decode("utf-8", "replace")
-            if handler is not None:
-                handler.emit(logging.makeLogRecord({"msg": text}))
-            sys.stderr.write(prefix + text + "\n")
+        nonlocal logfile
+        texts = [line.decode("utf-8", "replace") for line in lines if line]
+        if not texts:
+            return
+        if logfile is not None:
+            try:
+                logfile.write("".join(text + "\n" for text in texts).encode())
+            except OSError as exc:
+                log.warning("%s: cannot write its log %s: %s", label, path, exc)
+                logfile = None
+        sys.stderr.write("".join(prefix + text + "\n" for text in texts))
         sys.stderr.flush()
 
     try:
@@ -173,8 +206,8 @@ async def pump_output(stream: asyncio.StreamReader, path: Path, label: str) -> N
             emit(lines)
         emit([rest])
     finally:
-        if handler is not None:
-            handler.close()
+        if logfile is not None:
+            logfile.close()
 
 
 Attempt = Callable[[float], Awaitable[str]]

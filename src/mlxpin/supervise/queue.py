@@ -41,7 +41,11 @@ class EngineQueue:
 
     async def enter(self, label: str) -> None:
         """Take a slot, waiting in line if none is free; Unavailable past the limits."""
-        if self.free.locked() and self.waiting >= self.limit:
+        if not self.free.locked():  # a free slot and nobody in line: no wait_for (its
+            await self.free.acquire()  # task costs a loop turn), this never suspends
+            self.active += 1
+            return
+        if self.waiting >= self.limit:
             raise Unavailable(
                 f"The model '{label}' has {self.waiting} requests waiting already; retry shortly",
                 code="queue_full",
