@@ -188,11 +188,10 @@ def test_lock_pins_the_recipe_then_build_records_and_installs_the_output(
     assert project.json("status", "tiny-q4")["models"][0]["origin"] == "build"
     # Again: nothing to do. --check rebuilds and compares, installing nothing.
     assert "up to date" in project.ok("build").stdout
-    piped = project.ok("build", "--check")  # stderr is a pipe: progress as lines
+    piped = project.ok("build", "--check")  # says what it runs (progress lines after 2 s)
     assert (
         "tiny-q4: build quantize of tiny (bits=4, group_size=32, mode=affine), by" in piped.stderr
     )
-    assert piped.stderr.rstrip().endswith("done")
     assert "identical to the recorded output" in piped.stdout
     checked = project.json("build", "--check")
     assert checked["models"][0]["action"] == "checked"
@@ -444,3 +443,35 @@ class LyingCache:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# --- hashing while the builder writes ------------------------------------------------------
+
+
+def test_early_hashes_count_only_for_files_unchanged_since(tmp_path: Path) -> None:
+    from mlxpin.build.early import EarlyHashes, stat_of
+    from mlxpin.build.step import hash_output
+    from mlxpin.util.hashing import hash_file
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    kept, rewritten = out / "model.safetensors", out / "sub" / "config.json"
+    kept.write_bytes(b"weights" * 1000)
+    rewritten.write_bytes(b'{"bits": 4}')
+    early = EarlyHashes(out)
+    try:
+        early.poll()  # first sight: nothing is quiet yet
+        assert early.queued == {}
+        early.poll()  # unchanged since: both hashed
+        assert set(early.queued) == {"model.safetensors", "sub/config.json"}
+        assert early.oid("model.safetensors", stat_of(os.lstat(kept))) == hash_file(kept, "sha256")
+        early.oid("sub/config.json", stat_of(os.lstat(rewritten)))  # wait for it
+        before = os.lstat(rewritten)
+        rewritten.write_bytes(b'{"bits": 8}')  # same size, other bytes, written later
+        os.utime(rewritten, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+        assert early.oid("sub/config.json", stat_of(os.lstat(rewritten))) is None
+        files = {f.path: f.oid for f in hash_output("q", out, early)}
+    finally:
+        early.close()
+    assert files["sub/config.json"] == hash_file(rewritten, "sha256")  # hashed again
+    assert files["model.safetensors"] == hash_file(kept, "sha256")

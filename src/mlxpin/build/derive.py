@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mlxpin.build.early import EarlyHashes
 from mlxpin.build.identity import this_platform
 from mlxpin.build.step import StepInputs, StepProgress, hash_output, run_step, step_argv
 from mlxpin.build.step import step_environment as environment_of
@@ -155,8 +156,12 @@ def build_model(
             f"{lock.name}: {spec.describe()}, by {builder.identity} ({builder.python}); "
             f"its log: {log_path}"
         )
-        run_step(lock.name, argv, env, out, log_path, progress)
-        files = hash_output(lock.name, out)
+        early = EarlyHashes(out)
+        try:
+            run_step(lock.name, argv, env, out, log_path, progress, early)
+            files = hash_output(lock.name, out, early)
+        finally:
+            early.close()
         platform = this_platform()
         made = make_locked(
             lock.name,

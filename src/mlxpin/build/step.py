@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from mlxpin.build.early import EarlyHashes, stat_of
 from mlxpin.errors import BuildFailedError, UnstorableFilesError
 from mlxpin.project import validate
 from mlxpin.project.lockfile import LockedFile
 from mlxpin.project.recipe import BuildSpec
 from mlxpin.util.hashing import hash_file
 
-POLL_S = 0.5
+POLL_S = 0.25
 _DROPPED_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "MLXPIN_API_KEY")
 
 
@@ -76,9 +77,11 @@ def run_step(
     out: Path,
     log_path: Path,
     progress: StepProgress,
+    early: EarlyHashes | None = None,
 ) -> None:
-    """Run the builder to its end, reporting the bytes it has written so far; a failure
-    is a BuildFailedError with the log's last lines. Ctrl-C stops the builder too."""
+    """Run the builder to its end, reporting the bytes it has written so far (and with
+    ``early``, hashing the files it has finished); a failure is a BuildFailedError with
+    the log's last lines. Ctrl-C stops the builder too."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -98,6 +101,8 @@ def run_step(
                     break
                 except subprocess.TimeoutExpired:
                     pass
+                if early is not None:
+                    early.poll()
                 now = _bytes_under(out)
                 if now > written:
                     progress.advance(now - written)
@@ -155,9 +160,12 @@ def _tail(log_path: Path, lines: int = 3) -> str:
     return (": " + " | ".join(last)) if last else ""
 
 
-def hash_output(name: str, out: Path, workers: int = 2) -> tuple[LockedFile, ...]:
-    """Every file the builder wrote, with its size and sha256 (two files at a time: the
-    hashing releases the GIL). A link or a special file in the output is refused."""
+def hash_output(
+    name: str, out: Path, early: EarlyHashes | None = None, workers: int = 2
+) -> tuple[LockedFile, ...]:
+    """Every file the builder wrote, with its size and sha256: from ``early`` when it
+    hashed the file as it is now, else here (two files at a time: the hashing releases
+    the GIL). A link or a special file in the output is refused."""
     paths: list[str] = []
     for root, dirs, names in os.walk(out):
         dirs.sort()
@@ -177,8 +185,9 @@ def hash_output(name: str, out: Path, workers: int = 2) -> tuple[LockedFile, ...
 
     def pin(relative: str) -> LockedFile:
         full = out / relative
-        size = full.stat().st_size
-        return LockedFile(relative, size, hash_file(full, "sha256", size))
+        st = os.lstat(full)
+        oid = early.oid(relative, stat_of(st)) if early is not None else None
+        return LockedFile(relative, st.st_size, oid or hash_file(full, "sha256", st.st_size))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return tuple(pool.map(pin, paths))

@@ -1,0 +1,83 @@
+"""Hash a builder's output while it is still being written, so the hashing overlaps the
+step instead of following it.
+
+A file is hashed once it has not changed between two polls. The hash counts only if the
+file's stat (size, mtime, ctime, inode) was the same before and after the read, and is
+still the same when the builder has ended: a file written to again afterwards (the clocks
+move on every write) is hashed again then, as any file never hashed early is.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from mlxpin.util.hashing import CHUNK, OidHasher
+
+Stat = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+
+
+def stat_of(st: os.stat_result) -> Stat:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _hash(path: Path, expected: Stat) -> tuple[Stat, str] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        before = os.fstat(fd)
+        if not stat_mod.S_ISREG(before.st_mode) or stat_of(before) != expected:
+            return None
+        hasher = OidHasher("sha256", before.st_size)
+        while chunk := handle.read(CHUNK):
+            hasher.update(chunk)
+        if stat_of(os.fstat(fd)) != expected:
+            return None  # written to while it was read
+    return expected, hasher.oid()
+
+
+class EarlyHashes:
+    """One thread hashing the files of ``out`` that stopped changing (`poll`)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-hash")
+        self.seen: dict[str, Stat] = {}  # each file's stat at the last poll
+        self.queued: dict[str, tuple[Stat, Future[tuple[Stat, str] | None]]] = {}
+
+    def poll(self) -> None:
+        for relative, current in _files(self.out):
+            quiet = self.seen.get(relative) == current
+            if quiet and self.queued.get(relative, (None,))[0] != current:
+                future = self.pool.submit(_hash, self.out / relative, current)
+                self.queued[relative] = (current, future)
+            self.seen[relative] = current
+
+    def oid(self, relative: str, final: Stat) -> str | None:
+        """The file's sha256 oid if it was hashed early at its final stat, else None."""
+        queued = self.queued.get(relative)
+        if queued is None or queued[0] != final:
+            return None
+        result = queued[1].result()
+        return result[1] if result is not None and result[0] == final else None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _files(out: Path) -> list[tuple[str, Stat]]:
+    found: list[tuple[str, Stat]] = []
+    for root, _, names in os.walk(out):
+        for file_name in names:
+            full = os.path.join(root, file_name)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            if stat_mod.S_ISREG(st.st_mode):
+                found.append((os.path.relpath(full, out).replace(os.sep, "/"), stat_of(st)))
+    return found
