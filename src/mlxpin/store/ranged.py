@@ -9,10 +9,10 @@ largest range still to come, and a range that finishes early hands its connectio
 of the largest one left, so every connection stays busy to the end.
 
 Each range is written in place (`pwrite`). The hash covers the file in order, while it
-downloads: the connection at the end of the hashed prefix hashes its bytes from memory
-as they arrive, and bytes that came ahead of the prefix are read back (from the page
-cache) when the prefix reaches them. So the hash is ready with the last byte, without a
-second pass over the file.
+downloads: a thread of the file's own reads the bytes written without a gap from the
+start back (from the page cache) and hashes them, so no connection waits for hashing (a
+small file's one connection hashes from memory). Ranges that end together leave most of
+the file to hash after the last byte came; the fsync before publishing overlaps that.
 
 Without `<partial>.ranges` the partial file is a prefix of the file and resumes at its
 end. Once a file is split, every range's progress is kept there (written before a new
@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import stat as stat_mod
 import threading
 import time
@@ -50,9 +49,12 @@ NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 ATTEMPTS = 5
 RETRY_DELAY_S = 0.25  # doubles per attempt: 0.25 + 0.5 + 1 + 2 s before giving up
 SAVE_EVERY_S = 1.0
-WINDOW_S = 0.1  # how long the throughput of one level of connections is measured
+WINDOW_S = 0.05  # how long the throughput of one level of connections is measured
 GAIN = 1.5  # doubling the connections must raise the throughput at least this much
-READ_BACK = 1 << 20
+READ_BACK = 4 << 20
+# A new range takes half of the largest one left, down to this: under a per-connection cap
+# the last range's time on its one connection is the fetch's tail.
+TAIL_PART = 1 << 20
 PIPELINE_MIN = 4 << 20  # files at least this large are hashed on a thread of their own
 MiB = 1024 * 1024
 # Extra connections for the whole process (the HTTP client pools at most 100).
@@ -139,36 +141,46 @@ class _NoRanges(Exception):
 
 
 class _Hash:
-    """A file's hash, computed on a thread of its own for a large file, so that receiving
-    and writing go on meanwhile (hashlib releases the GIL); updates keep their order."""
+    """A file's hash over the bytes written without a gap from its start. A large file's
+    is extended by a thread of its own that reads them back (from the page cache) as they
+    arrive, so no connection ever waits for hashing, and the prefix moves on even when
+    the range at its end has finished (hashlib releases the GIL). A small file's is
+    extended by its writer, from memory."""
 
-    def __init__(self, file: LockedFile) -> None:
-        self.hasher = OidHasher(oid_algorithm(file.oid), file.size)
-        self.queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=16)
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.hasher = OidHasher(oid_algorithm(job.file.oid), job.file.size)
+        self.more = threading.Event()
+        self.failure: BaseException | None = None
         self.thread: threading.Thread | None = None
-        if file.size >= PIPELINE_MIN:
-            self.thread = threading.Thread(target=self._run, name="mlxpin-hash", daemon=True)
+        if job.file.size >= PIPELINE_MIN:
+            self.thread = threading.Thread(target=self._follow, name="mlxpin-hash", daemon=True)
             self.thread.start()
 
-    def _run(self) -> None:
-        while (data := self.queue.get()) is not None:
-            self.hasher.update(data)
+    def _follow(self) -> None:
+        try:
+            while self.thread is not None:
+                self.more.wait()
+                self.more.clear()
+                self.job.extend()
+        except BaseException as exc:  # raised by oid(), in the fetching thread
+            self.failure = exc
 
     def update(self, data: bytes | memoryview) -> None:
-        if self.thread is None:
-            self.hasher.update(data)
-        else:
-            self.queue.put(data)  # never a buffer that is written to again
+        self.hasher.update(data)
 
     def oid(self) -> str:
         self.close()
+        if self.failure is not None:
+            raise self.failure
+        self.job.extend()
         return self.hasher.oid()
 
     def close(self) -> None:
-        if self.thread is not None:
-            self.queue.put(None)
-            self.thread.join()
-            self.thread = None
+        thread, self.thread = self.thread, None
+        if thread is not None:
+            self.more.set()
+            thread.join()
 
 
 class _Job:
@@ -180,16 +192,18 @@ class _Job:
         self.parts = parts  # in file order, covering it
         self.sidecar = sidecar
         self.lock = threading.Lock()
-        self.hash = _Hash(file)
         self.hashed = 0  # the hash covers [0, hashed)
         self.hashing = False  # a thread is extending the hash
         self.received = 0
         self.saved = 0.0
+        self.hash = _Hash(self)
 
     def write(self, part: _Part, chunk: bytes) -> int:
-        """Write the next bytes of `part` (as many as still belong to it); hash them at
-        once if they extend the hashed prefix. Returns how many were taken."""
+        """Write the next bytes of `part` (as many as still belong to it); a small file's
+        writer hashes them at once if they extend the hashed prefix. Returns how many
+        were taken."""
         view = memoryview(chunk)
+        following = self.hash.thread is not None
         with self.lock:
             at = part.start + part.done
             view = view[: max(0, part.end - at)]
@@ -198,16 +212,25 @@ class _Job:
                 written += os.pwrite(self.fd, view[written:], at + written)
             part.done += len(view)
             self.received += len(view)
-            mine = not self.hashing and self.hashed == at
+            mine = not following and not self.hashing and self.hashed == at
             self.hashing |= mine
         if mine:
             self.hash.update(view)
-            self.catch_up(at + len(view))
+            self.extend(at + len(view))
+        elif following:
+            self.hash.more.set()
         if len(self.parts) > 1:
             self.save()
         return len(view)
 
-    def catch_up(self, at: int | None = None) -> None:
+    def catch_up(self) -> None:
+        """Hash what lies written past the hashed prefix (a large file's thread does)."""
+        if self.hash.thread is not None:
+            self.hash.more.set()
+        else:
+            self.extend()
+
+    def extend(self, at: int | None = None) -> None:
         """Hash what lies written past the hashed prefix. With `at`, the caller holds the
         turn and has hashed up to `at`; without, it takes the turn if it is free."""
         if at is None:
@@ -323,9 +346,7 @@ def _fill(
         else:
             assert policy is not None
             _drive(source, lock, job, progress, cancel, limit, policy.min_part())
-        job.catch_up()
-        oid = job.hash.oid()
-        os.fsync(fd)
+        oid = _hash_and_sync(job)
     finally:
         if job is not None:
             job.hash.close()
@@ -333,6 +354,32 @@ def _fill(
     with contextlib.suppress(FileNotFoundError):
         sidecar.unlink()
     return Filled(oid, job.received, already > 0)
+
+
+def _hash_and_sync(job: _Job) -> str:
+    """The file's hash, while its bytes go to disk. A split file's ranges end together,
+    so most of it is hashed (read back) after its last byte came: fsync overlaps that."""
+    if job.hash.thread is None:
+        oid = job.hash.oid()
+        os.fsync(job.fd)
+        return oid
+    failed: list[OSError] = []
+
+    def sync() -> None:
+        try:
+            os.fsync(job.fd)
+        except OSError as exc:  # raised below, in the fetching thread
+            failed.append(exc)
+
+    syncing = threading.Thread(target=sync, name="mlxpin-fsync")
+    syncing.start()
+    try:
+        oid = job.hash.oid()
+    finally:
+        syncing.join()
+    if failed:
+        raise failed[0]
+    return oid
 
 
 def _drive(
@@ -381,7 +428,7 @@ def _drive(
                 break
             busy = sum(1 for part, thread in running if thread.is_alive() and part.left)
             while busy < level and _EXTRA.acquire(blocking=False):
-                new = job.split(min_part)
+                new = job.split(min(min_part, TAIL_PART))
                 if new is None:
                     _EXTRA.release()
                     break
