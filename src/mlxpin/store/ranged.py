@@ -23,6 +23,7 @@ with the lock before the blob is published.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -52,9 +53,12 @@ SAVE_EVERY_S = 1.0
 WINDOW_S = 0.05  # how long the throughput of one level of connections is measured
 GAIN = 1.5  # doubling the connections must raise the throughput at least this much
 READ_BACK = 4 << 20
+HANDED = 4 << 20  # the most bytes writers hand a file's hashing thread at a time
 # A new range takes half of the largest one left, down to this: under a per-connection cap
 # the last range's time on its one connection is the fetch's tail.
 TAIL_PART = 1 << 20
+FLUSH_EVERY = 32 << 20
+_DATASYNC = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 PIPELINE_MIN = 4 << 20  # files at least this large are hashed on a thread of their own
 MiB = 1024 * 1024
 # Extra connections for the whole process (the HTTP client pools at most 100).
@@ -142,16 +146,22 @@ class _NoRanges(Exception):
 
 class _Hash:
     """A file's hash over the bytes written without a gap from its start. A large file's
-    is extended by a thread of its own that reads them back (from the page cache) as they
-    arrive, so no connection ever waits for hashing, and the prefix moves on even when
-    the range at its end has finished (hashlib releases the GIL). A small file's is
-    extended by its writer, from memory."""
+    is extended by a thread of its own, so no connection ever waits for hashing, and the
+    prefix moves on even when the range at its end has finished (hashlib releases the
+    GIL): it hashes the chunks writers hand it at the end of the prefix from memory (up
+    to HANDED bytes, never blocking a writer) and reads the rest back from the page
+    cache. A small file's is extended by its writer, from memory."""
 
     def __init__(self, job: _Job) -> None:
         self.job = job
         self.hasher = OidHasher(oid_algorithm(job.file.oid), job.file.size)
         self.more = threading.Event()
         self.failure: BaseException | None = None
+        # Chunks written at the end of what is hashed or handed, in order (under job.lock):
+        # never a buffer that is written to again.
+        self.handed: collections.deque[tuple[int, bytes | memoryview]] = collections.deque()
+        self.handed_bytes = 0
+        self.handed_end = 0
         self.thread: threading.Thread | None = None
         if job.file.size >= PIPELINE_MIN:
             self.thread = threading.Thread(target=self._follow, name="mlxpin-hash", daemon=True)
@@ -169,6 +179,26 @@ class _Hash:
     def update(self, data: bytes | memoryview) -> None:
         self.hasher.update(data)
 
+    def hand(self, at: int, view: memoryview) -> None:
+        """Keep a chunk just written at `at` for the thread (held under job.lock)."""
+        if at == self.handed_end and self.handed_bytes + len(view) <= HANDED:
+            self.handed.append((at, view))
+            self.handed_bytes += len(view)
+            self.handed_end = at + len(view)
+
+    def take(self, at: int) -> bytes | memoryview | None:
+        """The handed bytes from `at` on, if they are at hand (held under job.lock)."""
+        while self.handed:
+            offset, view = self.handed.popleft()
+            self.handed_bytes -= len(view)
+            if offset + len(view) > at:
+                if offset <= at:
+                    return view[at - offset :]
+                self.handed.appendleft((offset, view))
+                self.handed_bytes += len(view)
+                return None
+        return None
+
     def oid(self) -> str:
         self.close()
         if self.failure is not None:
@@ -181,6 +211,30 @@ class _Hash:
         if thread is not None:
             self.more.set()
             thread.join()
+
+
+class _Flusher:
+    """Sends a large file's bytes to disk while the rest still arrives (on a thread of its
+    own, every FLUSH_EVERY bytes), so the fsync before publishing finds little to write:
+    the page cache would otherwise hold them all until then."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.due = threading.Event()
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, name="mlxpin-flush", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.due.wait() and not self.closing:
+            self.due.clear()
+            with contextlib.suppress(OSError):  # the final fsync says what went wrong
+                _DATASYNC(self.fd)
+
+    def close(self) -> None:
+        self.closing = True
+        self.due.set()
+        self.thread.join()
 
 
 class _Job:
@@ -196,7 +250,9 @@ class _Job:
         self.hashing = False  # a thread is extending the hash
         self.received = 0
         self.saved = 0.0
+        self.unflushed = 0
         self.hash = _Hash(self)
+        self.flusher = _Flusher(fd) if self.hash.thread is not None else None
 
     def write(self, part: _Part, chunk: bytes) -> int:
         """Write the next bytes of `part` (as many as still belong to it); a small file's
@@ -212,8 +268,14 @@ class _Job:
                 written += os.pwrite(self.fd, view[written:], at + written)
             part.done += len(view)
             self.received += len(view)
+            self.unflushed += len(view)
+            if self.flusher is not None and self.unflushed >= FLUSH_EVERY:
+                self.unflushed = 0
+                self.flusher.due.set()
             mine = not following and not self.hashing and self.hashed == at
             self.hashing |= mine
+            if following:
+                self.hash.hand(at, view)
         if mine:
             self.hash.update(view)
             self.extend(at + len(view))
@@ -222,6 +284,11 @@ class _Job:
         if len(self.parts) > 1:
             self.save()
         return len(view)
+
+    def close(self) -> None:
+        self.hash.close()
+        if self.flusher is not None:
+            self.flusher.close()
 
     def catch_up(self) -> None:
         """Hash what lies written past the hashed prefix (a large file's thread does)."""
@@ -244,9 +311,13 @@ class _Job:
                 end = self._written_from(at)
                 if end == at:
                     self.hashing = False
+                    self.hash.handed_end = at  # caught up: writers may hand chunks again
                     return
             while at < end:
-                data = os.pread(self.fd, min(READ_BACK, end - at), at)
+                with self.lock:
+                    data = self.hash.take(at)
+                if data is None:
+                    data = os.pread(self.fd, min(READ_BACK, end - at), at)
                 if not data:
                     raise OSError(0, "the partial file shrank", str(self.sidecar.with_suffix("")))
                 self.hash.update(data)
@@ -349,7 +420,7 @@ def _fill(
         oid = _hash_and_sync(job)
     finally:
         if job is not None:
-            job.hash.close()
+            job.close()
         os.close(fd)
     with contextlib.suppress(FileNotFoundError):
         sidecar.unlink()
