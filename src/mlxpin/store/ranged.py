@@ -5,8 +5,10 @@ that can send byte ranges (the Hub, a mirror) may get more, adaptively: after ea
 measuring window the connections double, up to `connections`, for as long as doubling
 raised the throughput (a CDN or a peer that caps each connection); when it did not,
 fetch goes back to the last level that paid. A new connection takes the back half of the
-largest range still to come, and a range that finishes early hands its connection half
-of the largest one left, so every connection stays busy to the end.
+first range with two minimum parts still to come (so ranges at the front end first and
+the hashed prefix follows), and a range that finishes early hands its connection half of
+such a range, at the end of the largest one left, so every connection stays busy to the
+end.
 
 Each range is written in place (`pwrite`). The hash covers the file in order, while it
 downloads: a thread of the file's own reads the bytes written without a gap from the
@@ -54,8 +56,8 @@ WINDOW_S = 0.05  # how long the throughput of one level of connections is measur
 GAIN = 1.5  # doubling the connections must raise the throughput at least this much
 READ_BACK = 4 << 20
 HANDED = 4 << 20  # the most bytes writers hand a file's hashing thread at a time
-# A new range takes half of the largest one left, down to this: under a per-connection cap
-# the last range's time on its one connection is the fetch's tail.
+# At the end, a new range takes half of the largest one left down to this: under a
+# per-connection cap the last range's time on its one connection is the fetch's tail.
 TAIL_PART = 1 << 20
 FLUSH_EVERY = 32 << 20
 _DATASYNC = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
@@ -333,16 +335,21 @@ class _Job:
                 break
         return at
 
-    def split(self, min_part: int) -> _Part | None:
-        """A new range: the back half of the largest one left, if that is worth it."""
+    def split(self, min_part: int, least: int | None = None) -> _Part | None:
+        """A new range: the back half of the first range with 2 * `min_part` left, else of
+        the largest one with 2 * `least` left (the tail), if any. The first, not the
+        largest: front ranges end early and the hashed prefix moves on meanwhile, where
+        ranges of one size would all end with the last byte, leaving the file to hash."""
+        floor = min_part if least is None else least
         with self.lock:
-            largest = max(self.parts, key=lambda p: p.left)
-            if largest.left < 2 * min_part:
+            worth = (p for p in self.parts if p.left >= 2 * min_part)
+            chosen = next(worth, None) or max(self.parts, key=lambda p: p.left)
+            if chosen.left < 2 * floor:
                 return None
-            middle = largest.end - largest.left // 2
-            new = _Part(middle, largest.end)
-            largest.end = middle
-            self.parts.insert(self.parts.index(largest) + 1, new)
+            middle = chosen.end - chosen.left // 2
+            new = _Part(middle, chosen.end)
+            chosen.end = middle
+            self.parts.insert(self.parts.index(chosen) + 1, new)
         self.save(force=True)  # before the new range writes a byte
         return new
 
@@ -499,7 +506,7 @@ def _drive(
                 break
             busy = sum(1 for part, thread in running if thread.is_alive() and part.left)
             while busy < level and _EXTRA.acquire(blocking=False):
-                new = job.split(min(min_part, TAIL_PART))
+                new = job.split(min_part, min(min_part, TAIL_PART))
                 if new is None:
                     _EXTRA.release()
                     break
