@@ -34,7 +34,7 @@ import stat as stat_mod
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -369,36 +369,36 @@ class _Job:
             os.replace(tmp, self.sidecar)
 
 
-def fill(
-    source: ByteSource,
-    lock: LockedModel,
-    file: LockedFile,
-    partial: Path,
-    progress: Progress,
-    cancel: CancelToken,
-) -> Filled:
-    """Fill `partial` with the file's bytes, resuming what an earlier run left; returns
-    the hash of what it holds (the caller compares it with the lock)."""
+@dataclass(frozen=True)
+class Transfer:
+    """One file on its way from a source into its partial file (`cancel` stops it)."""
+
+    source: ByteSource
+    lock: LockedModel
+    file: LockedFile
+    partial: Path
+    progress: Progress
+    cancel: CancelToken
+
+
+def fill(transfer: Transfer) -> Filled:
+    """Fill the partial file with the file's bytes, resuming what an earlier run left;
+    returns the hash of what it holds (the caller compares it with the lock)."""
+    source, partial = transfer.source, transfer.partial
     policy = source.ranges if isinstance(source, RangedSource) else None
     try:
-        return _fill(source, lock, file, partial, progress, cancel, policy)
+        return _fill(transfer, policy)
     except _NoRanges:
-        log.info("%s: the server ignores ranges; %s on one connection", lock.name, file.path)
-        for path in (partial, partial.with_name(partial.name + ".ranges")):
+        name, path = transfer.lock.name, transfer.file.path
+        log.info("%s: the server ignores ranges; %s on one connection", name, path)
+        for stale in (partial, partial.with_name(partial.name + ".ranges")):
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        return _fill(source, lock, file, partial, progress, cancel, None)
+                stale.unlink()
+        return _fill(transfer, None)
 
 
-def _fill(
-    source: ByteSource,
-    lock: LockedModel,
-    file: LockedFile,
-    partial: Path,
-    progress: Progress,
-    cancel: CancelToken,
-    policy: RangePolicy | None,
-) -> Filled:
+def _fill(transfer: Transfer, policy: RangePolicy | None) -> Filled:
+    file, partial = transfer.file, transfer.partial
     sidecar = partial.with_name(partial.name + ".ranges")
     parts = _load(sidecar, file.size) if policy is not None else None
     if parts is None:
@@ -415,15 +415,15 @@ def _fill(
             os.ftruncate(fd, file.size)
         job = _Job(file, fd, parts, sidecar)
         already = sum(p.done for p in parts)
-        progress.advance(already)
+        transfer.progress.advance(already)
         if already:
-            log.debug("%s: resuming %s with %d bytes there", lock.name, file.path, already)
+            log.debug("%s: resuming %s with %d bytes there", transfer.lock.name, file.path, already)
         limit = 1 if policy is None else policy.parts_for(file.size)
         if limit < 2 and len(parts) == 1:
-            _pull(source, lock, job, parts[0], progress, cancel)
+            _pull(transfer, job, parts[0])
         else:
             assert policy is not None
-            _drive(source, lock, job, progress, cancel, limit, policy.min_part())
+            _drive(transfer, job, limit, policy.min_part())
         oid = _hash_and_sync(job)
     finally:
         if job is not None:
@@ -460,24 +460,18 @@ def _hash_and_sync(job: _Job) -> str:
     return oid
 
 
-def _drive(
-    source: ByteSource,
-    lock: LockedModel,
-    job: _Job,
-    progress: Progress,
-    cancel: CancelToken,
-    limit: int,
-    min_part: int,
-) -> None:
+def _drive(transfer: Transfer, job: _Job, limit: int, min_part: int) -> None:
     """Run the ranges' connections; double them while that raises the throughput."""
+    lock, cancel = transfer.lock, transfer.cancel
     stop = CancelToken()  # this file's: a failed range stops the others
+    ranges = replace(transfer, cancel=stop)
     wake = threading.Event()
     failures: list[BaseException] = []
     running: list[tuple[_Part, threading.Thread]] = []
 
     def run(part: _Part, extra: bool) -> None:
         try:
-            _pull(source, lock, job, part, progress, stop)
+            _pull(ranges, job, part)
         except BaseException as exc:  # handed to the driving thread
             failures.append(exc)
             stop.cancel()
@@ -567,16 +561,11 @@ def _prefix(partial: Path, size: int) -> int:
     return st.st_size
 
 
-def _pull(
-    source: ByteSource,
-    lock: LockedModel,
-    job: _Job,
-    part: _Part,
-    progress: Progress,
-    stop: CancelToken,
-) -> None:
-    """Receive one range, retrying and resuming it where it stopped."""
-    file = job.file
+def _pull(transfer: Transfer, job: _Job, part: _Part) -> None:
+    """Receive one range, retrying and resuming it where it stopped (until
+    `transfer.cancel`)."""
+    source, lock, file, progress = transfer.source, transfer.lock, transfer.file, transfer.progress
+    stop = transfer.cancel
     job.catch_up()  # resumed bytes at the front: hash them before more arrive
 
     def attempt() -> None:
