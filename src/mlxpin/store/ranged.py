@@ -3,8 +3,9 @@
 Every file starts on one connection. A file of at least `min_size` bytes from a source
 that can send byte ranges (the Hub, a mirror) may get more, adaptively: after each
 measuring window the connections double, up to `connections`, for as long as doubling
-raised the throughput (a CDN or a peer that caps each connection); when it did not,
-fetch goes back to the last level that paid. A new connection takes the back half of the
+raised the throughput (a CDN or a peer that caps each connection), and quadruple after a
+doubling that nearly doubled it; when a step did not pay, fetch goes back to the last
+level that did. A new connection takes the back half of the
 first range with two minimum parts still to come (so ranges at the front end first and
 the hashed prefix follows), and a range that finishes early hands its connection half of
 such a range, at the end of the largest one left, so every connection stays busy to the
@@ -54,6 +55,7 @@ RETRY_DELAY_S = 0.25  # doubles per attempt: 0.25 + 0.5 + 1 + 2 s before giving 
 SAVE_EVERY_S = 1.0
 WINDOW_S = 0.05  # how long the throughput of one level of connections is measured
 GAIN = 1.5  # doubling the connections must raise the throughput at least this much
+LINEAR = 1.8  # a doubling that raised it this much (a cap per connection) is followed by x4
 READ_BACK = 4 << 20
 HANDED = 4 << 20  # the most bytes writers hand a file's hashing thread at a time
 # At the end, a new range takes half of the largest one left down to this: under a
@@ -490,6 +492,7 @@ def _drive(transfer: Transfer, job: _Job, limit: int, min_part: int) -> None:
             start(part, False)
     level = max(1, len(running))
     rate = 0.0  # of the last level that paid
+    paid = level
     window: tuple[float, int] | None = None  # (start, bytes received by then)
     growing = limit > level
     try:
@@ -518,9 +521,10 @@ def _drive(transfer: Transfer, job: _Job, limit: int, min_part: int) -> None:
                     "%s: %s: %.0f MB/s on %d", lock.name, job.file.path, measured / 1e6, level
                 )
                 if measured >= rate * GAIN:
-                    rate, level, window = measured, min(limit, level * 2), None
+                    step = 4 if rate and measured >= rate * LINEAR else 2
+                    rate, paid, level, window = measured, level, min(limit, level * step), None
                 else:
-                    level, growing = max(1, level // 2), False
+                    level, growing = paid, False
                 growing = growing and level < limit
     finally:
         stop.cancel()
