@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mlxpin.dev.tinymodel_embedding import generate
 from mlxpin.gateway.addresses import free_port
-from serve import connect, mlxpin, ms, private_address, serve, status, stop
+from serve import connect, mlxpin, ms, planned, private_address, serve, status, stop
 
 LABEL = "text-embedding-qwen3-embedding-8b"
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "it", "runs")
@@ -64,16 +64,7 @@ def main() -> None:
             mlxpin(
                 verb, "-q", "--manifest", str(manifest), "--lock-dir", "lock", env=env, cwd=workdir
             )
-        dry_run = (
-            "serve",
-            "--dry-run",
-            "--json",
-            "--manifest",
-            str(manifest),
-            "--lock-dir",
-            "lock",
-        )
-        plan = json.loads(mlxpin(*dry_run, env=env, cwd=workdir))["plan"]["models"][0]
+        plan = planned(manifest, env, workdir)[0]
         port = free_port()
         served = serve(manifest, env, workdir, port, "embed")
         try:

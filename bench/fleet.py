@@ -28,22 +28,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from hubserver import HubServer, LfsContent, pseudo_random_bytes  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from carry import CPU, pipe, tar_copy, wait  # noqa: E402
+
 MB = 1000 * 1000
 MLXPIN = [sys.executable, "-m", "mlxpin"]
-
-
-CPU: dict[str, float] = {}  # CPU seconds (user + system) per kind of run, summed
-
-
-def wait(process: subprocess.Popen[bytes], argv: list[str]) -> int:
-    """Peak RSS (bytes) of a finished child; fails loudly on a non-zero exit."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{argv} failed with {process.returncode}")
-    key = " ".join(a for a in argv[:4] if not a.startswith("/"))
-    CPU[key] = CPU.get(key, 0.0) + usage.ru_utime + usage.ru_stime
-    return usage.ru_maxrss * 1024
 
 
 def run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]:
@@ -51,27 +40,6 @@ def run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]:
     process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
     rss = wait(process, argv)
     return time.perf_counter() - started, rss
-
-
-def pipe(
-    left: list[str],
-    right: list[str],
-    env_left: dict[str, str],
-    env_right: dict[str, str],
-    cwd_left: Path,
-    cwd_right: Path,
-) -> tuple[float, int, int]:
-    """(seconds, peak RSS left, peak RSS right) of `left | right`."""
-    started = time.perf_counter()
-    first = subprocess.Popen(left, env=env_left, cwd=cwd_left, stdout=subprocess.PIPE)
-    second = subprocess.Popen(
-        right, env=env_right, cwd=cwd_right, stdin=first.stdout, stdout=subprocess.DEVNULL
-    )
-    assert first.stdout is not None
-    first.stdout.close()
-    rss_right = wait(second, right)
-    rss_left = wait(first, left)
-    return time.perf_counter() - started, rss_left, rss_right
 
 
 def write_shard(path: Path, megabytes: int, seed: int) -> None:
@@ -143,28 +111,15 @@ def main() -> int:
             for tool in ("tar", "mlxpin") if round_ % 2 == 0 else ("mlxpin", "tar"):
                 os.sync()
                 if tool == "tar":
-                    target = workdir / "tar-target"
-                    shutil.rmtree(target, ignore_errors=True)
-                    target.mkdir()
-                    seconds, _, _ = pipe(
-                        ["tar", "-c", "-C", str(blobs_dir), "."],
-                        ["tar", "-x", "-C", str(target)],
-                        a_env,
-                        a_env,
-                        a_root,
-                        a_root,
-                    )
-                    tar_runs.append(seconds)
+                    tar_runs.append(tar_copy(blobs_dir, workdir / "tar-target", a_env, a_root))
                 else:
                     b_root, b_env = host(workdir, "b", "http://127.0.0.1:9", manifest)
                     shutil.copytree(a_root / "lock", b_root / "lock")
                     seconds, left, right = pipe(
                         [*MLXPIN, "export", "-q", "-o", "-"],
                         [*MLXPIN, "import", "-q", "-"],
-                        a_env,
-                        b_env,
-                        a_root,
-                        b_root,
+                        (a_env, b_env),
+                        (a_root, b_root),
                     )
                     bundle_runs.append(seconds)
                     rss_export, rss_import = max(rss_export, left), max(rss_import, right)

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from launch import first_answer  # bench/ is on sys.path when this runs
 from mlxpin.dev.tinymodel import generate
@@ -50,6 +51,24 @@ def mlxpin(*args: str, env: dict[str, str], cwd: Path) -> str:
         capture_output=True,
         text=True,
     ).stdout
+
+
+def planned(manifest: Path, env: dict[str, str], cwd: Path, *names: str) -> list[dict[str, Any]]:
+    """The models `serve --dry-run --json` would start (the plan's `models`)."""
+    shown = mlxpin(
+        "serve",
+        *names,
+        "--dry-run",
+        "--json",
+        "--manifest",
+        str(manifest),
+        "--lock-dir",
+        "lock",
+        env=env,
+        cwd=cwd,
+    )
+    models: list[dict[str, Any]] = json.loads(shown)["plan"]["models"]
+    return models
 
 
 def setup(
@@ -179,20 +198,7 @@ def rss_mb(pid: int) -> float:
 def cold_starts(
     workdir: Path, env: dict[str, str], manifest: Path, preloaded: Path, runs: int
 ) -> float:
-    plan = json.loads(
-        mlxpin(
-            "serve",
-            "alpha",
-            "--dry-run",
-            "--json",
-            "--manifest",
-            str(manifest),
-            "--lock-dir",
-            "lock",
-            env=env,
-            cwd=workdir,
-        )
-    )["plan"]["models"][0]
+    plan = planned(manifest, env, workdir, "alpha")[0]
     shown = plan["argv"]
     if "--unix-socket" in shown:  # mlxpin's launcher: the bare server gets the same options
         server_args = shown[shown.index("--unix-socket") + 2 :]
@@ -278,19 +284,7 @@ def latency(workdir: Path, env: dict[str, str], manifest: Path, requests: int) -
         models = status(port)
         assert all(m["state"] == "ready" for m in models.values()), models
         direct_ports = {n: private_address(int(str(models[n]["pid"]))) for n in NAMES}
-        plan = json.loads(
-            mlxpin(
-                "serve",
-                "--dry-run",
-                "--json",
-                "--manifest",
-                str(manifest),
-                "--lock-dir",
-                "lock",
-                env=env,
-                cwd=workdir,
-            )
-        )["plan"]["models"]
+        plan = planned(manifest, env, workdir)
         upstream = {m["name"]: m["upstream_model"] for m in plan}
         gateway_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         direct_conns = {n: connect(p, 60) for n, p in direct_ports.items()}

@@ -15,10 +15,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from carry import pipe, tar_copy
 from fetch import MB, MLXPIN, MiB, shard
 
 from hubserver import HubServer, LfsContent
@@ -34,19 +34,6 @@ def host(workdir: Path, name: str, endpoint: str) -> tuple[Path, dict[str, str]]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MLXPIN_"))}
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(root / "hf"), HF_HUB_DISABLE_XET="1")
     return root, env
-
-
-def pipe(left: list[str], right: list[str], envs: list[dict[str, str]], cwds: list[Path]) -> float:
-    """Seconds for `left | right`; fails loudly if either fails."""
-    started = time.perf_counter()
-    first = subprocess.Popen(left, env=envs[0], cwd=cwds[0], stdout=subprocess.PIPE)
-    second = subprocess.Popen(right, env=envs[1], cwd=cwds[1], stdin=first.stdout)
-    assert first.stdout is not None
-    first.stdout.close()
-    codes = (second.wait(), first.wait())
-    if codes != (0, 0):
-        raise SystemExit(f"{left} | {right} failed: {codes}")
-    return time.perf_counter() - started
 
 
 def main() -> int:
@@ -74,16 +61,12 @@ def main() -> int:
             for tool in ("tar", "mlxpin") if round_ % 2 == 0 else ("mlxpin", "tar"):
                 os.sync()
                 if tool == "tar":
-                    target = workdir / "tar-target"
-                    shutil.rmtree(target, ignore_errors=True)
-                    target.mkdir()
-                    tar = (["tar", "-c", "-C", str(blobs), "."], ["tar", "-x", "-C", str(target)])
-                    runs[tool].append(pipe(*tar, [a_env, a_env], [a_root, a_root]))
+                    runs[tool].append(tar_copy(blobs, workdir / "tar-target", a_env, a_root))
                 else:
                     b_root, b_env = host(workdir, "b", "http://127.0.0.1:9")
                     shutil.copytree(a_root / "lock", b_root / "lock")
                     ours = ([*MLXPIN, "export", "-q", "-o", "-"], [*MLXPIN, "import", "-q", "-"])
-                    runs[tool].append(pipe(*ours, [a_env, b_env], [a_root, b_root]))
+                    runs[tool].append(pipe(*ours, (a_env, b_env), (a_root, b_root))[0])
         load.append(os.getloadavg()[0])
     best_tar, best_pin = min(runs["tar"]), min(runs["mlxpin"])
     print(f"carry {total / MB:.0f} MB (4 LFS shards) from host A to a fresh host B")

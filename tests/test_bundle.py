@@ -115,6 +115,39 @@ def test_ranges_split_in_halves_and_hash_in_order(tmp_path: Path) -> None:
     assert RangePolicy(connections=1).parts_for(1 << 30) == 1
 
 
+def test_a_large_files_hash_follows_its_ranges_from_memory_and_read_back(
+    tmp_path: Path,
+) -> None:
+    """A large file is hashed on a thread of its own: chunks at the end of the prefix come
+    from memory (bounded), the others are read back; the result is the file's hash."""
+    data = pseudo_random_bytes(6 << 20, seed=4)
+    file = LockedFile("w", len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+    fd = os.open(tmp_path / "w", os.O_RDWR | os.O_CREAT)
+    job = _Job(file, fd, [_Part(0, len(data))], tmp_path / "w.ranges")
+    try:
+        assert job.hash.thread is not None
+        back = job.split(min_part=1 << 20)
+        assert back is not None
+        front = job.parts[0]
+        step = 64 * 1024
+        for at in range(0, back.end - back.start, step):  # interleaved, as connections do
+            job.write(back, data[back.start + at : back.start + at + step])
+            job.write(front, data[front.start + at : front.start + at + step])
+            assert job.hash.handed_bytes <= 4 << 20
+        assert job.hash.oid() == file.oid
+        kept = job.hash  # what the thread takes: the bytes from an offset, never stale ones
+        kept.handed_end = 100
+        for at, chunk in ((100, b"abcd"), (104, b"efgh"), (109, b"x"), (108, b"ij")):
+            kept.hand(at, memoryview(chunk))  # 109 is not where the handed bytes end
+        kept.hand(110, memoryview(bytes(4 << 20)))  # over the bound: read back instead
+        taken = [kept.take(at) for at in (102, 106, 110)]
+        assert [None if t is None else bytes(t) for t in taken] == [b"cd", b"gh", None]
+        assert kept.handed_bytes == 0
+    finally:
+        job.close()
+        os.close(fd)
+
+
 def test_an_invalid_range_is_ignored_and_a_huge_one_is_no_crash() -> None:
     """Issue #20 item 10: a huge number was a 500 with a traceback, bytes=5-2 a 416."""
     huge = "9" * 5000  # past int()'s default digit limit

@@ -41,7 +41,7 @@ from mlxpin.store.layout import (
     write_record,
     write_stamp,
 )
-from mlxpin.store.ranged import fill
+from mlxpin.store.ranged import Transfer, fill
 from mlxpin.store.sources import ByteSource
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name, write_atomic
 from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm
@@ -142,17 +142,11 @@ def _hash_existing(
 # --- one blob ----------------------------------------------------------------------------
 
 
-def _transfer(
-    source: ByteSource,
-    lock: LockedModel,
-    file: LockedFile,
-    partial: Path,
-    progress: Progress,
-    cancel: CancelToken,
-) -> int:
-    """Fill `partial` with the file's bytes, resuming what a previous run left, and check
-    them; returns the bytes received. Raises IntegrityError if the result is not the
+def _transfer(transfer: Transfer) -> int:
+    """Fill the partial file with the file's bytes, resuming what a previous run left, and
+    check them; returns the bytes received. Raises IntegrityError if the result is not the
     locked file (after one fresh attempt when the bytes came partly from an earlier run)."""
+    source, lock, file, partial = transfer.source, transfer.lock, transfer.file, transfer.partial
     received = 0
     for fresh in (False, True):
         with contextlib.suppress(FileNotFoundError):
@@ -161,7 +155,7 @@ def _transfer(
                     "%s is not a regular file; removing it (not what it points at)", partial
                 )
                 _remove_foreign(partial, file)
-        filled = fill(source, lock, file, partial, progress, cancel)
+        filled = fill(transfer)
         received += filled.received
         if filled.oid == file.oid:
             return received
@@ -218,7 +212,7 @@ def ensure_blob(
             _remove_foreign(blob, file, lock)
         partial = blob.with_name(blob.name + ".mlxpin.incomplete")
         try:
-            downloaded = _transfer(source, lock, file, partial, progress, cancel)
+            downloaded = _transfer(Transfer(source, lock, file, partial, progress, cancel))
             if lock.original.path is not None:
                 _chmod_own(partial, 0o444)
             partial.replace(blob)

@@ -3,16 +3,19 @@
 Every file starts on one connection. A file of at least `min_size` bytes from a source
 that can send byte ranges (the Hub, a mirror) may get more, adaptively: after each
 measuring window the connections double, up to `connections`, for as long as doubling
-raised the throughput (a CDN or a peer that caps each connection); when it did not,
-fetch goes back to the last level that paid. A new connection takes the back half of the
-largest range still to come, and a range that finishes early hands its connection half
-of the largest one left, so every connection stays busy to the end.
+raised the throughput (a CDN or a peer that caps each connection), and quadruple after a
+doubling that nearly doubled it; when a step did not pay, fetch goes back to the last
+level that did. A new connection takes the back half of the
+first range with two minimum parts still to come (so ranges at the front end first and
+the hashed prefix follows), and a range that finishes early hands its connection half of
+such a range, at the end of the largest one left, so every connection stays busy to the
+end.
 
 Each range is written in place (`pwrite`). The hash covers the file in order, while it
-downloads: the connection at the end of the hashed prefix hashes its bytes from memory
-as they arrive, and bytes that came ahead of the prefix are read back (from the page
-cache) when the prefix reaches them. So the hash is ready with the last byte, without a
-second pass over the file.
+downloads: a thread of the file's own reads the bytes written without a gap from the
+start back (from the page cache) and hashes them, so no connection waits for hashing (a
+small file's one connection hashes from memory). Ranges that end together leave most of
+the file to hash after the last byte came; the fsync before publishing overlaps that.
 
 Without `<partial>.ranges` the partial file is a prefix of the file and resumes at its
 end. Once a file is split, every range's progress is kept there (written before a new
@@ -23,16 +26,16 @@ with the lock before the blob is published.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import os
-import queue
 import stat as stat_mod
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -50,9 +53,16 @@ NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 ATTEMPTS = 5
 RETRY_DELAY_S = 0.25  # doubles per attempt: 0.25 + 0.5 + 1 + 2 s before giving up
 SAVE_EVERY_S = 1.0
-WINDOW_S = 0.1  # how long the throughput of one level of connections is measured
+WINDOW_S = 0.05  # how long the throughput of one level of connections is measured
 GAIN = 1.5  # doubling the connections must raise the throughput at least this much
-READ_BACK = 1 << 20
+LINEAR = 1.8  # a doubling that raised it this much (a cap per connection) is followed by x4
+READ_BACK = 4 << 20
+HANDED = 4 << 20  # the most bytes writers hand a file's hashing thread at a time
+# At the end, a new range takes half of the largest one left down to this: under a
+# per-connection cap the last range's time on its one connection is the fetch's tail.
+TAIL_PART = 1 << 20
+FLUSH_EVERY = 32 << 20
+_DATASYNC = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 PIPELINE_MIN = 4 << 20  # files at least this large are hashed on a thread of their own
 MiB = 1024 * 1024
 # Extra connections for the whole process (the HTTP client pools at most 100).
@@ -139,36 +149,96 @@ class _NoRanges(Exception):
 
 
 class _Hash:
-    """A file's hash, computed on a thread of its own for a large file, so that receiving
-    and writing go on meanwhile (hashlib releases the GIL); updates keep their order."""
+    """A file's hash over the bytes written without a gap from its start. A large file's
+    is extended by a thread of its own, so no connection ever waits for hashing, and the
+    prefix moves on even when the range at its end has finished (hashlib releases the
+    GIL): it hashes the chunks writers hand it at the end of the prefix from memory (up
+    to HANDED bytes, never blocking a writer) and reads the rest back from the page
+    cache. A small file's is extended by its writer, from memory."""
 
-    def __init__(self, file: LockedFile) -> None:
-        self.hasher = OidHasher(oid_algorithm(file.oid), file.size)
-        self.queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=16)
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.hasher = OidHasher(oid_algorithm(job.file.oid), job.file.size)
+        self.more = threading.Event()
+        self.failure: BaseException | None = None
+        # Chunks written at the end of what is hashed or handed, in order (under job.lock):
+        # never a buffer that is written to again.
+        self.handed: collections.deque[tuple[int, bytes | memoryview]] = collections.deque()
+        self.handed_bytes = 0
+        self.handed_end = 0
         self.thread: threading.Thread | None = None
-        if file.size >= PIPELINE_MIN:
-            self.thread = threading.Thread(target=self._run, name="mlxpin-hash", daemon=True)
+        if job.file.size >= PIPELINE_MIN:
+            self.thread = threading.Thread(target=self._follow, name="mlxpin-hash", daemon=True)
             self.thread.start()
 
-    def _run(self) -> None:
-        while (data := self.queue.get()) is not None:
-            self.hasher.update(data)
+    def _follow(self) -> None:
+        try:
+            while self.thread is not None:
+                self.more.wait()
+                self.more.clear()
+                self.job.extend()
+        except BaseException as exc:  # raised by oid(), in the fetching thread
+            self.failure = exc
 
     def update(self, data: bytes | memoryview) -> None:
-        if self.thread is None:
-            self.hasher.update(data)
-        else:
-            self.queue.put(data)  # never a buffer that is written to again
+        self.hasher.update(data)
+
+    def hand(self, at: int, view: memoryview) -> None:
+        """Keep a chunk just written at `at` for the thread (held under job.lock)."""
+        if at == self.handed_end and self.handed_bytes + len(view) <= HANDED:
+            self.handed.append((at, view))
+            self.handed_bytes += len(view)
+            self.handed_end = at + len(view)
+
+    def take(self, at: int) -> bytes | memoryview | None:
+        """The handed bytes from `at` on, if they are at hand (held under job.lock)."""
+        while self.handed:
+            offset, view = self.handed.popleft()
+            self.handed_bytes -= len(view)
+            if offset + len(view) > at:
+                if offset <= at:
+                    return view[at - offset :]
+                self.handed.appendleft((offset, view))
+                self.handed_bytes += len(view)
+                return None
+        return None
 
     def oid(self) -> str:
         self.close()
+        if self.failure is not None:
+            raise self.failure
+        self.job.extend()
         return self.hasher.oid()
 
     def close(self) -> None:
-        if self.thread is not None:
-            self.queue.put(None)
-            self.thread.join()
-            self.thread = None
+        thread, self.thread = self.thread, None
+        if thread is not None:
+            self.more.set()
+            thread.join()
+
+
+class _Flusher:
+    """Sends a large file's bytes to disk while the rest still arrives (on a thread of its
+    own, every FLUSH_EVERY bytes), so the fsync before publishing finds little to write:
+    the page cache would otherwise hold them all until then."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.due = threading.Event()
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, name="mlxpin-flush", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.due.wait() and not self.closing:
+            self.due.clear()
+            with contextlib.suppress(OSError):  # the final fsync says what went wrong
+                _DATASYNC(self.fd)
+
+    def close(self) -> None:
+        self.closing = True
+        self.due.set()
+        self.thread.join()
 
 
 class _Job:
@@ -180,16 +250,20 @@ class _Job:
         self.parts = parts  # in file order, covering it
         self.sidecar = sidecar
         self.lock = threading.Lock()
-        self.hash = _Hash(file)
         self.hashed = 0  # the hash covers [0, hashed)
         self.hashing = False  # a thread is extending the hash
         self.received = 0
         self.saved = 0.0
+        self.unflushed = 0
+        self.hash = _Hash(self)
+        self.flusher = _Flusher(fd) if self.hash.thread is not None else None
 
     def write(self, part: _Part, chunk: bytes) -> int:
-        """Write the next bytes of `part` (as many as still belong to it); hash them at
-        once if they extend the hashed prefix. Returns how many were taken."""
+        """Write the next bytes of `part` (as many as still belong to it); a small file's
+        writer hashes them at once if they extend the hashed prefix. Returns how many
+        were taken."""
         view = memoryview(chunk)
+        following = self.hash.thread is not None
         with self.lock:
             at = part.start + part.done
             view = view[: max(0, part.end - at)]
@@ -198,16 +272,36 @@ class _Job:
                 written += os.pwrite(self.fd, view[written:], at + written)
             part.done += len(view)
             self.received += len(view)
-            mine = not self.hashing and self.hashed == at
+            self.unflushed += len(view)
+            if self.flusher is not None and self.unflushed >= FLUSH_EVERY:
+                self.unflushed = 0
+                self.flusher.due.set()
+            mine = not following and not self.hashing and self.hashed == at
             self.hashing |= mine
+            if following:
+                self.hash.hand(at, view)
         if mine:
             self.hash.update(view)
-            self.catch_up(at + len(view))
+            self.extend(at + len(view))
+        elif following:
+            self.hash.more.set()
         if len(self.parts) > 1:
             self.save()
         return len(view)
 
-    def catch_up(self, at: int | None = None) -> None:
+    def close(self) -> None:
+        self.hash.close()
+        if self.flusher is not None:
+            self.flusher.close()
+
+    def catch_up(self) -> None:
+        """Hash what lies written past the hashed prefix (a large file's thread does)."""
+        if self.hash.thread is not None:
+            self.hash.more.set()
+        else:
+            self.extend()
+
+    def extend(self, at: int | None = None) -> None:
         """Hash what lies written past the hashed prefix. With `at`, the caller holds the
         turn and has hashed up to `at`; without, it takes the turn if it is free."""
         if at is None:
@@ -221,9 +315,13 @@ class _Job:
                 end = self._written_from(at)
                 if end == at:
                     self.hashing = False
+                    self.hash.handed_end = at  # caught up: writers may hand chunks again
                     return
             while at < end:
-                data = os.pread(self.fd, min(READ_BACK, end - at), at)
+                with self.lock:
+                    data = self.hash.take(at)
+                if data is None:
+                    data = os.pread(self.fd, min(READ_BACK, end - at), at)
                 if not data:
                     raise OSError(0, "the partial file shrank", str(self.sidecar.with_suffix("")))
                 self.hash.update(data)
@@ -239,16 +337,21 @@ class _Job:
                 break
         return at
 
-    def split(self, min_part: int) -> _Part | None:
-        """A new range: the back half of the largest one left, if that is worth it."""
+    def split(self, min_part: int, least: int | None = None) -> _Part | None:
+        """A new range: the back half of the first range with 2 * `min_part` left, else of
+        the largest one with 2 * `least` left (the tail), if any. The first, not the
+        largest: front ranges end early and the hashed prefix moves on meanwhile, where
+        ranges of one size would all end with the last byte, leaving the file to hash."""
+        floor = min_part if least is None else least
         with self.lock:
-            largest = max(self.parts, key=lambda p: p.left)
-            if largest.left < 2 * min_part:
+            worth = (p for p in self.parts if p.left >= 2 * min_part)
+            chosen = next(worth, None) or max(self.parts, key=lambda p: p.left)
+            if chosen.left < 2 * floor:
                 return None
-            middle = largest.end - largest.left // 2
-            new = _Part(middle, largest.end)
-            largest.end = middle
-            self.parts.insert(self.parts.index(largest) + 1, new)
+            middle = chosen.end - chosen.left // 2
+            new = _Part(middle, chosen.end)
+            chosen.end = middle
+            self.parts.insert(self.parts.index(chosen) + 1, new)
         self.save(force=True)  # before the new range writes a byte
         return new
 
@@ -268,36 +371,36 @@ class _Job:
             os.replace(tmp, self.sidecar)
 
 
-def fill(
-    source: ByteSource,
-    lock: LockedModel,
-    file: LockedFile,
-    partial: Path,
-    progress: Progress,
-    cancel: CancelToken,
-) -> Filled:
-    """Fill `partial` with the file's bytes, resuming what an earlier run left; returns
-    the hash of what it holds (the caller compares it with the lock)."""
+@dataclass(frozen=True)
+class Transfer:
+    """One file on its way from a source into its partial file (`cancel` stops it)."""
+
+    source: ByteSource
+    lock: LockedModel
+    file: LockedFile
+    partial: Path
+    progress: Progress
+    cancel: CancelToken
+
+
+def fill(transfer: Transfer) -> Filled:
+    """Fill the partial file with the file's bytes, resuming what an earlier run left;
+    returns the hash of what it holds (the caller compares it with the lock)."""
+    source, partial = transfer.source, transfer.partial
     policy = source.ranges if isinstance(source, RangedSource) else None
     try:
-        return _fill(source, lock, file, partial, progress, cancel, policy)
+        return _fill(transfer, policy)
     except _NoRanges:
-        log.info("%s: the server ignores ranges; %s on one connection", lock.name, file.path)
-        for path in (partial, partial.with_name(partial.name + ".ranges")):
+        name, path = transfer.lock.name, transfer.file.path
+        log.info("%s: the server ignores ranges; %s on one connection", name, path)
+        for stale in (partial, partial.with_name(partial.name + ".ranges")):
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        return _fill(source, lock, file, partial, progress, cancel, None)
+                stale.unlink()
+        return _fill(transfer, None)
 
 
-def _fill(
-    source: ByteSource,
-    lock: LockedModel,
-    file: LockedFile,
-    partial: Path,
-    progress: Progress,
-    cancel: CancelToken,
-    policy: RangePolicy | None,
-) -> Filled:
+def _fill(transfer: Transfer, policy: RangePolicy | None) -> Filled:
+    file, partial = transfer.file, transfer.partial
     sidecar = partial.with_name(partial.name + ".ranges")
     parts = _load(sidecar, file.size) if policy is not None else None
     if parts is None:
@@ -314,45 +417,63 @@ def _fill(
             os.ftruncate(fd, file.size)
         job = _Job(file, fd, parts, sidecar)
         already = sum(p.done for p in parts)
-        progress.advance(already)
+        transfer.progress.advance(already)
         if already:
-            log.debug("%s: resuming %s with %d bytes there", lock.name, file.path, already)
+            log.debug("%s: resuming %s with %d bytes there", transfer.lock.name, file.path, already)
         limit = 1 if policy is None else policy.parts_for(file.size)
         if limit < 2 and len(parts) == 1:
-            _pull(source, lock, job, parts[0], progress, cancel)
+            _pull(transfer, job, parts[0])
         else:
             assert policy is not None
-            _drive(source, lock, job, progress, cancel, limit, policy.min_part())
-        job.catch_up()
-        oid = job.hash.oid()
-        os.fsync(fd)
+            _drive(transfer, job, limit, policy.min_part())
+        oid = _hash_and_sync(job)
     finally:
         if job is not None:
-            job.hash.close()
+            job.close()
         os.close(fd)
     with contextlib.suppress(FileNotFoundError):
         sidecar.unlink()
     return Filled(oid, job.received, already > 0)
 
 
-def _drive(
-    source: ByteSource,
-    lock: LockedModel,
-    job: _Job,
-    progress: Progress,
-    cancel: CancelToken,
-    limit: int,
-    min_part: int,
-) -> None:
+def _hash_and_sync(job: _Job) -> str:
+    """The file's hash, while its bytes go to disk. A split file's ranges end together,
+    so most of it is hashed (read back) after its last byte came: fsync overlaps that."""
+    if job.hash.thread is None:
+        oid = job.hash.oid()
+        os.fsync(job.fd)
+        return oid
+    failed: list[OSError] = []
+
+    def sync() -> None:
+        try:
+            os.fsync(job.fd)
+        except OSError as exc:  # raised below, in the fetching thread
+            failed.append(exc)
+
+    syncing = threading.Thread(target=sync, name="mlxpin-fsync")
+    syncing.start()
+    try:
+        oid = job.hash.oid()
+    finally:
+        syncing.join()
+    if failed:
+        raise failed[0]
+    return oid
+
+
+def _drive(transfer: Transfer, job: _Job, limit: int, min_part: int) -> None:
     """Run the ranges' connections; double them while that raises the throughput."""
+    lock, cancel = transfer.lock, transfer.cancel
     stop = CancelToken()  # this file's: a failed range stops the others
+    ranges = replace(transfer, cancel=stop)
     wake = threading.Event()
     failures: list[BaseException] = []
     running: list[tuple[_Part, threading.Thread]] = []
 
     def run(part: _Part, extra: bool) -> None:
         try:
-            _pull(source, lock, job, part, progress, stop)
+            _pull(ranges, job, part)
         except BaseException as exc:  # handed to the driving thread
             failures.append(exc)
             stop.cancel()
@@ -371,6 +492,7 @@ def _drive(
             start(part, False)
     level = max(1, len(running))
     rate = 0.0  # of the last level that paid
+    paid = level
     window: tuple[float, int] | None = None  # (start, bytes received by then)
     growing = limit > level
     try:
@@ -381,7 +503,7 @@ def _drive(
                 break
             busy = sum(1 for part, thread in running if thread.is_alive() and part.left)
             while busy < level and _EXTRA.acquire(blocking=False):
-                new = job.split(min_part)
+                new = job.split(min_part, min(min_part, TAIL_PART))
                 if new is None:
                     _EXTRA.release()
                     break
@@ -399,9 +521,10 @@ def _drive(
                     "%s: %s: %.0f MB/s on %d", lock.name, job.file.path, measured / 1e6, level
                 )
                 if measured >= rate * GAIN:
-                    rate, level, window = measured, min(limit, level * 2), None
+                    step = 4 if rate and measured >= rate * LINEAR else 2
+                    rate, paid, level, window = measured, level, min(limit, level * step), None
                 else:
-                    level, growing = max(1, level // 2), False
+                    level, growing = paid, False
                 growing = growing and level < limit
     finally:
         stop.cancel()
@@ -442,16 +565,11 @@ def _prefix(partial: Path, size: int) -> int:
     return st.st_size
 
 
-def _pull(
-    source: ByteSource,
-    lock: LockedModel,
-    job: _Job,
-    part: _Part,
-    progress: Progress,
-    stop: CancelToken,
-) -> None:
-    """Receive one range, retrying and resuming it where it stopped."""
-    file = job.file
+def _pull(transfer: Transfer, job: _Job, part: _Part) -> None:
+    """Receive one range, retrying and resuming it where it stopped (until
+    `transfer.cancel`)."""
+    source, lock, file, progress = transfer.source, transfer.lock, transfer.file, transfer.progress
+    stop = transfer.cancel
     job.catch_up()  # resumed bytes at the front: hash them before more arrive
 
     def attempt() -> None:
