@@ -95,9 +95,10 @@ def shared(p: Parser, uses: Sequence[str] = PROJECT) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="Print debug logs.")
 
 
-def handler(p: Parser, run: str, *, guard: bool = True) -> None:
-    """`run` (`module:function`) handles the verb; with `guard`, errors become exit codes."""
-    p.set_defaults(handler=run, guard=guard, usage=p)
+def handler(p: Parser, run: str, *, guard: bool = True, logs: bool = True) -> None:
+    """`run` (`module:function`) handles the verb; with `guard`, errors become exit codes;
+    without `logs`, `logging` is set up (and imported) only for --verbose."""
+    p.set_defaults(handler=run, guard=guard, logs=logs, usage=p)
 
 
 def number(kind: type[int] | type[float], least: float, most: float | None = None) -> Any:
@@ -202,7 +203,7 @@ def status(p: Parser) -> None:
     """Show each model's label, source, locked commit, fetch state and size on disk."""
     names(p)
     shared(p)
-    handler(p, "store:status_command")
+    handler(p, "store:status_command", logs=False)  # it logs nothing
 
 
 def run_options(p: Parser) -> None:
@@ -634,4 +635,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         as_json=common.as_json,
         quiet=common.quiet,
         verbose=common.verbose,
+        logs=args.logs,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,7 @@ from mlxpin.errors import ExitCode, LockCorruptError, ServerMissingError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
 from mlxpin.project.manifest import Manifest, ModelIdentity
 from mlxpin.project.selection import manifest_of, pick
-from mlxpin.runtime.layout import RuntimeLayout, check_runtime
-from mlxpin.runtime.pin import read_state
-from mlxpin.runtime.server import unpinned_server
+from mlxpin.runtime.server import PIN_FILE, unpinned_server
 from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp, size_on_disk
 from mlxpin.util.jsonable import fields_json
 
@@ -67,21 +66,40 @@ class StatusResult:
         return {"ok": True, **fields_json(self)}
 
 
+def _unpinned() -> RuntimeStatus:
+    try:
+        server = unpinned_server()
+    except ServerMissingError as exc:
+        return RuntimeStatus("unpinned", "no [runtime]", problem=exc.message)
+    return RuntimeStatus(
+        "unpinned",
+        "no [runtime]",
+        mlx_lm=server.mlx_lm,
+        mlx=server.mlx,
+        installed=True,
+        python=server.python,
+    )
+
+
+def _no_pin_file(lock_dir: Path) -> bool:
+    try:
+        os.stat(lock_dir / PIN_FILE)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False  # read_state says what is wrong with it
+    return False
+
+
 def runtime_status(settings: Settings, manifest: Manifest) -> RuntimeStatus:
+    if manifest.runtime is None and _no_pin_file(settings.lock_dir):
+        return _unpinned()  # the common case, without importing the pin's parser
+    from mlxpin.runtime.layout import RuntimeLayout, check_runtime
+    from mlxpin.runtime.pin import read_state
+
     state, pin = read_state(manifest.runtime, settings.lock_dir)
     if state.reason == "not pinned":
-        try:
-            server = unpinned_server()
-        except ServerMissingError as exc:
-            return RuntimeStatus("unpinned", "no [runtime]", problem=exc.message)
-        return RuntimeStatus(
-            "unpinned",
-            "no [runtime]",
-            mlx_lm=server.mlx_lm,
-            mlx=server.mlx,
-            installed=True,
-            python=server.python,
-        )
+        return _unpinned()
     if pin is None:
         return RuntimeStatus(state.state, state.reason)
     layout = RuntimeLayout.of(settings)

@@ -52,6 +52,9 @@ def server_runtime(settings: Settings, manifest: Manifest) -> ServerRuntime:
     return _pinned(settings, manifest.runtime, settings.lock_dir, ("-m", "mlx_lm", "server"))
 
 
+PIN_FILE = "runtime.toml"  # in a lock dir: [runtime]'s pin (runtime/pin.py reads it)
+
+
 def engine_lock_dir(lock_dir: Path, engine: str) -> Path:
     """Where [engines.<engine>]'s pin lives: its own runtime.toml, read by runtime/ as is."""
     return lock_dir / "engines" / engine
