@@ -4,6 +4,7 @@ key order, files sorted, no clock); reading checks every field; `diff` touches n
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -195,9 +196,46 @@ class Reader:
             raise self.fail(f"unexpected key(s) in {where}: {', '.join(sorted(extra))}")
 
 
+# One [[files]] table exactly as `render` writes it (plain printable ASCII strings, no
+# escapes): what tomllib would read from it, found without tomllib (which takes ~0.1 s
+# for a lock of 5,000 files, read by every `verify` and `launch`).
+_FILE_TABLE = re.compile(
+    r'\n\[\[files\]\]\npath = "([ !#-\[\]-~]*)"\nsize = (0|[1-9][0-9]*)\noid = "([ !#-\[\]-~]*)"\n'
+)
+
+
+def _rendered_document(data: bytes) -> dict[str, Any] | None:
+    """The TOML document of a lock `render` wrote: tomllib reads only the part before its
+    [[files]], each of which matches `_FILE_TABLE`. None for anything else (tomllib then
+    reads the whole file, and says what is wrong with it)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    start = text.find("\n[[files]]\n")
+    if start < 0:
+        return None
+    files: list[dict[str, Any]] = []
+    position = start
+    while position < len(text):
+        table = _FILE_TABLE.match(text, position)
+        if table is None:
+            return None
+        files.append({"path": table[1], "size": int(table[2]), "oid": table[3]})
+        position = table.end()
+    try:
+        document = tomllib.loads(text[: start + 1])
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return None
+    if "files" in document:
+        return None
+    document["files"] = files
+    return document
+
+
 def parse_lock(data: bytes, file: Path, expected_name: str | None = None) -> LockedModel:
     reader = Reader(file)
-    document = reader.toml(data)
+    document = _rendered_document(data) or reader.toml(data)
     reader.keys(document, {"format", "name", "original", "locked", "files"}, "the file")
     if document.get("format") != LOCK_FORMAT:
         raise reader.fail(f"unsupported format {document.get('format')!r} (expected {LOCK_FORMAT})")

@@ -44,7 +44,7 @@ from mlxpin.store.layout import (
 from mlxpin.store.ranged import fill
 from mlxpin.store.sources import ByteSource
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name, write_atomic
-from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm
+from mlxpin.util.hashing import CHUNK, OidHasher, oid_algorithm, oid_hex
 from mlxpin.util.parallel import CancelToken, run_parallel
 
 log = logging.getLogger("mlxpin.fetch")
@@ -101,7 +101,7 @@ def _record_matches(layout: StoreLayout, file: LockedFile, blob: Path) -> FileSt
 
 
 def _hash_existing(
-    path: Path, file: LockedFile, progress: Progress, cancel: CancelToken
+    path: Path | str, file: LockedFile, progress: Progress, cancel: CancelToken
 ) -> FileStat | None:
     """Hash a file in place; its stat if it matches the lock, else None.
 
@@ -450,18 +450,24 @@ def verify_model(
     entries: list[StampEntry] = []
     hashed = 0
     links = view_links(layout, lock)
-    stamp = read_stamp(layout, lock) if only_changed else None
+    # The stamp's (blob, stat) pairs were all recorded in the blobs' records when it was
+    # written (every entry comes from a record that matched or was written, or from an
+    # older stamp's entry), and an unchanged stat (ctime included) means nobody changed
+    # the blob since: for those, the record need not be read to know it needs no rewrite.
+    stamp = read_stamp(layout, lock)
+    stamped_files = stamp.files if stamp is not None else {}
+    blob_dir = str(layout.blob(lock, lock.files[0]).parent) + os.sep if lock.files else ""
 
     def check(file: LockedFile) -> tuple[LockedFile, str | None, StampEntry | None]:
         link = listing.links.get(file.path)
         if link is None:
             return file, "missing", None
-        target = str(layout.blob(lock, file))
+        target = blob_dir + oid_hex(file.oid)
         if link not in (links[file.path], target):
             return file, OUTSIDE_CACHE, None
-        stamped = stamp.files.get(file.path) if stamp is not None else None
+        stamped = stamped_files.get(file.path)
         try:
-            if stamped is not None and stamped == (target, FileStat.of(target)):
+            if only_changed and stamped is not None and stamped == (target, FileStat.of(target)):
                 return file, None, StampEntry(file.path, target, stamped[1])
         except OSError:
             pass
@@ -473,10 +479,11 @@ def verify_model(
             return file, f"not a regular file ({target} is not mlxpin's blob)", None
         if st.st_size != file.size:
             return file, f"size {st.st_size} differs from the locked {file.size}", None
-        stat = _hash_existing(Path(target), file, progress, cancel)
+        stat = _hash_existing(target, file, progress, cancel)
         if stat is None:
             return file, "content hash differs from the lock", None
-        write_record(layout, Path(target), stat)
+        if stamped != (target, stat):
+            write_record(layout, Path(target), stat)
         return file, None, StampEntry(file.path, target, stat)
 
     by_path = {f.path: f for f in lock.files}
@@ -495,7 +502,7 @@ def verify_model(
             entries.append(entry)
     if not bad:
         with hold_mutex(layout.view_mutex(lock)):
-            write_stamp(layout, lock, entries)
+            write_stamp(layout, lock, entries, stamp.origin if stamp is not None else None)
     else:
         with hold_mutex(layout.view_mutex(lock)):
             write_failed_stamp(layout, lock, bad)
