@@ -25,9 +25,10 @@ from mlxpin.project.lockfile import (
     read_lock,
     write_lock,
 )
-from mlxpin.store.fetch import NoProgress, fetch_model
+from mlxpin.store.fetch import fetch_model
 from mlxpin.store.layout import StoreLayout, check_stamp, register_root
 from mlxpin.store.sources import LocalSourceBytes
+from mlxpin.store.verify import NoProgress
 from mlxpin.util.atomic import hold_mutex
 
 from conftest import Invoked, invoke

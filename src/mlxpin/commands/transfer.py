@@ -32,11 +32,11 @@ from mlxpin.project.manifest import RESERVED_NAMES
 from mlxpin.project.selection import lock_dir_mutex, locked_models, manifest_of, pick
 from mlxpin.project.validate import is_commit
 from mlxpin.store.bundle import BundleReader
-from mlxpin.store.fetch import NoProgress, Progress
 from mlxpin.store.gc.inventory import read_roots
 from mlxpin.store.inuse import InUse
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.transfer import import_bundle, plan_export, write_bundle
+from mlxpin.store.verify import NoProgress, Progress
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name
 from mlxpin.util.jsonable import fields_json
 

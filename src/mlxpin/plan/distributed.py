@@ -350,8 +350,8 @@ def check_here(
     path = str(layout.view(lock))
     runtime = runtime_versions()
     if verify:
-        from mlxpin.store.fetch import NoProgress
         from mlxpin.store.subset import verify_subset
+        from mlxpin.store.verify import NoProgress
 
         outcome = verify_subset(layout, lock, need, NoProgress())
         if outcome.bad:

@@ -228,7 +228,7 @@ def boot_check(layout: StoreLayout, lock: LockedModel) -> None:
 
 
 def _verify(layout: StoreLayout, lock: LockedModel, only_changed: bool = False) -> None:
-    from mlxpin.store.fetch import NoProgress, verify_model
+    from mlxpin.store.verify import NoProgress, verify_model
 
     outcome = verify_model(layout, lock, NoProgress(), only_changed=only_changed)
     if outcome.differs:

@@ -17,9 +17,10 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from mlxpin.errors import LockCorruptError
+from mlxpin.config import Settings
+from mlxpin.errors import LockCorruptError, LockStaleError
 from mlxpin.project.lockfile import PinState, Reader, read_file
-from mlxpin.project.manifest import RuntimeSpec
+from mlxpin.project.manifest import Manifest, RuntimeSpec
 from mlxpin.runtime.server import PIN_FILE
 from mlxpin.util.atomic import write_if_changed
 
@@ -265,3 +266,16 @@ def read_state(spec: RuntimeSpec | None, lock_dir: Path) -> tuple[PinState, Runt
     except LockCorruptError as exc:
         return runtime_state(spec, exc), None
     return runtime_state(spec, pin), pin
+
+
+def pinned_runtime(settings: Settings, manifest: Manifest) -> RuntimePin | None:
+    """The runtime pin that answers the manifest's [runtime] (None without one), or the
+    refusal `launch` would give (78 stale/missing, 65 corrupt). No network."""
+    if manifest.runtime is None:
+        return None
+    state, pin = read_state(manifest.runtime, settings.lock_dir)
+    if state.state == "corrupt":
+        raise LockCorruptError(pin_path(settings.lock_dir), state.reason or "unreadable")
+    if state.state != "ok" or pin is None:
+        raise LockStaleError([f"runtime: lock is {state.state} ({state.reason})"], [])
+    return pin

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mlxpin.config import Settings
 from mlxpin.project.lockfile import LockedFile, LockedModel
-from mlxpin.util.atomic import write_atomic
+from mlxpin.util.atomic import hold_mutex, write_atomic
 from mlxpin.util.hashing import oid_hex
 
 STAMP_FORMAT = 2  # 2: ctime recorded, the view's listing compared
@@ -212,10 +212,16 @@ class StampEntry:
 
 
 def write_stamp(
-    layout: StoreLayout, lock: LockedModel, entries: list[StampEntry], origin: str | None = None
+    layout: StoreLayout,
+    lock: LockedModel,
+    entries: list[StampEntry],
+    origin: str | None = None,
+    mutex: Path | None = None,
 ) -> None:
     """`origin` says where the bytes came from (hub, mirror, bundle, path); None keeps the
-    recorded one (a re-verification does not change where a snapshot came from)."""
+    recorded one (a re-verification does not change where a snapshot came from). With
+    `mutex`, only a stamp that changes is written, holding it (an unchanged one needs
+    neither the write nor the mutex)."""
     if origin is None:
         old = read_stamp(layout, lock)
         origin = old.origin if old is not None else None
@@ -232,7 +238,8 @@ def write_stamp(
     with contextlib.suppress(OSError):
         if layout.stamp(lock).read_bytes() == raw:
             return
-    write_atomic(layout.stamp(lock), raw)
+    with hold_mutex(mutex) if mutex is not None else contextlib.nullcontext():
+        write_atomic(layout.stamp(lock), raw)
 
 
 def write_failed_stamp(layout: StoreLayout, lock: LockedModel, bad: list[tuple[str, str]]) -> None:

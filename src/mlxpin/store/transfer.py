@@ -33,7 +33,7 @@ from mlxpin.store.bundle import (
     parse_index,
     render_index,
 )
-from mlxpin.store.fetch import Progress, ensure_blob, publish
+from mlxpin.store.fetch import ensure_blob, publish
 from mlxpin.store.layout import (
     FileStat,
     StampEntry,
@@ -42,6 +42,7 @@ from mlxpin.store.layout import (
     read_stamp,
 )
 from mlxpin.store.sources import LocalSourceBytes
+from mlxpin.store.verify import Progress
 from mlxpin.util.atomic import hold_mutex
 
 BUNDLE_ORIGIN = "bundle"
