@@ -121,7 +121,7 @@ def view_links(layout: StoreLayout, lock: LockedModel) -> dict[str, str]:
     ups: dict[str, str] = {}
     links = {}
     for file in lock.files:
-        sub = os.path.dirname(file.path)
+        sub = file.path.rpartition("/")[0]  # os.path.dirname, without its cost per file
         if sub not in ups:
             ups[sub] = os.path.relpath(blobs, os.path.join(view, sub))
         links[file.path] = os.path.join(ups[sub], oid_hex(file.oid))

@@ -67,16 +67,18 @@ def hash_existing(
         fd = os.open(path, os.O_RDONLY | NOFOLLOW)
     except OSError:
         return None  # gone, unreadable, or a link: not a verified blob
-    with os.fdopen(fd, "rb") as handle:
-        opened = os.fstat(handle.fileno())
+    try:  # plain reads on the descriptor: a buffered file object costs small files ~50 %
+        opened = os.fstat(fd)
         if not stat_mod.S_ISREG(opened.st_mode):
             return None
-        while chunk := handle.read(CHUNK):
+        while chunk := os.read(fd, CHUNK):
             cancel.raise_if_cancelled()
             hasher.update(chunk)
             size += len(chunk)
             progress.advance(len(chunk))
-        after = os.fstat(handle.fileno())
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
     stat = FileStat.of_result(after, path)
     if (opened.st_mtime_ns, opened.st_size, opened.st_ctime_ns) != (
         after.st_mtime_ns,
