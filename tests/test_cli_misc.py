@@ -55,7 +55,6 @@ STATUS_MODULES = {
     "mlxpin.errors",
     "mlxpin.project",
     "mlxpin.project.checker",
-    "mlxpin.project.distributed",
     "mlxpin.project.engines",
     "mlxpin.project.lockfile",
     "mlxpin.project.manifest",

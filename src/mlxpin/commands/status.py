@@ -14,7 +14,7 @@ from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
 from mlxpin.project.manifest import Manifest, ModelIdentity
 from mlxpin.project.selection import manifest_of, pick
 from mlxpin.runtime.server import PIN_FILE, unpinned_server
-from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp, size_on_disk
+from mlxpin.store.layout import StoreLayout, check_stamp, size_on_disk
 from mlxpin.util.jsonable import fields_json
 
 
@@ -139,9 +139,7 @@ def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
             snapshot = layout.view(lock)
             on_disk = size_on_disk(layout, lock)
             if stamp.ok:
-                fetch_state, fetch_reason = "verified", None
-                recorded = read_stamp(layout, lock)
-                origin = recorded.origin if recorded is not None else None
+                fetch_state, fetch_reason, origin = "verified", None, stamp.origin
             elif snapshot.is_dir():
                 fetch_state, fetch_reason = "unverified", stamp.problem
             else:

@@ -30,9 +30,10 @@ from mlxpin.plan.launch import (
     LaunchPlan,
     plan_launch,
 )
-from mlxpin.project.distributed import LOCAL_HOST, DistributedSpec, is_ip
+from mlxpin.project.distributed import LOCAL_HOST, DistributedSpec
 from mlxpin.project.lockfile import LockedModel, render, valid_locks
 from mlxpin.project.manifest import Manifest, ModelSpec
+from mlxpin.project.validate import is_ip
 from mlxpin.store.layout import StoreLayout, check_stamp
 from mlxpin.util.jsonable import fields_json
 

@@ -11,20 +11,18 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlxpin.errors import Flag, ManifestError, Run
 from mlxpin.project import engines, validate
 from mlxpin.project.checker import Checker, did_you_mean
-from mlxpin.project.distributed import (
-    DISTRIBUTED_KEYS,
-    DistributedSpec,
-    is_ip,
-    parse_distributed,
-)
 from mlxpin.project.memory import Budget, parse_budget, parse_size
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines, nesting_problem
+from mlxpin.project.validate import is_ip
+
+if TYPE_CHECKING:  # [distributed] is read only where a model has one
+    from mlxpin.project.distributed import DistributedSpec
 
 MANIFEST_VERSION = 1
 DEFAULT_HOST = "127.0.0.1"
@@ -191,13 +189,16 @@ class Manifest:
         return None
 
 
-# Keys people put in the wrong table, and where they belong.
-_MISPLACED = {
-    **{k: "launch" for k in _LAUNCH_KEYS},
-    **{k: "server" for k in SERVER_OPTIONS},
-    **{k: "gateway" for k in _GATEWAY_KEYS},
-    **{k: "distributed" for k in DISTRIBUTED_KEYS},
-}
+def _misplaced() -> dict[str, str]:
+    """Keys people put in the wrong table, and where they belong (asked on errors only)."""
+    from mlxpin.project.distributed import DISTRIBUTED_KEYS
+
+    return {
+        **{k: "launch" for k in _LAUNCH_KEYS},
+        **{k: "server" for k in SERVER_OPTIONS},
+        **{k: "gateway" for k in _GATEWAY_KEYS},
+        **{k: "distributed" for k in DISTRIBUTED_KEYS},
+    }
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -259,7 +260,7 @@ def read_toml(text: str, path: Path) -> dict[str, Any]:
 
 
 def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest:
-    check = Checker(path, lines, _MISPLACED)
+    check = Checker(path, lines, _misplaced)
     check.known_keys(document, (), _TOP_KEYS)
     version = document.get("version", MANIFEST_VERSION)
     if type(version) is not int or version != MANIFEST_VERSION:  # not 1.0, not true
@@ -331,6 +332,8 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
             raise check.fail((*keys, "distributed"), "only mlx-lm models can be distributed")
     distributed = None
     if "distributed" in table:
+        from mlxpin.project.distributed import parse_distributed
+
         distributed = parse_distributed(check, table["distributed"], (*keys, "distributed"), base)
         why = (
             "a distributed model cannot have a {} (mlx_lm.server refuses them in distributed mode)"

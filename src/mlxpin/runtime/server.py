@@ -7,7 +7,6 @@ without: mlxpin's own interpreter, or `mlx_lm.server` on PATH.
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +144,8 @@ def unpinned_server() -> ServerRuntime:
     runtime = _this_interpreter("mlx_lm", UNIX_SERVER_MODULE)
     if runtime is not None:
         return runtime
+    import shutil  # only without this interpreter's mlx_lm
+
     script = shutil.which("mlx_lm.server")
     if script is not None:
         return ServerRuntime((script,), False, None, None, script, None, None)

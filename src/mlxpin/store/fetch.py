@@ -25,19 +25,16 @@ from pathlib import Path
 from mlxpin.errors import DiskError, IntegrityError
 from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.project.validate import is_commit
-from mlxpin.store.layout import (
+from mlxpin.store.layout import StoreLayout, check_stamp, list_view, view_links
+from mlxpin.store.ranged import fill
+from mlxpin.store.records import (
     FETCHED,
     FileStat,
     StampEntry,
-    StoreLayout,
-    check_stamp,
-    list_view,
     read_record,
-    view_links,
     write_record,
     write_stamp,
 )
-from mlxpin.store.ranged import fill
 from mlxpin.store.sources import ByteSource
 from mlxpin.store.verify import Progress, hash_existing
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name, write_atomic

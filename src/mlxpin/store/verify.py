@@ -14,14 +14,11 @@ from typing import Protocol
 
 from mlxpin.errors import SnapshotMissingError
 from mlxpin.project.lockfile import LockedFile, LockedModel
-from mlxpin.store.layout import (
-    OUTSIDE_CACHE,
+from mlxpin.store.layout import OUTSIDE_CACHE, StoreLayout, list_view, view_links
+from mlxpin.store.records import (
     FileStat,
     StampEntry,
-    StoreLayout,
-    list_view,
     read_stamp,
-    view_links,
     write_failed_stamp,
     write_record,
     write_stamp,

@@ -26,7 +26,8 @@ from mlxpin.store.gc.plan import (
     oid_of_hex,
 )
 from mlxpin.store.inuse import locks_in_use
-from mlxpin.store.layout import FileStat, StoreLayout, read_record
+from mlxpin.store.layout import StoreLayout
+from mlxpin.store.records import FileStat, read_record
 
 # --- the live set -------------------------------------------------------------------------
 
