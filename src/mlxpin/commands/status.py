@@ -20,6 +20,8 @@ from mlxpin.util.jsonable import fields_json
 
 @dataclass(frozen=True)
 class ModelStatus(ModelIdentity):
+    """One model's line of `mlxpin status`."""
+
     source: str
     endpoint: str
     lock_state: str  # ok | missing | stale | corrupt
@@ -40,6 +42,8 @@ class ModelStatus(ModelIdentity):
 
 @dataclass(frozen=True)
 class RuntimeStatus:
+    """The runtime's line of `mlxpin status`."""
+
     state: str  # lock/runtime.toml: ok | missing | stale | corrupt | orphan; or "unpinned"
     reason: str | None
     key: str | None = None
@@ -57,6 +61,8 @@ class RuntimeStatus:
 
 @dataclass(frozen=True)
 class StatusResult:
+    """What `mlxpin status` reports."""
+
     models: tuple[ModelStatus, ...]
     runtime: RuntimeStatus | None = None
 

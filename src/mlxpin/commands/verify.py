@@ -18,6 +18,8 @@ from mlxpin.util.parallel import CancelToken
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """What `mlxpin verify` reports."""
+
     models: tuple[VerifyOutcome, ...]
 
     @property

@@ -57,6 +57,8 @@ _HOSTNAME_RE = re.compile(
 
 @dataclass(frozen=True)
 class HubSource:
+    """A model from a Hub repo at a revision."""
+
     repo: str
     revision: str
 
@@ -66,6 +68,8 @@ class HubSource:
 
 @dataclass(frozen=True)
 class PathSource:
+    """A model from a local directory."""
+
     written: str  # as written in the manifest (goes into the lock)
     path: Path  # absolute
 
@@ -78,6 +82,8 @@ Source = HubSource | PathSource
 
 @dataclass(frozen=True)
 class LaunchSpec:
+    """[models.x.launch]: where the weights come from, and which of them."""
+
     source: Source
     files: tuple[str, ...] | None  # allow-list globs; None = every file
     draft: str | None
@@ -110,6 +116,8 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class ModelSpec(ModelIdentity):
+    """One [models.x] table, checked."""
+
     host: str
     port: int
     launch: LaunchSpec
@@ -166,6 +174,8 @@ class RuntimeSpec:
 
 @dataclass(frozen=True)
 class Manifest:
+    """manifest.toml, checked: the models, [serve], [runtime] and [engines]."""
+
     path: Path
     models: tuple[ModelSpec, ...]
     serve: ServeTable = DEFAULT_SERVE

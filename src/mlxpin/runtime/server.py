@@ -24,6 +24,8 @@ from mlxpin.runtime.dists import dist_versions
 
 @dataclass(frozen=True)
 class ServerRuntime:
+    """The server program a model runs with, and its versions."""
+
     command: tuple[str, ...]  # what runs mlx_lm.server (interpreter, -m, module, verb)
     pinned: bool
     key: str | None  # the pinned closure (None: not pinned)

@@ -41,6 +41,8 @@ OUTSIDE_CACHE = "points outside this cache (a copied HF_HOME still linking to th
 
 @dataclass(frozen=True)
 class StoreLayout:
+    """The Hub cache and mlxpin's state directory."""
+
     hub_cache: Path
     state_dir: Path
 
@@ -136,6 +138,8 @@ def view_key(lock: LockedModel) -> str:
 
 @dataclass(frozen=True)
 class StampCheck:
+    """Whether a view is intact by its stamp, and if not, why."""
+
     ok: bool
     problem: str | None = None  # a whole clause: "config.json is missing from the snapshot"
     origin: str | None = None  # ok: where the stamped bytes came from (hub, mirror, ...)

@@ -18,6 +18,8 @@ from mlxpin.util.atomic import hold_mutex, write_atomic
 
 @dataclass(frozen=True)
 class FileStat:
+    """The stat fields that say a file is unchanged since it was hashed."""
+
     size: int
     mtime_ns: int
     inode: int
@@ -87,6 +89,8 @@ def write_record(
 
 @dataclass(frozen=True)
 class StampEntry:
+    """One file of a stamp: its blob and that blob's stat when verified."""
+
     path: str
     blob: str
     stat: FileStat

@@ -93,6 +93,8 @@ def hash_existing(
 
 @dataclass(frozen=True)
 class VerifyOutcome:
+    """One model's verification."""
+
     name: str
     bad: tuple[tuple[str, str], ...]  # (path, problem)
     hashed_bytes: int
