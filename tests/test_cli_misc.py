@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,11 @@ def test_only_the_verb_that_runs_is_imported(tmp_path: Path) -> None:
     assert {m for m in status if m.startswith("mlxpin")} == STATUS_MODULES
     unused = {"logging", "difflib", "huggingface_hub", "filelock", "threading", "concurrent"}
     assert not unused & status
+
+
+def test_a_brief_verb_run_in_process_leaves_the_collector_on(tmp_path: Path) -> None:
+    assert invoke(["status", "--manifest", str(tmp_path / "none.toml")]).exit_code != 0
+    assert gc.isenabled()
 
 
 def test_no_verb_prints_the_usage_as_a_usage_error() -> None:

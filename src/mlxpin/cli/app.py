@@ -640,13 +640,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.handler is None:
         args.usage.print_help()
         return 2
+    if not args.brief:
+        return _run(args)
+    import gc
+
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(args)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run(args: Any) -> int:
+    """Import the verb's handler and run it."""
     import dataclasses
     import importlib
 
-    if args.brief:
-        import gc
-
-        gc.disable()
     from mlxpin.cli.output import Common, run_guarded
 
     module, _, function = args.handler.partition(":")
