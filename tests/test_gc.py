@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from mlxpin.config import Settings, load_settings
+from mlxpin.project.lockdir import lock_names_on_disk
 from mlxpin.project.lockfile import (
     HEADER,
     LockedFile,
     LockedModel,
     Original,
-    lock_names_on_disk,
     lock_path,
     make_locked,
     read_lock,

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlxpin.errors import LockCorruptError
+from mlxpin.project.lockdir import is_lock_file
 from mlxpin.project.lockfile import (
     HEADER,
     LockedFile,
@@ -17,7 +18,6 @@ from mlxpin.project.lockfile import (
     Original,
     _rendered_document,
     diff,
-    is_lock_file,
     make_locked,
     parse_lock,
     read_lock,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mlxpin.project.lockfile import lock_names_on_disk
+from mlxpin.project.lockdir import lock_names_on_disk
 from mlxpin.runtime import uv
 from mlxpin.runtime.resolve import platform_fits
 from mlxpin.runtime.uv import classify, uv_environment

@@ -21,13 +21,8 @@ from mlxpin.errors import (
     PinMismatchError,
     UsageError,
 )
-from mlxpin.project.lockfile import (
-    LockedModel,
-    lock_names_on_disk,
-    lock_path,
-    read_lock,
-    write_lock,
-)
+from mlxpin.project.lockdir import lock_names_on_disk
+from mlxpin.project.lockfile import LockedModel, lock_path, read_lock, write_lock
 from mlxpin.project.manifest import RESERVED_NAMES
 from mlxpin.project.selection import lock_dir_mutex, locked_models, manifest_of, pick
 from mlxpin.project.validate import is_commit

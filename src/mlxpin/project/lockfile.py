@@ -3,7 +3,6 @@ key order, files sorted, no clock); reading checks every field; `diff` touches n
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -13,7 +12,7 @@ from typing import Any
 
 from mlxpin.errors import LockCorruptError, LockStaleError
 from mlxpin.project import validate
-from mlxpin.project.manifest import RESERVED_NAMES, HubSource, Manifest, ModelSpec
+from mlxpin.project.manifest import HubSource, Manifest, ModelSpec
 from mlxpin.util.atomic import write_if_changed
 from mlxpin.util.hashing import tree_hash
 
@@ -322,66 +321,6 @@ def read_lock(lock_dir: Path, name: str) -> LockedModel | None:
     path = lock_path(lock_dir, name)
     data = read_file(path)
     return None if data is None else parse_lock(data, path, expected_name=name)
-
-
-def is_lock_file(path: Path) -> bool | None:
-    """The one definition of "this file is a lock" (orphan removal, gc's live set): it
-    starts with the header comment, or is TOML with a `[locked]` table. None when it cannot
-    be read: it may be a lock, and gc must not assume it is not."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    first = data.lstrip(b"\r\n").split(b"\n", 1)[0].rstrip(b"\r")
-    if first == HEADER.rstrip("\n").encode():
-        return True
-    try:
-        document = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return False
-    return isinstance(document.get("locked"), dict)
-
-
-@dataclass(frozen=True)
-class LockDirListing:
-    """What a lock directory holds."""
-
-    names: tuple[str, ...]  # lock files
-    unreadable: tuple[str, ...] = ()  # `<name>.toml` files that could not be read
-    error: str | None = None  # the directory exists but cannot be listed
-
-
-def list_lock_dir(lock_dir: Path) -> LockDirListing:
-    """The lock files in a directory (see `is_lock_file`); a missing directory has none."""
-    try:
-        with os.scandir(lock_dir) as scan:
-            entries = sorted((e for e in scan), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return LockDirListing(())
-    except OSError as exc:
-        return LockDirListing((), (), exc.strerror or str(exc))
-    names: list[str] = []
-    unreadable: list[str] = []
-    for entry in entries:
-        stem = entry.name.removesuffix(".toml")
-        # lock/runtime.toml pins the server runtime: never a model's, nor an orphan.
-        if stem == entry.name or not validate.NAME_RE.fullmatch(stem) or stem in RESERVED_NAMES:
-            continue
-        try:
-            if not entry.is_file():
-                continue
-        except OSError:
-            pass
-        kind = is_lock_file(Path(entry.path))
-        if kind:
-            names.append(stem)
-        elif kind is None:
-            unreadable.append(stem)
-    return LockDirListing(tuple(names), tuple(unreadable))
-
-
-def lock_names_on_disk(lock_dir: Path) -> tuple[str, ...]:
-    return list_lock_dir(lock_dir).names
 
 
 # --- diff ------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError
-from mlxpin.project.lockfile import LockedModel, list_lock_dir, read_lock
+from mlxpin.project.lockdir import list_lock_dir
+from mlxpin.project.lockfile import LockedModel, read_lock
 from mlxpin.store.gc.plan import (
     HEX_RE,
     BlobOnDisk,
