@@ -19,7 +19,8 @@ from mlxpin.errors import ConfigError, ExitCode, LockStaleError, MlxpinError, Pr
 from mlxpin.hub.resolve import Resolution, resolve
 from mlxpin.project.lockdir import lock_names_on_disk
 from mlxpin.project.lockfile import LockedModel, PinState, diff, lock_path, write_lock
-from mlxpin.project.manifest import HubSource, Manifest, ModelSpec, RuntimeSpec
+from mlxpin.project.manifest import HubSource, Manifest, ModelSpec
+from mlxpin.project.runtimespec import RuntimeSpec
 from mlxpin.project.selection import (
     lock_dir_mutex,
     manifest_of,

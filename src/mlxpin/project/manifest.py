@@ -21,8 +21,9 @@ from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_
 from mlxpin.project.tomllines import KeyLines, nesting_problem
 from mlxpin.project.validate import is_ip
 
-if TYPE_CHECKING:  # [distributed] is read only where a model has one
+if TYPE_CHECKING:  # [distributed] and [runtime] are read only where a manifest has them
     from mlxpin.project.distributed import DistributedSpec
+    from mlxpin.project.runtimespec import RuntimeSpec
 
 MANIFEST_VERSION = 1
 DEFAULT_HOST = "127.0.0.1"
@@ -46,8 +47,6 @@ _MODEL_KEYS = (
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_BUDGET = Budget()
 _LAUNCH_KEYS = ("repo", "path", "revision", "files", "draft", "adapter")
-_RUNTIME_KEYS = ("python", "mlx-lm", "mlx", "packages")
-DEFAULT_RUNTIME_PYTHON = ">=3.11"
 # Names that are files of lock/ other than model locks (lock/runtime.toml).
 RESERVED_NAMES = ("runtime",)
 _HOSTNAME_RE = re.compile(
@@ -147,29 +146,6 @@ class ServeTable:
 DEFAULT_SERVE = ServeTable()
 _GATEWAY_KEYS = tuple(f.name for f in fields(GatewaySpec))
 _SERVE_KEYS = tuple(f.name for f in fields(ServeTable) if f.name != "line")
-
-
-@dataclass(frozen=True)
-class RuntimeSpec:
-    """`[runtime]`: the packages `mlx_lm.server` runs with, pinned into lock/runtime.toml."""
-
-    python: str  # a version range, e.g. ">=3.11,<3.13"
-    mlx_lm: str  # a specifier ("" = any version)
-    mlx: str
-    packages: tuple[str, ...]  # extra PEP 508 requirements, as written
-    line: int | None
-    server: str = "mlx-lm"  # the engine's package; `mlx_lm` is then its specifier
-
-    @property
-    def requirements(self) -> tuple[str, ...]:
-        """What the resolver is asked for. `mlx` comes with its CPU backend on Linux
-        (`mlx[cpu]`) and with Metal on macOS, so one lock boots on both."""
-        return (
-            f"{self.server}{self.mlx_lm}",
-            f"mlx{self.mlx}; sys_platform == 'darwin'",
-            f"mlx[cpu]{self.mlx}; sys_platform == 'linux'",
-            *self.packages,
-        )
 
 
 @dataclass(frozen=True)
@@ -293,13 +269,17 @@ def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest
     }
     _check_cross_references(check, models, explicit_ports)
     serve = _serve_table(check, document.get("serve", {}), models)
-    runtime = _runtime(check, document["runtime"]) if "runtime" in document else None
+    if "runtime" not in document and "engines" not in document:
+        return Manifest(path=path, models=models, serve=serve)
+    from mlxpin.project.runtimespec import parse_runtime  # only manifests that pin one
+
+    runtime = parse_runtime(check, document["runtime"]) if "runtime" in document else None
     pinned = check.table(document.get("engines", {}), ("engines",))
     for name in pinned:
         if name not in engines.ENGINES[1:]:
             fix = "[runtime] pins mlx-lm" if name == engines.MLX_LM else "one of: mlx-vlm"
             raise check.fail(("engines", name), f"no engine {name!r} to pin here", fix)
-    runtimes = tuple(_runtime(check, v, ("engines", k), k) for k, v in pinned.items())
+    runtimes = tuple(parse_runtime(check, v, ("engines", k), k) for k, v in pinned.items())
     return Manifest(path=path, models=models, serve=serve, runtime=runtime, engines=runtimes)
 
 
@@ -689,66 +669,4 @@ def _serve_table(check: Checker, value: object, models: tuple[ModelSpec, ...]) -
         ),
         preload=tuple(preload),
         line=check.lines.line_of(keys),
-    )
-
-
-def _runtime(
-    check: Checker, value: object, keys: tuple[str, ...] = ("runtime",), server: str = "mlx-lm"
-) -> RuntimeSpec:
-    """[runtime] (mlx-lm's) or [engines.<server>]: the server package and its closure."""
-    from mlxpin.project import requirements  # only manifests with [runtime] pay for it
-
-    table = check.table(value, keys)
-    check.known_keys(table, keys, (*_RUNTIME_KEYS[:1], server, *_RUNTIME_KEYS[2:]))
-    check.require(
-        table,
-        keys,
-        server,
-        f"missing `{server}`: the runtime exists to pin the server",
-        f'add {server} = ">=0.32,<0.33" (any PEP 440 range; the lock pins one version)',
-    )
-    specs: dict[str, str] = {}
-    for key in ("python", server, "mlx"):
-        default = DEFAULT_RUNTIME_PYTHON if key == "python" else ""
-        text = check.string(table.get(key, default), (*keys, key))
-        problem = requirements.specifier_problem(text)
-        if problem:
-            raise check.fail((*keys, key), problem)
-        specs[key] = requirements.normal_specifier(text)
-    if requirements.lowest_python(specs["python"]) is None:
-        raise check.fail(
-            (*keys, "python"),
-            f"{specs['python']!r} has no lower bound",
-            'write the oldest Python the runtime may use, e.g. python = ">=3.11"',
-        )
-    raw = check.array(
-        table.get("packages", []),
-        (*keys, "packages"),
-        "must be an array of requirement strings",
-        'e.g. packages = ["sentencepiece>=0.2"]',
-    )
-    packages: list[str] = []
-    seen = {server: server, "mlx": "mlx"}
-    for item in raw:
-        text = check.string(item, (*keys, "packages")).strip()
-        problem = requirements.requirement_problem(text)
-        if problem:
-            raise check.fail((*keys, "packages"), f"{text!r}: {problem}")
-        name = requirements.requirement_name(text)
-        if name in seen:
-            where = f"the `{name}` key" if name in (server, "mlx") else f"{seen[name]!r}"
-            raise check.fail(
-                (*keys, "packages"),
-                f"{text!r} names {name!r} again (already in {where})",
-                f"name each package once; put {server} and mlx ranges in their own keys",
-            )
-        seen[name] = text
-        packages.append(text)
-    return RuntimeSpec(
-        python=specs["python"],
-        mlx_lm=specs[server],
-        mlx=specs["mlx"],
-        packages=tuple(packages),
-        line=check.lines.line_of(keys),
-        server=server,
     )

@@ -20,7 +20,8 @@ from typing import Any
 from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError, LockStaleError
 from mlxpin.project.lockfile import PinState, Reader, read_file
-from mlxpin.project.manifest import Manifest, RuntimeSpec
+from mlxpin.project.manifest import Manifest
+from mlxpin.project.runtimespec import RuntimeSpec
 from mlxpin.runtime.server import PIN_FILE
 from mlxpin.util.atomic import write_if_changed
 

@@ -10,6 +10,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlxpin.config import Settings
 from mlxpin.errors import (
@@ -18,8 +19,11 @@ from mlxpin.errors import (
     RuntimeMissingError,
     ServerMissingError,
 )
-from mlxpin.project.manifest import Manifest, RuntimeSpec
+from mlxpin.project.manifest import Manifest
 from mlxpin.runtime.dists import dist_versions
+
+if TYPE_CHECKING:  # a manifest without [runtime] never loads its spec's module
+    from mlxpin.project.runtimespec import RuntimeSpec
 
 
 @dataclass(frozen=True)
