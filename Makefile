@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/concurrency.py
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/build.py
+	$(BIN)/python bench/startup.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

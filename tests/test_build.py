@@ -29,7 +29,7 @@ from mlxpin.project.lockfile import (
 )
 from mlxpin.project.manifest import parse_text
 from mlxpin.project.recipe import BuildSpec
-from mlxpin.store.fetch import NoProgress
+from mlxpin.store.verify import NoProgress
 from test_cli_launch import REPO as TINY_REPO
 from test_cli_launch import Launched
 from test_fleet import Mirror, other_host

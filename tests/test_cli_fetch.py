@@ -903,3 +903,25 @@ def test_verify_rewrites_nothing_that_did_not_change(hub: HubServer, project: Pr
     changed = [p for p in before if after.get(p) != before[p] and "verified" in p.parts]
     changed += [p for p in before if after.get(p) != before[p] and p.suffix == ".stamp"]
     assert changed == []
+
+
+def test_verify_records_a_touched_blob_and_fetch_then_trusts_it(
+    hub: HubServer, project: Project
+) -> None:
+    """verify reads the stamp, not each blob's record (#26): a blob whose stat the stamp
+    still holds needs no new record; a touched one gets one, so fetch hashes nothing."""
+    repo = locked(hub, project)
+    project.ok("fetch")
+    blob = blob_of(project, repo, "config.json")
+
+    def described(st: os.stat_result) -> list[Path]:
+        fields = [str(st.st_size), str(st.st_mtime_ns), str(st.st_ino)]
+        records = (project.state_dir / "verified").rglob("*")
+        return [r for r in records if r.is_file() and r.read_text().split()[:3] == fields]
+
+    assert len(described(blob.stat())) == 1
+    os.utime(blob, ns=(blob.stat().st_atime_ns, blob.stat().st_mtime_ns + 10**9))
+    assert described(blob.stat()) == []
+    assert "tiny: ok" in project.ok("verify").stdout
+    assert len(described(blob.stat())) == 1
+    assert project.json("fetch")["models"][0]["hashed_bytes"] == 0

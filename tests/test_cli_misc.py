@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from mlxpin.cli.app import build_parser
 from mlxpin.commands.lock import MAX_PARALLEL
 
-from conftest import Project, invoke
+from conftest import Project, invoke, isolated_hf_env
 
 
 def test_the_parser_declares_the_lock_commands_default() -> None:
@@ -25,7 +26,7 @@ def test_names_around_options_and_values_that_start_with_a_dash() -> None:
     assert parse(["export", "-o", "-", "a"]).output == "-"
 
 
-def imported_by(*argv: str) -> set[str]:
+def imported_by(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> set[str]:
     """The modules `mlxpin ARGV` imports, in a fresh interpreter, from the executable's
     own entry point (a heavy import there once cost every verb ~25 ms)."""
     code = (
@@ -33,16 +34,70 @@ def imported_by(*argv: str) -> set[str]:
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print(' '.join(sys.modules), file=sys.stderr)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=cwd, env=env
+    )
     return set(done.stderr.splitlines()[-1].split())
+
+
+#: All that `status` of a locked, fetched project may import of mlxpin (#21: its start-up
+#: was 8x `python -c pass`); a module added here must be one status runs.
+STATUS_MODULES = {
+    "mlxpin",
+    "mlxpin.cli",
+    "mlxpin.cli.app",
+    "mlxpin.cli.output",
+    "mlxpin.cli.render",
+    "mlxpin.cli.store",
+    "mlxpin.commands",
+    "mlxpin.commands.status",
+    "mlxpin.config",
+    "mlxpin.entry",
+    "mlxpin.errors",
+    "mlxpin.project",
+    "mlxpin.project.checker",
+    "mlxpin.project.engines",
+    "mlxpin.project.lockfile",
+    "mlxpin.project.manifest",
+    "mlxpin.project.memory",
+    "mlxpin.project.selection",
+    "mlxpin.project.serveropts",
+    "mlxpin.project.tomllines",
+    "mlxpin.project.validate",
+    "mlxpin.runtime",
+    "mlxpin.runtime.dists",
+    "mlxpin.runtime.server",
+    "mlxpin.store",
+    "mlxpin.store.layout",
+    "mlxpin.util",
+    "mlxpin.util.atomic",
+    "mlxpin.util.hashing",
+    "mlxpin.util.jsonable",
+}
 
 
 def test_only_the_verb_that_runs_is_imported(tmp_path: Path) -> None:
     ours = {m for m in imported_by("--version") if m.startswith("mlxpin")}
     assert ours == {"mlxpin", "mlxpin.entry", "mlxpin.cli", "mlxpin.cli.app"}
-    status = imported_by("status", "--manifest", str(tmp_path / "manifest.toml"))
-    assert "mlxpin.commands.status" in status
-    assert not {"huggingface_hub", "filelock", "mlxpin.commands.lock", "mlxpin.cli.ops"} & status
+    model = tmp_path / "one"
+    model.mkdir()
+    (model / "config.json").write_text("{}\n")
+    (tmp_path / "manifest.toml").write_text(
+        'version = 1\n[models.one]\napi_label = "one"\n[models.one.launch]\npath = "./one"\n'
+    )
+    env = isolated_hf_env("http://127.0.0.1:9", tmp_path / "hf")
+    for verb in ("lock", "fetch"):
+        mlxpin = [sys.executable, "-m", "mlxpin", verb, "-q"]
+        subprocess.run(mlxpin, cwd=tmp_path, env=env, check=True)
+    status = imported_by("status", cwd=tmp_path, env=env)
+    assert {m for m in status if m.startswith("mlxpin")} == STATUS_MODULES
+    unused = {"logging", "difflib", "huggingface_hub", "filelock", "threading", "concurrent"}
+    assert not unused & status
+
+
+def test_a_brief_verb_run_in_process_leaves_the_collector_on(tmp_path: Path) -> None:
+    assert invoke(["status", "--manifest", str(tmp_path / "none.toml")]).exit_code != 0
+    assert gc.isenabled()
 
 
 def test_no_verb_prints_the_usage_as_a_usage_error() -> None:

@@ -843,9 +843,10 @@ def test_a_failed_import_keeps_a_blob_another_import_placed_meanwhile(
     from mlxpin.errors import BundleError
     from mlxpin.store import transfer
     from mlxpin.store.bundle import BundleReader
-    from mlxpin.store.fetch import NoProgress, ensure_blob
+    from mlxpin.store.fetch import ensure_blob
     from mlxpin.store.layout import StoreLayout
     from mlxpin.store.sources import LocalSourceBytes
+    from mlxpin.store.verify import NoProgress
 
     host_a(hub, project)
     view = Path(project.json("status")["models"][0]["snapshot"])

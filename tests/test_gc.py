@@ -14,20 +14,21 @@ from typing import Any
 import pytest
 
 from mlxpin.config import Settings, load_settings
+from mlxpin.project.lockdir import lock_names_on_disk
 from mlxpin.project.lockfile import (
     HEADER,
     LockedFile,
     LockedModel,
     Original,
-    lock_names_on_disk,
     lock_path,
     make_locked,
     read_lock,
     write_lock,
 )
-from mlxpin.store.fetch import NoProgress, fetch_model
+from mlxpin.store.fetch import fetch_model
 from mlxpin.store.layout import StoreLayout, check_stamp, register_root
 from mlxpin.store.sources import LocalSourceBytes
+from mlxpin.store.verify import NoProgress
 from mlxpin.util.atomic import hold_mutex
 
 from conftest import Invoked, invoke

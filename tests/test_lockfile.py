@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlxpin.errors import LockCorruptError
+from mlxpin.project.lockdir import is_lock_file
 from mlxpin.project.lockfile import (
     HEADER,
     BuildInput,
@@ -17,8 +18,8 @@ from mlxpin.project.lockfile import (
     LockedFile,
     LockedModel,
     Original,
+    _rendered_document,
     diff,
-    is_lock_file,
     make_locked,
     parse_lock,
     read_lock,
@@ -270,6 +271,32 @@ def test_any_corruption_of_a_real_lock_is_caught_or_harmless(offset: int, junk: 
         return
     # A change that still parses cannot have altered which bytes are pinned.
     assert parsed.files == sample().files
+
+
+def _toml_or_none(data: bytes) -> object:
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(files, st.integers(0, 4000), st.binary(max_size=3))
+def test_a_rendered_lock_is_read_as_tomllib_reads_it(
+    entries: dict[str, tuple[int, str]], offset: int, junk: bytes
+) -> None:
+    """The [[files]] tables are read without tomllib (#26): only when that gives the very
+    document tomllib gives; anything else is left to tomllib."""
+    locked = [LockedFile(p, s, o) for p, (s, o) in entries.items()]
+    data = render(make_locked("m", Original(None, "./m", None, None), None, None, locked))
+    canonical = _rendered_document(data)
+    assert canonical is None or canonical == tomllib.loads(data.decode())
+    plain = all(p.isascii() and p.isprintable() and not {'"', "\\"} & set(p) for p in entries)
+    assert (canonical is not None) == plain  # escapes are left to tomllib
+    offset %= len(data)
+    mutated = data[:offset] + junk + data[offset + len(junk) :]
+    fast = _rendered_document(mutated)
+    assert fast is None or fast == _toml_or_none(mutated)
 
 
 @pytest.mark.parametrize("depth", [300, 1000, 5000])

@@ -31,10 +31,12 @@ from mlxpin.plan.distributed import (
     plan_pipeline,
 )
 from mlxpin.project.lockfile import LockedFile, LockedModel, Original, make_locked
-from mlxpin.store.fetch import NoProgress, fetch_model
-from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp
+from mlxpin.store.fetch import fetch_model
+from mlxpin.store.layout import StoreLayout, check_stamp
+from mlxpin.store.records import read_stamp
 from mlxpin.store.sources import LocalSourceBytes
 from mlxpin.store.subset import fetch_subset, need_of, verify_subset
+from mlxpin.store.verify import NoProgress
 from sshhost import SshHost
 from test_distributed import (
     Group,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mlxpin.project.lockfile import lock_names_on_disk
+from mlxpin.project.lockdir import lock_names_on_disk
 from mlxpin.runtime import uv
 from mlxpin.runtime.resolve import platform_fits
 from mlxpin.runtime.uv import classify, uv_environment
@@ -167,6 +167,8 @@ def test_check_reports_a_stale_runtime_with_78_and_no_network(rt: Project, index
     (rt.lock_dir / "runtime.toml").write_text(pinned)
     orphan = rt.run("lock", "--check")
     assert orphan.returncode == 78 and "runtime: orphan" in orphan.stdout
+    # status reads the pin only when there is one: this one is there without [runtime]
+    assert rt.json("status")["runtime"]["state"] == "orphan"
     assert "runtime: removed lock/runtime.toml" in rt.ok("lock").stdout
     assert not (rt.lock_dir / "runtime.toml").exists()
     (rt.lock_dir / "runtime.toml").write_text(pinned.replace("version", "versio", 1))

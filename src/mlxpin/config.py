@@ -32,6 +32,8 @@ def is_true(value: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
+    """Where everything is and how to reach the Hub, from flags and the environment."""
+
     manifest_path: Path
     lock_dir: Path
     default_model: str | None

@@ -10,9 +10,10 @@ from mlxpin.config import Settings
 from mlxpin.errors import MlxpinError, NoInputError
 from mlxpin.project.lockfile import LockedModel
 from mlxpin.project.manifest import Manifest
-from mlxpin.store.fetch import FetchOutcome, Progress, fetch_model
+from mlxpin.store.fetch import FetchOutcome, fetch_model
 from mlxpin.store.layout import StoreLayout, check_stamp
 from mlxpin.store.sources import ByteSource
+from mlxpin.store.verify import Progress
 from mlxpin.util.parallel import CancelToken
 
 

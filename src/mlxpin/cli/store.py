@@ -14,7 +14,7 @@ from mlxpin.errors import human_size
 if TYPE_CHECKING:  # `status` runs without the fetch code
     from mlxpin.commands.hosts import HostsResult
     from mlxpin.config import Settings
-    from mlxpin.store.fetch import Progress
+    from mlxpin.store.verify import Progress
 
 
 class BarProgress:
@@ -122,7 +122,7 @@ class Bars:
         self.bars: list[BarProgress | LineProgress] = []
 
     def __call__(self, label: str) -> Progress:
-        from mlxpin.store.fetch import NoProgress
+        from mlxpin.store.verify import NoProgress
 
         if self.mode == "off":
             return NoProgress()
@@ -237,13 +237,13 @@ def build_command(args: Namespace, common: Common) -> None:
 
 
 def verify_command(args: Namespace, common: Common) -> None:
-    from mlxpin.commands import fetch as fetch_cmd
+    from mlxpin.commands import verify as verify_cmd
 
     out = common.output()
     settings = common.settings()
     bars = bars_for(common.as_json, common.quiet, common.progress)
     try:
-        result = fetch_cmd.verify(settings, args.names, bars)
+        result = verify_cmd.verify(settings, args.names, bars)
     finally:
         bars.close()
     for model in result.models:

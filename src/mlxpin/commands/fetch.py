@@ -1,4 +1,4 @@
-"""`mlxpin fetch` and `mlxpin verify`: present, verified snapshots of locked models."""
+"""`mlxpin fetch`: present, verified snapshots of locked models (and their runtime)."""
 
 from __future__ import annotations
 
@@ -11,40 +11,27 @@ from typing import TYPE_CHECKING, Any
 from mlxpin.build.fetch import fetch_built
 from mlxpin.config import DEFAULT_ENDPOINT, HUB_CACHE_HINT, STATE_DIR_HINT, Settings
 from mlxpin.errors import (
-    DataError,
     ExitCode,
-    IntegrityError,
-    LockCorruptError,
-    LockStaleError,
-    Run,
 )
 from mlxpin.hub.source import HubSourceBytes
-from mlxpin.project.lockfile import LockedModel, served_as
-from mlxpin.project.manifest import Manifest, PathSource
+from mlxpin.project.lockfile import served_as
+from mlxpin.project.manifest import PathSource
 from mlxpin.project.selection import inputs_first, locked_models, manifest_of, pick
 from mlxpin.runtime.install import InstallOutcome, install_runtime
-from mlxpin.runtime.layout import RuntimeLayout, check_runtime
-from mlxpin.runtime.pin import RuntimePin, pin_path, read_state
+from mlxpin.runtime.layout import RuntimeLayout
+from mlxpin.runtime.pin import pinned_runtime
 from mlxpin.runtime.server import engine_lock_dir
-from mlxpin.store.fetch import (
-    FetchOutcome,
-    NoProgress,
-    Progress,
-    VerifyOutcome,
-    fetch_model,
-    verify_model,
-)
+from mlxpin.store.fetch import FetchOutcome, fetch_model
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.ranged import RangePolicy
 from mlxpin.store.sources import ByteSource, LocalSourceBytes
+from mlxpin.store.verify import ProgressFactory, no_progress
 from mlxpin.util.jsonable import fields_json, json_value
 from mlxpin.util.parallel import CancelToken
 from mlxpin.util.writable import require_writable_dir
 
 if TYPE_CHECKING:
     from mlxpin.hub.client import HubDownloader
-
-ProgressFactory = Callable[[str], Progress]
 
 
 @dataclass(frozen=True)
@@ -66,31 +53,14 @@ class FetchResult:
         }
 
 
-def _no_progress(_: str) -> Progress:
-    return NoProgress()
-
-
 def _no_report(_: str) -> None:
     pass
-
-
-def pinned_runtime(settings: Settings, manifest: Manifest) -> RuntimePin | None:
-    """The runtime pin that answers the manifest's [runtime] (None without one), or the
-    refusal `launch` would give (78 stale/missing, 65 corrupt). No network."""
-    if manifest.runtime is None:
-        return None
-    state, pin = read_state(manifest.runtime, settings.lock_dir)
-    if state.state == "corrupt":
-        raise LockCorruptError(pin_path(settings.lock_dir), state.reason or "unreadable")
-    if state.state != "ok" or pin is None:
-        raise LockStaleError([f"runtime: lock is {state.state} ({state.reason})"], [])
-    return pin
 
 
 def fetch(
     settings: Settings,
     names: Sequence[str] = (),
-    progress: ProgressFactory = _no_progress,
+    progress: ProgressFactory = no_progress,
     runtime_report: Callable[[str], None] = _no_report,
     environ: Mapping[str, str] | None = None,
 ) -> FetchResult:
@@ -167,72 +137,3 @@ def fetch(
 def _may_substitute(settings: Settings) -> bool:
     """A built output is asked of HF_ENDPOINT only when it names a mirror, not the Hub."""
     return not settings.offline and settings.endpoint != DEFAULT_ENDPOINT
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    models: tuple[VerifyOutcome, ...]
-
-    @property
-    def ok(self) -> bool:
-        return all(not m.bad for m in self.models)
-
-    @property
-    def first_problem(self) -> IntegrityError | None:
-        """The error that stands for a failed verification (its hint is the next step)."""
-        for model in self.models:
-            for path in model.differs:
-                return IntegrityError(model.name, path, dict(model.bad)[path])
-        for model in self.models:  # only missing or extra files: fetch rebuilds the view
-            for path, problem in model.bad:
-                return IntegrityError(
-                    model.name,
-                    path,
-                    problem,
-                    hint="the snapshot lacks locked files or holds files the lock does not "
-                    f"list; run {Run.of('fetch', model.name)} to rebuild it",
-                )
-        return None
-
-    @property
-    def exit_code(self) -> ExitCode:
-        problem = self.first_problem
-        return ExitCode.OK if problem is None else problem.exit_code
-
-    def to_json(self) -> dict[str, Any]:
-        problem = self.first_problem
-        return {
-            "ok": self.ok,
-            **({} if problem is None else {"error": problem.to_json()}),
-            "models": [
-                {
-                    "name": m.name,
-                    "ok": not m.bad,
-                    "bad": [{"path": p, "problem": why} for p, why in m.bad],
-                }
-                for m in self.models
-            ],
-        }
-
-
-def verify(
-    settings: Settings,
-    names: Sequence[str] = (),
-    progress: ProgressFactory = _no_progress,
-) -> VerifyResult:
-    manifest = manifest_of(settings)
-    locks: tuple[LockedModel, ...] = locked_models(settings, manifest, pick(manifest, names))
-    pin = pinned_runtime(settings, manifest)
-    runtime = RuntimeLayout.of(settings)
-    if pin is not None and runtime.path(pin.key).exists():  # re-hash every file it holds
-        check = check_runtime(runtime, pin.key, deep=True)
-        if check.problem is not None:
-            raise DataError(
-                f"runtime {pin.short_key}: {check.problem}",
-                f"run {Run.of('fetch')} to install it again",
-            )
-    layout = StoreLayout.of(settings)
-    cancel = CancelToken()
-    return VerifyResult(
-        tuple(verify_model(layout, lock, progress(lock.name), cancel) for lock in locks)
-    )

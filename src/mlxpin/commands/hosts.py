@@ -40,11 +40,12 @@ from mlxpin.project.distributed import LOCAL_HOST
 from mlxpin.project.lockfile import LockedModel, parse_lock, render, write_lock
 from mlxpin.project.manifest import load_manifest
 from mlxpin.store.bundle import MAX_INDEX_BYTES, MAX_LOCK_BYTES, BundleReader
-from mlxpin.store.fetch import NoProgress, ensure_blob
+from mlxpin.store.fetch import ensure_blob
 from mlxpin.store.inuse import InUse
 from mlxpin.store.layout import StoreLayout, register_root, view_key
 from mlxpin.store.subset import fetch_subset, need_of
 from mlxpin.store.transfer import MemberSource
+from mlxpin.store.verify import NoProgress
 
 LOCK_MEMBER = "lock.toml"
 SUBSET_MEMBER = "subset.json"

@@ -24,6 +24,7 @@ from mlxpin.errors import (
     PreflightError,
 )
 from mlxpin.hub.resolve import Resolution, resolve
+from mlxpin.project.lockdir import lock_names_on_disk
 from mlxpin.project.lockfile import (
     BuildInput,
     BuildPin,
@@ -31,7 +32,6 @@ from mlxpin.project.lockfile import (
     PinState,
     build_inputs,
     diff,
-    lock_names_on_disk,
     lock_path,
     make_locked,
     original_of,
@@ -39,8 +39,9 @@ from mlxpin.project.lockfile import (
     read_lock,
     write_lock,
 )
-from mlxpin.project.manifest import HubSource, Manifest, ModelSpec, RuntimeSpec
+from mlxpin.project.manifest import HubSource, Manifest, ModelSpec
 from mlxpin.project.recipe import BuildSpec
+from mlxpin.project.runtimespec import RuntimeSpec
 from mlxpin.project.selection import (
     inputs_first,
     lock_dir_mutex,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,15 +13,15 @@ from mlxpin.errors import ExitCode, LockCorruptError, ServerMissingError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
 from mlxpin.project.manifest import Manifest, ModelIdentity
 from mlxpin.project.selection import manifest_of, pick
-from mlxpin.runtime.layout import RuntimeLayout, check_runtime
-from mlxpin.runtime.pin import read_state
-from mlxpin.runtime.server import unpinned_server
-from mlxpin.store.layout import StoreLayout, check_stamp, read_stamp, size_on_disk
+from mlxpin.runtime.server import PIN_FILE, unpinned_server
+from mlxpin.store.layout import StoreLayout, check_stamp, size_on_disk
 from mlxpin.util.jsonable import fields_json
 
 
 @dataclass(frozen=True)
 class ModelStatus(ModelIdentity):
+    """One model's line of `mlxpin status`."""
+
     source: str
     endpoint: str
     lock_state: str  # ok | missing | stale | corrupt
@@ -41,6 +42,8 @@ class ModelStatus(ModelIdentity):
 
 @dataclass(frozen=True)
 class RuntimeStatus:
+    """The runtime's line of `mlxpin status`."""
+
     state: str  # lock/runtime.toml: ok | missing | stale | corrupt | orphan; or "unpinned"
     reason: str | None
     key: str | None = None
@@ -58,6 +61,8 @@ class RuntimeStatus:
 
 @dataclass(frozen=True)
 class StatusResult:
+    """What `mlxpin status` reports."""
+
     models: tuple[ModelStatus, ...]
     runtime: RuntimeStatus | None = None
 
@@ -67,21 +72,40 @@ class StatusResult:
         return {"ok": True, **fields_json(self)}
 
 
+def _unpinned() -> RuntimeStatus:
+    try:
+        server = unpinned_server()
+    except ServerMissingError as exc:
+        return RuntimeStatus("unpinned", "no [runtime]", problem=exc.message)
+    return RuntimeStatus(
+        "unpinned",
+        "no [runtime]",
+        mlx_lm=server.mlx_lm,
+        mlx=server.mlx,
+        installed=True,
+        python=server.python,
+    )
+
+
+def _no_pin_file(lock_dir: Path) -> bool:
+    try:
+        os.stat(lock_dir / PIN_FILE)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False  # read_state says what is wrong with it
+    return False
+
+
 def runtime_status(settings: Settings, manifest: Manifest) -> RuntimeStatus:
+    if manifest.runtime is None and _no_pin_file(settings.lock_dir):
+        return _unpinned()  # the common case, without importing the pin's parser
+    from mlxpin.runtime.layout import RuntimeLayout, check_runtime
+    from mlxpin.runtime.pin import read_state
+
     state, pin = read_state(manifest.runtime, settings.lock_dir)
     if state.reason == "not pinned":
-        try:
-            server = unpinned_server()
-        except ServerMissingError as exc:
-            return RuntimeStatus("unpinned", "no [runtime]", problem=exc.message)
-        return RuntimeStatus(
-            "unpinned",
-            "no [runtime]",
-            mlx_lm=server.mlx_lm,
-            mlx=server.mlx,
-            installed=True,
-            python=server.python,
-        )
+        return _unpinned()
     if pin is None:
         return RuntimeStatus(state.state, state.reason)
     layout = RuntimeLayout.of(settings)
@@ -121,9 +145,7 @@ def status(settings: Settings, names: Sequence[str] = ()) -> StatusResult:
             snapshot = layout.view(lock)
             on_disk = size_on_disk(layout, lock)
             if stamp.ok:
-                fetch_state, fetch_reason = "verified", None
-                recorded = read_stamp(layout, lock)
-                origin = recorded.origin if recorded is not None else None
+                fetch_state, fetch_reason, origin = "verified", None, stamp.origin
             elif snapshot.is_dir():
                 fetch_state, fetch_reason = "unverified", stamp.problem
             else:

@@ -21,22 +21,17 @@ from mlxpin.errors import (
     PinMismatchError,
     UsageError,
 )
-from mlxpin.project.lockfile import (
-    LockedModel,
-    lock_names_on_disk,
-    lock_path,
-    read_lock,
-    write_lock,
-)
+from mlxpin.project.lockdir import lock_names_on_disk
+from mlxpin.project.lockfile import LockedModel, lock_path, read_lock, write_lock
 from mlxpin.project.manifest import RESERVED_NAMES
 from mlxpin.project.selection import lock_dir_mutex, locked_models, manifest_of, pick
 from mlxpin.project.validate import is_commit
 from mlxpin.store.bundle import BundleReader
-from mlxpin.store.fetch import NoProgress, Progress
 from mlxpin.store.gc.inventory import read_roots
 from mlxpin.store.inuse import InUse
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.transfer import import_bundle, plan_export, write_bundle
+from mlxpin.store.verify import NoProgress, Progress
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name
 from mlxpin.util.jsonable import fields_json
 

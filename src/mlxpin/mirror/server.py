@@ -33,14 +33,8 @@ from aiohttp import web
 
 from mlxpin.hub import source as wire
 from mlxpin.project.lockfile import LockedFile, LockedModel, served_as
-from mlxpin.store.layout import (
-    FileStat,
-    Stamp,
-    StoreLayout,
-    check_stamp,
-    read_stamp,
-    view_links,
-)
+from mlxpin.store.layout import StoreLayout, check_stamp, view_links
+from mlxpin.store.records import FileStat, Stamp, read_stamp
 from mlxpin.util.hashing import oid_algorithm, oid_hex
 
 log = logging.getLogger("mlxpin.mirror")

@@ -30,9 +30,10 @@ from mlxpin.plan.launch import (
     LaunchPlan,
     plan_launch,
 )
-from mlxpin.project.distributed import LOCAL_HOST, DistributedSpec, is_ip
+from mlxpin.project.distributed import LOCAL_HOST, DistributedSpec
 from mlxpin.project.lockfile import LockedModel, render, valid_locks
 from mlxpin.project.manifest import Manifest, ModelSpec
+from mlxpin.project.validate import is_ip
 from mlxpin.store.layout import StoreLayout, check_stamp
 from mlxpin.util.jsonable import fields_json
 
@@ -350,8 +351,8 @@ def check_here(
     path = str(layout.view(lock))
     runtime = runtime_versions()
     if verify:
-        from mlxpin.store.fetch import NoProgress
         from mlxpin.store.subset import verify_subset
+        from mlxpin.store.verify import NoProgress
 
         outcome = verify_subset(layout, lock, need, NoProgress())
         if outcome.bad:

@@ -27,7 +27,8 @@ from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelS
 from mlxpin.project.selection import label_not_name
 from mlxpin.project.serveropts import server_argv
 from mlxpin.runtime.server import SOCKET_SERVERS, ServerRuntime, server_runtime, vlm_server
-from mlxpin.store.layout import CHANGED, StoreLayout, check_stamp, read_stamp
+from mlxpin.store.layout import CHANGED, StoreLayout, check_stamp
+from mlxpin.store.records import read_stamp
 from mlxpin.util.jsonable import fields_json
 from mlxpin.util.writable import require_writable_dir
 
@@ -228,7 +229,7 @@ def boot_check(layout: StoreLayout, lock: LockedModel) -> None:
 
 
 def _verify(layout: StoreLayout, lock: LockedModel, only_changed: bool = False) -> None:
-    from mlxpin.store.fetch import NoProgress, verify_model
+    from mlxpin.store.verify import NoProgress, verify_model
 
     outcome = verify_model(layout, lock, NoProgress(), only_changed=only_changed)
     if outcome.differs:

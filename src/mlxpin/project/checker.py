@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,9 @@ from mlxpin.project.tomllines import KeyLines
 class Checker:
     """Type and key checks that fail with file:line, the dotted key, and a fix."""
 
-    def __init__(self, path: Path, lines: KeyLines, misplaced: Mapping[str, str]) -> None:
+    def __init__(
+        self, path: Path, lines: KeyLines, misplaced: Callable[[], Mapping[str, str]]
+    ) -> None:
         self.path = path
         self.lines = lines
         self.misplaced = misplaced  # key -> the [models.NAME.<table>] it belongs in
@@ -38,7 +40,7 @@ class Checker:
                 continue
             where = keys[-1] if keys else "top level"
             fix = did_you_mean(key, allowed)
-            home = self.misplaced.get(key)
+            home = self.misplaced().get(key)
             if home and keys and keys[0] == "models" and len(keys) == 2:
                 fix = f"`{key}` belongs in [models.{keys[1]}.{home}]"
             elif key in ("model", "name", "repo_id", "model_id"):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlxpin.project.checker import Checker
+from mlxpin.project.validate import is_ip
 
 LOCAL_HOST = "127.0.0.1"
 BACKENDS = ("ring", "jaccl")
@@ -53,16 +54,6 @@ class DistributedSpec:
     starting_port: int
     python: str | None
     env: tuple[tuple[str, str], ...]
-
-
-def is_ip(text: str) -> bool:
-    try:
-        import ipaddress  # only for a hostfile or hosts list: not on a plain boot
-
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_distributed(

@@ -11,21 +11,20 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlxpin.errors import Flag, ManifestError, Run
 from mlxpin.project import engines, recipe, validate
 from mlxpin.project.checker import Checker, did_you_mean
-from mlxpin.project.distributed import (
-    DISTRIBUTED_KEYS,
-    DistributedSpec,
-    is_ip,
-    parse_distributed,
-)
 from mlxpin.project.memory import Budget, parse_budget, parse_size
 from mlxpin.project.recipe import BuildSpec, parse_build
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines, nesting_problem
+from mlxpin.project.validate import is_ip
+
+if TYPE_CHECKING:  # [distributed] and [runtime] are read only where a manifest has them
+    from mlxpin.project.distributed import DistributedSpec
+    from mlxpin.project.runtimespec import RuntimeSpec
 
 MANIFEST_VERSION = 1
 DEFAULT_HOST = "127.0.0.1"
@@ -50,8 +49,6 @@ _MODEL_KEYS = (
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_BUDGET = Budget()
 _LAUNCH_KEYS = ("repo", "path", "revision", "files", "draft", "adapter")
-_RUNTIME_KEYS = ("python", "mlx-lm", "mlx", "packages")
-DEFAULT_RUNTIME_PYTHON = ">=3.11"
 # Names that are files of lock/ other than model locks (lock/runtime.toml).
 RESERVED_NAMES = ("runtime",)
 _HOSTNAME_RE = re.compile(
@@ -61,6 +58,8 @@ _HOSTNAME_RE = re.compile(
 
 @dataclass(frozen=True)
 class HubSource:
+    """A model from a Hub repo at a revision."""
+
     repo: str
     revision: str
 
@@ -70,6 +69,8 @@ class HubSource:
 
 @dataclass(frozen=True)
 class PathSource:
+    """A model from a local directory."""
+
     written: str  # as written in the manifest (goes into the lock)
     path: Path  # absolute
 
@@ -82,6 +83,8 @@ Source = HubSource | PathSource | BuildSpec  # a built model's source is its rec
 
 @dataclass(frozen=True)
 class LaunchSpec:
+    """[models.x.launch]: where the weights come from, and which of them."""
+
     source: Source
     files: tuple[str, ...] | None  # allow-list globs; None = every file
     draft: str | None
@@ -114,6 +117,8 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class ModelSpec(ModelIdentity):
+    """One [models.x] table, checked."""
+
     host: str
     port: int
     launch: LaunchSpec
@@ -146,30 +151,9 @@ _SERVE_KEYS = tuple(f.name for f in fields(ServeTable) if f.name != "line")
 
 
 @dataclass(frozen=True)
-class RuntimeSpec:
-    """`[runtime]`: the packages `mlx_lm.server` runs with, pinned into lock/runtime.toml."""
-
-    python: str  # a version range, e.g. ">=3.11,<3.13"
-    mlx_lm: str  # a specifier ("" = any version)
-    mlx: str
-    packages: tuple[str, ...]  # extra PEP 508 requirements, as written
-    line: int | None
-    server: str = "mlx-lm"  # the engine's package; `mlx_lm` is then its specifier
-
-    @property
-    def requirements(self) -> tuple[str, ...]:
-        """What the resolver is asked for. `mlx` comes with its CPU backend on Linux
-        (`mlx[cpu]`) and with Metal on macOS, so one lock boots on both."""
-        return (
-            f"{self.server}{self.mlx_lm}",
-            f"mlx{self.mlx}; sys_platform == 'darwin'",
-            f"mlx[cpu]{self.mlx}; sys_platform == 'linux'",
-            *self.packages,
-        )
-
-
-@dataclass(frozen=True)
 class Manifest:
+    """manifest.toml, checked: the models, [serve], [runtime] and [engines]."""
+
     path: Path
     models: tuple[ModelSpec, ...]
     serve: ServeTable = DEFAULT_SERVE
@@ -193,14 +177,17 @@ class Manifest:
         return None
 
 
-# Keys people put in the wrong table, and where they belong.
-_MISPLACED = {
-    **{k: "build" for k in recipe.KEYS},
-    **{k: "launch" for k in _LAUNCH_KEYS},
-    **{k: "server" for k in SERVER_OPTIONS},
-    **{k: "gateway" for k in _GATEWAY_KEYS},
-    **{k: "distributed" for k in DISTRIBUTED_KEYS},
-}
+def _misplaced() -> dict[str, str]:
+    """Keys people put in the wrong table, and where they belong (asked on errors only)."""
+    from mlxpin.project.distributed import DISTRIBUTED_KEYS
+
+    return {
+        **{k: "build" for k in recipe.KEYS},
+        **{k: "launch" for k in _LAUNCH_KEYS},
+        **{k: "server" for k in SERVER_OPTIONS},
+        **{k: "gateway" for k in _GATEWAY_KEYS},
+        **{k: "distributed" for k in DISTRIBUTED_KEYS},
+    }
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -262,7 +249,7 @@ def read_toml(text: str, path: Path) -> dict[str, Any]:
 
 
 def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest:
-    check = Checker(path, lines, _MISPLACED)
+    check = Checker(path, lines, _misplaced)
     check.known_keys(document, (), _TOP_KEYS)
     version = document.get("version", MANIFEST_VERSION)
     if type(version) is not int or version != MANIFEST_VERSION:  # not 1.0, not true
@@ -285,13 +272,17 @@ def _build(document: Mapping[str, Any], path: Path, lines: KeyLines) -> Manifest
     }
     _check_cross_references(check, models, explicit_ports)
     serve = _serve_table(check, document.get("serve", {}), models)
-    runtime = _runtime(check, document["runtime"]) if "runtime" in document else None
+    if "runtime" not in document and "engines" not in document:
+        return Manifest(path=path, models=models, serve=serve)
+    from mlxpin.project.runtimespec import parse_runtime  # only manifests that pin one
+
+    runtime = parse_runtime(check, document["runtime"]) if "runtime" in document else None
     pinned = check.table(document.get("engines", {}), ("engines",))
     for name in pinned:
         if name not in engines.ENGINES[1:]:
             fix = "[runtime] pins mlx-lm" if name == engines.MLX_LM else "one of: mlx-vlm"
             raise check.fail(("engines", name), f"no engine {name!r} to pin here", fix)
-    runtimes = tuple(_runtime(check, v, ("engines", k), k) for k, v in pinned.items())
+    runtimes = tuple(parse_runtime(check, v, ("engines", k), k) for k, v in pinned.items())
     return Manifest(path=path, models=models, serve=serve, runtime=runtime, engines=runtimes)
 
 
@@ -347,6 +338,8 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
             raise check.fail((*keys, "distributed"), "only mlx-lm models can be distributed")
     distributed = None
     if "distributed" in table:
+        from mlxpin.project.distributed import parse_distributed
+
         distributed = parse_distributed(check, table["distributed"], (*keys, "distributed"), base)
         why = (
             "a distributed model cannot have a {} (mlx_lm.server refuses them in distributed mode)"
@@ -723,66 +716,4 @@ def _serve_table(check: Checker, value: object, models: tuple[ModelSpec, ...]) -
         ),
         preload=tuple(preload),
         line=check.lines.line_of(keys),
-    )
-
-
-def _runtime(
-    check: Checker, value: object, keys: tuple[str, ...] = ("runtime",), server: str = "mlx-lm"
-) -> RuntimeSpec:
-    """[runtime] (mlx-lm's) or [engines.<server>]: the server package and its closure."""
-    from mlxpin.project import requirements  # only manifests with [runtime] pay for it
-
-    table = check.table(value, keys)
-    check.known_keys(table, keys, (*_RUNTIME_KEYS[:1], server, *_RUNTIME_KEYS[2:]))
-    check.require(
-        table,
-        keys,
-        server,
-        f"missing `{server}`: the runtime exists to pin the server",
-        f'add {server} = ">=0.32,<0.33" (any PEP 440 range; the lock pins one version)',
-    )
-    specs: dict[str, str] = {}
-    for key in ("python", server, "mlx"):
-        default = DEFAULT_RUNTIME_PYTHON if key == "python" else ""
-        text = check.string(table.get(key, default), (*keys, key))
-        problem = requirements.specifier_problem(text)
-        if problem:
-            raise check.fail((*keys, key), problem)
-        specs[key] = requirements.normal_specifier(text)
-    if requirements.lowest_python(specs["python"]) is None:
-        raise check.fail(
-            (*keys, "python"),
-            f"{specs['python']!r} has no lower bound",
-            'write the oldest Python the runtime may use, e.g. python = ">=3.11"',
-        )
-    raw = check.array(
-        table.get("packages", []),
-        (*keys, "packages"),
-        "must be an array of requirement strings",
-        'e.g. packages = ["sentencepiece>=0.2"]',
-    )
-    packages: list[str] = []
-    seen = {server: server, "mlx": "mlx"}
-    for item in raw:
-        text = check.string(item, (*keys, "packages")).strip()
-        problem = requirements.requirement_problem(text)
-        if problem:
-            raise check.fail((*keys, "packages"), f"{text!r}: {problem}")
-        name = requirements.requirement_name(text)
-        if name in seen:
-            where = f"the `{name}` key" if name in (server, "mlx") else f"{seen[name]!r}"
-            raise check.fail(
-                (*keys, "packages"),
-                f"{text!r} names {name!r} again (already in {where})",
-                f"name each package once; put {server} and mlx ranges in their own keys",
-            )
-        seen[name] = text
-        packages.append(text)
-    return RuntimeSpec(
-        python=specs["python"],
-        mlx_lm=specs[server],
-        mlx=specs["mlx"],
-        packages=tuple(packages),
-        line=check.lines.line_of(keys),
-        server=server,
     )

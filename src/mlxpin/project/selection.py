@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -40,6 +39,8 @@ def pick(manifest: Manifest, names: Sequence[str]) -> tuple[ModelSpec, ...]:
         if spec is None:
             if (label := label_not_name(manifest, name)) is not None:
                 raise label
+            import difflib  # errors only
+
             close = difflib.get_close_matches(name, manifest.names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else None
             raise UsageError(

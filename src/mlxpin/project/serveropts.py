@@ -14,6 +14,8 @@ ServerValue = bool | int | float | str | tuple[str, ...] | dict[str, object]
 
 @dataclass(frozen=True)
 class ServerOption:
+    """One `[models.x.server]` option the engine accepts."""
+
     flag: str
     kind: Literal["int", "float", "bool", "str", "json_object", "str_list", "choice"]
     help: str

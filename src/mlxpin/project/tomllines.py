@@ -94,6 +94,8 @@ _STRUCTURE_RE = re.compile(
 
 @dataclass(frozen=True)
 class NestingError:
+    """Where a document nests deeper than mlxpin reads."""
+
     line: int
     problem: str
 

@@ -164,3 +164,13 @@ def pattern_problem(pattern: str) -> str | None:
     if pattern.startswith("/") or ".." in pattern.split("/") or "\\" in pattern:
         return "must be relative to the repo root (no leading '/', no '..', no backslash)"
     return None
+
+
+def is_ip(text: str) -> bool:
+    try:
+        import ipaddress  # only for a hostfile or hosts list: not on a plain boot
+
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

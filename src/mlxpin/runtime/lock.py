@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.errors import LockCorruptError, MlxpinError
-from mlxpin.project.manifest import Manifest, RuntimeSpec
+from mlxpin.project.manifest import Manifest
+from mlxpin.project.runtimespec import RuntimeSpec
 from mlxpin.runtime.pin import RuntimePin, pin_path, read_state, write_pin
 from mlxpin.util.jsonable import fields_json
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.errors import ResolverUnavailableError
-from mlxpin.project.manifest import RuntimeSpec
 from mlxpin.project.requirements import canonical_name, lowest_python
+from mlxpin.project.runtimespec import RuntimeSpec
 from mlxpin.runtime.pin import DistFile, LockedDist, RuntimePin, make_pin, original_of
 from mlxpin.runtime.uv import run_uv
 

@@ -7,10 +7,10 @@ without: mlxpin's own interpreter, or `mlx_lm.server` on PATH.
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlxpin.config import Settings
 from mlxpin.errors import (
@@ -19,12 +19,17 @@ from mlxpin.errors import (
     RuntimeMissingError,
     ServerMissingError,
 )
-from mlxpin.project.manifest import Manifest, RuntimeSpec
+from mlxpin.project.manifest import Manifest
 from mlxpin.runtime.dists import dist_versions
+
+if TYPE_CHECKING:  # a manifest without [runtime] never loads its spec's module
+    from mlxpin.project.runtimespec import RuntimeSpec
 
 
 @dataclass(frozen=True)
 class ServerRuntime:
+    """The server program a model runs with, and its versions."""
+
     command: tuple[str, ...]  # what runs mlx_lm.server (interpreter, -m, module, verb)
     pinned: bool
     key: str | None  # the pinned closure (None: not pinned)
@@ -50,6 +55,9 @@ def server_runtime(settings: Settings, manifest: Manifest) -> ServerRuntime:
     if manifest.runtime is None:
         return unpinned_server()
     return _pinned(settings, manifest.runtime, settings.lock_dir, ("-m", "mlx_lm", "server"))
+
+
+PIN_FILE = "runtime.toml"  # in a lock dir: [runtime]'s pin (runtime/pin.py reads it)
 
 
 def engine_lock_dir(lock_dir: Path, engine: str) -> Path:
@@ -142,6 +150,8 @@ def unpinned_server() -> ServerRuntime:
     runtime = _this_interpreter("mlx_lm", UNIX_SERVER_MODULE)
     if runtime is not None:
         return runtime
+    import shutil  # only without this interpreter's mlx_lm
+
     script = shutil.which("mlx_lm.server")
     if script is not None:
         return ServerRuntime((script,), False, None, None, script, None, None)

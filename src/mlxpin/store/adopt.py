@@ -15,7 +15,8 @@ from pathlib import Path
 
 from mlxpin.project.lockfile import LockedModel
 from mlxpin.store.fetch import BLOB_LOCK_TIMEOUT_S, publish, record_matches
-from mlxpin.store.layout import FETCHED, FileStat, StampEntry, StoreLayout, write_record
+from mlxpin.store.layout import StoreLayout
+from mlxpin.store.records import FETCHED, FileStat, StampEntry, write_record
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex
 
 BUILD_ORIGIN = "build"

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlxpin.errors import MlxpinError
-from mlxpin.project.lockfile import LockedModel, list_lock_dir, read_lock, write_lock
+from mlxpin.project.lockdir import list_lock_dir
+from mlxpin.project.lockfile import LockedModel, read_lock, write_lock
 from mlxpin.store.layout import StoreLayout
 
 

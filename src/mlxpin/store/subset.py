@@ -17,9 +17,11 @@ from collections.abc import Iterable
 
 from mlxpin.errors import DataError
 from mlxpin.project.lockfile import LockedModel
-from mlxpin.store.fetch import FetchOutcome, Progress, VerifyOutcome, fetch_model, verify_model
-from mlxpin.store.layout import FileStat, StoreLayout, list_view, read_stamp
+from mlxpin.store.fetch import FetchOutcome, fetch_model
+from mlxpin.store.layout import StoreLayout, list_view
+from mlxpin.store.records import FileStat, read_stamp
 from mlxpin.store.sources import ByteSource
+from mlxpin.store.verify import Progress, VerifyOutcome, verify_model
 
 
 def sub_lock(lock: LockedModel, paths: Iterable[str]) -> LockedModel:

@@ -33,15 +33,11 @@ from mlxpin.store.bundle import (
     parse_index,
     render_index,
 )
-from mlxpin.store.fetch import Progress, ensure_blob, publish
-from mlxpin.store.layout import (
-    FileStat,
-    StampEntry,
-    StoreLayout,
-    check_stamp,
-    read_stamp,
-)
+from mlxpin.store.fetch import ensure_blob, publish
+from mlxpin.store.layout import StoreLayout, check_stamp
+from mlxpin.store.records import FileStat, StampEntry, read_stamp
 from mlxpin.store.sources import LocalSourceBytes
+from mlxpin.store.verify import Progress
 from mlxpin.util.atomic import hold_mutex
 
 BUNDLE_ORIGIN = "bundle"

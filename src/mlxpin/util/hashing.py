@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -65,4 +65,4 @@ def tree_hash(entries: Iterable[tuple[str, int, str]]) -> str:
     digest = hashlib.sha256()
     for path, size, oid in sorted(entries):
         digest.update(f"{path}\t{size}\t{oid}\n".encode())
-    return "sha256-" + base64.b64encode(digest.digest()).decode("ascii")
+    return "sha256-" + binascii.b2a_base64(digest.digest(), newline=False).decode("ascii")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -49,6 +48,10 @@ def run_parallel(
     """Run `func` over `items` in threads, in order. Every item runs even if one fails
     (the first failure is raised at the end); Ctrl-C cancels what has not started and
     `cancel`, the token `func` watches, so the running ones stop at their next chunk."""
+    if not items:
+        return []
+    from concurrent.futures import ThreadPoolExecutor  # `verify` of small files needs none
+
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))))
     futures = [pool.submit(func, item) for item in items]
     results: list[R] = []

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError
-from mlxpin.project.lockfile import LockedModel, list_lock_dir, read_lock
+from mlxpin.project.lockdir import list_lock_dir
+from mlxpin.project.lockfile import LockedModel, read_lock
 from mlxpin.store.gc.plan import (
     HEX_RE,
     BlobOnDisk,
@@ -26,7 +27,8 @@ from mlxpin.store.gc.plan import (
     oid_of_hex,
 )
 from mlxpin.store.inuse import locks_in_use
-from mlxpin.store.layout import FileStat, StoreLayout, read_record
+from mlxpin.store.layout import StoreLayout
+from mlxpin.store.records import FileStat, read_record
 
 # --- the live set -------------------------------------------------------------------------
 

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Literal
 
 from mlxpin.project.lockfile import LockedModel
-from mlxpin.store.layout import FETCHED, FileStat, Record, StoreLayout
+from mlxpin.store.layout import StoreLayout
+from mlxpin.store.records import FETCHED, FileStat, Record
 
 GarbageKind = Literal[
     "view",

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from mlxpin.errors import LockBusyError
 from mlxpin.store.gc.plan import Doomed, LiveSet
-from mlxpin.store.layout import FileStat
+from mlxpin.store.records import FileStat
 from mlxpin.util.atomic import hold_mutex
 
 LOCK_TIMEOUT_S = 0.5
