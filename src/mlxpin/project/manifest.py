@@ -11,19 +11,19 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mlxpin.errors import Flag, ManifestError, Run
-from mlxpin.project import engines, recipe, validate
+from mlxpin.project import engines, validate
 from mlxpin.project.checker import Checker, did_you_mean
 from mlxpin.project.memory import Budget, parse_budget, parse_size
-from mlxpin.project.recipe import BuildSpec, parse_build
 from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines, nesting_problem
 from mlxpin.project.validate import is_ip
 
-if TYPE_CHECKING:  # [distributed] and [runtime] are read only where a manifest has them
+if TYPE_CHECKING:  # [distributed], [runtime], [build]: read only where a manifest has them
     from mlxpin.project.distributed import DistributedSpec
+    from mlxpin.project.recipe import BuildSpec
     from mlxpin.project.runtimespec import RuntimeSpec
 
 MANIFEST_VERSION = 1
@@ -62,6 +62,7 @@ class HubSource:
 
     repo: str
     revision: str
+    built: ClassVar[bool] = False
 
     def describe(self) -> str:
         return f"{self.repo}@{self.revision}"
@@ -73,12 +74,14 @@ class PathSource:
 
     written: str  # as written in the manifest (goes into the lock)
     path: Path  # absolute
+    built: ClassVar[bool] = False
 
     def describe(self) -> str:
         return f"path {self.written}"
 
 
-Source = HubSource | PathSource | BuildSpec  # a built model's source is its recipe
+if TYPE_CHECKING:
+    Source = HubSource | PathSource | BuildSpec  # a built model's source is its recipe
 
 
 @dataclass(frozen=True)
@@ -180,9 +183,10 @@ class Manifest:
 def _misplaced() -> dict[str, str]:
     """Keys people put in the wrong table, and where they belong (asked on errors only)."""
     from mlxpin.project.distributed import DISTRIBUTED_KEYS
+    from mlxpin.project.recipe import KEYS
 
     return {
-        **{k: "build" for k in recipe.KEYS},
+        **{k: "build" for k in KEYS},
         **{k: "launch" for k in _LAUNCH_KEYS},
         **{k: "server" for k in SERVER_OPTIONS},
         **{k: "gateway" for k in _GATEWAY_KEYS},
@@ -320,6 +324,8 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
                 "a built model has no [launch]: its files are what its build makes",
                 f"remove [models.{name}.launch], or remove [models.{name}.build]",
             )
+        from mlxpin.project.recipe import parse_build
+
         built = parse_build(check, table["build"], (*keys, "build"))
         launch = LaunchSpec(source=built, files=None, draft=None, adapter=None)
     else:
@@ -604,7 +610,7 @@ def _check_cross_references(
             )
         if model.name in explicit_ports:
             owner_of_port[endpoint] = model.name
-        if isinstance(model.launch.source, BuildSpec):
+        if model.launch.source.built:
             _check_build_inputs(check, model.name, model.launch.source, models)
         for role in ("draft", "adapter"):
             target = getattr(model.launch, role)
@@ -622,9 +628,12 @@ def _check_cross_references(
 
 
 def _check_build_inputs(
-    check: Checker, name: str, build: BuildSpec, models: tuple[ModelSpec, ...]
+    check: Checker, name: str, build: Source, models: tuple[ModelSpec, ...]
 ) -> None:
     """`from` and `adapter` name other models, and following `from` never comes back."""
+    from mlxpin.project.recipe import BuildSpec
+
+    assert isinstance(build, BuildSpec)
     by_name = {m.name: m for m in models}
     for key, target in zip(("from", "adapter"), build.inputs, strict=False):
         keys = ("models", name, "build", key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from mlxpin.project.checker import Checker, did_you_mean
 
@@ -57,6 +57,7 @@ class BuildSpec:
     source: str  # the manifest model it is built from (`from`)
     step: str
     params: tuple[tuple[str, Param], ...]  # sorted; defaults written out
+    built: ClassVar[bool] = True  # (HubSource and PathSource say False)
 
     def param(self, key: str) -> Param | None:
         return dict(self.params).get(key)

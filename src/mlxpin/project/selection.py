@@ -11,7 +11,6 @@ from mlxpin.config import Settings
 from mlxpin.errors import LockCorruptError, UsageError
 from mlxpin.project.lockfile import LockedModel, read_lock, valid_locks
 from mlxpin.project.manifest import Manifest, ModelSpec, load_manifest
-from mlxpin.project.recipe import BuildSpec
 
 
 def manifest_of(settings: Settings) -> Manifest:
@@ -64,8 +63,7 @@ def with_dependencies(
         if spec in result:
             continue
         result.append(spec)
-        source = spec.launch.source
-        inputs = source.inputs if builds and isinstance(source, BuildSpec) else ()
+        inputs = _inputs(spec) if builds else ()
         for dependency in (spec.launch.draft, spec.launch.adapter, *inputs):
             if dependency is not None:
                 target = manifest.get(dependency)
@@ -74,14 +72,23 @@ def with_dependencies(
     return tuple(result)
 
 
+def _inputs(spec: ModelSpec) -> tuple[str, ...]:
+    """The models a built model is built from (none for others)."""
+    if not spec.launch.source.built:
+        return ()
+    from mlxpin.project.recipe import BuildSpec
+
+    assert isinstance(spec.launch.source, BuildSpec)
+    return spec.launch.source.inputs
+
+
 def inputs_first(manifest: Manifest, specs: Sequence[ModelSpec]) -> tuple[ModelSpec, ...]:
     """``specs`` in their order, except that a built model comes after those of ``specs``
     it is built from (`lock`, `fetch` and `build` make inputs first)."""
     ordered: list[ModelSpec] = []
 
     def visit(spec: ModelSpec) -> None:
-        source = spec.launch.source
-        for name in source.inputs if isinstance(source, BuildSpec) else ():
+        for name in _inputs(spec):
             dependency = manifest.get(name)
             if dependency is not None and dependency in specs:
                 visit(dependency)
