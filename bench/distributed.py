@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from mlxpin.dev.tinymodel import generate
-from mlxpin.gateway.addresses import free_port
+from mlxpin.gateway.addresses import free_port, free_ports
 
 
 def post(url: str, body: dict[str, object], timeout: float = 30.0) -> dict[str, object]:
@@ -77,7 +77,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         generate(root / "model")
-        one, two = free_port(), free_port()
+        one, two = free_ports(2)
         (root / "manifest.toml").write_text(
             f"""version = 1
 [models.one]

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlxpin.errors import BundleError
+from mlxpin.errors import BundleError, MlxpinError
 from mlxpin.mirror.server import blob_id, parse_range
-from mlxpin.project.lockfile import LockedFile, Original, make_locked
+from mlxpin.project.lockfile import LockedFile, LockedModel, Original, make_locked
 from mlxpin.store.bundle import (
     INDEX_MEMBER,
     BundleReader,
@@ -22,7 +25,9 @@ from mlxpin.store.bundle import (
     parse_index,
     render_index,
 )
-from mlxpin.store.ranged import RangePolicy, _Job, _Part
+from mlxpin.store.ranged import RangePolicy, Transfer, _Job, _Part, fill
+from mlxpin.store.verify import NoProgress
+from mlxpin.util.parallel import CancelToken
 
 from hubserver import pseudo_random_bytes
 
@@ -165,3 +170,57 @@ def test_mirror_range_parsing_and_pointer_blob_id() -> None:
     assert parse_range("items=1-2", 100) is None
     lfs = LockedFile("m.safetensors", 5, "sha256:" + "ab" * 32)
     assert len(blob_id(lfs)) == 40 and blob_id(lfs) != "ab" * 20
+
+
+class _Ranges:
+    """A ranged source over bytes in memory that records what was asked of it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.ranges: RangePolicy | None = RangePolicy(connections=2, min_size=1 << 20)
+        self.asked: list[tuple[int, int | None]] = []
+
+    @contextlib.contextmanager
+    def open(self, file: LockedFile, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
+        self.asked.append((offset, None))
+        yield offset, iter([self.data[offset:]])
+
+    @contextlib.contextmanager
+    def open_range(
+        self, file: LockedFile, start: int, end: int
+    ) -> Iterator[tuple[int, Iterator[bytes]]]:
+        self.asked.append((start, end))
+        yield start, iter([self.data[start:end]])
+
+    def interrupted(self, exc: Exception) -> bool:
+        return False
+
+    def give_up(self, file: LockedFile, cause: str) -> MlxpinError:
+        return MlxpinError(cause)
+
+    def mismatch_hint(self, lock: LockedModel, file: LockedFile, problem: str) -> MlxpinError:
+        return MlxpinError(problem)
+
+    def origin(self) -> str | None:
+        return "hub"
+
+
+def test_a_range_split_off_past_the_written_end_does_not_restart_the_file(
+    tmp_path: Path,
+) -> None:
+    """A kill right after a split: the new range starts beyond the partial file's end and
+    has no bytes yet. That is no "progress without its bytes": every range resumes."""
+    data = pseudo_random_bytes(4 << 20, seed=5)
+    file = LockedFile("w", len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+    partial = tmp_path / "w.incomplete"
+    partial.write_bytes(data[: 1 << 20])
+    sidecar = tmp_path / "w.incomplete.ranges"
+    half = 2 << 20
+    sidecar.write_text(
+        json.dumps({"size": len(data), "parts": [[0, half, 1 << 20], [half, len(data), 0]]})
+    )
+    source = _Ranges(data)
+    lock = make_locked("m", Original("o/n", None, "main", None), "a" * 40, None, [file])
+    filled = fill(Transfer(source, lock, file, partial, NoProgress(), CancelToken()))
+    assert filled.oid == file.oid and filled.resumed
+    assert (0, None) not in source.asked and sorted(source.asked)[0][0] == 1 << 20

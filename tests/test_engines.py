@@ -33,7 +33,7 @@ from mlxpin.dev import (
     tinymodel_transcription,
     tinymodel_vision,
 )
-from mlxpin.gateway.addresses import free_port
+from mlxpin.gateway.addresses import free_port, free_ports
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Route
 from mlxpin.gateway.checks import FormPart, check_form, check_request, encode_form, parse_form
@@ -123,7 +123,7 @@ def fetched(hub: HubServer, project: Project, tmp_path: Path) -> Project:
     and is counted)."""
     for kind in GENERATORS:
         _publish(hub, tmp_path / "models", kind)
-    ports = [free_port() for _ in range(5)]
+    ports = free_ports(5)  # distinct: free_port() twice may give one port twice
     labels = {"CHAT_LABEL": CHAT_LABEL, "VISION_LABEL": VISION_LABEL}
     labels |= {"EMBED_LABEL": EMBED_LABEL, "RERANK_LABEL": RERANK_LABEL, "STT_LABEL": STT_LABEL}
     project.write_manifest(MANIFEST.format(ports=ports, **labels))

@@ -46,6 +46,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports: all bound at once, so none is handed out twice."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def bind_public(host: str, port: int) -> list[socket.socket]:
     """Listening sockets for ``host:port`` (every address it resolves to), as aiohttp
     would bind them; raises OSError if the address is taken."""

@@ -411,7 +411,8 @@ def _fill(transfer: Transfer, policy: RangePolicy | None) -> Filled:
         st = os.fstat(fd)
         if not stat_mod.S_ISREG(st.st_mode):
             raise OSError(0, "not a regular file", str(partial))
-        if any(p.start + p.done > st.st_size for p in parts):  # progress without its bytes
+        # Progress without its bytes; a range split off past the end has none yet.
+        if any(p.done and p.start + p.done > st.st_size for p in parts):
             parts = [_Part(0, file.size)]
         if st.st_size > file.size:
             os.ftruncate(fd, file.size)
