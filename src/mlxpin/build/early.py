@@ -1,5 +1,5 @@
-"""Hash a builder's output while it is still being written, so the hashing overlaps the
-step instead of following it.
+"""Hash (and flush to disk) a builder's output while it is still being written, so that
+work overlaps the step instead of following it.
 
 A file is hashed once it has not changed between two polls. The hash counts only if the
 file's stat (size, mtime, ctime, inode) was the same before and after the read, and is
@@ -23,21 +23,26 @@ def stat_of(st: os.stat_result) -> Stat:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def _hash(path: Path, expected: Stat) -> tuple[Stat, str] | None:
+def hash_and_sync(path: Path, expected: Stat | None = None) -> tuple[Stat, str] | None:
+    """The file's stat and sha256 oid, its bytes flushed to disk (a build's output is
+    published by a rename, so its data must be durable first). None when it is not a
+    regular file, its stat is not ``expected``, or it was written to while it was read."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return None
     with os.fdopen(fd, "rb", buffering=0) as handle:
         before = os.fstat(fd)
-        if not stat_mod.S_ISREG(before.st_mode) or stat_of(before) != expected:
+        current = stat_of(before)
+        if not stat_mod.S_ISREG(before.st_mode) or expected not in (None, current):
             return None
         hasher = OidHasher("sha256", before.st_size)
         while chunk := handle.read(CHUNK):
             hasher.update(chunk)
-        if stat_of(os.fstat(fd)) != expected:
+        os.fsync(fd)
+        if stat_of(os.fstat(fd)) != current:
             return None  # written to while it was read
-    return expected, hasher.oid()
+    return current, hasher.oid()
 
 
 class EarlyHashes:
@@ -53,7 +58,7 @@ class EarlyHashes:
         for relative, current in _files(self.out):
             quiet = self.seen.get(relative) == current
             if quiet and self.queued.get(relative, (None,))[0] != current:
-                future = self.pool.submit(_hash, self.out / relative, current)
+                future = self.pool.submit(hash_and_sync, self.out / relative, current)
                 self.queued[relative] = (current, future)
             self.seen[relative] = current
 

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from mlxpin.build.early import EarlyHashes, stat_of
+from mlxpin.build.early import EarlyHashes, hash_and_sync, stat_of
 from mlxpin.errors import BuildFailedError, UnstorableFilesError
 from mlxpin.project import validate
 from mlxpin.project.lockfile import LockedFile
 from mlxpin.project.recipe import BuildSpec
-from mlxpin.util.hashing import hash_file
 
 POLL_S = 0.25
 _DROPPED_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "MLXPIN_API_KEY")
@@ -163,9 +162,9 @@ def _tail(log_path: Path, lines: int = 3) -> str:
 def hash_output(
     name: str, out: Path, early: EarlyHashes | None = None, workers: int = 2
 ) -> tuple[LockedFile, ...]:
-    """Every file the builder wrote, with its size and sha256: from ``early`` when it
-    hashed the file as it is now, else here (two files at a time: the hashing releases
-    the GIL). A link or a special file in the output is refused."""
+    """Every file the builder wrote, with its size and sha256, its bytes on disk: from
+    ``early`` when it hashed the file as it is now, else here (two files at a time: the
+    hashing releases the GIL). A link or a special file in the output is refused."""
     paths: list[str] = []
     for root, dirs, names in os.walk(out):
         dirs.sort()
@@ -187,7 +186,17 @@ def hash_output(
         full = out / relative
         st = os.lstat(full)
         oid = early.oid(relative, stat_of(st)) if early is not None else None
-        return LockedFile(relative, st.st_size, oid or hash_file(full, "sha256", st.st_size))
+        if oid is None:
+            hashed = hash_and_sync(full, stat_of(st))
+            if hashed is None:
+                raise BuildFailedError(
+                    name,
+                    f"{relative} changed after the builder ended",
+                    "build again",
+                    temporary=True,
+                )
+            oid = hashed[1]
+        return LockedFile(relative, st.st_size, oid)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return tuple(pool.map(pin, paths))

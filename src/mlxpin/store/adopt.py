@@ -1,8 +1,9 @@
 """Install files made on this host (a build's output) as a pin's verified snapshot.
 
-The files were hashed where they lie, in a private directory on the state disk; each is
-moved (renamed, never copied) into the local blob store under the blob's mutex, then the
-view and its stamp are published as `fetch` does. A blob already in place with a matching
+The files were hashed and flushed to disk where they lie, in a private directory on the
+state disk; each is moved (renamed, never copied) into the local blob store under the
+blob's mutex (the directory flushed after), then the view and its stamp are published as
+`fetch` does. A blob already in place with a matching
 verification record is kept (other views' stamps name its inode) and the new file dropped.
 """
 
@@ -25,7 +26,8 @@ BUILD_ORIGIN = "build"
 def adopt_files(
     layout: StoreLayout, lock: LockedModel, made: Mapping[str, Path], origin: str = BUILD_ORIGIN
 ) -> Path:
-    """`made` maps each of the lock's paths to a file already hashed to its locked oid;
+    """`made` maps each of the lock's paths to a file already hashed to its locked oid
+    and fsync'd;
     returns the published view. The files are moved, so ``made`` is consumed."""
     assert lock.original.repo is None, "made files go to the local blob store"
     entries: list[StampEntry] = []
