@@ -37,9 +37,11 @@ def hash_and_sync(path: Path, expected: Stat | None = None) -> tuple[Stat, str] 
         if not stat_mod.S_ISREG(before.st_mode) or expected not in (None, current):
             return None
         hasher = OidHasher("sha256", before.st_size)
-        while chunk := handle.read(CHUNK):
-            hasher.update(chunk)
-        os.fsync(fd)
+        with ThreadPoolExecutor(max_workers=1) as syncing:
+            synced = syncing.submit(os.fsync, fd)  # the write-back overlaps the hashing
+            while chunk := handle.read(CHUNK):
+                hasher.update(chunk)
+            synced.result()
         if stat_of(os.fstat(fd)) != current:
             return None  # written to while it was read
     return current, hasher.oid()

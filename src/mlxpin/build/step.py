@@ -24,7 +24,7 @@ from mlxpin.project import validate
 from mlxpin.project.lockfile import LockedFile
 from mlxpin.project.recipe import BuildSpec
 
-POLL_S = 0.25
+POLL_S = 0.1
 _DROPPED_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "MLXPIN_API_KEY")
 
 
