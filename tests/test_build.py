@@ -171,6 +171,7 @@ def test_lock_pins_the_recipe_then_build_records_and_installs_the_output(
     assert missing.returncode == 66, missing.stderr
     assert "its input tiny is not present here" in missing.stderr
     assert "mlxpin fetch tiny" in missing.stderr
+    assert "no output of tiny-q4 is recorded yet" in missing.stderr
     project.ok("fetch", "tiny")
     data = project.json("build")
     assert data["ok"] is True
@@ -364,7 +365,9 @@ def test_host_b_takes_the_output_from_a_bundle_without_building(
     bundle = tmp_path / "q4.tar"
     project.ok("export", "tiny-q4", "-o", str(bundle))
     b = other_host(project, tmp_path)  # no models/tiny there: it cannot build
-    assert b.run("build").returncode == 66
+    cannot = b.run("build")
+    assert cannot.returncode == 66
+    assert "take tiny-q4's output from a bundle (`mlxpin import FILE`)" in cannot.stderr
     b.ok("import", str(bundle))
     b.ok("verify", "tiny-q4")
     assert "verified (substituted from a bundle)" in b.ok("status", "tiny-q4").stdout

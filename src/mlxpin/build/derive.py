@@ -32,7 +32,6 @@ from mlxpin.errors import (
 from mlxpin.project.lockfile import LockedFile, LockedModel, make_locked, read_lock, write_lock
 from mlxpin.project.manifest import Manifest
 from mlxpin.project.memory import physical_memory
-from mlxpin.project.recipe import BuildSpec
 from mlxpin.runtime.server import server_runtime
 from mlxpin.store.adopt import adopt_files
 from mlxpin.store.layout import StoreLayout, check_stamp
@@ -70,22 +69,28 @@ def builder_here(settings: Settings, manifest: Manifest, identity: str) -> Build
     return Builder(identity, sys.executable)
 
 
-def input_views(
-    layout: StoreLayout, lock_dir: Path, name: str, spec: BuildSpec
-) -> tuple[StepInputs, int]:
-    """The verified snapshots the step reads, and their bytes; 66 naming what to fetch."""
+def input_views(layout: StoreLayout, lock_dir: Path, built: LockedModel) -> tuple[StepInputs, int]:
+    """The verified snapshots ``built``'s step reads, and their bytes; 66 naming what to
+    fetch (and, when an output is recorded, where else it may come from)."""
+    assert built.original.build is not None
+    name = built.name
     views: list[Path] = []
     size = 0
-    for input_name in spec.inputs:
+    for input_name in built.original.build.inputs:
         lock = read_lock(lock_dir, input_name)
         assert lock is not None  # valid_locks checked the pins the build recorded
         check = check_stamp(layout, lock)
         if lock.unbuilt or not check.ok:
             problem = "not built yet" if lock.unbuilt else check.problem
+            elsewhere = (
+                f" (no output of {name} is recorded yet to take from elsewhere)"
+                if built.unbuilt
+                else f", or take {name}'s output from a bundle ({Run.of('import', 'FILE')}) "
+                "or a mirror (HF_ENDPOINT) instead"
+            )
             raise NoInputError(
                 f"{name}: its input {input_name} is not present here ({problem})",
-                f"run {Run.of('fetch', input_name)} first, or take {name}'s output from a "
-                f"bundle ({Run.of('import', 'FILE')}) or a mirror (HF_ENDPOINT) instead",
+                f"run {Run.of('fetch', input_name)} first{elsewhere}",
             )
         views.append(layout.view(lock))
         size += lock.total_size
@@ -141,7 +146,7 @@ def build_model(
         return BuildOutcome(
             lock.name, "up to date", len(lock.files), lock.total_size, 0.0, None, layout.view(lock)
         )
-    inputs, input_size = input_views(layout, settings.lock_dir, lock.name, spec)
+    inputs, input_size = input_views(layout, settings.lock_dir, lock)
     expected = lock.total_size if not lock.unbuilt else input_size
     _preflight_memory(lock.name, input_size + expected, memory())
     progress.add_total(expected)

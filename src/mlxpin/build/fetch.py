@@ -33,7 +33,7 @@ def fetch_built(
         return FetchOutcome(lock.name, view, len(lock.files), lock.total_size, True, 0, 0)
     missing: NoInputError | None = None
     try:
-        input_views(layout, settings.lock_dir, lock.name, lock.original.build)
+        input_views(layout, settings.lock_dir, lock)
     except NoInputError as exc:
         missing = exc
     elsewhere = lock.build.built_on not in (None, this_platform())
