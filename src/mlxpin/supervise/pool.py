@@ -287,6 +287,28 @@ class Pool:
                     retry_after_s=max(1.0, slot.not_before - time.monotonic()),
                 ) from None
 
+    async def head_start(self, label: str) -> Callable[[], None] | None:
+        """Start now the model of a request that is waiting to be read while the gateway
+        sets up (:mod:`mlxpin.gateway.waiting`); that request finds it starting. Only a
+        start the policy admits at once. It counts as in flight, so nothing evicts it,
+        until the returned release is called (once the gateway reads requests). Returns
+        once it is spawned."""
+        slot = self.by_label.get(label)
+        if slot is None or slot.state != "stopped" or slot.start_task is not None:
+            return None
+        if self.closing or not isinstance(plan_start(self.views(), slot.name, self.limits), Start):
+            return None
+        slot.in_flight += 1
+        slot.start_task = asyncio.create_task(self._start(slot))
+        slot.start_task.add_done_callback(_reported)
+        await self._spawned([slot], slot.start_task)
+
+        def release() -> None:  # not a use: no touch
+            slot.in_flight -= 1
+            self.notify()
+
+        return release
+
     def _too_long(self, slot: Slot, waited: float) -> Unavailable:
         doing = "is still starting" if slot.state == "starting" else "is waiting for room"
         return Unavailable(
@@ -512,13 +534,16 @@ class Pool:
         preload = [s for s in self.slots.values() if s.plan.preload]
         if preload:
             self._preload_task = asyncio.create_task(self._preload(preload))
-            # Let their spawns happen before the caller goes on (importing the gateway):
-            # the servers load while mlxpin finishes its own start-up.
-            deadline = time.monotonic() + 5.0
-            while not self._preload_task.done() and time.monotonic() < deadline:
-                if all(s.process is not None and s.process.process for s in preload):
-                    break
-                await self.wait_change(0.1)
+            await self._spawned(preload, self._preload_task)
+
+    async def _spawned(self, slots: list[Slot], task: asyncio.Task[None]) -> None:
+        """Let their spawns happen before the caller goes on (importing the gateway): the
+        servers load while mlxpin finishes its own start-up."""
+        deadline = time.monotonic() + 5.0
+        while not task.done() and time.monotonic() < deadline:
+            if all(s.process is not None and s.process.process for s in slots):
+                break
+            await self.wait_change(0.1)
 
     async def _preload(self, slots: list[Slot]) -> None:
         results = await asyncio.gather(*(self.load(s) for s in slots), return_exceptions=True)

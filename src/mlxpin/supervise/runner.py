@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from mlxpin.config import is_true
@@ -106,11 +107,15 @@ async def run_pool(
         raise PortInUseError(who, plan.host, plan.port, exc.strerror or str(exc)) from None
     pool: Pool | None = None
     runner = None
+    waiting: socket.socket | None = None  # a client accepted early, until aiohttp has it
     try:
         # Only once the public port is ours: a server left behind by a run that died is
         # stopped (in begin), while a second run of the same endpoint failed just above.
         pool = Pool(plan, environ, policy, watchdog=watchdog, on_fatal=stopping.set)
         await pool.begin()  # preloaded servers are spawned now, while the gateway imports
+        waiting, release = (
+            (None, None) if launched is not None else await _head_start(listeners, pool)
+        )
         import_aiohttp()
         from mlxpin.gateway.app import Gateway, serve
         from mlxpin.gateway.listener import ListenerLimits
@@ -122,6 +127,12 @@ async def run_pool(
         limits = ListenerLimits(plan.max_connections, plan.header_timeout)
         app = pool_app(gateway, pool, operator=launched is None, console=console)
         runner = await serve(app, plan.host, plan.port, limits, sockets=listeners)
+        if waiting is not None:  # as if aiohttp had accepted it
+            assert runner.server is not None
+            await loop.connect_accepted_socket(runner.server, waiting)
+            waiting = None
+        if release is not None:
+            release()
         _log_listening(plan)
         await stopping.wait()
         log.info("stopping")
@@ -132,9 +143,26 @@ async def run_pool(
             await runner.cleanup()
         for sock in listeners:
             sock.close()
+        if waiting is not None:
+            waiting.close()
     if pool.fatal is not None:
         raise pool.fatal
     return 0
+
+
+async def _head_start(
+    listeners: list[socket.socket], pool: Pool
+) -> tuple[socket.socket | None, Callable[[], None] | None]:
+    """A connection already waiting on the public port, and the release of the start of
+    the model its request names (see :mod:`mlxpin.gateway.waiting`)."""
+    from mlxpin.gateway.routing import RoutingTable
+    from mlxpin.gateway.waiting import accept_waiting, peek, requested_label
+
+    conn = accept_waiting(listeners)
+    if conn is None:
+        return None, None
+    label = requested_label(peek(conn), RoutingTable(pool.routes()), pool.plan.api_key)
+    return conn, None if label is None else await pool.head_start(label)
 
 
 def _log_listening(plan: ServePlan) -> None:
