@@ -943,3 +943,38 @@ def test_the_vocabulary_size_is_read_from_the_models_config(tmp_path: Path) -> N
     (tmp_path / "config.json").write_text('{"text_config": {"vocab_size": 32000}}')
     assert read_vocab_size(tmp_path) == 32000
     assert read_vocab_size(tmp_path / "nowhere") is None
+
+
+def _raw_request(
+    body: dict[str, object], path: str = "/v1/chat/completions", **extra: str
+) -> bytes:
+    data = json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in extra.items())
+    return (head + "\r\n").encode() + data
+
+
+def test_a_request_waiting_at_boot_names_its_model_only_if_the_gateway_would_route_it() -> None:
+    """Issue #21 item 4: serve starts that model while the gateway sets up -- never one
+    the gateway would refuse the request for."""
+    from mlxpin.gateway.backends import Route
+    from mlxpin.gateway.routing import RoutingTable
+    from mlxpin.gateway.waiting import requested_label
+
+    table = RoutingTable([Route("a-chat"), Route("b-chat", ("b",)), Route("e", role="embedding")])
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    assert requested_label(_raw_request({"model": "b", **chat}), table, None) == "b-chat"
+    whole = _raw_request({"model": "a-chat", **chat})
+    assert requested_label(whole, table, None) == "a-chat"
+    assert requested_label(whole[:-1], table, None) is None  # the body is not all in yet
+    assert requested_label(whole.replace(b"POST", b"PUT", 1), table, None) is None
+    assert requested_label(_raw_request({"model": "nope", **chat}), table, None) is None
+    assert requested_label(_raw_request({"model": "a-chat", "stop": 5}), table, None) is None
+    assert requested_label(_raw_request({"model": "e", **chat}), table, None) is None  # a 404
+    keyed = {"Authorization": "bearer  k3y "}
+    assert requested_label(_raw_request({"model": "a-chat", **chat}, **keyed), table, "k3y")
+    assert requested_label(whole, table, "k3y") is None
+    wrong = _raw_request({"model": "a-chat", **chat}, Authorization="Bearer nope")
+    assert requested_label(wrong, table, "k3y") is None
+    gzipped = _raw_request({"model": "a-chat", **chat}, **{"Content-Encoding": "gzip"})
+    assert requested_label(gzipped, table, None) is None

@@ -7,6 +7,9 @@ what a crash budget, a failed model and a bounded wait look like is the same for
 from __future__ import annotations
 
 import asyncio
+import json
+import select
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +21,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mlxpin.cli.serveboot import ps_table
-from mlxpin.gateway.app import Gateway
+from mlxpin.gateway.addresses import bind_public
+from mlxpin.gateway.app import Gateway, serve
 from mlxpin.gateway.backends import Unavailable
 from mlxpin.plan.launch import LaunchPlan, PinnedSnapshot
 from mlxpin.plan.serve import PoolModelPlan, ServePlan, launch_serve_plan
@@ -26,7 +30,7 @@ from mlxpin.supervise.metrics import pin_of
 from mlxpin.supervise.pool import Pool
 from mlxpin.supervise.process import RotatingLog, is_our_server, pump_output
 from mlxpin.supervise.restart import RestartPolicy
-from mlxpin.supervise.runner import pool_app
+from mlxpin.supervise.runner import _hand_over, _head_start, pool_app
 from test_cli_launch import ANSWERING_SERVER
 
 ANSWERS = ANSWERING_SERVER  # a stand-in that answers every completion
@@ -152,6 +156,75 @@ def test_concurrent_first_requests_share_one_start(tmp_path: Path) -> None:
         await pool.close()
 
     asyncio.run(scenario())
+
+
+def test_a_request_waiting_at_boot_starts_its_model_while_the_gateway_sets_up(
+    tmp_path: Path,
+) -> None:
+    """Issue #21 item 4: on demand, the first request's model was spawned only once the
+    gateway had imported aiohttp and read it (~0.1 s more than `launch`'s cold start)."""
+
+    async def scenario() -> None:
+        pool = Pool(plan(model(tmp_path, "a", ANSWERS), model(tmp_path, "b", ANSWERS)), ENV, POLICY)
+        listeners = bind_public("127.0.0.1", 0)
+        port = listeners[0].getsockname()[1]
+        body = json.dumps({"model": "b-chat", "messages": [{"role": "user", "content": "hi"}]})
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        select.select(listeners, [], [], 5)
+        runner = None
+        try:
+            waiting, release = await _head_start(listeners, pool)
+            b = pool.slots["b"]
+            assert waiting is not None and release is not None
+            assert b.state == "starting" and b.process is not None and b.process.process
+            assert (b.in_flight, b.last_used_wall, pool.slots["a"].state) == (1, None, "stopped")
+            runner = await serve(
+                pool_app(Gateway(pool), pool), "127.0.0.1", port, sockets=listeners
+            )
+            await _hand_over(runner, waiting)
+            release()
+            answer = await asyncio.get_running_loop().run_in_executor(None, _read_all, client)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+            assert (b.starts, b.in_flight, pool.slots["a"].starts) == (1, 0, 0)
+        finally:
+            client.close()
+            await pool.close()
+            if runner is not None:
+                await runner.cleanup()
+            for sock in listeners:
+                sock.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_waiting_at_boot_never_evicts_or_doubles_a_start(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pool = Pool(
+            plan(model(tmp_path, "a", ANSWERS), model(tmp_path, "b", ANSWERS), max_loaded=1),
+            ENV,
+            POLICY,
+        )
+        try:
+            (await pool.acquire("a-chat")).release()
+            assert await pool.head_start("b-chat") is None  # it would evict a: the request's call
+            assert await pool.head_start("a-chat") is None  # ready already
+            assert pool.slots["a"].state == "ready" and pool.slots["b"].starts == 0
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(30)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def test_unknown_label_on_operator_routes_is_404(tmp_path: Path) -> None:

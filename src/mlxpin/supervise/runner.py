@@ -113,6 +113,7 @@ async def run_pool(
         # stopped (in begin), while a second run of the same endpoint failed just above.
         pool = Pool(plan, environ, policy, watchdog=watchdog, on_fatal=stopping.set)
         await pool.begin()  # preloaded servers are spawned now, while the gateway imports
+        # So is the model of a request already waiting on the port (serve only).
         waiting, release = (
             (None, None) if launched is not None else await _head_start(listeners, pool)
         )
@@ -127,9 +128,8 @@ async def run_pool(
         limits = ListenerLimits(plan.max_connections, plan.header_timeout)
         app = pool_app(gateway, pool, operator=launched is None, console=console)
         runner = await serve(app, plan.host, plan.port, limits, sockets=listeners)
-        if waiting is not None:  # as if aiohttp had accepted it
-            assert runner.server is not None
-            await loop.connect_accepted_socket(runner.server, waiting)
+        if waiting is not None:
+            await _hand_over(runner, waiting)
             waiting = None
         if release is not None:
             release()
@@ -163,6 +163,12 @@ async def _head_start(
         return None, None
     label = requested_label(peek(conn), RoutingTable(pool.routes()), pool.plan.api_key)
     return conn, None if label is None else await pool.head_start(label)
+
+
+async def _hand_over(runner: web.AppRunner, conn: socket.socket) -> None:
+    """Give the serving gateway a connection accepted before, as if it had accepted it."""
+    assert runner.server is not None
+    await asyncio.get_running_loop().connect_accepted_socket(runner.server, conn)
 
 
 def _log_listening(plan: ServePlan) -> None:
