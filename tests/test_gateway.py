@@ -978,3 +978,33 @@ def test_a_request_waiting_at_boot_names_its_model_only_if_the_gateway_would_rou
     assert requested_label(wrong, table, "k3y") is None
     gzipped = _raw_request({"model": "a-chat", **chat}, **{"Content-Encoding": "gzip"})
     assert requested_label(gzipped, table, None) is None
+
+
+def test_a_warm_up_notices_a_server_socket_within_ms_of_its_bind(tmp_path: Path) -> None:
+    """Issue #21 item 4: a warm-up waits for the socket file (a stat every 5 ms) instead
+    of failing at once, to be retried after a pause that grows to 50 ms."""
+    from mlxpin.gateway.backends import Upstream
+    from mlxpin.gateway.upstream import warm_up_status
+
+    async def completion(_request: web.Request) -> web.Response:
+        return web.json_response({"choices": [{"message": {"content": "x"}}]})
+
+    async def scenario() -> None:
+        path = str(tmp_path / "server.sock")
+        upstream = Upstream("m", "m", "http://localhost", path)
+        assert await warm_up_status(upstream, GatewayState(), timeout_s=0.05) == "unreachable"
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", completion)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        trying = asyncio.ensure_future(warm_up_status(upstream, GatewayState(), timeout_s=10))
+        await asyncio.sleep(0.2)
+        assert not trying.done()  # waiting for the socket, not retried by the caller
+        site = web.UnixSite(runner, path)
+        await site.start()
+        try:
+            assert await trying == "ok"
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())

@@ -3,10 +3,12 @@ warm-up, and what a failure to reach one means for the client (503, 504 or 502).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import struct
+import time
 from typing import Any, Final
 
 import aiohttp
@@ -73,6 +75,20 @@ _PROBES: Final[dict[str, tuple[str, dict[str, object], str]]] = {
 }
 
 
+#: How often a server's socket file is looked for while it boots: a stat is far cheaper
+#: than a connect attempt, so readiness is noticed within ms of the server binding.
+SOCKET_POLL_S: Final = 0.005
+
+
+async def _socket_appeared(path: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(SOCKET_POLL_S)
+    return True
+
+
 def _silent_wav(seconds: float = 0.1, rate: int = 16000) -> bytes:
     frames = int(seconds * rate)
     header = struct.pack(
@@ -84,11 +100,15 @@ def _silent_wav(seconds: float = 0.1, rate: int = 16000) -> bytes:
 
 async def warm_up_status(upstream: Upstream, state: GatewayState, *, timeout_s: float) -> str:
     """Send one real request for its role (chat: a 1-token completion) straight to the
-    upstream: "ok" (and the state is
-    marked healthy, unless a restart happened meanwhile); "unreachable" (not listening yet,
-    or no answer in time); "error" (it answered, but not with a completion -- a server that
-    cannot load its model says so at once and will not recover by waiting)."""
+    upstream: "ok" (and the state is marked healthy, unless a restart happened meanwhile);
+    "unreachable" (not listening yet -- a socket file is waited for, within
+    ``timeout_s`` -- or no answer in time); "error" (it answered, but not with a
+    completion -- a server that cannot load its model says so at once and will not
+    recover by waiting)."""
     epoch = state.epoch
+    socket_path = upstream.socket_path
+    if socket_path is not None and not await _socket_appeared(socket_path, timeout_s):
+        return "unreachable"
     path, payload, expected = _PROBES[upstream.role]
     data: Any = {"model": upstream.model, **payload}
     if path == TRANSCRIPTIONS_PATH:
