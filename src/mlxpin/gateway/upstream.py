@@ -80,13 +80,14 @@ _PROBES: Final[dict[str, tuple[str, dict[str, object], str]]] = {
 SOCKET_POLL_S: Final = 0.005
 
 
-async def _socket_appeared(path: str, timeout_s: float) -> bool:
+async def _socket_appeared(path: str, timeout_s: float) -> float | None:
+    """Seconds left of ``timeout_s`` once ``path`` exists; None if it did not in time."""
     deadline = time.monotonic() + timeout_s
     while not os.path.exists(path):
         if time.monotonic() >= deadline:
-            return False
+            return None
         await asyncio.sleep(SOCKET_POLL_S)
-    return True
+    return max(deadline - time.monotonic(), 0.001)
 
 
 def _silent_wav(seconds: float = 0.1, rate: int = 16000) -> bytes:
@@ -106,9 +107,11 @@ async def warm_up_status(upstream: Upstream, state: GatewayState, *, timeout_s: 
     completion -- a server that cannot load its model says so at once and will not
     recover by waiting)."""
     epoch = state.epoch
-    socket_path = upstream.socket_path
-    if socket_path is not None and not await _socket_appeared(socket_path, timeout_s):
-        return "unreachable"
+    if upstream.socket_path is not None:
+        left = await _socket_appeared(upstream.socket_path, timeout_s)
+        if left is None:
+            return "unreachable"
+        timeout_s = left
     path, payload, expected = _PROBES[upstream.role]
     data: Any = {"model": upstream.model, **payload}
     if path == TRANSCRIPTIONS_PATH:
