@@ -219,6 +219,26 @@ def test_a_request_waiting_at_boot_never_evicts_or_doubles_a_start(tmp_path: Pat
     asyncio.run(scenario())
 
 
+def test_a_restart_does_not_take_the_last_starts_socket_file_for_the_new_server(
+    tmp_path: Path,
+) -> None:
+    """The warm-up waits for the socket file to appear; a stale one would only be refused."""
+    from mlxpin.supervise.servers import SingleServer
+
+    launch = replace(model(tmp_path, "a", ANSWERS).launch, private_socket=True)
+    server = SingleServer(launch, ENV)
+    path = server.upstream.socket_path
+    assert path is not None
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()
+    try:
+        server.new_process(1.0)
+        assert not Path(path).exists()
+    finally:
+        server.close()
+
+
 def _read_all(sock: socket.socket) -> bytes:
     sock.settimeout(30)
     chunks = []

@@ -6,7 +6,10 @@ is ready (for a rank group: a member that exits, or no progress).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +106,11 @@ class SingleServer:
         )
 
     def new_process(self, stop_timeout_s: float) -> ServerProcess:
+        path = self.upstream.socket_path
+        # The last start's socket file: the warm-up waits for the new one to appear.
+        with contextlib.suppress(OSError):
+            if path is not None and stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
         return ServerProcess(self.spec, stop_timeout_s)
 
     async def reap_leftover(self, stop_timeout_s: float) -> None:
