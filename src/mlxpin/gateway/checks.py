@@ -12,8 +12,6 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email.parser import BytesParser
-from email.policy import HTTP
 from typing import Any, Final
 
 from mlxpin.gateway.apierrors import ApiError
@@ -195,6 +193,11 @@ def parse_form(raw: bytes, content_type: str) -> list[FormPart] | ApiError:
     """A multipart/form-data body as its parts, or a 400."""
     if not content_type.lower().startswith("multipart/form-data"):
         return ApiError(400, "This endpoint takes multipart/form-data", "invalid_request")
+    # Here, not at the top: a request waiting at boot is checked before its model is
+    # spawned (gateway.waiting), and only transcriptions are multipart.
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
     head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
     message = BytesParser(policy=HTTP).parsebytes(head + raw)
     if not message.is_multipart():
