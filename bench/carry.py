@@ -12,6 +12,13 @@ from pathlib import Path
 CPU: dict[str, float] = {}  # CPU seconds (user + system) per kind of run, summed
 
 
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+    """Wall seconds of one command run to its end (its stdout discarded)."""
+    started = time.perf_counter()
+    subprocess.run(argv, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
 def wait(process: subprocess.Popen[bytes], argv: list[str]) -> int:
     """Peak RSS (bytes) of a finished child; fails loudly on a non-zero exit."""
     _, status, usage = os.wait4(process.pid, 0)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlxpin.build.early import EarlyHashes
 from mlxpin.build.identity import this_platform
-from mlxpin.build.step import StepInputs, StepProgress, hash_output, run_step, step_argv
+from mlxpin.build.step import StepInputs, hash_output, run_step, step_argv
 from mlxpin.build.step import step_environment as environment_of
 from mlxpin.config import Settings
 from mlxpin.errors import (
@@ -35,6 +35,7 @@ from mlxpin.project.memory import physical_memory
 from mlxpin.runtime.server import server_runtime
 from mlxpin.store.adopt import adopt_files
 from mlxpin.store.layout import StoreLayout, check_stamp
+from mlxpin.store.verify import Progress
 from mlxpin.util.atomic import hold_mutex
 
 
@@ -119,7 +120,7 @@ def build_model(
     settings: Settings,
     lock: LockedModel,
     builder: Builder,
-    progress: StepProgress,
+    progress: Progress,
     *,
     check_only: bool = False,
     environ: Mapping[str, str] | None = None,

@@ -56,13 +56,16 @@ class EarlyHashes:
         self.seen: dict[str, Stat] = {}  # each file's stat at the last poll
         self.queued: dict[str, tuple[Stat, Future[tuple[Stat, str] | None]]] = {}
 
-    def poll(self) -> None:
-        for relative, current in _files(self.out):
+    def poll(self) -> int:
+        """Queue the files that did not change since the last poll; the bytes written."""
+        listing = _files(self.out)
+        for relative, current in listing:
             quiet = self.seen.get(relative) == current
             if quiet and self.queued.get(relative, (None,))[0] != current:
                 future = self.pool.submit(hash_and_sync, self.out / relative, current)
                 self.queued[relative] = (current, future)
             self.seen[relative] = current
+        return sum(current[0] for _, current in listing)
 
     def oid(self, relative: str, final: Stat) -> str | None:
         """The file's sha256 oid if it was hashed early at its final stat, else None."""

@@ -8,23 +8,16 @@ import platform
 import sys
 
 from mlxpin.config import Settings
-from mlxpin.errors import LockCorruptError, LockStaleError
 from mlxpin.project.manifest import Manifest
-from mlxpin.runtime.pin import pin_path, read_state
+from mlxpin.runtime.pin import pinned_runtime
 from mlxpin.runtime.server import unpinned_server
 
 
 def builder_identity(settings: Settings, manifest: Manifest) -> str:
     """With [runtime]: its pinned closure (the builder is pinned like the server);
     without: this interpreter's mlx-lm and mlx versions."""
-    if manifest.runtime is not None:
-        state, pin = read_state(manifest.runtime, settings.lock_dir)
-        if state.state == "corrupt":
-            raise LockCorruptError(pin_path(settings.lock_dir), state.reason or "unreadable")
-        if state.state != "ok" or pin is None:
-            raise LockStaleError(
-                [f"runtime: lock is {state.state} ({state.reason}); builds run in it"], []
-            )
+    pin = pinned_runtime(settings, manifest)  # 78 stale/missing, 65 corrupt, as launch says
+    if pin is not None:
         return f"runtime {pin.key}"
     server = unpinned_server()
     return f"mlx-lm {server.mlx_lm or 'unknown'}, mlx {server.mlx or 'unknown'}"

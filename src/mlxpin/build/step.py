@@ -16,21 +16,16 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from mlxpin.build.early import EarlyHashes, hash_and_sync, stat_of
 from mlxpin.errors import BuildFailedError, UnstorableFilesError
 from mlxpin.project import validate
 from mlxpin.project.lockfile import LockedFile
 from mlxpin.project.recipe import BuildSpec
+from mlxpin.store.verify import Progress
 
 POLL_S = 0.1
 _DROPPED_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "MLXPIN_API_KEY")
-
-
-class StepProgress(Protocol):
-    def add_total(self, nbytes: int) -> None: ...
-    def advance(self, nbytes: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -75,12 +70,12 @@ def run_step(
     env: Mapping[str, str],
     out: Path,
     log_path: Path,
-    progress: StepProgress,
-    early: EarlyHashes | None = None,
+    progress: Progress,
+    early: EarlyHashes,
 ) -> None:
-    """Run the builder to its end, reporting the bytes it has written so far (and with
-    ``early``, hashing the files it has finished); a failure is a BuildFailedError with
-    the log's last lines. Ctrl-C stops the builder too."""
+    """Run the builder to its end, reporting the bytes it has written so far and hashing
+    the files it has finished (``early``: one listing of ``out`` a poll); a failure is a
+    BuildFailedError with the log's last lines. Ctrl-C stops the builder too."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -100,9 +95,7 @@ def run_step(
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                if early is not None:
-                    early.poll()
-                now = _bytes_under(out)
+                now = early.poll()
                 if now > written:
                     progress.advance(now - written)
                     written = now
@@ -137,17 +130,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(OSError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-
-
-def _bytes_under(directory: Path) -> int:
-    total = 0
-    for root, _, names in os.walk(directory):
-        for file_name in names:
-            try:
-                total += os.lstat(os.path.join(root, file_name)).st_size
-            except OSError:
-                continue
-    return total
 
 
 def _tail(log_path: Path, lines: int = 3) -> str:

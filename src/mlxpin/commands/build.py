@@ -10,7 +10,6 @@ from typing import Any
 
 from mlxpin.build.derive import BuildOutcome, build_model, builder_here
 from mlxpin.build.identity import builder_identity
-from mlxpin.build.step import StepProgress
 from mlxpin.config import STATE_DIR_HINT, Settings
 from mlxpin.errors import ExitCode, UsageError
 from mlxpin.project.lockfile import valid_locks
@@ -18,6 +17,7 @@ from mlxpin.project.manifest import Manifest, ModelSpec
 from mlxpin.project.recipe import BuildSpec
 from mlxpin.project.selection import inputs_first, manifest_of, pick
 from mlxpin.store.layout import StoreLayout, register_root
+from mlxpin.store.verify import NoProgress, Progress
 from mlxpin.util.jsonable import fields_json
 from mlxpin.util.writable import require_writable_dir
 
@@ -32,14 +32,6 @@ class BuildResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, **fields_json(self)}
-
-
-class _Silent:
-    def add_total(self, nbytes: int) -> None:
-        pass
-
-    def advance(self, nbytes: int) -> None:
-        pass
 
 
 def built_models(manifest: Manifest, names: Sequence[str]) -> tuple[ModelSpec, ...]:
@@ -66,7 +58,7 @@ def build(
     names: Sequence[str] = (),
     *,
     check: bool = False,
-    progress: Callable[[str], StepProgress] = lambda _: _Silent(),
+    progress: Callable[[str], Progress] = lambda _: NoProgress(),
     environ: Mapping[str, str] | None = None,
     note: Callable[[str], None] = lambda _: None,
 ) -> BuildResult:
