@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,3 +225,45 @@ def test_a_range_split_off_past_the_written_end_does_not_restart_the_file(
     filled = fill(Transfer(source, lock, file, partial, NoProgress(), CancelToken()))
     assert filled.oid == file.oid and filled.resumed
     assert (0, None) not in source.asked and sorted(source.asked)[0][0] == 1 << 20
+
+
+class _Paced(_Ranges):
+    """Each connection sends 64 KiB chunks at `rate` bytes/s (a cap per connection)."""
+
+    def __init__(self, data: bytes, rate: float) -> None:
+        super().__init__(data)
+        self.rate = rate
+
+    def _paced(self, start: int, end: int) -> Iterator[bytes]:
+        for at in range(start, end, 1 << 16):
+            time.sleep((1 << 16) / self.rate)
+            yield self.data[at : min(end, at + (1 << 16))]
+
+    @contextlib.contextmanager
+    def open(self, file: LockedFile, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
+        self.asked.append((offset, None))
+        yield offset, self._paced(offset, len(self.data))
+
+    @contextlib.contextmanager
+    def open_range(
+        self, file: LockedFile, start: int, end: int
+    ) -> Iterator[tuple[int, Iterator[bytes]]]:
+        self.asked.append((start, end))
+        yield start, self._paced(start, end)
+
+
+@pytest.mark.parametrize(("rate", "split"), [(64e6, False), (3e6, True)])
+def test_a_file_is_split_only_while_its_rest_would_take_long(
+    tmp_path: Path, rate: float, split: bool
+) -> None:
+    """A trial connection costs a split and a window: a file one connection brings in
+    well under a second stays on it; a slow one gets a second range."""
+    data = pseudo_random_bytes(6 << 20, seed=7)
+    file = LockedFile("w", len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+    source = _Paced(data, rate)
+    lock = make_locked("m", Original("o/n", None, "main", None), "a" * 40, None, [file])
+    partial = tmp_path / "w.incomplete"
+    filled = fill(Transfer(source, lock, file, partial, NoProgress(), CancelToken()))
+    assert filled.oid == file.oid
+    assert source.asked[0] == (0, None)
+    assert (len(source.asked) > 1) is split, source.asked

@@ -5,7 +5,10 @@ that can send byte ranges (the Hub, a mirror) may get more, adaptively: after ea
 measuring window the connections double, up to `connections`, for as long as doubling
 raised the throughput (a CDN or a peer that caps each connection), and quadruple after a
 doubling that nearly doubled it; when a step did not pay, fetch goes back to the last
-level that did. A new connection takes the back half of the
+level that did. A step is tried only while the file's bytes still to come would take
+at least WORTH_S at the measured rate: a trial costs a split and a window, so on a link
+one connection already fills, a file that ends soon is never split. A new connection
+takes the back half of the
 first range with two minimum parts still to come (so ranges at the front end first and
 the hashed prefix follows), and a range that finishes early hands its connection half of
 such a range, at the end of the largest one left, so every connection stays busy to the
@@ -56,6 +59,7 @@ SAVE_EVERY_S = 1.0
 WINDOW_S = 0.05  # how long the throughput of one level of connections is measured
 GAIN = 1.5  # doubling the connections must raise the throughput at least this much
 LINEAR = 1.8  # a doubling that raised it this much (a cap per connection) is followed by x4
+WORTH_S = 1.0  # a step is tried only while the rest of the file would take this long
 READ_BACK = 4 << 20
 HANDED = 4 << 20  # the most bytes writers hand a file's hashing thread at a time
 # At the end, a new range takes half of the largest one left down to this: under a
@@ -526,6 +530,8 @@ def _drive(transfer: Transfer, job: _Job, limit: int, min_part: int) -> None:
                     rate, paid, level, window = measured, level, min(limit, level * step), None
                 else:
                     level, growing = paid, False
+                if growing and sum(p.left for p in job.parts) < measured * WORTH_S:
+                    level, growing = paid, False  # the file ends soon: not worth a trial
                 growing = growing and level < limit
     finally:
         stop.cancel()
