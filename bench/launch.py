@@ -359,6 +359,7 @@ def main() -> int:
         workdir = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MLXPIN_"))}
         env.update(HF_HOME=str(workdir / "hf"), HF_HUB_OFFLINE="1")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed mlxpin has its bytecode
         preflight(workdir, env, args.runs)
         gateway(workdir, env, args.requests, args.stream_tokens)
         if args.cold_starts > 0:  # 0 skips it

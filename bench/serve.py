@@ -320,6 +320,7 @@ def main() -> None:
         workdir = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MLXPIN_"))}
         env.update(HF_HOME=str(workdir / "hf"), HF_HUB_OFFLINE="1")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed mlxpin has its bytecode
         two = setup(workdir, env, 2)
         preloaded = setup(workdir, env, 2, preload=True)
         every = setup(workdir, env, None)
