@@ -108,6 +108,21 @@ def test_second_fetch_makes_zero_requests_and_hashes_nothing(
     assert "tiny: up to date" in project.ok("fetch").stdout
 
 
+def test_lock_and_fetch_send_the_hub_no_telemetry(hub: HubServer, project: Project) -> None:
+    """huggingface_hub >= 2.4 asks the endpoint for its agent registry (and names the
+    agent in its User-Agent) unless telemetry is off: mlxpin turns it off for itself."""
+    env = {k: v for k, v in project.env.items() if k != "HF_HUB_DISABLE_TELEMETRY"}
+    seed(hub)
+    project.write_manifest(MANIFEST)
+    project.ok("lock", env=env)
+    project.ok("fetch", env=env)
+    paths = [r.path for r in hub.requests]
+    assert paths and not [
+        p for p in paths if not p.startswith(f"/api/models/{REPO}") and f"/{REPO}/resolve/" not in p
+    ], paths
+    assert not (project.hf_home / ".agent_harnesses.json").exists()
+
+
 def test_status_and_verify(hub: HubServer, project: Project) -> None:
     repo = locked(hub, project)
     status = project.json("status")["models"][0]

@@ -14,6 +14,7 @@ import contextlib
 import difflib
 import functools
 import json
+import os
 import re
 import threading
 import time
@@ -23,6 +24,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import httpx2
+
+# huggingface_hub reads this once, at import. Unless told otherwise it then asks the
+# endpoint for a registry of coding agents (once a day, a 3 s timeout, again on every
+# header it builds while that fails) and names the agent in its User-Agent: telemetry
+# an offline-first tool does not send by default. Set to 0 to have it anyway.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 from huggingface_hub import HfApi
 from huggingface_hub.errors import (
     DisabledRepoError,
