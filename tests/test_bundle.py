@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,3 +268,32 @@ def test_a_file_is_split_only_while_its_rest_would_take_long(
     assert filled.oid == file.oid
     assert source.asked[0] == (0, None)
     assert (len(source.asked) > 1) is split, source.asked
+
+
+class _SlowStart(_Paced):
+    """A connection after the first sends at a tenth of `rate` for its first 0.3 s (in
+    small chunks: it is flowing, only slowly), then at `rate`."""
+
+    def _paced(self, start: int, end: int) -> Iterator[bytes]:
+        opened, at = time.monotonic(), start
+        while at < end:
+            slow = start > 0 and time.monotonic() - opened < 0.3
+            size = 1 << (14 if slow else 16)
+            time.sleep(size / (self.rate / 10 if slow else self.rate))
+            yield self.data[at : min(end, at + size)]
+            at += size
+
+
+def test_a_step_that_did_not_pay_is_tried_again() -> None:
+    """The first window after a split catches the new connection's slow start, so the
+    step looks useless; a later try finds that more connections do pay."""
+    data = pseudo_random_bytes(16 << 20, seed=8)
+    file = LockedFile("w", len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+    source = _SlowStart(data, 4e6)
+    source.ranges = RangePolicy(connections=4, min_size=1 << 20)
+    lock = make_locked("m", Original("o/n", None, "main", None), "a" * 40, None, [file])
+    with tempfile.TemporaryDirectory() as tmp:
+        partial = Path(tmp) / "w.incomplete"
+        filled = fill(Transfer(source, lock, file, partial, NoProgress(), CancelToken()))
+    assert filled.oid == file.oid
+    assert len(source.asked) >= 4, source.asked

@@ -5,14 +5,14 @@ that can send byte ranges (the Hub, a mirror) may get more, adaptively: after ea
 measuring window the connections double, up to `connections`, for as long as doubling
 raised the throughput (a CDN or a peer that caps each connection), and quadruple after a
 doubling that nearly doubled it; when a step did not pay, fetch goes back to the last
-level that did. A step is tried only while the file's bytes still to come would take
-at least WORTH_S at the measured rate: a trial costs a split and a window, so on a link
-one connection already fills, a file that ends soon is never split. A new connection
-takes the back half of the
-first range with two minimum parts still to come (so ranges at the front end first and
-the hashed prefix follows), and a range that finishes early hands its connection half of
-such a range, at the end of the largest one left, so every connection stays busy to the
-end.
+level that did, and tries again after RETRY_STEP_S (then twice as long, and so on): one
+window may have caught a new connection's slow start. A step is tried only while the
+file's bytes still to come would take at least WORTH_S at the measured rate: a trial
+costs a split and a window, so on a link one connection already fills, a file that ends
+soon is never split. A new connection takes the back half of the first range with two
+minimum parts still to come (so ranges at the front end first and the hashed prefix
+follows), and a range that finishes early hands its connection half of such a range, at
+the end of the largest one left, so every connection stays busy to the end.
 
 Each range is written in place (`pwrite`). The hash covers the file in order, while it
 downloads: a thread of the file's own reads the bytes written without a gap from the
@@ -60,6 +60,7 @@ WINDOW_S = 0.05  # how long the throughput of one level of connections is measur
 GAIN = 1.5  # doubling the connections must raise the throughput at least this much
 LINEAR = 1.8  # a doubling that raised it this much (a cap per connection) is followed by x4
 WORTH_S = 1.0  # a step is tried only while the rest of the file would take this long
+RETRY_STEP_S = 0.2  # a step that did not pay is tried again after this, doubling
 READ_BACK = 4 << 20
 HANDED = 4 << 20  # the most bytes writers hand a file's hashing thread at a time
 # At the end, a new range takes half of the largest one left down to this: under a
@@ -500,6 +501,7 @@ def _drive(transfer: Transfer, job: _Job, limit: int, min_part: int) -> None:
     paid = level
     window: tuple[float, int] | None = None  # (start, bytes received by then)
     growing = limit > level
+    again, pause = 0.0, RETRY_STEP_S  # after a step that did not pay: when to try anew
     try:
         while any(thread.is_alive() for _, thread in running):
             wake.wait(0.01)
@@ -514,9 +516,15 @@ def _drive(transfer: Transfer, job: _Job, limit: int, min_part: int) -> None:
                     break
                 start(new, True)
                 busy += 1
-            if not growing:
-                continue
             now = time.monotonic()
+            if not growing:
+                if not again or now < again:
+                    continue
+                # One window is a short sample: a step may have failed on noise or on a
+                # new connection's slow start. Measure the level running now, then step.
+                level = paid = max(paid, busy)
+                rate, window, again, growing = 0.0, None, 0.0, level < limit
+                continue
             if window is None:
                 if all(p.done or not p.left for p, t in running if t.is_alive()):
                     window = (now, job.received)  # every connection is flowing
@@ -530,8 +538,10 @@ def _drive(transfer: Transfer, job: _Job, limit: int, min_part: int) -> None:
                     rate, paid, level, window = measured, level, min(limit, level * step), None
                 else:
                     level, growing = paid, False
+                    again, pause = now + pause, pause * 2
                 if growing and sum(p.left for p in job.parts) < measured * WORTH_S:
                     level, growing = paid, False  # the file ends soon: not worth a trial
+                    again = 0.0
                 growing = growing and level < limit
     finally:
         stop.cancel()
