@@ -51,13 +51,27 @@ def no_progress(_: str) -> Progress:
 
 
 def hash_existing(
-    path: Path | str, file: LockedFile, progress: Progress, cancel: CancelToken
+    path: Path | str,
+    file: LockedFile,
+    progress: Progress,
+    cancel: CancelToken,
+    seen: os.stat_result | None = None,
 ) -> FileStat | None:
-    """Hash a file in place; its stat if it matches the lock, else None.
+    """Hash a file in place; its stat if it matches the lock, else None. `seen` is the
+    path's lstat the caller just took (else it is taken here): only a regular file of the
+    locked size is opened.
 
-    The stat is taken from the open descriptor and compared with the path afterwards, so
-    a file replaced while it was being hashed is never recorded as verified.
+    The descriptor's stat after reading must be `seen` (the same file, not written to
+    meanwhile) and the path's after it, so a file written to or replaced while it was
+    being hashed is never recorded as verified. The reads stop at the locked size: that
+    stat proves the file holds no more (an exact file costs no read of its end).
     """
+    try:
+        seen = os.lstat(path) if seen is None else seen
+    except OSError:
+        return None
+    if not stat_mod.S_ISREG(seen.st_mode) or seen.st_size != file.size:
+        return None
     hasher = OidHasher(oid_algorithm(file.oid), file.size)
     size = 0
     try:
@@ -65,10 +79,10 @@ def hash_existing(
     except OSError:
         return None  # gone, unreadable, or a link: not a verified blob
     try:  # plain reads on the descriptor: a buffered file object costs small files ~50 %
-        opened = os.fstat(fd)
-        if not stat_mod.S_ISREG(opened.st_mode):
-            return None
-        while chunk := os.read(fd, CHUNK):
+        while size < file.size:
+            chunk = os.read(fd, min(CHUNK, file.size - size + 1))  # + 1: a longer file shows
+            if not chunk:
+                break
             cancel.raise_if_cancelled()
             hasher.update(chunk)
             size += len(chunk)
@@ -76,19 +90,22 @@ def hash_existing(
         after = os.fstat(fd)
     finally:
         os.close(fd)
-    stat = FileStat.of_result(after, path)
-    if (opened.st_mtime_ns, opened.st_size, opened.st_ctime_ns) != (
-        after.st_mtime_ns,
-        after.st_size,
-        after.st_ctime_ns,
-    ):
-        return None  # written to while we read it
+    if _identity(after) != _identity(seen):
+        return None  # another file than the one seen, or written to while we read it
     try:
-        if FileStat.of(path) != stat:
+        if _identity(os.lstat(path)) != _identity(after):
             return None  # replaced while we read it
     except OSError:
         return None
-    return stat if size == file.size and hasher.oid() == file.oid else None
+    if size != file.size or hasher.oid() != file.oid:
+        return None
+    return FileStat.of_result(after, path)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What changes when a file is replaced or written to (ctime: even with its mtime put
+    back)."""
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -161,7 +178,7 @@ def verify_model(
             return file, f"not a regular file ({target} is not mlxpin's blob)", None
         if st.st_size != file.size:
             return file, f"size {st.st_size} differs from the locked {file.size}", None
-        stat = hash_existing(target, file, progress, cancel)
+        stat = hash_existing(target, file, progress, cancel, st)
         if stat is None:
             return file, "content hash differs from the lock", None
         if stamped != (target, stat):
