@@ -925,3 +925,26 @@ def test_verify_records_a_touched_blob_and_fetch_then_trusts_it(
     assert "tiny: ok" in project.ok("verify").stdout
     assert len(described(blob.stat())) == 1
     assert project.json("fetch")["models"][0]["hashed_bytes"] == 0
+
+
+@pytest.mark.parametrize("edit", ["a row twice", "a row more", "a stat changed"])
+def test_verify_rewrites_a_stamp_that_says_anything_else(
+    hub: HubServer, project: Project, edit: str
+) -> None:
+    """verify writes the stamp only when it changes (#26): its shortcut for "unchanged"
+    still rewrites a stamp that lists a file twice, lists a file more, or another stat."""
+    locked(hub, project)
+    project.ok("fetch")
+    (stamp,) = (project.state_dir / "snapshots").glob("*.stamp")
+    data = json.loads(stamp.read_bytes())
+    rows = data["files"]
+    if edit == "a row twice":
+        rows.append(rows[0])
+    elif edit == "a row more":
+        rows.append(["zzz.bin", *rows[0][1:]])
+    else:
+        rows[0][3] += 1
+    stamp.write_text(json.dumps(data, separators=(",", ":")))
+    assert project.json("status")["models"][0]["fetch"] != "verified"
+    assert "tiny: ok" in project.ok("verify").stdout
+    assert project.json("status")["models"][0]["fetch"] == "verified"

@@ -140,6 +140,7 @@ class Stamp:
 
     files: dict[str, tuple[str, FileStat]]
     origin: str | None
+    rows: int = 0  # as listed: more than `files` when a path is listed twice
 
 
 def read_stamp(layout: StoreLayout, lock: LockedModel) -> Stamp | None:
@@ -150,8 +151,9 @@ def read_stamp(layout: StoreLayout, lock: LockedModel) -> Stamp | None:
             return None
         if "failed" in data:
             return None
-        files = {str(r[0]): (str(r[1]), FileStat(*(int(v) for v in r[2:7]))) for r in data["files"]}
+        rows = data["files"]
+        files = {str(r[0]): (str(r[1]), FileStat(*map(int, r[2:7]))) for r in rows}
         origin = data.get("origin")
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
-    return Stamp(files, origin if isinstance(origin, str) else None)
+    return Stamp(files, origin if isinstance(origin, str) else None, len(rows))

@@ -17,6 +17,7 @@ from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.store.layout import OUTSIDE_CACHE, StoreLayout, list_view, view_links
 from mlxpin.store.records import (
     FileStat,
+    Stamp,
     StampEntry,
     read_stamp,
     write_failed_stamp,
@@ -200,8 +201,9 @@ def verify_model(
         elif entry is not None:
             entries.append(entry)
     if not bad:
-        origin = stamp.origin if stamp is not None else None
-        write_stamp(layout, lock, entries, origin, mutex=layout.view_mutex(lock))
+        if stamp is None or not _restates(stamp, entries):
+            origin = stamp.origin if stamp is not None else None
+            write_stamp(layout, lock, entries, origin, mutex=layout.view_mutex(lock))
     else:
         with hold_mutex(layout.view_mutex(lock)):
             write_failed_stamp(layout, lock, bad)
@@ -209,3 +211,11 @@ def verify_model(
             with contextlib.suppress(OSError):
                 layout.verified_record(layout.blob(lock, by_path[path])).unlink()
     return VerifyOutcome(lock.name, tuple(sorted(bad)), hashed, tuple(differs))
+
+
+def _restates(stamp: Stamp, entries: list[StampEntry]) -> bool:
+    """Does the stamp already say exactly this (no need to render and compare it)?"""
+    files = stamp.files
+    return stamp.rows == len(files) == len(entries) and all(
+        files.get(e.path) == (e.blob, e.stat) for e in entries
+    )
