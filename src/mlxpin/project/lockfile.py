@@ -413,6 +413,9 @@ def _parse_built(
     return lock
 
 
+_FILE_KEYS = frozenset({"path", "size", "oid"})
+
+
 def _parse_files(reader: Reader, raw: object) -> list[LockedFile]:
     if not isinstance(raw, list):
         raise reader.fail("[[files]] must be an array of tables")
@@ -421,7 +424,8 @@ def _parse_files(reader: Reader, raw: object) -> list[LockedFile]:
     for entry in raw:
         if not isinstance(entry, dict):
             raise reader.fail("each [[files]] entry must be a table")
-        reader.keys(entry, {"path", "size", "oid"}, "[[files]]")
+        if not entry.keys() <= _FILE_KEYS:
+            reader.keys(entry, set(_FILE_KEYS), "[[files]]")
         path = reader.string(entry, "path")
         oid = reader.string(entry, "oid")
         problem = validate.relpath_problem(path)
