@@ -145,10 +145,11 @@ def tree_problem(paths: Iterable[str]) -> str | None:
         for part in parts[:-1]:
             prefix = f"{prefix}/{part}" if prefix else part
             dirs.setdefault(_folded(prefix), prefix)
-    for folded, path in sorted(files.items()):
-        if folded in dirs:
-            inside = next(p for p in files.values() if _folded(p).startswith(folded + "/"))
-            return f"{path!r} is both a file and a directory (of {inside!r})"
+    clash = min((item for item in files.items() if item[0] in dirs), default=None)
+    if clash is not None:  # the first in sorted order, as named before: no sort of them all
+        folded, path = clash
+        inside = next(p for p in files.values() if _folded(p).startswith(folded + "/"))
+        return f"{path!r} is both a file and a directory (of {inside!r})"
     return None
 
 
