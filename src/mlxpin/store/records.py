@@ -10,15 +10,16 @@ import os
 import stat as stat_mod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from mlxpin.project.lockfile import LockedModel
 from mlxpin.store.layout import STAMP_FORMAT, StoreLayout
 from mlxpin.util.atomic import hold_mutex, write_atomic
 
 
-@dataclass(frozen=True)
-class FileStat:
-    """The stat fields that say a file is unchanged since it was hashed."""
+class FileStat(NamedTuple):
+    """The stat fields that say a file is unchanged since it was hashed. A tuple, not a
+    dataclass: `verify` makes and compares two or three per file (5,000 files: ~10 ms)."""
 
     size: int
     mtime_ns: int

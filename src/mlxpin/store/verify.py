@@ -91,22 +91,15 @@ def hash_existing(
         after = os.fstat(fd)
     finally:
         os.close(fd)
-    if _identity(after) != _identity(seen):
-        return None  # another file than the one seen, or written to while we read it
     try:
-        if _identity(os.lstat(path)) != _identity(after):
+        stat = FileStat.of_result(after, path)
+        if FileStat.of_result(seen, path) != stat:
+            return None  # another file than the one seen, or written to while we read it
+        if FileStat.of(path) != stat:
             return None  # replaced while we read it
     except OSError:
         return None
-    if size != file.size or hasher.oid() != file.oid:
-        return None
-    return FileStat.of_result(after, path)
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """What changes when a file is replaced or written to (ctime: even with its mtime put
-    back)."""
-    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return stat if size == file.size and hasher.oid() == file.oid else None
 
 
 @dataclass(frozen=True)
