@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -948,3 +949,21 @@ def test_verify_rewrites_a_stamp_that_says_anything_else(
     assert project.json("status")["models"][0]["fetch"] != "verified"
     assert "tiny: ok" in project.ok("verify").stdout
     assert project.json("status")["models"][0]["fetch"] == "verified"
+
+
+@pytest.mark.parametrize("gone", ["one blob", "the blobs directory"])
+def test_verify_names_each_blob_that_is_gone(hub: HubServer, project: Project, gone: str) -> None:
+    """verify looks blobs up by name in their directory (#26); a directory it cannot open
+    still leaves every file named as missing, as a single missing blob is."""
+    repo = locked(hub, project)
+    project.ok("fetch")
+    blob = blob_of(project, repo, "config.json")
+    if gone == "one blob":
+        blob.unlink()
+    else:
+        shutil.rmtree(blob.parent)
+    result = project.run("verify")
+    assert result.returncode != 0
+    assert "tiny: config.json: missing (its blob is gone)" in result.stderr
+    missing = result.stderr.count("missing (its blob is gone)")
+    assert missing == (1 if gone == "one blob" else len(repo.files()))

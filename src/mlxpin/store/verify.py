@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat as stat_mod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -57,10 +57,11 @@ def hash_existing(
     progress: Progress,
     cancel: CancelToken,
     seen: os.stat_result | None = None,
+    dir_fd: int | None = None,
 ) -> FileStat | None:
     """Hash a file in place; its stat if it matches the lock, else None. `seen` is the
     path's lstat the caller just took (else it is taken here): only a regular file of the
-    locked size is opened.
+    locked size is opened. With `dir_fd`, `path` is relative to that directory.
 
     The descriptor's stat after reading must be `seen` (the same file, not written to
     meanwhile) and the path's after it, so a file written to or replaced while it was
@@ -68,7 +69,7 @@ def hash_existing(
     stat proves the file holds no more (an exact file costs no read of its end).
     """
     try:
-        seen = os.lstat(path) if seen is None else seen
+        seen = os.lstat(path, dir_fd=dir_fd) if seen is None else seen
     except OSError:
         return None
     if not stat_mod.S_ISREG(seen.st_mode) or seen.st_size != file.size:
@@ -76,7 +77,7 @@ def hash_existing(
     hasher = OidHasher(oid_algorithm(file.oid), file.size)
     size = 0
     try:
-        fd = os.open(path, os.O_RDONLY | NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW, dir_fd=dir_fd)
     except OSError:
         return None  # gone, unreadable, or a link: not a verified blob
     try:  # plain reads on the descriptor: a buffered file object costs small files ~50 %
@@ -95,7 +96,7 @@ def hash_existing(
         stat = FileStat.of_result(after, path)
         if FileStat.of_result(seen, path) != stat:
             return None  # another file than the one seen, or written to while we read it
-        if FileStat.of(path) != stat:
+        if FileStat.of_result(os.lstat(path, dir_fd=dir_fd), path) != stat:
             return None  # replaced while we read it
     except OSError:
         return None
@@ -164,15 +165,16 @@ def verify_model(
                 return file, None, StampEntry(file.path, target, stamped[1])
         except OSError:
             pass
+        name = oid_hex(file.oid) if dir_fd is not None else target
         try:
-            st = os.lstat(target)
+            st = os.lstat(name, dir_fd=dir_fd)
         except OSError:
             return file, "missing (its blob is gone)", None
         if not stat_mod.S_ISREG(st.st_mode):
             return file, f"not a regular file ({target} is not mlxpin's blob)", None
         if st.st_size != file.size:
             return file, f"size {st.st_size} differs from the locked {file.size}", None
-        stat = hash_existing(target, file, progress, cancel, st)
+        stat = hash_existing(name, file, progress, cancel, st, dir_fd)
         if stat is None:
             return file, "content hash differs from the lock", None
         if stamped != (target, stat):
@@ -183,8 +185,9 @@ def verify_model(
     # Small files are hashed here: a thread pool's hand-offs cost more than their hashing.
     small = [file for file in lock.files if file.size < INLINE_HASH_BYTES]
     large = [file for file in lock.files if file.size >= INLINE_HASH_BYTES]
-    checked = [check(file) for file in small]
-    checked += run_parallel(check, large, workers=4, cancel=cancel)
+    with _opened_dir(blob_dir) as dir_fd:
+        checked = [check(file) for file in small]
+        checked += run_parallel(check, large, workers=4, cancel=cancel)
     for file, problem, entry in checked:
         hashed += file.size
         if problem is not None:
@@ -212,3 +215,19 @@ def _restates(stamp: Stamp, entries: list[StampEntry]) -> bool:
     return stamp.rows == len(files) == len(entries) and all(
         files.get(e.path) == (e.blob, e.stat) for e in entries
     )
+
+
+@contextlib.contextmanager
+def _opened_dir(path: str) -> Iterator[int | None]:
+    """The directory's descriptor, to look its files up by name rather than by their whole
+    path (three lookups per verified blob); None when it cannot be opened (each file is
+    then looked up whole, and fails on its own)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
