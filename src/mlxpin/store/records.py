@@ -88,9 +88,9 @@ def write_record(
     )
 
 
-@dataclass(frozen=True)
-class StampEntry:
-    """One file of a stamp: its blob and that blob's stat when verified."""
+class StampEntry(NamedTuple):
+    """One file of a stamp: its blob and that blob's stat when verified (a tuple, as
+    `FileStat`: `verify` and `fetch` make one per file)."""
 
     path: str
     blob: str

@@ -17,7 +17,6 @@ from mlxpin.project.lockfile import LockedFile, LockedModel
 from mlxpin.store.layout import OUTSIDE_CACHE, StoreLayout, list_view, view_links
 from mlxpin.store.records import (
     FileStat,
-    Stamp,
     StampEntry,
     read_stamp,
     write_failed_stamp,
@@ -152,34 +151,37 @@ def verify_model(
     stamped_files = stamp.files if stamp is not None else {}
     blob_dir = str(layout.blob(lock, lock.files[0]).parent) + os.sep if lock.files else ""
 
-    def check(file: LockedFile) -> tuple[LockedFile, str | None, StampEntry | None]:
+    def check(file: LockedFile) -> tuple[LockedFile, str | None, StampEntry | None, bool]:
+        """(file, problem or None, its stamp entry, whether the stamp lacks that entry)"""
         link = listing.links.get(file.path)
         if link is None:
-            return file, "missing", None
-        target = blob_dir + oid_hex(file.oid)
+            return file, "missing", None, True
+        name = oid_hex(file.oid)
+        target = blob_dir + name
         if link not in (links[file.path], target):
-            return file, OUTSIDE_CACHE, None
+            return file, OUTSIDE_CACHE, None, True
         stamped = stamped_files.get(file.path)
         try:
             if only_changed and stamped is not None and stamped == (target, FileStat.of(target)):
-                return file, None, StampEntry(file.path, target, stamped[1])
+                return file, None, StampEntry(file.path, target, stamped[1]), False
         except OSError:
             pass
-        name = oid_hex(file.oid) if dir_fd is not None else target
+        name = name if dir_fd is not None else target
         try:
             st = os.lstat(name, dir_fd=dir_fd)
         except OSError:
-            return file, "missing (its blob is gone)", None
+            return file, "missing (its blob is gone)", None, True
         if not stat_mod.S_ISREG(st.st_mode):
-            return file, f"not a regular file ({target} is not mlxpin's blob)", None
+            return file, f"not a regular file ({target} is not mlxpin's blob)", None, True
         if st.st_size != file.size:
-            return file, f"size {st.st_size} differs from the locked {file.size}", None
+            return file, f"size {st.st_size} differs from the locked {file.size}", None, True
         stat = hash_existing(name, file, progress, cancel, st, dir_fd)
         if stat is None:
-            return file, "content hash differs from the lock", None
-        if stamped != (target, stat):
+            return file, "content hash differs from the lock", None, True
+        fresh = stamped != (target, stat)
+        if fresh:
             write_record(layout, Path(target), stat)
-        return file, None, StampEntry(file.path, target, stat)
+        return file, None, StampEntry(file.path, target, stat), fresh
 
     by_path = {f.path: f for f in lock.files}
     # Small files are hashed here: a thread pool's hand-offs cost more than their hashing.
@@ -188,8 +190,10 @@ def verify_model(
     with _opened_dir(blob_dir) as dir_fd:
         checked = [check(file) for file in small]
         checked += run_parallel(check, large, workers=4, cancel=cancel)
-    for file, problem, entry in checked:
+    restated = stamp is not None and stamp.rows == len(stamp.files) == len(lock.files)
+    for file, problem, entry, fresh in checked:
         hashed += file.size
+        restated = restated and not fresh
         if problem is not None:
             bad.append((file.path, problem))
             if problem.startswith(("size", "content")):
@@ -197,7 +201,7 @@ def verify_model(
         elif entry is not None:
             entries.append(entry)
     if not bad:
-        if stamp is None or not _restates(stamp, entries):
+        if not restated:  # else the stamp says exactly this already: nothing to render
             origin = stamp.origin if stamp is not None else None
             write_stamp(layout, lock, entries, origin, mutex=layout.view_mutex(lock))
     else:
@@ -207,14 +211,6 @@ def verify_model(
             with contextlib.suppress(OSError):
                 layout.verified_record(layout.blob(lock, by_path[path])).unlink()
     return VerifyOutcome(lock.name, tuple(sorted(bad)), hashed, tuple(differs))
-
-
-def _restates(stamp: Stamp, entries: list[StampEntry]) -> bool:
-    """Does the stamp already say exactly this (no need to render and compare it)?"""
-    files = stamp.files
-    return stamp.rows == len(files) == len(entries) and all(
-        files.get(e.path) == (e.blob, e.stat) for e in entries
-    )
 
 
 @contextlib.contextmanager
