@@ -278,7 +278,6 @@ class Reader:
 _FILE_TABLE = re.compile(
     r'\n\[\[files\]\]\npath = "([ !#-\[\]-~]*)"\nsize = (0|[1-9][0-9]*)\noid = "([ !#-\[\]-~]*)"\n'
 )
-_FILE_TABLES = re.compile(f"(?:{_FILE_TABLE.pattern})*")  # checked at once, then read at once
 
 
 def _rendered_document(data: bytes) -> dict[str, Any] | None:
@@ -292,12 +291,14 @@ def _rendered_document(data: bytes) -> dict[str, Any] | None:
     start = text.find("\n[[files]]\n")
     if start < 0:
         return None
-    if _FILE_TABLES.fullmatch(text, start) is None:
-        return None
-    files = [
-        {"path": path, "size": int(size), "oid": oid}
-        for path, size, oid in _FILE_TABLE.findall(text, start)
-    ]
+    files: list[dict[str, Any]] = []
+    position = start
+    while position < len(text):
+        table = _FILE_TABLE.match(text, position)
+        if table is None:
+            return None
+        files.append({"path": table[1], "size": int(table[2]), "oid": table[3]})
+        position = table.end()
     try:
         document = tomllib.loads(text[: start + 1])
     except (tomllib.TOMLDecodeError, RecursionError):
