@@ -36,7 +36,6 @@ from mlxpin.util.hashing import oid_hex
 
 STAMP_FORMAT = 2  # 2: ctime recorded, the view's listing compared
 CHANGED = "changed since it was verified"  # stat only: launch re-hashes it
-NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 OUTSIDE_CACHE = "points outside this cache (a copied HF_HOME still linking to the old one?)"
 
 
@@ -179,29 +178,24 @@ def list_view(view: Path, expected: frozenset[str] = frozenset()) -> ViewListing
     try:
         while pending:
             prefix, directory = pending.pop()
-            # Links read by name in the directory's descriptor: no walk of the whole path.
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
-            try:
-                with os.scandir(fd) as entries:
-                    for entry in entries:
-                        rel = prefix + entry.name
-                        if entry.is_symlink():
-                            links[rel] = os.readlink(entry.name, dir_fd=fd)
-                        elif entry.is_dir(follow_symlinks=False):
-                            if dirs is None:
-                                dirs = {
-                                    p.rsplit("/", i)[0]
-                                    for p in expected
-                                    for i in range(1, p.count("/") + 1)
-                                }
-                            if rel in dirs:
-                                pending.append((rel + "/", os.path.join(directory, entry.name)))
-                            else:
-                                foreign.append((rel, "a directory"))
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    rel = prefix + entry.name
+                    if entry.is_symlink():
+                        links[rel] = os.readlink(entry.path)
+                    elif entry.is_dir(follow_symlinks=False):
+                        if dirs is None:
+                            dirs = {
+                                p.rsplit("/", i)[0]
+                                for p in expected
+                                for i in range(1, p.count("/") + 1)
+                            }
+                        if rel in dirs:
+                            pending.append((rel + "/", entry.path))
                         else:
-                            foreign.append((rel, "a file mlxpin did not put there"))
-            finally:
-                os.close(fd)
+                            foreign.append((rel, "a directory"))
+                    else:
+                        foreign.append((rel, "a file mlxpin did not put there"))
     except OSError as exc:
         return ViewListing(problem=f"the snapshot cannot be listed: {exc.strerror}")
     return ViewListing(links, tuple(sorted(foreign)))
