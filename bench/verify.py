@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,7 @@ def main() -> None:
     for name, times in ours.items():
         ratio = statistics.median(o / f for o, f in zip(times, floors, strict=True))
         print(f"  {name}: verify {statistics.median(times):.3f} s  ratio {ratio:.2f}x (goal <= 3x)")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
