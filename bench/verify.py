@@ -2,13 +2,19 @@
 blobs (the hashing floor), run in turn; the ratio is the median of the rounds'. Goal:
 within 3x.
 
-Usage: python bench/verify.py [--files N] [--rounds N]
+`--tree DIR` (repeatable) runs the mlxpin of each tree (DIR/src on PYTHONPATH) in the
+same rounds, interleaved (floor, tree 1, tree 2, ...), to compare them side by side;
+without it, the mlxpin `python` imports. Each tree's bytecode is cached before timing,
+as after an install. A tree at a commit: `git archive <rev> src | tar -x -C DIR`.
+
+Usage: python bench/verify.py [--files N] [--rounds N] [--tree DIR ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--tree", type=Path, action="append", default=[])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mlxpin-bench-verify-"))
     model = work / "many"
@@ -35,21 +42,30 @@ def main() -> None:
     env = {**os.environ, "HF_HOME": str(work / "hf"), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed mlxpin has its bytecode
     mlxpin = [sys.executable, "-m", "mlxpin"]
-    subprocess.run([*mlxpin, "lock", "-q"], env=env, cwd=work, check=True)
-    subprocess.run([*mlxpin, "fetch", "-q"], env=env, cwd=work, check=True)
+    envs = {"mlxpin": env}
+    if args.tree:
+        envs = {str(t): {**env, "PYTHONPATH": str(t.resolve() / "src")} for t in args.tree}
+    first = next(iter(envs.values()))
+    subprocess.run([*mlxpin, "lock", "-q"], env=first, cwd=work, check=True)
+    subprocess.run([*mlxpin, "fetch", "-q"], env=first, cwd=work, check=True)
+    for tree_env in envs.values():  # caches each tree's bytecode
+        subprocess.run([*mlxpin, "verify", "-q"], env=tree_env, cwd=work, check=True)
     blobs = sorted(str(p) for p in (work / "hf").rglob("blobs/sha256/*"))
     floors: list[float] = []
-    ours: list[float] = []
+    ours: dict[str, list[float]] = {name: [] for name in envs}
     for _ in range(args.rounds):
         floors.append(timed(["sha256sum", *blobs], env, work))
-        ours.append(timed([*mlxpin, "verify", "-q"], env, work))
-    ratio = statistics.median(o / f for o, f in zip(ours, floors, strict=True))
+        for name, tree_env in envs.items():
+            ours[name].append(timed([*mlxpin, "verify", "-q"], tree_env, work))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"files {len(blobs)}  sha256sum {statistics.median(floors):.3f} s  mlxpin verify "
-        f"{statistics.median(ours):.3f} s (medians of {args.rounds})  ratio {ratio:.1f}x "
-        f"(goal <= 3x); load average {load}"
+        f"files {len(blobs)}  sha256sum {statistics.median(floors):.3f} s (medians of "
+        f"{args.rounds}); load average {load}"
     )
+    for name, times in ours.items():
+        ratio = statistics.median(o / f for o, f in zip(times, floors, strict=True))
+        print(f"  {name}: verify {statistics.median(times):.3f} s  ratio {ratio:.2f}x (goal <= 3x)")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -940,3 +941,44 @@ def test_verify_records_a_touched_blob_and_fetch_then_trusts_it(
     assert "tiny: ok" in project.ok("verify").stdout
     assert len(described(blob.stat())) == 1
     assert project.json("fetch")["models"][0]["hashed_bytes"] == 0
+
+
+@pytest.mark.parametrize("edit", ["a row twice", "a row more", "a stat changed"])
+def test_verify_rewrites_a_stamp_that_says_anything_else(
+    hub: HubServer, project: Project, edit: str
+) -> None:
+    """verify writes the stamp only when it changes (#26): its shortcut for "unchanged"
+    still rewrites a stamp that lists a file twice, lists a file more, or another stat."""
+    locked(hub, project)
+    project.ok("fetch")
+    (stamp,) = (project.state_dir / "snapshots").glob("*.stamp")
+    data = json.loads(stamp.read_bytes())
+    rows = data["files"]
+    if edit == "a row twice":
+        rows.append(rows[0])
+    elif edit == "a row more":
+        rows.append(["zzz.bin", *rows[0][1:]])
+    else:
+        rows[0][3] += 1
+    stamp.write_text(json.dumps(data, separators=(",", ":")))
+    assert project.json("status")["models"][0]["fetch"] != "verified"
+    assert "tiny: ok" in project.ok("verify").stdout
+    assert project.json("status")["models"][0]["fetch"] == "verified"
+
+
+@pytest.mark.parametrize("gone", ["one blob", "the blobs directory"])
+def test_verify_names_each_blob_that_is_gone(hub: HubServer, project: Project, gone: str) -> None:
+    """verify looks blobs up by name in their directory (#26); a directory it cannot open
+    still leaves every file named as missing, as a single missing blob is."""
+    repo = locked(hub, project)
+    project.ok("fetch")
+    blob = blob_of(project, repo, "config.json")
+    if gone == "one blob":
+        blob.unlink()
+    else:
+        shutil.rmtree(blob.parent)
+    result = project.run("verify")
+    assert result.returncode != 0
+    assert "tiny: config.json: missing (its blob is gone)" in result.stderr
+    missing = result.stderr.count("missing (its blob is gone)")
+    assert missing == (1 if gone == "one blob" else len(repo.files()))

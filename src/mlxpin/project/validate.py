@@ -13,8 +13,9 @@ from typing import Final
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _REPO_PART_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
-_GITSHA1_RE = re.compile(r"gitsha1:[0-9a-f]{40}")
-_SHA256_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_OID_RE = re.compile(r"gitsha1:[0-9a-f]{40}|sha256:[0-9a-f]{64}")
+_DRIVE_RE = re.compile(r"[A-Za-z]:")
+_DOT_SEGMENTS = frozenset({"", ".", ".."})
 NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 MAX_REPO_ID = 96
 MAX_LABEL = 96
@@ -89,10 +90,9 @@ def relpath_problem(path: str) -> str | None:
         return "is too long"
     if "\\" in path or "\0" in path or not path.isprintable():
         return "contains a backslash or a control character"
-    if path.startswith("/") or re.match(r"[A-Za-z]:", path):
+    if path.startswith("/") or _DRIVE_RE.match(path):
         return "is absolute"
-    parts = path.split("/")
-    if any(part in {"", ".", ".."} for part in parts):
+    if not _DOT_SEGMENTS.isdisjoint(path.split("/")):
         return "has an empty, '.' or '..' segment"
     return None
 
@@ -145,15 +145,16 @@ def tree_problem(paths: Iterable[str]) -> str | None:
         for part in parts[:-1]:
             prefix = f"{prefix}/{part}" if prefix else part
             dirs.setdefault(_folded(prefix), prefix)
-    for folded, path in sorted(files.items()):
-        if folded in dirs:
-            inside = next(p for p in files.values() if _folded(p).startswith(folded + "/"))
-            return f"{path!r} is both a file and a directory (of {inside!r})"
+    clash = min((item for item in files.items() if item[0] in dirs), default=None)
+    if clash is not None:  # the first in sorted order, as named before: no sort of them all
+        folded, path = clash
+        inside = next(p for p in files.values() if _folded(p).startswith(folded + "/"))
+        return f"{path!r} is both a file and a directory (of {inside!r})"
     return None
 
 
 def oid_problem(oid: str) -> str | None:
-    if _GITSHA1_RE.fullmatch(oid) or _SHA256_RE.fullmatch(oid):
+    if _OID_RE.fullmatch(oid):
         return None
     return "must be 'gitsha1:<40 hex>' or 'sha256:<64 hex>'"
 

@@ -119,13 +119,14 @@ def view_links(layout: StoreLayout, lock: LockedModel) -> dict[str, str]:
         return {}
     view = os.path.join(os.path.realpath(layout.view(lock).parent), view_key(lock))
     blobs = os.path.realpath(layout.blob(lock, lock.files[0]).parent)
-    ups: dict[str, str] = {}
+    ups: dict[str, str] = {}  # a directory of the view -> the way up to the blobs, "/"
     links = {}
     for file in lock.files:
         sub = file.path.rpartition("/")[0]  # os.path.dirname, without its cost per file
-        if sub not in ups:
-            ups[sub] = os.path.relpath(blobs, os.path.join(view, sub))
-        links[file.path] = os.path.join(ups[sub], oid_hex(file.oid))
+        up = ups.get(sub)
+        if up is None:
+            up = ups[sub] = os.path.relpath(blobs, os.path.join(view, sub)) + "/"
+        links[file.path] = up + oid_hex(file.oid)  # os.path.join, without its cost
     return links
 
 

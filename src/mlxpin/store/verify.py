@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat as stat_mod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,24 +51,39 @@ def no_progress(_: str) -> Progress:
 
 
 def hash_existing(
-    path: Path | str, file: LockedFile, progress: Progress, cancel: CancelToken
+    path: Path | str,
+    file: LockedFile,
+    progress: Progress,
+    cancel: CancelToken,
+    seen: os.stat_result | None = None,
+    dir_fd: int | None = None,
 ) -> FileStat | None:
-    """Hash a file in place; its stat if it matches the lock, else None.
+    """Hash a file in place; its stat if it matches the lock, else None. `seen` is the
+    path's lstat the caller just took (else it is taken here): only a regular file of the
+    locked size is opened. With `dir_fd`, `path` is relative to that directory.
 
-    The stat is taken from the open descriptor and compared with the path afterwards, so
-    a file replaced while it was being hashed is never recorded as verified.
+    The descriptor's stat after reading must be `seen` (the same file, not written to
+    meanwhile) and the path's after it, so a file written to or replaced while it was
+    being hashed is never recorded as verified. The reads stop at the locked size: that
+    stat proves the file holds no more (an exact file costs no read of its end).
     """
+    try:
+        seen = os.lstat(path, dir_fd=dir_fd) if seen is None else seen
+    except OSError:
+        return None
+    if not stat_mod.S_ISREG(seen.st_mode) or seen.st_size != file.size:
+        return None
     hasher = OidHasher(oid_algorithm(file.oid), file.size)
     size = 0
     try:
-        fd = os.open(path, os.O_RDONLY | NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW, dir_fd=dir_fd)
     except OSError:
         return None  # gone, unreadable, or a link: not a verified blob
     try:  # plain reads on the descriptor: a buffered file object costs small files ~50 %
-        opened = os.fstat(fd)
-        if not stat_mod.S_ISREG(opened.st_mode):
-            return None
-        while chunk := os.read(fd, CHUNK):
+        while size < file.size:
+            chunk = os.read(fd, min(CHUNK, file.size - size + 1))  # + 1: a longer file shows
+            if not chunk:
+                break
             cancel.raise_if_cancelled()
             hasher.update(chunk)
             size += len(chunk)
@@ -76,15 +91,11 @@ def hash_existing(
         after = os.fstat(fd)
     finally:
         os.close(fd)
-    stat = FileStat.of_result(after, path)
-    if (opened.st_mtime_ns, opened.st_size, opened.st_ctime_ns) != (
-        after.st_mtime_ns,
-        after.st_size,
-        after.st_ctime_ns,
-    ):
-        return None  # written to while we read it
     try:
-        if FileStat.of(path) != stat:
+        stat = FileStat.of_result(after, path)
+        if FileStat.of_result(seen, path) != stat:
+            return None  # another file than the one seen, or written to while we read it
+        if FileStat.of_result(os.lstat(path, dir_fd=dir_fd), path) != stat:
             return None  # replaced while we read it
     except OSError:
         return None
@@ -140,42 +151,49 @@ def verify_model(
     stamped_files = stamp.files if stamp is not None else {}
     blob_dir = str(layout.blob(lock, lock.files[0]).parent) + os.sep if lock.files else ""
 
-    def check(file: LockedFile) -> tuple[LockedFile, str | None, StampEntry | None]:
+    def check(file: LockedFile) -> tuple[LockedFile, str | None, StampEntry | None, bool]:
+        """(file, problem or None, its stamp entry, whether the stamp lacks that entry)"""
         link = listing.links.get(file.path)
         if link is None:
-            return file, "missing", None
-        target = blob_dir + oid_hex(file.oid)
+            return file, "missing", None, True
+        name = oid_hex(file.oid)
+        target = blob_dir + name
         if link not in (links[file.path], target):
-            return file, OUTSIDE_CACHE, None
+            return file, OUTSIDE_CACHE, None, True
         stamped = stamped_files.get(file.path)
         try:
             if only_changed and stamped is not None and stamped == (target, FileStat.of(target)):
-                return file, None, StampEntry(file.path, target, stamped[1])
+                return file, None, StampEntry(file.path, target, stamped[1]), False
         except OSError:
             pass
+        name = name if dir_fd is not None else target
         try:
-            st = os.lstat(target)
+            st = os.lstat(name, dir_fd=dir_fd)
         except OSError:
-            return file, "missing (its blob is gone)", None
+            return file, "missing (its blob is gone)", None, True
         if not stat_mod.S_ISREG(st.st_mode):
-            return file, f"not a regular file ({target} is not mlxpin's blob)", None
+            return file, f"not a regular file ({target} is not mlxpin's blob)", None, True
         if st.st_size != file.size:
-            return file, f"size {st.st_size} differs from the locked {file.size}", None
-        stat = hash_existing(target, file, progress, cancel)
+            return file, f"size {st.st_size} differs from the locked {file.size}", None, True
+        stat = hash_existing(name, file, progress, cancel, st, dir_fd)
         if stat is None:
-            return file, "content hash differs from the lock", None
-        if stamped != (target, stat):
+            return file, "content hash differs from the lock", None, True
+        fresh = stamped != (target, stat)
+        if fresh:
             write_record(layout, Path(target), stat)
-        return file, None, StampEntry(file.path, target, stat)
+        return file, None, StampEntry(file.path, target, stat), fresh
 
     by_path = {f.path: f for f in lock.files}
     # Small files are hashed here: a thread pool's hand-offs cost more than their hashing.
     small = [file for file in lock.files if file.size < INLINE_HASH_BYTES]
     large = [file for file in lock.files if file.size >= INLINE_HASH_BYTES]
-    checked = [check(file) for file in small]
-    checked += run_parallel(check, large, workers=4, cancel=cancel)
-    for file, problem, entry in checked:
+    with _opened_dir(blob_dir) as dir_fd:
+        checked = [check(file) for file in small]
+        checked += run_parallel(check, large, workers=4, cancel=cancel)
+    restated = stamp is not None and stamp.rows == len(stamp.files) == len(lock.files)
+    for file, problem, entry, fresh in checked:
         hashed += file.size
+        restated = restated and not fresh
         if problem is not None:
             bad.append((file.path, problem))
             if problem.startswith(("size", "content")):
@@ -183,8 +201,9 @@ def verify_model(
         elif entry is not None:
             entries.append(entry)
     if not bad:
-        origin = stamp.origin if stamp is not None else None
-        write_stamp(layout, lock, entries, origin, mutex=layout.view_mutex(lock))
+        if not restated:  # else the stamp says exactly this already: nothing to render
+            origin = stamp.origin if stamp is not None else None
+            write_stamp(layout, lock, entries, origin, mutex=layout.view_mutex(lock))
     else:
         with hold_mutex(layout.view_mutex(lock)):
             write_failed_stamp(layout, lock, bad)
@@ -192,3 +211,19 @@ def verify_model(
             with contextlib.suppress(OSError):
                 layout.verified_record(layout.blob(lock, by_path[path])).unlink()
     return VerifyOutcome(lock.name, tuple(sorted(bad)), hashed, tuple(differs))
+
+
+@contextlib.contextmanager
+def _opened_dir(path: str) -> Iterator[int | None]:
+    """The directory's descriptor, to look its files up by name rather than by their whole
+    path (three lookups per verified blob); None when it cannot be opened (each file is
+    then looked up whole, and fails on its own)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)

@@ -62,7 +62,6 @@ def hash_file(path: Path, algorithm: str, size: int | None = None) -> str:
 
 def tree_hash(entries: Iterable[tuple[str, int, str]]) -> str:
     """SRI-style sha256 over sorted (path, size, oid); paths never hold tabs or newlines."""
-    digest = hashlib.sha256()
-    for path, size, oid in sorted(entries):
-        digest.update(f"{path}\t{size}\t{oid}\n".encode())
+    lines = "".join(f"{path}\t{size}\t{oid}\n" for path, size, oid in sorted(entries))
+    digest = hashlib.sha256(lines.encode())
     return "sha256-" + binascii.b2a_base64(digest.digest(), newline=False).decode("ascii")
