@@ -2,8 +2,9 @@
 
 aiohttp's ClientSession cost ~0.2 ms of the gateway's one thread per request (request and
 response objects, URL handling, cookie jar, tracing hooks, connector bookkeeping) -- and
-``mlx_lm.server`` speaks HTTP/1.0, so every request also opens a new connection. This
-client writes the request head in one ``write`` and parses the answer's head itself:
+``mlx_lm.server`` speaks HTTP/1.0, so every request also opens a new connection (a plain
+socket, :class:`Link`: an asyncio transport and stream pair cost as much again). This
+client writes the request head and body in one ``send`` and parses the answer's head itself:
 bodies framed by Content-Length, chunked, or by the server closing (HTTP/1.0). Connections
 an HTTP/1.1 server keeps open (uvicorn's, for mlx_vlm) are reused for ``keepalive_s``; for
 a server that closes each one, the next few are opened ahead (the server's thread for
@@ -32,7 +33,7 @@ from mlxpin.gateway.backends import Upstream
 __all__ = ["Answer", "Link", "RelayClient"]
 
 _READ_SIZE: Final = 256 * 1024
-_HEAD_LIMIT: Final = 64 * 1024  # the StreamReader's line limit: an answer head must fit
+_HEAD_LIMIT: Final = 64 * 1024  # an answer head (or a chunk-size line) must fit
 _MAX_IDLE: Final = 64
 #: Connections opened ahead for a server that closes each one (HTTP/1.0, mlx_lm.server).
 _SPARES: Final = 8
@@ -267,6 +268,7 @@ class RelayClient:
         host = url.raw_host or "localhost"
         self.host_header = host if url.is_default_port() else f"{host}:{url.port}"
         self.prefix = url.path.rstrip("/")
+        self.resolved: tuple[Any, ...] | None = None  # a TCP server's getaddrinfo entry
         self.idle: list[tuple[Link, float]] = []
         self.open = asyncio.Semaphore(limit)  # at most `limit` connections in use
         # The server closes every connection (mlx_lm.server is HTTP/1.0): connect ahead,
@@ -312,8 +314,12 @@ class RelayClient:
                     address: Any = self.socket_path
                     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 else:
-                    infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-                    family, kind, proto, _, address = infos[0]
+                    if self.resolved is None:  # once: the server's address does not change
+                        infos = await loop.getaddrinfo(
+                            self.host, self.port, type=socket.SOCK_STREAM
+                        )
+                        self.resolved = infos[0]
+                    family, kind, proto, _, address = self.resolved
                     sock = socket.socket(family, kind, proto)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setblocking(False)
