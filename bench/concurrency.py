@@ -160,10 +160,13 @@ def main() -> None:
         for name, (port, process) in started.items():
             MODEL[0] = plan["plan"]["upstream_model"] if name.startswith("bare") else "alpha-chat"
             wait_ready(port, process)
+        names = list(started)
         for _ in range(args.rounds):
+            names = names[1:] + names[:1]  # none always goes first
             for clients in levels:
                 for stream in (False, True):
-                    for name, (port, process) in started.items():
+                    for name in names:
+                        port, process = started[name]
                         bare_one = name.startswith("bare")
                         MODEL[0] = plan["plan"]["upstream_model"] if bare_one else "alpha-chat"
                         cpu = cpu_s(process.pid)
