@@ -6,7 +6,8 @@ For 1, 8, 32 and 128 clients, plain and streaming, each client sends `--requests
 Goals: no 503 below the queue limit, throughput >= 0.9x bare from 8 clients up, p99 no
 worse than bare.
 
-Usage: python bench/concurrency.py [--requests N] [--clients 1,8,32,128]
+Usage: python bench/concurrency.py [--requests N] [--clients 1,8,32,128] [--rounds N]
+       [--tree CHECKOUT --tree OTHER]  (side by side, e.g. a branch against main)
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import argparse
 import http.client
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mlxpin.gateway.addresses import free_port
@@ -90,10 +93,25 @@ def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
     raise SystemExit("never became ready")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (its threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=4, help="per client")
     parser.add_argument("--clients", default="1,8,32,128")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved; medians shown")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help="a checkout whose src/ runs mlxpin "
+        "(repeat to compare trees side by side; default: the importing one)",
+    )
+    parser.add_argument("--no-serve", action="store_true", help="bare and launch only")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="mlxpin-bench-conc-"))
@@ -115,33 +133,62 @@ def main() -> None:
 
     def launch(p: int) -> list[str]:  # launch takes its port from the manifest
         text = manifest.read_text().replace('"alpha-chat"\n', f'"alpha-chat"\nport = {p}\n', 1)
-        (workdir / "launch.toml").write_text(text)
-        mine = ["--manifest", str(workdir / "launch.toml"), "--lock-dir", "lock"]
+        (workdir / f"launch-{p}.toml").write_text(text)
+        mine = ["--manifest", str(workdir / f"launch-{p}.toml"), "--lock-dir", "lock"]
         return [sys.executable, "-m", "mlxpin", "launch", "alpha", *mine]
 
     def serve(p: int) -> list[str]:
         return [sys.executable, "-m", "mlxpin", "serve", "alpha", *lockdir, "--port", str(p)]
 
-    runs = {"bare mlx_lm.server": bare, "mlxpin launch": launch, "mlxpin serve": serve}
-    print(f"{'':20} clients stream  503  err   req/s   p50 ms   p99 ms")
-    for name, argv in runs.items():
-        MODEL[0] = plan["plan"]["upstream_model"] if name.startswith("bare") else "alpha-chat"
-        port = free_port()
-        process = subprocess.Popen(
-            argv(port), env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
+    trees = args.tree or [""]
+    runs: dict[str, tuple[Callable[[int], list[str]], str]] = {"bare mlx_lm.server": (bare, "")}
+    for tree in trees:
+        tag = f" {Path(tree).name}" if len(trees) > 1 else ""
+        runs[f"mlxpin launch{tag}"] = (launch, tree)
+        if not args.no_serve:
+            runs[f"mlxpin serve{tag}"] = (serve, tree)
+    started: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+    results: dict[tuple[str, int, bool], list[dict[str, float]]] = {}
+    try:
+        for name, (argv, tree) in runs.items():
+            port = free_port()
+            mine = {**env, "PYTHONPATH": str(Path(tree).resolve() / "src")} if tree else env
+            started[name] = port, subprocess.Popen(
+                argv(port), env=mine, cwd=workdir, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        for name, (port, process) in started.items():
+            MODEL[0] = plan["plan"]["upstream_model"] if name.startswith("bare") else "alpha-chat"
             wait_ready(port, process)
+        names = list(started)
+        for _ in range(args.rounds):
+            names = names[1:] + names[:1]  # none always goes first
             for clients in levels:
                 for stream in (False, True):
-                    r = load(port, clients, args.requests, stream)
-                    print(
-                        f"{name:20} {clients:7} {stream!s:>6} {r['503']:4.0f} {r['errors']:4.0f} "
-                        f"{r['rps']:7.1f} {r['p50']:8.1f} {r['p99']:8.1f}",
-                        flush=True,
-                    )
-        finally:
+                    for name in names:
+                        port, process = started[name]
+                        bare_one = name.startswith("bare")
+                        MODEL[0] = plan["plan"]["upstream_model"] if bare_one else "alpha-chat"
+                        cpu = cpu_s(process.pid)
+                        r = load(port, clients, args.requests, stream)
+                        r["cpu"] = (cpu_s(process.pid) - cpu) / (clients * args.requests)
+                        results.setdefault((name, clients, stream), []).append(r)
+    finally:
+        for _port, process in started.values():
             stop(process)
+    print(f"{args.rounds} interleaved round(s); medians; cpu: the process's own (not its server)")
+    print(f"{'':24} clients stream  503  err   req/s   p50 ms   p99 ms  cpu ms/req")
+    for clients in levels:
+        for stream in (False, True):
+            for name in started:
+                rows = results[(name, clients, stream)]
+                m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+                print(
+                    f"{name:24} {clients:7} {stream!s:>6} {m['503']:4.0f} {m['errors']:4.0f} "
+                    f"{m['rps']:7.1f} {m['p50']:8.1f} {m['p99']:8.1f} "
+                    + ("        -" if name.startswith("bare") else f"{1000 * m['cpu']:9.2f}"),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

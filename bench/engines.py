@@ -9,6 +9,7 @@ between the gateway and the engine's private Unix socket (with the engine's own 
 2. throughput of batched requests (`--batch` inputs each), inputs/s (goal: >= 0.97x).
 
 Needs mlx-vlm (`mlxpin[vlm]`). Usage: python bench/engines.py [--requests N] [--batch N]
+[--tree CHECKOUT --tree OTHER] (a gateway per tree, each against its own engine, side by side)
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,11 +47,47 @@ def embed(
     return elapsed, len(json.loads(data)["data"])
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (its threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start(
+    workdir: Path, manifest: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], http.client.HTTPConnection, http.client.HTTPConnection]:
+    """`serve` of the embedding model, warmed up: the process, a connection to its gateway
+    and one straight to its engine."""
+    port = free_port()
+    served = serve(manifest, env, workdir, port, "embed")
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            gateway = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+            embed(gateway, LABEL, "warm up")  # starts the model on demand
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                stop(served)
+                raise
+            time.sleep(0.2)
+    pid = int(str(status(port)["embed"]["pid"]))
+    return served, gateway, connect(private_address(pid), 300)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="measured per kind and path")
     parser.add_argument("--batch", type=int, default=16, help="inputs per batched request")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help="a checkout whose src/ runs mlxpin "
+        "(repeat to compare trees side by side; default: the importing one)",
+    )
     args = parser.parse_args()
+    trees = args.tree or [""]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         generate(workdir / "embed")
@@ -64,51 +103,51 @@ def main() -> None:
             mlxpin(
                 verb, "-q", "--manifest", str(manifest), "--lock-dir", "lock", env=env, cwd=workdir
             )
-        plan = planned(manifest, env, workdir)[0]
-        port = free_port()
-        served = serve(manifest, env, workdir, port, "embed")
+        model = planned(manifest, env, workdir)[0]["upstream_model"]
+        batch = [" ".join(WORDS[i % 7 : i % 7 + 5]) for i in range(args.batch)]
+        # one `serve` per tree, each measured against its own engine
+        paths: dict[str, tuple[http.client.HTTPConnection, str]] = {}
+        served: dict[str, subprocess.Popen[bytes]] = {}
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    gateway = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-                    embed(gateway, LABEL, "warm up")  # starts the model on demand
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-            pid = int(str(status(port)["embed"]["pid"]))
-            direct = connect(private_address(pid), 300)
-            model = plan["upstream_model"]
-            batch = [" ".join(WORDS[i % 7 : i % 7 + 5]) for i in range(args.batch)]
-            lat: dict[str, list[float]] = {"direct": [], "gateway": []}
-            thr: dict[str, list[float]] = {"direct": [], "gateway": []}
+            for tree in trees:
+                name = f"gateway {Path(tree).name}" if len(trees) > 1 else "gateway"
+                mine = {**env, "PYTHONPATH": str(Path(tree).resolve() / "src")} if tree else env
+                served[name], gateway, direct = start(workdir, manifest, mine)
+                paths["direct" + name[7:]] = direct, model
+                paths[name] = gateway, LABEL
+            lat: dict[str, list[float]] = {name: [] for name in paths}
+            thr: dict[str, list[float]] = {name: [] for name in paths}
+            cpu: dict[str, float] = dict.fromkeys(served, 0.0)
+            order = list(paths)
             for index in range(20 + args.requests):
                 text = WORDS[index % len(WORDS)]
-                order = [("direct", direct, model), ("gateway", gateway, LABEL)]
-                if index % 2:
-                    order.reverse()  # neither path always goes first
-                for name, conn, asked in order:
+                order = order[1:] + order[:1]  # no path always goes first
+                for name in order:
+                    conn, asked = paths[name]
+                    before = cpu_s(served[name].pid) if name in served else 0.0
                     single, _ = embed(conn, asked, text)
                     many, count = embed(conn, asked, batch)
                     if index >= 20:
                         lat[name].append(single)
                         thr[name].append(many / count)
+                        if name in served:
+                            cpu[name] += cpu_s(served[name].pid) - before
         finally:
-            stop(served)
-    d50, g50 = statistics.median(lat["direct"]), statistics.median(lat["gateway"])
-    d_rate = len(thr["direct"]) / sum(thr["direct"])
-    g_rate = len(thr["gateway"]) / sum(thr["gateway"])
+            for process in served.values():
+                stop(process)
     print(f"embeddings, {args.requests} interleaved requests per path (keep-alive)")
-    print(
-        f"  single input p50: direct {ms(d50)}, through the gateway {ms(g50)}: "
-        f"added {1000 * (g50 - d50):.2f} ms  (goal < 1 ms)"
-    )
-    print(
-        f"  batches of {args.batch}: direct {d_rate:8.1f} inputs/s, gateway {g_rate:8.1f} "
-        f"inputs/s: {g_rate / d_rate:.3f}x  (goal >= 0.97x)"
-    )
+    for name in served:
+        own = "direct" + name[7:]
+        d50, g50 = statistics.median(lat[own]), statistics.median(lat[name])
+        d_rate = len(thr[own]) / sum(thr[own])
+        g_rate = len(thr[name]) / sum(thr[name])
+        per = 1000 * cpu[name] / (2 * args.requests)
+        print(
+            f"  {name}: single input p50 {ms(g50)} vs direct {ms(d50)}: added "
+            f"{1000 * (g50 - d50):.2f} ms (goal < 1 ms); batches of {args.batch}: "
+            f"{g_rate:.1f} vs {d_rate:.1f} inputs/s, {g_rate / d_rate:.3f}x (goal >= 0.97x); "
+            f"gateway CPU {per:.2f} ms/request"
+        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ paths. Measured:
    gateway vs straight to the model's server, interleaved (goal: < 1 ms).
 4. RSS of the `mlxpin serve` process itself (goal: < 60 MB).
 
-Usage: python bench/serve.py [--runs N] [--requests N]
+Usage: python bench/serve.py [--runs N] [--requests N] [--latency-only]
+       [--tree CHECKOUT --tree OTHER]  (3. for each tree side by side)
 """
 
 from __future__ import annotations
@@ -274,47 +275,74 @@ def swaps(workdir: Path, env: dict[str, str], manifest: Path, runs: int, bare: f
     print(f"  RSS of `mlxpin serve` after the swaps: {rss:.0f} MB  (goal < 60 MB)")
 
 
-def latency(workdir: Path, env: dict[str, str], manifest: Path, requests: int) -> None:
-    port = free_port()
-    served = serve(manifest, env, workdir, port)
+def latency(
+    workdir: Path, env: dict[str, str], manifest: Path, requests: int, trees: list[str]
+) -> None:
+    """Per tree (one `serve` each; "" is the importing one), 1-token completions through the
+    gateway vs straight to that serve's own servers, all interleaved."""
+    runs: dict[str, tuple[subprocess.Popen[bytes], int, dict[str, int | str]]] = {}
+    conns: dict[str, tuple[http.client.HTTPConnection, dict[str, http.client.HTTPConnection]]]
+    conns = {}
+    upstream = {m["name"]: m["upstream_model"] for m in planned(manifest, env, workdir)}
     try:
-        first_answer(port, message("alpha-chat"), time.perf_counter())
-        post(port, message("beta-chat"), None)
-        post(port, message("gamma-chat"), None)
-        models = status(port)
-        assert all(m["state"] == "ready" for m in models.values()), models
-        direct_ports = {n: private_address(int(str(models[n]["pid"]))) for n in NAMES}
-        plan = planned(manifest, env, workdir)
-        upstream = {m["name"]: m["upstream_model"] for m in plan}
-        gateway_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        direct_conns = {n: connect(p, 60) for n, p in direct_ports.items()}
-        direct: list[float] = []
-        through: list[float] = []
+        for tree in trees:
+            mine = {**env, "PYTHONPATH": str(Path(tree).resolve() / "src")} if tree else env
+            port = free_port()
+            served = serve(manifest, mine, workdir, port)
+            runs[tree] = served, port, {}  # stopped in `finally` if it never answers
+            first_answer(port, message("alpha-chat"), time.perf_counter())
+            post(port, message("beta-chat"), None)
+            post(port, message("gamma-chat"), None)
+            models = status(port)
+            assert all(m["state"] == "ready" for m in models.values()), models
+            direct_ports = {n: private_address(int(str(models[n]["pid"]))) for n in NAMES}
+            runs[tree] = served, port, direct_ports
+            conns[tree] = (
+                http.client.HTTPConnection("127.0.0.1", port, timeout=60),
+                {n: connect(p, 60) for n, p in direct_ports.items()},
+            )
+        direct: dict[str, list[float]] = {tree: [] for tree in trees}
+        through: dict[str, list[float]] = {tree: [] for tree in trees}
         for index in range(20 + requests):
             name = NAMES[index % 3]
-            d = post(direct_ports[name], message(upstream[name]), direct_conns[name])
-            g = post(port, message(f"{name}-chat"), gateway_conn)
-            if index >= 20:  # after a warm-up
-                direct.append(d)
-                through.append(g)
-        rss = rss_mb(served.pid)
+            for tree in trees if index % 2 else trees[::-1]:
+                _, port, direct_ports = runs[tree]
+                gateway_conn, direct_conns = conns[tree]
+                d = post(direct_ports[name], message(upstream[name]), direct_conns[name])
+                g = post(port, message(f"{name}-chat"), gateway_conn)
+                if index >= 20:  # after a warm-up
+                    direct[tree].append(d)
+                    through[tree].append(g)
+        rss = {tree: rss_mb(run[0].pid) for tree, run in runs.items()}
     finally:
-        stop(served)
-    d50, g50 = statistics.median(direct), statistics.median(through)
+        for run in runs.values():
+            stop(run[0])
     print(
         f"gateway with three models loaded, {requests} interleaved 1-token completions (keep-alive)"
     )
-    print(
-        f"  direct p50 {ms(d50)}, through serve p50 {ms(g50)}: "
-        f"added {1000 * (g50 - d50):.2f} ms  (goal < 1 ms)"
-    )
-    print(f"  RSS of `mlxpin serve` with three models loaded: {rss:.0f} MB  (goal < 60 MB)")
+    for tree in trees:
+        d50, g50 = statistics.median(direct[tree]), statistics.median(through[tree])
+        print(
+            f"  {tree and Path(tree).name + ': '}direct p50 {ms(d50)}, through serve p50 "
+            f"{ms(g50)}: added {1000 * (g50 - d50):.2f} ms  (goal < 1 ms)"
+        )
+        print(
+            f"  RSS of `mlxpin serve` with three models loaded: {rss[tree]:.0f} MB  (goal < 60 MB)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=150)
+    parser.add_argument("--latency-only", action="store_true", help="skip cold starts and swaps")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help="a checkout whose src/ runs mlxpin "
+        "(repeat to compare the latency of trees side by side; default: the importing one)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlxpin-bench-serve-") as tmp:
         workdir = Path(tmp)
@@ -325,9 +353,10 @@ def main() -> None:
         preloaded = setup(workdir, env, 2, preload=True)
         every = setup(workdir, env, None)
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-        bare = cold_starts(workdir, env, two, preloaded, args.runs)
-        swaps(workdir, env, two, args.runs, bare)
-        latency(workdir, env, every, args.requests)
+        if not args.latency_only:
+            bare = cold_starts(workdir, env, two, preloaded, args.runs)
+            swaps(workdir, env, two, args.runs, bare)
+        latency(workdir, env, every, args.requests, args.tree or [""])
 
 
 if __name__ == "__main__":

@@ -640,6 +640,28 @@ def test_body_too_large_is_413(make_gateway: Any, upstream: FakeUpstream) -> Non
     assert upstream.requests == []
 
 
+def test_a_body_sent_after_its_head_is_waited_for_within_the_body_timeout(
+    make_gateway: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that came with its head is read at once; one that follows is waited for,
+    and one that does not come in time is a 408."""
+    monkeypatch.setattr("mlxpin.gateway.app.BODY_TIMEOUT_S", 0.5)
+    gw: Gateway = make_gateway()
+    body = json.dumps({"model": LABEL, "messages": _messages()}).encode()
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    for late, status in ((0.1, b" 200 "), (None, b" 408 ")):
+        with socket.create_connection(("127.0.0.1", _bound_port(gw.runner)), timeout=5) as sock:
+            sock.sendall(head + body[:5])
+            if late is not None:
+                time.sleep(late)
+                sock.sendall(body[5:])
+            assert status in sock.recv(65536).split(b"\r\n")[0]
+    assert len(upstream.requests) == 1
+
+
 def test_non_json_body_is_400(gateway: Gateway, upstream: FakeUpstream) -> None:
     url = gateway.url + "/v1/chat/completions"
     for data in (b"not json", b"\xff\xfe", b"[1, 2]", b'"text"'):

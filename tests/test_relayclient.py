@@ -158,3 +158,32 @@ def test_no_server_is_a_connection_error(tmp_path: Path) -> None:
         assert classify_failure(info.value).status == 503
 
     asyncio.run(test())
+
+
+def test_large_bodies_arrive_whole_while_the_reader_lags_and_bodies_go_out_whole(
+    tmp_path: Path,
+) -> None:
+    """Past its read size a connection stops reading the server until the answer is read
+    on (a slow client holds the relay back, not the gateway's memory); a request body
+    larger than the socket's buffer goes out in full."""
+    big = bytes(range(256)) * 4096 * 3  # 3 MiB
+    received: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(len(await read_request(reader)))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\n")
+        writer.write(f"Content-Length: {len(big)}\r\n\r\n".encode() + big)
+        await writer.drain()
+
+    async def test(client: RelayClient) -> None:
+        answer = await client.post("/v1/audio/speech", big, {}, 5)
+        pieces = []
+        async for piece in answer.iter_any():
+            pieces.append(piece)
+            await asyncio.sleep(0.001)
+        answer.close()
+        assert b"".join(pieces) == big
+        assert max(map(len, pieces)) <= 256 * 1024
+
+    asyncio.run(with_server(tmp_path, serve, test))
+    assert received[0] > len(big)

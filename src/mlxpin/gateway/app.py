@@ -125,6 +125,7 @@ class Gateway:
         self.expected_auth = None if api_key is None else ("Bearer " + api_key).encode("utf-8")
         # One client per upstream address (its kept connections), made on first use.
         self.clients: dict[tuple[str, str | None], RelayClient] = {}
+        self.rewriters: dict[tuple[str, str], Rewriter] = {}
 
     def app(self) -> web.Application:
         """The application (not yet bound; see :func:`serve`)."""
@@ -220,8 +221,11 @@ class Gateway:
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(limit, request.content_length)
         try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):  # no task, unlike wait_for
+            if request.content.is_eof():  # the body came with the head: no wait, no timer
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(BODY_TIMEOUT_S):  # no task, unlike wait_for
+                    raw = await request.read()
         except TimeoutError:
             return api_error_response(
                 ApiError(408, "The request body was not sent in time", "timeout")
@@ -253,6 +257,13 @@ class Gateway:
         if client is None:
             client = self.clients[key] = RelayClient(upstream, self.connect_timeout_s)
         return client
+
+    def _rewriter(self, upstream: Upstream) -> Rewriter:
+        key = (upstream.label, upstream.model)
+        rewriter = self.rewriters.get(key)
+        if rewriter is None:
+            rewriter = self.rewriters[key] = Rewriter(upstream.label, upstream.model)
+        return rewriter
 
     async def _forward(
         self, request: web.Request, route: Route, body: Any, lease: Lease
@@ -305,9 +316,7 @@ class Gateway:
     async def _relay_json(self, answer: Answer, lease: Lease) -> web.Response:
         raw = await answer.read()
         upstream = lease.upstream
-        body = rewrite_json(
-            answer.status, raw, upstream.label, Rewriter(upstream.label, upstream.model)
-        )
+        body = rewrite_json(answer.status, raw, upstream.label, self._rewriter(upstream))
         if body is None:
             log.warning("upstream answered %d with a non-JSON body", answer.status)
             if answer.status < 400:
@@ -351,7 +360,7 @@ class Gateway:
         # The server finished the completion once it sends [DONE]: that marks it healthy
         # before the client can see it (and perhaps hang up right away).
         relay = SseRelay(
-            Rewriter(lease.upstream.label, lease.upstream.model),
+            self._rewriter(lease.upstream),
             on_done=lease.completed if answer.status == 200 else None,
         )
         failure: BaseException | None = None
