@@ -1,8 +1,10 @@
-"""Children of the transfer benchmarks: a timed pipe of two processes, and `tar -c | tar -x`
-(the anchor export | import is measured against)."""
+"""What the benchmarks share: timed children, a timed pipe of two processes and `tar -c |
+tar -x` (the anchor export | import is measured against), a process's CPU time, and the
+`--tree` option that runs other checkouts' mlxpin side by side."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -55,3 +57,25 @@ def tar_copy(source: Path, target: Path, env: dict[str, str], cwd: Path) -> floa
     target.mkdir()
     tar = (["tar", "-c", "-C", str(source), "."], ["tar", "-x", "-C", str(target)])
     return pipe(*tar, (env, env), (cwd, cwd))[0]
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (its threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_option(parser: argparse.ArgumentParser, what: str = "trees") -> None:
+    """`--tree CHECKOUT`, repeatable: whose mlxpin each run uses (see :func:`tree_env`)."""
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help=f"a checkout whose src/ runs mlxpin (repeat to compare {what} side by side; "
+        "default: the importing one)",
+    )
+
+
+def tree_env(env: dict[str, str], tree: str | Path) -> dict[str, str]:
+    """``env`` running the mlxpin of checkout ``tree`` ("": the importing one)."""
+    return {**env, "PYTHONPATH": str(Path(tree).resolve() / "src")} if str(tree) else env

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from carry import cpu_s, tree_env, tree_option  # bench/ is on sys.path when this runs
 from mlxpin.gateway.addresses import free_port
 from serve import mlxpin, setup, stop  # bench/ is on sys.path when this runs
 
@@ -93,24 +94,12 @@ def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
     raise SystemExit("never became ready")
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (its threads, not its children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=4, help="per client")
     parser.add_argument("--clients", default="1,8,32,128")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved; medians shown")
-    parser.add_argument(
-        "--tree",
-        action="append",
-        default=[],
-        help="a checkout whose src/ runs mlxpin "
-        "(repeat to compare trees side by side; default: the importing one)",
-    )
+    tree_option(parser)
     parser.add_argument("--no-serve", action="store_true", help="bare and launch only")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -152,7 +141,7 @@ def main() -> None:
     try:
         for name, (argv, tree) in runs.items():
             port = free_port()
-            mine = {**env, "PYTHONPATH": str(Path(tree).resolve() / "src")} if tree else env
+            mine = tree_env(env, tree)
             started[name] = port, subprocess.Popen(
                 argv(port), env=mine, cwd=workdir, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

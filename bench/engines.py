@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from carry import cpu_s, tree_env, tree_option  # bench/ is on sys.path when this runs
 from mlxpin.dev.tinymodel_embedding import generate
 from mlxpin.gateway.addresses import free_port
 from serve import connect, mlxpin, ms, planned, private_address, serve, status, stop
@@ -45,12 +45,6 @@ def embed(
     if response.status != 200:
         raise SystemExit(f"HTTP {response.status}: {data[:300]!r}")
     return elapsed, len(json.loads(data)["data"])
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (its threads, not its children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start(
@@ -79,13 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="measured per kind and path")
     parser.add_argument("--batch", type=int, default=16, help="inputs per batched request")
-    parser.add_argument(
-        "--tree",
-        action="append",
-        default=[],
-        help="a checkout whose src/ runs mlxpin "
-        "(repeat to compare trees side by side; default: the importing one)",
-    )
+    tree_option(parser)
     args = parser.parse_args()
     trees = args.tree or [""]
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +99,7 @@ def main() -> None:
         try:
             for tree in trees:
                 name = f"gateway {Path(tree).name}" if len(trees) > 1 else "gateway"
-                mine = {**env, "PYTHONPATH": str(Path(tree).resolve() / "src")} if tree else env
+                mine = tree_env(env, tree)
                 served[name], gateway, direct = start(workdir, manifest, mine)
                 paths["direct" + name[7:]] = direct, model
                 paths[name] = gateway, LABEL

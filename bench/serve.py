@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launch import first_answer  # bench/ is on sys.path when this runs
+from carry import tree_env, tree_option  # bench/ is on sys.path when this runs
+from launch import first_answer
 from mlxpin.dev.tinymodel import generate
 from mlxpin.gateway.addresses import free_port
 
@@ -286,7 +287,7 @@ def latency(
     upstream = {m["name"]: m["upstream_model"] for m in planned(manifest, env, workdir)}
     try:
         for tree in trees:
-            mine = {**env, "PYTHONPATH": str(Path(tree).resolve() / "src")} if tree else env
+            mine = tree_env(env, tree)
             port = free_port()
             served = serve(manifest, mine, workdir, port)
             runs[tree] = served, port, {}  # stopped in `finally` if it never answers
@@ -336,13 +337,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=150)
     parser.add_argument("--latency-only", action="store_true", help="skip cold starts and swaps")
-    parser.add_argument(
-        "--tree",
-        action="append",
-        default=[],
-        help="a checkout whose src/ runs mlxpin "
-        "(repeat to compare the latency of trees side by side; default: the importing one)",
-    )
+    tree_option(parser, "the latency of trees")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlxpin-bench-serve-") as tmp:
         workdir = Path(tmp)

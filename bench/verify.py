@@ -21,14 +21,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from carry import timed
+from carry import timed, tree_env, tree_option
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--tree", type=Path, action="append", default=[])
+    tree_option(parser)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mlxpin-bench-verify-"))
     model = work / "many"
@@ -44,19 +44,19 @@ def main() -> None:
     mlxpin = [sys.executable, "-m", "mlxpin"]
     envs = {"mlxpin": env}
     if args.tree:
-        envs = {str(t): {**env, "PYTHONPATH": str(t.resolve() / "src")} for t in args.tree}
+        envs = {tree: tree_env(env, tree) for tree in args.tree}
     first = next(iter(envs.values()))
     subprocess.run([*mlxpin, "lock", "-q"], env=first, cwd=work, check=True)
     subprocess.run([*mlxpin, "fetch", "-q"], env=first, cwd=work, check=True)
-    for tree_env in envs.values():  # caches each tree's bytecode
-        subprocess.run([*mlxpin, "verify", "-q"], env=tree_env, cwd=work, check=True)
+    for each in envs.values():  # caches each tree's bytecode
+        subprocess.run([*mlxpin, "verify", "-q"], env=each, cwd=work, check=True)
     blobs = sorted(str(p) for p in (work / "hf").rglob("blobs/sha256/*"))
     floors: list[float] = []
     ours: dict[str, list[float]] = {name: [] for name in envs}
     for _ in range(args.rounds):
         floors.append(timed(["sha256sum", *blobs], env, work))
-        for name, tree_env in envs.items():
-            ours[name].append(timed([*mlxpin, "verify", "-q"], tree_env, work))
+        for name, each in envs.items():
+            ours[name].append(timed([*mlxpin, "verify", "-q"], each, work))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"files {len(blobs)}  sha256sum {statistics.median(floors):.3f} s (medians of "

@@ -7,13 +7,11 @@ the same manifest and lock and no input, taking the output from A's bundle or A'
 from __future__ import annotations
 
 import http.server
-import json
 import os
 import shutil
 import sys
 import threading
 import tomllib
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -309,15 +307,7 @@ max_tokens = 8
     running = Launched(project, port, offline, "q4")
     try:
         running.wait_healthy(120)
-        request = urllib.request.Request(
-            f"{running.base}/v1/chat/completions",
-            data=json.dumps(
-                {"model": "tiny-q4-chat", "messages": [{"role": "user", "content": "hi"}]}
-            ).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
+        answer = running.chat("tiny-q4-chat")
         assert answer["model"] == "tiny-q4-chat"
         assert answer["choices"][0]["message"]["content"]
     finally:
@@ -452,8 +442,9 @@ class LyingCache:
 
 
 def test_early_hashes_count_only_for_files_unchanged_since(tmp_path: Path) -> None:
-    from mlxpin.build.early import EarlyHashes, stat_of
+    from mlxpin.build.early import EarlyHashes
     from mlxpin.build.step import hash_output
+    from mlxpin.store.records import FileStat
     from mlxpin.util.hashing import hash_file
 
     out = tmp_path / "out"
@@ -467,12 +458,12 @@ def test_early_hashes_count_only_for_files_unchanged_since(tmp_path: Path) -> No
         assert early.queued == {}
         early.poll()  # unchanged since: both hashed
         assert set(early.queued) == {"model.safetensors", "sub/config.json"}
-        assert early.oid("model.safetensors", stat_of(os.lstat(kept))) == hash_file(kept, "sha256")
-        early.oid("sub/config.json", stat_of(os.lstat(rewritten)))  # wait for it
+        assert early.oid("model.safetensors", FileStat.of(kept)) == hash_file(kept, "sha256")
+        early.oid("sub/config.json", FileStat.of(rewritten))  # wait for it
         before = os.lstat(rewritten)
         rewritten.write_bytes(b'{"bits": 8}')  # same size, other bytes, written later
         os.utime(rewritten, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
-        assert early.oid("sub/config.json", stat_of(os.lstat(rewritten))) is None
+        assert early.oid("sub/config.json", FileStat.of(rewritten)) is None
         files = {f.path: f.oid for f in hash_output("q", out, early)}
     finally:
         early.close()

@@ -2,9 +2,10 @@
 work overlaps the step instead of following it.
 
 A file is hashed once it has not changed between two polls. The hash counts only if the
-file's stat (size, mtime, ctime, inode) was the same before and after the read, and is
-still the same when the builder has ended: a file written to again afterwards (the clocks
-move on every write) is hashed again then, as any file never hashed early is.
+file's stat (the store's FileStat: size, mtime, inode, device, ctime) was the same before
+and after the read, and is still the same when the builder has ended: a file written to
+again afterwards (the clocks move on every write) is hashed again then, as any file never
+hashed early is.
 """
 
 from __future__ import annotations
@@ -14,16 +15,11 @@ import stat as stat_mod
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from mlxpin.store.records import FileStat
 from mlxpin.util.hashing import CHUNK, OidHasher
 
-Stat = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
 
-
-def stat_of(st: os.stat_result) -> Stat:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-def hash_and_sync(path: Path, expected: Stat | None = None) -> tuple[Stat, str] | None:
+def hash_and_sync(path: Path, expected: FileStat | None = None) -> tuple[FileStat, str] | None:
     """The file's stat and sha256 oid, its bytes flushed to disk (a build's output is
     published by a rename, so its data must be durable first). None when it is not a
     regular file, its stat is not ``expected``, or it was written to while it was read."""
@@ -33,16 +29,18 @@ def hash_and_sync(path: Path, expected: Stat | None = None) -> tuple[Stat, str] 
         return None
     with os.fdopen(fd, "rb", buffering=0) as handle:
         before = os.fstat(fd)
-        current = stat_of(before)
-        if not stat_mod.S_ISREG(before.st_mode) or expected not in (None, current):
+        if not stat_mod.S_ISREG(before.st_mode):
             return None
-        hasher = OidHasher("sha256", before.st_size)
+        current = FileStat.of_result(before)
+        if expected not in (None, current):
+            return None
+        hasher = OidHasher("sha256", current.size)
         with ThreadPoolExecutor(max_workers=1) as syncing:
             synced = syncing.submit(os.fsync, fd)  # the write-back overlaps the hashing
             while chunk := handle.read(CHUNK):
                 hasher.update(chunk)
             synced.result()
-        if stat_of(os.fstat(fd)) != current:
+        if FileStat.of_result(os.fstat(fd)) != current:
             return None  # written to while it was read
     return current, hasher.oid()
 
@@ -53,8 +51,8 @@ class EarlyHashes:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-hash")
-        self.seen: dict[str, Stat] = {}  # each file's stat at the last poll
-        self.queued: dict[str, tuple[Stat, Future[tuple[Stat, str] | None]]] = {}
+        self.seen: dict[str, FileStat] = {}  # each file's stat at the last poll
+        self.queued: dict[str, tuple[FileStat, Future[tuple[FileStat, str] | None]]] = {}
 
     def poll(self) -> int:
         """Queue the files that did not change since the last poll; the bytes written."""
@@ -65,9 +63,9 @@ class EarlyHashes:
                 future = self.pool.submit(hash_and_sync, self.out / relative, current)
                 self.queued[relative] = (current, future)
             self.seen[relative] = current
-        return sum(current[0] for _, current in listing)
+        return sum(current.size for _, current in listing)
 
-    def oid(self, relative: str, final: Stat) -> str | None:
+    def oid(self, relative: str, final: FileStat) -> str | None:
         """The file's sha256 oid if it was hashed early at its final stat, else None."""
         queued = self.queued.get(relative)
         if queued is None or queued[0] != final:
@@ -79,8 +77,8 @@ class EarlyHashes:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _files(out: Path) -> list[tuple[str, Stat]]:
-    found: list[tuple[str, Stat]] = []
+def _files(out: Path) -> list[tuple[str, FileStat]]:
+    found: list[tuple[str, FileStat]] = []
     for root, _, names in os.walk(out):
         for file_name in names:
             full = os.path.join(root, file_name)
@@ -89,5 +87,6 @@ def _files(out: Path) -> list[tuple[str, Stat]]:
             except OSError:
                 continue
             if stat_mod.S_ISREG(st.st_mode):
-                found.append((os.path.relpath(full, out).replace(os.sep, "/"), stat_of(st)))
+                relative = os.path.relpath(full, out).replace(os.sep, "/")
+                found.append((relative, FileStat.of_result(st)))
     return found

@@ -11,17 +11,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat as stat_mod
 import subprocess
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxpin.build.early import EarlyHashes, hash_and_sync, stat_of
+from mlxpin.build.early import EarlyHashes, hash_and_sync
 from mlxpin.errors import BuildFailedError, UnstorableFilesError
 from mlxpin.project import validate
 from mlxpin.project.lockfile import LockedFile
 from mlxpin.project.recipe import BuildSpec
+from mlxpin.store.records import FileStat
 from mlxpin.store.verify import Progress
 
 POLL_S = 0.1
@@ -167,9 +169,10 @@ def hash_output(
     def pin(relative: str) -> LockedFile:
         full = out / relative
         st = os.lstat(full)
-        oid = early.oid(relative, stat_of(st)) if early is not None else None
+        seen = FileStat.of_result(st, full) if stat_mod.S_ISREG(st.st_mode) else None
+        oid = early.oid(relative, seen) if early is not None and seen is not None else None
         if oid is None:
-            hashed = hash_and_sync(full, stat_of(st))
+            hashed = hash_and_sync(full, seen) if seen is not None else None
             if hashed is None:
                 raise BuildFailedError(
                     name,
