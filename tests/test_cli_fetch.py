@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from huggingface_hub import snapshot_download
+from huggingface_hub import hf_hub_url, snapshot_download
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mlxpin.hub.client import file_url
 
 from conftest import Project
 from hubserver import HubServer, LfsContent, Repo, pseudo_random_bytes
@@ -122,6 +126,32 @@ def test_lock_and_fetch_send_the_hub_no_telemetry(hub: HubServer, project: Proje
         p for p in paths if not p.startswith(f"/api/models/{REPO}") and f"/{REPO}/resolve/" not in p
     ], paths
     assert not (project.hf_home / ".agent_harnesses.json").exists()
+
+
+def test_fetch_of_locked_files_does_not_import_the_hub_api(
+    hub: HubServer, project: Project
+) -> None:
+    """HfApi costs ~0.1 s to import, before the first byte; fetch only downloads."""
+    locked(hub, project)
+    traced = project.ok("fetch", env={**project.env, "PYTHONPROFILEIMPORTTIME": "1"})
+    imported = {line.rsplit("|", 1)[-1].strip() for line in traced.stderr.splitlines()}
+    assert "huggingface_hub.file_download" not in imported
+    assert "huggingface_hub.hf_api" not in imported
+    assert "huggingface_hub.utils._http" in imported  # it did download, through its session
+    project.ok("verify")
+
+
+@given(
+    path=st.lists(
+        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/"), min_size=1),
+        min_size=1,
+        max_size=3,
+    ).map("/".join),
+    revision=st.sampled_from(["main", "refs/pr/1", "v1.0", "a" * 40, "with space"]),
+)
+def test_file_urls_are_the_ones_huggingface_hub_makes(path: str, revision: str) -> None:
+    expected = hf_hub_url("owner/name", path, revision=revision, endpoint="http://h:1")
+    assert file_url("http://h:1", "owner/name", revision, path) == expected
 
 
 def test_status_and_verify(hub: HubServer, project: Project) -> None:

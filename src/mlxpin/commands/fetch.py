@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from mlxpin.build.fetch import fetch_built
 from mlxpin.config import DEFAULT_ENDPOINT, HUB_CACHE_HINT, STATE_DIR_HINT, Settings
 from mlxpin.errors import (
     ExitCode,
@@ -108,6 +107,8 @@ def fetch(
         assert spec is not None
         source: ByteSource
         if lock.build is not None:
+            from mlxpin.build.fetch import fetch_built  # only for built models
+
             substitute = None
             if served_as(lock) is not None and _may_substitute(settings):
                 substitute = HubSourceBytes(lock, downloader, ranges)

@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import quote
 
 import httpx2
 
@@ -31,7 +32,6 @@ import httpx2
 # an offline-first tool does not send by default. Set to 0 to have it anyway.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from huggingface_hub import HfApi
 from huggingface_hub.errors import (
     DisabledRepoError,
     GatedRepoError,
@@ -46,6 +46,9 @@ from mlxpin import errors
 from mlxpin.config import DEFAULT_HUB_DEADLINE_S, HUB_DEADLINE_VARIABLE
 from mlxpin.project import validate
 from mlxpin.util.retry import retry
+
+if TYPE_CHECKING:  # HfApi takes ~0.1 s to import; a fetch of locked files never needs it
+    from huggingface_hub import HfApi
 
 T = TypeVar("T")
 #: Sent by `mlxpin mirror` on every answer, so fetch can record where bytes came from.
@@ -92,8 +95,13 @@ def iso_utc(moment: datetime | None) -> str | None:
 class HubClient:
     def __init__(self, config: HubConfig, sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
-        self._api = HfApi(endpoint=config.endpoint)
         self._sleep = sleep
+
+    @functools.cached_property
+    def _api(self) -> HfApi:
+        from huggingface_hub import HfApi
+
+        return HfApi(endpoint=self.config.endpoint)
 
     # -- public -----------------------------------------------------------------------
 
@@ -401,10 +409,10 @@ class HubDownloader:
     ) -> Iterator[tuple[int, Iterator[bytes]]]:
         """Yields (start offset the server honoured, chunks); `end` (exclusive) asks for
         a range [offset, end) only."""
-        from huggingface_hub import get_session, hf_hub_url, hf_raise_for_status
+        from huggingface_hub import get_session, hf_raise_for_status
 
         self._client.refuse_offline(repo, commit)
-        url = hf_hub_url(repo, path, revision=commit, endpoint=self.config.endpoint)
+        url = file_url(self.config.endpoint, repo, commit, path)
         headers = dict(self._headers)
         if end is not None:
             headers["Range"] = f"bytes={offset}-{end - 1}"
@@ -456,6 +464,12 @@ class HubDownloader:
             cause += f" for the {self.config.deadline_s:g} s deadline"
             return errors.HubRateLimitedError(self.config.endpoint, repo, commit, cause)
         return errors.HubUnreachableError(self.config.endpoint, repo, commit, cause)
+
+
+def file_url(endpoint: str, repo: str, revision: str, path: str) -> str:
+    """A model repo file's download URL, as huggingface_hub's ``hf_hub_url`` makes it
+    (whose module costs ~30 ms to import)."""
+    return f"{endpoint}/{repo}/resolve/{quote(revision, safe='')}/{quote(path)}"
 
 
 def _network_chunks(response: httpx2.Response) -> Iterator[bytes]:
