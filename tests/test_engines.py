@@ -39,6 +39,7 @@ from mlxpin.gateway.backends import Route
 from mlxpin.gateway.checks import FormPart, check_form, check_request, encode_form, parse_form
 from mlxpin.gateway.routing import RoutingTable
 from mlxpin.project.manifest import parse_manifest
+from mlxpin.serve import vlm_server
 from test_tinymodel_kinds import tiny_png
 
 from conftest import Project
@@ -91,6 +92,8 @@ engine = "mlx-vlm"
 role = "embedding"
 [models.embed.launch]
 repo = "tiny/embedding"
+[models.embed.server]
+log_level = "WARNING"
 
 [models.rerank]
 api_label = "{RERANK_LABEL}"
@@ -321,6 +324,8 @@ def test_launch_an_embedding_model_answers_the_openai_sdk(
     again = client.embeddings.create(model=EMBED_LABEL, input="hello world")
     assert again.data[0].embedding == single.data[0].embedding  # still the pinned model
     _stops_clean(running, hub)
+    # log_level = "WARNING" reaches uvicorn too: no access line per request
+    assert not [line for line in running.log if "POST /v1/embeddings" in line], running.log
 
 
 @pytest.mark.e2e
@@ -371,6 +376,7 @@ def test_launch_a_vision_model_answers_a_chat_with_a_png(
     status, body = _request(running.base + "/v1/embeddings", {"model": VISION_LABEL, "input": "x"})
     assert status == 404 and "does not serve POST /v1/embeddings" in body["error"]["message"]
     _stops_clean(running, hub)
+    assert [line for line in running.log if "POST /v1/chat/completions" in line]  # INFO: logged
 
 
 @pytest.mark.e2e
@@ -731,3 +737,16 @@ def test_a_pinned_mlx_vlm_runtime_from_the_registry_serves_embeddings(tmp_path: 
         assert os.path.realpath(f"/proc/{server}/exe") == os.path.realpath(python)
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        (["--model", "m"], "info"),  # mlx_vlm.server's own default
+        (["--model", "m", "--log-level", "WARNING"], "warning"),
+        (["--log-level", "DEBUG", "--model", "m", "--log-level", "ERROR"], "error"),  # the last
+        (["--model", "m", "--log-level"], "info"),  # its parser refuses this one anyway
+    ],
+)
+def test_the_engines_log_level_is_the_one_uvicorn_gets(argv: list[str], level: str) -> None:
+    assert vlm_server.log_level(argv) == level
