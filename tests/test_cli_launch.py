@@ -483,6 +483,26 @@ def test_launch_serves_metrics_and_q_turns_the_access_log_off(
 
 
 @pytest.mark.e2e
+def test_the_servers_log_level_says_whether_it_logs_each_request(
+    fetched: tuple[Project, int],
+) -> None:
+    """mlx_lm.server writes an access line per request whatever its --log-level; mlxpin's
+    launcher keeps them out below INFO, as the manifest's log_level asks."""
+    project, port = fetched
+    for extra, logged in (("", True), ('log_level = "WARNING"', False)):
+        project.write_manifest(manifest(port, extra))
+        running = Launched(project, port, project.env)
+        try:
+            running.wait_healthy()
+            assert running.chat("tiny-chat")["model"] == "tiny-chat"
+        finally:
+            running.stop()
+        engine = [line for line in running.log if '"POST /v1/chat/completions HTTP/1' in line]
+        assert bool(engine) is logged, "".join(running.log)
+        assert [line for line in running.log if "tiny-chat /v1/chat/completions 200" in line]
+
+
+@pytest.mark.e2e
 def test_real_server_runs_offline_clean_and_without_secrets(
     launched: tuple[Launched, Project],
 ) -> None:

@@ -43,7 +43,7 @@ SERVER_OPTIONS: dict[str, ServerOption] = {
     "log_level": ServerOption(
         "--log-level",
         "choice",
-        "server log level",
+        "server log level (above INFO: no access line per request)",
         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     ),
     "num_draft_tokens": ServerOption(

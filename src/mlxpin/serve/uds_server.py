@@ -82,6 +82,20 @@ def split_socket(argv: list[str]) -> tuple[str, list[str]]:
     return argv[at + 1], argv[:at] + argv[at + 2 :]
 
 
+def quiet_below_info(handler: type[BaseHTTPRequestHandler]) -> type[BaseHTTPRequestHandler]:
+    """``handler``, without its access line per request when the server's --log-level
+    (already set on the root logger by mlx_lm.server's main) is above INFO: http.server
+    writes those to stderr whatever the level, and each costs a line the gateway relays."""
+    if logging.getLogger().getEffectiveLevel() <= logging.INFO:
+        return handler
+
+    class Quiet(handler):  # type: ignore[valid-type,misc]
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            pass
+
+    return Quiet
+
+
 def main(argv: list[str]) -> None:
     path, rest = split_socket(argv)
     import mlx_lm.server
@@ -95,7 +109,7 @@ def main(argv: list[str]) -> None:
         server_class: Any = None,
         handler_class: type[BaseHTTPRequestHandler] | None = None,
     ) -> None:
-        handler: Any = handler_class or mlx_server.APIHandler
+        handler: Any = quiet_below_info(handler_class or mlx_server.APIHandler)
         fingerprint = mlx_server.get_system_fingerprint()
         httpd = UnixHTTPServer(
             path,
