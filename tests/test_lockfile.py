@@ -13,8 +13,6 @@ from mlxpin.errors import LockCorruptError
 from mlxpin.project.lockdir import is_lock_file
 from mlxpin.project.lockfile import (
     HEADER,
-    BuildInput,
-    BuildPin,
     LockedFile,
     LockedModel,
     Original,
@@ -27,7 +25,7 @@ from mlxpin.project.lockfile import (
     write_lock,
 )
 from mlxpin.project.manifest import parse_manifest
-from mlxpin.project.recipe import STEPS, BuildSpec
+from mlxpin.project.recipe import STEPS, BuildInput, BuildPin, BuildSpec
 from mlxpin.project.validate import relpath_problem, revision_problem, tree_problem
 from mlxpin.util.hashing import hash_file, tree_hash
 

@@ -8,7 +8,6 @@ parses each with the real CLI, so a hint never names a verb or option that does 
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from enum import IntEnum
 from pathlib import Path
@@ -34,6 +33,8 @@ class Run:
     @staticmethod
     def of(*argv: str) -> str:
         """`mlxpin ARGV`, quoted so that it can be pasted into a shell as it is."""
+        import shlex  # a hint is being written: not every verb's start pays for it
+
         return f"`mlxpin {shlex.join(argv)}`"
 
 

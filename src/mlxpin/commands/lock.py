@@ -26,8 +26,6 @@ from mlxpin.errors import (
 from mlxpin.hub.resolve import Resolution, resolve
 from mlxpin.project.lockdir import lock_names_on_disk
 from mlxpin.project.lockfile import (
-    BuildInput,
-    BuildPin,
     LockedModel,
     PinState,
     build_inputs,
@@ -40,7 +38,7 @@ from mlxpin.project.lockfile import (
     write_lock,
 )
 from mlxpin.project.manifest import HubSource, Manifest, ModelSpec
-from mlxpin.project.recipe import BuildSpec
+from mlxpin.project.recipe import BuildInput, BuildPin, BuildSpec
 from mlxpin.project.runtimespec import RuntimeSpec
 from mlxpin.project.selection import (
     inputs_first,

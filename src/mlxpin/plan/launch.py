@@ -21,11 +21,11 @@ from mlxpin.errors import (
     SnapshotMissingError,
     UsageError,
 )
-from mlxpin.project.engines import MLX_LM, MLX_VLM, SERVER_TABLES, VLM_ROLE_FLAGS
+from mlxpin.project.engines import MLX_LM, MLX_VLM, VLM_ROLE_FLAGS
 from mlxpin.project.lockfile import LockedModel, valid_locks
 from mlxpin.project.manifest import GatewaySpec, Manifest, ModelIdentity, ModelSpec
 from mlxpin.project.selection import label_not_name
-from mlxpin.project.serveropts import server_argv
+from mlxpin.project.serveropts import SERVER_TABLES, server_argv
 from mlxpin.runtime.server import SOCKET_SERVERS, ServerRuntime, server_runtime, vlm_server
 from mlxpin.store.layout import CHANGED, StoreLayout, check_stamp
 from mlxpin.store.records import read_stamp

@@ -17,14 +17,14 @@ from mlxpin.errors import Flag, ManifestError, Run
 from mlxpin.project import engines, validate
 from mlxpin.project.checker import Checker, did_you_mean
 from mlxpin.project.memory import Budget, parse_budget, parse_size
-from mlxpin.project.serveropts import SERVER_OPTIONS, ServerValue, check_server_value
 from mlxpin.project.tomllines import KeyLines, nesting_problem
 from mlxpin.project.validate import is_ip
 
-if TYPE_CHECKING:  # [distributed], [runtime], [build]: read only where a manifest has them
+if TYPE_CHECKING:  # [distributed], [runtime], [build], [server]: read only where given
     from mlxpin.project.distributed import DistributedSpec
     from mlxpin.project.recipe import BuildSpec
     from mlxpin.project.runtimespec import RuntimeSpec
+    from mlxpin.project.serveropts import ServerValue
 
 MANIFEST_VERSION = 1
 DEFAULT_HOST = "127.0.0.1"
@@ -51,9 +51,9 @@ DEFAULT_BUDGET = Budget()
 _LAUNCH_KEYS = ("repo", "path", "revision", "files", "draft", "adapter")
 # Names that are files of lock/ other than model locks (lock/runtime.toml).
 RESERVED_NAMES = ("runtime",)
-_HOSTNAME_RE = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
+# A pattern, compiled (and kept by `re`) on the first host other than the default.
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = rf"(?=.{{1,253}}$){_HOST_LABEL}(?:\.{_HOST_LABEL})*"
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,7 @@ def _misplaced() -> dict[str, str]:
     """Keys people put in the wrong table, and where they belong (asked on errors only)."""
     from mlxpin.project.distributed import DISTRIBUTED_KEYS
     from mlxpin.project.recipe import KEYS
+    from mlxpin.project.serveropts import SERVER_OPTIONS
 
     return {
         **{k: "build" for k in KEYS},
@@ -238,9 +239,8 @@ def read_toml(text: str, path: Path) -> dict[str, Any]:
     tomllib (which recurses) never runs out of stack."""
     too_deep = nesting_problem(text)
     if too_deep is not None:
-        raise ManifestError(
-            path, too_deep.line, None, too_deep.problem, "a manifest needs only a few levels"
-        )
+        deep_line, problem = too_deep
+        raise ManifestError(path, deep_line, None, problem, "a manifest needs only a few levels")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -413,7 +413,9 @@ def _label(check: Checker, value: object, keys: tuple[str, ...]) -> str:
 
 def _host(check: Checker, value: object, keys: tuple[str, ...]) -> str:
     host = check.string(value, keys)
-    if not _HOSTNAME_RE.fullmatch(host) and not is_ip(host):  # names first: no ipaddress import
+    if host == DEFAULT_HOST:
+        return host
+    if not re.fullmatch(_HOSTNAME, host) and not is_ip(host):  # names first: no ipaddress import
         raise check.fail(
             keys, f"{host!r} is not an IP address or host name", 'e.g. host = "127.0.0.1"'
         )
@@ -511,7 +513,11 @@ def _server(
     check: Checker, value: object, keys: tuple[str, ...], engine: str
 ) -> tuple[tuple[str, ServerValue], ...]:
     table = check.table(value, keys)
-    known = engines.SERVER_TABLES[engine]
+    if not table:
+        return ()
+    from mlxpin.project.serveropts import SERVER_TABLES, check_server_value  # [server] only
+
+    known = SERVER_TABLES[engine]
     allowed = tuple(known)
     options: list[tuple[str, ServerValue]] = []
     for key, raw in table.items():

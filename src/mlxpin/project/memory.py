@@ -16,8 +16,10 @@ _UNITS = {"": 1, "b": 1} | {
     for power, prefix in enumerate("kmgt", 1)
     for suffix in ("", "b", "ib")
 }
-_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", re.ASCII)
-_PERCENT_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*", re.ASCII)
+# Patterns, not compiled ones: `re` compiles them (and keeps them) on the first size a
+# manifest gives, so the manifests that give none do not pay for it.
+_SIZE = r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*"
+_PERCENT = r"\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*"
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Budget:
 
 def parse_size(text: str) -> int | None:
     """'48GB' → 48_000_000_000, '512MiB' → 536_870_912, '100' → 100; None if not a size."""
-    match = _SIZE_RE.fullmatch(text)
+    match = re.fullmatch(_SIZE, text, re.ASCII)
     if match is None:
         return None
     unit = _UNITS.get(match.group(2).lower())
@@ -61,7 +63,7 @@ def parse_budget(value: object) -> tuple[Budget | None, str | None]:
         return Budget(bytes=value), None
     if not isinstance(value, str):
         return None, 'must be a number of bytes or a string like "48GB" or "75%"'
-    percent = _PERCENT_RE.fullmatch(value)
+    percent = re.fullmatch(_PERCENT, value, re.ASCII)
     if percent is not None:
         share = float(percent.group(1))
         if not 0 < share <= 100:

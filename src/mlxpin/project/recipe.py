@@ -1,6 +1,7 @@
 """`[models.X.build]`: a model derived from another manifest model by one pinned step
 (design §14). The recipe is pure data: the step, its parameters with every default written
-out (so the lock records exactly what ran), and the models it reads.
+out (so the lock records exactly what ran), and the models it reads; and what a built
+model's lock adds to its recipe (`BuildPin`), read only for built models.
 
     quantize  mlx_lm.convert -q: bits, group_size, mode, quant_predicate, dtype
     convert   mlx_lm.convert: dtype only
@@ -136,3 +137,22 @@ def _param(check: Checker, key: str, raw: object, keys: tuple[str, ...]) -> Para
             keys, f"{value!r} is not one of {shown}", did_you_mean(value, tuple(map(str, choices)))
         )
     return value
+
+
+@dataclass(frozen=True)
+class BuildInput:
+    """The pin of a model a build read, as it was when the build was locked."""
+
+    name: str
+    tree_hash: str
+    commit: str | None
+
+
+@dataclass(frozen=True)
+class BuildPin:
+    """A built model's derivation beyond its recipe: the pins it reads, the builder that
+    runs it, and (once built) the platform that made the recorded output."""
+
+    inputs: tuple[BuildInput, ...]  # the source, then the adapter (fuse)
+    builder: str  # "runtime <key>" or "mlx-lm <version>, mlx <version>"
+    built_on: str | None = None  # None: no output recorded yet (the lock lists no files)

@@ -1,5 +1,6 @@
-"""The `[models.x.server]` keys and the `mlx_lm.server` flags they become. Only these are
-accepted, so a manifest never injects argv; the flags mlxpin sets itself are left out."""
+"""The `[models.x.server]` keys and the server flags they become, for each engine. Only
+these are accepted, so a manifest never injects argv; the flags mlxpin sets itself are
+left out. Read only for a model with a [server] table, and to launch one."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
+
+from mlxpin.project.engines import MLX_LM, MLX_VLM
 
 ServerValue = bool | int | float | str | tuple[str, ...] | dict[str, object]
 
@@ -61,6 +64,32 @@ SERVER_OPTIONS: dict[str, ServerOption] = {
     ),
     "allowed_origins": ServerOption("--allowed-origins", "str_list", "CORS allowed origins"),
 }
+
+
+# mlx_vlm.server's flags a manifest may set. Not here on purpose: --host/--port/--api-key
+# (mlxpin's), the role flags and --adapter-path/--draft-model/--model-dir (the manifest's
+# pinned paths only), --reload.
+VLM_SERVER_OPTIONS: Final[dict[str, ServerOption]] = {
+    **{k: SERVER_OPTIONS[k] for k in ("max_tokens", "trust_remote_code", "log_level")},
+    **{k: SERVER_OPTIONS[k] for k in ("prefill_step_size", "kv_group_size", "quantized_kv_start")},
+    "kv_bits": ServerOption(
+        "--kv-bits", "float", "KV cache quantization bits (3.5: TurboQuant)", 1, 8
+    ),
+    "max_kv_size": ServerOption("--max-kv-size", "int", "KV cache size in tokens", 1),
+    "vision_cache_size": ServerOption("--vision-cache-size", "int", "cached vision features", 0),
+    "min_pixels": ServerOption("--min-pixels", "int", "default minimum image pixel area", 1),
+    "max_pixels": ServerOption("--max-pixels", "int", "default maximum image pixel area", 1),
+    "enable_thinking": ServerOption("--enable-thinking", "bool", "thinking mode by default"),
+    "thinking_budget": ServerOption(
+        "--thinking-budget", "int", "tokens allowed in a thinking block", 0
+    ),
+    "max_num_seqs": ServerOption("--max-num-seqs", "int", "sequences decoded at once", 1),
+    "top_logprobs_k": ServerOption(
+        "--top-logprobs-k", "int", "cap for per-token top_logprobs", 0, 20
+    ),
+}
+
+SERVER_TABLES: Final = {MLX_LM: SERVER_OPTIONS, MLX_VLM: VLM_SERVER_OPTIONS}
 
 
 def _json_safe(value: object) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 _BARE = r"[A-Za-z0-9_-]+"
 _BASIC = r'"(?:[^"\\]|\\.)*"'
@@ -81,8 +80,9 @@ MAX_NESTING = 100  # brackets within one value, or fragments of one dotted key
 MAX_DEPTH = 200  # tables, keys and values together
 
 # Only what shapes the structure: strings and comments (skipped whole), newlines and
-# punctuation. Everything else (bare keys, numbers, dates) is jumped over by the regex.
-_STRUCTURE_RE = re.compile(
+# punctuation. Everything else (bare keys, numbers, dates) is jumped over by the regex,
+# which `re` compiles on the first document long enough to scan.
+_STRUCTURE = (
     r'"""(?:\\[\s\S]|[^\\])*?"{3,5}'  # multi-line basic string
     r"|'''[\s\S]*?'{3,5}"  # multi-line literal string
     r'|"(?:[^"\\\n]|\\.)*"?'  # basic string (an unclosed one ends at the line)
@@ -92,24 +92,16 @@ _STRUCTURE_RE = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class NestingError:
-    """Where a document nests deeper than mlxpin reads."""
-
-    line: int
-    problem: str
-
-
 _KEY_TOO_DEEP = f"TOML key nested more than {MAX_NESTING} levels deep"
 _VALUE_TOO_DEEP = f"TOML value nested more than {MAX_NESTING} levels deep"
 _DOCUMENT_TOO_DEEP = f"TOML document nested more than {MAX_DEPTH} levels deep"
 
 
-def nesting_problem(text: str) -> NestingError | None:
-    """The first place `text` nests deeper than the limits, or None, so tomllib (and
-    tomlkit in `remove`) cannot run out of stack. Depth counts header and key fragments
-    (+1 for an array of tables) and each array or inline table within an array. Text that
-    is not TOML passes: the reader then says what is wrong."""
+def nesting_problem(text: str) -> tuple[int, str] | None:
+    """(line, problem) of the first place `text` nests deeper than the limits, or None,
+    so tomllib (and tomlkit in `remove`) cannot run out of stack. Depth counts header and
+    key fragments (+1 for an array of tables) and each array or inline table within an
+    array. Text that is not TOML passes: the reader then says what is wrong."""
     if text.count(".") + 2 * (text.count("[") + text.count("{")) + 2 <= MAX_NESTING:
         return None  # cannot nest that deep, no need to scan
     line = 1
@@ -119,7 +111,7 @@ def nesting_problem(text: str) -> NestingError | None:
     fragments = 1
     aot = False
     stack: list[tuple[bool, int]] = []  # (is an inline table, level)
-    for match in _STRUCTURE_RE.finditer(text):
+    for match in re.finditer(_STRUCTURE, text):
         lexeme = match.group()
         first = lexeme[0]
         if first in "\"'#":
@@ -132,11 +124,11 @@ def nesting_problem(text: str) -> NestingError | None:
             if first == ".":
                 fragments += 1
                 if fragments > MAX_NESTING:
-                    return NestingError(line, _KEY_TOO_DEEP)
+                    return line, _KEY_TOO_DEEP
             elif first == "=":
                 base += fragments
                 if base > MAX_DEPTH:
-                    return NestingError(line, _DOCUMENT_TOO_DEEP)
+                    return line, _DOCUMENT_TOO_DEEP
                 mode = "value"
             elif first == "[" and not stack:
                 mode, fragments, aot = "header", 1, False
@@ -149,20 +141,20 @@ def nesting_problem(text: str) -> NestingError | None:
             elif first == ".":
                 fragments += 1
                 if fragments > MAX_NESTING:
-                    return NestingError(line, _KEY_TOO_DEEP)
+                    return line, _KEY_TOO_DEEP
             elif first == "]":
                 table_level = fragments + (1 if aot else 0)
                 if table_level > MAX_DEPTH:
-                    return NestingError(line, _DOCUMENT_TOO_DEEP)
+                    return line, _DOCUMENT_TOO_DEEP
                 mode = "after"
         elif mode == "value":
             inline = stack[-1][0] if stack else False
             if first in "[{":
                 if len(stack) >= MAX_NESTING:
-                    return NestingError(line, _VALUE_TOO_DEEP)
+                    return line, _VALUE_TOO_DEEP
                 level = base if not stack or inline else stack[-1][1] + 1
                 if level > MAX_DEPTH:
-                    return NestingError(line, _DOCUMENT_TOO_DEEP)
+                    return line, _DOCUMENT_TOO_DEEP
                 stack.append((first == "{", level))
                 if first == "{":
                     mode, base, fragments = "key", level, 1

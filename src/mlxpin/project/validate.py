@@ -7,7 +7,6 @@ sentence saying what is wrong. Callers turn that into the right typed error.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from typing import Final
 
@@ -101,6 +100,8 @@ def _folded(path: str) -> str:
     """How a case- and normalisation-insensitive filesystem (macOS's default) sees a name."""
     if path.isascii():
         return path.lower()
+    import unicodedata  # a non-ASCII name: most projects have none
+
     return unicodedata.normalize("NFC", path).casefold()
 
 
@@ -113,6 +114,10 @@ _LOOKALIKES: Final = str.maketrans(
 
 def label_key(label: str) -> str:
     """Labels with the same key differ only in case, Unicode form or a lookalike script."""
+    if label.isascii():  # NFKC leaves ASCII as it is, and no lookalike is ASCII
+        return label.lower()
+    import unicodedata
+
     return _folded(unicodedata.normalize("NFKC", label)).translate(_LOOKALIKES)
 
 
