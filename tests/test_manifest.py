@@ -267,6 +267,17 @@ def test_version_must_be_one() -> None:
     assert error_of(GOOD.replace("version = 1", "version = 2")).line == 1
 
 
+def test_a_valid_manifest_never_reads_its_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines are for errors: every verb reads the manifest, and indexing it (three regexes
+    compiled) cost `status` ~1 % of its start (#21)."""
+
+    def refuse(self: KeyLines, text: str) -> None:
+        raise AssertionError("a valid manifest's lines were read")
+
+    monkeypatch.setattr(KeyLines, "_index", refuse)
+    assert parse(GOOD + '[serve]\nmemory_budget = "75%"\n[runtime]\nmlx-lm = ">=0.20"\n')
+
+
 def test_key_lines_handles_dotted_keys_inline_tables_and_multiline_strings() -> None:
     text = (
         '[models.a]\napi_label = "x"\nlaunch.repo = "o/n"\n'

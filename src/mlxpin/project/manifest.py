@@ -126,7 +126,6 @@ class ModelSpec(ModelIdentity):
     port: int
     launch: LaunchSpec
     server: tuple[tuple[str, ServerValue], ...]
-    line: int | None
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     idle_ttl: float | None = None  # `serve`: this model's own idle TTL (None: [serve]'s)
     distributed: DistributedSpec | None = None  # [models.x.distributed]: ranks over hosts
@@ -145,12 +144,11 @@ class ServeTable:
     idle_ttl: float = 0.0  # seconds; 0 = never stop an idle model
     start_timeout: float = DEFAULT_START_TIMEOUT  # the longest a request waits for a start
     preload: tuple[str, ...] = ()
-    line: int | None = None
 
 
 DEFAULT_SERVE = ServeTable()
 _GATEWAY_KEYS = tuple(f.name for f in fields(GatewaySpec))
-_SERVE_KEYS = tuple(f.name for f in fields(ServeTable) if f.name != "line")
+_SERVE_KEYS = tuple(f.name for f in fields(ServeTable))
 
 
 @dataclass(frozen=True)
@@ -355,7 +353,6 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
     idle_ttl = None
     if "idle_ttl" in table:
         idle_ttl = _seconds(check, table["idle_ttl"], (*keys, "idle_ttl"), allow_zero=True)
-    line = check.lines.line_of(keys)
     return ModelSpec(
         name,
         api_label,
@@ -364,7 +361,6 @@ def _build_model(check: Checker, name: str, value: object, base: Path) -> ModelS
         port,
         launch,
         server,
-        line,
         gateway,
         idle_ttl,
         distributed,
@@ -730,5 +726,4 @@ def _serve_table(check: Checker, value: object, models: tuple[ModelSpec, ...]) -
             allow_zero=False,
         ),
         preload=tuple(preload),
-        line=check.lines.line_of(keys),
     )

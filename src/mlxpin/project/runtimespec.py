@@ -20,7 +20,6 @@ class RuntimeSpec:
     mlx_lm: str  # a specifier ("" = any version)
     mlx: str
     packages: tuple[str, ...]  # extra PEP 508 requirements, as written
-    line: int | None
     server: str = "mlx-lm"  # the engine's package; `mlx_lm` is then its specifier
 
     @property
@@ -90,6 +89,5 @@ def parse_runtime(
         mlx_lm=specs[server],
         mlx=specs["mlx"],
         packages=tuple(packages),
-        line=check.lines.line_of(keys),
         server=server,
     )

@@ -12,15 +12,16 @@ _BASIC = r'"(?:[^"\\]|\\.)*"'
 _LITERAL = r"'[^']*'"
 _KEY = rf"(?:{_BARE}|{_BASIC}|{_LITERAL})"
 _DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
-_KEY_PART_RE = re.compile(_KEY)
-_HEADER_RE = re.compile(rf"\s*\[\[?\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
-_ASSIGN_RE = re.compile(rf"\s*({_DOTTED})\s*=")
+# Patterns that `re` compiles (and keeps) on the first error a manifest has: a valid one
+# never needs its lines.
+_HEADER = rf"\s*\[\[?\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$"
+_ASSIGN = rf"\s*({_DOTTED})\s*="
 
 
 def _split_key(dotted: str) -> tuple[str, ...]:
     """`a."b.c".'d'` → ("a", "b.c", "d")."""
     parts: list[str] = []
-    for match in _KEY_PART_RE.finditer(dotted):
+    for match in re.finditer(_KEY, dotted):
         raw = match.group(0)
         if raw.startswith('"'):
             try:
@@ -35,11 +36,15 @@ def _split_key(dotted: str) -> tuple[str, ...]:
 
 
 class KeyLines:
-    """Key path → 1-based line number, for a document already known to parse."""
+    """Key path → 1-based line number, for a document already known to parse. The text
+    is read on the first `line_of`, which only an error asks for."""
 
     def __init__(self, text: str) -> None:
+        self._text: str | None = text
         self._explicit: dict[tuple[str, ...], int] = {}
         self._implicit: dict[tuple[str, ...], int] = {}
+
+    def _index(self, text: str) -> None:
         table: tuple[str, ...] = ()
         open_string: str | None = None  # the quotes of a multi-line string being skipped
         for number, line in enumerate(text.splitlines(), 1):
@@ -47,12 +52,12 @@ class KeyLines:
                 if line.count(open_string) % 2 == 1:
                     open_string = None
                 continue
-            header = _HEADER_RE.match(line)
+            header = re.match(_HEADER, line)
             if header:
                 table = _split_key(header.group(1))
                 self._record(table, number)
                 continue
-            assign = _ASSIGN_RE.match(line)
+            assign = re.match(_ASSIGN, line)
             if assign:
                 self._record(table + _split_key(assign.group(1)), number)
                 rest = line[assign.end() :]
@@ -64,6 +69,9 @@ class KeyLines:
             self._implicit.setdefault(path[:depth], line)
 
     def line_of(self, path: Sequence[str]) -> int | None:
+        if self._text is not None:
+            text, self._text = self._text, None
+            self._index(text)
         key = tuple(path)
         while key:
             if key in self._explicit:
