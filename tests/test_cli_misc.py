@@ -69,7 +69,6 @@ STATUS_MODULES = {
     "mlxpin.store",
     "mlxpin.store.layout",
     "mlxpin.util",
-    "mlxpin.util.atomic",
     "mlxpin.util.hashing",
     "mlxpin.util.jsonable",
 }

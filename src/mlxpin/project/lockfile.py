@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from mlxpin.errors import LockCorruptError, LockStaleError
 from mlxpin.project import validate
 from mlxpin.project.manifest import HubSource, Manifest, ModelSpec, PathSource
-from mlxpin.util.atomic import write_if_changed
 from mlxpin.util.hashing import tree_hash
 
 if TYPE_CHECKING:  # only built models' locks import the recipe module
@@ -193,6 +192,8 @@ def lock_path(lock_dir: Path, name: str) -> Path:
 
 def write_lock(lock_dir: Path, lock: LockedModel) -> bool:
     """Write atomically; returns False (and leaves the file alone) when nothing changed."""
+    from mlxpin.util.atomic import write_if_changed  # `status` and `verify` only read locks
+
     return write_if_changed(lock_path(lock_dir, lock.name), render(lock))
 
 

@@ -31,7 +31,6 @@ from pathlib import Path
 
 from mlxpin.config import Settings
 from mlxpin.project.lockfile import LockedFile, LockedModel
-from mlxpin.util.atomic import write_atomic
 from mlxpin.util.hashing import oid_hex
 
 STAMP_FORMAT = 2  # 2: ctime recorded, the view's listing compared
@@ -305,4 +304,6 @@ def register_root(layout: StoreLayout, lock_dir: Path) -> None:
             return
     except OSError:
         pass
+    from mlxpin.util.atomic import write_atomic  # `status` writes nothing
+
     write_atomic(root, data)
