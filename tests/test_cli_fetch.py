@@ -143,7 +143,7 @@ def test_fetch_of_locked_files_does_not_import_the_hub_api(
 
 @given(
     path=st.lists(
-        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/"), min_size=1),
+        st.text(st.characters(exclude_categories=["Cs"], exclude_characters="/"), min_size=1),
         min_size=1,
         max_size=3,
     ).map("/".join),
