@@ -39,6 +39,7 @@ from hubserver import (
     LfsContent,
     PlainContent,
     Repo,
+    _Pace,
     closed_port_url,
     git_blob_sha1,
     iso_date,
@@ -808,3 +809,19 @@ def test_closed_port_url_refuses(tmp_path: Path) -> None:
     with pytest.raises(httpx2.ConnectError):
         HfApi(endpoint=url, token=False).model_info(REPO)
     assert closed_port_url() != url
+
+
+def test_a_capped_connection_is_paced_by_the_clock_with_a_bounded_catch_up() -> None:
+    """The cap holds over any stretch of time (never more bytes than rate x time), and a
+    reader that stalled gets at most 50 ms of bytes at once, not the whole stall's."""
+    pace = _Pace(1_000_000)
+    started = time.monotonic()
+    for _ in range(10):
+        pace.sent(20_000)  # 0.2 s of bytes
+    assert time.monotonic() - started >= 0.2 - 0.005
+    time.sleep(0.3)  # the reader stalled
+    resumed = time.monotonic()
+    for _ in range(10):
+        pace.sent(20_000)  # 0.2 s of bytes again: the first is sent as the reader is
+    # back, the next 50 ms at once, then at the rate: 9 x 20 ms - 50 ms
+    assert time.monotonic() - resumed >= 0.13 - 0.005
