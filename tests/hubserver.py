@@ -1213,7 +1213,10 @@ class _Handler(BaseHTTPRequestHandler):
             if blob.path is not None:
                 handle = stack.enter_context(open(blob.path, "rb"))
                 handle.seek(start)
-            chunk_size = CHUNK_SIZE if throttle_bps is None else 64 * 1024
+            chunk_size = CHUNK_SIZE
+            if throttle_bps is not None:  # ~5 ms of bytes a send: a CDN's pacing, without
+                # a Python loop per 64 KiB that takes the cores the client runs on
+                chunk_size = max(16 << 10, min(256 << 10, int(throttle_bps * 0.005)))
             while pos < end:
                 step = min(chunk_size, end - pos)
                 if handle is not None and flip_at is None:  # throttled: as a CDN, no copy here
