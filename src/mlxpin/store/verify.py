@@ -93,15 +93,11 @@ def hash_existing(
         os.close(fd)
     try:
         stat = FileStat.of_result(after, path)
-        now = os.lstat(path, dir_fd=dir_fd)
+        if FileStat.of_result(seen, path) != stat:
+            return None  # another file than the one seen, or written to while we read it
+        if FileStat.of_result(os.lstat(path, dir_fd=dir_fd), path) != stat:
+            return None  # replaced while we read it (by anything but a regular file: OSError)
     except OSError:
-        return None
-    # Plain tuples, compared with the FileStat (one of those per file is enough).
-    if (seen.st_size, seen.st_mtime_ns, seen.st_ino, seen.st_dev, seen.st_ctime_ns) != stat:
-        return None  # another file than the one seen, or written to while we read it
-    if (now.st_size, now.st_mtime_ns, now.st_ino, now.st_dev, now.st_ctime_ns) != stat:
-        return None  # replaced while we read it
-    if not stat_mod.S_ISREG(now.st_mode):
         return None
     return stat if size == file.size and hasher.oid() == file.oid else None
 
