@@ -1221,8 +1221,9 @@ class _Handler(BaseHTTPRequestHandler):
                 step = min(chunk_size, end - pos)
                 if handle is not None and flip_at is None:  # throttled: as a CDN, no copy here
                     assert pace is not None
-                    pos += self.connection.sendfile(handle, offset=pos, count=step)
-                    pace.sent(step)
+                    sent = self.connection.sendfile(handle, offset=pos, count=step)
+                    pos += sent
+                    pace.sent(sent)
                     continue
                 if handle is not None:
                     chunk = bytearray(handle.read(step))
@@ -1233,8 +1234,8 @@ class _Handler(BaseHTTPRequestHandler):
                     chunk[flip_at - pos] ^= 0xFF
                 self.wfile.write(chunk)
                 pos += len(chunk)
-                if throttle_bps is not None:
-                    time.sleep(len(chunk) / throttle_bps)
+                if pace is not None:
+                    pace.sent(len(chunk))
 
 
 class _Pace:
