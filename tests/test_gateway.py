@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 LABEL = "tiny-chat-1b"
 ALIASES = ("tiny", "tiny-latest")
+#: How long the fake server holds a stream's end back after [DONE] ("linger").
+LINGER_S = 5.0
 UPSTREAM_MODEL = "/srv/hf/hub/models--mlx-community--tiny/snapshots/" + "a1" * 20
 TOKENS = ("Hel", "lo", ' "model": "' + UPSTREAM_MODEL + '"', " wörld", "!")
 GATE_TIMEOUT_S = 5.0
@@ -158,6 +160,8 @@ class FakeUpstream:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
+        if mode == "late":  # the status line first, the first event well after it
+            await asyncio.sleep(0.3)
         events = [b": keepalive 1/2\n\n", b": keepalive 2/2\n\n"]
         for i, token in enumerate(TOKENS):
             delta = {"role": "assistant", "content": token} if chat else None
@@ -190,6 +194,8 @@ class FakeUpstream:
                     self.gate_released = await loop.run_in_executor(
                         None, self.gate.wait, GATE_TIMEOUT_S
                     )
+            if mode == "linger":  # [DONE] sent, the answer's end held back
+                await asyncio.sleep(LINGER_S)
             await response.write_eof()
         except ConnectionError:
             self.aborted += 1  # the gateway hung up on us (its client left, or it timed out)
@@ -473,6 +479,38 @@ def test_sse_comments_and_done_pass_through(loop: LoopThread, gateway: Gateway) 
     data = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: {")]
     assert len(data) == len(TOKENS)
     assert {json.loads(d)["model"] for d in data} == {LABEL}
+
+
+def test_a_stream_ends_for_the_client_at_done(gateway: Gateway, upstream: FakeUpstream) -> None:
+    """The client's answer is whole once [DONE] is relayed, even while the server holds
+    its own end back: nothing may follow [DONE] in an OpenAI stream."""
+    body = json.dumps({"model": LABEL, "messages": _messages("mode:linger"), "stream": True})
+    request = urllib.request.Request(
+        gateway.url + "/v1/chat/completions",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        raw = resp.read()  # to the answer's end
+    read_whole = time.monotonic()
+    assert raw.endswith(b"data: [DONE]\n\n")
+    assert upstream.done_sent_at > 0
+    assert read_whole < upstream.done_sent_at + LINGER_S  # before the server's end
+
+
+def test_a_streams_status_line_leaves_with_its_first_event(gateway: Gateway) -> None:
+    """One send for the head and the first event: the first bytes a client reads hold both."""
+    port = int(gateway.url.rsplit(":", 1)[1])
+    body = json.dumps({"model": LABEL, "messages": _messages("mode:late"), "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        first = conn.recv(65536)
+    head, _, rest = first.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"keepalive 1/2" in rest
 
 
 def test_upstream_json_error_to_a_stream_is_passed_as_json(

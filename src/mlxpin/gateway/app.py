@@ -356,7 +356,7 @@ class Gateway:
     async def _relay_sse(
         self, request: web.Request, answer: Answer, lease: Lease
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=answer.status, headers=_SSE_HEADERS)
+        response = _EventStream(status=answer.status, headers=_SSE_HEADERS)
         # The server finished the completion once it sends [DONE]: that marks it healthy
         # before the client can see it (and perhaps hang up right away).
         relay = SseRelay(
@@ -365,32 +365,42 @@ class Gateway:
         )
         failure: BaseException | None = None
         exchange: Exchange | None = request.get(EXCHANGE)
+        ends_at_done = request.path in _DONE_PATHS
+        ended = False  # the client's answer is whole: [DONE] went out with its end
         try:
             await response.prepare(request)
-            if exchange is not None:
-                exchange.status = response.status
             try:
                 async for chunk in answer.iter_any():
                     out = relay.feed(chunk)
-                    if out:
+                    if not out or ended:
+                        continue  # nothing follows [DONE] for the client
+                    if exchange is not None:
+                        if exchange.first_byte is None:  # the status line goes out now
+                            exchange.status = response.status
+                            exchange.first_byte = time.perf_counter()
+                        if b'"usage"' in out:
+                            exchange.sse_block(out)
+                    if relay.done and ends_at_done:
+                        # The last event and the answer's end leave together; the
+                        # server's own end is still read, so its connection can be kept.
+                        await response.write_eof(out)
+                        ended = True
+                    else:
                         await response.write(out)
-                        if exchange is not None:
-                            if exchange.first_byte is None:
-                                exchange.first_byte = time.perf_counter()
-                            if b'"usage"' in out:
-                                exchange.sse_block(out)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failure = exc
+            if ended:
+                return response
             tail = relay.finish()
             if tail:
                 await response.write(tail)
             if failure is None and answer.status == 200 and not relay.done:
-                if request.path in _DONE_PATHS:
+                if ends_at_done:
                     failure = aiohttp.ClientPayloadError("stream ended before data: [DONE]")
                 else:  # Responses and Messages streams end with an event, not [DONE]
                     lease.completed()
             if failure is not None:
-                # The status line is gone already: tell the client in-band (the openai
+                # The status line is decided already: tell the client in-band (the openai
                 # client raises APIError on a data event that carries "error").
                 error = classify_failure(failure)
                 log.warning("upstream failed mid-stream: %s: %s", type(failure).__name__, failure)
@@ -401,6 +411,13 @@ class Gateway:
             # upstream connection, which also ends the server's generation for it.
             log.debug("client disconnected mid-stream: %s", type(exc).__name__)
         return response
+
+
+class _EventStream(web.StreamResponse):
+    """An SSE answer whose status line and headers leave with its first event: one send
+    to the client, not two (aiohttp's own ``Response`` does the same with its body)."""
+
+    _send_headers_immediately = False
 
 
 async def serve(
