@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -134,6 +135,10 @@ async def run_pool(
         if release is not None:
             release()
         _log_listening(plan)
+        # Everything imported and built so far lives as long as the process: a full
+        # collection scanned it all (~40,000 objects, ~20 ms on the gateway's one thread,
+        # a stall for every request in flight). Frozen, it is never scanned again.
+        gc.freeze()
         await stopping.wait()
         log.info("stopping")
     finally:
