@@ -6,32 +6,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from mlxpin.build.derive import BuildOutcome, build_model, builder_here
 from mlxpin.build.identity import builder_identity
 from mlxpin.config import STATE_DIR_HINT, Settings
-from mlxpin.errors import ExitCode, UsageError
+from mlxpin.errors import UsageError
 from mlxpin.project.lockfile import valid_locks
 from mlxpin.project.manifest import Manifest, ModelSpec
 from mlxpin.project.recipe import BuildSpec
 from mlxpin.project.selection import inputs_first, manifest_of, pick
 from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.verify import NoProgress, Progress
-from mlxpin.util.jsonable import fields_json
+from mlxpin.util.jsonable import Done
 from mlxpin.util.writable import require_writable_dir
 
 
 @dataclass(frozen=True)
-class BuildResult:
+class BuildResult(Done):
     models: tuple[BuildOutcome, ...]
     seconds: float
     check: bool
-
-    exit_code = ExitCode.OK
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": True, **fields_json(self)}
 
 
 def built_models(manifest: Manifest, names: Sequence[str]) -> tuple[ModelSpec, ...]:

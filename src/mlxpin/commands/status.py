@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from mlxpin.config import Settings
-from mlxpin.errors import ExitCode, LockCorruptError, ServerMissingError
+from mlxpin.errors import LockCorruptError, ServerMissingError
 from mlxpin.project.lockfile import LockedModel, pin_state, read_lock
 from mlxpin.project.manifest import Manifest, ModelIdentity
 from mlxpin.project.selection import manifest_of, pick
 from mlxpin.runtime.server import PIN_FILE, unpinned_server
 from mlxpin.store.layout import StoreLayout, check_stamp, size_on_disk
-from mlxpin.util.jsonable import fields_json
+from mlxpin.util.jsonable import Done, fields_json
 
 
 @dataclass(frozen=True)
@@ -60,16 +60,11 @@ class RuntimeStatus:
 
 
 @dataclass(frozen=True)
-class StatusResult:
+class StatusResult(Done):
     """What `mlxpin status` reports."""
 
     models: tuple[ModelStatus, ...]
     runtime: RuntimeStatus | None = None
-
-    exit_code = ExitCode.OK
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": True, **fields_json(self)}
 
 
 def _unpinned() -> RuntimeStatus:

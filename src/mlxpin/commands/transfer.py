@@ -14,7 +14,6 @@ from mlxpin.errors import (
     ConfigError,
     DataError,
     DiskError,
-    ExitCode,
     Flag,
     MlxpinError,
     NoInputError,
@@ -33,18 +32,16 @@ from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.transfer import import_bundle, plan_export, write_bundle
 from mlxpin.store.verify import NoProgress, Progress
 from mlxpin.util.atomic import disk_error, fsync_dir, hold_mutex, temp_name
-from mlxpin.util.jsonable import fields_json
+from mlxpin.util.jsonable import Done, fields_json
 
 
 @dataclass(frozen=True)
-class ExportResult:
+class ExportResult(Done):
     models: tuple[str, ...]
     blobs: int
     total_size: int
     written_bytes: int
     output: str  # a path, or "-" for stdout
-
-    exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, **fields_json(self, written_bytes="bytes")}
@@ -101,15 +98,10 @@ class ImportedModelResult:
 
 
 @dataclass(frozen=True)
-class ImportResult:
+class ImportResult(Done):
     models: tuple[ImportedModelResult, ...]
     received_bytes: int
     source: str
-
-    exit_code = ExitCode.OK
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": True, **fields_json(self)}
 
 
 def _pin(lock: LockedModel) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from mlxpin.errors import ExitCode
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -14,6 +16,16 @@ def fields_json(result: DataclassInstance, **keys: str) -> dict[str, Any]:
     """Every field of ``result``, in order, as a JSON value; ``keys`` renames some
     (``lock_state="lock"``)."""
     return {keys.get(f.name, f.name): json_value(getattr(result, f.name)) for f in fields(result)}
+
+
+@dataclass(frozen=True)
+class Done:
+    """A verb's result that always succeeds (exit 0); its JSON is "ok" and its fields."""
+
+    exit_code = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": True, **fields_json(self)}
 
 
 def json_value(value: object) -> Any:
