@@ -117,6 +117,8 @@ class LineProgress:
 
 
 class Bars:
+    """The progress bars of one verb's work; `with` closes them however it ends."""
+
     def __init__(self, mode: str) -> None:
         self.mode = mode  # bar | lines | json | off
         self.bars: list[BarProgress | LineProgress] = []
@@ -135,12 +137,20 @@ class Bars:
         for bar in self.bars:
             bar.close()
 
+    def __enter__(self) -> Bars:
+        return self
 
-def bars_for(as_json: bool, quiet: bool, mode: str | None = None) -> Bars:
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def bars_for(common: Common) -> Bars:
     """--progress: given, as it says; else a bar on a terminal, lines when piped, and
     nothing with --json or -q."""
+    mode = common.progress
     if mode in (None, "auto"):
-        mode = "off" if as_json or quiet else "bar" if sys.stderr.isatty() else "lines"
+        silent = common.as_json or common.quiet
+        mode = "off" if silent else "bar" if sys.stderr.isatty() else "lines"
     return Bars(mode)
 
 
@@ -152,11 +162,8 @@ def fetch_command(args: Namespace, common: Common) -> None:
     names = args.names
     if args.connections is not None:
         settings = dataclasses.replace(settings, fetch_connections=str(args.connections))
-    bars = bars_for(common.as_json, common.quiet, common.progress)
-    try:
+    with bars_for(common) as bars:
         result = fetch_cmd.fetch(settings, names, bars, runtime_report=out.note)
-    finally:
-        bars.close()
     prepared = _prepare_hosts(settings, names, out) if args.hosts else ()
     for model in result.models:
         if model.up_to_date:
@@ -210,13 +217,10 @@ def build_command(args: Namespace, common: Common) -> None:
     from mlxpin.commands import build as build_cmd
 
     out = common.output()
-    bars = bars_for(common.as_json, common.quiet, common.progress)
-    try:
+    with bars_for(common) as bars:
         result = build_cmd.build(
             common.settings(), args.names, check=args.check, progress=bars, note=out.note
         )
-    finally:
-        bars.close()
     for model in result.models:
         size = f"{model.files} files, {human_size(model.total_size)}"
         seconds = f"{model.seconds:.1f} s"
@@ -241,11 +245,8 @@ def verify_command(args: Namespace, common: Common) -> None:
 
     out = common.output()
     settings = common.settings()
-    bars = bars_for(common.as_json, common.quiet, common.progress)
-    try:
+    with bars_for(common) as bars:
         result = verify_cmd.verify(settings, args.names, bars)
-    finally:
-        bars.close()
     for model in result.models:
         if not model.bad:
             out.line(f"{model.name}: ok ({human_size(model.hashed_bytes)} hashed)")

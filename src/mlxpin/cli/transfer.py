@@ -26,8 +26,7 @@ def export_command(args: Namespace, common: Common) -> None:
     # With -o -, stdout carries the bundle: every message goes to stderr.
     out = Output(as_json, quiet or to_stdout)
     settings = common.settings()
-    bars = bars_for(as_json, quiet, common.progress)
-    try:
+    with bars_for(common) as bars:
         result = transfer.export(
             settings,
             args.names,
@@ -35,8 +34,6 @@ def export_command(args: Namespace, common: Common) -> None:
             sys.stdout.buffer,
             bars("export"),
         )
-    finally:
-        bars.close()
     summary = (
         f"exported {', '.join(result.models)}: {result.blobs} files, "
         f"{human_size(result.total_size)} to {result.output}"
@@ -53,8 +50,7 @@ def import_command(args: Namespace, common: Common) -> None:
 
     out = common.output()
     settings = common.settings()
-    bars = bars_for(common.as_json, common.quiet, common.progress)
-    try:
+    with bars_for(common) as bars:
         result = transfer.import_(
             settings,
             None if args.bundle == "-" else Path(args.bundle),
@@ -62,8 +58,6 @@ def import_command(args: Namespace, common: Common) -> None:
             args.write_locks,
             bars("import"),
         )
-    finally:
-        bars.close()
     for model in result.models:
         note = {
             "same": "",
