@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mlxpin.config import Settings
 from mlxpin.runtime.dists import dist_versions
+from mlxpin.store.layout import read_stamp
 
 STAMP_FORMAT = 2
 STAMP_NAME = ".mlxpin-runtime.json"
@@ -94,14 +95,10 @@ def _files(root: Path, deep: bool) -> dict[str, list[object]]:
 
 def check_runtime(layout: RuntimeLayout, key: str, deep: bool = False) -> RuntimeCheck:
     """Is the runtime of this key installed, complete and unchanged since it was built?"""
-    try:
-        raw = layout.stamp(key).read_bytes()
-    except FileNotFoundError:
-        if layout.path(key).exists():
-            return RuntimeCheck(False, "is incomplete (no stamp)")
-        return RuntimeCheck(False, "is not installed")
-    except OSError as exc:
-        return RuntimeCheck(False, f"cannot be read ({exc.strerror})")
+    why = ("is incomplete (no stamp)", "is not installed", "cannot be read ({})")
+    raw = read_stamp(layout.stamp(key), layout.path(key), why, Path.exists)
+    if isinstance(raw, str):
+        return RuntimeCheck(False, raw)
     try:
         data = json.loads(raw)
         ok_format = data["format"] == STAMP_FORMAT and data["key"] == key

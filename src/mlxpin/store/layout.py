@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import stat as stat_mod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,11 @@ from mlxpin.util.hashing import oid_hex
 
 STAMP_FORMAT = 2  # 2: ctime recorded, the view's listing compared
 CHANGED = "changed since it was verified"  # stat only: launch re-hashes it
+UNSTAMPED = (  # read_stamp's `why` for a view
+    "the snapshot was never verified",
+    "snapshot not fetched",
+    "the snapshot's stamp cannot be read: {}",
+)
 OUTSIDE_CACHE = "points outside this cache (a copied HF_HOME still linking to the old one?)"
 
 
@@ -200,6 +206,22 @@ def list_view(view: Path, expected: frozenset[str] = frozenset()) -> ViewListing
     return ViewListing(links, tuple(sorted(foreign)))
 
 
+def read_stamp(
+    stamp: Path,
+    of: Path,
+    why: tuple[str, str, str],
+    there: Callable[[Path], bool] = os.path.lexists,
+) -> bytes | str:
+    """The bytes of ``stamp``, which records that ``of`` is complete; else which of ``why``:
+    (``of`` is `there` unstamped, ``of`` is absent, the stamp is unreadable: `{}` why)."""
+    try:
+        return stamp.read_bytes()
+    except FileNotFoundError:
+        return why[0] if there(of) else why[1]
+    except OSError as exc:
+        return why[2].format(exc.strerror)
+
+
 def check_stamp(
     layout: StoreLayout,
     lock: LockedModel,
@@ -212,14 +234,9 @@ def check_stamp(
     if lock.unbuilt:
         return StampCheck(False, "not built yet")
     view = layout.view(lock)
-    try:
-        raw = layout.stamp(lock).read_bytes()
-    except FileNotFoundError:
-        if os.path.lexists(view):
-            return StampCheck(False, "the snapshot was never verified")
-        return StampCheck(False, "snapshot not fetched")
-    except OSError as exc:
-        return StampCheck(False, f"the snapshot's stamp cannot be read: {exc.strerror}")
+    raw = read_stamp(layout.stamp(lock), view, UNSTAMPED)
+    if isinstance(raw, str):
+        return StampCheck(False, raw)
     try:
         data = json.loads(raw)
         if data.get("failed"):
