@@ -10,7 +10,7 @@ from mlxpin.config import Settings
 from mlxpin.errors import ExitCode
 from mlxpin.project import edit
 from mlxpin.project.edit import AddRequest, AddResult, InitResult, RemoveResult
-from mlxpin.util.jsonable import fields_json, json_value
+from mlxpin.util.jsonable import Done, fields_json, json_value
 
 
 @dataclass(frozen=True)
@@ -32,20 +32,16 @@ class Added:
 
 
 @dataclass(frozen=True)
-class Removed:
+class Removed(Done):
     removed: RemoveResult
-
-    exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, **fields_json(self.removed, removed_text="removed")}
 
 
 @dataclass(frozen=True)
-class Initialised:
+class Initialised(Done):
     created: InitResult
-
-    exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, **fields_json(self.created)}

@@ -9,9 +9,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from mlxpin.config import DEFAULT_ENDPOINT, HUB_CACHE_HINT, STATE_DIR_HINT, Settings
-from mlxpin.errors import (
-    ExitCode,
-)
 from mlxpin.hub.source import HubSourceBytes
 from mlxpin.project.lockfile import served_as
 from mlxpin.project.manifest import PathSource
@@ -25,7 +22,7 @@ from mlxpin.store.layout import StoreLayout, register_root
 from mlxpin.store.ranged import RangePolicy
 from mlxpin.store.sources import ByteSource, LocalSourceBytes
 from mlxpin.store.verify import ProgressFactory, no_progress
-from mlxpin.util.jsonable import fields_json, json_value
+from mlxpin.util.jsonable import Done, fields_json, json_value
 from mlxpin.util.parallel import CancelToken
 from mlxpin.util.writable import require_writable_dir
 
@@ -34,13 +31,11 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class FetchResult:
+class FetchResult(Done):
     models: tuple[FetchOutcome, ...]
     seconds: float
     runtime: InstallOutcome | None = None  # None: the manifest has no [runtime]
     engines: tuple[InstallOutcome, ...] = ()  # [engines.x]'s runtimes
-
-    exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -9,21 +9,18 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from mlxpin.config import Settings
-from mlxpin.errors import ExitCode
 from mlxpin.service import units
 from mlxpin.service.units import BuiltSpec, InstallResult, Platform, UninstallResult
-from mlxpin.util.jsonable import fields_json
+from mlxpin.util.jsonable import Done, fields_json
 
 _R = TypeVar("_R", InstallResult, UninstallResult)
 
 
 @dataclass(frozen=True)
-class _UnitChange(Generic[_R]):
+class _UnitChange(Done, Generic[_R]):
     """Installing or uninstalling a unit: its result's fields."""
 
     result: _R
-
-    exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, **fields_json(self.result)}
@@ -38,12 +35,10 @@ class Uninstalled(_UnitChange[UninstallResult]):
 
 
 @dataclass(frozen=True)
-class Shown:
+class Shown(Done):
     built: BuiltSpec
     installed: bool
     up_to_date: bool
-
-    exit_code = ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
         spec = self.built.spec
