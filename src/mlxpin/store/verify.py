@@ -156,8 +156,8 @@ def verify_model(
         link = listing.links.get(file.path)
         if link is None:
             return file, "missing", None, True
-        name = oid_hex(file.oid)
-        target = blob_dir + name
+        blob_name = oid_hex(file.oid)
+        target = blob_dir + blob_name
         if link not in (links[file.path], target):
             return file, OUTSIDE_CACHE, None, True
         stamped = stamped_files.get(file.path)
@@ -166,16 +166,17 @@ def verify_model(
                 return file, None, StampEntry(file.path, target, stamped[1]), False
         except OSError:
             pass
-        name = name if dir_fd is not None else target
+        # With the blob directory open, its files are looked up by name alone.
+        lookup = blob_name if dir_fd is not None else target
         try:
-            st = os.lstat(name, dir_fd=dir_fd)
+            st = os.lstat(lookup, dir_fd=dir_fd)
         except OSError:
             return file, "missing (its blob is gone)", None, True
         if not stat_mod.S_ISREG(st.st_mode):
             return file, f"not a regular file ({target} is not mlxpin's blob)", None, True
         if st.st_size != file.size:
             return file, f"size {st.st_size} differs from the locked {file.size}", None, True
-        stat = hash_existing(name, file, progress, cancel, st, dir_fd)
+        stat = hash_existing(lookup, file, progress, cancel, st, dir_fd)
         if stat is None:
             return file, "content hash differs from the lock", None, True
         fresh = stamped != (target, stat)
