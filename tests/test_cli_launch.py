@@ -353,7 +353,35 @@ class Launched:
         for line in self.process.stdout:
             self.log.append(line)
 
-    def server_requests(self) -> int:
+    def logged(self, text: str, timeout_s: float = 15.0) -> bool:
+        """Whether ``text`` reaches the log within ``timeout_s`` (lines arrive through a pipe)."""
+        deadline = time.monotonic() + timeout_s
+        while text not in "".join(self.log):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def server_requests(self, label: str) -> int:
+        """Chat completions the server has logged, counted once every earlier line is in.
+
+        The server's lines reach this log through the launcher's relay, later than the answers
+        reach the client. So a marker request to ``/v1/completions`` goes first, and the count
+        waits for the server's own line for it: the server logs in order.
+        """
+        marker = '"POST /v1/completions'
+        seen = sum(marker in line for line in self.log)
+        request = urllib.request.Request(
+            f"{self.base}/v1/completions",
+            data=json.dumps({"model": label, "prompt": "mark", "max_tokens": 1}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+        deadline = time.monotonic() + 30
+        while sum(marker in line for line in self.log) <= seen:
+            assert time.monotonic() < deadline, "the server never logged the marker request"
+            time.sleep(0.02)
         return sum('"POST /v1/chat/completions' in line for line in self.log)
 
     def wait_healthy(self, timeout_s: float = 60.0) -> None:
@@ -437,13 +465,14 @@ def test_real_server_by_label_plain_streaming_and_unknown(
     text = client.completions.create(model="tiny-chat", prompt="once upon", max_tokens=2)
     assert text.model == "tiny-chat"
 
-    before = running.server_requests()
+    before = running.server_requests("tiny-chat")
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(
             model="gemma-4-31b-it", messages=[{"role": "user", "content": "hi"}], max_tokens=1
         )
     assert info.value.code == "model_not_found"
-    assert running.server_requests() == before  # the server never saw it: nothing unloaded
+    # The server never saw it: nothing was unloaded.
+    assert running.server_requests("tiny-chat") == before
     again = client.chat.completions.create(
         model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2
     )
@@ -545,7 +574,7 @@ def test_crashed_server_restarts_and_sigterm_leaves_nothing_behind(
         ).model
         == "tiny-chat"
     )
-    assert "restarting" in "".join(running.log)
+    assert running.logged("restarting")
     assert running.stop() == 0
     assert (
         not Path(f"/proc/{second}").exists()
@@ -594,7 +623,7 @@ def test_a_server_left_by_an_earlier_launch_is_stopped_first(
         running.wait_healthy()
         assert stale.wait(timeout=15) is not None  # stopped by the new launch
         assert unrelated.poll() is None
-        assert "stopping a server left running earlier" in "".join(running.log)
+        assert running.logged("stopping a server left running earlier")
         assert int(pidfile.read_text()) == running.server_pid()
     finally:
         running.stop()
@@ -660,14 +689,14 @@ path = "./models/lora"
             model="main", messages=[{"role": "user", "content": "hi"}], max_tokens=4
         )
         assert reply.model == "main"
-        before = running.server_requests()
+        before = running.server_requests("main")
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(
                 model="main",
                 messages=[{"role": "user", "content": "hi"}],
                 extra_body={"draft_model": "mlx-community/other"},
             )
-        assert running.server_requests() == before
+        assert running.server_requests("main") == before
     finally:
         code = running.stop()
     assert code == 0
