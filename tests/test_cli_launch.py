@@ -8,6 +8,7 @@ mlx_lm.server behind the gateway, which the `openai` client calls by api_label.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -1045,3 +1046,50 @@ def test_the_engine_socket_queues_a_burst_of_connects_instead_of_refusing_them(
         for client in clients:
             client.close()
         server.server_close()
+
+
+@pytest.mark.e2e
+def test_the_real_engine_keeps_one_connection_for_streams_and_answers(
+    fetched: tuple[Project, int], tmp_path: Path
+) -> None:
+    """mlx_lm.server closes every connection; behind mlxpin's wrapper it keeps the
+    gateway's, framing its streams in chunks (so a stream's end is still seen)."""
+    project, _ = fetched
+    plan = project.json("launch", "--dry-run")["plan"]
+    path = str(tmp_path / "engine.sock")
+    argv = [path if arg == "<private socket>" else arg for arg in plan["argv"]]
+    env = {**os.environ, **plan["env_set"]}
+    engine = subprocess.Popen(argv, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path):
+            assert engine.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        asked = {"model": plan["upstream_model"], "max_tokens": 3}
+        chat = {**asked, "messages": [{"role": "user", "content": "hi"}]}
+        answers = []
+        for where, body in (
+            ("/v1/chat/completions", {**chat, "stream": True}),
+            ("/v1/chat/completions", chat),
+            ("/v1/completions", {**asked, "prompt": "once"}),
+            ("/v1/nowhere", chat),  # answered without reading the body: then closed
+        ):
+            data = json.dumps(body).encode()
+            head = f"POST {where} HTTP/1.1\r\nHost: engine\r\nContent-Length: {len(data)}\r\n\r\n"
+            sock.sendall(head.encode() + data)  # in one send, as the gateway's relay does
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            answers.append((response.status, response.read(), response.will_close))
+        (stream_status, stream, _), plain, text, missing = answers
+        assert stream_status == 200 and stream.endswith(b"data: [DONE]\n\n")
+        assert plain[0] == 200 and json.loads(plain[1])["choices"][0]["message"]
+        assert text[0] == 200 and json.loads(text[1])["choices"][0]["text"] is not None
+        assert [will_close for *_, will_close in answers] == [False, False, False, True]
+        assert missing[0] == 404
+        assert sock.recv(1) == b""  # and closed
+        sock.close()
+    finally:
+        engine.terminate()
+        engine.wait(timeout=30)

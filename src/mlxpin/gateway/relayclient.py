@@ -1,14 +1,14 @@
 """The relay's HTTP/1.1 client to one model server: a POST, its answer, nothing else.
 
 aiohttp's ClientSession cost ~0.2 ms of the gateway's one thread per request (request and
-response objects, URL handling, cookie jar, tracing hooks, connector bookkeeping) -- and
-``mlx_lm.server`` speaks HTTP/1.0, so every request also opens a new connection (a plain
-socket, :class:`Link`: an asyncio transport and stream pair cost as much again). This
+response objects, URL handling, cookie jar, tracing hooks, connector bookkeeping). This
 client writes the request head and body in one ``send`` and parses the answer's head itself:
 bodies framed by Content-Length, chunked, or by the server closing (HTTP/1.0). Connections
-an HTTP/1.1 server keeps open (uvicorn's, for mlx_vlm) are reused for ``keepalive_s``; for
-a server that closes each one, the next few are opened ahead (the server's thread for
-each waits on it), so a request does not wait for connect and accept.
+an HTTP/1.1 server keeps open (uvicorn's for mlx_vlm, mlxpin's launcher for mlx_lm) are
+reused for ``keepalive_s``. ``mlx_lm.server`` on its own (a pinned runtime's, a rank's)
+speaks HTTP/1.0 and closes each one: then the next few are opened ahead (the server's
+thread for each waits on it), so a request does not wait for connect and accept. Each is
+a plain socket, :class:`Link`: an asyncio transport and stream pair cost as much again.
 
 Failures are aiohttp's exception types, so :func:`~mlxpin.gateway.upstream.classify_failure`
 sorts them as before: no connection or an early close: ClientConnectionError (503);
@@ -35,7 +35,7 @@ __all__ = ["Answer", "Link", "RelayClient"]
 _READ_SIZE: Final = 256 * 1024
 _HEAD_LIMIT: Final = 64 * 1024  # an answer head (or a chunk-size line) must fit
 _MAX_IDLE: Final = 64
-#: Connections opened ahead for a server that closes each one (HTTP/1.0, mlx_lm.server).
+#: Connections opened ahead for a server that closes each one (HTTP/1.0: mlx_lm.server alone).
 _SPARES: Final = 8
 
 
@@ -49,8 +49,8 @@ class Link:
     is awaited, and what it sent that was not read yet.
 
     Not an asyncio transport and stream pair: making one costs a task, three loop
-    callbacks, two name lookups on the socket and several objects -- per request, as
-    mlx_lm.server closes every connection. A read that finds its bytes buffered neither
+    callbacks, two name lookups on the socket and several objects -- per request, when
+    the server closes every connection. A read that finds its bytes buffered neither
     waits nor arms a timer. Reads raise IncompleteReadError, LimitOverrunError or the
     connection's OSError, as asyncio's streams do."""
 
@@ -271,7 +271,7 @@ class RelayClient:
         self.resolved: tuple[Any, ...] | None = None  # a TCP server's getaddrinfo entry
         self.idle: list[tuple[Link, float]] = []
         self.open = asyncio.Semaphore(limit)  # at most `limit` connections in use
-        # The server closes every connection (mlx_lm.server is HTTP/1.0): connect ahead,
+        # The server closes every connection (mlx_lm.server alone is HTTP/1.0): connect ahead,
         # so that connect, accept and its handler thread's start are off the request's path.
         self.one_shot = False
         self.opening: set[asyncio.Task[None]] = set()

@@ -9,7 +9,8 @@ and label checks).
 
 mlx_lm.server's ``run()`` accepts a ``server_class`` but does not pass it on; its TCP
 listener is the module function ``_run_http_server``, which this replaces with one that
-serves the same handler on the socket. Nothing else of mlx_lm is touched.
+serves the same handler on the socket, and keeps each connection open for the gateway's
+next request (:func:`keep_alive`). Nothing else of mlx_lm is touched.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import socket
 import socketserver
 import stat
 import sys
+import time
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, BinaryIO, cast
 
-__all__ = ["UnixHTTPServer", "bind_private_socket", "main", "split_socket"]
+__all__ = ["UnixHTTPServer", "bind_private_socket", "keep_alive", "main", "split_socket"]
 
 
 class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -96,6 +98,110 @@ def quiet_below_info(handler: type[BaseHTTPRequestHandler]) -> type[BaseHTTPRequ
     return Quiet
 
 
+class _Chunks:
+    """A response body written as HTTP/1.1 chunks, one per ``write`` (an SSE event each)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+
+    def write(self, data: bytes) -> int:
+        if data:  # an empty chunk would end the body
+            self.raw.write(b"%x\r\n%s\r\n" % (len(data), data))
+        return len(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+class _Body:
+    """A request's body, as the handler reads it: what it left unread is known."""
+
+    def __init__(self, raw: BinaryIO, length: int) -> None:
+        self.raw, self.left = raw, length
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        data = self.raw.read(size)
+        self.left -= len(data)
+        return data
+
+
+def keep_alive(handler: type[BaseHTTPRequestHandler]) -> type[BaseHTTPRequestHandler]:
+    """``handler``, speaking HTTP/1.1: a connection serves one request after another.
+
+    ``mlx_lm.server`` speaks HTTP/1.0 and closes every connection, so each request cost a
+    connect, an accept and a new handler thread, in the server and in the gateway. Here a
+    body sent without a Content-Length (its streams, its errors) goes out chunked, and the
+    connection stays open unless the client asked to close it -- or the handler answered
+    without reading the request's body (mlx_lm's 404), which would be read as the next
+    request. mlx_lm stamps ``created`` when a connection's handler is made: it is stamped
+    again for each request."""
+
+    class KeepAlive(handler):  # type: ignore[valid-type,misc]
+        protocol_version = "HTTP/1.1"
+        # mlx_lm's handler keeps its own state in attributes (self.body, self.stream...):
+        # these names are not among them.
+        _sent_status = 0
+        _framed = False
+        _plain: BinaryIO | None = None  # the connection's writer, while chunks are written
+        _request_body: _Body | None = None  # the request's body, while its handler runs
+
+        def handle_one_request(self) -> None:
+            self.created = int(time.time())
+            self._sent_status, self._framed = 0, False
+            connection: BinaryIO = self.rfile  # type: ignore[has-type]
+            try:
+                super().handle_one_request()
+                if self._plain is not None:
+                    self._plain.write(b"0\r\n\r\n")  # the last chunk
+            finally:
+                if self._plain is not None:
+                    self.wfile, self._plain = self._plain, None
+                if self._request_body is not None and self._request_body.left:
+                    self.close_connection = True
+                self.rfile, self._request_body = connection, None
+
+        def parse_request(self) -> bool:
+            if not super().parse_request():
+                return False
+            length = self.headers.get("Content-Length", "0")
+            if "Transfer-Encoding" in self.headers or not length.isdigit():
+                self.close_connection = True  # mlx_lm reads neither: the rest is not a request
+            else:
+                self._request_body = _Body(self.rfile, int(length))
+                self.rfile = cast(BinaryIO, self._request_body)  # mlx_lm's handler only reads(n)
+            return True
+
+        def send_response_only(self, code: int, message: str | None = None) -> None:
+            self._sent_status = code
+            super().send_response_only(code, message)
+
+        def send_header(self, keyword: str, value: str) -> None:
+            if keyword.lower() in ("content-length", "transfer-encoding"):
+                self._framed = True
+            super().send_header(keyword, value)
+
+        def end_headers(self) -> None:
+            unread = self._request_body is not None and self._request_body.left > 0
+            if unread and not self.close_connection:
+                super().send_header("Connection", "close")  # else read as the next request
+            chunked = not (
+                self._framed
+                or self.close_connection
+                or self.command == "HEAD"
+                or self._sent_status < 200
+                or self._sent_status in (204, 304)
+            )
+            if chunked:
+                super().send_header("Transfer-Encoding", "chunked")
+            super().end_headers()
+            if chunked:
+                # mlx_lm's handler only writes and flushes its wfile.
+                self._plain, self.wfile = self.wfile, cast(BinaryIO, _Chunks(self.wfile))
+
+    return KeepAlive
+
+
 def main(argv: list[str]) -> None:
     path, rest = split_socket(argv)
     import mlx_lm.server
@@ -109,7 +215,7 @@ def main(argv: list[str]) -> None:
         server_class: Any = None,
         handler_class: type[BaseHTTPRequestHandler] | None = None,
     ) -> None:
-        handler: Any = quiet_below_info(handler_class or mlx_server.APIHandler)
+        handler: Any = keep_alive(quiet_below_info(handler_class or mlx_server.APIHandler))
         fingerprint = mlx_server.get_system_fingerprint()
         httpd = UnixHTTPServer(
             path,
