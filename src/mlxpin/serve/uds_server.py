@@ -147,7 +147,6 @@ def keep_alive(handler: type[BaseHTTPRequestHandler]) -> type[BaseHTTPRequestHan
         _request_body: _Body | None = None  # the request's body, while its handler runs
 
         def handle_one_request(self) -> None:
-            self.created = int(time.time())
             self._sent_status, self._framed = 0, False
             connection: BinaryIO = self.rfile  # type: ignore[has-type]
             try:
@@ -164,6 +163,7 @@ def keep_alive(handler: type[BaseHTTPRequestHandler]) -> type[BaseHTTPRequestHan
         def parse_request(self) -> bool:
             if not super().parse_request():
                 return False
+            self.created = int(time.time())  # the request is in (the wait for it is over)
             length = self.headers.get("Content-Length", "0")
             if "Transfer-Encoding" in self.headers or not length.isdigit():
                 self.close_connection = True  # mlx_lm reads neither: the rest is not a request
