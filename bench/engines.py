@@ -8,8 +8,13 @@ between the gateway and the engine's private Unix socket (with the engine's own 
 1. latency of single-input requests, p50 (goal: < 1 ms added);
 2. throughput of batched requests (`--batch` inputs each), inputs/s (goal: >= 0.97x).
 
+With ``--floor``, two references join the interleaving, against the first engine: a
+relay that only relays (bench/relayfloor.py: asyncio, no checks of any kind), and
+``socat`` (a byte pipe in C; its client names the engine's own path), if installed.
+
 Needs mlx-vlm (`mlxpin[vlm]`). Usage: python bench/engines.py [--requests N] [--batch N]
-[--tree CHECKOUT --tree OTHER] (a gateway per tree, each against its own engine, side by side)
+[--floor] [--tree CHECKOUT --tree OTHER] (a gateway per tree, each against its own engine,
+side by side)
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,9 +55,9 @@ def embed(
 
 def start(
     workdir: Path, manifest: Path, env: dict[str, str]
-) -> tuple[subprocess.Popen[bytes], http.client.HTTPConnection, http.client.HTTPConnection]:
+) -> tuple[subprocess.Popen[bytes], http.client.HTTPConnection, int | str]:
     """`serve` of the embedding model, warmed up: the process, a connection to its gateway
-    and one straight to its engine."""
+    and its engine's private address."""
     port = free_port()
     served = serve(manifest, env, workdir, port, "embed")
     deadline = time.monotonic() + 300
@@ -66,13 +72,45 @@ def start(
                 raise
             time.sleep(0.2)
     pid = int(str(status(port)["embed"]["pid"]))
-    return served, gateway, connect(private_address(pid), 300)
+    return served, gateway, private_address(pid)
+
+
+def floors(
+    engine: str, model: str, env: dict[str, str]
+) -> tuple[list[subprocess.Popen[bytes]], dict[str, tuple[http.client.HTTPConnection, str]]]:
+    """The reference relays in front of the engine's socket, and a connection to each."""
+    processes: list[subprocess.Popen[bytes]] = []
+    paths: dict[str, tuple[http.client.HTTPConnection, str]] = {}
+    port = free_port()
+    relay = [sys.executable, str(Path(__file__).with_name("relayfloor.py")), engine, str(port)]
+    python = subprocess.Popen([*relay, model], env=env, stdout=subprocess.PIPE)
+    processes.append(python)
+    assert python.stdout is not None
+    python.stdout.readline()  # listening
+    paths["floor: python relay"] = http.client.HTTPConnection("127.0.0.1", port), LABEL
+    if shutil.which("socat"):
+        port = free_port()
+        listen = f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay"
+        processes.append(subprocess.Popen(["socat", listen, f"UNIX-CONNECT:{engine}"]))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+                conn.connect()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        paths["floor: socat"] = conn, model
+    return processes, paths
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="measured per kind and path")
     parser.add_argument("--batch", type=int, default=16, help="inputs per batched request")
+    parser.add_argument("--floor", action="store_true", help="also measure reference relays")
     tree_option(parser)
     args = parser.parse_args()
     trees = args.tree or [""]
@@ -96,13 +134,17 @@ def main() -> None:
         # one `serve` per tree, each measured against its own engine
         paths: dict[str, tuple[http.client.HTTPConnection, str]] = {}
         served: dict[str, subprocess.Popen[bytes]] = {}
+        references: list[subprocess.Popen[bytes]] = []
         try:
             for tree in trees:
                 name = f"gateway {Path(tree).name}" if len(trees) > 1 else "gateway"
                 mine = tree_env(env, tree)
-                served[name], gateway, direct = start(workdir, manifest, mine)
-                paths["direct" + name[7:]] = direct, model
+                served[name], gateway, engine = start(workdir, manifest, mine)
+                paths["direct" + name[7:]] = connect(engine, 300), model
                 paths[name] = gateway, LABEL
+                if args.floor and not references:
+                    references, more = floors(str(engine), model, mine)
+                    paths.update(more)
             lat: dict[str, list[float]] = {name: [] for name in paths}
             thr: dict[str, list[float]] = {name: [] for name in paths}
             cpu: dict[str, float] = dict.fromkeys(served, 0.0)
@@ -123,6 +165,9 @@ def main() -> None:
         finally:
             for process in served.values():
                 stop(process)
+            for process in references:
+                process.terminate()
+                process.wait()
     print(f"embeddings, {args.requests} interleaved requests per path (keep-alive)")
     for name in served:
         own = "direct" + name[7:]
@@ -136,6 +181,11 @@ def main() -> None:
             f"{g_rate:.1f} vs {d_rate:.1f} inputs/s, {g_rate / d_rate:.3f}x (goal >= 0.97x); "
             f"gateway CPU {per:.2f} ms/request"
         )
+    first = "direct" + next(iter(served))[7:]
+    for name in (n for n in paths if n.startswith("floor")):
+        d50, r50 = statistics.median(lat[first]), statistics.median(lat[name])
+        ratio = (len(thr[name]) / sum(thr[name])) / (len(thr[first]) / sum(thr[first]))
+        print(f"  {name}: added {1000 * (r50 - d50):.2f} ms p50; batches {ratio:.3f}x")
 
 
 if __name__ == "__main__":
