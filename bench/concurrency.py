@@ -6,8 +6,11 @@ For 1, 8, 32 and 128 clients, plain and streaming, each client sends `--requests
 Goals: no 503 below the queue limit, throughput >= 0.9x bare from 8 clients up, p99 no
 worse than bare.
 
+With ``--floor``, a reference joins: the same engine behind bench/relayfloor.py, a relay
+that only relays (asyncio, no checks of any kind): what any relay in Python costs here.
+
 Usage: python bench/concurrency.py [--requests N] [--clients 1,8,32,128] [--rounds N]
-       [--tree CHECKOUT --tree OTHER]  (side by side, e.g. a branch against main)
+       [--floor] [--tree CHECKOUT --tree OTHER]  (side by side, e.g. a branch against main)
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved; medians shown")
     tree_option(parser)
     parser.add_argument("--no-serve", action="store_true", help="bare and launch only")
+    parser.add_argument("--floor", action="store_true", help="also a bare relay, for reference")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="mlxpin-bench-conc-"))
@@ -130,6 +134,12 @@ def main() -> None:
     def serve(p: int) -> list[str]:
         return [sys.executable, "-m", "mlxpin", "serve", "alpha", *lockdir, "--port", str(p)]
 
+    def floor(p: int) -> list[str]:  # mlxpin's engine launcher behind a relay that only relays
+        sock = str(workdir / f"floor-{p}.sock")
+        engine = [sys.executable, "-m", "mlxpin.serve.uds_server", "--unix-socket", sock]
+        relay = [sys.executable, str(Path(__file__).with_name("relayfloor.py")), sock, str(p)]
+        return [*relay, plan["plan"]["upstream_model"], *engine, *server_args]
+
     trees = args.tree or [""]
     runs: dict[str, tuple[Callable[[int], list[str]], str]] = {"bare mlx_lm.server": (bare, "")}
     for tree in trees:
@@ -137,6 +147,8 @@ def main() -> None:
         runs[f"mlxpin launch{tag}"] = (launch, tree)
         if not args.no_serve:
             runs[f"mlxpin serve{tag}"] = (serve, tree)
+    if args.floor:
+        runs["floor: python relay"] = (floor, "")
     started: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     results: dict[tuple[str, int, bool], list[dict[str, float]]] = {}
     try:
