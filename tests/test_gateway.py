@@ -14,6 +14,7 @@ real ``openai`` client (and ``urllib`` where a request must be malformed on purp
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import socket
@@ -1068,3 +1069,67 @@ def test_a_warm_up_notices_a_server_socket_within_ms_of_its_bind(tmp_path: Path)
             await runner.cleanup()
 
     asyncio.run(scenario())
+
+
+def test_plain_requests_are_answered_whole_and_as_aiohttp_would(
+    make_gateway: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain request skips aiohttp's request machinery (gateway.fastpath): its answer --
+    status, body, the headers a client reads -- is the one aiohttp's way gives (a
+    Connection header sends the same request that way)."""
+    from mlxpin.gateway.app import Gateway as RealGateway
+
+    whole: list[str] = []
+    answer_whole = RealGateway.answer_whole
+
+    async def counted(self: RealGateway, path: str, authorization: str, raw: bytes) -> Any:
+        whole.append(path)
+        return await answer_whole(self, path, authorization, raw)
+
+    monkeypatch.setattr(RealGateway, "answer_whole", counted)
+    gw: Gateway = make_gateway(api_key="sk-test")
+    port = int(gw.url.rsplit(":", 1)[1])
+    key = {"Authorization": "Bearer sk-test", "Content-Type": "application/json"}
+
+    def chat(content: object, **extra: object) -> bytes:
+        body = {"model": LABEL, "messages": [{"role": "user", "content": content}], **extra}
+        return json.dumps(body).encode()
+
+    cases: list[tuple[str, bytes, dict[str, str]]] = [
+        ("/v1/chat/completions", chat("hi"), key),
+        ("/v1/completions", json.dumps({"model": "tiny", "prompt": "once"}).encode(), key),
+        ("/v1/chat/completions", chat("hi"), {}),  # no key: 401
+        ("/v1/chat/completions", chat("hi"), {"Authorization": "Bearer wrong"}),
+        ("/v1/chat/completions", b"{not json", key),
+        ("/v1/chat/completions", json.dumps({"model": "gemma-4-31b-it"}).encode(), key),
+        ("/v1/chat/completions", chat("hi", draft_model="mlx-community/other"), key),
+        ("/v1/chat/completions", chat("hi", max_tokens=-1), key),
+        ("/v1/chat/completions", chat("mode:fail"), key),  # the server's own 500
+        ("/v1/embeddings", json.dumps({"model": LABEL, "input": "x"}).encode(), key),
+        ("/v1/chat/completions", chat("hi", stream=False), key),
+    ]
+
+    def ask(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("POST", path, body, headers)
+            response = conn.getresponse()
+            data = response.read()
+            kept = {
+                k: v
+                for k, v in response.getheaders()
+                if k.lower() in ("content-type", "www-authenticate", "retry-after", "allow")
+            }
+            assert int(response.getheader("Content-Length") or -1) == len(data)
+            return response.status, kept, json.loads(data)
+        finally:
+            conn.close()
+
+    for path, body, headers in cases:
+        plain = ask(path, body, headers)
+        by_aiohttp = ask(path, body, {**headers, "Connection": "keep-alive"})
+        assert plain == by_aiohttp, (path, body)
+    assert len(whole) == len(cases)  # each plain one was answered whole, once
+    sent = [r.body for r in upstream.requests]
+    assert len(sent) == 2 * 4  # four of the cases reach the server, each asked both ways
+    assert all(b["model"] == UPSTREAM_MODEL for b in sent)

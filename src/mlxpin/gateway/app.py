@@ -11,6 +11,7 @@ OpenAI-style JSON, never a traceback; request bodies and the api key are never l
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -26,7 +27,7 @@ from mlxpin.gateway.addresses import ACCEPT_BURST
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Backends, Lease, Route, Unavailable, Upstream
 from mlxpin.gateway.checks import check_form, check_request, encode_form
-from mlxpin.gateway.listener import LimitedRunner, ListenerLimits
+from mlxpin.gateway.listener import WHOLE_ANSWERS, LimitedRunner, ListenerLimits
 from mlxpin.gateway.observe import Exchange
 from mlxpin.gateway.relayclient import Answer, RelayClient
 from mlxpin.gateway.rewrite import Rewriter, SseRelay, rewrite_json
@@ -66,8 +67,10 @@ _ENGINE_DIED: Final = "The model's engine failed and is being restarted; retry s
 _DONE_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Relay = Callable[[Route, Any, Lease], Awaitable[web.StreamResponse]]
 #: The request's :class:`Exchange`, when someone observes them.
 EXCHANGE: Final = "mlxpin.exchange"
+_INTERNAL: Final = ApiError(500, "Internal gateway error", "internal_error")
 
 
 def compact_dumps(obj: object) -> str:
@@ -133,6 +136,7 @@ class Gateway:
             middlewares=[self._middleware], client_max_size=self.table.max_body_bytes
         )
         app.cleanup_ctx.append(self._clients_ctx)
+        app[WHOLE_ANSWERS] = self.answer_whole  # plain requests skip aiohttp's (fastpath)
         for path in ALL_ENDPOINTS:
             app.router.add_post(path, self.completions)
         app.router.add_get(MODELS_PATH, self.models)
@@ -154,9 +158,12 @@ class Gateway:
         return self.bearer_ok(request) or self.allow(request)
 
     def bearer_ok(self, request: web.Request) -> bool:
+        return self.key_ok(request.headers.get("Authorization", ""))
+
+    def key_ok(self, got: str) -> bool:
+        """Whether an Authorization header's value carries the key (or none is needed)."""
         if self.expected_auth is None:
             return True
-        got = request.headers.get("Authorization", "")
         # The scheme is case-insensitive (RFC 7235); the key is compared in constant time.
         if got[:7].lower() == "bearer ":
             got = "Bearer " + got[7:].strip()
@@ -178,21 +185,44 @@ class Gateway:
             response = api_error_response(from_http_exception(exc))
         except Exception:  # a bug of ours: log it, never show it
             log.exception("internal error on %s %s", request.method, request.path)
-            response = api_error_response(ApiError(500, "Internal gateway error", "internal_error"))
+            response = api_error_response(_INTERNAL)
         except asyncio.CancelledError:  # the client hung up: nginx's 499 unless a stream's
             # status line went out already (it may hang up right after [DONE])
             self._observed(exchange, exchange.status or 499 if exchange else 499, started)
             raise
-        self._observed(exchange, response.status, started)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "%s %s -> %d in %.1f ms",
-                request.method,
-                request.path,
-                response.status,
-                (time.perf_counter() - started) * 1000,
-            )
+        self._finished(exchange, request.method, request.path, response.status, started)
         return response
+
+    async def answer_whole(self, path: str, authorization: str, raw: bytes) -> web.Response:
+        """A plain request read whole (see :mod:`~mlxpin.gateway.fastpath`), answered
+        whole: the key, checks, routing, relay and observation that aiohttp's way gives."""
+        started = time.perf_counter()
+        exchange = Exchange(path, started) if self.on_exchange is not None else None
+        response: web.Response
+        try:
+            if self.key_ok(authorization):
+                relay = functools.partial(self._forward_whole, path, exchange)
+                answered = await self._relay_checked(path, raw, "", exchange, relay)
+                assert isinstance(answered, web.Response)  # whole, never a stream
+                response = answered
+            else:
+                response = api_error_response(_UNAUTHORIZED)
+        except Exception:  # a bug of ours: log it, never show it
+            log.exception("internal error on POST %s", path)
+            response = api_error_response(_INTERNAL)
+        except asyncio.CancelledError:  # the client hung up
+            self._observed(exchange, 499, started)
+            raise
+        self._finished(exchange, "POST", path, response.status, started)
+        return response
+
+    def _finished(
+        self, exchange: Exchange | None, method: str, path: str, status: int, started: float
+    ) -> None:
+        self._observed(exchange, status, started)
+        if log.isEnabledFor(logging.DEBUG):
+            took = (time.perf_counter() - started) * 1000
+            log.debug("%s %s -> %d in %.1f ms", method, path, status, took)
 
     def _observed(self, exchange: Exchange | None, status: int, started: float) -> None:
         if exchange is not None and self.on_exchange is not None:
@@ -230,15 +260,23 @@ class Gateway:
             return api_error_response(
                 ApiError(408, "The request body was not sent in time", "timeout")
             )
+        content_type = request.headers.get("Content-Type", "")
+        exchange: Exchange | None = request.get(EXCHANGE)
+        relay = functools.partial(self._forward, request)
+        return await self._relay_checked(request.path, raw, content_type, exchange, relay)
+
+    async def _relay_checked(
+        self, path: str, raw: bytes, content_type: str, exchange: Exchange | None, relay: Relay
+    ) -> web.StreamResponse:
+        """Check the request, take a lease on its model, relay it with ``relay``."""
         checked = (
-            check_form(raw, request.headers.get("Content-Type", ""), self.table, request.path)
-            if request.path == TRANSCRIPTIONS_PATH
-            else check_request(raw, self.table, request.path)
+            check_form(raw, content_type, self.table, path)
+            if path == TRANSCRIPTIONS_PATH
+            else check_request(raw, self.table, path)
         )
         if isinstance(checked, ApiError):
             return api_error_response(checked)
         route, body = checked
-        exchange: Exchange | None = request.get(EXCHANGE)
         if exchange is not None:
             exchange.label = route.api_label
             exchange.stream = isinstance(body, dict) and body.get("stream") is True
@@ -247,7 +285,7 @@ class Gateway:
         except Unavailable as exc:
             return api_error_response(exc.error)
         try:
-            return await self._forward(request, route, body, lease)
+            return await relay(route, body, lease)
         finally:
             lease.release()
 
@@ -265,10 +303,11 @@ class Gateway:
             rewriter = self.rewriters[key] = Rewriter(upstream.label, upstream.model)
         return rewriter
 
-    async def _forward(
-        self, request: web.Request, route: Route, body: Any, lease: Lease
-    ) -> web.StreamResponse:
-        """Send the checked request with the server's own ``model`` string, relay the answer."""
+    async def _send(
+        self, path: str, accept: str, route: Route, body: Any, lease: Lease
+    ) -> Answer | web.Response:
+        """Send the checked request with the server's own ``model`` string: the answer's
+        head, or the error to answer instead."""
         upstream = lease.upstream
         content_type = _JSON_CT
         if isinstance(body, list):  # a multipart form's parts
@@ -281,15 +320,33 @@ class Gateway:
                 return api_error_response(
                     ApiError(400, "The request body is nested too deeply", "invalid_json")
                 )
-        headers = {
-            "Content-Type": content_type,
-            "Accept": request.headers.get("Accept", "*/*"),
-            "Accept-Encoding": "identity",
-        }
+        headers = {"Content-Type": content_type, "Accept": accept, "Accept-Encoding": "identity"}
         try:
-            answer = await self._client(upstream).post(
-                request.path, data, headers, route.request_timeout_s
-            )
+            return await self._client(upstream).post(path, data, headers, route.request_timeout_s)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self._failed(exc)
+
+    @staticmethod
+    def _failed(exc: aiohttp.ClientError | TimeoutError) -> web.Response:
+        error = classify_failure(exc)
+        log.warning(
+            "upstream request failed (%d %s): %s: %s",
+            error.status,
+            error.code,
+            type(exc).__name__,
+            exc,
+        )
+        return api_error_response(error)
+
+    async def _forward(
+        self, request: web.Request, route: Route, body: Any, lease: Lease
+    ) -> web.StreamResponse:
+        """Send the checked request, relay the answer (a stream as it comes)."""
+        accept = request.headers.get("Accept", "*/*")
+        answer = await self._send(request.path, accept, route, body, lease)
+        if not isinstance(answer, Answer):
+            return answer
+        try:
             try:
                 if answer.content_type == _SSE_CT:
                     return await self._relay_sse(request, answer, lease)
@@ -298,20 +355,43 @@ class Gateway:
                 response = await self._relay_json(answer, lease)
             finally:
                 answer.close()  # a relay that did not reach the end drops the connection
-            exchange: Exchange | None = request.get(EXCHANGE)
-            if exchange is not None and answer.status == 200 and response.body:
-                exchange.json_body(response.body)  # type: ignore[arg-type]
-            return response
         except (aiohttp.ClientError, TimeoutError) as exc:
-            error = classify_failure(exc)
-            log.warning(
-                "upstream request failed (%d %s): %s: %s",
-                error.status,
-                error.code,
-                type(exc).__name__,
-                exc,
-            )
-            return api_error_response(error)
+            return self._failed(exc)
+        exchange: Exchange | None = request.get(EXCHANGE)
+        if exchange is not None and answer.status == 200 and response.body:
+            exchange.json_body(response.body)  # type: ignore[arg-type]
+        return response
+
+    async def _forward_whole(
+        self, path: str, exchange: Exchange | None, route: Route, body: Any, lease: Lease
+    ) -> web.Response:
+        """Send the checked request, relay the answer whole (a plain request's)."""
+        answer = await self._send(path, "*/*", route, body, lease)
+        if not isinstance(answer, Answer):
+            return answer
+        try:
+            try:
+                if answer.content_type == _JSON_CT or answer.status >= 400:
+                    response = await self._relay_json(answer, lease)
+                else:  # not asked for: an event stream or bytes, all of it
+                    response = await self._relay_read(answer, lease)
+            finally:
+                answer.close()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self._failed(exc)
+        if exchange is not None and answer.status == 200 and response.body:
+            exchange.json_body(response.body)  # type: ignore[arg-type]
+        return response
+
+    async def _relay_read(self, answer: Answer, lease: Lease) -> web.Response:
+        raw = await answer.read()
+        if answer.content_type == _SSE_CT:
+            relay = SseRelay(self._rewriter(lease.upstream))
+            raw = relay.feed(raw) + relay.finish()
+        if answer.status == 200:
+            lease.completed()
+        content_type = answer.headers.get("content-type", "application/octet-stream")
+        return web.Response(status=answer.status, body=raw, headers={"Content-Type": content_type})
 
     async def _relay_json(self, answer: Answer, lease: Lease) -> web.Response:
         raw = await answer.read()

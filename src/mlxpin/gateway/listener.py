@@ -7,8 +7,10 @@ request head; past :func:`connection_cap` (clipped so that upstream connections,
 accept bursts and ``fd_reserve`` descriptors always fit under RLIMIT_NOFILE), a new one
 is answered 503 + ``Retry-After`` and closed (at most ``SHED_BAND`` pending, oldest
 dropped first, so a new client always gets its 503); a request aiohttp's parser rejects
-is answered with an OpenAI-style 400. This reaches into aiohttp's ``RequestHandler``; the
-tests pin the behaviour so an aiohttp upgrade that changes it fails.
+is answered with an OpenAI-style 400. A plain request that arrives whole is answered
+without aiohttp's request machinery (:mod:`~mlxpin.gateway.fastpath`); a connection that
+sends anything else is aiohttp's from then on. This reaches into aiohttp's
+``RequestHandler``; the tests pin the behaviour so an aiohttp upgrade that changes it fails.
 """
 
 from __future__ import annotations
@@ -18,18 +20,27 @@ import contextlib
 import logging
 import resource
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
 from mlxpin.gateway.addresses import ACCEPT_BURST
 from mlxpin.gateway.apierrors import ApiError
+from mlxpin.gateway.fastpath import WholeRequest, answer_bytes, whole_request
 
-__all__ = ["LimitedRunner", "ListenerLimits", "connection_cap"]
+__all__ = ["WHOLE_ANSWERS", "LimitedRunner", "ListenerLimits", "WholeAnswers", "connection_cap"]
+
+WholeAnswers = Callable[[str, str, bytes], Awaitable[web.Response]]
+#: The application's answerer of whole plain requests (the gateway's ``answer_whole``).
+WHOLE_ANSWERS: Final[web.AppKey[WholeAnswers]] = web.AppKey("mlxpin.whole_answers")
+#: How long the rest of a plain request's body is waited for before aiohttp reads it.
+REST_WAIT_S: Final = 1.0
 
 log = logging.getLogger("mlxpin.gateway")
 
@@ -84,13 +95,18 @@ _SHED: Final = _shed_response(
 
 
 class _Handler(RequestHandler):
-    """aiohttp's connection handler, with a head deadline, shedding and JSON parse errors."""
+    """aiohttp's connection handler, with a head deadline, shedding, JSON parse errors and
+    plain requests answered whole."""
 
-    __slots__ = ("_head_deadline", "_shed")
+    __slots__ = ("_aiohttps", "_answering", "_head_deadline", "_held", "_rest_wait", "_shed")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._head_deadline: asyncio.TimerHandle | None = None
         self._shed = False
+        self._aiohttps = False  # once aiohttp reads one request, it reads them all
+        self._held = b""  # a plain request's start, or what came while one was answered
+        self._rest_wait: asyncio.TimerHandle | None = None
+        self._answering: asyncio.Task[None] | None = None
         super().connection_made(transport)
         server = self._manager
         assert isinstance(server, _Server)
@@ -125,10 +141,75 @@ class _Handler(RequestHandler):
             if self.transport is not None:
                 self.transport.close()
             return
+        if not self._aiohttps:
+            if self._held:
+                data, self._held = self._held + data, b""
+            if self._answering is not None:  # answered in order: after this one
+                self._held = data
+                return
+            server = self._manager
+            assert isinstance(server, _Server)
+            whole = whole_request(data, server.max_body) if server.whole_answers else None
+            if whole == "more":
+                self._held = data
+                if self._rest_wait is None:
+                    self._rest_wait = self._loop.call_later(REST_WAIT_S, self._rest_late)
+                return
+            if self._rest_wait is not None:
+                self._rest_wait.cancel()
+                self._rest_wait = None
+            if isinstance(whole, WholeRequest):
+                self._answer(whole)
+                return
+            self._aiohttps = True
         super().data_received(data)
         if self._request_count and self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None
+
+    def _rest_late(self) -> None:
+        """The body is slow to come: aiohttp reads it (and times it out) from here."""
+        self._rest_wait = None
+        self._aiohttps = True
+        held, self._held = self._held, b""
+        if held:
+            self.data_received(held)
+
+    def _answer(self, request: WholeRequest) -> None:
+        self._request_count += 1
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+        server = self._manager
+        assert isinstance(server, _Server) and server.whole_answers is not None
+        answer = server.whole_answers(request.path, request.authorization, request.body)
+        self._answering = self._loop.create_task(self._send_whole(answer))
+
+    async def _send_whole(self, answer: Awaitable[web.Response]) -> None:
+        response = await answer
+        body = response.body
+        assert isinstance(body, bytes)
+        headers = [(k, v) for k, v in response.headers.items() if k != "Content-Length"]
+        date = rfc822_formatted_time()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(
+                answer_bytes(response.status, response.reason, headers, body, date)
+            )
+        self._answering = None
+        self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        if self._keepalive_handle is None:  # (an earlier one reschedules itself)
+            self._keepalive_handle = self._loop.call_at(
+                self._next_keepalive_close_time, self._process_keepalive
+            )
+        held, self._held = self._held, b""
+        if held:  # the next request came while this one was answered
+            self.data_received(held)
+
+    def _process_keepalive(self) -> None:
+        if self._answering is not None:  # not idle: its end schedules the next check
+            self._keepalive_handle = None
+            return
+        super()._process_keepalive()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         server = self._manager
@@ -138,6 +219,12 @@ class _Handler(RequestHandler):
         if self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None
+        if self._rest_wait is not None:
+            self._rest_wait.cancel()
+            self._rest_wait = None
+        if self._answering is not None:  # the client hung up: its request is dropped
+            self._answering.cancel()
+            self._answering = None
         super().connection_lost(exc)
 
     def handle_error(
@@ -163,6 +250,8 @@ class _Server(Server):
     cap: int
     header_timeout_s: float
     shedding: deque[_Handler]
+    whole_answers: WholeAnswers | None
+    max_body: int
 
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
@@ -182,4 +271,6 @@ class LimitedRunner(web.AppRunner):
         server.cap = connection_cap(self.limits)
         server.header_timeout_s = self.limits.header_timeout_s
         server.shedding = deque()
+        server.whole_answers = self.app.get(WHOLE_ANSWERS)
+        server.max_body = self.app._client_max_size
         return server
