@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlxpin.gateway import listener
-from mlxpin.gateway.fastpath import FAST_PATHS, WholeRequest, whole_request
+from mlxpin.gateway.fastpath import FAST_PATHS, OpenStream, WholeRequest, whole_request
 from mlxpin.gateway.listener import WHOLE_ANSWERS, LimitedRunner, ListenerLimits, WholeAnswers
 
 MAX_BODY = 1 << 20
@@ -83,9 +83,6 @@ def test_a_plain_request_is_read_as_aiohttp_reads_it(
         headers = [*headers, ("Authorization", f"Bearer {key}")]
     data = request(path, headers, body)
     got = whole_request(data, MAX_BODY)
-    if json.loads(body).get("stream") is True:
-        assert got is None  # a stream is aiohttp's
-        return
     assert isinstance(got, WholeRequest)
     method, seen_path, seen_body, auth = aiohttp_reads(data)
     assert (method, seen_path, seen_body) == ("POST", got.path, got.body)
@@ -123,7 +120,6 @@ def test_any_bytes_are_taken_waited_for_or_left_to_aiohttp(data: bytes) -> None:
         lambda r: r.replace(b"Host: x", b"Host: x\x00y"),
         lambda r: r.replace(b"Content-Length: 2", b"Content-Length: +2"),
         lambda r: r + b"POST",  # pipelined
-        lambda r: r.replace(b"{}", b'{"stream": true}').replace(b": 2", b": 16"),
         lambda r: r.replace(b"Host: x", b"Host: " + b"x" * 9000),
     ],
 )
@@ -151,14 +147,24 @@ class Answerer:
         self.hold = asyncio.Event()
         self.hold.set()
 
-    async def __call__(self, path: str, authorization: str, body: bytes) -> web.Response:
+    async def __call__(
+        self, path: str, authorization: str, body: bytes, open_stream: OpenStream
+    ) -> web.Response | None:
         self.seen.append(body)
         try:
             await self.hold.wait()
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
-        return web.json_response({"whole": json.loads(body)}, headers={"X-Answer": "whole"})
+        asked = json.loads(body)
+        if asked.get("stream"):  # three events, as they come
+            sink = open_stream(200, [("Content-Type", "text/event-stream")])
+            for n in range(3):
+                await sink.write(b"data: %d\n\n" % n)
+                await asyncio.sleep(0.01)
+            await sink.write_eof(b"data: [DONE]\n\n")
+            return None
+        return web.json_response({"whole": asked}, headers={"X-Answer": "whole"})
 
 
 async def by_aiohttp(request: web.Request) -> web.Response:
@@ -309,6 +315,32 @@ def test_an_idle_connection_after_a_whole_answer_is_closed(monkeypatch: pytest.M
         started = time.monotonic()
         assert await asyncio.wait_for(reader.read(1), 5) == b""  # then closed, once idle
         assert time.monotonic() - started >= 0.3
+        writer.close()
+
+    on_a_listener(monkeypatch, body)
+
+
+def test_a_stream_goes_out_in_chunks_and_the_connection_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body(port: int, answerer: Answerer) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post({"stream": True}))
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"Transfer-Encoding: chunked" in head and b"Date: " in head
+        events = b""
+        while True:
+            size = int(await reader.readuntil(b"\r\n"), 16)
+            if size == 0:
+                assert await reader.readexactly(2) == b"\r\n"
+                break
+            events += (await reader.readexactly(size + 2))[:-2]
+        assert events == b"data: 0\n\ndata: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
+        writer.write(post({"n": 2}))  # the same connection, after the stream's end
+        await writer.drain()
+        assert (await read_answer(reader))[1] == {"whole": {"n": 2}}
         writer.close()
 
     on_a_listener(monkeypatch, body)

@@ -1082,9 +1082,11 @@ def test_plain_requests_are_answered_whole_and_as_aiohttp_would(
     whole: list[str] = []
     answer_whole = RealGateway.answer_whole
 
-    async def counted(self: RealGateway, path: str, authorization: str, raw: bytes) -> Any:
+    async def counted(
+        self: RealGateway, path: str, authorization: str, raw: bytes, open_stream: Any
+    ) -> Any:
         whole.append(path)
-        return await answer_whole(self, path, authorization, raw)
+        return await answer_whole(self, path, authorization, raw, open_stream)
 
     monkeypatch.setattr(RealGateway, "answer_whole", counted)
     gw: Gateway = make_gateway(api_key="sk-test")
@@ -1130,6 +1132,22 @@ def test_plain_requests_are_answered_whole_and_as_aiohttp_would(
         by_aiohttp = ask(path, body, {**headers, "Connection": "keep-alive"})
         assert plain == by_aiohttp, (path, body)
     assert len(whole) == len(cases)  # each plain one was answered whole, once
+
+    def events(headers: dict[str, str]) -> tuple[int, str | None, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("POST", "/v1/chat/completions", chat("hi", stream=True), headers)
+            response = conn.getresponse()
+            return response.status, response.getheader("Content-Type"), response.read()
+        finally:
+            conn.close()
+
+    streamed = events(key)
+    assert streamed == events({**key, "Connection": "keep-alive"})
+    assert streamed[2].endswith(b"data: [DONE]\n\n") and f'"model":"{LABEL}"'.encode() in streamed[
+        2
+    ].replace(b" ", b"")
+    assert len(whole) == len(cases) + 1  # the stream too
     sent = [r.body for r in upstream.requests]
-    assert len(sent) == 2 * 4  # four of the cases reach the server, each asked both ways
+    assert len(sent) == 2 * 5  # five requests reach the server, each asked both ways
     assert all(b["model"] == UPSTREAM_MODEL for b in sent)

@@ -27,6 +27,7 @@ from mlxpin.gateway.addresses import ACCEPT_BURST
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Backends, Lease, Route, Unavailable, Upstream
 from mlxpin.gateway.checks import check_form, check_request, encode_form
+from mlxpin.gateway.fastpath import EventSink, OpenStream
 from mlxpin.gateway.listener import WHOLE_ANSWERS, LimitedRunner, ListenerLimits
 from mlxpin.gateway.observe import Exchange
 from mlxpin.gateway.relayclient import Answer, RelayClient
@@ -52,6 +53,9 @@ _SSE_HEADERS: Final = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
+_SSE_HEADER_LIST: Final = tuple(_SSE_HEADERS.items())
+
+
 _UNAUTHORIZED: Final = ApiError(
     401,
     "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
@@ -67,7 +71,7 @@ _ENGINE_DIED: Final = "The model's engine failed and is being restarted; retry s
 _DONE_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Relay = Callable[[Route, Any, Lease], Awaitable[web.StreamResponse]]
+Relay = Callable[[Route, Any, Lease], Awaitable[web.StreamResponse | None]]
 #: The request's :class:`Exchange`, when someone observes them.
 EXCHANGE: Final = "mlxpin.exchange"
 _INTERNAL: Final = ApiError(500, "Internal gateway error", "internal_error")
@@ -193,27 +197,35 @@ class Gateway:
         self._finished(exchange, request.method, request.path, response.status, started)
         return response
 
-    async def answer_whole(self, path: str, authorization: str, raw: bytes) -> web.Response:
-        """A plain request read whole (see :mod:`~mlxpin.gateway.fastpath`), answered
-        whole: the key, checks, routing, relay and observation that aiohttp's way gives."""
+    async def answer_whole(
+        self,
+        path: str,
+        authorization: str,
+        raw: bytes,
+        open_stream: OpenStream,
+    ) -> web.Response | None:
+        """A plain request read whole (see :mod:`~mlxpin.gateway.fastpath`): the key,
+        checks, routing, relay and observation that aiohttp's way gives. Its answer, or
+        None once an event stream went to a sink from ``open_stream``."""
         started = time.perf_counter()
         exchange = Exchange(path, started) if self.on_exchange is not None else None
-        response: web.Response
+        response: web.Response | None
         try:
             if self.key_ok(authorization):
-                relay = functools.partial(self._forward_whole, path, exchange)
+                relay = functools.partial(self._forward_whole, path, exchange, open_stream)
                 answered = await self._relay_checked(path, raw, "", exchange, relay)
-                assert isinstance(answered, web.Response)  # whole, never a stream
+                assert answered is None or isinstance(answered, web.Response)
                 response = answered
             else:
                 response = api_error_response(_UNAUTHORIZED)
         except Exception:  # a bug of ours: log it, never show it
             log.exception("internal error on POST %s", path)
             response = api_error_response(_INTERNAL)
-        except asyncio.CancelledError:  # the client hung up
-            self._observed(exchange, 499, started)
+        except asyncio.CancelledError:  # the client hung up: 499 unless a stream began
+            self._observed(exchange, exchange.status or 499 if exchange else 499, started)
             raise
-        self._finished(exchange, "POST", path, response.status, started)
+        status = response.status if response is not None else (exchange and exchange.status)
+        self._finished(exchange, "POST", path, status or 200, started)
         return response
 
     def _finished(
@@ -263,11 +275,13 @@ class Gateway:
         content_type = request.headers.get("Content-Type", "")
         exchange: Exchange | None = request.get(EXCHANGE)
         relay = functools.partial(self._forward, request)
-        return await self._relay_checked(request.path, raw, content_type, exchange, relay)
+        answered = await self._relay_checked(request.path, raw, content_type, exchange, relay)
+        assert answered is not None  # aiohttp's way always has a response
+        return answered
 
     async def _relay_checked(
         self, path: str, raw: bytes, content_type: str, exchange: Exchange | None, relay: Relay
-    ) -> web.StreamResponse:
+    ) -> web.StreamResponse | None:
         """Check the request, take a lease on its model, relay it with ``relay``."""
         checked = (
             check_form(raw, content_type, self.table, path)
@@ -349,7 +363,10 @@ class Gateway:
         try:
             try:
                 if answer.content_type == _SSE_CT:
-                    return await self._relay_sse(request, answer, lease)
+                    sink = _AiohttpSink(request, answer.status)
+                    exchange = request.get(EXCHANGE)
+                    await self._relay_sse(request.path, exchange, answer, lease, sink)
+                    return sink.response
                 if answer.content_type != _JSON_CT and answer.status < 400:
                     return await self._relay_raw(request, answer, lease)
                 response = await self._relay_json(answer, lease)
@@ -357,20 +374,31 @@ class Gateway:
                 answer.close()  # a relay that did not reach the end drops the connection
         except (aiohttp.ClientError, TimeoutError) as exc:
             return self._failed(exc)
-        exchange: Exchange | None = request.get(EXCHANGE)
-        if exchange is not None and answer.status == 200 and response.body:
-            exchange.json_body(response.body)  # type: ignore[arg-type]
+        observed: Exchange | None = request.get(EXCHANGE)
+        if observed is not None and answer.status == 200 and response.body:
+            observed.json_body(response.body)  # type: ignore[arg-type]
         return response
 
     async def _forward_whole(
-        self, path: str, exchange: Exchange | None, route: Route, body: Any, lease: Lease
-    ) -> web.Response:
-        """Send the checked request, relay the answer whole (a plain request's)."""
+        self,
+        path: str,
+        exchange: Exchange | None,
+        open_stream: OpenStream,
+        route: Route,
+        body: Any,
+        lease: Lease,
+    ) -> web.Response | None:
+        """Send the checked request, relay the answer whole (None: streamed to a sink
+        from ``open_stream``, already)."""
         answer = await self._send(path, "*/*", route, body, lease)
         if not isinstance(answer, Answer):
             return answer
         try:
             try:
+                if answer.content_type == _SSE_CT:
+                    sink = open_stream(answer.status, _SSE_HEADER_LIST)
+                    await self._relay_sse(path, exchange, answer, lease, sink)
+                    return None
                 if answer.content_type == _JSON_CT or answer.status >= 400:
                     response = await self._relay_json(answer, lease)
                 else:  # not asked for: an event stream or bytes, all of it
@@ -385,9 +413,6 @@ class Gateway:
 
     async def _relay_read(self, answer: Answer, lease: Lease) -> web.Response:
         raw = await answer.read()
-        if answer.content_type == _SSE_CT:
-            relay = SseRelay(self._rewriter(lease.upstream))
-            raw = relay.feed(raw) + relay.finish()
         if answer.status == 200:
             lease.completed()
         content_type = answer.headers.get("content-type", "application/octet-stream")
@@ -434,9 +459,11 @@ class Gateway:
         return response
 
     async def _relay_sse(
-        self, request: web.Request, answer: Answer, lease: Lease
-    ) -> web.StreamResponse:
-        response = _EventStream(status=answer.status, headers=_SSE_HEADERS)
+        self, path: str, exchange: Exchange | None, answer: Answer, lease: Lease, sink: EventSink
+    ) -> None:
+        """Relay an event stream chunk by chunk to ``sink`` (its status line and headers
+        leave with the first event)."""
+        response = sink
         # The server finished the completion once it sends [DONE]: that marks it healthy
         # before the client can see it (and perhaps hang up right away).
         relay = SseRelay(
@@ -444,11 +471,9 @@ class Gateway:
             on_done=lease.completed if answer.status == 200 else None,
         )
         failure: BaseException | None = None
-        exchange: Exchange | None = request.get(EXCHANGE)
-        ends_at_done = request.path in _DONE_PATHS
+        ends_at_done = path in _DONE_PATHS
         ended = False  # the client's answer is whole: [DONE] went out with its end
         try:
-            await response.prepare(request)
             try:
                 async for chunk in answer.iter_any():
                     out = relay.feed(chunk)
@@ -470,7 +495,7 @@ class Gateway:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failure = exc
             if ended:
-                return response
+                return
             tail = relay.finish()
             if tail:
                 await response.write(tail)
@@ -490,7 +515,6 @@ class Gateway:
             # The client went away mid-stream. Leaving `async with` in the caller drops the
             # upstream connection, which also ends the server's generation for it.
             log.debug("client disconnected mid-stream: %s", type(exc).__name__)
-        return response
 
 
 class _EventStream(web.StreamResponse):
@@ -498,6 +522,28 @@ class _EventStream(web.StreamResponse):
     to the client, not two (aiohttp's own ``Response`` does the same with its body)."""
 
     _send_headers_immediately = False
+
+
+class _AiohttpSink:
+    """An :class:`EventSink` over aiohttp's response to ``request``."""
+
+    def __init__(self, request: web.Request, status: int) -> None:
+        self.request = request
+        self.response = _EventStream(status=status, headers=_SSE_HEADERS)
+        self.status = status
+        self.prepared = False
+
+    async def write(self, data: bytes) -> None:
+        if not self.prepared:
+            self.prepared = True
+            await self.response.prepare(self.request)
+        await self.response.write(data)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if not self.prepared:
+            self.prepared = True
+            await self.response.prepare(self.request)
+        await self.response.write_eof(data)
 
 
 async def serve(

@@ -3,22 +3,31 @@
 aiohttp spends ~0.3 ms of the gateway's one thread on each request (a task, a request and
 a response object, several loop turns) -- as much as everything the gateway itself does.
 A request that is whole and plain -- ``POST`` of a JSON endpoint, HTTP/1.1, a
-Content-Length body that has all arrived, not a stream, no header that changes how it is
-read -- is answered by :meth:`~mlxpin.gateway.app.Gateway.answer_whole` and written back as
-bytes. Everything else, and anything this parser is unsure of, goes to aiohttp, whose
-parser decides (and refuses) as before.
+Content-Length body that has all arrived, no header that changes how it is read -- is
+answered by :meth:`~mlxpin.gateway.app.Gateway.answer_whole` and written back as bytes (an
+event stream as chunks, each as it comes). Everything else, and anything this parser is
+unsure of, goes to aiohttp, whose parser decides (and refuses) as before.
 """
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from mlxpin.project.engines import ALL_ENDPOINTS, TRANSCRIPTIONS_PATH
 
-__all__ = ["FAST_PATHS", "MAX_HEAD", "WholeRequest", "answer_bytes", "whole_request"]
+__all__ = [
+    "FAST_PATHS",
+    "MAX_HEAD",
+    "EventSink",
+    "OpenStream",
+    "WholeRequest",
+    "answer_bytes",
+    "chunk",
+    "whole_request",
+]
 
 #: Endpoints answered with one JSON body (a form upload and audio bytes are not).
 FAST_PATHS: Final = frozenset(ALL_ENDPOINTS) - {TRANSCRIPTIONS_PATH, "/v1/audio/speech"}
@@ -31,6 +40,21 @@ _NOT_PLAIN: Final = frozenset(
     {b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"connection"}
 )
 _REQUEST_LINES: Final = {b"POST " + path.encode() + b" HTTP/1.1": path for path in FAST_PATHS}
+
+
+class EventSink(Protocol):
+    """Where an event stream goes: its status line and headers leave with the first
+    write; a write to a client that has gone raises ConnectionError."""
+
+    status: int
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def write_eof(self, data: bytes = b"") -> None: ...
+
+
+#: Makes the sink for an event stream answered with a status and headers.
+OpenStream = Callable[[int, Sequence[tuple[str, str]]], EventSink]
 
 
 @dataclass(frozen=True)
@@ -77,25 +101,21 @@ def whole_request(data: bytes, max_body: int) -> WholeRequest | Literal["more"] 
         return "more"
     if len(data) > start + length:
         return None  # pipelined: aiohttp keeps them in order
-    body = data[start:]
-    if b'"stream"' in body and _streams(body):
-        return None
-    return WholeRequest(path, authorization or "", body)
-
-
-def _streams(body: bytes) -> bool:
-    try:
-        asked = json.loads(body)
-    except (ValueError, RecursionError):
-        return False  # answered 400 whole
-    return isinstance(asked, dict) and asked.get("stream") is True
+    return WholeRequest(path, authorization or "", data[start:])
 
 
 def answer_bytes(
-    status: int, reason: str, headers: list[tuple[str, str]], body: bytes, date: str
+    status: int, reason: str, headers: Sequence[tuple[str, str]], body: bytes | None, date: str
 ) -> bytes:
-    """An answer's status line, headers and body (its Content-Length counted here)."""
-    head = [f"HTTP/1.1 {status} {reason}\r\nDate: {date}\r\nContent-Length: {len(body)}\r\n"]
+    """An answer's status line, headers and body (its Content-Length counted here); with
+    ``body`` None, the head of a chunked answer."""
+    framing = "Transfer-Encoding: chunked" if body is None else f"Content-Length: {len(body)}"
+    head = [f"HTTP/1.1 {status} {reason}\r\nDate: {date}\r\n{framing}\r\n"]
     head += [f"{name}: {value}\r\n" for name, value in headers]
     head.append("\r\n")
-    return "".join(head).encode("latin-1") + body
+    return "".join(head).encode("latin-1") + (body or b"")
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body (empty: nothing; the end is b"0\\r\\n\\r\\n")."""
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""

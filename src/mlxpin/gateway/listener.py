@@ -20,8 +20,9 @@ import contextlib
 import logging
 import resource
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Final
 
 from aiohttp import web
@@ -32,11 +33,18 @@ from aiohttp.web_server import Server
 
 from mlxpin.gateway.addresses import ACCEPT_BURST
 from mlxpin.gateway.apierrors import ApiError
-from mlxpin.gateway.fastpath import WholeRequest, answer_bytes, whole_request
+from mlxpin.gateway.fastpath import (
+    EventSink,
+    OpenStream,
+    WholeRequest,
+    answer_bytes,
+    chunk,
+    whole_request,
+)
 
 __all__ = ["WHOLE_ANSWERS", "LimitedRunner", "ListenerLimits", "WholeAnswers", "connection_cap"]
 
-WholeAnswers = Callable[[str, str, bytes], Awaitable[web.Response]]
+WholeAnswers = Callable[[str, str, bytes, OpenStream], Awaitable[web.Response | None]]
 #: The application's answerer of whole plain requests (the gateway's ``answer_whole``).
 WHOLE_ANSWERS: Final[web.AppKey[WholeAnswers]] = web.AppKey("mlxpin.whole_answers")
 #: Bytes asked of one recv from a client (asyncio's default, 256 KiB, costs ~12 us more).
@@ -186,19 +194,25 @@ class _Handler(RequestHandler):
             self._head_deadline = None
         server = self._manager
         assert isinstance(server, _Server) and server.whole_answers is not None
-        answer = server.whole_answers(request.path, request.authorization, request.body)
+        answer = server.whole_answers(
+            request.path, request.authorization, request.body, self._open_stream
+        )
         self._answering = self._loop.create_task(self._send_whole(answer))
 
-    async def _send_whole(self, answer: Awaitable[web.Response]) -> None:
+    def _open_stream(self, status: int, headers: Sequence[tuple[str, str]]) -> EventSink:
+        return _ChunkedSink(self, status, headers)
+
+    async def _send_whole(self, answer: Awaitable[web.Response | None]) -> None:
         response = await answer
-        body = response.body
-        assert isinstance(body, bytes)
-        headers = [(k, v) for k, v in response.headers.items() if k != "Content-Length"]
-        date = rfc822_formatted_time()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(
-                answer_bytes(response.status, response.reason, headers, body, date)
-            )
+        if response is not None:  # (None: it was streamed)
+            body = response.body
+            assert isinstance(body, bytes)
+            headers = [(k, v) for k, v in response.headers.items() if k != "Content-Length"]
+            date = rfc822_formatted_time()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(
+                    answer_bytes(response.status, response.reason, headers, body, date)
+                )
         self._answering = None
         self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
         if self._keepalive_handle is None:  # (an earlier one reschedules itself)
@@ -246,6 +260,38 @@ class _Handler(RequestHandler):
         response = web.Response(status=status, body=error.body(), content_type="application/json")
         response.force_close()
         return response
+
+
+class _ChunkedSink:
+    """An event stream to one client, in HTTP/1.1 chunks: the head leaves with the first
+    one, and a client that reads slowly holds the relay (not the gateway's memory)."""
+
+    def __init__(self, handler: _Handler, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        self.handler, self.status = handler, status
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+        self.head: bytes | None = answer_bytes(
+            status, reason, headers, None, rfc822_formatted_time()
+        )
+
+    async def _send(self, data: bytes) -> None:
+        transport = self.handler.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client has gone")
+        if self.head is not None:
+            data, self.head = self.head + data, None
+        transport.write(data)
+        if self.handler.writing_paused:
+            await self.handler._drain_helper()
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            await self._send(chunk(data))
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await self._send(chunk(data) + b"0\r\n\r\n")
 
 
 class _Server(Server):
