@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
@@ -51,6 +52,17 @@ _HF_LEAKS = (
     "HF_XET_CACHE",
     "HF_ASSETS_CACHE",
 )
+
+
+def logged(log: list[str], text: str, timeout_s: float = 15.0) -> bool:
+    """Whether ``text`` reaches ``log`` within ``timeout_s`` (its lines come through a pipe,
+    read by another thread)."""
+    deadline = time.monotonic() + timeout_s
+    while text not in "".join(log):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 @dataclass(frozen=True)

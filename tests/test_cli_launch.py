@@ -36,6 +36,7 @@ from mlxpin.plan.launch import LaunchPlan, PinnedSnapshot
 from mlxpin.supervise.restart import RestartPolicy as SupervisorPolicy
 from mlxpin.supervise.runner import run_plan
 
+import conftest
 from conftest import Project
 from hubserver import HubServer
 
@@ -355,13 +356,7 @@ class Launched:
             self.log.append(line)
 
     def logged(self, text: str, timeout_s: float = 15.0) -> bool:
-        """Whether ``text`` reaches the log within ``timeout_s`` (lines arrive through a pipe)."""
-        deadline = time.monotonic() + timeout_s
-        while text not in "".join(self.log):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
+        return conftest.logged(self.log, text, timeout_s)
 
     def server_requests(self, label: str) -> int:
         """Chat completions the server has logged, counted once every earlier line is in.

@@ -27,7 +27,7 @@ import pytest
 from mlxpin.dev.tinymodel import generate
 from mlxpin.gateway.addresses import free_port
 
-from conftest import _HF_LEAKS, Project
+from conftest import _HF_LEAKS, Project, logged
 from hubserver import HubServer
 
 MODELS = ("alpha", "beta", "gamma")
@@ -125,13 +125,7 @@ class Served:
             self.log.append(line)
 
     def logged(self, text: str, timeout_s: float = 15.0) -> bool:
-        """Whether ``text`` reaches the log within ``timeout_s`` (lines arrive through a pipe)."""
-        deadline = time.monotonic() + timeout_s
-        while text not in "".join(self.log):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
+        return logged(self.log, text, timeout_s)
 
     def wait_listening(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
