@@ -157,6 +157,9 @@ class Answerer:
             self.cancelled += 1
             raise
         asked = json.loads(body)
+        if asked.get("broken"):  # a stream begun, then an answer: as after a bug of ours
+            await open_stream(200, [("Content-Type", "text/event-stream")]).write(b"data: 0\n\n")
+            return web.json_response({"error": "internal"}, status=500)
         if asked.get("stream"):  # three events, as they come
             sink = open_stream(200, [("Content-Type", "text/event-stream")])
             for n in range(3):
@@ -342,5 +345,33 @@ def test_a_stream_goes_out_in_chunks_and_the_connection_is_kept(
         await writer.drain()
         assert (await read_answer(reader))[1] == {"whole": {"n": 2}}
         writer.close()
+
+    on_a_listener(monkeypatch, body)
+
+
+def test_a_stream_that_cannot_end_closes_its_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its client must neither wait for an end nor read a second answer as the stream's."""
+
+    async def body(port: int, answerer: Answerer) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post({"broken": True}))
+        await writer.drain()
+        got = await asyncio.wait_for(reader.read(), 5)  # to the end: the server closes
+        assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"data: 0\n\n\r\n")
+        writer.close()
+
+    on_a_listener(monkeypatch, body)
+
+
+def test_what_floods_in_while_one_is_answered_waits_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body(port: int, answerer: Answerer) -> None:
+        answerer.hold.clear()
+        asyncio.get_running_loop().call_later(0.5, answerer.hold.set)
+        flood = post({"n": 2}) * 40_000  # ~2.9 MB pipelined behind the first, held
+        answers = await exchange(port, post({"n": 1}), flood, answers=3)
+        assert answers[0][1] == {"whole": {"n": 1}}
+        assert [body for _, body in answers[1:]] == [{"aiohttp": {"n": 2}}] * 2
 
     on_a_listener(monkeypatch, body)

@@ -34,6 +34,7 @@ from aiohttp.web_server import Server
 from mlxpin.gateway.addresses import ACCEPT_BURST
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.fastpath import (
+    MAX_HEAD,
     EventSink,
     OpenStream,
     WholeRequest,
@@ -108,7 +109,16 @@ class _Handler(RequestHandler):
     """aiohttp's connection handler, with a head deadline, shedding, JSON parse errors and
     plain requests answered whole."""
 
-    __slots__ = ("_aiohttps", "_answering", "_head_deadline", "_held", "_rest_wait", "_shed")
+    __slots__ = (
+        "_aiohttps",
+        "_answering",
+        "_head_deadline",
+        "_held",
+        "_held_paused",
+        "_rest_wait",
+        "_shed",
+        "_streamed",
+    )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._head_deadline: asyncio.TimerHandle | None = None
@@ -117,6 +127,8 @@ class _Handler(RequestHandler):
         self._held = b""  # a plain request's start, or what came while one was answered
         self._rest_wait: asyncio.TimerHandle | None = None
         self._answering: asyncio.Task[None] | None = None
+        self._held_paused = False  # reading stopped: too much came while one was answered
+        self._streamed = False  # the answer being sent is a stream, begun
         if hasattr(transport, "max_size"):  # asyncio's recv size (see relayclient._READ_SIZE)
             transport.max_size = READ_SIZE
         super().connection_made(transport)
@@ -156,11 +168,14 @@ class _Handler(RequestHandler):
         if not self._aiohttps:
             if self._held:
                 data, self._held = self._held + data, b""
-            if self._answering is not None:  # answered in order: after this one
-                self._held = data
-                return
             server = self._manager
             assert isinstance(server, _Server)
+            if self._answering is not None:  # answered in order: after this one
+                self._held = data
+                if len(data) > server.max_body + MAX_HEAD and self.transport is not None:
+                    self._held_paused = True  # the rest waits in the kernel, not here
+                    self.transport.pause_reading()
+                return
             whole = whole_request(data, server.max_body) if server.whole_answers else None
             if whole == "more":
                 self._held = data
@@ -200,26 +215,40 @@ class _Handler(RequestHandler):
         self._answering = self._loop.create_task(self._send_whole(answer))
 
     def _open_stream(self, status: int, headers: Sequence[tuple[str, str]]) -> EventSink:
+        self._streamed = True
         return _ChunkedSink(self, status, headers)
 
     async def _send_whole(self, answer: Awaitable[web.Response | None]) -> None:
-        response = await answer
+        response: web.Response | None = None
+        try:
+            response = await answer
+        except Exception:  # a bug of ours: what was sent so far cannot be trusted
+            log.exception("internal error answering a request")
+            broken = True
+        else:  # an answer after a stream began: it cannot be sent, nor the stream ended
+            broken = response is not None and self._streamed
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # (connection_lost comes)
+        if broken:
+            transport.close()
+            return
         if response is not None:  # (None: it was streamed)
             body = response.body
             assert isinstance(body, bytes)
             headers = [(k, v) for k, v in response.headers.items() if k != "Content-Length"]
             date = rfc822_formatted_time()
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(
-                    answer_bytes(response.status, response.reason, headers, body, date)
-                )
-        self._answering = None
+            transport.write(answer_bytes(response.status, response.reason, headers, body, date))
+        self._answering, self._streamed = None, False
         self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
         if self._keepalive_handle is None:  # (an earlier one reschedules itself)
             self._keepalive_handle = self._loop.call_at(
                 self._next_keepalive_close_time, self._process_keepalive
             )
         held, self._held = self._held, b""
+        if self._held_paused:
+            self._held_paused = False
+            transport.resume_reading()
         if held:  # the next request came while this one was answered
             self.data_received(held)
 
