@@ -401,7 +401,7 @@ class Gateway:
                     return None
                 if answer.content_type == _JSON_CT or answer.status >= 400:
                     response = await self._relay_json(answer, lease)
-                else:  # not asked for: an event stream or bytes, all of it
+                else:  # bytes of another kind (not asked for): all of them
                     response = await self._relay_read(answer, lease)
             finally:
                 answer.close()
@@ -463,7 +463,6 @@ class Gateway:
     ) -> None:
         """Relay an event stream chunk by chunk to ``sink`` (its status line and headers
         leave with the first event)."""
-        response = sink
         # The server finished the completion once it sends [DONE]: that marks it healthy
         # before the client can see it (and perhaps hang up right away).
         relay = SseRelay(
@@ -481,24 +480,24 @@ class Gateway:
                         continue  # nothing follows [DONE] for the client
                     if exchange is not None:
                         if exchange.first_byte is None:  # the status line goes out now
-                            exchange.status = response.status
+                            exchange.status = sink.status
                             exchange.first_byte = time.perf_counter()
                         if b'"usage"' in out:
                             exchange.sse_block(out)
                     if relay.done and ends_at_done:
                         # The last event and the answer's end leave together; the
                         # server's own end is still read, so its connection can be kept.
-                        await response.write_eof(out)
+                        await sink.write_eof(out)
                         ended = True
                     else:
-                        await response.write(out)
+                        await sink.write(out)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failure = exc
             if ended:
                 return
             tail = relay.finish()
             if tail:
-                await response.write(tail)
+                await sink.write(tail)
             if failure is None and answer.status == 200 and not relay.done:
                 if ends_at_done:
                     failure = aiohttp.ClientPayloadError("stream ended before data: [DONE]")
@@ -509,8 +508,8 @@ class Gateway:
                 # client raises APIError on a data event that carries "error").
                 error = classify_failure(failure)
                 log.warning("upstream failed mid-stream: %s: %s", type(failure).__name__, failure)
-                await response.write(b"data: " + error.body() + b"\n\n")
-            await response.write_eof()
+                await sink.write(b"data: " + error.body() + b"\n\n")
+            await sink.write_eof()
         except ConnectionError as exc:
             # The client went away mid-stream. Leaving `async with` in the caller drops the
             # upstream connection, which also ends the server's generation for it.
