@@ -179,22 +179,14 @@ class Gateway:
         exchange: Exchange | None = None
         if self.on_exchange is not None and request.path in ALL_ENDPOINTS:
             exchange = request[EXCHANGE] = Exchange(request.path, started)
-        response: web.StreamResponse
-        try:
+
+        async def answer() -> web.StreamResponse:
             if self.authorized(request):
-                response = await handler(request)
-            else:
-                response = api_error_response(_UNAUTHORIZED)
-        except web.HTTPException as exc:
-            response = api_error_response(from_http_exception(exc))
-        except Exception:  # a bug of ours: log it, never show it
-            log.exception("internal error on %s %s", request.method, request.path)
-            response = api_error_response(_INTERNAL)
-        except asyncio.CancelledError:  # the client hung up: nginx's 499 unless a stream's
-            # status line went out already (it may hang up right after [DONE])
-            self._observed(exchange, exchange.status or 499 if exchange else 499, started)
-            raise
-        self._finished(exchange, request.method, request.path, response.status, started)
+                return await handler(request)
+            return api_error_response(_UNAUTHORIZED)
+
+        response = await self._guarded(request.method, request.path, exchange, started, answer)
+        assert response is not None  # aiohttp's way always has one
         return response
 
     async def answer_whole(
@@ -209,23 +201,46 @@ class Gateway:
         None once an event stream went to a sink from ``open_stream``."""
         started = time.perf_counter()
         exchange = Exchange(path, started) if self.on_exchange is not None else None
-        response: web.Response | None
+
+        def stream(status: int) -> EventSink:
+            return open_stream(status, _SSE_HEADER_LIST)
+
+        async def answer() -> web.StreamResponse | None:
+            if not self.key_ok(authorization):
+                return api_error_response(_UNAUTHORIZED)
+            relay = functools.partial(
+                self._forward, path, "*/*", exchange, stream, self._relay_read
+            )
+            return await self._relay_checked(path, raw, "", exchange, relay)
+
+        response = await self._guarded("POST", path, exchange, started, answer)
+        assert response is None or isinstance(response, web.Response)  # whole, or streamed
+        return response
+
+    async def _guarded(
+        self,
+        method: str,
+        path: str,
+        exchange: Exchange | None,
+        started: float,
+        answer: Callable[[], Awaitable[web.StreamResponse | None]],
+    ) -> web.StreamResponse | None:
+        """``answer()``, with errors of ours answered 500 (logged, never shown) and the
+        exchange observed: as 499 if the client hung up, unless a stream's status line went
+        out already (it may hang up right after [DONE])."""
+        response: web.StreamResponse | None
         try:
-            if self.key_ok(authorization):
-                relay = functools.partial(self._forward_whole, path, exchange, open_stream)
-                answered = await self._relay_checked(path, raw, "", exchange, relay)
-                assert answered is None or isinstance(answered, web.Response)
-                response = answered
-            else:
-                response = api_error_response(_UNAUTHORIZED)
+            response = await answer()
+        except web.HTTPException as exc:  # aiohttp's own 4xx/5xx
+            response = api_error_response(from_http_exception(exc))
         except Exception:  # a bug of ours: log it, never show it
-            log.exception("internal error on POST %s", path)
+            log.exception("internal error on %s %s", method, path)
             response = api_error_response(_INTERNAL)
-        except asyncio.CancelledError:  # the client hung up: 499 unless a stream began
+        except asyncio.CancelledError:
             self._observed(exchange, exchange.status or 499 if exchange else 499, started)
             raise
-        status = response.status if response is not None else (exchange and exchange.status)
-        self._finished(exchange, "POST", path, status or 200, started)
+        status = response.status if response is not None else exchange and exchange.status
+        self._finished(exchange, method, path, status or 200, started)
         return response
 
     def _finished(
@@ -274,7 +289,14 @@ class Gateway:
             )
         content_type = request.headers.get("Content-Type", "")
         exchange: Exchange | None = request.get(EXCHANGE)
-        relay = functools.partial(self._forward, request)
+        relay = functools.partial(
+            self._forward,
+            request.path,
+            request.headers.get("Accept", "*/*"),
+            exchange,
+            functools.partial(_AiohttpSink, request),
+            functools.partial(self._relay_raw, request),
+        )
         answered = await self._relay_checked(request.path, raw, content_type, exchange, relay)
         assert answered is not None  # aiohttp's way always has a response
         return answered
@@ -353,58 +375,33 @@ class Gateway:
         return api_error_response(error)
 
     async def _forward(
-        self, request: web.Request, route: Route, body: Any, lease: Lease
-    ) -> web.StreamResponse:
-        """Send the checked request, relay the answer (a stream as it comes)."""
-        accept = request.headers.get("Accept", "*/*")
-        answer = await self._send(request.path, accept, route, body, lease)
-        if not isinstance(answer, Answer):
-            return answer
-        try:
-            try:
-                if answer.content_type == _SSE_CT:
-                    sink = _AiohttpSink(request, answer.status)
-                    exchange = request.get(EXCHANGE)
-                    await self._relay_sse(request.path, exchange, answer, lease, sink)
-                    return sink.response
-                if answer.content_type != _JSON_CT and answer.status < 400:
-                    return await self._relay_raw(request, answer, lease)
-                response = await self._relay_json(answer, lease)
-            finally:
-                answer.close()  # a relay that did not reach the end drops the connection
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return self._failed(exc)
-        observed: Exchange | None = request.get(EXCHANGE)
-        if observed is not None and answer.status == 200 and response.body:
-            observed.json_body(response.body)  # type: ignore[arg-type]
-        return response
-
-    async def _forward_whole(
         self,
         path: str,
+        accept: str,
         exchange: Exchange | None,
-        open_stream: OpenStream,
+        stream: Callable[[int], EventSink],
+        other: Callable[[Answer, Lease], Awaitable[web.StreamResponse]],
         route: Route,
         body: Any,
         lease: Lease,
-    ) -> web.Response | None:
-        """Send the checked request, relay the answer whole (None: streamed to a sink
-        from ``open_stream``, already)."""
-        answer = await self._send(path, "*/*", route, body, lease)
+    ) -> web.StreamResponse | None:
+        """Send the checked request, relay the answer: an event stream to a sink from
+        ``stream``, JSON (and any error) rewritten, other bytes by ``other``. None when the
+        sink sent the stream already."""
+        answer = await self._send(path, accept, route, body, lease)
         if not isinstance(answer, Answer):
             return answer
         try:
             try:
                 if answer.content_type == _SSE_CT:
-                    sink = open_stream(answer.status, _SSE_HEADER_LIST)
+                    sink = stream(answer.status)
                     await self._relay_sse(path, exchange, answer, lease, sink)
-                    return None
-                if answer.content_type == _JSON_CT or answer.status >= 400:
-                    response = await self._relay_json(answer, lease)
-                else:  # bytes of another kind (not asked for): all of them
-                    response = await self._relay_read(answer, lease)
+                    return sink.answer
+                if answer.content_type != _JSON_CT and answer.status < 400:
+                    return await other(answer, lease)
+                response = await self._relay_json(answer, lease)
             finally:
-                answer.close()
+                answer.close()  # a relay that did not reach the end drops the connection
         except (aiohttp.ClientError, TimeoutError) as exc:
             return self._failed(exc)
         if exchange is not None and answer.status == 200 and response.body:
@@ -529,6 +526,7 @@ class _AiohttpSink:
     def __init__(self, request: web.Request, status: int) -> None:
         self.request = request
         self.response = _EventStream(status=status, headers=_SSE_HEADERS)
+        self.answer: web.StreamResponse | None = self.response  # aiohttp sends it
         self.status = status
         self.prepared = False
 

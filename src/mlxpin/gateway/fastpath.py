@@ -14,9 +14,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 from mlxpin.project.engines import ALL_ENDPOINTS, TRANSCRIPTIONS_PATH
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = [
     "FAST_PATHS",
@@ -47,6 +50,9 @@ class EventSink(Protocol):
     write; a write to a client that has gone raises ConnectionError."""
 
     status: int
+    answer: web.StreamResponse | None
+    """What the relay returns once the stream went to the sink: aiohttp's response, or
+    None when the sink wrote it to the connection itself."""
 
     async def write(self, data: bytes) -> None: ...
 

@@ -295,6 +295,8 @@ class _ChunkedSink:
     """An event stream to one client, in HTTP/1.1 chunks: the head leaves with the first
     one, and a client that reads slowly holds the relay (not the gateway's memory)."""
 
+    answer: web.StreamResponse | None = None  # nothing is left to send once relayed
+
     def __init__(self, handler: _Handler, status: int, headers: Sequence[tuple[str, str]]) -> None:
         self.handler, self.status = handler, status
         try:
