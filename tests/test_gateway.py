@@ -30,6 +30,8 @@ from typing import Any, TypeVar, cast
 import openai
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fixedgateway import GatewayConfig, start_gateway, warm_up
 from mlxpin.gateway.addresses import free_port as _free_port
@@ -773,6 +775,36 @@ def test_fast_rewrite_agrees_with_json(obj: dict[str, Any]) -> None:
     for dumped in (json.dumps(obj), json.dumps(obj, separators=(",", ":"))):
         out = rewriter.event_payload(dumped.encode())
         assert json.loads(out) == _slow_rewrite(dumped.encode(), 'label "q" é')
+
+
+def _counted_rewrite(rewriter: _Rewriter, payload: bytes) -> bytes | None:
+    """The relabelling as it was done before one pass sufficed: count, find, replace."""
+    for needle, replacement in rewriter.forms:
+        if payload.count(needle) == 1:
+            at = payload.find(needle)
+            if at > 0 and payload[at - 1] != 0x5C:
+                return payload.replace(needle, replacement, 1)
+    return None
+
+
+_PIECES = [
+    b'"model": "' + UPSTREAM_MODEL.encode() + b'"',
+    b'"model":"' + UPSTREAM_MODEL.encode() + b'"',
+    b'"model": "other"',
+    b"\\\\",  # an escaped backslash: the quote after it is real
+    b"{",
+    b'"x": [0.25, -1e-05], ',
+    b'"model": "' + UPSTREAM_MODEL[:-1].encode(),
+    b"\\",  # a lone backslash: the quote after it is escaped
+    b'"',
+]
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=12))
+def test_one_pass_relabelling_agrees_with_counting(pieces: list[bytes]) -> None:
+    rewriter = _Rewriter(LABEL, UPSTREAM_MODEL)
+    payload = b"".join(pieces)
+    assert rewriter.fast(payload) == _counted_rewrite(rewriter, payload)
 
 
 def test_relay_holds_only_incomplete_lines() -> None:
