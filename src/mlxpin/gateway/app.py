@@ -252,9 +252,19 @@ class Gateway:
             log.debug("%s %s -> %d in %.1f ms", method, path, status, took)
 
     def _observed(self, exchange: Exchange | None, status: int, started: float) -> None:
+        """Time the exchange now; report it once the answer is on its way (the next loop
+        turn, still before any later request is read): metrics and the access log cost
+        ~40 us, which the client need not wait for."""
         if exchange is not None and self.on_exchange is not None:
             exchange.status = status
             exchange.duration_s = time.perf_counter() - started
+            asyncio.get_running_loop().call_soon(self._report, exchange)
+
+    def _report(self, exchange: Exchange) -> None:
+        if exchange.answer is not None:
+            exchange.json_body(exchange.answer)
+            exchange.answer = None
+        if self.on_exchange is not None:
             self.on_exchange(exchange)
 
     async def models(self, _request: web.Request) -> web.Response:
@@ -405,7 +415,7 @@ class Gateway:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return self._failed(exc)
         if exchange is not None and answer.status == 200 and response.body:
-            exchange.json_body(response.body)  # type: ignore[arg-type]
+            exchange.answer = response.body  # type: ignore[assignment]  # its usage, later
         return response
 
     async def _relay_read(self, answer: Answer, lease: Lease) -> web.Response:

@@ -27,6 +27,7 @@ class Exchange:
     first_byte: float | None = None  # streams: when the first event went to the client
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    answer: bytes | None = None  # a JSON answer whose usage is still to be read
 
     @property
     def ttft_s(self) -> float | None:
