@@ -375,3 +375,40 @@ def test_what_floods_in_while_one_is_answered_waits_in_order(
         assert [body for _, body in answers[1:]] == [{"aiohttp": {"n": 2}}] * 2
 
     on_a_listener(monkeypatch, body)
+
+
+def test_stopping_finishes_the_answer_in_flight_and_closes_idle_connections() -> None:
+    """The server stops (SIGTERM): a plain request being answered gets its whole answer
+    within the shutdown time; a connection idle after its answers is closed at once."""
+
+    async def main() -> None:
+        answerer = Answerer()
+        app = web.Application()
+        answers: WholeAnswers = answerer
+        app[WHOLE_ANSWERS] = answers
+        runner = LimitedRunner(
+            app, ListenerLimits(), keepalive_timeout=30, handle_signals=False, shutdown_timeout=5
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        idle_writer.write(post({"n": 1}))
+        assert (await read_answer(idle_reader))[1] == {"whole": {"n": 1}}
+        answerer.hold.clear()
+        busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+        busy_writer.write(post({"n": 2}))
+        while len(answerer.seen) < 2:
+            await asyncio.sleep(0.01)
+        stopping = asyncio.create_task(runner.cleanup())
+        assert await asyncio.wait_for(idle_reader.read(1), 2) == b""  # closed, not waited for
+        assert not stopping.done()
+        answerer.hold.set()
+        assert (await asyncio.wait_for(read_answer(busy_reader), 5))[1] == {"whole": {"n": 2}}
+        await asyncio.wait_for(stopping, 5)
+        assert answerer.cancelled == 0
+        for writer in (idle_writer, busy_writer):
+            writer.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))

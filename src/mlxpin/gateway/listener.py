@@ -9,8 +9,9 @@ is answered 503 + ``Retry-After`` and closed (at most ``SHED_BAND`` pending, old
 dropped first, so a new client always gets its 503); a request aiohttp's parser rejects
 is answered with an OpenAI-style 400. A plain request that arrives whole is answered
 without aiohttp's request machinery (:mod:`~mlxpin.gateway.fastpath`); a connection that
-sends anything else is aiohttp's from then on. This reaches into aiohttp's
-``RequestHandler``; the tests pin the behaviour so an aiohttp upgrade that changes it fails.
+sends anything else is aiohttp's from then on, and only then is aiohttp's request loop
+started (a task per connection). This reaches into aiohttp's ``RequestHandler``; the
+tests pin the behaviour so an aiohttp upgrade that changes it fails.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from http import HTTPStatus
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.tcp_helpers import tcp_keepalive
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
@@ -131,13 +134,34 @@ class _Handler(RequestHandler):
         self._streamed = False  # the answer being sent is a stream, begun
         if hasattr(transport, "max_size"):  # asyncio's recv size (see relayclient._READ_SIZE)
             transport.max_size = READ_SIZE
-        super().connection_made(transport)
+        self._connected(transport)
         server = self._manager
         assert isinstance(server, _Server)
         if len(server._connections) - len(server.shedding) > server.cap:
             self._start_shedding(server, transport)
             return
         self._head_deadline = self._loop.call_later(server.header_timeout_s, self._no_head)
+
+    def _connected(self, transport: asyncio.BaseTransport) -> None:
+        """``RequestHandler.connection_made`` without its request loop's task, which
+        :meth:`_to_aiohttp` starts if the connection ever needs it: most never do, and the
+        task, its first step and its cancellation cost ~15 us a connection."""
+        BaseProtocol.connection_made(self, transport)
+        assert self._manager is not None
+        if self._tcp_keepalive:
+            tcp_keepalive(transport)  # type: ignore[arg-type]
+        self._manager.connection_made(self, transport)  # type: ignore[arg-type]
+        if self._keepalive_timeout > 0:  # a connection that never sends a request is closed
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+            self._keepalive_handle = self._loop.call_at(
+                self._next_keepalive_close_time, self._process_keepalive
+            )
+
+    def _to_aiohttp(self) -> None:
+        """From now on aiohttp reads and answers this connection's requests."""
+        self._aiohttps = True
+        if self._task_handler is None:
+            self._task_handler = self._loop.create_task(self.start())
 
     def _start_shedding(self, server: _Server, transport: asyncio.BaseTransport) -> None:
         """Answer 503 and close once the client's request is read (a close with unread
@@ -166,6 +190,8 @@ class _Handler(RequestHandler):
                 self.transport.close()
             return
         if not self._aiohttps:
+            if self._close or self._force_close:  # shutting down: no new request
+                return
             if self._held:
                 data, self._held = self._held + data, b""
             server = self._manager
@@ -188,7 +214,7 @@ class _Handler(RequestHandler):
             if isinstance(whole, WholeRequest):
                 self._answer(whole)
                 return
-            self._aiohttps = True
+            self._to_aiohttp()
         super().data_received(data)
         if self._request_count and self._head_deadline is not None:
             self._head_deadline.cancel()
@@ -197,7 +223,7 @@ class _Handler(RequestHandler):
     def _rest_late(self) -> None:
         """The body is slow to come: aiohttp reads it (and times it out) from here."""
         self._rest_wait = None
-        self._aiohttps = True
+        self._to_aiohttp()
         held, self._held = self._held, b""
         if held:
             self.data_received(held)
@@ -240,6 +266,9 @@ class _Handler(RequestHandler):
             date = rfc822_formatted_time()
             transport.write(answer_bytes(response.status, response.reason, headers, body, date))
         self._answering, self._streamed = None, False
+        if self._close or self._force_close:  # shutting down: this was the last answer
+            transport.close()
+            return
         self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
         if self._keepalive_handle is None:  # (an earlier one reschedules itself)
             self._keepalive_handle = self._loop.call_at(
@@ -253,10 +282,42 @@ class _Handler(RequestHandler):
             self.data_received(held)
 
     def _process_keepalive(self) -> None:
-        if self._answering is not None:  # not idle: its end schedules the next check
-            self._keepalive_handle = None
+        if self._aiohttps:
+            super()._process_keepalive()
             return
-        super()._process_keepalive()
+        self._keepalive_handle = None
+        if self._answering is not None:  # not idle: its end schedules the next check
+            return
+        if self._loop.time() < self._next_keepalive_close_time:
+            self._keepalive_handle = self._loop.call_at(
+                self._next_keepalive_close_time, self._process_keepalive
+            )
+            return
+        self.force_close()  # idle for the whole keep-alive time
+
+    def close(self) -> None:
+        """Stop taking requests (the server is stopping): now if idle, else once the
+        request being answered is."""
+        if self._aiohttps:
+            super().close()
+            return
+        self._close = True
+        if self._answering is None:
+            self.force_close()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        """The server stops: the request being answered gets ``timeout`` to finish."""
+        if self._aiohttps:
+            await super().shutdown(timeout)
+            return
+        self._close = True
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+        answering = self._answering
+        if answering is not None:
+            await asyncio.wait({answering}, timeout=timeout)
+            answering.cancel()
+        self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         server = self._manager
