@@ -530,7 +530,8 @@ def test_an_engine_whose_generation_thread_died_is_restarted(tmp_path: Path) -> 
                 answer = await c.post("/v1/chat/completions", json=ask)
                 assert answer.status == 503  # not the engine's 404
                 for _ in range(300):
-                    if slot.process is not None and slot.process.pid != first:
+                    running = slot.process  # a restarted one may not have spawned yet
+                    if running and running.process and running.pid != first:
                         break
                     await asyncio.sleep(0.02)
                 assert slot.process is not None and slot.process.pid != first
