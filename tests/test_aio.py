@@ -1,9 +1,15 @@
-"""The boot path imports aiohttp without reading the CA store, and stays fail-closed."""
+"""The boot path imports aiohttp without reading the CA store, and stays fail-closed; the
+gateway runs on uvloop where it is installed."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+
+import uvloop
+
+from mlxpin.gateway.aio import event_loop_factory
 
 PROBE = """
 import ssl
@@ -34,3 +40,12 @@ def test_aiohttp_is_imported_without_the_ca_store_and_verifies_against_nothing()
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_the_gateway_runs_on_uvloop_unless_told_otherwise() -> None:
+    factory = event_loop_factory({})
+    assert factory is uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        assert isinstance(runner.get_loop(), uvloop.Loop)
+    assert event_loop_factory({"MLXPIN_EVENT_LOOP": " AsyncIO "}) is None  # asyncio's own
+    assert event_loop_factory({"MLXPIN_EVENT_LOOP": "uvloop"}) is uvloop.new_event_loop

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from mlxpin.config import is_true
 from mlxpin.errors import PortInUseError
 from mlxpin.gateway.addresses import bind_public, raise_open_files_limit
-from mlxpin.gateway.aio import import_aiohttp
+from mlxpin.gateway.aio import event_loop_factory, import_aiohttp
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Unavailable
 from mlxpin.plan.launch import LaunchPlan
@@ -205,7 +205,8 @@ def run_pool_plan(
             in_use = stack.enter_context(InUse(checks[0].layout))
             for lock in (lock for check in checks for lock in check.locks):
                 in_use.add(lock)
-        return asyncio.run(run_pool(plan, environ, policy, WatchdogPolicy(*watchdog)))
+        with asyncio.Runner(loop_factory=event_loop_factory(environ)) as runner:
+            return runner.run(run_pool(plan, environ, policy, WatchdogPolicy(*watchdog)))
 
 
 def run_plan(
