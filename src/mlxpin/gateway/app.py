@@ -67,6 +67,9 @@ _MALFORMED: Final = ApiError(
 )
 _ENGINE_DIED: Final = "The model's engine failed and is being restarted; retry shortly"
 
+#: How long the engine's own end of a stream is waited for once the client has [DONE]:
+#: past it the connection is dropped rather than kept (and the lease held meanwhile).
+_DRAIN_S: Final = 5.0
 #: Streams that end with ``data: [DONE]`` (OpenAI chat and text completions).
 _DONE_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
 
@@ -496,6 +499,7 @@ class Gateway:
                         # server's own end is still read, so its connection can be kept.
                         await sink.write_eof(out)
                         ended = True
+                        answer.read_timeout_s = min(answer.read_timeout_s, _DRAIN_S)
                     else:
                         await sink.write(out)
             except (aiohttp.ClientError, TimeoutError) as exc:

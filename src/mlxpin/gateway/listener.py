@@ -119,6 +119,7 @@ class _Handler(RequestHandler):
         "_held",
         "_held_paused",
         "_rest_wait",
+        "_sent",
         "_shed",
         "_streamed",
     )
@@ -132,6 +133,7 @@ class _Handler(RequestHandler):
         self._answering: asyncio.Task[None] | None = None
         self._held_paused = False  # reading stopped: too much came while one was answered
         self._streamed = False  # the answer being sent is a stream, begun
+        self._sent = False  # ... and ended: what runs on only reads the engine's end
         if hasattr(transport, "max_size"):  # asyncio's recv size (see relayclient._READ_SIZE)
             transport.max_size = READ_SIZE
         self._connected(transport)
@@ -265,7 +267,7 @@ class _Handler(RequestHandler):
             headers = [(k, v) for k, v in response.headers.items() if k != "Content-Length"]
             date = rfc822_formatted_time()
             transport.write(answer_bytes(response.status, response.reason, headers, body, date))
-        self._answering, self._streamed = None, False
+        self._answering, self._streamed, self._sent = None, False, False
         if self._close or self._force_close:  # shutting down: this was the last answer
             transport.close()
             return
@@ -330,8 +332,8 @@ class _Handler(RequestHandler):
         if self._rest_wait is not None:
             self._rest_wait.cancel()
             self._rest_wait = None
-        if self._answering is not None:  # the client hung up: its request is dropped
-            self._answering.cancel()
+        if self._answering is not None and not self._sent:  # the client hung up: its
+            self._answering.cancel()  # request is dropped
             self._answering = None
         super().connection_lost(exc)
 
@@ -383,7 +385,11 @@ class _ChunkedSink:
             await self._send(chunk(data))
 
     async def write_eof(self, data: bytes = b"") -> None:
+        """The stream's end. A client that hangs up once it has it (as most do) no longer
+        cancels the relay, which reads the engine's own end and so keeps its connection
+        (dropped, the engine would take a new connection, thread and traceback each)."""
         await self._send(chunk(data) + b"0\r\n\r\n")
+        self.handler._sent = True
 
 
 class _Server(Server):
