@@ -54,15 +54,25 @@ def request(path: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
     return head.encode("latin-1") + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
-def aiohttp_reads(data: bytes) -> tuple[str, str, bytes, str | None]:
-    """What aiohttp's own parser makes of ``data``: method, path, body, Authorization."""
+def aiohttp_reads(data: bytes) -> tuple[str, str, bytes, str | None, str | None, bool]:
+    """What aiohttp's own parser makes of ``data``: method, path, body, Authorization,
+    Accept, and whether the connection is kept."""
     loop = asyncio.new_event_loop()
     try:
         parser = HttpRequestParser(BaseProtocol(loop), loop, 2**16)
         messages, _upgraded, _tail = parser.feed_data(data)
         (message, payload), *_ = messages
         body = b"".join(payload._buffer)  # the whole body was fed at once
-        return message.method, message.path, body, message.headers.get("Authorization")
+        headers = message.headers
+        kept = not message.should_close
+        return (
+            message.method,
+            message.path,
+            body,
+            headers.get("Authorization"),
+            headers.get("Accept"),
+            kept,
+        )
     finally:
         loop.close()
 
@@ -74,19 +84,31 @@ def aiohttp_reads(data: bytes) -> tuple[str, str, bytes, str | None]:
         st.tuples(header_names, header_values), max_size=6, unique_by=lambda h: h[0].lower()
     ),
     key=st.none() | st.text(_TOKEN_CHARS, min_size=1, max_size=30),
+    kept=st.sampled_from([None, "keep-alive", "Keep-Alive", " KEEP-ALIVE "]),
+    asked=st.none() | header_values,
     body=bodies,
 )
 def test_a_plain_request_is_read_as_aiohttp_reads_it(
-    path: str, headers: list[tuple[str, str]], key: str | None, body: bytes
+    path: str,
+    headers: list[tuple[str, str]],
+    key: str | None,
+    kept: str | None,
+    asked: str | None,
+    body: bytes,
 ) -> None:
+    if asked is not None:
+        headers = [(k, v) for k, v in headers if k.lower() != "accept"] + [("Accept", asked)]
     if key is not None:
         headers = [*headers, ("Authorization", f"Bearer {key}")]
+    if kept is not None:  # HTTP/1.1's default, as httpx and requests send it
+        headers = [*headers, ("Connection", kept)]
     data = request(path, headers, body)
     got = whole_request(data, MAX_BODY)
     assert isinstance(got, WholeRequest)
-    method, seen_path, seen_body, auth = aiohttp_reads(data)
-    assert (method, seen_path, seen_body) == ("POST", got.path, got.body)
+    method, seen_path, seen_body, auth, accept, keeps = aiohttp_reads(data)
+    assert (method, seen_path, seen_body, keeps) == ("POST", got.path, got.body, True)
     assert got.authorization == (auth or "")
+    assert got.accept == ("*/*" if accept is None else accept)  # as completions() reads it
     head = data.index(b"\r\n\r\n") + 4
     for cut in range(head, len(data)):  # the body still coming: wait for it
         assert whole_request(data[:cut], MAX_BODY) == "more"
@@ -111,6 +133,7 @@ def test_any_bytes_are_taken_waited_for_or_left_to_aiohttp(data: bytes) -> None:
         lambda r: r.replace(b"Host:", b"Content-Encoding: gzip\r\nHost:"),
         lambda r: r.replace(b"Host:", b"Expect: 100-continue\r\nHost:"),
         lambda r: r.replace(b"Host:", b"Connection: close\r\nHost:"),
+        lambda r: r.replace(b"Host:", b"Connection: keep-alive, Upgrade\r\nHost:"),
         lambda r: r.replace(b"Host:", b"Content-Length: 2\r\nHost:"),
         lambda r: r.replace(b"Host: x", b"Host: x\r\n folded"),
         lambda r: r.replace(b"Host:", b"Bad Name:"),
@@ -147,9 +170,8 @@ class Answerer:
         self.hold = asyncio.Event()
         self.hold.set()
 
-    async def __call__(
-        self, path: str, authorization: str, body: bytes, open_stream: OpenStream
-    ) -> web.Response | None:
+    async def __call__(self, request: WholeRequest, open_stream: OpenStream) -> web.Response | None:
+        body = request.body
         self.seen.append(body)
         try:
             await self.hold.wait()

@@ -38,6 +38,7 @@ from mlxpin.gateway import app as gateway_app
 from mlxpin.gateway.addresses import free_port as _free_port
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import GatewayState
+from mlxpin.gateway.fastpath import WholeRequest
 from mlxpin.gateway.rewrite import Rewriter as _Rewriter
 from mlxpin.gateway.rewrite import SseRelay as _SseRelay
 
@@ -1158,18 +1159,17 @@ def test_plain_requests_are_answered_whole_and_as_aiohttp_would(
     make_gateway: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A plain request skips aiohttp's request machinery (gateway.fastpath): its answer --
-    status, body, the headers a client reads -- is the one aiohttp's way gives (a
-    Connection header sends the same request that way)."""
+    status, body, the headers a client reads -- is the one aiohttp's way gives
+    (``Connection: close`` sends the same request that way). ``Connection: keep-alive``,
+    which the openai SDK sends on every request, is plain."""
     from mlxpin.gateway.app import Gateway as RealGateway
 
     whole: list[str] = []
     answer_whole = RealGateway.answer_whole
 
-    async def counted(
-        self: RealGateway, path: str, authorization: str, raw: bytes, open_stream: Any
-    ) -> Any:
-        whole.append(path)
-        return await answer_whole(self, path, authorization, raw, open_stream)
+    async def counted(self: RealGateway, request: WholeRequest, open_stream: Any) -> Any:
+        whole.append(request.path)
+        return await answer_whole(self, request, open_stream)
 
     monkeypatch.setattr(RealGateway, "answer_whole", counted)
     gw: Gateway = make_gateway(api_key="sk-test")
@@ -1212,9 +1212,10 @@ def test_plain_requests_are_answered_whole_and_as_aiohttp_would(
 
     for path, body, headers in cases:
         plain = ask(path, body, headers)
-        by_aiohttp = ask(path, body, {**headers, "Connection": "keep-alive"})
+        by_aiohttp = ask(path, body, {**headers, "Connection": "close"})
         assert plain == by_aiohttp, (path, body)
-    assert len(whole) == len(cases)  # each plain one was answered whole, once
+        assert ask(path, body, {**headers, "Connection": "Keep-Alive"}) == plain
+    assert len(whole) == 2 * len(cases)  # each plain one was answered whole
 
     def events(headers: dict[str, str]) -> tuple[int, str | None, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -1226,11 +1227,11 @@ def test_plain_requests_are_answered_whole_and_as_aiohttp_would(
             conn.close()
 
     streamed = events(key)
-    assert streamed == events({**key, "Connection": "keep-alive"})
+    assert streamed == events({**key, "Connection": "close"})
     assert streamed[2].endswith(b"data: [DONE]\n\n") and f'"model":"{LABEL}"'.encode() in streamed[
         2
     ].replace(b" ", b"")
-    assert len(whole) == len(cases) + 1  # the stream too
+    assert len(whole) == 2 * len(cases) + 1  # the stream too
     sent = [r.body for r in upstream.requests]
-    assert len(sent) == 2 * 5  # five requests reach the server, each asked both ways
+    assert len(sent) == 3 * 4 + 2  # four cases reach the server three ways, the stream two
     assert all(b["model"] == UPSTREAM_MODEL for b in sent)

@@ -27,7 +27,7 @@ from mlxpin.gateway.addresses import ACCEPT_BURST
 from mlxpin.gateway.apierrors import ApiError
 from mlxpin.gateway.backends import Backends, Lease, Route, Unavailable, Upstream
 from mlxpin.gateway.checks import check_form, check_request, encode_form
-from mlxpin.gateway.fastpath import EventSink, OpenStream
+from mlxpin.gateway.fastpath import EventSink, OpenStream, WholeRequest
 from mlxpin.gateway.listener import WHOLE_ANSWERS, LimitedRunner, ListenerLimits
 from mlxpin.gateway.observe import Exchange
 from mlxpin.gateway.relayclient import Answer, RelayClient
@@ -193,15 +193,12 @@ class Gateway:
         return response
 
     async def answer_whole(
-        self,
-        path: str,
-        authorization: str,
-        raw: bytes,
-        open_stream: OpenStream,
+        self, request: WholeRequest, open_stream: OpenStream
     ) -> web.Response | None:
         """A plain request read whole (see :mod:`~mlxpin.gateway.fastpath`): the key,
         checks, routing, relay and observation that aiohttp's way gives. Its answer, or
         None once an event stream went to a sink from ``open_stream``."""
+        path, authorization, raw = request.path, request.authorization, request.body
         started = time.perf_counter()
         exchange = Exchange(path, started) if self.on_exchange is not None else None
 
@@ -212,7 +209,7 @@ class Gateway:
             if not self.key_ok(authorization):
                 return api_error_response(_UNAUTHORIZED)
             relay = functools.partial(
-                self._forward, path, "*/*", exchange, stream, self._relay_read
+                self._forward, path, request.accept, exchange, stream, self._relay_read
             )
             return await self._relay_checked(path, raw, "", exchange, relay)
 

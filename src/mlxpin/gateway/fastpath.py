@@ -3,7 +3,8 @@
 aiohttp spends ~0.3 ms of the gateway's one thread on each request (a task, a request and
 a response object, several loop turns) -- as much as everything the gateway itself does.
 A request that is whole and plain -- ``POST`` of a JSON endpoint, HTTP/1.1, a
-Content-Length body that has all arrived, no header that changes how it is read -- is
+Content-Length body that has all arrived, no header that changes how it is read (but
+``Connection: keep-alive``, which changes nothing in HTTP/1.1) -- is
 answered by :meth:`~mlxpin.gateway.app.Gateway.answer_whole` and written back as bytes (an
 event stream as chunks, each as it comes). Everything else, and anything this parser is
 unsure of, goes to aiohttp, whose parser decides (and refuses) as before.
@@ -38,10 +39,10 @@ FAST_PATHS: Final = frozenset(ALL_ENDPOINTS) - {TRANSCRIPTIONS_PATH, "/v1/audio/
 MAX_HEAD: Final = 8 * 1024
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-#: Headers that change how a request is read or answered: aiohttp's business.
-_NOT_PLAIN: Final = frozenset(
-    {b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"connection"}
-)
+#: Headers that change how a request is read or answered: aiohttp's business. So is
+#: ``Connection``, but for ``keep-alive``: HTTP/1.1's default, which httpx (the openai SDK)
+#: and requests send on every request.
+_NOT_PLAIN: Final = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
 _REQUEST_LINES: Final = {b"POST " + path.encode() + b" HTTP/1.1": path for path in FAST_PATHS}
 
 
@@ -69,6 +70,7 @@ class WholeRequest:
 
     path: str
     authorization: str
+    accept: str  # relayed to the engine, as aiohttp's way does ("*/*" when none)
     body: bytes
 
 
@@ -84,6 +86,7 @@ def whole_request(data: bytes, max_body: int) -> WholeRequest | Literal["more"] 
         return None
     length: int | None = None
     authorization: str | None = None
+    accept = "*/*"
     names: set[bytes] = set()  # aiohttp refuses some twice; any twice is aiohttp's to judge
     for line in lines:
         name, colon, value = line.partition(b":")
@@ -100,6 +103,10 @@ def whole_request(data: bytes, max_body: int) -> WholeRequest | Literal["more"] 
             length = int(value)
         elif name == b"authorization":
             authorization = value.decode("latin-1")
+        elif name == b"accept":
+            accept = value.decode("latin-1")
+        elif name == b"connection" and value.lower() != b"keep-alive":
+            return None
     if length is None or length > max_body or b"host" not in names:
         return None
     start = end + 4
@@ -107,7 +114,7 @@ def whole_request(data: bytes, max_body: int) -> WholeRequest | Literal["more"] 
         return "more"
     if len(data) > start + length:
         return None  # pipelined: aiohttp keeps them in order
-    return WholeRequest(path, authorization or "", data[start:])
+    return WholeRequest(path, authorization or "", accept, data[start:])
 
 
 def answer_bytes(

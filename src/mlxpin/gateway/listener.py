@@ -48,7 +48,7 @@ from mlxpin.gateway.fastpath import (
 
 __all__ = ["WHOLE_ANSWERS", "LimitedRunner", "ListenerLimits", "WholeAnswers", "connection_cap"]
 
-WholeAnswers = Callable[[str, str, bytes, OpenStream], Awaitable[web.Response | None]]
+WholeAnswers = Callable[[WholeRequest, OpenStream], Awaitable[web.Response | None]]
 #: The application's answerer of whole plain requests (the gateway's ``answer_whole``).
 WHOLE_ANSWERS: Final[web.AppKey[WholeAnswers]] = web.AppKey("mlxpin.whole_answers")
 #: Bytes asked of one recv from a client (asyncio's default, 256 KiB, costs ~12 us more).
@@ -237,9 +237,7 @@ class _Handler(RequestHandler):
             self._head_deadline = None
         server = self._manager
         assert isinstance(server, _Server) and server.whole_answers is not None
-        answer = server.whole_answers(
-            request.path, request.authorization, request.body, self._open_stream
-        )
+        answer = server.whole_answers(request, self._open_stream)
         self._answering = self._loop.create_task(self._send_whole(answer))
 
     def _open_stream(self, status: int, headers: Sequence[tuple[str, str]]) -> EventSink:
