@@ -191,6 +191,22 @@ def main() -> None:
                     + ("        -" if name.startswith("bare") else f"{1000 * m['cpu']:9.2f}"),
                     flush=True,
                 )
+    # One round's p99 is the 1% tail of one run: it moves by several ms from round to
+    # round. Paired by round (each measured next to bare), the difference is steadier.
+    bare_name = next(iter(started))
+    print("p99 minus bare's in the same round (ms): median [per round]")
+    for clients in levels:
+        for stream in (False, True):
+            bare_rows = results[(bare_name, clients, stream)]
+            for name in list(started)[1:]:
+                rows = results[(name, clients, stream)]
+                deltas = [r["p99"] - b["p99"] for r, b in zip(rows, bare_rows, strict=True)]
+                shown = ", ".join(f"{d:+.1f}" for d in deltas)
+                worse = sum(d > 0 for d in deltas)
+                print(
+                    f"  {name:24} {clients:3} {'stream' if stream else 'plain ':6} "
+                    f"{statistics.median(deltas):+.1f} (worse in {worse}/{len(deltas)}) [{shown}]"
+                )
 
 
 if __name__ == "__main__":
