@@ -505,38 +505,11 @@ def test_a_stream_ends_for_the_client_at_done(gateway: Gateway, upstream: FakeUp
     assert read_whole < upstream.done_sent_at + LINGER_S  # before the server's end
 
 
-def test_a_client_that_leaves_at_done_does_not_cost_the_server_its_connection(
-    gateway: Gateway, upstream: FakeUpstream
-) -> None:
-    """Most clients hang up as soon as their stream has ended. The gateway still reads the
-    server's own end after [DONE], so the server never sees a hang-up (mlx_lm.server would
-    log a traceback and take a new connection and thread for the next request)."""
+def _stream_then_hang_up(gateway: Gateway, content: str) -> bytes:
+    """A streamed chat completion read to its answer's end, then the connection closed at
+    once (as most clients do); what was read."""
     port = int(gateway.url.rsplit(":", 1)[1])
-    body = json.dumps({"model": LABEL, "messages": _messages("mode:pause"), "stream": True})
-    for _ in range(2):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-            conn.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                % len(body)
-                + body.encode()
-            )
-            raw = b""
-            while not raw.endswith(b"\r\n0\r\n\r\n"):
-                raw += conn.recv(65536)
-        assert b"data: [DONE]" in raw  # and hung up at once
-    time.sleep(1.5)  # the server's end came 0.5 s after [DONE]
-    assert upstream.aborted == 0
-    assert len(upstream.requests) == 2
-
-
-def test_a_server_that_never_ends_after_done_loses_its_connection_soon(
-    gateway: Gateway, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The server's end is waited for only briefly once the client has [DONE]."""
-    monkeypatch.setattr(gateway_app, "_DRAIN_S", 0.3)
-    port = int(gateway.url.rsplit(":", 1)[1])
-    body = json.dumps({"model": LABEL, "messages": _messages("mode:linger"), "stream": True})
+    body = json.dumps({"model": LABEL, "messages": _messages(content), "stream": True})
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         conn.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
@@ -547,6 +520,28 @@ def test_a_server_that_never_ends_after_done_loses_its_connection_soon(
         raw = b""
         while not raw.endswith(b"\r\n0\r\n\r\n"):
             raw += conn.recv(65536)
+    return raw
+
+
+def test_a_client_that_leaves_at_done_does_not_cost_the_server_its_connection(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    """Most clients hang up as soon as their stream has ended. The gateway still reads the
+    server's own end after [DONE], so the server never sees a hang-up (mlx_lm.server would
+    log a traceback and take a new connection and thread for the next request)."""
+    for _ in range(2):
+        assert b"data: [DONE]" in _stream_then_hang_up(gateway, "mode:pause")
+    time.sleep(1.5)  # the server's end came 0.5 s after [DONE]
+    assert upstream.aborted == 0
+    assert len(upstream.requests) == 2
+
+
+def test_a_server_that_never_ends_after_done_loses_its_connection_soon(
+    gateway: Gateway, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's end is waited for only briefly once the client has [DONE]."""
+    monkeypatch.setattr(gateway_app, "_DRAIN_S", 0.3)
+    _stream_then_hang_up(gateway, "mode:linger")
     deadline = time.monotonic() + LINGER_S - 1  # well before the server would have ended
     while not upstream.aborted:
         assert time.monotonic() < deadline, "the server's connection was held"
