@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/concurrency.py
+	$(BIN)/python bench/gatewaycpu.py
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/build.py
 	$(BIN)/python bench/startup.py
