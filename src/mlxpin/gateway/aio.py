@@ -9,7 +9,7 @@ defaults would find no trusted CA and be refused -- it fails closed, never open.
 
 The loop is uvloop's where it is installed (a dependency on Linux and macOS): it accepts
 connections and runs transports and callbacks in C, which takes ~20% off the gateway's
-CPU for a request on a new connection (bench/concurrency.py). ``MLXPIN_EVENT_LOOP=asyncio``
+CPU for a request on a new connection (bench/gatewaycpu.py). ``MLXPIN_EVENT_LOOP=asyncio``
 keeps asyncio's own.
 """
 
