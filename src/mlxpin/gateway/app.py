@@ -541,17 +541,17 @@ class _AiohttpSink:
         self.status = status
         self.prepared = False
 
-    async def write(self, data: bytes) -> None:
+    async def _prepared(self) -> web.StreamResponse:
         if not self.prepared:
             self.prepared = True
             await self.response.prepare(self.request)
-        await self.response.write(data)
+        return self.response
+
+    async def write(self, data: bytes) -> None:
+        await (await self._prepared()).write(data)
 
     async def write_eof(self, data: bytes = b"") -> None:
-        if not self.prepared:
-            self.prepared = True
-            await self.response.prepare(self.request)
-        await self.response.write_eof(data)
+        await (await self._prepared()).write_eof(data)
 
 
 async def serve(

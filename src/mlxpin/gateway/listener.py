@@ -154,10 +154,7 @@ class _Handler(RequestHandler):
             tcp_keepalive(transport)  # type: ignore[arg-type]
         self._manager.connection_made(self, transport)  # type: ignore[arg-type]
         if self._keepalive_timeout > 0:  # a connection that never sends a request is closed
-            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
-            self._keepalive_handle = self._loop.call_at(
-                self._next_keepalive_close_time, self._process_keepalive
-            )
+            self._idle_from_now()
 
     def _to_aiohttp(self) -> None:
         """From now on aiohttp reads and answers this connection's requests."""
@@ -210,17 +207,14 @@ class _Handler(RequestHandler):
                 if self._rest_wait is None:
                     self._rest_wait = self._loop.call_later(REST_WAIT_S, self._rest_late)
                 return
-            if self._rest_wait is not None:
-                self._rest_wait.cancel()
-                self._rest_wait = None
+            self._rest_wait = _cancelled(self._rest_wait)
             if isinstance(whole, WholeRequest):
                 self._answer(whole)
                 return
             self._to_aiohttp()
         super().data_received(data)
-        if self._request_count and self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
+        if self._request_count:
+            self._head_deadline = _cancelled(self._head_deadline)
 
     def _rest_late(self) -> None:
         """The body is slow to come: aiohttp reads it (and times it out) from here."""
@@ -232,9 +226,7 @@ class _Handler(RequestHandler):
 
     def _answer(self, request: WholeRequest) -> None:
         self._request_count += 1
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
+        self._head_deadline = _cancelled(self._head_deadline)
         server = self._manager
         assert isinstance(server, _Server) and server.whole_answers is not None
         answer = server.whole_answers(request, self._open_stream)
@@ -269,11 +261,7 @@ class _Handler(RequestHandler):
         if self._close or self._force_close:  # shutting down: this was the last answer
             transport.close()
             return
-        self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
-        if self._keepalive_handle is None:  # (an earlier one reschedules itself)
-            self._keepalive_handle = self._loop.call_at(
-                self._next_keepalive_close_time, self._process_keepalive
-            )
+        self._idle_from_now()
         held, self._held = self._held, b""
         if self._held_paused:
             self._held_paused = False
@@ -294,6 +282,15 @@ class _Handler(RequestHandler):
             )
             return
         self.force_close()  # idle for the whole keep-alive time
+
+    def _idle_from_now(self) -> None:
+        """Close the connection if it stays idle for the keep-alive time from now (a
+        check already scheduled reschedules itself to the new time)."""
+        self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        if self._keepalive_handle is None:
+            self._keepalive_handle = self._loop.call_at(
+                self._next_keepalive_close_time, self._process_keepalive
+            )
 
     def close(self) -> None:
         """Stop taking requests (the server is stopping): now if idle, else once the
@@ -324,12 +321,8 @@ class _Handler(RequestHandler):
         if self._shed and isinstance(server, _Server):
             with contextlib.suppress(ValueError):
                 server.shedding.remove(self)
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
-        if self._rest_wait is not None:
-            self._rest_wait.cancel()
-            self._rest_wait = None
+        self._head_deadline = _cancelled(self._head_deadline)
+        self._rest_wait = _cancelled(self._rest_wait)
         if self._answering is not None and not self._sent:  # the client hung up: its
             self._answering.cancel()  # request is dropped
             self._answering = None
@@ -350,6 +343,13 @@ class _Handler(RequestHandler):
         response = web.Response(status=status, body=error.body(), content_type="application/json")
         response.force_close()
         return response
+
+
+def _cancelled(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
+    """Cancel ``timer`` if there is one; what to store in its place (None)."""
+    if timer is not None:
+        timer.cancel()
+    return None
 
 
 class _ChunkedSink:
