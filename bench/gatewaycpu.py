@@ -5,10 +5,10 @@ engine's noise (bench/engines.py, bench/concurrency.py). Here a stand-in engine 
 socket answers every request at once (HTTP/1.1, kept connections): a fixed chat
 completion, a chunked event stream, or a 15 KB embeddings answer. In front of it, the
 gateway as `launch` builds it (the key check, request checks, routing, relay, relabelling,
-Prometheus metrics, the access log, on the event loop `launch` picks), and for reference
-bench/relayfloor.py (a relay that only relays). One client sends requests one after the
-other, a new connection each (`new`) or one kept connection (`kept`); measured: the
-relay process's CPU per request, and the client's p50.
+the console's metrics, recent requests and access log, on the event loop `launch` picks),
+and for reference bench/relayfloor.py (a relay that only relays). One client sends
+requests one after the other, a new connection each (`new`) or one kept connection
+(`kept`); measured: the relay process's CPU per request, and the client's p50.
 
 Usage: python bench/gatewaycpu.py [--requests N] [--rounds N] [--tree CHECKOUT --tree OTHER]
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import socket
 import statistics
@@ -119,9 +118,10 @@ def serve_gateway(engine: str, port: int) -> None:
         loop_factory = None
     else:
         loop_factory = event_loop_factory(os.environ)
+    from mlxpin.cli.output import setup_logging
     from mlxpin.gateway.app import Gateway, serve
     from mlxpin.gateway.backends import GatewayState, Lease, Route, Upstream
-    from mlxpin.supervise import metrics
+    from mlxpin.supervise.console import Console
 
     class OneEngine:
         """A chat model and an embedding model, both answered by ``engine``."""
@@ -145,24 +145,16 @@ def serve_gateway(engine: str, port: int) -> None:
         def health(self) -> object:
             raise NotImplementedError
 
-    logging.basicConfig(level=logging.INFO, format="mlxpin: %(message)s", stream=sys.stderr)
-    logging._srcfile = None  # as mlxpin's CLI sets it up (cli/output.py)
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    access = logging.getLogger("mlxpin.access")
+    setup_logging(quiet=False, verbose=False)  # the access log, as the CLI sets it up
 
     async def main() -> None:
         gateway = Gateway(OneEngine(), api_key="sk-bench")  # type: ignore[arg-type]
-        pool = SimpleNamespace(slots={}, status=lambda: {"budget": {"total": None, "used": 0}})
-        measured = metrics.Metrics(pool)  # type: ignore[arg-type]
-        recent: list[object] = []
-
-        def observe(exchange: object) -> None:  # what supervise.console does for each
-            measured.observe(exchange)  # type: ignore[arg-type]
-            recent.append(exchange.summary(time.time()))  # type: ignore[attr-defined]
-            del recent[:-20]
-            access.info("%s", exchange.access_line())  # type: ignore[attr-defined]
-
-        gateway.on_exchange = observe
+        pool = SimpleNamespace(  # what the console reads of a pool: no model is started
+            by_label=dict.fromkeys((LABEL, EMBED_LABEL)),
+            slots={},
+            status=lambda: {"budget": {"total": None, "used": 0}},
+        )
+        Console(gateway, pool, "sk-bench", metrics_public=False)  # type: ignore[arg-type]
         await serve(gateway.app(), "127.0.0.1", port)
         print("ready", flush=True)
         await asyncio.Event().wait()
